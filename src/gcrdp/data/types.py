@@ -1,0 +1,212 @@
+"""The sample and dataset types.
+
+A :class:`Dataset` is an ordered list of :class:`Sample` (one image, one text, one or
+more class labels, a ``train``/``test`` split) plus the ordered list of class names
+(which fixes label indices) and, where the dataset ships one, its seen/unseen
+:class:`ClassSplit`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image–text pair.
+
+    Attributes:
+        id: unique identifier within the dataset.
+        text: the text (non-empty).
+        labels: the class names it belongs to (one for single-label datasets).
+        split: ``"train"`` or ``"test"``.
+        image: path of the image file, or ``None`` when only pre-extracted features exist.
+    """
+
+    id: str
+    text: str
+    labels: tuple[str, ...]
+    split: str
+    image: Path | None = None
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    """Seen (base) and unseen (novel) class names of a dataset, from a versioned file."""
+
+    dataset: str
+    version: str
+    seen: tuple[str, ...]
+    unseen: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        overlap = set(self.seen) & set(self.unseen)
+        if overlap:
+            raise DataError(
+                f"Class split {self.dataset!r} v{self.version}: classes listed as both seen and "
+                f"unseen: {sorted(overlap)[:5]}"
+            )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ClassSplit:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                dataset=str(raw["dataset"]),
+                version=str(raw["version"]),
+                seen=tuple(raw["seen"]),
+                unseen=tuple(raw["unseen"]),
+            )
+        except FileNotFoundError:
+            raise DataError(f"Class split file not found: {path}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"Class split file {path} is not valid: expected JSON with keys 'dataset', "
+                f"'version', 'seen', 'unseen' ({exc})."
+            ) from None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"dataset": self.dataset, "version": self.version, "seen": list(self.seen),
+             "unseen": list(self.unseen)},
+            indent=2,
+        )
+
+    def check_against(self, classes: Sequence[str]) -> None:
+        """Raise :class:`DataError` unless seen ∪ unseen equals ``classes`` exactly."""
+        listed = set(self.seen) | set(self.unseen)
+        known = set(classes)
+        missing = sorted(known - listed)
+        extra = sorted(listed - known)
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"classes of the data not in the split: {missing[:5]} ({len(missing)})")
+            if extra:
+                parts.append(f"split classes not in the data: {extra[:5]} ({len(extra)})")
+            raise DataError(
+                f"Class split {self.dataset!r} v{self.version} does not match the dataset: "
+                + "; ".join(parts)
+                + ". Regenerate the split or pass a matching --class-split file."
+            )
+
+
+@dataclass
+class Dataset:
+    """An ordered list of samples with their class vocabulary.
+
+    ``classes`` fixes the label index of each class name; ``label_matrix()`` is the
+    (n_samples, n_classes) boolean multi-hot matrix used everywhere downstream.
+    """
+
+    name: str
+    samples: list[Sample]
+    classes: list[str]
+    class_split: ClassSplit | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    # ----------------------------------------------------------------- checks
+    def validate(self) -> None:
+        if not self.samples:
+            raise DataError(f"Dataset {self.name!r} has no samples.")
+        index = {c: i for i, c in enumerate(self.classes)}
+        if len(index) != len(self.classes):
+            raise DataError(f"Dataset {self.name!r}: duplicate class names in the class list.")
+        seen_ids: set[str] = set()
+        dup, empty, bad_split, no_label, unknown = [], [], [], [], []
+        for s in self.samples:
+            if s.id in seen_ids:
+                dup.append(s.id)
+            seen_ids.add(s.id)
+            if not s.text or not s.text.strip():
+                empty.append(s.id)
+            if s.split not in SPLITS:
+                bad_split.append(s.id)
+            if not s.labels:
+                no_label.append(s.id)
+            for lab in s.labels:
+                if lab not in index:
+                    unknown.append(s.id)
+                    break
+        from ..errors import format_list
+
+        problems = []
+        if dup:
+            problems.append(f"duplicate sample ids: {format_list(dup)}")
+        if empty:
+            problems.append(f"empty texts in samples {format_list(empty)}")
+        if bad_split:
+            problems.append(f"split not 'train' or 'test' in samples {format_list(bad_split)}")
+        if no_label:
+            problems.append(f"no label in samples {format_list(no_label)}")
+        if unknown:
+            problems.append(f"labels not in the class list in samples {format_list(unknown)}")
+        if problems:
+            raise DataError(f"Dataset {self.name!r} is invalid: " + "; ".join(problems) + ".")
+        if self.class_split is not None:
+            self.class_split.check_against(self.classes)
+
+    # ------------------------------------------------------------- accessors
+    @property
+    def is_multilabel(self) -> bool:
+        return any(len(s.labels) > 1 for s in self.samples)
+
+    def label_matrix(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """(n, n_classes) bool multi-hot matrix, rows in sample order (or ``indices`` order)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        rows = range(len(self.samples)) if indices is None else np.asarray(indices)
+        rows = list(rows)
+        out = np.zeros((len(rows), len(self.classes)), dtype=bool)
+        for r, i in enumerate(rows):
+            for lab in self.samples[int(i)].labels:
+                out[r, index[lab]] = True
+        return out
+
+    def split_indices(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+        return np.array([i for i, s in enumerate(self.samples) if s.split == split], dtype=np.int64)
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.samples]
+
+    @property
+    def image_paths(self) -> list[Path | None]:
+        return [s.image for s in self.samples]
+
+    def content_digest(self) -> str:
+        """SHA-256 over everything that changes extracted features or labels: ids, texts,
+        labels, splits and the bytes of every image file (files hashed in order)."""
+        h = hashlib.sha256()
+        h.update(b"gcrdp-dataset-v1\0")
+        for s in self.samples:
+            h.update(json.dumps([s.id, s.text, list(s.labels), s.split]).encode("utf-8"))
+            if s.image is None:
+                h.update(b"\0noimage")
+            else:
+                try:
+                    with open(s.image, "rb") as f:
+                        for chunk in iter(lambda: f.read(1 << 20), b""):
+                            h.update(chunk)
+                except OSError as exc:
+                    raise DataError(f"Cannot read image {s.image} of sample {s.id!r}: {exc}") from None
+            h.update(b"\0")
+        return h.hexdigest()
