@@ -1,0 +1,36 @@
+# gcrdp — the two commands a new user runs: `make demo` and `make test`.
+# Both create .venv and install the pinned dependencies once (a second run reinstalls nothing
+# unless requirements.lock or pyproject.toml changed).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench clean-venv help
+
+help:
+	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji (0/1/3/5 shots, 3 seeds)"
+	@echo "make test   # set up .venv and run the test suite"
+	@echo "make bench  # run the benchmarks in benchmarks/"
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gcrdp run --dataset twemoji --shots 0 1 3 5 --seeds 0 1 2 --output-dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_extraction.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+"""Command-line interface (``gcrdp``)."""
+
+from .main import main
+
+__all__ = ["main"]

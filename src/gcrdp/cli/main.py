@@ -1,0 +1,306 @@
+"""The ``gcrdp`` command line: thin commands over the library.
+
+``main(argv) -> int`` never raises for a user's mistake: it prints one paragraph to stderr and
+returns 2. Library code never imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import ConfigError, GcrdpError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+# --------------------------------------------------------------------------- helpers
+def _parse_value(text: str) -> Any:
+    """``KEY=VALUE`` values: JSON when it parses (numbers, true/false, null, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_assignments(items: Sequence[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} must look like KEY=VALUE, got {item!r}.")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _method_options(items: Sequence[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``--option lr=1e-3`` applies to every method; ``--option gap-infonce.lr=1e-3`` to one."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in _parse_assignments(items, "--option").items():
+        method, dot, name = key.rpartition(".")
+        targets = [method] if dot else methods
+        for m in targets:
+            if m not in methods:
+                raise ConfigError(f"--option {key}=...: method {m!r} is not among --methods {methods}.")
+            out.setdefault(m, {})[name] = value
+    return out
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None, help="registered dataset name (default: twemoji)")
+    g.add_argument("--manifest", type=Path, default=None,
+                   help="a CSV/JSONL manifest of your own data (sets --dataset manifest)")
+    g.add_argument("--class-split", type=Path, default=None, help="JSON file of seen/unseen class names")
+    g.add_argument("--dataset-option", action="append", metavar="KEY=VALUE",
+                   help="extra option of the dataset loader (repeatable)")
+
+
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("features")
+    g.add_argument("--image-encoder", default=None, help="default: efficientnet-lite0")
+    g.add_argument("--text-encoder", default=None, help="default: minilm-l6")
+    g.add_argument("--backend", default=None, help="image encoder inference backend: torch or onnx")
+    g.add_argument("--feature-dtype", choices=["float16", "float32"], default=None,
+                   help="storage dtype of cached features (computation is float32)")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache folder (default: $GCRDP_CACHE_DIR or ~/.cache/gcrdp)")
+    g.add_argument("--extract-batch-size", type=int, default=None)
+
+
+def _dataset_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    options = _parse_assignments(args.dataset_option, "--dataset-option")
+    if args.manifest is not None:
+        if args.dataset not in (None, "manifest"):
+            raise ConfigError(f"--manifest reads your own data; it cannot be combined with --dataset {args.dataset}.")
+        fields["dataset"] = "manifest"
+        options["path"] = str(args.manifest)
+    elif args.dataset is not None:
+        fields["dataset"] = args.dataset
+    if args.class_split is not None:
+        options["class_split"] = str(args.class_split)
+    if options:
+        fields["dataset_options"] = options
+    return fields
+
+
+def _encoder_fields(args: argparse.Namespace) -> dict[str, Any]:
+    mapping = {"image_encoder": args.image_encoder, "text_encoder": args.text_encoder,
+               "encoder_backend": args.backend, "feature_dtype": args.feature_dtype,
+               "cache_dir": str(args.cache_dir) if args.cache_dir else None,
+               "extract_batch_size": args.extract_batch_size}
+    return {k: v for k, v in mapping.items() if v is not None}
+
+
+def _load_config_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"Config file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"Config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {path} must hold a JSON object, got {type(raw).__name__}.")
+    return raw
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..experiments import RunConfig, format_table, run_experiment
+
+    raw = _load_config_file(args.config)
+    raw.update(_dataset_fields(args))
+    raw.update(_encoder_fields(args))
+    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction"):
+        value = getattr(args, key)
+        if value is not None:
+            raw[key] = value
+    if args.option:
+        methods = raw.get("methods") or RunConfig().methods
+        opts = raw.setdefault("method_options", {})
+        for m, o in _method_options(args.option, list(methods)).items():
+            opts.setdefault(m, {}).update(o)
+    config = RunConfig.from_dict(raw)
+    out_dir = args.output_dir or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    total = len(config.methods) * len(config.seeds) * (1 if config.protocol == "standard" else len(config.shots))
+    done = [0]
+
+    def on_record(rec: dict[str, Any]) -> None:
+        done[0] += 1
+        if not args.quiet:
+            t = rec["test"]
+            print(f"[{done[0]}/{total}] {rec['method']} shots={rec['shots']} seed={rec['seed']}: "
+                  f"I2T {100 * t['i2t']['map']:.1f}  T2I {100 * t['t2i']['map']:.1f}  "
+                  f"({rec['fit']['epochs']} epochs, {rec['fit']['seconds']:.1f} s)", file=sys.stderr, flush=True)
+
+    results = run_experiment(config, out_dir, progress=not args.quiet, on_record=on_record)
+    title = (f"{config.dataset} — protocol {config.protocol}, mAP@all in % (mean ± std over "
+             f"{len(config.seeds)} seeds); chance = class prior")
+    print(format_table(results["summary"], title=title))
+    print(f"\nResults: {out_dir / 'results.json'}  ({results['timing']['total_seconds']:.0f} s)")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from ..data.registry import load_dataset
+    from ..experiments import RunConfig
+    from ..experiments.runner import load_features
+
+    raw = {**_dataset_fields(args), **_encoder_fields(args)}
+    config = RunConfig.from_dict(raw)
+    dataset = load_dataset(config.dataset, **config.dataset_options)
+    t0 = time.perf_counter()
+    feats = load_features(dataset, config, progress=not args.quiet)
+    print(f"{config.dataset}: {len(feats)} samples; image local {tuple(feats.image.local.shape)} "
+          f"pooled {tuple(feats.image.pooled.shape)}; text local {tuple(feats.text.local.shape)} "
+          f"pooled {tuple(feats.text.pooled.shape)}; {time.perf_counter() - t0:.1f} s")
+    if feats.meta:
+        where = feats.meta.get("cache_path")
+        if where:
+            print(f"cache: {where}")
+    if args.output is not None:
+        _export_features(feats, dataset, args.output)
+        print(f"written: {args.output}")
+    return 0
+
+
+def _export_features(feats: Any, dataset: Any, path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    from ..utils.io import atomic_write_bytes
+
+    if path.suffix != ".npz":
+        raise ConfigError(f"--output must end in .npz, got {path}")
+    buf = io.BytesIO()
+    np.savez(buf, image_local=feats.image.local, image_mask=feats.image.mask, image_pooled=feats.image.pooled,
+             text_local=feats.text.local, text_mask=feats.text.mask, text_pooled=feats.text.pooled,
+             labels=dataset.label_matrix(), classes=np.array(dataset.classes),
+             ids=np.array(feats.sample_ids), split=np.array([s.split for s in dataset.samples]))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_embeddings(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from ..errors import DataError
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DataError(f"Embeddings file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"Cannot read embeddings file {path} as .npz: {exc}") from None
+    missing = [k for k in ("image", "text", "labels") if k not in data]
+    if missing:
+        raise DataError(f"{path} lacks the array(s) {missing}; it must hold 'image' (n, d), 'text' (n, d) "
+                        f"and 'labels' ((n,) class ids or (n, C) multi-hot). It has {sorted(data)}.")
+    n = {k: len(data[k]) for k in ("image", "text", "labels")}
+    if len(set(n.values())) != 1:
+        raise DataError(f"{path}: mismatched lengths {n}; image, text and labels must be paired row by row.")
+    return data
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation import chance_map, cross_modal_metrics
+    from ..utils.io import atomic_write_json
+
+    q = _load_embeddings(args.embeddings)
+    g = _load_embeddings(args.gallery) if args.gallery else q
+    res = cross_modal_metrics(q["image"], q["text"], q["labels"], g["image"], g["text"], g["labels"],
+                              ks=args.k or ())
+    res["chance"] = chance_map(q["labels"], g["labels"])
+    lines = [f"I2T mAP {100 * res['i2t']['map']:.1f}   T2I mAP {100 * res['t2i']['map']:.1f}   "
+             f"mean {100 * res['mean_map']:.1f}   chance {100 * res['chance']:.1f}   "
+             f"({res['i2t']['n_queries']} queries, {res['i2t']['n_gallery']} gallery)"]
+    for k in args.k or ():
+        for d in ("i2t", "t2i"):
+            m = res[d]
+            lines.append(f"{d.upper()} @{k}: mAP {100 * m[f'map@{k}']:.1f}  P {100 * m[f'precision@{k}']:.1f}  "
+                         f"R {100 * m[f'recall@{k}']:.1f}")
+    print("\n".join(lines))
+    if args.output is not None:
+        atomic_write_json(args.output, {"embeddings": str(args.embeddings),
+                                        "gallery": str(args.gallery) if args.gallery else None,
+                                        "metrics": res})
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gcrdp", description="Few-shot cross-modal retrieval (GCRDP, baselines, benchmark protocol).")
+    parser.add_argument("--version", action="version", version=f"gcrdp {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="few-shot retrieval over shots × seeds × methods; prints the table")
+    p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its keys")
+    _add_dataset_args(p)
+    _add_encoder_args(p)
+    g = p.add_argument_group("protocol and methods")
+    g.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default=None)
+    g.add_argument("--shots", type=int, nargs="+", default=None, help="default: 0 1 3 5")
+    g.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4")
+    g.add_argument("--methods", nargs="+", default=None, help="default: gap-infonce")
+    g.add_argument("--option", action="append", metavar="[METHOD.]KEY=VALUE",
+                   help="method option, e.g. lr=1e-3 or gap-infonce.max_epochs=30 (repeatable)")
+    g.add_argument("--val-fraction", type=float, default=None)
+    g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
+    g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="where results.json goes (default: runs/run-<time>)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("extract", help="extract (or load cached) features of a dataset")
+    _add_dataset_args(p)
+    _add_encoder_args(p)
+    p.add_argument("--output", type=Path, default=None, help="also export the features to this .npz")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("evaluate", help="retrieval metrics of embeddings stored in .npz files")
+    p.add_argument("embeddings", type=Path,
+                   help=".npz with 'image' (n,d), 'text' (n,d), 'labels' ((n,) or (n,C)); the queries")
+    p.add_argument("--gallery", type=Path, default=None, help="gallery .npz (default: the queries themselves)")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
+    p.add_argument("--output", type=Path, default=None, help="write the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
+        return int(exc.code or 0)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except GcrdpError as exc:
+        print(f"gcrdp {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("gcrdp: interrupted; nothing partial was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def entrypoint() -> None:  # console script
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Your own data as a CSV/TSV or JSONL manifest (dataset name ``manifest``, option ``path``).
+
+One row per image–text pair, with these columns (CSV header / JSONL keys; names are
+case-insensitive and stripped):
+
+=========  ==============================================================================
+``image``  path of the image file, relative to the manifest's folder or absolute (``~`` ok)
+``text``   the text (non-empty after stripping)
+``label``  one class name, or
+``labels`` several: in JSONL a JSON list (``["cat", "dog"]``); in CSV one string split on
+           ``label_sep`` (default ``"|"``: ``cat|dog``). Use exactly one of the two columns.
+``split``  ``train`` or ``test`` (case-insensitive). The validation set is carved out of
+           ``train`` by the protocol (:func:`gcrdp.data.protocol.make_split`).
+``id``     optional unique id; default the row number (1 = first data row)
+=========  ==============================================================================
+
+Other columns are ignored. Blank JSONL lines are skipped. Numbers given as labels or ids in
+JSONL are turned into strings. The format comes from the extension (``.csv``, ``.tsv``,
+``.jsonl``, ``.ndjson``) or from ``format=``.
+
+Every row is validated and all problems are reported in one :class:`DataError`, each with
+its line number (physical line in the file; the CSV header is line 1): a missing column, bad
+JSON, an empty text or label, an unknown split, a duplicate id, and missing image files
+(the first few and a count).
+
+Classes are the sorted label names. The seen/unseen class split comes from ``class_split=``
+(a JSON file as in :mod:`gcrdp.data.splits`) or, by default, is generated with
+:func:`gcrdp.data.splits.generate_class_split` (``seed=split_seed``, default 0: classes
+ordered by ``sha256("<seed>\\0<class>")``, first half unseen); ``meta["class_split_source"]``
+records which, and ``meta["class_split_generated"]`` is True for a generated one.
+
+Example::
+
+    image,text,labels,split
+    img/0001.jpg,"A dog on the beach",dog|beach,train
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from .registry import DATASETS
+from .splits import SPLIT_METHOD, generate_class_split, load_class_split
+from .types import SPLITS, ClassSplit, Dataset, Sample
+
+FORMATS = ("csv", "tsv", "jsonl")
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_FORMAT_ALIASES = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "ndjson": "jsonl",
+                   "jsonlines": "jsonl"}
+REQUIRED = ("image", "text", "split")
+MAX_SHOWN = 10
+
+
+@dataclass
+class _Row:
+    line: int
+    row: int
+    id: str
+    image: str
+    text: str
+    labels: tuple[str, ...]
+    split: str
+
+
+def _detect_format(path: Path, format: str | None) -> str:
+    if format is not None:
+        key = str(format).lower().lstrip(".")
+        if key not in _FORMAT_ALIASES:
+            raise ConfigError(
+                f"Unknown manifest format {format!r}. Known formats: {', '.join(FORMATS)}."
+            )
+        return _FORMAT_ALIASES[key]
+    ext = path.suffix.lower()
+    if ext not in _EXTENSIONS:
+        raise ConfigError(
+            f"Cannot tell the manifest format of {path} from its extension {ext or '(none)'!r}: "
+            f"use a {', '.join(sorted(_EXTENSIONS))} file or pass format= one of "
+            f"{', '.join(FORMATS)}."
+        )
+    return _EXTENSIONS[ext]
+
+
+def _dedupe(items: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _check_split(value: str, line: int, problems: list[str]) -> str:
+    split = value.strip().lower()
+    if split not in SPLITS:
+        problems.append(
+            f"line {line}: unknown split {value!r}; expected 'train' or 'test' (the "
+            "validation set is carved out of 'train' by the protocol)"
+        )
+    return split
+
+
+def _read_csv(path: Path, delimiter: str, label_sep: str, problems: list[str]) -> tuple[list[_Row], int]:
+    rows: list[_Row] = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"Manifest {path} is empty: expected a header line "
+                            f"'image{delimiter}text{delimiter}label{delimiter}split'.") from None
+        cols = [h.strip().lower() for h in header]
+        dups = sorted({c for c in cols if cols.count(c) > 1 and c})
+        has_label, has_labels = "label" in cols, "labels" in cols
+        missing = [c for c in REQUIRED if c not in cols]
+        if not (has_label or has_labels):
+            missing.append("label (or labels)")
+        header_problems = []
+        if missing:
+            header_problems.append(f"missing column(s) {', '.join(map(repr, missing))}")
+        if has_label and has_labels:
+            header_problems.append("both 'label' and 'labels' columns; keep one")
+        if dups:
+            header_problems.append(f"duplicate column(s) {', '.join(map(repr, dups))}")
+        if header_problems:
+            raise DataError(
+                f"Manifest {path}, line 1 (header): " + "; ".join(header_problems)
+                + f". Found columns: {', '.join(map(repr, header))}. Expected columns: image, "
+                "text, label (one class) or labels (several, separated by "
+                f"{label_sep!r}), split (train/test), optionally id."
+            )
+        pos = {c: i for i, c in enumerate(cols)}
+        label_col = "labels" if has_labels else "label"
+        n_row = 0
+        for record in reader:
+            line = reader.line_num
+            if not record or all(not v.strip() for v in record):
+                continue  # blank line
+            n_row += 1
+            if len(record) != len(cols):
+                problems.append(
+                    f"line {line}: {len(record)} fields but the header has {len(cols)}"
+                    + (" (a value with the delimiter must be quoted)" if len(record) > len(cols) else "")
+                )
+                continue
+            get = lambda c: record[pos[c]]  # noqa: E731
+            rid = get("id").strip() if "id" in pos else ""
+            image = get("image").strip()
+            text = get("text").strip()
+            raw = get(label_col)
+            if label_col == "labels":
+                labels = _dedupe([p.strip() for p in raw.split(label_sep) if p.strip()])
+            else:
+                labels = (raw.strip(),) if raw.strip() else ()
+            before = len(problems)
+            if not image:
+                problems.append(f"line {line}: empty image path")
+            if not text:
+                problems.append(f"line {line}: empty text")
+            if not labels:
+                problems.append(f"line {line}: empty {label_col}")
+            split = _check_split(get("split"), line, problems)
+            if len(problems) == before:
+                rows.append(_Row(line, n_row, rid or str(n_row), image, text, labels, split))
+    return rows, n_row
+
+
+def _as_name(value: object) -> str | None:
+    """A label/id value as a string, or None when it is not a string or an int."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int):
+        return str(value)
+    return None
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> tuple[list[_Row], int]:
+    rows: list[_Row] = []
+    n_row = 0
+    with open(path, encoding="utf-8-sig") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            n_row += 1
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                problems.append(f"line {line}: bad JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"line {line}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            obj = {str(k).strip().lower(): v for k, v in obj.items()}
+            missing = [k for k in REQUIRED if k not in obj]
+            if "label" not in obj and "labels" not in obj:
+                missing.append("label (or labels)")
+            if missing:
+                problems.append(f"line {line}: missing key(s) {', '.join(map(repr, missing))}")
+                continue
+            if "label" in obj and "labels" in obj:
+                problems.append(f"line {line}: both 'label' and 'labels'; keep one")
+                continue
+            before = len(problems)
+            image, text, split_raw = obj["image"], obj["text"], obj["split"]
+            if not isinstance(image, str) or not image.strip():
+                problems.append(f"line {line}: 'image' must be a non-empty path string, got {image!r}")
+            if not isinstance(text, str):
+                problems.append(f"line {line}: 'text' must be a string, got {type(text).__name__}")
+            elif not text.strip():
+                problems.append(f"line {line}: empty text")
+            if "labels" in obj:
+                value = obj["labels"]
+                if not isinstance(value, list):
+                    problems.append(
+                        f"line {line}: 'labels' must be a JSON list of class names, got "
+                        f"{type(value).__name__} {value!r}"
+                    )
+                    labels: tuple[str, ...] = ()
+                else:
+                    names = [_as_name(v) for v in value]
+                    if any(n is None for n in names):
+                        problems.append(f"line {line}: 'labels' must hold strings or integers, got {value!r}")
+                    labels = _dedupe([n for n in names if n])
+                    if not labels and all(n is not None for n in names):
+                        problems.append(f"line {line}: empty labels")
+            else:
+                name = _as_name(obj["label"])
+                labels = (name,) if name else ()
+                if name is None:
+                    problems.append(
+                        f"line {line}: 'label' must be a string or an integer, got {obj['label']!r}"
+                    )
+                elif not name:
+                    problems.append(f"line {line}: empty label")
+            if not isinstance(split_raw, str):
+                problems.append(f"line {line}: unknown split {split_raw!r}; expected 'train' or 'test'")
+                split = ""
+            else:
+                split = _check_split(split_raw, line, problems)
+            rid = ""
+            if obj.get("id") is not None:
+                rid = _as_name(obj["id"]) or ""
+                if not rid:
+                    problems.append(f"line {line}: 'id' must be a non-empty string or integer, got {obj['id']!r}")
+            if len(problems) == before:
+                rows.append(_Row(line, n_row, rid or str(n_row), image.strip(), text.strip(),
+                                 labels, split))
+    return rows, n_row
+
+
+def _raise_problems(path: Path, problems: list[str], n_rows: int) -> None:
+    shown = "\n  ".join(problems[:MAX_SHOWN])
+    more = f"\n  (and {len(problems) - MAX_SHOWN} more)" if len(problems) > MAX_SHOWN else ""
+    raise DataError(
+        f"Manifest {path} has {len(problems)} problem(s) in {n_rows} rows:\n  {shown}{more}\n"
+        "Expected columns: image, text, label or labels, split (train/test), optionally id."
+    )
+
+
+@DATASETS.register("manifest")
+def load_manifest(
+    path: str | Path,
+    *,
+    format: str | None = None,
+    label_sep: str = "|",
+    class_split: str | Path | ClassSplit | None = None,
+    split_seed: int = 0,
+    check_images: bool = True,
+    name: str | None = None,
+) -> Dataset:
+    """Load a CSV/TSV/JSONL manifest (conventions in the module docstring).
+
+    Args:
+        path: the manifest file.
+        format: ``"csv"``, ``"tsv"`` or ``"jsonl"``; default from the extension.
+        label_sep: separator of several labels in a CSV ``labels`` column.
+        class_split: a class split JSON path or :class:`ClassSplit`; default generated.
+        split_seed: seed of the generated class split.
+        check_images: check that every image file exists (default True).
+        name: dataset name; default the manifest's file stem.
+
+    Raises:
+        DataError: the file is missing or any row is invalid (every problem with its line).
+        ConfigError: unknown format or bad option.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"Manifest file not found: {path}")
+    fmt = _detect_format(path, format)
+    if not isinstance(label_sep, str) or not label_sep:
+        raise ConfigError(f"label_sep must be a non-empty string, got {label_sep!r}.")
+    problems: list[str] = []
+    try:
+        if fmt == "jsonl":
+            rows, n_rows = _read_jsonl(path, problems)
+        else:
+            rows, n_rows = _read_csv(path, "\t" if fmt == "tsv" else ",", label_sep, problems)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"Manifest {path} is not UTF-8 text ({exc}).") from None
+    except csv.Error as exc:
+        raise DataError(f"Manifest {path} is not valid CSV ({exc}).") from None
+
+    first_line: dict[str, int] = {}
+    for r in rows:
+        if r.id in first_line:
+            problems.append(f"line {r.line}: duplicate id {r.id!r} (first on line {first_line[r.id]})")
+        else:
+            first_line[r.id] = r.line
+
+    base = path.parent.resolve()
+    images: list[Path] = []
+    for r in rows:
+        p = Path(r.image).expanduser()
+        images.append(p if p.is_absolute() else base / p)
+    if check_images:
+        missing = [(r.line, r.image) for r, p in zip(rows, images) if not p.is_file()]
+        if missing:
+            listed = ", ".join(f"line {ln}: {img!r}" for ln, img in missing[:5])
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            problems.append(
+                f"{len(missing)} of {len(rows)} image files do not exist (relative paths are "
+                f"taken from the manifest folder {base}): {listed}{more}"
+            )
+    if problems:
+        _raise_problems(path, problems, n_rows)
+    if not rows:
+        raise DataError(f"Manifest {path} has no data rows.")
+
+    samples = [
+        Sample(id=r.id, text=r.text, labels=r.labels, split=r.split, image=img)
+        for r, img in zip(rows, images)
+    ]
+    classes = sorted({lab for s in samples for lab in s.labels})
+    ds_name = name or path.stem
+    if class_split is not None:
+        split = load_class_split(class_split)
+        split.check_against(classes)
+        source = f"user: {class_split}" if not isinstance(class_split, ClassSplit) else "user"
+        generated = False
+    else:
+        split = generate_class_split(classes, dataset=ds_name, seed=split_seed)
+        source = f"generated (seed {split_seed}): {SPLIT_METHOD}"
+        generated = True
+    n_train = sum(s.split == "train" for s in samples)
+    meta = {
+        "source": str(path.resolve()),
+        "format": fmt,
+        "label_sep": label_sep if fmt != "jsonl" else None,
+        "n_samples": len(samples),
+        "n_classes": len(classes),
+        "n_train": n_train,
+        "n_test": len(samples) - n_train,
+        "multilabel": any(len(s.labels) > 1 for s in samples),
+        "images_checked": bool(check_images),
+        "class_split_source": source,
+        "class_split_generated": generated,
+    }
+    return Dataset(name=ds_name, samples=samples, classes=classes, class_split=split, meta=meta)
+
+
+load = load_manifest

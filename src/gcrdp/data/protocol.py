@@ -1,0 +1,391 @@
+"""The evaluation protocols (SPEC §1): which samples train, validate and test a model.
+
+:func:`make_split` turns a :class:`Dataset` into a :class:`ProtocolSplit` of index arrays.
+
+**fewshot** (default; ``shots`` = N ∈ {0, 1, 3, 5, ...}, N = 0 is zero-shot)
+    Seen/unseen classes come from the dataset's class split (or ``class_split=``).
+
+    * *Unseen side*: a sample is on the unseen side when **any** of its labels is unseen
+      (multi-label data); otherwise it is on the seen side. Unseen-side samples never enter
+      training or validation except as drawn shots.
+    * *Validation* (``val_by="class"``, default): all seen-side train-split pairs of
+      ``n_val = max(1, round(val_fraction * n_seen))`` seen classes — at least 2 when there
+      are 3 or more seen classes (a one-class validation set makes every AP 1), and always
+      leaving at least one seen class to train on — chosen by the seed. A seen-side sample
+      with *any* label among those classes goes to validation, so the validation classes are
+      disjoint from the classes of the seen training pairs. With fewer than 2 seen classes,
+      or with ``val_by="pair"``, validation is instead a per-class (stratified) ``val_fraction``
+      of the seen-side train pairs.
+    * *Training*: the other seen-side train-split pairs, plus ``shots`` train-split pairs
+      drawn for each unseen class (``fewshot``, kept apart for oversampling).
+    * *Test*: every test-split pair on the unseen side; queries = gallery.
+
+**generalized**
+    As fewshot, but the gallery is the whole test split (seen and unseen classes); the queries
+    are the unseen-side test pairs.
+
+**standard**
+    Every class is seen (``shots`` must be 0). Validation = a stratified ``val_fraction`` of
+    the train split (per class, by each sample's first label; at least one pair per class of 2
+    or more pairs, never the whole class); training = the rest; test = the whole test split,
+    queries = gallery.
+
+**Randomness.** Only :class:`numpy.random.Generator` objects seeded from ``seed`` and a
+stable hash of the class name (``SeedSequence([seed, tag, sha256(name)[:8]])``), never the
+global RNG. The shots of unseen class ``c`` are the first ``shots`` items of a seeded
+permutation of ``c``'s train-split pairs (sorted by dataset index), so the draw depends only
+on the seed, the class and its pairs, not on ``shots`` or the other classes: for one seed the
+1-shot draw ⊂ the 3-shot draw ⊂ the 5-shot draw (*nested shots*). With multi-label data a
+pair drawn for one unseen class may carry another unseen label too, so a class can end up
+with more than ``shots`` training pairs; single-label data has exactly ``shots`` per class.
+
+All index arrays are sorted, unique, ``int64`` and read-only; they index ``dataset.samples``.
+The test split is never used for training or validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .types import ClassSplit, Dataset
+
+PROTOCOLS = ("fewshot", "standard", "generalized")
+VAL_BY = ("class", "pair")
+
+# Tags that keep the independent random streams apart.
+_TAG_SHOTS = 1
+_TAG_VAL_CLASSES = 2
+_TAG_VAL_PAIRS = 3
+
+
+def _name_key(name: str) -> int:
+    return int(hashlib.sha256(name.encode("utf-8")).hexdigest()[:8], 16)
+
+
+def _rng(seed: int, tag: int, name: str | None = None) -> np.random.Generator:
+    entropy = [int(seed), tag] + ([_name_key(name)] if name is not None else [])
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def _index(values: Sequence[int] | np.ndarray) -> np.ndarray:
+    arr = np.unique(np.asarray(values, dtype=np.int64))
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class ProtocolSplit:
+    """Index arrays into ``dataset.samples`` for one protocol, shot count and seed.
+
+    Attributes:
+        protocol: ``"fewshot"``, ``"standard"`` or ``"generalized"``.
+        shots: pairs drawn per unseen class (0 for zero-shot and for ``standard``).
+        seed: the seed of every random choice.
+        train: (n_train,) int64 — training pairs (seen training classes + the shots).
+        val: (n_val,) int64 — validation pairs (train split only).
+        test_query: (n_query,) int64 — test queries (both directions: I2T and T2I).
+        test_gallery: (n_gallery,) int64 — test gallery; ⊇ ``test_query``.
+        fewshot: (n_shots,) int64 — the drawn unseen-class pairs, a subset of ``train``.
+        train_classes: classes carried by the training pairs, in ``dataset.classes`` order.
+        val_classes: classes of the validation pairs (fewshot: the held-out seen classes).
+        test_classes: the query classes (unseen classes; all classes for ``standard``).
+        seen_classes, unseen_classes: the class split used (``standard``: all seen).
+        dataset: the dataset's name; class_split_version: the split's version (or None).
+        val_fraction, val_by: the validation settings used.
+    """
+
+    protocol: str
+    shots: int
+    seed: int
+    train: np.ndarray
+    val: np.ndarray
+    test_query: np.ndarray
+    test_gallery: np.ndarray
+    fewshot: np.ndarray
+    train_classes: tuple[str, ...]
+    val_classes: tuple[str, ...]
+    test_classes: tuple[str, ...]
+    seen_classes: tuple[str, ...] = ()
+    unseen_classes: tuple[str, ...] = ()
+    dataset: str = ""
+    class_split_version: str | None = None
+    val_fraction: float = 0.2
+    val_by: str = "class"
+
+    def digest(self) -> str:
+        """SHA-256 of the index arrays (short, for provenance and cache keys)."""
+        h = hashlib.sha256()
+        for name in ("train", "val", "test_query", "test_gallery", "fewshot"):
+            arr = np.ascontiguousarray(getattr(self, name), dtype="<i8")
+            h.update(name.encode() + b"\0" + arr.tobytes())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict:
+        """JSON-ready description: settings, sizes, class lists and the index digest."""
+        return {
+            "protocol": self.protocol,
+            "dataset": self.dataset,
+            "class_split_version": self.class_split_version,
+            "shots": self.shots,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "val_by": self.val_by,
+            "n_train": int(self.train.size),
+            "n_val": int(self.val.size),
+            "n_test_query": int(self.test_query.size),
+            "n_test_gallery": int(self.test_gallery.size),
+            "n_fewshot": int(self.fewshot.size),
+            "n_train_classes": len(self.train_classes),
+            "n_val_classes": len(self.val_classes),
+            "n_test_classes": len(self.test_classes),
+            "train_classes": list(self.train_classes),
+            "val_classes": list(self.val_classes),
+            "test_classes": list(self.test_classes),
+            "seen_classes": list(self.seen_classes),
+            "unseen_classes": list(self.unseen_classes),
+            "digest": self.digest(),
+        }
+
+    def verify(self, dataset: Dataset) -> None:
+        """Raise :class:`DataError` if an invariant of the protocol does not hold on ``dataset``:
+        train/val in the train split and disjoint, test in the test split, query ⊆ gallery,
+        shots ⊆ train, and (fewshot/generalized) no unseen-side pair in train except the shots
+        and none in val."""
+        split = np.array([s.split for s in dataset.samples])
+        problems = []
+        n = len(dataset)
+        for name in ("train", "val", "test_query", "test_gallery", "fewshot"):
+            arr = getattr(self, name)
+            if arr.size and (arr.min() < 0 or arr.max() >= n):
+                problems.append(f"{name} has indices outside [0, {n})")
+                return self._fail(problems)
+        if np.any(split[self.train] != "train") or np.any(split[self.val] != "train"):
+            problems.append("train/val hold test-split pairs")
+        if np.any(split[self.test_gallery] != "test"):
+            problems.append("the test gallery holds train-split pairs")
+        if np.intersect1d(self.train, self.val).size:
+            problems.append("train and val overlap")
+        if np.setdiff1d(self.test_query, self.test_gallery).size:
+            problems.append("some test queries are not in the gallery")
+        if np.setdiff1d(self.fewshot, self.train).size:
+            problems.append("some shots are not in train")
+        if self.protocol != "standard":
+            unseen = set(self.unseen_classes)
+            side = np.array([any(lab in unseen for lab in s.labels) for s in dataset.samples])
+            if np.any(side[np.setdiff1d(self.train, self.fewshot)]):
+                problems.append("unseen-class pairs in train beyond the shots")
+            if np.any(side[self.val]):
+                problems.append("unseen-class pairs in val")
+            if np.any(~side[self.test_query]):
+                problems.append("seen-class pairs among the test queries")
+        self._fail(problems)
+
+    def _fail(self, problems: list[str]) -> None:
+        if problems:
+            raise DataError(
+                f"Protocol split ({self.protocol}, shots={self.shots}, seed={self.seed}) is "
+                "inconsistent with the dataset: " + "; ".join(problems) + "."
+            )
+
+
+def _check_int(name: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _stratified_holdout(
+    candidates: np.ndarray, primary: list[str], class_order: list[str], fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``candidates`` into (kept, held out) per primary class: ``round(fraction * n)``
+    held out, at least 1 when n >= 2 and fraction > 0, at most n - 1."""
+    groups: dict[str, list[int]] = {}
+    for i in candidates:
+        groups.setdefault(primary[int(i)], []).append(int(i))
+    held: list[int] = []
+    for c in class_order:
+        items = groups.get(c)
+        if not items or fraction <= 0:
+            continue
+        n = len(items)
+        k = int(round(fraction * n))
+        k = min(max(k, 1 if n >= 2 else 0), n - 1)
+        if k:
+            perm = _rng(seed, _TAG_VAL_PAIRS, c).permutation(np.asarray(sorted(items)))
+            held.extend(perm[:k].tolist())
+    held_arr = _index(held)
+    return _index(np.setdiff1d(candidates, held_arr)), held_arr
+
+
+def _classes_of(dataset: Dataset, indices: np.ndarray) -> tuple[str, ...]:
+    present = {lab for i in indices for lab in dataset.samples[int(i)].labels}
+    return tuple(c for c in dataset.classes if c in present)
+
+
+def make_split(
+    dataset: Dataset,
+    protocol: str = "fewshot",
+    shots: int = 0,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    *,
+    val_by: str = "class",
+    class_split: ClassSplit | None = None,
+) -> ProtocolSplit:
+    """Build the :class:`ProtocolSplit` of ``dataset`` (conventions in the module docstring).
+
+    Args:
+        dataset: the data; its ``class_split`` is used unless ``class_split`` is given.
+        protocol: ``"fewshot"`` (default), ``"generalized"`` or ``"standard"``.
+        shots: train pairs drawn per unseen class (N-shot; 0 = zero-shot). Must be 0 for
+            ``standard``.
+        seed: non-negative int; fixes the shot draw and the validation choice.
+        val_fraction: in [0, 1); share of seen classes (``val_by="class"``) or of train pairs
+            per class (``val_by="pair"``, ``standard``) held out for validation. 0 = no
+            validation set.
+        val_by: ``"class"`` (class-disjoint validation, default) or ``"pair"``.
+        class_split: overrides ``dataset.class_split``.
+
+    Raises:
+        ConfigError: unknown protocol or ``val_by``, negative ``shots``/``seed``, a bad
+            ``val_fraction``, shots with ``standard``, or no class split for fewshot/generalized.
+        DataError: an unseen class has fewer train pairs than ``shots``, no unseen classes, or
+            no test pairs.
+    """
+    key = str(protocol).lower().replace("-", "").replace("_", "")
+    if key not in PROTOCOLS:
+        raise ConfigError(
+            f"Unknown protocol {protocol!r}. Known protocols: {', '.join(PROTOCOLS)} "
+            "(fewshot: train on seen classes + N shots per unseen class, test on unseen; "
+            "generalized: same, gallery also holds the seen classes' test pairs; standard: "
+            "all classes seen)."
+        )
+    shots = _check_int("shots", shots)
+    seed = _check_int("seed", seed)
+    try:
+        val_fraction = float(val_fraction)
+    except (TypeError, ValueError):
+        raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.") from None
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
+    if val_by not in VAL_BY:
+        raise ConfigError(f"Unknown val_by {val_by!r}. Known: {', '.join(VAL_BY)}.")
+
+    samples = dataset.samples
+    splits = np.array([s.split for s in samples])
+    train_split = np.flatnonzero(splits == "train").astype(np.int64)
+    test_split = np.flatnonzero(splits == "test").astype(np.int64)
+    primary = [s.labels[0] for s in samples]
+    if test_split.size == 0:
+        raise DataError(
+            f"Dataset {dataset.name!r} has no test-split pairs, so there is nothing to "
+            "evaluate on. Mark some samples split='test'."
+        )
+
+    if key == "standard":
+        if shots != 0:
+            raise ConfigError(
+                f"shots={shots} has no meaning in the standard protocol (every class is seen "
+                "and trained on in full); use shots=0, or protocol='fewshot'."
+            )
+        train, val = _stratified_holdout(train_split, primary, dataset.classes, val_fraction, seed)
+        test = _index(test_split)
+        return ProtocolSplit(
+            protocol="standard", shots=0, seed=seed, train=train, val=val,
+            test_query=test, test_gallery=test, fewshot=_index([]),
+            train_classes=_classes_of(dataset, train), val_classes=_classes_of(dataset, val),
+            test_classes=tuple(dataset.classes), seen_classes=tuple(dataset.classes),
+            unseen_classes=(), dataset=dataset.name,
+            class_split_version=None, val_fraction=val_fraction, val_by="pair",
+        )
+
+    cs = class_split if class_split is not None else dataset.class_split
+    if cs is None:
+        raise ConfigError(
+            f"The {key} protocol needs a seen/unseen class split, and dataset {dataset.name!r} "
+            "has none. Pass class_split= (e.g. gcrdp.data.load_class_split(path) or "
+            "gcrdp.data.generate_class_split(dataset.classes, dataset=...)), or use "
+            "protocol='standard'."
+        )
+    if class_split is not None:
+        cs.check_against(dataset.classes)
+    unseen_set = set(cs.unseen)
+    seen = [c for c in dataset.classes if c not in unseen_set]
+    unseen = [c for c in dataset.classes if c in unseen_set]
+    if not unseen:
+        raise DataError(
+            f"Class split {cs.dataset!r} v{cs.version} has no unseen classes, so the {key} "
+            "protocol has nothing to test on. Use a split with unseen classes or "
+            "protocol='standard'."
+        )
+    unseen_side = np.array([any(lab in unseen_set for lab in s.labels) for s in samples])
+
+    # --- shots: nested draws, one independent stream per unseen class
+    by_class = {c: [] for c in unseen}
+    for i in train_split:
+        for lab in samples[int(i)].labels:
+            if lab in by_class:
+                by_class[lab].append(int(i))
+    short = {c: len(v) for c, v in by_class.items() if len(v) < shots}
+    if short:
+        listed = ", ".join(f"{c!r} has {n}" for c, n in sorted(short.items(), key=lambda t: t[1])[:10])
+        more = f" (and {len(short) - 10} more classes)" if len(short) > 10 else ""
+        max_shots = min(len(v) for v in by_class.values())
+        raise DataError(
+            f"shots={shots} needs at least {shots} train-split pairs in every unseen class, but "
+            f"{len(short)} unseen class(es) have fewer: {listed}{more}. With this class split "
+            f"(dataset {dataset.name!r}, v{cs.version}) at most shots={max_shots} is possible; "
+            "lower shots or use a class split whose unseen classes have more train pairs."
+        )
+    drawn: list[int] = []
+    if shots:
+        for c in unseen:
+            perm = _rng(seed, _TAG_SHOTS, c).permutation(np.asarray(sorted(by_class[c]), dtype=np.int64))
+            drawn.extend(perm[:shots].tolist())
+    fewshot = _index(drawn)
+
+    # --- validation on the seen side
+    seen_train = train_split[~unseen_side[train_split]]
+    mode = val_by if len(seen) >= 2 else "pair"
+    if mode == "class":
+        n_val = 0
+        if val_fraction > 0:
+            n_val = max(1, int(round(val_fraction * len(seen))))
+            if len(seen) >= 3:
+                n_val = max(n_val, 2)
+            n_val = min(n_val, len(seen) - 1)
+        order = _rng(seed, _TAG_VAL_CLASSES).permutation(len(seen))
+        val_set = {seen[int(j)] for j in order[:n_val]}
+        in_val = np.array(
+            [any(lab in val_set for lab in samples[int(i)].labels) for i in seen_train], dtype=bool
+        )
+        val = _index(seen_train[in_val]) if seen_train.size else _index([])
+        train_seen = _index(seen_train[~in_val]) if seen_train.size else _index([])
+        val_classes = tuple(c for c in seen if c in val_set)
+    else:
+        train_seen, val = _stratified_holdout(seen_train, primary, seen, val_fraction, seed)
+        val_classes = _classes_of(dataset, val)
+    train = _index(np.concatenate([train_seen, fewshot]))
+
+    test_query = _index(test_split[unseen_side[test_split]])
+    if test_query.size == 0:
+        raise DataError(
+            f"No test-split pairs of the unseen classes in dataset {dataset.name!r} (unseen: "
+            f"{', '.join(map(repr, unseen[:5]))}{' ...' if len(unseen) > 5 else ''}), so there "
+            "is nothing to evaluate on. Check the class split and the samples' splits."
+        )
+    gallery = test_query if key == "fewshot" else _index(test_split)
+    return ProtocolSplit(
+        protocol=key, shots=shots, seed=seed, train=train, val=val,
+        test_query=test_query, test_gallery=gallery, fewshot=fewshot,
+        train_classes=_classes_of(dataset, train), val_classes=val_classes,
+        test_classes=tuple(unseen), seen_classes=tuple(seen), unseen_classes=tuple(unseen),
+        dataset=dataset.name, class_split_version=cs.version,
+        val_fraction=val_fraction, val_by=mode,
+    )

@@ -1,0 +1,162 @@
+"""The encoder protocol, the encoder registries and small shared helpers.
+
+An encoder turns a list of items of one modality (image paths, texts) into
+:class:`~gcrdp.data.features.ModalityFeatures`: a padded set of local features with a mask and
+a pooled (global) feature per item, all float32. Its :meth:`Encoder.fingerprint` is a JSON-able
+dict of everything that changes that output (weights digest, preprocessing, token limit,
+backend, output dims); the feature cache is keyed by it.
+
+Encoders are looked up by name in :data:`IMAGE_ENCODERS` and :data:`TEXT_ENCODERS`::
+
+    enc = IMAGE_ENCODERS.get("efficientnet-lite0")(backend="torch")
+    feats = enc.encode(["a.png", "b.png"], batch_size=32, progress=False)
+
+Constructors only store their arguments (and resolve where the weights are); the model is loaded
+on the first :meth:`Encoder.encode`, so a cache hit never loads a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ..data.features import ModalityFeatures
+from ..errors import ConfigError, DataError
+from ..registry import Registry
+
+MODALITIES = ("image", "text")
+
+ENCODERS_EXTRA = "encoders"
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the feature pipeline needs from an encoder.
+
+    Attributes:
+        modality: ``"image"`` or ``"text"``.
+        name: the registry name (``"efficientnet-lite0"``, ``"minilm-l6"``).
+    """
+
+    modality: str
+    name: str
+
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-able description of everything that changes :meth:`encode`'s output."""
+        ...
+
+    def encode(
+        self, items: Sequence[Any], *, batch_size: int = 32, progress: bool = True
+    ) -> ModalityFeatures:
+        """Encode ``items`` in order: local (n, L, d) float32, mask (n, L) bool,
+        pooled (n, d_g) float32."""
+        ...
+
+
+EncoderFactory = Callable[..., Encoder]
+
+#: Image encoders by name; values are factories (usually the encoder class).
+IMAGE_ENCODERS: Registry[EncoderFactory] = Registry("image encoder")
+#: Text encoders by name; values are factories (usually the encoder class).
+TEXT_ENCODERS: Registry[EncoderFactory] = Registry("text encoder")
+
+
+def get_image_encoder(name: str, **kwargs: Any) -> Encoder:
+    """Build the image encoder registered as ``name`` (unknown names list the known ones)."""
+    return IMAGE_ENCODERS.get(name)(**kwargs)
+
+
+def get_text_encoder(name: str, **kwargs: Any) -> Encoder:
+    """Build the text encoder registered as ``name`` (unknown names list the known ones)."""
+    return TEXT_ENCODERS.get(name)(**kwargs)
+
+
+def check_encoder(encoder: object, modality: str, role: str = "encoder") -> None:
+    """Raise :class:`ConfigError` unless ``encoder`` follows the protocol for ``modality``."""
+    missing = [a for a in ("modality", "name", "fingerprint", "encode") if not hasattr(encoder, a)]
+    if missing:
+        raise ConfigError(
+            f"{role} must follow the gcrdp Encoder protocol (attributes modality, name, "
+            f"fingerprint(), encode()); {type(encoder).__name__} lacks {', '.join(missing)}."
+        )
+    got = getattr(encoder, "modality")
+    if got != modality:
+        raise ConfigError(f"{role} must be an encoder of modality {modality!r}; "
+                          f"{getattr(encoder, 'name', '?')!r} has modality {got!r}.")
+
+
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    return batch_size
+
+
+# ----------------------------------------------------------------------------- weights digests
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, memoised per (path, size, mtime) within the process."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DataError(f"Cannot read weights file {path}: {exc}") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _DIGEST_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _DIGEST_LOCK:
+        _DIGESTS[key] = digest
+    return digest
+
+
+# ----------------------------------------------------------------------------- threads
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity-aware; at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(num_threads: int | None) -> int:
+    if num_threads is None:
+        return available_cpus()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ConfigError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
+    return num_threads
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``, restoring the previous value after."""
+    import torch
+
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+def default_artifact_dir() -> Path:
+    """Where derived model files (the ONNX export) go when no cache directory is given:
+    ``$GCRDP_CACHE_DIR/models`` or ``~/.cache/gcrdp/models``."""
+    root = os.environ.get("GCRDP_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "gcrdp"
+    return base / "models"

@@ -1,0 +1,147 @@
+"""Optional ONNX Runtime backend: export a torch module to ONNX once, cache the file, run it.
+
+``onnx`` and ``onnxruntime`` are optional (``pip install 'gcrdp[onnx]'``) and imported lazily.
+The exported file is cached under a directory of the caller's choosing, named by a key that
+includes the weights digest, and written atomically (temporary file in the same directory,
+fsync, ``os.replace``), so a crash mid-export leaves no file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+
+
+def onnxruntime_available() -> bool:
+    """True when both ``onnx`` (needed to export) and ``onnxruntime`` can be imported."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def require_onnxruntime(purpose: str = "backend='onnx'") -> None:
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"{purpose} needs the Python packages {', '.join(missing)}, which are not installed. "
+            "Install them with: pip install 'gcrdp[onnx]' (or use backend='torch')."
+        )
+
+
+def export_onnx_bytes(module: Any, example: Any, input_name: str, output_name: str) -> bytes:
+    """Export ``module`` (eval mode, one tensor in, one out, dynamic batch axis) to ONNX bytes.
+
+    Uses the TorchScript-based exporter where the installed torch still has it (about 1 s for
+    EfficientNet-Lite0) and the ``torch.export``-based one otherwise (about 10 s)."""
+    import torch
+
+    params = inspect.signature(torch.onnx.export).parameters
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            kwargs: dict[str, Any] = dict(
+                input_names=[input_name], output_names=[output_name],
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                opset_version=ONNX_OPSET, do_constant_folding=True,
+            )
+            if "dynamo" in params:
+                kwargs["dynamo"] = False
+            torch.onnx.export(module, (example,), buf, **kwargs)
+            return buf.getvalue()
+        except Exception as exc:  # exporter missing or failing in this torch: try the other one
+            log.info("TorchScript ONNX export unavailable (%s); using the dynamo exporter", exc)
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        program = torch.onnx.export(
+            module, (example,), input_names=[input_name], output_names=[output_name],
+            dynamic_shapes=({0: batch},), dynamo=True, opset_version=ONNX_OPSET,
+        )
+        return program.model_proto.SerializeToString()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class OnnxRunner:
+    """An ONNX Runtime CPU session for a single-input, single-output model.
+
+    Args:
+        model: path of the ``.onnx`` file, or its bytes.
+        num_threads: intra-op threads (inter-op is 1: the graph is a chain).
+    """
+
+    def __init__(self, model: str | Path | bytes, num_threads: int) -> None:
+        require_onnxruntime()
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(num_threads)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        src = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.version = ort.__version__
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+def load_or_export(
+    path: Path | None, build_module: Any, example: Any, input_name: str, output_name: str,
+    num_threads: int,
+) -> OnnxRunner:
+    """Return a runner for the cached export at ``path``, exporting (atomically) if needed.
+
+    ``build_module()`` returns the torch module to export. An unreadable cached file is
+    re-exported with a warning; an unwritable directory falls back to an in-memory model."""
+    require_onnxruntime()
+    if path is not None and path.is_file():
+        try:
+            return OnnxRunner(path, num_threads)
+        except Exception as exc:
+            log.warning("Cached ONNX model %s is unreadable (%s); exporting it again.", path, exc)
+    data = export_onnx_bytes(build_module(), example, input_name, output_name)
+    if path is not None:
+        try:
+            write_atomic(path, data)
+            log.info("Exported ONNX model to %s", path)
+        except OSError as exc:
+            log.warning("Cannot write the ONNX model to %s (%s); keeping it in memory only.",
+                        path, exc)
+    return OnnxRunner(data, num_threads)

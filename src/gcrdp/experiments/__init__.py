@@ -1,0 +1,7 @@
+"""Runs over shots × seeds × methods, their results files and tables."""
+
+from .config import RunConfig
+from .runner import run_experiment, summarize
+from .table import format_table
+
+__all__ = ["RunConfig", "run_experiment", "summarize", "format_table"]

@@ -1,0 +1,90 @@
+"""The resolved configuration of ``gcrdp run`` (written next to every result)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+PROTOCOLS = ("fewshot", "generalized", "standard")
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run's results.
+
+    Attributes:
+        dataset: registered dataset name (``gcrdp datasets`` lists them).
+        dataset_options: keyword options of the dataset loader (e.g. ``{"path": ...}``).
+        protocol: ``fewshot`` (SPEC §1), ``generalized`` or ``standard``.
+        shots: N values; 0 is zero-shot (ignored by the standard protocol).
+        seeds: one run per seed; a seed fixes the shot draw and the initialisation.
+        methods: registered method names.
+        method_options: per method name, its options (architecture and training settings).
+        image_encoder, text_encoder: registered encoder names.
+        encoder_backend: inference backend for extraction (``None``: the encoder's default).
+        feature_dtype: storage dtype of cached features (computation is float32).
+        cache_dir: feature cache folder (``None``: ``$GCRDP_CACHE_DIR`` or ``~/.cache/gcrdp``).
+        val_fraction: fraction of seen classes (few-shot) or of train pairs (standard) held
+            out for validation.
+        ks: extra cut-offs for mAP@k, precision@k and recall@k.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        extract_batch_size: batch size of feature extraction.
+    """
+
+    dataset: str = "twemoji"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "fewshot"
+    shots: list[int] = field(default_factory=lambda: [0, 1, 3, 5])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    methods: list[str] = field(default_factory=lambda: ["gap-infonce"])
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    image_encoder: str = "efficientnet-lite0"
+    text_encoder: str = "minilm-l6"
+    encoder_backend: str | None = None
+    feature_dtype: str = "float16"
+    cache_dir: str | None = None
+    val_fraction: float = 0.2
+    ks: list[int] = field(default_factory=list)
+    device: str = "auto"
+    extract_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.shots = [int(s) for s in self.shots]
+        self.seeds = [int(s) for s in self.seeds]
+        self.ks = [int(k) for k in self.ks]
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"Unknown protocol {self.protocol!r}. Known protocols: {', '.join(PROTOCOLS)}.")
+        if not self.shots:
+            raise ConfigError("At least one shot value is needed (e.g. --shots 0 1 3 5).")
+        if any(s < 0 for s in self.shots):
+            raise ConfigError(f"Shots must be >= 0, got {self.shots}.")
+        if not self.seeds:
+            raise ConfigError("At least one seed is needed (e.g. --seeds 0 1 2).")
+        if len(set(self.seeds)) != len(self.seeds) or len(set(self.shots)) != len(self.shots):
+            raise ConfigError(f"Shots and seeds must not repeat, got shots={self.shots} seeds={self.seeds}.")
+        if not self.methods:
+            raise ConfigError("At least one method is needed (e.g. --methods gap-infonce).")
+        if any(k < 1 for k in self.ks):
+            raise ConfigError(f"Cut-offs k must be >= 1, got {self.ks}.")
+        if self.feature_dtype not in ("float16", "float32"):
+            raise ConfigError(f"feature_dtype must be 'float16' or 'float32', got {self.feature_dtype!r}.")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}.")
+        unknown = sorted(set(self.method_options) - set(self.methods))
+        if unknown:
+            raise ConfigError(f"Options given for method(s) {unknown} that are not run (methods: {self.methods}).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(raw) - known)
+        if extra:
+            raise ConfigError(f"Unknown run config key(s) {extra}. Known keys: {', '.join(sorted(known))}.")
+        return cls(**raw)

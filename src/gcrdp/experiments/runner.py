@@ -1,0 +1,175 @@
+"""The main job: dataset → cached features → protocol splits over shots × seeds →
+fit each method → evaluate I2T and T2I on the test pairs → one results file."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.features import FeatureSet
+from ..data.types import Dataset
+from ..errors import ConfigError, DataError
+from ..methods import METHODS, FitData, build_method
+from ..training.seeding import resolve_device
+from ..utils.io import atomic_write_json
+from ..utils.provenance import provenance
+from .config import RunConfig
+
+log = logging.getLogger(__name__)
+
+RESULTS_FORMAT = "gcrdp-results/1"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("GCRDP_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "gcrdp"
+
+
+def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) -> FeatureSet:
+    """Extract (or load from the cache) both modalities' features for ``dataset``."""
+    from ..encoders import extract_features, get_image_encoder, get_text_encoder
+
+    image_kw = {"backend": config.encoder_backend} if config.encoder_backend else {}
+    image_enc = get_image_encoder(config.image_encoder, **image_kw)
+    text_enc = get_text_encoder(config.text_encoder)
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    return extract_features(dataset, image_enc, text_enc, cache_dir=cache, dtype=config.feature_dtype,
+                            batch_size=config.extract_batch_size, progress=progress)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return float(arr.mean()), std
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, shots): mean and sample standard deviation (ddof=1) over seeds of the
+    I2T, T2I and mean mAP (fractions), plus the chance level."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["shots"]), []).append(r)
+    out = []
+    for (method, shots), rs in groups.items():
+        row: dict[str, Any] = {"method": method, "shots": shots, "n_seeds": len(rs),
+                               "seeds": [r["seed"] for r in rs]}
+        for key, get in (("i2t_map", lambda r: r["test"]["i2t"]["map"]),
+                         ("t2i_map", lambda r: r["test"]["t2i"]["map"]),
+                         ("mean_map", lambda r: r["test"]["mean_map"])):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([get(r) for r in rs])
+        for extra in sorted({k for r in rs for k in r["test"]["i2t"] if "@" in k}):
+            for d in ("i2t", "t2i"):
+                row[f"{d}_{extra}_mean"], row[f"{d}_{extra}_std"] = _mean_std([r["test"][d][extra] for r in rs])
+        row["chance_i2t_mean"], _ = _mean_std([r["chance"]["i2t"] for r in rs])
+        row["chance_t2i_mean"], _ = _mean_std([r["chance"]["t2i"] for r in rs])
+        row["fit_seconds_mean"], _ = _mean_std([r["fit"]["seconds"] for r in rs])
+        out.append(row)
+    return out
+
+
+def run_experiment(
+    config: RunConfig,
+    output_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+    features: FeatureSet | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run every (shots, seed, method) of ``config`` and return the results dict; when
+    ``output_dir`` is given, write ``output_dir/results.json`` atomically at the end.
+
+    ``dataset``/``features`` may be passed in (tests, notebooks) to skip loading/extraction.
+    """
+    from ..data.protocol import make_split
+    from ..data.registry import load_dataset
+    from ..evaluation import chance_map, cross_modal_metrics
+
+    for m in config.methods:
+        METHODS.get(m)  # fail fast on unknown names, before any slow work
+    t_start = time.perf_counter()
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        if output_dir.exists() and not output_dir.is_dir():
+            raise ConfigError(f"--output-dir {output_dir} exists and is not a folder.")
+    device = resolve_device(config.device)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, **config.dataset_options)
+    t_data = time.perf_counter()
+    if features is None:
+        features = load_features(dataset, config, progress=progress)
+    if len(features) != len(dataset):
+        raise DataError(f"Features hold {len(features)} samples but the dataset has {len(dataset)}.")
+    features.image.check_finite("image features")
+    features.text.check_finite("text features")
+    t_feat = time.perf_counter()
+    labels = dataset.label_matrix()
+    shot_values = [0] if config.protocol == "standard" else config.shots
+
+    # Validate every split before training anything (e.g. too few pairs for the shots).
+    splits = {(s, seed): make_split(dataset, protocol=config.protocol, shots=s, seed=seed,
+                                    val_fraction=config.val_fraction)
+              for s in shot_values for seed in config.seeds}
+
+    records: list[dict[str, Any]] = []
+    for shots in shot_values:
+        for seed in config.seeds:
+            split = splits[(shots, seed)]
+            oversample = np.isin(split.train, split.fewshot)
+            fit_data = FitData(
+                train=features.subset(split.train), train_labels=labels[split.train],
+                oversample=oversample,
+                val=features.subset(split.val) if len(split.val) else None,
+                val_labels=labels[split.val] if len(split.val) else None,
+                class_names=tuple(dataset.classes),
+            )
+            q, g = split.test_query, split.test_gallery
+            q_labels, g_labels = labels[q], labels[g]
+            chance = chance_map(q_labels, g_labels)
+            for name in config.methods:
+                method = build_method(name, config.method_options.get(name), device)
+                report = method.fit(fit_data, seed=seed)
+                t0 = time.perf_counter()
+                qi, qt = method.embed_images(features.image.subset(q)), method.embed_texts(features.text.subset(q))
+                if np.array_equal(q, g):
+                    gi, gt = qi, qt
+                else:
+                    gi, gt = method.embed_images(features.image.subset(g)), method.embed_texts(features.text.subset(g))
+                test = cross_modal_metrics(qi, qt, q_labels, gi, gt, g_labels, ks=config.ks)
+                rec = {
+                    "method": name, "shots": shots, "seed": seed,
+                    "method_config": method.config_dict(),
+                    "split": split.summary(),
+                    "fit": report.to_dict(),
+                    "eval_seconds": round(time.perf_counter() - t0, 3),
+                    "chance": {"i2t": chance, "t2i": chance_map(q_labels, g_labels)},
+                    "test": test,
+                }
+                records.append(rec)
+                log.info("%s shots=%d seed=%d: I2T %.1f T2I %.1f (val %.1f, %d epochs, %.1fs)",
+                         name, shots, seed, 100 * test["i2t"]["map"], 100 * test["t2i"]["map"],
+                         100 * (report.best_val_map or math.nan), report.epochs, report.seconds)
+                if on_record is not None:
+                    on_record(rec)
+    results = {
+        "format": RESULTS_FORMAT,
+        "config": config.to_dict(),
+        "resolved": {"device": device, "n_samples": len(dataset), "n_classes": len(dataset.classes),
+                     "dataset_meta": dataset.meta, "features": features.meta},
+        "provenance": provenance(),
+        "timing": {"data_seconds": round(t_data - t_start, 3),
+                   "features_seconds": round(t_feat - t_data, 3),
+                   "total_seconds": round(time.perf_counter() - t_start, 3)},
+        "records": records,
+        "summary": summarize(records),
+    }
+    if output_dir is not None:
+        atomic_write_json(output_dir / "results.json", results)
+    return results

@@ -1,0 +1,122 @@
+"""The training loop shared by the trainable methods: seeded batches with oversampling,
+Adam, gradient clipping, validation mAP after every epoch, early stopping that restores the
+best weights."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.features import FeatureSet
+from ..errors import DataError
+from ..methods.base import FitData, FitReport
+from .batching import epoch_batches
+from .config import TrainConfig
+from .seeding import numpy_rng
+
+log = logging.getLogger(__name__)
+
+#: a batch: features of the selected pairs as float32 tensors on the device
+Batch = dict[str, torch.Tensor]
+#: (model, batch) -> (loss, named loss parts for logging)
+StepLoss = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+#: (features) -> (image embeddings, text embeddings), numpy float32
+Embedder = Callable[[FeatureSet], tuple[np.ndarray, np.ndarray]]
+
+
+def make_batch(features: FeatureSet, labels: np.ndarray | None, idx: np.ndarray, device: str) -> Batch:
+    """Gather rows ``idx`` into float32 tensors (features may be stored as float16)."""
+    def t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a[idx])).to(device=device, dtype=dtype)
+
+    batch = {
+        "image_local": t(features.image.local), "image_mask": t(features.image.mask, torch.bool),
+        "text_local": t(features.text.local), "text_mask": t(features.text.mask, torch.bool),
+    }
+    if labels is not None:
+        batch["labels"] = t(labels)
+    return batch
+
+
+def validation_map(embed: Embedder, features: FeatureSet, labels: np.ndarray) -> float:
+    """Mean of I2T and T2I mAP@all on the validation pairs (queries = gallery)."""
+    from ..evaluation import cross_modal_metrics
+
+    img, txt = embed(features)
+    res = cross_modal_metrics(img, txt, labels, img, txt, labels)
+    return float(res["mean_map"])
+
+
+def fit_loop(
+    model: nn.Module,
+    step_loss: StepLoss,
+    embed: Embedder,
+    data: FitData,
+    config: TrainConfig,
+    *,
+    seed: int,
+    device: str = "cpu",
+) -> FitReport:
+    """Train ``model`` in place with ``step_loss``; early-stop on validation mAP computed with
+    ``embed``; restore the weights of the best validation epoch. Returns a :class:`FitReport`."""
+    n = len(data.train)
+    if n < 2:
+        raise DataError(f"Training needs at least 2 pairs, got {n}.")
+    t0 = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) \
+        if config.weight_decay > 0 else torch.optim.Adam(params, lr=config.lr)
+    over_idx = np.flatnonzero(data.oversample)
+    has_val = data.val is not None and data.val_labels is not None and len(data.val) >= 2
+    report = FitReport()
+    best_state = None
+    best = -math.inf
+    bad = 0
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        rng = numpy_rng(seed, epoch)
+        batches = epoch_batches(n, config.batch_size, rng, over_idx, config.oversample)
+        sums: dict[str, float] = {}
+        for idx in batches:
+            batch = make_batch(data.train, data.train_labels, idx, device)
+            loss, parts = step_loss(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch}: {parts}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            opt.step()
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        entry = {"epoch": epoch, **{k: v / max(len(batches), 1) for k, v in sums.items()}}
+        if has_val:
+            model.eval()
+            score = validation_map(embed, data.val, data.val_labels)
+            entry["val_map"] = score
+            if score > best + config.min_delta:
+                best, bad = score, 0
+                best_state = copy.deepcopy(model.state_dict())
+                report.best_epoch = epoch
+            else:
+                bad += 1
+        report.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()})
+        log.debug("epoch %d %s", epoch, entry)
+        report.epochs = epoch
+        if has_val and bad >= config.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        report.best_val_map = best
+    else:
+        report.best_epoch = report.epochs
+    model.eval()
+    report.seconds = time.perf_counter() - t0
+    return report
