@@ -25,7 +25,8 @@ traced by ``tracemalloc`` during one run (measured in a separate run from the ti
 not count the BLAS's internal buffers), not the process RSS.
 
 A second table times the candidate sorts on one chunk (1024 queries x 10k items, float32 scores
-with many ties) and checks that each gives the stable order (ties by gallery index).
+with many ties) and checks that each gives the stable order (ties by gallery index); a third
+times ``retrieval_metrics`` at the largest size for chunks of 2**18 to 2**24 scores.
 """
 
 from __future__ import annotations
@@ -147,6 +148,25 @@ def bench_sizes(sizes: Sequence[int], repeats: int, loop_q: int, py_q: int) -> N
         )
 
 
+def bench_chunks(n: int, repeats: int) -> list[str]:
+    """Time retrieval_metrics at n x n for chunks of 2**18 .. 2**24 scores."""
+    q, g, lab = make_data(n)
+    threads = min(os.cpu_count() or 1, MAX_AUTO_THREADS)
+    rows = [
+        f"| scores per chunk (n = {n:,}) | chunk_size | 1 thread (s) | {threads} threads (s) "
+        "| peak MiB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for power in range(18, 25):
+        chunk = max(1, 2**power // n)
+        t1, _ = best_time(lambda: retrieval_metrics(q, g, lab, lab, chunk_size=chunk, n_threads=1),
+                          repeats)
+        tn, _ = best_time(lambda: retrieval_metrics(q, g, lab, lab, chunk_size=chunk), repeats)
+        mem = peak_mib(lambda: retrieval_metrics(q, g, lab, lab, chunk_size=chunk))
+        rows.append(f"| 2^{power} | {chunk} | {t1:.3f} | {tn:.3f} | {mem:.1f} |")
+    return rows
+
+
 def bench_sorts(repeats: int) -> list[str]:
     rng = np.random.default_rng(1)
     c, ng = 1024, 10_000
@@ -195,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="queries timed for the numpy loop (scaled to all)")
     parser.add_argument("--python-queries", type=int, default=100,
                         help="queries timed for the python loop (scaled to all)")
+    parser.add_argument("--no-chunk-sweep", action="store_true",
+                        help="skip the table of chunk sizes (run at the largest size)")
     args = parser.parse_args(argv)
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, "
@@ -203,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_sizes(args.sizes, args.repeats, args.loop_queries, args.python_queries)
     print()
     print("\n".join(bench_sorts(args.repeats)))
+    if not args.no_chunk_sweep:
+        print()
+        print("\n".join(bench_chunks(max(args.sizes), args.repeats)))
     return 0
 
 

@@ -58,13 +58,14 @@ KDenominator = Literal["hits", "min_k_r"]
 K_DENOMINATORS: tuple[str, ...] = ("hits", "min_k_r")
 
 #: Scores per chunk when ``chunk_size=None``: chunk_size = max(1, SCORES_PER_CHUNK // n_gallery).
-#: 2**22 float32 scores = 16 MiB; peak working memory of a chunk is about 30 bytes per score.
-SCORES_PER_CHUNK = 2**22
+#: 2**20 float32 scores = 4 MiB; a chunk's working memory is about 20 bytes per score (~21 MiB).
+#: Measured (docs/benchmarks.md): smaller chunks stay in cache and are faster than 2**22..2**24.
+SCORES_PER_CHUNK = 2**20
 
 #: Threads used for ranking when ``n_threads=None``: min(os.cpu_count(), MAX_AUTO_THREADS).
 MAX_AUTO_THREADS = 4
 #: Below this many scores in all, ``n_threads=None`` uses one thread (threads would not pay).
-MIN_SCORES_FOR_THREADS = 2**20
+MIN_SCORES_FOR_THREADS = 2**19
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 

@@ -34,10 +34,10 @@ class HeadsConfig:
     """
 
     latent_dim: int = 256
-    hidden_dim: int = 512
+    hidden_dim: int = 256
     num_layers: int = 2
     dropout: float = 0.1
-    temperature: float = 0.07
+    temperature: float = 0.2
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 10:

@@ -28,7 +28,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 60
-    patience: int = 8
+    patience: int = 5
     min_delta: float = 1e-4
     oversample: int = 4
     grad_clip: float | None = 5.0
