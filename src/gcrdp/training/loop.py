@@ -31,18 +31,24 @@ StepLoss = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 Embedder = Callable[[FeatureSet], tuple[np.ndarray, np.ndarray]]
 
 
-def make_batch(features: FeatureSet, labels: np.ndarray | None, idx: np.ndarray, device: str) -> Batch:
-    """Gather rows ``idx`` into float32 tensors (features may be stored as float16)."""
-    def t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a[idx])).to(device=device, dtype=dtype)
+def as_tensors(features: FeatureSet, labels: np.ndarray | None = None) -> Batch:
+    """Zero-copy CPU tensor views of the feature arrays (dtype as stored, e.g. float16)."""
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
 
-    batch = {
-        "image_local": t(features.image.local), "image_mask": t(features.image.mask, torch.bool),
-        "text_local": t(features.text.local), "text_mask": t(features.text.mask, torch.bool),
-    }
+    out = {"image_local": t(features.image.local), "image_mask": t(features.image.mask),
+           "text_local": t(features.text.local), "text_mask": t(features.text.mask)}
     if labels is not None:
-        batch["labels"] = t(labels)
-    return batch
+        out["labels"] = t(labels)
+    return out
+
+
+def make_batch(tensors: Batch, idx: np.ndarray, device: str) -> Batch:
+    """Gather rows ``idx`` of :func:`as_tensors` output; features become float32 on ``device``."""
+    index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+    return {k: v.index_select(0, index).to(device=device,
+                                           dtype=torch.bool if v.dtype == torch.bool else torch.float32)
+            for k, v in tensors.items()}
 
 
 def validation_map(embed: Embedder, features: FeatureSet, labels: np.ndarray) -> float:
@@ -74,6 +80,7 @@ def fit_loop(
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) \
         if config.weight_decay > 0 else torch.optim.Adam(params, lr=config.lr)
     over_idx = np.flatnonzero(data.oversample)
+    train_tensors = as_tensors(data.train, data.train_labels)
     has_val = data.val is not None and data.val_labels is not None and len(data.val) >= 2
     report = FitReport()
     best_state = None
@@ -85,7 +92,7 @@ def fit_loop(
         batches = epoch_batches(n, config.batch_size, rng, over_idx, config.oversample)
         sums: dict[str, float] = {}
         for idx in batches:
-            batch = make_batch(data.train, data.train_labels, idx, device)
+            batch = make_batch(train_tensors, idx, device)
             loss, parts = step_loss(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch}: {parts}")
