@@ -8,13 +8,10 @@ fsync, ``os.replace``), so a crash mid-export leaves no file that looks finished
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import inspect
 import io
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError
+from ..utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +71,7 @@ def export_onnx_bytes(module: Any, example: Any, input_name: str, output_name: s
         return program.model_proto.SerializeToString()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+
 
 
 class OnnxRunner:
@@ -139,7 +118,7 @@ def load_or_export(
     data = export_onnx_bytes(build_module(), example, input_name, output_name)
     if path is not None:
         try:
-            write_atomic(path, data)
+            atomic_write_bytes(path, data)
             log.info("Exported ONNX model to %s", path)
         except OSError as exc:
             log.warning("Cannot write the ONNX model to %s (%s); keeping it in memory only.",
