@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean-venv help
+.PHONY: demo test bench evidence clean-venv help
 
 help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji (0/1/3/5 shots, 3 seeds)"
@@ -32,6 +32,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_extraction.py
 	$(BIN)/python benchmarks/bench_demo.py
+
+# GCRDP ablations and sensitivity on Twemoji (1/3/5 shots × 5 seeds); tables for docs/results.md
+evidence: $(STAMP)
+	$(BIN)/gcrdp run --config configs/ablation.json --output-dir runs/ablation -q
+	$(BIN)/gcrdp run --config configs/sensitivity.json --output-dir runs/sensitivity -q
+	$(BIN)/python scripts/results_tables.py runs/ablation/results.json runs/sensitivity/results.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -152,6 +152,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """One (method, shots, seed) with a checkpoint every epoch (resumable) and a final one."""
+    from ..experiments import RunConfig, run_experiment
+
+    raw = _load_config_file(args.config)
+    raw.update(_dataset_fields(args))
+    raw.update(_encoder_fields(args))
+    for key in ("protocol", "ks", "device", "val_fraction"):
+        value = getattr(args, key)
+        if value is not None:
+            raw[key] = value
+    for key, value in (("shots", args.shots), ("seeds", args.seed), ("methods", args.method)):
+        if value is not None:
+            raw[key] = [value]
+        else:
+            raw.setdefault(key, [0] if key != "methods" else RunConfig().methods)
+    if args.option:
+        opts = raw.setdefault("method_options", {})
+        for m, o in _method_options(args.option, list(raw["methods"])).items():
+            opts.setdefault(m, {}).update(o)
+    opts = raw.get("dataset_options") or {}
+    for key in ("path", "class_split"):  # so that 'evaluate --checkpoint' works from any folder
+        if isinstance(opts.get(key), str) and Path(opts[key]).expanduser().exists():
+            opts[key] = str(Path(opts[key]).expanduser().resolve())
+    config = RunConfig.from_dict(raw)
+    if len(config.methods) != 1 or len(config.seeds) != 1 or (config.protocol != "standard" and len(config.shots) != 1):
+        raise ConfigError(
+            f"gcrdp train fits one (method, shots, seed); got methods={config.methods}, "
+            f"shots={config.shots}, seeds={config.seeds}. Use --method, --shots and --seed with one "
+            "value each, or 'gcrdp run' for grids.")
+    out = args.checkpoint_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--checkpoint-dir {out} exists and is not a folder.")
+    resumable = (out / "last" / "state.json").is_file()
+    try:
+        results = run_experiment(config, out, progress=not args.quiet, checkpoints=lambda *_: out,
+                                 resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"gcrdp train: interrupted; the last completed epoch is checkpointed in {out / 'last'}. "
+              "Run the same command again to resume from it.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    rec = results["records"][0]
+    fit = rec["fit"]
+    resumed = fit.get("resumed_from_epoch")
+    note = f", resumed after epoch {resumed}" if resumed is not None else (
+        " (started afresh: --no-resume)" if resumable and not args.resume else "")
+    print(f"{rec['method']} on {config.dataset}, protocol {config.protocol}, shots={rec['shots']}, "
+          f"seed={rec['seed']}: {fit['epochs']} epochs, best epoch {fit['best_epoch']}{note}")
+    val = fit.get("best_val_map")
+    print(f"validation mean mAP {100 * val:.1f} (best epoch)" if val is not None else
+          "validation: none (no validation pairs; the last epoch is kept)")
+    test = {**rec["test"], "chance": rec["chance"]["i2t"]}
+    print("test: " + "\n".join(_metric_lines(test, config.ks)))
+    print(f"\ncheckpoints: {out / 'last'} (training, every epoch), {out / 'final'} (fitted method)\n"
+          f"results: {out / 'results.json'}  ({results['timing']['total_seconds']:.0f} s)")
+    return 0
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from ..data.registry import load_dataset
     from ..experiments import RunConfig
@@ -214,28 +272,106 @@ def _load_embeddings(path: Path) -> dict[str, Any]:
     return data
 
 
+def _metric_lines(res: dict[str, Any], ks: Sequence[int] | None) -> list[str]:
+    lines = [f"I2T mAP {100 * res['i2t']['map']:.1f}   T2I mAP {100 * res['t2i']['map']:.1f}   "
+             f"mean {100 * res['mean_map']:.1f}   chance {100 * res['chance']:.1f}   "
+             f"({res['i2t']['n_queries']} queries, {res['i2t']['n_gallery']} gallery)"]
+    for k in ks or ():
+        for d in ("i2t", "t2i"):
+            m = res[d]
+            lines.append(f"{d.upper()} @{k}: mAP {100 * m[f'map@{k}']:.1f}  P {100 * m[f'precision@{k}']:.1f}  "
+                         f"R {100 * m[f'recall@{k}']:.1f}")
+    return lines
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import chance_map, cross_modal_metrics
     from ..utils.io import atomic_write_json
 
+    if (args.embeddings is None) == (args.checkpoint is None):
+        raise ConfigError("gcrdp evaluate needs either an embeddings .npz file or --checkpoint DIR "
+                          "(not both).")
+    if args.checkpoint is not None:
+        if args.gallery is not None:
+            raise ConfigError("--gallery goes with an embeddings file; with --checkpoint the test "
+                              "gallery is re-created from the stored run.")
+        return _evaluate_checkpoint(args)
+    if args.cache_dir is not None or args.device is not None:
+        raise ConfigError("--cache-dir and --device go with --checkpoint.")
     q = _load_embeddings(args.embeddings)
     g = _load_embeddings(args.gallery) if args.gallery else q
     res = cross_modal_metrics(q["image"], q["text"], q["labels"], g["image"], g["text"], g["labels"],
                               ks=args.k or ())
     res["chance"] = chance_map(q["labels"], g["labels"])
-    lines = [f"I2T mAP {100 * res['i2t']['map']:.1f}   T2I mAP {100 * res['t2i']['map']:.1f}   "
-             f"mean {100 * res['mean_map']:.1f}   chance {100 * res['chance']:.1f}   "
-             f"({res['i2t']['n_queries']} queries, {res['i2t']['n_gallery']} gallery)"]
-    for k in args.k or ():
-        for d in ("i2t", "t2i"):
-            m = res[d]
-            lines.append(f"{d.upper()} @{k}: mAP {100 * m[f'map@{k}']:.1f}  P {100 * m[f'precision@{k}']:.1f}  "
-                         f"R {100 * m[f'recall@{k}']:.1f}")
-    print("\n".join(lines))
+    print("\n".join(_metric_lines(res, args.k)))
     if args.output is not None:
         atomic_write_json(args.output, {"embeddings": str(args.embeddings),
                                         "gallery": str(args.gallery) if args.gallery else None,
                                         "metrics": res})
+    return 0
+
+
+def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    """Re-create the dataset, features and split of a ``gcrdp train`` run from its final
+    checkpoint and evaluate the stored method on the test pairs."""
+    from ..data.protocol import make_split
+    from ..data.registry import load_dataset
+    from ..errors import DataError
+    from ..evaluation import chance_map
+    from ..experiments import RunConfig
+    from ..experiments.runner import evaluate_split, load_features
+    from ..training.checkpoint import checkpoint_exists, load_method, read_checkpoint
+    from ..training.seeding import resolve_device
+    from ..utils.io import atomic_write_json
+
+    where = args.checkpoint / "final" if checkpoint_exists(args.checkpoint / "final") else args.checkpoint
+    if where == args.checkpoint and checkpoint_exists(args.checkpoint / "last"):
+        raise DataError(f"{args.checkpoint} holds a training checkpoint (last/) but no final one: the "
+                        "training did not finish. Run the same 'gcrdp train' command again to resume "
+                        "and finish it.")
+    ckpt = read_checkpoint(where, kind="final")
+    run = ckpt.state.get("run")
+    if not isinstance(run, dict) or not isinstance(run.get("config"), dict) or "split" not in run:
+        raise DataError(f"Checkpoint {ckpt.path} holds no run info (it was not written by 'gcrdp "
+                        "train'), so its test split cannot be re-created. Load it in Python with "
+                        "gcrdp.training.checkpoint.load_method and embed your own data.")
+    raw = dict(run["config"])
+    if args.cache_dir is not None:
+        raw["cache_dir"] = str(args.cache_dir)
+    if args.device is not None:
+        raw["device"] = args.device
+    config = RunConfig.from_dict(raw)
+    dataset = load_dataset(config.dataset, **config.dataset_options)
+    if list(dataset.classes) != list(run.get("class_names", [])):
+        raise DataError(f"Dataset {config.dataset!r} now has other classes than when checkpoint "
+                        f"{ckpt.path} was trained ({len(dataset.classes)} vs "
+                        f"{len(run.get('class_names', []))}); the stored model cannot be evaluated on it.")
+    features = load_features(dataset, config, progress=not args.quiet)
+    stored = run.get("features") or {}
+    if stored.get("key") and features.meta.get("key") and stored["key"] != features.meta["key"]:
+        old, new = stored.get("key_inputs") or {}, features.meta.get("key_inputs") or {}
+        what = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)] or ["the cache key"]
+        raise DataError(f"The features differ from those checkpoint {ckpt.path} was trained on "
+                        f"(changed: {', '.join(what)}): the dataset's content or the encoders "
+                        "changed since. Restore them, or train again.")
+    info = run["split"]
+    split = make_split(dataset, protocol=info["protocol"], shots=info["shots"], seed=info["seed"],
+                       val_fraction=info["val_fraction"], val_by=info.get("val_by", "class"))
+    if split.digest() != info.get("digest"):
+        raise DataError(f"The protocol split re-created for checkpoint {ckpt.path} differs from the "
+                        f"one it was trained on (digest {split.digest()} vs {info.get('digest')}); "
+                        "the dataset or its class split changed.")
+    method = load_method(ckpt, resolve_device(config.device))
+    labels = dataset.label_matrix()
+    res = evaluate_split(method, features, labels, split, ks=args.k or ())
+    res["chance"] = chance_map(labels[split.test_query], labels[split.test_gallery])
+    print(f"{ckpt.state['method']} on {config.dataset}, protocol {split.protocol}, shots={split.shots}, "
+          f"seed={split.seed} (checkpoint {ckpt.path})")
+    print("\n".join(_metric_lines(res, args.k)))
+    if args.output is not None:
+        atomic_write_json(args.output, {"checkpoint": str(ckpt.path), "method": ckpt.state["method"],
+                                        "method_config": ckpt.state["method_config"],
+                                        "split": split.summary(), "metrics": res})
     return 0
 
 
@@ -267,6 +403,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser(
+        "train", help="train one method on one (dataset, shots, seed) with resumable checkpoints",
+        description="Train one method on one (dataset, shots, seed), checkpointing every epoch. "
+                    "DIR/last is the training checkpoint (weights, optimizer, counters, RNG; "
+                    "replaced atomically after every epoch), DIR/final the fitted method with the "
+                    "run info 'gcrdp evaluate --checkpoint DIR' needs, DIR/results.json the "
+                    "resolved config, provenance and metrics. Running the same command again "
+                    "after an interruption resumes from DIR/last and ends exactly as an "
+                    "uninterrupted run would.")
+    p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its keys")
+    _add_dataset_args(p)
+    _add_encoder_args(p)
+    g = p.add_argument_group("protocol and method")
+    g.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default=None)
+    g.add_argument("--shots", type=int, default=None, help="N pairs per unseen class (default: 0)")
+    g.add_argument("--seed", type=int, default=None, help="default: 0")
+    g.add_argument("--method", default=None, help="default: gap-infonce")
+    g.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method option, e.g. lr=1e-3 or max_epochs=30 (repeatable)")
+    g.add_argument("--val-fraction", type=float, default=None)
+    g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
+    g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument("--checkpoint-dir", type=Path, required=True,
+                   help="DIR for last/ (every epoch), final/ and results.json")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from DIR/last when it exists (default); --no-resume starts afresh "
+                        "and overwrites it")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("extract", help="extract (or load cached) features of a dataset")
     _add_dataset_args(p)
     _add_encoder_args(p)
@@ -274,10 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("evaluate", help="retrieval metrics of embeddings stored in .npz files")
-    p.add_argument("embeddings", type=Path,
+    p = sub.add_parser("evaluate", help="retrieval metrics of embeddings in .npz files, or of a "
+                                        "checkpoint written by 'gcrdp train'")
+    p.add_argument("embeddings", type=Path, nargs="?", default=None,
                    help=".npz with 'image' (n,d), 'text' (n,d), 'labels' ((n,) or (n,C)); the queries")
     p.add_argument("--gallery", type=Path, default=None, help="gallery .npz (default: the queries themselves)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="instead of embeddings: a 'gcrdp train' checkpoint DIR (or DIR/final); its "
+                        "dataset, features (cache) and split are re-created and the test pairs evaluated")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="with --checkpoint: feature cache folder (default: the stored one)")
+    p.add_argument("--device", default=None, help="with --checkpoint: cpu, cuda or auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--k", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
     p.add_argument("--output", type=Path, default=None, help="write the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)

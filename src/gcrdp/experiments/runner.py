@@ -44,6 +44,28 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) ->
                             batch_size=config.extract_batch_size, progress=progress)
 
 
+def method_base_name(entry: str) -> str:
+    """``"gcrdp@k5"`` → ``"gcrdp"``: an entry may label a variant of a registered method (its
+    options are ``method_options["gcrdp@k5"]``), so one run can compare settings of one method."""
+    return entry.split("@", 1)[0]
+
+
+def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split: Any,
+                   ks: list[int] | tuple[int, ...] = ()) -> dict[str, Any]:
+    """Test metrics of a fitted ``method`` on ``split``'s test queries and gallery (I2T and
+    T2I, :func:`~gcrdp.evaluation.cross_modal_metrics`); the gallery is embedded once more only
+    when it differs from the queries."""
+    from ..evaluation import cross_modal_metrics
+
+    q, g = split.test_query, split.test_gallery
+    qi, qt = method.embed_images(features.image.subset(q)), method.embed_texts(features.text.subset(q))
+    if np.array_equal(q, g):
+        gi, gt = qi, qt
+    else:
+        gi, gt = method.embed_images(features.image.subset(g)), method.embed_texts(features.text.subset(g))
+    return cross_modal_metrics(qi, qt, labels[q], gi, gt, labels[g], ks=ks)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=np.float64)
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
@@ -67,6 +89,9 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for extra in sorted({k for r in rs for k in r["test"]["i2t"] if "@" in k}):
             for d in ("i2t", "t2i"):
                 row[f"{d}_{extra}_mean"], row[f"{d}_{extra}_std"] = _mean_std([r["test"][d][extra] for r in rs])
+        vals = [r["fit"]["best_val_map"] for r in rs if r["fit"].get("best_val_map") is not None]
+        if vals:
+            row["val_map_mean"], row["val_map_std"] = _mean_std(vals)
         row["chance_i2t_mean"], _ = _mean_std([r["chance"]["i2t"] for r in rs])
         row["chance_t2i_mean"], _ = _mean_std([r["chance"]["t2i"] for r in rs])
         row["fit_seconds_mean"], _ = _mean_std([r["fit"]["seconds"] for r in rs])
@@ -82,18 +107,29 @@ def run_experiment(
     dataset: Dataset | None = None,
     features: FeatureSet | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: Callable[[str, int, int], Path] | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Run every (shots, seed, method) of ``config`` and return the results dict; when
     ``output_dir`` is given, write ``output_dir/results.json`` atomically at the end.
 
     ``dataset``/``features`` may be passed in (tests, notebooks) to skip loading/extraction.
+
+    ``checkpoints(method entry, shots, seed) -> folder``: checkpoint the fits there (methods
+    must be checkpointable, see :mod:`gcrdp.methods.base`): ``folder/last`` is the training
+    checkpoint written every epoch (resumed when ``resume``), ``folder/final`` the fitted method
+    with the run info that ``gcrdp evaluate --checkpoint`` needs; the record gets
+    ``"checkpoint": folder``. ``gcrdp train`` is this with one (method, shots, seed).
     """
     from ..data.protocol import make_split
     from ..data.registry import load_dataset
-    from ..evaluation import chance_map, cross_modal_metrics
+    from ..evaluation import chance_map
+    from ..training.checkpoint import check_checkpointable, save_method
 
     for m in config.methods:
-        METHODS.get(m)  # fail fast on unknown names, before any slow work
+        METHODS.get(method_base_name(m))  # fail fast on unknown names, before any slow work
+        if checkpoints is not None:
+            check_checkpointable(build_method(method_base_name(m), config.method_options.get(m)))
     t_start = time.perf_counter()
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -134,15 +170,14 @@ def run_experiment(
             q_labels, g_labels = labels[q], labels[g]
             chance = chance_map(q_labels, g_labels)
             for name in config.methods:
-                method = build_method(name, config.method_options.get(name), device)
-                report = method.fit(fit_data, seed=seed)
-                t0 = time.perf_counter()
-                qi, qt = method.embed_images(features.image.subset(q)), method.embed_texts(features.text.subset(q))
-                if np.array_equal(q, g):
-                    gi, gt = qi, qt
+                method = build_method(method_base_name(name), config.method_options.get(name), device)
+                folder = checkpoints(name, shots, seed) if checkpoints is not None else None
+                if folder is None:
+                    report = method.fit(fit_data, seed=seed)
                 else:
-                    gi, gt = method.embed_images(features.image.subset(g)), method.embed_texts(features.text.subset(g))
-                test = cross_modal_metrics(qi, qt, q_labels, gi, gt, g_labels, ks=config.ks)
+                    report = method.fit(fit_data, seed=seed, checkpoint_dir=Path(folder) / "last", resume=resume)
+                t0 = time.perf_counter()
+                test = evaluate_split(method, features, labels, split, ks=config.ks)
                 rec = {
                     "method": name, "shots": shots, "seed": seed,
                     "method_config": method.config_dict(),
@@ -152,6 +187,15 @@ def run_experiment(
                     "chance": {"i2t": chance, "t2i": chance_map(q_labels, g_labels)},
                     "test": test,
                 }
+                if folder is not None:
+                    single = {**config.to_dict(), "shots": [shots], "seeds": [seed], "methods": [name],
+                              "method_options": {name: config.method_options.get(name, {})}}
+                    save_method(method, Path(folder) / "final", fit=rec["fit"], run={
+                        "config": single, "method_entry": name, "split": rec["split"],
+                        "class_names": list(dataset.classes),
+                        "features": {k: features.meta.get(k) for k in ("key", "key_inputs", "dtype")},
+                        "test": test})
+                    rec["checkpoint"] = str(folder)
                 records.append(rec)
                 log.info("%s shots=%d seed=%d: I2T %.1f T2I %.1f (val %.1f, %d epochs, %.1fs)",
                          name, shots, seed, 100 * test["i2t"]["map"], 100 * test["t2i"]["map"],

@@ -27,3 +27,26 @@ def format_table(summary: list[dict[str, Any]], title: str | None = None) -> str
     lines += [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += [fmt(row) for row in rows]
     return "\n".join(lines)
+
+
+def format_study_table(summary: list[dict[str, Any]], methods: list[str] | None = None,
+                       key: str = "mean_map") -> str:
+    """A Markdown table with one row per method and one column per shot value: ``key`` (e.g.
+    ``mean_map``, ``i2t_map``) in percent as mean ± std over seeds, plus the validation mAP
+    (mean over shots and seeds) used for choices."""
+    shots = sorted({r["shots"] for r in summary})
+    order = methods or list(dict.fromkeys(r["method"] for r in summary))
+    by = {(r["method"], r["shots"]): r for r in summary}
+    head = ["method"] + [f"{s}-shot" for s in shots] + ["val mAP"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in order:
+        cells = [f"`{m}`"]
+        vals = []
+        for s in shots:
+            r = by.get((m, s))
+            cells.append(_pm(r[f"{key}_mean"], r[f"{key}_std"]).strip() if r else "–")
+            if r and "val_map_mean" in r:
+                vals.append(r["val_map_mean"])
+        cells.append(f"{100 * sum(vals) / len(vals):.1f}" if vals else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

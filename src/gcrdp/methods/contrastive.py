@@ -4,6 +4,7 @@ symmetric cross-modal InfoNCE loss — GCRDP with its GMM and RDP parts switched
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
 from ..losses import symmetric_infonce
 from ..model import ProjectionHead, masked_mean
+from ..training.checkpoint import load_method, method_info, save_method
 from ..training.config import TrainConfig, split_options
 from ..training.loop import Batch, fit_loop
 from ..training.seeding import resolve_device
@@ -63,7 +65,11 @@ class DualHeads(nn.Module):
 
 
 class ContrastiveHeadsMethod:
-    """GAP + symmetric InfoNCE over projected local features (see module docstring)."""
+    """GAP + symmetric InfoNCE over projected local features (see module docstring).
+
+    Checkpointable (contract in :mod:`gcrdp.methods.base`): ``init_model(image_dim, text_dim)``,
+    ``fit(..., checkpoint_dir=, resume=)``, ``save(path)`` / ``ContrastiveHeadsMethod.load(path)``.
+    """
 
     name = "gap-infonce"
 
@@ -73,6 +79,7 @@ class ContrastiveHeadsMethod:
         self.train = train or TrainConfig()
         self.device = resolve_device(device)
         self.model_: DualHeads | None = None
+        self.input_dims_: dict[str, int] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any], device: str = "cpu") -> ContrastiveHeadsMethod:
@@ -89,14 +96,34 @@ class ContrastiveHeadsMethod:
         loss = symmetric_infonce(img, txt, self.heads.temperature)
         return loss, {"infonce": float(loss.detach())}
 
-    def fit(self, data: FitData, *, seed: int) -> FitReport:
+    def init_model(self, image_dim: int, text_dim: int) -> DualHeads:
+        """Build the untrained heads (initialised from the torch global RNG) on the device."""
+        self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim)}
+        self.model_ = DualHeads(int(image_dim), int(text_dim), self.heads).to(self.device)
+        return self.model_
+
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
+            resume: bool = True) -> FitReport:
+        """Train on ``data``; with ``checkpoint_dir``, checkpoint every epoch and (``resume``)
+        continue an interrupted fit there (see :func:`~gcrdp.training.fit_loop`)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = DualHeads(data.train.image.dim, data.train.text.dim, self.heads).to(self.device)
-            self.model_ = model  # validation embeds through it during training
+            model = self.init_model(data.train.image.dim, data.train.text.dim)  # validation embeds through it
             report = fit_loop(model, self._loss, self._embed_pair, data, self.train, seed=seed,
-                              device=self.device)
+                              device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
+                              method_info=method_info(self))
         return report
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | Path, **kw: Any) -> Path:
+        """Write the fitted method as a final checkpoint folder (see
+        :func:`gcrdp.training.checkpoint.save_method`)."""
+        return save_method(self, path, **kw)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> ContrastiveHeadsMethod:
+        """Rebuild a method saved with :meth:`save` (weights on ``device``)."""
+        return load_method(path, device, expect=cls)
 
     # ---------------------------------------------------------------- embed
     def _check_fitted(self) -> DualHeads:

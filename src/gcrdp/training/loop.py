@@ -1,6 +1,7 @@
 """The training loop shared by the trainable methods: seeded batches with oversampling,
 Adam, gradient clipping, validation mAP after every epoch, early stopping that restores the
-best weights."""
+best weights, and (optionally) a checkpoint after every epoch from which an interrupted fit
+resumes exactly (:mod:`gcrdp.training.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +21,13 @@ from ..data.features import FeatureSet
 from ..errors import DataError
 from ..methods.base import FitData, FitReport
 from .batching import epoch_batches
+from .checkpoint import (
+    TrainingProgress,
+    checkpoint_exists,
+    load_training_checkpoint,
+    save_training_checkpoint,
+    training_identity,
+)
 from .config import TrainConfig
 from .seeding import numpy_rng
 
@@ -69,9 +79,35 @@ def fit_loop(
     *,
     seed: int,
     device: str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    method_info: Mapping[str, Any] | None = None,
 ) -> FitReport:
     """Train ``model`` in place with ``step_loss``; early-stop on validation mAP computed with
-    ``embed``; restore the weights of the best validation epoch. Returns a :class:`FitReport`."""
+    ``embed``; restore the weights of the best validation epoch. Returns a :class:`FitReport`.
+
+    Batches are drawn from ``numpy_rng(seed, epoch)``; dropout draws from the torch global RNG,
+    which the caller seeds (inside ``torch.random.fork_rng``) before building ``model``.
+
+    Checkpoints and resume:
+        checkpoint_dir: when given, a *training* checkpoint (weights, optimizer state, best
+            weights so far, counters, history, torch RNG state; layout in
+            :mod:`gcrdp.training.checkpoint`) replaces ``checkpoint_dir`` atomically at the end
+            of every epoch. Cost, measured on a 2-core CPU with Twemoji-sized heads (1280- and
+            384-dim inputs, 256 hidden/latent, ~0.56 M parameters, ~9 MB per checkpoint):
+            about 15 ms per epoch, i.e. about 2 % of a Twemoji epoch (~0.8 s on that machine).
+        resume: when True and ``checkpoint_dir`` holds a training checkpoint, training goes on
+            from the epoch after the stored one and ends with exactly the weights, history and
+            metrics of an uninterrupted run (same seed). The checkpoint must belong to the same
+            run — same ``method_info`` (method name, config, input dims), ``seed``, train
+            config and training data (:func:`~gcrdp.training.checkpoint.data_fingerprint`) —
+            or a :class:`~gcrdp.errors.ConfigError` says what differs. A checkpoint of a fit
+            that already ended just restores its best weights. ``resume=False`` starts afresh
+            and overwrites the checkpoint.
+        method_info: ``{"method", "method_config", "input_dims"}`` of the calling method
+            (:func:`~gcrdp.training.checkpoint.method_info`), stored in the checkpoint and
+            checked on resume.
+    """
     n = len(data.train)
     if n < 2:
         raise DataError(f"Training needs at least 2 pairs, got {n}.")
@@ -83,10 +119,23 @@ def fit_loop(
     train_tensors = as_tensors(data.train, data.train_labels)
     has_val = data.val is not None and data.val_labels is not None and len(data.val) >= 2
     report = FitReport()
-    best_state = None
-    best = -math.inf
-    bad = 0
-    for epoch in range(1, config.max_epochs + 1):
+    best_state: dict[str, torch.Tensor] | None = None
+    progress = TrainingProgress()
+    identity: dict[str, Any] = {}
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        identity = training_identity(data, config.to_dict(), seed, method_info)
+        if resume and checkpoint_exists(checkpoint_dir):
+            progress, best_state = load_training_checkpoint(
+                checkpoint_dir, model=model, optimizer=opt, identity=identity, device=device)
+            report.extra["resumed_from_epoch"] = progress.epoch
+            log.info("resuming from %s after epoch %d", checkpoint_dir, progress.epoch)
+    report.history = list(progress.history)
+    report.epochs, report.best_epoch = progress.epoch, progress.best_epoch
+    best = progress.best_val_map if progress.best_val_map is not None else -math.inf
+    bad = progress.bad_epochs
+    first = progress.epoch + 1 if not progress.stopped else config.max_epochs + 1
+    for epoch in range(first, config.max_epochs + 1):
         model.train()
         rng = numpy_rng(seed, epoch)
         batches = epoch_batches(n, config.batch_size, rng, over_idx, config.oversample)
@@ -117,7 +166,16 @@ def fit_loop(
         report.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()})
         log.debug("epoch %d %s", epoch, entry)
         report.epochs = epoch
-        if has_val and bad >= config.patience:
+        stop = has_val and bad >= config.patience
+        if checkpoint_dir is not None:
+            done = TrainingProgress(
+                epoch=epoch, best_epoch=report.best_epoch,
+                best_val_map=best if math.isfinite(best) else None, bad_epochs=bad,
+                stopped=stop or epoch == config.max_epochs,
+                seconds=progress.seconds + time.perf_counter() - t0, history=report.history)
+            save_training_checkpoint(checkpoint_dir, model=model, optimizer=opt, best_state=best_state,
+                                     progress=done, identity=identity, device=device)
+        if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -125,5 +183,5 @@ def fit_loop(
     else:
         report.best_epoch = report.epochs
     model.eval()
-    report.seconds = time.perf_counter() - t0
+    report.seconds = progress.seconds + time.perf_counter() - t0
     return report

@@ -1,0 +1,128 @@
+"""Multi-positive cross-modal InfoNCE over the K GMM views of each sample (SPEC §3.3).
+
+Every view of every sample is an anchor. An anchor's positives are the other views of its own
+pair, in both modalities; the views of the other pairs are negatives. The per-anchor loss is the
+SupCon "L_out" form: the mean over the anchor's positives of ``-log softmax`` over the anchor's
+candidate set. With one view per sample (K = 1) and no class positives this is exactly the
+symmetric CLIP loss :func:`gcrdp.losses.symmetric_infonce`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError, DataError
+
+
+def validate_temperature(temperature: float | torch.Tensor) -> None:
+    """Raise :class:`ConfigError` unless ``temperature`` is a finite positive scalar."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1:
+            raise ConfigError(
+                f"temperature must be a scalar, got a tensor of shape {tuple(temperature.shape)}."
+            )
+        value = float(temperature.detach())
+    else:
+        try:
+            value = float(temperature)
+        except (TypeError, ValueError):
+            raise ConfigError(f"temperature must be a positive number, got {temperature!r}.") from None
+    if not (math.isfinite(value) and value > 0.0):
+        raise ConfigError(
+            f"temperature must be a finite number > 0 (e.g. 0.07), got {value!r}."
+        )
+
+
+def _class_share(labels: torch.Tensor, batch: int) -> torch.Tensor:
+    """(batch, batch) bool: pairs i and j share at least one class.
+
+    ``labels`` is (batch, classes) multi-hot (any dtype; > 0 means the class is present) or
+    (batch,) integer class ids.
+    """
+    if labels.shape[0] != batch or labels.dim() not in (1, 2):
+        raise DataError(
+            f"labels must have shape (batch={batch}, classes) multi-hot or (batch={batch},) class "
+            f"ids, got {tuple(labels.shape)}."
+        )
+    if labels.dim() == 1:
+        return labels[:, None] == labels[None, :]  # (B, B)
+    hot = (labels > 0).to(torch.float32)  # (B, C)
+    return (hot @ hot.T) > 0  # (B, B)
+
+
+def multi_positive_infonce(
+    image_views: torch.Tensor,
+    text_views: torch.Tensor,
+    temperature: float | torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    class_positives: bool = False,
+    intra_modal_negatives: bool = False,
+) -> torch.Tensor:
+    """Symmetric multi-positive InfoNCE over K views per sample.
+
+    Args:
+        image_views: (B, K, D) L2-normalised image views; ``image_views[i]`` is paired with
+            ``text_views[i]``.
+        text_views: (B, K, D) L2-normalised text views.
+        temperature: τ > 0 (number or scalar tensor); logits are cosine similarities / τ.
+        labels: (B, C) multi-hot (or (B,) integer class ids); used only with ``class_positives``.
+        class_positives: also count as positives every candidate view of a pair that shares a
+            class with the anchor's pair.
+        intra_modal_negatives: also put the same-modality views of the other pairs in the
+            candidate set (as negatives, or as positives under ``class_positives``).
+
+    Candidate set of an image view (i, k): all B·K text views, the other K − 1 image views of
+    pair i, and — with ``intra_modal_negatives`` — the image views of the other pairs. The anchor
+    itself is never a candidate. Positives: the K text views of pair i and the other K − 1 image
+    views of pair i (plus class positives). Text anchors are symmetric.
+
+    Loss of an anchor a with positives P(a) and candidates A(a)::
+
+        ℓ(a) = −1/|P(a)| · Σ_{p∈P(a)} log( exp(s_ap/τ) / Σ_{c∈A(a)} exp(s_ac/τ) )
+
+    Returns:
+        Scalar: ½·(mean of ℓ over the B·K image anchors + mean over the B·K text anchors).
+    """
+    validate_temperature(temperature)
+    if image_views.dim() != 3 or image_views.shape != text_views.shape:
+        raise DataError(
+            "image_views and text_views must both have shape (batch, K, dim), got "
+            f"{tuple(image_views.shape)} and {tuple(text_views.shape)}."
+        )
+    if class_positives and labels is None:
+        raise ConfigError("class_positives=True needs labels of shape (batch, classes); got None.")
+    b, k, d = image_views.shape
+    bk = b * k
+    n = 2 * bk
+    device = image_views.device
+
+    # Row order: image views of pair 0 (k = 0..K-1), pair 1, ..., then the text views likewise.
+    z = torch.cat([image_views.reshape(bk, d), text_views.reshape(bk, d)], dim=0)  # (2BK, D)
+    logits = (z @ z.T) / temperature  # (2BK, 2BK)
+
+    idx = torch.arange(n, device=device)  # (2BK,)
+    modality = idx // bk  # (2BK,) 0 = image, 1 = text
+    pair = (idx % bk) // k  # (2BK,) pair index in [0, B)
+    same_mod = modality[:, None] == modality[None, :]  # (2BK, 2BK)
+    same_pair = pair[:, None] == pair[None, :]  # (2BK, 2BK)
+    not_self = ~torch.eye(n, dtype=torch.bool, device=device)  # (2BK, 2BK)
+
+    if intra_modal_negatives:
+        candidates = not_self  # (2BK, 2BK) everything but the anchor
+    else:
+        candidates = ~same_mod | (same_pair & not_self)  # (2BK, 2BK)
+    positives = same_pair & not_self  # (2BK, 2BK) own pair, both modalities
+    if class_positives:
+        share = _class_share(labels.to(device), b)  # (B, B)
+        positives = positives | (share[pair][:, pair] & not_self)  # (2BK, 2BK)
+    positives = positives & candidates
+
+    neg_inf = torch.finfo(logits.dtype).min
+    lse = torch.logsumexp(logits.masked_fill(~candidates, neg_inf), dim=1, keepdim=True)  # (2BK, 1)
+    log_prob = logits - lse  # (2BK, 2BK)
+    n_pos = positives.sum(dim=1).clamp(min=1)  # (2BK,) ≥ K ≥ 1 by construction
+    per_anchor = -torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1) / n_pos  # (2BK,)
+    return 0.5 * (per_anchor[:bk].mean() + per_anchor[bk:].mean())
