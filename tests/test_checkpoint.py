@@ -70,6 +70,30 @@ def test_gap_infonce_follows_the_checkpoint_contract():
     assert rebuilt.config_dict() == m.config_dict()
 
 
+def test_a_method_without_the_hooks_is_refused_clearly(tmp_path):
+    class Legacy:
+        name = "legacy"
+
+        def config_dict(self):
+            return {"method": self.name}
+
+        def init_model(self, image_dim, text_dim):
+            self.model_ = torch.nn.Linear(image_dim, text_dim)
+            return self.model_
+
+        def fit(self, data, *, seed):
+            return None
+
+    with pytest.raises(ConfigError, match=r"'legacy' cannot be checkpointed.*checkpoint_dir=.*gcrdp.methods.base"):
+        ck.check_checkpointable(Legacy())
+    m = Legacy()
+    m.fit = lambda data, *, seed, checkpoint_dir=None, resume=True: None
+    m.init_model(3, 2)
+    with pytest.raises(ConfigError, match="did not record input_dims_"):
+        ck.save_method(m, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_save_load_round_trip_gives_identical_embeddings(tmp_path, fitted):
     m, feats, *_ = fitted
     m.save(tmp_path / "ckpt", run={"note": "x"})
@@ -95,6 +119,18 @@ def test_saving_an_unfitted_method_fails_clearly(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_saving_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path, fitted):
+    m, *_ = fitted
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="not a gcrdp checkpoint.*refusing to replace it"):
+        m.save(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+    (tmp_path / "empty").mkdir()
+    m.save(tmp_path / "empty")  # an empty folder is fine
+    assert ck.checkpoint_exists(tmp_path / "empty")
+
+
 def _assert_safetensors_or_json(path: Path) -> None:
     data = path.read_bytes()
     assert not data.startswith(b"\x80"), f"{path} looks like a pickle"
@@ -108,7 +144,7 @@ def _assert_safetensors_or_json(path: Path) -> None:
 
 
 def test_no_pickle_anywhere(tmp_path, monkeypatch):
-    feats, y, data, _ = _data()
+    *_, data, _ = _data()
 
     def forbidden(*a, **k):
         raise AssertionError("pickle-based serialisation used")
@@ -134,7 +170,7 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- atomic writes
 def test_a_crash_during_save_leaves_the_previous_checkpoint_intact(tmp_path, fitted, monkeypatch):
-    m, feats, *_ = fitted
+    m, *_ = fitted
     path = tmp_path / "ckpt"
     m.save(path, run={"version": 1})
     before = {p.name: p.read_bytes() for p in path.iterdir()}
@@ -215,7 +251,7 @@ def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path, fitted):
     data = bytearray((p / "model.safetensors").read_bytes())
     data[-3] ^= 0xFF
     (p / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(DataError, match="SHA-256"):
+    with pytest.raises(DataError, match="size or checksum differs"):
         ck.load_method(p)
     p = fresh("badjson")
     (p / "state.json").write_text("{not json")
@@ -316,7 +352,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_fit(tmp_path, options
 
 
 def test_resume_after_a_crash_while_writing_a_checkpoint(tmp_path, monkeypatch):
-    feats, y, data, test = _data()
+    *_, data, _ = _data()
     ref = build_method("gap-infonce", OPTS)
     ref_report = ref.fit(data, seed=1)
     real, saves = ck.write_checkpoint, [0]
@@ -345,7 +381,7 @@ def test_resume_after_a_crash_while_writing_a_checkpoint(tmp_path, monkeypatch):
 def test_resume_needs_the_rng_state_to_be_exact(tmp_path, monkeypatch):
     """Negative control: without restoring the RNG, dropout differs after a resume — the
     equality above is not an accident of the test."""
-    feats, y, data, _ = _data()
+    *_, data, _ = _data()
     ref = build_method("gap-infonce", OPTS)
     ref_report = ref.fit(data, seed=2)
     killed = build_method("gap-infonce", OPTS)
@@ -360,7 +396,7 @@ def test_resume_needs_the_rng_state_to_be_exact(tmp_path, monkeypatch):
 
 
 def test_resuming_a_finished_fit_restores_its_best_weights_without_training(tmp_path):
-    feats, y, data, _ = _data()
+    *_, data, _ = _data()
     first = build_method("gap-infonce", {**OPTS, "patience": 2, "max_epochs": 30})
     r1 = first.fit(data, seed=0, checkpoint_dir=tmp_path / "last")
     assert ck.read_checkpoint(tmp_path / "last").state["stopped"] is True
@@ -372,7 +408,7 @@ def test_resuming_a_finished_fit_restores_its_best_weights_without_training(tmp_
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
-    feats, y, data, _ = _data()
+    *_, data, _ = _data()
     opts = {**OPTS, "max_epochs": 2}
     build_method("gap-infonce", opts).fit(data, seed=0, checkpoint_dir=tmp_path / "last")
     with pytest.raises(ConfigError, match="belongs to another run.*seed: checkpoint 0, now 1.*--no-resume"):
@@ -388,7 +424,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
 
 
 def test_checkpointing_does_not_change_the_fit(tmp_path):
-    feats, y, data, _ = _data()
+    *_, data, _ = _data()
     a, b = build_method("gap-infonce", OPTS), build_method("gap-infonce", OPTS)
     ra = a.fit(data, seed=4)
     rb = b.fit(data, seed=4, checkpoint_dir=tmp_path / "last")

@@ -240,3 +240,97 @@ def test_help_and_version(capsys):
     assert "gcrdp" in capsys.readouterr().out
     assert main(["run", "--help"]) == 0
     assert "--shots" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- train + checkpoints
+def _train_args(tmp_path: Path, manifest: Path, seed: int = 0) -> list:
+    return ["train", "--manifest", manifest, "--shots", "1", "--seed", str(seed), "--option", "max_epochs=4",
+            "--option", "batch_size=8", "--cache-dir", tmp_path / "c", "-q"]
+
+
+@needs_encoders
+def test_train_resume_and_evaluate_checkpoint_reproduce_the_test_metrics(tmp_path, capsys, monkeypatch):
+    from gcrdp.training import loop
+
+    manifest = write_manifest(tmp_path / "data")
+    code, out, err = run_cli(capsys, *_train_args(tmp_path, manifest), "--checkpoint-dir", tmp_path / "ref")
+    assert code == 0, err
+    assert "validation mean mAP" in out and "I2T mAP" in out and "checkpoints:" in out
+    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == ["final", "last", "results.json"]
+    res = json.loads((tmp_path / "ref" / "results.json").read_text())
+    rec = res["records"][0]
+    assert res["config"]["shots"] == [1] and res["config"]["seeds"] == [0] and res["provenance"]["versions"]
+    assert rec["fit"]["epochs"] == 4 and len(rec["fit"]["history"]) == 4
+
+    # evaluate --checkpoint re-creates dataset, features and split: the same test metrics
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "ref", "--output",
+                             tmp_path / "m.json", "-q")
+    assert code == 0, err
+    assert "I2T mAP" in out
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    for key in ("i2t", "t2i"):
+        assert metrics[key]["map"] == rec["test"][key]["map"]
+    assert metrics["mean_map"] == rec["test"]["mean_map"]
+
+    # killed after epoch 2, then the same command resumes and ends as the uninterrupted run
+    real, saves = loop.save_training_checkpoint, [0]
+
+    def save_then_die(*a, **k):
+        real(*a, **k)
+        saves[0] += 1
+        if saves[0] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_training_checkpoint", save_then_die)
+    code, _, err = run_cli(capsys, *_train_args(tmp_path, manifest), "--checkpoint-dir", tmp_path / "cut")
+    assert code == 130 and "Run the same command again to resume" in err, err
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["last"]
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, *_train_args(tmp_path, manifest), "--checkpoint-dir", tmp_path / "cut")
+    assert code == 0, err
+    assert "resumed after epoch 2" in out
+    rec2 = json.loads((tmp_path / "cut" / "results.json").read_text())["records"][0]
+    assert rec2["test"] == rec["test"] and rec2["fit"]["history"] == rec["fit"]["history"]
+
+    # the same folder for another run is refused, not silently resumed
+    code, _, err = run_cli(capsys, *_train_args(tmp_path, manifest, seed=1), "--checkpoint-dir", tmp_path / "cut")
+    assert_user_error(code, err, "belongs to another run", "seed: checkpoint 0, now 1", "--no-resume")
+
+
+def test_evaluate_checkpoint_errors(tmp_path, capsys):
+    from gcrdp.methods import FitData, build_method
+
+    from .helpers import one_hot, synthetic_features
+
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "missing_dir")
+    assert_user_error(code, err, "Checkpoint folder not found", "missing_dir")
+    code, _, err = run_cli(capsys, "evaluate")
+    assert_user_error(code, err, "either an embeddings .npz file or --checkpoint")
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "e.npz", "--checkpoint", tmp_path)
+    assert_user_error(code, err, "not both")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "state.json").write_text("{")
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "junk")
+    assert_user_error(code, err, "not valid JSON")
+
+    feats, labels = synthetic_features(n_per_class=4, n_classes=3)
+    y = one_hot(labels)
+    data = FitData(train=feats, train_labels=y, oversample=np.zeros(len(y), bool))
+    m = build_method("gap-infonce", {"max_epochs": 2, "batch_size": 4, "hidden_dim": 8, "latent_dim": 4})
+    m.fit(data, seed=0, checkpoint_dir=tmp_path / "unfinished" / "last")
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "unfinished")
+    assert_user_error(code, err, "did not finish", "gcrdp train")
+    m.save(tmp_path / "library")
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "library")
+    assert_user_error(code, err, "holds no run info")
+
+
+def test_train_fits_one_run_and_needs_a_checkpoint_dir(tmp_path, capsys):
+    (tmp_path / "cfg.json").write_text(json.dumps({"seeds": [0, 1]}))
+    code, _, err = run_cli(capsys, "train", "--config", tmp_path / "cfg.json", "--checkpoint-dir", tmp_path / "o")
+    assert_user_error(code, err, "fits one (method, shots, seed)", "seeds=[0, 1]")
+    code, _, err = run_cli(capsys, "train", "--shots", "1")
+    assert code == 2 and "--checkpoint-dir" in err
+    code, _, err = run_cli(capsys, "train", "--method", "magic", "--checkpoint-dir", tmp_path / "o")
+    assert_user_error(code, err, "Unknown method 'magic'")
+    assert not (tmp_path / "o").exists()

@@ -172,10 +172,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         opts = raw.setdefault("method_options", {})
         for m, o in _method_options(args.option, list(raw["methods"])).items():
             opts.setdefault(m, {}).update(o)
-    opts = raw.get("dataset_options") or {}
+    dataset_opts = raw.get("dataset_options") or {}
     for key in ("path", "class_split"):  # so that 'evaluate --checkpoint' works from any folder
-        if isinstance(opts.get(key), str) and Path(opts[key]).expanduser().exists():
-            opts[key] = str(Path(opts[key]).expanduser().resolve())
+        if isinstance(dataset_opts.get(key), str) and Path(dataset_opts[key]).expanduser().exists():
+            dataset_opts[key] = str(Path(dataset_opts[key]).expanduser().resolve())
     config = RunConfig.from_dict(raw)
     if len(config.methods) != 1 or len(config.seeds) != 1 or (config.protocol != "standard" and len(config.shots) != 1):
         raise ConfigError(
@@ -190,6 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         results = run_experiment(config, out, progress=not args.quiet, checkpoints=lambda *_: out,
                                  resume=args.resume)
     except KeyboardInterrupt:
+        if not (out / "last" / "state.json").is_file():
+            raise  # nothing checkpointed yet: main() reports the interruption
         print(f"gcrdp train: interrupted; the last completed epoch is checkpointed in {out / 'last'}. "
               "Run the same command again to resume from it.", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -273,9 +275,9 @@ def _load_embeddings(path: Path) -> dict[str, Any]:
 
 
 def _metric_lines(res: dict[str, Any], ks: Sequence[int] | None) -> list[str]:
-    lines = [f"I2T mAP {100 * res['i2t']['map']:.1f}   T2I mAP {100 * res['t2i']['map']:.1f}   "
-             f"mean {100 * res['mean_map']:.1f}   chance {100 * res['chance']:.1f}   "
-             f"({res['i2t']['n_queries']} queries, {res['i2t']['n_gallery']} gallery)"]
+    lines = [(f"I2T mAP {100 * res['i2t']['map']:.1f}   T2I mAP {100 * res['t2i']['map']:.1f}   "
+              f"mean {100 * res['mean_map']:.1f}   chance {100 * res['chance']:.1f}   "
+              f"({res['i2t']['n_queries']} queries, {res['i2t']['n_gallery']} gallery)")]
     for k in ks or ():
         for d in ("i2t", "t2i"):
             m = res[d]
@@ -368,6 +370,10 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     print(f"{ckpt.state['method']} on {config.dataset}, protocol {split.protocol}, shots={split.shots}, "
           f"seed={split.seed} (checkpoint {ckpt.path})")
     print("\n".join(_metric_lines(res, args.k)))
+    stored = run.get("test") or {}
+    if stored.get("mean_map") is not None and stored["mean_map"] != res["mean_map"]:
+        print(f"note: the mean mAP stored at training time was {100 * stored['mean_map']:.2f}, now "
+              f"{100 * res['mean_map']:.2f} (another device or library version?)", file=sys.stderr)
     if args.output is not None:
         atomic_write_json(args.output, {"checkpoint": str(ckpt.path), "method": ckpt.state["method"],
                                         "method_config": ckpt.state["method_config"],

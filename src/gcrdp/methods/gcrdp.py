@@ -14,6 +14,7 @@ pooling (one view); ``use_rdp=False`` / ``alpha=0`` drop RDP / the regulariser. 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..losses import (
 from ..losses.rdp import RDP_VARIANTS
 from ..model import ProjectionHead, masked_mean
 from ..model.gmm import GMMConfig, GMMLayer, gmm_views, mixture_entropy
+from ..training.checkpoint import load_method, method_info, save_method
 from ..training.config import TrainConfig, split_options
 from ..training.loop import Batch, fit_loop
 from ..training.seeding import resolve_device
@@ -148,6 +150,7 @@ class GCRDPMethod:
         self.train = train or TrainConfig()
         self.device = resolve_device(device)
         self.model_: GCRDPModel | None = None
+        self.input_dims_: dict[str, int] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any], device: str = "cpu") -> GCRDPMethod:
@@ -185,16 +188,34 @@ class GCRDPMethod:
         return total, parts
 
     def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> GCRDPModel:
-        return GCRDPModel(image_dim, text_dim, n_classes, self.cfg).to(self.device)
+        """Build the untrained model (initialised from the torch global RNG) on the device."""
+        self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim),
+                            "n_classes": int(n_classes)}
+        self.model_ = GCRDPModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
+        return self.model_
 
-    def fit(self, data: FitData, *, seed: int) -> FitReport:
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
+            resume: bool = True) -> FitReport:
+        """Train on ``data``; with ``checkpoint_dir``, checkpoint every epoch and (``resume``)
+        continue an interrupted fit there (see :func:`~gcrdp.training.fit_loop`)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model_ = self.init_model(data.train.image.dim, data.train.text.dim,
-                                          int(data.train_labels.shape[1]))
-            report = fit_loop(self.model_, self._loss, self._embed_pair, data, self.train, seed=seed,
-                              device=self.device)
+            model = self.init_model(data.train.image.dim, data.train.text.dim,
+                                    int(data.train_labels.shape[1]))
+            report = fit_loop(model, self._loss, self._embed_pair, data, self.train, seed=seed,
+                              device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
+                              method_info=method_info(self))
         return report
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | Path, **kw: Any) -> Path:
+        """Write the fitted method as a final checkpoint folder."""
+        return save_method(self, path, **kw)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> GCRDPMethod:
+        """Rebuild a method saved with :meth:`save` (weights on ``device``)."""
+        return load_method(path, device, expect=cls)
 
     # ---------------------------------------------------------------- embed
     @torch.inference_mode()
