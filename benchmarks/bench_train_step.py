@@ -1,0 +1,121 @@
+"""One GCRDP training step with the GMM module (K = 3, T = 3) against the same step with global
+average pooling (``use_gmm=False``): same batch, same losses otherwise, same process.
+
+    python benchmarks/bench_train_step.py [--batch 128] [--repeats 10]
+
+Time: median over repeats of forward + backward + Adam step, the two variants interleaved.
+Peak memory: each variant also runs in a fresh subprocess; the figure is the growth of the
+process's peak RSS (ru_maxrss) over 3 steps after the model and inputs are built (CPU tensors are not seen
+by tracemalloc); the model and the batch exist before the first step, so the figure is
+what training steps add (activations, gradients, optimizer state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def make_batch(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    text_mask = torch.zeros(batch, 16, dtype=torch.bool)
+    lengths = torch.randint(3, 17, (batch,), generator=g)
+    for i, n in enumerate(lengths.tolist()):
+        text_mask[i, :n] = True
+    labels = torch.zeros(batch, 57)
+    labels[torch.arange(batch), torch.randint(0, 57, (batch,), generator=g)] = 1
+    return {"image_local": torch.randn(batch, 49, 1280, generator=g).relu(),
+            "image_mask": torch.ones(batch, 49, dtype=torch.bool),
+            "text_local": torch.randn(batch, 16, 384, generator=g), "text_mask": text_mask,
+            "labels": labels}
+
+
+def build(use_gmm: bool):
+    from gcrdp.methods import build_method
+
+    m = build_method("gcrdp", {"use_gmm": use_gmm})
+    torch.manual_seed(0)
+    model = m.init_model(1280, 384, 57)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(batch):
+        loss, _ = m._loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def saved_for_backward_mib(use_gmm: bool, batch: int) -> float:
+    """Bytes of the distinct tensors autograd keeps for the backward pass of one step (the
+    activation memory that dominates a step's peak), counted with saved-tensor hooks."""
+    from gcrdp.methods import build_method
+
+    m = build_method("gcrdp", {"use_gmm": use_gmm})
+    torch.manual_seed(0)
+    model = m.init_model(1280, 384, 57)
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = m._loss(model, make_batch(batch))
+    loss.backward()
+    return sum(seen.values()) / 2**20
+
+
+def peak_child(use_gmm: bool, batch: int) -> float:
+    b = make_batch(batch)
+    step = build(use_gmm)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(3):
+        step(b)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) / 1024  # MiB (ru_maxrss is KiB on Linux)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--child", choices=["gmm", "gap"])
+    args = ap.parse_args()
+    if args.child:  # peak-memory probe in a fresh process
+        print(json.dumps({"peak_mib": peak_child(args.child == "gmm", args.batch)}))
+        return
+    batch = make_batch(args.batch)
+    steps = {"gap": build(False), "gmm": build(True)}
+    for s in steps.values():
+        s(batch)
+    times: dict[str, list[float]] = {"gap": [], "gmm": []}
+    for _ in range(args.repeats):
+        for name, s in steps.items():
+            t0 = time.perf_counter()
+            s(batch)
+            times[name].append(time.perf_counter() - t0)
+    peaks = {}
+    for name in ("gap", "gmm"):
+        out = subprocess.run([sys.executable, __file__, "--child", name, "--batch", str(args.batch)],
+                             capture_output=True, text=True, check=True).stdout
+        peaks[name] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
+    saved = {name: saved_for_backward_mib(name == "gmm", args.batch) for name in ("gap", "gmm")}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}\n")
+    print("| step | time (ms) | saved for backward (MiB) | peak RSS growth (MiB) |\n|---|---|---|---|")
+    for name, label in (("gap", "GAP (use_gmm=false)"), ("gmm", "GMM (K=3, T=3)")):
+        print(f"| {label} | {1000 * med[name]:.0f} | {saved[name]:.0f} | {peaks[name]:.0f} |")
+    print(f"\nGMM / GAP time ratio: {med['gmm'] / med['gap']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
