@@ -13,8 +13,7 @@ pooling (one view); ``use_rdp=False`` / ``alpha=0`` drop RDP / the regulariser. 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,19 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.features import FeatureSet, ModalityFeatures
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..losses import (
     LossWeights, combine_losses, cross_modal_regularizer, multi_positive_infonce, rdp_loss,
 )
 from ..losses.rdp import RDP_VARIANTS
 from ..model import ProjectionHead, masked_mean
 from ..model.gmm import GMMConfig, GMMLayer, gmm_views, mixture_entropy
-from ..training.checkpoint import load_method, method_info, save_method
-from ..training.config import TrainConfig, split_options
-from ..training.loop import Batch, fit_loop
-from ..training.seeding import resolve_device
-from .base import METHODS, FitData, FitReport
+from ..training.loop import Batch
+from .base import METHODS, FitData
+from .trainable import TrainableHeadsMethod
 
 SCORES = ("global", "views")
 
@@ -139,26 +135,11 @@ class GCRDPModel(nn.Module):
         return self._encode(self.text_head, getattr(self, "text_gmm", None), local, mask)
 
 
-class GCRDPMethod:
-    """GCRDP behind the common method interface (see module docstring)."""
+class GCRDPMethod(TrainableHeadsMethod):
+    """GCRDP behind the common method interface (see module docstring); checkpointable."""
 
     name = "gcrdp"
-
-    def __init__(self, cfg: GCRDPConfig | None = None, train: TrainConfig | None = None,
-                 device: str = "cpu") -> None:
-        self.cfg = cfg or GCRDPConfig()
-        self.train = train or TrainConfig()
-        self.device = resolve_device(device)
-        self.model_: GCRDPModel | None = None
-        self.input_dims_: dict[str, int] | None = None
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any], device: str = "cpu") -> GCRDPMethod:
-        cfg, train = split_options(options, GCRDPConfig, TrainConfig)
-        return cls(cfg, train, device)
-
-    def config_dict(self) -> dict[str, Any]:
-        return {"method": self.name, **asdict(self.cfg), **self.train.to_dict()}
+    config_type = GCRDPConfig
 
     # ------------------------------------------------------------------ fit
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -194,62 +175,17 @@ class GCRDPMethod:
         self.model_ = GCRDPModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
         return self.model_
 
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
-            resume: bool = True) -> FitReport:
-        """Train on ``data``; with ``checkpoint_dir``, checkpoint every epoch and (``resume``)
-        continue an interrupted fit there (see :func:`~gcrdp.training.fit_loop`)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self.init_model(data.train.image.dim, data.train.text.dim,
-                                    int(data.train_labels.shape[1]))
-            report = fit_loop(model, self._loss, self._embed_pair, data, self.train, seed=seed,
-                              device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
-                              method_info=method_info(self))
-        return report
+    def _model_dims(self, data: FitData) -> tuple[int, ...]:
+        return data.train.image.dim, data.train.text.dim, int(data.train_labels.shape[1])
 
-    # ------------------------------------------------------------ persistence
-    def save(self, path: str | Path, **kw: Any) -> Path:
-        """Write the fitted method as a final checkpoint folder."""
-        return save_method(self, path, **kw)
+    def _encode_batch(self, model, which, local, mask):
+        views, g, _ = (model.encode_image if which == "image" else model.encode_text)(local, mask)
+        if self.cfg.score == "views":  # concatenated unit views / √K: cosine = mean aligned view cosine
+            return views.flatten(1) / float(np.sqrt(views.shape[1]))
+        return g
 
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> GCRDPMethod:
-        """Rebuild a method saved with :meth:`save` (weights on ``device``)."""
-        return load_method(path, device, expect=cls)
-
-    # ---------------------------------------------------------------- embed
-    @torch.inference_mode()
-    def _embed(self, feats: ModalityFeatures, which: str) -> np.ndarray:
-        model = self.model_
-        if model is None:
-            raise RuntimeError(f"{self.name}: call fit() before embedding")
-        model.eval()
-        head = model.image_head if which == "image" else model.text_head
-        if feats.dim != head.in_dim:
-            raise DataError(f"{self.name}: {which} features have dim {feats.dim}, the model expects {head.in_dim}")
-        enc = model.encode_image if which == "image" else model.encode_text
-        out = []
-        bs = self.train.eval_batch_size
-        for s in range(0, len(feats), bs):
-            loc = torch.from_numpy(np.ascontiguousarray(feats.local[s:s + bs])).to(self.device, torch.float32)
-            msk = torch.from_numpy(np.ascontiguousarray(feats.mask[s:s + bs])).to(self.device)
-            views, g, _ = enc(loc, msk)
-            if self.cfg.score == "views":  # concatenated unit views / √K: cosine = mean aligned view cosine
-                emb = views.flatten(1) / float(np.sqrt(views.shape[1]))
-            else:
-                emb = g
-            out.append(emb.float().cpu().numpy())
-        dim = self.cfg.latent_dim * (self.cfg.n_views if self.cfg.score == "views" else 1)
-        return np.concatenate(out, axis=0) if out else np.zeros((0, dim), np.float32)
-
-    def _embed_pair(self, features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
-        return self.embed_images(features.image), self.embed_texts(features.text)
-
-    def embed_images(self, features: ModalityFeatures) -> np.ndarray:
-        return self._embed(features, "image")
-
-    def embed_texts(self, features: ModalityFeatures) -> np.ndarray:
-        return self._embed(features, "text")
+    def _embed_dim(self) -> int:
+        return self.cfg.latent_dim * (self.cfg.n_views if self.cfg.score == "views" else 1)
 
 
 @METHODS.register("gcrdp")
