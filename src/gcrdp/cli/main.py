@@ -76,6 +76,14 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--extract-batch-size", type=int, default=None)
 
 
+def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
+    """Flags shared by ``run`` and ``train``: protocol, validation share, cut-offs, device."""
+    g.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default=None)
+    g.add_argument("--val-fraction", type=float, default=None)
+    g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
+    g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+
+
 def _dataset_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     options = _parse_assignments(args.dataset_option, "--dataset-option")
@@ -395,15 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p)
     _add_encoder_args(p)
     g = p.add_argument_group("protocol and methods")
-    g.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default=None)
+    _add_protocol_args(g)
     g.add_argument("--shots", type=int, nargs="+", default=None, help="default: 0 1 3 5")
     g.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4")
     g.add_argument("--methods", nargs="+", default=None, help="default: gap-infonce")
     g.add_argument("--option", action="append", metavar="[METHOD.]KEY=VALUE",
                    help="method option, e.g. lr=1e-3 or gap-infonce.max_epochs=30 (repeatable)")
-    g.add_argument("--val-fraction", type=float, default=None)
-    g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
-    g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     p.add_argument("--output-dir", type=Path, default=None,
                    help="where results.json goes (default: runs/run-<time>)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -422,15 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p)
     _add_encoder_args(p)
     g = p.add_argument_group("protocol and method")
-    g.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default=None)
+    _add_protocol_args(g)
     g.add_argument("--shots", type=int, default=None, help="N pairs per unseen class (default: 0)")
     g.add_argument("--seed", type=int, default=None, help="default: 0")
     g.add_argument("--method", default=None, help="default: gap-infonce")
     g.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. lr=1e-3 or max_epochs=30 (repeatable)")
-    g.add_argument("--val-fraction", type=float, default=None)
-    g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
-    g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     p.add_argument("--checkpoint-dir", type=Path, required=True,
                    help="DIR for last/ (every epoch), final/ and results.json")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
