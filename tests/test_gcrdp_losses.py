@@ -104,6 +104,24 @@ def test_multi_positive_matches_loop_values_and_gradients(class_positives, intra
         assert torch.allclose(x, y, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("b", [1, 2, 7])
+def test_multi_positive_fast_path_equals_dense_path(b, k):
+    """The default (own-pair positives, cross-modal negatives) skips the dense (2BK, 2BK)
+    matrix; it must equal the dense implementation, values and gradients."""
+    from gcrdp.losses.multi_positive import _dense_multi_positive_infonce
+
+    img, txt = _views(b, k, 6, seed=10 + k)
+    img.requires_grad_(True)
+    txt.requires_grad_(True)
+    got = multi_positive_infonce(img, txt, 0.2)
+    want = _dense_multi_positive_infonce(img, txt, 0.2, None, class_positives=False,
+                                         intra_modal_negatives=False)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    for x, y in zip(torch.autograd.grad(got, (img, txt)), torch.autograd.grad(want, (img, txt))):
+        assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
 def test_multi_positive_class_positives_change_the_loss_and_accept_class_ids():
     img, txt = _views(6, 2, 5, seed=4)
     ids = torch.tensor([0, 1, 0, 2, 1, 0])

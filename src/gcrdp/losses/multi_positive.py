@@ -94,6 +94,56 @@ def multi_positive_infonce(
         )
     if class_positives and labels is None:
         raise ConfigError("class_positives=True needs labels of shape (batch, classes); got None.")
+    if not class_positives and not intra_modal_negatives:
+        return _own_pair_infonce(image_views, text_views, temperature)
+    return _dense_multi_positive_infonce(image_views, text_views, temperature, labels,
+                                         class_positives=class_positives,
+                                         intra_modal_negatives=intra_modal_negatives)
+
+
+def _own_pair_infonce(image_views: torch.Tensor, text_views: torch.Tensor,
+                      temperature: float | torch.Tensor) -> torch.Tensor:
+    """The default case (positives = own pair, cross-modal negatives) without the dense
+    (2BK, 2BK) logit matrix: the candidates of an image view (i, k) are the B·K text views —
+    one row of the (BK, BK) cross-modal matrix — and the K − 1 other image views of pair i —
+    one row of pair i's (K, K) block; the two log-sum-exps are combined with ``logaddexp``.
+    Equal to :func:`_dense_multi_positive_infonce` to round-off (tested); about 4× fewer
+    logits, and no (2BK, 2BK) masks."""
+    b, k, d = image_views.shape
+    bk = b * k
+    cross = image_views.reshape(bk, d) @ text_views.reshape(bk, d).T / temperature  # (BK, BK) img→txt
+    # own-pair cross logits: block i of the block diagonal, (B, K, K) [image view, text view]
+    own = torch.bmm(image_views, text_views.transpose(1, 2)) / temperature  # (B, K, K)
+    lse_img = torch.logsumexp(cross, dim=1).view(b, k)  # (B, K) over all text views
+    lse_txt = torch.logsumexp(cross, dim=0).view(b, k)  # (B, K) over all image views
+    pos_img = own.sum(2)  # (B, K) Σ over the K text views of the pair
+    pos_txt = own.sum(1)  # (B, K)
+    n_pos = 2 * k - 1
+    if k > 1:
+        off = ~torch.eye(k, dtype=torch.bool, device=image_views.device)  # (K, K)
+        neg_inf = torch.finfo(cross.dtype).min
+        terms = []
+        for views, lse, pos in ((image_views, lse_img, pos_img), (text_views, lse_txt, pos_txt)):
+            intra = torch.bmm(views, views.transpose(1, 2)) / temperature  # (B, K, K) same pair, same modality
+            lse_intra = torch.logsumexp(intra.masked_fill(~off, neg_inf), dim=2)  # (B, K)
+            pos_all = pos + torch.where(off, intra, torch.zeros_like(intra)).sum(2)  # (B, K)
+            terms.append(torch.logaddexp(lse, lse_intra) - pos_all / n_pos)  # (B, K) per anchor
+        per_img, per_txt = terms
+    else:
+        per_img, per_txt = lse_img - pos_img, lse_txt - pos_txt
+    return 0.5 * (per_img.mean() + per_txt.mean())
+
+
+def _dense_multi_positive_infonce(
+    image_views: torch.Tensor,
+    text_views: torch.Tensor,
+    temperature: float | torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    class_positives: bool,
+    intra_modal_negatives: bool,
+) -> torch.Tensor:
+    """Every case, over the dense (2BK, 2BK) logit matrix (inputs already validated)."""
     b, k, d = image_views.shape
     bk = b * k
     n = 2 * bk

@@ -123,7 +123,7 @@ class GCRDPModel(nn.Module):
         if gmm is None:
             g = F.normalize(masked_mean(x, mask), dim=-1)  # (B, D)
             return g.unsqueeze(1), g, None  # views (B, 1, D)
-        res = gmm(x, mask)
+        res = gmm(x, mask, final_e_step=False)  # views need only π and μ
         views, g = gmm_views(res)  # (B, K, D), (B, D)
         return views, g, res.weights
 

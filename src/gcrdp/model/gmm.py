@@ -157,13 +157,15 @@ class GMMResult(NamedTuple):
             points sum to 1, padded points are 0.
         log_likelihood: ``(B,)`` mean over the valid points of ``log p(x_n)`` under the
             returned parameters (0 for a row without valid points).
+
+        ``resp`` and ``log_likelihood`` are None when the fit ran with ``final_e_step=False``.
     """
 
     weights: Tensor
     means: Tensor
     variances: Tensor
-    resp: Tensor
-    log_likelihood: Tensor
+    resp: Tensor | None
+    log_likelihood: Tensor | None
 
 
 # ----------------------------------------------------------------------------- input handling
@@ -184,7 +186,8 @@ def _prepare(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         raise DataError(f"mask must have shape (batch, n_points) = {tuple(x.shape[:2])} like x, "
                         f"got shape {tuple(mask.shape)}")
     mask = mask.to(device=x.device, dtype=torch.bool)
-    x = torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))  # (B, N, D); padding -> 0, grad 0
+    if not bool(mask.all()):  # (nothing to zero when no point is padded, e.g. image grids)
+        x = torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))  # (B, N, D); padding -> 0, grad 0
     return x, mask
 
 
@@ -202,26 +205,76 @@ def _stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return x, x * x
 
 
+# ----------------------------------------------------------------------------- small-K products
+# The EM's matrix products all have K (3, say) as one of their dimensions. torch's ``bmm`` is
+# several times slower when its *output* has K as the fastest-varying dimension, e.g.
+# (B, N, D) @ (B, D, K), or when an operand is a transposed view — which is what autograd's
+# default backward of ``bmm`` produces. The internal layout is therefore (B, K, N) for
+# responsibilities and log densities, and these two products choose the layouts of their
+# backward products explicitly (``benchmarks/bench_gmm.py`` measures the difference).
+class _KDxND(torch.autograd.Function):
+    """``a (B, K, D) @ x (B, N, D)ᵀ -> (B, K, N)``."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(a, x)
+        return torch.bmm(a, x.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # g (B, K, N)
+        a, x = ctx.saved_tensors
+        ga = torch.bmm(g, x) if ctx.needs_input_grad[0] else None  # (B, K, D)
+        gx = torch.bmm(g.transpose(1, 2).contiguous(), a) if ctx.needs_input_grad[1] else None  # (B, N, D)
+        return ga, gx
+
+
+class _KNxND(torch.autograd.Function):
+    """``r (B, K, N) @ x (B, N, D) -> (B, K, D)``."""
+
+    @staticmethod
+    def forward(ctx, r: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(r, x)
+        return torch.bmm(r, x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # g (B, K, D)
+        r, x = ctx.saved_tensors
+        gr = torch.bmm(g, x.transpose(1, 2)) if ctx.needs_input_grad[0] else None  # (B, K, N)
+        gx = torch.bmm(r.transpose(1, 2).contiguous(), g) if ctx.needs_input_grad[1] else None  # (B, N, D)
+        return gr, gx
+
+
+def _kd_nd(a: Tensor, x: Tensor) -> Tensor:
+    return _KDxND.apply(a, x)
+
+
+def _kn_nd(r: Tensor, x: Tensor) -> Tensor:
+    return _KNxND.apply(r, x)
+
+
 # ----------------------------------------------------------------------------- the math
+# Internal layout: responsibilities and log densities are (B, K, N); the public functions
+# return them as (B, N, K).
 def _log_gaussian_prob(stats: tuple[Tensor, Tensor], means: Tensor, variances: Tensor) -> Tensor:
-    """Diagonal Gaussian log densities from the statistics (x, x²). -> (B, N, K)."""
+    """Diagonal Gaussian log densities from the statistics (x, x²). -> (B, K, N)."""
     x, x_sq = stats  # (B, N, D) each
     d = means.shape[-1]
     prec = variances.reciprocal()  # (B, K, D)
-    const = (means * means * prec).sum(-1, keepdim=True).transpose(1, 2)  # (B, 1, K)
-    # Σ_d (x - μ)²/σ² = Σ x²/σ² - 2 Σ x μ/σ² + Σ μ²/σ²: two bmm (B,N,D) @ (B,D,K)
-    maha = torch.baddbmm(const, x, (-2.0 * means * prec).transpose(1, 2))
-    maha = torch.baddbmm(maha, x_sq, prec.transpose(1, 2)).clamp_min(0.0)  # (B, N, K)
-    log_det = variances.log().sum(-1)  # (B, K)
-    return -0.5 * (maha + log_det.unsqueeze(1) + d * _LOG_2PI)
+    # Σ_d (x - μ)²/σ² = Σ x²/σ² - 2 Σ x μ/σ² + Σ μ²/σ²: two products (B,K,D) @ (B,N,D)ᵀ
+    const = (means * means * prec).sum(-1, keepdim=True)  # (B, K, 1)
+    maha = (_kd_nd(-2.0 * means * prec, x) + _kd_nd(prec, x_sq) + const).clamp_min(0.0)  # (B, K, N)
+    log_det = variances.log().sum(-1, keepdim=True)  # (B, K, 1)
+    return -0.5 * (maha + log_det + d * _LOG_2PI)
 
 
 def _e_step(stats: tuple[Tensor, Tensor], mask: Tensor, weights: Tensor, means: Tensor,
             variances: Tensor) -> tuple[Tensor, Tensor]:
-    log_prob = _log_gaussian_prob(stats, means, variances) + weights.log().unsqueeze(1)  # (B, N, K)
-    log_norm = torch.logsumexp(log_prob, dim=-1)  # (B, N) = log p(x_n)
-    resp = torch.exp(log_prob - log_norm.unsqueeze(-1))  # (B, N, K)
-    resp = torch.where(mask.unsqueeze(-1), resp, resp.new_zeros(()))
+    """-> resp (B, K, N) (padded points 0), log-likelihood (B,)."""
+    log_prob = _log_gaussian_prob(stats, means, variances) + weights.log().unsqueeze(-1)  # (B, K, N)
+    log_norm = torch.logsumexp(log_prob, dim=1)  # (B, N) = log p(x_n)
+    resp = torch.exp(log_prob - log_norm.unsqueeze(1))  # (B, K, N)
+    valid = mask.unsqueeze(1)  # (B, 1, N)
+    resp = torch.where(valid, resp, resp.new_zeros(()))
     n_valid = mask.sum(1).clamp_min(1).to(log_norm.dtype)  # (B,)
     log_lik = torch.where(mask, log_norm, log_norm.new_zeros(())).sum(1) / n_valid  # (B,)
     return resp, log_lik
@@ -229,12 +282,12 @@ def _e_step(stats: tuple[Tensor, Tensor], mask: Tensor, weights: Tensor, means: 
 
 def _m_step(stats: tuple[Tensor, Tensor], resp: Tensor, cfg: GMMConfig, prior_means: Tensor | None,
             prior_variances: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """resp (B, K, N) -> weights (B, K), means (B, K, D), variances (B, K, D)."""
     eps = cfg.mass_floor
-    nk = resp.sum(1)  # (B, K)
+    nk = resp.sum(2)  # (B, K)
     nk_eps = (nk + eps).unsqueeze(-1)  # (B, K, 1)
-    resp_t = resp.transpose(1, 2)  # (B, K, N)
-    s1 = torch.bmm(resp_t, stats[0])  # Σ_n γ x,  (B, K, D)
-    s2 = torch.bmm(resp_t, stats[1])  # Σ_n γ x², (B, K, D)
+    s1 = _kn_nd(resp, stats[0])  # Σ_n γ x,  (B, K, D)
+    s2 = _kn_nd(resp, stats[1])  # Σ_n γ x², (B, K, D)
     weights = nk + eps
     weights = weights / weights.sum(-1, keepdim=True)  # (B, K)
     means = s1 if prior_means is None else s1 + eps * prior_means
@@ -261,7 +314,7 @@ def estimate_log_gaussian_prob(x: Tensor, means: Tensor, variances: Tensor) -> T
         (no ``(B, N, K, D)`` temporary).
     """
     x = x.to(_compute_dtype(x.dtype))
-    return _log_gaussian_prob(_stats(x), means.to(x.dtype), variances.to(x.dtype))
+    return _log_gaussian_prob(_stats(x), means.to(x.dtype), variances.to(x.dtype)).transpose(1, 2)
 
 
 def e_step(x: Tensor, mask: Tensor | None, weights: Tensor, means: Tensor,
@@ -277,7 +330,9 @@ def e_step(x: Tensor, mask: Tensor | None, weights: Tensor, means: Tensor,
         log_likelihood ``(B,)``, the mean over the valid points of ``log p(x_n)``.
     """
     x, mask = _prepare(x, mask)
-    return _e_step(_stats(x), mask, weights.to(x.dtype), means.to(x.dtype), variances.to(x.dtype))
+    resp, log_lik = _e_step(_stats(x), mask, weights.to(x.dtype), means.to(x.dtype),
+                            variances.to(x.dtype))
+    return resp.transpose(1, 2), log_lik
 
 
 def m_step(x: Tensor, mask: Tensor | None, resp: Tensor, cfg: GMMConfig, *,
@@ -298,14 +353,15 @@ def m_step(x: Tensor, mask: Tensor | None, resp: Tensor, cfg: GMMConfig, *,
         over D of the diagonal estimate, repeated over D).
     """
     x, mask = _prepare(x, mask)
-    resp = torch.where(mask.unsqueeze(-1), resp.to(x.dtype), x.new_zeros(()))
+    resp = torch.where(mask.unsqueeze(-1), resp.to(x.dtype), x.new_zeros(())).transpose(1, 2)  # (B, K, N)
     pm = None if prior_means is None else prior_means.to(x.dtype)
     pv = None if prior_variances is None else prior_variances.to(x.dtype)
     return _m_step(_stats(x), resp, cfg, pm, pv)
 
 
 def fit_gmm(x: Tensor, mask: Tensor | None, init_means: Tensor, cfg: GMMConfig,
-            init_weights: Tensor | None = None, init_variances: Tensor | None = None) -> GMMResult:
+            init_weights: Tensor | None = None, init_variances: Tensor | None = None, *,
+            final_e_step: bool = True) -> GMMResult:
     """Fit one K-component mixture per set by ``cfg.n_iter`` unrolled EM iterations.
 
     Exactly: starting from ``(π⁰, μ⁰, σ²⁰)``, each of the T iterations runs an E-step under the
@@ -316,7 +372,10 @@ def fit_gmm(x: Tensor, mask: Tensor | None, init_means: Tensor, cfg: GMMConfig,
     initial parameters are returned with their E-step.
 
     Internally every set is centred on the mean of its valid points (exact, for float32
-    robustness); the returned means are in the original coordinates.
+    robustness); the returned means are in the original coordinates. EM is exactly
+    translation-equivariant (shifting the points and the initial means by c shifts the fitted
+    means by c and changes nothing else), so the centre is treated as a constant by autograd:
+    its gradient contribution is exactly zero, and not computing it saves a pass over x.
 
     Args:
         x: ``(B, N, D)`` float32/float64 (half precision is upcast to float32).
@@ -326,6 +385,8 @@ def fit_gmm(x: Tensor, mask: Tensor | None, init_means: Tensor, cfg: GMMConfig,
         init_weights: ``(K,)`` or ``(B, K)``, positive (normalised here); default uniform 1/K.
         init_variances: ``(K, D)`` or ``(B, K, D)``, positive; default ``cfg.init_var``
             everywhere. Isotropic: averaged over D.
+        final_e_step: False skips the last E-step: ``resp`` and ``log_likelihood`` are then
+            None (training needs only the weights and means: one E-step less per forward).
 
     Returns:
         :class:`GMMResult`, differentiable w.r.t. ``x`` and the initial parameters.
@@ -333,6 +394,13 @@ def fit_gmm(x: Tensor, mask: Tensor | None, init_means: Tensor, cfg: GMMConfig,
     if not isinstance(cfg, GMMConfig):
         raise ConfigError(f"cfg must be a GMMConfig, got {type(cfg).__name__}")
     x, mask = _prepare(x, mask)
+    return _fit_prepared(x, mask, init_means, cfg, init_weights, init_variances, final_e_step)
+
+
+def _fit_prepared(x: Tensor, mask: Tensor, init_means: Tensor, cfg: GMMConfig,
+                  init_weights: Tensor | None, init_variances: Tensor | None,
+                  final_e_step: bool) -> GMMResult:
+    """:func:`fit_gmm` on inputs that went through :func:`_prepare`."""
     b, _, d = x.shape
     k = cfg.n_components
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -350,14 +418,18 @@ def fit_gmm(x: Tensor, mask: Tensor | None, init_means: Tensor, cfg: GMMConfig,
                 variances = variances.mean(-1, keepdim=True).expand_as(variances)
 
         n_valid = mask.sum(1).clamp_min(1).to(x.dtype).view(b, 1, 1)  # (B, 1, 1)
-        centre = x.sum(1, keepdim=True) / n_valid  # (B, 1, D); padded points are 0 here
+        # (B, 1, D); padded points are 0 here. A constant for autograd (see the docstring).
+        centre = (x.detach().sum(1, keepdim=True) / n_valid)
         # (x, x²) (B, N, D) each; padded rows hold the finite -centre: γ = 0, they count nowhere
         stats = _stats(x - centre)
         means = means - centre
         for _ in range(cfg.n_iter):
-            resp, _ = _e_step(stats, mask, weights, means, variances)
+            resp, _ = _e_step(stats, mask, weights, means, variances)  # resp (B, K, N)
             weights, means, variances = _m_step(stats, resp, cfg, means, variances)
-        resp, log_lik = _e_step(stats, mask, weights, means, variances)
+        resp = log_lik = None
+        if final_e_step:
+            resp, log_lik = _e_step(stats, mask, weights, means, variances)
+            resp = resp.transpose(1, 2)  # (B, N, K)
         means = means + centre
     return GMMResult(weights, means, variances, resp, log_lik)
 
@@ -428,6 +500,9 @@ class GMMLayer(nn.Module):
     def initial_means(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """Initial means: ``(K, D)`` (absolute) or ``(B, K, D)`` (relative) in x's compute dtype."""
         x, mask = _prepare(x, mask)
+        return self._initial_means(x, mask)
+
+    def _initial_means(self, x: Tensor, mask: Tensor) -> Tensor:
         anchors = self.anchors.to(x.dtype)  # (K, D)
         if self.cfg.anchor_mode == "absolute":
             return anchors
@@ -435,12 +510,14 @@ class GMMLayer(nn.Module):
         centre = x.sum(1) / w.sum(1).clamp_min(1.0)  # (B, D)
         return centre.unsqueeze(1) + anchors  # (B, K, D)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> GMMResult:
-        """x ``(B, N, dim)``, mask ``(B, N)`` bool -> :class:`GMMResult`."""
+    def forward(self, x: Tensor, mask: Tensor | None, *, final_e_step: bool = True) -> GMMResult:
+        """x ``(B, N, dim)``, mask ``(B, N)`` bool -> :class:`GMMResult` (``final_e_step``:
+        see :func:`fit_gmm`)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise DataError(f"GMMLayer expects x of shape (batch, n_points, {self.dim}), "
                             f"got shape {tuple(x.shape)}")
-        return fit_gmm(x, mask, self.initial_means(x, mask), self.cfg)
+        x, mask = _prepare(x, mask)
+        return _fit_prepared(x, mask, self._initial_means(x, mask), self.cfg, None, None, final_e_step)
 
     def extra_repr(self) -> str:
         c = self.cfg
