@@ -223,7 +223,7 @@ def float32_accuracy(offsets=(0.0, 3.0, 10.0), b: int = 32, n: int = 49, d: int 
         for _ in range(cfg.n_iter):
             resp, _ = _e_step(stats, mask, w, mu, var)
             w, mu, var = _m_step(stats, resp, cfg, mu, var)
-        return _e_step(stats, mask, w, mu, var)[0]
+        return _e_step(stats, mask, w, mu, var)[0].transpose(1, 2)  # (B, K, N) -> (B, N, K)
 
     rows = ["| common offset | max abs Δ resp, centred (used) | max abs Δ resp, uncentred |",
             "|---:|---:|---:|"]

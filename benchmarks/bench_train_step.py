@@ -1,7 +1,12 @@
 """One GCRDP training step with the GMM module (K = 3, T = 3) against the same step with global
 average pooling (``use_gmm=False``): same batch, same losses otherwise, same process.
 
-    python benchmarks/bench_train_step.py [--batch 128] [--repeats 10]
+    python benchmarks/bench_train_step.py [--batch 128] [--repeats 10] [--parts]
+
+``--parts`` also times, in the same run, the pieces that decided the implementation: the GMM
+layer alone (forward + backward) per modality, the multi-positive loss in its fast form against
+the dense (2BK, 2BK) form, and torch's ``bmm`` on the small-K shapes of the EM in the layout
+used against the transposed one.
 
 Time: median over repeats of forward + backward + Adam step, the two variants interleaved.
 Peak memory: each variant also runs in a fresh subprocess; the figure is the growth of the
@@ -84,10 +89,61 @@ def peak_child(use_gmm: bool, batch: int) -> float:
     return (after - before) / 1024  # MiB (ru_maxrss is KiB on Linux)
 
 
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(ts)
+
+
+def parts(batch: int, repeats: int) -> None:
+    import torch.nn.functional as F
+
+    from gcrdp.losses.multi_positive import _dense_multi_positive_infonce, multi_positive_infonce
+    from gcrdp.model.gmm import GMMLayer, gmm_views
+
+    b = make_batch(batch)
+    torch.manual_seed(0)
+    layer = GMMLayer(256)
+    print("\n| piece | time (ms) |\n|---|---|")
+    for name, n, mask in (("image", 49, b["image_mask"]), ("text", 16, b["text_mask"])):
+        x = torch.randn(batch, n, 256, requires_grad=True)
+
+        def em():
+            views, g = gmm_views(layer(x, mask, final_e_step=False))
+            (views.sum() + g.sum()).backward()
+
+        print(f"| GMM layer forward+backward, {name} (N = {n}) | {_median_ms(em, repeats):.1f} |")
+    vi = F.normalize(torch.randn(batch, 3, 256), dim=-1).requires_grad_()
+    vt = F.normalize(torch.randn(batch, 3, 256), dim=-1).requires_grad_()
+    fast = lambda: multi_positive_infonce(vi, vt, 0.2).backward()  # noqa: E731
+    dense = lambda: _dense_multi_positive_infonce(  # noqa: E731
+        vi, vt, 0.2, None, class_positives=False, intra_modal_negatives=False).backward()
+    print(f"| multi-positive InfoNCE K = 3, fast form, forward+backward | {_median_ms(fast, repeats):.1f} |")
+    print(f"| multi-positive InfoNCE K = 3, dense (2BK, 2BK) form | {_median_ms(dense, repeats):.1f} |")
+    n, d, k = 49, 256, 3
+    x, a = torch.randn(batch, n, d), torch.randn(batch, k, d)
+    g_nk, g_kn = torch.randn(batch, n, k), torch.randn(batch, k, n)
+    shapes = [
+        ("(B,K,D) @ (B,N,D)ᵀ -> (B,K,N) (used)", lambda: torch.bmm(a, x.transpose(1, 2))),
+        ("(B,N,D) @ (B,K,D)ᵀ -> (B,N,K)", lambda: torch.bmm(x, a.transpose(1, 2))),
+        ("(B,K,N) @ (B,N,D) -> (B,K,D) (used)", lambda: torch.bmm(g_kn, x)),
+        ("(B,N,D)ᵀ @ (B,N,K) -> (B,D,K) (autograd's weight grad of the other layout)",
+         lambda: torch.bmm(x.transpose(1, 2), g_nk)),
+        ("(B,N,K) @ (B,K,D) -> (B,N,D), contiguous (used in backward)", lambda: torch.bmm(g_nk, a)),
+    ]
+    for label, fn in shapes:
+        print(f"| bmm {label}, N = {n} | {_median_ms(fn, 3 * repeats):.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--parts", action="store_true", help="also time the pieces (see the docstring)")
     ap.add_argument("--child", choices=["gmm", "gap"])
     args = ap.parse_args()
     if args.child:  # peak-memory probe in a fresh process
@@ -115,6 +171,8 @@ def main() -> None:
     for name, label in (("gap", "GAP (use_gmm=false)"), ("gmm", "GMM (K=3, T=3)")):
         print(f"| {label} | {1000 * med[name]:.0f} | {saved[name]:.0f} | {peaks[name]:.0f} |")
     print(f"\nGMM / GAP time ratio: {med['gmm'] / med['gap']:.2f}")
+    if args.parts:
+        parts(args.batch, args.repeats)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,17 @@ def test_gcrdp_option_validation():
         build_method("gcrdp", {"n_components": 0})
     with pytest.raises(ConfigError, match=r"Unknown method option\(s\) \['K'\]"):
         build_method("gcrdp", {"K": 3})
+    with pytest.raises(ConfigError, match="anchor_mode must be one of"):
+        build_method("gcrdp", {"anchor_mode": "random"})
+
+
+def test_anchor_mode_reaches_the_gmm_layer():
+    feats, y, data = _data()
+    m = build_method("gcrdp", {**SMALL, "max_epochs": 2, "anchor_mode": "absolute"})
+    report = m.fit(data, seed=0)
+    assert m.model_.image_gmm.cfg.anchor_mode == "absolute"
+    assert m.config_dict()["anchor_mode"] == "absolute"
+    assert all(np.isfinite(h["total"]) for h in report.history)
 
 
 def test_gcrdp_checkpoint_round_trip_and_resume_equal_the_uninterrupted_fit(tmp_path):

@@ -216,6 +216,66 @@ def test_gradcheck_fit_gmm():
     assert torch.autograd.gradcheck(fn, (x, init), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+def test_gradcheck_relative_anchors_with_padding():
+    """The centring constant is detached inside fit_gmm (EM is translation-equivariant, so its
+    gradient contribution is exactly zero); with relative anchors (GMMLayer's default) the
+    initial means depend on x too. gradcheck against finite differences in float64."""
+    gen = torch.Generator().manual_seed(11)
+    x = (_clusters(6, 3, 2, gen).reshape(1, 6, 3).repeat(2, 1, 1) + 2.0).requires_grad_()
+    mask = torch.tensor([[True] * 6, [True, True, True, False, True, False]])
+    anchors = torch.randn(2, 3, generator=gen, dtype=F64, requires_grad=True)
+    cfg = GMMConfig(n_components=2, n_iter=2)
+
+    def fn(x_, anchors_):
+        w = mask.unsqueeze(-1).to(F64)
+        centre = (x_ * w).sum(1) / w.sum(1)  # (B, D), as GMMLayer.initial_means
+        return fit_gmm(x_, mask, centre.unsqueeze(1) + anchors_, cfg)[:3]
+
+    layer = GMMLayer(3, cfg).double()
+    with torch.no_grad():
+        layer.anchors.copy_(anchors)
+        w = mask.unsqueeze(-1).to(F64)
+        torch.testing.assert_close(layer.initial_means(x, mask), ((x * w).sum(1) / w.sum(1)).unsqueeze(1) + anchors)
+    assert torch.autograd.gradcheck(fn, (x, anchors), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_small_k_products_gradcheck():
+    from gcrdp.model.gmm import _KDxND, _KNxND
+
+    gen = torch.Generator().manual_seed(12)
+    a = torch.randn(2, 3, 4, generator=gen, dtype=F64, requires_grad=True)  # (B, K, D)
+    r = torch.randn(2, 3, 5, generator=gen, dtype=F64, requires_grad=True)  # (B, K, N)
+    x = torch.randn(2, 5, 4, generator=gen, dtype=F64, requires_grad=True)  # (B, N, D)
+    torch.testing.assert_close(_KDxND.apply(a, x), a @ x.transpose(1, 2), rtol=0, atol=1e-14)
+    torch.testing.assert_close(_KNxND.apply(r, x), r @ x, rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(_KDxND.apply, (a, x))
+    assert torch.autograd.gradcheck(_KNxND.apply, (r, x))
+
+
+def test_m_step_gradcheck_in_resp():
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 5, 3, generator=gen, dtype=F64)
+    resp = torch.softmax(torch.randn(2, 5, 2, generator=gen, dtype=F64), -1).requires_grad_()
+    cfg = GMMConfig(n_components=2)
+    assert torch.autograd.gradcheck(lambda r: m_step(x, None, r, cfg), (resp,))
+
+
+def test_final_e_step_false_keeps_the_parameters_and_drops_resp():
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(3, 7, 4, generator=gen, dtype=F64)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    init = torch.randn(2, 4, generator=gen, dtype=F64)
+    cfg = GMMConfig(n_components=2)
+    full = fit_gmm(x, mask, init, cfg)
+    lean = fit_gmm(x, mask, init, cfg, final_e_step=False)
+    assert lean.resp is None and lean.log_likelihood is None
+    for a, b in zip(full[:3], lean[:3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    layer = GMMLayer(4, cfg).double()
+    assert layer(x, mask, final_e_step=False).resp is None
+
+
 def test_gradients_reach_the_anchors_and_x():
     torch.manual_seed(0)
     layer = GMMLayer(4, GMMConfig(n_components=3))

@@ -66,6 +66,18 @@ def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split:
     return cross_modal_metrics(qi, qt, labels[q], gi, gt, labels[g], ks=ks)
 
 
+def fit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_names) -> FitData:
+    """What a method is fitted on for one protocol ``split``: its train pairs (the few-shot
+    unseen-class pairs marked for oversampling) and its validation pairs."""
+    return FitData(
+        train=features.subset(split.train), train_labels=labels[split.train],
+        oversample=np.isin(split.train, split.fewshot),
+        val=features.subset(split.val) if len(split.val) else None,
+        val_labels=labels[split.val] if len(split.val) else None,
+        class_names=tuple(class_names),
+    )
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=np.float64)
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
@@ -158,14 +170,7 @@ def run_experiment(
     for shots in shot_values:
         for seed in config.seeds:
             split = splits[(shots, seed)]
-            oversample = np.isin(split.train, split.fewshot)
-            fit_data = FitData(
-                train=features.subset(split.train), train_labels=labels[split.train],
-                oversample=oversample,
-                val=features.subset(split.val) if len(split.val) else None,
-                val_labels=labels[split.val] if len(split.val) else None,
-                class_names=tuple(dataset.classes),
-            )
+            fit_data = fit_data_for(split, features, labels, dataset.classes)
             q, g = split.test_query, split.test_gallery
             q_labels, g_labels = labels[q], labels[g]
             chance = chance_map(q_labels, g_labels)

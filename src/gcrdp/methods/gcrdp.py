@@ -43,7 +43,8 @@ class GCRDPConfig:
         latent_dim, hidden_dim, num_layers, dropout: the projection heads.
         temperature: τ of the multi-positive InfoNCE.
         use_gmm: False → global average pooling, one view (ablation "without GMM").
-        n_components, n_iter, covariance, var_floor, mass_floor: the GMM module (K, T, ...).
+        n_components, n_iter, covariance, var_floor, mass_floor, anchor_mode: the GMM module
+            (K, T, ...; see :class:`~gcrdp.model.gmm.GMMConfig`).
         shared_anchors: one set of K anchors for both modalities (component k plays the same
             role in images and texts) instead of one per modality.
         class_positives: views of same-class pairs are positives too.
@@ -67,6 +68,7 @@ class GCRDPConfig:
     covariance: str = "diag"
     var_floor: float = 1e-3
     mass_floor: float = 1e-6
+    anchor_mode: str = "relative"
     shared_anchors: bool = True
     class_positives: bool = False
     intra_modal_negatives: bool = False
@@ -96,7 +98,8 @@ class GCRDPConfig:
 
     def gmm_config(self) -> GMMConfig:
         return GMMConfig(n_components=self.n_components, n_iter=self.n_iter, covariance=self.covariance,
-                         var_floor=self.var_floor, mass_floor=self.mass_floor)
+                         var_floor=self.var_floor, mass_floor=self.mass_floor,
+                         anchor_mode=self.anchor_mode)
 
     @property
     def n_views(self) -> int:
