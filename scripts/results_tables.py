@@ -7,8 +7,9 @@ For each study: the mean of I2T and T2I mAP@all (%, mean ± std over seeds), the
 separately, with the validation mAP (held-out seen classes) that choices are made on; then the
 paired differences against a reference entry (``--reference``, default: the first method of the
 study): for every (shots, seed) the two fits share the split, so the difference per seed removes
-the split-to-split variation, and its mean ± std over seeds says how much a change moves mAP;
-finally epochs, fit seconds and the GMM's π entropy at the best epoch.
+the split-to-split variation, and its mean ± std over seeds says how much a change moves mAP
+(the validation column: mean over every (shots, seed) pair ± its standard error, the figure
+choices are made on); finally epochs, fit seconds and the GMM's π entropy at the best epoch.
 
 ``--merge`` treats all the files as one study (their records are concatenated and the summary
 recomputed): a study run one shot value at a time (``gcrdp run --config C --shots 5 ...``) gives
@@ -30,30 +31,33 @@ from gcrdp.experiments.table import format_study_table
 def _paired_table(records: list[dict], methods: list[str], reference: str, key: str = "mean_map") -> str:
     by = {(r["method"], r["shots"], r["seed"]): r for r in records}
     shots = sorted({r["shots"] for r in records})
-    head = ["method"] + [f"{s}-shot Δ test" for s in shots] + ["Δ val mAP"]
+    head = ["method"] + [f"{s}-shot Δ test" for s in shots] + ["Δ val mAP ± s.e."]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         if m == reference:
             continue
-        cells, dval = [f"`{m}`"], []  # dval: per shot value, the mean paired Δ of val mAP
+        cells, dval = [f"`{m}`"], []  # dval: paired Δ of val mAP over every (shots, seed)
         for s in shots:
-            diffs, dv = [], []
+            diffs = []
             for (mm, ss, seed), r in by.items():
                 ref = by.get((reference, ss, seed))
                 if mm != m or ss != s or ref is None:
                     continue
                 diffs.append(r["test"][key] - ref["test"][key])
                 if r["fit"].get("best_val_map") is not None and ref["fit"].get("best_val_map") is not None:
-                    dv.append(r["fit"]["best_val_map"] - ref["fit"]["best_val_map"])
-            if dv:
-                dval.append(np.mean(dv))
+                    dval.append(r["fit"]["best_val_map"] - ref["fit"]["best_val_map"])
             if diffs:
                 d = 100 * np.asarray(diffs)
                 std = d.std(ddof=1) if d.size > 1 else 0.0
                 cells.append(f"{d.mean():+.1f} ± {std:.1f}")
             else:
                 cells.append("–")
-        cells.append(f"{100 * np.mean(dval):+.1f}" if dval else "–")
+        if dval:
+            dv = 100 * np.asarray(dval)
+            se = dv.std(ddof=1) / np.sqrt(dv.size) if dv.size > 1 else 0.0
+            cells.append(f"{dv.mean():+.1f} ± {se:.1f}")
+        else:
+            cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -145,7 +145,9 @@ def test_image_features_shapes_and_pooling(image_feats, emoji_paths):
 @needs_image
 def test_image_encoder_deterministic_and_batch_invariant(image_encoder, image_feats, emoji_paths):
     one = image_encoder.encode(emoji_paths, batch_size=1, progress=False)
-    np.testing.assert_allclose(one.local, image_feats.local, atol=1e-5)
+    # other batch sizes may pick other float32 convolution kernels: round-off only (seen:
+    # 1.2e-5 absolute on a value of 0.27, i.e. 4e-5 relative, on a loaded 2-core machine)
+    np.testing.assert_allclose(one.local, image_feats.local, rtol=1e-4, atol=2e-5)
     again = image_encoder.encode(emoji_paths, batch_size=4, progress=False)
     np.testing.assert_array_equal(again.local, image_feats.local)
 
