@@ -9,16 +9,17 @@ the dense (2BK, 2BK) form, and torch's ``bmm`` on the small-K shapes of the EM i
 used against the transposed one.
 
 Time: median over repeats of forward + backward + Adam step, the two variants interleaved.
-Peak memory: each variant also runs in a fresh subprocess; the figure is the growth of the
-process's peak RSS (ru_maxrss) over 3 steps after the model and inputs are built (CPU tensors are not seen
-by tracemalloc); the model and the batch exist before the first step, so the figure is
-what training steps add (activations, gradients, optimizer state).
+Peak memory: each variant also runs in a fresh subprocess; the figure is the peak extra
+resident memory of one step after a warm-up step (see ``peak_child``): activations, gradients
+and temporaries (CPU tensors are not seen by tracemalloc). "Saved for backward" counts the
+distinct tensors autograd keeps for the backward pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -79,14 +80,32 @@ def saved_for_backward_mib(use_gmm: bool, batch: int) -> float:
     return sum(seen.values()) / 2**20
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
 def peak_child(use_gmm: bool, batch: int) -> float:
+    """Peak extra resident memory (MiB) of one training step after a warm-up step, in this
+    (fresh) process: the kernel's peak-RSS counter is reset after the warm-up (Linux
+    ``/proc/self/clear_refs``; run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns
+    freed tensor buffers instead of caching them). Elsewhere: the ``ru_maxrss`` growth."""
     b = make_batch(batch)
     step = build(use_gmm)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(3):
+    step(b)  # warm-up: optimizer state, kernels
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        before = _status_kib("VmRSS")
         step(b)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) / 1024  # MiB (ru_maxrss is KiB on Linux)
+        return (_status_kib("VmHWM") - before) / 1024
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        step(b)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KiB on Linux
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -161,13 +180,14 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     peaks = {}
     for name in ("gap", "gmm"):
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         out = subprocess.run([sys.executable, __file__, "--child", name, "--batch", str(args.batch)],
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, env=env).stdout
         peaks[name] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
     saved = {name: saved_for_backward_mib(name == "gmm", args.batch) for name in ("gap", "gmm")}
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}\n")
-    print("| step | time (ms) | saved for backward (MiB) | peak RSS growth (MiB) |\n|---|---|---|---|")
+    print("| step | time (ms) | saved for backward (MiB) | peak RSS Δ of a step (MiB) |\n|---|---|---|---|")
     for name, label in (("gap", "GAP (use_gmm=false)"), ("gmm", "GMM (K=3, T=3)")):
         print(f"| {label} | {1000 * med[name]:.0f} | {saved[name]:.0f} | {peaks[name]:.0f} |")
     print(f"\nGMM / GAP time ratio: {med['gmm'] / med['gap']:.2f}")
