@@ -15,6 +15,7 @@ help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji: gap-infonce and gcrdp (0/1/3/5 shots, 3 seeds)"
 	@echo "make test   # set up .venv and run the test suite"
 	@echo "make bench  # run the benchmarks in benchmarks/"
+	@echo "make evidence  # GCRDP ablation + sensitivity on Twemoji (tables of docs/results.md; ~1 h 45 min)"
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +33,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_extraction.py
 	$(BIN)/python benchmarks/bench_demo.py
+	$(BIN)/python benchmarks/bench_gmm.py
+	$(BIN)/python benchmarks/bench_train_step.py --repeats 20 --parts
 
 # GCRDP ablations and sensitivity on Twemoji (1/3/5 shots × 5 seeds); tables for docs/results.md
-# (about 2 h on 2 cores: 300 fits; the two studies run side by side, one thread each)
+# (about 1 h 45 min on 2 cores: 240 fits; the two studies run side by side, one thread each)
 evidence: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/gcrdp run --config configs/ablation.json --output-dir runs/ablation -q & a=$$!; \
 	OMP_NUM_THREADS=1 $(BIN)/gcrdp run --config configs/sensitivity.json --output-dir runs/sensitivity -q & s=$$!; \
