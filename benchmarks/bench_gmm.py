@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _proc import proc_status_kib
 
 from gcrdp.model.gmm import GMMConfig, GMMResult, fit_gmm, gmm_views
 
@@ -149,14 +150,6 @@ def largest_tensor_and_saved(impl: str, x, init, cfg) -> tuple[int, int]:
     return mode.max, sum(storages.values())
 
 
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def rss_child(impl: str, mode: str, b: int, n: int, d: int, k: int, t: int, threads: int) -> None:
     torch.set_num_threads(threads)
     x, init = make_inputs(b, n, d, k)
@@ -166,9 +159,9 @@ def rss_child(impl: str, mode: str, b: int, n: int, d: int, k: int, t: int, thre
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-        before = _proc_status_kib("VmRSS")
+        before = proc_status_kib("VmRSS")
         run_once(impl, mode, x, init, cfg)
-        delta = _proc_status_kib("VmHWM") - before
+        delta = proc_status_kib("VmHWM") - before
     except OSError:  # not Linux: coarser
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         run_once(impl, mode, x, init, cfg)

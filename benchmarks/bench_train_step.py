@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from _proc import proc_status_kib
 
 
 def make_batch(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -80,14 +81,6 @@ def saved_for_backward_mib(use_gmm: bool, batch: int) -> float:
     return sum(seen.values()) / 2**20
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def peak_child(use_gmm: bool, batch: int) -> float:
     """Peak extra resident memory (MiB) of one training step after a warm-up step, in this
     (fresh) process: the kernel's peak-RSS counter is reset after the warm-up (Linux
@@ -99,9 +92,9 @@ def peak_child(use_gmm: bool, batch: int) -> float:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
-        before = _status_kib("VmRSS")
+        before = proc_status_kib("VmRSS")
         step(b)
-        return (_status_kib("VmHWM") - before) / 1024
+        return (proc_status_kib("VmHWM") - before) / 1024
     except OSError:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         step(b)
