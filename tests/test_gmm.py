@@ -250,6 +250,10 @@ def test_small_k_products_gradcheck():
     torch.testing.assert_close(_KNxND.apply(r, x), r @ x, rtol=0, atol=1e-14)
     assert torch.autograd.gradcheck(_KDxND.apply, (a, x))
     assert torch.autograd.gradcheck(_KNxND.apply, (r, x))
+    # first-order only: a second derivative is refused, not silently wrong
+    (g,) = torch.autograd.grad(_KDxND.apply(a, x).pow(2).sum(), (x,), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
 
 
 def test_m_step_gradcheck_in_resp():

@@ -65,6 +65,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError, DataError
 
@@ -211,7 +212,8 @@ def _stats(x: Tensor) -> tuple[Tensor, Tensor]:
 # (B, N, D) @ (B, D, K), or when an operand is a transposed view — which is what autograd's
 # default backward of ``bmm`` produces. The internal layout is therefore (B, K, N) for
 # responsibilities and log densities, and these two products choose the layouts of their
-# backward products explicitly (``benchmarks/bench_gmm.py`` measures the difference).
+# backward products explicitly (``benchmarks/bench_train_step.py --parts`` measures the
+# difference). First-order gradients only (a second derivative raises).
 class _KDxND(torch.autograd.Function):
     """``a (B, K, D) @ x (B, N, D)ᵀ -> (B, K, N)``."""
 
@@ -221,6 +223,7 @@ class _KDxND(torch.autograd.Function):
         return torch.bmm(a, x.transpose(1, 2))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g: Tensor):  # g (B, K, N)
         a, x = ctx.saved_tensors
         ga = torch.bmm(g, x) if ctx.needs_input_grad[0] else None  # (B, K, D)
@@ -237,6 +240,7 @@ class _KNxND(torch.autograd.Function):
         return torch.bmm(r, x)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g: Tensor):  # g (B, K, D)
         r, x = ctx.saved_tensors
         gr = torch.bmm(g, x.transpose(1, 2)) if ctx.needs_input_grad[0] else None  # (B, K, N)
@@ -314,7 +318,8 @@ def estimate_log_gaussian_prob(x: Tensor, means: Tensor, variances: Tensor) -> T
         (no ``(B, N, K, D)`` temporary).
     """
     x = x.to(_compute_dtype(x.dtype))
-    return _log_gaussian_prob(_stats(x), means.to(x.dtype), variances.to(x.dtype)).transpose(1, 2)
+    log_prob = _log_gaussian_prob(_stats(x), means.to(x.dtype), variances.to(x.dtype))  # (B, K, N)
+    return log_prob.transpose(1, 2).contiguous()
 
 
 def e_step(x: Tensor, mask: Tensor | None, weights: Tensor, means: Tensor,
@@ -332,7 +337,7 @@ def e_step(x: Tensor, mask: Tensor | None, weights: Tensor, means: Tensor,
     x, mask = _prepare(x, mask)
     resp, log_lik = _e_step(_stats(x), mask, weights.to(x.dtype), means.to(x.dtype),
                             variances.to(x.dtype))
-    return resp.transpose(1, 2), log_lik
+    return resp.transpose(1, 2).contiguous(), log_lik
 
 
 def m_step(x: Tensor, mask: Tensor | None, resp: Tensor, cfg: GMMConfig, *,
@@ -429,7 +434,7 @@ def _fit_prepared(x: Tensor, mask: Tensor, init_means: Tensor, cfg: GMMConfig,
         resp = log_lik = None
         if final_e_step:
             resp, log_lik = _e_step(stats, mask, weights, means, variances)
-            resp = resp.transpose(1, 2)  # (B, N, K)
+            resp = resp.transpose(1, 2).contiguous()  # (B, N, K)
         means = means + centre
     return GMMResult(weights, means, variances, resp, log_lik)
 
