@@ -60,8 +60,15 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--manifest", type=Path, default=None,
                    help="a CSV/JSONL manifest of your own data (sets --dataset manifest)")
     g.add_argument("--class-split", type=Path, default=None, help="JSON file of seen/unseen class names")
+    g.add_argument("--root", type=Path, default=None,
+                   help="the dataset's folder (wikipedia, pascal-sentence, nus-wide, xmedianet, folder)")
+    g.add_argument("--features", dest="features_path", type=Path, default=None,
+                   help="pre-extracted features file or folder of your own data (.npz, "
+                        ".safetensors, .npy folder, .mat, .h5; sets --dataset features)")
     g.add_argument("--dataset-option", action="append", metavar="KEY=VALUE",
-                   help="extra option of the dataset loader (repeatable)")
+                   help="extra option of the dataset loader (repeatable; 'gcrdp datasets NAME' lists them)")
+    g.add_argument("--skip-bad", action="store_true", default=None,
+                   help="leave bad samples out (listed in a report file) instead of failing")
 
 
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +81,11 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache folder (default: $GCRDP_CACHE_DIR or ~/.cache/gcrdp)")
     g.add_argument("--extract-batch-size", type=int, default=None)
+    g.add_argument("--clip", type=Path, default=None, metavar="DIR",
+                   help="use a local CLIP(-like) transformers folder for both modalities "
+                        "(sets --image-encoder clip --text-encoder clip)")
+    g.add_argument("--encoder-option", action="append", metavar="image.KEY=VALUE|text.KEY=VALUE",
+                   help="option of the image or text encoder (repeatable)")
 
 
 def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
@@ -87,13 +99,25 @@ def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
 def _dataset_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     options = _parse_assignments(args.dataset_option, "--dataset-option")
+    if args.manifest is not None and args.features_path is not None:
+        raise ConfigError("--manifest and --features are two kinds of your own data; pass one.")
     if args.manifest is not None:
         if args.dataset not in (None, "manifest"):
             raise ConfigError(f"--manifest reads your own data; it cannot be combined with --dataset {args.dataset}.")
         fields["dataset"] = "manifest"
         options["path"] = str(args.manifest)
+    elif args.features_path is not None:
+        if args.dataset not in (None, "features"):
+            raise ConfigError(f"--features reads your own feature files; it cannot be combined with "
+                              f"--dataset {args.dataset}.")
+        fields["dataset"] = "features"
+        options["path"] = str(args.features_path)
     elif args.dataset is not None:
         fields["dataset"] = args.dataset
+    if args.root is not None:
+        options["root"] = str(args.root)
+    if args.skip_bad:
+        options["skip_bad"] = True
     if args.class_split is not None:
         options["class_split"] = str(args.class_split)
     if options:
@@ -106,7 +130,25 @@ def _encoder_fields(args: argparse.Namespace) -> dict[str, Any]:
                "encoder_backend": args.backend, "feature_dtype": args.feature_dtype,
                "cache_dir": str(args.cache_dir) if args.cache_dir else None,
                "extract_batch_size": args.extract_batch_size}
-    return {k: v for k, v in mapping.items() if v is not None}
+    out = {k: v for k, v in mapping.items() if v is not None}
+    options: dict[str, dict[str, Any]] = {"image": {}, "text": {}}
+    if args.clip is not None:
+        for m in ("image", "text"):
+            given = out.get(f"{m}_encoder")
+            if given not in (None, "clip"):
+                raise ConfigError(f"--clip uses CLIP for both modalities; it cannot be combined with "
+                                  f"--{m}-encoder {given}.")
+            out[f"{m}_encoder"] = "clip"
+            options[m]["model_dir"] = str(args.clip.expanduser().resolve())
+    for key, value in _parse_assignments(args.encoder_option, "--encoder-option").items():
+        modality, dot, name = key.partition(".")
+        if not dot or modality not in options or not name:
+            raise ConfigError(f"--encoder-option must look like image.KEY=VALUE or text.KEY=VALUE, got {key!r}.")
+        options[modality][name] = value
+    for m in ("image", "text"):
+        if options[m]:
+            out[f"{m}_encoder_options"] = options[m]
+    return out
 
 
 def _load_config_file(path: Path | None) -> dict[str, Any]:

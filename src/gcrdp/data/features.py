@@ -3,6 +3,7 @@ pooled (global) feature; a :class:`FeatureSet` holds both modalities for a datas
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -68,6 +69,52 @@ class ModalityFeatures:
         idx = np.asarray(indices, dtype=np.int64)
         return ModalityFeatures(self.local[idx], self.mask[idx], self.pooled[idx])
 
+    @classmethod
+    def from_array(cls, array: np.ndarray, mask: np.ndarray | None = None,
+                   pooled: np.ndarray | None = None, *, name: str = "features",
+                   dtype: str = "float32") -> ModalityFeatures:
+        """Features from one array: ``(n, d)`` is a set of size one per sample (pooled-only
+        features such as SIFT/LDA or VGG fc7: local = pooled); ``(n, L, d)`` is a set of ``L``
+        local features with ``mask`` (default all True) whose pooled feature is ``pooled`` or,
+        by default, the masked mean. Values are stored as ``dtype`` (float32 by default)."""
+        arr = np.asarray(array)
+        if arr.dtype.kind not in "fiub":
+            raise DataError(f"{name}: expected numbers, got an array of dtype {arr.dtype}.")
+        if arr.ndim == 2:
+            local = arr[:, None, :]
+        elif arr.ndim == 3:
+            local = arr
+        else:
+            raise DataError(f"{name}: expected an (n, d) or (n, L, d) array, got shape {arr.shape}.")
+        n, L, d = local.shape
+        if n == 0 or d == 0:
+            raise DataError(f"{name}: empty array of shape {arr.shape}.")
+        if mask is None:
+            m = np.ones((n, L), dtype=bool)
+        else:
+            m = np.asarray(mask)
+            if m.shape != (n, L):
+                raise DataError(f"{name}: mask shape {m.shape} does not match the features' {(n, L)}.")
+            m = m.astype(bool)
+        local = np.ascontiguousarray(local, dtype=dtype)
+        if pooled is None:
+            if L == 1:
+                pool = local[:, 0, :].copy()
+            else:
+                w = m.astype(np.float64)
+                denom = np.maximum(w.sum(1, keepdims=True), 1.0)
+                pool = (np.einsum("nld,nl->nd", local.astype(np.float64), w) / denom).astype(dtype)
+        else:
+            pool = np.asarray(pooled)
+            if pool.ndim != 2 or pool.shape[0] != n:
+                raise DataError(f"{name}: pooled features must be ({n}, d_g), got shape {pool.shape}.")
+            pool = np.ascontiguousarray(pool, dtype=dtype)
+        if L > 1:
+            local = np.where(m[:, :, None], local, 0).astype(dtype, copy=False)
+        out = cls(local, m, pool)
+        out.validate(name)
+        return out
+
 
 @dataclass
 class FeatureSet:
@@ -88,6 +135,17 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.sample_ids)
+
+    def content_digest(self) -> str:
+        """SHA-256 over both modalities' arrays (shape, dtype and bytes) and the sample ids."""
+        h = hashlib.sha256(b"gcrdp-features-v1\0")
+        for mf in (self.image, self.text):
+            for arr in (mf.local, mf.mask, mf.pooled):
+                a = np.ascontiguousarray(arr)
+                h.update(f"{a.dtype.str}{a.shape}".encode())
+                h.update(a.tobytes())
+        h.update("\0".join(self.sample_ids).encode("utf-8"))
+        return h.hexdigest()
 
     def subset(self, indices: np.ndarray | Sequence[int]) -> FeatureSet:
         idx = np.asarray(indices, dtype=np.int64)

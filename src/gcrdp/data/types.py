@@ -4,6 +4,11 @@ A :class:`Dataset` is an ordered list of :class:`Sample` (one image, one text, o
 more class labels, a ``train``/``test`` split) plus the ordered list of class names
 (which fixes label indices) and, where the dataset ships one, its seen/unseen
 :class:`ClassSplit`.
+
+A dataset loaded from pre-extracted feature files carries its :class:`FeatureSet` in
+``Dataset.features`` (rows in sample order, ids equal): the pipeline then uses those features
+and extracts nothing. Its samples may lack the image (``image=None``) and the text
+(``text=None``); a dataset without features needs a text per sample.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .features import FeatureSet
 
 SPLITS = ("train", "test")
 
@@ -27,14 +33,14 @@ class Sample:
 
     Attributes:
         id: unique identifier within the dataset.
-        text: the text (non-empty).
+        text: the text (non-empty), or ``None`` when only pre-extracted features exist.
         labels: the class names it belongs to (one for single-label datasets).
         split: ``"train"`` or ``"test"``.
         image: path of the image file, or ``None`` when only pre-extracted features exist.
     """
 
     id: str
-    text: str
+    text: str | None
     labels: tuple[str, ...]
     split: str
     image: Path | None = None
@@ -107,7 +113,9 @@ class Dataset:
     """An ordered list of samples with their class vocabulary.
 
     ``classes`` fixes the label index of each class name; ``label_matrix()`` is the
-    (n_samples, n_classes) boolean multi-hot matrix used everywhere downstream.
+    (n_samples, n_classes) boolean multi-hot matrix used everywhere downstream. Every class
+    must have at least one sample. ``features`` holds pre-extracted features (see the module
+    docstring); ``meta["skipped"]`` lists the samples a loader left out with ``skip_bad=True``.
     """
 
     name: str
@@ -115,6 +123,7 @@ class Dataset:
     classes: list[str]
     class_split: ClassSplit | None = None
     meta: dict = field(default_factory=dict)
+    features: FeatureSet | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -135,7 +144,10 @@ class Dataset:
             if s.id in seen_ids:
                 dup.append(s.id)
             seen_ids.add(s.id)
-            if not s.text or not s.text.strip():
+            if s.text is None:
+                if self.features is None:
+                    empty.append(s.id)
+            elif not s.text.strip():
                 empty.append(s.id)
             if s.split not in SPLITS:
                 bad_split.append(s.id)
@@ -158,8 +170,22 @@ class Dataset:
             problems.append(f"no label in samples {format_list(no_label)}")
         if unknown:
             problems.append(f"labels not in the class list in samples {format_list(unknown)}")
+        if not problems:
+            used = {lab for s in self.samples for lab in s.labels}
+            unused = [c for c in self.classes if c not in used]
+            if unused:
+                problems.append(f"classes with no sample: {format_list(unused)} (drop them from "
+                                "the class list, or add their samples)")
         if problems:
             raise DataError(f"Dataset {self.name!r} is invalid: " + "; ".join(problems) + ".")
+        if self.features is not None:
+            if len(self.features) != len(self.samples):
+                raise DataError(
+                    f"Dataset {self.name!r}: its features hold {len(self.features)} rows for "
+                    f"{len(self.samples)} samples.")
+            if tuple(self.features.sample_ids) != tuple(s.id for s in self.samples):
+                raise DataError(f"Dataset {self.name!r}: the feature rows are not in sample order "
+                                "(their ids differ from the samples' ids).")
         if self.class_split is not None:
             self.class_split.check_against(self.classes)
 
@@ -185,8 +211,12 @@ class Dataset:
         return np.array([i for i, s in enumerate(self.samples) if s.split == split], dtype=np.int64)
 
     @property
-    def texts(self) -> list[str]:
+    def texts(self) -> list[str | None]:
         return [s.text for s in self.samples]
+
+    @property
+    def has_texts(self) -> bool:
+        return all(s.text is not None for s in self.samples)
 
     @property
     def image_paths(self) -> list[Path | None]:
@@ -197,6 +227,8 @@ class Dataset:
         labels, splits and the bytes of every image file (files hashed in order)."""
         h = hashlib.sha256()
         h.update(b"gcrdp-dataset-v1\0")
+        if self.features is not None:
+            h.update(b"features\0" + self.features.content_digest().encode())
         for s in self.samples:
             h.update(json.dumps([s.id, s.text, list(s.labels), s.split]).encode("utf-8"))
             if s.image is None:

@@ -23,6 +23,8 @@ class RunConfig:
         methods: registered method names.
         method_options: per method name, its options (architecture and training settings).
         image_encoder, text_encoder: registered encoder names.
+        image_encoder_options, text_encoder_options: keyword options of the encoders (e.g.
+            ``{"model_dir": ...}`` for ``clip``).
         encoder_backend: inference backend for extraction (``None``: the encoder's default).
         feature_dtype: storage dtype of cached features (computation is float32).
         cache_dir: feature cache folder (``None``: ``$GCRDP_CACHE_DIR`` or ``~/.cache/gcrdp``).
@@ -42,6 +44,8 @@ class RunConfig:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     image_encoder: str = "efficientnet-lite0"
     text_encoder: str = "minilm-l6"
+    image_encoder_options: dict[str, Any] = field(default_factory=dict)
+    text_encoder_options: dict[str, Any] = field(default_factory=dict)
     encoder_backend: str | None = None
     feature_dtype: str = "float16"
     cache_dir: str | None = None

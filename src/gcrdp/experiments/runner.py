@@ -33,15 +33,34 @@ def default_cache_dir() -> Path:
 
 
 def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) -> FeatureSet:
-    """Extract (or load from the cache) both modalities' features for ``dataset``."""
+    """Both modalities' features for ``dataset``: its own pre-extracted ones when it has them
+    (``dataset.features``; the encoders are not used), else extracted by the configured
+    encoders (or loaded from the cache)."""
+    if dataset.features is not None:
+        feats = dataset.features
+        if "key" not in feats.meta:
+            feats.meta.update({"key": feats.content_digest(), "source": "pre-extracted",
+                               "dtype": str(feats.image.local.dtype)})
+            feats.meta["key_inputs"] = {"pre_extracted": feats.meta["key"]}
+        return feats
     from ..encoders import extract_features, get_image_encoder, get_text_encoder
 
-    image_kw = {"backend": config.encoder_backend} if config.encoder_backend else {}
-    image_enc = get_image_encoder(config.image_encoder, **image_kw)
-    text_enc = get_text_encoder(config.text_encoder)
+    image_kw = dict(config.image_encoder_options)
+    if config.encoder_backend:
+        image_kw["backend"] = config.encoder_backend
+    image_enc = _build_encoder(get_image_encoder, config.image_encoder, image_kw, "image")
+    text_enc = _build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     return extract_features(dataset, image_enc, text_enc, cache_dir=cache, dtype=config.feature_dtype,
                             batch_size=config.extract_batch_size, progress=progress)
+
+
+def _build_encoder(factory: Callable[..., Any], name: str, options: dict[str, Any], modality: str) -> Any:
+    try:
+        return factory(name, **options)
+    except TypeError as exc:  # an option the encoder does not take
+        raise ConfigError(f"The {modality} encoder {name!r} does not accept the options "
+                          f"{sorted(options)}: {exc}") from None
 
 
 def method_base_name(entry: str) -> str:
