@@ -24,7 +24,7 @@ DatasetLoader = Callable[..., Dataset]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 #: Modules of ``gcrdp.data`` whose import registers a built-in dataset.
-BUILTIN_MODULES: tuple[str, ...] = ("twemoji", "manifest", "wikipedia")
+BUILTIN_MODULES: tuple[str, ...] = ("twemoji", "manifest", "wikipedia", "dscmr", "pascal", "featurefiles")
 
 
 def _ensure_builtins() -> None:

@@ -15,6 +15,7 @@ from .base import (
     IMAGE_ENCODERS, TEXT_ENCODERS, Encoder, available_cpus, get_image_encoder, get_text_encoder,
 )
 from .cache import CACHE_FORMAT_VERSION, FeatureCache, cache_key, extract_features
+from .clip import CLIPImageEncoder, CLIPTextEncoder
 from .efficientnet import EfficientNetLite0Encoder
 from .images import ImagePreprocessor, check_image_files, load_image
 from .minilm import MiniLMEncoder
@@ -24,5 +25,5 @@ __all__ = [
     "Encoder", "IMAGE_ENCODERS", "TEXT_ENCODERS", "get_image_encoder", "get_text_encoder",
     "available_cpus", "EfficientNetLite0Encoder", "MiniLMEncoder", "ImagePreprocessor",
     "load_image", "check_image_files", "FeatureCache", "extract_features", "cache_key",
-    "CACHE_FORMAT_VERSION", "onnxruntime_available",
+    "CACHE_FORMAT_VERSION", "onnxruntime_available", "CLIPImageEncoder", "CLIPTextEncoder",
 ]

@@ -1,0 +1,222 @@
+"""DSCMR-style feature folders (dataset ``dscmr``), as used by DSCMR (Zhen et al., CVPR 2019)
+and the code that copied it for Pascal Sentence, Wikipedia, NUS-WIDE and XMediaNet.
+
+One ``.mat`` (or ``.npy``/``.h5``) file per array, the key equal to the file stem::
+
+    {split}_img.mat      key {split}_img      (n, d_img) image features (e.g. VGG19 fc7)
+    {split}_txt.mat      key {split}_txt      (n, d_txt) text features, row i paired with image i
+    {split}_img_lab.mat  key {split}_img_lab  (n, 1) class ids, or (n, C) multi-hot
+    {split}_txt_lab.mat  (optional)           the text labels; must equal the image labels
+
+for ``split`` in ``train`` and ``test`` (a ``valid``/``val`` split, when present, is added to
+``train``: the protocol carves its own validation pairs out of ``train``; ``meta`` records it).
+A split whose files are incomplete is an error naming the missing file. A key other than the
+stem is accepted when the file holds exactly one array.
+
+Class names: ``class_names`` (a list, or a text file with one name a line, line i = id i for
+0-based ids) or the ids as strings. Sample ids: ``{split}-{row:06d}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .arrays import as_label_vector, as_multi_hot, read_arrays
+from .build import check_skip_bad, finish_dataset
+from .features import FeatureSet, ModalityFeatures
+from .problems import Problems
+from .registry import DATASETS
+from .types import ClassSplit, Dataset, Sample
+
+PARTS = ("img", "txt", "img_lab")
+_EXTS = (".mat", ".npy", ".h5")
+_VALID = ("valid", "val")
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for ext in _EXTS:
+        if (folder / f"{stem}{ext}").is_file():
+            return folder / f"{stem}{ext}"
+    return None
+
+
+def _read_one(path: Path) -> np.ndarray:
+    arrays = read_arrays(path)
+    if path.stem in arrays:
+        return arrays[path.stem]
+    numeric = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"}
+    if len(numeric) == 1:
+        return next(iter(numeric.values()))
+    raise DataError(f"{path} has no array under the key {path.stem!r} (DSCMR files use the file "
+                    f"stem as key); it has {sorted(arrays) or '(none)'}.")
+
+
+def read_dscmr_split(folder: Path, split: str) -> dict[str, np.ndarray] | None:
+    """``{"img", "txt", "img_lab"[, "txt_lab"]}`` of one split, ``None`` when none of its files
+    exist. Raises :class:`DataError` naming the missing file of an incomplete split, or rows
+    that disagree in number."""
+    found = {p: _find(folder, f"{split}_{p}") for p in (*PARTS, "txt_lab")}
+    if not any(found[p] for p in PARTS):
+        return None
+    missing = [f"{split}_{p}.mat" for p in PARTS if found[p] is None]
+    if missing:
+        present = ", ".join(found[p].name for p in PARTS if found[p] is not None)
+        raise DataError(f"DSCMR folder {folder}: split {split!r} is incomplete: missing "
+                        f"{', '.join(missing)} (found {present}).")
+    out = {p: _read_one(path) for p, path in found.items() if path is not None}
+    n = {found[p].name: int(np.shape(v)[0]) if np.ndim(v) else 0 for p, v in out.items()}
+    for p in ("img", "txt"):
+        if out[p].ndim != 2:
+            raise DataError(f"DSCMR folder {folder}: {found[p].name} must be (n, d), got shape {out[p].shape}.")
+    if len(set(n.values())) != 1:
+        raise DataError(f"DSCMR folder {folder}: the {split} files disagree in rows: "
+                        + ", ".join(f"{k} {v}" for k, v in n.items()) + "; row i of each must be the same pair.")
+    return out
+
+
+def _labels(arr: np.ndarray, path: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim == 2 and a.shape[1] > 1 and a.shape[0] > 1:
+        return as_multi_hot(a, path)
+    return as_label_vector(a, path)
+
+
+def _class_names(class_names: Sequence[str] | str | Path | None) -> list[str] | None:
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, Path)):
+        p = Path(class_names).expanduser()
+        if not p.is_file():
+            raise DataError(f"class_names file not found: {p}")
+        names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    else:
+        names = [str(c) for c in class_names]
+    if len(set(names)) != len(names):
+        raise DataError("class_names lists a name twice.")
+    return names
+
+
+def load_dscmr_folder(
+    folder: str | Path, *, name: str, class_names: Sequence[str] | str | Path | None = None,
+    splits: Sequence[str] = ("train", "test"), class_split: str | Path | ClassSplit | None = None,
+    split_seed: int = 0, skip_bad: bool = False, shipped_split: str | None = None,
+    meta: dict | None = None,
+) -> Dataset:
+    """A dataset from a DSCMR-style folder (see the module docstring); ``splits`` are the
+    splits that must be present (``("test",)`` loads a folder that has only its test files)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"DSCMR feature folder not found: {folder}")
+    check_skip_bad(skip_bad)
+    splits = tuple(splits)
+    if not splits or any(s not in ("train", "test") for s in splits):
+        raise ConfigError(f"splits must be 'train' and/or 'test', got {list(splits)}.")
+    names = _class_names(class_names)
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    for split in splits:
+        got = read_dscmr_split(folder, split)
+        if got is None:
+            raise DataError(f"DSCMR folder {folder}: split {split!r} is missing: no "
+                            f"{split}_img.mat, {split}_txt.mat or {split}_img_lab.mat. Pass "
+                            f"splits={[s for s in splits if s != split]} to load the others.")
+        parts[split] = got
+    merged_valid = None
+    if "train" in parts:
+        for v in _VALID:
+            got = read_dscmr_split(folder, v)
+            if got is not None:
+                merged_valid = v
+                parts["train"] = {k: np.concatenate([parts["train"][k], got[k]])
+                                  for k in parts["train"] if k in got}
+                break
+    problems = Problems(f"DSCMR folder {folder}")
+    dims = {(p["img"].shape[1], p["txt"].shape[1]) for p in parts.values()}
+    if len(dims) != 1:
+        raise DataError(f"DSCMR folder {folder}: feature dimensions differ between splits: "
+                        + ", ".join(f"{s} image {p['img'].shape[1]} text {p['txt'].shape[1]}" for s, p in parts.items()))
+    samples: list[Sample] = []
+    imgs, txts = [], []
+    multi = None
+    raw_ids: set[int] = set()
+    per_split = {}
+    for split, p in parts.items():
+        lab = _labels(p["img_lab"], f"{split}_img_lab")
+        if "txt_lab" in p:
+            tl = _labels(p["txt_lab"], f"{split}_txt_lab")
+            if tl.shape != lab.shape:
+                raise DataError(f"DSCMR folder {folder}: {split}_txt_lab has shape {tl.shape} but "
+                                f"{split}_img_lab has {lab.shape}.")
+            rows_bad = np.flatnonzero((tl != lab).reshape(len(lab), -1).any(axis=1))
+            for r in rows_bad:
+                problems.add(f"{split} row {r}", "image and text labels disagree "
+                             f"({lab[r].tolist()} vs {tl[r].tolist()})", f"{split}-{r:06d}")
+        is_multi = lab.ndim == 2
+        if multi is not None and multi != is_multi:
+            raise DataError(f"DSCMR folder {folder}: labels are class ids in one split and multi-hot in another.")
+        multi = is_multi
+        per_split[split] = lab
+        if not is_multi:
+            raw_ids |= set(int(x) for x in lab)
+    if multi:
+        n_classes = {lab.shape[1] for lab in per_split.values()}
+        if len(n_classes) != 1:
+            raise DataError(f"DSCMR folder {folder}: multi-hot labels with {sorted(n_classes)} columns.")
+        C = n_classes.pop()
+        classes = names if names is not None else [str(i) for i in range(C)]
+        if len(classes) != C:
+            raise DataError(f"class_names has {len(classes)} names for {C} label columns.")
+        base = 0
+    else:
+        lo = min(raw_ids)
+        base = 0 if names is None or lo == 0 else lo
+        if names is not None:
+            bad = sorted(i for i in raw_ids if not 0 <= i - base < len(names))
+            if bad:
+                raise DataError(f"DSCMR folder {folder}: class ids {bad[:5]} have no name in class_names "
+                                f"({len(names)} names, ids from {base}).")
+            classes = names
+        else:
+            classes = [str(i) for i in sorted(raw_ids)]
+    for split, p in parts.items():
+        lab = per_split[split]
+        for r in range(len(lab)):
+            if multi:
+                labels = tuple(classes[j] for j in np.flatnonzero(lab[r]))
+            else:
+                labels = (classes[int(lab[r]) - base] if names is not None else str(int(lab[r])),)
+            sid = f"{split}-{r:06d}"
+            if not labels:
+                problems.add(f"{split} row {r}", "no label", sid)
+                labels = (classes[0],)
+            samples.append(Sample(id=sid, text=None, labels=labels, split=split))
+        imgs.append(p["img"])
+        txts.append(p["txt"])
+    used = {lab for s in samples for lab in s.labels}
+    unused = [c for c in classes if c not in used]  # named classes no loaded row carries
+    classes = [c for c in classes if c in used]
+    feats = FeatureSet(ModalityFeatures.from_array(np.concatenate(imgs), name="image features"),
+                       ModalityFeatures.from_array(np.concatenate(txts), name="text features"),
+                       tuple(s.id for s in samples), {"source": str(folder.resolve())})
+    meta = {**(meta or {}), "source": str(folder.resolve()), "format": "dscmr",
+            "splits": list(parts), "valid_merged_into_train": merged_valid,
+            "label_base": base, "class_names": "given" if names is not None else "label ids",
+            "named_classes_without_rows": unused}
+    return finish_dataset(name, samples, classes, problems=problems, skip_bad=skip_bad,
+                          features=feats, class_split=class_split, split_seed=split_seed,
+                          shipped_split=shipped_split, meta=meta)
+
+
+@DATASETS.register("dscmr")
+def load_dscmr(
+    root: str | Path, *, class_names: Sequence[str] | str | None = None,
+    splits: Sequence[str] = ("train", "test"), class_split: str | Path | ClassSplit | None = None,
+    split_seed: int = 0, skip_bad: bool = False, name: str | None = None,
+) -> Dataset:
+    """Any DSCMR-style feature folder (layout in the module docstring)."""
+    root = Path(root).expanduser()
+    return load_dscmr_folder(root, name=name or root.name, class_names=class_names, splits=splits,
+                             class_split=class_split, split_seed=split_seed, skip_bad=skip_bad)

@@ -1,0 +1,255 @@
+"""Your own pre-extracted features (dataset ``features``, option ``path``).
+
+``path`` is one file — ``.npz``, ``.safetensors``, ``.mat`` (v5 or v7.3), ``.h5`` — or a folder
+of ``.npy`` files named after the arrays (``image.npy``, ``text.npy``, ``labels.npy``, …, plus
+optional ``classes.txt`` and ``ids.txt``, one entry a line). The arrays (key names are
+case-insensitive; the first name found is used):
+
+===============  ========================================================================
+image            ``image``, ``image_local``, ``img``, ``image_features``, ``image_emb``:
+                 (n, d) pooled-only features, or (n, L, d) sets of local features
+image_mask       optional (n, L) bool, for (n, L, d) image features (default all True)
+image_pooled     optional (n, d_g) global features (default: the masked mean, or the row)
+text, …          the same for texts: ``text``, ``text_local``, ``txt``, ``text_features``,
+                 ``text_emb``; ``text_mask``; ``text_pooled``
+labels           ``labels``/``label``/``y``: (n,) class ids or class names, or (n, C) 0/1
+                 multi-hot (several labels: relevance = at least one shared label)
+split            optional ``split``: (n,) strings ``train``/``test``; or ``is_test``: (n,)
+                 0/1. Without either, a seeded per-class split (``test_fraction``, see
+                 :func:`gcrdp.data.build.assign_test_split`)
+classes          optional ``classes``/``class_names``: (C,) strings; class id i is
+                 ``classes[i]`` (default: the ids as strings)
+ids              optional ``ids``: (n,) unique strings (default ``row-000000``, …)
+===============  ========================================================================
+
+safetensors holds numbers only: put ``classes`` and ``ids`` in its string metadata as JSON
+lists (``save_file(tensors, path, metadata={"classes": json.dumps([...])})``) and the split as
+``is_test``. The ``.npz`` written by ``gcrdp extract --output`` loads as is.
+
+Checks: all arrays have the same number of rows (else an error naming each array's length);
+per sample — NaN/inf features, an unknown split value, no label, a class id without a name —
+are problems (listed together, or left out with ``skip_bad=True``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, format_list
+from .arrays import as_label_vector, pick, read_arrays, read_safetensors_metadata
+from .build import assign_test_split, check_skip_bad, finish_dataset
+from .features import FeatureSet, ModalityFeatures
+from .problems import Problems
+from .registry import DATASETS
+from .types import ClassSplit, Dataset, Sample
+
+KEYS = {
+    "image": ("image", "image_local", "img", "image_features", "image_feats", "image_emb",
+              "img_emb", "image_embeddings"),
+    "image_mask": ("image_mask", "img_mask"),
+    "image_pooled": ("image_pooled", "img_pooled", "image_global"),
+    "text": ("text", "text_local", "txt", "text_features", "text_feats", "text_emb",
+             "text_embeddings"),
+    "text_mask": ("text_mask", "txt_mask"),
+    "text_pooled": ("text_pooled", "txt_pooled", "text_global"),
+    "labels": ("labels", "label", "y"),
+    "split": ("split", "splits"),
+    "is_test": ("is_test",),
+    "classes": ("classes", "class_names"),
+    "ids": ("ids", "id", "sample_ids"),
+}
+
+
+def _read_source(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Arrays and string lists (classes, ids from metadata or sidecar text files)."""
+    lists: dict[str, list[str]] = {}
+    if path.is_dir():
+        files = sorted(path.glob("*.npy"))
+        if not files:
+            raise DataError(f"Feature folder {path} has no .npy files (expected image.npy, "
+                            "text.npy, labels.npy, optionally split.npy, classes.txt, ids.txt).")
+        arrays: dict[str, np.ndarray] = {}
+        for f in files:
+            arrays.update(read_arrays(f))
+        for name in ("classes", "ids"):
+            side = path / f"{name}.txt"
+            if side.is_file():
+                try:
+                    lists[name] = [ln.strip() for ln in side.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{side} is not valid UTF-8 ({exc}).") from None
+        return arrays, lists
+    arrays = read_arrays(path)
+    if path.suffix.lower() == ".safetensors":
+        for name, value in read_safetensors_metadata(path).items():
+            if name in ("classes", "class_names", "ids"):
+                try:
+                    items = json.loads(value)
+                    if not isinstance(items, list):
+                        raise ValueError("not a list")
+                except ValueError as exc:
+                    raise DataError(f"{path}: metadata {name!r} must be a JSON list of strings ({exc}).") from None
+                lists["classes" if name != "ids" else "ids"] = [str(x) for x in items]
+    return arrays, lists
+
+
+def _strings(arr: np.ndarray, path: Path, what: str) -> list[str]:
+    a = np.asarray(arr).reshape(-1)
+    if a.dtype.kind not in "US":
+        raise DataError(f"{path}: {what} must be strings, got dtype {a.dtype}.")
+    return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a.tolist()]
+
+
+def _modality(arrays: dict, prefix: str, path: Path) -> tuple[str, ModalityFeatures]:
+    key, arr = pick(arrays, KEYS[prefix], path, f"{prefix} feature")
+    mask = pick(arrays, KEYS[f"{prefix}_mask"], path, "", required=False)
+    pooled = pick(arrays, KEYS[f"{prefix}_pooled"], path, "", required=False)
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"{path}: {key} must hold numbers, got dtype {arr.dtype}.")
+    if mask is not None and arr.ndim != 3:
+        raise DataError(f"{path}: {mask[0]} is given but {key} is not (n, L, d) (shape {arr.shape}).")
+    dtype = "float16" if arr.dtype == np.float16 else "float32"
+    with np.errstate(invalid="ignore", over="ignore"):
+        mf = ModalityFeatures.from_array(arr, mask[1] if mask else None, pooled[1] if pooled else None,
+                                         name=f"{path}: {key}", dtype=dtype)
+    return key, mf
+
+
+@DATASETS.register("features")
+def load_feature_files(
+    path: str | Path,
+    *,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    class_split: str | Path | ClassSplit | None = None,
+    skip_bad: bool = False,
+    name: str | None = None,
+) -> Dataset:
+    """Load pre-extracted features with labels (and splits) — conventions in the module doc.
+
+    Args:
+        path: a ``.npz``/``.safetensors``/``.mat``/``.h5`` file or a folder of ``.npy`` files.
+        test_fraction: share of each class's samples that are test pairs when the file has no
+            split.
+        split_seed: seed of that split and of a generated class split.
+        class_split: seen/unseen class split file (default: generated from the class names).
+        skip_bad: leave bad samples out (listed in ``meta["skipped"]``) instead of failing.
+        name: dataset name (default: the file or folder stem).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"Features file or folder not found: {path}")
+    check_skip_bad(skip_bad)
+    arrays, lists = _read_source(path)
+    ikey, image = _modality(arrays, "image", path)
+    tkey, text = _modality(arrays, "text", path)
+    lkey, labels = pick(arrays, KEYS["labels"], path, "labels")
+    lengths = {ikey: len(image), tkey: len(text), lkey: int(np.shape(labels)[0]) if np.ndim(labels) else 0}
+    split_arr = pick(arrays, KEYS["split"], path, "", required=False)
+    is_test = pick(arrays, KEYS["is_test"], path, "", required=False)
+    if split_arr is not None and is_test is not None:
+        raise DataError(f"{path} has both {split_arr[0]!r} and {is_test[0]!r}; keep one.")
+    for got in (split_arr, is_test):
+        if got is not None:
+            lengths[got[0]] = int(np.asarray(got[1]).reshape(-1).shape[0])
+    ids_arr = pick(arrays, KEYS["ids"], path, "", required=False)
+    if ids_arr is not None:
+        lists["ids"] = _strings(ids_arr[1], path, ids_arr[0])
+    if "ids" in lists:
+        lengths["ids"] = len(lists["ids"])
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"{path}: the arrays disagree in length: "
+                        + ", ".join(f"{k} {v}" for k, v in lengths.items())
+                        + ". Row i of every array must be the same sample.")
+    n = len(image)
+    cls_arr = pick(arrays, KEYS["classes"], path, "", required=False)
+    if cls_arr is not None:
+        lists["classes"] = _strings(cls_arr[1], path, cls_arr[0])
+    names = lists.get("classes")
+    if names is not None and len(set(names)) != len(names):
+        raise DataError(f"{path}: the class names list a name twice.")
+    ids = lists.get("ids") or [f"row-{i:06d}" for i in range(n)]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DataError(f"{path}: duplicate sample ids {format_list(dup)}.")
+    problems = Problems(f"Features {path}")
+
+    # ------------------------------------------------------------------ labels
+    lab = np.asarray(labels)
+    per_sample: list[tuple[str, ...]] = []
+    if lab.ndim == 2 and lab.shape[1] > 1:
+        if lab.dtype.kind not in "fiub" or not np.isin(lab, (0, 1)).all():
+            raise DataError(f"{path}: {lkey} (n, C) must be 0/1 multi-hot.")
+        C = lab.shape[1]
+        classes = names if names is not None else [str(j) for j in range(C)]
+        if len(classes) != C:
+            raise DataError(f"{path}: {len(classes)} class names for {C} label columns.")
+        for i in range(n):
+            per_sample.append(tuple(classes[j] for j in np.flatnonzero(lab[i])))
+    elif lab.dtype.kind in "US":
+        vals = _strings(lab, path, lkey)
+        classes = names if names is not None else sorted(set(v.strip() for v in vals if v.strip()))
+        for v in vals:
+            per_sample.append((v.strip(),) if v.strip() else ())
+    else:
+        vec = as_label_vector(lab, path, lkey)
+        if names is not None:
+            classes = names
+            per_sample = [(names[v],) if 0 <= v < len(names) else ("\0bad", str(v)) for v in vec.tolist()]
+        else:
+            classes = [str(v) for v in sorted(set(vec.tolist()))]
+            per_sample = [(str(v),) for v in vec.tolist()]
+    known = set(classes)
+    for i, labs in enumerate(per_sample):
+        if not labs:
+            problems.add(f"row {i}", "no label", ids[i])
+        elif labs[0] == "\0bad":
+            problems.add(f"row {i}", f"class id {labs[1]} has no name ({len(classes)} class names)", ids[i])
+        elif any(x not in known for x in labs):
+            problems.add(f"row {i}", f"label {labs!r} is not among the class names", ids[i])
+
+    # ------------------------------------------------------------------ splits
+    if split_arr is not None:
+        vals = _strings(split_arr[1], path, split_arr[0])
+        splits = [v.strip().lower() for v in vals]
+        for i, s in enumerate(splits):
+            if s not in ("train", "test"):
+                problems.add(f"row {i}", f"split {vals[i]!r} is not 'train' or 'test'", ids[i])
+        split_note = f"from {split_arr[0]!r}"
+    elif is_test is not None:
+        t = np.asarray(is_test[1]).reshape(-1)
+        if t.dtype.kind not in "iub" or not np.isin(t, (0, 1)).all():
+            raise DataError(f"{path}: {is_test[0]} must be 0/1 (1 = test).")
+        splits = ["test" if x else "train" for x in t.tolist()]
+        split_note = f"from {is_test[0]!r}"
+    else:
+        first = [labs[0] if labs else "" for labs in per_sample]
+        splits = assign_test_split(ids, first, test_fraction, split_seed)
+        split_note = f"seeded per-class split (test_fraction {test_fraction}, seed {split_seed})"
+
+    # ------------------------------------------------------------------ finite values
+    for mf, what in ((image, "image"), (text, "text")):
+        bad_local = ~np.isfinite(mf.local).all(axis=2) & mf.mask
+        bad = np.flatnonzero(bad_local.any(axis=1) | ~np.isfinite(mf.pooled).all(axis=1))
+        for i in bad.tolist():
+            problems.add(f"row {i}", f"NaN or infinite {what} features", ids[i])
+
+    samples = [Sample(id=ids[i], text=None, labels=per_sample[i] if per_sample[i] and per_sample[i][0] != "\0bad"
+                      else (classes[0],), split=splits[i] if splits[i] in ("train", "test") else "train")
+               for i in range(n)]
+    feats = FeatureSet(image, text, tuple(ids), {"source": str(path.resolve())})
+    used = {x for s in samples for x in s.labels}
+    meta = {"source": str(path.resolve()), "format": "features " + (path.suffix or "npy folder"),
+            "arrays": {"image": ikey, "text": tkey, "labels": lkey}, "split": split_note,
+            "named_classes_without_rows": [c for c in classes if c not in used]}
+    classes = [c for c in classes if c in used]
+    return finish_dataset(name or path.stem, samples, classes, problems=problems, skip_bad=skip_bad,
+                          features=feats, class_split=class_split, split_seed=split_seed, meta=meta)
+
+
+load = load_feature_files
+
