@@ -257,3 +257,48 @@ def test_many_problems_are_truncated(folder):
 def test_bad_label_sep(csv_manifest):
     with pytest.raises(ConfigError, match="label_sep"):
         load_manifest(csv_manifest, label_sep="")
+
+
+def _good_csv(tmp_path: Path) -> Path:
+    _write_images(tmp_path)
+    return _write_csv(tmp_path / "m.csv", ["image", "text", "labels", "split"],
+                      [(img, t, "|".join(ls), sp) for img, t, ls, sp in ROWS])
+
+
+def test_invalid_utf8_line_is_named_and_skippable(tmp_path):
+    path = _good_csv(tmp_path)
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b"banana", b"ban\xffana")  # line 4 = 3rd data row
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"line 4: not valid UTF-8 \(byte 0xff"):
+        load_manifest(path)
+    ds = load_manifest(path, skip_bad=True)
+    assert len(ds) == len(ROWS) - 1
+    assert "3" not in {s.id for s in ds.samples}
+    assert ds.meta["n_skipped"] == 1
+    assert ds.meta["skipped"][0]["where"] == "line 4"
+    assert "UTF-8" in ds.meta["skipped"][0]["reason"]
+
+
+def test_skip_bad_leaves_out_bad_rows_and_reports_them(tmp_path):
+    _write_images(tmp_path)
+    rows = [(img, t, "|".join(ls), sp) for img, t, ls, sp in ROWS]
+    rows[0] = ("img/missing.png", *rows[0][1:])  # line 2: missing image
+    rows[4] = (rows[4][0], "", rows[4][2], rows[4][3])  # line 6: empty text
+    rows[5] = (rows[5][0], rows[5][1], rows[5][2], "validation")  # line 7: bad split
+    path = _write_csv(tmp_path / "m.csv", ["image", "text", "labels", "split"], rows)
+    with pytest.raises(DataError) as err:
+        load_manifest(path)
+    msg = str(err.value)
+    assert "line 6: empty text" in msg and "line 7: unknown split" in msg and "missing.png" in msg
+    ds = load_manifest(path, skip_bad=True)
+    assert len(ds) == len(ROWS) - 3
+    assert sorted(item["where"] for item in ds.meta["skipped"]) == ["line 2", "line 6", "line 7"]
+    assert ds.meta["n_skipped"] == 3
+    # nothing that was good is lost
+    assert {s.text for s in ds.samples} == {r[1] for i, r in enumerate(ROWS) if i not in (0, 4, 5)}
+
+
+def test_skip_bad_must_be_bool(tmp_path):
+    with pytest.raises(ConfigError, match="skip_bad"):
+        load_manifest(_good_csv(tmp_path), skip_bad="yes")

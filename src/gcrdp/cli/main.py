@@ -285,6 +285,72 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loader_summary(name: str) -> tuple[str, str]:
+    """(first line, whole docstring) of a dataset loader's module."""
+    import inspect as _inspect
+
+    from ..data.registry import DATASETS
+
+    loader = DATASETS.get(name)
+    doc = _inspect.getdoc(_inspect.getmodule(loader)) or _inspect.getdoc(loader) or ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    return first, doc
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """List the datasets (one line each), or show one: its options and formats."""
+    import inspect as _inspect
+
+    from ..data.registry import dataset_options, list_datasets
+
+    if args.name is None:
+        names = list_datasets()
+        width = max(len(n) for n in names)
+        print("Datasets (gcrdp datasets NAME shows the layouts and options of one):")
+        for n in names:
+            print(f"  {n:<{width}}  {_loader_summary(n)[0].replace('``', '')}")
+        print("\nYour own data: --manifest FILE (csv/jsonl), --dataset folder --root DIR, "
+              "--features FILE (.npz/.safetensors/.npy folder/.mat/.h5), --dataset clip-retrieval --root DIR.")
+        return 0
+    _, doc = _loader_summary(args.name)
+    print(doc)
+    print("\nOptions (--dataset-option KEY=VALUE, or --root/--skip-bad/--class-split):")
+    for k, v in dataset_options(args.name).items():
+        print(f"  {k}" + (" (required)" if v is _inspect.Parameter.empty else f" = {v!r}"))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Load a dataset and summarise it; problems make the load fail (exit 2) unless --skip-bad."""
+    from ..data.inspect import format_summary, summarize_dataset
+    from ..data.registry import load_dataset
+    from ..experiments import RunConfig
+    from ..utils.io import atomic_write_json
+
+    raw = _dataset_fields(args)
+    config = RunConfig.from_dict(raw)
+    dataset = load_dataset(config.dataset, **config.dataset_options)
+    summary = summarize_dataset(dataset)
+    print(format_summary(summary))
+    skipped = dataset.meta.get("skipped") or []
+    if skipped:
+        report = args.report or Path(f"{dataset.name}-skipped.json")
+        _write_skipped(report, dataset)
+        print(f"\nleft out {len(skipped)} bad sample problem(s): listed in {report}", file=sys.stderr)
+    if args.json is not None:
+        atomic_write_json(args.json, summary)
+        print(f"summary: {args.json}")
+    return 0
+
+
+def _write_skipped(path: Path, dataset: Any) -> None:
+    from ..utils.io import atomic_write_json
+
+    atomic_write_json(path, {"dataset": dataset.name, "source": dataset.meta.get("source"),
+                             "n_problems": len(dataset.meta.get("skipped") or []),
+                             "skipped": dataset.meta.get("skipped") or []})
+
+
 def _export_features(feats: Any, dataset: Any, path: Path) -> None:
     import io
 
@@ -489,6 +555,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None, help="also export the features to this .npz")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("datasets", help="list the datasets and their formats, or show one")
+    p.add_argument("name", nargs="?", default=None, help="a dataset name: show its layouts and options")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("inspect", help="summarise a dataset: samples per split and class, feature "
+                                       "dimensions, text lengths, problems found")
+    _add_dataset_args(p)
+    p.add_argument("--report", type=Path, default=None,
+                   help="with --skip-bad: where the list of left-out samples goes "
+                        "(default: <dataset>-skipped.json)")
+    p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("evaluate", help="retrieval metrics of embeddings in .npz files, or of a "
                                         "checkpoint written by 'gcrdp train'")

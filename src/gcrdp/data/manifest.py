@@ -38,7 +38,9 @@ Example::
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,9 +100,32 @@ def _check_split(value: str, line: int, problems: list[str]) -> str:
     return split
 
 
-def _read_csv(path: Path, delimiter: str, label_sep: str, problems: list[str]) -> tuple[list[_Row], int]:
+def _decode_lines(path: Path, problems: list[str]) -> tuple[str, set[int]]:
+    """The file as text and the numbers of its lines that are not valid UTF-8: each becomes a
+    problem ("line N: …") and is decoded with replacement characters, so that it still counts
+    as a row (the default ids of the other rows do not shift) but can be left out."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8"), set()
+    except UnicodeDecodeError:
+        pass
+    out, bad = [], set()
+    for ln, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            out.append(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            problems.append(f"line {ln}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column "
+                            f"{exc.start + 1}); re-save the manifest as UTF-8")
+            out.append(line.decode("utf-8", errors="replace"))
+            bad.add(ln)
+    return "\n".join(out), bad
+
+
+def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: list[str]) -> tuple[list[_Row], int]:
     rows: list[_Row] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)
@@ -174,10 +199,10 @@ def _as_name(value: object) -> str | None:
     return None
 
 
-def _read_jsonl(path: Path, problems: list[str]) -> tuple[list[_Row], int]:
+def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
     rows: list[_Row] = []
     n_row = 0
-    with open(path, encoding="utf-8-sig") as f:
+    with io.StringIO(text) as f:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -267,6 +292,7 @@ def load_manifest(
     split_seed: int = 0,
     check_images: bool = True,
     name: str | None = None,
+    skip_bad: bool = False,
 ) -> Dataset:
     """Load a CSV/TSV/JSONL manifest (conventions in the module docstring).
 
@@ -278,6 +304,8 @@ def load_manifest(
         split_seed: seed of the generated class split.
         check_images: check that every image file exists (default True).
         name: dataset name; default the manifest's file stem.
+        skip_bad: leave bad rows out (listed in ``meta["skipped"]``, each with its line and
+            reason) instead of failing; problems with the header are still errors.
 
     Raises:
         DataError: the file is missing or any row is invalid (every problem with its line).
@@ -289,21 +317,27 @@ def load_manifest(
     fmt = _detect_format(path, format)
     if not isinstance(label_sep, str) or not label_sep:
         raise ConfigError(f"label_sep must be a non-empty string, got {label_sep!r}.")
+    from .build import check_skip_bad
+
+    check_skip_bad(skip_bad)
     problems: list[str] = []
     try:
+        text, bad_utf8 = _decode_lines(path, problems)
         if fmt == "jsonl":
-            rows, n_rows = _read_jsonl(path, problems)
+            rows, n_rows = _read_jsonl(text, problems)
         else:
-            rows, n_rows = _read_csv(path, "\t" if fmt == "tsv" else ",", label_sep, problems)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"Manifest {path} is not UTF-8 text ({exc}).") from None
+            rows, n_rows = _read_csv(text, path, "\t" if fmt == "tsv" else ",", label_sep, problems)
+    except OSError as exc:
+        raise DataError(f"Cannot read manifest {path}: {exc}") from None
     except csv.Error as exc:
         raise DataError(f"Manifest {path} is not valid CSV ({exc}).") from None
 
     first_line: dict[str, int] = {}
+    bad_lines: set[int] = set(bad_utf8)
     for r in rows:
         if r.id in first_line:
             problems.append(f"line {r.line}: duplicate id {r.id!r} (first on line {first_line[r.id]})")
+            bad_lines.add(r.line)
         else:
             first_line[r.id] = r.line
 
@@ -312,6 +346,7 @@ def load_manifest(
     for r in rows:
         p = Path(r.image).expanduser()
         images.append(p if p.is_absolute() else base / p)
+    missing_report: list[dict] = []
     if check_images:
         missing = [(r.line, r.image) for r, p in zip(rows, images) if not p.is_file()]
         if missing:
@@ -321,10 +356,26 @@ def load_manifest(
                 f"{len(missing)} of {len(rows)} image files do not exist (relative paths are "
                 f"taken from the manifest folder {base}): {listed}{more}"
             )
+            bad_lines.update(ln for ln, _ in missing)
+            missing_report = [{"where": f"line {ln}", "sample": None, "reason": f"image {img!r} does not exist"}
+                              for ln, img in missing]
+    skipped: list[dict] = []
     if problems:
-        _raise_problems(path, problems, n_rows)
+        if not skip_bad:
+            _raise_problems(path, problems, n_rows)
+        ids_by_line = {r.line: r.id for r in rows}
+        for p in problems:
+            m = re.match(r"line (\d+): (.*)", p, re.S)
+            if m is not None:
+                ln = int(m.group(1))
+                skipped.append({"where": f"line {ln}", "sample": ids_by_line.get(ln), "reason": m.group(2)})
+        for item in missing_report:
+            item["sample"] = ids_by_line.get(int(item["where"].split()[1]))
+            skipped.append(item)
+        kept = [(r, img) for r, img in zip(rows, images) if r.line not in bad_lines]
+        rows, images = [r for r, _ in kept], [img for _, img in kept]
     if not rows:
-        raise DataError(f"Manifest {path} has no data rows.")
+        raise DataError(f"Manifest {path} has no data rows" + (" left after skipping the bad ones." if skipped else "."))
 
     samples = [
         Sample(id=r.id, text=r.text, labels=r.labels, split=r.split, image=img)
@@ -354,6 +405,8 @@ def load_manifest(
         "images_checked": bool(check_images),
         "class_split_source": source,
         "class_split_generated": generated,
+        "n_skipped": len({item["where"] for item in skipped}),
+        "skipped": skipped,
     }
     return Dataset(name=ds_name, samples=samples, classes=classes, class_split=split, meta=meta)
 

@@ -230,7 +230,9 @@ def run_experiment(
         "format": RESULTS_FORMAT,
         "config": config.to_dict(),
         "resolved": {"device": device, "n_samples": len(dataset), "n_classes": len(dataset.classes),
-                     "dataset_meta": dataset.meta, "features": features.meta},
+                     "dataset_meta": dataset.meta, "features": features.meta,
+                     "feature_dims": {"image": [features.image.local.shape[1], features.image.dim],
+                                      "text": [features.text.local.shape[1], features.text.dim]}},
         "provenance": provenance(),
         "timing": {"data_seconds": round(t_data - t_start, 3),
                    "features_seconds": round(t_feat - t_data, 3),
@@ -239,5 +241,10 @@ def run_experiment(
         "summary": summarize(records),
     }
     if output_dir is not None:
+        if dataset.meta.get("skipped"):
+            atomic_write_json(output_dir / "skipped.json", {
+                "dataset": dataset.name, "source": dataset.meta.get("source"),
+                "n_problems": len(dataset.meta["skipped"]), "skipped": dataset.meta["skipped"]})
+            results["resolved"]["skipped_report"] = str(output_dir / "skipped.json")
         atomic_write_json(output_dir / "results.json", results)
     return results

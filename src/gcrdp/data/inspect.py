@@ -1,0 +1,156 @@
+"""What ``gcrdp inspect`` reports about a dataset: samples per split and class, the class split,
+feature dimensions, text lengths and the problems found.
+
+:func:`summarize_dataset` returns a JSON-ready dict; :func:`format_summary` renders it as text.
+Beyond what the loader already refuses, the summary warns about what makes the few-shot
+protocol weak or impossible: unseen classes with fewer train pairs than the largest shot count,
+seen classes without test pairs, duplicate texts, identical feature rows, missing image files.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from .types import Dataset
+
+SHOTS_CHECKED = 5
+
+
+def _stats(values: list[int]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values, dtype=np.float64)
+    return {"min": int(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 1),
+            "max": int(a.max())}
+
+
+def _modality(mf) -> dict[str, Any]:
+    lengths = mf.mask.sum(axis=1)
+    return {"local": list(mf.local.shape), "pooled_dim": mf.pooled_dim, "dtype": str(mf.local.dtype),
+            "local_per_sample": _stats(lengths.tolist()),
+            "pooled_only": bool(mf.local.shape[1] == 1)}
+
+
+def summarize_dataset(dataset: Dataset, *, check_files: bool = True) -> dict[str, Any]:
+    """The summary of ``dataset`` (see the module docstring)."""
+    samples = dataset.samples
+    per_class = {c: {"train": 0, "test": 0} for c in dataset.classes}
+    for s in samples:
+        for lab in s.labels:
+            per_class[lab][s.split] += 1
+    n_labels = [len(s.labels) for s in samples]
+    split = dataset.class_split
+    out: dict[str, Any] = {
+        "dataset": dataset.name,
+        "n_samples": len(samples),
+        "splits": dict(Counter(s.split for s in samples)),
+        "n_classes": len(dataset.classes),
+        "multilabel": dataset.is_multilabel,
+        "labels_per_sample": _stats(n_labels),
+        "classes": per_class,
+        "class_split": None if split is None else {
+            "version": split.version, "n_seen": len(split.seen), "n_unseen": len(split.unseen),
+            "seen": list(split.seen), "unseen": list(split.unseen),
+            "source": dataset.meta.get("class_split_source")},
+        "meta": {k: v for k, v in dataset.meta.items() if k != "skipped"},
+        "n_skipped": len(dataset.meta.get("skipped") or []),
+    }
+    texts = [s.text for s in samples if s.text is not None]
+    out["texts"] = None if not texts else {
+        "n": len(texts), "words": _stats([len(t.split()) for t in texts]),
+        "characters": _stats([len(t) for t in texts])}
+    images = [s.image for s in samples if s.image is not None]
+    out["images"] = None if not images else {"n": len(images)}
+    if dataset.features is not None:
+        out["features"] = {"image": _modality(dataset.features.image), "text": _modality(dataset.features.text)}
+    else:
+        out["features"] = None
+
+    warnings: list[str] = []
+    if images and check_files:
+        missing = [str(p) for p in images if not p.is_file()]
+        out["images"]["missing"] = len(missing)
+        if missing:
+            warnings.append(f"{len(missing)} image files do not exist (first: {missing[0]})")
+    if split is not None:
+        few = [c for c in split.unseen if per_class.get(c, {}).get("train", 0) < SHOTS_CHECKED]
+        if few:
+            warnings.append(f"{len(few)} unseen classes have fewer than {SHOTS_CHECKED} train pairs, so "
+                            f"{SHOTS_CHECKED}-shot runs cannot draw their shots: {', '.join(few[:5])}")
+        no_test = [c for c in split.unseen if per_class.get(c, {}).get("test", 0) == 0]
+        if no_test:
+            warnings.append(f"{len(no_test)} unseen classes have no test pair (nothing to retrieve): "
+                            f"{', '.join(no_test[:5])}")
+        no_train_seen = [c for c in split.seen if per_class.get(c, {}).get("train", 0) == 0]
+        if no_train_seen:
+            warnings.append(f"{len(no_train_seen)} seen classes have no train pair: {', '.join(no_train_seen[:5])}")
+    if not any(s.split == "train" for s in samples):
+        warnings.append("no train pairs: this dataset can be evaluated but not trained on")
+    if texts:
+        dup = sum(c - 1 for c in Counter(texts).values() if c > 1)
+        if dup:
+            warnings.append(f"{dup} texts repeat an earlier one exactly")
+    if dataset.features is not None:
+        for name, mf in (("image", dataset.features.image), ("text", dataset.features.text)):
+            rows = np.ascontiguousarray(mf.pooled).view(np.dtype((np.void, mf.pooled.dtype.itemsize * mf.pooled.shape[1])))
+            dup = len(rows) - len(np.unique(rows))
+            if dup:
+                warnings.append(f"{dup} {name} feature rows repeat an earlier one exactly")
+    out["warnings"] = warnings
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as text: a header, a per-class table, features/texts, warnings."""
+    s = summary
+    lines = [f"dataset {s['dataset']}: {s['n_samples']} samples "
+             f"({', '.join(f'{k} {v}' for k, v in sorted(s['splits'].items()))}), {s['n_classes']} classes"
+             + (", multi-label" if s["multilabel"] else "")]
+    meta = s["meta"]
+    for key in ("source", "format", "features_file"):
+        if meta.get(key):
+            lines.append(f"  {key}: {meta[key]}")
+    if s["multilabel"] and s["labels_per_sample"]:
+        st = s["labels_per_sample"]
+        lines.append(f"  labels per sample: min {st['min']}, mean {st['mean']}, max {st['max']}")
+    cs = s["class_split"]
+    if cs:
+        lines.append(f"  class split v{cs['version']}: {cs['n_seen']} seen, {cs['n_unseen']} unseen ({cs['source']})")
+    unseen = set(cs["unseen"]) if cs else set()
+    width = max([len(c) for c in s["classes"]] + [5])
+    lines.append("")
+    lines.append(f"  {'class':<{width}}  {'train':>6}  {'test':>6}  side")
+    for c, n in s["classes"].items():
+        side = "unseen" if c in unseen else ("seen" if cs else "")
+        lines.append(f"  {c:<{width}}  {n['train']:>6}  {n['test']:>6}  {side}")
+    lines.append("")
+    f = s["features"]
+    if f:
+        for m in ("image", "text"):
+            d = f[m]
+            kind = "pooled-only (a set of one)" if d["pooled_only"] else f"{d['local'][1]} local max"
+            lines.append(f"  {m} features: local {tuple(d['local'])} {d['dtype']}, pooled dim {d['pooled_dim']}, {kind}")
+    else:
+        lines.append("  features: extracted by the run's encoders (not pre-extracted)")
+    t = s["texts"]
+    if t:
+        w = t["words"]
+        lines.append(f"  texts: {t['n']}, words per text min {w['min']}, median {w['median']:g}, max {w['max']}")
+    else:
+        lines.append("  texts: none (pre-extracted text features only)")
+    if s["images"]:
+        miss = s["images"].get("missing")
+        lines.append(f"  images: {s['images']['n']} files" + (f", {miss} missing" if miss else ""))
+    if s["n_skipped"]:
+        lines.append(f"  skipped bad samples: {s['n_skipped']} (--skip-bad)")
+    if s["warnings"]:
+        lines.append("")
+        lines.append("problems found:")
+        lines.extend(f"  - {w}" for w in s["warnings"])
+    else:
+        lines.append("")
+        lines.append("problems found: none")
+    return "\n".join(lines)
