@@ -130,3 +130,34 @@ def test_clip_flag_errors(tmp_path, capsys):
     code, _, err = run_cli(capsys, "extract", "--manifest", manifest, "--clip", tmp_path,
                            "--image-encoder", "efficientnet-lite0", "-q")
     assert_user_error(code, err, "--clip", "--image-encoder efficientnet-lite0")
+
+
+def test_train_then_export_embeddings_in_the_clip_retrieval_layout(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pyarrow")
+    from gcrdp.data import load_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_features(data / "f.npz")
+    monkeypatch.chdir(tmp_path)  # a relative --features path must still work from elsewhere later
+    code, out, err = run_cli(capsys, "train", "--features", "data/f.npz", "--method", "gcrdp", "--shots", "1",
+                             "--option", "max_epochs=2", "--checkpoint-dir", "ckpt", "-q")
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ckpt", "--output", tmp_path / "emb",
+                             "--part-size", "50", "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "emb" / "img_emb").iterdir()) == ["img_emb_0.npy", "img_emb_1.npy"]
+    back = load_dataset("clip-retrieval", root=str(tmp_path / "emb"))
+    orig = load_dataset("features", path=str(data / "f.npz"))
+    assert [s.id for s in back.samples] == [s.id for s in orig.samples]
+    assert [s.labels for s in back.samples] == [s.labels for s in orig.samples]
+    assert [s.split for s in back.samples] == [s.split for s in orig.samples]
+    emb = back.features.image.pooled.astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)  # unit-norm model embeddings
+    # exporting again into the same folder refuses and keeps the first export
+    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ckpt", "--output", tmp_path / "emb", "-q")
+    assert_user_error(code, err, "not empty")
+    assert (tmp_path / "emb" / "img_emb" / "img_emb_1.npy").is_file()

@@ -223,7 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for m, o in _method_options(args.option, list(raw["methods"])).items():
             opts.setdefault(m, {}).update(o)
     dataset_opts = raw.get("dataset_options") or {}
-    for key in ("path", "class_split"):  # so that 'evaluate --checkpoint' works from any folder
+    # so that 'evaluate --checkpoint' and 'export' work from any folder
+    for key in ("path", "class_split", "root", "features_file", "images_dir", "captions_file"):
         if isinstance(dataset_opts.get(key), str) and Path(dataset_opts[key]).expanduser().exists():
             dataset_opts[key] = str(Path(dataset_opts[key]).expanduser().resolve())
     config = RunConfig.from_dict(raw)
@@ -282,6 +283,22 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.output is not None:
         _export_features(feats, dataset, args.output)
         print(f"written: {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Embed every sample of a trained model's dataset and write the embeddings in the
+    clip-retrieval layout (img_emb/, text_emb/, metadata/), for FAISS/autofaiss and vector DBs."""
+    from ..data.clip_retrieval import export_embeddings
+    from ..training.checkpoint import load_method
+    from ..training.seeding import resolve_device
+
+    ckpt, run, config, dataset, features = _restore_run(args.checkpoint, args.cache_dir, args.device, args.quiet)
+    method = load_method(ckpt, resolve_device(config.device))
+    out = export_embeddings(method, dataset, features, args.output, part_size=args.part_size)
+    print(f"{ckpt.state['method']} embeddings of {len(dataset)} {config.dataset} samples "
+          f"(dim {method.embed_images(features.image.subset([0])).shape[1]}) written to {out} "
+          "(img_emb/, text_emb/, metadata/)")
     return 0
 
 
@@ -429,42 +446,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_checkpoint(args: argparse.Namespace) -> int:
-    """Re-create the dataset, features and split of a ``gcrdp train`` run from its final
-    checkpoint and evaluate the stored method on the test pairs."""
-    from ..data.protocol import make_split
+def _restore_run(checkpoint: Path, cache_dir: Path | None, device: str | None, quiet: bool):
+    """``(checkpoint, run info, config, dataset, features)`` of the ``gcrdp train`` run whose
+    final checkpoint is in ``checkpoint`` (or ``checkpoint/final``), with the dataset and the
+    features re-created and checked against the stored ones."""
     from ..data.registry import load_dataset
     from ..errors import DataError
-    from ..evaluation import chance_map
     from ..experiments import RunConfig
-    from ..experiments.runner import evaluate_split, load_features
-    from ..training.checkpoint import checkpoint_exists, load_method, read_checkpoint
-    from ..training.seeding import resolve_device
-    from ..utils.io import atomic_write_json
+    from ..experiments.runner import load_features
+    from ..training.checkpoint import checkpoint_exists, read_checkpoint
 
-    where = args.checkpoint / "final" if checkpoint_exists(args.checkpoint / "final") else args.checkpoint
-    if where == args.checkpoint and checkpoint_exists(args.checkpoint / "last"):
-        raise DataError(f"{args.checkpoint} holds a training checkpoint (last/) but no final one: the "
+    where = checkpoint / "final" if checkpoint_exists(checkpoint / "final") else checkpoint
+    if where == checkpoint and checkpoint_exists(checkpoint / "last"):
+        raise DataError(f"{checkpoint} holds a training checkpoint (last/) but no final one: the "
                         "training did not finish. Run the same 'gcrdp train' command again to resume "
                         "and finish it.")
     ckpt = read_checkpoint(where, kind="final")
     run = ckpt.state.get("run")
     if not isinstance(run, dict) or not isinstance(run.get("config"), dict) or "split" not in run:
         raise DataError(f"Checkpoint {ckpt.path} holds no run info (it was not written by 'gcrdp "
-                        "train'), so its test split cannot be re-created. Load it in Python with "
+                        "train'), so its dataset and split cannot be re-created. Load it in Python with "
                         "gcrdp.training.checkpoint.load_method and embed your own data.")
     raw = dict(run["config"])
-    if args.cache_dir is not None:
-        raw["cache_dir"] = str(args.cache_dir)
-    if args.device is not None:
-        raw["device"] = args.device
+    if cache_dir is not None:
+        raw["cache_dir"] = str(cache_dir)
+    if device is not None:
+        raw["device"] = device
     config = RunConfig.from_dict(raw)
     dataset = load_dataset(config.dataset, **config.dataset_options)
     if list(dataset.classes) != list(run.get("class_names", [])):
         raise DataError(f"Dataset {config.dataset!r} now has other classes than when checkpoint "
                         f"{ckpt.path} was trained ({len(dataset.classes)} vs "
-                        f"{len(run.get('class_names', []))}); the stored model cannot be evaluated on it.")
-    features = load_features(dataset, config, progress=not args.quiet)
+                        f"{len(run.get('class_names', []))}); the stored model cannot be used on it.")
+    features = load_features(dataset, config, progress=not quiet)
     stored = run.get("features") or {}
     if stored.get("key") and features.meta.get("key") and stored["key"] != features.meta["key"]:
         old, new = stored.get("key_inputs") or {}, features.meta.get("key_inputs") or {}
@@ -472,6 +486,21 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         raise DataError(f"The features differ from those checkpoint {ckpt.path} was trained on "
                         f"(changed: {', '.join(what)}): the dataset's content or the encoders "
                         "changed since. Restore them, or train again.")
+    return ckpt, run, config, dataset, features
+
+
+def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    """Re-create the dataset, features and split of a ``gcrdp train`` run from its final
+    checkpoint and evaluate the stored method on the test pairs."""
+    from ..data.protocol import make_split
+    from ..errors import DataError
+    from ..evaluation import chance_map
+    from ..experiments.runner import evaluate_split
+    from ..training.checkpoint import load_method
+    from ..training.seeding import resolve_device
+    from ..utils.io import atomic_write_json
+
+    ckpt, run, config, dataset, features = _restore_run(args.checkpoint, args.cache_dir, args.device, args.quiet)
     info = run["split"]
     split = make_split(dataset, protocol=info["protocol"], shots=info["shots"], seed=info["seed"],
                        val_fraction=info["val_fraction"], val_by=info.get("val_by", "class"))
@@ -555,6 +584,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None, help="also export the features to this .npz")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("export", help="embed a trained model's dataset and write the embeddings in the "
+                                      "clip-retrieval layout (for FAISS, autofaiss, Milvus, Qdrant)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a 'gcrdp train' checkpoint DIR (or DIR/final)")
+    p.add_argument("--output", type=Path, required=True,
+                   help="the folder to create: img_emb/img_emb_0.npy, text_emb/text_emb_0.npy, "
+                        "metadata/metadata_0.parquet (must not exist or be empty)")
+    p.add_argument("--part-size", type=int, default=None, help="rows per part file (default: one part)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: the stored one)")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("datasets", help="list the datasets and their formats, or show one")
     p.add_argument("name", nargs="?", default=None, help="a dataset name: show its layouts and options")

@@ -24,7 +24,8 @@ DatasetLoader = Callable[..., Dataset]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 #: Modules of ``gcrdp.data`` whose import registers a built-in dataset.
-BUILTIN_MODULES: tuple[str, ...] = ("twemoji", "manifest", "wikipedia", "dscmr", "pascal", "featurefiles")
+BUILTIN_MODULES: tuple[str, ...] = ("twemoji", "manifest", "wikipedia", "dscmr", "pascal", "featurefiles", "folder",
+                                     "clip_retrieval")
 
 
 def _ensure_builtins() -> None:

@@ -1,0 +1,285 @@
+"""Your own data as folders of images and texts: dataset ``folder`` (option ``root``).
+
+Each sample is an image file and a text file with the same stem, side by side in the folder
+of its class. Two layouts are read:
+
+*Class folders* — the train/test split is made by the loader::
+
+    root/<class>/<name>.jpg     (any of .jpg .jpeg .png .bmp .gif .webp .tif .tiff, any case)
+    root/<class>/<name>.txt     the text of that image (UTF-8; ``text_ext`` changes ``.txt``)
+
+*Split folders* — the split comes from the folders::
+
+    root/train/<class>/<name>.jpg + <name>.txt
+    root/test/<class>/<name>.jpg  + <name>.txt
+
+The split layout is used when ``root`` holds a ``train`` or a ``test`` folder; it needs both,
+and no other (class) folder beside them. A class may appear in one split only.
+
+**Sample ids** are ``<class>/<name>`` (class folders) or ``<split>/<class>/<name>`` (split
+folders); **labels**: one per sample, the class folder's name; **classes**: the sorted class
+folder names.
+
+**Generated split** (class folders): for each class separately, its samples are ordered by
+``sha256(f"{split_seed}\\0{class}\\0{name}")`` (hex digest) and the first
+``k = floor(test_fraction * n + 0.5)`` go to ``test``, the rest to ``train`` — with
+``k >= 1`` when the class has ``n >= 2`` samples, and ``k <= n - 1`` so that every class
+keeps a training sample (a class of one sample is ``train``). Only the samples that are
+kept count (``n`` is taken after ``skip_bad`` has left the bad ones out), so the split
+depends only on the seed, the class name and the stems of its good samples — not on file
+order, other classes or the platform. :func:`per_class_test_split` implements it (the
+``clip-retrieval`` loader uses it too).
+
+**Checks** (each one a problem of that sample, see :mod:`gcrdp.data.problems`; every problem
+names the file): an image without a text file, a text file without an image, two images with
+the same stem, a text that is not valid UTF-8, an empty text. An empty class folder (no
+sample) is an error too; with ``skip_bad=True`` it is dropped and listed in
+``meta["empty_class_folders"]``. A ``root`` without class folders is a :class:`DataError`
+that shows the expected layout.
+
+Hidden files and folders (name starting with ``.``) are ignored everywhere. Other files (a
+``README``, ``.json`` sidecars, files directly under ``root`` or ``root/train``) and folders
+nested inside a class folder are not read; ``meta["ignored"]`` lists them (first 20) and
+``meta["n_ignored"]`` counts them.
+
+The seen/unseen class split comes from ``class_split=`` or is generated from the class names
+(``seed=split_seed``, see :mod:`gcrdp.data.splits`). The images are encoded by the run's
+encoders (nothing is pre-extracted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import ConfigError, DataError, format_list
+from .build import IMAGE_EXTENSIONS, check_skip_bad, finish_dataset, read_utf8
+from .problems import Problems
+from .registry import DATASETS
+from .types import SPLITS, ClassSplit, Dataset, Sample
+
+MAX_IGNORED_SHOWN = 20
+
+LAYOUT_HELP = (
+    "Expected either class folders:\n"
+    "    root/<class>/<name>.jpg  and  root/<class>/<name>.txt  (same stem)\n"
+    "or split folders:\n"
+    "    root/train/<class>/<name>.jpg + .txt   and   root/test/<class>/<name>.jpg + .txt"
+)
+
+
+# --------------------------------------------------------------------------- generated split
+def check_test_fraction(test_fraction: object) -> float:
+    """``test_fraction`` as a float in (0, 1), else :class:`ConfigError`."""
+    try:
+        f = float(test_fraction)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.") from None
+    if isinstance(test_fraction, bool) or not 0.0 < f < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1) (exclusive), got {test_fraction!r}.")
+    return f
+
+
+def _split_key(seed: int, cls: str, key: str) -> str:
+    return hashlib.sha256(f"{seed}\0{cls}\0{key}".encode()).hexdigest()
+
+
+def n_test_of(n: int, test_fraction: float) -> int:
+    """How many of a class's ``n`` samples go to test (see the module docstring)."""
+    if n < 2:
+        return 0
+    k = int(math.floor(test_fraction * n + 0.5))
+    return min(max(k, 1), n - 1)
+
+
+def per_class_test_split(items: Sequence[tuple[str, str]], test_fraction: float,
+                         seed: int = 0) -> list[str]:
+    """The generated train/test split: ``items`` are ``(class, key)`` pairs (the key unique
+    within its class, e.g. a file stem or a sample id); returns ``"train"``/``"test"`` per
+    item, in the order given. Per class, the items are ordered by
+    ``sha256(f"{seed}\\0{class}\\0{key}")`` and the first :func:`n_test_of` are ``test``."""
+    test_fraction = check_test_fraction(test_fraction)
+    by_class: dict[str, list[int]] = {}
+    for i, (cls, _) in enumerate(items):
+        by_class.setdefault(cls, []).append(i)
+    out = ["train"] * len(items)
+    for cls, idx in by_class.items():
+        order = sorted(idx, key=lambda i: (_split_key(seed, cls, items[i][1]), i))
+        for i in order[: n_test_of(len(order), test_fraction)]:
+            out[i] = "test"
+    return out
+
+
+# --------------------------------------------------------------------------- folder walking
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if _visible(p))
+    except OSError as exc:
+        raise DataError(f"Cannot list folder {folder}: {exc}") from None
+
+
+def _norm_ext(text_ext: object) -> str:
+    if not isinstance(text_ext, str) or not text_ext.strip(". ") or "/" in text_ext:
+        raise ConfigError(f"text_ext must be a file extension such as '.txt', got {text_ext!r}.")
+    ext = text_ext.strip()
+    ext = ext if ext.startswith(".") else "." + ext
+    if ext.lower() in IMAGE_EXTENSIONS:
+        raise ConfigError(f"text_ext {text_ext!r} is an image extension.")
+    return ext.lower()
+
+
+@DATASETS.register("folder")
+def load_folder(
+    root: str | Path,
+    *,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    class_split: str | Path | ClassSplit | None = None,
+    skip_bad: bool = False,
+    text_ext: str = ".txt",
+    dataset_name: str | None = None,
+) -> Dataset:
+    """Load image–text pairs from class folders (layout and checks in the module docstring).
+
+    Args:
+        root: the folder holding the class folders (or ``train``/``test`` folders of them).
+        test_fraction: share of each class that goes to test when the split is generated
+            (class-folder layout only; ignored with split folders).
+        split_seed: seed of the generated train/test split and of a generated class split.
+        class_split: seen/unseen class split (a JSON path or a :class:`ClassSplit`); default
+            generated from the class names.
+        skip_bad: leave bad samples (and empty class folders) out, listed in
+            ``meta["skipped"]`` / ``meta["empty_class_folders"]``, instead of failing.
+        text_ext: extension of the text files (default ``.txt``; compared case-insensitively).
+        dataset_name: the dataset's name in results (default: the name of ``root``). Not
+            ``name``: that is the first argument of :func:`~gcrdp.data.load_dataset`.
+
+    Raises:
+        DataError: ``root`` is missing or has no class folders, or samples have problems.
+        ConfigError: an invalid option value.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Folder dataset: {root} is not a folder.\n{LAYOUT_HELP}")
+    check_skip_bad(skip_bad)
+    test_fraction = check_test_fraction(test_fraction)
+    ext = _norm_ext(text_ext)
+    name = str(dataset_name) if dataset_name is not None else (root.resolve().name or "folder")
+    problems = Problems(f"Folder dataset {root}")
+    ignored: list[Path] = []
+
+    # ------------------------------------------------------------ layout
+    top = _children(root)
+    top_dirs = [p for p in top if p.is_dir()]
+    ignored += [p for p in top if not p.is_dir()]
+    split_dirs = [p for p in top_dirs if p.name in SPLITS]
+    if split_dirs:
+        have = {p.name for p in split_dirs}
+        if have != set(SPLITS):
+            missing = sorted(set(SPLITS) - have)
+            raise DataError(f"Folder dataset {root}: it has a {'/'.join(sorted(have))} folder but no "
+                            f"{'/'.join(missing)} folder; the split layout needs both.\n{LAYOUT_HELP}")
+        others = [p.name for p in top_dirs if p.name not in SPLITS]
+        if others:
+            raise DataError(f"Folder dataset {root}: it has train/ and test/ folders and also the "
+                            f"folders {format_list(others)}; use either split folders or class "
+                            f"folders, not both.\n{LAYOUT_HELP}")
+        class_dirs: list[tuple[str | None, Path]] = []
+        for split in SPLITS:
+            sub = _children(root / split)
+            class_dirs += [(split, p) for p in sub if p.is_dir()]
+            ignored += [p for p in sub if not p.is_dir()]
+        layout = "split folders"
+    else:
+        class_dirs = [(None, p) for p in top_dirs]
+        layout = "class folders"
+    if not class_dirs:
+        raise DataError(f"Folder dataset {root} has no class folders.\n{LAYOUT_HELP}")
+
+    # ------------------------------------------------------------ pairs
+    samples: list[Sample] = []
+    empty: list[str] = []
+    for split, cdir in class_dirs:
+        cls = cdir.name
+        prefix = f"{split}/{cls}" if split is not None else cls
+        images: dict[str, list[Path]] = {}
+        texts: dict[str, Path] = {}
+        for p in _children(cdir):
+            if p.is_dir():
+                ignored.append(p)
+                continue
+            suffix = p.suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
+                images.setdefault(p.stem, []).append(p)
+            elif suffix == ext:
+                if p.stem in texts:  # x.txt and x.TXT
+                    problems.add(str(p), f"two text files for {p.stem!r}: {texts[p.stem].name} "
+                                 f"and {p.name}", f"{prefix}/{p.stem}")
+                texts.setdefault(p.stem, p)
+            else:
+                ignored.append(p)
+        stems = sorted(set(images) | set(texts))
+        if not stems:
+            if skip_bad:
+                empty.append(str(cdir))
+            else:
+                problems.add(str(cdir), f"empty class folder: no image/{ext} pairs in it")
+            continue
+        for stem in stems:
+            sid = f"{prefix}/{stem}"
+            imgs = images.get(stem, [])
+            tpath = texts.get(stem)
+            text: str | None = None
+            if len(imgs) > 1:
+                problems.add(str(imgs[1]), f"two images with the stem {stem!r}: "
+                             f"{', '.join(p.name for p in imgs)}", sid)
+            if not imgs:
+                problems.add(str(tpath), f"text file without an image (no {stem}.<jpg|png|…> "
+                             "beside it)", sid)
+            if tpath is None:
+                problems.add(str(imgs[0]), f"image without a text file (no {stem}{ext} beside it)", sid)
+            else:
+                raw, why = read_utf8(tpath)
+                if raw is None:
+                    problems.add(str(tpath), why or "unreadable", sid)
+                elif not raw.strip():
+                    problems.add(str(tpath), "empty text file", sid)
+                else:
+                    text = raw.strip()
+            samples.append(Sample(id=sid, text=text, labels=(cls,),
+                                  split=split or "train", image=imgs[0] if imgs else None))
+    if not samples:
+        problems.resolve(False, 0)  # raises: only empty class folders
+        raise DataError(f"Folder dataset {root}: every class folder is empty.\n{LAYOUT_HELP}")
+
+    # ------------------------------------------------------------ generated split
+    if layout == "class folders":
+        bad = problems.bad_samples
+        good = [s for s in samples if s.id not in bad]
+        splits = dict(zip((s.id for s in good),
+                          per_class_test_split([(s.labels[0], s.id.split("/", 1)[1]) for s in good],
+                                               test_fraction, split_seed)))
+        samples = [Sample(s.id, s.text, s.labels, splits.get(s.id, "train"), s.image) for s in samples]
+        split_source = (f"generated (seed {split_seed}, test_fraction {test_fraction}): per class, "
+                        "sha256-ordered stems, the first floor(f*n+0.5) (at least 1, at most n-1) "
+                        "to test")
+    else:
+        split_source = "folders"
+
+    classes = sorted({s.labels[0] for s in samples})
+    meta: dict = {"source": str(root.resolve()), "format": "folder", "layout": layout,
+                  "split_source": split_source, "n_ignored": len(ignored),
+                  "ignored": [str(p) for p in ignored[:MAX_IGNORED_SHOWN]]}
+    if empty:
+        meta["empty_class_folders"] = empty
+    return finish_dataset(name, samples, classes, problems=problems, skip_bad=skip_bad,
+                          class_split=class_split, split_seed=split_seed, meta=meta)
+
+
+load = load_folder
