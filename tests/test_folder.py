@@ -81,7 +81,7 @@ def test_split_folders(tmp_path):
             _pair(root / "train" / c, f"{c}{i}")
         _pair(root / "test" / c, f"{c}9")
     _pair(root / "train" / "owl", "owl0")  # a class in train only is fine
-    ds = load_dataset("folder", root=str(root), dataset_name="mine")
+    ds = load_dataset("folder", root=str(root), name="mine")
     assert ds.name == "mine"
     assert {s.id for s in ds.samples if s.split == "test"} == {"test/cat/cat9", "test/dog/dog9"}
     assert "train/owl/owl0" in {s.id for s in ds.samples}

@@ -143,7 +143,7 @@ def load_folder(
     class_split: str | Path | ClassSplit | None = None,
     skip_bad: bool = False,
     text_ext: str = ".txt",
-    dataset_name: str | None = None,
+    name: str | None = None,
 ) -> Dataset:
     """Load image–text pairs from class folders (layout and checks in the module docstring).
 
@@ -157,8 +157,7 @@ def load_folder(
         skip_bad: leave bad samples (and empty class folders) out, listed in
             ``meta["skipped"]`` / ``meta["empty_class_folders"]``, instead of failing.
         text_ext: extension of the text files (default ``.txt``; compared case-insensitively).
-        dataset_name: the dataset's name in results (default: the name of ``root``). Not
-            ``name``: that is the first argument of :func:`~gcrdp.data.load_dataset`.
+        name: the dataset's name in results (default: the name of ``root``).
 
     Raises:
         DataError: ``root`` is missing or has no class folders, or samples have problems.
@@ -170,7 +169,7 @@ def load_folder(
     check_skip_bad(skip_bad)
     test_fraction = check_test_fraction(test_fraction)
     ext = _norm_ext(text_ext)
-    name = str(dataset_name) if dataset_name is not None else (root.resolve().name or "folder")
+    ds_name = str(name) if name is not None else (root.resolve().name or "folder")
     problems = Problems(f"Folder dataset {root}")
     ignored: list[Path] = []
 
@@ -278,7 +277,7 @@ def load_folder(
                   "ignored": [str(p) for p in ignored[:MAX_IGNORED_SHOWN]]}
     if empty:
         meta["empty_class_folders"] = empty
-    return finish_dataset(name, samples, classes, problems=problems, skip_bad=skip_bad,
+    return finish_dataset(ds_name, samples, classes, problems=problems, skip_bad=skip_bad,
                           class_split=class_split, split_seed=split_seed, meta=meta)
 
 

@@ -39,7 +39,7 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def dataset_options(name: str) -> dict[str, object]:
+def dataset_options(name: str, /) -> dict[str, object]:
     """The options a dataset's loader accepts, with their defaults (``inspect.Parameter.empty``
     for required ones)."""
     _ensure_builtins()
@@ -51,7 +51,7 @@ def dataset_options(name: str) -> dict[str, object]:
     }
 
 
-def load_dataset(name: str, **options: object) -> Dataset:
+def load_dataset(name: str, /, **options: object) -> Dataset:
     """Load dataset ``name`` with loader options, e.g. ``load_dataset("manifest", path=...)``.
 
     Raises:
