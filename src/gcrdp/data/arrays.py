@@ -78,6 +78,11 @@ def _read_hdf5(path: Path, matlab: bool = False) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # else np.load takes it for a pickle and says so
+        raise DataError(f"Cannot read {path} as a .npz archive: it is not a zip archive (damaged, "
+                        "or not written by np.savez).")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -91,6 +96,11 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_npy(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":  # else np.load takes it for a pickle and says so
+        raise DataError(f"Cannot read {path} as a .npy array: it does not start with the .npy "
+                        "header (damaged, or not written by np.save).")
     try:
         return {path.stem: np.load(path, allow_pickle=False)}
     except ValueError as exc:

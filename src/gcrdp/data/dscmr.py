@@ -14,7 +14,9 @@ A split whose files are incomplete is an error naming the missing file. A key ot
 stem is accepted when the file holds exactly one array.
 
 Class names: ``class_names`` (a list, or a text file with one name a line, line i = id i for
-0-based ids) or the ids as strings. Sample ids: ``{split}-{row:06d}``.
+0-based ids) or the ids as strings. With names, ids are taken as 0-based (as DSCMR writes
+them) unless they run exactly from 1 to the number of names; ``label_base=0`` or ``1`` says it
+explicitly. Sample ids: ``{split}-{row:06d}``.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def load_dscmr_folder(
     folder: str | Path, *, name: str, class_names: Sequence[str] | str | Path | None = None,
     splits: Sequence[str] = ("train", "test"), class_split: str | Path | ClassSplit | None = None,
     split_seed: int = 0, skip_bad: bool = False, shipped_split: str | None = None,
-    meta: dict | None = None,
+    meta: dict | None = None, label_base: int | None = None,
 ) -> Dataset:
     """A dataset from a DSCMR-style folder (see the module docstring); ``splits`` are the
     splits that must be present (``("test",)`` loads a folder that has only its test files)."""
@@ -116,6 +118,8 @@ def load_dscmr_folder(
     if not splits or any(s not in ("train", "test") for s in splits):
         raise ConfigError(f"splits must be 'train' and/or 'test', got {list(splits)}.")
     names = _class_names(class_names)
+    if label_base not in (None, 0, 1) or isinstance(label_base, bool):
+        raise ConfigError(f"label_base must be 0, 1 or None (guess), got {label_base!r}.")
     parts: dict[str, dict[str, np.ndarray]] = {}
     for split in splits:
         got = read_dscmr_split(folder, split)
@@ -130,8 +134,18 @@ def load_dscmr_folder(
             got = read_dscmr_split(folder, v)
             if got is not None:
                 merged_valid = v
-                parts["train"] = {k: np.concatenate([parts["train"][k], got[k]])
-                                  for k in parts["train"] if k in got}
+                tr = parts["train"]
+                if "txt_lab" in tr or "txt_lab" in got:  # one side without text labels: its image labels
+                    tr.setdefault("txt_lab", tr["img_lab"])
+                    got.setdefault("txt_lab", got["img_lab"])
+                merged = {}
+                for k in tr:
+                    a, b = np.asarray(tr[k]), np.asarray(got[k])
+                    if a.ndim != b.ndim or a.shape[1:] != b.shape[1:]:
+                        raise DataError(f"DSCMR folder {folder}: the {v} split cannot be merged into train: "
+                                        f"{v}_{k} has shape {b.shape} but train_{k} has {a.shape}.")
+                    merged[k] = np.concatenate([a, b])
+                parts["train"] = merged
                 break
     problems = Problems(f"DSCMR folder {folder}")
     dims = {(p["img"].shape[1], p["txt"].shape[1]) for p in parts.values()}
@@ -172,7 +186,12 @@ def load_dscmr_folder(
         base = 0
     else:
         lo = min(raw_ids)
-        base = 0 if names is None or lo == 0 else lo
+        if label_base is not None:
+            base = label_base
+        elif names is None:
+            base = 0
+        else:  # 0-based (DSCMR) unless the ids run exactly 1..len(names)
+            base = 1 if lo >= 1 and max(raw_ids) == len(names) else 0
         if names is not None:
             bad = sorted(i for i in raw_ids if not 0 <= i - base < len(names))
             if bad:
@@ -215,8 +234,10 @@ def load_dscmr(
     root: str | Path, *, class_names: Sequence[str] | str | None = None,
     splits: Sequence[str] = ("train", "test"), class_split: str | Path | ClassSplit | None = None,
     split_seed: int = 0, skip_bad: bool = False, name: str | None = None,
+    label_base: int | None = None,
 ) -> Dataset:
     """Any DSCMR-style feature folder (layout in the module docstring)."""
     root = Path(root).expanduser()
     return load_dscmr_folder(root, name=name or root.name, class_names=class_names, splits=splits,
-                             class_split=class_split, split_seed=split_seed, skip_bad=skip_bad)
+                             class_split=class_split, split_seed=split_seed, skip_bad=skip_bad,
+                             label_base=label_base)

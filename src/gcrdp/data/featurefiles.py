@@ -98,9 +98,16 @@ def _read_source(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]
 
 def _strings(arr: np.ndarray, path: Path, what: str) -> list[str]:
     a = np.asarray(arr).reshape(-1)
-    if a.dtype.kind not in "US":
+    items = a.tolist()
+    if a.dtype.kind == "O":  # MATLAB cell arrays (1-element char arrays), HDF5 variable-length strings
+        items = [(x.reshape(-1).tolist() or [""])[0] if isinstance(x, np.ndarray) and x.size <= 1
+                 and x.dtype.kind in "US" else x for x in items]
+        if not all(isinstance(x, (str, bytes)) for x in items):
+            raise DataError(f"{path}: {what} must be strings, got an array of objects that are not all strings.")
+    elif a.dtype.kind not in "US":
         raise DataError(f"{path}: {what} must be strings, got dtype {a.dtype}.")
-    return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a.tolist()]
+    # .strip(): MATLAB char matrices (scipy.io.savemat of a list of strings) pad with spaces
+    return [(x.decode("utf-8") if isinstance(x, bytes) else str(x)).strip() for x in items]
 
 
 def _modality(arrays: dict, prefix: str, path: Path) -> tuple[str, ModalityFeatures]:
@@ -148,6 +155,9 @@ def load_feature_files(
     ikey, image = _modality(arrays, "image", path)
     tkey, text = _modality(arrays, "text", path)
     lkey, labels = pick(arrays, KEYS["labels"], path, "labels")
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[0] == 1 and labels.shape[1] == len(image) != 1:
+        labels = labels.reshape(-1)  # a 1 × n row: how MATLAB and scipy.io.savemat store vectors
     lengths = {ikey: len(image), tkey: len(text), lkey: int(np.shape(labels)[0]) if np.ndim(labels) else 0}
     split_arr = pick(arrays, KEYS["split"], path, "", required=False)
     is_test = pick(arrays, KEYS["is_test"], path, "", required=False)
@@ -190,7 +200,7 @@ def load_feature_files(
             raise DataError(f"{path}: {len(classes)} class names for {C} label columns.")
         for i in range(n):
             per_sample.append(tuple(classes[j] for j in np.flatnonzero(lab[i])))
-    elif lab.dtype.kind in "US":
+    elif lab.dtype.kind in "USO":  # O: a MATLAB cell array / HDF5 strings (pickles are refused)
         vals = _strings(lab, path, lkey)
         classes = names if names is not None else sorted(set(v.strip() for v in vals if v.strip()))
         for v in vals:

@@ -164,10 +164,11 @@ def load_pascal_sentence(
     test = set()
     for cat, names in by_class.items():
         ordered = sorted(names, key=lambda n: (_test_rank(split_seed, n), n))
-        if len(ordered) <= test_per_class:
-            for n in names:
-                problems.add(entries[n][2], f"class {cat!r} has {len(names)} images, not more than "
-                             f"test_per_class={test_per_class}", n)
+        if len(ordered) <= test_per_class:  # one line per class, not one per image
+            problems.add_group(f"class {cat!r} has {len(names)} images, not more than "
+                               f"test_per_class={test_per_class}",
+                               [Problem(entries[n][2], n, "its class is too small for the test split")
+                                for n in sorted(names)])
         test.update(ordered[:test_per_class])
     samples, missing = [], []
     for name in sorted(entries):

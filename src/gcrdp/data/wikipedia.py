@@ -142,7 +142,9 @@ def load_wikipedia(
             where = f"{fname} line {ln}"
             if len(parts) != 3:
                 problems.add(where, f"expected 'text_id<TAB>image_id<TAB>class', got {line[:80]!r}",
-                             parts[0] if parts else None)
+                             parts[0].strip() if parts else None)
+                # kept (class 0: no class) so that the feature rows stay aligned with the lines
+                rows.append((split, parts[0].strip(), parts[1].strip() if len(parts) > 1 else "", 0, where))
                 continue
             tid, iid, cls = (p.strip() for p in parts)
             try:
@@ -184,7 +186,7 @@ def load_wikipedia(
                                     f"{LIST_FILES[split]} lists {n_rows} pairs.")
                 split_rows = [r for r in rows if r[0] == split]
                 for r, v in zip(split_rows, lv):
-                    if int(v) != r[3]:
+                    if int(v) != r[3] and 1 <= r[3] <= len(classes):  # a bad class is a problem already
                         problems.add(r[4], f"class {r[3]} in the list file but {int(v)} in "
                                      f"{fpath.name} {lab[0]}", r[1])
             parts[split] = (img, txt)
@@ -215,7 +217,8 @@ def load_wikipedia(
             else:
                 if attrs.get("id") not in (None, tid):
                     problems.add(where, f"{tid}.xml has document id {attrs.get('id')!r}", tid)
-                if orig is not None and "cat" in attrs and orig.get(attrs["cat"]) != c:
+                if orig is not None and "cat" in attrs and orig.get(attrs["cat"]) != c \
+                        and 1 <= c <= len(classes):  # a bad class is a problem already
                     got = orig.get(attrs["cat"])
                     problems.add(where, f"class {c} in the list file but the XML category "
                                  f"{attrs['cat']!r} maps to {got if got is not None else 'no class'}", tid)
