@@ -483,3 +483,16 @@ def test_shape_errors():
         GMMLayer(0)
     with pytest.raises(ConfigError, match=r"cfg must be a GMMConfig"):
         fit_gmm(x, None, torch.randn(2, 3), {"n_components": 2})
+
+
+def test_a_set_of_one_gives_every_component_that_feature():
+    """Pooled-only features (one local feature per sample): every component's mean is the
+    feature itself, so GCRDP's K views coincide with the (projected) pooled feature."""
+    import torch
+
+    from gcrdp.model.gmm import GMMLayer
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 7)
+    res = GMMLayer(7)(x, torch.ones(5, 1, dtype=torch.bool))
+    torch.testing.assert_close(res.means, x.expand(5, 3, 7), rtol=0, atol=1e-6)
