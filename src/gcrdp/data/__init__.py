@@ -15,9 +15,11 @@ from .clip_retrieval import export_clip_retrieval, export_embeddings, load_clip_
 from .dscmr import load_dscmr
 from .featurefiles import load_feature_files
 from .folder import load_folder
+from .nuswide import load_nuswide
 from .pascal import load_pascal_sentence
 from .twemoji import load_twemoji
 from .wikipedia import load_wikipedia
+from .xmedianet import load_xmedianet
 from .types import ClassSplit, Dataset, Sample
 
 __all__ = [
@@ -27,5 +29,5 @@ __all__ = [
     "PROTOCOLS", "ProtocolSplit", "make_split",
     "load_twemoji", "load_manifest", "load_wikipedia", "load_pascal_sentence", "load_dscmr",
     "load_feature_files", "load_folder", "load_clip_retrieval", "export_clip_retrieval",
-    "export_embeddings",
+    "export_embeddings", "load_nuswide", "load_xmedianet",
 ]

@@ -5,7 +5,8 @@
 =================  =========================================================================
 ``.mat``           MATLAB v4/v5/v7 (``scipy.io.loadmat``) and v7.3 (HDF5, with ``h5py``;
                    arrays are transposed back to MATLAB's row × column order)
-``.h5``/``.hdf5``  HDF5 datasets at any depth (``group/name`` keys), with ``h5py``
+``.h5``/``.hdf5``  HDF5 datasets at any depth (``group/name`` keys), with ``h5py`` (also
+                   ``.h5py``, the extension of the Hu et al. Doc2Vec feature files)
 ``.npz``           NumPy archives (no pickles)
 ``.npy``           one array, under the key of the file stem
 ``.safetensors``   safetensors tensors; the string metadata is returned by
@@ -28,7 +29,7 @@ import numpy as np
 from ..errors import DataError, optional_import
 
 FORMATS_EXTRA = "formats"
-EXTENSIONS = (".mat", ".h5", ".hdf5", ".npz", ".npy", ".safetensors")
+EXTENSIONS = (".mat", ".h5", ".hdf5", ".h5py", ".npz", ".npy", ".safetensors")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -141,7 +142,7 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"Feature file not found: {path}")
     ext = path.suffix.lower()
-    readers = {".mat": _read_mat, ".h5": _read_hdf5, ".hdf5": _read_hdf5, ".npz": _read_npz,
+    readers = {".mat": _read_mat, ".h5": _read_hdf5, ".hdf5": _read_hdf5, ".h5py": _read_hdf5, ".npz": _read_npz,
                ".npy": _read_npy, ".safetensors": _read_safetensors}
     if ext not in readers:
         raise DataError(f"Cannot read feature file {path}: unknown extension {ext or '(none)'!r}; "

@@ -25,7 +25,7 @@ DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 #: Modules of ``gcrdp.data`` whose import registers a built-in dataset.
 BUILTIN_MODULES: tuple[str, ...] = ("twemoji", "manifest", "wikipedia", "dscmr", "pascal", "featurefiles", "folder",
-                                     "clip_retrieval")
+                                     "clip_retrieval", "nuswide", "xmedianet")
 
 
 def _ensure_builtins() -> None:
