@@ -74,7 +74,9 @@ def load_dataset(name: str, /, **options: object) -> Dataset:
     if missing:
         raise ConfigError(
             f"Dataset {name!r} needs option(s) {', '.join(map(repr, missing))}. "
-            f"Accepted options: {_describe(known)}."
+            f"Accepted options: {_describe(known)}. On the command line: --root DIR for "
+            "'root', --dataset-option KEY=VALUE for the others; 'gcrdp datasets "
+            f"{name}' describes them."
         )
     return loader(**options)
 
