@@ -154,7 +154,7 @@ def test_raw_empty_tags_and_skip_bad(tmp_path):
 
 
 def test_raw_photo_id_mismatch_is_a_problem(tmp_path):
-    rows = write_raw(tmp_path)
+    write_raw(tmp_path)
     p = tmp_path / "NUS_WID_Tags/All_Tags.txt"
     lines = p.read_text().split("\n")
     lines[2] = "999 some tags"
@@ -177,7 +177,7 @@ def test_raw_missing_images_grouped_with_count(tmp_path):
 
 
 def test_raw_bad_label_value_is_a_problem(tmp_path):
-    rows = write_raw(tmp_path, labels="traintest")
+    write_raw(tmp_path, labels="traintest")
     p = tmp_path / "Groundtruth/TrainTestLabels/Labels_sky_Train.txt"
     lines = p.read_text().split("\n")
     lines[1] = "-1130179"  # the known bad value of the real Labels_lake_Train.txt

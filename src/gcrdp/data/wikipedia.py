@@ -155,7 +155,7 @@ def load_wikipedia(
                 problems.add(where, f"class {cls!r} is not in 1..{len(classes)} (categories.list)", tid)
             rows.append((split, tid, iid, c, where))
     seen: dict[str, str] = {}
-    for split, tid, _, _, where in rows:
+    for _, tid, _, _, where in rows:
         if tid in seen:
             problems.add(where, f"text id {tid!r} listed twice (first: {seen[tid]})", None)
         seen.setdefault(tid, where)
@@ -237,7 +237,7 @@ def load_wikipedia(
         problems.add_group(f"missing image files under {images_dir}", missing)
 
     samples = []
-    for split, tid, iid, c, _ in rows:
+    for split, tid, _, c, _ in rows:
         label = classes[c - 1] if 1 <= c <= len(classes) else classes[0]
         samples.append(Sample(id=tid, text=texts.get(tid), labels=(label,), split=split,
                               image=images.get(tid)))
