@@ -113,3 +113,17 @@ def test_real_wikipedia_standard_protocol_beats_chance_clearly(shared_data, tmp_
     assert code == 0, err
     rec = json.loads((tmp_path / "o" / "results.json").read_text())["records"][0]
     assert rec["test"]["i2t"]["map"] > 0.22 and rec["test"]["t2i"]["map"] > 0.18
+
+
+@needs_encoders
+def test_run_on_raw_wikipedia_images_and_articles_with_the_default_encoders(tmp_path, capsys):
+    from tests.test_wikipedia import make_wikipedia
+
+    make_wikipedia(tmp_path / "wiki", images=True, features=True)
+    code, out, err = run_cli(capsys, "run", "--dataset", "wikipedia", "--root", tmp_path / "wiki", *FAST,
+                             "--cache-dir", tmp_path / "cache", "--output-dir", tmp_path / "o", "-q")
+    assert code == 0, err
+    res = _check(tmp_path / "o")
+    assert res["resolved"]["dataset_meta"]["format"] == "raw"  # images/ exists: source auto → raw
+    assert res["resolved"]["feature_dims"]["image"] == [49, 1280]
+    assert res["resolved"]["feature_dims"]["text"][1] == 384
