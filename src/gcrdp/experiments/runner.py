@@ -63,6 +63,22 @@ def _build_encoder(factory: Callable[..., Any], name: str, options: dict[str, An
                           f"{sorted(options)}: {exc}") from None
 
 
+def class_name_texts(class_names) -> list[str]:
+    """The text a class name is embedded from: separators as spaces (``food-fruit`` → ``food fruit``)."""
+    return [str(c).replace("-", " ").replace("_", " ").strip() or str(c) for c in class_names]
+
+
+def class_name_features(class_names, config: RunConfig) -> np.ndarray:
+    """(n_classes, d) float32 pooled embeddings of the class names by the run's text encoder
+    (also for pre-extracted datasets: the names only condition a method, they need not share
+    the features' space)."""
+    from ..encoders import get_text_encoder
+
+    enc = _build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
+    feats = enc.encode(class_name_texts(class_names), batch_size=64, progress=False)
+    return np.ascontiguousarray(feats.pooled, dtype=np.float32)
+
+
 def method_base_name(entry: str) -> str:
     """``"gcrdp@k5"`` → ``"gcrdp"``: an entry may label a variant of a registered method (its
     options are ``method_options["gcrdp@k5"]``), so one run can compare settings of one method."""
@@ -186,6 +202,7 @@ def run_experiment(
               for s in shot_values for seed in config.seeds}
 
     records: list[dict[str, Any]] = []
+    name_feats: list[np.ndarray] = []  # computed once, when a method asks for them
     for shots in shot_values:
         for seed in config.seeds:
             split = splits[(shots, seed)]
@@ -195,6 +212,10 @@ def run_experiment(
             chance = chance_map(q_labels, g_labels)
             for name in config.methods:
                 method = build_method(method_base_name(name), config.method_options.get(name), device)
+                if getattr(method, "needs_class_name_features", False):
+                    if not name_feats:
+                        name_feats.append(class_name_features(dataset.classes, config))
+                    fit_data.class_name_features = name_feats[0]
                 folder = checkpoints(name, shots, seed) if checkpoints is not None else None
                 if folder is None:
                     report = method.fit(fit_data, seed=seed)

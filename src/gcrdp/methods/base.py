@@ -55,6 +55,9 @@ class FitData:
         val: features of the validation pairs (or None: no early stopping).
         val_labels: (n_val, n_classes) bool.
         class_names: the dataset's class names (label column order).
+        class_name_features: (n_classes, d) float32 embeddings of the class names by the run's
+            text encoder (pooled output), rows in ``class_names`` order — given to methods whose
+            ``needs_class_name_features`` is True (e.g. to condition a generator), else None.
     """
 
     train: FeatureSet
@@ -63,6 +66,7 @@ class FitData:
     val: FeatureSet | None = None
     val_labels: np.ndarray | None = None
     class_names: tuple[str, ...] = ()
+    class_name_features: np.ndarray | None = None
 
 
 @dataclass
