@@ -157,6 +157,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--parts", action="store_true", help="also time the pieces (see the docstring)")
     ap.add_argument("--child", choices=["gmm", "gap"])
+    ap.add_argument("--json", type=str, default=None,
+                    help="also write the step times (ms), medians and peaks to this JSON file "
+                         "(input of 'gcrdp report --bench')")
     args = ap.parse_args()
     if args.child:  # peak-memory probe in a fresh process
         print(json.dumps({"peak_mib": peak_child(args.child == "gmm", args.batch)}))
@@ -184,6 +187,13 @@ def main() -> None:
     for name, label in (("gap", "GAP (use_gmm=false)"), ("gmm", "GMM (K=3, T=3)")):
         print(f"| {label} | {1000 * med[name]:.0f} | {saved[name]:.0f} | {peaks[name]:.0f} |")
     print(f"\nGMM / GAP time ratio: {med['gmm'] / med['gap']:.2f}")
+    if args.json:
+        doc = {"batch": args.batch, "threads": torch.get_num_threads(), "repeats": args.repeats,
+               "n_components": 3, "times_ms": {k: [1000 * t for t in v] for k, v in times.items()},
+               "median_ms": {k: 1000 * v for k, v in med.items()}, "ratio": med["gmm"] / med["gap"],
+               "peak_mib": peaks, "saved_for_backward_mib": saved}
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
     if args.parts:
         parts(args.batch, args.repeats)
 

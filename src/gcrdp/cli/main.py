@@ -287,6 +287,65 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run a grid (datasets × shots × methods × seeds), one results file per run, resumable."""
+    from ..experiments.grid import Grid, run_grid
+
+    grid = Grid.from_file(args.config)
+    if args.output_dir is not None:
+        grid.output_dir = args.output_dir
+    cells = grid.cells()
+    print(f"grid {grid.name}: {len(grid.datasets)} dataset(s) × {len(grid.methods)} method(s): "
+          f"{len(cells)} runs into {grid.output_dir}", file=sys.stderr)
+    try:
+        out = run_grid(grid, progress=not args.quiet, rerun_changed=args.rerun_changed)
+    except KeyboardInterrupt:
+        print(f"gcrdp experiment: interrupted; every finished run is in {grid.output_dir / 'runs'}. "
+              "Run the same command again to continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"{out['ran']} run(s) done now, {out['already_done']} were already done ({out['total']} in all): "
+          f"{grid.output_dir / 'runs'}\nTables and figures: gcrdp report {grid.output_dir} --output "
+          f"{grid.output_dir / 'report'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Tables (Markdown, CSV) and figures (PNG) from results files."""
+    from ..experiments.grid import collect_results
+    from ..experiments.report import write_report
+
+    results = collect_results(args.results)
+    bench = None
+    if args.bench is not None:
+        try:
+            bench = json.loads(args.bench.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--bench {args.bench} is not a readable JSON file: {exc}") from None
+    out = write_report(results, args.output, methods=args.methods, datasets=args.datasets,
+                       plots=not args.no_plots, bench=bench)
+    if args.embedding_map is not None:
+        out["files"].append(str(_embedding_map(args)))
+    print(out["markdown"])
+    print("written: " + ", ".join(out["files"]))
+    return 0
+
+
+def _embedding_map(args: argparse.Namespace) -> Path:
+    from ..data.protocol import make_split
+    from ..experiments.report import plot_embedding_map
+    from ..training.checkpoint import load_method
+    from ..training.seeding import resolve_device
+
+    ckpt, run, config, dataset, features = _restore_run(args.embedding_map, None, None, True)
+    info = run["split"]
+    split = make_split(dataset, protocol=info["protocol"], shots=info["shots"], seed=info["seed"],
+                       val_fraction=info["val_fraction"], val_by=info.get("val_by", "class"))
+    method = load_method(ckpt, resolve_device(config.device))
+    q = split.test_query
+    return plot_embedding_map(method, features.subset(q), dataset.label_matrix()[q], list(dataset.classes),
+                              Path(args.output) / "embedding_map.png", seed=info["seed"])
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Embed every sample of a trained model's dataset and write the embeddings in the
     clip-retrieval layout (img_emb/, text_emb/, metadata/), for FAISS/autofaiss and vector DBs."""
@@ -585,6 +644,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None, help="also export the features to this .npz")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("experiment", help="run a grid: datasets × shots × methods × seeds, one results file "
+                                          "per run, resumable (finished runs are skipped)")
+    p.add_argument("config", type=Path, help="grid config JSON (see gcrdp.experiments.grid)")
+    p.add_argument("--output-dir", type=Path, default=None, help="default: the config's output_dir")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="re-run cells whose stored file has another configuration (default: error)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("report", help="tables (Markdown, CSV) and figures (PNG) from results files")
+    p.add_argument("results", type=Path, nargs="+", help="results.json files or folders (searched)")
+    p.add_argument("--output", type=Path, required=True, help="folder for results.md, results.csv, *.png")
+    p.add_argument("--methods", nargs="+", default=None, help="row order (default: first seen)")
+    p.add_argument("--datasets", nargs="+", default=None, help="table order of the dataset labels")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--bench", type=Path, default=None,
+                   help="JSON of benchmarks/bench_train_step.py --json: adds step_time.png")
+    p.add_argument("--embedding-map", type=Path, default=None, metavar="CHECKPOINT",
+                   help="a 'gcrdp train' checkpoint: adds embedding_map.png (t-SNE of its test embeddings)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="embed a trained model's dataset and write the embeddings in the "
                                       "clip-retrieval layout (for FAISS, autofaiss, Milvus, Qdrant)")

@@ -1,0 +1,147 @@
+"""Experiment grids (resumable, one file per run) and reports (tables, CSV, figures)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gcrdp.errors import ConfigError, DataError
+from gcrdp.experiments.grid import Cell, Grid, collect_results, run_grid
+from gcrdp.experiments.report import aggregate, gather, markdown_tables, sensitivity_series, write_report
+from tests.test_cli import assert_user_error, run_cli
+from tests.test_cli_data import write_features
+
+TINY = {"max_epochs": 2, "latent_dim": 16, "hidden_dim": 16}
+
+
+def grid_config(tmp_path: Path, **over) -> Path:
+    write_features(tmp_path / "f.npz")
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "out"),
+        "defaults": {"shots": [0, 1], "seeds": [0, 1]},
+        "datasets": {"feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}},
+                     "feats-standard": {"dataset": "features", "protocol": "standard",
+                                        "dataset_options": {"path": "f.npz"}}},
+        "methods": ["gap-infonce", "gcrdp", "gcrdp@k1"],
+        "method_options": {"gap-infonce": TINY, "gcrdp": TINY, "gcrdp@k1": {**TINY, "n_components": 1}},
+        "skip": [{"dataset": "feats-standard", "method": "gcrdp@k1"}],
+    }
+    cfg.update(over)
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_grid_cells_paths_and_validation(tmp_path):
+    grid = Grid.from_file(grid_config(tmp_path))
+    cells = grid.cells()
+    # fewshot: 2 shots × 3 methods × 2 seeds; standard: 1 × 2 (k1 skipped) × 2
+    assert len(cells) == 12 + 4
+    assert Cell("feats", "gcrdp@k1", 1, 0) in cells and Cell("feats-standard", "gcrdp@k1", 0, 0) not in cells
+    assert Cell("feats", "gcrdp", 1, 1).relpath() == Path("runs/feats/gcrdp/shots1-seed1.json")
+    # the relative path is taken from the config file's folder
+    assert grid.run_config("feats", "gcrdp", 1, 0).dataset_options["path"] == str((tmp_path / "f.npz").resolve())
+    with pytest.raises(ConfigError, match="Unknown grid config key"):
+        Grid.from_dict({"datasets": {"a": {}}, "methods": ["gap-infonce"], "seed": 1})
+    with pytest.raises(ConfigError, match="non-empty 'methods'"):
+        Grid.from_dict({"datasets": {"a": {}}, "methods": []})
+    with pytest.raises(ConfigError, match="not in 'methods'"):
+        Grid.from_dict({"datasets": {"a": {}}, "methods": ["gcrdp"], "method_options": {"cca": {}}})
+    with pytest.raises(ConfigError, match="Unknown run config key"):
+        Grid.from_dict({"datasets": {"a": {"datset": "x"}}, "methods": ["gcrdp"]})
+
+
+def test_grid_runs_resumes_and_refuses_a_changed_config(tmp_path):
+    path = grid_config(tmp_path)
+    grid = Grid.from_file(path)
+    out = run_grid(grid, progress=False)
+    assert out["ran"] == 16 and out["already_done"] == 0
+    files = sorted((tmp_path / "out" / "runs").rglob("*.json"))
+    assert len(files) == 16
+    doc = json.loads(files[0].read_text())
+    assert doc["grid"]["name"] == "tiny" and len(doc["records"]) == 1 and doc["provenance"]
+    # a finished grid does nothing; a lost run (an interrupted grid) is the only one run again
+    assert run_grid(grid, progress=False)["ran"] == 0
+    lost = tmp_path / "out" / "runs" / "feats" / "gcrdp" / "shots1-seed0.json"
+    before = json.loads(lost.read_text())["records"][0]["test"]
+    lost.unlink()
+    again = run_grid(grid, progress=False)
+    assert again["ran"] == 1 and again["already_done"] == 15
+    assert json.loads(lost.read_text())["records"][0]["test"] == before  # same seed, same result
+    # changing a cell's configuration is refused unless asked
+    changed = Grid.from_file(grid_config(tmp_path, method_options={
+        "gap-infonce": TINY, "gcrdp": {**TINY, "lr": 3e-3}, "gcrdp@k1": {**TINY, "n_components": 1}}))
+    with pytest.raises(DataError, match="another configuration"):
+        run_grid(changed, progress=False)
+    assert run_grid(changed, progress=False, rerun_changed=True)["ran"] == 6  # the gcrdp cells
+
+
+def test_report_tables_csv_and_figures(tmp_path):
+    grid = Grid.from_file(grid_config(tmp_path))
+    run_grid(grid, progress=False)
+    results = collect_results([tmp_path / "out"])
+    assert len(results) == 16
+    records = gather(results)
+    rows = aggregate(records)
+    by = {(r["dataset"], r["method"], r["shots"]): r for r in rows}
+    one = [r for r in records if r["dataset"] == "feats" and r["method"] == "gcrdp" and r["shots"] == 1]
+    vals = 100 * np.array([r["test"]["mean_map"] for r in one])
+    assert by[("feats", "gcrdp", 1)]["mean_mean"] == pytest.approx(vals.mean())
+    assert by[("feats", "gcrdp", 1)]["mean_std"] == pytest.approx(vals.std(ddof=1))
+    md = markdown_tables(rows, methods=["gcrdp", "gcrdp@k1", "gap-infonce"])
+    feats_table = md.split("### feats-standard")[0]
+    lines = [ln for ln in feats_table.splitlines() if ln.startswith("| `")]
+    assert [ln.split("|")[1].strip() for ln in lines] == ["`gcrdp`", "`gcrdp@k1`", "`gap-infonce`"]
+    # the best mean of each column is bold, and only values equal to it
+    col = 3  # 0-shot mean
+    cells = [ln.split("|")[col + 1].strip() for ln in lines]
+    means = [float(c.strip("*").split(" ± ")[0]) for c in cells]
+    assert [c.startswith("**") for c in cells] == [m == max(means) for m in means]
+    assert "### feats-standard" in md and "| method | I2T | T2I | mean | seeds |" in md
+    series = sensitivity_series(records)
+    assert set(series[("feats", "gcrdp", "n_components")]) == {1, 3}
+    out = write_report(results, tmp_path / "report")
+    names = {Path(f).name for f in out["files"]}
+    assert {"results.md", "results.csv", "map_vs_shots_feats.png",
+            "sensitivity_gcrdp_n_components_feats.png"} <= names
+    for f in out["files"]:
+        if f.endswith(".png"):
+            assert Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "report" / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    # the same cell twice is an error
+    with pytest.raises(DataError, match="Two results for"):
+        gather(results + results[:1])
+
+
+def test_cli_experiment_report_and_embedding_map(tmp_path, capsys):
+    path = grid_config(tmp_path, datasets={"feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}}},
+                       skip=[], methods=["gap-infonce"], method_options={"gap-infonce": TINY},
+                       defaults={"shots": [1], "seeds": [0]})
+    code, out, err = run_cli(capsys, "experiment", path, "-q")
+    assert code == 0, err
+    assert "1 run(s) done now, 0 were already done" in out
+    code, out, err = run_cli(capsys, "experiment", path, "-q")
+    assert code == 0 and "0 run(s) done now, 1 were already done" in out
+    code, out, err = run_cli(capsys, "train", "--features", tmp_path / "f.npz", "--method", "gcrdp", "--shots", "1",
+                             "--option", "max_epochs=2", "--checkpoint-dir", tmp_path / "ckpt", "-q")
+    assert code == 0, err
+    bench = {"batch": 8, "threads": 1, "times_ms": {"gap": [1.0, 1.1, 1.2], "gmm": [1.5, 1.6, 1.4]}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    code, out, err = run_cli(capsys, "report", tmp_path / "out", tmp_path / "ckpt" / "results.json",
+                             "--output", tmp_path / "rep", "--bench", tmp_path / "bench.json",
+                             "--embedding-map", tmp_path / "ckpt")
+    assert code == 0, err
+    assert "### feats" in out and "### f" in out  # the grid label and the train run's dataset name
+    for name in ("results.md", "results.csv", "step_time.png", "embedding_map.png"):
+        assert (tmp_path / "rep" / name).is_file(), name
+    code, out, err = run_cli(capsys, "report", tmp_path / "nothing-here", "--output", tmp_path / "rep2")
+    assert_user_error(code, err, "not found")
+    code, out, err = run_cli(capsys, "experiment", tmp_path / "missing.json")
+    assert_user_error(code, err, "Grid config not found")
