@@ -422,3 +422,13 @@ def test_dscmr_label_base_zero_based_without_class_zero(tmp_path):
     assert [s.labels[0] for s in ds.samples[:3]] == ["w", "x", "y"]
     with pytest.raises(ConfigError, match="label_base"):
         load_dataset("dscmr", root=tmp_path / "zero", class_names=names, label_base=2)
+
+
+@pytest.mark.shared_data
+def test_real_pascal_test_split_resplit_for_training(shared_data):
+    ds = load_dataset("pascal-sentence", root=shared_data / "pascal_sentence", splits=["test"], resplit=0.4)
+    per = Counter((s.labels[0], s.split) for s in ds.samples)
+    assert all(per[(c, "train")] == 3 and per[(c, "test")] == 2 for c in VOC_CLASSES)
+    assert "re-split" in ds.meta["resplit"]
+    again = load_dataset("pascal-sentence", root=shared_data / "pascal_sentence", splits=["test"], resplit=0.4)
+    assert [s.split for s in again.samples] == [s.split for s in ds.samples]

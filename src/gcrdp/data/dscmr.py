@@ -106,10 +106,15 @@ def load_dscmr_folder(
     folder: str | Path, *, name: str, class_names: Sequence[str] | str | Path | None = None,
     splits: Sequence[str] = ("train", "test"), class_split: str | Path | ClassSplit | None = None,
     split_seed: int = 0, skip_bad: bool = False, shipped_split: str | None = None,
-    meta: dict | None = None, label_base: int | None = None,
+    meta: dict | None = None, label_base: int | None = None, resplit: float | None = None,
 ) -> Dataset:
     """A dataset from a DSCMR-style folder (see the module docstring); ``splits`` are the
-    splits that must be present (``("test",)`` loads a folder that has only its test files)."""
+    splits that must be present (``("test",)`` loads a folder that has only its test files).
+
+    ``resplit``: pool the loaded pairs and split them again per class, this share to test
+    (:func:`gcrdp.data.build.assign_test_split`, seed ``split_seed``) — for a folder whose
+    only split is ``test``; results are then not comparable with the official split
+    (``meta["resplit"]`` records it)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"DSCMR feature folder not found: {folder}")
@@ -214,6 +219,13 @@ def load_dscmr_folder(
             samples.append(Sample(id=sid, text=None, labels=labels, split=split))
         imgs.append(p["img"])
         txts.append(p["txt"])
+    if resplit is not None:
+        from dataclasses import replace
+
+        from .build import assign_test_split
+
+        new = assign_test_split([x.id for x in samples], [x.labels[0] for x in samples], resplit, split_seed)
+        samples = [replace(x, split=sp) for x, sp in zip(samples, new)]
     used = {lab for s in samples for lab in s.labels}
     unused = [c for c in classes if c not in used]  # named classes no loaded row carries
     classes = [c for c in classes if c in used]
@@ -223,7 +235,8 @@ def load_dscmr_folder(
     meta = {**(meta or {}), "source": str(folder.resolve()), "format": "dscmr",
             "splits": list(parts), "valid_merged_into_train": merged_valid,
             "label_base": base, "class_names": "given" if names is not None else "label ids",
-            "named_classes_without_rows": unused}
+            "named_classes_without_rows": unused,
+            "resplit": None if resplit is None else f"pooled and re-split per class, test share {resplit}, seed {split_seed}"}
     return finish_dataset(name, samples, classes, problems=problems, skip_bad=skip_bad,
                           features=feats, class_split=class_split, split_seed=split_seed,
                           shipped_split=shipped_split, meta=meta)
@@ -234,10 +247,10 @@ def load_dscmr(
     root: str | Path, *, class_names: Sequence[str] | str | None = None,
     splits: Sequence[str] = ("train", "test"), class_split: str | Path | ClassSplit | None = None,
     split_seed: int = 0, skip_bad: bool = False, name: str | None = None,
-    label_base: int | None = None,
+    label_base: int | None = None, resplit: float | None = None,
 ) -> Dataset:
     """Any DSCMR-style feature folder (layout in the module docstring)."""
     root = Path(root).expanduser()
     return load_dscmr_folder(root, name=name or root.name, class_names=class_names, splits=splits,
                              class_split=class_split, split_seed=split_seed, skip_bad=skip_bad,
-                             label_base=label_base)
+                             label_base=label_base, resplit=resplit)

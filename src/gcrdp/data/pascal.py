@@ -116,6 +116,7 @@ def load_pascal_sentence(
     class_split: str | Path | ClassSplit | None = None,
     split_seed: int = 0,
     skip_bad: bool = False,
+    resplit: float | None = None,
 ) -> Dataset:
     """Load Pascal Sentence from ``root`` (layouts in the module docstring).
 
@@ -128,6 +129,9 @@ def load_pascal_sentence(
         class_names: names of label ids 0.. (features; default :data:`VOC_CLASSES`).
         splits: the splits a DSCMR folder must have (features).
         class_split, split_seed, skip_bad: as for every loader.
+        resplit: (features) pool the loaded pairs and re-split them per class with this test
+            share — e.g. ``splits=["test"], resplit=0.4`` to train and test on a folder that
+            has only its 100 test pairs (not comparable with the official split).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -146,7 +150,8 @@ def load_pascal_sentence(
             dscmr, name="pascal-sentence",
             class_names=list(VOC_CLASSES) if class_names is None else class_names,
             splits=splits, class_split=class_split, split_seed=split_seed, skip_bad=skip_bad,
-            shipped_split="pascal-sentence", meta={"dataset_format": "pascal-sentence dscmr"})
+            shipped_split="pascal-sentence", meta={"dataset_format": "pascal-sentence dscmr"},
+            resplit=resplit)
 
     if captions not in ("join", "first"):
         raise ConfigError(f"captions must be 'join' or 'first', got {captions!r}.")
