@@ -145,3 +145,21 @@ def test_cli_experiment_report_and_embedding_map(tmp_path, capsys):
     assert_user_error(code, err, "not found")
     code, out, err = run_cli(capsys, "experiment", tmp_path / "missing.json")
     assert_user_error(code, err, "Grid config not found")
+
+
+def test_optional_datasets_without_data_are_left_out_and_select(tmp_path):
+    path = grid_config(tmp_path, datasets={
+        "feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}},
+        "absent": {"dataset": "wikipedia", "optional": True, "dataset_options": {"root": "no/such/folder"}}},
+        skip=[], methods=["gap-infonce"], method_options={"gap-infonce": TINY}, defaults={"shots": [1], "seeds": [0]})
+    grid = Grid.from_file(path)
+    assert not grid.available("absent") and grid.available("feats")
+    assert [c.dataset for c in grid.cells()] == ["feats"]
+    out = run_grid(grid, progress=False)
+    assert out["ran"] == 1 and out["unavailable"] == ["absent"]
+    grid.select(["absent"])
+    assert grid.cells() == []
+    with pytest.raises(ConfigError, match="Unknown dataset label"):
+        grid.select(["nope"])
+    with pytest.raises(ConfigError, match="'optional' must be true or false"):
+        Grid.from_dict({"datasets": {"a": {"optional": "yes"}}, "methods": ["gap-infonce"]})

@@ -294,6 +294,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     grid = Grid.from_file(args.config)
     if args.output_dir is not None:
         grid.output_dir = args.output_dir
+    if args.datasets:
+        grid.select(args.datasets)
+    for label in grid.datasets:
+        if not grid.available(label):
+            print(f"grid {grid.name}: dataset {label!r} is not available here (its folder does not exist); "
+                  "its runs are left out.", file=sys.stderr)
     cells = grid.cells()
     print(f"grid {grid.name}: {len(grid.datasets)} dataset(s) × {len(grid.methods)} method(s): "
           f"{len(cells)} runs into {grid.output_dir}", file=sys.stderr)
@@ -649,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "per run, resumable (finished runs are skipped)")
     p.add_argument("config", type=Path, help="grid config JSON (see gcrdp.experiments.grid)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: the config's output_dir")
+    p.add_argument("--datasets", nargs="+", default=None, help="run only these dataset labels of the grid")
     p.add_argument("--rerun-changed", action="store_true",
                    help="re-run cells whose stored file has another configuration (default: error)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

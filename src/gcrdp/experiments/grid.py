@@ -18,6 +18,10 @@ A grid config (JSON)::
       "skip": [{"dataset": "wikipedia", "method": "zero-shot"}]   # optional exclusions
     }
 
+A dataset entry may say ``"optional": true``: when its ``root``/``path`` does not exist, its
+runs are left out (listed as unavailable in the returned summary) instead of failing — for
+grids such as ``configs/reproduce.json`` that use whatever benchmark data is present.
+
 Each run — one (dataset label, method entry, shots, seed) — is ``run_experiment`` with single
 values, written atomically to ``<output_dir>/runs/<dataset label>/<method entry>/
 shots<N>-seed<S>.json`` (the usual results format: resolved config, provenance, the record,
@@ -39,7 +43,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +81,7 @@ class Grid:
     defaults: dict[str, Any]
     skip: list[dict[str, Any]]
     source: Path | None = None
+    optional: set[str] = field(default_factory=set)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Grid:
@@ -111,8 +116,14 @@ class Grid:
                 raise ConfigError(f"Dataset label {label!r} must not contain '/' or start with '.'.")
         base = base or Path(".")
         resolved = {}
+        optional = set()
         for label, entry in datasets.items():
             entry = json.loads(json.dumps(entry))
+            flag = entry.pop("optional", False)
+            if not isinstance(flag, bool):
+                raise ConfigError(f"Dataset {label!r}: 'optional' must be true or false, got {flag!r}.")
+            if flag:
+                optional.add(label)
             opts = entry.get("dataset_options") or {}
             for k in _PATH_OPTIONS:
                 if isinstance(opts.get(k), str) and not Path(opts[k]).expanduser().is_absolute():
@@ -125,7 +136,7 @@ class Grid:
         out = Path(raw.get("output_dir") or Path("runs") / name)
         grid = cls(name=name, output_dir=out, datasets=resolved, methods=methods,
                    method_options=dict(raw.get("method_options") or {}), defaults=dict(raw.get("defaults") or {}),
-                   skip=list(raw.get("skip") or []), source=source)
+                   skip=list(raw.get("skip") or []), source=source, optional=optional)
         unknown = sorted(set(grid.method_options) - set(methods))
         if unknown:
             raise ConfigError(f"method_options for {unknown}, which are not in 'methods' {methods}.")
@@ -160,9 +171,26 @@ class Grid:
                 return True
         return False
 
+    def available(self, label: str) -> bool:
+        """False for an optional dataset whose ``root``/``path`` does not exist."""
+        if label not in self.optional:
+            return True
+        opts = self.datasets[label].get("dataset_options") or {}
+        paths = [opts[k] for k in ("root", "path") if isinstance(opts.get(k), str)]
+        return all(Path(p).expanduser().exists() for p in paths)
+
+    def select(self, labels: list[str]) -> None:
+        """Keep only the dataset labels ``labels`` (``gcrdp experiment --datasets``)."""
+        unknown = sorted(set(labels) - set(self.datasets))
+        if unknown:
+            raise ConfigError(f"Unknown dataset label(s) {unknown}; the grid has {sorted(self.datasets)}.")
+        self.datasets = {k: v for k, v in self.datasets.items() if k in labels}
+
     def cells(self) -> list[Cell]:
         out = []
         for label in self.datasets:
+            if not self.available(label):
+                continue
             for shots in self.shots_for(label):
                 for method in self.methods:
                     for seed in self.seeds_for(label):
@@ -256,7 +284,8 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
         if bar is not None:
             bar.close()
     return {"total": n_total, "already_done": len(done_files), "ran": len(ran),
-            "files": [str(p) for p in done_files + ran], "output_dir": str(grid.output_dir)}
+            "files": [str(p) for p in done_files + ran], "output_dir": str(grid.output_dir),
+            "unavailable": [label for label in grid.datasets if not grid.available(label)]}
 
 
 def collect_results(paths: list[str | Path]) -> list[dict[str, Any]]:
