@@ -9,13 +9,14 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench evidence clean-venv help
+.PHONY: demo test bench evidence reproduce clean-venv help
 
 help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji: gap-infonce and gcrdp (0/1/3/5 shots, 3 seeds)"
 	@echo "make test   # set up .venv and run the test suite"
 	@echo "make bench  # run the benchmarks in benchmarks/"
-	@echo "make evidence  # GCRDP ablation + sensitivity on Twemoji (tables of docs/results.md; ~1 h 45 min)"
+	@echo "make reproduce # every baseline and GCRDP on the data available: docs/results.md and docs/figures"
+	@echo "make evidence  # GCRDP ablation + sensitivity on Twemoji (tables of docs/gcrdp-study.md; ~1 h 45 min)"
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gmm.py
 	$(BIN)/python benchmarks/bench_train_step.py --repeats 20 --parts
 
-# GCRDP ablations and sensitivity on Twemoji (1/3/5 shots × 5 seeds); tables for docs/results.md
+# GCRDP ablations and sensitivity on Twemoji (1/3/5 shots × 5 seeds); tables for docs/gcrdp-study.md
 # (about 1 h 45 min on 2 cores: 240 fits; the two studies run side by side, one thread each)
 evidence: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/gcrdp run --config configs/ablation.json --output-dir runs/ablation -q & a=$$!; \
@@ -44,6 +45,24 @@ evidence: $(STAMP)
 	wait $$a; ra=$$?; wait $$s; rs=$$?; test $$ra -eq 0 -a $$rs -eq 0
 	$(BIN)/python scripts/results_tables.py --merge --name "GCRDP ablation and sensitivity" --reference gcrdp \
 	  runs/ablation/results.json runs/sensitivity/results.json
+
+# Every baseline and GCRDP, 0/1/3/5 shots × 5 seeds, on Twemoji and (where ../shared/data has
+# them) the Wikipedia SIFT/LDA and Pascal DSCMR features; then docs/results.md and docs/figures.
+# The grid is resumable: an interrupted `make reproduce` continues; delete runs/reproduce to
+# start from nothing. Twemoji and the feature datasets run side by side, one thread each.
+REPRODUCE_DIR ?= runs/reproduce
+reproduce: $(STAMP)
+	@start=$$(date +%s); \
+	OMP_NUM_THREADS=1 $(BIN)/gcrdp experiment configs/reproduce.json --output-dir $(REPRODUCE_DIR) --datasets twemoji -q & a=$$!; \
+	OMP_NUM_THREADS=1 $(BIN)/gcrdp experiment configs/reproduce.json --output-dir $(REPRODUCE_DIR) \
+	  --datasets wikipedia wikipedia-standard pascal-dscmr-test -q & b=$$!; \
+	wait $$a; ra=$$?; wait $$b; rb=$$?; test $$ra -eq 0 -a $$rb -eq 0 || exit 1; \
+	test -d $(REPRODUCE_DIR)/model || OMP_NUM_THREADS=2 $(BIN)/gcrdp train --dataset twemoji --method gcrdp --shots 5 \
+	  --seed 0 --checkpoint-dir $(REPRODUCE_DIR)/model -q > /dev/null || exit 1; \
+	$(BIN)/python benchmarks/bench_train_step.py --repeats 20 --json $(REPRODUCE_DIR)/bench_train_step.json > /dev/null || exit 1; \
+	$(BIN)/python scripts/make_results_doc.py $(REPRODUCE_DIR)/runs --out docs/results.md --figures docs/figures \
+	  --bench $(REPRODUCE_DIR)/bench_train_step.json --embedding-map $(REPRODUCE_DIR)/model \
+	  --methods cca dscmr clip4cmr flex-clip gap-infonce gcrdp --seconds $$(( $$(date +%s) - start ))
 
 clean-venv:
 	rm -rf $(VENV)
