@@ -259,7 +259,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           "validation: none (no validation pairs; the last epoch is kept)")
     test = {**rec["test"], "chance": rec["chance"]["i2t"]}
     print("test: " + "\n".join(_metric_lines(test, config.ks)))
-    print(f"\ncheckpoints: {out / 'last'} (training, every epoch), {out / 'final'} (fitted method)\n"
+    last = f"{out / 'last'} (training, every epoch), " if (out / "last").exists() else ""
+    print(f"\ncheckpoints: {last}{out / 'final'} (fitted method)\n"
           f"results: {out / 'results.json'}  ({results['timing']['total_seconds']:.0f} s)")
     return 0
 
