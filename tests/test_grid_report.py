@@ -163,3 +163,11 @@ def test_optional_datasets_without_data_are_left_out_and_select(tmp_path):
         grid.select(["nope"])
     with pytest.raises(ConfigError, match="'optional' must be true or false"):
         Grid.from_dict({"datasets": {"a": {"optional": "yes"}}, "methods": ["gap-infonce"]})
+
+
+def test_select_methods(tmp_path):
+    grid = Grid.from_file(grid_config(tmp_path))
+    grid.select_methods(["gcrdp"])
+    assert {c.method for c in grid.cells()} == {"gcrdp"}
+    with pytest.raises(ConfigError, match="Unknown method entr"):
+        grid.select_methods(["cca"])

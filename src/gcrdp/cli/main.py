@@ -297,6 +297,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         grid.output_dir = args.output_dir
     if args.datasets:
         grid.select(args.datasets)
+    if args.methods:
+        grid.select_methods(args.methods)
     for label in grid.datasets:
         if not grid.available(label):
             print(f"grid {grid.name}: dataset {label!r} is not available here (its folder does not exist); "
@@ -657,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="grid config JSON (see gcrdp.experiments.grid)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: the config's output_dir")
     p.add_argument("--datasets", nargs="+", default=None, help="run only these dataset labels of the grid")
+    p.add_argument("--methods", nargs="+", default=None, help="run only these method entries of the grid")
     p.add_argument("--rerun-changed", action="store_true",
                    help="re-run cells whose stored file has another configuration (default: error)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -186,6 +186,13 @@ class Grid:
             raise ConfigError(f"Unknown dataset label(s) {unknown}; the grid has {sorted(self.datasets)}.")
         self.datasets = {k: v for k, v in self.datasets.items() if k in labels}
 
+    def select_methods(self, entries: list[str]) -> None:
+        """Keep only the method entries ``entries`` (``gcrdp experiment --methods``)."""
+        unknown = sorted(set(entries) - set(self.methods))
+        if unknown:
+            raise ConfigError(f"Unknown method entr(ies) {unknown}; the grid has {self.methods}.")
+        self.methods = [m for m in self.methods if m in entries]
+
     def cells(self) -> list[Cell]:
         out = []
         for label in self.datasets:
