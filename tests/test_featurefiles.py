@@ -401,7 +401,8 @@ def pooled_file(tmp_path_factory):
 def _method_names():
     from gcrdp.methods import METHODS
 
-    return METHODS.names()
+    # zero-shot needs aligned features of one dimension (these differ): see test_zeroshot.py
+    return [m for m in METHODS.names() if m != "zero-shot"]
 
 
 @pytest.mark.parametrize("method", _method_names())
@@ -410,10 +411,12 @@ def test_every_method_fits_pooled_only_features(pooled_file, method):
 
     ds = load_feature_files(pooled_file)
     assert ds.features.image.local.shape == (112, 1, 12) and ds.features.text.local.shape == (112, 1, 6)
+    from gcrdp.methods import build_method
+
+    accepted = set(build_method(method).config_dict())
+    small = {k: v for k, v in {"max_epochs": 2, "latent_dim": 16, "hidden_dim": 16}.items() if k in accepted}
     cfg = RunConfig(dataset="features", dataset_options={"path": str(pooled_file)}, shots=[0, 1], seeds=[0],
-                    methods=[method], method_options={method: {"max_epochs": 2, "latent_dim": 16,
-                                                               "hidden_dim": 16}},
-                    device="cpu")
+                    methods=[method], method_options={method: small}, device="cpu")
     res = run_experiment(cfg, progress=False)
     assert len(res["records"]) == 2
     for rec in res["records"]:
