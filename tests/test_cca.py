@@ -129,10 +129,12 @@ def test_singular_covariance_and_default_components():
     X, Y = toy_views(n=50, dx=6, dy=5, seed=4)
     Y = np.hstack([Y, Y[:, :1] + Y[:, 1:2]])  # rank-deficient text side (like LDA proportions)
     f = fit_cca(X, Y, reg=0.0)
-    assert f.correlations.shape == (6,) and np.all(np.isfinite(f.x_weights))
+    # without a ridge the rank-5 text side has 5 directions: k is clipped to the rank
+    assert f.correlations.shape == (5,) and np.all(np.isfinite(f.x_weights))
     assert np.all(f.correlations <= 1 + 1e-9)
     assert fit_cca(X[:4], Y[:4], reg=0.1).correlations.shape == (3,)  # k = n - 1
     assert fit_cca(X, Y, reg=0.1, n_components=100).correlations.shape == (6,)  # clipped
+    assert fit_cca(X, Y, reg=0.1).correlations.shape == (6,)  # the ridge makes every direction usable
     with pytest.raises(DataError, match="at least 2 training pairs"):
         fit_cca(X[:1], Y[:1], reg=0.1)
 
@@ -323,3 +325,21 @@ def test_wikipedia_standard_protocol(shared_data):
           f"val mAP {rep.best_val_map:.4f}): I2T {i2t:.4f}  T2I {t2i:.4f} on {len(split.test_query)} test pairs")
     assert len(split.test_query) == 693
     assert 0.21 <= i2t <= 0.28 and 0.16 <= t2i <= 0.23
+
+
+def test_wide_features_fit_in_the_data_span_exactly():
+    """d ≫ n (e.g. 4,096-d VGG features, 60 pairs): the span-reduced solution equals the
+    full-covariance eigenproblem on the same data."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(30, 200))
+    Y = X[:, :5] @ rng.normal(size=(5, 40)) + 0.5 * rng.normal(size=(30, 40))
+    f = fit_cca(X, Y, reg=0.5, n_components=5)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    n = len(X)
+    Cxx, Cyy, Cxy = Xc.T @ Xc / n, Yc.T @ Yc / n, Xc.T @ Yc / n
+    Cxx += 0.5 * np.trace(Cxx) / Cxx.shape[0] * np.eye(Cxx.shape[0])
+    Cyy += 0.5 * np.trace(Cyy) / Cyy.shape[0] * np.eye(Cyy.shape[0])
+    M = np.linalg.solve(Cxx, Cxy) @ np.linalg.solve(Cyy, Cxy.T)
+    ref = np.sqrt(np.sort(np.linalg.eigvals(M).real)[::-1][:5])
+    np.testing.assert_allclose(f.correlations, ref, rtol=1e-6)
+
