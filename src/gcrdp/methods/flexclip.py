@@ -1,0 +1,834 @@
+"""``flex-clip``: FLEX-CLIP (Xie et al., 2024, "FLEX-CLIP: Feature-Level GEneration Network
+Enhanced CLIP for X-shot Cross-modal Retrieval", arXiv:2411.17454) on frozen features.
+
+What the paper states (abstract, and the method summary of its §III as far as we could read
+it): two training stages. (1) *Multimodal feature generation*: a "composite multimodal VAE-GAN"
+captures the real feature distribution and generates pseudo samples of the target-domain
+(X-shot) classes from CLIP features, against the extreme data imbalance; its VAE loss is
+``KL(q(z_v | v, a) ‖ p(z_v | a)) − E[log p(v | z_v, a)]`` with ``a`` the class-label semantics.
+(2) *Common space projection*: a "gate residual network" fuses the CLIP features with the
+projected features, against feature degradation on new classes. The paper's exact layer
+sizes, GAN variant, loss weights, number of pseudo samples and the retrieval loss could not be
+read from the sources available here; the choices below fill those gaps and are marked *ours*.
+
+Stage 1 — one conditional VAE-GAN per modality m ∈ {image, text}
+------------------------------------------------------------------
+Input vector x: the pooled feature (``input="pooled"``, default) or the masked mean of the
+local features (``local_mean``), L2-normalised (``normalize_input``), then standardised per
+dimension with the training pairs' mean and standard deviation. Condition c of a pair with
+label set Y: the mean of the L2-normalised class-name embeddings of its labels,
+``c = 1/|Y| Σ_{y∈Y} ê_y`` (``FitData.class_name_features``, the run's text encoder on the class
+names; a single-label pair gets its class's row).
+
+* encoder ``q(z | x, c) = N(μ(x,c), diag σ²(x,c))``, generator (= decoder) ``G(z, c)``, critic
+  ``D(x, c)``: one-hidden-layer MLPs (LeakyReLU 0.2) on ``[x; c]`` / ``[z; c]``.
+* ``L_VAE = mean_b [NLL(x | G(z, c)) + β · KL(q(z|x,c) ‖ N(0, I))]``, ``z = μ + σ ⊙ ε``; prior
+  N(0, I) as in f-VAEGAN-D2 (Xian et al., CVPR 2019) (the paper writes p(z | a)). NLL
+  (``decoder_variance``): ``calibrated`` (default, *ours*) = Gaussian with a per-dimension
+  variance set to its maximum-likelihood value on the batch, ``σ_j² = mean_b (x_bj − x̂_bj)²``
+  ("optimal σ-VAE", Rybkin et al., 2021) — scale-free, and without it a unit-variance decoder
+  on standardised features collapses the posterior (measured on the toy problem of the
+  tests); ``unit`` = ``½‖x − x̂‖²``.
+* a draw is ``x̃ = G(z_p, c) + σ_dec ⊙ ε``, ``z_p, ε ~ N(0, I)``, with σ_dec the running
+  decoder standard deviation (``gen_sample_noise``, default on; off: ``x̃ = G(z_p, c)``).
+* adversarial term on draws (``gan_loss``): ``wgan-gp`` (default, as f-CLSWGAN/f-VAEGAN-D2):
+  critic ``L_D = E[D(x̃, c)] − E[D(x, c)] + λ_gp E[(‖∇_x̂ D(x̂, c)‖₂ − 1)²]``,
+  ``x̂ = α x + (1 − α) x̃``, ``α ~ U(0, 1)``; generator ``L_adv = −E[D(x̃, c)]``. ``bce``: the
+  non-saturating GAN (``softplus(−D(x)) + softplus(D(x̃))`` / ``softplus(−D(x̃))``). ``none``: a
+  conditional VAE. Encoder + generator minimise ``L_VAE + γ L_adv``; ``n_critic`` critic steps
+  per generator step; Adam(β₁ = 0.5); ``gen_steps`` steps of ``gen_batch_size`` pairs.
+
+Trained on all training pairs (every class present in train). Then ``n_generate`` draws per
+*target class* and modality, conditioned on that class's name embedding alone, mapped back to
+the input space. Target classes (``generate_for``):
+
+* ``unseen`` (default — the paper generates for the target-domain classes in every X-shot
+  setting, from the label semantics alone at 0 shots): every class without a seen-class
+  training pair, i.e. the few-shot classes and the classes with no training pair. Under the
+  few-shot protocol the latter are the unseen classes at 0 shots *and the validation classes*,
+  so the validation score mirrors the test condition (a held-out class helped by its name
+  only); ``generate_val=False`` leaves the validation classes out.
+* ``fewshot``: the classes of the few-shot pairs only (``FitData.oversample``); none at 0 shots.
+* ``all_rare``: ``unseen`` plus the seen classes with fewer than ``rare_fraction`` × the
+  median seen-class count of training pairs (long tails).
+* ``none``: no generation (ablation: the gated projection alone).
+
+``n_generate``: an integer, or ``"median"`` (default, *ours*: balance a target class against a
+typical seen class) = the median seen-class count, capped by ``max_generate``. Pseudo pairs are
+labelled one-hot with their class. ``pairing`` (*ours*): ``mixed`` (default) pairs, for a
+target class that has real pairs, a generated image with a real text (even k) or a real image
+with a generated text (odd k), cycling over the class's real pairs, which anchors the pseudo
+features to real ones of the other modality; classes without real pairs (always at 0 shots)
+pair a generated image with a generated text, as ``generated`` does for every class.
+
+Stage 2 — gated residual projection (the retrieval model, ``model_``)
+---------------------------------------------------------------------
+Per modality, on the L2-normalised input vector x::
+
+    h = W₂ · Dropout(GELU(W₁ x + b₁)) + b₂     MLP path
+    s = P x + b_P                              skip path (``skip="linear"``, default; ``identity``:
+                                               s = x, needs in_dim = latent_dim — the paper's
+                                               setting of CLIP features fused with projections)
+    g = σ(W_g x + b_g) ∈ (0, 1)^D              ``gate="input"`` (default); ``vector``: g = σ(θ);
+                                               ``fixed``: g = ``gate_value``
+    out = normalize(g ⊙ h + (1 − g) ⊙ s)
+
+With unaligned encoders (e.g. EfficientNet + MiniLM) the modalities differ in dimension, hence
+the learned linear skip by default. Loss (*ours*; the brief asks for a cross-modal contrastive
+loss): the one-view case of :func:`gcrdp.losses.multi_positive_infonce` at temperature τ: an
+image's candidates are the batch's texts, its positives its own text and — with
+``class_positives`` (default; pseudo pairs of one class are interchangeable) — every text that
+shares a class with it; symmetrically for texts; plus ``label_weight`` × the BCE of a shared
+linear classifier on both modalities' embeddings (off by default). Real and pseudo pairs train
+together through :func:`gcrdp.training.fit_loop` (few-shot real pairs oversampled as usual,
+pseudo pairs not), early-stopped on the validation mAP of the real validation pairs.
+
+Checkpoints and determinism
+---------------------------
+Only the retrieval model is fitted state (``model_``; embedding depends on it and the config
+alone); the generators are discarded after stage 1 (kept in ``generators_`` for inspection,
+never saved). Stage 1 is re-run by every ``fit``, deterministically from the seed: module
+initialisation from ``torch.manual_seed`` inside ``fork_rng``, every noise draw from explicit
+``torch.Generator`` objects, batches from ``numpy_rng(seed, tag, modality, epoch)``, and on the
+CPU one thread (its small products gain little from threads, and the result then does not
+depend on the host's thread count). A resumed fit rebuilds the same pseudo pairs and
+continues stage 2 from its training checkpoint, ending bit-identical to an uninterrupted fit
+(tested). The checkpoint's data fingerprint covers the augmented training set, so a stage 1
+that did not reproduce (e.g. non-deterministic GPU kernels) makes the resume fail with a
+ConfigError instead of silently mixing runs. ``FitReport.seconds`` includes this call's stage 1;
+``FitReport.extra["generation"]`` lists the target classes, counts, stage-1 seconds and losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.features import FeatureSet, ModalityFeatures
+from ..errors import ConfigError, DataError
+from ..losses import multi_positive_infonce
+from ..losses.regularizer import label_space_loss
+from ..training.checkpoint import method_info
+from ..training.loop import Batch, fit_loop
+from ..training.seeding import numpy_rng
+from .base import METHODS, FitData, FitReport
+from .trainable import TrainableHeadsMethod
+
+INPUTS = ("pooled", "local_mean")
+GENERATE_FOR = ("unseen", "fewshot", "all_rare", "none")
+PAIRINGS = ("generated", "mixed")
+GAN_LOSSES = ("wgan-gp", "bce", "none")
+DECODER_VARIANCES = ("calibrated", "unit")
+SKIPS = ("linear", "identity")
+GATES = ("input", "vector", "fixed")
+MODALITIES = ("image", "text")
+
+# Tags that keep the random streams of stage 1 apart from each other and from fit_loop's.
+_TAG_GEN_BATCHES = 7101
+_TAG_GEN_NOISE = 7102
+_TAG_GEN_INIT = 7103
+_TAG_SAMPLE = 7104
+
+
+def _derived_seed(*keys: int) -> int:
+    """A 63-bit seed from a tuple of integers (for ``torch.manual_seed`` / ``torch.Generator``)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+# =============================================================================== configs
+@dataclass
+class GeneratorConfig:
+    """Settings of one modality's conditional VAE-GAN (stage 1; module docstring).
+
+    Attributes:
+        latent_dim: dimension of z.
+        hidden_dim: width of the encoder, generator and critic hidden layer.
+        steps: generator (and critic) update steps.
+        batch_size: pairs per step.
+        lr: Adam learning rate (β = (0.5, 0.999)).
+        kl_weight: β, the weight of the KL term.
+        gan_loss: ``wgan-gp``, ``bce`` or ``none``.
+        gan_weight: γ, the weight of the adversarial term in the generator's loss.
+        gp_weight: λ_gp of the WGAN gradient penalty.
+        n_critic: critic steps per generator step.
+        decoder_variance: ``calibrated`` (per-dimension ML variance) or ``unit``.
+        sample_noise: draws add the decoder noise σ_dec ⊙ ε to G(z, c).
+    """
+
+    latent_dim: int = 32
+    hidden_dim: int = 256
+    steps: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    kl_weight: float = 1.0
+    gan_loss: str = "wgan-gp"
+    gan_weight: float = 1.0
+    gp_weight: float = 10.0
+    n_critic: int = 1
+    decoder_variance: str = "calibrated"
+    sample_noise: bool = True
+
+    def __post_init__(self) -> None:
+        if self.decoder_variance not in DECODER_VARIANCES:
+            raise ConfigError(f"flex-clip option decoder_variance must be one of {DECODER_VARIANCES}, "
+                              f"got {self.decoder_variance!r}")
+        checks = [
+            ("gen_latent_dim", self.latent_dim >= 1, ">= 1"), ("gen_hidden_dim", self.hidden_dim >= 1, ">= 1"),
+            ("gen_steps", self.steps >= 1, ">= 1"), ("gen_batch_size", self.batch_size >= 2, ">= 2"),
+            ("gen_lr", self.lr > 0, "> 0"), ("kl_weight", self.kl_weight >= 0, ">= 0"),
+            ("gan_weight", self.gan_weight >= 0, ">= 0"), ("gp_weight", self.gp_weight >= 0, ">= 0"),
+            ("n_critic", self.n_critic >= 1, ">= 1"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"flex-clip option {name} must be {want}, got {getattr(self, _field(name))!r}")
+        if self.gan_loss not in GAN_LOSSES:
+            raise ConfigError(f"flex-clip option gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
+
+
+def _field(option: str) -> str:
+    return {"gen_latent_dim": "latent_dim", "gen_hidden_dim": "hidden_dim", "gen_steps": "steps",
+            "gen_batch_size": "batch_size", "gen_lr": "lr"}.get(option, option)
+
+
+@dataclass
+class FlexCLIPConfig:
+    """Options of FLEX-CLIP (training settings of stage 2 live in TrainConfig). Defaults and
+    their sources are in the module docstring and :meth:`FlexCLIPMethod` docs.
+
+    Attributes:
+        input: ``pooled`` (default) or ``local_mean`` (masked mean of the local features).
+        normalize_input: L2-normalise the input features (both stages).
+        generate_for: ``unseen`` (default), ``fewshot``, ``all_rare`` or ``none``.
+        generate_val: with ``unseen``/``all_rare``, also generate for classes that occur in the
+            validation labels (the default; see the module docstring).
+        n_generate: pseudo pairs per target class: a positive integer or ``"median"``.
+        max_generate: cap on ``n_generate`` (``"median"`` of a large dataset).
+        rare_fraction: ``all_rare`` threshold as a fraction of the median seen-class count.
+        pairing: ``generated`` or ``mixed``.
+        gen_latent_dim, gen_hidden_dim, gen_steps, gen_batch_size, gen_lr, kl_weight, gan_loss,
+            gan_weight, gp_weight, n_critic, decoder_variance, gen_sample_noise: stage 1
+            (:class:`GeneratorConfig`).
+        latent_dim, hidden_dim, dropout: the gated residual projection.
+        skip: ``linear`` (default) or ``identity``.
+        gate: ``input`` (default), ``vector`` or ``fixed``.
+        gate_value: the gate of ``gate="fixed"`` (0 = skip path only, 1 = MLP path only).
+        gate_bias: initial gate bias b_g (or θ of ``vector``); 0 → g ≈ ½ at the start.
+        temperature: τ of the contrastive loss.
+        class_positives: same-class candidates are positives too.
+        label_weight: weight of the shared-classifier label loss (0: off).
+    """
+
+    input: str = "pooled"
+    normalize_input: bool = True
+    generate_for: str = "unseen"
+    generate_val: bool = True
+    n_generate: int | str = "median"
+    max_generate: int = 200
+    rare_fraction: float = 0.5
+    pairing: str = "mixed"
+    gen_latent_dim: int = 32
+    gen_hidden_dim: int = 256
+    gen_steps: int = 200
+    gen_batch_size: int = 128
+    gen_lr: float = 1e-3
+    kl_weight: float = 1.0
+    gan_loss: str = "wgan-gp"
+    gan_weight: float = 1.0
+    gp_weight: float = 10.0
+    n_critic: int = 1
+    decoder_variance: str = "calibrated"
+    gen_sample_noise: bool = True
+    latent_dim: int = 256
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    skip: str = "linear"
+    gate: str = "input"
+    gate_value: float = 0.5
+    gate_bias: float = 0.0
+    temperature: float = 0.1
+    class_positives: bool = True
+    label_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("input", INPUTS), ("generate_for", GENERATE_FOR), ("pairing", PAIRINGS),
+                              ("skip", SKIPS), ("gate", GATES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"flex-clip option {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        n = self.n_generate
+        if not (n == "median" or (isinstance(n, int) and not isinstance(n, bool) and n >= 1)):
+            raise ConfigError(f"flex-clip option n_generate must be a positive integer or 'median', got {n!r}")
+        if self.max_generate < 1:
+            raise ConfigError(f"flex-clip option max_generate must be >= 1, got {self.max_generate!r}")
+        if not 0 < self.rare_fraction <= 1:
+            raise ConfigError(f"flex-clip option rare_fraction must be in (0, 1], got {self.rare_fraction!r}")
+        if not 0 <= self.gate_value <= 1:
+            raise ConfigError(f"flex-clip option gate_value must be in [0, 1], got {self.gate_value!r}")
+        if not 0 < self.temperature <= 10:
+            raise ConfigError(f"flex-clip option temperature must be in (0, 10], got {self.temperature!r}")
+        if self.label_weight < 0:
+            raise ConfigError(f"flex-clip option label_weight must be >= 0, got {self.label_weight!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"flex-clip option dropout must be in [0, 1), got {self.dropout!r}")
+        if self.latent_dim < 1 or self.hidden_dim < 1:
+            raise ConfigError(f"flex-clip options latent_dim and hidden_dim must be >= 1, got "
+                              f"{self.latent_dim!r}, {self.hidden_dim!r}")
+        self.generator_config()  # validates the stage-1 fields
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(latent_dim=self.gen_latent_dim, hidden_dim=self.gen_hidden_dim, steps=self.gen_steps,
+                               batch_size=self.gen_batch_size, lr=self.gen_lr, kl_weight=self.kl_weight,
+                               gan_loss=self.gan_loss, gan_weight=self.gan_weight, gp_weight=self.gp_weight,
+                               n_critic=self.n_critic, decoder_variance=self.decoder_variance,
+                               sample_noise=self.gen_sample_noise)
+
+
+# =============================================================================== stage-1 math
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag e^logvar) ‖ N(0, I)) per sample: ``½ Σ_j (e^{lv_j} + μ_j² − 1 − lv_j)``.
+    Inputs (B, Z); returns (B,)."""
+    return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(dim=-1)
+
+
+def reconstruction_nll(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of x under N(x̂, I) up to a constant: ``½ ‖x − x̂‖²`` per
+    sample. Inputs (B, d); returns (B,)."""
+    return 0.5 * (x - x_hat).pow(2).sum(dim=-1)
+
+
+def calibrated_nll(x: torch.Tensor, x_hat: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
+    """Gaussian negative log-likelihood per sample with a diagonal decoder variance set to its
+    maximum-likelihood value on the batch, ``σ_j² = max(mean_b (x_bj − x̂_bj)², floor)`` (the
+    "optimal σ-VAE" of Rybkin et al., 2021, per dimension):
+    ``Σ_j [½ (x_j − x̂_j)²/σ_j² + ½ log σ_j²]`` (up to a constant). The reconstruction–KL
+    balance then does not depend on the feature scale, and a dimension whose class-conditional
+    spread is small is not left to posterior collapse. Inputs (B, d); returns (B,)."""
+    var = (x - x_hat).pow(2).mean(dim=0).clamp_min(floor)  # (d,)
+    return (0.5 * (x - x_hat).pow(2) / var + 0.5 * var.log()).sum(dim=-1)
+
+
+def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+             kl_weight: float = 1.0, decoder_variance: str = "calibrated") -> tuple[torch.Tensor, dict[str, float]]:
+    """``mean_b [NLL(x | x̂) + β·KL]`` with NLL :func:`calibrated_nll` (default) or
+    :func:`reconstruction_nll` (``decoder_variance="unit"``). Returns (scalar, parts):
+    ``recon`` = mean ½‖x − x̂‖² (whatever the variance), ``kl`` the mean KL."""
+    nll = calibrated_nll(x, x_hat) if decoder_variance == "calibrated" else reconstruction_nll(x, x_hat)
+    kl = gaussian_kl(mu, logvar).mean()
+    return nll.mean() + kl_weight * kl, {"recon": float(reconstruction_nll(x, x_hat).detach().mean()),
+                                         "kl": float(kl.detach())}
+
+
+def wgan_critic_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Critic loss of the Wasserstein GAN: ``E[D(fake)] − E[D(real)]``; inputs (B,)."""
+    return d_fake.mean() - d_real.mean()
+
+
+def wgan_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """Generator loss of the Wasserstein GAN: ``−E[D(fake)]``."""
+    return -d_fake.mean()
+
+
+def bce_critic_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss of the standard GAN on logits: ``−E[log σ(D(real))] − E[log(1 − σ(D(fake)))]``."""
+    return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+
+
+def bce_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: ``−E[log σ(D(fake))]``."""
+    return F.softplus(-d_fake).mean()
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor,
+                     alpha: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP penalty ``mean_b (‖∇_x̂ D(x̂, c)‖₂ − 1)²`` at ``x̂ = α·real + (1 − α)·fake``.
+
+    Args:
+        critic: ``(x (B, d), c (B, dc)) -> (B,)``.
+        real, fake: (B, d); cond: (B, dc); alpha: (B, 1) in [0, 1].
+    """
+    x_hat = (alpha * real + (1.0 - alpha) * fake).detach().requires_grad_(True)
+    out = critic(x_hat, cond)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return (grad.norm(2, dim=1) - 1.0).pow(2).mean()
+
+
+def class_conditions(labels: np.ndarray, class_features: np.ndarray) -> np.ndarray:
+    """(n, dc) float32: per row the mean of the L2-normalised class-name embeddings of its labels
+    (``labels`` (n, C) multi-hot, ``class_features`` (C, dc)); a row without labels gets 0."""
+    emb = np.asarray(class_features, dtype=np.float64)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    hot = np.asarray(labels, dtype=np.float64)
+    return (hot @ emb / np.maximum(hot.sum(1, keepdims=True), 1.0)).astype(np.float32)
+
+
+# =============================================================================== stage-1 model
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, out_dim))
+
+
+class ConditionalVAEGAN(nn.Module):
+    """One modality's encoder q(z|x,c), generator G(z,c) and critic D(x,c), with the
+    standardisation of its feature space (buffers ``mean``, ``std``). ``x`` arguments of
+    :meth:`encode`, :meth:`decode` and :meth:`critic_score` are standardised features."""
+
+    def __init__(self, feat_dim: int, cond_dim: int, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.feat_dim, self.cond_dim, self.latent_dim = feat_dim, cond_dim, cfg.latent_dim
+        self.encoder = _mlp(feat_dim + cond_dim, cfg.hidden_dim, 2 * cfg.latent_dim)
+        self.decoder = _mlp(cfg.latent_dim + cond_dim, cfg.hidden_dim, feat_dim)
+        self.critic = _mlp(feat_dim + cond_dim, cfg.hidden_dim, 1)
+        self.register_buffer("mean", torch.zeros(feat_dim))
+        self.register_buffer("std", torch.ones(feat_dim))
+        self.register_buffer("noise_std", torch.zeros(feat_dim))  # decoder σ_j (standardised units)
+        self.sample_noise = cfg.sample_noise
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(torch.cat([x, c], dim=-1)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)  # (B, Z) each
+
+    def decode(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([z, c], dim=-1))  # (B, d)
+
+    def critic_score(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.critic(torch.cat([x, c], dim=-1)).squeeze(-1)  # (B,)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def unstandardize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+    def draw(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standardised samples ``G(z, c) [+ σ ⊙ ε]``, ``z, ε ~ N(0, I)``, one per row of ``cond``
+        (the decoder noise σ only with ``sample_noise``; differentiable in the generator)."""
+        z = torch.randn(cond.shape[0], self.latent_dim, device=cond.device, generator=generator)
+        x = self.decode(z, cond)
+        if self.sample_noise:
+            x = x + self.noise_std * torch.randn(x.shape, device=x.device, generator=generator)
+        return x
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Un-standardised features drawn for the conditions ``cond`` (n, dc): (n, d)."""
+        return self.unstandardize(self.draw(cond, generator))
+
+
+@contextlib.contextmanager
+def _stage1_threads(device: str) -> Iterator[None]:
+    """Stage 1 on the CPU runs single-threaded: its small matrix products gain little from
+    threads (and lose much on a shared machine), and one thread makes the generated features
+    independent of the host's thread count (reproducible resumes across machines)."""
+    if str(device).startswith("cuda"):
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def fit_feature_generator(features: np.ndarray, cond: np.ndarray, cfg: GeneratorConfig, *, seed: int,
+                          tag: int = 0, device: str = "cpu") -> tuple[ConditionalVAEGAN, dict[str, float]]:
+    """Train a :class:`ConditionalVAEGAN` on ``features`` (n, d) with conditions ``cond`` (n, dc).
+
+    Deterministic given ``seed`` and ``tag`` (e.g. the modality): the module is initialised
+    from ``torch.manual_seed`` inside ``torch.random.fork_rng`` (the caller's global RNG is
+    untouched), batches come from ``numpy_rng(seed, _TAG_GEN_BATCHES, tag, epoch)`` and the
+    noise from an explicit ``torch.Generator``; on the CPU it runs single-threaded. Returns the
+    model (eval mode, parameters frozen) and the mean losses of the last 10 % of the steps.
+    """
+    with _stage1_threads(device):
+        return _fit_feature_generator(features, cond, cfg, seed=seed, tag=tag, device=device)
+
+
+def _fit_feature_generator(features: np.ndarray, cond: np.ndarray, cfg: GeneratorConfig, *, seed: int,
+                           tag: int, device: str) -> tuple[ConditionalVAEGAN, dict[str, float]]:
+    x_all = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=device)
+    c_all = torch.as_tensor(np.ascontiguousarray(cond, dtype=np.float32), device=device)
+    n = x_all.shape[0]
+    if n < 2 or c_all.shape[0] != n:
+        raise DataError(f"fit_feature_generator needs >= 2 rows of features and as many conditions, got "
+                        f"{tuple(x_all.shape)} and {tuple(c_all.shape)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_derived_seed(seed, _TAG_GEN_INIT, tag))
+        model = ConditionalVAEGAN(x_all.shape[1], c_all.shape[1], cfg).to(device)
+    model.mean.copy_(x_all.mean(0))
+    model.std.copy_(x_all.std(0, unbiased=False).clamp_min(1e-6))
+    x_all = model.standardize(x_all)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(_derived_seed(seed, _TAG_GEN_NOISE, tag))
+    eg_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    opt_g = torch.optim.Adam(eg_params, lr=cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(model.critic.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    adversarial = cfg.gan_loss != "none" and cfg.gan_weight > 0
+    bs = min(cfg.batch_size, n)
+    order: list[int] = []
+    epoch = 0
+    tail = max(1, cfg.steps // 10)
+    sums: dict[str, float] = {}
+    model.train()
+
+    def next_batch(k: int) -> torch.Tensor:
+        nonlocal order, epoch
+        while len(order) < k:
+            epoch += 1
+            order += numpy_rng(seed, _TAG_GEN_BATCHES, tag, epoch).permutation(n).tolist()
+        idx, order = order[:k], order[k:]
+        return torch.as_tensor(idx, dtype=torch.long, device=device)
+
+    for step in range(cfg.steps):
+        parts: dict[str, float] = {}
+        if adversarial:
+            for _ in range(cfg.n_critic):
+                idx = next_batch(bs)
+                x, c = x_all[idx], c_all[idx]
+                with torch.no_grad():
+                    fake = model.draw(c, gen)
+                d_real, d_fake = model.critic_score(x, c), model.critic_score(fake, c)
+                if cfg.gan_loss == "wgan-gp":
+                    alpha = torch.rand(bs, 1, device=device, generator=gen)
+                    d_loss = wgan_critic_loss(d_real, d_fake) + cfg.gp_weight * gradient_penalty(
+                        model.critic_score, x, fake, c, alpha)
+                else:
+                    d_loss = bce_critic_loss(d_real, d_fake)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            parts["critic"] = float(d_loss.detach())
+        idx = next_batch(bs)
+        x, c = x_all[idx], c_all[idx]
+        mu, logvar = model.encode(x, c)
+        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, device=device, generator=gen)
+        x_rec = model.decode(z, c)
+        loss, vparts = vae_loss(x, x_rec, mu, logvar, cfg.kl_weight, cfg.decoder_variance)
+        if cfg.sample_noise:  # running estimate of the decoder σ_j used by draw()
+            with torch.no_grad():
+                mse = (x - x_rec).pow(2).mean(0)
+                model.noise_std.copy_((0.9 * model.noise_std.pow(2) + 0.1 * mse).sqrt() if step else mse.sqrt())
+        parts.update(vparts)
+        if adversarial:
+            d_fake = model.critic_score(model.draw(c, gen), c)
+            adv = wgan_generator_loss(d_fake) if cfg.gan_loss == "wgan-gp" else bce_generator_loss(d_fake)
+            loss = loss + cfg.gan_weight * adv
+            parts["adversarial"] = float(adv.detach())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite feature-generator loss at step {step + 1}: {parts}")
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        if step >= cfg.steps - tail:
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, {k: round(v / tail, 6) for k, v in sums.items()}
+
+
+# =============================================================================== stage-2 model
+def gated_residual(mlp_out: torch.Tensor, skip_out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``normalize(g ⊙ h + (1 − g) ⊙ s)`` along the last axis; ``gate`` broadcasts to h's shape."""
+    return F.normalize(gate * mlp_out + (1.0 - gate) * skip_out, dim=-1)
+
+
+class GatedResidualProjection(nn.Module):
+    """One modality's gated residual projection (module docstring, stage 2)."""
+
+    def __init__(self, in_dim: int, cfg: FlexCLIPConfig) -> None:
+        super().__init__()
+        out = cfg.latent_dim
+        if cfg.skip == "identity" and in_dim != out:
+            raise ConfigError(f"flex-clip skip='identity' needs input dim = latent_dim, got input dim {in_dim} "
+                              f"and latent_dim {out}; set latent_dim={in_dim} or skip='linear'.")
+        self.in_dim, self.out_dim, self.mode = in_dim, out, cfg.gate
+        self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden_dim), nn.GELU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.hidden_dim, out))
+        self.skip = nn.Linear(in_dim, out) if cfg.skip == "linear" else nn.Identity()
+        if cfg.gate == "input":
+            self.gate = nn.Linear(in_dim, out)
+            nn.init.constant_(self.gate.bias, cfg.gate_bias)
+        elif cfg.gate == "vector":
+            self.gate_logit = nn.Parameter(torch.full((out,), float(cfg.gate_bias)))
+        else:
+            self.register_buffer("gate_fixed", torch.tensor(float(cfg.gate_value)))
+
+    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
+        """g in [0, 1]: (B, out) for ``input``, (out,) for ``vector``, a scalar for ``fixed``."""
+        if self.mode == "input":
+            return torch.sigmoid(self.gate(x))
+        if self.mode == "vector":
+            return torch.sigmoid(self.gate_logit)
+        return self.gate_fixed
+
+    def forward_with_gate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (embeddings (B, out) unit rows, gate values g)."""
+        g = self.gate_values(x)
+        return gated_residual(self.mlp(x), self.skip(x), g), g
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in_dim) -> (B, out) unit rows
+        return self.forward_with_gate(x)[0]
+
+
+class FlexCLIPModel(nn.Module):
+    """The retrieval model: one gated residual projection per modality (+ the optional shared
+    label classifier)."""
+
+    def __init__(self, image_dim: int, text_dim: int, n_classes: int, cfg: FlexCLIPConfig) -> None:
+        super().__init__()
+        self.normalize_input = cfg.normalize_input
+        self.image_head = GatedResidualProjection(image_dim, cfg)
+        self.text_head = GatedResidualProjection(text_dim, cfg)
+        self.classifier = nn.Linear(cfg.latent_dim, n_classes) if cfg.label_weight > 0 and n_classes > 0 else None
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.normalize_input else x
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.image_head(self._prep(x))
+
+    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
+        return self.text_head(self._prep(x))
+
+    def encode_with_gates(self, image: torch.Tensor, text: torch.Tensor):
+        """-> (image embeddings, text embeddings, image gates, text gates)."""
+        (zi, gi), (zt, gt) = self.image_head.forward_with_gate(self._prep(image)), \
+            self.text_head.forward_with_gate(self._prep(text))
+        return zi, zt, gi, gt
+
+
+# =============================================================================== plumbing
+def input_vectors(feats: ModalityFeatures, mode: str, normalize: bool = False, chunk: int = 4096) -> np.ndarray:
+    """(n, d) float32 input vectors of a modality: the pooled features, or the masked mean of
+    the local ones; optionally L2-normalised."""
+    if mode == "pooled":
+        out = np.asarray(feats.pooled, dtype=np.float32)
+    else:
+        parts = []
+        for s in range(0, len(feats), chunk):
+            loc = np.asarray(feats.local[s:s + chunk], dtype=np.float32)
+            w = feats.mask[s:s + chunk].astype(np.float32)
+            parts.append(np.einsum("nld,nl->nd", loc, w) / np.maximum(w.sum(1, keepdims=True), 1.0))
+        out = np.concatenate(parts, axis=0) if parts else np.zeros((0, feats.dim), np.float32)
+    if normalize:
+        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _as_set(x: np.ndarray) -> ModalityFeatures:
+    """Vectors (n, d) as sets of one local feature (local = pooled = x)."""
+    return ModalityFeatures(x[:, None, :], np.ones((x.shape[0], 1), bool), x)
+
+
+@dataclass
+class TargetPlan:
+    """Which classes get how many pseudo pairs."""
+
+    classes: np.ndarray  # (k,) class indices
+    n_per_class: int
+    seen: np.ndarray  # (s,) indices of the seen classes
+    median_seen: float
+
+
+def plan_targets(data: FitData, cfg: FlexCLIPConfig) -> TargetPlan:
+    """The target classes of ``cfg.generate_for`` and ``n_generate`` (module docstring)."""
+    y = np.asarray(data.train_labels, dtype=bool)
+    over = np.asarray(data.oversample, dtype=bool)
+    n_classes = y.shape[1]
+    seen_counts = y[~over].sum(0)
+    seen = np.flatnonzero(seen_counts > 0)
+    fewshot = np.setdiff1d(np.flatnonzero(y[over].any(0)), seen)
+    median = float(np.median(seen_counts[seen])) if seen.size else float(max(y.sum(0).max(initial=0), 1))
+    if cfg.generate_for == "none":
+        targets = np.zeros(0, np.int64)
+    elif cfg.generate_for == "fewshot":
+        targets = fewshot
+    else:
+        targets = np.setdiff1d(np.arange(n_classes), seen)  # few-shot classes + classes with no pair
+        if cfg.generate_for == "all_rare":
+            rare = seen[seen_counts[seen] < cfg.rare_fraction * median]
+            targets = np.union1d(targets, rare)
+        if not cfg.generate_val and data.val_labels is not None:
+            val_only = np.setdiff1d(np.flatnonzero(np.asarray(data.val_labels, bool).any(0)), fewshot)
+            targets = np.setdiff1d(targets, val_only)
+    n = cfg.n_generate if cfg.n_generate != "median" else max(1, round(median))
+    return TargetPlan(np.asarray(targets, np.int64), int(min(n, cfg.max_generate)), seen, median)
+
+
+class FlexCLIPMethod(TrainableHeadsMethod):
+    """FLEX-CLIP behind the common method interface (module docstring); checkpointable.
+
+    ``fit`` needs ``FitData.class_name_features`` (the runner fills it because
+    ``needs_class_name_features`` is True); ``init_model(image_dim, text_dim, n_classes)``.
+    """
+
+    name = "flex-clip"
+    config_type = FlexCLIPConfig
+    needs_class_name_features: ClassVar[bool] = True
+
+    def __init__(self, cfg=None, train=None, device: str = "cpu") -> None:
+        super().__init__(cfg, train, device)
+        self.generators_: dict[str, ConditionalVAEGAN] = {}
+
+    # ------------------------------------------------------------------ model
+    def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> FlexCLIPModel:
+        """Build the untrained retrieval model (initialised from the torch global RNG)."""
+        self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_classes": int(n_classes)}
+        self.model_ = FlexCLIPModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
+        return self.model_
+
+    def _input_dim(self, feats: ModalityFeatures) -> int:
+        return feats.pooled_dim if self.cfg.input == "pooled" else feats.dim
+
+    def _model_dims(self, data: FitData) -> tuple[int, ...]:
+        return self._input_dim(data.train.image), self._input_dim(data.train.text), int(data.train_labels.shape[1])
+
+    def _embed_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    # ------------------------------------------------------------------ stage 1
+    def _check_names(self, data: FitData) -> np.ndarray:
+        names = data.class_name_features
+        n_classes = int(np.asarray(data.train_labels).shape[1])
+        if names is None:
+            raise ConfigError(
+                "flex-clip conditions its feature generator on class-name embeddings, but "
+                "FitData.class_name_features is None. The experiment runner fills it (the method sets "
+                "needs_class_name_features=True); when calling fit() yourself, pass "
+                "class_name_features=gcrdp.experiments.runner.class_name_features(class_names, config) "
+                "or any (n_classes, d) array.")
+        names = np.asarray(names, dtype=np.float32)
+        if names.ndim != 2 or names.shape[0] != n_classes or not np.isfinite(names).all():
+            raise DataError(f"flex-clip: class_name_features must be a finite ({n_classes}, d) array (one row per "
+                            f"label column), got shape {names.shape}.")
+        return names
+
+    def augment(self, data: FitData, seed: int) -> tuple[FitData, dict[str, Any]]:
+        """Stage 1: the training set of stage 2 — the real pairs as input vectors plus the
+        pseudo pairs of the target classes — and a summary for the fit report. Deterministic
+        given ``seed`` (module docstring)."""
+        cfg = self.cfg
+        names = self._check_names(data) if cfg.generate_for != "none" else None
+        t0 = time.perf_counter()
+        y = np.asarray(data.train_labels, dtype=bool)
+        real = {m: input_vectors(getattr(data.train, m), cfg.input, cfg.normalize_input) for m in MODALITIES}
+        plan = plan_targets(data, cfg)
+        info: dict[str, Any] = {"generate_for": cfg.generate_for, "n_target_classes": int(plan.classes.size),
+                                "target_classes": [data.class_names[i] if i < len(data.class_names) else int(i)
+                                                   for i in plan.classes.tolist()],
+                                "n_per_class": plan.n_per_class if plan.classes.size else 0,
+                                "median_seen_count": plan.median_seen}
+        self.generators_ = {}
+        if plan.classes.size == 0:
+            info.update(n_generated=0, seconds=round(time.perf_counter() - t0, 3))
+            feats = FeatureSet(_as_set(real["image"]), _as_set(real["text"]), data.train.sample_ids)
+            return FitData(train=feats, train_labels=y, oversample=np.asarray(data.oversample, bool),
+                           val=data.val, val_labels=data.val_labels, class_names=data.class_names,
+                           class_name_features=data.class_name_features), info
+        cond_train = class_conditions(y, names)
+        gcfg = cfg.generator_config()
+        reps = np.repeat(plan.classes, plan.n_per_class)  # (k·n,) class of each pseudo pair
+        cond_gen = torch.as_tensor(class_conditions(np.eye(y.shape[1], dtype=bool)[reps], names), device=self.device)
+        fake: dict[str, np.ndarray] = {}
+        losses: dict[str, dict[str, float]] = {}
+        for tag, m in enumerate(MODALITIES):
+            model, losses[m] = fit_feature_generator(real[m], cond_train, gcfg, seed=seed, tag=tag, device=self.device)
+            self.generators_[m] = model
+            g = torch.Generator(device=self.device)
+            g.manual_seed(_derived_seed(seed, _TAG_SAMPLE, tag))
+            fake[m] = np.concatenate([model.sample(cond_gen[s:s + 4096], g).float().cpu().numpy()
+                                      for s in range(0, len(reps), 4096)], axis=0)
+        gen_img, gen_txt = fake["image"], fake["text"]
+        if cfg.pairing == "mixed":
+            gen_img, gen_txt = gen_img.copy(), gen_txt.copy()
+            for c in plan.classes.tolist():
+                own = np.flatnonzero(y[:, c])
+                if own.size == 0:
+                    continue
+                rows = np.flatnonzero(reps == c)
+                for k, r in enumerate(rows.tolist()):
+                    src = own[(k // 2) % own.size]
+                    if k % 2 == 0:
+                        gen_txt[r] = real["text"][src]
+                    else:
+                        gen_img[r] = real["image"][src]
+        counters = np.concatenate([np.arange(plan.n_per_class)] * plan.classes.size)
+        ids = tuple(data.train.sample_ids) + tuple(f"flexclip-gen:{c}:{k}" for c, k in zip(reps.tolist(), counters.tolist()))
+        feats = FeatureSet(_as_set(np.concatenate([real["image"], gen_img])),
+                           _as_set(np.concatenate([real["text"], gen_txt])), ids)
+        labels = np.concatenate([y, np.eye(y.shape[1], dtype=bool)[reps]])
+        oversample = np.concatenate([np.asarray(data.oversample, bool), np.zeros(len(reps), bool)])
+        info.update(n_generated=len(reps), generator_losses=losses, seconds=round(time.perf_counter() - t0, 3))
+        return FitData(train=feats, train_labels=labels, oversample=oversample, val=data.val,
+                       val_labels=data.val_labels, class_names=data.class_names,
+                       class_name_features=data.class_name_features), info
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir=None, resume: bool = True) -> FitReport:
+        """Stage 1 (generation, deterministic from ``seed``), then stage 2 through
+        :func:`~gcrdp.training.fit_loop` with ``checkpoint_dir``/``resume`` (module docstring)."""
+        with torch.random.fork_rng(devices=[]):
+            augmented, info = self.augment(data, seed)
+            torch.manual_seed(seed)
+            model = self.init_model(*self._model_dims(data))
+            report = fit_loop(model, self._loss, self._embed_pair, augmented, self.train, seed=seed,
+                              device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
+                              method_info=method_info(self))
+        report.extra["generation"] = info
+        report.seconds += info["seconds"]  # stage 1 of this call (re-run on resume) + stage 2
+        return report
+
+    def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        img, txt, g_img, g_txt = model.encode_with_gates(batch["image_local"][:, 0], batch["text_local"][:, 0])  # (B, D)
+        labels = batch.get("labels")
+        con = multi_positive_infonce(img[:, None], txt[:, None], self.cfg.temperature, labels,
+                                     class_positives=self.cfg.class_positives and labels is not None)
+        parts = {"contrastive": float(con.detach())}
+        loss = con
+        if model.classifier is not None and labels is not None:
+            lab = 0.5 * (label_space_loss(model.classifier(img), labels) + label_space_loss(model.classifier(txt), labels))
+            loss = loss + self.cfg.label_weight * lab
+            parts["label"] = float(lab.detach())
+        parts["gate_image"], parts["gate_text"] = float(g_img.detach().mean()), float(g_txt.detach().mean())
+        return loss, parts
+
+    # ------------------------------------------------------------------ embed
+    @torch.inference_mode()
+    def _embed(self, feats: ModalityFeatures, which: str) -> np.ndarray:
+        model = self.model_
+        if model is None:
+            raise RuntimeError(f"{self.name}: call fit() before embedding")
+        model.eval()
+        head = model.image_head if which == "image" else model.text_head
+        if self._input_dim(feats) != head.in_dim:
+            raise DataError(f"{self.name}: {which} {self.cfg.input} features have dim {self._input_dim(feats)}, "
+                            f"the model expects {head.in_dim}")
+        x = input_vectors(feats, self.cfg.input)
+        encode = model.encode_image if which == "image" else model.encode_text
+        bs = self.train.eval_batch_size
+        out = [encode(torch.from_numpy(x[s:s + bs]).to(self.device)).float().cpu().numpy()
+               for s in range(0, len(x), bs)]
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self._embed_dim()), np.float32)
+
+
+@METHODS.register("flex-clip")
+def _build(options: dict[str, Any], device: str) -> FlexCLIPMethod:
+    return FlexCLIPMethod.from_options(options, device)
+
+
+__all__ = [
+    "ConditionalVAEGAN", "FlexCLIPConfig", "FlexCLIPMethod", "FlexCLIPModel", "GatedResidualProjection",
+    "GeneratorConfig", "bce_critic_loss", "bce_generator_loss", "class_conditions", "fit_feature_generator",
+    "gated_residual", "gaussian_kl", "gradient_penalty", "input_vectors", "plan_targets", "reconstruction_nll",
+    "vae_loss", "wgan_critic_loss", "wgan_generator_loss",
+]
+
