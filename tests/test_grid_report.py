@@ -171,3 +171,21 @@ def test_select_methods(tmp_path):
     assert {c.method for c in grid.cells()} == {"gcrdp"}
     with pytest.raises(ConfigError, match="Unknown method entr"):
         grid.select_methods(["cca"])
+
+
+def test_the_reproduce_grid_is_valid_and_names_registered_methods():
+    from gcrdp.data import list_datasets
+    from gcrdp.methods import METHODS
+    from gcrdp.experiments.runner import method_base_name
+
+    root = Path(__file__).resolve().parent.parent
+    grid = Grid.from_file(root / "configs" / "reproduce.json")
+    assert set(grid.datasets) == {"twemoji", "wikipedia", "wikipedia-standard", "pascal-dscmr-test"}
+    assert {"wikipedia", "wikipedia-standard", "pascal-dscmr-test"} == grid.optional
+    for m in grid.methods:
+        METHODS.get(method_base_name(m))
+    for entry in grid.datasets.values():
+        assert entry["dataset"] in list_datasets()
+    assert grid.run_config("wikipedia-standard", "cca", 0, 0).protocol == "standard"
+    assert grid.shots_for("pascal-dscmr-test") == [0, 1, 3]
+    assert grid.seeds_for("twemoji") == [0, 1, 2, 3, 4]
