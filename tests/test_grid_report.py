@@ -189,3 +189,11 @@ def test_the_reproduce_grid_is_valid_and_names_registered_methods():
     assert grid.run_config("wikipedia-standard", "cca", 0, 0).protocol == "standard"
     assert grid.shots_for("pascal-dscmr-test") == [0, 1, 3]
     assert grid.seeds_for("twemoji") == [0, 1, 2, 3, 4]
+
+
+def test_skip_rules_match_list_values(tmp_path):
+    grid = Grid.from_file(grid_config(tmp_path, skip=[{"method": ["gcrdp", "gcrdp@k1"], "shots": [0]}]))
+    cells = grid.cells()
+    assert not any(c.method in ("gcrdp", "gcrdp@k1") and c.shots == 0 for c in cells)
+    assert any(c.method == "gcrdp" and c.shots == 1 for c in cells)
+    assert any(c.method == "gap-infonce" and c.shots == 0 for c in cells)

@@ -15,7 +15,8 @@ A grid config (JSON)::
       },
       "methods": ["cca", "gap-infonce", "gcrdp", "gcrdp@nogmm"],
       "method_options": {"gcrdp@nogmm": {"use_gmm": false}},
-      "skip": [{"dataset": "wikipedia", "method": "zero-shot"}]   # optional exclusions
+      "skip": [{"dataset": "wikipedia", "method": "zero-shot"},      # optional exclusions;
+               {"method": ["gcrdp@k5"], "shots": [0, 1]}]          # a list matches any item
     }
 
 A dataset entry may say ``"optional": true``: when its ``root``/``path`` does not exist, its
@@ -166,8 +167,10 @@ class Grid:
         return RunConfig.from_dict(raw)
 
     def skipped(self, cell: Cell) -> bool:
+        """A ``skip`` rule matches a cell when every key matches: equal to the value, or one of
+        its items when the value is a list."""
         for rule in self.skip:
-            if all(getattr(cell, k, None) == v for k, v in rule.items()):
+            if all(getattr(cell, k, None) in (v if isinstance(v, list) else [v]) for k, v in rule.items()):
                 return True
         return False
 
