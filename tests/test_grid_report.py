@@ -107,7 +107,12 @@ def test_report_tables_csv_and_figures(tmp_path):
     assert set(series[("feats", "gcrdp", "n_components")]) == {1, 3}
     out = write_report(results, tmp_path / "report")
     names = {Path(f).name for f in out["files"]}
-    assert {"results.md", "results.csv", "map_vs_shots_feats.png",
+    wide = list(csv.reader(open(tmp_path / "report" / "results_wide.csv")))
+    assert wide[0][:4] == ["method", "feats 0-shot I2T", "feats 0-shot T2I", "feats 0-shot mean"]
+    assert "feats-standard 0-shot mean" in wide[0] and len(wide) == 1 + 3
+    k1 = next(row for row in wide if row[0] == "gcrdp@k1")
+    assert k1[wide[0].index("feats-standard 0-shot mean")] == "–"  # skipped there
+    assert {"results.md", "results.csv", "results_wide.csv", "map_vs_shots_feats.png",
             "sensitivity_gcrdp_n_components_feats.png"} <= names
     for f in out["files"]:
         if f.endswith(".png"):

@@ -15,6 +15,8 @@ Outputs (in ``--output`` DIR):
 ``results.csv``
     one row per (dataset label, method, shots): n_seeds, I2T/T2I/mean mean and std (percent),
     validation mAP — the same numbers, for spreadsheets and other plots.
+``results_wide.csv``
+    the paper's layout in one table: rows = methods, columns = dataset × shots × I2T/T2I/mean.
 ``map_vs_shots_<dataset>.png``
     mean mAP against shots per method, with ± std bands.
 ``sensitivity_<param>_<dataset>.png``
@@ -153,6 +155,24 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     w.writerow(cols)
     for r in sorted(rows, key=lambda r: (r["dataset"], r["method"], r["shots"])):
         w.writerow([r[c] if not isinstance(r[c], float) else f"{r[c]:.4f}" for c in cols])
+    return buf.getvalue()
+
+
+def wide_csv_text(rows: list[dict[str, Any]], methods: list[str] | None = None) -> str:
+    """The paper's layout as one table: a row per method, a column per dataset × shots ×
+    (I2T, T2I, mean), cells ``mean ± std`` (percent); ``–`` where a method was not run."""
+    datasets = _order([r["dataset"] for r in rows])
+    cols = [(d, s) for d in datasets for s in sorted({r["shots"] for r in rows if r["dataset"] == d})]
+    by = {(r["dataset"], r["method"], r["shots"]): r for r in rows}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method"] + [f"{d} {s}-shot {k}" for d, s in cols for k in ("I2T", "T2I", "mean")])
+    for m in _order([r["method"] for r in rows], methods):
+        cells = [m]
+        for d, s in cols:
+            r = by.get((d, m, s))
+            cells += [f"{r[f'{k}_mean']:.1f} ± {r[f'{k}_std']:.1f}" if r else "–" for k in ("i2t", "t2i", "mean")]
+        w.writerow(cells)
     return buf.getvalue()
 
 
@@ -340,7 +360,8 @@ def write_report(results_list: list[dict[str, Any]], out_dir: str | Path, *, met
     md = markdown_tables(rows, methods, datasets)
     atomic_write_text(out_dir / "results.md", md)
     atomic_write_text(out_dir / "results.csv", csv_text(rows))
-    written: list[Path] = [out_dir / "results.md", out_dir / "results.csv"]
+    atomic_write_text(out_dir / "results_wide.csv", wide_csv_text(rows, methods))
+    written: list[Path] = [out_dir / "results.md", out_dir / "results.csv", out_dir / "results_wide.csv"]
     if plots:
         written += plot_map_vs_shots(rows, out_dir, methods)
         written += plot_sensitivity(records, out_dir)
