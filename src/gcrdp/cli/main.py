@@ -313,7 +313,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
               "Run the same command again to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"{out['ran']} run(s) done now, {out['already_done']} were already done ({out['total']} in all): "
-          f"{grid.output_dir / 'runs'}\nTables and figures: gcrdp report {grid.output_dir} --output "
+          f"{grid.output_dir / 'runs'}\nTables and figures: gcrdp report {grid.output_dir / 'runs'} --output "
           f"{grid.output_dir / 'report'}")
     return 0
 
