@@ -668,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (Markdown, CSV) and figures (PNG) from results files")
     p.add_argument("results", type=Path, nargs="+", help="results.json files or folders (searched)")
     p.add_argument("--output", type=Path, required=True, help="folder for results.md, results.csv, *.png")
-    p.add_argument("--methods", nargs="+", default=None, help="row order (default: first seen)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="the methods shown in the tables and curves, in this order (default: all, first seen first)")
     p.add_argument("--datasets", nargs="+", default=None, help="table order of the dataset labels")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--bench", type=Path, default=None,

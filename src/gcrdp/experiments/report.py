@@ -258,7 +258,7 @@ def plot_sensitivity(records: list[dict[str, Any]], out_dir: Path) -> list[Path]
         values = sorted(series)
         for s in sorted({s for v in series.values() for s in v}):
             pts = [(v, *_ms(series[v][s])) for v in values if s in series[v]]
-            if not pts:
+            if len(pts) < 2:  # e.g. shots only the plain entry was run at: no curve
                 continue
             x, y, e = (np.array(t, dtype=float) for t in zip(*pts))
             ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=f"{s}-shot")
@@ -357,6 +357,12 @@ def write_report(results_list: list[dict[str, Any]], out_dir: str | Path, *, met
     out_dir.mkdir(parents=True, exist_ok=True)
     records = gather(results_list)
     rows = aggregate(records)
+    if methods:  # the methods shown in the tables and the mAP curves (sensitivity uses every run)
+        missing = sorted(set(methods) - {r["method"] for r in rows})
+        if missing:
+            raise ConfigError(f"--methods {missing} have no results; the results have "
+                              f"{sorted({r['method'] for r in rows})}.")
+        rows = [r for r in rows if r["method"] in methods]
     md = markdown_tables(rows, methods, datasets)
     atomic_write_text(out_dir / "results.md", md)
     atomic_write_text(out_dir / "results.csv", csv_text(rows))
