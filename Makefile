@@ -15,7 +15,7 @@ help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji: gap-infonce and gcrdp (0/1/3/5 shots, 3 seeds)"
 	@echo "make test   # set up .venv and run the test suite"
 	@echo "make bench  # run the benchmarks in benchmarks/"
-	@echo "make reproduce # every baseline and GCRDP on the data available: docs/results.md and docs/figures"
+	@echo "make reproduce # every baseline and GCRDP on the data available: docs/results.md, docs/figures (~75 min)"
 	@echo "make evidence  # GCRDP ablation + sensitivity on Twemoji (tables of docs/gcrdp-study.md; ~1 h 45 min)"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -49,7 +49,8 @@ evidence: $(STAMP)
 # Every baseline and GCRDP, 0/1/3/5 shots × 5 seeds, on Twemoji and (where ../shared/data has
 # them) the Wikipedia SIFT/LDA and Pascal DSCMR features; then docs/results.md and docs/figures.
 # The grid is resumable: an interrupted `make reproduce` continues; delete runs/reproduce to
-# start from nothing. Twemoji and the feature datasets run side by side, one thread each.
+# start from nothing. Twemoji and the feature datasets run side by side, one thread each
+# (about 75 min on 2 cores; the Twemoji group, with the GCRDP K/θ variants, is the longer).
 REPRODUCE_DIR ?= runs/reproduce
 reproduce: $(STAMP)
 	@OMP_NUM_THREADS=1 $(BIN)/gcrdp experiment configs/reproduce.json --output-dir $(REPRODUCE_DIR) --datasets twemoji -q & a=$$!; \
