@@ -252,7 +252,7 @@ def test_seeded_split_without_split_array(tmp_path):
     sizes = {c: sum(1 for s in a.samples if s.labels[0] == c) for c in a.classes}
     for c, n in sizes.items():
         if n >= 2:
-            assert 1 <= tests[c] <= n - 1
+            assert tests[c] in range(1, n)
         else:
             assert tests[c] == 0
     assert tests["apple"] == 2  # round(0.2 * 10)

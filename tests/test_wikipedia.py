@@ -436,6 +436,6 @@ def test_real_wikipedia_fewshot_run(shared_data):
         for d in ("i2t", "t2i"):
             v = rec["test"][d]["map"]
             assert math.isfinite(v) and 0.0 < v <= 1.0
-        assert 1 <= rec["fit"]["epochs"] <= 3
+        assert rec["fit"]["epochs"] in (1, 2, 3)
     assert res["resolved"]["n_samples"] == 2866 and res["resolved"]["n_classes"] == 10
     assert len(res["summary"]) == 2

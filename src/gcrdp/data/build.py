@@ -128,27 +128,11 @@ def index_images(folder: Path) -> dict[str, Path]:
 
 def assign_test_split(ids: Sequence[str], first_labels: Sequence[str], test_fraction: float,
                       seed: int) -> list[str]:
-    """A deterministic per-class train/test split for data that has none: each class's samples
-    (by first label) are ordered by ``sha256("<seed>\\0<class>\\0<id>")`` and the first
-    ``round(test_fraction * n)`` — at least one when the class has two or more samples, never
-    all of them — are ``test``. Depends only on the seed, the ids and the labels."""
-    import hashlib
+    """A deterministic per-class train/test split for data that has none (``"train"`` /
+    ``"test"`` per sample, in order): the rule of :func:`gcrdp.data.folder.per_class_test_split`
+    with the sample ids as keys — per class (a sample's first label), ids ordered by
+    ``sha256("<seed>\\0<class>\\0<id>")``, the first ``floor(test_fraction · n + 0.5)`` (at
+    least one when the class has two or more samples, never all) to test."""
+    from .folder import per_class_test_split
 
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0.0 < float(test_fraction) < 1.0:
-        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
-    by_class: dict[str, list[int]] = {}
-    for i, c in enumerate(first_labels):
-        by_class.setdefault(c, []).append(i)
-    out = ["train"] * len(ids)
-    for c, rows in by_class.items():
-        rows = sorted(rows, key=lambda i: hashlib.sha256(f"{seed}\0{c}\0{ids[i]}".encode()).hexdigest())
-        n = len(rows)
-        k = int(round(test_fraction * n))
-        if n >= 2:
-            k = min(max(k, 1), n - 1)
-        else:
-            k = 0
-        for i in rows[:k]:
-            out[i] = "test"
-    return out
+    return per_class_test_split(list(zip(first_labels, ids)), test_fraction, seed)
