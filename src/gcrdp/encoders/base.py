@@ -90,6 +90,19 @@ def check_encoder(encoder: object, modality: str, role: str = "encoder") -> None
                           f"{getattr(encoder, 'name', '?')!r} has modality {got!r}.")
 
 
+def check_texts(texts: Sequence[Any]) -> list[str]:
+    """The texts stripped; :class:`DataError` naming the positions of empty or non-string ones."""
+    from ..errors import format_list
+
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise DataError(
+            f"{len(bad)} texts are empty or not strings (positions {format_list(bad)}). "
+            "Every sample needs a non-empty text; drop or fill these samples."
+        )
+    return [t.strip() for t in texts]
+
+
 def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")

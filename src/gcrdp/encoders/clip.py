@@ -61,7 +61,7 @@ import torch
 from ..data.features import ModalityFeatures
 from ..errors import ConfigError, DataError, format_list, optional_import
 from .base import (
-    ENCODERS_EXTRA, IMAGE_ENCODERS, TEXT_ENCODERS, check_batch_size, resolve_threads,
+    ENCODERS_EXTRA, IMAGE_ENCODERS, TEXT_ENCODERS, check_batch_size, check_texts, resolve_threads,
     sha256_file, torch_threads,
 )
 from .images import check_image_files, describe_items, load_image, to_rgb
@@ -449,15 +449,7 @@ class CLIPTextEncoder:
         return self
 
     # ------------------------------------------------------------------ encoding
-    @staticmethod
-    def _check_texts(texts: Sequence[Any]) -> list[str]:
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-        if bad:
-            raise DataError(
-                f"{len(bad)} texts are empty or not strings (positions {format_list(bad)}). "
-                "Every sample needs a non-empty text; drop or fill these samples."
-            )
-        return [t.strip() for t in texts]
+    _check_texts = staticmethod(check_texts)
 
     def encode(
         self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True

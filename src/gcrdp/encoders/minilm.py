@@ -32,7 +32,7 @@ import torch
 from ..data.features import ModalityFeatures
 from ..errors import ConfigError, DataError, format_list, optional_import
 from .base import (
-    ENCODERS_EXTRA, TEXT_ENCODERS, check_batch_size, resolve_threads, sha256_file, torch_threads,
+    ENCODERS_EXTRA, TEXT_ENCODERS, check_batch_size, check_texts, resolve_threads, sha256_file, torch_threads,
 )
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -156,15 +156,7 @@ class MiniLMEncoder:
         return self
 
     # ------------------------------------------------------------------ encoding
-    @staticmethod
-    def _check_texts(texts: Sequence[Any]) -> list[str]:
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-        if bad:
-            raise DataError(
-                f"{len(bad)} texts are empty or not strings (positions {format_list(bad)}). "
-                "Every sample needs a non-empty text; drop or fill these samples."
-            )
-        return [t.strip() for t in texts]
+    _check_texts = staticmethod(check_texts)
 
     def encode(
         self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True
