@@ -197,7 +197,9 @@ def test_run_experiment_end_to_end():
                                    device="cpu"), progress=False, dataset=ds, features=feats)
     for rec in res["records"]:
         assert rec["test"]["mean_map"] > rec["chance"]["i2t"] + 0.2, rec["method"]
-        assert rec["fit"]["epochs"] == 0 and rec["fit"]["n_fewshot"] == 3
+        # the 3 unseen-class shots and the validation classes' shots (mirrored validation)
+        assert rec["split"]["n_fewshot"] == 3 and rec["split"]["n_val_fewshot"] >= 2
+        assert rec["fit"]["epochs"] == 0 and rec["fit"]["n_fewshot"] == 3 + rec["split"]["n_val_fewshot"]
     auto = res["records"][0]["fit"]
     assert auto["reg_selection"] == "validation mean mAP" and auto["reg"] in AUTO_REG_GRID
     assert set(auto["val_map_by_reg"]) == {str(r) for r in AUTO_REG_GRID}

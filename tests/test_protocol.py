@@ -87,23 +87,98 @@ def test_zero_shot_has_no_unseen_class_in_train(ds):
 
 def test_class_disjointness(ds):
     for seed in SEEDS:
-        sp = make_split(ds, shots=0, seed=seed)
+        sp = make_split(ds, shots=0, seed=seed, val_mode="zero-shot")
         tr, va, te = set(sp.train_classes), set(sp.val_classes), set(sp.test_classes)
         assert not tr & va and not tr & te and not va & te
         assert tr | va == set(ds.class_split.seen) and te == set(ds.class_split.unseen)
         assert set(_labels(ds, sp.val)) == va and set(_labels(ds, sp.train)) == tr
-        sp5 = make_split(ds, shots=5, seed=seed)
+        sp5 = make_split(ds, shots=5, seed=seed, val_mode="zero-shot")
         assert set(sp5.train_classes) == tr | te and not set(sp5.val_classes) & set(sp5.train_classes)
 
 
 def test_validation_is_all_train_pairs_of_its_classes(ds):
-    sp = make_split(ds, shots=0, seed=0)
+    sp = make_split(ds, shots=0, seed=0, val_mode="zero-shot")
     # 5 seen classes, val_fraction 0.2 -> max(1, 1) = 1, raised to 2 (>= 3 seen classes)
     assert len(sp.val_classes) == 2
     expected = [i for i, s in enumerate(ds.samples) if s.split == "train" and s.labels[0] in sp.val_classes]
     assert sp.val.tolist() == expected
-    assert len(make_split(ds, val_fraction=0.6).val_classes) == 3
+    assert len(make_split(ds, val_fraction=0.6, val_mode="zero-shot").val_classes) == 3
     assert make_split(ds, val_fraction=0.0).val.size == 0
+    assert make_split(ds, val_fraction=0.0, val_mode="zero-shot").val.size == 0
+
+
+def _mirror_dataset():
+    # 24 seen classes of 6..17 train pairs, 6 unseen of 8
+    classes = [f"s{i:02d}" for i in range(24)] + [f"u{i}" for i in range(6)]
+    samples = []
+    for ci, c in enumerate(classes):
+        n_train = 8 if c.startswith("u") else 6 + ci % 12
+        for j in range(n_train):
+            samples.append(Sample(id=f"{c}-tr{j}", text=f"{c} {j}", labels=(c,), split="train"))
+        for j in range(3):
+            samples.append(Sample(id=f"{c}-te{j}", text=f"{c} t{j}", labels=(c,), split="test"))
+    split = ClassSplit("mirror", "t", tuple(classes[:24]), tuple(classes[24:]))
+    return Dataset(name="mirror", samples=samples, classes=classes, class_split=split)
+
+
+def test_mirror_validation_treats_its_classes_like_the_unseen_ones():
+    ds = _mirror_dataset()
+    by_class = Counter(s.labels[0] for s in ds.samples if s.split == "train")
+    for seed in SEEDS:
+        previous: set[int] = set()
+        classes_at: dict[int, tuple[str, ...]] = {}
+        for shots in (0, 1, 3, 5):
+            sp = make_split(ds, shots=shots, seed=seed)  # val_mode="mirror" is the default
+            sp.verify(ds)
+            assert sp.val_mode == "mirror"
+            va = set(sp.val_classes)
+            classes_at[shots] = sp.val_classes
+            # exactly `shots` training pairs per validation class, the rest validate
+            assert _labels(ds, sp.val_fewshot) == ({c: shots for c in va} if shots else {})
+            assert _labels(ds, sp.val) == {c: by_class[c] - shots for c in va}
+            assert set(sp.val_fewshot) <= set(sp.train) and not set(sp.val) & set(sp.train)
+            # nested draws, like the unseen shots
+            assert previous <= set(sp.val_fewshot)
+            previous = set(sp.val_fewshot)
+            # both kinds of shots are oversampled; nothing else is
+            assert set(sp.oversampled) == set(sp.fewshot) | set(sp.val_fewshot)
+            # at least 10 classes (min_classes), at most half of the 24 seen classes
+            assert 10 <= len(va) <= 12
+            assert len(va) == 12 or sp.val.size >= 200
+            seen_train = {c for c in ds.class_split.seen if c not in va}
+            assert set(_labels(ds, np.setdiff1d(sp.train, sp.oversampled))) == seen_train
+        # the classes depend on the seed only while they stay eligible (> shots pairs: all here)
+        assert len(set(classes_at.values())) == 1
+    assert make_split(ds, seed=0).digest() != make_split(ds, seed=0, val_mode="zero-shot").digest()
+
+
+def test_mirror_validation_sizes_and_eligibility():
+    ds = _mirror_dataset()
+    few = make_split(ds, shots=1, seed=0, val_min_classes=3, val_min_pairs=0)
+    assert len(few.val_classes) == 5  # round(0.2 * 24) > 3
+    pairs = make_split(ds, shots=1, seed=0, val_min_classes=3, val_min_pairs=60)
+    assert pairs.val.size >= 60 and len(pairs.val_classes) >= 5
+    # classes with no more than `shots` train pairs cannot validate
+    big = make_split(ds, shots=7, seed=0, val_min_classes=24, val_min_pairs=10**6)
+    counts = Counter(s.labels[0] for s in ds.samples if s.split == "train")
+    assert all(counts[c] > 7 for c in big.val_classes) and len(big.val_classes) == 12
+    assert any(counts[c] <= 7 for c in ds.class_split.seen)
+    assert make_split(ds, shots=1, seed=0).split_options()["val_mode"] == "mirror"
+    with pytest.raises(ConfigError, match="val_mode"):
+        make_split(ds, val_mode="fold")
+
+
+def test_split_from_summary_round_trips():
+    from gcrdp.data.protocol import split_from_summary
+
+    ds = _mirror_dataset()
+    for mode in ("mirror", "zero-shot"):
+        sp = make_split(ds, shots=3, seed=2, val_mode=mode)
+        assert split_from_summary(ds, sp.summary()).digest() == sp.digest()
+    old = make_split(ds, shots=3, seed=2, val_mode="zero-shot").summary()
+    for key in ("val_mode", "val_min_classes", "val_min_pairs"):
+        old.pop(key)  # a summary written before the mirrored validation existed
+    assert split_from_summary(ds, old).digest() == make_split(ds, shots=3, seed=2, val_mode="zero-shot").digest()
 
 
 def test_test_split_never_in_train_or_val(ds):
@@ -291,8 +366,11 @@ def test_protocol_on_wikipedia_labels(shared_data):
     for seed in range(3):
         previous: set[int] = set()
         for shots in (0, 1, 3, 5):
-            sp = make_split(ds, "fewshot", shots=shots, seed=seed)
+            sp = make_split(ds, "fewshot", shots=shots, seed=seed, val_mode="zero-shot")
             sp.verify(ds)
+            mirror = make_split(ds, "fewshot", shots=shots, seed=seed)
+            mirror.verify(ds)  # 5 seen classes: at most 2 held out, each with `shots` in train
+            assert len(mirror.val_classes) == 2 and mirror.val_fewshot.size == 2 * shots
             assert _labels(ds, sp.fewshot) == ({c: shots for c in unseen} if shots else {})
             assert previous <= set(sp.fewshot)
             previous = set(sp.fewshot)

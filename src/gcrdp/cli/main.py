@@ -91,8 +91,16 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
 
 def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
     """Flags shared by ``run`` and ``train``: protocol, validation share, cut-offs, device."""
-    g.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default=None)
-    g.add_argument("--val-fraction", type=float, default=None)
+    g.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default=None,
+                   help="fewshot (default): train on the seen classes + N pairs per unseen class, "
+                        "test on the unseen ones; generalized: the gallery also holds the seen "
+                        "classes' test pairs; standard: every class seen")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the seen classes held out for validation (default 0.2; with "
+                        "--val-mode mirror at least 10 classes / 200 pairs, at most half)")
+    g.add_argument("--val-mode", choices=["mirror", "zero-shot"], default=None,
+                   help="mirror (default): the validation classes get the run's N shots in "
+                        "training, as the unseen classes do; zero-shot: they get none")
     g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
     g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
 
@@ -173,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction"):
+    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction", "val_mode"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -210,7 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "ks", "device", "val_fraction"):
+    for key in ("protocol", "ks", "device", "val_fraction", "val_mode"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -340,15 +348,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _embedding_map(args: argparse.Namespace) -> Path:
-    from ..data.protocol import make_split
+    from ..data.protocol import split_from_summary
     from ..experiments.report import plot_embedding_map
     from ..training.checkpoint import load_method
     from ..training.seeding import resolve_device
 
     ckpt, run, config, dataset, features = _restore_run(args.embedding_map, None, None, True)
     info = run["split"]
-    split = make_split(dataset, protocol=info["protocol"], shots=info["shots"], seed=info["seed"],
-                       val_fraction=info["val_fraction"], val_by=info.get("val_by", "class"))
+    split = split_from_summary(dataset, info)
     method = load_method(ckpt, resolve_device(config.device))
     q = split.test_query
     return plot_embedding_map(method, features.subset(q), dataset.label_matrix()[q], list(dataset.classes),
@@ -561,7 +568,7 @@ def _restore_run(checkpoint: Path, cache_dir: Path | None, device: str | None, q
 def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     """Re-create the dataset, features and split of a ``gcrdp train`` run from its final
     checkpoint and evaluate the stored method on the test pairs."""
-    from ..data.protocol import make_split
+    from ..data.protocol import split_from_summary
     from ..errors import DataError
     from ..evaluation import chance_map
     from ..experiments.runner import evaluate_split
@@ -571,8 +578,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
 
     ckpt, run, config, dataset, features = _restore_run(args.checkpoint, args.cache_dir, args.device, args.quiet)
     info = run["split"]
-    split = make_split(dataset, protocol=info["protocol"], shots=info["shots"], seed=info["seed"],
-                       val_fraction=info["val_fraction"], val_by=info.get("val_by", "class"))
+    split = split_from_summary(dataset, info)
     if split.digest() != info.get("digest"):
         raise DataError(f"The protocol split re-created for checkpoint {ckpt.path} differs from the "
                         f"one it was trained on (digest {split.digest()} vs {info.get('digest')}); "

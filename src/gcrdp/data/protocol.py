@@ -8,14 +8,27 @@
     * *Unseen side*: a sample is on the unseen side when **any** of its labels is unseen
       (multi-label data); otherwise it is on the seen side. Unseen-side samples never enter
       training or validation except as drawn shots.
-    * *Validation* (``val_by="class"``, default): all seen-side train-split pairs of
-      ``n_val = max(1, round(val_fraction * n_seen))`` seen classes — at least 2 when there
-      are 3 or more seen classes (a one-class validation set makes every AP 1), and always
-      leaving at least one seen class to train on — chosen by the seed. A seen-side sample
-      with *any* label among those classes goes to validation, so the validation classes are
-      disjoint from the classes of the seen training pairs. With fewer than 2 seen classes,
-      or with ``val_by="pair"``, validation is instead a per-class (stratified) ``val_fraction``
-      of the seen-side train pairs.
+    * *Validation classes* (``val_by="class"``, default): held-out seen classes chosen by the
+      seed. A seen-side sample with *any* label among them is on the validation side, so the
+      validation classes are disjoint from the classes of the seen training pairs.
+
+      - ``val_mode="mirror"`` (default) treats them **exactly as the test treats the unseen
+        classes**: each validation class gives ``shots`` of its train-split pairs to training
+        (drawn like the unseen shots, nested, kept apart for oversampling: ``val_fewshot``),
+        and is evaluated on its remaining pairs. Only seen classes with more than ``shots``
+        train-split pairs are eligible. Classes are taken in a seeded order until there are at
+        least ``max(round(val_fraction * n_seen), val_min_classes)`` of them *and* at least
+        ``val_min_pairs`` validation pairs, but never more than half of the seen classes, so
+        that training keeps at least as many seen classes as validation holds out. The order
+        depends on the seed only, so for one seed the classes are the same at every shot count
+        as long as they stay eligible.
+      - ``val_mode="zero-shot"`` (the first protocol, kept for comparison): all seen-side
+        train-split pairs of ``n_val = max(1, round(val_fraction * n_seen))`` classes (at
+        least 2 when there are 3 or more seen classes, always leaving one to train on) are
+        validation pairs, and none of them trains: a zero-shot check whatever ``shots``.
+
+      With fewer than 2 seen classes, or with ``val_by="pair"``, validation is instead a
+      per-class (stratified) ``val_fraction`` of the seen-side train pairs.
     * *Training*: the other seen-side train-split pairs, plus ``shots`` train-split pairs
       drawn for each unseen class (``fewshot``, kept apart for oversampling).
     * *Test*: every test-split pair on the unseen side; queries = gallery.
@@ -47,7 +60,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -61,6 +74,7 @@ VAL_BY = ("class", "pair")
 _TAG_SHOTS = 1
 _TAG_VAL_CLASSES = 2
 _TAG_VAL_PAIRS = 3
+VAL_MODES = ("mirror", "zero-shot")
 
 
 def _name_key(name: str) -> int:
@@ -91,12 +105,15 @@ class ProtocolSplit:
         test_query: (n_query,) int64 — test queries (both directions: I2T and T2I).
         test_gallery: (n_gallery,) int64 — test gallery; ⊇ ``test_query``.
         fewshot: (n_shots,) int64 — the drawn unseen-class pairs, a subset of ``train``.
+        val_fewshot: (n,) int64 — the pairs drawn from the validation classes (``val_mode=
+            "mirror"``), a subset of ``train``, oversampled like ``fewshot``; empty otherwise.
         train_classes: classes carried by the training pairs, in ``dataset.classes`` order.
         val_classes: classes of the validation pairs (fewshot: the held-out seen classes).
         test_classes: the query classes (unseen classes; all classes for ``standard``).
         seen_classes, unseen_classes: the class split used (``standard``: all seen).
         dataset: the dataset's name; class_split_version: the split's version (or None).
-        val_fraction, val_by: the validation settings used.
+        val_fraction, val_by, val_mode, val_min_classes, val_min_pairs: the validation
+            settings used (:meth:`split_options` gives them back as ``make_split`` keywords).
     """
 
     protocol: str
@@ -116,6 +133,10 @@ class ProtocolSplit:
     class_split_version: str | None = None
     val_fraction: float = 0.2
     val_by: str = "class"
+    val_fewshot: np.ndarray = field(default_factory=lambda: _index([]))
+    val_mode: str = "mirror"
+    val_min_classes: int = 0
+    val_min_pairs: int = 0
 
     def digest(self) -> str:
         """SHA-256 of the index arrays (short, for provenance and cache keys)."""
@@ -123,7 +144,20 @@ class ProtocolSplit:
         for name in ("train", "val", "test_query", "test_gallery", "fewshot"):
             arr = np.ascontiguousarray(getattr(self, name), dtype="<i8")
             h.update(name.encode() + b"\0" + arr.tobytes())
+        if self.val_fewshot.size:  # (absent from the digests of splits without it)
+            h.update(b"val_fewshot\0" + np.ascontiguousarray(self.val_fewshot, dtype="<i8").tobytes())
         return h.hexdigest()[:16]
+
+    @property
+    def oversampled(self) -> np.ndarray:
+        """The training pairs drawn as shots (unseen and validation classes): sorted indices."""
+        return _index(np.concatenate([self.fewshot, self.val_fewshot]))
+
+    def split_options(self) -> dict:
+        """The :func:`make_split` keywords that re-create this split from the same dataset."""
+        return {"protocol": self.protocol, "shots": self.shots, "seed": self.seed,
+                "val_fraction": self.val_fraction, "val_by": self.val_by, "val_mode": self.val_mode,
+                "val_min_classes": self.val_min_classes, "val_min_pairs": self.val_min_pairs}
 
     def summary(self) -> dict:
         """JSON-ready description: settings, sizes, class lists and the index digest."""
@@ -135,7 +169,11 @@ class ProtocolSplit:
             "seed": self.seed,
             "val_fraction": self.val_fraction,
             "val_by": self.val_by,
+            "val_mode": self.val_mode,
+            "val_min_classes": self.val_min_classes,
+            "val_min_pairs": self.val_min_pairs,
             "n_train": int(self.train.size),
+            "n_val_fewshot": int(self.val_fewshot.size),
             "n_val": int(self.val.size),
             "n_test_query": int(self.test_query.size),
             "n_test_gallery": int(self.test_gallery.size),
@@ -172,8 +210,15 @@ class ProtocolSplit:
             problems.append("train and val overlap")
         if np.setdiff1d(self.test_query, self.test_gallery).size:
             problems.append("some test queries are not in the gallery")
-        if np.setdiff1d(self.fewshot, self.train).size:
+        if np.setdiff1d(self.fewshot, self.train).size or np.setdiff1d(self.val_fewshot, self.train).size:
             problems.append("some shots are not in train")
+        if np.intersect1d(self.val_fewshot, self.fewshot).size:
+            problems.append("validation shots overlap the unseen-class shots")
+        if self.val_by == "class" and self.val_classes:
+            held = set(self.val_classes)
+            val_side = np.array([any(lab in held for lab in s.labels) for s in dataset.samples])
+            if np.any(val_side[np.setdiff1d(self.train, self.val_fewshot)]):
+                problems.append("validation-class pairs in train beyond their shots")
         if self.protocol != "standard":
             unseen = set(self.unseen_classes)
             side = np.array([any(lab in unseen for lab in s.labels) for s in dataset.samples])
@@ -236,6 +281,9 @@ def make_split(
     val_fraction: float = 0.2,
     *,
     val_by: str = "class",
+    val_mode: str = "mirror",
+    val_min_classes: int = 10,
+    val_min_pairs: int = 200,
     class_split: ClassSplit | None = None,
 ) -> ProtocolSplit:
     """Build the :class:`ProtocolSplit` of ``dataset`` (conventions in the module docstring).
@@ -250,6 +298,10 @@ def make_split(
             per class (``val_by="pair"``, ``standard``) held out for validation. 0 = no
             validation set.
         val_by: ``"class"`` (class-disjoint validation, default) or ``"pair"``.
+        val_mode: ``"mirror"`` (validation classes get ``shots`` training pairs, like the
+            unseen classes; default) or ``"zero-shot"`` (they get none). ``val_by="class"`` only.
+        val_min_classes, val_min_pairs: ``"mirror"`` only — the fewest validation classes and
+            validation pairs to aim for (capped at half of the seen classes).
         class_split: overrides ``dataset.class_split``.
 
     Raises:
@@ -276,6 +328,12 @@ def make_split(
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
     if val_by not in VAL_BY:
         raise ConfigError(f"Unknown val_by {val_by!r}. Known: {', '.join(VAL_BY)}.")
+    if val_mode not in VAL_MODES:
+        raise ConfigError(f"Unknown val_mode {val_mode!r}. Known: {', '.join(VAL_MODES)} (mirror: the "
+                          "validation classes get the run's shots in training, like the unseen "
+                          "classes; zero-shot: they get none).")
+    val_min_classes = _check_int("val_min_classes", val_min_classes)
+    val_min_pairs = _check_int("val_min_pairs", val_min_pairs)
 
     samples = dataset.samples
     splits = np.array([s.split for s in samples])
@@ -302,7 +360,7 @@ def make_split(
             train_classes=_classes_of(dataset, train), val_classes=_classes_of(dataset, val),
             test_classes=tuple(dataset.classes), seen_classes=tuple(dataset.classes),
             unseen_classes=(), dataset=dataset.name,
-            class_split_version=None, val_fraction=val_fraction, val_by="pair",
+            class_split_version=None, val_fraction=val_fraction, val_by="pair", val_mode=val_mode,
         )
 
     cs = class_split if class_split is not None else dataset.class_split
@@ -353,7 +411,11 @@ def make_split(
     # --- validation on the seen side
     seen_train = train_split[~unseen_side[train_split]]
     mode = val_by if len(seen) >= 2 else "pair"
-    if mode == "class":
+    val_fewshot = _index([])
+    if mode == "class" and val_mode == "mirror":
+        train_seen, val, val_fewshot, val_classes = _mirror_validation(
+            samples, seen, seen_train, shots, seed, val_fraction, val_min_classes, val_min_pairs)
+    elif mode == "class":
         n_val = 0
         if val_fraction > 0:
             n_val = max(1, int(round(val_fraction * len(seen))))
@@ -371,7 +433,7 @@ def make_split(
     else:
         train_seen, val = _stratified_holdout(seen_train, primary, seen, val_fraction, seed)
         val_classes = _classes_of(dataset, val)
-    train = _index(np.concatenate([train_seen, fewshot]))
+    train = _index(np.concatenate([train_seen, fewshot, val_fewshot]))
 
     test_query = _index(test_split[unseen_side[test_split]])
     if test_query.size == 0:
@@ -387,5 +449,62 @@ def make_split(
         train_classes=_classes_of(dataset, train), val_classes=val_classes,
         test_classes=tuple(unseen), seen_classes=tuple(seen), unseen_classes=tuple(unseen),
         dataset=dataset.name, class_split_version=cs.version,
-        val_fraction=val_fraction, val_by=mode,
+        val_fraction=val_fraction, val_by=mode, val_fewshot=val_fewshot,
+        val_mode=val_mode if mode == "class" else "zero-shot",
+        val_min_classes=val_min_classes, val_min_pairs=val_min_pairs,
     )
+
+
+def _mirror_validation(
+    samples, seen: list[str], seen_train: np.ndarray, shots: int, seed: int, val_fraction: float,
+    min_classes: int, min_pairs: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Validation classes that mirror the test (module docstring, ``val_mode="mirror"``).
+
+    -> (seen training pairs, validation pairs, validation-class shots, validation classes)."""
+    labels_of = {int(i): samples[int(i)].labels for i in seen_train}
+    members: dict[str, list[int]] = {c: [] for c in seen}
+    for i, labs in labels_of.items():
+        for lab in labs:
+            if lab in members:
+                members[lab].append(i)
+    target = 0
+    if val_fraction > 0:
+        target = max(int(round(val_fraction * len(seen))), min_classes, 2 if len(seen) >= 3 else 1)
+    cap = max(1, len(seen) // 2)
+    order = _rng(seed, _TAG_VAL_CLASSES).permutation(len(seen))
+    chosen: list[str] = []
+    val_side: set[int] = set()
+    drawn: set[int] = set()
+    for j in order:
+        if target == 0 or len(chosen) >= cap:
+            break
+        pairs_now = len(val_side - drawn)
+        if len(chosen) >= target and pairs_now >= min_pairs:
+            break
+        c = seen[int(j)]
+        pool = sorted(members[c])
+        if len(pool) <= shots:  # nothing would be left to validate on
+            continue
+        chosen.append(c)
+        val_side.update(pool)
+        if shots:  # nested draws, one stream per class, as for the unseen classes
+            perm = _rng(seed, _TAG_SHOTS, c).permutation(np.asarray(pool, dtype=np.int64))
+            drawn.update(perm[:shots].tolist())
+    held = set(chosen)
+    # Any pair carrying a validation class is on the validation side (multi-label data).
+    side = {i for i, labs in labels_of.items() if any(lab in held for lab in labs)}
+    val_shots = _index(sorted(drawn & side))
+    val = _index(sorted(side - drawn))
+    train_seen = _index(sorted(set(labels_of) - side))
+    return train_seen, val, val_shots, tuple(c for c in seen if c in held)
+
+
+def split_from_summary(dataset: Dataset, info: dict) -> ProtocolSplit:
+    """Re-create the split described by :meth:`ProtocolSplit.summary` (e.g. a checkpoint's).
+    Summaries written before ``val_mode`` existed describe the zero-shot validation."""
+    return make_split(
+        dataset, protocol=info["protocol"], shots=info["shots"], seed=info["seed"],
+        val_fraction=info["val_fraction"], val_by=info.get("val_by", "class"),
+        val_mode=info.get("val_mode", "zero-shot"),
+        val_min_classes=info.get("val_min_classes", 10), val_min_pairs=info.get("val_min_pairs", 200))

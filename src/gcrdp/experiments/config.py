@@ -30,6 +30,10 @@ class RunConfig:
         cache_dir: feature cache folder (``None``: ``$GCRDP_CACHE_DIR`` or ``~/.cache/gcrdp``).
         val_fraction: fraction of seen classes (few-shot) or of train pairs (standard) held
             out for validation.
+        val_mode: ``mirror`` (the validation classes get the run's shots in training, like
+            the unseen classes) or ``zero-shot`` (they get none; the first protocol).
+        val_min_classes, val_min_pairs: with ``mirror``, the fewest validation classes and
+            pairs to aim for (at most half of the seen classes are held out).
         ks: extra cut-offs for mAP@k, precision@k and recall@k.
         device: ``cpu``, ``cuda`` or ``auto``.
         extract_batch_size: batch size of feature extraction.
@@ -50,6 +54,9 @@ class RunConfig:
     feature_dtype: str = "float16"
     cache_dir: str | None = None
     val_fraction: float = 0.2
+    val_mode: str = "mirror"
+    val_min_classes: int = 10
+    val_min_pairs: int = 200
     ks: list[int] = field(default_factory=list)
     device: str = "auto"
     extract_batch_size: int = 64
@@ -76,6 +83,11 @@ class RunConfig:
             raise ConfigError(f"feature_dtype must be 'float16' or 'float32', got {self.feature_dtype!r}.")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+        if self.val_mode not in ("mirror", "zero-shot"):
+            raise ConfigError(f"val_mode must be 'mirror' or 'zero-shot', got {self.val_mode!r}.")
+        if self.val_min_classes < 0 or self.val_min_pairs < 0:
+            raise ConfigError("val_min_classes and val_min_pairs must be >= 0, got "
+                              f"{self.val_min_classes} and {self.val_min_pairs}.")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}.")
         unknown = sorted(set(self.method_options) - set(self.methods))

@@ -103,10 +103,11 @@ def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split:
 
 def fit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_names) -> FitData:
     """What a method is fitted on for one protocol ``split``: its train pairs (the few-shot
-    unseen-class pairs marked for oversampling) and its validation pairs."""
+    pairs of the unseen classes, and of the validation classes under the mirrored validation,
+    marked for oversampling) and its validation pairs."""
     return FitData(
         train=features.subset(split.train), train_labels=labels[split.train],
-        oversample=np.isin(split.train, split.fewshot),
+        oversample=np.isin(split.train, split.oversampled),
         val=features.subset(split.val) if len(split.val) else None,
         val_labels=labels[split.val] if len(split.val) else None,
         class_names=tuple(class_names),
@@ -198,7 +199,9 @@ def run_experiment(
 
     # Validate every split before training anything (e.g. too few pairs for the shots).
     splits = {(s, seed): make_split(dataset, protocol=config.protocol, shots=s, seed=seed,
-                                    val_fraction=config.val_fraction)
+                                    val_fraction=config.val_fraction, val_mode=config.val_mode,
+                                    val_min_classes=config.val_min_classes,
+                                    val_min_pairs=config.val_min_pairs)
               for s in shot_values for seed in config.seeds}
 
     records: list[dict[str, Any]] = []

@@ -3,7 +3,7 @@
 from .combined import LossWeights, combine_losses
 from .infonce import symmetric_infonce
 from .multi_positive import multi_positive_infonce
-from .rdp import RDP_CONFIDENCE, RDP_VARIANTS, rdp_loss
+from .rdp import RDP_CONFIDENCE, RDP_TEACHERS, RDP_VARIANTS, rdp_loss, rdp_teacher_loss
 from .regularizer import cross_modal_regularizer
 
 __all__ = [
@@ -14,5 +14,7 @@ __all__ = [
     "cross_modal_regularizer",
     "multi_positive_infonce",
     "rdp_loss",
+    "rdp_teacher_loss",
+    "RDP_TEACHERS",
     "symmetric_infonce",
 ]

@@ -15,6 +15,8 @@ import torch
 
 from ..errors import ConfigError, DataError
 
+VIEW_POSITIVES = ("all", "cross")
+
 
 def validate_temperature(temperature: float | torch.Tensor) -> None:
     """Raise :class:`ConfigError` unless ``temperature`` is a finite positive scalar."""
@@ -60,6 +62,9 @@ def multi_positive_infonce(
     *,
     class_positives: bool = False,
     intra_modal_negatives: bool = False,
+    view_positives: str = "all",
+    image_weights: torch.Tensor | None = None,
+    text_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric multi-positive InfoNCE over K views per sample.
 
@@ -73,6 +78,14 @@ def multi_positive_infonce(
             class with the anchor's pair.
         intra_modal_negatives: also put the same-modality views of the other pairs in the
             candidate set (as negatives, or as positives under ``class_positives``).
+        view_positives: ``"all"`` (SPEC: the other views of the anchor's own pair in *both*
+            modalities are positives) or ``"cross"`` (only the other modality's views are; the
+            anchor's own-modality views of its pair are then not candidates at all, so one
+            sample's views are neither pulled together nor pushed apart).
+        image_weights, text_weights: optional (B, K) non-negative view weights (e.g. the
+            mixture weights π, detached). A positive counts with its view's weight in the
+            anchor's mean over positives, and an anchor with its own weight in the mean over
+            anchors (per modality). None = every view weighs 1.
 
     Candidate set of an image view (i, k): all B·K text views, the other K − 1 image views of
     pair i, and — with ``intra_modal_negatives`` — the image views of the other pairs. The anchor
@@ -94,11 +107,36 @@ def multi_positive_infonce(
         )
     if class_positives and labels is None:
         raise ConfigError("class_positives=True needs labels of shape (batch, classes); got None.")
-    if not class_positives and not intra_modal_negatives:
+    if view_positives not in VIEW_POSITIVES:
+        raise ConfigError(f"view_positives must be one of {VIEW_POSITIVES}, got {view_positives!r}.")
+    weighted = image_weights is not None or text_weights is not None
+    if weighted:
+        b, k = image_views.shape[:2]
+        for name, w in (("image_weights", image_weights), ("text_weights", text_weights)):
+            if w is None or tuple(w.shape) != (b, k):
+                raise DataError(f"{name} must have shape (batch, K) = {(b, k)} when view weights are "
+                                f"used, got {None if w is None else tuple(w.shape)}.")
+    if not class_positives and not intra_modal_negatives and not weighted:
+        if view_positives == "cross":
+            return _cross_pair_infonce(image_views, text_views, temperature)
         return _own_pair_infonce(image_views, text_views, temperature)
     return _dense_multi_positive_infonce(image_views, text_views, temperature, labels,
                                          class_positives=class_positives,
-                                         intra_modal_negatives=intra_modal_negatives)
+                                         intra_modal_negatives=intra_modal_negatives,
+                                         view_positives=view_positives,
+                                         image_weights=image_weights, text_weights=text_weights)
+
+
+def _cross_pair_infonce(image_views: torch.Tensor, text_views: torch.Tensor,
+                        temperature: float | torch.Tensor) -> torch.Tensor:
+    """``view_positives="cross"`` without class positives: an image view's candidates are the
+    B·K text views and its positives the K text views of its pair (and symmetrically)."""
+    b, k, d = image_views.shape
+    cross = image_views.reshape(b * k, d) @ text_views.reshape(b * k, d).T / temperature  # (BK, BK)
+    own = torch.bmm(image_views, text_views.transpose(1, 2)) / temperature  # (B, K, K)
+    per_img = torch.logsumexp(cross, dim=1).view(b, k) - own.mean(2)  # (B, K)
+    per_txt = torch.logsumexp(cross, dim=0).view(b, k) - own.mean(1)  # (B, K)
+    return 0.5 * (per_img.mean() + per_txt.mean())
 
 
 def _own_pair_infonce(image_views: torch.Tensor, text_views: torch.Tensor,
@@ -142,6 +180,9 @@ def _dense_multi_positive_infonce(
     *,
     class_positives: bool,
     intra_modal_negatives: bool,
+    view_positives: str = "all",
+    image_weights: torch.Tensor | None = None,
+    text_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Every case, over the dense (2BK, 2BK) logit matrix (inputs already validated)."""
     b, k, d = image_views.shape
@@ -160,11 +201,12 @@ def _dense_multi_positive_infonce(
     same_pair = pair[:, None] == pair[None, :]  # (2BK, 2BK)
     not_self = ~torch.eye(n, dtype=torch.bool, device=device)  # (2BK, 2BK)
 
+    own_views = same_pair & not_self if view_positives == "all" else same_pair & ~same_mod
     if intra_modal_negatives:
-        candidates = not_self  # (2BK, 2BK) everything but the anchor
+        candidates = not_self if view_positives == "all" else not_self & ~(same_pair & same_mod)
     else:
-        candidates = ~same_mod | (same_pair & not_self)  # (2BK, 2BK)
-    positives = same_pair & not_self  # (2BK, 2BK) own pair, both modalities
+        candidates = ~same_mod | own_views  # (2BK, 2BK)
+    positives = own_views  # (2BK, 2BK) own pair (both modalities, or the other one)
     if class_positives:
         share = _class_share(labels.to(device), b)  # (B, B)
         positives = positives | (share[pair][:, pair] & not_self)  # (2BK, 2BK)
@@ -173,6 +215,14 @@ def _dense_multi_positive_infonce(
     neg_inf = torch.finfo(logits.dtype).min
     lse = torch.logsumexp(logits.masked_fill(~candidates, neg_inf), dim=1, keepdim=True)  # (2BK, 1)
     log_prob = logits - lse  # (2BK, 2BK)
-    n_pos = positives.sum(dim=1).clamp(min=1)  # (2BK,) ≥ K ≥ 1 by construction
-    per_anchor = -torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1) / n_pos  # (2BK,)
-    return 0.5 * (per_anchor[:bk].mean() + per_anchor[bk:].mean())
+    if image_weights is None and text_weights is None:
+        n_pos = positives.sum(dim=1).clamp(min=1)  # (2BK,) ≥ K ≥ 1 by construction
+        per_anchor = -torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1) / n_pos  # (2BK,)
+        return 0.5 * (per_anchor[:bk].mean() + per_anchor[bk:].mean())
+    w = torch.cat([image_weights.reshape(bk), text_weights.reshape(bk)]).to(logits.dtype)  # (2BK,)
+    pos_w = torch.where(positives, w[None, :].expand(n, n), torch.zeros_like(log_prob))  # (2BK, 2BK)
+    tiny = torch.finfo(logits.dtype).tiny
+    per_anchor = -(pos_w * log_prob).sum(dim=1) / pos_w.sum(dim=1).clamp_min(tiny)  # (2BK,)
+    halves = [(per_anchor[sl] * w[sl]).sum() / w[sl].sum().clamp_min(tiny)
+              for sl in (slice(0, bk), slice(bk, n))]
+    return 0.5 * (halves[0] + halves[1])

@@ -136,3 +136,117 @@ def rdp_loss(
         loss = rdp_value(sim_image, sim_text, mask)
     pairs = float(mask.sum()) / (b * (b - 1)) if b > 1 else 0.0
     return loss, {"rdp": float(loss.detach()), "rdp_pairs": pairs}
+
+
+# ----------------------------------------------------------------------------- with a teacher
+RDP_TEACHERS = ("none", "own", "cross", "cross-modal", "all")
+
+
+def _zscore_rows(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Standardise every row of ``s (B, B)`` over its ``mask`` entries (mean 0, std 1 there)."""
+    m = mask.to(s.dtype)
+    cnt = m.sum(1, keepdim=True).clamp_min(1.0)
+    mean = (s * m).sum(1, keepdim=True) / cnt
+    var = (((s - mean) * m) ** 2).sum(1, keepdim=True) / cnt
+    return (s - mean) / (var + 1e-6).sqrt()
+
+
+def _row_kl(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor,
+            temperature: float) -> torch.Tensor:
+    """Mean over rows with ≥ 2 mask entries of KL(softmax(z(teacher)/T) ‖ softmax(z(student)/T))
+    over the masked entries of each row; z = per-row standardisation (scale-free)."""
+    fill = torch.finfo(student.dtype).min
+    log_p = torch.log_softmax(torch.where(mask, _zscore_rows(teacher, mask) / temperature, fill), dim=1)
+    log_q = torch.log_softmax(torch.where(mask, _zscore_rows(student, mask) / temperature, fill), dim=1)
+    terms = torch.where(mask, log_p.exp() * (log_p - log_q), torch.zeros_like(student))  # (B, B)
+    rows = (mask.sum(1) >= 2).to(student.dtype)  # (B,)
+    return (terms.sum(1) * rows).sum() / rows.sum().clamp(min=1)
+
+
+def topk_mask(teacher: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, B) bool: the ``k`` largest off-diagonal entries of every row of ``teacher``."""
+    b = teacher.shape[0]
+    k = max(0, min(int(k), b - 1))
+    eye = torch.eye(b, dtype=torch.bool, device=teacher.device)
+    if k == 0:
+        return torch.zeros_like(eye)
+    idx = teacher.masked_fill(eye, float("-inf")).topk(k, dim=1).indices  # (B, k)
+    return torch.zeros_like(eye).scatter_(1, idx, True)
+
+
+def rdp_teacher_loss(
+    image_global: torch.Tensor,
+    text_global: torch.Tensor,
+    teacher_image: torch.Tensor,
+    teacher_text: torch.Tensor,
+    *,
+    mode: str = "cross",
+    topk: int = 10,
+    temperature: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Relative distance preservation against a frozen teacher: the pretrained encoders' own
+    similarity structure, which knows about classes the heads never saw.
+
+    The teacher similarities are the cosines of the frozen pretrained features
+    (``T_v = norm(F_v) norm(F_v)ᵀ``, ``T_t`` likewise); the student's are those of the learned
+    global embeddings (``S_v``, ``S_t``, and the cross-modal ``S_vt = G_v G_tᵀ``). For each row i
+    the confident set is the ``topk`` nearest neighbours of i under the teacher (never i itself),
+    and the student's row is fitted to the teacher's there with
+    KL(softmax(z(T)/τ) ‖ softmax(z(S)/τ)), z = per-row standardisation: only the *relative*
+    order and spacing of the neighbours is preserved, whatever the scale of either space.
+
+    Modes (which student matrix preserves which teacher's distances):
+        ``own``: S_v ← T_v, S_t ← T_t (each modality keeps its encoder's structure);
+        ``cross``: S_v ← T_t, S_t ← T_v (each modality inherits the other's);
+        ``cross-modal``: the rows of S_vt (I2T) and of S_vtᵀ (T2I) ← ½(T_v + T_t);
+        ``all``: the mean of the three.
+
+    Args:
+        image_global, text_global: (B, D) L2-normalised learned embeddings, rows paired.
+        teacher_image, teacher_text: (B, d_v), (B, d_t) frozen features (no gradient).
+        topk: neighbours per row (clipped to B − 1).
+        temperature: τ of the row softmax over standardised similarities.
+
+    Returns:
+        ``(loss, {"rdp": float, "rdp_pairs": fraction of off-diagonal pairs selected})``.
+    """
+    if mode not in RDP_TEACHERS or mode == "none":
+        raise ConfigError(f"Unknown RDP teacher mode {mode!r}; known: {format_list(RDP_TEACHERS[1:])}.")
+    if not (_is_number(temperature) and float(temperature) > 0):
+        raise ConfigError(f"RDP temperature must be a number > 0, got {temperature!r}.")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"rdp_topk must be an integer >= 1, got {topk!r}.")
+    b = image_global.shape[0]
+    if teacher_image.shape[0] != b or teacher_text.shape[0] != b:
+        raise DataError(f"teacher features must have {b} rows like the embeddings, got "
+                        f"{teacher_image.shape[0]} and {teacher_text.shape[0]}.")
+    with torch.no_grad():
+        tv = torch.nn.functional.normalize(teacher_image.to(image_global.dtype), dim=-1)
+        tt = torch.nn.functional.normalize(teacher_text.to(image_global.dtype), dim=-1)
+        t_v, t_t = tv @ tv.T, tt @ tt.T  # (B, B)
+        t_x = 0.5 * (t_v + t_t)
+    terms: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+
+    def add(student: torch.Tensor, teacher: torch.Tensor) -> None:
+        m = topk_mask(teacher, topk)
+        masks.append(m)
+        terms.append(_row_kl(teacher, student, m, float(temperature)))
+
+    if mode in ("own", "cross", "all"):
+        s_v, s_t = image_global @ image_global.T, text_global @ text_global.T  # (B, B)
+        pairs = [(s_v, t_v), (s_t, t_t)] if mode == "own" else [(s_v, t_t), (s_t, t_v)]
+        if mode == "all":
+            pairs = [(s_v, t_v), (s_t, t_t), (s_v, t_t), (s_t, t_v)]
+        for s, t in pairs:
+            add(s, t)
+    if mode in ("cross-modal", "all"):
+        s_x = image_global @ text_global.T  # (B, B) image i vs text j
+        add(s_x, t_x)
+        add(s_x.T, t_x)
+    if mode == "all":  # the within-modality terms and the cross-modal ones count equally
+        loss = 0.5 * (sum(terms[:4]) / 4 + sum(terms[4:]) / 2)
+    else:
+        loss = sum(terms) / len(terms)
+    pairs_frac = float(masks[0].sum()) / (b * (b - 1)) if b > 1 else 0.0
+    return loss, {"rdp": float(loss.detach()), "rdp_pairs": pairs_frac}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import symmetric_infonce
+from ..losses import multi_positive_infonce, symmetric_infonce
 from ..model import ProjectionHead, masked_mean
 from ..training.loop import Batch
 from .base import METHODS
@@ -28,6 +28,9 @@ class HeadsConfig:
         num_layers: 1 (linear) or 2 (MLP) layers per head.
         dropout: dropout inside the heads.
         temperature: InfoNCE temperature τ.
+        class_positives: pairs of the same class are positives too (SupCon-style, cross-modal:
+            an image's positives are the texts of its class in the batch), so same-class pairs
+            are not pushed apart as negatives. False = instance-level CLIP loss.
     """
 
     latent_dim: int = 256
@@ -35,6 +38,7 @@ class HeadsConfig:
     num_layers: int = 2
     dropout: float = 0.1
     temperature: float = 0.2
+    class_positives: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 10:
@@ -72,7 +76,11 @@ class ContrastiveHeadsMethod(TrainableHeadsMethod):
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         img = model.encode_image(batch["image_local"], batch["image_mask"])
         txt = model.encode_text(batch["text_local"], batch["text_mask"])
-        loss = symmetric_infonce(img, txt, self.cfg.temperature)
+        if self.cfg.class_positives:
+            loss = multi_positive_infonce(img.unsqueeze(1), txt.unsqueeze(1), self.cfg.temperature,
+                                          batch["labels"], class_positives=True)
+        else:
+            loss = symmetric_infonce(img, txt, self.cfg.temperature)
         return loss, {"infonce": float(loss.detach())}
 
     def init_model(self, image_dim: int, text_dim: int) -> DualHeads:

@@ -13,7 +13,8 @@ pooling (one view); ``use_rdp=False`` / ``alpha=0`` drop RDP / the regulariser. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,15 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import (
     LossWeights, combine_losses, cross_modal_regularizer, multi_positive_infonce, rdp_loss,
+    rdp_teacher_loss,
 )
-from ..losses.rdp import RDP_VARIANTS
+from ..losses.multi_positive import VIEW_POSITIVES
+from ..losses.rdp import RDP_TEACHERS, RDP_VARIANTS
 from ..model import ProjectionHead, masked_mean
 from ..model.gmm import GMMConfig, GMMLayer, gmm_views, mixture_entropy
-from ..training.loop import Batch
-from .base import METHODS, FitData
+from ..training.checkpoint import method_info
+from ..training.loop import Batch, fit_loop
+from .base import METHODS, FitData, FitReport
 from .trainable import TrainableHeadsMethod
 
 SCORES = ("global", "views")
@@ -55,6 +59,23 @@ class GCRDPConfig:
         rdp_threshold, rdp_variant, rdp_confidence, rdp_temperature: see ``losses.rdp``.
         score: retrieval score — ``global`` (cosine of global embeddings) or ``views``
             (component-aligned mean cosine over the K views).
+
+    Switches studied in ``docs/gcrdp-study.md`` (defaults = SPEC's reading):
+        view_positives: ``all`` (the other views of a sample in both modalities are positives)
+            or ``cross`` (only the other modality's views are).
+        views_weight: weight β of the multi-positive loss over the views.
+        global_weight: weight of an InfoNCE on the global (retrieval) embeddings, class-aware
+            with ``class_positives``; with it the views become an auxiliary loss.
+        pi_weighted: weight view anchors and positives by their mixture weight π (detached).
+        normalize_local: L2-normalise the projected local features before the GMM.
+        e_step_temperature, init_var, init_var_mode: the GMM's E-step temperature and initial
+            variances (see :class:`~gcrdp.model.gmm.GMMConfig`).
+        rdp_teacher: ``none`` (SPEC: RDP between the two learned spaces, confident pairs by θ)
+            or a mode of :func:`~gcrdp.losses.rdp_teacher_loss` (``own``, ``cross``,
+            ``cross-modal``, ``all``): preserve the frozen pretrained spaces' relative
+            distances on each row's ``rdp_topk`` teacher neighbours.
+        warm_start: first train the base (GAP + InfoNCE, early-stopped), then fine-tune the
+            full method from it at ``lr × warm_lr_factor``.
     """
 
     latent_dim: int = 256
@@ -81,6 +102,18 @@ class GCRDPConfig:
     rdp_confidence: str = "either"
     rdp_temperature: float = 0.1
     score: str = "global"
+    view_positives: str = "all"
+    views_weight: float = 1.0
+    global_weight: float = 0.0
+    pi_weighted: bool = False
+    normalize_local: bool = False
+    e_step_temperature: float = 1.0
+    init_var: float = 1.0
+    init_var_mode: str = "fixed"
+    rdp_teacher: str = "none"
+    rdp_topk: int = 10
+    warm_start: bool = False
+    warm_lr_factor: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 10:
@@ -94,12 +127,24 @@ class GCRDPConfig:
             raise ConfigError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.score == "views" and not self.use_gmm:
             raise ConfigError("score='views' needs the GMM views (use_gmm=True)")
+        if self.view_positives not in VIEW_POSITIVES:
+            raise ConfigError(f"view_positives must be one of {VIEW_POSITIVES}, got {self.view_positives!r}")
+        if self.views_weight < 0 or self.global_weight < 0 or self.views_weight + self.global_weight <= 0:
+            raise ConfigError("views_weight and global_weight must be >= 0 and not both 0, got "
+                              f"{self.views_weight} and {self.global_weight}")
+        if self.rdp_teacher not in RDP_TEACHERS:
+            raise ConfigError(f"rdp_teacher must be one of {RDP_TEACHERS}, got {self.rdp_teacher!r}")
+        if isinstance(self.rdp_topk, bool) or not isinstance(self.rdp_topk, int) or self.rdp_topk < 1:
+            raise ConfigError(f"rdp_topk must be an integer >= 1, got {self.rdp_topk!r}")
+        if not 0 < self.warm_lr_factor <= 10:
+            raise ConfigError(f"warm_lr_factor must be in (0, 10], got {self.warm_lr_factor}")
         self.gmm_config()  # validates the GMM fields
 
     def gmm_config(self) -> GMMConfig:
         return GMMConfig(n_components=self.n_components, n_iter=self.n_iter, covariance=self.covariance,
                          var_floor=self.var_floor, mass_floor=self.mass_floor,
-                         anchor_mode=self.anchor_mode)
+                         anchor_mode=self.anchor_mode, temperature=self.e_step_temperature,
+                         init_var=self.init_var, init_var_mode=self.init_var_mode)
 
     @property
     def n_views(self) -> int:
@@ -120,9 +165,15 @@ class GCRDPModel(nn.Module):
             self.image_gmm = GMMLayer(cfg.latent_dim, cfg.gmm_config())
             self.text_gmm = self.image_gmm if cfg.shared_anchors else GMMLayer(cfg.latent_dim, cfg.gmm_config())
         self.classifier = nn.Linear(cfg.latent_dim, n_classes) if cfg.alpha > 0 and n_classes > 0 else None
+        self.pool_only = False  # True while warm-starting (not state: never saved)
 
     def _encode(self, head: nn.Module, gmm: nn.Module | None, local: torch.Tensor, mask: torch.Tensor):
         x = head(local)  # (B, L, D)
+        if self.pool_only:  # warm-start stage: the base's global average pooling
+            g = F.normalize(masked_mean(x, mask), dim=-1)
+            return g.unsqueeze(1), g, None
+        if self.cfg.normalize_local:
+            x = F.normalize(x, dim=-1)
         if gmm is None:
             g = F.normalize(masked_mean(x, mask), dim=-1)  # (B, D)
             return g.unsqueeze(1), g, None  # views (B, 1, D)
@@ -145,22 +196,75 @@ class GCRDPMethod(TrainableHeadsMethod):
     config_type = GCRDPConfig
 
     # ------------------------------------------------------------------ fit
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
+            resume: bool = True) -> FitReport:
+        """As :meth:`TrainableHeadsMethod.fit`; with ``warm_start`` the base (GAP + InfoNCE) is
+        trained first (early-stopped on validation, checkpointed to ``<checkpoint_dir>-warm``),
+        then the full method is fine-tuned from it at ``lr × warm_lr_factor``."""
+        if not self.cfg.warm_start:
+            return super().fit(data, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.init_model(*self._model_dims(data))
+            warm_dir = None if checkpoint_dir is None else Path(f"{checkpoint_dir}-warm")
+            model.pool_only = True
+            try:
+                warm = fit_loop(model, self._base_loss, self._embed_pair, data, self.train, seed=seed,
+                                device=self.device, checkpoint_dir=warm_dir, resume=resume,
+                                method_info={**method_info(self), "stage": "warm"})
+            finally:
+                model.pool_only = False
+            fine_cfg = replace(self.train, lr=self.train.lr * self.cfg.warm_lr_factor)
+            report = fit_loop(model, self._loss, self._embed_pair, data, fine_cfg, seed=seed + 7919,
+                              device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
+                              method_info=method_info(self))
+        report.extra["warm_start"] = {"epochs": warm.epochs, "best_epoch": warm.best_epoch,
+                                      "best_val_map": warm.best_val_map, "seconds": round(warm.seconds, 3)}
+        report.seconds += warm.seconds
+        return report
+
+    def _base_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The warm-start loss: InfoNCE on the GAP embeddings (class-aware if configured)."""
+        _, gi, _ = model.encode_image(batch["image_local"], batch["image_mask"])
+        _, gt, _ = model.encode_text(batch["text_local"], batch["text_mask"])
+        loss = multi_positive_infonce(gi.unsqueeze(1), gt.unsqueeze(1), self.cfg.temperature,
+                                      batch.get("labels"), class_positives=self.cfg.class_positives)
+        return loss, {"warm_infonce": float(loss.detach())}
+
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         vi, gi, pi_i = model.encode_image(batch["image_local"], batch["image_mask"])
         vt, gt, pi_t = model.encode_text(batch["text_local"], batch["text_mask"])
         labels = batch.get("labels")
-        mpc = multi_positive_infonce(vi, vt, cfg.temperature, labels, class_positives=cfg.class_positives,
-                                     intra_modal_negatives=cfg.intra_modal_negatives)
-        reg = rdp = None
         parts: dict[str, float] = {}
+        mpc = None
+        if cfg.views_weight > 0:
+            weights = {}
+            if cfg.pi_weighted and pi_i is not None:
+                weights = {"image_weights": pi_i.detach(), "text_weights": pi_t.detach()}
+            views = multi_positive_infonce(vi, vt, cfg.temperature, labels, class_positives=cfg.class_positives,
+                                           intra_modal_negatives=cfg.intra_modal_negatives,
+                                           view_positives=cfg.view_positives, **weights)
+            parts["views"] = float(views.detach())
+            mpc = cfg.views_weight * views
+        if cfg.global_weight > 0:
+            glob = multi_positive_infonce(gi.unsqueeze(1), gt.unsqueeze(1), cfg.temperature, labels,
+                                          class_positives=cfg.class_positives)
+            parts["global"] = float(glob.detach())
+            mpc = cfg.global_weight * glob if mpc is None else mpc + cfg.global_weight * glob
+        reg = rdp = None
         if cfg.alpha > 0:
             clf = model.classifier
             reg, reg_parts = cross_modal_regularizer(
                 gi, gt, clf(gi) if clf is not None else None, clf(gt) if clf is not None else None,
                 labels if clf is not None else None, label_weight=cfg.label_weight)
             parts.update({f"reg_{k}": v for k, v in reg_parts.items()})
-        if cfg.use_rdp and cfg.lam > 0:
+        if cfg.use_rdp and cfg.lam > 0 and cfg.rdp_teacher != "none":
+            rdp, rdp_parts = rdp_teacher_loss(gi, gt, batch["image_pooled"], batch["text_pooled"],
+                                              mode=cfg.rdp_teacher, topk=cfg.rdp_topk,
+                                              temperature=cfg.rdp_temperature)
+            parts.update(rdp_parts)
+        elif cfg.use_rdp and cfg.lam > 0:
             rdp, rdp_parts = rdp_loss(gi, gt, cfg.rdp_threshold, variant=cfg.rdp_variant,
                                       confidence=cfg.rdp_confidence, temperature=cfg.rdp_temperature)
             parts.update(rdp_parts)

@@ -71,6 +71,7 @@ from ..errors import ConfigError, DataError
 
 COVARIANCE_TYPES = ("diag", "isotropic")
 ANCHOR_MODES = ("relative", "absolute")
+INIT_VAR_MODES = ("fixed", "data")
 _LOG_2PI = math.log(2.0 * math.pi)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -106,6 +107,12 @@ _CONSTRAINTS: dict[str, tuple[Callable[[object], bool], str, str]] = {
                  "It is the initial variance of every component, e.g. 1.0."),
     "anchor_mode": (_is_one_of(ANCHOR_MODES), f"one of {ANCHOR_MODES}",
                     "'relative' starts component k at (set mean + anchor k), 'absolute' at anchor k."),
+    "temperature": (_is_positive_number, "a finite number > 0",
+                    "It divides the E-step's log densities (1 = standard EM; larger = softer "
+                    "responsibilities, as NetVLAD's soft assignment)."),
+    "init_var_mode": (_is_one_of(INIT_VAR_MODES), f"one of {INIT_VAR_MODES}",
+                      "'fixed' starts every variance at init_var; 'data' at the set's own "
+                      "per-dimension variance averaged over dimensions, times init_var."),
 }
 
 
@@ -128,6 +135,13 @@ class GMMConfig:
         anchor_mode: how :class:`GMMLayer` turns its anchors into initial means:
             ``"relative"`` (default) = masked mean of the set + anchor k; ``"absolute"`` =
             anchor k. Not used by :func:`fit_gmm`, which takes the initial means.
+        temperature: t > 0; the E-step uses ``γ ∝ exp((log π_k + log N(x | μ_k, σ²_k)) / t)``.
+            1 is standard EM; in D dimensions the log densities of the components differ by
+            O(D) nats, so responsibilities are nearly hard unless t is of the order of D.
+        init_var_mode: ``"fixed"`` (every initial variance is ``init_var``) or ``"data"``
+            (:class:`GMMLayer` starts each set's components at the set's own isotropic
+            variance — the mean over dimensions of the per-dimension variance of its valid
+            points — times ``init_var``; scale-free).
     """
 
     n_components: int = 3
@@ -137,6 +151,8 @@ class GMMConfig:
     mass_floor: float = 1e-6
     init_var: float = 1.0
     anchor_mode: str = "relative"
+    temperature: float = 1.0
+    init_var_mode: str = "fixed"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -272,11 +288,14 @@ def _log_gaussian_prob(stats: tuple[Tensor, Tensor], means: Tensor, variances: T
 
 
 def _e_step(stats: tuple[Tensor, Tensor], mask: Tensor, weights: Tensor, means: Tensor,
-            variances: Tensor) -> tuple[Tensor, Tensor]:
-    """-> resp (B, K, N) (padded points 0), log-likelihood (B,)."""
+            variances: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """-> resp (B, K, N) (padded points 0), log-likelihood (B,) (of the untempered mixture)."""
     log_prob = _log_gaussian_prob(stats, means, variances) + weights.log().unsqueeze(-1)  # (B, K, N)
     log_norm = torch.logsumexp(log_prob, dim=1)  # (B, N) = log p(x_n)
-    resp = torch.exp(log_prob - log_norm.unsqueeze(1))  # (B, K, N)
+    if temperature == 1.0:
+        resp = torch.exp(log_prob - log_norm.unsqueeze(1))  # (B, K, N)
+    else:
+        resp = torch.softmax(log_prob / temperature, dim=1)  # (B, K, N) tempered
     valid = mask.unsqueeze(1)  # (B, 1, N)
     resp = torch.where(valid, resp, resp.new_zeros(()))
     n_valid = mask.sum(1).clamp_min(1).to(log_norm.dtype)  # (B,)
@@ -429,11 +448,11 @@ def _fit_prepared(x: Tensor, mask: Tensor, init_means: Tensor, cfg: GMMConfig,
         stats = _stats(x - centre)
         means = means - centre
         for _ in range(cfg.n_iter):
-            resp, _ = _e_step(stats, mask, weights, means, variances)  # resp (B, K, N)
+            resp, _ = _e_step(stats, mask, weights, means, variances, cfg.temperature)  # (B, K, N)
             weights, means, variances = _m_step(stats, resp, cfg, means, variances)
         resp = log_lik = None
         if final_e_step:
-            resp, log_lik = _e_step(stats, mask, weights, means, variances)
+            resp, log_lik = _e_step(stats, mask, weights, means, variances, cfg.temperature)
             resp = resp.transpose(1, 2).contiguous()  # (B, N, K)
         means = means + centre
     return GMMResult(weights, means, variances, resp, log_lik)
@@ -449,6 +468,17 @@ def gmm_views(result: GMMResult) -> tuple[Tensor, Tensor]:
     views = F.normalize(result.means, dim=-1)  # (B, K, D)
     pooled = (result.weights.unsqueeze(-1).to(views.dtype) * views).sum(1)  # (B, D)
     return views, F.normalize(pooled, dim=-1)
+
+
+def set_variance(x: Tensor, mask: Tensor) -> Tensor:
+    """``(B,)``: mean over dimensions of the per-dimension variance of each set's valid points
+    (detached: a data-driven scale, not a path for gradients), floored at 1e-6."""
+    x = x.detach()
+    w = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
+    n = w.sum(1).clamp_min(1.0)  # (B, 1)
+    mean = (x * w).sum(1) / n  # (B, D)
+    var = (((x - mean.unsqueeze(1)) * w) ** 2).sum(1) / n  # (B, D)
+    return var.mean(-1).clamp_min(1e-6)
 
 
 def mixture_entropy(weights: Tensor) -> Tensor:
@@ -522,7 +552,11 @@ class GMMLayer(nn.Module):
             raise DataError(f"GMMLayer expects x of shape (batch, n_points, {self.dim}), "
                             f"got shape {tuple(x.shape)}")
         x, mask = _prepare(x, mask)
-        return _fit_prepared(x, mask, self._initial_means(x, mask), self.cfg, None, None, final_e_step)
+        init_var = None
+        if self.cfg.init_var_mode == "data":
+            init_var = (set_variance(x, mask) * self.cfg.init_var).view(-1, 1, 1).expand(
+                x.shape[0], self.cfg.n_components, x.shape[2])  # (B, K, D)
+        return _fit_prepared(x, mask, self._initial_means(x, mask), self.cfg, None, init_var, final_e_step)
 
     def extra_repr(self) -> str:
         c = self.cfg

@@ -44,12 +44,14 @@ Embedder = Callable[[FeatureSet], tuple[np.ndarray, np.ndarray]]
 
 
 def as_tensors(features: FeatureSet, labels: np.ndarray | None = None) -> Batch:
-    """Zero-copy CPU tensor views of the feature arrays (dtype as stored, e.g. float16)."""
+    """Zero-copy CPU tensor views of the feature arrays (dtype as stored, e.g. float16): local
+    features and masks, and the encoders' pooled features (a frozen teacher for RDP)."""
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a))
 
     out = {"image_local": t(features.image.local), "image_mask": t(features.image.mask),
-           "text_local": t(features.text.local), "text_mask": t(features.text.mask)}
+           "text_local": t(features.text.local), "text_mask": t(features.text.mask),
+           "image_pooled": t(features.image.pooled), "text_pooled": t(features.text.pooled)}
     if labels is not None:
         out["labels"] = t(labels)
     return out
