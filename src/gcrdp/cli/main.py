@@ -203,7 +203,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"I2T {100 * t['i2t']['map']:.1f}  T2I {100 * t['t2i']['map']:.1f}  "
                   f"({rec['fit']['epochs']} epochs, {rec['fit']['seconds']:.1f} s)", file=sys.stderr, flush=True)
 
-    results = run_experiment(config, out_dir, progress=not args.quiet, on_record=on_record)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}.")
+    results = run_experiment(config, out_dir, progress=not args.quiet, on_record=on_record, jobs=args.jobs)
     title = (f"{config.dataset} — protocol {config.protocol}, mAP@all in % (mean ± std over "
              f"{len(config.seeds)} seeds); chance = class prior")
     print(format_table(results["summary"], title=title))
@@ -623,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option, e.g. lr=1e-3 or gap-infonce.max_epochs=30 (repeatable)")
     p.add_argument("--output-dir", type=Path, default=None,
                    help="where results.json goes (default: runs/run-<time>)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="fits run at once in worker processes, each with cpu_count/JOBS threads "
+                        "(default 1: one fit at a time with every thread)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_run)
 

@@ -8,6 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..data.features import FeatureSet
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError
 from ..methods import METHODS, FitData, build_method
+from ..methods.presets import preset_options
 from ..training.seeding import resolve_device
 from ..utils.io import atomic_write_json
 from ..utils.provenance import provenance
@@ -81,7 +83,9 @@ def class_name_features(class_names, config: RunConfig) -> np.ndarray:
 
 def method_base_name(entry: str) -> str:
     """``"gcrdp@k5"`` → ``"gcrdp"``: an entry may label a variant of a registered method (its
-    options are ``method_options["gcrdp@k5"]``), so one run can compare settings of one method."""
+    options are ``method_options["gcrdp@k5"]``, over those of a preset of that name such as
+    ``gcrdp@spec``, see :mod:`gcrdp.methods.presets`), so one run can compare settings of one
+    method."""
     return entry.split("@", 1)[0]
 
 
@@ -147,6 +151,82 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass
+class _FitContext:
+    """What every fit of a run shares (sent once to each worker process)."""
+
+    config: RunConfig
+    features: FeatureSet
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    device: str
+    name_feats: np.ndarray | None = None
+
+
+def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
+             folder: Path | None = None, resume: bool = True) -> dict[str, Any]:
+    """Fit method entry ``name`` on ``split`` and evaluate it: one record of ``results.json``."""
+    from ..evaluation import chance_map
+    from ..training.checkpoint import save_method
+
+    config, features, labels = ctx.config, ctx.features, ctx.labels
+    fit_data = fit_data_for(split, features, labels, ctx.classes)
+    q, g = split.test_query, split.test_gallery
+    method = build_method(method_base_name(name), preset_options(name, config.method_options.get(name)), ctx.device)
+    if getattr(method, "needs_class_name_features", False):
+        fit_data.class_name_features = ctx.name_feats
+    if folder is None:
+        report = method.fit(fit_data, seed=seed)
+    else:
+        report = method.fit(fit_data, seed=seed, checkpoint_dir=Path(folder) / "last", resume=resume)
+    t0 = time.perf_counter()
+    test = evaluate_split(method, features, labels, split, ks=config.ks)
+    chance = chance_map(labels[q], labels[g])
+    rec = {
+        "method": name, "shots": shots, "seed": seed,
+        "method_config": method.config_dict(),
+        "split": split.summary(),
+        "fit": report.to_dict(),
+        "eval_seconds": round(time.perf_counter() - t0, 3),
+        "chance": {"i2t": chance, "t2i": chance},
+        "test": test,
+    }
+    if folder is not None:
+        single = {**config.to_dict(), "shots": [shots], "seeds": [seed], "methods": [name],
+                  "method_options": {name: config.method_options.get(name, {})}}
+        save_method(method, Path(folder) / "final", fit=rec["fit"], run={
+            "config": single, "method_entry": name, "split": rec["split"],
+            "class_names": list(ctx.classes),
+            "features": {k: features.meta.get(k) for k in ("key", "key_inputs", "dtype")},
+            "test": test})
+        rec["checkpoint"] = str(folder)
+    return rec
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _threads_per_fit(jobs: int, n_tasks: int) -> int:
+    """torch threads of each fit: all of them in-process, else a share per worker."""
+    import torch
+
+    if jobs <= 1 or n_tasks <= 1:
+        return int(torch.get_num_threads())
+    return max(1, (os.cpu_count() or 1) // min(jobs, n_tasks))
+
+
+def _init_worker(ctx: _FitContext, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["ctx"] = ctx
+
+
+def _fit_in_worker(task: tuple[str, int, int], split: Any) -> dict[str, Any]:
+    name, shots, seed = task
+    return _fit_one(_WORKER["ctx"], name, shots, seed, split)
+
+
 def run_experiment(
     config: RunConfig,
     output_dir: str | Path | None = None,
@@ -157,6 +237,7 @@ def run_experiment(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     checkpoints: Callable[[str, int, int], Path] | None = None,
     resume: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every (shots, seed, method) of ``config`` and return the results dict; when
     ``output_dir`` is given, write ``output_dir/results.json`` atomically at the end.
@@ -168,16 +249,23 @@ def run_experiment(
     checkpoint written every epoch (resumed when ``resume``), ``folder/final`` the fitted method
     with the run info that ``gcrdp evaluate --checkpoint`` needs; the record gets
     ``"checkpoint": folder``. ``gcrdp train`` is this with one (method, shots, seed).
+
+    ``jobs > 1`` fits that many (method, shots, seed) at once in worker processes, each with
+    ``cpu_count // jobs`` torch threads (not with ``checkpoints``). Every fit is independent
+    and seeded, so the records are those of a sequential run with that thread count (float
+    round-off may differ between thread counts); they are returned in the sequential order,
+    and ``on_record`` is called as each finishes.
     """
     from ..data.protocol import make_split
     from ..data.registry import load_dataset
-    from ..evaluation import chance_map
-    from ..training.checkpoint import check_checkpointable, save_method
+    from ..training.checkpoint import check_checkpointable
 
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}.")
     for m in config.methods:
         METHODS.get(method_base_name(m))  # fail fast on unknown names, before any slow work
         if checkpoints is not None:
-            check_checkpointable(build_method(method_base_name(m), config.method_options.get(m)))
+            check_checkpointable(build_method(method_base_name(m), preset_options(m, config.method_options.get(m))))
     t_start = time.perf_counter()
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -204,56 +292,45 @@ def run_experiment(
                                     val_min_pairs=config.val_min_pairs)
               for s in shot_values for seed in config.seeds}
 
+    tasks = [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
+    name_feats = None
+    if any(getattr(build_method(method_base_name(m), preset_options(m, config.method_options.get(m))),
+                   "needs_class_name_features", False) for m in config.methods):
+        name_feats = class_name_features(dataset.classes, config)  # computed once, for the methods that ask
+    shared = _FitContext(config=config, features=features, labels=labels, classes=tuple(dataset.classes),
+                         device=device, name_feats=name_feats)
     records: list[dict[str, Any]] = []
-    name_feats: list[np.ndarray] = []  # computed once, when a method asks for them
-    for shots in shot_values:
-        for seed in config.seeds:
-            split = splits[(shots, seed)]
-            fit_data = fit_data_for(split, features, labels, dataset.classes)
-            q, g = split.test_query, split.test_gallery
-            q_labels, g_labels = labels[q], labels[g]
-            chance = chance_map(q_labels, g_labels)
-            for name in config.methods:
-                method = build_method(method_base_name(name), config.method_options.get(name), device)
-                if getattr(method, "needs_class_name_features", False):
-                    if not name_feats:
-                        name_feats.append(class_name_features(dataset.classes, config))
-                    fit_data.class_name_features = name_feats[0]
-                folder = checkpoints(name, shots, seed) if checkpoints is not None else None
-                if folder is None:
-                    report = method.fit(fit_data, seed=seed)
-                else:
-                    report = method.fit(fit_data, seed=seed, checkpoint_dir=Path(folder) / "last", resume=resume)
-                t0 = time.perf_counter()
-                test = evaluate_split(method, features, labels, split, ks=config.ks)
-                rec = {
-                    "method": name, "shots": shots, "seed": seed,
-                    "method_config": method.config_dict(),
-                    "split": split.summary(),
-                    "fit": report.to_dict(),
-                    "eval_seconds": round(time.perf_counter() - t0, 3),
-                    "chance": {"i2t": chance, "t2i": chance_map(q_labels, g_labels)},
-                    "test": test,
-                }
-                if folder is not None:
-                    single = {**config.to_dict(), "shots": [shots], "seeds": [seed], "methods": [name],
-                              "method_options": {name: config.method_options.get(name, {})}}
-                    save_method(method, Path(folder) / "final", fit=rec["fit"], run={
-                        "config": single, "method_entry": name, "split": rec["split"],
-                        "class_names": list(dataset.classes),
-                        "features": {k: features.meta.get(k) for k in ("key", "key_inputs", "dtype")},
-                        "test": test})
-                    rec["checkpoint"] = str(folder)
-                records.append(rec)
-                log.info("%s shots=%d seed=%d: I2T %.1f T2I %.1f (val %.1f, %d epochs, %.1fs)",
-                         name, shots, seed, 100 * test["i2t"]["map"], 100 * test["t2i"]["map"],
-                         100 * (report.best_val_map or math.nan), report.epochs, report.seconds)
-                if on_record is not None:
-                    on_record(rec)
+
+    def finish(rec: dict[str, Any]) -> None:
+        records.append(rec)
+        log.info("%s shots=%d seed=%d: I2T %.1f T2I %.1f (val %.1f, %d epochs, %.1fs)",
+                 rec["method"], rec["shots"], rec["seed"], 100 * rec["test"]["i2t"]["map"],
+                 100 * rec["test"]["t2i"]["map"], 100 * (rec["fit"]["best_val_map"] or math.nan),
+                 rec["fit"]["epochs"], rec["fit"]["seconds"])
+        if on_record is not None:
+            on_record(rec)
+
+    if jobs > 1 and len(tasks) > 1 and checkpoints is None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = _threads_per_fit(jobs, len(tasks))
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(shared, threads)) as pool:
+            futures = [pool.submit(_fit_in_worker, t, splits[(t[1], t[2])]) for t in tasks]
+            for fut in as_completed(futures):
+                finish(fut.result())
+        order = {t: i for i, t in enumerate(tasks)}
+        records.sort(key=lambda r: order[(r["method"], r["shots"], r["seed"])])
+    else:
+        for name, shots, seed in tasks:
+            folder = checkpoints(name, shots, seed) if checkpoints is not None else None
+            finish(_fit_one(shared, name, shots, seed, splits[(shots, seed)], folder, resume))
     results = {
         "format": RESULTS_FORMAT,
         "config": config.to_dict(),
-        "resolved": {"device": device, "n_samples": len(dataset), "n_classes": len(dataset.classes),
+        "resolved": {"device": device, "jobs": jobs, "torch_threads": _threads_per_fit(jobs, len(tasks)),
+                     "n_samples": len(dataset), "n_classes": len(dataset.classes),
                      "dataset_meta": dataset.meta, "features": features.meta,
                      "feature_dims": {"image": [features.image.local.shape[1], features.image.dim],
                                       "text": [features.text.local.shape[1], features.text.dim]}},

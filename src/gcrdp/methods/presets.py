@@ -1,0 +1,31 @@
+"""Named variants of the registered methods: ``--methods gcrdp@spec`` runs ``gcrdp`` with the
+preset's options (options given for the entry on the command line or in a config override
+them). An entry that is not a preset, e.g. ``gcrdp@k5``, takes only the options given for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: GCRDP as SPEC reads it (the first implementation's defaults): multi-positive InfoNCE over
+#: the K views with the own pair's views in both modalities as positives, retrieval on the
+#: π-weighted mean of the views, RDP between the two learned spaces on pairs above θ, and the
+#: base method's training settings.
+GCRDP_SPEC: dict[str, Any] = {
+    "n_components": 3, "n_iter": 3, "covariance": "diag", "anchor_mode": "relative",
+    "temperature": 0.2, "use_gmm": True, "class_positives": False, "intra_modal_negatives": False,
+    "view_positives": "all", "views_weight": 1.0, "global_weight": 0.0, "pi_weighted": False,
+    "normalize_local": False, "e_step_temperature": 1.0, "init_var": 1.0, "init_var_mode": "fixed",
+    "alpha": 0.1, "label_weight": 1.0, "use_rdp": True, "lam": 0.1, "rdp_teacher": "none",
+    "rdp_threshold": 0.5, "rdp_variant": "distribution", "rdp_confidence": "either",
+    "rdp_temperature": 0.1, "score": "global", "warm_start": False,
+    "lr": 1e-3, "max_epochs": 60, "patience": 5,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gcrdp@spec": GCRDP_SPEC,
+}
+
+
+def preset_options(entry: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of method entry ``entry``: its preset's (if any) updated by ``options``."""
+    return {**PRESETS.get(entry, {}), **(options or {})}
