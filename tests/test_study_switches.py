@@ -295,3 +295,37 @@ def test_spec_preset_and_parallel_jobs_give_the_sequential_records():
     assert par["resolved"]["jobs"] == 2 and par["resolved"]["torch_threads"] >= 1
     with pytest.raises(ConfigError, match="jobs"):
         run_experiment(cfg, progress=False, dataset=ds, features=feats, jobs=0)
+
+
+def test_set_max_metric_equals_the_best_view_pair_loop():
+    from gcrdp.evaluation import retrieval_metrics
+
+    def naive_ap(rel):
+        hits = np.flatnonzero(rel)
+        return float(np.mean([(n + 1) / (r + 1) for n, r in enumerate(hits)])) if hits.size else 0.0
+
+    rng = np.random.default_rng(0)
+    k, d = 3, 4
+    q, g = rng.normal(size=(7, k * d)).astype(np.float32), rng.normal(size=(9, k * d)).astype(np.float32)
+    ql, gl = rng.integers(0, 3, 7), rng.integers(0, 3, 9)
+    got = retrieval_metrics(q, g, ql, gl, metric=f"set-max:{k}", per_query=True)
+    qv = q.reshape(7, k, d) / np.linalg.norm(q.reshape(7, k, d), axis=2, keepdims=True)
+    gv = g.reshape(9, k, d) / np.linalg.norm(g.reshape(9, k, d), axis=2, keepdims=True)
+    scores = np.array([[max(float(a @ b) for a in qv[i] for b in gv[j]) for j in range(9)] for i in range(7)])
+    for i in range(7):
+        order = np.lexsort((np.arange(9), -scores[i]))
+        assert got["per_query"]["ap"][i] == pytest.approx(naive_ap(gl[order] == ql[i]), abs=1e-6)
+    with pytest.raises(ConfigError, match="set-max"):
+        retrieval_metrics(q, g, ql, gl, metric="set-max:x")
+    with pytest.raises(DataError, match="multiple"):
+        retrieval_metrics(q, g, ql, gl, metric="set-max:5")
+
+
+def test_sets_score_trains_and_validates_with_the_set_metric():
+    feats, y, data = _data()
+    m = build_method("gcrdp", {**SMALL, "max_epochs": 2, "score": "sets", "n_components": 2})
+    rep = m.fit(data, seed=0)
+    assert m.score_metric == "set-max:2" and m.embed_images(feats.image).shape == (len(feats), 16)
+    assert all(0 <= h["val_map"] <= 1 for h in rep.history)
+    w = build_method("gcrdp", {**SMALL, "max_epochs": 2, "score": "sets", "warm_start": True})
+    assert w.fit(data, seed=0).extra["warm_start"]["best_val_map"] is not None

@@ -486,6 +486,31 @@ SCORE_METRICS: Mapping[str, Callable[[np.ndarray, str], np.ndarray]] = {
 }
 
 
+def _set_max_views(metric: str) -> int | None:
+    """K of a ``"set-max:K"`` metric (None for any other name)."""
+    if not isinstance(metric, str) or not metric.startswith("set-max:"):
+        return None
+    try:
+        k = int(metric.split(":", 1)[1])
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise ConfigError(f"metric 'set-max:K' needs an integer K >= 1, got {metric!r}.")
+    return k
+
+
+def _unit_views(emb: np.ndarray, k: int, name: str) -> np.ndarray:
+    """(n, K·d) rows of K concatenated views -> (n, K, d) L2-normalised views."""
+    if emb.shape[1] % k:
+        raise DataError(f"{name}: dimension {emb.shape[1]} is not a multiple of the {k} views of "
+                        "metric 'set-max'.")
+    v = emb.reshape(emb.shape[0], k, -1)
+    norms = np.linalg.norm(v, axis=2, keepdims=True)
+    if (norms == 0).any():
+        raise DataError(f"{name}: some views have zero norm, so their cosine is undefined.")
+    return (v / norms).astype(np.float32)
+
+
 def _as_embeddings(emb: Any, name: str) -> np.ndarray:
     arr = np.asarray(emb)
     if arr.ndim != 2:
@@ -523,7 +548,9 @@ def retrieval_metrics(
         gallery_emb: (ng, d) gallery embeddings (same d).
         query_labels: (nq,) int or (nq, C) multi-hot; gallery_labels: (ng,) or (ng, C).
         ks: cut-offs for mAP@k, precision@k and recall@k (each in [1, ng]); an int is one cut-off.
-        metric: ``"cosine"`` (rows L2-normalised; zero rows are an error) or ``"dot"``.
+        metric: ``"cosine"`` (rows L2-normalised; zero rows are an error), ``"dot"``, or
+            ``"set-max:K"``: each row is K concatenated views (a set), and the score of a query
+            and a gallery item is the best cosine over their K×K view pairs.
         chunk_size: queries scored at once (at most ``chunk_size × ng`` scores exist at a time);
             None chooses ``max(1, SCORES_PER_CHUNK // ng)``. The result does not depend on it.
         k_denominator: AP@k convention, see :func:`average_precision`.
@@ -565,9 +592,10 @@ def _retrieval_metrics(
     names: tuple[str, str] = ("query_emb", "gallery_emb"),
 ) -> dict[str, Any]:
     qn, gn = names
-    if metric not in SCORE_METRICS:
+    n_views = _set_max_views(metric)
+    if metric not in SCORE_METRICS and n_views is None:
         raise ConfigError(
-            f"metric must be one of {format_list(SCORE_METRICS)}, got {metric!r}."
+            f"metric must be one of {format_list(SCORE_METRICS)} or 'set-max:K', got {metric!r}."
         )
     _check_k_denominator(k_denominator)
     q = _as_embeddings(query_emb, qn)
@@ -591,12 +619,21 @@ def _retrieval_metrics(
     ng = g.shape[0]
     checked_ks = _check_ks(ks, ng)
     chunk = _check_chunk_size(chunk_size, ng)
-    prepare = SCORE_METRICS[metric]
-    q = prepare(q, qn)
-    gt = np.ascontiguousarray(prepare(g, gn).T)  # (d, ng) float32
     glt = gl if gl.ndim == 1 else gl.T.astype(np.float32)  # (ng,) or (C, ng)
+    if n_views is not None:
+        qv, gv = _unit_views(q, n_views, qn), _unit_views(g, n_views, gn)  # (n, K, D/K)
+        gvt = np.ascontiguousarray(gv.reshape(ng * n_views, -1).T)  # (D/K, ng·K)
+    else:
+        prepare = SCORE_METRICS[metric]
+        q = prepare(q, qn)
+        gt = np.ascontiguousarray(prepare(g, gn).T)  # (d, ng) float32
 
     def block(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if n_views is not None:  # best match over the K×K view pairs
+            c = stop - start
+            pair = qv[start:stop].reshape(c * n_views, -1) @ gvt  # (c·K, ng·K)
+            scores = pair.reshape(c, n_views, ng, n_views).max(axis=(1, 3))  # (c, ng)
+            return scores, _relevance_rows(ql[start:stop], glt)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
             scores = q[start:stop] @ gt  # (c, d) @ (d, ng) -> (c, ng) float32
         _check_finite(

@@ -102,7 +102,8 @@ def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split:
         gi, gt = qi, qt
     else:
         gi, gt = method.embed_images(features.image.subset(g)), method.embed_texts(features.text.subset(g))
-    return cross_modal_metrics(qi, qt, labels[q], gi, gt, labels[g], ks=ks)
+    return cross_modal_metrics(qi, qt, labels[q], gi, gt, labels[g], ks=ks,
+                               metric=getattr(method, "score_metric", "cosine"))
 
 
 def fit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_names) -> FitData:

@@ -36,7 +36,7 @@ from ..training.loop import Batch, fit_loop
 from .base import METHODS, FitData, FitReport
 from .trainable import TrainableHeadsMethod
 
-SCORES = ("global", "views")
+SCORES = ("global", "views", "sets")
 
 
 @dataclass
@@ -57,8 +57,9 @@ class GCRDPConfig:
         label_weight: weight of the label-space term inside the regulariser.
         use_rdp, lam: RDP switch and weight λ.
         rdp_threshold, rdp_variant, rdp_confidence, rdp_temperature: see ``losses.rdp``.
-        score: retrieval score — ``global`` (cosine of global embeddings) or ``views``
-            (component-aligned mean cosine over the K views).
+        score: retrieval score — ``global`` (cosine of global embeddings), ``views``
+            (component-aligned mean cosine over the K views) or ``sets`` (set to set: the best
+            cosine over all K×K view pairs; embeddings are the K concatenated views).
 
     Switches studied in ``docs/gcrdp-study.md`` (defaults = SPEC's reading):
         view_positives: ``all`` (the other views of a sample in both modalities are positives)
@@ -125,8 +126,8 @@ class GCRDPConfig:
             raise ConfigError(f"rdp_variant must be one of {RDP_VARIANTS}, got {self.rdp_variant!r}")
         if self.score not in SCORES:
             raise ConfigError(f"score must be one of {SCORES}, got {self.score!r}")
-        if self.score == "views" and not self.use_gmm:
-            raise ConfigError("score='views' needs the GMM views (use_gmm=True)")
+        if self.score in ("views", "sets") and not self.use_gmm:
+            raise ConfigError(f"score={self.score!r} needs the GMM views (use_gmm=True)")
         if self.view_positives not in VIEW_POSITIVES:
             raise ConfigError(f"view_positives must be one of {VIEW_POSITIVES}, got {self.view_positives!r}")
         if self.views_weight < 0 or self.global_weight < 0 or self.views_weight + self.global_weight <= 0:
@@ -217,7 +218,7 @@ class GCRDPMethod(TrainableHeadsMethod):
             fine_cfg = replace(self.train, lr=self.train.lr * self.cfg.warm_lr_factor)
             report = fit_loop(model, self._loss, self._embed_pair, data, fine_cfg, seed=seed + 7919,
                               device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
-                              method_info=method_info(self))
+                              method_info=method_info(self), metric=self.score_metric)
         report.extra["warm_start"] = {"epochs": warm.epochs, "best_epoch": warm.best_epoch,
                                       "best_val_map": warm.best_val_map, "seconds": round(warm.seconds, 3)}
         report.seconds += warm.seconds
@@ -287,12 +288,20 @@ class GCRDPMethod(TrainableHeadsMethod):
 
     def _encode_batch(self, model, which, local, mask):
         views, g, _ = (model.encode_image if which == "image" else model.encode_text)(local, mask)
+        if model.pool_only:  # warm-start stage: the base's embedding
+            return g
         if self.cfg.score == "views":  # concatenated unit views / √K: cosine = mean aligned view cosine
             return views.flatten(1) / float(np.sqrt(views.shape[1]))
+        if self.cfg.score == "sets":  # the K unit views, scored by their best pair (score_metric)
+            return views.flatten(1)
         return g
 
+    @property
+    def score_metric(self) -> str:
+        return f"set-max:{self.cfg.n_views}" if self.cfg.score == "sets" else "cosine"
+
     def _embed_dim(self) -> int:
-        return self.cfg.latent_dim * (self.cfg.n_views if self.cfg.score == "views" else 1)
+        return self.cfg.latent_dim * (self.cfg.n_views if self.cfg.score in ("views", "sets") else 1)
 
 
 @METHODS.register("gcrdp")

@@ -70,7 +70,12 @@ class TrainableHeadsMethod:
             model = self.init_model(*self._model_dims(data))  # validation embeds through it
             return fit_loop(model, self._loss, self._embed_pair, data, self.train, seed=seed,
                             device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
-                            method_info=method_info(self))
+                            method_info=method_info(self), metric=self.score_metric)
+
+    @property
+    def score_metric(self) -> str:
+        """How two embeddings are scored (:func:`gcrdp.evaluation.retrieval_metrics`'s metric)."""
+        return "cosine"
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **kw: Any) -> Path:

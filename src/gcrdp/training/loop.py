@@ -65,12 +65,13 @@ def make_batch(tensors: Batch, idx: np.ndarray, device: str) -> Batch:
             for k, v in tensors.items()}
 
 
-def validation_map(embed: Embedder, features: FeatureSet, labels: np.ndarray) -> float:
-    """Mean of I2T and T2I mAP@all on the validation pairs (queries = gallery)."""
+def validation_map(embed: Embedder, features: FeatureSet, labels: np.ndarray, metric: str = "cosine") -> float:
+    """Mean of I2T and T2I mAP@all on the validation pairs (queries = gallery), scored with
+    ``metric`` (see :func:`gcrdp.evaluation.retrieval_metrics`)."""
     from ..evaluation import cross_modal_metrics
 
     img, txt = embed(features)
-    res = cross_modal_metrics(img, txt, labels, img, txt, labels)
+    res = cross_modal_metrics(img, txt, labels, img, txt, labels, metric=metric)
     return float(res["mean_map"])
 
 
@@ -86,6 +87,7 @@ def fit_loop(
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     method_info: Mapping[str, Any] | None = None,
+    metric: str = "cosine",
 ) -> FitReport:
     """Train ``model`` in place with ``step_loss``; early-stop on validation mAP computed with
     ``embed``; restore the weights of the best validation epoch. Returns a :class:`FitReport`.
@@ -165,7 +167,7 @@ def fit_loop(
         entry = {"epoch": epoch, **{k: v / max(len(batches), 1) for k, v in sums.items()}}
         if has_val:
             model.eval()
-            score = validation_map(embed, data.val, data.val_labels)
+            score = validation_map(embed, data.val, data.val_labels, metric)
             entry["val_map"] = score
             if score > best + config.min_delta:
                 best, bad = score, 0
