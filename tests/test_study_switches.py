@@ -329,3 +329,27 @@ def test_sets_score_trains_and_validates_with_the_set_metric():
     assert all(0 <= h["val_map"] <= 1 for h in rep.history)
     w = build_method("gcrdp", {**SMALL, "max_epochs": 2, "score": "sets", "warm_start": True})
     assert w.fit(data, seed=0).extra["warm_start"]["best_val_map"] is not None
+
+
+def test_refit_trains_on_the_validation_classes_with_the_chosen_settings():
+    from gcrdp.experiments import RunConfig, run_experiment
+
+    ds, feats = _toy_run_inputs()
+    cfg = RunConfig(dataset="toy", shots=[1], seeds=[0], methods=["gap-infonce", "cca"], refit=True,
+                    method_options={"gap-infonce": {**SMALL, "max_epochs": 6, "patience": 2}}, device="cpu")
+    res = run_experiment(cfg, progress=False, dataset=ds, features=feats)
+    gap, cca = res["records"]
+    n = gap["split"]["n_train"] + gap["split"]["n_val"]
+    assert gap["refit"]["n_train"] == n and cca["refit"]["n_train"] == n
+    assert gap["refit"]["options"] == {"max_epochs": gap["fit"]["best_epoch"]}
+    assert gap["refit"]["epochs"] == gap["fit"]["best_epoch"] and gap["refit"]["best_val_map"] is None
+    assert cca["refit"]["options"] == {"reg": cca["fit"]["reg"]} and cca["refit"]["reg_selection"] == "fixed"
+    plain = run_experiment(RunConfig(**{**cfg.to_dict(), "refit": False}), progress=False, dataset=ds,
+                           features=feats)
+    assert "refit" not in plain["records"][0]
+    assert plain["records"][0]["test"]["mean_map"] != gap["test"]["mean_map"]
+    warm = build_method("gcrdp", {**SMALL, "warm_start": True, "max_epochs": 2})
+    _, _, data = _data()
+    rep = warm.fit(data, seed=0)
+    assert warm.refit_options(rep) == {"max_epochs": rep.best_epoch,
+                                       "warm_epochs": rep.extra["warm_start"]["best_epoch"]}

@@ -101,6 +101,9 @@ def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--val-mode", choices=["mirror", "zero-shot"], default=None,
                    help="mirror (default): the validation classes get the run's N shots in "
                         "training, as the unseen classes do; zero-shot: they get none")
+    g.add_argument("--refit", action="store_true", default=None,
+                   help="after each fit, refit on every seen-class pair (validation classes too) "
+                        "with the epoch count / settings chosen on validation, and test that model")
     g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
     g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
 
@@ -181,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction", "val_mode"):
+    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction", "val_mode", "refit"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -220,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "ks", "device", "val_fraction", "val_mode"):
+    for key in ("protocol", "ks", "device", "val_fraction", "val_mode", "refit"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value

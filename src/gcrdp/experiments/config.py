@@ -34,6 +34,10 @@ class RunConfig:
             the unseen classes) or ``zero-shot`` (they get none; the first protocol).
         val_min_classes, val_min_pairs: with ``mirror``, the fewest validation classes and
             pairs to aim for (at most half of the seen classes are held out).
+        refit: after each fit, fit the method again on every seen-side train pair (the
+            validation classes' pairs too) and the unseen shots, with the settings chosen on
+            validation (the early-stopped epoch count, CCA's ridge) and no validation; the
+            refitted model is the one tested. The validation classes otherwise never train.
         ks: extra cut-offs for mAP@k, precision@k and recall@k.
         device: ``cpu``, ``cuda`` or ``auto``.
         extract_batch_size: batch size of feature extraction.
@@ -57,6 +61,7 @@ class RunConfig:
     val_mode: str = "mirror"
     val_min_classes: int = 10
     val_min_pairs: int = 200
+    refit: bool = False
     ks: list[int] = field(default_factory=list)
     device: str = "auto"
     extract_batch_size: int = 64

@@ -119,6 +119,17 @@ def fit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_nam
     )
 
 
+def refit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_names,
+                   class_name_features: np.ndarray | None = None) -> FitData:
+    """The refit's training pairs (``RunConfig.refit``): every train and validation pair of the
+    split — all seen-side train-split pairs and the unseen shots — with only the unseen shots
+    oversampled, and no validation."""
+    train = np.union1d(split.train, split.val)
+    return FitData(train=features.subset(train), train_labels=labels[train],
+                   oversample=np.isin(train, split.fewshot), class_names=tuple(class_names),
+                   class_name_features=class_name_features)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=np.float64)
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
@@ -180,6 +191,16 @@ def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
         report = method.fit(fit_data, seed=seed)
     else:
         report = method.fit(fit_data, seed=seed, checkpoint_dir=Path(folder) / "last", resume=resume)
+    refit = None
+    if config.refit and len(split.val):
+        refit_opts = method.refit_options(report)
+        method = build_method(method_base_name(name), {**preset_options(name, config.method_options.get(name)),
+                                                       **refit_opts}, ctx.device)
+        if getattr(method, "needs_class_name_features", False):
+            fit_data.class_name_features = ctx.name_feats
+        refit_data = refit_data_for(split, features, labels, ctx.classes, fit_data.class_name_features)
+        refit_report = method.fit(refit_data, seed=seed)
+        refit = {**refit_report.to_dict(), "options": refit_opts, "n_train": len(refit_data.train)}
     t0 = time.perf_counter()
     test = evaluate_split(method, features, labels, split, ks=config.ks)
     chance = chance_map(labels[q], labels[g])
@@ -188,6 +209,7 @@ def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
         "method_config": method.config_dict(),
         "split": split.summary(),
         "fit": report.to_dict(),
+        **({"refit": refit} if refit is not None else {}),
         "eval_seconds": round(time.perf_counter() - t0, 3),
         "chance": {"i2t": chance, "t2i": chance},
         "test": test,
@@ -265,6 +287,10 @@ def run_experiment(
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}.")
     for m in config.methods:
         METHODS.get(method_base_name(m))  # fail fast on unknown names, before any slow work
+        if config.refit and not hasattr(build_method(method_base_name(m), preset_options(m, config.method_options.get(m))),
+                                        "refit_options"):
+            raise ConfigError(f"refit: method {m!r} does not say how to refit without validation "
+                              "(no refit_options); run it without --refit.")
         if checkpoints is not None:
             check_checkpointable(build_method(method_base_name(m), preset_options(m, config.method_options.get(m))))
     t_start = time.perf_counter()

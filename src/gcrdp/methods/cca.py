@@ -403,6 +403,10 @@ class CCAMethod:
         return FitReport(epochs=0, best_epoch=0, best_val_map=scores["mean"] if scores else None,
                          seconds=time.perf_counter() - t0, history=history, extra=extra)
 
+    def refit_options(self, report: FitReport) -> dict[str, Any]:
+        """Options that refit this method without validation: the ridge chosen on it."""
+        return {"reg": float(report.extra["reg"])}
+
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **kw: Any) -> Path:
         """Write the fitted method as a final checkpoint folder (``save_method``)."""

@@ -76,7 +76,8 @@ class GCRDPConfig:
             ``cross-modal``, ``all``): preserve the frozen pretrained spaces' relative
             distances on each row's ``rdp_topk`` teacher neighbours.
         warm_start: first train the base (GAP + InfoNCE, early-stopped), then fine-tune the
-            full method from it at ``lr × warm_lr_factor``.
+            full method from it at ``lr × warm_lr_factor``; ``warm_epochs`` > 0 trains the base
+            that many epochs instead (a refit without validation pairs uses it).
     """
 
     latent_dim: int = 256
@@ -115,6 +116,7 @@ class GCRDPConfig:
     rdp_topk: int = 10
     warm_start: bool = False
     warm_lr_factor: float = 0.1
+    warm_epochs: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 10:
@@ -137,6 +139,8 @@ class GCRDPConfig:
             raise ConfigError(f"rdp_teacher must be one of {RDP_TEACHERS}, got {self.rdp_teacher!r}")
         if isinstance(self.rdp_topk, bool) or not isinstance(self.rdp_topk, int) or self.rdp_topk < 1:
             raise ConfigError(f"rdp_topk must be an integer >= 1, got {self.rdp_topk!r}")
+        if isinstance(self.warm_epochs, bool) or not isinstance(self.warm_epochs, int) or self.warm_epochs < 0:
+            raise ConfigError(f"warm_epochs must be an integer >= 0, got {self.warm_epochs!r}")
         if not 0 < self.warm_lr_factor <= 10:
             raise ConfigError(f"warm_lr_factor must be in (0, 10], got {self.warm_lr_factor}")
         self.gmm_config()  # validates the GMM fields
@@ -210,7 +214,8 @@ class GCRDPMethod(TrainableHeadsMethod):
             warm_dir = None if checkpoint_dir is None else Path(f"{checkpoint_dir}-warm")
             model.pool_only = True
             try:
-                warm = fit_loop(model, self._base_loss, self._embed_pair, data, self.train, seed=seed,
+                warm_cfg = replace(self.train, max_epochs=self.cfg.warm_epochs) if self.cfg.warm_epochs else self.train
+                warm = fit_loop(model, self._base_loss, self._embed_pair, data, warm_cfg, seed=seed,
                                 device=self.device, checkpoint_dir=warm_dir, resume=resume,
                                 method_info={**method_info(self), "stage": "warm"})
             finally:
@@ -223,6 +228,12 @@ class GCRDPMethod(TrainableHeadsMethod):
                                       "best_val_map": warm.best_val_map, "seconds": round(warm.seconds, 3)}
         report.seconds += warm.seconds
         return report
+
+    def refit_options(self, report: FitReport) -> dict[str, Any]:
+        opts = super().refit_options(report)
+        if self.cfg.warm_start:
+            opts["warm_epochs"] = max(1, int(report.extra["warm_start"]["best_epoch"]))
+        return opts
 
     def _base_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The warm-start loss: InfoNCE on the GAP embeddings (class-aware if configured)."""

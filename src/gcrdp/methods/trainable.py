@@ -72,6 +72,11 @@ class TrainableHeadsMethod:
                             device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
                             method_info=method_info(self), metric=self.score_metric)
 
+    def refit_options(self, report: FitReport) -> dict[str, Any]:
+        """Options that refit this method without validation pairs: as many epochs as the
+        early-stopped fit's best epoch (``RunConfig.refit``)."""
+        return {"max_epochs": max(1, int(report.best_epoch))}
+
     @property
     def score_metric(self) -> str:
         """How two embeddings are scored (:func:`gcrdp.evaluation.retrieval_metrics`'s metric)."""

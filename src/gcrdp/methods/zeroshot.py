@@ -172,6 +172,10 @@ class ZeroShotMethod:
         return FitReport(epochs=0, best_epoch=0, best_val_map=best, seconds=time.perf_counter() - t0,
                          history=history, extra={"alignment": why})
 
+    def refit_options(self, report: FitReport) -> dict[str, Any]:
+        """Nothing is fitted, so nothing is chosen on validation."""
+        return {}
+
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **kw: Any) -> Path:
         return save_method(self, path, **kw)
