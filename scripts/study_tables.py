@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reference", default="gcrdp")
     ap.add_argument("--base", default="gap-infonce")
     ap.add_argument("--labels", nargs="+", default=None, help="only these dataset labels")
+    ap.add_argument("--shots", type=int, nargs="+", default=None, help="only these shot counts")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     grid = load_grid(args.grid)
@@ -150,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     for label in sorted(grid):
         if args.labels and label not in args.labels:
             continue
-        text, figures = label_tables(label, grid[label], args.reference, args.base)
+        cells = grid[label]
+        if args.shots:
+            cells = {k: v for k, v in cells.items() if k[1] in args.shots}
+        text, figures = label_tables(label, cells, args.reference, args.base)
         print(text)
         out[label] = figures
     if args.json:
