@@ -353,3 +353,21 @@ def test_refit_trains_on_the_validation_classes_with_the_chosen_settings():
     rep = warm.fit(data, seed=0)
     assert warm.refit_options(rep) == {"max_epochs": rep.best_epoch,
                                        "warm_epochs": rep.extra["warm_start"]["best_epoch"]}
+
+
+@pytest.mark.parametrize("side", ["image", "text"])
+def test_gmm_on_one_modality(side):
+    feats, y, data = _data()
+    m = build_method("gcrdp", {**SMALL, "max_epochs": 2, "gmm_on": side, "view_positives": "cross"})
+    m.fit(data, seed=0)
+    model = m.model_
+    assert hasattr(model, f"{side}_gmm") and not hasattr(model, f"{'text' if side == 'image' else 'image'}_gmm")
+    import torch as t
+
+    loc = t.from_numpy(feats.text.local[:5]).float() if side == "image" else t.from_numpy(feats.image.local[:5]).float()
+    msk = t.from_numpy(feats.text.mask[:5] if side == "image" else feats.image.mask[:5])
+    views, g, pi = (model.encode_text if side == "image" else model.encode_image)(loc, msk)
+    assert views.shape == (5, 3, 8) and t.allclose(views[:, 0], g) and t.allclose(views[:, 2], g)
+    assert t.allclose(pi, t.full((5, 3), 1 / 3))
+    with pytest.raises(ConfigError, match="gmm_on"):
+        build_method("gcrdp", {"gmm_on": "audio"})

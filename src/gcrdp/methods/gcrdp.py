@@ -69,6 +69,8 @@ class GCRDPConfig:
             with ``class_positives``; with it the views become an auxiliary loss.
         pi_weighted: weight view anchors and positives by their mixture weight π (detached).
         normalize_local: L2-normalise the projected local features before the GMM.
+        gmm_on: ``both`` modalities, or only ``image`` / ``text`` (the other one pools its local
+            features by GAP and repeats that view K times) — e.g. for texts of a few tokens.
         e_step_temperature, init_var, init_var_mode: the GMM's E-step temperature and initial
             variances (see :class:`~gcrdp.model.gmm.GMMConfig`).
         rdp_teacher: ``none`` (SPEC: RDP between the two learned spaces, confident pairs by θ)
@@ -117,6 +119,7 @@ class GCRDPConfig:
     warm_start: bool = False
     warm_lr_factor: float = 0.1
     warm_epochs: int = 0
+    gmm_on: str = "both"
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 10:
@@ -139,6 +142,8 @@ class GCRDPConfig:
             raise ConfigError(f"rdp_teacher must be one of {RDP_TEACHERS}, got {self.rdp_teacher!r}")
         if isinstance(self.rdp_topk, bool) or not isinstance(self.rdp_topk, int) or self.rdp_topk < 1:
             raise ConfigError(f"rdp_topk must be an integer >= 1, got {self.rdp_topk!r}")
+        if self.gmm_on not in ("both", "image", "text"):
+            raise ConfigError(f"gmm_on must be 'both', 'image' or 'text', got {self.gmm_on!r}")
         if isinstance(self.warm_epochs, bool) or not isinstance(self.warm_epochs, int) or self.warm_epochs < 0:
             raise ConfigError(f"warm_epochs must be an integer >= 0, got {self.warm_epochs!r}")
         if not 0 < self.warm_lr_factor <= 10:
@@ -167,8 +172,13 @@ class GCRDPModel(nn.Module):
         self.image_head = ProjectionHead(image_dim, **kw)
         self.text_head = ProjectionHead(text_dim, **kw)
         if cfg.use_gmm:
-            self.image_gmm = GMMLayer(cfg.latent_dim, cfg.gmm_config())
-            self.text_gmm = self.image_gmm if cfg.shared_anchors else GMMLayer(cfg.latent_dim, cfg.gmm_config())
+            first = GMMLayer(cfg.latent_dim, cfg.gmm_config())
+            if cfg.gmm_on in ("both", "image"):
+                self.image_gmm = first
+            if cfg.gmm_on == "text":
+                self.text_gmm = first
+            elif cfg.gmm_on == "both":
+                self.text_gmm = first if cfg.shared_anchors else GMMLayer(cfg.latent_dim, cfg.gmm_config())
         self.classifier = nn.Linear(cfg.latent_dim, n_classes) if cfg.alpha > 0 and n_classes > 0 else None
         self.pool_only = False  # True while warm-starting (not state: never saved)
 
@@ -181,6 +191,9 @@ class GCRDPModel(nn.Module):
             x = F.normalize(x, dim=-1)
         if gmm is None:
             g = F.normalize(masked_mean(x, mask), dim=-1)  # (B, D)
+            if self.cfg.use_gmm:  # GMM on the other modality only: K copies of the GAP view
+                k = self.cfg.n_components
+                return g.unsqueeze(1).expand(-1, k, -1), g, g.new_full((g.shape[0], k), 1.0 / k)
             return g.unsqueeze(1), g, None  # views (B, 1, D)
         res = gmm(x, mask, final_e_step=False)  # views need only π and μ
         views, g = gmm_views(res)  # (B, K, D), (B, D)

@@ -17,7 +17,7 @@ GCRDP_SPEC: dict[str, Any] = {
     "normalize_local": False, "e_step_temperature": 1.0, "init_var": 1.0, "init_var_mode": "fixed",
     "alpha": 0.1, "label_weight": 1.0, "use_rdp": True, "lam": 0.1, "rdp_teacher": "none",
     "rdp_threshold": 0.5, "rdp_variant": "distribution", "rdp_confidence": "either",
-    "rdp_temperature": 0.1, "score": "global", "warm_start": False,
+    "rdp_temperature": 0.1, "score": "global", "warm_start": False, "gmm_on": "both",
     "lr": 1e-3, "max_epochs": 60, "patience": 5,
 }
 
