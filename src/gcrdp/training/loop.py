@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # (gcrdp.methods imports this module: a top-level import woul
 
 log = logging.getLogger(__name__)
 
+#: float16 training features up to this size (as float32) are upcast once per fit
+UPCAST_ONCE_BYTES = 1 << 30
+
 #: a batch: features of the selected pairs as float32 tensors on the device
 Batch = dict[str, torch.Tensor]
 #: (model, batch) -> (loss, named loss parts for logging)
@@ -129,6 +132,10 @@ def fit_loop(
         if config.weight_decay > 0 else torch.optim.Adam(params, lr=config.lr)
     over_idx = np.flatnonzero(data.oversample)
     train_tensors = as_tensors(data.train, data.train_labels)
+    # Half-precision features are upcast once, not in every batch of every epoch, while the
+    # float32 copy stays small (same values either way: the batches are float32 on the device).
+    if sum(v.numel() for v in train_tensors.values() if v.dtype == torch.float16) * 4 <= UPCAST_ONCE_BYTES:
+        train_tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in train_tensors.items()}
     has_val = data.val is not None and data.val_labels is not None and len(data.val) >= 2
     report = FitReport()
     best_state: dict[str, torch.Tensor] | None = None
