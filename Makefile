@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gcrdp run --dataset twemoji --methods gap-infonce gcrdp --shots 0 1 3 5 --seeds 0 1 2 --output-dir $(DEMO_DIR)
+	$(BIN)/gcrdp run --dataset twemoji --methods gap-infonce gcrdp --shots 0 1 3 5 --seeds 0 1 2 --jobs 2 --output-dir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

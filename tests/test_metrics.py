@@ -462,7 +462,7 @@ def test_config_errors():
     bad = [
         ({"ks": "10"}, "ks must be a sequence of positive integers, got '10'"),
         ({"ks": (1, 3)}, "each of ks must be between 1 and the gallery size 2, got 3"),
-        ({"metric": "l2"}, "metric must be one of 'cosine', 'dot', got 'l2'"),
+        ({"metric": "l2"}, "metric must be one of 'cosine', 'dot' or 'set-max:K', got 'l2'"),
         ({"chunk_size": 0}, "chunk_size must be at least 1, got 0"),
         ({"chunk_size": 1.5}, "chunk_size must be a positive integer"),
         ({"chunk_size": True}, "chunk_size must be a positive integer"),

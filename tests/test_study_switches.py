@@ -371,3 +371,22 @@ def test_gmm_on_one_modality(side):
     assert t.allclose(pi, t.full((5, 3), 1 / 3))
     with pytest.raises(ConfigError, match="gmm_on"):
         build_method("gcrdp", {"gmm_on": "audio"})
+
+
+def test_presets_pin_what_was_measured():
+    """gcrdp@spec is the SPEC reading, which the study's rule kept as the default; gcrdp@study
+    is the stage-2 candidate of configs/gcrdp-study-2.json, option for option."""
+    import json
+    from dataclasses import asdict
+
+    from gcrdp.methods.gcrdp import GCRDPConfig
+    from gcrdp.methods.presets import GCRDP_SPEC, GCRDP_STUDY
+    from gcrdp.training.config import TrainConfig
+
+    from .conftest import REPO_ROOT
+
+    defaults = {**asdict(GCRDPConfig()), **asdict(TrainConfig())}
+    assert {k: defaults[k] for k in GCRDP_SPEC} == GCRDP_SPEC
+    grid = json.loads((REPO_ROOT / "configs" / "gcrdp-study-2.json").read_text(encoding="utf-8"))
+    cand = grid["method_options"]["gcrdp@cand"]
+    assert {k: v for k, v in GCRDP_STUDY.items() if GCRDP_SPEC.get(k) != v} == cand
