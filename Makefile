@@ -62,7 +62,7 @@ reproduce: $(STAMP)
 	$(BIN)/python benchmarks/bench_train_step.py --repeats 20 --json $(REPRODUCE_DIR)/bench_train_step.json > /dev/null || exit 1; \
 	$(BIN)/python scripts/make_results_doc.py $(REPRODUCE_DIR)/runs --out docs/results.md --figures docs/figures \
 	  --bench $(REPRODUCE_DIR)/bench_train_step.json --embedding-map $(REPRODUCE_DIR)/model \
-	  --methods cca dscmr clip4cmr clip4cmr@contrastive flex-clip gap-infonce gcrdp
+	  --methods cca dscmr clip4cmr clip4cmr@contrastive flex-clip gap-infonce gap-infonce@cp gcrdp gcrdp@study
 
 clean-venv:
 	rm -rf $(VENV)
