@@ -3,6 +3,7 @@ two fits at a time (`--jobs 2`, as `make demo` runs it), and warm with one fit a
 reference, every thread on one fit), measured in the same run.
 
     python benchmarks/bench_demo.py            # uses a fresh temporary cache folder
+    python benchmarks/bench_demo.py --keep runs/demo   # also keep the warm run's results.json
 
 Prints a Markdown table; copy the figures into docs/benchmarks.md.
 """
@@ -31,11 +32,19 @@ def timed(cache: Path, out: Path, jobs: int) -> tuple[float, dict]:
 
 
 def main() -> None:
+    import argparse
+    import shutil
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keep", type=Path, default=None, help="copy the warm --jobs 2 run's folder here")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         cold, rc = timed(cache, Path(tmp) / "cold", 2)
         warm, rw = timed(cache, Path(tmp) / "warm", 2)
         ref, r1 = timed(cache, Path(tmp) / "warm1", 1)
+        if args.keep is not None:
+            shutil.copytree(Path(tmp) / "warm", args.keep, dirs_exist_ok=True)
     fits = sum(r["fit"]["seconds"] for r in rw["records"])
     print("| run | wall time (s) | feature step (s) |\n|---|---|---|")
     print(f"| cold, --jobs 2 | {cold:.0f} | {rc['timing']['features_seconds']:.0f} |")
