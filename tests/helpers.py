@@ -38,3 +38,28 @@ def synthetic_features(
 def one_hot(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
     return np.eye(n_classes, dtype=bool)[labels]
+
+
+def heads_fitdata(seed: int = 0):
+    """(features, one-hot labels, FitData): 12 synthetic classes, 8 to train, 4 to validate."""
+    from gcrdp.methods import FitData
+
+    feats, labels = synthetic_features(n_per_class=12, n_classes=12, seed=seed)
+    y = one_hot(labels)
+    train, val = np.flatnonzero(labels < 8), np.flatnonzero(labels >= 8)
+    return feats, y, FitData(train=feats.subset(train), train_labels=y[train],
+                             oversample=np.zeros(len(train), bool), val=feats.subset(val), val_labels=y[val])
+
+
+def toy_run_dataset(n_per_class: int = 16, seed: int = 1):
+    """(Dataset with pre-extracted features, its FeatureSet): 8 synthetic classes, c0–c4 seen,
+    c5–c7 unseen, every fourth pair in the test split — for run_experiment without files."""
+    from gcrdp.data import ClassSplit, Dataset, Sample
+
+    feats, labels = synthetic_features(n_per_class=n_per_class, n_classes=8, noise=0.5, seed=seed)
+    classes = [f"c{i}" for i in range(8)]
+    samples = [Sample(id=sid, text=None, labels=(classes[c],), split="test" if i % 4 == 0 else "train")
+               for i, (sid, c) in enumerate(zip(feats.sample_ids, labels, strict=True))]
+    ds = Dataset("toy", samples, classes, ClassSplit("toy", "1", tuple(classes[:5]), tuple(classes[5:])),
+                 features=feats)
+    return ds, feats

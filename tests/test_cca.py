@@ -183,15 +183,11 @@ def test_fit_embed_beats_chance(synth):
 
 
 def test_run_experiment_end_to_end():
-    from gcrdp.data import ClassSplit, Dataset, Sample
     from gcrdp.experiments import RunConfig, run_experiment
 
-    feats, labels = synthetic_features(n_per_class=16, n_classes=8, noise=0.5, seed=1)
-    classes = [f"c{i}" for i in range(8)]
-    samples = [Sample(id=sid, text=None, labels=(classes[c],), split="test" if i % 4 == 0 else "train")
-               for i, (sid, c) in enumerate(zip(feats.sample_ids, labels, strict=True))]
-    ds = Dataset("toy", samples, classes, ClassSplit("toy", "1", tuple(classes[:5]), tuple(classes[5:])),
-                 features=feats)
+    from .helpers import toy_run_dataset
+
+    ds, feats = toy_run_dataset(n_per_class=16, seed=1)
     res = run_experiment(RunConfig(dataset="toy", shots=[1], seeds=[0], methods=["cca", "cca@fixed"],
                                    method_options={"cca@fixed": {"reg": 0.5, "fewshot_weight": 4}},
                                    device="cpu"), progress=False, dataset=ds, features=feats)

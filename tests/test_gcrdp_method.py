@@ -5,17 +5,13 @@ from gcrdp.data.features import FeatureSet, ModalityFeatures
 from gcrdp.errors import ConfigError
 from gcrdp.methods import FitData, build_method
 
-from .helpers import one_hot, synthetic_features
+from .helpers import heads_fitdata, one_hot, synthetic_features
 
 SMALL = {"batch_size": 16, "hidden_dim": 16, "latent_dim": 8}
 
 
 def _data(seed: int = 0):
-    feats, labels = synthetic_features(n_per_class=12, n_classes=12, seed=seed)
-    y = one_hot(labels)
-    train, val = np.flatnonzero(labels < 8), np.flatnonzero(labels >= 8)
-    return feats, y, FitData(train=feats.subset(train), train_labels=y[train],
-                             oversample=np.zeros(len(train), bool), val=feats.subset(val), val_labels=y[val])
+    return heads_fitdata(seed)
 
 
 def test_gcrdp_with_every_part_off_is_exactly_gap_infonce():

@@ -13,10 +13,10 @@ from gcrdp.errors import ConfigError, DataError
 from gcrdp.losses import multi_positive_infonce, rdp_teacher_loss
 from gcrdp.losses.multi_positive import _dense_multi_positive_infonce
 from gcrdp.losses.rdp import topk_mask
-from gcrdp.methods import FitData, build_method
+from gcrdp.methods import build_method
 from gcrdp.model.gmm import GMMConfig, GMMLayer, fit_gmm, set_variance
 
-from .helpers import one_hot, synthetic_features
+from .helpers import heads_fitdata, toy_run_dataset
 
 F64 = torch.float64
 
@@ -198,11 +198,7 @@ SMALL = {"batch_size": 16, "hidden_dim": 16, "latent_dim": 8}
 
 
 def _data(seed=0):
-    feats, labels = synthetic_features(n_per_class=12, n_classes=12, seed=seed)
-    y = one_hot(labels)
-    train, val = np.flatnonzero(labels < 8), np.flatnonzero(labels >= 8)
-    return feats, y, FitData(train=feats.subset(train), train_labels=y[train],
-                             oversample=np.zeros(len(train), bool), val=feats.subset(val), val_labels=y[val])
+    return heads_fitdata(seed)
 
 
 def test_every_switch_trains_and_logs_its_parts():
@@ -262,15 +258,7 @@ def test_gap_infonce_class_positives():
 
 # --------------------------------------------------------------------------- runner: presets, jobs
 def _toy_run_inputs():
-    from gcrdp.data import ClassSplit, Dataset, Sample
-
-    feats, labels = synthetic_features(n_per_class=14, n_classes=8, noise=0.5, seed=4)
-    classes = [f"c{i}" for i in range(8)]
-    samples = [Sample(id=sid, text=None, labels=(classes[c],), split="test" if i % 4 == 0 else "train")
-               for i, (sid, c) in enumerate(zip(feats.sample_ids, labels, strict=True))]
-    ds = Dataset("toy", samples, classes, ClassSplit("toy", "1", tuple(classes[:5]), tuple(classes[5:])),
-                 features=feats)
-    return ds, feats
+    return toy_run_dataset(n_per_class=14, seed=4)
 
 
 def test_spec_preset_and_parallel_jobs_give_the_sequential_records():

@@ -8,6 +8,7 @@ from .regularizer import cross_modal_regularizer
 
 __all__ = [
     "RDP_CONFIDENCE",
+    "RDP_TEACHERS",
     "RDP_VARIANTS",
     "LossWeights",
     "combine_losses",
@@ -15,6 +16,5 @@ __all__ = [
     "multi_positive_infonce",
     "rdp_loss",
     "rdp_teacher_loss",
-    "RDP_TEACHERS",
     "symmetric_infonce",
 ]

@@ -24,7 +24,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import (
-    LossWeights, combine_losses, cross_modal_regularizer, multi_positive_infonce, rdp_loss,
+    LossWeights,
+    combine_losses,
+    cross_modal_regularizer,
+    multi_positive_infonce,
+    rdp_loss,
     rdp_teacher_loss,
 )
 from ..losses.multi_positive import VIEW_POSITIVES
