@@ -160,9 +160,10 @@ def main(argv=None) -> int:
            "mAP@all in percent (`docs/metrics.md`), mean ± sample std over seeds; every method sees the "
            "same features, the same protocol split per (shots, seed) and the same evaluation code. "
            "Few-shot protocol: the test set is the unseen classes' test pairs; the N shots per unseen "
-           "class join the seen classes' training pairs; validation uses held-out seen classes and every "
-           "choice (early stopping, CCA's ridge) is made on it, never on the test split. Bold: best per "
-           "column.", "",
+           "class join the seen classes' training pairs; validation uses held-out seen classes, which "
+           "get the same N shots in training and are evaluated on their other pairs (the mirrored "
+           "validation, unless the run files say `val_mode` zero-shot), and every choice (early "
+           "stopping, CCA's ridge) is made on it, never on the test split. Bold: best per column.", "",
            f"Methods: {', '.join(f'`{m}`' for m in methods_run)}. The GCRDP ablation, sensitivity study and "
            "diagnostics are in [gcrdp-study.md](gcrdp-study.md).", ""]
     tw = sum(v for k, v in runs_seconds.items() if k == "twemoji")
