@@ -15,8 +15,8 @@ For every dataset label of the grid (``runs/<label>/<method>/shots<N>-seed<S>.js
    paired validation differences whose sign matches the test difference's, and the Spearman
    rank correlation of the two (with the number of methods).
 
-``--json OUT`` also writes every figure as JSON. Only the grid's files are read; nothing is
-chosen here.
+``--json OUT`` also writes every figure as JSON, ``--csv OUT`` one row per run. Only the grid's
+files are read; nothing is chosen here.
 """
 
 from __future__ import annotations
@@ -143,10 +143,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--labels", nargs="+", default=None, help="only these dataset labels")
     ap.add_argument("--shots", type=int, nargs="+", default=None, help="only these shot counts")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--csv", type=Path, default=None,
+                    help="also write one row per run (label, method, shots, seed, val and test mAP, "
+                         "epochs, seconds): the figures every table here is computed from")
     args = ap.parse_args(argv)
     grid = load_grid(args.grid)
     if not grid:
         raise SystemExit(f"no run files under {args.grid}")
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["label", "method", "shots", "seed", "val_map", "test_mean_map", "epochs", "fit_seconds"])
+            for label in sorted(grid):
+                for (m, shots, seed), r in sorted(grid[label].items()):
+                    w.writerow([label, m, shots, seed, "" if r["val"] is None else f"{r['val']:.6f}",
+                                f"{r['test']:.6f}", r["epochs"], r["seconds"]])
     out = {}
     for label in sorted(grid):
         if args.labels and label not in args.labels:

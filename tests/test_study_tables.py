@@ -44,7 +44,9 @@ def test_paired_over_seeds_and_prediction(tmp_path, capsys):
     text, figs = mod.label_tables("toy", grid["toy"], "gcrdp", "gap-infonce")
     assert figs["prediction"] == {"n_methods": 3, "sign_agreement": 2, "spearman": pytest.approx(0.5)}
     assert "signs agree for 2 of 3" in text
-    mod.main([str(tmp_path), "--shots", "5", "--json", str(tmp_path / "f.json")])
+    mod.main([str(tmp_path), "--shots", "5", "--json", str(tmp_path / "f.json"), "--csv", str(tmp_path / "r.csv")])
+    rows = (tmp_path / "r.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("label,method,shots,seed,val_map") and len(rows) == 1 + 4 * 2 * 4
     out = json.loads((tmp_path / "f.json").read_text())
     assert set(out["toy"]["methods"]["up"]["test"]) == {"5"}
     assert "toy" in capsys.readouterr().out
