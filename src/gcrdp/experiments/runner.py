@@ -89,6 +89,13 @@ def method_base_name(entry: str) -> str:
     return entry.split("@", 1)[0]
 
 
+def build_entry(entry: str, config: RunConfig, device: str = "cpu", **overrides: Any) -> Any:
+    """The unfitted method of method entry ``entry`` (e.g. ``gcrdp@spec``): its registered
+    method with the preset's options, the run's options for the entry, then ``overrides``."""
+    options = {**preset_options(entry, config.method_options.get(entry)), **overrides}
+    return build_method(method_base_name(entry), options, device)
+
+
 def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split: Any,
                    ks: list[int] | tuple[int, ...] = ()) -> dict[str, Any]:
     """Test metrics of a fitted ``method`` on ``split``'s test queries and gallery (I2T and
@@ -184,7 +191,7 @@ def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
     config, features, labels = ctx.config, ctx.features, ctx.labels
     fit_data = fit_data_for(split, features, labels, ctx.classes)
     q, g = split.test_query, split.test_gallery
-    method = build_method(method_base_name(name), preset_options(name, config.method_options.get(name)), ctx.device)
+    method = build_entry(name, config, ctx.device)
     if getattr(method, "needs_class_name_features", False):
         fit_data.class_name_features = ctx.name_feats
     if folder is None:
@@ -194,10 +201,7 @@ def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
     refit = None
     if config.refit and len(split.val):
         refit_opts = method.refit_options(report)
-        method = build_method(method_base_name(name), {**preset_options(name, config.method_options.get(name)),
-                                                       **refit_opts}, ctx.device)
-        if getattr(method, "needs_class_name_features", False):
-            fit_data.class_name_features = ctx.name_feats
+        method = build_entry(name, config, ctx.device, **refit_opts)
         refit_data = refit_data_for(split, features, labels, ctx.classes, fit_data.class_name_features)
         refit_report = method.fit(refit_data, seed=seed)
         refit = {**refit_report.to_dict(), "options": refit_opts, "n_train": len(refit_data.train)}
@@ -287,12 +291,11 @@ def run_experiment(
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}.")
     for m in config.methods:
         METHODS.get(method_base_name(m))  # fail fast on unknown names, before any slow work
-        if config.refit and not hasattr(build_method(method_base_name(m), preset_options(m, config.method_options.get(m))),
-                                        "refit_options"):
+        if config.refit and not hasattr(build_entry(m, config), "refit_options"):
             raise ConfigError(f"refit: method {m!r} does not say how to refit without validation "
                               "(no refit_options); run it without --refit.")
         if checkpoints is not None:
-            check_checkpointable(build_method(method_base_name(m), preset_options(m, config.method_options.get(m))))
+            check_checkpointable(build_entry(m, config))
     t_start = time.perf_counter()
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -321,8 +324,7 @@ def run_experiment(
 
     tasks = [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
     name_feats = None
-    if any(getattr(build_method(method_base_name(m), preset_options(m, config.method_options.get(m))),
-                   "needs_class_name_features", False) for m in config.methods):
+    if any(getattr(build_entry(m, config), "needs_class_name_features", False) for m in config.methods):
         name_feats = class_name_features(dataset.classes, config)  # computed once, for the methods that ask
     shared = _FitContext(config=config, features=features, labels=labels, classes=tuple(dataset.classes),
                          device=device, name_feats=name_feats)
