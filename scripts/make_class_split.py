@@ -9,8 +9,8 @@ only compare with the existing file and exit 1 when it differs).
 
 The classes are those of ``gcrdp.data.load_dataset(<dataset>)`` with its default options
 (Twemoji: sub-categories with >= 10 emoji). The split is
-:func:`gcrdp.data.splits.generate_class_split`: classes sorted by
-``sha256("<seed>\\0<class name>")``, the first ``n // 2`` unseen, the rest seen — a seeded
+:func:`gcrdp.data.splits.generate_class_split` with ``method="ordered"`` (``--method``): classes
+sorted by ``sha256("<seed>\\0<class name>")``, the first ``n // 2`` unseen, the rest seen — a seeded
 shuffle that depends on nothing but the seed and the class names (no NumPy RNG), so the same
 inputs give the same file on any machine. The seed, method and package versions are recorded
 in the file. Bump ``--version`` whenever the content changes: results name the version.
@@ -43,19 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="1", help="version string stored in the file")
     p.add_argument("--out", type=Path, default=None, help="output file (default: shipped path)")
     p.add_argument("--check", action="store_true", help="compare with the existing file only")
+    p.add_argument("--method", choices=["ordered", "hash"], default="ordered",
+                   help="ordered (default: exact halves, the rule of the shipped files) or hash "
+                        "(stable per-class draw, the default for users' data)")
     args = p.parse_args(argv)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a stale shipped split is what we are replacing
         ds = load_dataset(args.dataset)
     split = generate_class_split(ds.classes, dataset=args.dataset, seed=args.seed,
-                                 version=args.version)
+                                 version=args.version, method=args.method)
     extra: dict = {"n_classes": len(ds.classes)}
     if "min_class_size" in ds.meta:
         extra["min_class_size"] = ds.meta["min_class_size"]
     if "versions" in ds.meta:
         extra["source_versions"] = ds.meta["versions"]
-    doc = class_split_document(split, seed=args.seed, note=NOTES.get(args.dataset, ""), **extra)
+    doc = class_split_document(split, seed=args.seed, note=NOTES.get(args.dataset, ""), method=args.method,
+                               **extra)
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     out = args.out or DEFAULT_OUT / f"{args.dataset}.json"
     if args.check:

@@ -34,9 +34,10 @@ def write_manifest(root: Path, n_classes: int = 4, per_class: int = 8, test_ever
     """A small real manifest: coloured shapes with short captions, class = colour."""
     from PIL import Image, ImageDraw
 
-    names = ["red", "green", "blue", "yellow", "purple", "orange"][:n_classes]
-    rgb = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 220), "yellow": (240, 220, 20),
-           "purple": (140, 30, 160), "orange": (250, 140, 0)}
+    # ordered so that the generated (stable, per-class hash) split is balanced: 1/1, 2/2, 3/3
+    names = ["red", "purple", "green", "cyan", "blue", "magenta"][:n_classes]
+    rgb = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 220), "cyan": (20, 210, 220),
+           "purple": (140, 30, 160), "magenta": (230, 30, 200)}
     shapes = ["circle", "square", "triangle", "ring"]
     rows = []
     (root / "img").mkdir(parents=True, exist_ok=True)
@@ -219,10 +220,10 @@ def test_run_corrupt_image_and_too_many_shots(tmp_path, capsys):
                            tmp_path / "c", "--output-dir", tmp_path / "o")
     assert_user_error(code, err, "shots")
     assert not (tmp_path / "o" / "results.json").exists()
-    (tmp_path / "data" / "img" / "blue_2.png").write_bytes(b"\x89PNG garbage")
+    (tmp_path / "data" / "img" / "green_2.png").write_bytes(b"\x89PNG garbage")
     code, _, err = run_cli(capsys, "run", "--manifest", manifest, "--cache-dir", tmp_path / "c2",
                            "--output-dir", tmp_path / "o")
-    assert_user_error(code, err, "blue_2.png")
+    assert_user_error(code, err, "green_2.png")
     assert not (tmp_path / "o" / "results.json").exists()
     assert not list((tmp_path / "c2").rglob("meta.json"))
 
@@ -256,7 +257,8 @@ def test_train_resume_and_evaluate_checkpoint_reproduce_the_test_metrics(tmp_pat
     code, out, err = run_cli(capsys, *_train_args(tmp_path, manifest), "--checkpoint-dir", tmp_path / "ref")
     assert code == 0, err
     assert "validation mean mAP" in out and "I2T mAP" in out and "checkpoints:" in out
-    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == ["final", "last", "results.json"]
+    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == ["class_split.json", "final", "last",
+                                                                           "results.json"]
     res = json.loads((tmp_path / "ref" / "results.json").read_text())
     rec = res["records"][0]
     assert res["config"]["shots"] == [1] and res["config"]["seeds"] == [0] and res["provenance"]["versions"]

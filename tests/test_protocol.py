@@ -354,7 +354,7 @@ def test_protocol_on_wikipedia_labels(shared_data):
             samples.append(Sample(text_id, m.group(1).strip(), (names[int(cat) - 1],), split))
     classes = names
     ds = Dataset("wikipedia", samples, classes,
-                 generate_class_split(classes, dataset="wikipedia", seed=0))
+                 generate_class_split(classes, dataset="wikipedia", seed=0, method="ordered"))
     tr = Counter(s.labels[0] for s in samples if s.split == "train")
     te = Counter(s.labels[0] for s in samples if s.split == "test")
     assert [tr[c] for c in names] == WIKI_TRAIN and [te[c] for c in names] == WIKI_TEST

@@ -272,6 +272,6 @@ def test_run_experiment_end_to_end(tmp_path):
     res = run_experiment(config, progress=False)
     (rec,) = res["records"]
     assert 0.0 <= rec["test"]["i2t"]["map"] <= 1.0 and 0.0 <= rec["test"]["t2i"]["map"] <= 1.0
-    assert rec["split"]["n_fewshot"] == 4 and rec["split"]["n_test_classes"] == 4
+    assert rec["split"]["n_fewshot"] == rec["split"]["n_test_classes"] >= 1  # one shot per unseen class
     assert res["resolved"]["dataset_meta"]["layout"] == "split keys"
     assert res["summary"][0]["i2t_map_mean"] == rec["test"]["i2t"]["map"]

@@ -155,9 +155,10 @@ def test_clip_retrieval_folder_end_to_end(tmp_path):
     export_clip_retrieval(tmp_path / "cr", feats.image.pooled, feats.text.pooled, {
         "id": list(feats.sample_ids), "caption": [""] * n, "label": [f"c{c}" for c in labels],
         "split": ["test" if i % 3 == 0 else "train" for i in range(n)]})
-    ds = load_dataset("clip-retrieval", root=str(tmp_path / "cr"))
-    assert ds.features.meta["format"] == "clip-retrieval"
-    res = run_experiment(RunConfig(dataset="clip-retrieval", dataset_options={"root": str(tmp_path / "cr")},
+    opts = {"root": str(tmp_path / "cr"), "split_seed": 1}  # a draw with 3 of the 6 classes unseen
+    ds = load_dataset("clip-retrieval", **opts)
+    assert ds.features.meta["format"] == "clip-retrieval" and len(ds.class_split.unseen) == 3
+    res = run_experiment(RunConfig(dataset="clip-retrieval", dataset_options=opts,
                                    shots=[0], seeds=[0], methods=["zero-shot"], device="cpu"),
                          progress=False, dataset=ds)
     rec = res["records"][0]

@@ -81,7 +81,8 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
                    help="storage dtype of cached features (computation is float32)")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache folder (default: $GCRDP_CACHE_DIR or ~/.cache/gcrdp)")
-    g.add_argument("--extract-batch-size", type=int, default=None)
+    g.add_argument("--extract-batch-size", type=int, default=None,
+                   help="images per batch of feature extraction, texts twice as many (default 64)")
     g.add_argument("--clip", type=Path, default=None, metavar="DIR",
                    help="use a local CLIP(-like) transformers folder for both modalities "
                         "(sets --image-encoder clip --text-encoder clip)")
@@ -104,6 +105,9 @@ def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--refit", action="store_true", default=None,
                    help="after each fit, refit on every seen-class pair (validation classes too) "
                         "with the epoch count / settings chosen on validation, and test that model")
+    g.add_argument("--allow-small-classes", action="store_true", default=None,
+                   help="run even when classes have fewer items than the protocol needs (by default "
+                        "the run stops and names them: a class of one item is usually a label typo)")
     g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
     g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
 
@@ -184,7 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction", "val_mode", "refit"):
+    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction", "val_mode", "refit",
+                "allow_small_classes"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -223,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "ks", "device", "val_fraction", "val_mode", "refit"):
+    for key in ("protocol", "ks", "device", "val_fraction", "val_mode", "refit", "allow_small_classes"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -428,7 +433,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     raw = _dataset_fields(args)
     config = RunConfig.from_dict(raw)
     dataset = load_dataset(config.dataset, **config.dataset_options)
-    summary = summarize_dataset(dataset)
+    summary = summarize_dataset(dataset, shots=args.shots, protocol=args.protocol)
     print(format_summary(summary))
     skipped = dataset.meta.get("skipped") or []
     if skipped:
@@ -714,6 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None,
                    help="with --skip-bad: where the list of left-out samples goes "
                         "(default: <dataset>-skipped.json)")
+    p.add_argument("--shots", type=int, default=5,
+                   help="check the class sizes for runs of up to this many shots (default 5)")
+    p.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default="fewshot",
+                   help="check the class sizes for this protocol (default fewshot)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
     p.set_defaults(func=cmd_inspect)
 

@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import ConfigError, format_list
 from .features import FeatureSet
 from .problems import Problems
-from .splits import SPLIT_METHOD, generate_class_split, list_class_splits, load_class_split
-from .types import ClassSplit, Dataset, Sample
+from .splits import generate_class_split, generated_split_source, list_class_splits, load_class_split
+from .types import ClassSplit, Dataset, Sample, split_label
 
 
 def check_skip_bad(skip_bad: object) -> bool:
@@ -46,15 +46,15 @@ def resolve_class_split(
         listed = set(split.seen) | set(split.unseen)
         if present <= listed:
             if present == listed:
-                return split, f"shipped: {shipped} v{split.version}", False
+                return split, f"shipped: {shipped} {split_label(split.version)}", False
             dropped = sorted(listed - present)
             restricted = ClassSplit(split.dataset, f"{split.version}-restricted",
                                     tuple(c for c in split.seen if c in present),
                                     tuple(c for c in split.unseen if c in present))
-            return restricted, (f"shipped: {shipped} v{split.version}, restricted to the "
+            return restricted, (f"shipped: {shipped} {split_label(split.version)}, restricted to the "
                                 f"{len(present)} present classes (absent: {format_list(dropped)})"), False
     split = generate_class_split(classes, dataset=dataset, seed=split_seed)
-    return split, f"generated (seed {split_seed}): {SPLIT_METHOD}", True
+    return split, generated_split_source(split, split_seed), True
 
 
 def finish_dataset(

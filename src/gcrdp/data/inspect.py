@@ -3,8 +3,10 @@ feature dimensions, text lengths and the problems found.
 
 :func:`summarize_dataset` returns a JSON-ready dict; :func:`format_summary` renders it as text.
 Beyond what the loader already refuses, the summary warns about what makes the few-shot
-protocol weak or impossible: unseen classes with fewer train pairs than the largest shot count,
-seen classes without test pairs, duplicate texts, identical feature rows, missing image files.
+protocol weak or impossible or looks like a mistake (:mod:`gcrdp.data.checks`): classes with
+fewer items than the protocol needs at ``shots`` shots (``gcrdp run`` stops on these), labels
+that look like typos of others, seen classes without train pairs, duplicate texts, images with
+identical bytes, tiny or huge images, identical feature rows, missing image files.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .types import Dataset
+from .checks import duplicate_images, image_size_problems, near_duplicate_labels, small_classes
+from .types import Dataset, split_label
 
 SHOTS_CHECKED = 5
 
@@ -34,8 +37,10 @@ def _modality(mf) -> dict[str, Any]:
             "pooled_only": bool(mf.local.shape[1] == 1)}
 
 
-def summarize_dataset(dataset: Dataset, *, check_files: bool = True) -> dict[str, Any]:
-    """The summary of ``dataset`` (see the module docstring)."""
+def summarize_dataset(dataset: Dataset, *, check_files: bool = True, shots: int = SHOTS_CHECKED,
+                      protocol: str = "fewshot") -> dict[str, Any]:
+    """The summary of ``dataset`` (see the module docstring); the class sizes are checked for
+    ``shots`` shots under ``protocol`` (:func:`gcrdp.data.checks.small_classes`)."""
     samples = dataset.samples
     per_class = {c: {"train": 0, "test": 0} for c in dataset.classes}
     for s in samples:
@@ -75,15 +80,18 @@ def summarize_dataset(dataset: Dataset, *, check_files: bool = True) -> dict[str
         out["images"]["missing"] = len(missing)
         if missing:
             warnings.append(f"{len(missing)} image files do not exist (first: {missing[0]})")
+    small = small_classes(dataset, shots, protocol)
+    out["small_classes"] = [sc.to_dict() for sc in small]
+    out["shots_checked"] = shots
+    for sc in small:
+        warnings.append(f"{sc.describe()} ('gcrdp run' stops on this; --allow-small-classes runs anyway)")
+    counts = {c: n["train"] + n["test"] for c, n in per_class.items()}
+    near = near_duplicate_labels(dataset.classes, counts)
+    out["near_duplicate_labels"] = [{"a": a, "n_a": na, "b": b, "n_b": nb, "why": why} for a, na, b, nb, why in near]
+    for a, na, b, nb, why in near:
+        warnings.append(f"labels {a!r} ({na} items) and {b!r} ({nb} items) differ only by {why}: "
+                        "one label written two ways?")
     if split is not None:
-        few = [c for c in split.unseen if per_class.get(c, {}).get("train", 0) < SHOTS_CHECKED]
-        if few:
-            warnings.append(f"{len(few)} unseen classes have fewer than {SHOTS_CHECKED} train pairs, so "
-                            f"{SHOTS_CHECKED}-shot runs cannot draw their shots: {', '.join(few[:5])}")
-        no_test = [c for c in split.unseen if per_class.get(c, {}).get("test", 0) == 0]
-        if no_test:
-            warnings.append(f"{len(no_test)} unseen classes have no test pair (nothing to retrieve): "
-                            f"{', '.join(no_test[:5])}")
         no_train_seen = [c for c in split.seen if per_class.get(c, {}).get("train", 0) == 0]
         if no_train_seen:
             warnings.append(f"{len(no_train_seen)} seen classes have no train pair: {', '.join(no_train_seen[:5])}")
@@ -91,8 +99,26 @@ def summarize_dataset(dataset: Dataset, *, check_files: bool = True) -> dict[str
         warnings.append("no train pairs: this dataset can be evaluated but not trained on")
     if texts:
         dup = sum(c - 1 for c in Counter(texts).values() if c > 1)
+        out["texts"]["duplicates"] = dup
         if dup:
             warnings.append(f"{dup} texts repeat an earlier one exactly")
+    if images and check_files:
+        paths = [s.image for s in samples]
+        groups = duplicate_images(paths)
+        n_dup = sum(len(g) - 1 for g in groups)
+        out["images"]["duplicates"] = n_dup
+        if n_dup:
+            first = groups[0]
+            warnings.append(f"{n_dup} images have the same bytes as an earlier one (first: samples "
+                            f"{', '.join(repr(samples[i].id) for i in first[:3])})")
+        sizes = image_size_problems(paths)
+        out["images"]["size_problems"] = [{"sample": samples[i].id, "path": str(paths[i]), "reason": r}
+                                          for i, r in sizes]
+        for kind in ("tiny", "huge"):
+            hit = [(i, r) for i, r in sizes if r.startswith(kind)]
+            if hit:
+                warnings.append(f"{len(hit)} images are {kind} (first: {samples[hit[0][0]].id!r}, "
+                                f"{hit[0][1]})")
     if dataset.features is not None:
         for name, mf in (("image", dataset.features.image), ("text", dataset.features.text)):
             rows = np.ascontiguousarray(mf.pooled).view(np.dtype((np.void, mf.pooled.dtype.itemsize * mf.pooled.shape[1])))
@@ -118,7 +144,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  labels per sample: min {st['min']}, mean {st['mean']}, max {st['max']}")
     cs = s["class_split"]
     if cs:
-        lines.append(f"  class split v{cs['version']}: {cs['n_seen']} seen, {cs['n_unseen']} unseen ({cs['source']})")
+        lines.append(f"  class split {split_label(cs['version'])}: {cs['n_seen']} seen, {cs['n_unseen']} unseen ({cs['source']})")
     unseen = set(cs["unseen"]) if cs else set()
     width = max([len(c) for c in s["classes"]] + [5])
     lines.append("")

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from .registry import DATASETS
-from .splits import SPLIT_METHOD, generate_class_split, load_class_split
+from .splits import generate_class_split, generated_split_source, load_class_split
 from .types import SPLITS, ClassSplit, Dataset, Sample
 
 FORMATS = ("csv", "tsv", "jsonl")
@@ -390,7 +390,7 @@ def load_manifest(
         generated = False
     else:
         split = generate_class_split(classes, dataset=ds_name, seed=split_seed)
-        source = f"generated (seed {split_seed}): {SPLIT_METHOD}"
+        source = generated_split_source(split, split_seed)
         generated = True
     n_train = sum(s.split == "train" for s in samples)
     meta = {

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .types import ClassSplit, Dataset
+from .types import ClassSplit, Dataset, split_label
 
 PROTOCOLS = ("fewshot", "standard", "generalized")
 VAL_BY = ("class", "pair")
@@ -378,7 +378,7 @@ def make_split(
     unseen = [c for c in dataset.classes if c in unseen_set]
     if not unseen:
         raise DataError(
-            f"Class split {cs.dataset!r} v{cs.version} has no unseen classes, so the {key} "
+            f"Class split {cs.dataset!r} {split_label(cs.version)} has no unseen classes, so the {key} "
             "protocol has nothing to test on. Use a split with unseen classes or "
             "protocol='standard'."
         )
@@ -398,7 +398,7 @@ def make_split(
         raise DataError(
             f"shots={shots} needs at least {shots} train-split pairs in every unseen class, but "
             f"{len(short)} unseen class(es) have fewer: {listed}{more}. With this class split "
-            f"(dataset {dataset.name!r}, v{cs.version}) at most shots={max_shots} is possible; "
+            f"(dataset {dataset.name!r}, {split_label(cs.version)}) at most shots={max_shots} is possible; "
             "lower shots or use a class split whose unseen classes have more train pairs."
         )
     drawn: list[int] = []

@@ -203,7 +203,7 @@ def load_twemoji(
             split.check_against(classes)
             source = f"shipped: twemoji v{split.version}"
         except GcrdpError as exc:
-            split = generate_class_split(classes, dataset="twemoji", seed=SHIPPED_SPLIT_SEED)
+            split = generate_class_split(classes, dataset="twemoji", seed=SHIPPED_SPLIT_SEED, method="ordered")
             source = (
                 f"generated (seed {SHIPPED_SPLIT_SEED}) because the shipped split does not "
                 f"apply: {exc}"

@@ -27,6 +27,12 @@ from .features import FeatureSet
 SPLITS = ("train", "test")
 
 
+def split_label(version: str) -> str:
+    """How a split version reads in messages: ``v1`` for a number, the name otherwise
+    (``hashed-seed0``)."""
+    return f"v{version}" if str(version)[:1].isdigit() else str(version)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One image–text pair.
@@ -59,7 +65,7 @@ class ClassSplit:
         overlap = set(self.seen) & set(self.unseen)
         if overlap:
             raise DataError(
-                f"Class split {self.dataset!r} v{self.version}: classes listed as both seen and "
+                f"Class split {self.dataset!r} {split_label(self.version)}: classes listed as both seen and "
                 f"unseen: {sorted(overlap)[:5]}"
             )
 
@@ -102,7 +108,7 @@ class ClassSplit:
             if extra:
                 parts.append(f"split classes not in the data: {extra[:5]} ({len(extra)})")
             raise DataError(
-                f"Class split {self.dataset!r} v{self.version} does not match the dataset: "
+                f"Class split {self.dataset!r} {split_label(self.version)} does not match the dataset: "
                 + "; ".join(parts)
                 + ". Regenerate the split or pass a matching --class-split file."
             )

@@ -38,6 +38,8 @@ class RunConfig:
             validation classes' pairs too) and the unseen shots, with the settings chosen on
             validation (the early-stopped epoch count, CCA's ridge) and no validation; the
             refitted model is the one tested. The validation classes otherwise never train.
+        allow_small_classes: run even when classes have fewer items than the protocol needs
+            (:func:`gcrdp.data.checks.small_classes`; default: stop and name them).
         ks: extra cut-offs for mAP@k, precision@k and recall@k.
         device: ``cpu``, ``cuda`` or ``auto``.
         extract_batch_size: batch size of feature extraction.
@@ -62,6 +64,7 @@ class RunConfig:
     val_min_classes: int = 10
     val_min_pairs: int = 200
     refit: bool = False
+    allow_small_classes: bool = False
     ks: list[int] = field(default_factory=list)
     device: str = "auto"
     extract_batch_size: int = 64

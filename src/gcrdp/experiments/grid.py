@@ -210,6 +210,9 @@ class Grid:
         return out
 
 
+_DEFAULTS = RunConfig().to_dict()
+
+
 def _stored_config(path: Path) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -246,7 +249,7 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
         if path.exists():
             stored = _stored_config(path)
             want = grid.run_config(c.dataset, c.method, c.shots, c.seed).to_dict()
-            if stored == want:
+            if stored is not None and {**_DEFAULTS, **stored} == want:  # keys added since: defaults
                 done_files.append(path)
                 continue
             if not rerun_changed:

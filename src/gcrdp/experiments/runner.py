@@ -283,6 +283,7 @@ def run_experiment(
     round-off may differ between thread counts); they are returned in the sequential order,
     and ``on_record`` is called as each finishes.
     """
+    from ..data.checks import check_class_sizes
     from ..data.protocol import make_split
     from ..data.registry import load_dataset
     from ..training.checkpoint import check_checkpointable
@@ -304,6 +305,8 @@ def run_experiment(
     device = resolve_device(config.device)
     if dataset is None:
         dataset = load_dataset(config.dataset, **config.dataset_options)
+    shot_values = [0] if config.protocol == "standard" else config.shots
+    small = check_class_sizes(dataset, shot_values, config.protocol, allow=config.allow_small_classes)
     t_data = time.perf_counter()
     if features is None:
         features = load_features(dataset, config, progress=progress)
@@ -313,7 +316,6 @@ def run_experiment(
     features.text.check_finite("text features")
     t_feat = time.perf_counter()
     labels = dataset.label_matrix()
-    shot_values = [0] if config.protocol == "standard" else config.shots
 
     # Validate every split before training anything (e.g. too few pairs for the shots).
     splits = {(s, seed): make_split(dataset, protocol=config.protocol, shots=s, seed=seed,
@@ -361,6 +363,7 @@ def run_experiment(
         "resolved": {"device": device, "jobs": jobs, "torch_threads": _threads_per_fit(jobs, len(tasks)),
                      "n_samples": len(dataset), "n_classes": len(dataset.classes),
                      "dataset_meta": dataset.meta, "features": features.meta,
+                     "small_classes_allowed": [sc.to_dict() for sc in small],
                      "feature_dims": {"image": [features.image.local.shape[1], features.image.dim],
                                       "text": [features.text.local.shape[1], features.text.dim]}},
         "provenance": provenance(),
@@ -371,6 +374,14 @@ def run_experiment(
         "summary": summarize(records),
     }
     if output_dir is not None:
+        if dataset.class_split is not None and config.protocol != "standard":
+            from ..data.splits import class_split_document
+
+            doc = class_split_document(dataset.class_split, note=(
+                f"The class split this run used ({dataset.meta.get('class_split_source', 'dataset')}). "
+                "Pass it as --class-split (dataset option class_split) to pin it in a rerun."))
+            atomic_write_json(output_dir / "class_split.json", doc)
+            results["resolved"]["class_split_file"] = str(output_dir / "class_split.json")
         if dataset.meta.get("skipped"):
             atomic_write_json(output_dir / "skipped.json", {
                 "dataset": dataset.name, "source": dataset.meta.get("source"),

@@ -1,0 +1,211 @@
+"""A new user's first hour (issue 11): data problems found before any work, a stable generated
+class split written next to the results, and the smaller surprises."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gcrdp.data import ClassSplit, Dataset, Sample, generate_class_split
+from gcrdp.data.checks import (
+    check_class_sizes,
+    duplicate_images,
+    edit_distance,
+    image_size_problems,
+    near_duplicate_labels,
+    small_classes,
+)
+from gcrdp.data.inspect import format_summary, summarize_dataset
+from gcrdp.errors import DataError
+
+NAMES = [f"class-{i:02d}" for i in range(40)]
+
+
+# --------------------------------------------------------------------------- stable split
+def test_generated_split_is_stable_when_classes_are_added_or_removed():
+    full = generate_class_split(NAMES, dataset="x", seed=3)
+    side = {c: "unseen" for c in full.unseen} | {c: "seen" for c in full.seen}
+    for extra in (["acitons"], ["zz-new", "another one"], []):
+        for drop in ([], NAMES[:5], NAMES[7:9]):
+            names = [c for c in NAMES if c not in drop] + extra
+            s = generate_class_split(names, dataset="x", seed=3)
+            for c in names:
+                if c in side:
+                    assert (c in s.unseen) == (side[c] == "unseen"), (c, extra, drop)
+    # roughly half unseen, and another seed is another draw
+    assert 12 <= len(full.unseen) <= 28
+    assert generate_class_split(NAMES, dataset="x", seed=4).unseen != full.unseen
+
+
+def test_ordered_split_keeps_exact_counts_and_both_sides_always_exist():
+    s = generate_class_split(NAMES[:10], dataset="x", seed=0, method="ordered")
+    assert len(s.unseen) == 5 and s.version == "generated-seed0"
+    for n in (2, 3, 4):
+        for seed in range(20):
+            h = generate_class_split(NAMES[:n], dataset="x", seed=seed)
+            assert h.seen and h.unseen and h.version == f"hashed-seed{seed}"
+    assert generate_class_split(NAMES[:4], dataset="x", unseen_fraction=0.0).unseen == ()
+    with pytest.raises(Exception, match="split method"):
+        generate_class_split(NAMES, dataset="x", method="random")
+
+
+def test_generated_split_hash_rule_matches_a_naive_reference():
+    import hashlib
+
+    s = generate_class_split(NAMES, dataset="x", seed=7, unseen_fraction=0.3)
+    naive = sorted(c for c in NAMES
+                   if int(hashlib.sha256(f"7\0{c}".encode()).hexdigest(), 16) / 2 ** 256 < 0.3)
+    assert list(s.unseen) == naive
+
+
+# --------------------------------------------------------------------------- checks
+def _ds(counts: dict[str, tuple[int, int]], unseen=()) -> Dataset:
+    samples = []
+    for c, (n_train, n_test) in counts.items():
+        for i in range(n_train + n_test):
+            samples.append(Sample(f"{c}-{i}", f"text {c} {i}", (c,), "train" if i < n_train else "test"))
+    classes = list(counts)
+    split = ClassSplit("t", "1", tuple(c for c in classes if c not in unseen), tuple(unseen))
+    return Dataset("t", samples, classes, split)
+
+
+def test_small_classes_name_the_class_and_its_rows():
+    ds = _ds({"actions": (8, 2), "acitons": (1, 0), "apps": (6, 2), "games": (3, 1), "tools": (5, 0)},
+             unseen=("games", "tools", "apps"))
+    small = {sc.name: sc for sc in small_classes(ds, [0, 1, 5])}
+    assert set(small) == {"acitons", "games", "tools"}
+    assert small["acitons"].sample_ids == ("acitons-0",) and small["acitons"].need == 2
+    assert small["games"].need == 6  # 5 shots + a test pair
+    assert "test pair" in small["tools"].reason
+    with pytest.raises(DataError) as err:
+        check_class_sizes(ds, [0, 1, 5])
+    msg = str(err.value)
+    assert "'acitons' has 1 item" in msg and "'acitons-0'" in msg and "--allow-small-classes" in msg
+    assert "'acitons' (1) ~ 'actions' (10)" in msg  # the typo is named beside its class
+    assert len(check_class_sizes(ds, [0, 1, 5], allow=True)) == 3
+    # standard protocol: only the 2-item floor
+    assert [sc.name for sc in small_classes(ds, [5], "standard")] == ["acitons"]
+
+
+def test_edit_distance_against_a_naive_reference():
+    def naive(a, b):  # optimal string alignment, full table
+        d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i in range(len(a) + 1):
+            d[i][0] = i
+        for j in range(len(b) + 1):
+            d[0][j] = j
+        for i in range(1, len(a) + 1):
+            for j in range(1, len(b) + 1):
+                d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+                if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                    d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+        return d[-1][-1]
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        a = "".join(rng.choice(list("abc"), rng.integers(0, 7)))
+        b = "".join(rng.choice(list("abc"), rng.integers(0, 7)))
+        assert edit_distance(a, b, 2) == min(naive(a, b), 3), (a, b)
+
+
+def test_near_duplicate_labels():
+    classes = ["actions", "acitons", "Web Browser", "web_browser", "cat", "car", "animal-bird",
+               "animal-bug", "person", "persons", "international-organisation", "international-organization"]
+    counts = {"actions": 40, "acitons": 1, "Web Browser": 3, "web_browser": 9}
+    pairs = {(a, b): why for a, _, b, _, why in near_duplicate_labels(classes, counts)}
+    assert pairs[("acitons", "actions")] == "1 edit"  # a transposition, smaller class first
+    assert pairs[("Web Browser", "web_browser")] == "case/spacing"
+    assert ("person", "persons") in pairs
+    assert ("international-organisation", "international-organization") in pairs
+    assert not {("car", "cat"), ("cat", "car"), ("animal-bird", "animal-bug"),
+                ("animal-bug", "animal-bird")} & set(pairs)
+
+
+def test_duplicate_and_odd_sized_images(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for name, size, colour in (("a", (64, 64), "red"), ("b", (64, 64), "red"), ("c", (64, 64), "blue"),
+                               ("tiny", (8, 40), "red"), ("d", (64, 64), "red")):
+        p = tmp_path / f"{name}.png"
+        Image.new("RGB", size, colour).save(p)
+        paths.append(p)
+    assert duplicate_images(paths) == [[0, 1, 4]]
+    probs = image_size_problems(paths + [None, tmp_path / "missing.png"])
+    assert probs == [(3, "tiny (8×40 px, under 16 px on a side)")]
+
+
+def test_inspect_reports_typos_small_classes_and_duplicates(tmp_path):
+    from PIL import Image
+
+    rows = []
+    for k, (c, n) in enumerate((("actions", 8), ("apps", 8), ("games", 8), ("tools", 8), ("acitons", 1))):
+        for i in range(n):
+            p = tmp_path / f"{c}{i}.png"
+            Image.new("RGB", (32, 32), (10 * i, 40 * k, 0) if c != "acitons" else (0, 0, 0)).save(p)
+            rows.append(Sample(f"{c}{i}", f"{c} {i}", (c,), "test" if i % 4 == 0 else "train", p))
+    ds = Dataset("icons", rows, ["actions", "apps", "games", "tools", "acitons"],
+                 ClassSplit("icons", "1", ("actions", "apps", "acitons"), ("games", "tools")))
+    s = summarize_dataset(ds, shots=5)
+    text = format_summary(s)
+    assert "problems found: none" not in text
+    assert "seen class 'acitons' has 1 item" in text and "'acitons0'" in text
+    assert "labels 'acitons' (1 items) and 'actions' (8 items) differ only by 1 edit" in text
+    assert s["images"]["duplicates"] == 1  # actions0 and acitons0 are both black
+    assert [d["class"] for d in s["small_classes"]] == ["acitons"]
+    json.dumps(s)  # JSON-ready
+
+
+# --------------------------------------------------------------------------- CLI
+def _manifest(root: Path, extra_rows=()) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, c in enumerate(["red", "purple", "green", "cyan"]):
+        for i in range(6):
+            p = root / f"{c}{i}.png"
+            Image.new("RGB", (24, 24), (40 * k, 10 * i, 200 - 40 * k)).save(p)
+            rows.append({"image": p.name, "text": f"a {c} thing number {i}", "label": c,
+                         "split": "test" if i % 3 == 0 else "train"})
+    rows.extend(extra_rows)
+    path = root / "manifest.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "text", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_run_stops_on_a_label_typo_before_any_work_unless_allowed(tmp_path, capsys):
+    from gcrdp.cli.main import main
+
+    manifest = _manifest(tmp_path / "d", [{"image": "red0.png", "text": "a red typo", "label": "rde",
+                                           "split": "train"}])
+    args = ["run", "--manifest", str(manifest), "--methods", "cca", "--shots", "1", "--seeds", "0",
+            "--output-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "class 'rde' has 1 item" in err and "--allow-small-classes" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()  # nothing extracted
+    assert main(["inspect", "--manifest", str(manifest)]) == 0
+    assert "class 'rde' has 1 item" in capsys.readouterr().out
+
+
+def test_class_split_file_is_written_and_pins_a_rerun(tmp_path):
+    from gcrdp.experiments import RunConfig, run_experiment
+
+    from .helpers import toy_run_dataset
+
+    ds, feats = toy_run_dataset()
+    cfg = RunConfig(dataset="toy", shots=[1], seeds=[0], methods=["cca"], device="cpu")
+    res = run_experiment(cfg, tmp_path / "o", progress=False, dataset=ds, features=feats)
+    doc = json.loads((tmp_path / "o" / "class_split.json").read_text())
+    assert doc["seen"] == list(ds.class_split.seen) and doc["unseen"] == list(ds.class_split.unseen)
+    assert "--class-split" in doc["note"]
+    assert res["resolved"]["class_split_file"].endswith("class_split.json")
+    assert ClassSplit.from_json(tmp_path / "o" / "class_split.json") == ds.class_split
