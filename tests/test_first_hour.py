@@ -209,3 +209,94 @@ def test_class_split_file_is_written_and_pins_a_rerun(tmp_path):
     assert "--class-split" in doc["note"]
     assert res["resolved"]["class_split_file"].endswith("class_split.json")
     assert ClassSplit.from_json(tmp_path / "o" / "class_split.json") == ds.class_split
+
+
+# --------------------------------------------------------------------------- resume, progress
+def _toy_cfg(**kw):
+    from gcrdp.experiments import RunConfig
+
+    base = dict(dataset="toy", shots=[1], seeds=[0, 1], methods=["cca", "gap-infonce"], device="cpu",
+                method_options={"gap-infonce": {"max_epochs": 3, "hidden_dim": 16, "latent_dim": 8}})
+    return RunConfig(**{**base, **kw})
+
+
+def test_run_resumes_finished_fits_and_can_grow(tmp_path):
+    from gcrdp.errors import ConfigError
+    from gcrdp.experiments import run_experiment
+
+    from .helpers import toy_run_dataset
+
+    ds, feats = toy_run_dataset()
+    fresh = []
+    first = run_experiment(_toy_cfg(), tmp_path / "o", progress=False, dataset=ds, features=feats,
+                           on_record=fresh.append)
+    assert len(fresh) == 4 and len(list((tmp_path / "o" / "fits").rglob("*.json"))) == 4
+    # a killed run: drop results.json and one fit; the same call refits only that one
+    (tmp_path / "o" / "results.json").unlink()
+    (tmp_path / "o" / "fits" / "gap-infonce" / "shots1-seed1.json").unlink()
+    again = []
+    second = run_experiment(_toy_cfg(), tmp_path / "o", progress=False, dataset=ds, features=feats,
+                            on_record=again.append)
+    assert [(r["method"], r["seed"]) for r in again] == [("gap-infonce", 1)]
+    assert [r["test"] for r in second["records"]] == [r["test"] for r in first["records"]]
+    assert [(r["method"], r["seed"]) for r in second["records"]] == [(r["method"], r["seed"]) for r in first["records"]]
+    # a run that grows: one more seed runs only the new fits
+    more = []
+    run_experiment(_toy_cfg(seeds=[0, 1, 2]), tmp_path / "o", progress=False, dataset=ds, features=feats,
+                   on_record=more.append)
+    assert sorted((r["method"], r["seed"]) for r in more) == [("cca", 2), ("gap-infonce", 2)]
+    # another configuration in the same folder is refused, unless resume=False
+    other = _toy_cfg(method_options={"gap-infonce": {"max_epochs": 4, "hidden_dim": 16, "latent_dim": 8}})
+    with pytest.raises(ConfigError, match="another configuration.*--no-resume"):
+        run_experiment(other, tmp_path / "o", progress=False, dataset=ds, features=feats)
+    redo = []
+    run_experiment(other, tmp_path / "o", progress=False, dataset=ds, features=feats, resume=False,
+                   on_record=redo.append)
+    assert len(redo) == 4
+
+
+def test_progress_lines_and_epoch_status(tmp_path, capfd):
+    from gcrdp.experiments import run_experiment
+    from gcrdp.experiments.progress import epoch_status, fmt_seconds
+    from gcrdp.training.loop import observe_epochs
+
+    from .helpers import toy_run_dataset
+
+    ds, feats = toy_run_dataset()
+    seen = []
+    with observe_epochs(seen.append):
+        run_experiment(_toy_cfg(methods=["gap-infonce"], seeds=[0]), None, progress=True, dataset=ds, features=feats)
+    assert seen[0]["start"] and seen[0]["epoch"] == 0
+    assert [i["epoch"] for i in seen[1:]] == list(range(1, len(seen)))
+    assert all(i["loss"] is not None and i["val_map"] is not None for i in seen[1:])
+    err = capfd.readouterr().err  # not a terminal: no bar, but one line per finished fit
+    assert "[1/1] gap-infonce shots=1 seed=0: I2T" in err and "val " in err
+    info = {"epoch": 12, "max_epochs": 100, "loss": 2.3141, "val_map": 0.312, "best_val_map": 0.32,
+            "best_epoch": 9, "bad_epochs": 3, "patience": 5, "epoch_seconds": 4.0, "stopped": False}
+    assert epoch_status(info) == "epoch 12/100 loss 2.314 val 31.2 (best 32.0 @9) ≥8s left"
+    assert fmt_seconds(185) == "3m05s" and fmt_seconds(3720) == "1h02m" and fmt_seconds(None) == "?"
+
+
+def test_files_follow_the_umask(tmp_path):
+    import os
+
+    from gcrdp.utils.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_one_seed_has_no_spread_and_the_title_names_the_set():
+    from gcrdp.experiments import format_table
+    from gcrdp.experiments.runner import summarize
+
+    rec = {"method": "m", "shots": 1, "seed": 0, "test": {"i2t": {"map": 0.5}, "t2i": {"map": 0.4}, "mean_map": 0.45},
+           "fit": {"best_val_map": None, "seconds": 1.0}, "chance": {"i2t": 0.1, "t2i": 0.1}}
+    (row,) = summarize([rec])
+    assert row["mean_map_std"] is None
+    table = format_table([row])
+    assert "±" not in table and "45.0" in table

@@ -200,22 +200,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             opts.setdefault(m, {}).update(o)
     config = RunConfig.from_dict(raw)
     out_dir = args.output_dir or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
-    total = len(config.methods) * len(config.seeds) * (1 if config.protocol == "standard" else len(config.shots))
-    done = [0]
-
-    def on_record(rec: dict[str, Any]) -> None:
-        done[0] += 1
-        if not args.quiet:
-            t = rec["test"]
-            print(f"[{done[0]}/{total}] {rec['method']} shots={rec['shots']} seed={rec['seed']}: "
-                  f"I2T {100 * t['i2t']['map']:.1f}  T2I {100 * t['t2i']['map']:.1f}  "
-                  f"({rec['fit']['epochs']} epochs, {rec['fit']['seconds']:.1f} s)", file=sys.stderr, flush=True)
-
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}.")
-    results = run_experiment(config, out_dir, progress=not args.quiet, on_record=on_record, jobs=args.jobs)
-    title = (f"{config.dataset} — protocol {config.protocol}, mAP@all in % (mean ± std over "
-             f"{len(config.seeds)} seeds); chance = class prior")
+    try:
+        results = run_experiment(config, out_dir, progress=not args.quiet, jobs=args.jobs, resume=args.resume)
+    except KeyboardInterrupt:
+        if (out_dir / "fits").is_dir():
+            print(f"gcrdp run: interrupted; every finished fit is kept in {out_dir / 'fits'}. Run the same "
+                  "command again to continue.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
+    name = results["resolved"].get("dataset_name") or config.dataset
+    spread = (f"mean ± std over {len(config.seeds)} seeds" if len(config.seeds) > 1 else
+              f"one seed ({config.seeds[0]}): no spread")
+    title = f"{name} — protocol {config.protocol}, mAP@all in % ({spread}); chance = class prior"
     print(format_table(results["summary"], title=title))
     print(f"\nResults: {out_dir / 'results.json'}  ({results['timing']['total_seconds']:.0f} s)")
     return 0
@@ -256,6 +254,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--checkpoint-dir {out} exists and is not a folder.")
     resumable = (out / "last" / "state.json").is_file()
+    if resumable and args.resume and not args.quiet:
+        print(f"gcrdp train: resuming from the checkpoint in {out / 'last'}", file=sys.stderr)
     try:
         results = run_experiment(config, out, progress=not args.quiet, checkpoints=lambda *_: out,
                                  resume=args.resume)
@@ -636,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1,
                    help="fits run at once in worker processes, each with cpu_count/JOBS threads "
                         "(default 1: one fit at a time with every thread)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the fits already finished in --output-dir by the same configuration "
+                        "(default; a killed run continues, a run can grow); --no-resume refits all")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_run)
 

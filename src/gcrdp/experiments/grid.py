@@ -240,6 +240,8 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
              on_cell: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every cell of ``grid`` not already done; return ``{"done", "skipped", "ran", "files"}``."""
     from ..data.registry import load_dataset
+    from ..training.loop import observe_epochs
+    from .progress import epoch_status
     from .runner import load_features, run_experiment
 
     cells = grid.cells()
@@ -278,7 +280,13 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
                 loaded[c.dataset] = (ds, load_features(ds, cfg, progress=progress))
             ds, feats = loaded[c.dataset]
             t0 = time.perf_counter()
-            res = run_experiment(cfg, None, progress=False, dataset=ds, features=feats)
+            observer = None
+            if bar is not None and not bar.disable:
+                here = f"{c.dataset} {c.method} {c.shots}-shot s{c.seed}"
+                observer = lambda info, here=here: bar.set_postfix_str(  # noqa: E731
+                    f"{here}: {epoch_status(info)}", refresh=True)
+            with observe_epochs(observer):
+                res = run_experiment(cfg, None, progress=False, dataset=ds, features=feats)
             res["grid"] = {"name": grid.name, "dataset_label": c.dataset, "method": c.method,
                            "shots": c.shots, "seed": c.seed,
                            "config_file": str(grid.source) if grid.source else None}

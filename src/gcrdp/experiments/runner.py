@@ -137,15 +137,16 @@ def refit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_n
                    class_name_features=class_name_features)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; the latter is ``None`` for one value (undefined)."""
     arr = np.asarray(values, dtype=np.float64)
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    std = float(arr.std(ddof=1)) if arr.size > 1 else None
     return float(arr.mean()), std
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, shots): mean and sample standard deviation (ddof=1) over seeds of the
-    I2T, T2I and mean mAP (fractions), plus the chance level."""
+    """Per (method, shots): mean and sample standard deviation (ddof=1; ``None`` with one seed)
+    over seeds of the I2T, T2I and mean mAP (fractions), plus the chance level."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["method"], r["shots"]), []).append(r)
@@ -242,16 +243,98 @@ def _threads_per_fit(jobs: int, n_tasks: int) -> int:
     return max(1, (os.cpu_count() or 1) // min(jobs, n_tasks))
 
 
-def _init_worker(ctx: _FitContext, threads: int) -> None:
+def _init_worker(ctx: _FitContext, threads: int, events: Any = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
     _WORKER["ctx"] = ctx
+    _WORKER["events"] = events
 
 
 def _fit_in_worker(task: tuple[str, int, int], split: Any) -> dict[str, Any]:
+    from ..training.loop import observe_epochs
+
     name, shots, seed = task
-    return _fit_one(_WORKER["ctx"], name, shots, seed, split)
+    events = _WORKER.get("events")
+    observer = None if events is None else (lambda info: events.put((task, info)))
+    with observe_epochs(observer):
+        return _fit_one(_WORKER["ctx"], name, shots, seed, split)
+
+
+def task_label(name: str, shots: int, seed: int) -> str:
+    """How a fit is named in progress lines: ``gcrdp 5-shot seed 1``."""
+    return f"{name} {shots}-shot seed {seed}"
+
+
+def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: Any) -> str:
+    """What identifies one fit's record in a resumable ``gcrdp run`` folder: the run config
+    without the lists of methods, shots and seeds (so a run can grow), the entry's own options,
+    the fit's coordinates and the features' key."""
+    from ..encoders.cache import cache_key
+
+    cfg = {k: v for k, v in config.to_dict().items() if k not in ("methods", "shots", "seeds", "method_options")}
+    return cache_key({"config": cfg, "entry": entry, "options": config.method_options.get(entry, {}),
+                      "shots": shots, "seed": seed, "features": features_key, "format": RESULTS_FORMAT})
+
+
+def _fit_file(output_dir: Path, name: str, shots: int, seed: int) -> Path:
+    return output_dir / "fits" / name.replace("/", "_") / f"shots{shots}-seed{seed}.json"
+
+
+def _load_done_fit(path: Path, key: str) -> dict[str, Any] | None:
+    """The stored record at ``path`` when it belongs to fit ``key``; ``None`` when absent or
+    unreadable (it is refitted); :class:`ConfigError` when it is another configuration's."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        stored_key, rec = doc["fit_key"], doc["record"]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s is unreadable; that fit runs again.", path)
+        return None
+    if stored_key != key:
+        raise ConfigError(
+            f"{path.parent.parent.parent} holds finished fits of another configuration (e.g. {path.name} "
+            "of another config, dataset content or encoders). Use another --output-dir, or pass "
+            "--no-resume (resume=False) to start afresh there.")
+    return rec
+
+
+def _run_in_workers(shared: _FitContext, tasks: list[tuple[str, int, int]], splits: dict, jobs: int,
+                    finish: Callable[[dict[str, Any]], None], display: Any) -> None:
+    """Fit ``tasks`` in ``jobs`` spawned worker processes; their epochs reach ``display``
+    through a queue, their records ``finish`` as each ends."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager() if display.bar_shown else None
+    events = manager.Queue() if manager is not None else None
+    threads = _threads_per_fit(jobs, len(tasks))
+
+    def drain() -> None:
+        while events is not None:
+            try:
+                task, info = events.get_nowait()
+            except queue_mod.Empty:
+                return
+            display.epoch(task_label(*task), info)
+
+    try:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(shared, threads, events)) as pool:
+            pending = {pool.submit(_fit_in_worker, t, splits[(t[1], t[2])]) for t in tasks}
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                drain()
+                for fut in done:
+                    finish(fut.result())
+    finally:
+        if manager is not None:
+            manager.shutdown()
 
 
 def run_experiment(
@@ -265,7 +348,7 @@ def run_experiment(
     checkpoints: Callable[[str, int, int], Path] | None = None,
     resume: bool = True,
     jobs: int = 1,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # noqa: C901 - the run's steps in order
     """Run every (shots, seed, method) of ``config`` and return the results dict; when
     ``output_dir`` is given, write ``output_dir/results.json`` atomically at the end.
 
@@ -276,6 +359,16 @@ def run_experiment(
     checkpoint written every epoch (resumed when ``resume``), ``folder/final`` the fitted method
     with the run info that ``gcrdp evaluate --checkpoint`` needs; the record gets
     ``"checkpoint": folder``. ``gcrdp train`` is this with one (method, shots, seed).
+
+    Resume: with ``output_dir`` (and no ``checkpoints``), every finished fit is also written to
+    ``output_dir/fits/<entry>/shots<N>-seed<S>.json`` as it ends; a later call with the same
+    ``output_dir`` and ``resume=True`` (the default) reuses the records of the fits whose
+    configuration, dataset content and features are unchanged, so a killed ``gcrdp run``
+    continues where it stopped, and a run can grow (more seeds, shots or methods). A stored fit
+    of another configuration is an error; ``resume=False`` refits everything.
+
+    ``progress``: feature-extraction bars, and a bar over the fits that follows each one epoch by
+    epoch with a line printed per finished fit (:class:`gcrdp.experiments.progress.FitProgress`).
 
     ``jobs > 1`` fits that many (method, shots, seed) at once in worker processes, each with
     ``cpu_count // jobs`` torch threads (not with ``checkpoints``). Every fit is independent
@@ -330,9 +423,30 @@ def run_experiment(
         name_feats = class_name_features(dataset.classes, config)  # computed once, for the methods that ask
     shared = _FitContext(config=config, features=features, labels=labels, classes=tuple(dataset.classes),
                          device=device, name_feats=name_feats)
+    from .progress import FitProgress
+
     records: list[dict[str, Any]] = []
+    keep_fits = output_dir is not None and checkpoints is None
+    fit_keys = {t: fit_key(config, *t, features.meta.get("key")) for t in tasks} if keep_fits else {}
+    if keep_fits and resume:
+        for t in list(tasks):
+            rec = _load_done_fit(_fit_file(output_dir, *t), fit_keys[t])  # type: ignore[arg-type]
+            if rec is not None:
+                records.append(rec)
+                tasks.remove(t)
+    n_resumed = len(records)
+    if n_resumed:
+        log.info("resuming: %d of %d fits already done in %s", n_resumed, n_resumed + len(tasks), output_dir)
+    display = FitProgress(n_resumed + len(tasks), initial=n_resumed, enabled=progress)
+    if progress and n_resumed:
+        display.note(f"resuming: {n_resumed} of {n_resumed + len(tasks)} fits were already done in "
+                     f"{output_dir}; running the other {len(tasks)}")
 
     def finish(rec: dict[str, Any]) -> None:
+        if keep_fits:
+            atomic_write_json(_fit_file(output_dir, rec["method"], rec["shots"], rec["seed"]),  # type: ignore[arg-type]
+                              {"fit_key": fit_keys[(rec["method"], rec["shots"], rec["seed"])], "record": rec})
+        display.finished(rec, task_label(rec["method"], rec["shots"], rec["seed"]))
         records.append(rec)
         log.info("%s shots=%d seed=%d: I2T %.1f T2I %.1f (val %.1f, %d epochs, %.1fs)",
                  rec["method"], rec["shots"], rec["seed"], 100 * rec["test"]["i2t"]["map"],
@@ -341,26 +455,27 @@ def run_experiment(
         if on_record is not None:
             on_record(rec)
 
-    if jobs > 1 and len(tasks) > 1 and checkpoints is None:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    from ..training.loop import observe_epochs
 
-        threads = _threads_per_fit(jobs, len(tasks))
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(shared, threads)) as pool:
-            futures = [pool.submit(_fit_in_worker, t, splits[(t[1], t[2])]) for t in tasks]
-            for fut in as_completed(futures):
-                finish(fut.result())
-        order = {t: i for i, t in enumerate(tasks)}
-        records.sort(key=lambda r: order[(r["method"], r["shots"], r["seed"])])
-    else:
-        for name, shots, seed in tasks:
-            folder = checkpoints(name, shots, seed) if checkpoints is not None else None
-            finish(_fit_one(shared, name, shots, seed, splits[(shots, seed)], folder, resume))
+    all_tasks = [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
+    try:
+        if jobs > 1 and len(tasks) > 1 and checkpoints is None:
+            _run_in_workers(shared, tasks, splits, jobs, finish, display)
+        else:
+            for name, shots, seed in tasks:
+                folder = checkpoints(name, shots, seed) if checkpoints is not None else None
+                label = task_label(name, shots, seed)
+                with observe_epochs(lambda info, label=label: display.epoch(label, info)):
+                    rec = _fit_one(shared, name, shots, seed, splits[(shots, seed)], folder, resume)
+                finish(rec)
+    finally:
+        display.close()
+    order = {t: i for i, t in enumerate(all_tasks)}
+    records.sort(key=lambda r: order[(r["method"], r["shots"], r["seed"])])
     results = {
         "format": RESULTS_FORMAT,
         "config": config.to_dict(),
-        "resolved": {"device": device, "jobs": jobs, "torch_threads": _threads_per_fit(jobs, len(tasks)),
+        "resolved": {"dataset_name": dataset.name, "device": device, "jobs": jobs, "torch_threads": _threads_per_fit(jobs, len(tasks)),
                      "n_samples": len(dataset), "n_classes": len(dataset.classes),
                      "dataset_meta": dataset.meta, "features": features.meta,
                      "small_classes_allowed": [sc.to_dict() for sc in small],

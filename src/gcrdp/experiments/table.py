@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{100 * mean:5.1f} ± {100 * std:4.1f}"
+def _pm(mean: float, std: float | None) -> str:
+    """``" 31.2 ±  1.4"``; the mean alone when there is no spread (one seed)."""
+    return f"{100 * mean:5.1f}" if std is None else f"{100 * mean:5.1f} ± {100 * std:4.1f}"
 
 
 def format_table(summary: list[dict[str, Any]], title: str | None = None) -> str:

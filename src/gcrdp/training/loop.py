@@ -5,11 +5,13 @@ resumes exactly (:mod:`gcrdp.training.checkpoint`)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,32 @@ log = logging.getLogger(__name__)
 
 #: float16 training features up to this size (as float32) are upcast once per fit
 UPCAST_ONCE_BYTES = 1 << 30
+
+#: who is told about every epoch (see :func:`observe_epochs`)
+EpochObserver = Callable[[dict[str, Any]], None]
+_OBSERVERS: contextvars.ContextVar[tuple[EpochObserver, ...]] = contextvars.ContextVar(
+    "gcrdp_epoch_observers", default=())
+
+
+@contextlib.contextmanager
+def observe_epochs(observer: EpochObserver | None) -> Iterator[None]:
+    """Within the block, every :func:`fit_loop` calls ``observer(info)`` when it starts
+    (``info["epoch"]`` is the last finished epoch: 0, or the resumed one) and after every epoch,
+    with ``epoch``, ``max_epochs``, ``loss``, ``val_map`` (or ``None``), ``best_val_map``,
+    ``best_epoch``, ``bad_epochs``, ``patience``, ``epoch_seconds`` and ``stopped``. Blocks
+    nest: the observers of the enclosing blocks are called too (``None`` adds none). Progress
+    displays hang on this; the loop does not depend on it."""
+    token = _OBSERVERS.set(_OBSERVERS.get() + ((observer,) if observer is not None else ()))
+    try:
+        yield
+    finally:
+        _OBSERVERS.reset(token)
+
+
+def _notify(info: dict[str, Any]) -> None:
+    for obs in _OBSERVERS.get():
+        obs(info)
+
 
 #: a batch: features of the selected pairs as float32 tensors on the device
 Batch = dict[str, torch.Tensor]
@@ -154,7 +182,12 @@ def fit_loop(
     best = progress.best_val_map if progress.best_val_map is not None else -math.inf
     bad = progress.bad_epochs
     first = progress.epoch + 1 if not progress.stopped else config.max_epochs + 1
+    status = {"max_epochs": config.max_epochs, "patience": config.patience if has_val else None}
+    _notify({**status, "epoch": progress.epoch, "loss": None, "val_map": None,
+             "best_val_map": progress.best_val_map, "best_epoch": progress.best_epoch,
+             "bad_epochs": bad, "epoch_seconds": None, "stopped": progress.stopped, "start": True})
     for epoch in range(first, config.max_epochs + 1):
+        t_epoch = time.perf_counter()
         model.train()
         rng = numpy_rng(seed, epoch)
         batches = epoch_batches(n, config.batch_size, rng, over_idx, config.oversample)
@@ -194,6 +227,10 @@ def fit_loop(
                 seconds=progress.seconds + time.perf_counter() - t0, history=report.history)
             save_training_checkpoint(checkpoint_dir, model=model, optimizer=opt, best_state=best_state,
                                      progress=done, identity=identity, device=device)
+        _notify({**status, "epoch": epoch, "loss": entry.get("loss"), "val_map": entry.get("val_map"),
+                 "best_val_map": best if math.isfinite(best) else None, "best_epoch": report.best_epoch,
+                 "bad_epochs": bad, "epoch_seconds": time.perf_counter() - t_epoch,
+                 "stopped": stop or epoch == config.max_epochs, "start": False})
         if stop:
             break
     if best_state is not None:

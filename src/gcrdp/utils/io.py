@@ -19,6 +19,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), default_file_mode())  # mkstemp makes 0600; a file gets the umask's mode
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -31,6 +32,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
