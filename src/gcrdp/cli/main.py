@@ -493,6 +493,24 @@ def _load_embeddings(path: Path) -> dict[str, Any]:
     return data
 
 
+def _names_to_indices(q: dict[str, Any], g: dict[str, Any]) -> None:
+    """1-D labels given as class names (strings) become indices into the names of queries and
+    gallery together, in place (the same name is the same class on both sides)."""
+    import numpy as np
+
+    arrays = [d["labels"] for d in (q, g)]
+    if not any(a.ndim == 1 and a.dtype.kind in "USO" for a in arrays):
+        return
+    if any(a.ndim != 1 or a.dtype.kind not in "USO" for a in arrays):
+        raise ConfigError("Labels are class names in one file and not in the other; give both as names "
+                          "or both as indices.")
+    names = [str(x) for x in np.concatenate([a.astype(str) for a in arrays])]
+    vocab = {n: i for i, n in enumerate(sorted(set(names)))}
+    q["labels"] = np.array([vocab[str(x)] for x in q["labels"]], dtype=np.int64)
+    if g is not q:
+        g["labels"] = np.array([vocab[str(x)] for x in g["labels"]], dtype=np.int64)
+
+
 def _metric_lines(res: dict[str, Any], ks: Sequence[int] | None) -> list[str]:
     lines = [(f"I2T mAP {100 * res['i2t']['map']:.1f}   T2I mAP {100 * res['t2i']['map']:.1f}   "
               f"mean {100 * res['mean_map']:.1f}   chance {100 * res['chance']:.1f}   "
@@ -521,6 +539,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--cache-dir and --device go with --checkpoint.")
     q = _load_embeddings(args.embeddings)
     g = _load_embeddings(args.gallery) if args.gallery else q
+    _names_to_indices(q, g)
     res = cross_modal_metrics(q["image"], q["text"], q["labels"], g["image"], g["text"], g["labels"],
                               ks=args.k or ())
     res["chance"] = chance_map(q["labels"], g["labels"])
@@ -628,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_args(g)
     g.add_argument("--shots", type=int, nargs="+", default=None, help="default: 0 1 3 5")
     g.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4")
-    g.add_argument("--methods", nargs="+", default=None, help="default: gap-infonce")
+    g.add_argument("--methods", nargs="+", default=None,
+                   help="default: gcrdp (compare it with its base: --methods gap-infonce gcrdp)")
     g.add_argument("--option", action="append", metavar="[METHOD.]KEY=VALUE",
                    help="method option, e.g. lr=1e-3 or gap-infonce.max_epochs=30 (repeatable)")
     p.add_argument("--output-dir", type=Path, default=None,
@@ -658,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_args(g)
     g.add_argument("--shots", type=int, default=None, help="N pairs per unseen class (default: 0)")
     g.add_argument("--seed", type=int, default=None, help="default: 0")
-    g.add_argument("--method", default=None, help="default: gap-infonce")
+    g.add_argument("--method", default=None, help="default: gcrdp")
     g.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. lr=1e-3 or max_epochs=30 (repeatable)")
     p.add_argument("--checkpoint-dir", type=Path, required=True,

@@ -278,7 +278,9 @@ def _raise_problems(path: Path, problems: list[str], n_rows: int) -> None:
     more = f"\n  (and {len(problems) - MAX_SHOWN} more)" if len(problems) > MAX_SHOWN else ""
     raise DataError(
         f"Manifest {path} has {len(problems)} problem(s) in {n_rows} rows:\n  {shown}{more}\n"
-        "Expected columns: image, text, label or labels, split (train/test), optionally id."
+        "Expected columns: image, text, label or labels, split (train/test), optionally id.\n"
+        "Fix them, or pass --skip-bad (skip_bad=True) to leave the bad rows out and list them in a "
+        "report file."
     )
 
 
@@ -312,6 +314,11 @@ def load_manifest(
         ConfigError: unknown format or bad option.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"))
+        found = f" (it holds {', '.join(inside[:3])})" if inside else ""
+        raise DataError(f"Manifest {path} is a folder, not a file{found}: pass the manifest file itself, or "
+                        "use --dataset folder --root DIR for a folder of class subfolders.")
     if not path.is_file():
         raise DataError(f"Manifest file not found: {path}")
     fmt = _detect_format(path, format)

@@ -83,11 +83,18 @@ def _as_labels(labels: Any, name: str) -> np.ndarray:
     """Return labels as a 1-D int64 array (single-label) or a 2-D bool array (multi-hot)."""
     arr = np.asarray(labels)
     if arr.ndim == 1:
+        if arr.dtype.kind in "USO":
+            raise DataError(
+                f"{name}: a 1-D label array must hold integer class indices, got class names "
+                f"(dtype {arr.dtype}). Map the names of queries and gallery to indices together, e.g. "
+                "classes, ids = np.unique(np.concatenate([query_labels, gallery_labels]), "
+                "return_inverse=True), or pass a 2-D multi-hot array (n, n_classes)."
+            )
         if arr.dtype.kind not in "iu":
             raise DataError(
                 f"{name}: a 1-D label array must hold integer class indices, got dtype "
-                f"{arr.dtype}. Convert it with .astype(int), or pass a 2-D multi-hot array "
-                f"(n, n_classes) for multi-label data."
+                f"{arr.dtype}. Convert whole-number values with .astype(int), or pass a 2-D multi-hot "
+                f"array (n, n_classes) for multi-label data."
             )
         return arr.astype(np.int64, copy=False)
     if arr.ndim == 2:

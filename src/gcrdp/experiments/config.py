@@ -50,7 +50,7 @@ class RunConfig:
     protocol: str = "fewshot"
     shots: list[int] = field(default_factory=lambda: [0, 1, 3, 5])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    methods: list[str] = field(default_factory=lambda: ["gap-infonce"])
+    methods: list[str] = field(default_factory=lambda: ["gcrdp"])
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     image_encoder: str = "efficientnet-lite0"
     text_encoder: str = "minilm-l6"

@@ -1,0 +1,92 @@
+"""The README's demo block, from the demo's results file — so that the README never quotes a
+figure no run produced.
+
+    python scripts/readme_demo.py runs/demo/results.json   # keep a copy in docs/demo/, rewrite README
+    python scripts/readme_demo.py --check                  # exit 1 when the README differs from docs/demo/
+
+``make readme`` runs the first form after ``make demo``. The copy in ``docs/demo/results.json``
+keeps what the block needs (config, resolved threads, provenance, timing, summary; not the
+per-epoch records), and ``tests/test_readme.py`` fails when the README's block is not what this
+script renders from it. The block lies between ``<!-- demo:start -->`` and ``<!-- demo:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+KEPT = ROOT / "docs" / "demo" / "results.json"
+START, END = "<!-- demo:start -->", "<!-- demo:end -->"
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def render(results: dict) -> str:
+    """The Markdown between the markers: the table as ``gcrdp run`` prints it, and the run's
+    facts (time, machine, versions) from the same file."""
+    from gcrdp.experiments import format_table
+
+    cfg = results["config"]
+    seeds = cfg["seeds"]
+    name = results["resolved"].get("dataset_name") or cfg["dataset"]
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"one seed ({seeds[0]}): no spread"
+    title = f"{name} — protocol {cfg['protocol']}, mAP@all in % ({spread}); chance = class prior"
+    table = format_table(results["summary"], title=title)
+    prov = results["provenance"]
+    res = results["resolved"]
+    t = results["timing"]
+    facts = (f"Figures from `{KEPT.relative_to(ROOT).as_posix()}` (copied from `runs/demo` by `make readme`): "
+             f"{_fmt_seconds(t['total_seconds'])} for the whole job with the features cached "
+             f"({_fmt_seconds(t['features_seconds'])} of it to load them), {prov['cpu_count']} CPUs, "
+             f"{res.get('jobs', 1)} fits at a time with {res.get('torch_threads')} torch thread(s) each, "
+             f"torch {prov['versions'].get('torch')}, gcrdp {prov['versions'].get('gcrdp')}.")
+    import textwrap
+
+    return f"```\n{table}\n```\n\n" + textwrap.fill(facts, width=100, break_on_hyphens=False) + "\n"
+
+
+def _block(text: str) -> tuple[int, int]:
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < i:
+        raise SystemExit(f"{README} has no {START} … {END} block")
+    return i + len(START), j
+
+
+def keep(results: dict) -> dict:
+    """What docs/demo/results.json keeps of a results file."""
+    return {k: results[k] for k in ("format", "config", "provenance", "timing", "summary")} | {
+        "resolved": {k: results["resolved"].get(k) for k in ("dataset_name", "device", "jobs", "torch_threads",
+                                                              "n_samples", "n_classes")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="?", type=Path, help="a demo results.json (default: the kept copy)")
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when the README differs")
+    args = ap.parse_args(argv)
+    src = args.results or KEPT
+    results = json.loads(src.read_text(encoding="utf-8"))
+    if args.results is not None and not args.check:
+        KEPT.parent.mkdir(parents=True, exist_ok=True)
+        KEPT.write_text(json.dumps(keep(results), indent=1) + "\n", encoding="utf-8")
+    text = README.read_text(encoding="utf-8")
+    a, b = _block(text)
+    new = text[:a] + "\n" + render(results) + text[b:]
+    if args.check:
+        same = new == text
+        print(f"{README.name}: demo block {'up to date' if same else 'DIFFERS from ' + str(src)}")
+        return 0 if same else 1
+    README.write_text(new, encoding="utf-8")
+    print(f"{README.name}: demo block written from {src}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
