@@ -299,7 +299,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if feats.meta:
         where = feats.meta.get("cache_path")
         if where:
-            print(f"cache: {where}")
+            got = feats.meta.get("items_extracted") or {}
+            print(f"cache: {where} (extracted now: {got.get('image', 0)} images, {got.get('text', 0)} texts; "
+                  "the rest from the cache)")
     if args.output is not None:
         _export_features(feats, dataset, args.output)
         print(f"written: {args.output}")

@@ -1,34 +1,47 @@
 """The feature cache and :func:`extract_features`.
 
-A cache entry holds both modalities' features for one dataset and one encoder pair. Its key is
-the SHA-256 of a canonical JSON (sorted keys, no whitespace) of::
+**Per item.** The cache stores features per *item*: an image (keyed by the SHA-256 of its file
+bytes) or a text (the SHA-256 of its UTF-8), in a *space* per (modality, encoder fingerprint,
+storage dtype). Changing one row of a dataset re-extracts that one item; two datasets that
+share images share their features; a label, id or split change re-extracts nothing. Layout::
+
+    <root>/items/<space>/space.json          the space's inputs (modality, encoder fingerprint,
+                                             dtype, format)
+    <root>/items/<space>/<chunk>/            written once, never changed:
+        local.npy  mask.npy  pooled.npy      rows of the items extracted together
+        keys.json                            the item key of each row
+        meta.json                            shapes, dtypes, per-file SHA-256, created, version
+    <root>/models/                           derived model files (the ONNX export, …)
+
+A run looks every item up in the chunks of its two spaces, extracts the missing ones (each once,
+however many samples share it) into a new chunk, and assembles the dataset's arrays in sample
+order. Local features are padded to the longest item of the dataset; the mask marks the valid
+rows as before.
+
+**Safe against interruption and concurrent runs.** A chunk is written into
+``<space>/.tmp-<name>/``, every file fsynced, then renamed into place (``os.rename`` of a
+directory within one filesystem is atomic); chunk names are unique (time, pid, random), so two
+processes never write the same one — two runs that extract the same item concurrently each
+publish a chunk, and lookups take the first in name order. An interrupted write leaves a
+``.tmp-*`` directory that lookups ignore and later writes delete once it is an hour old. A chunk
+that fails to read (missing or truncated array, checksum mismatch, unreadable keys or meta) is
+logged as damaged, removed, and its items are extracted again.
+
+**Identity.** ``FeatureSet.meta["key"]`` still names the dataset's features as a whole: the
+SHA-256 of a canonical JSON (sorted keys, no whitespace) of::
 
     {"format": CACHE_FORMAT_VERSION, "dataset": Dataset.content_digest(),
      "image_encoder": image_encoder.fingerprint(), "text_encoder": text_encoder.fingerprint(),
      "dtype": "float16" | "float32"}
 
-so any change to a text, an image's bytes, a label, the weights, the preprocessing, the token
-limit, the backend or the storage dtype gives a new entry. Layout::
-
-    <root>/features/<key>/
-        image_local.npy  image_mask.npy  image_pooled.npy
-        text_local.npy   text_mask.npy   text_pooled.npy
-        meta.json        (the key's inputs, sample ids, shapes, dtypes, per-file SHA-256,
-                          created time, gcrdp version)
-    <root>/models/       (derived model files such as the ONNX export, keyed by weights digest)
-
-Writes are atomic: everything goes into ``<root>/features/.tmp-<key>-<random>/``, each file is
-fsynced, then the directory is renamed into place (``os.rename`` of a directory within one
-filesystem is atomic). An interrupted write leaves only a ``.tmp-*`` directory, which lookups
-ignore and which later writes delete once it is older than an hour. An entry that fails to
-load (missing or truncated array, checksum mismatch, unreadable meta) is treated as a miss,
-with a warning, and rebuilt.
+(checkpoints record it to refuse features that changed). Entries of the first, per-dataset
+layout (``<root>/features/<key>/``) are read once when their key matches and imported as chunks,
+so an upgrade re-extracts nothing.
 
 Storage dtype: float16 by default (half the disk and memory; about 3 significant digits, enough
 for frozen features), float32 on request. The returned :class:`FeatureSet` holds the stored
-dtype both on a miss and on a hit, so a first run and a cached run see identical arrays.
-Downstream code computes in float32: cast with ``np.asarray(x, np.float32)`` or
-``torch.as_tensor(x).float()`` before arithmetic.
+dtype both on a miss and on a hit — both are read back from the chunks — so a first run and a
+cached run see identical arrays. Downstream code computes in float32.
 """
 
 from __future__ import annotations
@@ -54,11 +67,14 @@ from .images import check_image_files
 
 log = logging.getLogger(__name__)
 
-#: Bump when the on-disk layout or the meaning of stored arrays changes.
+#: The identity key's format (``FeatureSet.meta["key"]``): bump when the meaning of arrays changes.
 CACHE_FORMAT_VERSION = 1
+#: The per-item layout's format.
+ITEM_FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float16", "float32")
 _ARRAYS = ("local", "mask", "pooled")
 _STALE_TMP_SECONDS = 3600.0
+_ATTEMPTS = 3
 
 
 def canonical_json(obj: Any) -> str:
@@ -86,6 +102,22 @@ def cache_key_inputs(dataset_digest: str, image_fingerprint: dict, text_fingerpr
 def cache_key(inputs: dict[str, Any]) -> str:
     """SHA-256 hex of the canonical JSON of the key inputs."""
     return hashlib.sha256(canonical_json(inputs).encode("utf-8")).hexdigest()
+
+
+def space_inputs(modality: str, fingerprint: dict, dtype: str) -> dict[str, Any]:
+    """What a space of item features is: one modality, one encoder, one storage dtype."""
+    return {"format": ITEM_FORMAT_VERSION, "modality": modality, "encoder": fingerprint,
+            "dtype": check_dtype(dtype)}
+
+
+def image_item_key(path: str | Path) -> str:
+    """An image item's key: the SHA-256 of its file bytes (where it lies does not matter)."""
+    return _sha256(Path(path))
+
+
+def text_item_key(text: str) -> str:
+    """A text item's key: the SHA-256 of its UTF-8."""
+    return hashlib.sha256(b"text\0" + text.encode("utf-8")).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -117,12 +149,27 @@ def _save_array(path: Path, array: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class DamagedChunk(Exception):
+    """A chunk that cannot be read as written (its path is ``.chunk``)."""
+
+    def __init__(self, chunk: Path, reason: str) -> None:
+        super().__init__(f"{chunk}: {reason}")
+        self.chunk = chunk
+
+
 class FeatureCache:
-    """Directory-backed cache of :class:`FeatureSet` entries (see the module doc).
+    """Directory-backed per-item feature cache (see the module docstring).
 
     Args:
-        root: cache directory (created on first write). Entries live in ``root/features``,
-            derived model files in ``root/models``.
+        root: cache directory (created on first write). Items live in ``root/items``, derived
+            model files in ``root/models``; ``root/features`` holds entries of the first layout.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -132,136 +179,159 @@ class FeatureCache:
         return f"FeatureCache({str(self.root)!r})"
 
     @property
-    def features_dir(self) -> Path:
-        return self.root / "features"
+    def items_dir(self) -> Path:
+        return self.root / "items"
 
     @property
     def models_dir(self) -> Path:
         return self.root / "models"
 
-    def entry_dir(self, key: str) -> Path:
-        return self.features_dir / key
+    @property
+    def features_dir(self) -> Path:  # the first layout (one entry per dataset), read-only now
+        return self.root / "features"
 
-    def __contains__(self, key: str) -> bool:
-        return (self.entry_dir(key) / "meta.json").is_file()
+    def space_dir(self, inputs: dict[str, Any]) -> Path:
+        return self.items_dir / cache_key(inputs)[:32]
 
-    def keys(self) -> list[str]:
-        if not self.features_dir.is_dir():
+    def chunks(self, space: Path) -> list[Path]:
+        """The published chunks of ``space``, in name (creation) order."""
+        if not space.is_dir():
             return []
-        return sorted(p.name for p in self.features_dir.iterdir()
-                      if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in space.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def n_items(self) -> int:
+        """Rows stored over every space (duplicates across chunks counted once per chunk)."""
+        total = 0
+        for space in (p for p in self.items_dir.glob("*") if p.is_dir()):
+            for chunk in self.chunks(space):
+                with contextlib.suppress(Exception):
+                    total += len(json.loads((chunk / "keys.json").read_text(encoding="utf-8")))
+        return total
 
     # ------------------------------------------------------------------ reading
-    def load(self, key: str) -> FeatureSet | None:
-        """The entry for ``key``, or ``None`` on a miss. A damaged entry is removed, logged as a
-        warning and reported as a miss."""
-        path = self.entry_dir(key)
-        if not path.exists():
-            return None
-        try:
-            return self._read(path, key)
-        except Exception as exc:  # any damage means: rebuild
-            log.warning("Feature cache entry %s is damaged (%s); it will be rebuilt.", path, exc)
-            self._discard(path)
-            return None
+    def index(self, space: Path) -> dict[str, tuple[Path, int]]:
+        """``{item key: (chunk, row)}`` over the chunks of ``space`` (the first chunk holding a
+        key wins). A chunk whose key list cannot be read is discarded with a warning."""
+        out: dict[str, tuple[Path, int]] = {}
+        for chunk in self.chunks(space):
+            try:
+                keys = json.loads((chunk / "keys.json").read_text(encoding="utf-8"))
+                if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                    raise ValueError("keys.json is not a list of strings")
+            except Exception as exc:  # noqa: BLE001 - any damage means: rebuild
+                self.discard(chunk, f"unreadable key list ({exc})")
+                continue
+            for row, key in enumerate(keys):
+                out.setdefault(key, (chunk, row))
+        return out
 
-    def _read(self, path: Path, key: str) -> FeatureSet:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        if meta.get("format") != CACHE_FORMAT_VERSION or meta.get("key") != key:
-            raise ValueError(f"format/key mismatch (format {meta.get('format')!r})")
-        mods = {}
-        for modality in ("image", "text"):
+    def read_chunk(self, chunk: Path) -> dict[str, np.ndarray]:
+        """The arrays of ``chunk``, each checked against the SHA-256, shape and dtype in its
+        meta; :class:`DamagedChunk` otherwise."""
+        try:
+            meta = json.loads((chunk / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("format") != ITEM_FORMAT_VERSION:
+                raise ValueError(f"format {meta.get('format')!r}")
             arrays = {}
             for part in _ARRAYS:
-                name = f"{modality}_{part}.npy"
+                name = f"{part}.npy"
                 info = meta["files"][name]
-                if _sha256(path / name) != info["sha256"]:
+                if _sha256(chunk / name) != info["sha256"]:
                     raise ValueError(f"checksum mismatch in {name}")
-                arr = np.load(path / name, allow_pickle=False)
+                arr = np.load(chunk / name, allow_pickle=False)
                 if list(arr.shape) != info["shape"] or arr.dtype.name != info["dtype"]:
                     raise ValueError(f"{name} has shape {arr.shape} {arr.dtype}, meta says "
                                      f"{info['shape']} {info['dtype']}")
                 arrays[part] = arr
-            mods[modality] = ModalityFeatures(**arrays)
-        return FeatureSet(mods["image"], mods["text"], tuple(meta["sample_ids"]),
-                          {**_public_meta(meta), "cache_path": str(path), "cache_hit": True})
+            if len({len(a) for a in arrays.values()}) != 1 or len(arrays["pooled"]) != meta["n_items"]:
+                raise ValueError("the arrays disagree in rows")
+            return arrays
+        except Exception as exc:  # noqa: BLE001 - any damage means: rebuild
+            raise DamagedChunk(chunk, str(exc)) from None
 
     # ------------------------------------------------------------------ writing
-    def save(self, key: str, features: FeatureSet, key_inputs: dict[str, Any]) -> Path:
-        """Write ``features`` as the entry ``key`` atomically and return its directory. If a
-        concurrent writer finished the same key first, its entry is kept."""
+    def write_chunk(self, inputs: dict[str, Any], keys: list[str], features: ModalityFeatures) -> Path:
+        """Write ``features`` (one row per entry of ``keys``) as a new chunk of the space of
+        ``inputs``, atomically, and return it."""
         from .. import __version__
 
-        self.features_dir.mkdir(parents=True, exist_ok=True)
-        self.clean_stale_tmp()
-        final = self.entry_dir(key)
-        tmp = self.features_dir / f".tmp-{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+        space = self.space_dir(inputs)
+        space.mkdir(parents=True, exist_ok=True)
+        if not (space / "space.json").is_file():
+            tmp_meta = space / f".space-{secrets.token_hex(4)}.json"
+            _write_json(tmp_meta, inputs)
+            os.replace(tmp_meta, space / "space.json")
+        self.clean_stale_tmp(space)
+        name = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp, final = space / f".tmp-{name}", space / name
         tmp.mkdir()
         try:
             files = {}
-            for modality, mf in (("image", features.image), ("text", features.text)):
-                for part in _ARRAYS:
-                    name = f"{modality}_{part}.npy"
-                    arr = getattr(mf, part)
-                    _save_array(tmp / name, arr)
-                    files[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name,
-                                   "sha256": _sha256(tmp / name)}
-            meta = {
-                "format": CACHE_FORMAT_VERSION, "key": key, "key_inputs": key_inputs,
-                "sample_ids": list(features.sample_ids), "n_samples": len(features),
-                "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "gcrdp_version": __version__,
-            }
-            with open(tmp / "meta.json", "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
+            for part in _ARRAYS:
+                arr = getattr(features, part)
+                _save_array(tmp / f"{part}.npy", arr)
+                files[f"{part}.npy"] = {"shape": list(arr.shape), "dtype": arr.dtype.name,
+                                        "sha256": _sha256(tmp / f"{part}.npy")}
+            _write_json(tmp / "keys.json", list(keys))
+            _write_json(tmp / "meta.json", {
+                "format": ITEM_FORMAT_VERSION, "n_items": len(keys), "files": files,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gcrdp_version": __version__})
             _fsync_dir(tmp)
-            if final.exists():  # a damaged entry that load() could not remove, or a racer's
-                if key in self and self.load(key) is not None:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return final
-                self._discard(final)
-            try:
-                _publish(tmp, final)
-            except OSError:
-                if key in self:  # another process published the same key meanwhile
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return final
-                raise
-            _fsync_dir(self.features_dir)
+            _publish(tmp, final)
+            _fsync_dir(space)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
 
-    def _discard(self, path: Path) -> None:
-        """Remove an entry: rename it out of the way first, so no reader sees half of it."""
-        trash = self.features_dir / f".tmp-trash-{secrets.token_hex(6)}"
+    def discard(self, chunk: Path, reason: str) -> None:
+        """Remove a damaged chunk (renamed out of the way first, so no reader sees half of it)."""
+        log.warning("Feature cache chunk %s is damaged (%s); its items will be extracted again "
+                    "(rebuilt).", chunk, reason)
+        trash = chunk.parent / f".tmp-trash-{secrets.token_hex(6)}"
         try:
-            os.rename(path, trash)
+            os.rename(chunk, trash)
         except OSError:
-            trash = path
+            trash = chunk
         shutil.rmtree(trash, ignore_errors=True)
 
-    def clean_stale_tmp(self, max_age_s: float = _STALE_TMP_SECONDS) -> int:
-        """Delete ``.tmp-*`` directories older than ``max_age_s`` (left by interrupted writes);
-        return how many were removed."""
-        if not self.features_dir.is_dir():
+    def clean_stale_tmp(self, space: Path, max_age_s: float = _STALE_TMP_SECONDS) -> int:
+        """Delete ``.tmp-*`` directories of ``space`` older than ``max_age_s`` (left by
+        interrupted writes); return how many were removed."""
+        if not space.is_dir():
             return 0
         now, removed = time.time(), 0
-        for p in self.features_dir.glob(".tmp-*"):
+        for p in space.glob(".tmp-*"):
             with contextlib.suppress(OSError):
                 if now - p.stat().st_mtime > max_age_s:
                     shutil.rmtree(p, ignore_errors=True)
                     removed += 1
         return removed
 
-
-def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    out = {k: meta[k] for k in ("key", "key_inputs", "created", "gcrdp_version") if k in meta}
-    out["dtype"] = meta.get("key_inputs", {}).get("dtype")
-    return out
+    # ------------------------------------------------------------------ the first layout
+    def load_legacy(self, key: str) -> FeatureSet | None:
+        """The first layout's entry for dataset key ``key`` (``root/features/<key>``), or
+        ``None`` when absent or damaged."""
+        path = self.features_dir / key
+        if not (path / "meta.json").is_file():
+            return None
+        try:
+            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("format") != CACHE_FORMAT_VERSION or meta.get("key") != key:
+                raise ValueError("format/key mismatch")
+            mods = {}
+            for modality in ("image", "text"):
+                arrays = {}
+                for part in _ARRAYS:
+                    name = f"{modality}_{part}.npy"
+                    if _sha256(path / name) != meta["files"][name]["sha256"]:
+                        raise ValueError(f"checksum mismatch in {name}")
+                    arrays[part] = np.load(path / name, allow_pickle=False)
+                mods[modality] = ModalityFeatures(**arrays)
+            return FeatureSet(mods["image"], mods["text"], tuple(meta["sample_ids"]), {})
+        except Exception as exc:  # noqa: BLE001
+            log.warning("Old-layout feature cache entry %s is unreadable (%s); ignored.", path, exc)
+            return None
 
 
 def _as_storage(mf: ModalityFeatures, dtype: str, name: str) -> ModalityFeatures:
@@ -272,6 +342,91 @@ def _as_storage(mf: ModalityFeatures, dtype: str, name: str) -> ModalityFeatures
     if dtype != "float32":
         out.check_finite(f"{name} features after conversion to {dtype} (values out of range)")
     return out
+
+
+def _used_length(mask: np.ndarray) -> int:
+    """One past the last valid position of any row (at least 1)."""
+    used = np.flatnonzero(np.asarray(mask, dtype=bool).any(axis=0))
+    return int(used[-1]) + 1 if used.size else 1
+
+
+def _trimmed(mf: ModalityFeatures) -> ModalityFeatures:
+    """Local features padded to the longest item, as the cache assembles them (so that a run
+    with and one without the cache see the same arrays)."""
+    length = _used_length(mf.mask) if len(mf) else mf.local.shape[1]
+    if length == mf.local.shape[1]:
+        return mf
+    return ModalityFeatures(np.ascontiguousarray(mf.local[:, :length]), np.ascontiguousarray(mf.mask[:, :length]),
+                            mf.pooled)
+
+
+def _assemble(cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) -> ModalityFeatures:
+    """The rows ``where`` (chunk, row) gathered in order; local features padded to the longest
+    item among them. :class:`DamagedChunk` when a chunk fails to read."""
+    by_chunk: dict[Path, list[int]] = {}
+    for pos, (chunk, _row) in enumerate(where):
+        by_chunk.setdefault(chunk, []).append(pos)
+    loaded = {chunk: cache.read_chunk(chunk) for chunk in by_chunk}
+    n = len(where)
+    length = max(_used_length(loaded[c]["mask"][[where[p][1] for p in ps]]) for c, ps in by_chunk.items())
+    some = next(iter(loaded.values()))
+    d = some["local"].shape[2]
+    local = np.zeros((n, length, d), dtype=dtype)
+    mask = np.zeros((n, length), dtype=bool)
+    pooled = np.zeros((n, some["pooled"].shape[1]), dtype=dtype)
+    for chunk, positions in by_chunk.items():
+        arr = loaded[chunk]
+        if arr["local"].shape[2] != d or arr["pooled"].shape[1] != pooled.shape[1]:
+            raise DamagedChunk(chunk, f"feature dimension {arr['local'].shape[2]} differs from {d} in its space")
+        pos = np.asarray(positions)
+        rows = np.asarray([where[p][1] for p in positions])
+        m = min(length, arr["local"].shape[1])
+        local[pos, :m] = arr["local"][rows, :m]
+        mask[pos, :m] = arr["mask"][rows, :m]
+        pooled[pos] = arr["pooled"][rows]
+    return ModalityFeatures(local, mask, pooled)
+
+
+def _features_for(cache: FeatureCache, modality: str, encoder: Any, items: list[Any], keys: list[str],
+                  dtype: str, batch_size: int, progress: bool, legacy: Any) -> tuple[ModalityFeatures, int]:
+    """One modality's features for ``items`` (with their item ``keys``) from the cache,
+    extracting the missing items into a new chunk; returns (features, items extracted now)."""
+    inputs = space_inputs(modality, encoder.fingerprint(), dtype)
+    space = cache.space_dir(inputs)
+    encoded = 0
+    for _attempt in range(_ATTEMPTS):
+        index = cache.index(space)
+        # every sample whose item is missing, in dataset order — duplicates too, so that a
+        # first extraction sees exactly the batches an uncached one does (identical arrays)
+        rows = [i for i, k in enumerate(keys) if k not in index]
+        if rows:
+            first: dict[str, int] = {}
+            for j, i in enumerate(rows):
+                first.setdefault(keys[i], j)
+            missing, keep = list(first), list(first.values())
+            old = legacy() if legacy is not None else None
+            if old is not None:  # the first layout holds these rows already: import, do not re-extract
+                src = getattr(old, modality)
+                take = [rows[j] for j in keep]
+                mf = ModalityFeatures(src.local[take], src.mask[take], src.pooled[take])
+            else:
+                if hasattr(encoder, "use_artifact_dir"):
+                    encoder.use_artifact_dir(cache.models_dir)
+                got = encoder.encode([items[i] for i in rows], batch_size=batch_size, progress=progress)
+                if len(got) != len(rows):
+                    raise DataError(f"The {modality} encoder returned {len(got)} rows for {len(rows)} "
+                                    "items; an encoder must return one row per item.")
+                got = _as_storage(got, dtype, modality)
+                mf = ModalityFeatures(got.local[keep], got.mask[keep], got.pooled[keep])
+                encoded += len(missing)
+            chunk = cache.write_chunk(inputs, missing, mf)
+            index.update({k: (chunk, r) for r, k in enumerate(missing)})
+        try:
+            return _assemble(cache, [index[k] for k in keys], dtype), encoded
+        except DamagedChunk as exc:
+            cache.discard(exc.chunk, str(exc).split(": ", 1)[-1])
+    raise DataError(f"The feature cache in {cache.root} keeps failing to read back what was just written "
+                    f"({_ATTEMPTS} attempts); check the disk, or pass another --cache-dir.")
 
 
 def extract_features(
@@ -292,7 +447,8 @@ def extract_features(
 
     Returns:
         A :class:`FeatureSet` with ``sample_ids`` = the dataset's ids and ``meta`` holding the
-        cache key, its inputs and ``cache_hit``.
+        dataset's feature key, its inputs, ``cache_hit`` (nothing was extracted) and
+        ``items_extracted`` (per modality, the items extracted now).
 
     Raises:
         DataError: a sample has no image, image files are missing or undecodable, a text is
@@ -312,33 +468,49 @@ def extract_features(
             "pre-extracted features for image-free data."
         )
     check_image_files([s.image for s in samples], ids)  # every file, before any slow work
-
-    cache = FeatureCache(cache_dir) if cache_dir is not None else None
     key_inputs = cache_key_inputs(
         dataset.content_digest(), image_encoder.fingerprint(), text_encoder.fingerprint(), dtype
     )
     key = cache_key(key_inputs)
-    if cache is not None:
-        hit = cache.load(key)
-        if hit is not None:  # sample ids are part of the dataset digest, hence of the key
-            log.info("Feature cache hit: %s", cache.entry_dir(key))
-            return hit
-        for enc in (image_encoder, text_encoder):
-            if hasattr(enc, "use_artifact_dir"):
-                enc.use_artifact_dir(cache.models_dir)
+    meta: dict[str, Any] = {"key": key, "key_inputs": key_inputs, "dtype": dtype}
+    images, texts = [s.image for s in samples], [s.text for s in samples]
 
-    image = image_encoder.encode([s.image for s in samples], batch_size=batch_size,
-                                 progress=progress)
-    text = text_encoder.encode([s.text for s in samples], batch_size=2 * batch_size,
-                               progress=progress)
-    for name, mf in (("image", image), ("text", text)):
-        if len(mf) != len(samples):
-            raise DataError(f"The {name} encoder returned {len(mf)} rows for {len(samples)} "
-                            "samples; an encoder must return one row per item.")
-    features = FeatureSet(_as_storage(image, dtype, "image"), _as_storage(text, dtype, "text"),
-                          tuple(ids), {"key": key, "key_inputs": key_inputs, "dtype": dtype,
-                                       "cache_hit": False})
-    if cache is not None:
-        path = cache.save(key, features, key_inputs)
-        features.meta["cache_path"] = str(path)
-    return features
+    no_text = [s.id for s in samples if s.text is None]
+    if no_text:
+        raise DataError(f"Dataset {dataset.name!r}: {len(no_text)} samples have no text "
+                        f"({format_list(no_text)}). Feature extraction needs a text per sample.")
+
+    if cache_dir is None:
+        image = image_encoder.encode(images, batch_size=batch_size, progress=progress)
+        text = text_encoder.encode(texts, batch_size=2 * batch_size, progress=progress)
+        for name, mf in (("image", image), ("text", text)):
+            if len(mf) != len(samples):
+                raise DataError(f"The {name} encoder returned {len(mf)} rows for {len(samples)} "
+                                "samples; an encoder must return one row per item.")
+        return FeatureSet(_trimmed(_as_storage(image, dtype, "image")), _trimmed(_as_storage(text, dtype, "text")),
+                          tuple(ids), {**meta, "cache_hit": False,
+                                       "items_extracted": {"image": len(samples), "text": len(samples)}})
+
+    cache = FeatureCache(cache_dir)
+    legacy_state: dict[str, Any] = {}
+
+    def legacy() -> FeatureSet | None:
+        if "value" not in legacy_state:
+            old = cache.load_legacy(key)
+            legacy_state["value"] = old if old is not None and list(old.sample_ids) == ids else None
+            if legacy_state["value"] is not None:
+                log.info("Importing the old-layout feature cache entry %s", cache.features_dir / key)
+        return legacy_state["value"]
+
+    image_keys = [image_item_key(p) for p in images]  # type: ignore[arg-type]
+    text_keys = [text_item_key(t) for t in texts]  # type: ignore[arg-type]
+    image, n_img = _features_for(cache, "image", image_encoder, images, image_keys, dtype, batch_size,
+                                 progress, legacy)
+    text, n_txt = _features_for(cache, "text", text_encoder, texts, text_keys, dtype, 2 * batch_size,
+                                progress, legacy)
+    meta.update({"cache_hit": n_img == 0 and n_txt == 0, "cache_path": str(cache.items_dir),
+                 "items_extracted": {"image": n_img, "text": n_txt}})
+    if n_img or n_txt:
+        log.info("Feature cache %s: extracted %d images and %d texts of %d samples", cache.items_dir,
+                 n_img, n_txt, len(samples))
+    return FeatureSet(image, text, tuple(ids), meta)
