@@ -344,3 +344,13 @@ def test_the_default_method_is_the_one_the_tool_is_named_after():
     assert "default: gcrdp" in helps["methods"]
     for flag in ("extract_batch_size", "protocol", "val_fraction", "allow_small_classes", "resume"):
         assert helps.get(flag), flag
+
+
+def test_split_versions_read_as_names_or_numbers():
+    from gcrdp.data.types import split_label
+
+    assert split_label("1") == "v1" and split_label("hashed-seed0") == "hashed-seed0"
+    ds = _ds({"a": (4, 2), "b": (4, 2), "c": (4, 2), "d": (4, 2)}, unseen=("c", "d"))
+    ds = Dataset(ds.name, ds.samples, ds.classes, generate_class_split(ds.classes, dataset="t"))
+    text = format_summary(summarize_dataset(ds, shots=1))
+    assert "class split hashed-seed0:" in text and "vhashed" not in text

@@ -61,11 +61,18 @@ def test_grid_runs_resumes_and_refuses_a_changed_config(tmp_path):
     grid = Grid.from_file(path)
     out = run_grid(grid, progress=False)
     assert out["ran"] == 16 and out["already_done"] == 0
-    files = sorted((tmp_path / "out" / "runs").rglob("*.json"))
+    files = sorted(p for p in (tmp_path / "out" / "runs").rglob("*.json") if p.name != "class_split.json")
     assert len(files) == 16
     doc = json.loads(files[0].read_text())
     assert doc["grid"]["name"] == "tiny" and len(doc["records"]) == 1 and doc["provenance"]
+    split = json.loads((tmp_path / "out" / "runs" / "feats" / "class_split.json").read_text())
+    assert split["unseen"] and "class_split" in split["note"]  # the split a rerun can pin
     # a finished grid does nothing; a lost run (an interrupted grid) is the only one run again
+    assert run_grid(grid, progress=False)["ran"] == 0
+    # files written before a config key existed count as done (the key takes its default)
+    stored = json.loads(files[0].read_text())
+    del stored["config"]["allow_small_classes"]
+    files[0].write_text(json.dumps(stored))
     assert run_grid(grid, progress=False)["ran"] == 0
     lost = tmp_path / "out" / "runs" / "feats" / "gcrdp" / "shots1-seed0.json"
     before = json.loads(lost.read_text())["records"][0]["test"]

@@ -278,6 +278,14 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
                 loaded.clear()  # one dataset's features in memory at a time
                 ds = load_dataset(cfg.dataset, **cfg.dataset_options)
                 loaded[c.dataset] = (ds, load_features(ds, cfg, progress=progress))
+                if ds.class_split is not None and cfg.protocol != "standard":  # the split a rerun can pin
+                    from ..data.splits import class_split_document
+
+                    atomic_write_json(grid.output_dir / c.relpath().parent.parent / "class_split.json",
+                                      class_split_document(ds.class_split, note=(
+                                          f"The class split of dataset label {c.dataset!r} "
+                                          f"({ds.meta.get('class_split_source', 'dataset')}); pass it as "
+                                          "class_split to pin it.")))
             ds, feats = loaded[c.dataset]
             t0 = time.perf_counter()
             observer = None
