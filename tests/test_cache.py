@@ -379,3 +379,42 @@ def test_encoder_roles_are_checked(ds, encs, tmp_path):
         extract_features(ds, encs[0], object(), progress=False)
     with pytest.raises(ConfigError, match="batch_size"):
         extract_features(ds, *encs, batch_size=0, progress=False)
+
+
+def test_many_damaged_chunks_are_all_rebuilt(ds, encs, tmp_path, caplog):
+    cache_dir = tmp_path / "cache"
+    for i in range(3):  # three chunks per space: one sample's item each
+        _run(Dataset("tiny", [ds.samples[i]], list(ds.samples[i].labels)), encs, cache_dir)
+    extra = _chunks(cache_dir)
+    for c in extra:  # copies under other names, then damage every chunk
+        shutil.copytree(c, c.parent / ("z" + c.name))
+    for c in _chunks(cache_dir):
+        (c / "local.npy").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="gcrdp.encoders.cache"):
+        out = _run(ds, encs, cache_dir)
+    assert out.meta["items_extracted"] == {"image": 3, "text": 3}
+    assert _run(ds, encs, cache_dir).meta["cache_hit"] is True
+
+
+def test_a_key_list_that_disagrees_with_its_arrays_is_damage(ds, encs, tmp_path):
+    cache_dir = tmp_path / "cache"
+    _run(ds, encs, cache_dir)
+    chunk = _chunks(cache_dir)[0]
+    keys = json.loads((chunk / "keys.json").read_text())
+    (chunk / "keys.json").write_text(json.dumps(keys + ["f" * 64]))
+    out = _run(ds, encs, cache_dir)
+    assert sum(out.meta["items_extracted"].values()) == 3 and not chunk.exists()
+
+
+def test_an_unreadable_cache_is_an_error_not_damage(ds, encs, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    _run(ds, encs, cache_dir)
+
+    def no_memory(*a, **k):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(cache_mod.np, "load", no_memory)
+    with pytest.raises(MemoryError):
+        _run(ds, encs, cache_dir)
+    monkeypatch.undo()
+    assert len(_chunks(cache_dir)) == 2  # nothing was discarded

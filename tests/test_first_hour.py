@@ -354,3 +354,47 @@ def test_split_versions_read_as_names_or_numbers():
     ds = Dataset(ds.name, ds.samples, ds.classes, generate_class_split(ds.classes, dataset="t"))
     text = format_summary(summarize_dataset(ds, shots=1))
     assert "class split hashed-seed0:" in text and "vhashed" not in text
+
+
+def test_fit_keys_follow_the_data_and_not_the_paths(tmp_path):
+    from gcrdp.experiments import run_experiment
+    from gcrdp.experiments.runner import fit_key
+
+    from .helpers import toy_run_dataset
+
+    ds, feats = toy_run_dataset()
+    cfg = _toy_cfg()
+    base = fit_key(cfg, "cca", 1, 0, "k", ds)
+    assert fit_key(_toy_cfg(cache_dir="/elsewhere", extract_batch_size=8, allow_small_classes=True),
+                   "cca", 1, 0, "k", ds) == base
+    relabelled = Dataset(ds.name, [Sample(s.id, s.text, ("c1",) if i == 0 else s.labels, s.split)
+                                   for i, s in enumerate(ds.samples)], ds.classes, ds.class_split, features=feats)
+    assert fit_key(cfg, "cca", 1, 0, "k", relabelled) != base
+    other_split = Dataset(ds.name, ds.samples, ds.classes,
+                          ClassSplit("toy", "2", ds.class_split.seen, ds.class_split.unseen), features=feats)
+    assert fit_key(cfg, "cca", 1, 0, "k", other_split) != base
+    # resume=False starts afresh: no stale fits are left behind to refuse a later run
+    run_experiment(_toy_cfg(methods=["cca"], method_options={}), tmp_path / "o", progress=False, dataset=ds,
+                   features=feats)
+    (tmp_path / "o" / "fits" / "cca" / "shots9-seed9.json").write_text("{}")
+    run_experiment(_toy_cfg(methods=["cca"], method_options={}), tmp_path / "o", progress=False, dataset=ds,
+                   features=feats, resume=False)
+    assert sorted(p.name for p in (tmp_path / "o" / "fits" / "cca").iterdir()) == ["shots1-seed0.json",
+                                                                                  "shots1-seed1.json"]
+
+
+def test_a_failing_progress_display_does_not_stop_training(caplog):
+    from gcrdp.experiments import run_experiment
+    from gcrdp.training.loop import observe_epochs
+
+    from .helpers import toy_run_dataset
+
+    ds, feats = toy_run_dataset()
+
+    def broken(info):
+        raise BrokenPipeError("stderr closed")
+
+    with observe_epochs(broken):
+        res = run_experiment(_toy_cfg(methods=["gap-infonce"], seeds=[0]), None, progress=False, dataset=ds,
+                             features=feats)
+    assert len(res["records"]) == 1 and "progress display failed" in caplog.text

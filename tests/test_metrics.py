@@ -502,3 +502,48 @@ def test_memory_is_bounded_by_the_chunk():
     finally:
         tracemalloc.stop()
     assert peak < full / 4, (peak, full)
+
+
+# --------------------------------------------------------------------------- instance level
+def test_instance_recall_against_a_naive_loop():
+    from gcrdp.evaluation import instance_recall
+
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(37, 8)).astype(np.float32)
+    g = rng.normal(size=(50, 8)).astype(np.float32)
+    g[:5] = g[5:10]  # exact ties
+    pair = rng.integers(0, 50, size=37)
+    pair[[3, 9]] = -1
+    for metric in ("cosine", "dot", "set-max:2"):
+        out = instance_recall(q, g, pair, ks=(1, 5, 10), metric=metric, chunk_size=7)
+        ranks = []
+        for i in range(37):
+            if pair[i] < 0:
+                continue
+            if metric == "set-max:2":
+                qv = q[i].reshape(2, 4) / np.linalg.norm(q[i].reshape(2, 4), axis=1, keepdims=True)
+                gv = g.reshape(50, 2, 4) / np.linalg.norm(g.reshape(50, 2, 4), axis=2, keepdims=True)
+                s = np.array([(qv @ gv[j].T).max() for j in range(50)])
+            elif metric == "cosine":
+                s = (g / np.linalg.norm(g, axis=1, keepdims=True)) @ (q[i] / np.linalg.norm(q[i]))
+            else:
+                s = g @ q[i]
+            ranks.append(1 + sum(s[j] > s[pair[i]] + 1e-6 for j in range(50)))
+        ranks = np.array(ranks)
+        assert out["n_queries"] == 35
+        for k in (1, 5, 10):
+            assert out[f"recall@{k}"] == pytest.approx((ranks <= k).mean())
+        assert out["median_rank"] == pytest.approx(np.median(ranks))
+        assert out["mrr"] == pytest.approx((1 / ranks).mean())
+
+
+def test_instance_recall_perfect_and_bad_input():
+    from gcrdp.evaluation import instance_recall
+
+    e = np.eye(6, dtype=np.float32)
+    out = instance_recall(e, e, np.arange(6))
+    assert out["recall@1"] == 1.0 and out["median_rank"] == 1.0 and out["mrr"] == 1.0
+    with pytest.raises(DataError, match="pair_index"):
+        instance_recall(e, e, np.arange(5))
+    with pytest.raises(DataError, match="gallery row"):
+        instance_recall(e, e, np.full(6, 9))

@@ -517,6 +517,12 @@ def _metric_lines(res: dict[str, Any], ks: Sequence[int] | None) -> list[str]:
     lines = [(f"I2T mAP {100 * res['i2t']['map']:.1f}   T2I mAP {100 * res['t2i']['map']:.1f}   "
               f"mean {100 * res['mean_map']:.1f}   chance {100 * res['chance']:.1f}   "
               f"({res['i2t']['n_queries']} queries, {res['i2t']['n_gallery']} gallery)")]
+    inst = res.get("instance")
+    if inst:
+        cuts = [k for k in ("recall@1", "recall@5", "recall@10") if k in inst["i2t"]]
+        lines.append("instance level (each query's own pair): " + "   ".join(
+            f"{d.upper()} R@{'/'.join(c.split('@')[1] for c in cuts)} "
+            + "/".join(f"{100 * inst[d][c]:.1f}" for c in cuts) for d in ("i2t", "t2i")))
     for k in ks or ():
         for d in ("i2t", "t2i"):
             m = res[d]
@@ -526,6 +532,8 @@ def _metric_lines(res: dict[str, Any], ks: Sequence[int] | None) -> list[str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..evaluation import chance_map, cross_modal_metrics
     from ..utils.io import atomic_write_json
 
@@ -544,6 +552,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _names_to_indices(q, g)
     res = cross_modal_metrics(q["image"], q["text"], q["labels"], g["image"], g["text"], g["labels"],
                               ks=args.k or ())
+    if args.gallery is None:  # the gallery is the queries: row i's pair is row i
+        from ..evaluation import instance_recall
+
+        pair = np.arange(len(q["image"]))
+        res["instance"] = {"i2t": instance_recall(q["image"], q["text"], pair),
+                           "t2i": instance_recall(q["text"], q["image"], pair)}
     res["chance"] = chance_map(q["labels"], g["labels"])
     print("\n".join(_metric_lines(res, args.k)))
     if args.output is not None:

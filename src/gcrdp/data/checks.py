@@ -32,7 +32,7 @@ TINY_PX = 16
 HUGE_SIDE_PX = 10_000
 HUGE_PIXELS = 50_000_000
 MAX_IDS_SHOWN = 5
-NEAR_DUPLICATE_MAX_CLASSES = 5000
+NEAR_DUPLICATE_MAX_CLASSES = 1500
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,8 @@ def small_classes(dataset: Dataset, shots: int | Iterable[int] = 0, protocol: st
         side = ("unseen" if c in unseen else "seen") if split is not None and protocol != "standard" else ""
         reason, need = "", MIN_ITEMS
         if n < MIN_ITEMS:
-            reason = (f"every class needs at least {MIN_ITEMS} items (one to query, one to find); "
-                      "a label typo makes such a class")
+            reason = (f"fewer than {MIN_ITEMS} items: a class of one item is almost always a label "
+                      "typo, and it changes the experiment (the class list, the split)")
         elif c in unseen and max_shots and (n < max_shots + 1 or n_train < max_shots):
             need = max_shots + 1
             reason = (f"an unseen class needs {max_shots + 1} items at {max_shots} shots: {max_shots} "
@@ -102,7 +102,10 @@ def check_class_sizes(dataset: Dataset, shots: int | Iterable[int], protocol: st
     """Raise :class:`DataError` naming the classes (and their samples) that :func:`small_classes`
     finds, unless ``allow``; return them."""
     small = small_classes(dataset, shots, protocol)
-    if small and not allow:
+    # multi-label data: a one-item tag is a real (rare) class, not a typo; only the protocol's needs stop
+    blocking = [sc for sc in small if not (dataset.is_multilabel and sc.need == MIN_ITEMS)]
+    if blocking and not allow:
+        small = blocking
         lines = "\n  ".join(sc.describe() for sc in small[:10])
         more = f"\n  (and {len(small) - 10} more classes)" if len(small) > 10 else ""
         near = near_duplicate_labels(dataset.classes, _counts(dataset))

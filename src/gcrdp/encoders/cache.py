@@ -156,6 +156,15 @@ def _write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
+#: what reading a damaged chunk raises (missing file, bad JSON or array, checksum mismatch);
+#: anything else — no memory, no permission — is not damage and is raised as it is
+_DAMAGE = (FileNotFoundError, ValueError, KeyError, TypeError, EOFError, IndexError)
+
+
+def _text_sha256(keys: list[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
+
+
 class DamagedChunk(Exception):
     """A chunk that cannot be read as written (its path is ``.chunk``)."""
 
@@ -218,35 +227,40 @@ class FeatureCache:
                 keys = json.loads((chunk / "keys.json").read_text(encoding="utf-8"))
                 if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                     raise ValueError("keys.json is not a list of strings")
-            except Exception as exc:  # noqa: BLE001 - any damage means: rebuild
+                meta = json.loads((chunk / "meta.json").read_text(encoding="utf-8"))
+                if meta.get("n_items") != len(keys) or meta.get("keys_sha256") != _text_sha256(keys):
+                    raise ValueError("keys.json disagrees with meta.json")
+            except _DAMAGE as exc:
                 self.discard(chunk, f"unreadable key list ({exc})")
                 continue
             for row, key in enumerate(keys):
                 out.setdefault(key, (chunk, row))
         return out
 
-    def read_chunk(self, chunk: Path) -> dict[str, np.ndarray]:
-        """The arrays of ``chunk``, each checked against the SHA-256, shape and dtype in its
-        meta; :class:`DamagedChunk` otherwise."""
+    def read_chunk(self, chunk: Path, parts: tuple[str, ...] = _ARRAYS) -> dict[str, np.ndarray]:
+        """The arrays ``parts`` of ``chunk``, each checked against the SHA-256, shape and dtype
+        in its meta; :class:`DamagedChunk` when they do not match or a file is missing. Other
+        errors (no memory, no permission) are raised as they are: they are not damage."""
         try:
             meta = json.loads((chunk / "meta.json").read_text(encoding="utf-8"))
             if meta.get("format") != ITEM_FORMAT_VERSION:
                 raise ValueError(f"format {meta.get('format')!r}")
             arrays = {}
-            for part in _ARRAYS:
+            for part in parts:
                 name = f"{part}.npy"
                 info = meta["files"][name]
                 if _sha256(chunk / name) != info["sha256"]:
                     raise ValueError(f"checksum mismatch in {name}")
-                arr = np.load(chunk / name, allow_pickle=False)
+                # memory-mapped once checked: a run copies only its own rows out of a large chunk
+                arr = np.load(chunk / name, allow_pickle=False, mmap_mode="r")
                 if list(arr.shape) != info["shape"] or arr.dtype.name != info["dtype"]:
                     raise ValueError(f"{name} has shape {arr.shape} {arr.dtype}, meta says "
                                      f"{info['shape']} {info['dtype']}")
                 arrays[part] = arr
-            if len({len(a) for a in arrays.values()}) != 1 or len(arrays["pooled"]) != meta["n_items"]:
+            if any(len(a) != meta["n_items"] for a in arrays.values()):
                 raise ValueError("the arrays disagree in rows")
             return arrays
-        except Exception as exc:  # noqa: BLE001 - any damage means: rebuild
+        except _DAMAGE as exc:
             raise DamagedChunk(chunk, str(exc)) from None
 
     # ------------------------------------------------------------------ writing
@@ -274,7 +288,8 @@ class FeatureCache:
                                         "sha256": _sha256(tmp / f"{part}.npy")}
             _write_json(tmp / "keys.json", list(keys))
             _write_json(tmp / "meta.json", {
-                "format": ITEM_FORMAT_VERSION, "n_items": len(keys), "files": files,
+                "format": ITEM_FORMAT_VERSION, "n_items": len(keys), "keys_sha256": _text_sha256(list(keys)),
+                "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gcrdp_version": __version__})
             _fsync_dir(tmp)
             _publish(tmp, final)
@@ -362,28 +377,33 @@ def _trimmed(mf: ModalityFeatures) -> ModalityFeatures:
 
 def _assemble(cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) -> ModalityFeatures:
     """The rows ``where`` (chunk, row) gathered in order; local features padded to the longest
-    item among them. :class:`DamagedChunk` when a chunk fails to read."""
+    item among them. One chunk in memory at a time (masks first, to size the output).
+    :class:`DamagedChunk` when a chunk fails to read."""
     by_chunk: dict[Path, list[int]] = {}
     for pos, (chunk, _row) in enumerate(where):
         by_chunk.setdefault(chunk, []).append(pos)
-    loaded = {chunk: cache.read_chunk(chunk) for chunk in by_chunk}
+    rows_of = {c: np.asarray([where[p][1] for p in ps]) for c, ps in by_chunk.items()}
+    length = 1
+    for chunk, rows in rows_of.items():
+        length = max(length, _used_length(cache.read_chunk(chunk, ("mask",))["mask"][rows]))
     n = len(where)
-    length = max(_used_length(loaded[c]["mask"][[where[p][1] for p in ps]]) for c, ps in by_chunk.items())
-    some = next(iter(loaded.values()))
-    d = some["local"].shape[2]
-    local = np.zeros((n, length, d), dtype=dtype)
-    mask = np.zeros((n, length), dtype=bool)
-    pooled = np.zeros((n, some["pooled"].shape[1]), dtype=dtype)
+    local = mask = pooled = None
     for chunk, positions in by_chunk.items():
-        arr = loaded[chunk]
-        if arr["local"].shape[2] != d or arr["pooled"].shape[1] != pooled.shape[1]:
-            raise DamagedChunk(chunk, f"feature dimension {arr['local'].shape[2]} differs from {d} in its space")
-        pos = np.asarray(positions)
-        rows = np.asarray([where[p][1] for p in positions])
+        arr = cache.read_chunk(chunk)
+        if local is None:
+            local = np.zeros((n, length, arr["local"].shape[2]), dtype=dtype)
+            mask = np.zeros((n, length), dtype=bool)
+            pooled = np.zeros((n, arr["pooled"].shape[1]), dtype=dtype)
+        if arr["local"].shape[2] != local.shape[2] or arr["pooled"].shape[1] != pooled.shape[1]:
+            raise DamagedChunk(chunk, f"feature dimension {arr['local'].shape[2]} differs from "
+                                      f"{local.shape[2]} in its space")
+        pos, rows = np.asarray(positions), rows_of[chunk]
         m = min(length, arr["local"].shape[1])
         local[pos, :m] = arr["local"][rows, :m]
         mask[pos, :m] = arr["mask"][rows, :m]
         pooled[pos] = arr["pooled"][rows]
+        del arr
+    assert local is not None and mask is not None and pooled is not None
     return ModalityFeatures(local, mask, pooled)
 
 
@@ -394,7 +414,7 @@ def _features_for(cache: FeatureCache, modality: str, encoder: Any, items: list[
     inputs = space_inputs(modality, encoder.fingerprint(), dtype)
     space = cache.space_dir(inputs)
     encoded = 0
-    for _attempt in range(_ATTEMPTS):
+    for _attempt in range(len(cache.chunks(space)) + _ATTEMPTS):  # each failed pass removes a damaged chunk
         index = cache.index(space)
         # every sample whose item is missing, in dataset order — duplicates too, so that a
         # first extraction sees exactly the batches an uncached one does (identical arrays)
@@ -417,7 +437,9 @@ def _features_for(cache: FeatureCache, modality: str, encoder: Any, items: list[
                     raise DataError(f"The {modality} encoder returned {len(got)} rows for {len(rows)} "
                                     "items; an encoder must return one row per item.")
                 got = _as_storage(got, dtype, modality)
-                mf = ModalityFeatures(got.local[keep], got.mask[keep], got.pooled[keep])
+                mf = got if len(keep) == len(rows) else ModalityFeatures(got.local[keep], got.mask[keep],
+                                                                         got.pooled[keep])
+                del got
                 encoded += len(missing)
             chunk = cache.write_chunk(inputs, missing, mf)
             index.update({k: (chunk, r) for r, k in enumerate(missing)})
@@ -425,8 +447,8 @@ def _features_for(cache: FeatureCache, modality: str, encoder: Any, items: list[
             return _assemble(cache, [index[k] for k in keys], dtype), encoded
         except DamagedChunk as exc:
             cache.discard(exc.chunk, str(exc).split(": ", 1)[-1])
-    raise DataError(f"The feature cache in {cache.root} keeps failing to read back what was just written "
-                    f"({_ATTEMPTS} attempts); check the disk, or pass another --cache-dir.")
+    raise DataError(f"The feature cache in {cache.root} keeps failing to read back what was just written; "
+                    "check the disk, or pass another --cache-dir.")
 
 
 def extract_features(

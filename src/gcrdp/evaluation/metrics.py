@@ -627,26 +627,10 @@ def _retrieval_metrics(
     checked_ks = _check_ks(ks, ng)
     chunk = _check_chunk_size(chunk_size, ng)
     glt = gl if gl.ndim == 1 else gl.T.astype(np.float32)  # (ng,) or (C, ng)
-    if n_views is not None:
-        qv, gv = _unit_views(q, n_views, qn), _unit_views(g, n_views, gn)  # (n, K, D/K)
-        gvt = np.ascontiguousarray(gv.reshape(ng * n_views, -1).T)  # (D/K, ng·K)
-    else:
-        prepare = SCORE_METRICS[metric]
-        q = prepare(q, qn)
-        gt = np.ascontiguousarray(prepare(g, gn).T)  # (d, ng) float32
+    score = _scorer(q, g, metric, n_views, names)
 
     def block(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        if n_views is not None:  # best match over the K×K view pairs
-            c = stop - start
-            pair = qv[start:stop].reshape(c * n_views, -1) @ gvt  # (c·K, ng·K)
-            scores = pair.reshape(c, n_views, ng, n_views).max(axis=(1, 3))  # (c, ng)
-            return scores, _relevance_rows(ql[start:stop], glt)
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
-            scores = q[start:stop] @ gt  # (c, d) @ (d, ng) -> (c, ng) float32
-        _check_finite(
-            scores, "scores", start, " Use metric='cosine' or scale the embeddings down."
-        )
-        return scores, _relevance_rows(ql[start:stop], glt)
+        return score(start, stop), _relevance_rows(ql[start:stop], glt)
 
     threads = _check_n_threads(n_threads, q.shape[0] * ng)
     stats = _accumulate(q.shape[0], chunk, block, checked_ks, k_denominator, threads)
@@ -662,6 +646,97 @@ def _retrieval_metrics(
     out["n_queries_without_relevant"] = int((n_rel == 0).sum())
     if per_query:
         out["per_query"] = stats
+    return out
+
+
+def _scorer(q: np.ndarray, g: np.ndarray, metric: str, n_views: int | None,
+            names: tuple[str, str]) -> Callable[[int, int], np.ndarray]:
+    """``score(start, stop) -> (stop - start, ng)`` float32 scores of query rows
+    ``start:stop`` against the whole gallery under ``metric`` (checked embeddings in)."""
+    qn, gn = names
+    ng = g.shape[0]
+    if n_views is not None:
+        qv, gv = _unit_views(q, n_views, qn), _unit_views(g, n_views, gn)  # (n, K, D/K)
+        gvt = np.ascontiguousarray(gv.reshape(ng * n_views, -1).T)  # (D/K, ng·K)
+
+        def score(start: int, stop: int) -> np.ndarray:  # best match over the K×K view pairs
+            c = stop - start
+            pair = qv[start:stop].reshape(c * n_views, -1) @ gvt  # (c·K, ng·K)
+            return pair.reshape(c, n_views, ng, n_views).max(axis=(1, 3))  # (c, ng)
+
+        return score
+    prepare = SCORE_METRICS[metric]
+    qp = prepare(q, qn)
+    gt = np.ascontiguousarray(prepare(g, gn).T)  # (d, ng) float32
+
+    def score_dot(start: int, stop: int) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            scores = qp[start:stop] @ gt  # (c, d) @ (d, ng) -> (c, ng) float32
+        _check_finite(scores, "scores", start, " Use metric='cosine' or scale the embeddings down.")
+        return scores
+
+    return score_dot
+
+
+INSTANCE_KS = (1, 5, 10)
+
+
+def instance_recall(
+    query_emb: Any,
+    gallery_emb: Any,
+    pair_index: Any,
+    ks: Iterable[int] = INSTANCE_KS,
+    *,
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+) -> dict[str, Any]:
+    """Instance-level retrieval: how high each query's *own* pair ranks, the measure CLIP-style
+    retrieval is judged by (class-level mAP counts every same-class item as a hit; this counts
+    only the one paired item).
+
+    Args:
+        query_emb, gallery_emb: (nq, d) and (ng, d) embeddings (other modality).
+        pair_index: (nq,) the gallery row of each query's pair; queries with ``-1`` (no pair in
+            the gallery) are left out.
+        ks: cut-offs of recall@k (the share of queries whose pair ranks in the top k).
+
+    The rank of a pair is 1 + the number of gallery items scored strictly higher (ties count
+    in the query's favour). Returns ``{"recall@k": ..., "median_rank", "mean_rank", "mrr",
+    "n_queries"}``.
+    """
+    n_views = _set_max_views(metric)
+    if metric not in SCORE_METRICS and n_views is None:
+        raise ConfigError(f"metric must be one of {format_list(SCORE_METRICS)} or 'set-max:K', got {metric!r}.")
+    q = _as_embeddings(query_emb, "query_emb")
+    g = _as_embeddings(gallery_emb, "gallery_emb")
+    if q.shape[1] != g.shape[1]:
+        raise DataError(f"query_emb and gallery_emb must have the same dimension, got {q.shape[1]} "
+                        f"and {g.shape[1]}.")
+    pair = np.asarray(pair_index)
+    if pair.shape != (q.shape[0],) or pair.dtype.kind not in "iu":
+        raise DataError(f"pair_index must be (n_queries,) integers, got shape {_shape(pair)} {pair.dtype}.")
+    ng = g.shape[0]
+    if ((pair < -1) | (pair >= ng)).any():
+        raise DataError(f"pair_index must be -1 or a gallery row in [0, {ng}).")
+    checked = tuple(sorted({int(k) for k in ks}))
+    if not checked or checked[0] < 1:
+        raise ConfigError(f"ks must be integers >= 1, got {ks!r}.")
+    score = _scorer(q, g, metric, n_views, ("query_emb", "gallery_emb"))
+    keep = np.flatnonzero(pair >= 0)
+    ranks = np.empty(keep.size, dtype=np.int64)
+    chunk = _check_chunk_size(chunk_size, ng)
+    for a in range(0, keep.size, chunk):
+        rows = keep[a:a + chunk]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        s = score(lo, hi)[rows - lo]  # (c, ng)
+        own = s[np.arange(rows.size), pair[rows]]
+        ranks[a:a + rows.size] = 1 + (s > own[:, None]).sum(axis=1)
+    out: dict[str, Any] = {f"recall@{k}": float((ranks <= k).mean()) if ranks.size else float("nan")
+                           for k in checked}
+    out.update({"median_rank": float(np.median(ranks)) if ranks.size else float("nan"),
+                "mean_rank": float(ranks.mean()) if ranks.size else float("nan"),
+                "mrr": float((1.0 / ranks).mean()) if ranks.size else float("nan"),
+                "n_queries": int(ranks.size), "n_gallery": int(ng)})
     return out
 
 

@@ -239,6 +239,7 @@ def _fmt_seconds(s: float | None) -> str:
 def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
              on_cell: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every cell of ``grid`` not already done; return ``{"done", "skipped", "ran", "files"}``."""
+    from ..data.checks import check_class_sizes
     from ..data.registry import load_dataset
     from ..training.loop import observe_epochs
     from .progress import epoch_status
@@ -277,6 +278,8 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
             if c.dataset not in loaded:
                 loaded.clear()  # one dataset's features in memory at a time
                 ds = load_dataset(cfg.dataset, **cfg.dataset_options)
+                check_class_sizes(ds, grid.shots_for(c.dataset) if cfg.protocol != "standard" else [0],
+                                  cfg.protocol, allow=cfg.allow_small_classes)  # before any extraction
                 loaded[c.dataset] = (ds, load_features(ds, cfg, progress=progress))
                 if ds.class_split is not None and cfg.protocol != "standard":  # the split a rerun can pin
                     from ..data.splits import class_split_document

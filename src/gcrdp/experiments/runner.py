@@ -101,7 +101,7 @@ def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split:
     """Test metrics of a fitted ``method`` on ``split``'s test queries and gallery (I2T and
     T2I, :func:`~gcrdp.evaluation.cross_modal_metrics`); the gallery is embedded once more only
     when it differs from the queries."""
-    from ..evaluation import cross_modal_metrics
+    from ..evaluation import cross_modal_metrics, instance_recall
 
     q, g = split.test_query, split.test_gallery
     qi, qt = method.embed_images(features.image.subset(q)), method.embed_texts(features.text.subset(q))
@@ -109,8 +109,14 @@ def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split:
         gi, gt = qi, qt
     else:
         gi, gt = method.embed_images(features.image.subset(g)), method.embed_texts(features.text.subset(g))
-    return cross_modal_metrics(qi, qt, labels[q], gi, gt, labels[g], ks=ks,
-                               metric=getattr(method, "score_metric", "cosine"))
+    metric = getattr(method, "score_metric", "cosine")
+    out = cross_modal_metrics(qi, qt, labels[q], gi, gt, labels[g], ks=ks, metric=metric)
+    # instance level: each query's own pair (the same sample on the gallery side)
+    where = {int(j): r for r, j in enumerate(g)}
+    pair = np.array([where.get(int(i), -1) for i in q], dtype=np.int64)
+    out["instance"] = {"i2t": instance_recall(qi, gt, pair, metric=metric),
+                       "t2i": instance_recall(qt, gi, pair, metric=metric)}
+    return out
 
 
 def fit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_names) -> FitData:
@@ -161,6 +167,11 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for extra in sorted({k for r in rs for k in r["test"]["i2t"] if "@" in k}):
             for d in ("i2t", "t2i"):
                 row[f"{d}_{extra}_mean"], row[f"{d}_{extra}_std"] = _mean_std([r["test"][d][extra] for r in rs])
+        if all("instance" in r["test"] for r in rs):  # each query's own pair (CLIP-style recall@k)
+            for d in ("i2t", "t2i"):
+                for k in sorted(rs[0]["test"]["instance"][d]):
+                    if k.startswith("recall@"):
+                        row[f"instance_{d}_{k}_mean"], _ = _mean_std([r["test"]["instance"][d][k] for r in rs])
         vals = [r["fit"]["best_val_map"] for r in rs if r["fit"].get("best_val_map") is not None]
         if vals:
             row["val_map_mean"], row["val_map_std"] = _mean_std(vals)
@@ -266,15 +277,41 @@ def task_label(name: str, shots: int, seed: int) -> str:
     return f"{name} {shots}-shot seed {seed}"
 
 
-def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: Any) -> str:
+#: run config keys that do not change a fit's record (where files go, how features are batched)
+_NOT_IN_FIT_KEY = ("methods", "shots", "seeds", "method_options", "cache_dir", "extract_batch_size",
+                   "allow_small_classes")
+
+
+def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: Any,
+            dataset: Dataset | None = None) -> str:
     """What identifies one fit's record in a resumable ``gcrdp run`` folder: the run config
-    without the lists of methods, shots and seeds (so a run can grow), the entry's own options,
-    the fit's coordinates and the features' key."""
+    without the lists of methods, shots and seeds (so a run can grow) and without what does not
+    change a record, the entry's own options, the fit's coordinates, the features' key, and the
+    dataset's content (ids, texts, labels, splits, image bytes) and class split."""
     from ..encoders.cache import cache_key
 
-    cfg = {k: v for k, v in config.to_dict().items() if k not in ("methods", "shots", "seeds", "method_options")}
+    cfg = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_FIT_KEY}
+    data: dict[str, Any] = {}
+    if dataset is not None:
+        cs = dataset.class_split
+        data = {"content": dataset.content_digest(),
+                "class_split": None if cs is None else [cs.version, list(cs.seen), list(cs.unseen)]}
     return cache_key({"config": cfg, "entry": entry, "options": config.method_options.get(entry, {}),
-                      "shots": shots, "seed": seed, "features": features_key, "format": RESULTS_FORMAT})
+                      "shots": shots, "seed": seed, "features": features_key, "dataset": data,
+                      "format": RESULTS_FORMAT})
+
+
+class _DatasetKey:
+    """The dataset's content digest (it reads every image file) computed once for all fits."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.class_split = dataset.class_split
+        self._dataset, self._digest = dataset, None
+
+    def content_digest(self) -> str:
+        if self._digest is None:
+            self._digest = self._dataset.content_digest()
+        return self._digest
 
 
 def _fit_file(output_dir: Path, name: str, shots: int, seed: int) -> Path:
@@ -327,11 +364,19 @@ def _run_in_workers(shared: _FitContext, tasks: list[tuple[str, int, int]], spli
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
                                  initializer=_init_worker, initargs=(shared, threads, events)) as pool:
             pending = {pool.submit(_fit_in_worker, t, splits[(t[1], t[2])]) for t in tasks}
-            while pending:
-                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                drain()
-                for fut in done:
-                    finish(fut.result())
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                    drain()
+                    for fut in done:
+                        finish(fut.result())
+            except BaseException:
+                # a failed fit (or ^C): keep what finished, do not wait for the queued fits
+                for fut in pending:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        finish(fut.result())
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     finally:
         if manager is not None:
             manager.shutdown()
@@ -427,7 +472,14 @@ def run_experiment(
 
     records: list[dict[str, Any]] = []
     keep_fits = output_dir is not None and checkpoints is None
-    fit_keys = {t: fit_key(config, *t, features.meta.get("key")) for t in tasks} if keep_fits else {}
+    fit_keys: dict[tuple[str, int, int], str] = {}
+    if keep_fits:
+        data_key = _DatasetKey(dataset)
+        fit_keys = {t: fit_key(config, *t, features.meta.get("key"), data_key) for t in tasks}  # type: ignore[arg-type]
+    if keep_fits and not resume and (output_dir / "fits").is_dir():  # type: ignore[operator]
+        import shutil
+
+        shutil.rmtree(output_dir / "fits")  # type: ignore[operator]  # afresh: no stale fits left to refuse later
     if keep_fits and resume:
         for t in list(tasks):
             rec = _load_done_fit(_fit_file(output_dir, *t), fit_keys[t])  # type: ignore[arg-type]

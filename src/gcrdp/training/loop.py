@@ -61,9 +61,20 @@ def observe_epochs(observer: EpochObserver | None) -> Iterator[None]:
         _OBSERVERS.reset(token)
 
 
+_FAILED_OBSERVERS: set[int] = set()
+
+
 def _notify(info: dict[str, Any]) -> None:
+    """Tell the observers; one that fails (a closed terminal, a dead queue) is logged once and
+    then skipped — a display must never stop a fit."""
     for obs in _OBSERVERS.get():
-        obs(info)
+        if id(obs) in _FAILED_OBSERVERS:
+            continue
+        try:
+            obs(info)
+        except Exception as exc:  # noqa: BLE001
+            _FAILED_OBSERVERS.add(id(obs))
+            log.warning("progress display failed (%s); training goes on without it", exc)
 
 
 #: a batch: features of the selected pairs as float32 tensors on the device

@@ -34,11 +34,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.close(dfd)
 
 
-def default_file_mode() -> int:
-    """The mode ``open()`` gives a new file under the process umask (0o666 & ~umask)."""
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read it the only portable way, once, at import
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process umask (0o666 & ~umask; the umask
+    as it was when gcrdp was imported)."""
+    return 0o666 & ~_UMASK
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
