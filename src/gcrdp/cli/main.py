@@ -646,6 +646,60 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build (or --add to) a search index over a collection with a trained model."""
+    from ..search import Retriever, items_from_images, items_from_manifest, items_from_text_file
+
+    sources = [x for x in (args.manifest, args.images, args.texts) if x is not None]
+    if not sources:
+        raise ConfigError("gcrdp index needs a collection: --manifest FILE, --images DIR and/or --texts FILE.")
+    items = []
+    if args.manifest is not None:
+        items += items_from_manifest(args.manifest, skip_bad=bool(args.skip_bad))
+    if args.images is not None:
+        items += items_from_images(args.images)
+    if args.texts is not None:
+        items += items_from_text_file(args.texts)
+    if not args.add and args.checkpoint is None:
+        raise ConfigError("gcrdp index needs --checkpoint DIR (a 'gcrdp train' folder), or --add to extend "
+                          "an existing index.")
+    t0 = time.perf_counter()
+    r = Retriever.build(args.index, checkpoint=args.checkpoint, items=items, index_type=args.index_type,
+                        add=args.add, cache_dir=args.cache_dir or _default_cache(), device=args.device or "cpu",
+                        progress=not args.quiet)
+    info = r.info
+    counts = ", ".join(f"{n} {m}s" for m, n in info["counts"].items())
+    now = ", ".join(f"{n} {m}s" for m, n in info["added_now"].items()) or "nothing new"
+    print(f"index {args.index}: {counts} ({now} added; {info['skipped_duplicates']} duplicates skipped), "
+          f"{info['index_type']}, dim {info['dim']}, {time.perf_counter() - t0:.1f} s")
+    if info.get("recall_at_10_vs_exact"):
+        print("recall@10 against exact search: " + ", ".join(
+            f"{m} {100 * v:.1f} %" for m, v in info["recall_at_10_vs_exact"].items()))
+    return 0
+
+
+def _default_cache() -> Path:
+    from ..experiments.runner import default_cache_dir
+
+    return default_cache_dir()
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Query an index by text (images come back) or by image (texts come back)."""
+    from ..search import Retriever, format_hits
+
+    if (args.text is None) == (args.image is None):
+        raise ConfigError("gcrdp search needs exactly one of --text \"…\" or --image PATH.")
+    r = Retriever.load(args.index, device=args.device or "cpu")
+    hits = r.search(text=args.text, k=args.k) if args.text is not None else r.search(image=str(args.image), k=args.k)
+    if args.json:
+        for h in hits:
+            print(json.dumps(h.to_dict(), ensure_ascii=False))
+    else:
+        print(format_hits(hits))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -747,6 +801,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or auto")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("index", help="build a search index over a collection with a trained model (FAISS)",
+                       description="Embed a collection with a 'gcrdp train' model and write a search index "
+                                   "folder (FAISS vectors, SQLite metadata, the model's fingerprint). Written "
+                                   "atomically: an interrupted build leaves the previous index intact.")
+    p.add_argument("index", type=Path, help="the index folder to create or replace (or extend with --add)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="a 'gcrdp train' checkpoint DIR (or DIR/final)")
+    p.add_argument("--manifest", type=Path, default=None, help="a manifest: each row's image and text")
+    p.add_argument("--images", type=Path, default=None, help="a folder of images (recursively; labels optional)")
+    p.add_argument("--texts", type=Path, default=None, help="a UTF-8 text file, one text per line")
+    p.add_argument("--index-type", default="Flat",
+                   help="FAISS factory string: Flat (exact, default), HNSW32, IVF1024,Flat, …; an approximate "
+                        "index reports its recall@10 against exact search")
+    p.add_argument("--add", action="store_true",
+                   help="append to the existing index (skipping items already in it by content hash)")
+    p.add_argument("--skip-bad", action="store_true", help="leave bad manifest rows out instead of failing")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: as gcrdp run)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="query an index: --text finds images, --image finds texts")
+    p.add_argument("index", type=Path, help="an index folder written by 'gcrdp index'")
+    p.add_argument("--text", default=None, help="a text query: the images that match it")
+    p.add_argument("--image", type=Path, default=None, help="an image query: the texts that match it")
+    p.add_argument("--k", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("datasets", help="list the datasets and their formats, or show one")
     p.add_argument("name", nargs="?", default=None, help="a dataset name: show its layouts and options")

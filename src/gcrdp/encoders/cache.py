@@ -536,3 +536,29 @@ def extract_features(
         log.info("Feature cache %s: extracted %d images and %d texts of %d samples", cache.items_dir,
                  n_img, n_txt, len(samples))
     return FeatureSet(image, text, tuple(ids), meta)
+
+
+def encode_items(encoder: Any, items: list[Any], *, cache_dir: str | Path | None = None,
+                 dtype: str = "float16", batch_size: int = 32, progress: bool = True) -> tuple[ModalityFeatures, int]:
+    """Features of ``items`` (image paths or texts, by ``encoder.modality``) through the per-item
+    cache (``cache_dir``; ``None`` encodes directly): ``(features, items extracted now)``. The
+    building block of :func:`extract_features`, for collections without labels or splits (a
+    search index)."""
+    modality = getattr(encoder, "modality", None)
+    check_encoder(encoder, modality if modality in ("image", "text") else "image", "encoder")
+    dtype = check_dtype(dtype)
+    check_batch_size(batch_size)
+    if modality == "image":
+        check_image_files(items)
+    elif any(not isinstance(t, str) or not t.strip() for t in items):
+        raise DataError("Every text must be a non-empty string.")
+    if not items:
+        raise DataError("Nothing to encode: the list of items is empty.")
+    if cache_dir is None:
+        got = encoder.encode(list(items), batch_size=batch_size, progress=progress)
+        if len(got) != len(items):
+            raise DataError(f"The {modality} encoder returned {len(got)} rows for {len(items)} items.")
+        return _trimmed(_as_storage(got, dtype, modality)), len(items)
+    keys = [image_item_key(p) if modality == "image" else text_item_key(p) for p in items]
+    return _features_for(FeatureCache(cache_dir), modality, encoder, list(items), keys, dtype, batch_size,
+                         progress, None)

@@ -1,0 +1,19 @@
+"""Search what you trained: an index over a collection (FAISS, embedded), queried by text or by
+image with the model that built it (:class:`Retriever`; ``gcrdp index`` / ``gcrdp search``)."""
+
+from __future__ import annotations
+
+from .backends import FaissBackend, recall_at_k
+from .model import SearchModel
+from .retriever import (
+    Hit,
+    Item,
+    Retriever,
+    format_hits,
+    items_from_images,
+    items_from_manifest,
+    items_from_text_file,
+)
+
+__all__ = ["FaissBackend", "Hit", "Item", "Retriever", "SearchModel", "format_hits", "items_from_images",
+           "items_from_manifest", "items_from_text_file", "recall_at_k"]

@@ -1,0 +1,114 @@
+"""The model an index embeds with: a method trained by ``gcrdp train`` (its final checkpoint),
+with the encoders of the run that trained it. Both modalities land in the method's shared space;
+the index and every query use the same :class:`SearchModel`, which its fingerprint pins."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+
+
+def _folder_digest(path: Path) -> str:
+    """SHA-256 over the names and bytes of the files of a checkpoint folder (sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class SearchModel:
+    """A trained method plus its encoders (see the module docstring).
+
+    ``fingerprint`` names everything that decides an embedding: the checkpoint's bytes, the
+    method and its options, both encoders' fingerprints and the feature storage dtype.
+    """
+
+    method: Any
+    config: Any  # RunConfig of the training run
+    fingerprint: dict[str, Any]
+    checkpoint: Path
+    _encoders: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu") -> SearchModel:
+        """The model of a ``gcrdp train`` checkpoint folder (``DIR`` or ``DIR/final``)."""
+        from ..experiments import RunConfig
+        from ..training.checkpoint import checkpoint_exists, load_method, read_checkpoint
+
+        checkpoint = Path(checkpoint).expanduser()
+        where = checkpoint / "final" if checkpoint_exists(checkpoint / "final") else checkpoint
+        if not checkpoint_exists(where):
+            raise DataError(f"{checkpoint} holds no gcrdp checkpoint (expected {checkpoint}/final from "
+                            "'gcrdp train --checkpoint-dir DIR').")
+        ckpt = read_checkpoint(where, kind="final")
+        run = ckpt.state.get("run")
+        if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
+            raise DataError(f"Checkpoint {ckpt.path} holds no run info (it was not written by 'gcrdp train'), "
+                            "so the encoders that feed it are unknown.")
+        config = RunConfig.from_dict(dict(run["config"]))
+        if config.dataset_options.get("source") == "features" or run.get("features", {}).get("key_inputs", {}).get(
+                "pre_extracted"):
+            raise ConfigError(f"Checkpoint {ckpt.path} was trained on pre-extracted features: gcrdp cannot "
+                              "embed new images and texts the way those were made. Index a features file "
+                              "(--features) made the same way instead.")
+        method = load_method(ckpt, device)
+        metric = getattr(method, "score_metric", "cosine")
+        if metric not in ("cosine", "dot"):
+            raise ConfigError(f"{ckpt.state['method']} scores with {metric!r}, which a vector index cannot "
+                              "search; train it with score='global'.")
+        model = cls(method=method, config=config, checkpoint=ckpt.path, fingerprint={})
+        model.fingerprint = {
+            "checkpoint_sha256": _folder_digest(ckpt.path), "method": ckpt.state["method"],
+            "method_config": ckpt.state.get("method_config"), "metric": metric,
+            "image_encoder": model.encoder("image").fingerprint(),
+            "text_encoder": model.encoder("text").fingerprint(),
+            "feature_dtype": config.feature_dtype,
+        }
+        return model
+
+    @property
+    def metric(self) -> str:
+        return str(self.fingerprint.get("metric", "cosine"))
+
+    def encoder(self, modality: str) -> Any:
+        """The run's image or text encoder (built once)."""
+        if modality not in self._encoders:
+            from ..encoders import get_image_encoder, get_text_encoder
+            from ..experiments.runner import _build_encoder
+
+            if modality == "image":
+                kw = dict(self.config.image_encoder_options)
+                if self.config.encoder_backend:
+                    kw["backend"] = self.config.encoder_backend
+                self._encoders[modality] = _build_encoder(get_image_encoder, self.config.image_encoder, kw, "image")
+            else:
+                self._encoders[modality] = _build_encoder(get_text_encoder, self.config.text_encoder,
+                                                          dict(self.config.text_encoder_options), "text")
+        return self._encoders[modality]
+
+    def embed(self, modality: str, items: list[Any], *, cache_dir: str | Path | None = None,
+              batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """(n, d) float32 embeddings of image paths or texts in the shared space, L2-normalised
+        when the method scores by cosine (so that inner product = the method's score)."""
+        from ..encoders.cache import encode_items
+
+        feats, _ = encode_items(self.encoder(modality), list(items), cache_dir=cache_dir,
+                                dtype=self.config.feature_dtype,
+                                batch_size=batch_size if modality == "image" else 2 * batch_size,
+                                progress=progress)
+        emb = self.method.embed_images(feats) if modality == "image" else self.method.embed_texts(feats)
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if self.metric == "cosine":
+            norms = np.linalg.norm(emb, axis=1, keepdims=True)
+            emb = emb / np.maximum(norms, 1e-12)
+        return emb

@@ -1,0 +1,354 @@
+"""A search index over a collection, and :class:`Retriever` to build and query it.
+
+An index is a folder::
+
+    INDEX/CURRENT                the name of the live version (replaced atomically)
+    INDEX/v000002/index.json     format, the model's fingerprint, the checkpoint, backend and
+                                 index type, dimension, counts, recall@10 of an approximate index
+    INDEX/v000002/image.faiss    the image vectors (FAISS), when the collection has images
+    INDEX/v000002/text.faiss     the text vectors, when it has texts
+    INDEX/v000002/items.sqlite   one row per vector: modality, row, id, path, text, label,
+                                 content hash (SHA-256 of the image bytes or of the text)
+
+A build or an ``add`` writes a new version folder next to the live one and then switches
+``CURRENT`` to it; an interrupted build leaves the previous index intact (and a ``.tmp-*``
+folder that the next build removes). Queries are embedded with the index's own model: loading
+an index re-creates it from the checkpoint and refuses a checkpoint whose bytes, method or
+encoders differ from the fingerprint stored at build time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .backends import EXACT, FaissBackend, recall_at_k
+
+INDEX_FORMAT = "gcrdp-index/1"
+MODALITIES = ("image", "text")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to index: an image file or a text, with an optional id and label."""
+
+    modality: str
+    id: str
+    path: str | None = None
+    text: str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    rank: int
+    score: float
+    modality: str
+    id: str
+    path: str | None
+    text: str | None
+    label: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _content_hash(item: Item) -> str:
+    from ..encoders.cache import image_item_key, text_item_key
+
+    return image_item_key(item.path) if item.modality == "image" else text_item_key(item.text or "")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- collections
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def items_from_images(folder: str | Path) -> list[Item]:
+    """Every image file under ``folder`` (recursively, sorted); id = the path relative to it,
+    label = the first sub-folder when there is one."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Image folder not found: {root}")
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            rel = p.relative_to(root)
+            out.append(Item("image", rel.as_posix(), path=str(p.resolve()),
+                            label=rel.parts[0] if len(rel.parts) > 1 else None))
+    if not out:
+        raise DataError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) under {root}.")
+    return out
+
+
+def items_from_text_file(path: str | Path) -> list[Item]:
+    """One text per non-empty line of a UTF-8 file; id = ``line-<n>``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"Text file not found: {p}")
+    try:
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p} is not valid UTF-8 ({exc}).") from None
+    out = [Item("text", f"line-{i}", text=t.strip()) for i, t in enumerate(lines, 1) if t.strip()]
+    if not out:
+        raise DataError(f"{p} holds no text.")
+    return out
+
+
+def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
+    """Both modalities of a gcrdp manifest (see ``gcrdp datasets manifest``): each row's image
+    and its text, with the row's id and first label."""
+    from ..data.manifest import load_manifest
+
+    ds = load_manifest(path, **options)
+    out = []
+    for s in ds.samples:
+        label = s.labels[0] if s.labels else None
+        out.append(Item("image", s.id, path=str(s.image), text=None, label=label))
+        out.append(Item("text", s.id, text=s.text, label=label))
+    return out
+
+
+# --------------------------------------------------------------------------- the folder
+def _current(index_dir: Path) -> Path:
+    pointer = index_dir / "CURRENT"
+    if not pointer.is_file():
+        raise DataError(f"{index_dir} is not a gcrdp index (no CURRENT file); build one with 'gcrdp index'.")
+    version = index_dir / pointer.read_text(encoding="utf-8").strip()
+    if not (version / "index.json").is_file():
+        raise DataError(f"{index_dir}: CURRENT names {version.name}, which is missing or incomplete.")
+    return version
+
+
+def _write_metadata(path: Path, rows: list[tuple]) -> None:
+    con = sqlite3.connect(path)
+    try:
+        con.execute("CREATE TABLE items (modality TEXT NOT NULL, row INTEGER NOT NULL, id TEXT NOT NULL, "
+                    "path TEXT, text TEXT, label TEXT, hash TEXT NOT NULL, PRIMARY KEY (modality, row))")
+        con.execute("CREATE INDEX items_hash ON items (modality, hash)")
+        con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        con.commit()
+    finally:
+        con.close()
+
+
+def _read_metadata(path: Path) -> list[tuple]:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT modality, row, id, path, text, label, hash FROM items "
+                           "ORDER BY modality, row").fetchall()
+    finally:
+        con.close()
+
+
+def _publish_version(index_dir: Path, fill: Any) -> Path:
+    """Write a new version folder with ``fill(tmp)``, switch CURRENT to it, remove the old ones."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    for stale in index_dir.glob(".tmp-*"):  # left by an interrupted build
+        shutil.rmtree(stale, ignore_errors=True)
+    existing = sorted(p.name for p in index_dir.glob("v[0-9]*") if p.is_dir())
+    n = int(existing[-1][1:]) + 1 if existing else 1
+    name = f"v{n:06d}"
+    tmp = index_dir / f".tmp-{name}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        os.rename(tmp, index_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    from ..utils.io import atomic_write_text
+
+    atomic_write_text(index_dir / "CURRENT", name + "\n")
+    for old in existing:
+        shutil.rmtree(index_dir / old, ignore_errors=True)
+    return index_dir / name
+
+
+# --------------------------------------------------------------------------- the retriever
+class Retriever:
+    """Search a collection by text or by image with a trained model.
+
+    Build: ``Retriever.build(index_dir, checkpoint=DIR, items=...)`` (or the ``gcrdp index``
+    command); load: ``Retriever.load(index_dir)``; query: ``retriever.search(text="a red
+    bicycle", k=5)`` (images that match a text) or ``search(image="photo.jpg")`` (texts that
+    match an image).
+    """
+
+    def __init__(self, index_dir: Path, info: dict[str, Any], model: Any,
+                 backends: dict[str, FaissBackend], rows: list[tuple]) -> None:
+        self.index_dir, self.info, self.model, self.backends = index_dir, info, model, backends
+        self._meta: dict[tuple[str, int], tuple] = {(r[0], int(r[1])): r for r in rows}
+        self._hashes = {(r[0], r[6]) for r in rows}
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{m} {b.ntotal}" for m, b in self.backends.items())
+        return f"Retriever({str(self.index_dir)!r}: {counts}; {self.info['index_type']})"
+
+    def __len__(self) -> int:
+        return sum(b.ntotal for b in self.backends.values())
+
+    # ---------------------------------------------------------------- build
+    @classmethod
+    def build(cls, index_dir: str | Path, *, checkpoint: str | Path | None = None, items: Sequence[Item],
+              index_type: str = EXACT, add: bool = False, cache_dir: str | Path | None = None,
+              device: str = "cpu", progress: bool = True) -> Retriever:
+        """Embed ``items`` with the model of ``checkpoint`` and write the index (see the module
+        docstring). With ``add=True`` the items are appended to the existing index at
+        ``index_dir`` (its checkpoint and index type are kept; items whose content hash is
+        already there are skipped); the model must match the index's fingerprint."""
+        from .model import SearchModel
+
+        index_dir = Path(index_dir).expanduser()
+        items = list(items)
+        if not items:
+            raise DataError("Nothing to index: the collection is empty.")
+        bad = sorted({it.modality for it in items} - set(MODALITIES))
+        if bad:
+            raise ConfigError(f"Item modality must be 'image' or 'text', got {bad}.")
+        if add:
+            old = cls.load(index_dir, device=device)
+            if checkpoint is not None:
+                given = SearchModel.from_checkpoint(checkpoint, device)
+                if given.fingerprint != old.model.fingerprint:
+                    raise ConfigError(f"--add: checkpoint {checkpoint} is not the model index {index_dir} was "
+                                      "built with (its fingerprint differs); build a new index instead.")
+            model, index_type = old.model, old.info["index_type"]
+            backends = old.backends
+            rows = list(old._meta.values())
+            seen = set(old._hashes)
+        else:
+            if checkpoint is None:
+                raise ConfigError("Building an index needs the model: pass checkpoint= (gcrdp train's folder).")
+            model = SearchModel.from_checkpoint(checkpoint, device)
+            backends, rows, seen = {}, [], set()
+        t0 = time.perf_counter()
+        added: dict[str, int] = {}
+        skipped = 0
+        for modality in MODALITIES:
+            todo, hashes = [], []
+            for it in items:
+                if it.modality != modality:
+                    continue
+                h = _content_hash(it)
+                if (modality, h) in seen:
+                    skipped += 1
+                    continue
+                seen.add((modality, h))
+                todo.append(it)
+                hashes.append(h)
+            if not todo:
+                continue
+            vectors = model.embed(modality, [it.path if modality == "image" else it.text for it in todo],
+                                  cache_dir=cache_dir, progress=progress)
+            backend = backends.get(modality)
+            if backend is None:
+                backend = backends[modality] = FaissBackend(vectors.shape[1], index_type)
+            start = backend.ntotal
+            backend.add(vectors)
+            rows += [(modality, start + i, it.id, it.path, it.text, it.label, h)
+                     for i, (it, h) in enumerate(zip(todo, hashes))]
+            added[modality] = len(todo)
+        if not backends:
+            raise DataError("Nothing to index: every item is already in the index.")
+        recall = {}
+        if index_type != EXACT:
+            for modality, backend in backends.items():
+                recall[modality] = recall_at_k(backend, backend.vectors(), k=10)
+        info = {
+            "format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "checkpoint": str(model.checkpoint), "model": model.fingerprint, "backend": "faiss",
+            "index_type": index_type, "metric": "inner product" + (" of unit vectors (cosine)"
+                                                                  if model.metric == "cosine" else ""),
+            "dim": next(iter(backends.values())).dim,
+            "counts": {m: b.ntotal for m, b in backends.items()},
+            "added_now": added, "skipped_duplicates": skipped,
+            "recall_at_10_vs_exact": recall or None,
+            "embed_seconds": round(time.perf_counter() - t0, 3),
+        }
+        from .. import __version__
+
+        info["gcrdp_version"] = __version__
+
+        def fill(tmp: Path) -> None:
+            for m, b in backends.items():
+                b.save(tmp / f"{m}.faiss")
+            _write_metadata(tmp / "items.sqlite", rows)
+            (tmp / "index.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+
+        _publish_version(index_dir, fill)
+        return cls(index_dir, info, model, backends, rows)
+
+    # ---------------------------------------------------------------- load and search
+    @classmethod
+    def load(cls, index_dir: str | Path, *, device: str = "cpu", checkpoint: str | Path | None = None) -> Retriever:
+        """Open the index at ``index_dir`` with its model (re-created from the checkpoint it
+        names, or ``checkpoint`` when the folder moved), checked against the stored fingerprint."""
+        from .model import SearchModel
+
+        index_dir = Path(index_dir).expanduser()
+        version = _current(index_dir)
+        info = json.loads((version / "index.json").read_text(encoding="utf-8"))
+        if info.get("format") != INDEX_FORMAT:
+            raise DataError(f"{version}: unknown index format {info.get('format')!r}.")
+        model = SearchModel.from_checkpoint(checkpoint or info["checkpoint"], device)
+        if model.fingerprint != info["model"]:
+            differ = sorted(k for k in set(model.fingerprint) | set(info["model"])
+                            if model.fingerprint.get(k) != info["model"].get(k))
+            raise ConfigError(f"The model at {model.checkpoint} is not the one index {index_dir} was built with "
+                              f"(differs in: {', '.join(differ)}). Rebuild the index, or pass the original "
+                              "checkpoint.")
+        backends = {m: FaissBackend.load(version / f"{m}.faiss", info["index_type"])
+                    for m in MODALITIES if (version / f"{m}.faiss").is_file()}
+        return cls(index_dir, info, model, backends, _read_metadata(version / "items.sqlite"))
+
+    def search(self, *, text: str | Iterable[str] | None = None, image: str | Path | Iterable[str | Path] | None = None,
+               k: int = 10) -> list[Hit] | list[list[Hit]]:
+        """The ``k`` best images for a text (``text=``), or texts for an image (``image=``). A
+        list of queries gives a list of result lists."""
+        if (text is None) == (image is None):
+            raise ConfigError("search needs exactly one of text= or image=.")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}.")
+        query_mod, target = ("text", "image") if text is not None else ("image", "text")
+        given = text if text is not None else image
+        single = isinstance(given, (str, Path))
+        queries = [given] if single else list(given)  # type: ignore[arg-type]
+        if target not in self.backends:
+            raise DataError(f"Index {self.index_dir} holds no {target}s to search with a {query_mod} query.")
+        q = self.query_vectors(query_mod, [str(x) for x in queries])
+        scores, rows = self.backends[target].search(q, k)
+        out = [[self._hit(target, r + 1, float(s), int(row)) for r, (s, row) in enumerate(zip(sc, rw)) if row >= 0]
+               for sc, rw in zip(scores, rows)]
+        return out[0] if single else out
+
+    def query_vectors(self, modality: str, queries: list[str]) -> np.ndarray:
+        """The queries embedded with the index's model (nothing cached)."""
+        return self.model.embed(modality, queries, cache_dir=None, progress=False)
+
+    def _hit(self, modality: str, rank: int, score: float, row: int) -> Hit:
+        m = self._meta[(modality, row)]
+        return Hit(rank=rank, score=score, modality=modality, id=m[2], path=m[3], text=m[4], label=m[5])
+
+
+def format_hits(hits: list[Hit]) -> str:
+    """A ranked table: rank, score, id, path or text, label."""
+    head = ["rank", "score", "id", "path / text", "label"]
+    rows = [[str(h.rank), f"{h.score:.3f}", h.id, (h.path or h.text or "").replace("\n", " ")[:70], h.label or ""]
+            for h in hits]
+    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) if rows else len(head[i]) for i in range(len(head))]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head)] + [line(r) for r in rows])

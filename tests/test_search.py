@@ -1,0 +1,148 @@
+"""Search indexes (issue 12): FAISS backend against brute force, the index folder (atomic
+versions, --add with duplicates, fingerprint checks), and gcrdp index / gcrdp search end to end
+on a model trained with the real encoders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+faiss = pytest.importorskip("faiss")
+
+from gcrdp.cli.main import main  # noqa: E402
+from gcrdp.errors import ConfigError, DataError  # noqa: E402
+from gcrdp.search import FaissBackend, recall_at_k  # noqa: E402
+
+from .test_cli import needs_encoders, run_cli, write_manifest  # noqa: E402
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_exact_backend_equals_brute_force(tmp_path):
+    rng = np.random.default_rng(0)
+    g, q = _unit(rng.normal(size=(300, 16))), _unit(rng.normal(size=(20, 16)))
+    b = FaissBackend(16)
+    b.add(g[:100])
+    b.add(g[100:])  # two adds: rows continue
+    scores, rows = b.search(q, 7)
+    ref = q @ g.T
+    np.testing.assert_array_equal(rows, np.argsort(-ref, axis=1, kind="stable")[:, :7])
+    np.testing.assert_allclose(scores, np.sort(ref, axis=1)[:, ::-1][:, :7], rtol=1e-5, atol=1e-5)
+    b.save(tmp_path / "x.faiss")
+    again = FaissBackend.load(tmp_path / "x.faiss", "Flat")
+    assert again.ntotal == 300 and np.array_equal(again.search(q, 7)[1], rows)
+    assert b.search(q, 1000)[1].shape == (20, 300)  # k beyond the collection: all of it
+
+
+def test_approximate_backend_reports_its_recall_and_refuses_too_few_vectors():
+    rng = np.random.default_rng(1)
+    g = _unit(rng.normal(size=(2000, 16)))
+    hnsw = FaissBackend(16, "HNSW32")
+    hnsw.add(g)
+    r = recall_at_k(hnsw, g, k=10, n_queries=200)
+    assert 0.5 < r <= 1.0
+    exact = FaissBackend(16)
+    exact.add(g)
+    assert recall_at_k(exact, g) == 1.0
+    with pytest.raises(ConfigError, match="at least 64 vectors"):
+        FaissBackend(16, "IVF64,Flat").add(g[:10])
+    with pytest.raises(ConfigError, match="cannot build index type"):
+        FaissBackend(16, "NoSuchIndex")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A gap-infonce model trained (2 epochs) on a small real manifest with the real encoders."""
+    if needs_encoders.args[0]:  # the skipif condition: encoder packages missing
+        pytest.skip("encoder packages not installed")
+    root = tmp_path_factory.mktemp("search")
+    manifest = write_manifest(root / "data")
+    code = main(["train", "--manifest", str(manifest), "--method", "gap-infonce", "--shots", "1",
+                 "--option", "max_epochs=2", "--cache-dir", str(root / "cache"), "--checkpoint-dir",
+                 str(root / "ckpt"), "-q"])
+    assert code == 0
+    return root, manifest
+
+
+def test_index_search_add_and_fingerprint(trained, tmp_path, capsys):
+    from gcrdp.search import Retriever, items_from_manifest
+
+    root, manifest = trained
+    index = tmp_path / "idx"
+    code, out, err = run_cli(capsys, "index", index, "--checkpoint", root / "ckpt", "--manifest", manifest,
+                             "--cache-dir", root / "cache", "-q")
+    assert code == 0, err
+    assert "32 images, 16 texts" in out and "16 duplicates skipped" in out  # each caption is used twice
+    assert (index / "CURRENT").read_text().strip() == "v000001"
+    # a text query ranks images; the Python API gives the same ranking as brute force over the vectors
+    r = Retriever.load(index)
+    hits = r.search(text="a red circle", k=5)
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5] and all(h.modality == "image" for h in hits)
+    items = [it for it in items_from_manifest(manifest) if it.modality == "image"]
+    vecs = r.model.embed("image", [it.path for it in items], cache_dir=root / "cache")
+    q = r.query_vectors("text", ["a red circle"])
+    best = np.argsort(-(vecs @ q[0]), kind="stable")[:5]
+    assert [h.id for h in hits] == [items[i].id for i in best]
+    # an image query ranks texts, as JSON lines on the command line
+    code, out, err = run_cli(capsys, "search", index, "--image", items[0].path, "--k", "3", "--json")
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.strip().splitlines()]
+    assert [x["rank"] for x in lines] == [1, 2, 3] and all(x["modality"] == "text" and x["text"] for x in lines)
+    # --add: a texts file with one new text and one already indexed; a new version, the old one gone
+    extra = tmp_path / "more.txt"
+    extra.write_text("a red circle\na brand new caption\n", encoding="utf-8")
+    code, out, err = run_cli(capsys, "index", index, "--add", "--texts", extra, "--cache-dir", root / "cache", "-q")
+    assert code == 0, err
+    assert "17 texts" in out and "1 texts added" in out and "1 duplicates skipped" in out
+    assert (index / "CURRENT").read_text().strip() == "v000002" and not (index / "v000001").exists()
+    assert Retriever.load(index).search(image=items[0].path, k=40)[-1].rank == 17
+
+
+def test_interrupted_build_keeps_the_previous_index(trained, tmp_path, monkeypatch):
+    from gcrdp.search import Retriever, items_from_text_file
+    from gcrdp.search import retriever as rmod
+
+    root, manifest = trained
+    texts = tmp_path / "t.txt"
+    texts.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    Retriever.build(tmp_path / "idx", checkpoint=root / "ckpt", items=items_from_text_file(texts), progress=False)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(rmod, "_write_metadata", crash)
+    texts.write_text("four\nfive\n", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        Retriever.build(tmp_path / "idx", checkpoint=root / "ckpt", items=items_from_text_file(texts),
+                        progress=False)
+    monkeypatch.undo()
+    r = Retriever.load(tmp_path / "idx")
+    assert len(r) == 3 and not list((tmp_path / "idx").glob(".tmp-*"))
+
+
+def test_a_changed_model_is_refused(trained, tmp_path, capsys):
+    import shutil
+
+    from gcrdp.search import Retriever, items_from_text_file
+
+    root, manifest = trained
+    texts = tmp_path / "t.txt"
+    texts.write_text("one\ntwo\n", encoding="utf-8")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(root / "ckpt", ckpt)
+    Retriever.build(tmp_path / "idx", checkpoint=ckpt, items=items_from_text_file(texts), progress=False)
+    weights = next(p for p in (ckpt / "final").iterdir() if p.suffix == ".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises((ConfigError, DataError)):
+        Retriever.load(tmp_path / "idx")
+    code, _, err = run_cli(capsys, "search", tmp_path / "idx", "--text", "one")
+    assert code == 2 and "Traceback" not in err
+    code, _, err = run_cli(capsys, "search", tmp_path / "nothing", "--text", "one")
+    assert code == 2 and "not a gcrdp index" in err
