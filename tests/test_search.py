@@ -5,7 +5,6 @@ on a model trained with the real encoders."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
