@@ -145,3 +145,45 @@ def test_a_changed_model_is_refused(trained, tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     code, _, err = run_cli(capsys, "search", tmp_path / "nothing", "--text", "one")
     assert code == 2 and "not a gcrdp index" in err
+
+
+def test_milvus_lite_top_k_equals_faiss_exact(tmp_path):
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from gcrdp.search.backends import MilvusBackend
+
+    rng = np.random.default_rng(2)
+    g, q = _unit(rng.normal(size=(500, 12))), _unit(rng.normal(size=(15, 12)))
+    exact = FaissBackend(12)
+    exact.add(g)
+    milvus = MilvusBackend(12, "Flat", uri=str(tmp_path / "m.db"))
+    milvus.add(g[:200])
+    milvus.add(g[200:])
+    fs, fr = exact.search(q, 10)
+    ms, mr = milvus.search(q, 10)
+    np.testing.assert_array_equal(mr, fr)
+    np.testing.assert_allclose(ms, fs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(milvus.vectors(), g, atol=1e-6)
+    # rows beyond the published count (an interrupted add) are never returned, and trimmed
+    milvus.save(tmp_path / "image.faiss")
+    milvus.add(g[:5])
+    again = MilvusBackend.load(tmp_path / "image.faiss", "Flat")
+    assert again.ntotal == 500 and (again.search(q, 10)[1] < 500).all()
+    again.trim()
+    milvus.drop()
+
+
+def test_index_on_milvus_lite_searches_like_faiss(trained, tmp_path, capsys):
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from gcrdp.search import Retriever
+
+    root, manifest = trained
+    for name, extra in (("f", []), ("m", ["--backend", "milvus", "--uri", str(tmp_path / "milvus.db")])):
+        code, out, err = run_cli(capsys, "index", tmp_path / name, "--checkpoint", root / "ckpt", "--manifest",
+                                 manifest, "--cache-dir", root / "cache", "-q", *extra)
+        assert code == 0, err
+    f, m = Retriever.load(tmp_path / "f"), Retriever.load(tmp_path / "m")
+    assert m.info["backend"] == "milvus" and (tmp_path / "m" / "v000001" / "image.milvus.json").is_file()
+    for query in ("a red circle", "a blue ring"):
+        assert [h.id for h in m.search(text=query, k=8)] == [h.id for h in f.search(text=query, k=8)]

@@ -666,7 +666,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     r = Retriever.build(args.index, checkpoint=args.checkpoint, items=items, index_type=args.index_type,
                         add=args.add, cache_dir=args.cache_dir or _default_cache(), device=args.device or "cpu",
-                        progress=not args.quiet)
+                        progress=not args.quiet, backend=args.backend, uri=args.uri)
     info = r.info
     counts = ", ".join(f"{n} {m}s" for m, n in info["counts"].items())
     now = ", ".join(f"{n} {m}s" for m, n in info["added_now"].items()) or "nothing new"
@@ -816,6 +816,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "index reports its recall@10 against exact search")
     p.add_argument("--add", action="store_true",
                    help="append to the existing index (skipping items already in it by content hash)")
+    p.add_argument("--backend", choices=["faiss", "milvus"], default="faiss",
+                   help="faiss (default: vectors in the index folder) or milvus (vectors in Milvus at --uri)")
+    p.add_argument("--uri", default=None,
+                   help="with --backend milvus: a local PATH.db (Milvus Lite, embedded) or http://HOST:19530 "
+                        "(a Milvus server or cluster)")
     p.add_argument("--skip-bad", action="store_true", help="leave bad manifest rows out instead of failing")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: as gcrdp run)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")

@@ -101,3 +101,129 @@ def recall_at_k(approx: FaissBackend, vectors: np.ndarray, k: int = 10, n_querie
     _, got = approx.search(q, k)
     hits = sum(len(set(t.tolist()) & set(g.tolist())) for t, g in zip(truth, got))
     return hits / float(truth.size)
+
+
+# --------------------------------------------------------------------------- Milvus
+def _pymilvus():
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        raise MissingDependencyError("The Milvus backend needs pymilvus (and milvus-lite for a local .db file): "
+                                     "pip install 'gcrdp[milvus]'.") from None
+    return MilvusClient
+
+
+def _milvus_index(index_type: str) -> tuple[str, dict]:
+    """A FAISS-style index type as Milvus index parameters."""
+    t = index_type.replace(" ", "")
+    if t.upper() == "FLAT":
+        return "FLAT", {}
+    if t.upper().startswith("HNSW"):
+        m = t[4:] or "32"
+        return "HNSW", {"M": int(m), "efConstruction": 200}
+    if t.upper().startswith("IVF") and t.upper().endswith(",FLAT"):
+        return "IVF_FLAT", {"nlist": int(t[3:-5])}
+    raise ConfigError(f"The Milvus backend takes index types Flat, HNSW<M> or IVF<n>,Flat; got {index_type!r}.")
+
+
+_CLIENTS: dict[str, object] = {}
+
+
+def _client(uri: str):
+    """One client per URI and process (Milvus Lite allows one opener of a .db file)."""
+    if uri not in _CLIENTS:
+        _CLIENTS[uri] = _pymilvus()(uri)
+    return _CLIENTS[uri]
+
+
+class MilvusBackend:
+    """One modality's vectors in a Milvus collection: Milvus Lite (``uri`` = a local ``.db``
+    file, embedded) or a Milvus server or cluster (``uri`` = ``http://host:19530``). Rows are the
+    primary keys 0..n-1; the count that belongs to the index is the one published with it, so
+    rows inserted by an interrupted ``add`` are never returned and are removed on the next one."""
+
+    def __init__(self, dim: int, index_type: str = EXACT, *, uri: str, collection: str | None = None) -> None:
+        import secrets
+
+        self.dim, self.index_type, self.uri = int(dim), str(index_type), str(uri)
+        self.milvus_type, self.params = _milvus_index(self.index_type)
+        self.collection = collection or f"gcrdp_{secrets.token_hex(6)}"
+        self._n = 0
+        c = _client(self.uri)
+        if not c.has_collection(self.collection):
+            schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
+            from pymilvus import DataType
+
+            schema.add_field("row", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            index = c.prepare_index_params()
+            index.add_index(field_name="vector", index_type=self.milvus_type, metric_type="IP", params=self.params)
+            c.create_collection(self.collection, schema=schema, index_params=index)
+
+    @property
+    def ntotal(self) -> int:
+        return self._n
+
+    def add(self, vectors: np.ndarray) -> None:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise DataError(f"vectors must be (n, {self.dim}), got {x.shape}.")
+        c = _client(self.uri)
+        for a in range(0, len(x), 5000):
+            c.insert(self.collection, [{"row": self._n + a + i, "vector": v.tolist()}
+                                       for i, v in enumerate(x[a:a + 5000])])
+        self._n += len(x)
+        c.flush(self.collection)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(int(k), self._n)
+        scores = np.full((len(q), max(k, 0)), -np.inf, np.float32)
+        rows = np.full((len(q), max(k, 0)), -1, np.int64)
+        if k < 1:
+            return scores, rows
+        c = _client(self.uri)
+        c.load_collection(self.collection)
+        res = c.search(self.collection, data=[v.tolist() for v in q], limit=k, filter=f"row < {self._n}",
+                       search_params={"metric_type": "IP"}, output_fields=["row"])
+        for i, hits in enumerate(res):
+            for j, h in enumerate(hits[:k]):
+                rows[i, j] = int(h["entity"]["row"])
+                scores[i, j] = float(h["distance"])
+        return scores, rows
+
+    def vectors(self) -> np.ndarray:
+        c = _client(self.uri)
+        c.load_collection(self.collection)
+        out = np.zeros((self._n, self.dim), np.float32)
+        for a in range(0, self._n, 5000):
+            got = c.query(self.collection, filter=f"row >= {a} and row < {min(a + 5000, self._n)}",
+                          output_fields=["row", "vector"])
+            for g in got:
+                out[int(g["row"])] = g["vector"]
+        return out
+
+    def save(self, path: Path) -> None:
+        import json
+
+        path.with_suffix(".milvus.json").write_text(json.dumps(
+            {"uri": self.uri, "collection": self.collection, "ntotal": self._n, "dim": self.dim,
+             "index_type": self.index_type}, indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path, index_type: str) -> MilvusBackend:
+        import json
+
+        info = json.loads(path.with_suffix(".milvus.json").read_text(encoding="utf-8"))
+        self = cls(info["dim"], info["index_type"], uri=info["uri"], collection=info["collection"])
+        self._n = int(info["ntotal"])
+        return self
+
+    def trim(self) -> None:
+        """Remove rows beyond the published count (left by an interrupted add)."""
+        _client(self.uri).delete(self.collection, filter=f"row >= {self._n}")
+
+    def drop(self) -> None:
+        c = _client(self.uri)
+        if c.has_collection(self.collection):
+            c.drop_collection(self.collection)

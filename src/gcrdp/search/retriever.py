@@ -19,6 +19,7 @@ encoders differ from the fingerprint stored at build time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -33,7 +34,34 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .backends import EXACT, FaissBackend, recall_at_k
+from .backends import EXACT, FaissBackend, MilvusBackend, recall_at_k
+
+BACKENDS = ("faiss", "milvus")
+
+
+def _new_backend(kind: str, dim: int, index_type: str, uri: str | None) -> Any:
+    if kind == "faiss":
+        return FaissBackend(dim, index_type)
+    if uri is None:
+        raise ConfigError("The Milvus backend needs uri=: a local file such as index.db (Milvus Lite) or "
+                          "http://host:19530 (a Milvus server or cluster).")
+    if "://" not in uri:  # Milvus Lite: a local file, kept absolute so that the index can be opened anywhere
+        uri = str(Path(uri).expanduser().resolve())
+    return MilvusBackend(dim, index_type, uri=uri)
+
+
+def _save_backend(backend: Any, folder: Path, modality: str) -> None:
+    backend.save(folder / f"{modality}.faiss")  # Milvus writes <modality>.milvus.json beside
+
+
+def _load_backends(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in MODALITIES:
+        if info.get("backend", "faiss") == "faiss" and (folder / f"{m}.faiss").is_file():
+            out[m] = FaissBackend.load(folder / f"{m}.faiss", info["index_type"])
+        elif (folder / f"{m}.milvus.json").is_file():
+            out[m] = MilvusBackend.load(folder / f"{m}.faiss", info["index_type"])
+    return out
 
 INDEX_FORMAT = "gcrdp-index/1"
 MODALITIES = ("image", "text")
@@ -154,6 +182,16 @@ def _read_metadata(path: Path) -> list[tuple]:
         con.close()
 
 
+def _same_collection(ref: Path, version: Path) -> bool:
+    """Whether the Milvus collection of ``ref`` is used by ``version`` (an add reuses it)."""
+    try:
+        col = json.loads(ref.read_text(encoding="utf-8"))["collection"]
+        return any(json.loads(p.read_text(encoding="utf-8"))["collection"] == col
+                   for p in version.glob("*.milvus.json"))
+    except (OSError, ValueError, KeyError):
+        return True  # when unsure, keep it
+
+
 def _publish_version(index_dir: Path, fill: Any) -> Path:
     """Write a new version folder with ``fill(tmp)``, switch CURRENT to it, remove the old ones."""
     index_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +211,14 @@ def _publish_version(index_dir: Path, fill: Any) -> Path:
     from ..utils.io import atomic_write_text
 
     atomic_write_text(index_dir / "CURRENT", name + "\n")
+    live = {p.read_text(encoding="utf-8") for p in (index_dir / name).glob("*.milvus.json")}
     for old in existing:
+        for ref in (index_dir / old).glob("*.milvus.json"):  # collections no longer referenced
+            if ref.read_text(encoding="utf-8") not in live and not _same_collection(ref, index_dir / name):
+                with contextlib.suppress(Exception):
+                    info = json.loads(ref.read_text(encoding="utf-8"))
+                    MilvusBackend(info["dim"], info["index_type"], uri=info["uri"],
+                                  collection=info["collection"]).drop()
         shutil.rmtree(index_dir / old, ignore_errors=True)
     return index_dir / name
 
@@ -205,11 +250,16 @@ class Retriever:
     @classmethod
     def build(cls, index_dir: str | Path, *, checkpoint: str | Path | None = None, items: Sequence[Item],
               index_type: str = EXACT, add: bool = False, cache_dir: str | Path | None = None,
-              device: str = "cpu", progress: bool = True) -> Retriever:
+              device: str = "cpu", progress: bool = True, backend: str = "faiss",
+              uri: str | None = None) -> Retriever:
         """Embed ``items`` with the model of ``checkpoint`` and write the index (see the module
         docstring). With ``add=True`` the items are appended to the existing index at
-        ``index_dir`` (its checkpoint and index type are kept; items whose content hash is
-        already there are skipped); the model must match the index's fingerprint."""
+        ``index_dir`` (its checkpoint, backend and index type are kept; items whose content hash
+        is already there are skipped); the model must match the index's fingerprint.
+
+        ``backend="faiss"`` (default) keeps the vectors in the folder; ``backend="milvus"`` keeps
+        them in Milvus at ``uri`` — a local ``.db`` file (Milvus Lite, embedded) or
+        ``http://host:19530`` (a server or cluster) — with the metadata still in the folder."""
         from .model import SearchModel
 
         index_dir = Path(index_dir).expanduser()
@@ -219,8 +269,14 @@ class Retriever:
         bad = sorted({it.modality for it in items} - set(MODALITIES))
         if bad:
             raise ConfigError(f"Item modality must be 'image' or 'text', got {bad}.")
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}.")
         if add:
             old = cls.load(index_dir, device=device)
+            backend, uri = old.info.get("backend", "faiss"), old.info.get("uri")
+            for b in old.backends.values():
+                if hasattr(b, "trim"):
+                    b.trim()
             if checkpoint is not None:
                 given = SearchModel.from_checkpoint(checkpoint, device)
                 if given.fingerprint != old.model.fingerprint:
@@ -254,11 +310,11 @@ class Retriever:
                 continue
             vectors = model.embed(modality, [it.path if modality == "image" else it.text for it in todo],
                                   cache_dir=cache_dir, progress=progress)
-            backend = backends.get(modality)
-            if backend is None:
-                backend = backends[modality] = FaissBackend(vectors.shape[1], index_type)
-            start = backend.ntotal
-            backend.add(vectors)
+            engine = backends.get(modality)
+            if engine is None:
+                engine = backends[modality] = _new_backend(backend, vectors.shape[1], index_type, uri)
+            start = engine.ntotal
+            engine.add(vectors)
             rows += [(modality, start + i, it.id, it.path, it.text, it.label, h)
                      for i, (it, h) in enumerate(zip(todo, hashes))]
             added[modality] = len(todo)
@@ -266,11 +322,12 @@ class Retriever:
             raise DataError("Nothing to index: every item is already in the index.")
         recall = {}
         if index_type != EXACT:
-            for modality, backend in backends.items():
-                recall[modality] = recall_at_k(backend, backend.vectors(), k=10)
+            for modality, engine in backends.items():
+                recall[modality] = recall_at_k(engine, engine.vectors(), k=10)
         info = {
             "format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "checkpoint": str(model.checkpoint), "model": model.fingerprint, "backend": "faiss",
+            "checkpoint": str(model.checkpoint), "model": model.fingerprint, "backend": backend,
+            "uri": next(iter(backends.values())).uri if backend == "milvus" else None,
             "index_type": index_type, "metric": "inner product" + (" of unit vectors (cosine)"
                                                                   if model.metric == "cosine" else ""),
             "dim": next(iter(backends.values())).dim,
@@ -285,7 +342,7 @@ class Retriever:
 
         def fill(tmp: Path) -> None:
             for m, b in backends.items():
-                b.save(tmp / f"{m}.faiss")
+                _save_backend(b, tmp, m)
             _write_metadata(tmp / "items.sqlite", rows)
             (tmp / "index.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
@@ -311,8 +368,7 @@ class Retriever:
             raise ConfigError(f"The model at {model.checkpoint} is not the one index {index_dir} was built with "
                               f"(differs in: {', '.join(differ)}). Rebuild the index, or pass the original "
                               "checkpoint.")
-        backends = {m: FaissBackend.load(version / f"{m}.faiss", info["index_type"])
-                    for m in MODALITIES if (version / f"{m}.faiss").is_file()}
+        backends = _load_backends(version, info)
         return cls(index_dir, info, model, backends, _read_metadata(version / "items.sqlite"))
 
     def search(self, *, text: str | Iterable[str] | None = None, image: str | Path | Iterable[str | Path] | None = None,
