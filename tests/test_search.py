@@ -5,6 +5,7 @@ on a model trained with the real encoders."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,21 @@ def test_index_on_milvus_lite_searches_like_faiss(trained, tmp_path, capsys):
     assert m.info["backend"] == "milvus" and (tmp_path / "m" / "v000001" / "image.milvus.json").is_file()
     for query in ("a red circle", "a blue ring"):
         assert [h.id for h in m.search(text=query, k=8)] == [h.id for h in f.search(text=query, k=8)]
+
+
+def test_the_readme_example_runs(trained, tmp_path, monkeypatch, capsys):
+    import re
+    import shutil
+
+    root, manifest = trained
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- search-example:start -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # the example's relative paths: ckpt/g5 and my_photos/
+    shutil.copytree(root / "ckpt", tmp_path / "ckpt" / "g5")
+    (tmp_path / "my_photos" / "shapes").mkdir(parents=True)
+    for p in sorted((manifest.parent / "img").glob("*.png"))[:12]:
+        shutil.copy(p, tmp_path / "my_photos" / "shapes" / p.name)
+    monkeypatch.setenv("GCRDP_CACHE_DIR", str(root / "cache"))
+    exec(compile(block, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("1 ") and lines[0].endswith(" shapes")

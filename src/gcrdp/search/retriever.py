@@ -385,11 +385,19 @@ class Retriever:
         queries = [given] if single else list(given)  # type: ignore[arg-type]
         if target not in self.backends:
             raise DataError(f"Index {self.index_dir} holds no {target}s to search with a {query_mod} query.")
-        q = self.query_vectors(query_mod, [str(x) for x in queries])
-        scores, rows = self.backends[target].search(q, k)
-        out = [[self._hit(target, r + 1, float(s), int(row)) for r, (s, row) in enumerate(zip(sc, rw)) if row >= 0]
-               for sc, rw in zip(scores, rows)]
+        out = self.search_vectors(target, self.query_vectors(query_mod, [str(x) for x in queries]), k)
         return out[0] if single else out
+
+    def search_vectors(self, target: str, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Search the ``target`` modality with query vectors already in the model's space (as
+        :meth:`query_vectors` makes them): one ranked list per row."""
+        if target not in self.backends:
+            raise DataError(f"Index {self.index_dir} holds no {target}s.")
+        scores, rows = self.backends[target].search(vectors, k)
+        meta = self._meta
+        return [[Hit(r + 1, float(s), target, *meta[(target, int(row))][2:6])
+                 for r, (s, row) in enumerate(zip(sc.tolist(), rw.tolist())) if row >= 0 and (target, row) in meta]
+                for sc, rw in zip(scores, rows)]
 
     def query_vectors(self, modality: str, queries: list[str]) -> np.ndarray:
         """The queries embedded with the index's model (nothing cached)."""
