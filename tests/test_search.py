@@ -206,3 +206,32 @@ def test_the_readme_example_runs(trained, tmp_path, monkeypatch, capsys):
     exec(compile(block, "README.md", "exec"), {})
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5 and lines[0].startswith("1 ") and lines[0].endswith(" shapes")
+
+
+def test_index_with_clip_alone(tmp_path, capsys):
+    """A local CLIP folder indexes without training (aligned encoders): text queries rank images
+    by the cosine of CLIP's pooled features, as brute force does."""
+    pytest.importorskip("transformers")
+    from gcrdp.encoders import get_image_encoder, get_text_encoder
+    from gcrdp.search import Retriever
+
+    from tests.clip_fixture import make_clip_dir
+
+    clip = make_clip_dir(tmp_path / "clip")
+    manifest = write_manifest(tmp_path / "data", n_classes=2, per_class=4)
+    code, out, err = run_cli(capsys, "index", tmp_path / "idx", "--clip", clip, "--manifest", manifest,
+                             "--cache-dir", tmp_path / "cache", "-q")
+    assert code == 0, err
+    r = Retriever.load(tmp_path / "idx")
+    assert r.info["checkpoint"] is None and r.info["model"]["method"] == "zero-shot"
+    hits = r.search(text="a red circle", k=8)
+    paths = [h.path for h in hits]
+    img = get_image_encoder("clip", model_dir=str(clip)).encode(paths, progress=False).pooled.astype(np.float32)
+    txt = get_text_encoder("clip", model_dir=str(clip)).encode(["a red circle"], progress=False).pooled.astype(np.float32)
+    s = _unit(img) @ _unit(txt)[0]
+    assert np.all(np.diff(s) <= 1e-3)  # the hits come back in the order of CLIP's cosine
+    # two separate (unaligned) encoders are refused
+    from gcrdp.search import SearchModel
+
+    with pytest.raises(ConfigError, match="aligned"):
+        SearchModel.from_encoders(image_encoder="efficientnet-lite0", text_encoder="minilm-l6")

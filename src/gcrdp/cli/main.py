@@ -660,11 +660,12 @@ def cmd_index(args: argparse.Namespace) -> int:
         items += items_from_images(args.images)
     if args.texts is not None:
         items += items_from_text_file(args.texts)
-    if not args.add and args.checkpoint is None:
-        raise ConfigError("gcrdp index needs --checkpoint DIR (a 'gcrdp train' folder), or --add to extend "
-                          "an existing index.")
+    if not args.add and (args.checkpoint is None) == (args.clip is None):
+        raise ConfigError("gcrdp index needs one model: --checkpoint DIR (a 'gcrdp train' folder) or --clip DIR "
+                          "(a local CLIP folder, used as it is); or --add to extend an existing index.")
     t0 = time.perf_counter()
-    r = Retriever.build(args.index, checkpoint=args.checkpoint, items=items, index_type=args.index_type,
+    r = Retriever.build(args.index, checkpoint=args.checkpoint, clip=args.clip, items=items,
+                        index_type=args.index_type,
                         add=args.add, cache_dir=args.cache_dir or _default_cache(), device=args.device or "cpu",
                         progress=not args.quiet, backend=args.backend, uri=args.uri)
     info = r.info
@@ -808,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "atomically: an interrupted build leaves the previous index intact.")
     p.add_argument("index", type=Path, help="the index folder to create or replace (or extend with --add)")
     p.add_argument("--checkpoint", type=Path, default=None, help="a 'gcrdp train' checkpoint DIR (or DIR/final)")
+    p.add_argument("--clip", type=Path, default=None, metavar="DIR",
+                   help="instead of --checkpoint: a local CLIP(-like) transformers folder, used as it is "
+                        "(aligned encoders, no training)")
     p.add_argument("--manifest", type=Path, default=None, help="a manifest: each row's image and text")
     p.add_argument("--images", type=Path, default=None, help="a folder of images (recursively; labels optional)")
     p.add_argument("--texts", type=Path, default=None, help="a UTF-8 text file, one text per line")

@@ -36,7 +36,7 @@ class SearchModel:
     method: Any
     config: Any  # RunConfig of the training run
     fingerprint: dict[str, Any]
-    checkpoint: Path
+    checkpoint: Path | None
     _encoders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -76,6 +76,38 @@ class SearchModel:
         }
         return model
 
+    @classmethod
+    def from_encoders(cls, *, image_encoder: str = "clip", text_encoder: str = "clip",
+                      image_encoder_options: dict[str, Any] | None = None,
+                      text_encoder_options: dict[str, Any] | None = None,
+                      feature_dtype: str = "float16", assume_aligned: bool = False) -> SearchModel:
+        """A model without training: the cosine of an *aligned* encoder pair's pooled features
+        (CLIP from a local folder: ``image_encoder_options={"model_dir": DIR}``, the same for
+        text) — the ``zero-shot`` method. Refused for encoders that do not share one space."""
+        from ..experiments import RunConfig
+        from ..methods.zeroshot import ZeroShotMethod, detect_alignment
+
+        config = RunConfig(image_encoder=image_encoder, text_encoder=text_encoder,
+                           image_encoder_options=dict(image_encoder_options or {}),
+                           text_encoder_options=dict(text_encoder_options or {}), feature_dtype=feature_dtype,
+                           methods=["zero-shot"])
+        model = cls(method=ZeroShotMethod(), config=config, checkpoint=None, fingerprint={})  # type: ignore[arg-type]
+        fi, ft = model.encoder("image").fingerprint(), model.encoder("text").fingerprint()
+        aligned, why = detect_alignment({"key_inputs": {"image_encoder": fi, "text_encoder": ft}})
+        if not aligned and not assume_aligned:
+            raise ConfigError(f"Searching with the encoders alone needs an aligned image-text pair, and here {why}. "
+                              "Use CLIP (--clip DIR), or train a model and pass --checkpoint.")
+        model.fingerprint = {"method": "zero-shot", "metric": "cosine", "image_encoder": fi, "text_encoder": ft,
+                             "feature_dtype": feature_dtype}
+        return model
+
+    def encoders_config(self) -> dict[str, Any]:
+        """What :meth:`from_encoders` needs to re-create this model (stored in an index)."""
+        c = self.config
+        return {"image_encoder": c.image_encoder, "text_encoder": c.text_encoder,
+                "image_encoder_options": c.image_encoder_options, "text_encoder_options": c.text_encoder_options,
+                "feature_dtype": c.feature_dtype}
+
     @property
     def metric(self) -> str:
         return str(self.fingerprint.get("metric", "cosine"))
@@ -106,6 +138,8 @@ class SearchModel:
                                 dtype=self.config.feature_dtype,
                                 batch_size=batch_size if modality == "image" else 2 * batch_size,
                                 progress=progress)
+        if getattr(self.method, "model_", True) is None:  # zero-shot: nothing fitted, the dims come now
+            self.method.init_model(feats.pooled_dim, feats.pooled_dim)
         emb = self.method.embed_images(feats) if modality == "image" else self.method.embed_texts(feats)
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         if self.metric == "cosine":

@@ -249,6 +249,7 @@ class Retriever:
     # ---------------------------------------------------------------- build
     @classmethod
     def build(cls, index_dir: str | Path, *, checkpoint: str | Path | None = None, items: Sequence[Item],
+              clip: str | Path | None = None,
               index_type: str = EXACT, add: bool = False, cache_dir: str | Path | None = None,
               device: str = "cpu", progress: bool = True, backend: str = "faiss",
               uri: str | None = None) -> Retriever:
@@ -256,6 +257,9 @@ class Retriever:
         docstring). With ``add=True`` the items are appended to the existing index at
         ``index_dir`` (its checkpoint, backend and index type are kept; items whose content hash
         is already there are skipped); the model must match the index's fingerprint.
+
+        ``clip=DIR`` instead of a checkpoint indexes with a local CLIP folder alone (aligned
+        encoders, no training: the ``zero-shot`` method).
 
         ``backend="faiss"`` (default) keeps the vectors in the folder; ``backend="milvus"`` keeps
         them in Milvus at ``uri`` — a local ``.db`` file (Milvus Lite, embedded) or
@@ -287,9 +291,15 @@ class Retriever:
             rows = list(old._meta.values())
             seen = set(old._hashes)
         else:
-            if checkpoint is None:
-                raise ConfigError("Building an index needs the model: pass checkpoint= (gcrdp train's folder).")
-            model = SearchModel.from_checkpoint(checkpoint, device)
+            if (checkpoint is None) == (clip is None):
+                raise ConfigError("Building an index needs one model: checkpoint= (gcrdp train's folder) or "
+                                  "clip= (a local CLIP folder, used as it is).")
+            if clip is not None:
+                d = str(Path(clip).expanduser().resolve())
+                model = SearchModel.from_encoders(image_encoder_options={"model_dir": d},
+                                                  text_encoder_options={"model_dir": d})
+            else:
+                model = SearchModel.from_checkpoint(checkpoint, device)
             backends, rows, seen = {}, [], set()
         t0 = time.perf_counter()
         added: dict[str, int] = {}
@@ -326,7 +336,9 @@ class Retriever:
                 recall[modality] = recall_at_k(engine, engine.vectors(), k=10)
         info = {
             "format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "checkpoint": str(model.checkpoint), "model": model.fingerprint, "backend": backend,
+            "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
+            "encoders": model.encoders_config() if model.checkpoint is None else None,
+            "model": model.fingerprint, "backend": backend,
             "uri": next(iter(backends.values())).uri if backend == "milvus" else None,
             "index_type": index_type, "metric": "inner product" + (" of unit vectors (cosine)"
                                                                   if model.metric == "cosine" else ""),
@@ -361,11 +373,14 @@ class Retriever:
         info = json.loads((version / "index.json").read_text(encoding="utf-8"))
         if info.get("format") != INDEX_FORMAT:
             raise DataError(f"{version}: unknown index format {info.get('format')!r}.")
-        model = SearchModel.from_checkpoint(checkpoint or info["checkpoint"], device)
+        if info.get("checkpoint") is None and checkpoint is None:
+            model = SearchModel.from_encoders(**info["encoders"], assume_aligned=True)
+        else:
+            model = SearchModel.from_checkpoint(checkpoint or info["checkpoint"], device)
         if model.fingerprint != info["model"]:
             differ = sorted(k for k in set(model.fingerprint) | set(info["model"])
                             if model.fingerprint.get(k) != info["model"].get(k))
-            raise ConfigError(f"The model at {model.checkpoint} is not the one index {index_dir} was built with "
+            raise ConfigError(f"The model at {model.checkpoint or 'the encoders'} is not the one index {index_dir} was built with "
                               f"(differs in: {', '.join(differ)}). Rebuild the index, or pass the original "
                               "checkpoint.")
         backends = _load_backends(version, info)
