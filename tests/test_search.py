@@ -235,3 +235,40 @@ def test_index_with_clip_alone(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="aligned"):
         SearchModel.from_encoders(image_encoder="efficientnet-lite0", text_encoder="minilm-l6")
+
+
+def test_index_of_pre_extracted_features_queried_by_id(tmp_path, capsys):
+    """A model trained on a features file indexes a features file made the same way; queries go
+    by an indexed item's id (there is no encoder to embed new text)."""
+    from gcrdp.search import Retriever
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(6), 10)
+    centers_i, centers_t = rng.normal(size=(6, 12)), rng.normal(size=(6, 8))
+    image = centers_i[labels] + 0.3 * rng.normal(size=(60, 12))
+    text = centers_t[labels] + 0.3 * rng.normal(size=(60, 8))
+    split = np.array(["test" if i % 10 < 3 else "train" for i in range(60)])
+    path = tmp_path / "f.npz"
+    np.savez(path, image=image.astype(np.float32), text=text.astype(np.float32), labels=labels,
+             classes=np.array([f"c{i}" for i in range(6)]), split=split)
+    assert main(["train", "--features", str(path), "--method", "gap-infonce", "--shots", "1", "--option",
+                 "max_epochs=3", "--checkpoint-dir", str(tmp_path / "ckpt"), "-q"]) == 0
+    capsys.readouterr()
+    code, out, err = run_cli(capsys, "index", tmp_path / "idx", "--checkpoint", tmp_path / "ckpt",
+                             "--features", path, "-q")
+    assert code == 0, err
+    r = Retriever.load(tmp_path / "idx")
+    assert r.info["model"]["pre_extracted"] is True and len(r) == 120
+    first_id = r._meta[("image", 0)][2]
+    hits = r.search(like=first_id, k=5)
+    # brute force: the model's embeddings of the features file
+    from gcrdp.data.registry import load_dataset
+
+    ds = load_dataset("features", path=str(path))
+    qi = r.model.embed_features("image", ds.features.image.subset(np.array([0])))
+    tt = r.model.embed_features("text", ds.features.text)
+    assert [h.id for h in hits] == [ds.samples[j].id for j in np.argsort(-(tt @ qi[0]), kind="stable")[:5]]
+    code, out, err = run_cli(capsys, "search", tmp_path / "idx", "--like", first_id, "--k", "3")
+    assert code == 0 and len(out.strip().splitlines()) == 4  # the header and 3 hits
+    code, _, err = run_cli(capsys, "search", tmp_path / "idx", "--text", "anything")
+    assert code == 2 and "pre-extracted" in err

@@ -648,12 +648,18 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Build (or --add to) a search index over a collection with a trained model."""
-    from ..search import Retriever, items_from_images, items_from_manifest, items_from_text_file
+    from ..search import Retriever, items_from_features, items_from_images, items_from_manifest, items_from_text_file
 
-    sources = [x for x in (args.manifest, args.images, args.texts) if x is not None]
+    sources = [x for x in (args.manifest, args.images, args.texts, args.features) if x is not None]
     if not sources:
-        raise ConfigError("gcrdp index needs a collection: --manifest FILE, --images DIR and/or --texts FILE.")
-    items = []
+        raise ConfigError("gcrdp index needs a collection: --manifest FILE, --images DIR and/or --texts FILE, "
+                          "or --features FILE.")
+    if args.features is not None and len(sources) > 1:
+        raise ConfigError("--features indexes pre-extracted features on their own; it cannot be mixed with "
+                          "--manifest, --images or --texts.")
+    items, features = [], None
+    if args.features is not None:
+        items, features = items_from_features(args.features)
     if args.manifest is not None:
         items += items_from_manifest(args.manifest, skip_bad=bool(args.skip_bad))
     if args.images is not None:
@@ -664,7 +670,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise ConfigError("gcrdp index needs one model: --checkpoint DIR (a 'gcrdp train' folder) or --clip DIR "
                           "(a local CLIP folder, used as it is); or --add to extend an existing index.")
     t0 = time.perf_counter()
-    r = Retriever.build(args.index, checkpoint=args.checkpoint, clip=args.clip, items=items,
+    r = Retriever.build(args.index, checkpoint=args.checkpoint, clip=args.clip, items=items, features=features,
                         index_type=args.index_type,
                         add=args.add, cache_dir=args.cache_dir or _default_cache(), device=args.device or "cpu",
                         progress=not args.quiet, backend=args.backend, uri=args.uri)
@@ -689,10 +695,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Query an index by text (images come back) or by image (texts come back)."""
     from ..search import Retriever, format_hits
 
-    if (args.text is None) == (args.image is None):
-        raise ConfigError("gcrdp search needs exactly one of --text \"…\" or --image PATH.")
+    if sum(x is not None for x in (args.text, args.image, args.like)) != 1:
+        raise ConfigError("gcrdp search needs exactly one of --text \"…\", --image PATH or --like ID.")
     r = Retriever.load(args.index, device=args.device or "cpu")
-    hits = r.search(text=args.text, k=args.k) if args.text is not None else r.search(image=str(args.image), k=args.k)
+    if args.like is not None:
+        hits = r.search(like=args.like, like_modality=args.like_modality, k=args.k)
+    elif args.text is not None:
+        hits = r.search(text=args.text, k=args.k)
+    else:
+        hits = r.search(image=str(args.image), k=args.k)
     if args.json:
         for h in hits:
             print(json.dumps(h.to_dict(), ensure_ascii=False))
@@ -815,6 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, default=None, help="a manifest: each row's image and text")
     p.add_argument("--images", type=Path, default=None, help="a folder of images (recursively; labels optional)")
     p.add_argument("--texts", type=Path, default=None, help="a UTF-8 text file, one text per line")
+    p.add_argument("--features", type=Path, default=None,
+                   help="a pre-extracted features file (for a model trained on features made the same way)")
     p.add_argument("--index-type", default="Flat",
                    help="FAISS factory string: Flat (exact, default), HNSW32, IVF1024,Flat, …; an approximate "
                         "index reports its recall@10 against exact search")
@@ -835,6 +848,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", type=Path, help="an index folder written by 'gcrdp index'")
     p.add_argument("--text", default=None, help="a text query: the images that match it")
     p.add_argument("--image", type=Path, default=None, help="an image query: the texts that match it")
+    p.add_argument("--like", default=None, metavar="ID",
+                   help="query with an indexed item's own vector (the way to query pre-extracted features)")
+    p.add_argument("--like-modality", choices=["image", "text"], default="image",
+                   help="with --like: the item's side (default image: texts come back)")
     p.add_argument("--k", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")

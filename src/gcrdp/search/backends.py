@@ -75,6 +75,13 @@ class FaissBackend:
         except RuntimeError:
             raise DataError(f"Index type {self.index_type!r} cannot give its vectors back.") from None
 
+    def vector(self, row: int) -> np.ndarray:
+        """The stored vector of ``row`` (1, dim)."""
+        try:
+            return self.index.reconstruct(int(row))[None]
+        except RuntimeError:
+            raise DataError(f"Index type {self.index_type!r} cannot give its vectors back.") from None
+
     def save(self, path: Path) -> None:
         _faiss().write_index(self.index, str(path))
 
@@ -202,6 +209,12 @@ class MilvusBackend:
             for g in got:
                 out[int(g["row"])] = g["vector"]
         return out
+
+    def vector(self, row: int) -> np.ndarray:
+        c = _client(self.uri)
+        c.load_collection(self.collection)
+        got = c.query(self.collection, filter=f"row == {int(row)}", output_fields=["vector"])
+        return np.asarray([got[0]["vector"]], dtype=np.float32)
 
     def save(self, path: Path) -> None:
         import json

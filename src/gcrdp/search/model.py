@@ -56,11 +56,7 @@ class SearchModel:
             raise DataError(f"Checkpoint {ckpt.path} holds no run info (it was not written by 'gcrdp train'), "
                             "so the encoders that feed it are unknown.")
         config = RunConfig.from_dict(dict(run["config"]))
-        if config.dataset_options.get("source") == "features" or run.get("features", {}).get("key_inputs", {}).get(
-                "pre_extracted"):
-            raise ConfigError(f"Checkpoint {ckpt.path} was trained on pre-extracted features: gcrdp cannot "
-                              "embed new images and texts the way those were made. Index a features file "
-                              "(--features) made the same way instead.")
+        pre_extracted = bool((run.get("features") or {}).get("key_inputs", {}).get("pre_extracted"))
         method = load_method(ckpt, device)
         metric = getattr(method, "score_metric", "cosine")
         if metric not in ("cosine", "dot"):
@@ -70,11 +66,27 @@ class SearchModel:
         model.fingerprint = {
             "checkpoint_sha256": _folder_digest(ckpt.path), "method": ckpt.state["method"],
             "method_config": ckpt.state.get("method_config"), "metric": metric,
-            "image_encoder": model.encoder("image").fingerprint(),
-            "text_encoder": model.encoder("text").fingerprint(),
-            "feature_dtype": config.feature_dtype,
+            "image_encoder": None if pre_extracted else model.encoder("image").fingerprint(),
+            "text_encoder": None if pre_extracted else model.encoder("text").fingerprint(),
+            "feature_dtype": config.feature_dtype, "pre_extracted": pre_extracted,
         }
         return model
+
+    @property
+    def pre_extracted(self) -> bool:
+        """Trained on pre-extracted features: it embeds features files, not images and texts."""
+        return bool(self.fingerprint.get("pre_extracted"))
+
+    def embed_features(self, modality: str, features: Any) -> np.ndarray:
+        """(n, d) float32 embeddings of one modality's pre-extracted features (ModalityFeatures)."""
+        emb = self.method.embed_images(features) if modality == "image" else self.method.embed_texts(features)
+        return self._finish(emb)
+
+    def _finish(self, emb: Any) -> np.ndarray:
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if self.metric == "cosine":
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return emb
 
     @classmethod
     def from_encoders(cls, *, image_encoder: str = "clip", text_encoder: str = "clip",
@@ -134,15 +146,14 @@ class SearchModel:
         when the method scores by cosine (so that inner product = the method's score)."""
         from ..encoders.cache import encode_items
 
+        if self.pre_extracted:
+            raise ConfigError(f"The model at {self.checkpoint} was trained on pre-extracted features, so it "
+                              "cannot embed new images or texts. Index a features file made the same way "
+                              "(--features) and query with --like ID.")
         feats, _ = encode_items(self.encoder(modality), list(items), cache_dir=cache_dir,
                                 dtype=self.config.feature_dtype,
                                 batch_size=batch_size if modality == "image" else 2 * batch_size,
                                 progress=progress)
         if getattr(self.method, "model_", True) is None:  # zero-shot: nothing fitted, the dims come now
             self.method.init_model(feats.pooled_dim, feats.pooled_dim)
-        emb = self.method.embed_images(feats) if modality == "image" else self.method.embed_texts(feats)
-        emb = np.ascontiguousarray(emb, dtype=np.float32)
-        if self.metric == "cosine":
-            norms = np.linalg.norm(emb, axis=1, keepdims=True)
-            emb = emb / np.maximum(norms, 1e-12)
-        return emb
+        return self.embed_features(modality, feats)

@@ -76,6 +76,7 @@ class Item:
     path: str | None = None
     text: str | None = None
     label: str | None = None
+    row: int | None = None  # the sample's row in a features file (items_from_features)
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,17 @@ class Hit:
         return asdict(self)
 
 
-def _content_hash(item: Item) -> str:
+def _content_hash(item: Item, features: Any = None) -> str:
     from ..encoders.cache import image_item_key, text_item_key
 
+    if features is not None and item.row is not None:  # pre-extracted: the feature row's bytes
+        import hashlib
+
+        mf = getattr(features, item.modality)
+        h = hashlib.sha256(item.modality.encode() + b"\0")
+        for part in (mf.local[item.row], mf.mask[item.row], mf.pooled[item.row]):
+            h.update(np.ascontiguousarray(part).tobytes())
+        return h.hexdigest()
     return image_item_key(item.path) if item.modality == "image" else text_item_key(item.text or "")  # type: ignore[arg-type]
 
 
@@ -134,6 +143,21 @@ def items_from_text_file(path: str | Path) -> list[Item]:
     if not out:
         raise DataError(f"{p} holds no text.")
     return out
+
+
+def items_from_features(path: str | Path, **options: Any) -> tuple[list[Item], Any]:
+    """Both modalities of a pre-extracted features file (``gcrdp datasets features``), for a
+    model trained on features made the same way: ``(items, FeatureSet)``; each item's ``row``
+    points into the FeatureSet."""
+    from ..data.registry import load_dataset
+
+    ds = load_dataset("features", path=str(path), **options)
+    out = []
+    for i, s in enumerate(ds.samples):
+        label = s.labels[0] if s.labels else None
+        out.append(Item("image", s.id, label=label, row=i))
+        out.append(Item("text", s.id, text=s.text, label=label, row=i))
+    return out, ds.features
 
 
 def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
@@ -249,7 +273,7 @@ class Retriever:
     # ---------------------------------------------------------------- build
     @classmethod
     def build(cls, index_dir: str | Path, *, checkpoint: str | Path | None = None, items: Sequence[Item],
-              clip: str | Path | None = None,
+              clip: str | Path | None = None, features: Any = None,
               index_type: str = EXACT, add: bool = False, cache_dir: str | Path | None = None,
               device: str = "cpu", progress: bool = True, backend: str = "faiss",
               uri: str | None = None) -> Retriever:
@@ -309,7 +333,7 @@ class Retriever:
             for it in items:
                 if it.modality != modality:
                     continue
-                h = _content_hash(it)
+                h = _content_hash(it, features)
                 if (modality, h) in seen:
                     skipped += 1
                     continue
@@ -318,8 +342,14 @@ class Retriever:
                 hashes.append(h)
             if not todo:
                 continue
-            vectors = model.embed(modality, [it.path if modality == "image" else it.text for it in todo],
-                                  cache_dir=cache_dir, progress=progress)
+            if features is not None:
+                if any(it.row is None for it in todo):
+                    raise ConfigError("With features=, every item needs its row (items_from_features).")
+                vectors = model.embed_features(modality, getattr(features, modality).subset(
+                    np.asarray([it.row for it in todo])))
+            else:
+                vectors = model.embed(modality, [it.path if modality == "image" else it.text for it in todo],
+                                      cache_dir=cache_dir, progress=progress)
             engine = backends.get(modality)
             if engine is None:
                 engine = backends[modality] = _new_backend(backend, vectors.shape[1], index_type, uri)
@@ -387,13 +417,25 @@ class Retriever:
         return cls(index_dir, info, model, backends, _read_metadata(version / "items.sqlite"))
 
     def search(self, *, text: str | Iterable[str] | None = None, image: str | Path | Iterable[str | Path] | None = None,
-               k: int = 10) -> list[Hit] | list[list[Hit]]:
+               like: str | None = None, like_modality: str = "image", k: int = 10) -> list[Hit] | list[list[Hit]]:
         """The ``k`` best images for a text (``text=``), or texts for an image (``image=``). A
-        list of queries gives a list of result lists."""
-        if (text is None) == (image is None):
-            raise ConfigError("search needs exactly one of text= or image=.")
+        list of queries gives a list of result lists. ``like=ID`` queries with an indexed item's
+        own vector (its ``like_modality`` side; the other modality comes back) — the way to
+        query an index of pre-extracted features."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}.")
+        if like is not None:
+            if text is not None or image is not None:
+                raise ConfigError("search takes one of text=, image= or like=.")
+            if like_modality not in MODALITIES:
+                raise ConfigError(f"like_modality must be 'image' or 'text', got {like_modality!r}.")
+            row = next((r for (m, r), meta in self._meta.items() if m == like_modality and meta[2] == like), None)
+            if row is None:
+                raise DataError(f"No {like_modality} with id {like!r} in index {self.index_dir}.")
+            target = "text" if like_modality == "image" else "image"
+            return self.search_vectors(target, self.backends[like_modality].vector(row), k)[0]
+        if (text is None) == (image is None):
+            raise ConfigError("search needs exactly one of text=, image= or like=.")
         query_mod, target = ("text", "image") if text is not None else ("image", "text")
         given = text if text is not None else image
         single = isinstance(given, (str, Path))
