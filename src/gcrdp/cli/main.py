@@ -648,18 +648,28 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Build (or --add to) a search index over a collection with a trained model."""
-    from ..search import Retriever, items_from_features, items_from_images, items_from_manifest, items_from_text_file
+    from ..search import (
+        Retriever,
+        items_from_dataset,
+        items_from_features,
+        items_from_images,
+        items_from_manifest,
+        items_from_text_file,
+    )
 
-    sources = [x for x in (args.manifest, args.images, args.texts, args.features) if x is not None]
+    sources = [x for x in (args.manifest, args.images, args.texts, args.features, args.dataset) if x is not None]
     if not sources:
         raise ConfigError("gcrdp index needs a collection: --manifest FILE, --images DIR and/or --texts FILE, "
-                          "or --features FILE.")
-    if args.features is not None and len(sources) > 1:
-        raise ConfigError("--features indexes pre-extracted features on their own; it cannot be mixed with "
-                          "--manifest, --images or --texts.")
+                          "--features FILE, or --dataset NAME.")
+    if (args.features is not None or args.dataset is not None) and len(sources) > 1:
+        raise ConfigError("--features and --dataset each index a whole collection on their own; they cannot be "
+                          "mixed with other inputs.")
     items, features = [], None
     if args.features is not None:
         items, features = items_from_features(args.features)
+    if args.dataset is not None:
+        items, features = items_from_dataset(args.dataset, **_parse_assignments(args.dataset_option,
+                                                                                "--dataset-option"))
     if args.manifest is not None:
         items += items_from_manifest(args.manifest, skip_bad=bool(args.skip_bad))
     if args.images is not None:
@@ -709,6 +719,22 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(json.dumps(h.to_dict(), ensure_ascii=False))
     else:
         print(format_hits(hits))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve an index over HTTP: the JSON API and the web page."""
+    from ..search.server import serve
+
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}.")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"gcrdp serve: listening on {args.host}, reachable from other machines; the API has no "
+              "authentication.", file=sys.stderr)
+    print(f"gcrdp serve: http://{args.host}:{args.port}/  (API: /api/search, /openapi.json; ^C stops)",
+          file=sys.stderr)
+    serve(str(args.index), host=args.host, port=args.port, device=args.device or "cpu",
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     return 0
 
 
@@ -828,6 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", type=Path, default=None, help="a UTF-8 text file, one text per line")
     p.add_argument("--features", type=Path, default=None,
                    help="a pre-extracted features file (for a model trained on features made the same way)")
+    p.add_argument("--dataset", default=None,
+                   help="a registered dataset, e.g. twemoji (the demo's collection): every sample's image and text")
+    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="option of --dataset (repeatable)")
     p.add_argument("--index-type", default="Flat",
                    help="FAISS factory string: Flat (exact, default), HNSW32, IVF1024,Flat, …; an approximate "
                         "index reports its recall@10 against exact search")
@@ -856,6 +885,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="serve an index over HTTP: a JSON API and a search page at /")
+    p.add_argument("index", type=Path, help="an index folder written by 'gcrdp index'")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload (default 10 MB)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("datasets", help="list the datasets and their formats, or show one")
     p.add_argument("name", nargs="?", default=None, help="a dataset name: show its layouts and options")

@@ -160,6 +160,23 @@ def items_from_features(path: str | Path, **options: Any) -> tuple[list[Item], A
     return out, ds.features
 
 
+def items_from_dataset(name: str, **options: Any) -> tuple[list[Item], Any]:
+    """Both modalities of a registered dataset (``gcrdp datasets``), e.g. the demo's Twemoji:
+    ``(items, FeatureSet or None)`` — the FeatureSet when the dataset is pre-extracted features."""
+    from ..data.registry import load_dataset
+
+    ds = load_dataset(name, **options)
+    out = []
+    for i, s in enumerate(ds.samples):
+        label = s.labels[0] if s.labels else None
+        row = i if ds.features is not None else None
+        if ds.features is not None or s.image is not None:
+            out.append(Item("image", s.id, path=str(s.image) if s.image else None, label=label, row=row))
+        if ds.features is not None or s.text:
+            out.append(Item("text", s.id, text=s.text, label=label, row=row))
+    return out, ds.features
+
+
 def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
     """Both modalities of a gcrdp manifest (see ``gcrdp datasets manifest``): each row's image
     and its text, with the row's id and first label."""
