@@ -485,8 +485,13 @@ class Retriever:
 def format_hits(hits: list[Hit]) -> str:
     """A ranked table: rank, score, id, path or text, label."""
     head = ["rank", "score", "id", "path / text", "label"]
-    rows = [[str(h.rank), f"{h.score:.3f}", h.id, (h.path or h.text or "").replace("\n", " ")[:70], h.label or ""]
-            for h in hits]
+    def cell(h: Hit) -> str:
+        if h.path:  # the end of a path says the most
+            return h.path if len(h.path) <= 60 else "…" + h.path[-59:]
+        t = (h.text or "").replace("\n", " ")
+        return t if len(t) <= 60 else t[:59] + "…"
+
+    rows = [[str(h.rank), f"{h.score:.3f}", h.id, cell(h), h.label or ""] for h in hits]
     widths = [max(len(head[i]), *(len(r[i]) for r in rows)) if rows else len(head[i]) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head)] + [line(r) for r in rows])

@@ -111,6 +111,9 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
             from PIL import Image
 
             with Image.open(meta[3]) as im:  # the path stored at index time, never one from the request
+                rgba = im.convert("RGBA")  # transparency onto white, as a page shows it
+                im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im.alpha_composite(rgba)
                 im = im.convert("RGB")
                 im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
                 buf = io.BytesIO()
