@@ -16,7 +16,6 @@ pytest.importorskip("faiss")
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from .test_cli import needs_encoders  # noqa: E402
 from .test_search import trained  # noqa: E402,F401  (the module fixture: a trained model + manifest)
 
 SHOTS = Path(__file__).resolve().parent / "screenshots"
