@@ -272,3 +272,22 @@ def test_index_of_pre_extracted_features_queried_by_id(tmp_path, capsys):
     assert code == 0 and len(out.strip().splitlines()) == 4  # the header and 3 hits
     code, _, err = run_cli(capsys, "search", tmp_path / "idx", "--text", "anything")
     assert code == 2 and "pre-extracted" in err
+
+
+def test_index_reports_instance_recall_of_its_own_pairs(trained, tmp_path):
+    from gcrdp.evaluation import instance_recall
+    from gcrdp.search import Retriever, items_from_manifest
+
+    root, manifest = trained
+    items = items_from_manifest(manifest)
+    r = Retriever.build(tmp_path / "idx", checkpoint=root / "ckpt", items=items, cache_dir=root / "cache",
+                        progress=False)
+    inst = r.info["instance_recall"]
+    assert inst["n_pairs"] == 16  # texts are deduplicated: 16 ids keep their text
+    vi, vt = r.backends["image"].vectors(), r.backends["text"].vectors()
+    ids_i = {m[2]: m[1] for (mod, _), m in r._meta.items() if mod == "image"}
+    pairs = [(ids_i[m[2]], m[1]) for (mod, _), m in r._meta.items() if mod == "text"]
+    qi, qt = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    order = np.argsort([m for m in qi])  # the report sorts pairs by id; recall is order-free
+    ref = instance_recall(vi[qi[order]], vt, qt[order], metric="dot")
+    assert inst["i2t"]["recall@5"] == pytest.approx(ref["recall@5"])

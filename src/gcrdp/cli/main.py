@@ -689,6 +689,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     now = ", ".join(f"{n} {m}s" for m, n in info["added_now"].items()) or "nothing new"
     print(f"index {args.index}: {counts} ({now} added; {info['skipped_duplicates']} duplicates skipped), "
           f"{info['index_type']}, dim {info['dim']}, {time.perf_counter() - t0:.1f} s")
+    inst = info.get("instance_recall")
+    if inst:
+        print(f"instance level ({inst['n_queries']} of the collection's {inst['n_pairs']} image-text pairs, each "
+              "query's own pair): " + "   ".join(
+                  f"{d.upper()} R@1/5/10 " + "/".join(f"{100 * inst[d][f'recall@{k}']:.1f}" for k in (1, 5, 10))
+                  for d in ("i2t", "t2i")))
     if info.get("recall_at_10_vs_exact"):
         print("recall@10 against exact search: " + ", ".join(
             f"{m} {100 * v:.1f} %" for m, v in info["recall_at_10_vs_exact"].items()))

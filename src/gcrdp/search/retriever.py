@@ -191,6 +191,29 @@ def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
     return out
 
 
+def _instance_quality(backends: dict[str, Any], rows: list[tuple], max_queries: int = 2000,
+                      seed: int = 0) -> dict[str, Any] | None:
+    """Instance-level recall@1/5/10 of the collection's own pairs (an image and a text with the
+    same id), I2T and T2I, over up to ``max_queries`` pairs; ``None`` without pairs."""
+    if set(backends) != set(MODALITIES):
+        return None
+    from ..evaluation import instance_recall
+
+    by_id = {m: {r[2]: int(r[1]) for r in rows if r[0] == m} for m in MODALITIES}
+    common = sorted(set(by_id["image"]) & set(by_id["text"]))
+    if len(common) < 2:
+        return None
+    vi, vt = backends["image"].vectors(), backends["text"].vectors()
+    rng = np.random.default_rng(seed)
+    pick = common if len(common) <= max_queries else [common[i] for i in sorted(
+        rng.choice(len(common), max_queries, replace=False))]
+    qi = np.asarray([by_id["image"][c] for c in pick])
+    qt = np.asarray([by_id["text"][c] for c in pick])
+    return {"n_pairs": len(common), "n_queries": len(pick),
+            "i2t": {k: v for k, v in instance_recall(vi[qi], vt, qt, metric="dot").items() if k.startswith("recall@")},
+            "t2i": {k: v for k, v in instance_recall(vt[qt], vi, qi, metric="dot").items() if k.startswith("recall@")}}
+
+
 # --------------------------------------------------------------------------- the folder
 def _current(index_dir: Path) -> Path:
     pointer = index_dir / "CURRENT"
@@ -381,6 +404,7 @@ class Retriever:
         if index_type != EXACT:
             for modality, engine in backends.items():
                 recall[modality] = recall_at_k(engine, engine.vectors(), k=10)
+        instance = _instance_quality(backends, rows)
         info = {
             "format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
@@ -393,6 +417,7 @@ class Retriever:
             "counts": {m: b.ntotal for m, b in backends.items()},
             "added_now": added, "skipped_duplicates": skipped,
             "recall_at_10_vs_exact": recall or None,
+            "instance_recall": instance,
             "embed_seconds": round(time.perf_counter() - t0, 3),
         }
         from .. import __version__
