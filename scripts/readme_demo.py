@@ -31,7 +31,7 @@ def _fmt_seconds(s: float) -> str:
 def render(results: dict) -> str:
     """The Markdown between the markers: the table as ``gcrdp run`` prints it, and the run's
     facts (time, machine, versions) from the same file."""
-    from gcrdp.experiments import format_table
+    from gcrdp.experiments import format_instance_table, format_table
 
     cfg = results["config"]
     seeds = cfg["seeds"]
@@ -39,6 +39,10 @@ def render(results: dict) -> str:
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"one seed ({seeds[0]}): no spread"
     title = f"{name} — protocol {cfg['protocol']}, mAP@all in % ({spread}); chance = class prior"
     table = format_table(results["summary"], title=title)
+    inst = format_instance_table(results["summary"], title=(
+        "\ninstance level: recall@1/5/10 in % of each query's own pair (mean over seeds)"))
+    if inst:
+        table += "\n" + inst
     prov = results["provenance"]
     res = results["resolved"]
     t = results["timing"]

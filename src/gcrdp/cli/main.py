@@ -183,7 +183,7 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..experiments import RunConfig, format_table, run_experiment
+    from ..experiments import RunConfig, format_instance_table, format_table, run_experiment
 
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
@@ -215,6 +215,10 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"one seed ({config.seeds[0]}): no spread")
     title = f"{name} — protocol {config.protocol}, mAP@all in % ({spread}); chance = class prior"
     print(format_table(results["summary"], title=title))
+    inst = format_instance_table(results["summary"], title=(
+        "\ninstance level: recall@1/5/10 in % of each query's own pair (mean over seeds)"))
+    if inst:
+        print(inst)
     print(f"\nResults: {out_dir / 'results.json'}  ({results['timing']['total_seconds']:.0f} s)")
     return 0
 

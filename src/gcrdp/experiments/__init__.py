@@ -2,6 +2,6 @@
 
 from .config import RunConfig
 from .runner import run_experiment, summarize
-from .table import format_table
+from .table import format_instance_table, format_table
 
-__all__ = ["RunConfig", "run_experiment", "summarize", "format_table"]
+__all__ = ["RunConfig", "run_experiment", "summarize", "format_table", "format_instance_table"]

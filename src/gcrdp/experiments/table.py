@@ -30,6 +30,28 @@ def format_table(summary: list[dict[str, Any]], title: str | None = None) -> str
     return "\n".join(lines)
 
 
+def format_instance_table(summary: list[dict[str, Any]], title: str | None = None) -> str | None:
+    """A Markdown table of instance-level recall@1/5/10 in percent (each query's own pair; mean
+    over seeds), one row per (method, shots); ``None`` when the summary has none."""
+    rows = []
+    for r in sorted(summary, key=lambda r: (r["shots"], r["method"])):
+        cells = [r["method"], str(r["shots"])]
+        for d in ("i2t", "t2i"):
+            vals = [r.get(f"instance_{d}_recall@{k}_mean") for k in (1, 5, 10)]
+            if any(v is None for v in vals):
+                return None
+            cells.append(" / ".join(f"{100 * v:.1f}" for v in vals))
+        rows.append(cells)
+    if not rows:
+        return None
+    head = ["method", "shots", "I2T R@1 / 5 / 10", "T2I R@1 / 5 / 10"]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    lines = [] if title is None else [title, ""]
+    lines += [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    return "\n".join(lines + [fmt(row) for row in rows])
+
+
 def format_study_table(summary: list[dict[str, Any]], methods: list[str] | None = None,
                        key: str = "mean_map") -> str:
     """A Markdown table with one row per method and one column per shot value: ``key`` (e.g.
