@@ -77,7 +77,7 @@ def test_index_search_add_and_fingerprint(trained, tmp_path, capsys):
     code, out, err = run_cli(capsys, "index", index, "--checkpoint", root / "ckpt", "--manifest", manifest,
                              "--cache-dir", root / "cache", "-q")
     assert code == 0, err
-    assert "32 images, 16 texts" in out and "16 duplicates skipped" in out  # each caption is used twice
+    assert "32 images, 32 texts" in out and "0 duplicates skipped" in out  # a build keeps repeated captions
     assert (index / "CURRENT").read_text().strip() == "v000001"
     # a text query ranks images; the Python API gives the same ranking as brute force over the vectors
     r = Retriever.load(index)
@@ -98,9 +98,19 @@ def test_index_search_add_and_fingerprint(trained, tmp_path, capsys):
     extra.write_text("a red circle\na brand new caption\n", encoding="utf-8")
     code, out, err = run_cli(capsys, "index", index, "--add", "--texts", extra, "--cache-dir", root / "cache", "-q")
     assert code == 0, err
-    assert "17 texts" in out and "1 texts added" in out and "1 duplicates skipped" in out
+    assert "33 texts" in out and "1 texts added" in out and "1 duplicates skipped" in out
     assert (index / "CURRENT").read_text().strip() == "v000002" and not (index / "v000001").exists()
-    assert Retriever.load(index).search(image=items[0].path, k=40)[-1].rank == 17
+    assert Retriever.load(index).search(image=items[0].path, k=40)[-1].rank == 33
+    # the same ids again are refused (ids are unique per modality); so is a second build at once
+    (tmp_path / "more2.txt").write_text("another one\nand another\n", encoding="utf-8")  # line-2 is taken
+    code, out, err = run_cli(capsys, "index", index, "--add", "--texts", tmp_path / "more2.txt", "-q")
+    assert code == 2 and "id 'line-2'" in err
+    import fcntl
+
+    with open(index / ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        code, out, err = run_cli(capsys, "index", index, "--add", "--texts", extra, "-q")
+        assert code == 2 and "Another build" in err
 
 
 def test_interrupted_build_keeps_the_previous_index(trained, tmp_path, monkeypatch):
@@ -283,7 +293,7 @@ def test_index_reports_instance_recall_of_its_own_pairs(trained, tmp_path):
     r = Retriever.build(tmp_path / "idx", checkpoint=root / "ckpt", items=items, cache_dir=root / "cache",
                         progress=False)
     inst = r.info["instance_recall"]
-    assert inst["n_pairs"] == 16  # texts are deduplicated: 16 ids keep their text
+    assert inst["n_pairs"] == 32
     vi, vt = r.backends["image"].vectors(), r.backends["text"].vectors()
     ids_i = {m[2]: m[1] for (mod, _), m in r._meta.items() if mod == "image"}
     pairs = [(ids_i[m[2]], m[1]) for (mod, _), m in r._meta.items() if mod == "text"]

@@ -47,7 +47,7 @@ def test_api_search_item_thumbnail_and_errors(app_and_items):
     app, r, items = app_and_items
     c = TestClient(app)
     h = c.get("/health").json()
-    assert h["status"] == "ok" and h["counts"] == {"image": 32, "text": 16}
+    assert h["status"] == "ok" and h["counts"] == {"image": 32, "text": 32}
     res = c.get("/api/search", params={"text": "a red circle", "k": 5}).json()
     assert [x["id"] for x in res["results"]] == [x.id for x in r.search(text="a red circle", k=5)]
     first = res["results"][0]
@@ -62,6 +62,9 @@ def test_api_search_item_thumbnail_and_errors(app_and_items):
     assert c.post("/api/search/image", files={"file": ("q.png", b"not a png", "image/png")}).status_code == 400
     big = _png(size=(1200, 1200)) + b"\0" * 300_000
     assert c.post("/api/search/image", files={"file": ("q.png", big, "image/png")}).status_code == 413
+    huge = b"\0" * 2_000_000  # refused by its Content-Length, before the body is stored
+    assert c.post("/api/search/image", content=huge, headers={"content-type": "multipart/form-data; boundary=x"}
+                  ).status_code == 413
     assert c.get("/api/thumbnail", params={"id": "../../etc/passwd"}).status_code == 404
     assert c.get("/api/thumbnail", params={"id": "/etc/passwd"}).status_code == 404
     assert c.get("/api/search", params={"text": "x", "k": 0}).status_code == 422
@@ -174,3 +177,17 @@ def test_bounded_load_on_loopback(live_server):
     with ThreadPoolExecutor(8) as pool:
         codes = [c for cs in pool.map(client, range(8)) for c in cs]
     assert len(codes) == 200 and set(codes) == {200}
+
+
+def test_paths_are_hidden_beyond_loopback(app_and_items):
+    from fastapi.testclient import TestClient
+
+    from gcrdp.search.server import create_app
+
+    _, r, _ = app_and_items
+    c = TestClient(create_app(r, expose_paths=False))
+    res = c.get("/api/search", params={"text": "a red circle", "k": 3}).json()["results"]
+    assert all(x["path"] is None for x in res)
+    assert c.get("/api/item", params={"id": res[0]["id"]}).json()["path"] is None
+    assert "/" not in c.get("/health").json()["index"]
+    assert c.get(res[0]["thumbnail"]).status_code == 200  # thumbnails by id still work

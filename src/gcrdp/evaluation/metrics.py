@@ -721,16 +721,16 @@ def instance_recall(
     checked = tuple(sorted({int(k) for k in ks}))
     if not checked or checked[0] < 1:
         raise ConfigError(f"ks must be integers >= 1, got {ks!r}.")
-    score = _scorer(q, g, metric, n_views, ("query_emb", "gallery_emb"))
     keep = np.flatnonzero(pair >= 0)
+    own_pair = pair[keep]
+    score = _scorer(q[keep], g, metric, n_views, ("query_emb", "gallery_emb"))  # only the queries with a pair
     ranks = np.empty(keep.size, dtype=np.int64)
     chunk = _check_chunk_size(chunk_size, ng)
     for a in range(0, keep.size, chunk):
-        rows = keep[a:a + chunk]
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        s = score(lo, hi)[rows - lo]  # (c, ng)
-        own = s[np.arange(rows.size), pair[rows]]
-        ranks[a:a + rows.size] = 1 + (s > own[:, None]).sum(axis=1)
+        b = min(a + chunk, keep.size)
+        s = score(a, b)  # (c, ng)
+        own = s[np.arange(b - a), own_pair[a:b]]
+        ranks[a:b] = 1 + (s > own[:, None]).sum(axis=1)
     out: dict[str, Any] = {f"recall@{k}": float((ranks <= k).mean()) if ranks.size else float("nan")
                            for k in checked}
     out.update({"median_rank": float(np.median(ranks)) if ranks.size else float("nan"),

@@ -58,6 +58,17 @@ class FaissBackend:
                                   f"{n_lists} lists; this collection has {len(x)}. Use Flat or fewer lists.")
             self.index.train(x)
         self.index.add(x)
+        self._direct_map()
+
+    def _direct_map(self) -> None:
+        """IVF indexes give single vectors back (``vector(row)``, for ``--like``) only with a
+        direct map."""
+        faiss = _faiss()
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+        except RuntimeError:
+            return
+        ivf.make_direct_map()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)``, each (nq, min(k, ntotal)), best first."""
@@ -91,6 +102,7 @@ class FaissBackend:
         self = cls.__new__(cls)
         self.index = faiss.read_index(str(path))
         self.dim, self.index_type = int(self.index.d), index_type
+        self._direct_map()
         return self
 
 
@@ -228,6 +240,9 @@ class MilvusBackend:
         import json
 
         info = json.loads(path.with_suffix(".milvus.json").read_text(encoding="utf-8"))
+        if not _client(info["uri"]).has_collection(info["collection"]):
+            raise DataError(f"The Milvus collection {info['collection']!r} of this index is missing at "
+                            f"{info['uri']} (dropped, or another Milvus): rebuild the index.")
         self = cls(info["dim"], info["index_type"], uri=info["uri"], collection=info["collection"])
         self._n = int(info["ntotal"])
         return self

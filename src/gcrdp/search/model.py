@@ -45,7 +45,7 @@ class SearchModel:
         from ..experiments import RunConfig
         from ..training.checkpoint import checkpoint_exists, load_method, read_checkpoint
 
-        checkpoint = Path(checkpoint).expanduser()
+        checkpoint = Path(checkpoint).expanduser().resolve()  # stored in the index: valid from any folder
         where = checkpoint / "final" if checkpoint_exists(checkpoint / "final") else checkpoint
         if not checkpoint_exists(where):
             raise DataError(f"{checkpoint} holds no gcrdp checkpoint (expected {checkpoint}/final from "

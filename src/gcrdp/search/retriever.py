@@ -191,11 +191,12 @@ def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
     return out
 
 
-def _instance_quality(backends: dict[str, Any], rows: list[tuple], max_queries: int = 2000,
+def _instance_quality(vectors: dict[str, np.ndarray], rows: list[tuple], max_queries: int = 2000,
                       seed: int = 0) -> dict[str, Any] | None:
     """Instance-level recall@1/5/10 of the collection's own pairs (an image and a text with the
-    same id), I2T and T2I, over up to ``max_queries`` pairs; ``None`` without pairs."""
-    if set(backends) != set(MODALITIES):
+    same id), I2T and T2I, over up to ``max_queries`` pairs, exact on ``vectors`` (per modality,
+    by row); ``None`` without pairs."""
+    if set(vectors) != set(MODALITIES):
         return None
     from ..evaluation import instance_recall
 
@@ -203,7 +204,7 @@ def _instance_quality(backends: dict[str, Any], rows: list[tuple], max_queries: 
     common = sorted(set(by_id["image"]) & set(by_id["text"]))
     if len(common) < 2:
         return None
-    vi, vt = backends["image"].vectors(), backends["text"].vectors()
+    vi, vt = vectors["image"], vectors["text"]
     rng = np.random.default_rng(seed)
     pick = common if len(common) <= max_queries else [common[i] for i in sorted(
         rng.choice(len(common), max_queries, replace=False))]
@@ -238,12 +239,43 @@ def _write_metadata(path: Path, rows: list[tuple]) -> None:
 
 
 def _read_metadata(path: Path) -> list[tuple]:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
         return con.execute("SELECT modality, row, id, path, text, label, hash FROM items "
                            "ORDER BY modality, row").fetchall()
     finally:
         con.close()
+
+
+@contextlib.contextmanager
+def _build_lock(index_dir: Path) -> Any:
+    """An exclusive lock on ``INDEX/.lock`` for a build or an add: two at once would lose one's
+    items (or, on Milvus, mix their rows)."""
+    import fcntl
+
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"Another build or --add is writing index {index_dir} right now; run this one "
+                            "when it has finished.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _same_collection(ref: Path, version: Path) -> bool:
@@ -268,7 +300,9 @@ def _publish_version(index_dir: Path, fill: Any) -> Path:
     tmp.mkdir()
     try:
         fill(tmp)
+        _fsync_tree(tmp)  # the new version is on disk before CURRENT names it
         os.rename(tmp, index_dir / name)
+        _fsync_tree(index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -301,7 +335,13 @@ class Retriever:
                  backends: dict[str, FaissBackend], rows: list[tuple]) -> None:
         self.index_dir, self.info, self.model, self.backends = index_dir, info, model, backends
         self._meta: dict[tuple[str, int], tuple] = {(r[0], int(r[1])): r for r in rows}
+        self._by_id: dict[tuple[str, str], int] = {(r[0], r[2]): int(r[1]) for r in rows}
         self._hashes = {(r[0], r[6]) for r in rows}
+
+    def item(self, modality: str, id: str) -> tuple | None:
+        """The metadata row (modality, row, id, path, text, label, hash) of an item, or None."""
+        row = self._by_id.get((modality, id))
+        return None if row is None else self._meta[(modality, row)]
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{m} {b.ntotal}" for m, b in self.backends.items())
@@ -327,13 +367,23 @@ class Retriever:
 
         ``backend="faiss"`` (default) keeps the vectors in the folder; ``backend="milvus"`` keeps
         them in Milvus at ``uri`` — a local ``.db`` file (Milvus Lite, embedded) or
-        ``http://host:19530`` (a server or cluster) — with the metadata still in the folder."""
-        from .model import SearchModel
-
+        ``http://host:19530`` (a server or cluster) — with the metadata still in the folder.
+        One build or add at a time per index (a lock file refuses a second)."""
         index_dir = Path(index_dir).expanduser()
         items = list(items)
         if not items:
             raise DataError("Nothing to index: the collection is empty.")
+        with _build_lock(index_dir):
+            return cls._build_locked(index_dir, checkpoint=checkpoint, items=items, clip=clip, features=features,
+                                     index_type=index_type, add=add, cache_dir=cache_dir, device=device,
+                                     progress=progress, backend=backend, uri=uri)
+
+    @classmethod
+    def _build_locked(cls, index_dir: Path, *, checkpoint: Any, items: list[Item], clip: Any, features: Any,
+                      index_type: str, add: bool, cache_dir: Any, device: str, progress: bool, backend: str,
+                      uri: str | None) -> Retriever:
+        from .model import SearchModel
+
         bad = sorted({it.modality for it in items} - set(MODALITIES))
         if bad:
             raise ConfigError(f"Item modality must be 'image' or 'text', got {bad}.")
@@ -368,18 +418,26 @@ class Retriever:
         t0 = time.perf_counter()
         added: dict[str, int] = {}
         skipped = 0
+        # the vectors as computed (an approximate index may store them compressed): for the
+        # recall figures; after an add, the old ones come back from the index
+        mem: dict[str, np.ndarray] = {m: b.vectors() for m, b in backends.items()} if add else {}
         for modality in MODALITIES:
             todo, hashes = [], []
+            ids = {r[2] for r in rows if r[0] == modality}
             for it in items:
                 if it.modality != modality:
                     continue
                 h = _content_hash(it, features)
-                if (modality, h) in seen:
+                if (modality, h) in seen:  # already in the index (an add): not embedded again
                     skipped += 1
                     continue
-                seen.add((modality, h))
+                if it.id in ids:
+                    raise DataError(f"Two {modality}s have the id {it.id!r}" + (
+                        " (one is already in the index)" if add else "") + "; ids must be unique per modality.")
+                ids.add(it.id)
                 todo.append(it)
                 hashes.append(h)
+            seen.update((modality, h) for h in hashes)
             if not todo:
                 continue
             if features is not None:
@@ -395,6 +453,7 @@ class Retriever:
                 engine = backends[modality] = _new_backend(backend, vectors.shape[1], index_type, uri)
             start = engine.ntotal
             engine.add(vectors)
+            mem[modality] = vectors if modality not in mem else np.concatenate([mem[modality], vectors])
             rows += [(modality, start + i, it.id, it.path, it.text, it.label, h)
                      for i, (it, h) in enumerate(zip(todo, hashes))]
             added[modality] = len(todo)
@@ -403,8 +462,8 @@ class Retriever:
         recall = {}
         if index_type != EXACT:
             for modality, engine in backends.items():
-                recall[modality] = recall_at_k(engine, engine.vectors(), k=10)
-        instance = _instance_quality(backends, rows)
+                recall[modality] = recall_at_k(engine, mem[modality], k=10)
+        instance = _instance_quality(mem, rows)
         info = {
             "format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
@@ -430,7 +489,14 @@ class Retriever:
             _write_metadata(tmp / "items.sqlite", rows)
             (tmp / "index.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
-        _publish_version(index_dir, fill)
+        try:
+            _publish_version(index_dir, fill)
+        except BaseException:
+            for m, b in backends.items():  # a Milvus collection made for this build only
+                if hasattr(b, "drop") and not add:
+                    with contextlib.suppress(Exception):
+                        b.drop()
+            raise
         return cls(index_dir, info, model, backends, rows)
 
     # ---------------------------------------------------------------- load and search
@@ -471,7 +537,7 @@ class Retriever:
                 raise ConfigError("search takes one of text=, image= or like=.")
             if like_modality not in MODALITIES:
                 raise ConfigError(f"like_modality must be 'image' or 'text', got {like_modality!r}.")
-            row = next((r for (m, r), meta in self._meta.items() if m == like_modality and meta[2] == like), None)
+            row = self._by_id.get((like_modality, like))
             if row is None:
                 raise DataError(f"No {like_modality} with id {like!r} in index {self.index_dir}.")
             target = "text" if like_modality == "image" else "image"

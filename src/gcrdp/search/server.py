@@ -28,8 +28,62 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 THUMBNAIL_PX = 256
 
 
-def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_k: int = 100) -> "Any":
-    """The FastAPI application serving ``retriever`` (see the module docstring)."""
+MAX_IMAGE_PIXELS = 40_000_000
+FORM_OVERHEAD = 64 * 1024
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before it is stored — by its
+    Content-Length, or by counting the chunks of a body without one."""
+
+    class _TooLarge(Exception):
+        pass
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, int(limit)
+
+    async def _refuse(self, send: Any) -> None:
+        body = b'{"detail":"the request body is larger than the upload limit"}'
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(send)
+            return
+        seen, started = 0, False
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise self._TooLarge()
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked_send)
+        except self._TooLarge:
+            if not started:
+                await self._refuse(send)
+
+
+def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_k: int = 100,
+               expose_paths: bool = True) -> "Any":
+    """The FastAPI application serving ``retriever`` (see the module docstring).
+    ``expose_paths=False`` leaves the server's file paths out of every answer (``gcrdp serve``
+    does so when it listens beyond loopback)."""
     try:
         from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
         from fastapi.responses import HTMLResponse, Response
@@ -39,11 +93,14 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
     app = FastAPI(title="gcrdp search", version="1",
                   description="Search an index built by 'gcrdp index': images by text, texts by image.",
                   docs_url=None, redoc_url=None)  # the Swagger page loads from a CDN; the JSON is at /openapi.json
-    images = {meta[2]: meta for (m, _), meta in retriever._meta.items() if m == "image"}
-
     def hits_json(hits: list[Any]) -> list[dict[str, Any]]:
-        return [h.to_dict() | {"thumbnail": f"/api/thumbnail?id={_q(h.id)}" if h.modality == "image" else None}
-                for h in hits]
+        out = []
+        for h in hits:
+            d = h.to_dict() | {"thumbnail": f"/api/thumbnail?id={_q(h.id)}" if h.modality == "image" else None}
+            if not expose_paths:
+                d["path"] = None
+            out.append(d)
+        return out
 
     def check_k(k: int) -> int:
         if not 1 <= k <= max_k:
@@ -52,7 +109,8 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "index": str(retriever.index_dir), "backend": retriever.info.get("backend"),
+        return {"status": "ok", "index": str(retriever.index_dir) if expose_paths else retriever.index_dir.name,
+                "backend": retriever.info.get("backend"),
                 "index_type": retriever.info.get("index_type"), "method": retriever.info["model"].get("method"),
                 "counts": {m: b.ntotal for m, b in retriever.backends.items()}}
 
@@ -67,20 +125,25 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
         return {"query": {"text": text, "k": k}, "results": hits_json(hits)}
 
     @app.post("/api/search/image")
-    async def search_image(file: UploadFile = File(...), k: int = Form(10)) -> dict[str, Any]:
+    def search_image(file: UploadFile = File(...), k: int = Form(10)) -> dict[str, Any]:
+        # a plain def: FastAPI runs it in a worker thread, so the model never blocks the event loop
         check_k(k)
         if "text" not in retriever.backends:
             raise HTTPException(409, "this index holds no texts to search by image")
         if not (file.content_type or "").startswith("image/"):
             raise HTTPException(415, f"upload an image (got content type {file.content_type or 'none'!r})")
-        data = await file.read(max_upload_bytes + 1)
+        data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"the image is larger than the limit of {max_upload_bytes} bytes")
         try:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
+                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                    raise HTTPException(413, f"the image has more than {MAX_IMAGE_PIXELS} pixels")
                 im.verify()
+        except HTTPException:
+            raise
         except Exception:  # noqa: BLE001 - any decoding failure is the client's
             raise HTTPException(400, "the upload is not a readable image") from None
         fd, tmp = tempfile.mkstemp(suffix=".img")
@@ -96,15 +159,15 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
 
     @app.get("/api/item")
     def item(id: str, modality: str = "image") -> dict[str, Any]:
-        meta = next((m for (mod, _), m in retriever._meta.items() if mod == modality and m[2] == id), None)
+        meta = retriever.item(modality, id)
         if meta is None:
             raise HTTPException(404, f"no {modality} with id {id!r} in this index")
-        return {"modality": meta[0], "row": meta[1], "id": meta[2], "path": meta[3], "text": meta[4],
-                "label": meta[5], "hash": meta[6]}
+        return {"modality": meta[0], "row": meta[1], "id": meta[2], "path": meta[3] if expose_paths else None,
+                "text": meta[4], "label": meta[5], "hash": meta[6]}
 
     @app.get("/api/thumbnail")
     def thumbnail(id: str) -> Response:
-        meta = images.get(id)
+        meta = retriever.item("image", id)
         if meta is None or not meta[3]:
             raise HTTPException(404, f"no image with id {id!r} in this index")
         try:
@@ -118,7 +181,7 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
                 im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
                 buf = io.BytesIO()
                 im.save(buf, format="JPEG", quality=85)
-        except OSError:
+        except Exception:  # noqa: BLE001 - a missing, changed or undecodable file: not the server's fault
             raise HTTPException(410, f"the image file of {id!r} is no longer readable") from None
         return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
@@ -126,6 +189,7 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
     def page() -> str:
         return PAGE
 
+    app.add_middleware(_BodyLimit, limit=max_upload_bytes + FORM_OVERHEAD)
     return app
 
 
@@ -145,7 +209,9 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, device: 
     from .retriever import Retriever
 
     r = Retriever.load(index_dir, device=device)
-    uvicorn.run(create_app(r, max_upload_bytes=max_upload_bytes), host=host, port=port, log_level="warning")
+    local = host in ("127.0.0.1", "localhost", "::1")
+    uvicorn.run(create_app(r, max_upload_bytes=max_upload_bytes, expose_paths=local), host=host, port=port,
+                log_level="warning")
 
 
 PAGE = """<!doctype html>
