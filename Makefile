@@ -69,6 +69,7 @@ reproduce: $(STAMP)
 	$(BIN)/python scripts/make_results_doc.py $(REPRODUCE_DIR)/runs --out docs/results.md --figures docs/figures \
 	  --bench $(REPRODUCE_DIR)/bench_train_step.json --embedding-map $(REPRODUCE_DIR)/model \
 	  --methods cca dscmr clip4cmr clip4cmr@contrastive flex-clip gap-infonce gap-infonce@cp gcrdp gcrdp@study
+	$(BIN)/python scripts/readme_methods.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -45,3 +45,10 @@ def test_check_fails_when_a_figure_is_changed(tmp_path, monkeypatch):
     readme.write_text(text.replace(first, "99.9", 1), encoding="utf-8")
     monkeypatch.setattr(script, "README", readme)
     assert script.main(["--check"]) == 1
+
+
+def test_readme_methods_block_is_rendered_from_the_results_csv():
+    spec = importlib.util.spec_from_file_location("readme_methods", ROOT / "scripts" / "readme_methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, "README.md's methods block differs: run scripts/readme_methods.py"
