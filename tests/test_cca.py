@@ -288,7 +288,7 @@ def test_options_validated_and_round_trip():
 
 
 def test_checkpoint_round_trip(synth, tmp_path):
-    from gcrdp.training.checkpoint import check_checkpointable, load_method
+    from gcrdp.methods.persistence import check_checkpointable, load_method
 
     feats, labels, train, val, test = synth
     m = build_method("cca", {"reg": [0.01, 1.0], "eig_power": 2})

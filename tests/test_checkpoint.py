@@ -17,6 +17,7 @@ from gcrdp.evaluation import cross_modal_metrics
 from gcrdp.methods import FitData, build_method
 from gcrdp.methods.base import CheckpointableMethod
 from gcrdp.methods.contrastive import ContrastiveHeadsMethod
+from gcrdp.methods import persistence as mp
 from gcrdp.training import checkpoint as ck
 
 from .helpers import one_hot, synthetic_features
@@ -66,7 +67,7 @@ def _visible(folder: Path) -> list[str]:
 def test_gap_infonce_follows_the_checkpoint_contract():
     m = build_method("gap-infonce", OPTS)
     assert isinstance(m, CheckpointableMethod)
-    rebuilt = build_method(m.name, ck.method_options(m.config_dict()))
+    rebuilt = build_method(m.name, mp.method_options(m.config_dict()))
     assert rebuilt.config_dict() == m.config_dict()
 
 
@@ -85,12 +86,12 @@ def test_a_method_without_the_hooks_is_refused_clearly(tmp_path):
             return None
 
     with pytest.raises(ConfigError, match=r"'legacy' cannot be checkpointed.*checkpoint_dir=.*gcrdp.methods.base"):
-        ck.check_checkpointable(Legacy())
+        mp.check_checkpointable(Legacy())
     m = Legacy()
     m.fit = lambda data, *, seed, checkpoint_dir=None, resume=True: None
     m.init_model(3, 2)
     with pytest.raises(ConfigError, match="did not record input_dims_"):
-        ck.save_method(m, tmp_path / "x")
+        mp.save_method(m, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -99,7 +100,7 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path, fitted):
     m.save(tmp_path / "ckpt", run={"note": "x"})
     assert _visible(tmp_path) == ["ckpt"]
     assert _visible(tmp_path / "ckpt") == ["model.safetensors", "state.json"]
-    for loaded in (ContrastiveHeadsMethod.load(tmp_path / "ckpt"), ck.load_method(tmp_path / "ckpt")):
+    for loaded in (ContrastiveHeadsMethod.load(tmp_path / "ckpt"), mp.load_method(tmp_path / "ckpt")):
         assert loaded.config_dict() == m.config_dict()
         assert loaded.input_dims_ == {"image_dim": 12, "text_dim": 8}
         assert np.array_equal(loaded.embed_images(feats.image), m.embed_images(feats.image))
@@ -156,7 +157,7 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
     m.fit(data, seed=0, checkpoint_dir=tmp_path / "last")
     m.fit(data, seed=0, checkpoint_dir=tmp_path / "last")  # resume path (already finished)
     m.save(tmp_path / "final")
-    ck.load_method(tmp_path / "final")
+    mp.load_method(tmp_path / "final")
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {p.name for p in files} == {"state.json", "model.safetensors", "optimizer.safetensors",
                                        "best.safetensors", "rng.safetensors"}
@@ -216,7 +217,7 @@ def test_a_hard_kill_between_the_renames_is_recovered(tmp_path, fitted):
     (tmp_path / ".ckpt.tmp-123-abcd").mkdir()  # the orphaned new folder (incomplete)
     assert ck.checkpoint_exists(path)
     assert ck.read_checkpoint(path).state["run"] == {"version": 1}
-    assert np.array_equal(ck.load_method(path).embed_images(feats.image), m.embed_images(feats.image))
+    assert np.array_equal(mp.load_method(path).embed_images(feats.image), m.embed_images(feats.image))
     m.save(path, run={"version": 2})
     assert _visible(tmp_path) == ["ckpt"]
     assert ck.read_checkpoint(path).state["run"] == {"version": 2}
@@ -226,13 +227,13 @@ def test_a_hard_kill_between_the_renames_is_recovered(tmp_path, fitted):
 def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path, fitted):
     m, *_ = fitted
     with pytest.raises(DataError, match="Checkpoint folder not found: .*nowhere"):
-        ck.load_method(tmp_path / "nowhere")
+        mp.load_method(tmp_path / "nowhere")
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DataError, match="is not a folder"):
-        ck.load_method(tmp_path / "afile")
+        mp.load_method(tmp_path / "afile")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="has no state.json"):
-        ck.load_method(tmp_path / "empty")
+        mp.load_method(tmp_path / "empty")
 
     def fresh(name: str) -> Path:
         m.save(tmp_path / name)
@@ -241,22 +242,22 @@ def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path, fitted):
     p = fresh("nomodel")
     (p / "model.safetensors").unlink()
     with pytest.raises(DataError, match=r"incomplete: missing \['model.safetensors'\]"):
-        ck.load_method(p)
+        mp.load_method(p)
     p = fresh("truncated")
     data = (p / "model.safetensors").read_bytes()
     (p / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="is corrupt"):
-        ck.load_method(p)
+        mp.load_method(p)
     p = fresh("bitflip")
     data = bytearray((p / "model.safetensors").read_bytes())
     data[-3] ^= 0xFF
     (p / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(DataError, match="size or checksum differs"):
-        ck.load_method(p)
+        mp.load_method(p)
     p = fresh("badjson")
     (p / "state.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
-        ck.load_method(p)
+        mp.load_method(p)
 
     def edit(name: str, **changes) -> Path:
         p = fresh(name)
@@ -266,16 +267,16 @@ def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path, fitted):
         return p
 
     with pytest.raises(DataError, match="format 'gcrdp-checkpoint/999'.*reads 'gcrdp-checkpoint/1'"):
-        ck.load_method(edit("format", format="gcrdp-checkpoint/999"))
+        mp.load_method(edit("format", format="gcrdp-checkpoint/999"))
     with pytest.raises(ConfigError, match="method 'magic'.*Unknown method 'magic'.*gap-infonce"):
-        ck.load_method(edit("method", method="magic"))
+        mp.load_method(edit("method", method="magic"))
     with pytest.raises(DataError, match=r"does not fit the model.*shape mismatch.*\(16, 12\) vs model \(16, 20\)"):
-        ck.load_method(edit("dims", input_dims={"image_dim": 20, "text_dim": 8}))
+        mp.load_method(edit("dims", input_dims={"image_dim": 20, "text_dim": 8}))
     cfg = {**m.config_dict(), "latent_dim": 4}
     with pytest.raises(DataError, match="shape mismatch"):
-        ck.load_method(edit("config", method_config=cfg))
+        mp.load_method(edit("config", method_config=cfg))
     with pytest.raises(DataError, match="lacks the field"):
-        ck.load_method(_drop(fresh("nokind"), "kind"))
+        mp.load_method(_drop(fresh("nokind"), "kind"))
     with pytest.raises(DataError, match="is a final checkpoint, expected a training one"):
         ck.read_checkpoint(fresh("final"), kind="training")
 
@@ -429,5 +430,5 @@ def test_checkpointing_does_not_change_the_fit(tmp_path):
     ra = a.fit(data, seed=4)
     rb = b.fit(data, seed=4, checkpoint_dir=tmp_path / "last")
     assert ra.history == rb.history and _same_weights(_weights(a), _weights(b))
-    final = ck.load_method(tmp_path / "last")  # a training checkpoint loads too: last epoch's weights
+    final = mp.load_method(tmp_path / "last")  # a training checkpoint loads too: last epoch's weights
     assert final.config_dict() == b.config_dict()

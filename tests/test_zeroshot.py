@@ -180,7 +180,7 @@ def test_options_and_round_trip():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    from gcrdp.training.checkpoint import check_checkpointable, load_method
+    from gcrdp.methods.persistence import check_checkpointable, load_method
 
     feats, labels = aligned_features()
     m = build_method("zero-shot")

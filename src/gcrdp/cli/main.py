@@ -366,7 +366,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _embedding_map(args: argparse.Namespace) -> Path:
     from ..data.protocol import split_from_summary
     from ..experiments.report import plot_embedding_map
-    from ..training.checkpoint import load_method
+    from ..methods.persistence import load_method
     from ..training.seeding import resolve_device
 
     ckpt, run, config, dataset, features = _restore_run(args.embedding_map, None, None, True)
@@ -382,7 +382,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Embed every sample of a trained model's dataset and write the embeddings in the
     clip-retrieval layout (img_emb/, text_emb/, metadata/), for FAISS/autofaiss and vector DBs."""
     from ..data.clip_retrieval import export_embeddings
-    from ..training.checkpoint import load_method
+    from ..methods.persistence import load_method
     from ..training.seeding import resolve_device
 
     ckpt, run, config, dataset, features = _restore_run(args.checkpoint, args.cache_dir, args.device, args.quiet)
@@ -591,7 +591,7 @@ def _restore_run(checkpoint: Path, cache_dir: Path | None, device: str | None, q
     if not isinstance(run, dict) or not isinstance(run.get("config"), dict) or "split" not in run:
         raise DataError(f"Checkpoint {ckpt.path} holds no run info (it was not written by 'gcrdp "
                         "train'), so its dataset and split cannot be re-created. Load it in Python with "
-                        "gcrdp.training.checkpoint.load_method and embed your own data.")
+                        "gcrdp.methods.persistence.load_method and embed your own data.")
     raw = dict(run["config"])
     if cache_dir is not None:
         raw["cache_dir"] = str(cache_dir)
@@ -621,7 +621,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     from ..errors import DataError
     from ..evaluation import chance_map
     from ..experiments.runner import evaluate_split
-    from ..training.checkpoint import load_method
+    from ..methods.persistence import load_method
     from ..training.seeding import resolve_device
     from ..utils.io import atomic_write_json
 

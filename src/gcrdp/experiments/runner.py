@@ -198,7 +198,7 @@ def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
              folder: Path | None = None, resume: bool = True) -> dict[str, Any]:
     """Fit method entry ``name`` on ``split`` and evaluate it: one record of ``results.json``."""
     from ..evaluation import chance_map
-    from ..training.checkpoint import save_method
+    from ..methods.persistence import save_method
 
     config, features, labels = ctx.config, ctx.features, ctx.labels
     fit_data = fit_data_for(split, features, labels, ctx.classes)
@@ -424,7 +424,7 @@ def run_experiment(
     from ..data.checks import check_class_sizes
     from ..data.protocol import make_split
     from ..data.registry import load_dataset
-    from ..training.checkpoint import check_checkpointable
+    from ..methods.persistence import check_checkpointable
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}.")

@@ -6,7 +6,7 @@ space where retrieval is cosine similarity.
 
 Checkpoint contract
 -------------------
-A trainable method is *checkpointable* (``gcrdp train``, :func:`gcrdp.training.checkpoint.
+A trainable method is *checkpointable* (``gcrdp train``, :func:`gcrdp.methods.persistence.
 save_method` / ``load_method``, resume after an interruption) when it provides, on top of
 :class:`RetrievalMethod` (see :class:`CheckpointableMethod`):
 
@@ -23,68 +23,27 @@ save_method` / ``load_method``, resume after an interruption) when it provides, 
 4. ``fit(data, *, seed, checkpoint_dir=None, resume=True)``: inside
    ``torch.random.fork_rng(devices=[])``, ``torch.manual_seed(seed)``, ``init_model(...)``,
    then :func:`gcrdp.training.fit_loop` with ``checkpoint_dir``, ``resume`` and
-   ``method_info=gcrdp.training.checkpoint.method_info(self)``. The loop saves and restores
+   ``method_info=gcrdp.methods.persistence.method_info(self)``. The loop saves and restores
    the weights, optimizer, counters and the torch RNG (dropout), so a resumed fit ends
    bit-identical to an uninterrupted one. Randomness outside the torch global RNG (inside
    the fork) and ``numpy_rng(seed, epoch)`` would break that.
 5. Optionally ``save(path, **kw)`` / ``load(path, device)`` delegating to
-   :func:`~gcrdp.training.checkpoint.save_method` / ``load_method`` (see
+   :func:`~gcrdp.methods.persistence.save_method` / ``load_method`` (see
    :class:`gcrdp.methods.contrastive.ContrastiveHeadsMethod`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..data.features import FeatureSet, ModalityFeatures
+from ..data.features import ModalityFeatures
 from ..registry import Registry
+from ..training.fit import FitData, FitReport
 
-
-@dataclass
-class FitData:
-    """What a method is fitted on.
-
-    Attributes:
-        train: features of the training pairs.
-        train_labels: (n_train, n_classes) bool multi-hot labels.
-        oversample: (n_train,) bool, True for the few unseen-class pairs of an N-shot run.
-        val: features of the validation pairs (or None: no early stopping).
-        val_labels: (n_val, n_classes) bool.
-        class_names: the dataset's class names (label column order).
-        class_name_features: (n_classes, d) float32 embeddings of the class names by the run's
-            text encoder (pooled output), rows in ``class_names`` order — given to methods whose
-            ``needs_class_name_features`` is True (e.g. to condition a generator), else None.
-    """
-
-    train: FeatureSet
-    train_labels: np.ndarray
-    oversample: np.ndarray
-    val: FeatureSet | None = None
-    val_labels: np.ndarray | None = None
-    class_names: tuple[str, ...] = ()
-    class_name_features: np.ndarray | None = None
-
-
-@dataclass
-class FitReport:
-    """What happened during fitting (written into the run record)."""
-
-    epochs: int = 0
-    best_epoch: int = 0
-    best_val_map: float | None = None
-    seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epochs": self.epochs, "best_epoch": self.best_epoch, "best_val_map": self.best_val_map,
-            "seconds": round(self.seconds, 3), "history": self.history, **self.extra,
-        }
+__all__ = ["METHODS", "CheckpointableMethod", "FitData", "FitReport", "RetrievalMethod", "build_method"]
 
 
 @runtime_checkable

@@ -78,7 +78,7 @@ from torch import nn
 
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
-from ..training.checkpoint import load_method, save_method
+from .persistence import load_method, save_method
 from ..training.config import split_options
 from .base import METHODS, FitData, FitReport
 

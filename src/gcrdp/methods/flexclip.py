@@ -116,7 +116,7 @@ from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
 from ..losses import multi_positive_infonce
 from ..losses.regularizer import label_space_loss
-from ..training.checkpoint import method_info
+from .persistence import method_info
 from ..training.loop import Batch, fit_loop
 from ..training.seeding import numpy_rng
 from .base import METHODS, FitData, FitReport

@@ -35,7 +35,7 @@ from ..losses.multi_positive import VIEW_POSITIVES
 from ..losses.rdp import RDP_TEACHERS, RDP_VARIANTS
 from ..model import ProjectionHead, masked_mean
 from ..model.gmm import GMMConfig, GMMLayer, gmm_views, mixture_entropy
-from ..training.checkpoint import method_info
+from .persistence import method_info
 from ..training.loop import Batch, fit_loop
 from .base import METHODS, FitData, FitReport
 from .trainable import TrainableHeadsMethod

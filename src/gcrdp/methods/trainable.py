@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import DataError
-from ..training.checkpoint import load_method, method_info, save_method
+from .persistence import load_method, method_info, save_method
 from ..training.config import TrainConfig, split_options
 from ..training.loop import Batch, fit_loop
 from ..training.seeding import resolve_device

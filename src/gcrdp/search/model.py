@@ -43,7 +43,8 @@ class SearchModel:
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu") -> SearchModel:
         """The model of a ``gcrdp train`` checkpoint folder (``DIR`` or ``DIR/final``)."""
         from ..experiments import RunConfig
-        from ..training.checkpoint import checkpoint_exists, load_method, read_checkpoint
+        from ..methods.persistence import load_method
+        from ..training.checkpoint import checkpoint_exists, read_checkpoint
 
         checkpoint = Path(checkpoint).expanduser().resolve()  # stored in the index: valid from any folder
         where = checkpoint / "final" if checkpoint_exists(checkpoint / "final") else checkpoint

@@ -59,7 +59,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,9 +70,8 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ConfigError, DataError
+from .fit import FitData
 
-if TYPE_CHECKING:
-    from ..methods.base import FitData, RetrievalMethod
 
 #: Bump when the layout or the meaning of a stored field changes.
 CHECKPOINT_FORMAT = "gcrdp-checkpoint/1"
@@ -565,89 +564,3 @@ def load_training_checkpoint(path: str | Path, *, model: nn.Module, optimizer: t
             raise DataError(f"{ckpt.path / BEST_FILE} does not fit the model; train afresh.")
     restore_rng(ckpt.tensors(RNG_FILE), device)
     return progress, best
-
-
-# --------------------------------------------------------------------------- methods
-def method_info(method: Any) -> dict[str, Any]:
-    """Name, ``config_dict()`` and input dims of a method built by ``init_model``."""
-    check_checkpointable(method)
-    dims = getattr(method, "input_dims_", None)
-    return {"method": method.name, "method_config": method.config_dict(),
-            "input_dims": dict(dims) if dims else None}
-
-
-def check_checkpointable(method: Any) -> None:
-    """Raise :class:`ConfigError` unless ``method`` follows the checkpoint contract of
-    :mod:`gcrdp.methods.base` (``name``, ``config_dict``, ``init_model``, and a ``fit`` that
-    takes ``checkpoint_dir`` and ``resume``)."""
-    import inspect
-
-    missing = [a for a in ("name", "config_dict", "init_model", "fit") if not hasattr(method, a)]
-    if not missing:
-        params = inspect.signature(method.fit).parameters
-        missing = [f"fit(..., {p}=)" for p in ("checkpoint_dir", "resume") if p not in params]
-    if missing:
-        raise ConfigError(f"Method {getattr(method, 'name', type(method).__name__)!r} cannot be "
-                          f"checkpointed: it lacks {', '.join(missing)} (see the checkpoint contract "
-                          "in gcrdp.methods.base).")
-
-
-def method_options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config_dict()`` minus its ``method`` key: the options that rebuild the method."""
-    return {k: v for k, v in config.items() if k != "method"}
-
-
-def save_method(method: Any, path: str | Path, *, run: Mapping[str, Any] | None = None,
-                fit: Mapping[str, Any] | None = None) -> Path:
-    """Write a fitted method as a *final* checkpoint folder at ``path`` (atomically).
-
-    Args:
-        method: a fitted checkpointable method (``model_`` set by ``init_model``/``fit``).
-        run: the run info (``gcrdp train`` stores what ``evaluate --checkpoint`` needs).
-        fit: the fit report (``FitReport.to_dict()``), kept for provenance.
-    """
-    info = method_info(method)
-    model = getattr(method, "model_", None)
-    if model is None:
-        raise RuntimeError(f"{method.name}: call fit() (or init_model()) before saving")
-    if not info["input_dims"]:
-        raise ConfigError(f"{method.name}: init_model() did not record input_dims_, so the model "
-                          "could not be rebuilt on load (checkpoint contract, gcrdp.methods.base).")
-    state = {"kind": "final", **info, "fit": dict(fit) if fit else None, "run": dict(run) if run else None}
-    write_checkpoint(path, state, {MODEL_FILE: (state_tensors(model), None)})
-    return Path(path)
-
-
-def load_method(source: str | Path | Checkpoint, device: str = "cpu",
-                expect: type | None = None) -> RetrievalMethod:
-    """Rebuild the method stored in a checkpoint (final, or training: then the last epoch's
-    weights) on ``device``: ``build_method(name, options)``, ``init_model(**input_dims)``,
-    then the weights.
-
-    Raises:
-        ConfigError: the stored method is not registered (the message lists the known ones),
-            or is not an instance of ``expect``.
-        DataError: a missing/corrupt checkpoint or weights that do not fit.
-    """
-    from ..methods import build_method  # lazy: gcrdp.methods imports the training loop
-
-    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
-    name, config = ckpt.state["method"], ckpt.state["method_config"]
-    if not isinstance(config, dict) or not isinstance(ckpt.state["input_dims"], dict):
-        raise DataError(f"Checkpoint {ckpt.path / STATE_FILE}: method_config and input_dims must be objects.")
-    try:
-        method = build_method(str(name), method_options(config), device)
-    except ConfigError as exc:
-        raise ConfigError(f"Checkpoint {ckpt.path} holds method {name!r} which this gcrdp cannot "
-                          f"rebuild: {exc}") from None
-    if expect is not None and not isinstance(method, expect):
-        raise ConfigError(f"Checkpoint {ckpt.path} holds method {name!r}, not a {expect.__name__}.")
-    check_checkpointable(method)
-    try:
-        model = method.init_model(**ckpt.state["input_dims"])
-    except TypeError as exc:
-        raise DataError(f"Checkpoint {ckpt.path}: input dims {ckpt.state['input_dims']} do not fit "
-                        f"{name}.init_model ({exc}).") from None
-    load_weights(model, ckpt.tensors(MODEL_FILE, device), str(ckpt.path / MODEL_FILE))
-    model.eval()
-    return method

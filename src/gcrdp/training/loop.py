@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,10 +30,9 @@ from .checkpoint import (
     training_identity,
 )
 from .config import TrainConfig
+from .fit import FitData, FitReport
 from .seeding import numpy_rng
 
-if TYPE_CHECKING:  # (gcrdp.methods imports this module: a top-level import would be circular)
-    from ..methods.base import FitData, FitReport
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +156,9 @@ def fit_loop(
             that already ended just restores its best weights. ``resume=False`` starts afresh
             and overwrites the checkpoint.
         method_info: ``{"method", "method_config", "input_dims"}`` of the calling method
-            (:func:`~gcrdp.training.checkpoint.method_info`), stored in the checkpoint and
+            (:func:`~gcrdp.methods.persistence.method_info`), stored in the checkpoint and
             checked on resume.
     """
-    from ..methods.base import FitReport
-
     n = len(data.train)
     if n < 2:
         raise DataError(f"Training needs at least 2 pairs, got {n}.")
