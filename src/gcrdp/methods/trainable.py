@@ -85,7 +85,7 @@ class TrainableHeadsMethod:
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **kw: Any) -> Path:
         """Write the fitted method as a final checkpoint folder (see
-        :func:`gcrdp.training.checkpoint.save_method`)."""
+        :func:`gcrdp.methods.persistence.save_method`)."""
         return save_method(self, path, **kw)
 
     @classmethod
