@@ -80,6 +80,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, format_list, optional_import
+from ..utils.io import fsync_dir
 from .build import check_skip_bad, finish_dataset
 from .features import FeatureSet, ModalityFeatures
 from .folder import check_test_fraction, per_class_test_split
@@ -417,13 +418,6 @@ def _metadata_table(metadata: Mapping[str, Sequence] | Sequence[Mapping[str, Any
     return table
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def export_clip_retrieval(
@@ -490,12 +484,12 @@ def export_clip_retrieval(
             folder, prefix, ext = PART_FILES[2]
             pq.write_table(table.slice(lo, hi - lo), str(tmp / folder / part_name(prefix, i, n_parts, ext)))
         for folder, _, _ in PART_FILES:
-            _fsync_dir(tmp / folder)
-        _fsync_dir(tmp)
+            fsync_dir(tmp / folder)
+        fsync_dir(tmp)
         if out.is_dir():
             out.rmdir()  # empty (checked above): rename needs the name free on every platform
         os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -62,6 +62,7 @@ import numpy as np
 from ..data.features import FeatureSet, ModalityFeatures
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError, format_list
+from ..utils.io import fsync_dir
 from .base import check_batch_size, check_encoder
 from .images import check_image_files
 
@@ -128,13 +129,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -291,9 +285,9 @@ class FeatureCache:
                 "format": ITEM_FORMAT_VERSION, "n_items": len(keys), "keys_sha256": _text_sha256(list(keys)),
                 "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gcrdp_version": __version__})
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             _publish(tmp, final)
-            _fsync_dir(space)
+            fsync_dir(space)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..utils.io import fsync_tree
 from .backends import EXACT, FaissBackend, MilvusBackend, recall_at_k
 
 BACKENDS = ("faiss", "milvus")
@@ -266,16 +267,6 @@ def _build_lock(index_dir: Path) -> Any:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.iterdir():
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _same_collection(ref: Path, version: Path) -> bool:
@@ -300,9 +291,9 @@ def _publish_version(index_dir: Path, fill: Any) -> Path:
     tmp.mkdir()
     try:
         fill(tmp)
-        _fsync_tree(tmp)  # the new version is on disk before CURRENT names it
+        fsync_tree(tmp)  # the new version is on disk before CURRENT names it
         os.rename(tmp, index_dir / name)
-        _fsync_tree(index_dir)
+        fsync_tree(index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -70,6 +70,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ConfigError, DataError
+from ..utils.io import fsync_dir
 from .fit import FitData
 
 
@@ -89,13 +90,6 @@ Tensors = dict[str, torch.Tensor]
 
 
 # --------------------------------------------------------------------------- file primitives
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _write_file(path: Path, data: bytes) -> dict[str, Any]:
@@ -146,11 +140,11 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     old = _old_path(path)
     try:
         fill(tmp)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if path.exists():
             os.rename(path, old)
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):

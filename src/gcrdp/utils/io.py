@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a part."""
+"""Atomic file writes and fsync — the one home for them: a reader sees the old file or the
+complete new one, never a part. Checkpoints, the feature cache, exports and search indexes
+publish their folders with these."""
 
 from __future__ import annotations
 
@@ -8,6 +10,31 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk; a no-op where folders
+    cannot be opened (some platforms and file systems)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush one file's content to disk."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """Flush every file directly in ``folder``, then the folder itself."""
+    for p in Path(folder).iterdir():
+        if p.is_file():
+            fsync_file(p)
+    fsync_dir(folder)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -26,12 +53,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    fsync_dir(path.parent)  # make the rename itself durable
 
 
 def _read_umask() -> int:
