@@ -9,11 +9,12 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo readme test bench evidence reproduce clean-venv help
+.PHONY: demo readme test lint bench evidence reproduce clean-venv help
 
 help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji: gap-infonce and gcrdp (0/1/3/5 shots, 3 seeds)"
 	@echo "make test   # set up .venv and run the test suite"
+	@echo "make lint   # ruff and mypy"
 	@echo "make readme # copy the last demo's table into README.md (docs/demo/results.json)"
 	@echo "make bench  # run the benchmarks in benchmarks/"
 	@echo "make reproduce # every baseline and GCRDP on the data available: docs/results.md, docs/figures (~75 min)"
@@ -35,6 +36,11 @@ readme: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (the rules in pyproject.toml) and mypy (typed modules; the ratchet list in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py

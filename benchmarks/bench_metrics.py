@@ -42,8 +42,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from gcrdp.evaluation import retrieval_metrics
-from gcrdp.evaluation.metrics import MAX_AUTO_THREADS
-from gcrdp.evaluation.metrics import _ranked_relevance  # private: the sort, timed on its own
+from gcrdp.evaluation.metrics import (
+    MAX_AUTO_THREADS,
+    _ranked_relevance,  # private: the sort, timed on its own
+)
 
 N_CLASSES = 10
 DIM = 128

@@ -16,8 +16,8 @@ from PIL import Image
 
 from gcrdp.data.features import ModalityFeatures
 from gcrdp.data.types import Dataset, Sample
-from gcrdp.encoders import cache as cache_mod
 from gcrdp.encoders import FeatureCache, cache_key, extract_features
+from gcrdp.encoders import cache as cache_mod
 from gcrdp.errors import ConfigError, DataError
 
 

@@ -15,9 +15,9 @@ import torch
 from gcrdp.errors import ConfigError, DataError
 from gcrdp.evaluation import cross_modal_metrics
 from gcrdp.methods import FitData, build_method
+from gcrdp.methods import persistence as mp
 from gcrdp.methods.base import CheckpointableMethod
 from gcrdp.methods.contrastive import ContrastiveHeadsMethod
-from gcrdp.methods import persistence as mp
 from gcrdp.training import checkpoint as ck
 
 from .helpers import one_hot, synthetic_features

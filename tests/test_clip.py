@@ -21,13 +21,23 @@ pytestmark = pytest.mark.skipif(
 
 from gcrdp.data.types import Dataset, Sample  # noqa: E402
 from gcrdp.encoders import (  # noqa: E402
-    IMAGE_ENCODERS, TEXT_ENCODERS, CLIPImageEncoder, CLIPTextEncoder, extract_features,
-    get_image_encoder, get_text_encoder,
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    CLIPImageEncoder,
+    CLIPTextEncoder,
+    extract_features,
+    get_image_encoder,
+    get_text_encoder,
 )
 from gcrdp.errors import ConfigError, DataError  # noqa: E402
 
 from .clip_fixture import (  # noqa: E402
-    HIDDEN, MAX_POSITIONS, NUM_PATCHES, PROJECTION_DIM, clip_vocab, make_clip_dir,
+    HIDDEN,
+    MAX_POSITIONS,
+    NUM_PATCHES,
+    PROJECTION_DIM,
+    clip_vocab,
+    make_clip_dir,
     write_vocab_files,
 )
 

@@ -20,10 +20,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from gcrdp.data.types import Dataset, Sample  # noqa: E402
 from gcrdp.encoders import (  # noqa: E402
-    IMAGE_ENCODERS, TEXT_ENCODERS, ImagePreprocessor, check_image_files, extract_features,
-    get_image_encoder, get_text_encoder, load_image,
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    ImagePreprocessor,
+    check_image_files,
+    extract_features,
+    get_image_encoder,
+    get_text_encoder,
+    load_image,
+    onnx_backend,  # noqa: E402
 )
-from gcrdp.encoders import onnx_backend  # noqa: E402
 from gcrdp.errors import ConfigError, DataError, MissingDependencyError  # noqa: E402
 
 

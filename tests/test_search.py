@@ -224,7 +224,6 @@ def test_index_with_clip_alone(tmp_path, capsys):
     pytest.importorskip("transformers")
     from gcrdp.encoders import get_image_encoder, get_text_encoder
     from gcrdp.search import Retriever
-
     from tests.clip_fixture import make_clip_dir
 
     clip = make_clip_dir(tmp_path / "clip")

@@ -158,8 +158,9 @@ def test_the_page_in_a_real_browser(live_server, app_and_items, tmp_path):
 
 def test_bounded_load_on_loopback(live_server):
     """8 concurrent clients × 25 queries, each loop bounded in count and time: no errors."""
-    import httpx
     from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
 
     words = ["red", "green", "blue", "cyan", "purple", "magenta"]
     shapes = ["circle", "square", "triangle", "ring"]

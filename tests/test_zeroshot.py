@@ -77,8 +77,8 @@ def test_ranking_equals_brute_force_cosine():
     m = build_method("zero-shot")
     m.fit(fitdata(feats, labels), seed=0)
     scores = m.embed_images(feats.image) @ m.embed_texts(feats.text).T
-    I, T = feats.image.pooled.astype(np.float64), feats.text.pooled.astype(np.float64)
-    cos = np.array([[a @ b / np.sqrt(a @ a) / np.sqrt(b @ b) for b in T] for a in I])
+    img, txt = feats.image.pooled.astype(np.float64), feats.text.pooled.astype(np.float64)
+    cos = np.array([[a @ b / np.sqrt(a @ a) / np.sqrt(b @ b) for b in txt] for a in img])
     np.testing.assert_allclose(scores, cos, atol=1e-5)
     np.testing.assert_array_equal(np.argsort(-scores, axis=1, kind="stable")[:, :5],
                                   np.argsort(-cos, axis=1, kind="stable")[:, :5])
@@ -87,8 +87,8 @@ def test_ranking_equals_brute_force_cosine():
 
     res = cross_modal_metrics(m.embed_images(feats.image), m.embed_texts(feats.text), labels,
                               m.embed_images(feats.image), m.embed_texts(feats.text), labels)
-    ref = retrieval_metrics(I / np.linalg.norm(I, axis=1, keepdims=True),
-                            T / np.linalg.norm(T, axis=1, keepdims=True), labels, labels)
+    ref = retrieval_metrics(img / np.linalg.norm(img, axis=1, keepdims=True),
+                            txt / np.linalg.norm(txt, axis=1, keepdims=True), labels, labels)
     assert res["i2t"]["map"] == pytest.approx(ref["map"], abs=1e-6)
     assert res["i2t"]["map"] > 0.9  # aligned toy features
 

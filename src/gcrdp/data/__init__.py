@@ -6,21 +6,21 @@ folders ``dscmr``, and users' own data: ``manifest``, ``folder``, ``features``,
 ``clip-retrieval``. ``gcrdp datasets`` lists them with their layouts.
 """
 
-from .features import FeatureSet, ModalityFeatures
-from .manifest import load_manifest
-from .protocol import PROTOCOLS, ProtocolSplit, make_split
-from .registry import DATASETS, dataset_options, list_datasets, load_dataset
-from .splits import generate_class_split, list_class_splits, load_class_split
 from .clip_retrieval import export_clip_retrieval, export_embeddings, load_clip_retrieval
 from .dscmr import load_dscmr
 from .featurefiles import load_feature_files
+from .features import FeatureSet, ModalityFeatures
 from .folder import load_folder
+from .manifest import load_manifest
 from .nuswide import load_nuswide
 from .pascal import load_pascal_sentence
+from .protocol import PROTOCOLS, ProtocolSplit, make_split
+from .registry import DATASETS, dataset_options, list_datasets, load_dataset
+from .splits import generate_class_split, list_class_splits, load_class_split
 from .twemoji import load_twemoji
+from .types import ClassSplit, Dataset, Sample
 from .wikipedia import load_wikipedia
 from .xmedianet import load_xmedianet
-from .types import ClassSplit, Dataset, Sample
 
 __all__ = [
     "Sample", "Dataset", "ClassSplit", "ModalityFeatures", "FeatureSet",

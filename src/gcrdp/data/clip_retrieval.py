@@ -135,7 +135,7 @@ def find_parts(root: Path) -> list[tuple[int, Path, Path, Path]]:
         found.append(parts)
     numbers = set(found[0]) | set(found[1]) | set(found[2])
     gaps = []
-    for (folder, prefix, ext), parts in zip(PART_FILES, found):
+    for (folder, _prefix, _ext), parts in zip(PART_FILES, found):
         missing = sorted(numbers - set(parts))
         if missing:
             gaps.append(f"{folder}/ lacks part(s) {', '.join(map(str, missing[:10]))}")

@@ -84,8 +84,7 @@ from .build import check_skip_bad, finish_dataset, index_images
 from .problems import Problem, Problems
 from .registry import DATASETS
 from .types import ClassSplit, Dataset, Sample
-from .xmedianet import (collect_arrays, decode_rows, feature_set, find_feature_files,
-                        pairing_hint, read_class_names, read_parts)
+from .xmedianet import collect_arrays, decode_rows, feature_set, find_feature_files, pairing_hint, read_class_names, read_parts
 
 SOURCES = ("auto", "raw", "features")
 SUBSETS = {"10": ("single", 10), "21": ("multi", 21), "81": ("multi", 81), "multi": ("multi", None)}

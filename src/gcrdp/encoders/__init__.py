@@ -12,7 +12,12 @@ network at run time); ONNX Runtime acceleration needs ``'gcrdp[onnx]'``.
 from __future__ import annotations
 
 from .base import (
-    IMAGE_ENCODERS, TEXT_ENCODERS, Encoder, available_cpus, get_image_encoder, get_text_encoder,
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    Encoder,
+    available_cpus,
+    get_image_encoder,
+    get_text_encoder,
 )
 from .cache import CACHE_FORMAT_VERSION, FeatureCache, cache_key, extract_features
 from .clip import CLIPImageEncoder, CLIPTextEncoder

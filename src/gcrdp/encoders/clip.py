@@ -61,8 +61,14 @@ import torch
 from ..data.features import ModalityFeatures
 from ..errors import ConfigError, DataError, format_list, optional_import
 from .base import (
-    ENCODERS_EXTRA, IMAGE_ENCODERS, TEXT_ENCODERS, check_batch_size, check_texts, resolve_threads,
-    sha256_file, torch_threads,
+    ENCODERS_EXTRA,
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    check_batch_size,
+    check_texts,
+    resolve_threads,
+    sha256_file,
+    torch_threads,
 )
 from .images import check_image_files, describe_items, load_image, to_rgb
 from .minilm import _quiet_transformers

@@ -34,8 +34,13 @@ import torch
 from ..data.features import ModalityFeatures
 from ..errors import ConfigError, DataError, format_list, optional_import
 from .base import (
-    ENCODERS_EXTRA, IMAGE_ENCODERS, check_batch_size, default_artifact_dir, resolve_threads,
-    sha256_file, torch_threads,
+    ENCODERS_EXTRA,
+    IMAGE_ENCODERS,
+    check_batch_size,
+    default_artifact_dir,
+    resolve_threads,
+    sha256_file,
+    torch_threads,
 )
 from .images import ImagePreprocessor, check_image_files, describe_items
 from .onnx_backend import ONNX_OPSET, load_or_export, onnxruntime_available, require_onnxruntime

@@ -32,7 +32,13 @@ import torch
 from ..data.features import ModalityFeatures
 from ..errors import ConfigError, DataError, format_list, optional_import
 from .base import (
-    ENCODERS_EXTRA, TEXT_ENCODERS, check_batch_size, check_texts, resolve_threads, sha256_file, torch_threads,
+    ENCODERS_EXTRA,
+    TEXT_ENCODERS,
+    check_batch_size,
+    check_texts,
+    resolve_threads,
+    sha256_file,
+    torch_threads,
 )
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -78,9 +78,9 @@ from torch import nn
 
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
-from .persistence import load_method, save_method
 from ..training.config import split_options
 from .base import METHODS, FitData, FitReport
+from .persistence import load_method, save_method
 
 log = logging.getLogger(__name__)
 

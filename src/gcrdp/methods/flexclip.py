@@ -116,10 +116,10 @@ from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
 from ..losses import multi_positive_infonce
 from ..losses.regularizer import label_space_loss
-from .persistence import method_info
 from ..training.loop import Batch, fit_loop
 from ..training.seeding import numpy_rng
 from .base import METHODS, FitData, FitReport
+from .persistence import method_info
 from .trainable import TrainableHeadsMethod
 
 INPUTS = ("pooled", "local_mean")

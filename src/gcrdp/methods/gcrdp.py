@@ -35,9 +35,9 @@ from ..losses.multi_positive import VIEW_POSITIVES
 from ..losses.rdp import RDP_TEACHERS, RDP_VARIANTS
 from ..model import ProjectionHead, masked_mean
 from ..model.gmm import GMMConfig, GMMLayer, gmm_views, mixture_entropy
-from .persistence import method_info
 from ..training.loop import Batch, fit_loop
 from .base import METHODS, FitData, FitReport
+from .persistence import method_info
 from .trainable import TrainableHeadsMethod
 
 SCORES = ("global", "views", "sets")

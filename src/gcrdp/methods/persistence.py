@@ -20,6 +20,7 @@ from ..training.checkpoint import (
 )
 from .base import RetrievalMethod, build_method
 
+
 def method_info(method: Any) -> dict[str, Any]:
     """Name, ``config_dict()`` and input dims of a method built by ``init_model``."""
     check_checkpointable(method)

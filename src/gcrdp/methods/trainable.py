@@ -15,11 +15,11 @@ from torch import nn
 
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import DataError
-from .persistence import load_method, method_info, save_method
 from ..training.config import TrainConfig, split_options
 from ..training.loop import Batch, fit_loop
 from ..training.seeding import resolve_device
 from .base import FitData, FitReport
+from .persistence import load_method, method_info, save_method
 
 
 class TrainableHeadsMethod:

@@ -42,9 +42,9 @@ from torch import nn
 
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
-from .persistence import load_method, save_method
 from ..training.config import split_options
 from .base import METHODS, FitData, FitReport
+from .persistence import load_method, save_method
 
 #: Encoder names whose image and text towers share a space when the weights are the same.
 ALIGNED_ENCODERS = ("clip",)

@@ -483,7 +483,7 @@ class Retriever:
         try:
             _publish_version(index_dir, fill)
         except BaseException:
-            for m, b in backends.items():  # a Milvus collection made for this build only
+            for b in backends.values():  # a Milvus collection made for this build only
                 if hasattr(b, "drop") and not add:
                     with contextlib.suppress(Exception):
                         b.drop()

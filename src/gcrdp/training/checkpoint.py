@@ -73,7 +73,6 @@ from ..errors import ConfigError, DataError
 from ..utils.io import fsync_dir
 from .fit import FitData
 
-
 #: Bump when the layout or the meaning of a stored field changes.
 CHECKPOINT_FORMAT = "gcrdp-checkpoint/1"
 STATE_FILE = "state.json"

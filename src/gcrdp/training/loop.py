@@ -33,7 +33,6 @@ from .config import TrainConfig
 from .fit import FitData, FitReport
 from .seeding import numpy_rng
 
-
 log = logging.getLogger(__name__)
 
 #: float16 training features up to this size (as float32) are upcast once per fit
