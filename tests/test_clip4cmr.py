@@ -18,7 +18,7 @@ from gcrdp.methods import (
     build_method,
     clip4cmr,  # registers "clip4cmr"
 )
-from gcrdp.methods.dscmr import global_feature_set
+from gcrdp.methods.inputs import global_feature_set
 from gcrdp.training.loop import as_tensors
 
 from .helpers import one_hot, synthetic_features

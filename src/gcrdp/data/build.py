@@ -9,6 +9,8 @@ Class split precedence: the user's ``class_split`` (a shipped name, a JSON path 
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,10 +131,50 @@ def index_images(folder: Path) -> dict[str, Path]:
 def assign_test_split(ids: Sequence[str], first_labels: Sequence[str], test_fraction: float,
                       seed: int) -> list[str]:
     """A deterministic per-class train/test split for data that has none (``"train"`` /
-    ``"test"`` per sample, in order): the rule of :func:`gcrdp.data.folder.per_class_test_split`
+    ``"test"`` per sample, in order): the rule of :func:`per_class_test_split`
     with the sample ids as keys — per class (a sample's first label), ids ordered by
     ``sha256("<seed>\\0<class>\\0<id>")``, the first ``floor(test_fraction · n + 0.5)`` (at
     least one when the class has two or more samples, never all) to test."""
-    from .folder import per_class_test_split
-
     return per_class_test_split(list(zip(first_labels, ids)), test_fraction, seed)
+
+
+# --------------------------------------------------------------------------- generated train/test splits
+def check_test_fraction(test_fraction: object) -> float:
+    """``test_fraction`` as a float in (0, 1), else :class:`ConfigError`."""
+    try:
+        f = float(test_fraction)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.") from None
+    if isinstance(test_fraction, bool) or not 0.0 < f < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1) (exclusive), got {test_fraction!r}.")
+    return f
+
+
+def _split_key(seed: int, cls: str, key: str) -> str:
+    return hashlib.sha256(f"{seed}\0{cls}\0{key}".encode()).hexdigest()
+
+
+def n_test_of(n: int, test_fraction: float) -> int:
+    """How many of a class's ``n`` samples go to test (see the module docstring)."""
+    if n < 2:
+        return 0
+    k = int(math.floor(test_fraction * n + 0.5))
+    return min(max(k, 1), n - 1)
+
+
+def per_class_test_split(items: Sequence[tuple[str, str]], test_fraction: float,
+                         seed: int = 0) -> list[str]:
+    """The generated train/test split: ``items`` are ``(class, key)`` pairs (the key unique
+    within its class, e.g. a file stem or a sample id); returns ``"train"``/``"test"`` per
+    item, in the order given. Per class, the items are ordered by
+    ``sha256(f"{seed}\\0{class}\\0{key}")`` and the first :func:`n_test_of` are ``test``."""
+    test_fraction = check_test_fraction(test_fraction)
+    by_class: dict[str, list[int]] = {}
+    for i, (cls, _) in enumerate(items):
+        by_class.setdefault(cls, []).append(i)
+    out = ["train"] * len(items)
+    for cls, idx in by_class.items():
+        order = sorted(idx, key=lambda i: (_split_key(seed, cls, items[i][1]), i))
+        for i in order[: n_test_of(len(order), test_fraction)]:
+            out[i] = "test"
+    return out

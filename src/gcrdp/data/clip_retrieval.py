@@ -81,9 +81,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, format_list, optional_import
 from ..utils.io import fsync_dir
-from .build import check_skip_bad, finish_dataset
+from .build import check_skip_bad, check_test_fraction, finish_dataset, per_class_test_split
 from .features import FeatureSet, ModalityFeatures
-from .folder import check_test_fraction, per_class_test_split
 from .problems import Problems
 from .registry import DATASETS
 from .types import SPLITS, ClassSplit, Dataset, Sample

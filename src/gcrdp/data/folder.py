@@ -49,13 +49,18 @@ encoders (nothing is pre-extracted).
 
 from __future__ import annotations
 
-import hashlib
-import math
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, DataError, format_list
-from .build import IMAGE_EXTENSIONS, check_skip_bad, finish_dataset, read_utf8
+from .build import (  # noqa: F401  (check_test_fraction, n_test_of, per_class_test_split: used and re-exported)
+    IMAGE_EXTENSIONS,
+    check_skip_bad,
+    check_test_fraction,
+    finish_dataset,
+    n_test_of,
+    per_class_test_split,
+    read_utf8,
+)
 from .problems import Problems
 from .registry import DATASETS
 from .types import SPLITS, ClassSplit, Dataset, Sample
@@ -71,47 +76,6 @@ LAYOUT_HELP = (
 
 
 # --------------------------------------------------------------------------- generated split
-def check_test_fraction(test_fraction: object) -> float:
-    """``test_fraction`` as a float in (0, 1), else :class:`ConfigError`."""
-    try:
-        f = float(test_fraction)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.") from None
-    if isinstance(test_fraction, bool) or not 0.0 < f < 1.0:
-        raise ConfigError(f"test_fraction must be in (0, 1) (exclusive), got {test_fraction!r}.")
-    return f
-
-
-def _split_key(seed: int, cls: str, key: str) -> str:
-    return hashlib.sha256(f"{seed}\0{cls}\0{key}".encode()).hexdigest()
-
-
-def n_test_of(n: int, test_fraction: float) -> int:
-    """How many of a class's ``n`` samples go to test (see the module docstring)."""
-    if n < 2:
-        return 0
-    k = int(math.floor(test_fraction * n + 0.5))
-    return min(max(k, 1), n - 1)
-
-
-def per_class_test_split(items: Sequence[tuple[str, str]], test_fraction: float,
-                         seed: int = 0) -> list[str]:
-    """The generated train/test split: ``items`` are ``(class, key)`` pairs (the key unique
-    within its class, e.g. a file stem or a sample id); returns ``"train"``/``"test"`` per
-    item, in the order given. Per class, the items are ordered by
-    ``sha256(f"{seed}\\0{class}\\0{key}")`` and the first :func:`n_test_of` are ``test``."""
-    test_fraction = check_test_fraction(test_fraction)
-    by_class: dict[str, list[int]] = {}
-    for i, (cls, _) in enumerate(items):
-        by_class.setdefault(cls, []).append(i)
-    out = ["train"] * len(items)
-    for cls, idx in by_class.items():
-        order = sorted(idx, key=lambda i: (_split_key(seed, cls, items[i][1]), i))
-        for i in order[: n_test_of(len(order), test_fraction)]:
-            out[i] = "test"
-    return out
-
-
 # --------------------------------------------------------------------------- folder walking
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")

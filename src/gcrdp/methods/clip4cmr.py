@@ -5,7 +5,7 @@ frozen features.
 What is implemented (checked against the authors' code, ``zhixiongz/CLIP4CMR``: ``model.py``,
 ``metrics.py`` ``PAN``, ``main.py``):
 
-* **Input.** One vector per sample and modality (:func:`~gcrdp.methods.dscmr.global_inputs`):
+* **Input.** One vector per sample and modality (:func:`~gcrdp.methods.inputs.global_inputs`):
   ``input="pooled"`` (default) the encoder's global feature — CLIP4CMR feeds CLIP's image and
   text embeddings — or ``input="mean_local"``, the masked mean of the local features (equal to the
   feature itself for pooled-only, L = 1, inputs).
@@ -61,7 +61,7 @@ from ..losses import symmetric_infonce
 from ..model import ProjectionHead, masked_mean
 from ..training.loop import Batch
 from .base import METHODS, FitData
-from .dscmr import INPUTS, GlobalInputMixin
+from .inputs import INPUTS, GlobalInputMixin
 from .trainable import TrainableHeadsMethod
 
 LOSSES = ("prototype", "contrastive", "both")

@@ -18,7 +18,7 @@ What is implemented (checked against the authors' code, ``penghu-cs/DSCMR``: ``m
 * **Loss** ``J = J_label + alpha · J_common + beta · J_inv`` on a batch of B pairs with multi-hot
   labels Y (see the functions below for the exact formulas):
 
-  - ``J_label`` (:func:`label_space_loss`): ``mean_i ||P u_i − y_i|| + mean_i ||P v_i − y_i||``;
+  - ``J_label`` (:func:`dscmr_label_loss`): ``mean_i ||P u_i − y_i|| + mean_i ||P v_i − y_i||``;
   - ``J_common`` (:func:`common_space_loss`): the pairwise negative log-likelihood
     ``mean_ij [log(1 + e^Θij) − S_ij Θij]`` with ``Θij = ½ cos(a_i, b_j)`` summed over the three
     pairings (image–image, image–text, text–text); ``S_ij = 1`` when samples i and j share at
@@ -51,85 +51,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
 from ..model import masked_mean
 from ..training.loop import Batch
-from .base import METHODS, FitData, FitReport
+from .base import METHODS, FitData
+from .inputs import INPUTS, GlobalInputMixin, global_feature_set, global_fit_data, global_inputs  # noqa: F401
 from .trainable import TrainableHeadsMethod
 
-INPUTS = ("mean_local", "pooled")
 NORMS = ("l2", "squared")
-
-
-# --------------------------------------------------------------------------- inputs
-def global_inputs(features: ModalityFeatures, input: str = "mean_local", chunk: int = 1024) -> ModalityFeatures:
-    """One float32 vector per sample as a set of one: ``local`` (n, 1, d), mask all True,
-    ``pooled`` the same (n, d) values.
-
-    ``input="mean_local"``: the masked mean of the local features (accumulated in float64);
-    for L = 1 that is the feature itself. ``input="pooled"``: the encoder's global feature.
-    Idempotent: applied to its own output it returns equal values."""
-    if input not in INPUTS:
-        raise ConfigError(f"input must be one of {INPUTS}, got {input!r}")
-    n = len(features)
-    if input == "pooled":
-        vec = np.ascontiguousarray(features.pooled, dtype=np.float32)
-    elif features.local.shape[1] == 1:
-        vec = np.ascontiguousarray(features.local[:, 0, :], dtype=np.float32)
-    else:
-        vec = np.empty((n, features.dim), np.float32)
-        for s in range(0, n, chunk):
-            loc = features.local[s:s + chunk].astype(np.float64)
-            w = features.mask[s:s + chunk].astype(np.float64)
-            vec[s:s + chunk] = np.einsum("nld,nl->nd", loc, w) / np.maximum(w.sum(1, keepdims=True), 1.0)
-    return ModalityFeatures(vec[:, None, :], np.ones((n, 1), bool), vec)
-
-
-def global_feature_set(features: FeatureSet, input: str) -> FeatureSet:
-    """:func:`global_inputs` of both modalities."""
-    return FeatureSet(global_inputs(features.image, input), global_inputs(features.text, input),
-                      features.sample_ids, dict(features.meta))
-
-
-def global_fit_data(data: FitData, input: str) -> FitData:
-    """``data`` with both modalities' train/val features replaced by :func:`global_inputs`."""
-    return FitData(
-        train=global_feature_set(data.train, input), train_labels=data.train_labels,
-        oversample=data.oversample,
-        val=global_feature_set(data.val, input) if data.val is not None else None,
-        val_labels=data.val_labels, class_names=data.class_names,
-        class_name_features=data.class_name_features)
-
-
-class GlobalInputMixin:
-    """For :class:`~gcrdp.methods.trainable.TrainableHeadsMethod` subclasses whose heads act on
-    one vector per sample: ``fit`` and embedding first turn every modality into
-    :func:`global_inputs` (``self.cfg.input``), so training and retrieval see the same numbers.
-    The model's ``image_head``/``text_head`` must have ``in_dim``."""
-
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
-            resume: bool = True) -> FitReport:
-        return super().fit(global_fit_data(data, self.cfg.input), seed=seed,  # type: ignore[misc]
-                           checkpoint_dir=checkpoint_dir, resume=resume)
-
-    def _embed(self, feats: ModalityFeatures, which: str) -> np.ndarray:
-        if self.model_ is not None:  # type: ignore[attr-defined]
-            head = self.model_.image_head if which == "image" else self.model_.text_head  # type: ignore[attr-defined]
-            dim = feats.pooled_dim if self.cfg.input == "pooled" else feats.dim  # type: ignore[attr-defined]
-            if dim != head.in_dim:
-                what = "pooled" if self.cfg.input == "pooled" else "local"  # type: ignore[attr-defined]
-                raise DataError(f"{self.name}: {which} {what} features have dim {dim}, the model "  # type: ignore[attr-defined]
-                                f"expects {head.in_dim}")
-        return super()._embed(global_inputs(feats, self.cfg.input), which)  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- losses
@@ -142,7 +77,7 @@ def _norms(x: torch.Tensor, norm: str) -> torch.Tensor:
     raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
-def label_space_loss(image_pred: torch.Tensor, text_pred: torch.Tensor, labels: torch.Tensor,
+def dscmr_label_loss(image_pred: torch.Tensor, text_pred: torch.Tensor, labels: torch.Tensor,
                      norm: str = "l2") -> torch.Tensor:
     """DSCMR's label-space discrimination: ``mean_i ||p^v_i − y_i|| + mean_i ||p^t_i − y_i||``
     (``norm="squared"``: squared norms).
@@ -195,7 +130,7 @@ def dscmr_loss(image: torch.Tensor, text: torch.Tensor, image_pred: torch.Tensor
                labels: torch.Tensor, *, alpha: float, beta: float,
                norm: str = "l2") -> tuple[torch.Tensor, dict[str, float]]:
     """``J_label + alpha · J_common + beta · J_inv``; returns (total, unweighted parts)."""
-    j_label = label_space_loss(image_pred, text_pred, labels, norm)
+    j_label = dscmr_label_loss(image_pred, text_pred, labels, norm)
     j_common = common_space_loss(image, text, labels)
     j_inv = modality_invariance_loss(image, text, norm)
     total = j_label + alpha * j_common + beta * j_inv
