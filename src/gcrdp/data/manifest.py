@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from .build import check_skip_bad
 from .registry import DATASETS
 from .splits import generate_class_split, generated_split_source, load_class_split
 from .types import SPLITS, ClassSplit, Dataset, Sample
@@ -324,8 +325,6 @@ def load_manifest(
     fmt = _detect_format(path, format)
     if not isinstance(label_sep, str) or not label_sep:
         raise ConfigError(f"label_sep must be a non-empty string, got {label_sep!r}.")
-    from .build import check_skip_bad
-
     check_skip_bad(skip_bad)
     problems: list[str] = []
     try:
