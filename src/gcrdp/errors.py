@@ -23,6 +23,10 @@ class DataError(GcrdpError, ValueError):
     """Input data is missing, unreadable or inconsistent."""
 
 
+class NotFittedError(RuntimeError):
+    """A method asked to embed (or save) before ``fit()`` — a programming error, not a data one."""
+
+
 class MissingDependencyError(GcrdpError, ImportError):
     """An optional dependency needed for the requested feature is not installed."""
 

@@ -43,7 +43,8 @@ from ..data.features import ModalityFeatures
 from ..registry import Registry
 from ..training.fit import FitData, FitReport
 
-__all__ = ["METHODS", "CheckpointableMethod", "FitData", "FitReport", "RetrievalMethod", "build_method"]
+__all__ = ["METHODS", "CheckpointableMethod", "FitData", "FitReport", "RetrievalMethod", "build_method",
+           "check_fitted"]
 
 
 @runtime_checkable
@@ -78,6 +79,17 @@ class CheckpointableMethod(RetrievalMethod, Protocol):
 
 #: name -> factory ``(options: dict, device: str) -> RetrievalMethod``
 METHODS: Registry = Registry("method")
+
+
+def check_fitted(method: Any, attr: str = "model_") -> Any:
+    """``method.<attr>`` (the fitted model); :class:`~gcrdp.errors.NotFittedError` naming the
+    method when it is still ``None``."""
+    from ..errors import NotFittedError
+
+    model = getattr(method, attr, None)
+    if model is None:
+        raise NotFittedError(f"{getattr(method, 'name', type(method).__name__)}: call fit() before embedding")
+    return model
 
 
 def build_method(name: str, options: dict[str, Any] | None = None, device: str = "cpu") -> RetrievalMethod:

@@ -79,7 +79,7 @@ from torch import nn
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
 from ..training.config import split_options
-from .base import METHODS, FitData, FitReport
+from .base import METHODS, FitData, FitReport, check_fitted
 from .persistence import load_method, save_method
 
 log = logging.getLogger(__name__)
@@ -418,9 +418,7 @@ class CCAMethod:
 
     # ---------------------------------------------------------------- embed
     def _embed(self, features: ModalityFeatures, side: str) -> np.ndarray:
-        model = self.model_
-        if model is None:
-            raise RuntimeError(f"{self.name}: call fit() before embedding")
+        model = check_fitted(self)
         weights = model.numpy(f"{side}_weights")
         X = modality_input(features, self.cfg.input)
         if X.shape[1] != weights.shape[0]:

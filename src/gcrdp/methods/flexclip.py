@@ -118,7 +118,7 @@ from ..losses import multi_positive_infonce
 from ..losses.regularizer import label_space_loss
 from ..training.loop import Batch, fit_loop
 from ..training.seeding import numpy_rng
-from .base import METHODS, FitData, FitReport
+from .base import METHODS, FitData, FitReport, check_fitted
 from .persistence import method_info
 from .trainable import TrainableHeadsMethod
 
@@ -804,9 +804,7 @@ class FlexCLIPMethod(TrainableHeadsMethod):
     # ------------------------------------------------------------------ embed
     @torch.inference_mode()
     def _embed(self, feats: ModalityFeatures, which: str) -> np.ndarray:
-        model = self.model_
-        if model is None:
-            raise RuntimeError(f"{self.name}: call fit() before embedding")
+        model = check_fitted(self)
         model.eval()
         head = model.image_head if which == "image" else model.text_head
         if self._input_dim(feats) != head.in_dim:

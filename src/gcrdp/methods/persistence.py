@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, NotFittedError
 from ..training.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
@@ -62,7 +62,7 @@ def save_method(method: Any, path: str | Path, *, run: Mapping[str, Any] | None 
     info = method_info(method)
     model = getattr(method, "model_", None)
     if model is None:
-        raise RuntimeError(f"{method.name}: call fit() (or init_model()) before saving")
+        raise NotFittedError(f"{method.name}: call fit() (or init_model()) before saving")
     if not info["input_dims"]:
         raise ConfigError(f"{method.name}: init_model() did not record input_dims_, so the model "
                           "could not be rebuilt on load (checkpoint contract, gcrdp.methods.base).")

@@ -18,7 +18,7 @@ from ..errors import DataError
 from ..training.config import TrainConfig, split_options
 from ..training.loop import Batch, fit_loop
 from ..training.seeding import resolve_device
-from .base import FitData, FitReport
+from .base import FitData, FitReport, check_fitted
 from .persistence import load_method, method_info, save_method
 
 
@@ -96,9 +96,7 @@ class TrainableHeadsMethod:
     # ---------------------------------------------------------------- embed
     @torch.inference_mode()
     def _embed(self, feats: ModalityFeatures, which: str) -> np.ndarray:
-        model = self.model_
-        if model is None:
-            raise RuntimeError(f"{self.name}: call fit() before embedding")
+        model = check_fitted(self)
         model.eval()
         expect = (model.image_head if which == "image" else model.text_head).in_dim
         if feats.dim != expect:

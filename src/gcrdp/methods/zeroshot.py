@@ -43,7 +43,7 @@ from torch import nn
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
 from ..training.config import split_options
-from .base import METHODS, FitData, FitReport
+from .base import METHODS, FitData, FitReport, check_fitted
 from .persistence import load_method, save_method
 
 #: Encoder names whose image and text towers share a space when the weights are the same.
@@ -186,8 +186,7 @@ class ZeroShotMethod:
 
     # ---------------------------------------------------------------- embed
     def _embed(self, features: ModalityFeatures, side: str) -> np.ndarray:
-        if self.model_ is None:
-            raise RuntimeError(f"{self.name}: call fit() before embedding")
+        check_fitted(self)
         expect = int(self.model_.pooled_dims[0 if side == "image" else 1])
         if features.pooled_dim != expect:
             raise DataError(f"{self.name}: {side} pooled features have dim {features.pooled_dim}, "
