@@ -381,8 +381,8 @@ def _embedding_map(args: argparse.Namespace) -> Path:
 def cmd_export(args: argparse.Namespace) -> int:
     """Embed every sample of a trained model's dataset and write the embeddings in the
     clip-retrieval layout (img_emb/, text_emb/, metadata/), for FAISS/autofaiss and vector DBs."""
-    from ..data.clip_retrieval import export_embeddings
     from ..methods.persistence import load_method
+    from ..search.export import export_embeddings
     from ..training.seeding import resolve_device
 
     ckpt, run, config, dataset, features = _restore_run(args.checkpoint, args.cache_dir, args.device, args.quiet)

@@ -6,7 +6,7 @@ folders ``dscmr``, and users' own data: ``manifest``, ``folder``, ``features``,
 ``clip-retrieval``. ``gcrdp datasets`` lists them with their layouts.
 """
 
-from .clip_retrieval import export_clip_retrieval, export_embeddings, load_clip_retrieval
+from .clip_retrieval import export_clip_retrieval, load_clip_retrieval
 from .dscmr import load_dscmr
 from .featurefiles import load_feature_files
 from .features import FeatureSet, ModalityFeatures
@@ -29,5 +29,5 @@ __all__ = [
     "PROTOCOLS", "ProtocolSplit", "make_split",
     "load_twemoji", "load_manifest", "load_wikipedia", "load_pascal_sentence", "load_dscmr",
     "load_feature_files", "load_folder", "load_clip_retrieval", "export_clip_retrieval",
-    "export_embeddings", "load_nuswide", "load_xmedianet",
+    "load_nuswide", "load_xmedianet",
 ]
