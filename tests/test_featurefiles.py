@@ -77,7 +77,7 @@ def test_npz_local_sets_with_mask(tmp_path):
 
 
 def test_extract_export_round_trip(tmp_path):
-    from gcrdp.cli.main import _export_features
+    from gcrdp.data.featurefiles import save_features_npz
 
     d = _data(L=4)
     mask = np.ones((24, 4), bool)
@@ -87,7 +87,7 @@ def test_extract_export_round_trip(tmp_path):
              classes=d["classes"], ids=d["ids"], split=d["split"])
     ds = load_dataset("features", path=tmp_path / "src.npz")
     out = tmp_path / "export.npz"
-    _export_features(ds.features, ds, out)
+    save_features_npz(ds.features, ds, out)
     with np.load(out) as z:
         assert set(z.files) == {"image_local", "image_mask", "image_pooled", "text_local", "text_mask",
                                 "text_pooled", "labels", "classes", "ids", "split"}

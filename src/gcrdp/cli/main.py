@@ -288,6 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from ..data.featurefiles import save_features_npz
     from ..data.registry import load_dataset
     from ..experiments import RunConfig
     from ..experiments.runner import load_features
@@ -307,7 +308,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(f"cache: {where} (extracted now: {got.get('image', 0)} images, {got.get('text', 0)} texts; "
                   "the rest from the cache)")
     if args.output is not None:
-        _export_features(feats, dataset, args.output)
+        save_features_npz(feats, dataset, args.output)
         print(f"written: {args.output}")
     return 0
 
@@ -364,32 +365,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _embedding_map(args: argparse.Namespace) -> Path:
-    from ..data.protocol import split_from_summary
-    from ..experiments.report import plot_embedding_map
-    from ..methods.persistence import load_method
-    from ..training.seeding import resolve_device
+    from ..experiments.saved import embedding_map
 
-    ckpt, run, config, dataset, features = _restore_run(args.embedding_map, None, None, True)
-    info = run["split"]
-    split = split_from_summary(dataset, info)
-    method = load_method(ckpt, resolve_device(config.device))
-    q = split.test_query
-    return plot_embedding_map(method, features.subset(q), dataset.label_matrix()[q], list(dataset.classes),
-                              Path(args.output) / "embedding_map.png", seed=info["seed"])
+    return embedding_map(args.embedding_map, Path(args.output) / "embedding_map.png")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Embed every sample of a trained model's dataset and write the embeddings in the
     clip-retrieval layout (img_emb/, text_emb/, metadata/), for FAISS/autofaiss and vector DBs."""
-    from ..methods.persistence import load_method
-    from ..search.export import export_embeddings
-    from ..training.seeding import resolve_device
+    from ..experiments.saved import export_run
 
-    ckpt, run, config, dataset, features = _restore_run(args.checkpoint, args.cache_dir, args.device, args.quiet)
-    method = load_method(ckpt, resolve_device(config.device))
-    out = export_embeddings(method, dataset, features, args.output, part_size=args.part_size)
-    print(f"{ckpt.state['method']} embeddings of {len(dataset)} {config.dataset} samples "
-          f"(dim {method.embed_images(features.image.subset([0])).shape[1]}) written to {out} "
+    out, r = export_run(args.checkpoint, args.output, part_size=args.part_size, cache_dir=args.cache_dir,
+                        device=args.device, progress=not args.quiet)
+    print(f"{r.checkpoint.state['method']} embeddings of {len(r.dataset)} {r.config.dataset} samples "
+          f"(dim {r.method.embed_images(r.features.image.subset([0])).shape[1]}) written to {out} "
           "(img_emb/, text_emb/, metadata/)")
     return 0
 
@@ -460,63 +449,6 @@ def _write_skipped(path: Path, dataset: Any) -> None:
                              "skipped": dataset.meta.get("skipped") or []})
 
 
-def _export_features(feats: Any, dataset: Any, path: Path) -> None:
-    import io
-
-    import numpy as np
-
-    from ..utils.io import atomic_write_bytes
-
-    if path.suffix != ".npz":
-        raise ConfigError(f"--output must end in .npz, got {path}")
-    buf = io.BytesIO()
-    np.savez(buf, image_local=feats.image.local, image_mask=feats.image.mask, image_pooled=feats.image.pooled,
-             text_local=feats.text.local, text_mask=feats.text.mask, text_pooled=feats.text.pooled,
-             labels=dataset.label_matrix(), classes=np.array(dataset.classes),
-             ids=np.array(feats.sample_ids), split=np.array([s.split for s in dataset.samples]))
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _load_embeddings(path: Path) -> dict[str, Any]:
-    import numpy as np
-
-    from ..errors import DataError
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DataError(f"Embeddings file not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"Cannot read embeddings file {path} as .npz: {exc}") from None
-    missing = [k for k in ("image", "text", "labels") if k not in data]
-    if missing:
-        raise DataError(f"{path} lacks the array(s) {missing}; it must hold 'image' (n, d), 'text' (n, d) "
-                        f"and 'labels' ((n,) class ids or (n, C) multi-hot). It has {sorted(data)}.")
-    n = {k: len(data[k]) for k in ("image", "text", "labels")}
-    if len(set(n.values())) != 1:
-        raise DataError(f"{path}: mismatched lengths {n}; image, text and labels must be paired row by row.")
-    return data
-
-
-def _names_to_indices(q: dict[str, Any], g: dict[str, Any]) -> None:
-    """1-D labels given as class names (strings) become indices into the names of queries and
-    gallery together, in place (the same name is the same class on both sides)."""
-    import numpy as np
-
-    arrays = [d["labels"] for d in (q, g)]
-    if not any(a.ndim == 1 and a.dtype.kind in "USO" for a in arrays):
-        return
-    if any(a.ndim != 1 or a.dtype.kind not in "USO" for a in arrays):
-        raise ConfigError("Labels are class names in one file and not in the other; give both as names "
-                          "or both as indices.")
-    names = [str(x) for x in np.concatenate([a.astype(str) for a in arrays])]
-    vocab = {n: i for i, n in enumerate(sorted(set(names)))}
-    q["labels"] = np.array([vocab[str(x)] for x in q["labels"]], dtype=np.int64)
-    if g is not q:
-        g["labels"] = np.array([vocab[str(x)] for x in g["labels"]], dtype=np.int64)
-
-
 def _metric_lines(res: dict[str, Any], ks: Sequence[int] | None) -> list[str]:
     lines = [(f"I2T mAP {100 * res['i2t']['map']:.1f}   T2I mAP {100 * res['t2i']['map']:.1f}   "
               f"mean {100 * res['mean_map']:.1f}   chance {100 * res['chance']:.1f}   "
@@ -536,9 +468,7 @@ def _metric_lines(res: dict[str, Any], ks: Sequence[int] | None) -> list[str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..evaluation import chance_map, cross_modal_metrics
+    from ..evaluation.files import evaluate_embedding_files
     from ..utils.io import atomic_write_json
 
     if (args.embeddings is None) == (args.checkpoint is None):
@@ -551,18 +481,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_checkpoint(args)
     if args.cache_dir is not None or args.device is not None:
         raise ConfigError("--cache-dir and --device go with --checkpoint.")
-    q = _load_embeddings(args.embeddings)
-    g = _load_embeddings(args.gallery) if args.gallery else q
-    _names_to_indices(q, g)
-    res = cross_modal_metrics(q["image"], q["text"], q["labels"], g["image"], g["text"], g["labels"],
-                              ks=args.k or ())
-    if args.gallery is None:  # the gallery is the queries: row i's pair is row i
-        from ..evaluation import instance_recall
-
-        pair = np.arange(len(q["image"]))
-        res["instance"] = {"i2t": instance_recall(q["image"], q["text"], pair),
-                           "t2i": instance_recall(q["text"], q["image"], pair)}
-    res["chance"] = chance_map(q["labels"], g["labels"])
+    res = evaluate_embedding_files(args.embeddings, args.gallery, ks=args.k or ())
     print("\n".join(_metric_lines(res, args.k)))
     if args.output is not None:
         atomic_write_json(args.output, {"embeddings": str(args.embeddings),
@@ -571,82 +490,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _restore_run(checkpoint: Path, cache_dir: Path | None, device: str | None, quiet: bool):
-    """``(checkpoint, run info, config, dataset, features)`` of the ``gcrdp train`` run whose
-    final checkpoint is in ``checkpoint`` (or ``checkpoint/final``), with the dataset and the
-    features re-created and checked against the stored ones."""
-    from ..data.registry import load_dataset
-    from ..errors import DataError
-    from ..experiments import RunConfig
-    from ..experiments.runner import load_features
-    from ..training.checkpoint import checkpoint_exists, read_checkpoint
-
-    where = checkpoint / "final" if checkpoint_exists(checkpoint / "final") else checkpoint
-    if where == checkpoint and checkpoint_exists(checkpoint / "last"):
-        raise DataError(f"{checkpoint} holds a training checkpoint (last/) but no final one: the "
-                        "training did not finish. Run the same 'gcrdp train' command again to resume "
-                        "and finish it.")
-    ckpt = read_checkpoint(where, kind="final")
-    run = ckpt.state.get("run")
-    if not isinstance(run, dict) or not isinstance(run.get("config"), dict) or "split" not in run:
-        raise DataError(f"Checkpoint {ckpt.path} holds no run info (it was not written by 'gcrdp "
-                        "train'), so its dataset and split cannot be re-created. Load it in Python with "
-                        "gcrdp.methods.persistence.load_method and embed your own data.")
-    raw = dict(run["config"])
-    if cache_dir is not None:
-        raw["cache_dir"] = str(cache_dir)
-    if device is not None:
-        raw["device"] = device
-    config = RunConfig.from_dict(raw)
-    dataset = load_dataset(config.dataset, **config.dataset_options)
-    if list(dataset.classes) != list(run.get("class_names", [])):
-        raise DataError(f"Dataset {config.dataset!r} now has other classes than when checkpoint "
-                        f"{ckpt.path} was trained ({len(dataset.classes)} vs "
-                        f"{len(run.get('class_names', []))}); the stored model cannot be used on it.")
-    features = load_features(dataset, config, progress=not quiet)
-    stored = run.get("features") or {}
-    if stored.get("key") and features.meta.get("key") and stored["key"] != features.meta["key"]:
-        old, new = stored.get("key_inputs") or {}, features.meta.get("key_inputs") or {}
-        what = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)] or ["the cache key"]
-        raise DataError(f"The features differ from those checkpoint {ckpt.path} was trained on "
-                        f"(changed: {', '.join(what)}): the dataset's content or the encoders "
-                        "changed since. Restore them, or train again.")
-    return ckpt, run, config, dataset, features
-
-
 def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     """Re-create the dataset, features and split of a ``gcrdp train`` run from its final
     checkpoint and evaluate the stored method on the test pairs."""
-    from ..data.protocol import split_from_summary
-    from ..errors import DataError
-    from ..evaluation import chance_map
-    from ..experiments.runner import evaluate_split
-    from ..methods.persistence import load_method
-    from ..training.seeding import resolve_device
+    from ..experiments.saved import evaluate_checkpoint
     from ..utils.io import atomic_write_json
 
-    ckpt, run, config, dataset, features = _restore_run(args.checkpoint, args.cache_dir, args.device, args.quiet)
-    info = run["split"]
-    split = split_from_summary(dataset, info)
-    if split.digest() != info.get("digest"):
-        raise DataError(f"The protocol split re-created for checkpoint {ckpt.path} differs from the "
-                        f"one it was trained on (digest {split.digest()} vs {info.get('digest')}); "
-                        "the dataset or its class split changed.")
-    method = load_method(ckpt, resolve_device(config.device))
-    labels = dataset.label_matrix()
-    res = evaluate_split(method, features, labels, split, ks=args.k or ())
-    res["chance"] = chance_map(labels[split.test_query], labels[split.test_gallery])
-    print(f"{ckpt.state['method']} on {config.dataset}, protocol {split.protocol}, shots={split.shots}, "
-          f"seed={split.seed} (checkpoint {ckpt.path})")
+    out = evaluate_checkpoint(args.checkpoint, ks=args.k or (), cache_dir=args.cache_dir, device=args.device,
+                              progress=not args.quiet)
+    res, split = out["metrics"], out["split"]
+    print(f"{out['method']} on {out['restored'].config.dataset}, protocol {split['protocol']}, "
+          f"shots={split['shots']}, seed={split['seed']} (checkpoint {out['checkpoint']})")
     print("\n".join(_metric_lines(res, args.k)))
-    stored = run.get("test") or {}
-    if stored.get("mean_map") is not None and stored["mean_map"] != res["mean_map"]:
-        print(f"note: the mean mAP stored at training time was {100 * stored['mean_map']:.2f}, now "
+    stored = out["stored_mean_map"]
+    if stored is not None and stored != res["mean_map"]:
+        print(f"note: the mean mAP stored at training time was {100 * stored:.2f}, now "
               f"{100 * res['mean_map']:.2f} (another device or library version?)", file=sys.stderr)
     if args.output is not None:
-        atomic_write_json(args.output, {"checkpoint": str(ckpt.path), "method": ckpt.state["method"],
-                                        "method_config": ckpt.state["method_config"],
-                                        "split": split.summary(), "metrics": res})
+        atomic_write_json(args.output, {k: out[k] for k in ("checkpoint", "method", "method_config", "split",
+                                                             "metrics")})
     return 0
 
 

@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, format_list
+from ..errors import ConfigError, DataError, format_list
 from .arrays import as_label_vector, pick, read_arrays, read_safetensors_metadata
 from .build import assign_test_split, check_skip_bad, finish_dataset
 from .features import FeatureSet, ModalityFeatures
@@ -263,3 +264,20 @@ def load_feature_files(
 
 load = load_feature_files
 
+
+def save_features_npz(feats: Any, dataset: Any, path: Path) -> None:
+    """Write ``feats`` of ``dataset`` (rows in sample order) as one ``.npz`` that
+    :func:`load_feature_files` reads back: both modalities' local/mask/pooled, labels, classes,
+    ids and split; atomically."""
+    import io
+
+    from ..utils.io import atomic_write_bytes
+
+    if path.suffix != ".npz":
+        raise ConfigError(f"--output must end in .npz, got {path}")
+    buf = io.BytesIO()
+    np.savez(buf, image_local=feats.image.local, image_mask=feats.image.mask, image_pooled=feats.image.pooled,
+             text_local=feats.text.local, text_mask=feats.text.mask, text_pooled=feats.text.pooled,
+             labels=dataset.label_matrix(), classes=np.array(dataset.classes),
+             ids=np.array(feats.sample_ids), split=np.array([s.split for s in dataset.samples]))
+    atomic_write_bytes(path, buf.getvalue())
