@@ -81,10 +81,18 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, format_list
 from .build import check_skip_bad, finish_dataset, index_images
+from .featurearrays import (
+    collect_arrays,
+    decode_rows,
+    feature_set,
+    find_feature_files,
+    pairing_hint,
+    read_class_names,
+    read_parts,
+)
 from .problems import Problem, Problems
 from .registry import DATASETS
 from .types import ClassSplit, Dataset, Sample
-from .xmedianet import collect_arrays, decode_rows, feature_set, find_feature_files, pairing_hint, read_class_names, read_parts
 
 SOURCES = ("auto", "raw", "features")
 SUBSETS = {"10": ("single", 10), "21": ("multi", 21), "81": ("multi", 81), "multi": ("multi", None)}

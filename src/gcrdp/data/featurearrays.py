@@ -1,0 +1,751 @@
+"""The feature-array reader shared by the loaders of pre-extracted cross-modal features
+(XMediaNet, NUS-WIDE and any DSCMR/DCMH-style file): finding the feature files of a folder,
+reading their arrays (``.mat`` v5 and v7.3, ``.h5``/``.h5py``, ``.npz``), telling their layout
+(per-split keys, one array with split marks, DSCMR's one-file-per-array, DCMH's ``XAll``/``YAll``
+/``LAll``, five-view cells), and decoding labels, splits and class names into rows. The
+datasets' own files (:mod:`gcrdp.data.xmedianet`, :mod:`gcrdp.data.nuswide`) hold only what is
+theirs. Layouts are described in :mod:`gcrdp.data.xmedianet`'s docstring and docs/datasets.md."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, format_list
+from .arrays import read_arrays
+from .build import read_utf8
+from .features import FeatureSet, ModalityFeatures
+
+FEATURE_EXTENSIONS = (".mat", ".h5", ".hdf5", ".h5py", ".npz", ".npy")
+FILE_SPLITS = ("train", "valid", "test")
+ROLES = ("image", "text", "label", "text_label")
+_LONG = {"train": ("train",), "valid": ("valid", "val"), "test": ("test",)}
+_SHORT = {"train": ("tr",), "valid": ("val", "va"), "test": ("te",)}
+
+#: Key conventions of the split layouts ({L}: train/valid/val/test, {S}: tr/val/te), in order.
+SPLIT_KEYS = {
+    "image": ("{L}_img", "{L}_imgs_deep", "{L}_img_deep", "{L}_imgs", "img_{L}", "image_{L}",
+              "{L}_image", "{L}_images", "I_{S}", "{S}_img", "img_{S}"),
+    "text": ("{L}_txt", "{L}_text", "{L}_texts", "{L}_txt_deep", "text_{L}", "txt_{L}",
+             "{L}_texts_deep", "T_{S}", "{S}_txt", "txt_{S}"),
+    "label": ("{L}_img_lab", "{L}_imgs_labels", "{L}_img_labels", "{L}_img_label", "label_{L}",
+              "labels_{L}", "lab_{L}", "{L}_label", "{L}_labels", "{L}_lab", "L_{S}",
+              "{S}_img_lab", "{S}_lab"),
+    "text_label": ("{L}_txt_lab", "{L}_texts_labels", "{L}_text_labels", "{L}_txt_labels",
+                   "{L}_txt_label", "text_label_{L}", "label_text_{L}", "{S}_txt_lab"),
+}
+#: Key conventions of one set of all pairs plus a split (DCMH ``XAll``/``YAll``/``LAll`` …).
+SINGLE_KEYS = {
+    "image": ("XAll", "I_all", "img_all", "image_all", "image", "img", "images",
+              "image_features", "img_feats"),
+    "text": ("YAll", "TAll", "T_all", "txt_all", "text_all", "text", "txt", "texts", "tags",
+             "text_features", "txt_feats"),
+    "label": ("LAll", "L_all", "label_all", "labels", "label", "lab", "y"),
+    "text_label": ("text_labels", "text_label", "txt_lab"),
+}
+SPLIT_MARKS = {
+    "split": ("split", "splits"),
+    "is_test": ("is_test", "test_mask"),
+    "is_train": ("is_train", "train_mask"),
+    "train_index": ("train_idx", "idx_train", "train_index", "train_ind", "train_indices"),
+    "test_index": ("test_idx", "idx_test", "test_index", "test_ind", "test_indices"),
+}
+CLASS_NAME_KEYS = ("class_names", "classnames", "classes", "categories", "concepts")
+CLASS_NAME_FILES = ("classes.txt", "class_names.txt", "classnames.txt", "categories.txt",
+                    "categories.list")
+VALID_SPLITS = ("train", "test", "drop")
+_DSCMR_FILE = re.compile(r"^(train|valid|val|test)_(img|txt|img_lab|txt_lab)$", re.I)
+_DCMH_FILE = re.compile(r"(xall|yall|lall)", re.I)
+_TC_TAG = re.compile(r"tc-?(\d+)", re.I)
+
+
+# =============================================================================== reading files
+def read_feature_arrays(path: Path) -> dict[str, np.ndarray]:
+    """:func:`~gcrdp.data.arrays.read_arrays` (which also reads ``.h5py``, the HDF5 extension
+    of the Hu et al. Doc2Vec files)."""
+    return read_arrays(path)
+
+
+def _feature_files_in(folder: Path, tag: str | None = None) -> list[Path]:
+    """Feature files directly in ``folder``, leaving out raw-image arrays (``*iall*``) and,
+    when ``tag`` is given and some names carry that ``tcNN`` tag, the files of other subsets."""
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in FEATURE_EXTENSIONS and "iall" not in p.name.lower())
+    if tag is not None:
+        tags = {p: m.group(1) for p in files if (m := _TC_TAG.search(p.name))}
+        if tag in tags.values():
+            files = [p for p in files if tags.get(p, tag) == tag]
+    return files
+
+
+def _dscmr_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in FEATURE_EXTENSIONS and _DSCMR_FILE.match(p.stem))
+
+
+def _dcmh_files(folder: Path, tag: str | None) -> list[Path]:
+    """The ``.mat`` files of ``folder`` (of the ``tcNN`` tag) when they hold a DCMH set: an
+    ``*xall*``, a ``*yall*`` and a ``*lall*`` file (other ``.mat`` files, e.g. a split, join)."""
+    files = [p for p in _feature_files_in(folder, tag) if p.suffix.lower() == ".mat"]
+    kinds = {m.group(1).lower() for p in files if (m := _DCMH_FILE.search(p.stem))}
+    return files if {"xall", "yall", "lall"} <= kinds else []
+
+
+def find_feature_files(root: Path, features_file: str | Path | Sequence[str | Path] | None, *,
+                       known: Sequence[str], dataset: str, tag: str | None = None,
+                       ) -> tuple[list[Path], str]:
+    """The feature files to read and how they were found.
+
+    ``features_file`` (a file, a folder or a list of them; relative paths are tried as given,
+    then under ``root``) wins; else, in ``root`` then ``root/features``: the first of ``known``
+    file names, a DSCMR folder (``{split}_img.mat`` …), DCMH files (``*xall*``, ``*yall*``,
+    ``*lall*`` ``.mat`` and the other ``.mat`` files beside them, filtered by the ``tcNN``
+    ``tag``)."""
+    if features_file is not None:
+        entries = list(features_file) if isinstance(features_file, (list, tuple)) else [features_file]
+        if not entries:
+            raise ConfigError(f"{dataset}: features_file is an empty list.")
+        paths: list[Path] = []
+        for e in entries:
+            p = Path(e).expanduser()
+            if not p.is_absolute() and not p.exists():
+                p = root / p
+            if not p.exists():
+                raise DataError(f"{dataset}: features file not found: {p}")
+            if p.is_dir():
+                got = _feature_files_in(p, tag)
+                if not got:
+                    raise DataError(f"{dataset}: feature folder {p} holds no feature file "
+                                    f"({', '.join(FEATURE_EXTENSIONS)}).")
+                paths.extend(got)
+            else:
+                paths.append(p)
+        return paths, "features_file"
+    for d in (root, root / "features"):
+        if not d.is_dir():
+            continue
+        for name in known:
+            if (d / name).is_file():
+                return [d / name], name
+        got = _dscmr_files(d)
+        if got:
+            return got, f"DSCMR folder {d}"
+        got = _dcmh_files(d, tag)
+        if got:
+            return got, f"DCMH files in {d}"
+    raise DataError(
+        f"{dataset}: no feature files under {root} (or {root / 'features'}): looked for "
+        f"{', '.join(known)}, a DSCMR folder (train_img.mat, train_txt.mat, train_img_lab.mat, "
+        "test_…) and DCMH files (*-xall*.mat, *-yall*.mat, *-lall*.mat). Pass features_file= "
+        "(a file, a folder or a list of files).")
+
+
+@dataclass
+class Arrays:
+    """The arrays of one or more feature files: ``arrays`` by key, ``origin`` key → file;
+    ``ambiguous`` keys found in several files (left out; name the files to use)."""
+
+    arrays: dict[str, np.ndarray]
+    origin: dict[str, Path]
+    files: list[Path]
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if len(self.files) == 1:
+            return str(self.files[0])
+        return f"{self.files[0].parent} ({', '.join(p.name for p in self.files)})"
+
+    def where(self, key: str) -> str:
+        f = self.origin.get(key)
+        return f"{f.name}:{key}" if f is not None and len(self.files) > 1 else key
+
+    def listing(self) -> str:
+        have = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in sorted(self.arrays.items())) or "(none)"
+        if self.ambiguous:
+            have += "; in several files (left out): " + ", ".join(
+                f"{k} ({', '.join(v)})" for k, v in sorted(self.ambiguous.items()))
+        return have
+
+    def get(self, key: str) -> tuple[str, np.ndarray] | None:
+        lower = {k.lower(): k for k in self.arrays}
+        real = lower.get(key.lower())
+        return (real, self.arrays[real]) if real is not None else None
+
+    def first(self, candidates: Sequence[str], numeric: bool = True) -> tuple[str, np.ndarray] | None:
+        for key in candidates:
+            got = self.get(key)
+            if got is not None and (not numeric or np.asarray(got[1]).dtype.kind in "fiub"):
+                return got
+        return None
+
+    def require(self, key: str, what: str) -> tuple[str, np.ndarray]:
+        got = self.get(key)
+        if got is None:
+            raise DataError(f"{self.describe()} has no array {key!r} ({what}); it has {self.listing()}.")
+        return got
+
+
+def collect_arrays(files: Sequence[Path]) -> Arrays:
+    """Read ``files`` into one :class:`Arrays`. A file holding a single array is also reachable
+    under its file stem (the DSCMR convention, e.g. ``train_img.mat``). A key found in two
+    files is left out (``ambiguous``) rather than silently taken from one of them."""
+    arrays: dict[str, np.ndarray] = {}
+    origin: dict[str, Path] = {}
+    lower: dict[str, str] = {}
+    ambiguous: dict[str, list[str]] = {}
+    amb_lower: dict[str, str] = {}
+    for f in files:
+        got = read_feature_arrays(f)
+        named = dict(got)
+        if len(got) == 1 and f.stem.lower() not in {k.lower() for k in got}:
+            named[f.stem] = next(iter(got.values()))
+        for k, v in named.items():
+            low = k.lower()
+            if low in amb_lower:
+                ambiguous[amb_lower[low]].append(f.name)
+                continue
+            if low in lower:
+                real = lower.pop(low)
+                ambiguous[real] = [origin[real].name, f.name]
+                amb_lower[low] = real
+                del arrays[real], origin[real]
+                continue
+            lower[low] = k
+            arrays[k] = v
+            origin[k] = f
+    return Arrays(arrays, origin, list(files), ambiguous)
+
+
+# =============================================================================== layouts
+@dataclass
+class Part:
+    """One split of the file(s): image/text features, labels (either may be ``None``), the
+    key of each (for messages) and each row's sample id."""
+
+    split: str
+    image: np.ndarray
+    text: np.ndarray
+    label: np.ndarray | None
+    text_label: np.ndarray | None
+    keys: dict[str, str]
+    ids: list[str]
+
+
+def _check_keys(keys: Mapping[str, str] | None) -> dict[str, str]:
+    if keys is None:
+        return {}
+    if not isinstance(keys, Mapping):
+        raise ConfigError(f"keys must be a mapping role → array key, got {keys!r}.")
+    allowed = set(ROLES) | set(SPLIT_MARKS) | {f"{s}_{r}" for s in FILE_SPLITS for r in ROLES}
+    unknown = sorted(set(keys) - allowed)
+    if unknown:
+        raise ConfigError(f"Unknown keys role(s) {unknown}; known roles: {', '.join(sorted(allowed))}.")
+    for k, v in keys.items():
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"keys[{k!r}] must be an array key (a non-empty string), got {v!r}.")
+    return dict(keys)
+
+
+def _templates(role: str, split: str) -> list[str]:
+    out = []
+    for t in SPLIT_KEYS[role]:
+        for long in _LONG[split]:
+            for short in _SHORT[split]:
+                key = t.format(L=long, S=short)
+                if key not in out:
+                    out.append(key)
+    return out
+
+
+def _split_layout(src: Arrays, keys: dict[str, str]) -> dict[str, dict[str, tuple[str, np.ndarray]]]:
+    found: dict[str, dict[str, tuple[str, np.ndarray]]] = {}
+    for split in FILE_SPLITS:
+        got: dict[str, tuple[str, np.ndarray]] = {}
+        for role in ROLES:
+            explicit = keys.get(f"{split}_{role}")
+            hit = src.require(explicit, f"{split} {role}") if explicit else src.first(_templates(role, split))
+            if hit is not None:
+                got[role] = hit
+        if "image" in got or "text" in got:
+            found[split] = got
+    return found
+
+
+def _cells(arr: np.ndarray) -> list[np.ndarray]:
+    return [np.asarray(x) for x in np.asarray(arr, dtype=object).reshape(-1)]
+
+
+def _check_rows(parts: list[Part], src: Arrays, dataset: str) -> None:
+    for p in parts:
+        n = {p.keys["image"]: _rows(p.image), p.keys["text"]: _rows(p.text)}
+        for role in ("label", "text_label"):
+            arr = getattr(p, role)
+            if arr is not None:
+                n[p.keys[role]] = _label_rows(arr, _rows(p.image))
+        if len(set(n.values())) != 1:
+            raise DataError(f"{dataset}: {src.describe()}: the {p.split} arrays disagree in rows: "
+                            + ", ".join(f"{k} {v}" for k, v in n.items())
+                            + "; row i of each must be the same image–text pair.")
+    for role in ("image", "text"):
+        dims = {(p.split, getattr(p, role).shape[1:]) for p in parts}
+        if len({d for _, d in dims}) != 1:
+            raise DataError(f"{dataset}: {src.describe()}: the {role} feature sizes differ between splits: "
+                            + ", ".join(f"{s} {d}" for s, d in sorted(dims)) + ".")
+
+
+def _rows(arr: np.ndarray) -> int:
+    return int(arr.shape[0]) if arr.ndim else 0
+
+
+def _label_rows(arr: np.ndarray, n: int) -> int:
+    a = np.asarray(arr)
+    if a.ndim == 2 and a.shape[0] != n and a.shape[1] == n:
+        return n  # a (1, n) row of ids, or a (C, n) transposed matrix
+    return int(a.shape[0]) if a.ndim else 0
+
+
+def _features(arr: np.ndarray, key: str, src: Arrays) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.dtype.kind not in "fiub":
+        raise DataError(f"{src.describe()}: {key} must hold numbers, got dtype {a.dtype}.")
+    if a.ndim == 4:
+        raise DataError(f"{src.describe()}: {key} has shape {a.shape}: raw images (h×w×c×n, e.g. "
+                        "DCMH IAll), not features. Use feature arrays (e.g. XAll), or the raw "
+                        "source with the image files.")
+    if a.ndim not in (2, 3):
+        raise DataError(f"{src.describe()}: {key} must be (n, d) features, got shape {a.shape}.")
+    return a
+
+
+def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size: int | None = None,
+               dataset: str) -> tuple[list[Part], str]:
+    """The splits (``train``, ``valid``, ``test``) of ``src`` and the layout's name.
+
+    Layouts, in order: split keys (``keys`` roles ``{split}_{role}`` or :data:`SPLIT_KEYS`),
+    five-view cells (``train``/``test`` cell arrays, view 0 image, view 1 text), one set of
+    all pairs (:data:`SINGLE_KEYS`) split by a split array (:data:`SPLIT_MARKS`) or by
+    ``test_size`` (the last ``test_size`` rows are test)."""
+    keys = _check_keys(keys)
+    explicit_split = any("_" in k and k.split("_", 1)[0] in FILE_SPLITS and k not in SPLIT_MARKS for k in keys)
+    explicit_single = any(k in ROLES or k in SPLIT_MARKS for k in keys)
+    if explicit_split and explicit_single:
+        raise ConfigError("keys mixes per-split roles (train_image, …) with one-set roles "
+                          "(image, split, …); use one kind.")
+    parts: list[Part] = []
+    if not explicit_single:
+        found = _split_layout(src, keys)
+        if found:
+            for split in FILE_SPLITS:
+                got = found.get(split)
+                if got is None:
+                    if split == "valid":
+                        continue
+                    raise DataError(f"{dataset}: {src.describe()} has {', '.join(found)} arrays but "
+                                    f"no {split} image/text arrays (looked for "
+                                    f"{' or '.join(_templates('image', split)[:4])} …); it has {src.listing()}.")
+                missing = [r for r in ("image", "text") if r not in got]
+                if "label" not in got and "text_label" not in got:
+                    missing.append("label")
+                if missing:
+                    raise DataError(f"{dataset}: the {split} split of {src.describe()} has no "
+                                    f"{' and no '.join(missing)} array (looked for "
+                                    + "; ".join(f"{r}: {', '.join(_templates(r, split)[:5])} …" for r in missing)
+                                    + f"); it has {src.listing()}. Name them with keys=.")
+                n = _rows(np.asarray(got["image"][1]))
+                parts.append(Part(
+                    split, _features(got["image"][1], got["image"][0], src),
+                    _features(got["text"][1], got["text"][0], src),
+                    got["label"][1] if "label" in got else None,
+                    got["text_label"][1] if "text_label" in got else None,
+                    {r: src.where(got[r][0]) for r in got}, [f"{split}-{i:06d}" for i in range(n)]))
+            _check_rows(parts, src, dataset)
+            return parts, "split keys"
+        if explicit_split:
+            raise DataError(f"{dataset}: keys= names no image or text array found in {src.describe()}.")
+        cell_train = src.get("train")
+        if cell_train is not None and np.asarray(cell_train[1]).dtype.kind == "O":
+            return _cell_layout(src, dataset), "five-view cells"
+    return _single_layout(src, keys, test_size, dataset), "one set + split"
+
+
+def _cell_layout(src: Arrays, dataset: str) -> list[Part]:
+    parts = []
+    for split in FILE_SPLITS:
+        got = next((src.get(k) for k in _LONG[split] if src.get(k) is not None), None)
+        if got is None:
+            if split == "valid":
+                continue
+            raise DataError(f"{dataset}: {src.describe()} has cell arrays but no {split!r} cell; "
+                            f"it has {src.listing()}.")
+        views = _cells(got[1])
+        lab_key = next((f"{k}_labels" for k in _LONG[split] if src.get(f"{k}_labels") is not None), None)
+        if len(views) < 2 or lab_key is None:
+            raise DataError(f"{dataset}: {src.describe()}: the {got[0]!r} cell needs an image (view 0) "
+                            f"and a text (view 1) array and a {got[0]}_labels cell; it has {len(views)} "
+                            f"view(s) and labels {'found' if lab_key else 'missing'}.")
+        labs = _cells(src.get(lab_key)[1])
+        n = _rows(views[0])
+        parts.append(Part(split, _features(views[0], f"{got[0]}{{1}}", src),
+                          _features(views[1], f"{got[0]}{{2}}", src),
+                          labs[0], labs[1] if len(labs) > 1 else None,
+                          {"image": f"{got[0]}{{1}}", "text": f"{got[0]}{{2}}",
+                           "label": f"{lab_key}{{1}}", "text_label": f"{lab_key}{{2}}"},
+                          [f"{split}-{i:06d}" for i in range(n)]))
+    _check_rows(parts, src, dataset)
+    return parts
+
+
+def _index_rows(idx: np.ndarray, n: int, key: str, src: Arrays) -> np.ndarray:
+    a = np.asarray(idx).reshape(-1)
+    if a.dtype.kind == "f" and np.all(a == np.round(a)):
+        a = a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise DataError(f"{src.describe()}: {key} must hold row indices, got dtype {a.dtype}.")
+    a = a.astype(np.int64)
+    matlab = src.origin.get(key, Path("x")).suffix.lower() == ".mat"
+    one_based = a.size and a.min() >= 1 and (matlab or a.max() == n)
+    if one_based:
+        a = a - 1
+    if a.size and (a.min() < 0 or a.max() >= n):
+        raise DataError(f"{src.describe()}: {key} holds row indices outside the {n} rows "
+                        f"({'1' if one_based else '0'}-based: {a.min()}..{a.max()}).")
+    return a
+
+
+def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dataset: str) -> list[Part]:
+    got = {}
+    for role in ROLES:
+        explicit = keys.get(role)
+        hit = src.require(explicit, role) if explicit else src.first(SINGLE_KEYS[role])
+        if hit is not None:
+            got[role] = hit
+    if "image" not in got or "text" not in got or ("label" not in got and "text_label" not in got):
+        raw = src.first(("IAll", "I_all_raw"))
+        extra = (f" ({raw[0]} holds raw images, not features: this loader reads image features "
+                 "such as XAll)") if raw is not None else ""
+        raise DataError(
+            f"{dataset}: cannot tell the layout of {src.describe()}{extra}: found no split arrays "
+            f"(e.g. {', '.join(_templates('image', 'train')[:4])}), no five-view cells and no "
+            f"complete set of all pairs (image: {', '.join(SINGLE_KEYS['image'][:4])} …; text: "
+            f"{', '.join(SINGLE_KEYS['text'][:4])} …; label: {', '.join(SINGLE_KEYS['label'][:4])} …). "
+            f"It has {src.listing()}. Name the arrays with keys=.")
+    image = _features(got["image"][1], got["image"][0], src)
+    text = _features(got["text"][1], got["text"][0], src)
+    n = _rows(image)
+    split = None
+    for mark in SPLIT_MARKS:
+        explicit = keys.get(mark)
+        hit = src.require(explicit, mark) if explicit else src.first(SPLIT_MARKS[mark], numeric=False)
+        if hit is None:
+            continue
+        k, arr = hit
+        a = np.asarray(arr).reshape(-1)
+        if mark in ("train_index", "test_index"):
+            other = "test_index" if mark == "train_index" else "train_index"
+            o = src.require(keys[other], other) if keys.get(other) else src.first(SPLIT_MARKS[other])
+            tr_key, te_key = (k, o[0] if o else None) if mark == "train_index" else (o[0] if o else None, k)
+            if tr_key is None or te_key is None:
+                raise DataError(f"{dataset}: {src.describe()} has {k} but no {other.replace('_', ' ')} "
+                                f"array ({', '.join(SPLIT_MARKS[other])}).")
+            tr = _index_rows(src.arrays[tr_key], n, tr_key, src)
+            te = _index_rows(src.arrays[te_key], n, te_key, src)
+            both = np.intersect1d(tr, te)
+            if both.size:
+                raise DataError(f"{dataset}: {src.describe()}: rows {both[:5].tolist()} are in both "
+                                f"{tr_key} and {te_key}.")
+            split = np.full(n, "", dtype=object)
+            split[tr] = "train"
+            split[te] = "test"
+            how = f"{src.where(tr_key)} / {src.where(te_key)}"
+            break
+        if a.shape[0] != n:
+            raise DataError(f"{dataset}: {src.describe()}: {k} has {a.shape[0]} entries for {n} rows.")
+        if a.dtype.kind in "USO":
+            vals = [x.decode() if isinstance(x, bytes) else str(x) for x in a.tolist()]
+            vals = [v.strip().lower() for v in vals]
+            vals = ["train" if v in ("train", "tr", "training") else "test" if v in ("test", "te", "query")
+                    else "" if v in ("", "none", "unused") else v for v in vals]
+            bad = sorted({v for v in vals if v not in ("train", "test", "")})
+            if bad:
+                raise DataError(f"{dataset}: {src.describe()}: {k} holds {format_list(bad)}; expected "
+                                "'train' or 'test'.")
+            split = np.array(vals, dtype=object)
+        else:
+            if not np.isin(a, (0, 1)).all():
+                raise DataError(f"{dataset}: {src.describe()}: {k} must be 0/1 "
+                                f"({'1 = test' if mark != 'is_train' else '1 = train'}) or the strings "
+                                "'train'/'test'.")
+            is_test = (a == 1) if mark != "is_train" else (a == 0)
+            split = np.where(is_test, "test", "train").astype(object)
+        how = src.where(k)
+        break
+    if split is None:
+        if test_size is None:
+            raise DataError(
+                f"{dataset}: {src.describe()} holds all pairs in one set ({got['image'][0]}, "
+                f"{got['text'][0]}) with no split array ({', '.join(m for v in SPLIT_MARKS.values() for m in v[:2])}). "
+                "Pass test_size=N to make the last N rows the test pairs (the DCMH/DSCMR convention: "
+                "2100 for NUS-WIDE TC-10/TC-21), or add a split array.")
+        if isinstance(test_size, bool) or not isinstance(test_size, int) or not 0 < test_size < n:
+            raise ConfigError(f"test_size must be an integer in 1..{n - 1}, got {test_size!r}.")
+        split = np.array(["train"] * (n - test_size) + ["test"] * test_size, dtype=object)
+        how = f"last {test_size} rows are test"
+    parts = []
+    for s in ("train", "test"):
+        rows = np.flatnonzero(split == s)
+        parts.append(Part(
+            s, image[rows], text[rows],
+            _take(got["label"][1], rows, n) if "label" in got else None,
+            _take(got["text_label"][1], rows, n) if "text_label" in got else None,
+            {r: src.where(got[r][0]) for r in got} | {"split": how},
+            [f"row-{i:06d}" for i in rows]))
+    lengths = {src.where(got[r][0]): _label_rows(got[r][1], n) if r in ("label", "text_label") else _rows(got[r][1])
+               for r in got}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"{dataset}: {src.describe()}: the arrays disagree in rows: "
+                        + ", ".join(f"{k} {v}" for k, v in lengths.items())
+                        + "; row i of each must be the same image–text pair.")
+    return parts
+
+
+def _take(labels: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    a = np.asarray(labels)
+    if a.ndim == 2 and a.shape[0] != n and a.shape[1] == n:
+        a = a.T
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.shape[0] != n:
+        return a  # the length check reports it
+    return a[rows]
+
+
+# =============================================================================== labels
+@dataclass
+class Rows:
+    """All pairs of the file(s), in sample order.
+
+    ``labels[i]``: 0-based class indices of row ``i`` (``()`` for none); ``reasons[i]``: the
+    problems of row ``i`` (bad label values, disagreeing image/text labels, empty text);
+    ``bad_label[i]``: its label could not be read."""
+
+    ids: list[str]
+    splits: list[str]
+    where: list[str]
+    image: np.ndarray
+    text: np.ndarray
+    labels: list[tuple[int, ...]]
+    reasons: list[list[str]]
+    bad_label: np.ndarray
+    n_classes: int
+    kind: str
+    meta: dict
+
+
+def _decode(arr: np.ndarray, n: int, key: str, describe: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """``("ids", int64 (n,), bad)`` or ``("multi", bool (n, C), bad)``."""
+    a = np.asarray(arr)
+    if a.dtype.kind not in "fiub":
+        raise DataError(f"{describe}: {key} must hold numbers (class ids or 0/1), got dtype {a.dtype}.")
+    if a.ndim == 2 and a.shape[0] != n and a.shape[1] == n:
+        a = a.T
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim == 1:
+        if a.shape[0] != n:
+            raise DataError(f"{describe}: {key} has {a.shape[0]} labels for {n} rows.")
+        f = a.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(f) | (f != np.round(f)) | (f < 0)
+        ids = np.where(bad, -1, np.nan_to_num(f, nan=-1)).astype(np.int64)
+        return "ids", ids, bad
+    if a.ndim == 2 and a.shape[0] == n:
+        bad = ~np.isin(a, (0, 1)).all(axis=1)
+        return "multi", (a == 1), bad
+    raise DataError(f"{describe}: {key} must be (n,) class ids or (n, C) 0/1 labels for {n} rows, "
+                    f"got shape {a.shape}.")
+
+
+def decode_rows(parts: list[Part], *, describe: str, n_names: int | None = None,
+                label_base: int | str = "auto", valid_split: str = "train",
+                check_empty_text: bool = True) -> Rows:
+    """Decode every part's labels into class indices and collect per-row problems (see
+    :class:`Rows`). ``valid_split``: where a ``valid`` split goes (``train``/``test``/``drop``)."""
+    if valid_split not in VALID_SPLITS:
+        raise ConfigError(f"valid_split must be one of {', '.join(VALID_SPLITS)}, got {valid_split!r}.")
+    if label_base not in ("auto", 0, 1) or isinstance(label_base, bool):
+        raise ConfigError(f"label_base must be 'auto', 0 or 1, got {label_base!r}.")
+    parts = [p for p in parts if not (p.split == "valid" and valid_split == "drop")]
+    decoded = []
+    kinds = set()
+    for p in parts:
+        n = _rows(p.image)
+        lab = _decode(p.label, n, p.keys["label"], describe) if p.label is not None else None
+        tl = _decode(p.text_label, n, p.keys["text_label"], describe) if p.text_label is not None else None
+        if lab is not None and tl is not None and (lab[0] != tl[0] or lab[1].shape != tl[1].shape):
+            raise DataError(f"{describe}: {p.keys['label']} has shape {np.shape(p.label)} but "
+                            f"{p.keys['text_label']} has {np.shape(p.text_label)}: the image and text "
+                            "labels must be the same kind and size.")
+        main = lab if lab is not None else tl
+        kinds.add((main[0], main[1].shape[1] if main[0] == "multi" else None))
+        decoded.append((p, lab, tl))
+    if len({k for k, _ in kinds}) != 1:
+        raise DataError(f"{describe}: the labels are class ids in one split and (n, C) 0/1 in another.")
+    kind = next(iter(kinds))[0]
+    meta: dict = {"label_kind": "class ids" if kind == "ids" else "multi-hot"}
+    if kind == "multi":
+        cols = {c for _, c in kinds}
+        if len(cols) != 1:
+            raise DataError(f"{describe}: (n, C) labels with {sorted(cols)} columns in different splits.")
+        n_classes = cols.pop()
+        if n_names is not None and n_names != n_classes:
+            raise DataError(f"{describe}: {n_names} class names for {n_classes} label columns.")
+        base = 0
+    else:
+        valid_ids = np.concatenate([a[1][~a[2]] for _, lab, tl in decoded for a in (lab, tl) if a is not None])
+        if label_base == "auto":
+            base = 1 if valid_ids.size and valid_ids.min() == 1 else 0
+        else:
+            base = int(label_base)
+        meta["label_base"] = base
+        top = int(valid_ids.max()) - base + 1 if valid_ids.size else 0
+        n_classes = n_names if n_names is not None else max(top, 0)
+    ids, splits, where, labels, reasons, bad_rows = [], [], [], [], [], []
+    for p, lab, tl in decoded:
+        n = _rows(p.image)
+        target = valid_split if p.split == "valid" else p.split
+        sets = []
+        for a in (lab, tl):
+            if a is None:
+                sets.append(None)
+                continue
+            k, vals, bad = a
+            out = []
+            for r in range(n):
+                if bad[r]:
+                    out.append(None)
+                elif k == "ids":
+                    j = int(vals[r]) - base
+                    out.append((j,) if 0 <= j < n_classes else None)
+                else:
+                    out.append(tuple(int(j) for j in np.flatnonzero(vals[r])))
+            sets.append(out)
+        text_zero = (~np.asarray(p.text).reshape(n, -1).astype(bool).any(axis=1) if check_empty_text
+                     else np.zeros(n, bool))
+        for r in range(n):
+            why = []
+            li = sets[0][r] if sets[0] is not None else None
+            lt = sets[1][r] if sets[1] is not None else None
+            main_key = p.keys["label"] if sets[0] is not None else p.keys["text_label"]
+            got = li if sets[0] is not None else lt
+            if got is None:
+                raw = (lab or tl)[1][r]
+                why.append(f"{main_key} row {r}: {_raw(raw)} is not "
+                           + (f"a class id in {base}..{base + n_classes - 1}" if kind == "ids" else "0/1"))
+            if sets[0] is not None and sets[1] is not None and li is not None and lt is not None and li != lt:
+                why.append(f"image label {_show(li, base, kind)} ({p.keys['label']}) but text label "
+                           f"{_show(lt, base, kind)} ({p.keys['text_label']})")
+            elif sets[0] is not None and sets[1] is not None and li is not None and lt is None:
+                why.append(f"{p.keys['text_label']} row {r}: {_raw((tl)[1][r])} is not a valid label")
+            if text_zero[r]:
+                why.append(f"the text features ({p.keys['text']} row {r}) are all zero: an empty text")
+            ids.append(p.ids[r])
+            splits.append(target)
+            where.append(f"{p.split} row {r}")
+            labels.append(got if got is not None else ())
+            reasons.append(why)
+            bad_rows.append(got is None)
+    image = np.concatenate([np.asarray(p.image) for p, _, _ in decoded])
+    text = np.concatenate([np.asarray(p.text) for p, _, _ in decoded])
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{describe}: duplicate sample ids (internal).")  # pragma: no cover
+    meta["splits_in_file"] = [p.split for p, _, _ in decoded]
+    if any(p.split == "valid" for p in parts):
+        meta["valid_split"] = valid_split
+    return Rows(ids, splits, where, image, text, labels, reasons, np.array(bad_rows, dtype=bool),
+                n_classes, kind, meta)
+
+
+def _raw(v: object) -> str:
+    a = np.asarray(v)
+    return repr(a.item()) if a.ndim == 0 else repr(a.tolist()[:12])
+
+
+def _show(labels: tuple[int, ...], base: int, kind: str) -> str:
+    if kind == "ids":
+        return str(labels[0] + base) if labels else "none"
+    return str(list(labels))
+
+
+def pairing_hint(rows: Rows) -> str:
+    """A hint when most rows' image and text labels disagree: the files are not pairs."""
+    n = sum(1 for r in rows.reasons if any("but text label" in x for x in r))
+    if rows.ids and n > len(rows.ids) // 2:
+        return (f"The image and text labels disagree on {n} of {len(rows.ids)} rows: the image and "
+                "text arrays do not look paired row by row (each media listed on its own). This "
+                "loader needs files whose row i of the image and of the text array is one pair.")
+    return ""
+
+
+# =============================================================================== class names
+def read_class_names(class_names: Sequence[str] | str | Path | None, *, src: Arrays | None = None,
+                     folders: Sequence[Path] = (), dataset: str) -> tuple[list[str] | None, str]:
+    """Class names and where they came from: ``class_names`` (a list, or a text file with one
+    name a line), a string array of :data:`CLASS_NAME_KEYS` in ``src``, or a
+    :data:`CLASS_NAME_FILES` file in one of ``folders``; ``(None, "label ids")`` otherwise."""
+    if class_names is not None:
+        if isinstance(class_names, (str, Path)):
+            p = Path(class_names).expanduser()
+            if not p.is_file() and not p.is_absolute():
+                p = next((f / p for f in folders if (f / p).is_file()), p)
+            if not p.is_file():
+                raise DataError(f"{dataset}: class_names file not found: {p}")
+            return _names_file(p, dataset), f"file {p}"
+        if not isinstance(class_names, Sequence) or not all(isinstance(c, str) for c in class_names):
+            raise ConfigError(f"{dataset}: class_names must be a list of names or a text file, got {class_names!r}.")
+        return _unique([c.strip() for c in class_names], dataset, "class_names"), "given"
+    if src is not None:
+        for key in CLASS_NAME_KEYS:
+            got = src.get(key)
+            if got is not None and np.asarray(got[1]).dtype.kind in "USO":
+                return _unique(_strings(got[1]), dataset, src.where(got[0])), f"array {src.where(got[0])}"
+    for f in folders:
+        for name in CLASS_NAME_FILES:
+            if (f / name).is_file():
+                return _names_file(f / name, dataset), f"file {f / name}"
+    return None, "label ids"
+
+
+def _strings(arr: np.ndarray) -> list[str]:
+    out = []
+    for x in np.asarray(arr, dtype=object).reshape(-1).tolist():
+        while isinstance(x, np.ndarray):
+            x = x.reshape(-1)[0] if x.size else ""
+        out.append((x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)).strip())
+    return out
+
+
+def _names_file(path: Path, dataset: str) -> list[str]:
+    raw, why = read_utf8(path)
+    if raw is None:
+        raise DataError(f"{dataset}: {why}")
+    return _unique([ln.strip() for ln in raw.split("\n") if ln.strip()], dataset, str(path))
+
+
+def _unique(names: list[str], dataset: str, where: str) -> list[str]:
+    if not names or any(not n for n in names):
+        raise DataError(f"{dataset}: {where}: class names must be non-empty.")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{dataset}: {where} lists class name(s) twice: {format_list(dup)}.")
+    return names
+
+
+def feature_set(rows: Rows, keep: np.ndarray, dataset: str, source: str) -> FeatureSet:
+    idx = np.flatnonzero(keep)
+    return FeatureSet(ModalityFeatures.from_array(rows.image[idx], name=f"{dataset} image features"),
+                      ModalityFeatures.from_array(rows.text[idx], name=f"{dataset} text features"),
+                      tuple(rows.ids[i] for i in idx), {"source": source})
