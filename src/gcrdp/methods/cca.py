@@ -1,66 +1,8 @@
 """``cca``: regularised canonical correlation analysis (Rasiwasia et al., ACM MM 2010; the
 ridge form of Hardoon, Szedmak & Shawe-Taylor, 2004), the classic cross-modal baseline.
 
-Math (:func:`fit_cca`, pure numpy/float64)
-------------------------------------------
-Per modality one vector per pair (``input``): the encoder's pooled feature (default) or the
-masked mean of the local features. With pair weights ``w`` (1, or ``fewshot_weight`` for the
-few-shot pairs), weighted means ``μx, μy`` and — with ``standardize=True`` — weighted standard
-deviations ``σx, σy`` (a constant feature keeps σ = 1), ``x̃ = (x − μx) / σx`` (σ = 1 without
-standardisation: centring is always done) and the weighted covariances
-``Cxx = Σ wᵢ x̃ᵢ x̃ᵢᵀ / Σ wᵢ`` (likewise ``Cyy``, ``Cxy``). The ridge is *relative to the mean
-variance*::
-
-    Cxx_r = Cxx + reg · (trace(Cxx) / d_x) · I        Cyy_r = Cyy + reg · (trace(Cyy) / d_y) · I
-
-so ``reg`` is unit-free (rescaling a modality's features changes nothing) and ``reg = 1`` adds
-the average feature variance to every eigenvalue. The canonical directions come from the SVD
-``Cxx_r^{-1/2} Cxy Cyy_r^{-1/2} = U diag(ρ) Vᵀ``: ``A = Cxx_r^{-1/2} U_k``, ``B = Cyy_r^{-1/2}
-V_k`` and the (regularised) canonical correlations ``ρ₁ ≥ … ≥ ρ_k`` — equivalently the top
-eigenpairs of the block generalised problem ``[[0, Cxy], [Cyx, 0]] v = ρ [[Cxx_r, 0], [0,
-Cyy_r]] v``. ``A`` is scaled so that ``Aᵀ Cxx_r A = I`` (likewise ``B``). With ``reg = 0`` this
-is plain CCA (a singular covariance is pseudo-inverted: eigenvalues below ``1e-12`` of the
-largest are dropped); with ``reg = 0`` and ``d ≥ n`` the correlations are trivially 1 and the
-result overfits, hence the ridge. As ``reg → ∞`` the directions tend to those of PLS (the
-singular vectors of ``Cxy``) and every ρ shrinks by about ``1 / reg``. Each direction's sign is
-fixed so that its largest-magnitude image weight is positive (deterministic output).
-
-Embedding: ``z = (x̃ A) · ρ^eig_power`` (per component), L2-normalised, so retrieval by cosine is
-the weighted inner product of Gong et al. (IJCV 2014, "A multi-view embedding space for
-modeling internet images, tags, and their semantics"), who scale by ρ⁴. Here the default is
-``eig_power = 1``: on the Wikipedia SIFT/LDA features (standard protocol, seed 0, the 435
-*validation* pairs; the test pairs were not used) the validation mean mAP was 0.244 with power 1
-against 0.218 with power 4 and 0.236 with power 0 (reg = 1). Components with ρ = 0 then drop
-out; ``eig_power = 0`` keeps all ``k`` with equal weight.
-
-Options (:class:`CCAConfig`)
-----------------------------
-``input`` (``"pooled"`` | ``"mean_local"``), ``standardize`` (False: centre only),
-``reg`` (a number ≥ 0, a list of them, or ``"auto"`` = :data:`AUTO_REG_GRID`; default
-``"auto"``), ``n_components`` (None: ``min(d_x, d_y, 128, n − 1)``; a larger value is clipped to
-``min(d_x, d_y, n − 1)``), ``eig_power`` (default 1) and ``fewshot_weight`` (default 1).
-
-**Choosing reg.** With a list or ``"auto"`` and validation pairs (``FitData.val``), one CCA is
-fitted per value and the one with the best validation mean mAP (I2T and T2I mAP@all, queries =
-gallery, :func:`gcrdp.evaluation.cross_modal_metrics`) is kept (ties: the first in the list).
-Without validation pairs, ``"auto"`` falls back to :data:`FALLBACK_REG` and an explicit list is a
-:class:`~gcrdp.errors.ConfigError`. The chosen value, how it was chosen and the per-value
-validation scores are in ``FitReport.extra`` (``reg``, ``reg_selection``, ``val_map_by_reg``).
-On the Wikipedia validation pairs the grid's best values were 0.3–1 (mean mAP 0.2435 at both;
-0.240 at 0.1, 0.232 at 1e-3, 0.237 at 3).
-
-**Few-shot pairs.** The neural methods see each few-shot pair ``TrainConfig.oversample`` (4)
-times per epoch. CCA uses every training pair once by default (``fewshot_weight = 1``: the
-published baseline); ``fewshot_weight = w`` gives the few-shot pairs (``FitData.oversample``)
-weight ``w`` in the means and covariances — the same as repeating them ``w`` times, so
-``fewshot_weight = 4`` mirrors the neural methods' oversampling.
-
-Fitting is closed-form and deterministic: ``seed`` is accepted and ignored, ``FitReport.epochs``
-is 0. The method is checkpointable (contract in :mod:`gcrdp.methods.base`): ``init_model
-(image_dim, text_dim, n_components)`` builds a :class:`CCAModel` whose float64 buffers hold the
-whole fitted state (means, scales, directions, correlations), so ``save_method`` /
-``load_method`` round-trip it exactly; ``fit(..., checkpoint_dir=, resume=)`` accepts the
-arguments of the contract but writes nothing there (there is no intermediate state to resume).
+The method's notes — what it is, the choices made where the paper is silent, and how it is
+tested — are in docs/methods/cca.md.
 """
 
 from __future__ import annotations

@@ -2,48 +2,8 @@
 Vision-Language Pre-trained Model for Supervised Cross-Modal Retrieval", arXiv:2201.02772) on
 frozen features.
 
-What is implemented (checked against the authors' code, ``zhixiongz/CLIP4CMR``: ``model.py``,
-``metrics.py`` ``PAN``, ``main.py``):
-
-* **Input.** One vector per sample and modality (:func:`~gcrdp.methods.inputs.global_inputs`):
-  ``input="pooled"`` (default) the encoder's global feature — CLIP4CMR feeds CLIP's image and
-  text embeddings — or ``input="mean_local"``, the masked mean of the local features (equal to the
-  feature itself for pooled-only, L = 1, inputs).
-* **Heads.** Per modality a two-layer MLP ``Linear(d_m, hidden_dim) → GELU → Dropout →
-  Linear(hidden_dim, latent_dim)`` (:class:`~gcrdp.model.ProjectionHead`; ``num_layers=1``: one
-  linear map), output L2-normalised. The authors use hidden 256, output 1024, dropout 0.1, but
-  put the dropout *after* the second linear layer (before the normalisation); here it sits
-  between the layers as in the other heads of this package.
-* **Losses** (``loss=``):
-
-  - ``"prototype"`` (default; CLIP4CMR's best objective, "PCL", the prototype contrastive loss
-    of PAN, Zeng et al., SIGIR 2021) — :func:`prototype_loss`: one prototype per class in the
-    common space, *shared by both modalities*; for each embedding, cross-entropy of the softmax
-    over ``cos(f, c_k) / prototype_temperature`` against its class, summed over the two
-    modalities. The authors write the logits as ``−||f − c_k||²`` with unit-norm f and c_k,
-    which is ``2 cos(f, c_k) − 2``: the same softmax as cosine with temperature 0.5, the default
-    here. Their prototypes are random unit vectors that are *not trained* (``requires_grad=False``)
-    — ``learn_prototypes=False`` (default, stored as a buffer); ``True`` makes them parameters
-    (normalised in the loss). Multi-label rows (several classes) use the normalised multi-hot
-    vector as the soft target; rows without any label are left out of this term. The authors'
-    extra division of the (already batch-averaged) loss by the batch size is not reproduced
-    (with Adam a constant loss scale hardly matters; it would only change the balance in
-    ``"both"``).
-  - ``"contrastive"`` — the symmetric cross-modal InfoNCE of CLIP over the batch's pairs
-    (:func:`~gcrdp.losses.symmetric_infonce`, ``temperature``), as ``gap-infonce`` but on one
-    global vector per sample. (The "CL" objective of the CLIP4CMR study is a label-aware
-    margin-based contrastive loss on squared Euclidean distances, not InfoNCE; this option is the
-    instance-level CLIP loss.)
-  - ``"both"`` — ``contrastive_weight · InfoNCE + prototype_weight · prototype``.
-
-* **Retrieval** uses the L2-normalised head outputs (cosine).
-
-Training: the shared :class:`~gcrdp.training.config.TrainConfig` defaults (lr 1e-3, batch 128,
-at most 60 epochs, early stopping on the *validation* mAP with patience 5). The authors use Adam
-with lr 1e-4, batch 300 (NUS-WIDE) and stop after 10 epochs without improvement of the *test*
-mAP (at most 500); under the shared budget lr 1e-4 is worse on validation (Wikipedia SIFT/LDA,
-standard protocol, seed 0, prototype loss: validation mAP 19.3 vs 25.7 with 1e-3), so pass
-``lr=1e-4`` explicitly for the authors' rate.
+The method's notes — what it is, the choices made where the paper is silent, and how it is
+tested — are in docs/methods/clip4cmr.md.
 """
 
 from __future__ import annotations

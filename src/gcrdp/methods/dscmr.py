@@ -1,50 +1,8 @@
 """``dscmr``: Deep Supervised Cross-Modal Retrieval (Zhen, Hu, Wang & Peng, CVPR 2019) on frozen
 features.
 
-What is implemented (checked against the authors' code, ``penghu-cs/DSCMR``: ``model.py``
-``IDCM_NN``, ``train_model.py`` ``calc_loss``, ``main.py`` hyper-parameters):
-
-* **Input.** One vector per sample and modality (:func:`global_inputs`): ``input="mean_local"``
-  (default) the masked mean of the local features — for pre-extracted pooled-only features
-  (L = 1, e.g. Wikipedia's SIFT/LDA, Pascal's VGG/Doc2Vec) that *is* the feature, which is
-  DSCMR's setting (VGG-19 fc7 / sentence-CNN or Doc2Vec vectors) — or ``input="pooled"``, the
-  encoder's own global feature (e.g. CLIP's projected embedding).
-* **Network.** Per modality ``Linear(d_m, hidden_dim) → ReLU`` (the authors' ``ImgNN`` /
-  ``TextNN``), then one ``Linear(hidden_dim, latent_dim)`` *shared by both modalities* (the
-  paper's weight sharing in the last layer, ``linearLayer``) giving the common representations
-  U (images) and V (texts), then a linear classifier ``Linear(latent_dim, n_classes)`` shared by
-  both (``linearLayer2``, the paper's P) giving the label-space predictions. The authors' sizes
-  are hidden 2048, common 1024; ``dropout`` (default 0, none in the original) acts after the ReLU.
-* **Loss** ``J = J_label + alpha · J_common + beta · J_inv`` on a batch of B pairs with multi-hot
-  labels Y (see the functions below for the exact formulas):
-
-  - ``J_label`` (:func:`dscmr_label_loss`): ``mean_i ||P u_i − y_i|| + mean_i ||P v_i − y_i||``;
-  - ``J_common`` (:func:`common_space_loss`): the pairwise negative log-likelihood
-    ``mean_ij [log(1 + e^Θij) − S_ij Θij]`` with ``Θij = ½ cos(a_i, b_j)`` summed over the three
-    pairings (image–image, image–text, text–text); ``S_ij = 1`` when samples i and j share at
-    least one label (the paper's definition; the code uses ``Y Yᵀ``, the same for single-label
-    data and a count for multi-label rows);
-  - ``J_inv`` (:func:`modality_invariance_loss`): ``mean_i ||u_i − v_i||``.
-
-  ``norm="l2"`` (default) takes the per-sample Euclidean norms, *not squared*, exactly as the
-  authors' released code does (``((p − y)**2).sum(1).sqrt().mean()``; the paper states these
-  terms with Frobenius norms of the whole matrices, ``(1/n)·||Pᵀ U − Y||_F`` — a recollection of
-  the paper, whose text was not available here to re-check); ``norm="squared"`` uses squared
-  norms instead (``mean_i ||·||²`` = ``(1/n)·||·||_F²``, the MSE-style variant).
-  Defaults ``alpha = 1e-3`` and ``beta = 0.1`` are the authors' (``main.py``).
-* **Retrieval** uses the common representations U / V, L2-normalised (cosine, as the authors'
-  evaluation does).
-
-Departures from the original, forced by the shared protocol: Adam with the shared
-:class:`~gcrdp.training.config.TrainConfig` defaults (lr 1e-3, batch 128, at most 60 epochs,
-early stopping on the *validation* mAP with patience 5). The authors train with lr 1e-4,
-``betas = (0.5, 0.999)``, batch 100 for 500 epochs and keep the epoch with the best *test* mAP;
-under the shared budget lr 1e-4 stops early before converging (Wikipedia SIFT/LDA, standard
-protocol, seed 0: validation mAP 22.7 with lr 1e-4 vs 25.6 with 1e-3), so the shared lr is the
-default — pass ``lr=1e-4, batch_size=100`` for the authors' settings (Adam's betas stay (0.9,
-0.999): the shared loop has no option for them).
-In the few-shot protocol the label columns are all the dataset's classes: the classifier has an
-output for every class, and unseen classes without shots are simply never positive.
+The method's notes — what it is, the choices made where the paper is silent, and how it is
+tested — are in docs/methods/dscmr.md.
 """
 
 from __future__ import annotations

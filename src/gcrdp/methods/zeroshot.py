@@ -1,32 +1,8 @@
 """``zero-shot``: raw cosine similarity between the encoders' global (pooled) features — no
 training at all (SPEC §4).
 
-The embeddings are the L2-normalised pooled features (float32; computed in float64), so
-retrieval scores are the cosines of the raw features. This is only meaningful when the two
-encoders map into one space (a CLIP-like pair). ``fit`` checks that before anything else:
-
-1. The pooled dims must agree, else :class:`~gcrdp.errors.ConfigError` naming both.
-2. The pair must be known to be aligned, from the feature meta (``FitData.train.meta``, the
-   :class:`~gcrdp.data.features.FeatureSet` meta):
-
-   * extracted features (``meta["key_inputs"]`` holds the encoders' fingerprints): aligned when
-     both fingerprints name the ``clip`` encoder (key ``"encoder"``, or ``"name"``) with the same
-     ``weights_sha256`` — one CLIP model's two towers. Two CLIP encoders with different weights
-     are not aligned.
-   * pre-extracted features of a clip-retrieval folder (``meta["format"] == "clip-retrieval"``,
-     :mod:`gcrdp.data.clip_retrieval`): aligned (that layout holds one model's image and text
-     embeddings of a shared space, e.g. CLIP via clip-retrieval, or ``gcrdp export``).
-   * anything else (other encoders, e.g. ``efficientnet-lite0`` + ``minilm-l6``; pre-extracted
-     features whose origin is unknown): ConfigError, unless the option ``assume_aligned=True``
-     says the features are known to share a space.
-
-   ``FitReport.extra["alignment"]`` records which rule accepted the pair.
-
-``fit`` records 0 epochs and, when validation pairs are given, their mean mAP (I2T and T2I
-mAP@all) as ``best_val_map``. The method is checkpointable (contract in
-:mod:`gcrdp.methods.base`): ``init_model(image_dim, text_dim)`` builds a module whose only
-buffer records the two pooled dims (the whole "fitted state"), so ``gcrdp train`` /
-``evaluate --checkpoint`` / ``export`` work like for the trained methods.
+The method's notes — what it is, the choices made where the paper is silent, and how it is
+tested — are in docs/methods/zero-shot.md.
 """
 
 from __future__ import annotations

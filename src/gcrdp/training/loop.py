@@ -139,13 +139,8 @@ def fit_loop(
         checkpoint_dir: when given, a *training* checkpoint (weights, optimizer state, best
             weights so far, counters, history, torch RNG state; layout in
             :mod:`gcrdp.training.checkpoint`) replaces ``checkpoint_dir`` atomically at the end
-            of every epoch. Cost with Twemoji-sized heads (1280- and 384-dim inputs, 256
-            hidden/latent: 0.56 M parameters; 6.7 MB written per epoch — weights 2.2 MB, Adam
-            state 4.5 MB — the best weights are hard-linked, not rewritten), measured on the
-            2-core development VM (ext4, fsync on): 35-40 ms per epoch when the machine is
-            idle (fsync ~16, unlinking the previous checkpoint ~11, serialising ~10, CRC ~3),
-            i.e. ~7 % of a ~0.55 s Twemoji epoch (530 training pairs); 60-80 ms when other
-            jobs share the CPUs. Without ``checkpoint_dir`` nothing is written.
+            of every epoch (its cost per epoch is measured in docs/benchmarks.md). Without
+            ``checkpoint_dir`` nothing is written.
         resume: when True and ``checkpoint_dir`` holds a training checkpoint, training goes on
             from the epoch after the stored one and ends with exactly the weights, history and
             metrics of an uninterrupted run (same seed). The checkpoint must belong to the same
