@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import gcrdp.data.clip_retrieval  # noqa: F401  (registers "clip-retrieval")
+import gcrdp.data.formats.clip_retrieval  # noqa: F401  (registers "clip-retrieval")
 from gcrdp.data import load_dataset
-from gcrdp.data.clip_retrieval import export_clip_retrieval, part_name
+from gcrdp.data.formats.clip_retrieval import export_clip_retrieval, part_name
 from gcrdp.errors import ConfigError, DataError
 from gcrdp.search.export import export_embeddings
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gcrdp.data import load_dataset
-from gcrdp.data.featurefiles import load_feature_files
+from gcrdp.data.formats.featurefiles import load_feature_files
 from gcrdp.errors import DataError
 
 CLASSES = ["apple", "boat", "cat", "dog", "eel", "fox", "goat", "hen"]
@@ -77,7 +77,7 @@ def test_npz_local_sets_with_mask(tmp_path):
 
 
 def test_extract_export_round_trip(tmp_path):
-    from gcrdp.data.featurefiles import save_features_npz
+    from gcrdp.data.formats.featurefiles import save_features_npz
 
     d = _data(L=4)
     mask = np.ones((24, 4), bool)
@@ -171,7 +171,7 @@ def test_mat_v5(tmp_path):
 
 def test_mat_v73_hdf5_transposed(tmp_path):
     h5py = pytest.importorskip("h5py")
-    from gcrdp.data.arrays import _is_hdf5
+    from gcrdp.data.formats.arrays import _is_hdf5
 
     d = _data()
     p = tmp_path / "f.mat"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import gcrdp.data.folder  # noqa: F401  (registers "folder")
+import gcrdp.data.formats.folder  # noqa: F401  (registers "folder")
 from gcrdp.data import load_dataset
-from gcrdp.data.folder import n_test_of, per_class_test_split
+from gcrdp.data.formats.folder import n_test_of, per_class_test_split
 from gcrdp.errors import ConfigError, DataError
 
 

@@ -11,7 +11,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-import gcrdp.data.nuswide  # noqa: F401  (registers "nus-wide")
+import gcrdp.data.formats.nuswide  # noqa: F401  (registers "nus-wide")
 from gcrdp.data import load_dataset
 from gcrdp.errors import ConfigError, DataError
 

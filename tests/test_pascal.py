@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gcrdp.data import load_dataset
-from gcrdp.data.pascal import VOC_CLASSES
+from gcrdp.data.formats.pascal import VOC_CLASSES
 from gcrdp.errors import ConfigError, DataError
 
 CATS = ["aeroplane", "bicycle", "bird"]

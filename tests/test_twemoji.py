@@ -20,7 +20,7 @@ from gcrdp.data import (  # noqa: E402
     load_dataset,
     make_split,
 )
-from gcrdp.data.twemoji import emoji_metadata, load_twemoji  # noqa: E402
+from gcrdp.data.formats.twemoji import emoji_metadata, load_twemoji  # noqa: E402
 from gcrdp.errors import ConfigError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

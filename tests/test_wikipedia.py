@@ -159,7 +159,7 @@ def test_raw_source_and_auto(tmp_path):
 def test_matlab_v73_features(wiki, tmp_path):
     """v7.3 .mat files are HDF5 (after a 512-byte header) with every array stored transposed."""
     h5py = pytest.importorskip("h5py")
-    from gcrdp.data.arrays import _is_hdf5, read_arrays
+    from gcrdp.data.formats.arrays import _is_hdf5, read_arrays
 
     root, arr = wiki
     v73 = root / "features" / "wikiData.mat"
@@ -404,7 +404,7 @@ def test_real_wikipedia_features(shared_data, features_file):
 
 @pytest.mark.shared_data
 def test_real_wikipedia_mat_labels_match_list(shared_data):
-    from gcrdp.data.arrays import read_arrays
+    from gcrdp.data.formats.arrays import read_arrays
 
     root = shared_data / "wikipedia"
     arr = read_arrays(root / "features" / "wikiData_with_labels.mat")

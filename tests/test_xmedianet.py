@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-import gcrdp.data.xmedianet  # noqa: F401  (registers "xmedianet")
+import gcrdp.data.formats.xmedianet  # noqa: F401  (registers "xmedianet")
 from gcrdp.data import load_dataset
 from gcrdp.errors import ConfigError, DataError
 

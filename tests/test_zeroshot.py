@@ -146,7 +146,7 @@ def test_clip_retrieval_folder_end_to_end(tmp_path):
     """A clip-retrieval folder (pre-extracted embeddings of one space) is accepted as aligned,
     through the real loader and run_experiment."""
     pytest.importorskip("pyarrow")
-    from gcrdp.data.clip_retrieval import export_clip_retrieval
+    from gcrdp.data.formats.clip_retrieval import export_clip_retrieval
     from gcrdp.data.registry import load_dataset
     from gcrdp.experiments import RunConfig, run_experiment
 

@@ -12,7 +12,7 @@ from .common import _add_dataset_args, _add_encoder_args, _dataset_fields, _enco
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from ..data.featurefiles import save_features_npz
+    from ..data.formats.featurefiles import save_features_npz
     from ..data.registry import load_dataset
     from ..experiments import RunConfig
     from ..experiments.runner import load_features

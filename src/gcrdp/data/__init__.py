@@ -6,21 +6,21 @@ folders ``dscmr``, and users' own data: ``manifest``, ``folder``, ``features``,
 ``clip-retrieval``. ``gcrdp datasets`` lists them with their layouts.
 """
 
-from .clip_retrieval import export_clip_retrieval, load_clip_retrieval
-from .dscmr import load_dscmr
-from .featurefiles import load_feature_files
 from .features import FeatureSet, ModalityFeatures
-from .folder import load_folder
-from .manifest import load_manifest
-from .nuswide import load_nuswide
-from .pascal import load_pascal_sentence
+from .formats.clip_retrieval import export_clip_retrieval, load_clip_retrieval
+from .formats.dscmr import load_dscmr
+from .formats.featurefiles import load_feature_files
+from .formats.folder import load_folder
+from .formats.manifest import load_manifest
+from .formats.nuswide import load_nuswide
+from .formats.pascal import load_pascal_sentence
+from .formats.twemoji import load_twemoji
+from .formats.wikipedia import load_wikipedia
+from .formats.xmedianet import load_xmedianet
 from .protocol import PROTOCOLS, ProtocolSplit, make_split
 from .registry import DATASETS, dataset_options, list_datasets, load_dataset
 from .splits import generate_class_split, list_class_splits, load_class_split
-from .twemoji import load_twemoji
 from .types import ClassSplit, Dataset, Sample
-from .wikipedia import load_wikipedia
-from .xmedianet import load_xmedianet
 
 __all__ = [
     "Sample", "Dataset", "ClassSplit", "ModalityFeatures", "FeatureSet",

@@ -23,14 +23,14 @@ DatasetLoader = Callable[..., Dataset]
 
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
-#: Modules of ``gcrdp.data`` whose import registers a built-in dataset.
+#: Modules of ``gcrdp.data.formats`` whose import registers a built-in dataset.
 BUILTIN_MODULES: tuple[str, ...] = ("twemoji", "manifest", "wikipedia", "dscmr", "pascal", "featurefiles", "folder",
                                      "clip_retrieval", "nuswide", "xmedianet")
 
 
 def _ensure_builtins() -> None:
     for mod in BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
+        importlib.import_module(f"{__package__}.formats.{mod}")
 
 
 def list_datasets() -> list[str]:

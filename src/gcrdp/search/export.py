@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.clip_retrieval import export_clip_retrieval
 from ..data.features import FeatureSet
+from ..data.formats.clip_retrieval import export_clip_retrieval
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError, format_list
 

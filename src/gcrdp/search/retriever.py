@@ -181,7 +181,7 @@ def items_from_dataset(name: str, **options: Any) -> tuple[list[Item], Any]:
 def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
     """Both modalities of a gcrdp manifest (see ``gcrdp datasets manifest``): each row's image
     and its text, with the row's id and first label."""
-    from ..data.manifest import load_manifest
+    from ..data.formats.manifest import load_manifest
 
     ds = load_manifest(path, **options)
     out = []

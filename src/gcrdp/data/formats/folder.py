@@ -51,7 +51,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError, DataError, format_list
+from ...errors import ConfigError, DataError, format_list
+from ..problems import Problems
+from ..registry import DATASETS
+from ..types import SPLITS, ClassSplit, Dataset, Sample
 from .build import (  # noqa: F401  (check_test_fraction, n_test_of, per_class_test_split: used and re-exported)
     IMAGE_EXTENSIONS,
     check_skip_bad,
@@ -61,9 +64,6 @@ from .build import (  # noqa: F401  (check_test_fraction, n_test_of, per_class_t
     per_class_test_split,
     read_utf8,
 )
-from .problems import Problems
-from .registry import DATASETS
-from .types import SPLITS, ClassSplit, Dataset, Sample
 
 MAX_IGNORED_SHOWN = 20
 

@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, format_list
+from ...errors import ConfigError, DataError, format_list
+from ..features import FeatureSet, ModalityFeatures
+from ..problems import Problems
+from ..registry import DATASETS
+from ..types import ClassSplit, Dataset, Sample
 from .arrays import as_label_vector, pick, read_arrays, read_safetensors_metadata
 from .build import assign_test_split, check_skip_bad, finish_dataset
-from .features import FeatureSet, ModalityFeatures
-from .problems import Problems
-from .registry import DATASETS
-from .types import ClassSplit, Dataset, Sample
 
 KEYS = {
     "image": ("image", "image_local", "img", "image_features", "image_feats", "image_emb",
@@ -271,7 +271,7 @@ def save_features_npz(feats: Any, dataset: Any, path: Path) -> None:
     ids and split; atomically."""
     import io
 
-    from ..utils.io import atomic_write_bytes
+    from ...utils.io import atomic_write_bytes
 
     if path.suffix != ".npz":
         raise ConfigError(f"--output must end in .npz, got {path}")

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
+from ..features import FeatureSet, ModalityFeatures
+from ..problems import Problems
+from ..registry import DATASETS
+from ..types import ClassSplit, Dataset, Sample
 from .arrays import as_label_vector, as_multi_hot, read_arrays
 from .build import check_skip_bad, finish_dataset
-from .features import FeatureSet, ModalityFeatures
-from .problems import Problems
-from .registry import DATASETS
-from .types import ClassSplit, Dataset, Sample
 
 PARTS = ("img", "txt", "img_lab")
 _EXTS = (".mat", ".npy", ".h5")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, optional_import
+from ...errors import DataError, optional_import
 
 FORMATS_EXTRA = "formats"
 EXTENSIONS = (".mat", ".h5", ".hdf5", ".h5py", ".npz", ".npy", ".safetensors")

@@ -44,11 +44,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
+from ..registry import DATASETS
+from ..splits import generate_class_split, generated_split_source, load_class_split
+from ..types import SPLITS, ClassSplit, Dataset, Sample
 from .build import check_skip_bad
-from .registry import DATASETS
-from .splits import generate_class_split, generated_split_source, load_class_split
-from .types import SPLITS, ClassSplit, Dataset, Sample
 
 FORMATS = ("csv", "tsv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}

@@ -38,13 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
+from ..features import FeatureSet, ModalityFeatures
+from ..problems import Problem, Problems
+from ..registry import DATASETS
+from ..types import ClassSplit, Dataset, Sample
 from .arrays import as_label_vector, pick, read_arrays
 from .build import check_skip_bad, finish_dataset, index_images, read_utf8
-from .features import FeatureSet, ModalityFeatures
-from .problems import Problem, Problems
-from .registry import DATASETS
-from .types import ClassSplit, Dataset, Sample
 
 LIST_FILES = {"train": "trainset_txt_img_cat.list", "test": "testset_txt_img_cat.list"}
 SOURCES = ("auto", "raw", "features")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, format_list
-from .features import FeatureSet
-from .problems import Problems
-from .splits import generate_class_split, generated_split_source, list_class_splits, load_class_split
-from .types import ClassSplit, Dataset, Sample, split_label
+from ...errors import ConfigError, format_list
+from ..features import FeatureSet
+from ..problems import Problems
+from ..splits import generate_class_split, generated_split_source, list_class_splits, load_class_split
+from ..types import ClassSplit, Dataset, Sample, split_label
 
 
 def check_skip_bad(skip_bad: object) -> bool:

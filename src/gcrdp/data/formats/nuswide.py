@@ -79,7 +79,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, format_list
+from ...errors import ConfigError, DataError, format_list
+from ..problems import Problem, Problems
+from ..registry import DATASETS
+from ..types import ClassSplit, Dataset, Sample
 from .build import check_skip_bad, finish_dataset, index_images
 from .featurearrays import (
     collect_arrays,
@@ -90,9 +93,6 @@ from .featurearrays import (
     read_class_names,
     read_parts,
 )
-from .problems import Problem, Problems
-from .registry import DATASETS
-from .types import ClassSplit, Dataset, Sample
 
 SOURCES = ("auto", "raw", "features")
 SUBSETS = {"10": ("single", 10), "21": ("multi", 21), "81": ("multi", 81), "multi": ("multi", None)}

@@ -61,12 +61,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
+from ..problems import Problems
+from ..registry import DATASETS
+from ..types import ClassSplit, Dataset, Sample
 from .build import check_skip_bad, finish_dataset
 from .featurearrays import collect_arrays, decode_rows, feature_set, find_feature_files, pairing_hint, read_class_names, read_parts
-from .problems import Problems
-from .registry import DATASETS
-from .types import ClassSplit, Dataset, Sample
 
 KNOWN_FILES = ("xmedianet_deep_doc2vec_data.h5py", "xmedianet_deep_doc2vec_data.h5",
                "xmedianet.mat", "XMediaNet5View_Doc2Vec.mat", "xmedianet_features.mat",

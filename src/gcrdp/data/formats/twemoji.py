@@ -37,10 +37,10 @@ from collections import Counter, defaultdict
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ConfigError, DataError, GcrdpError, optional_import
-from .registry import DATASETS
-from .splits import generate_class_split, load_class_split
-from .types import ClassSplit, Dataset, Sample
+from ...errors import ConfigError, DataError, GcrdpError, optional_import
+from ..registry import DATASETS
+from ..splits import generate_class_split, load_class_split
+from ..types import ClassSplit, Dataset, Sample
 
 EXCLUDED_CATEGORIES = ("Flags", "Component")
 SHIPPED_SPLIT_SEED = 0

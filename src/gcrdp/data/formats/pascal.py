@@ -33,12 +33,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
+from ..problems import Problem, Problems
+from ..registry import DATASETS
+from ..types import ClassSplit, Dataset, Sample
 from .build import check_skip_bad, finish_dataset, index_images, read_utf8
 from .dscmr import load_dscmr_folder
-from .problems import Problem, Problems
-from .registry import DATASETS
-from .types import ClassSplit, Dataset, Sample
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",

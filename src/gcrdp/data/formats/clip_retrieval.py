@@ -80,13 +80,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, format_list, optional_import
-from ..utils.io import fsync_dir
+from ...errors import ConfigError, DataError, format_list, optional_import
+from ...utils.io import fsync_dir
+from ..features import FeatureSet, ModalityFeatures
+from ..problems import Problems
+from ..registry import DATASETS
+from ..types import SPLITS, ClassSplit, Dataset, Sample
 from .build import check_skip_bad, check_test_fraction, finish_dataset, per_class_test_split
-from .features import FeatureSet, ModalityFeatures
-from .problems import Problems
-from .registry import DATASETS
-from .types import SPLITS, ClassSplit, Dataset, Sample
 
 FORMATS_EXTRA = "formats"
 #: (folder, file prefix, extension) of the three aligned files of a part.

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, format_list
+from ...errors import ConfigError, DataError, format_list
+from ..features import FeatureSet, ModalityFeatures
 from .arrays import read_arrays
 from .build import read_utf8
-from .features import FeatureSet, ModalityFeatures
 
 FEATURE_EXTENSIONS = (".mat", ".h5", ".hdf5", ".h5py", ".npz", ".npy")
 FILE_SPLITS = ("train", "valid", "test")
