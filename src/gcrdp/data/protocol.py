@@ -385,7 +385,7 @@ def make_split(
     unseen_side = np.array([any(lab in unseen_set for lab in s.labels) for s in samples])
 
     # --- shots: nested draws, one independent stream per unseen class
-    by_class = {c: [] for c in unseen}
+    by_class: dict[str, list[int]] = {c: [] for c in unseen}
     for i in train_split:
         for lab in samples[int(i)].labels:
             if lab in by_class:

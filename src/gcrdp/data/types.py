@@ -203,8 +203,7 @@ class Dataset:
     def label_matrix(self, indices: np.ndarray | None = None) -> np.ndarray:
         """(n, n_classes) bool multi-hot matrix, rows in sample order (or ``indices`` order)."""
         index = {c: i for i, c in enumerate(self.classes)}
-        rows = range(len(self.samples)) if indices is None else np.asarray(indices)
-        rows = list(rows)
+        rows = list(range(len(self.samples))) if indices is None else list(np.asarray(indices))
         out = np.zeros((len(rows), len(self.classes)), dtype=bool)
         for r, i in enumerate(rows):
             for lab in self.samples[int(i)].labels:

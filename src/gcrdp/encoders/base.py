@@ -84,7 +84,7 @@ def check_encoder(encoder: object, modality: str, role: str = "encoder") -> None
             f"{role} must follow the gcrdp Encoder protocol (attributes modality, name, "
             f"fingerprint(), encode()); {type(encoder).__name__} lacks {', '.join(missing)}."
         )
-    got = encoder.modality
+    got = getattr(encoder, "modality")  # noqa: B009  (checked above; object has no such attribute for mypy)
     if got != modality:
         raise ConfigError(f"{role} must be an encoder of modality {modality!r}; "
                           f"{getattr(encoder, 'name', '?')!r} has modality {got!r}.")

@@ -57,7 +57,8 @@ def dataset_label(results: dict[str, Any]) -> str:
 
 def gather(results_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat records with ``dataset`` set to the dataset label; duplicates are an error."""
-    out, seen = [], {}
+    out: list[dict[str, Any]] = []
+    seen: dict[Any, Any] = {}
     for res in results_list:
         label = dataset_label(res)
         for rec in res["records"]:

@@ -37,8 +37,9 @@ def format_instance_table(summary: list[dict[str, Any]], title: str | None = Non
     for r in sorted(summary, key=lambda r: (r["shots"], r["method"])):
         cells = [r["method"], str(r["shots"])]
         for d in ("i2t", "t2i"):
-            vals = [r.get(f"instance_{d}_recall@{k}_mean") for k in (1, 5, 10)]
-            if any(v is None for v in vals):
+            got = [r.get(f"instance_{d}_recall@{k}_mean") for k in (1, 5, 10)]
+            vals = [float(v) for v in got if v is not None]
+            if len(vals) != len(got):
                 return None
             cells.append(" / ".join(f"{100 * v:.1f}" for v in vals))
         rows.append(cells)

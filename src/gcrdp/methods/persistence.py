@@ -95,7 +95,7 @@ def load_method(source: str | Path | Checkpoint, device: str = "cpu",
         raise ConfigError(f"Checkpoint {ckpt.path} holds method {name!r}, not a {expect.__name__}.")
     check_checkpointable(method)
     try:
-        model = method.init_model(**ckpt.state["input_dims"])
+        model = method.init_model(**ckpt.state["input_dims"])  # type: ignore[attr-defined]  # checked above
     except TypeError as exc:
         raise DataError(f"Checkpoint {ckpt.path}: input dims {ckpt.state['input_dims']} do not fit "
                         f"{name}.init_model ({exc}).") from None

@@ -52,8 +52,13 @@ class FaissBackend:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise DataError(f"vectors must be (n, {self.dim}), got {x.shape}.")
         if not self.index.is_trained:
-            n_lists = getattr(self.index, "nlist", None) or getattr(_faiss().extract_index_ivf(self.index), "nlist", 1)
-            if len(x) < n_lists:
+            n_lists = getattr(self.index, "nlist", None)
+            if n_lists is None:
+                try:  # an IVF index behind a pre-transform; other untrained indexes (PQ…) need no lists
+                    n_lists = int(_faiss().extract_index_ivf(self.index).nlist)
+                except RuntimeError:
+                    n_lists = 1
+            if len(x) < int(n_lists):
                 raise ConfigError(f"Index type {self.index_type!r} needs at least {n_lists} vectors to train its "
                                   f"{n_lists} lists; this collection has {len(x)}. Use Flat or fewer lists.")
             self.index.train(x)

@@ -460,7 +460,7 @@ class Retriever:
             "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
             "encoders": model.encoders_config() if model.checkpoint is None else None,
             "model": model.fingerprint, "backend": backend,
-            "uri": next(iter(backends.values())).uri if backend == "milvus" else None,
+            "uri": getattr(next(iter(backends.values())), "uri", None) if backend == "milvus" else None,
             "index_type": index_type, "metric": "inner product" + (" of unit vectors (cosine)"
                                                                   if model.metric == "cosine" else ""),
             "dim": next(iter(backends.values())).dim,

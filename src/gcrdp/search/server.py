@@ -173,14 +173,14 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
         try:
             from PIL import Image
 
-            with Image.open(meta[3]) as im:  # the path stored at index time, never one from the request
-                rgba = im.convert("RGBA")  # transparency onto white, as a page shows it
-                im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im.alpha_composite(rgba)
-                im = im.convert("RGB")
-                im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-                buf = io.BytesIO()
-                im.save(buf, format="JPEG", quality=85)
+            with Image.open(meta[3]) as src:  # the path stored at index time, never one from the request
+                rgba = src.convert("RGBA")  # transparency onto white, as a page shows it
+            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            canvas.alpha_composite(rgba)
+            thumb = canvas.convert("RGB")
+            thumb.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            buf = io.BytesIO()
+            thumb.save(buf, format="JPEG", quality=85)
         except Exception:  # noqa: BLE001 - a missing, changed or undecodable file: not the server's fault
             raise HTTPException(410, f"the image file of {id!r} is no longer readable") from None
         return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})

@@ -145,7 +145,7 @@ def load_twemoji(
     available = {p.stem for p in folder.glob("*.png")}
     entries = emoji_metadata()
 
-    excluded = Counter()
+    excluded: Counter[str] = Counter()
     no_image: list[str] = []
     kept: list[tuple[int, str, dict, Path]] = []  # (sort_order, unified, entry, png)
     for e in entries:
