@@ -300,3 +300,12 @@ def test_index_reports_instance_recall_of_its_own_pairs(trained, tmp_path):
     order = np.argsort([m for m in qi])  # the report sorts pairs by id; recall is order-free
     ref = instance_recall(vi[qi[order]], vt, qt[order], metric="dot")
     assert inst["i2t"]["recall@5"] == pytest.approx(ref["recall@5"])
+
+
+def test_an_untrained_index_without_lists_trains_on_its_vectors():
+    rng = np.random.default_rng(5)
+    g = _unit(rng.normal(size=(600, 16)))
+    pq = FaissBackend(16, "PQ4")  # needs training, has no IVF lists
+    pq.add(g)
+    assert pq.ntotal == 600 and pq.search(g[:3], 5)[1].shape == (3, 5)
+    assert 0.0 < recall_at_k(pq, g, k=10, n_queries=100) <= 1.0
