@@ -17,7 +17,6 @@ Each returns plain data; :mod:`gcrdp.data.inspect` words it for people.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from ..utils.io import file_sha256
 from .types import Dataset
 
 MIN_ITEMS = 2
@@ -189,14 +189,6 @@ def near_duplicate_labels(classes: Sequence[str], counts: dict[str, int] | None 
     return sorted(out, key=lambda t: (t[1], t[0]))
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def duplicate_images(paths: Sequence[Path | None]) -> list[list[int]]:
     """Groups (indices into ``paths``, two or more each) of existing files with identical bytes."""
     groups: dict[tuple[int, str], list[int]] = {}
@@ -208,7 +200,7 @@ def duplicate_images(paths: Sequence[Path | None]) -> list[list[int]]:
         if len(idx) < 2:
             continue
         for i in idx:
-            groups.setdefault((size, file_digest(paths[i])), []).append(i)  # type: ignore[arg-type]
+            groups.setdefault((size, file_sha256(paths[i])), []).append(i)  # type: ignore[arg-type]
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 

@@ -62,7 +62,7 @@ import numpy as np
 from ..data.features import FeatureSet, ModalityFeatures
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError, format_list
-from ..utils.io import fsync_dir
+from ..utils.io import file_sha256, fsync_dir
 from .base import check_batch_size, check_encoder
 from .images import check_image_files
 
@@ -113,20 +113,12 @@ def space_inputs(modality: str, fingerprint: dict, dtype: str) -> dict[str, Any]
 
 def image_item_key(path: str | Path) -> str:
     """An image item's key: the SHA-256 of its file bytes (where it lies does not matter)."""
-    return _sha256(Path(path))
+    return file_sha256(Path(path))
 
 
 def text_item_key(text: str) -> str:
     """A text item's key: the SHA-256 of its UTF-8."""
     return hashlib.sha256(b"text\0" + text.encode("utf-8")).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 
@@ -243,7 +235,7 @@ class FeatureCache:
             for part in parts:
                 name = f"{part}.npy"
                 info = meta["files"][name]
-                if _sha256(chunk / name) != info["sha256"]:
+                if file_sha256(chunk / name) != info["sha256"]:
                     raise ValueError(f"checksum mismatch in {name}")
                 # memory-mapped once checked: a run copies only its own rows out of a large chunk
                 arr = np.load(chunk / name, allow_pickle=False, mmap_mode="r")
@@ -279,7 +271,7 @@ class FeatureCache:
                 arr = getattr(features, part)
                 _save_array(tmp / f"{part}.npy", arr)
                 files[f"{part}.npy"] = {"shape": list(arr.shape), "dtype": arr.dtype.name,
-                                        "sha256": _sha256(tmp / f"{part}.npy")}
+                                        "sha256": file_sha256(tmp / f"{part}.npy")}
             _write_json(tmp / "keys.json", list(keys))
             _write_json(tmp / "meta.json", {
                 "format": ITEM_FORMAT_VERSION, "n_items": len(keys), "keys_sha256": _text_sha256(list(keys)),
@@ -333,7 +325,7 @@ class FeatureCache:
                 arrays = {}
                 for part in _ARRAYS:
                     name = f"{modality}_{part}.npy"
-                    if _sha256(path / name) != meta["files"][name]["sha256"]:
+                    if file_sha256(path / name) != meta["files"][name]["sha256"]:
                         raise ValueError(f"checksum mismatch in {name}")
                     arrays[part] = np.load(path / name, allow_pickle=False)
                 mods[modality] = ModalityFeatures(**arrays)

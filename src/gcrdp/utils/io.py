@@ -12,6 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def fsync_dir(path: str | Path) -> None:
     """Flush a folder's entries (a rename into it, a new file) to disk; a no-op where folders
     cannot be opened (some platforms and file systems)."""
