@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from .conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 
 def _script():

@@ -20,8 +20,7 @@ from gcrdp.methods import (
 )
 from gcrdp.methods.inputs import global_feature_set
 from gcrdp.training.loop import as_tensors
-
-from .helpers import one_hot, synthetic_features
+from tests.helpers import one_hot, synthetic_features
 
 SMALL = {"batch_size": 16, "hidden_dim": 16, "latent_dim": 8}
 

@@ -33,8 +33,7 @@ from gcrdp.methods.flexclip import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-
-from .helpers import one_hot, synthetic_features
+from tests.helpers import one_hot, synthetic_features
 
 SMALL = {"batch_size": 16, "hidden_dim": 16, "latent_dim": 8, "gen_hidden_dim": 32, "gen_latent_dim": 4,
          "gen_steps": 40, "gen_batch_size": 32}

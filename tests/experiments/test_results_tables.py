@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
-from .conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 
 def _script():

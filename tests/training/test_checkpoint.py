@@ -19,8 +19,7 @@ from gcrdp.methods import persistence as mp
 from gcrdp.methods.base import CheckpointableMethod
 from gcrdp.methods.contrastive import ContrastiveHeadsMethod
 from gcrdp.training import checkpoint as ck
-
-from .helpers import one_hot, synthetic_features
+from tests.helpers import one_hot, synthetic_features
 
 OPTS = {"max_epochs": 7, "batch_size": 16, "hidden_dim": 16, "latent_dim": 8, "patience": 100}
 

@@ -301,8 +301,7 @@ def test_train_resume_and_evaluate_checkpoint_reproduce_the_test_metrics(tmp_pat
 
 def test_evaluate_checkpoint_errors(tmp_path, capsys):
     from gcrdp.methods import FitData, build_method
-
-    from .helpers import one_hot, synthetic_features
+    from tests.helpers import one_hot, synthetic_features
 
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "missing_dir")
     assert_user_error(code, err, "Checkpoint folder not found", "missing_dir")

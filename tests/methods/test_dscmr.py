@@ -15,8 +15,7 @@ from gcrdp.methods import (
     build_method,
     dscmr,  # registers "dscmr"
 )
-
-from .helpers import one_hot, synthetic_features
+from tests.helpers import one_hot, synthetic_features
 
 SMALL = {"batch_size": 16, "hidden_dim": 16, "latent_dim": 8}
 

@@ -12,8 +12,8 @@ import pytest
 from gcrdp.errors import ConfigError, DataError
 from gcrdp.experiments.grid import Cell, Grid, collect_results, run_grid
 from gcrdp.experiments.report import aggregate, gather, markdown_tables, sensitivity_series, write_report
-from tests.test_cli import assert_user_error, run_cli
-from tests.test_cli_data import write_features
+from tests.cli.test_cli import assert_user_error, run_cli
+from tests.cli.test_cli_data import write_features
 
 TINY = {"max_epochs": 2, "latent_dim": 16, "hidden_dim": 16}
 
@@ -189,8 +189,7 @@ def test_the_reproduce_grid_is_valid_and_names_registered_methods():
     from gcrdp.data import list_datasets
     from gcrdp.experiments.runner import method_base_name
     from gcrdp.methods import METHODS
-
-    root = Path(__file__).resolve().parent.parent
+    from tests.conftest import REPO_ROOT as root
     grid = Grid.from_file(root / "configs" / "reproduce.json")
     assert set(grid.datasets) == {"twemoji", "wikipedia", "wikipedia-standard", "pascal-dscmr-test"}
     assert {"wikipedia", "wikipedia-standard", "pascal-dscmr-test"} == grid.optional

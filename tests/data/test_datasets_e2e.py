@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.test_cli import needs_encoders, run_cli
+from tests.cli.test_cli import needs_encoders, run_cli
 
 FAST = ("--methods", "gap-infonce", "gcrdp", "--shots", "0", "1", "--seeds", "0",
         "--option", "max_epochs=2", "--option", "latent_dim=32", "--option", "hidden_dim=32")
@@ -117,7 +117,7 @@ def test_real_wikipedia_standard_protocol_beats_chance_clearly(shared_data, tmp_
 
 @needs_encoders
 def test_run_on_raw_wikipedia_images_and_articles_with_the_default_encoders(tmp_path, capsys):
-    from tests.test_wikipedia import make_wikipedia
+    from tests.data.formats.test_wikipedia import make_wikipedia
 
     make_wikipedia(tmp_path / "wiki", images=True, features=True)
     code, out, err = run_cli(capsys, "run", "--dataset", "wikipedia", "--root", tmp_path / "wiki", *FAST,

@@ -7,8 +7,7 @@ from gcrdp.methods import METHODS, FitData, build_method
 from gcrdp.model import masked_mean
 from gcrdp.training import TrainConfig
 from gcrdp.training.batching import epoch_batches
-
-from .helpers import one_hot, synthetic_features
+from tests.helpers import one_hot, synthetic_features
 
 
 def test_masked_mean_equals_mean_of_valid_rows():

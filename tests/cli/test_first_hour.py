@@ -198,8 +198,7 @@ def test_run_stops_on_a_label_typo_before_any_work_unless_allowed(tmp_path, caps
 
 def test_class_split_file_is_written_and_pins_a_rerun(tmp_path):
     from gcrdp.experiments import RunConfig, run_experiment
-
-    from .helpers import toy_run_dataset
+    from tests.helpers import toy_run_dataset
 
     ds, feats = toy_run_dataset()
     cfg = RunConfig(dataset="toy", shots=[1], seeds=[0], methods=["cca"], device="cpu")
@@ -223,8 +222,7 @@ def _toy_cfg(**kw):
 def test_run_resumes_finished_fits_and_can_grow(tmp_path):
     from gcrdp.errors import ConfigError
     from gcrdp.experiments import run_experiment
-
-    from .helpers import toy_run_dataset
+    from tests.helpers import toy_run_dataset
 
     ds, feats = toy_run_dataset()
     fresh = []
@@ -259,8 +257,7 @@ def test_progress_lines_and_epoch_status(tmp_path, capfd):
     from gcrdp.experiments import run_experiment
     from gcrdp.experiments.progress import epoch_status, fmt_seconds
     from gcrdp.training.loop import observe_epochs
-
-    from .helpers import toy_run_dataset
+    from tests.helpers import toy_run_dataset
 
     ds, feats = toy_run_dataset()
     seen = []
@@ -359,8 +356,7 @@ def test_split_versions_read_as_names_or_numbers():
 def test_fit_keys_follow_the_data_and_not_the_paths(tmp_path):
     from gcrdp.experiments import run_experiment
     from gcrdp.experiments.runner import fit_key
-
-    from .helpers import toy_run_dataset
+    from tests.helpers import toy_run_dataset
 
     ds, feats = toy_run_dataset()
     cfg = _toy_cfg()
@@ -386,8 +382,7 @@ def test_fit_keys_follow_the_data_and_not_the_paths(tmp_path):
 def test_a_failing_progress_display_does_not_stop_training(caplog):
     from gcrdp.experiments import run_experiment
     from gcrdp.training.loop import observe_epochs
-
-    from .helpers import toy_run_dataset
+    from tests.helpers import toy_run_dataset
 
     ds, feats = toy_run_dataset()
 

@@ -8,7 +8,6 @@ import shutil
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +15,10 @@ pytest.importorskip("faiss")
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from .test_search import trained  # noqa: E402,F401  (the module fixture: a trained model + manifest)
+from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.search.test_search import trained  # noqa: E402,F401  (the module fixture: a trained model + manifest)
 
-SHOTS = Path(__file__).resolve().parent / "screenshots"
+SHOTS = REPO_ROOT / "tests" / "screenshots"
 
 
 @pytest.fixture(scope="module")

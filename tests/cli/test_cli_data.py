@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_cli import assert_user_error, run_cli, write_manifest
+from tests.cli.test_cli import assert_user_error, run_cli, write_manifest
 
 FAST = ("--option", "max_epochs=2", "--option", "batch_size=16")
 

@@ -13,8 +13,7 @@ from gcrdp.data.features import FeatureSet, ModalityFeatures
 from gcrdp.errors import ConfigError, DataError
 from gcrdp.methods.base import METHODS, FitData, build_method
 from gcrdp.methods.zeroshot import ZeroShotMethod, detect_alignment
-
-from .helpers import one_hot
+from tests.helpers import one_hot
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 

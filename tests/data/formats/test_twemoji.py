@@ -6,7 +6,6 @@ import importlib.util
 import json
 import warnings
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,7 @@ from gcrdp.data import (  # noqa: E402
 )
 from gcrdp.data.formats.twemoji import emoji_metadata, load_twemoji  # noqa: E402
 from gcrdp.errors import ConfigError  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,7 @@ from gcrdp.encoders import (  # noqa: E402
     get_text_encoder,
 )
 from gcrdp.errors import ConfigError, DataError  # noqa: E402
-
-from .clip_fixture import (  # noqa: E402
+from tests.clip_fixture import (  # noqa: E402
     HIDDEN,
     MAX_POSITIONS,
     NUM_PATCHES,

@@ -5,7 +5,6 @@ on a model trained with the real encoders."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,8 @@ faiss = pytest.importorskip("faiss")
 from gcrdp.cli.main import main  # noqa: E402
 from gcrdp.errors import ConfigError, DataError  # noqa: E402
 from gcrdp.search import FaissBackend, recall_at_k  # noqa: E402
-
-from .test_cli import needs_encoders, run_cli, write_manifest  # noqa: E402
+from tests.cli.test_cli import needs_encoders, run_cli, write_manifest  # noqa: E402
+from tests.conftest import REPO_ROOT  # noqa: E402
 
 
 def _unit(x):
@@ -205,7 +204,7 @@ def test_the_readme_example_runs(trained, tmp_path, monkeypatch, capsys):
     import shutil
 
     root, manifest = trained
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- search-example:start -->\s*```python\n(.*?)```", readme, re.S).group(1)
     monkeypatch.chdir(tmp_path)  # the example's relative paths: ckpt/g5 and my_photos/
     shutil.copytree(root / "ckpt", tmp_path / "ckpt" / "g5")

@@ -15,8 +15,7 @@ from gcrdp.losses.multi_positive import _dense_multi_positive_infonce
 from gcrdp.losses.rdp import topk_mask
 from gcrdp.methods import build_method
 from gcrdp.model.gmm import GMMConfig, GMMLayer, fit_gmm, set_variance
-
-from .helpers import heads_fitdata, toy_run_dataset
+from tests.helpers import heads_fitdata, toy_run_dataset
 
 F64 = torch.float64
 
@@ -370,8 +369,7 @@ def test_presets_pin_what_was_measured():
     from gcrdp.methods.gcrdp import GCRDPConfig
     from gcrdp.methods.presets import GCRDP_SPEC, GCRDP_STUDY
     from gcrdp.training.config import TrainConfig
-
-    from .conftest import REPO_ROOT
+    from tests.conftest import REPO_ROOT
 
     defaults = {**asdict(GCRDPConfig()), **asdict(TrainConfig())}
     assert {k: defaults[k] for k in GCRDP_SPEC} == GCRDP_SPEC

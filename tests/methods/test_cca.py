@@ -14,8 +14,7 @@ from gcrdp.data.features import FeatureSet, ModalityFeatures
 from gcrdp.errors import ConfigError, DataError
 from gcrdp.methods.base import METHODS, FitData, build_method
 from gcrdp.methods.cca import AUTO_REG_GRID, FALLBACK_REG, CCAMethod, fit_cca
-
-from .helpers import one_hot, synthetic_features
+from tests.helpers import one_hot, synthetic_features
 
 
 def toy_views(n=400, dx=6, dy=5, noise=0.6, seed=0):
@@ -184,8 +183,7 @@ def test_fit_embed_beats_chance(synth):
 
 def test_run_experiment_end_to_end():
     from gcrdp.experiments import RunConfig, run_experiment
-
-    from .helpers import toy_run_dataset
+    from tests.helpers import toy_run_dataset
 
     ds, feats = toy_run_dataset(n_per_class=16, seed=1)
     res = run_experiment(RunConfig(dataset="toy", shots=[1], seeds=[0], methods=["cca", "cca@fixed"],

@@ -4,8 +4,7 @@ import pytest
 from gcrdp.data.features import FeatureSet, ModalityFeatures
 from gcrdp.errors import ConfigError
 from gcrdp.methods import FitData, build_method
-
-from .helpers import heads_fitdata, one_hot, synthetic_features
+from tests.helpers import heads_fitdata, one_hot, synthetic_features
 
 SMALL = {"batch_size": 16, "hidden_dim": 16, "latent_dim": 8}
 

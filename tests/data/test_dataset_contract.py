@@ -23,7 +23,7 @@ def _twemoji(tmp: Path) -> dict:
 
 
 def _wikipedia(tmp: Path) -> dict:
-    from .test_wikipedia import make_wikipedia
+    from tests.data.formats.test_wikipedia import make_wikipedia
 
     make_wikipedia(tmp / "wiki")
     return {"root": str(tmp / "wiki")}
@@ -31,35 +31,35 @@ def _wikipedia(tmp: Path) -> dict:
 
 def _clip_retrieval(tmp: Path) -> dict:
     pytest.importorskip("pyarrow")
-    from .test_clip_retrieval import _write_folder
+    from tests.data.formats.test_clip_retrieval import _write_folder
 
     _write_folder(tmp / "cr")
     return {"root": str(tmp / "cr")}
 
 
 def _dscmr_folder(tmp: Path) -> dict:
-    from .test_xmedianet import write_dscmr
+    from tests.data.formats.test_xmedianet import write_dscmr
 
     write_dscmr(tmp / "d")
     return {"root": str(tmp / "d")}
 
 
 def _nuswide(tmp: Path) -> dict:
-    from .test_nuswide import write_raw
+    from tests.data.formats.test_nuswide import write_raw
 
     write_raw(tmp / "nus")
     return {"root": str(tmp / "nus")}
 
 
 def _pascal(tmp: Path) -> dict:
-    from .test_pascal import make_sentence_folders
+    from tests.data.formats.test_pascal import make_sentence_folders
 
     make_sentence_folders(tmp / "pascal")
     return {"root": str(tmp / "pascal"), "source": "raw", "test_per_class": 1}
 
 
 def _manifest(tmp: Path) -> dict:
-    from .test_cli import write_manifest
+    from tests.cli.test_cli import write_manifest
 
     return {"path": str(write_manifest(tmp / "m"))}
 

@@ -11,8 +11,7 @@ from gcrdp.data.features import FeatureSet, ModalityFeatures
 from gcrdp.errors import NotFittedError
 from gcrdp.methods import METHODS, FitData, build_method
 from gcrdp.methods.persistence import load_method, save_method
-
-from .helpers import one_hot, synthetic_features
+from tests.helpers import one_hot, synthetic_features
 
 SMALL = {"max_epochs": 2, "hidden_dim": 16, "latent_dim": 8, "batch_size": 32}
 
