@@ -40,6 +40,7 @@ test: $(STAMP)
 # ruff (the rules in pyproject.toml) and mypy (typed modules; the ratchet list in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/mypy
 
 bench: $(STAMP)

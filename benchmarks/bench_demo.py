@@ -18,15 +18,32 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO = ["-m", "gcrdp", "run", "--dataset", "twemoji", "--methods", "gap-infonce", "gcrdp",
-        "--shots", "0", "1", "3", "5", "--seeds", "0", "1", "2", "-q"]
+DEMO = [
+    "-m",
+    "gcrdp",
+    "run",
+    "--dataset",
+    "twemoji",
+    "--methods",
+    "gap-infonce",
+    "gcrdp",
+    "--shots",
+    "0",
+    "1",
+    "3",
+    "5",
+    "--seeds",
+    "0",
+    "1",
+    "2",
+    "-q",
+]
 
 
 def timed(cache: Path, out: Path, jobs: int) -> tuple[float, dict]:
     env = {**os.environ, "GCRDP_CACHE_DIR": str(cache)}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, *DEMO, "--jobs", str(jobs), "--output-dir", str(out)], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, *DEMO, "--jobs", str(jobs), "--output-dir", str(out)], env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     return wall, json.loads((out / "results.json").read_text(encoding="utf-8"))
 
@@ -50,8 +67,10 @@ def main() -> None:
     print(f"| cold, --jobs 2 | {cold:.0f} | {rc['timing']['features_seconds']:.0f} |")
     print(f"| warm, --jobs 2 | {warm:.0f} | {rw['timing']['features_seconds']:.0f} |")
     print(f"| warm, --jobs 1 (reference) | {ref:.0f} | {r1['timing']['features_seconds']:.0f} |")
-    print(f"\nwarm --jobs 2 / --jobs 1 = {warm / ref:.2f}; {len(rw['records'])} fits, "
-          f"{fits:.0f} s of fitting in the workers; {os.cpu_count()} CPUs")
+    print(
+        f"\nwarm --jobs 2 / --jobs 1 = {warm / ref:.2f}; {len(rw['records'])} fits, "
+        f"{fits:.0f} s of fitting in the workers; {os.cpu_count()} CPUs"
+    )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def timed(fn, repeats: int) -> float:
 
 def batches(x: np.ndarray, size: int):
     for i in range(0, len(x), size):
-        yield x[i:i + size]
+        yield x[i : i + size]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--artifact-dir", default=None,
-                    help="where the ONNX export is cached (default: a temporary directory)")
+    ap.add_argument("--artifact-dir", default=None, help="where the ONNX export is cached (default: a temporary directory)")
     args = ap.parse_args(argv)
 
     import tempfile
@@ -95,16 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     encoders = {}
     for backend in backends:
         t = time.perf_counter()
-        enc = get_image_encoder("efficientnet-lite0", backend=backend, num_threads=th,
-                                artifact_dir=artifacts)
+        enc = get_image_encoder("efficientnet-lite0", backend=backend, num_threads=th, artifact_dir=artifacts)
         enc.encode(paths[:1], progress=False)  # loads the model / exports ONNX
         what = "load + ONNX export" if backend == "onnx" else "load"
         notes.append(f"{backend}: first-call setup ({what}) {time.perf_counter() - t:.1f} s")
         encoders[backend] = enc
     pixels = encoders["torch"].preprocessor.batch(paths)
     t_pre = timed(lambda: encoders["torch"].preprocessor.batch(paths), args.repeats)
-    rows.append(("images", "preprocessing only (PIL decode + resize + normalise)", "-",
-                 f"{n / t_pre:.0f}"))
+    rows.append(("images", "preprocessing only (PIL decode + resize + normalise)", "-", f"{n / t_pre:.0f}"))
 
     torch_net = encoders["torch"].torch_model()
     torch.set_num_threads(th)
@@ -114,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode():
                 for b in batches(pixels, bs):
                     model(torch.from_numpy(b).contiguous(memory_format=memory_format))
+
         return run
 
     variants = [("torch eager (default torch backend)", torch_forward(torch_net))]
@@ -122,15 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     variants.append(("torch eager, channels_last", torch_forward(cl_net, torch.channels_last)))
     try:
         with torch.no_grad():
-            frozen = torch.jit.optimize_for_inference(
-                torch.jit.freeze(torch.jit.trace(torch_net, torch.from_numpy(pixels[:bs])).eval()))
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(torch_net, torch.from_numpy(pixels[:bs])).eval()))
         variants.append(("torch TorchScript trace + freeze", torch_forward(frozen)))
     except Exception as exc:  # pragma: no cover - depends on the torch build
         notes.append(f"TorchScript freeze unavailable: {exc}")
     if "onnx" in encoders:
         runner = encoders["onnx"]._forward_fn()
-        variants.append(("onnxruntime (default onnx backend)",
-                         lambda: [runner(b) for b in batches(pixels, bs)]))
+        variants.append(("onnxruntime (default onnx backend)", lambda: [runner(b) for b in batches(pixels, bs)]))
     for label, fn in variants:
         t = timed(fn, args.repeats)
         rows.append(("images", label, f"{n / t:.1f}", ""))
@@ -147,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("texts", "encode(), backend='torch' (only backend)", "", f"{n / t:.0f}"))
 
     # ---------------------------------------------------------------- report
-    print(f"# Feature extraction throughput: {n} Twemoji images / texts, batch {bs} "
-          f"(texts {2 * bs}), {th} threads, median of {args.repeats}")
+    print(
+        f"# Feature extraction throughput: {n} Twemoji images / texts, batch {bs} (texts {2 * bs}), {th} threads, median of {args.repeats}"
+    )
     versions = f"python {platform.python_version()}, torch {torch.__version__}"
     if "onnx" in encoders:
         versions += f", onnxruntime {__import__('onnxruntime').__version__}"

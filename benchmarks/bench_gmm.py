@@ -73,8 +73,10 @@ def naive_fit_gmm(x: torch.Tensor, init_means: torch.Tensor, cfg: GMMConfig) -> 
     def e_step(weights, means, variances):
         diff = x[:, :, None, :] - means[:, None]  # (B, N, K, D)
         maha = (diff * diff / variances[:, None]).sum(-1)  # (B, N, K)
-        log_prob = -0.5 * (maha + variances.log().sum(-1)[:, None] + d * torch.log(
-            torch.tensor(2 * torch.pi, dtype=x.dtype))) + weights.log()[:, None]
+        log_prob = (
+            -0.5 * (maha + variances.log().sum(-1)[:, None] + d * torch.log(torch.tensor(2 * torch.pi, dtype=x.dtype)))
+            + weights.log()[:, None]
+        )
         log_norm = torch.logsumexp(log_prob, -1)  # (B, N)
         return torch.exp(log_prob - log_norm[..., None]), log_norm.mean(1)
 
@@ -172,8 +174,11 @@ def rss_child(impl: str, mode: str, b: int, n: int, d: int, k: int, t: int, thre
 def peak_rss_mib(impl: str, mode: str, b: int, n: int, d: int, k: int, t: int, threads: int) -> float:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(
-        [sys.executable, __file__, "--rss-child", impl, mode, str(b), str(n), str(d), str(k), str(t),
-         str(threads)], check=True, capture_output=True, text=True, env=env,
+        [sys.executable, __file__, "--rss-child", impl, mode, str(b), str(n), str(d), str(k), str(t), str(threads)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])["rss_delta_kib"] / 1024
 
@@ -218,8 +223,7 @@ def float32_accuracy(offsets=(0.0, 3.0, 10.0), b: int = 32, n: int = 49, d: int 
             w, mu, var = _m_step(stats, resp, cfg, mu, var)
         return _e_step(stats, mask, w, mu, var)[0].transpose(1, 2)  # (B, K, N) -> (B, N, K)
 
-    rows = ["| common offset | max abs Δ resp, centred (used) | max abs Δ resp, uncentred |",
-            "|---:|---:|---:|"]
+    rows = ["| common offset | max abs Δ resp, centred (used) | max abs Δ resp, uncentred |", "|---:|---:|---:|"]
     g = torch.Generator().manual_seed(0)
     cfg = GMMConfig()
     for off in offsets:
@@ -242,8 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                   help="torch intra-op thread counts to time (memory: the first)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op thread counts to time (memory: the first)")
     p.add_argument("--rss-child", nargs=8, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rss_child:
@@ -252,11 +255,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     b, d, k, t = args.batch, args.dim, args.k, args.iters
     cfg = GMMConfig(n_components=k, n_iter=t)
-    print(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs; B={b}, D={d}, K={k}, T={t}, float32; median of {args.repeats}; "
-          f"load average before {os.getloadavg()[0]:.2f}")
-    print("\n| N | mode | threads | ours (ms) | naive (ms) | speed-up | peak RSS Δ ours (MiB) | "
-          "peak RSS Δ naive (MiB) |")
+    print(
+        f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; B={b}, D={d}, K={k}, T={t}, float32; median of {args.repeats}; "
+        f"load average before {os.getloadavg()[0]:.2f}"
+    )
+    print("\n| N | mode | threads | ours (ms) | naive (ms) | speed-up | peak RSS Δ ours (MiB) | peak RSS Δ naive (MiB) |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     extra = []
     for n in args.sizes:
@@ -267,24 +271,32 @@ def main(argv: list[str] | None = None) -> None:
             rss = {impl: peak_rss_mib(impl, mode, b, n, d, k, t, args.threads[0]) for impl in IMPLS}
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                tm = median_times({impl: functools.partial(run_once, impl, mode, x, init, cfg)
-                                   for impl in IMPLS}, args.repeats)
-                print(f"| {n} | {mode} | {threads} | {1e3 * tm['ours']:.1f} | "
-                      f"{1e3 * tm['naive']:.1f} | {tm['naive'] / tm['ours']:.1f}x | "
-                      f"{rss['ours']:.0f} | {rss['naive']:.0f} |", flush=True)
+                tm = median_times({impl: functools.partial(run_once, impl, mode, x, init, cfg) for impl in IMPLS}, args.repeats)
+                print(
+                    f"| {n} | {mode} | {threads} | {1e3 * tm['ours']:.1f} | "
+                    f"{1e3 * tm['naive']:.1f} | {tm['naive'] / tm['ours']:.1f}x | "
+                    f"{rss['ours']:.0f} | {rss['naive']:.0f} |",
+                    flush=True,
+                )
         sizes = {impl: largest_tensor_and_saved(impl, x, init, cfg) for impl in IMPLS}
         extra.append((n, diff, sizes))
-    print("\n| N | largest tensor ours (MiB) | largest tensor naive (MiB) | saved for backward ours "
-          "(MiB) | saved for backward naive (MiB) | max |ours - naive| (float64) |")
+    print(
+        "\n| N | largest tensor ours (MiB) | largest tensor naive (MiB) | saved for backward ours "
+        "(MiB) | saved for backward naive (MiB) | max |ours - naive| (float64) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for n, diff, s in extra:
-        print(f"| {n} | {s['ours'][0] / 2**20:.1f} | {s['naive'][0] / 2**20:.1f} | "
-              f"{s['ours'][1] / 2**20:.1f} | {s['naive'][1] / 2**20:.1f} | {diff:.1e} |")
+        print(
+            f"| {n} | {s['ours'][0] / 2**20:.1f} | {s['naive'][0] / 2**20:.1f} | "
+            f"{s['ours'][1] / 2**20:.1f} | {s['naive'][1] / 2**20:.1f} | {diff:.1e} |"
+        )
     print("\nfloat32 vs float64 responsibilities (B=32, N=49, D=256, K=3, T=3):\n")
     print("\n".join(float32_accuracy()))
-    print(f"\nx itself: {b * args.sizes[0] * d * 4 / 2**20:.1f} MiB at N={args.sizes[0]}; "
-          f"one (B, N, K, D) float32 tensor: {b * args.sizes[0] * k * d * 4 / 2**20:.1f} MiB; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"\nx itself: {b * args.sizes[0] * d * 4 / 2**20:.1f} MiB at N={args.sizes[0]}; "
+        f"one (B, N, K, D) float32 tensor: {b * args.sizes[0] * k * d * 4 / 2**20:.1f} MiB; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":

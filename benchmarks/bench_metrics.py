@@ -126,9 +126,7 @@ def bench_sizes(sizes: Sequence[int], repeats: int, loop_q: int, py_q: int) -> N
     for n in sizes:
         q, g, lab = make_data(n)
         t1, _ = best_time(lambda: retrieval_metrics(q, g, lab, lab, n_threads=1), repeats)
-        tn, res = best_time(
-            lambda: retrieval_metrics(q, g, lab, lab, per_query=True), repeats
-        )
+        tn, res = best_time(lambda: retrieval_metrics(q, g, lab, lab, per_query=True), repeats)
         m, mp = min(loop_q, n), min(py_q, n)
         with threadpool_limits(limits=1, user_api="blas"):  # see the module docstring
             t_loop, ap_loop = best_time(lambda: numpy_loop_ap(q[:m], g, lab[:m], lab), 1)
@@ -155,14 +153,12 @@ def bench_chunks(n: int, repeats: int) -> list[str]:
     q, g, lab = make_data(n)
     threads = min(os.cpu_count() or 1, MAX_AUTO_THREADS)
     rows = [
-        f"| scores per chunk (n = {n:,}) | chunk_size | 1 thread (s) | {threads} threads (s) "
-        "| peak MiB |",
+        f"| scores per chunk (n = {n:,}) | chunk_size | 1 thread (s) | {threads} threads (s) | peak MiB |",
         "|---|---:|---:|---:|---:|",
     ]
     for power in range(18, 25):
         chunk = max(1, 2**power // n)
-        t1, _ = best_time(lambda: retrieval_metrics(q, g, lab, lab, chunk_size=chunk, n_threads=1),
-                          repeats)
+        t1, _ = best_time(lambda: retrieval_metrics(q, g, lab, lab, chunk_size=chunk, n_threads=1), repeats)
         tn, _ = best_time(lambda: retrieval_metrics(q, g, lab, lab, chunk_size=chunk), repeats)
         mem = peak_mib(lambda: retrieval_metrics(q, g, lab, lab, chunk_size=chunk))
         rows.append(f"| 2^{power} | {chunk} | {t1:.3f} | {tn:.3f} | {mem:.1f} |")
@@ -192,10 +188,7 @@ def bench_sorts(repeats: int) -> list[str]:
             order = torch.sort(ts, dim=1, descending=True, stable=True).indices
             return torch.gather(trel, 1, order).numpy()
 
-        candidates.append(
-            (f"torch.sort(stable=True, descending=True) + gather (torch {torch.__version__})",
-             torch_stable)
-        )
+        candidates.append((f"torch.sort(stable=True, descending=True) + gather (torch {torch.__version__})", torch_stable))
     except ImportError:  # pragma: no cover
         pass
     reference = argsort_stable()
@@ -213,12 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
-    parser.add_argument("--loop-queries", type=int, default=1000,
-                        help="queries timed for the numpy loop (scaled to all)")
-    parser.add_argument("--python-queries", type=int, default=100,
-                        help="queries timed for the python loop (scaled to all)")
-    parser.add_argument("--no-chunk-sweep", action="store_true",
-                        help="skip the table of chunk sizes (run at the largest size)")
+    parser.add_argument("--loop-queries", type=int, default=1000, help="queries timed for the numpy loop (scaled to all)")
+    parser.add_argument("--python-queries", type=int, default=100, help="queries timed for the python loop (scaled to all)")
+    parser.add_argument("--no-chunk-sweep", action="store_true", help="skip the table of chunk sizes (run at the largest size)")
     args = parser.parse_args(argv)
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, "

@@ -84,8 +84,13 @@ def latency(checkpoint: Path, n_queries: int, k: int) -> dict:
             t1 = time.perf_counter()
             r.search(text=t, k=k)
             times.append(time.perf_counter() - t1)
-    return {"n_items": len(items), "build_s": build, "load_s": load,
-            "median_ms": 1000 * statistics.median(times), "p90_ms": 1000 * float(np.percentile(times, 90))}
+    return {
+        "n_items": len(items),
+        "build_s": build,
+        "load_s": load,
+        "median_ms": 1000 * statistics.median(times),
+        "p90_ms": 1000 * float(np.percentile(times, 90)),
+    }
 
 
 def main() -> None:
@@ -104,9 +109,11 @@ def main() -> None:
     print(f"\nratio gcrdp / FAISS = {t['ratio']:.2f} (same top-1: {t['same_top1']}); {os.cpu_count()} CPUs")
     if args.checkpoint is not None:
         lat = latency(args.checkpoint, 100, args.k)
-        print(f"\nend to end on the Twemoji images ({lat['n_items']} items), the text query embedded by the "
-              f"index's model: median {lat['median_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms per query "
-              f"(build {lat['build_s']:.1f} s, load {lat['load_s']:.1f} s)")
+        print(
+            f"\nend to end on the Twemoji images ({lat['n_items']} items), the text query embedded by the "
+            f"index's model: median {lat['median_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms per query "
+            f"(build {lat['build_s']:.1f} s, load {lat['load_s']:.1f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,28 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ["cat", "dog", "smiling face", "red heart", "pizza", "car", "flag", "rocket", "tree", "music", "clock",
-         "sun", "moon", "book", "ball", "house", "train", "fish", "bird", "phone"]
+WORDS = [
+    "cat",
+    "dog",
+    "smiling face",
+    "red heart",
+    "pizza",
+    "car",
+    "flag",
+    "rocket",
+    "tree",
+    "music",
+    "clock",
+    "sun",
+    "moon",
+    "book",
+    "ball",
+    "house",
+    "train",
+    "fish",
+    "bird",
+    "phone",
+]
 
 
 def run(base: str, clients: int, queries: int, limit_s: float) -> tuple[list[float], list[int], float]:

@@ -38,10 +38,13 @@ def make_batch(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
         text_mask[i, :n] = True
     labels = torch.zeros(batch, 57)
     labels[torch.arange(batch), torch.randint(0, 57, (batch,), generator=g)] = 1
-    return {"image_local": torch.randn(batch, 49, 1280, generator=g).relu(),
-            "image_mask": torch.ones(batch, 49, dtype=torch.bool),
-            "text_local": torch.randn(batch, 16, 384, generator=g), "text_mask": text_mask,
-            "labels": labels}
+    return {
+        "image_local": torch.randn(batch, 49, 1280, generator=g).relu(),
+        "image_mask": torch.ones(batch, 49, dtype=torch.bool),
+        "text_local": torch.randn(batch, 16, 384, generator=g),
+        "text_mask": text_mask,
+        "labels": labels,
+    }
 
 
 def build(use_gmm: bool):
@@ -133,7 +136,8 @@ def parts(batch: int, repeats: int) -> None:
     vt = F.normalize(torch.randn(batch, 3, 256), dim=-1).requires_grad_()
     fast = lambda: multi_positive_infonce(vi, vt, 0.2).backward()  # noqa: E731
     dense = lambda: _dense_multi_positive_infonce(  # noqa: E731
-        vi, vt, 0.2, None, class_positives=False, intra_modal_negatives=False).backward()
+        vi, vt, 0.2, None, class_positives=False, intra_modal_negatives=False
+    ).backward()
     print(f"| multi-positive InfoNCE K = 3, fast form, forward+backward | {_median_ms(fast, repeats):.1f} |")
     print(f"| multi-positive InfoNCE K = 3, dense (2BK, 2BK) form | {_median_ms(dense, repeats):.1f} |")
     n, d, k = 49, 256, 3
@@ -143,8 +147,7 @@ def parts(batch: int, repeats: int) -> None:
         ("(B,K,D) @ (B,N,D)ᵀ -> (B,K,N) (used)", lambda: torch.bmm(a, x.transpose(1, 2))),
         ("(B,N,D) @ (B,K,D)ᵀ -> (B,N,K)", lambda: torch.bmm(x, a.transpose(1, 2))),
         ("(B,K,N) @ (B,N,D) -> (B,K,D) (used)", lambda: torch.bmm(g_kn, x)),
-        ("(B,N,D)ᵀ @ (B,N,K) -> (B,D,K) (autograd's weight grad of the other layout)",
-         lambda: torch.bmm(x.transpose(1, 2), g_nk)),
+        ("(B,N,D)ᵀ @ (B,N,K) -> (B,D,K) (autograd's weight grad of the other layout)", lambda: torch.bmm(x.transpose(1, 2), g_nk)),
         ("(B,N,K) @ (B,K,D) -> (B,N,D), contiguous (used in backward)", lambda: torch.bmm(g_nk, a)),
     ]
     for label, fn in shapes:
@@ -157,9 +160,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--parts", action="store_true", help="also time the pieces (see the docstring)")
     ap.add_argument("--child", choices=["gmm", "gap"])
-    ap.add_argument("--json", type=str, default=None,
-                    help="also write the step times (ms), medians and peaks to this JSON file "
-                         "(input of 'gcrdp report --bench')")
+    ap.add_argument(
+        "--json",
+        type=str,
+        default=None,
+        help="also write the step times (ms), medians and peaks to this JSON file (input of 'gcrdp report --bench')",
+    )
     args = ap.parse_args()
     if args.child:  # peak-memory probe in a fresh process
         print(json.dumps({"peak_mib": peak_child(args.child == "gmm", args.batch)}))
@@ -177,8 +183,9 @@ def main() -> None:
     peaks = {}
     for name in ("gap", "gmm"):
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--batch", str(args.batch)],
-                             capture_output=True, text=True, check=True, env=env).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--batch", str(args.batch)], capture_output=True, text=True, check=True, env=env
+        ).stdout
         peaks[name] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
     saved = {name: saved_for_backward_mib(name == "gmm", args.batch) for name in ("gap", "gmm")}
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -188,10 +195,17 @@ def main() -> None:
         print(f"| {label} | {1000 * med[name]:.0f} | {saved[name]:.0f} | {peaks[name]:.0f} |")
     print(f"\nGMM / GAP time ratio: {med['gmm'] / med['gap']:.2f}")
     if args.json:
-        doc = {"batch": args.batch, "threads": torch.get_num_threads(), "repeats": args.repeats,
-               "n_components": 3, "times_ms": {k: [1000 * t for t in v] for k, v in times.items()},
-               "median_ms": {k: 1000 * v for k, v in med.items()}, "ratio": med["gmm"] / med["gap"],
-               "peak_mib": peaks, "saved_for_backward_mib": saved}
+        doc = {
+            "batch": args.batch,
+            "threads": torch.get_num_threads(),
+            "repeats": args.repeats,
+            "n_components": 3,
+            "times_ms": {k: [1000 * t for t in v] for k, v in times.items()},
+            "median_ms": {k: 1000 * v for k, v in med.items()},
+            "ratio": med["gmm"] / med["gap"],
+            "peak_mib": peaks,
+            "saved_for_backward_mib": saved,
+        }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
     if args.parts:

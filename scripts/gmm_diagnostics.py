@@ -56,10 +56,16 @@ def _encode_all(model, feats, which: str) -> dict[str, np.ndarray]:
     off = ~torch.eye(k, dtype=torch.bool)
     view_cos = cos[:, off].mean(1) if k > 1 else torch.ones(len(views))
     resp_max = (res.resp.max(-1).values * mask).sum(1) / mask.sum(1).clamp_min(1)
-    return {"global": g.numpy(), "views": (views.flatten(1) / np.sqrt(k)).numpy(), "gap": gap.numpy(),
-            "entropy": mixture_entropy(res.weights).numpy(), "pi_max": res.weights.max(-1).values.numpy(),
-            "resp_max": resp_max.numpy(), "view_cos": view_cos.numpy(),
-            "gmm_gap_cos": (g * gap).sum(-1).numpy()}
+    return {
+        "global": g.numpy(),
+        "views": (views.flatten(1) / np.sqrt(k)).numpy(),
+        "gap": gap.numpy(),
+        "entropy": mixture_entropy(res.weights).numpy(),
+        "pi_max": res.weights.max(-1).values.numpy(),
+        "resp_max": resp_max.numpy(),
+        "view_cos": view_cos.numpy(),
+        "gmm_gap_cos": (g * gap).sum(-1).numpy(),
+    }
 
 
 def diagnose(method, feats, labels) -> dict[str, float]:
@@ -85,8 +91,7 @@ def curves(dataset, features, labels, shots: int, seeds: list[int], epochs: int,
         data = fit_data_for(split, features, labels, dataset.classes)
         test_feats, test_labels = features.subset(split.test_query), labels[split.test_query]
         for name in ("gap-infonce", "gcrdp"):
-            method = build_method(name, {**(options if name == "gcrdp" else {}),
-                                         "max_epochs": epochs, "patience": epochs})
+            method = build_method(name, {**(options if name == "gcrdp" else {}), "max_epochs": epochs, "patience": epochs})
             seen: list[tuple[float, float]] = []
             original = loop.validation_map
 

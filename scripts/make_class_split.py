@@ -43,23 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="1", help="version string stored in the file")
     p.add_argument("--out", type=Path, default=None, help="output file (default: shipped path)")
     p.add_argument("--check", action="store_true", help="compare with the existing file only")
-    p.add_argument("--method", choices=["ordered", "hash"], default="ordered",
-                   help="ordered (default: exact halves, the rule of the shipped files) or hash "
-                        "(stable per-class draw, the default for users' data)")
+    p.add_argument(
+        "--method",
+        choices=["ordered", "hash"],
+        default="ordered",
+        help="ordered (default: exact halves, the rule of the shipped files) or hash (stable per-class draw, the default for users' data)",
+    )
     args = p.parse_args(argv)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a stale shipped split is what we are replacing
         ds = load_dataset(args.dataset)
-    split = generate_class_split(ds.classes, dataset=args.dataset, seed=args.seed,
-                                 version=args.version, method=args.method)
+    split = generate_class_split(ds.classes, dataset=args.dataset, seed=args.seed, version=args.version, method=args.method)
     extra: dict = {"n_classes": len(ds.classes)}
     if "min_class_size" in ds.meta:
         extra["min_class_size"] = ds.meta["min_class_size"]
     if "versions" in ds.meta:
         extra["source_versions"] = ds.meta["versions"]
-    doc = class_split_document(split, seed=args.seed, note=NOTES.get(args.dataset, ""), method=args.method,
-                               **extra)
+    doc = class_split_document(split, seed=args.seed, note=NOTES.get(args.dataset, ""), method=args.method, **extra)
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     out = args.out or DEFAULT_OUT / f"{args.dataset}.json"
     if args.check:

@@ -27,21 +27,24 @@ from gcrdp.experiments.report import _slug, aggregate, gather, markdown_tables, 
 from gcrdp.utils.io import atomic_write_text
 
 PUBLISHED = {  # dataset label -> (method, I2T, T2I, source) of a published reference figure
-    "wikipedia-standard": ("cca", 25.0, 20.0, "regularised CCA on the SIFT/LDA features (Rasiwasia et al. "
-                                              "2010 and later re-implementations: about 25 / 20)"),
+    "wikipedia-standard": (
+        "cca",
+        25.0,
+        20.0,
+        "regularised CCA on the SIFT/LDA features (Rasiwasia et al. 2010 and later re-implementations: about 25 / 20)",
+    ),
 }
 NOT_RUN = {
     "zero-shot": "zero-shot similarity needs an aligned encoder pair (CLIP); none loads offline here, "
-                 "and the default encoders (EfficientNet-Lite0, MiniLM) and the published SIFT/LDA, "
-                 "VGG/sentence-CNN features are not in one space, so it is not run (`gcrdp run --clip "
-                 "DIR --methods zero-shot` runs it where CLIP weights exist).",
+    "and the default encoders (EfficientNet-Lite0, MiniLM) and the published SIFT/LDA, "
+    "VGG/sentence-CNN features are not in one space, so it is not run (`gcrdp run --clip "
+    "DIR --methods zero-shot` runs it where CLIP weights exist).",
 }
 
 
 def paired(records, dataset, shots, a, b, key="mean_map"):
     by = {(r["method"], r["seed"]): r for r in records if r["dataset"] == dataset and r["shots"] == shots}
-    diffs = [100 * (by[(a, s)]["test"][key] - by[(b, s)]["test"][key])
-             for (m, s) in by if m == a and (b, s) in by]
+    diffs = [100 * (by[(a, s)]["test"][key] - by[(b, s)]["test"][key]) for (m, s) in by if m == a and (b, s) in by]
     if not diffs:
         return None
     d = np.asarray(diffs)
@@ -68,10 +71,15 @@ def standing(records, rows, dataset, reference):
         diff = f"{p[0]:+.1f} ± {p[1]:.1f} over {p[2]} paired seeds" if p else "unpaired"
         label = "standard protocol" if ref.get("protocol") == "standard" else f"{shots}-shot"
         verdict = "**wins**" if win else "does not win"
-        lines.append(f"- {label}: `{reference}` {ref['mean_mean']:.1f} against the best other method "
-                     f"`{best}` {others[best]['mean_mean']:.1f} — {verdict} ({diff}).")
-    head = (f"`{reference}` has the best mean mAP in {wins} of {total} settings on this dataset."
-            if total else f"`{reference}` was not run on this dataset.")
+        lines.append(
+            f"- {label}: `{reference}` {ref['mean_mean']:.1f} against the best other method "
+            f"`{best}` {others[best]['mean_mean']:.1f} — {verdict} ({diff})."
+        )
+    head = (
+        f"`{reference}` has the best mean mAP in {wins} of {total} settings on this dataset."
+        if total
+        else f"`{reference}` was not run on this dataset."
+    )
     return head, lines
 
 
@@ -94,15 +102,16 @@ def summary_lines(records, rows, datasets, reference):
                 b = max(others, key=lambda r: r["mean_mean"])
                 gaps.append((shots, ref["mean_mean"] - b["mean_mean"], b["method"]))
         leader = max(best_counts, key=best_counts.get)
-        where = "the standard protocol" if len(settings) == 1 and sub[0].get("protocol") == "standard" else \
-            f"{len(settings)} shot settings"
+        where = "the standard protocol" if len(settings) == 1 and sub[0].get("protocol") == "standard" else f"{len(settings)} shot settings"
         text = f"- **{ds}**: best mean mAP — `{leader}` in {best_counts[leader]} of {len(settings)} ({where})"
         if gaps:
             wins = sum(g > 0 for _, g, _ in gaps)
             mean_gap = float(np.mean([g for _, g, _ in gaps]))
-            text += (f"; `{reference}` is best in {wins} of {len(gaps)}, on average {mean_gap:+.1f} points "
-                     f"from the best other method (range {min(g for _, g, _ in gaps):+.1f} to "
-                     f"{max(g for _, g, _ in gaps):+.1f})")
+            text += (
+                f"; `{reference}` is best in {wins} of {len(gaps)}, on average {mean_gap:+.1f} points "
+                f"from the best other method (range {min(g for _, g, _ in gaps):+.1f} to "
+                f"{max(g for _, g, _ in gaps):+.1f})"
+            )
         lines.append(text + ".")
     return lines
 
@@ -117,8 +126,13 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", default="gcrdp")
     ap.add_argument("--methods", nargs="+", default=None, help="row order")
     ap.add_argument("--bench", type=Path, default=None, help="bench_train_step.py --json output")
-    ap.add_argument("--embedding-map", type=Path, default=None, metavar="CHECKPOINT",
-                    help="a 'gcrdp train' checkpoint whose test embeddings make figures/embedding_map.png")
+    ap.add_argument(
+        "--embedding-map",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="a 'gcrdp train' checkpoint whose test embeddings make figures/embedding_map.png",
+    )
     args = ap.parse_args(argv)
 
     results = collect_results(args.runs)
@@ -132,8 +146,20 @@ def main(argv=None) -> int:
     if args.embedding_map is not None:
         from gcrdp.cli.main import main as cli
 
-        if cli(["report", str(args.embedding_map / "results.json"), "--output", str(args.figures / ".map"),
-                "--no-plots", "--embedding-map", str(args.embedding_map)]) != 0:
+        if (
+            cli(
+                [
+                    "report",
+                    str(args.embedding_map / "results.json"),
+                    "--output",
+                    str(args.figures / ".map"),
+                    "--no-plots",
+                    "--embedding-map",
+                    str(args.embedding_map),
+                ]
+            )
+            != 0
+        ):
             return 2
         os.replace(args.figures / ".map" / "embedding_map.png", args.figures / "embedding_map.png")
         for f in (args.figures / ".map").iterdir():
@@ -149,38 +175,50 @@ def main(argv=None) -> int:
     prov = results[0].get("provenance", {})
     commit = (prov.get("git") or {}).get("commit") if isinstance(prov.get("git"), dict) else None
     rel = os.path.relpath(args.figures, args.out.parent)
-    out = ["# Results", "",
-           "Generated by `make reproduce` (`scripts/make_results_doc.py`) on "
-           f"{dt.date.today().isoformat()}, {platform.machine()} CPU"
-           + (f", {os.cpu_count()} cores" if os.cpu_count() else "")
-           + (f", git {str(commit)[:10]}" if commit else "")
-           + (f"; running time {args.seconds / 60:.0f} min" if args.seconds else "")
-           + (f"; {args.time_note}" if args.time_note else "") + ".",
-           "",
-           "mAP@all in percent (`docs/metrics.md`), mean ± sample std over seeds; every method sees the "
-           "same features, the same protocol split per (shots, seed) and the same evaluation code. "
-           "Few-shot protocol: the test set is the unseen classes' test pairs; the N shots per unseen "
-           "class join the seen classes' training pairs; validation uses held-out seen classes, which "
-           "get the same N shots in training and are evaluated on their other pairs (the mirrored "
-           "validation, unless the run files say `val_mode` zero-shot), and every choice (early "
-           "stopping, CCA's ridge) is made on it, never on the test split. Bold: best per column.", "",
-           f"Methods: {', '.join(f'`{m}`' for m in methods_run)}. The GCRDP ablation, sensitivity study and "
-           "diagnostics are in [gcrdp-study.md](gcrdp-study.md).", ""]
+    out = [
+        "# Results",
+        "",
+        "Generated by `make reproduce` (`scripts/make_results_doc.py`) on "
+        f"{dt.date.today().isoformat()}, {platform.machine()} CPU"
+        + (f", {os.cpu_count()} cores" if os.cpu_count() else "")
+        + (f", git {str(commit)[:10]}" if commit else "")
+        + (f"; running time {args.seconds / 60:.0f} min" if args.seconds else "")
+        + (f"; {args.time_note}" if args.time_note else "")
+        + ".",
+        "",
+        "mAP@all in percent (`docs/metrics.md`), mean ± sample std over seeds; every method sees the "
+        "same features, the same protocol split per (shots, seed) and the same evaluation code. "
+        "Few-shot protocol: the test set is the unseen classes' test pairs; the N shots per unseen "
+        "class join the seen classes' training pairs; validation uses held-out seen classes, which "
+        "get the same N shots in training and are evaluated on their other pairs (the mirrored "
+        "validation, unless the run files say `val_mode` zero-shot), and every choice (early "
+        "stopping, CCA's ridge) is made on it, never on the test split. Bold: best per column.",
+        "",
+        f"Methods: {', '.join(f'`{m}`' for m in methods_run)}. The GCRDP ablation, sensitivity study and "
+        "diagnostics are in [gcrdp-study.md](gcrdp-study.md).",
+        "",
+    ]
     tw = sum(v for k, v in runs_seconds.items() if k == "twemoji")
     rest = sum(v for k, v in runs_seconds.items() if k != "twemoji")
-    out += ["Time spent in the runs (fits and evaluation, read from the run files): "
-            + ", ".join(f"{k} {v / 60:.1f} min" for k, v in runs_seconds.items())
-            + f". `make reproduce` runs Twemoji and the feature datasets side by side (one thread each), "
-            f"so from nothing it takes about {max(tw, rest) / 60:.0f} min on this 2-core machine, plus the "
-            "one-off Twemoji feature extraction (a few minutes) and the figures; an interrupted run "
-            "continues where it stopped.", ""]
+    out += [
+        "Time spent in the runs (fits and evaluation, read from the run files): "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in runs_seconds.items())
+        + f". `make reproduce` runs Twemoji and the feature datasets side by side (one thread each), "
+        f"so from nothing it takes about {max(tw, rest) / 60:.0f} min on this 2-core machine, plus the "
+        "one-off Twemoji feature extraction (a few minutes) and the figures; an interrupted run "
+        "continues where it stopped.",
+        "",
+    ]
     out += ["## In short", ""] + summary_lines(records_main, rows, datasets, args.reference) + [""]
-    out += ["The paper reports GCRDP ahead of CLIP and FLEX-CLIP by 2.5–4.6 points (e.g. Wikipedia "
-            "5-shot 57.4 against 52.8 / 53.6) on CLIP features. No CLIP weights load offline here, so "
-            "these runs use the default encoders (Twemoji) and the datasets' published features "
-            "(Wikipedia SIFT/LDA, Pascal VGG/sentence-CNN); their absolute values are not comparable "
-            "with the paper's. What transfers is the comparison on equal footing: the same features, "
-            "splits and evaluation for every method.", ""]
+    out += [
+        "The paper reports GCRDP ahead of CLIP and FLEX-CLIP by 2.5–4.6 points (e.g. Wikipedia "
+        "5-shot 57.4 against 52.8 / 53.6) on CLIP features. No CLIP weights load offline here, so "
+        "these runs use the default encoders (Twemoji) and the datasets' published features "
+        "(Wikipedia SIFT/LDA, Pascal VGG/sentence-CNN); their absolute values are not comparable "
+        "with the paper's. What transfers is the comparison on equal footing: the same features, "
+        "splits and evaluation for every method.",
+        "",
+    ]
     for m, why in NOT_RUN.items():
         if m not in methods_run:
             out += [f"Not run: `{m}` — {why}", ""]
@@ -197,23 +235,40 @@ def main(argv=None) -> int:
             m, pi, pt, src = PUBLISHED[ds]
             r = next((r for r in rows if r["dataset"] == ds and r["method"] == m), None)
             if r is not None:
-                out += [f"Reference: `{m}` here gives {r['i2t_mean']:.1f} I2T / {r['t2i_mean']:.1f} T2I; "
-                        f"published: {pi:.0f} / {pt:.0f} — {src}.", ""]
+                out += [
+                    f"Reference: `{m}` here gives {r['i2t_mean']:.1f} I2T / {r['t2i_mean']:.1f} T2I; "
+                    f"published: {pi:.0f} / {pt:.0f} — {src}.",
+                    "",
+                ]
     if variant_rows:
-        base = [r for r in rows if r["method"] == args.reference and r["dataset"] in {v["dataset"] for v in variant_rows}
-                and r["shots"] in {v["shots"] for v in variant_rows}]
+        base = [
+            r
+            for r in rows
+            if r["method"] == args.reference
+            and r["dataset"] in {v["dataset"] for v in variant_rows}
+            and r["shots"] in {v["shots"] for v in variant_rows}
+        ]
         order = [args.reference] + sorted({r["method"] for r in variant_rows})
-        out += ["## GCRDP sensitivity (K components, RDP threshold θ)", "",
-                "Variants of `gcrdp` that change one option (`gcrdp@k1`: K = 1, …; defaults K = 3, "
-                "θ = 0.5), same splits and seeds. The test figures are shown for completeness; the "
-                "defaults were kept on validation alone ([gcrdp-study.md](gcrdp-study.md)).", "",
-                markdown_tables(base + variant_rows, order).strip(), ""]
-    figs = sorted(args.figures.glob("sensitivity_*.png")) + sorted(args.figures.glob("step_time.png")) \
+        out += [
+            "## GCRDP sensitivity (K components, RDP threshold θ)",
+            "",
+            "Variants of `gcrdp` that change one option (`gcrdp@k1`: K = 1, …; defaults K = 3, "
+            "θ = 0.5), same splits and seeds. The test figures are shown for completeness; the "
+            "defaults were kept on validation alone ([gcrdp-study.md](gcrdp-study.md)).",
+            "",
+            markdown_tables(base + variant_rows, order).strip(),
+            "",
+        ]
+    figs = (
+        sorted(args.figures.glob("sensitivity_*.png"))
+        + sorted(args.figures.glob("step_time.png"))
         + sorted(args.figures.glob("embedding_map.png"))
-    captions = {"step_time": "Training-step time with and without the EM (GMM) module "
-                             "(`benchmarks/bench_train_step.py`, batch 128).",
-                "embedding_map": "t-SNE of a 5-shot GCRDP model's Twemoji test embeddings (o images, "
-                                 "x texts, coloured by class) with the K = 3 GMM views (▲) of four images."}
+    )
+    captions = {
+        "step_time": "Training-step time with and without the EM (GMM) module (`benchmarks/bench_train_step.py`, batch 128).",
+        "embedding_map": "t-SNE of a 5-shot GCRDP model's Twemoji test embeddings (o images, "
+        "x texts, coloured by class) with the K = 3 GMM views (▲) of four images.",
+    }
     for f in figs:
         cap = captions.get(f.stem, f"Sensitivity: {f.stem.replace('_', ' ')}.")
         out += [cap, "", f"![{f.stem}]({rel}/{f.name})", ""]

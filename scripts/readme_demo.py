@@ -39,18 +39,21 @@ def render(results: dict) -> str:
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"one seed ({seeds[0]}): no spread"
     title = f"{name} — protocol {cfg['protocol']}, mAP@all in % ({spread}); chance = class prior"
     table = format_table(results["summary"], title=title)
-    inst = format_instance_table(results["summary"], title=(
-        "\ninstance level: recall@1/5/10 in % of each query's own pair (mean over seeds)"))
+    inst = format_instance_table(
+        results["summary"], title=("\ninstance level: recall@1/5/10 in % of each query's own pair (mean over seeds)")
+    )
     if inst:
         table += "\n" + inst
     prov = results["provenance"]
     res = results["resolved"]
     t = results["timing"]
-    facts = (f"Figures from `{KEPT.relative_to(ROOT).as_posix()}` (copied from `runs/demo` by `make readme`): "
-             f"{_fmt_seconds(t['total_seconds'])} for the whole job with the features cached "
-             f"({_fmt_seconds(t['features_seconds'])} of it to load them), {prov['cpu_count']} CPUs, "
-             f"{res.get('jobs', 1)} fits at a time with {res.get('torch_threads')} torch thread(s) each, "
-             f"torch {prov['versions'].get('torch')}, gcrdp {prov['versions'].get('gcrdp')}.")
+    facts = (
+        f"Figures from `{KEPT.relative_to(ROOT).as_posix()}` (copied from `runs/demo` by `make readme`): "
+        f"{_fmt_seconds(t['total_seconds'])} for the whole job with the features cached "
+        f"({_fmt_seconds(t['features_seconds'])} of it to load them), {prov['cpu_count']} CPUs, "
+        f"{res.get('jobs', 1)} fits at a time with {res.get('torch_threads')} torch thread(s) each, "
+        f"torch {prov['versions'].get('torch')}, gcrdp {prov['versions'].get('gcrdp')}."
+    )
     import textwrap
 
     return f"```\n{table}\n```\n\n" + textwrap.fill(facts, width=100, break_on_hyphens=False) + "\n"
@@ -66,8 +69,8 @@ def _block(text: str) -> tuple[int, int]:
 def keep(results: dict) -> dict:
     """What docs/demo/results.json keeps of a results file."""
     return {k: results[k] for k in ("format", "config", "provenance", "timing", "summary")} | {
-        "resolved": {k: results["resolved"].get(k) for k in ("dataset_name", "device", "jobs", "torch_threads",
-                                                              "n_samples", "n_classes")}}
+        "resolved": {k: results["resolved"].get(k) for k in ("dataset_name", "device", "jobs", "torch_threads", "n_samples", "n_classes")}
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,22 +22,30 @@ START, END = "<!-- methods:start -->", "<!-- methods:end -->"
 
 #: (method, what it is, what it is good at) — the prose; the figures come from the CSV
 GOOD_AT = [
-    ("cca", "regularised CCA, ridge chosen on validation",
-     "pooled features and small data: the best on Wikipedia at every shot count; fits in seconds"),
-    ("flex-clip", "FLEX-CLIP: feature-level generation + gated fusion",
-     "few shots of rich features (Twemoji); slower to fit"),
-    ("gap-infonce@cp", "the GCRDP base with class-aware positives",
-     "the most accurate on Twemoji at 3 and 5 shots; loses on Wikipedia"),
-    ("gap-infonce", "projection heads, average pooling, symmetric InfoNCE",
-     "a solid base; better instance-level recall than gcrdp (the demo's second table)"),
-    ("clip4cmr", "CLIP4CMR-style heads with class prototypes",
-     "more shots (5): close to the best on Twemoji; weak at 1 shot and on Wikipedia"),
-    ("gcrdp@study", "GCRDP with this project's study changes",
-     "level with its base on Twemoji; below it on Wikipedia"),
-    ("gcrdp", "GCRDP as SPEC reads the paper (the default)",
-     "the paper's method, for comparison; below its base here"),
-    ("dscmr", "DSCMR: label space + modality invariance",
-     "many shots of rich features (Twemoji 5-shot: near the best); weak at 1 shot and on Wikipedia"),
+    (
+        "cca",
+        "regularised CCA, ridge chosen on validation",
+        "pooled features and small data: the best on Wikipedia at every shot count; fits in seconds",
+    ),
+    ("flex-clip", "FLEX-CLIP: feature-level generation + gated fusion", "few shots of rich features (Twemoji); slower to fit"),
+    ("gap-infonce@cp", "the GCRDP base with class-aware positives", "the most accurate on Twemoji at 3 and 5 shots; loses on Wikipedia"),
+    (
+        "gap-infonce",
+        "projection heads, average pooling, symmetric InfoNCE",
+        "a solid base; better instance-level recall than gcrdp (the demo's second table)",
+    ),
+    (
+        "clip4cmr",
+        "CLIP4CMR-style heads with class prototypes",
+        "more shots (5): close to the best on Twemoji; weak at 1 shot and on Wikipedia",
+    ),
+    ("gcrdp@study", "GCRDP with this project's study changes", "level with its base on Twemoji; below it on Wikipedia"),
+    ("gcrdp", "GCRDP as SPEC reads the paper (the default)", "the paper's method, for comparison; below its base here"),
+    (
+        "dscmr",
+        "DSCMR: label space + modality invariance",
+        "many shots of rich features (Twemoji 5-shot: near the best); weak at 1 shot and on Wikipedia",
+    ),
 ]
 COLUMNS = [("twemoji", 1), ("twemoji", 5), ("wikipedia", 1), ("wikipedia", 5)]
 
@@ -49,8 +57,7 @@ def _figures() -> dict[tuple[str, str, int], dict[str, str]]:
 
 def render() -> str:
     fig = _figures()
-    head = ["method", "what it is"] + [f"{d.capitalize()} {s}-shot" for d, s in COLUMNS] + \
-        ["fit (Twemoji 5-shot)", "good at"]
+    head = ["method", "what it is"] + [f"{d.capitalize()} {s}-shot" for d, s in COLUMNS] + ["fit (Twemoji 5-shot)", "good at"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, what, good in GOOD_AT:
         cells = [f"`{method}`", what]
@@ -61,9 +68,11 @@ def render() -> str:
         cells.append(f"{float(t['fit_seconds']):.0f} s" if t else "–")
         cells.append(good)
         lines.append("| " + " | ".join(cells) + " |")
-    return ("\n".join(lines) + "\n\nMean mAP@all in % (mean of I2T and T2I, 5 seeds), from "
-            "[docs/results.md](docs/results.md) (`make reproduce`; `docs/figures/results.csv`, copied here "
-            "by `scripts/readme_methods.py`). Fit time: one fit, one thread, mean over seeds.\n")
+    return (
+        "\n".join(lines) + "\n\nMean mAP@all in % (mean of I2T and T2I, 5 seeds), from "
+        "[docs/results.md](docs/results.md) (`make reproduce`; `docs/figures/results.csv`, copied here "
+        "by `scripts/readme_methods.py`). Fit time: one fit, one thread, mean over seeds.\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     i, j = text.find(START), text.find(END)
     if i < 0 or j < i:
         raise SystemExit(f"{README} has no {START} … {END} block")
-    new = text[:i + len(START)] + "\n" + render() + text[j:]
+    new = text[: i + len(START)] + "\n" + render() + text[j:]
     if args.check:
         same = new == text
         print(f"{README.name}: methods block {'up to date' if same else 'DIFFERS from ' + str(CSV)}")

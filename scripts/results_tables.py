@@ -71,8 +71,7 @@ def _effort_table(records: list[dict]) -> str:
         e["seconds"].append(r["fit"]["seconds"])
         if "pi_entropy_image" in h:
             e["entropy"].append((h["pi_entropy_image"] + h["pi_entropy_text"]) / 2)
-    lines = ["| method | mean epochs | mean fit seconds | mean π entropy at best epoch |",
-             "|---|---|---|---|"]
+    lines = ["| method | mean epochs | mean fit seconds | mean π entropy at best epoch |", "|---|---|---|---|"]
     for m, e in extra.items():
         ent = f"{np.mean(e['entropy']):.3f}" if e["entropy"] else "–"
         lines.append(f"| `{m}` | {np.mean(e['epochs']):.1f} | {np.mean(e['seconds']):.1f} | {ent} |")
@@ -91,8 +90,7 @@ def print_study(name: str, results: list[dict], reference: str | None) -> None:
         print(format_study_table(summary, methods, key=key))
         print()
     ref = reference or methods[0]
-    print(f"Paired difference from `{ref}` (mean of I2T and T2I, points; mean ± std over seeds), "
-          "and of the validation mAP\n")
+    print(f"Paired difference from `{ref}` (mean of I2T and T2I, points; mean ± std over seeds), and of the validation mAP\n")
     print(_paired_table(records, methods, ref))
     print()
     print(_effort_table(records))

@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(Retriever.load(args.index)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(Retriever.load(args.index)), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -52,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         k.clear()
         k.send_keys(str(args.k))
         browser.find_element(By.ID, "q").send_keys(args.query + "\n")
-        WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results img")) >= 1 and all(
-            b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", im)
-            for im in b.find_elements(By.CSS_SELECTOR, "#results img")))
+        WebDriverWait(browser, 30).until(
+            lambda b: (
+                len(b.find_elements(By.CSS_SELECTOR, "#results img")) >= 1
+                and all(
+                    b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", im)
+                    for im in b.find_elements(By.CSS_SELECTOR, "#results img")
+                )
+            )
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(args.out))
     finally:

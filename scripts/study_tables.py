@@ -45,8 +45,11 @@ def load_grid(root: Path) -> dict[str, dict[tuple[str, int, int], dict]]:
         rec = data["records"][0]
         label, method = f.parent.parent.name, f.parent.name
         out[label][(method, int(m.group(1)), int(m.group(2)))] = {
-            "val": rec["fit"].get("best_val_map"), "test": rec["test"]["mean_map"],
-            "epochs": rec["fit"].get("epochs"), "seconds": rec["fit"].get("seconds")}
+            "val": rec["fit"].get("best_val_map"),
+            "test": rec["test"]["mean_map"],
+            "epochs": rec["fit"].get("epochs"),
+            "seconds": rec["fit"].get("seconds"),
+        }
     return dict(out)
 
 
@@ -68,6 +71,7 @@ def paired(cells: dict, method: str, reference: str, key: str) -> tuple[float, f
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman rank correlation (average ranks for ties)."""
+
     def ranks(x: list[float]) -> np.ndarray:
         x_arr = np.asarray(x, dtype=float)
         order = x_arr.argsort(kind="stable")
@@ -77,6 +81,7 @@ def spearman(a: list[float], b: list[float]) -> float:
             idx = x_arr == v
             r[idx] = r[idx].mean()
         return r
+
     if len(a) < 3:
         return float("nan")
     ra, rb = ranks(a), ranks(b)
@@ -96,10 +101,14 @@ def _fmt(p: tuple[float, float, int] | None, star: bool = False) -> str:
 def label_tables(label: str, cells: dict, reference: str, base: str) -> tuple[str, dict]:
     methods = sorted({m for m, _, _ in cells}, key=lambda m: (m != base, m != reference, m))
     shots = sorted({s for _, s, _ in cells})
-    lines = [f"#### {label}", "",
-             "| method | val mAP | " + " | ".join(f"{s}-shot test" for s in shots)
-             + f" | Δ val vs `{reference}` | Δ test vs `{reference}` | Δ val vs `{base}` | Δ test vs `{base}` |",
-             "|---|---|" + "---|" * (len(shots) + 4)]
+    lines = [
+        f"#### {label}",
+        "",
+        "| method | val mAP | "
+        + " | ".join(f"{s}-shot test" for s in shots)
+        + f" | Δ val vs `{reference}` | Δ test vs `{reference}` | Δ val vs `{base}` | Δ test vs `{base}` |",
+        "|---|---|" + "---|" * (len(shots) + 4),
+    ]
     figures: dict = {"methods": {}}
     for m in methods:
         vals = [r["val"] for (mm, _, _), r in cells.items() if mm == m and r["val"] is not None]
@@ -107,8 +116,11 @@ def label_tables(label: str, cells: dict, reference: str, base: str) -> tuple[st
         fig: dict = {"val": float(np.mean(vals)) if vals else None, "test": {}}
         for s in shots:
             t = [r["test"] for (mm, ss, _), r in cells.items() if mm == m and ss == s]
-            row.append(f"{100 * np.mean(t):.1f} ± {100 * np.std(t, ddof=1):.1f} ({len(t)})" if len(t) > 1
-                       else (f"{100 * t[0]:.1f} (1)" if t else "–"))
+            row.append(
+                f"{100 * np.mean(t):.1f} ± {100 * np.std(t, ddof=1):.1f} ({len(t)})"
+                if len(t) > 1
+                else (f"{100 * t[0]:.1f} (1)" if t else "–")
+            )
             fig["test"][s] = float(np.mean(t)) if t else None
         for ref in (reference, base):
             pv = paired(cells, m, ref, "val") if m != ref else None
@@ -129,9 +141,12 @@ def label_tables(label: str, cells: dict, reference: str, base: str) -> tuple[st
     agree = sum(1 for a, b in zip(dv, dt, strict=True) if np.sign(a) == np.sign(b))
     rho = spearman(dv, dt)
     figures["prediction"] = {"n_methods": len(dv), "sign_agreement": agree, "spearman": rho}
-    lines += ["", f"Validation predicts test (paired differences against `{reference}`, "
-              f"{len(dv)} methods): signs agree for {agree} of {len(dv)}; Spearman ρ = "
-              + ("–" if math.isnan(rho) else f"{rho:+.2f}") + ".", ""]
+    lines += [
+        "",
+        f"Validation predicts test (paired differences against `{reference}`, "
+        f"{len(dv)} methods): signs agree for {agree} of {len(dv)}; Spearman ρ = " + ("–" if math.isnan(rho) else f"{rho:+.2f}") + ".",
+        "",
+    ]
     return "\n".join(lines), figures
 
 
@@ -143,9 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--labels", nargs="+", default=None, help="only these dataset labels")
     ap.add_argument("--shots", type=int, nargs="+", default=None, help="only these shot counts")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--csv", type=Path, default=None,
-                    help="also write one row per run (label, method, shots, seed, val and test mAP, "
-                         "epochs, seconds): the figures every table here is computed from")
+    ap.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="also write one row per run (label, method, shots, seed, val and test mAP, "
+        "epochs, seconds): the figures every table here is computed from",
+    )
     args = ap.parse_args(argv)
     grid = load_grid(args.grid)
     if not grid:
@@ -158,8 +177,18 @@ def main(argv: list[str] | None = None) -> None:
             w.writerow(["label", "method", "shots", "seed", "val_map", "test_mean_map", "epochs", "fit_seconds"])
             for label in sorted(grid):
                 for (m, shots, seed), r in sorted(grid[label].items()):
-                    w.writerow([label, m, shots, seed, "" if r["val"] is None else f"{r['val']:.6f}",
-                                f"{r['test']:.6f}", r["epochs"], r["seconds"]])
+                    w.writerow(
+                        [
+                            label,
+                            m,
+                            shots,
+                            seed,
+                            "" if r["val"] is None else f"{r['val']:.6f}",
+                            f"{r['test']:.6f}",
+                            r["epochs"],
+                            r["seconds"],
+                        ]
+                    )
     out = {}
     for label in sorted(grid):
         if args.labels and label not in args.labels:

@@ -40,13 +40,11 @@ def main() -> None:
         for shots in args.shots:
             for seed in args.seeds:
                 sp = make_split(ds, shots=shots, seed=seed)
-                data = FitData(feats.subset(sp.train), y[sp.train], np.isin(sp.train, sp.fewshot),
-                               feats.subset(sp.val), y[sp.val])
+                data = FitData(feats.subset(sp.train), y[sp.train], np.isin(sp.train, sp.fewshot), feats.subset(sp.val), y[sp.val])
                 report = build_method(args.method, opts).fit(data, seed=seed)
                 vals.append(report.best_val_map)
                 epochs.append(report.epochs)
-        print(f"| `{json.dumps(opts)}` | {100 * np.mean(vals):.1f} | {epochs} | {time.perf_counter() - t0:.0f} |",
-              flush=True)
+        print(f"| `{json.dumps(opts)}` | {100 * np.mean(vals):.1f} | {epochs} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,7 @@ def write_vocab_files(folder: Path, vocab: dict[str, int], merges: list[str]) ->
     """Write ``vocab.json`` and ``merges.txt`` as ``CLIPTokenizer`` reads them."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges),
-                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
 
 
 def make_clip_dir(folder: Path, seed: int = 0) -> Path:
@@ -67,19 +66,29 @@ def make_clip_dir(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config={
-            "vocab_size": len(vocab), "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN,
-            "num_hidden_layers": 2, "num_attention_heads": 2,
-            "max_position_embeddings": MAX_POSITIONS, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "vocab_size": len(vocab),
+            "hidden_size": HIDDEN,
+            "intermediate_size": 2 * HIDDEN,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": MAX_POSITIONS,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
-            "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
+            "hidden_size": HIDDEN,
+            "intermediate_size": 2 * HIDDEN,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
         },
         projection_dim=PROJECTION_DIM,
     )
     CLIPModel(config).eval().save_pretrained(str(folder))
     processor = _image_processor_class(transformers)(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
     processor.save_pretrained(str(folder))
     return folder

@@ -8,8 +8,15 @@ from gcrdp.data.features import FeatureSet, ModalityFeatures
 
 
 def synthetic_features(
-    n_per_class: int = 20, n_classes: int = 6, image_dim: int = 12, text_dim: int = 8,
-    image_L: int = 5, text_L: int = 4, noise: float = 0.5, seed: int = 0, dtype=np.float32,
+    n_per_class: int = 20,
+    n_classes: int = 6,
+    image_dim: int = 12,
+    text_dim: int = 8,
+    image_L: int = 5,
+    text_L: int = 4,
+    noise: float = 0.5,
+    seed: int = 0,
+    dtype=np.float32,
     latent_dim: int = 3,
 ) -> tuple[FeatureSet, np.ndarray]:
     """Class-clustered local features in two unaligned spaces; returns (features, int labels).
@@ -47,8 +54,17 @@ def heads_fitdata(seed: int = 0):
     feats, labels = synthetic_features(n_per_class=12, n_classes=12, seed=seed)
     y = one_hot(labels)
     train, val = np.flatnonzero(labels < 8), np.flatnonzero(labels >= 8)
-    return feats, y, FitData(train=feats.subset(train), train_labels=y[train],
-                             oversample=np.zeros(len(train), bool), val=feats.subset(val), val_labels=y[val])
+    return (
+        feats,
+        y,
+        FitData(
+            train=feats.subset(train),
+            train_labels=y[train],
+            oversample=np.zeros(len(train), bool),
+            val=feats.subset(val),
+            val_labels=y[val],
+        ),
+    )
 
 
 def toy_run_dataset(n_per_class: int = 16, seed: int = 1):
@@ -58,8 +74,9 @@ def toy_run_dataset(n_per_class: int = 16, seed: int = 1):
 
     feats, labels = synthetic_features(n_per_class=n_per_class, n_classes=8, noise=0.5, seed=seed)
     classes = [f"c{i}" for i in range(8)]
-    samples = [Sample(id=sid, text=None, labels=(classes[c],), split="test" if i % 4 == 0 else "train")
-               for i, (sid, c) in enumerate(zip(feats.sample_ids, labels, strict=True))]
-    ds = Dataset("toy", samples, classes, ClassSplit("toy", "1", tuple(classes[:5]), tuple(classes[5:])),
-                 features=feats)
+    samples = [
+        Sample(id=sid, text=None, labels=(classes[c],), split="test" if i % 4 == 0 else "train")
+        for i, (sid, c) in enumerate(zip(feats.sample_ids, labels, strict=True))
+    ]
+    ds = Dataset("toy", samples, classes, ClassSplit("toy", "1", tuple(classes[:5]), tuple(classes[5:])), features=feats)
     return ds, feats

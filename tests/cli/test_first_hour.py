@@ -57,8 +57,7 @@ def test_generated_split_hash_rule_matches_a_naive_reference():
     import hashlib
 
     s = generate_class_split(NAMES, dataset="x", seed=7, unseen_fraction=0.3)
-    naive = sorted(c for c in NAMES
-                   if int(hashlib.sha256(f"7\0{c}".encode()).hexdigest(), 16) / 2 ** 256 < 0.3)
+    naive = sorted(c for c in NAMES if int(hashlib.sha256(f"7\0{c}".encode()).hexdigest(), 16) / 2**256 < 0.3)
     assert list(s.unseen) == naive
 
 
@@ -74,8 +73,7 @@ def _ds(counts: dict[str, tuple[int, int]], unseen=()) -> Dataset:
 
 
 def test_small_classes_name_the_class_and_its_rows():
-    ds = _ds({"actions": (8, 2), "acitons": (1, 0), "apps": (6, 2), "games": (3, 1), "tools": (5, 0)},
-             unseen=("games", "tools", "apps"))
+    ds = _ds({"actions": (8, 2), "acitons": (1, 0), "apps": (6, 2), "games": (3, 1), "tools": (5, 0)}, unseen=("games", "tools", "apps"))
     small = {sc.name: sc for sc in small_classes(ds, [0, 1, 5])}
     assert set(small) == {"acitons", "games", "tools"}
     assert small["acitons"].sample_ids == ("acitons-0",) and small["acitons"].need == 2
@@ -113,24 +111,40 @@ def test_edit_distance_against_a_naive_reference():
 
 
 def test_near_duplicate_labels():
-    classes = ["actions", "acitons", "Web Browser", "web_browser", "cat", "car", "animal-bird",
-               "animal-bug", "person", "persons", "international-organisation", "international-organization"]
+    classes = [
+        "actions",
+        "acitons",
+        "Web Browser",
+        "web_browser",
+        "cat",
+        "car",
+        "animal-bird",
+        "animal-bug",
+        "person",
+        "persons",
+        "international-organisation",
+        "international-organization",
+    ]
     counts = {"actions": 40, "acitons": 1, "Web Browser": 3, "web_browser": 9}
     pairs = {(a, b): why for a, _, b, _, why in near_duplicate_labels(classes, counts)}
     assert pairs[("acitons", "actions")] == "1 edit"  # a transposition, smaller class first
     assert pairs[("Web Browser", "web_browser")] == "case/spacing"
     assert ("person", "persons") in pairs
     assert ("international-organisation", "international-organization") in pairs
-    assert not {("car", "cat"), ("cat", "car"), ("animal-bird", "animal-bug"),
-                ("animal-bug", "animal-bird")} & set(pairs)
+    assert not {("car", "cat"), ("cat", "car"), ("animal-bird", "animal-bug"), ("animal-bug", "animal-bird")} & set(pairs)
 
 
 def test_duplicate_and_odd_sized_images(tmp_path):
     from PIL import Image
 
     paths = []
-    for name, size, colour in (("a", (64, 64), "red"), ("b", (64, 64), "red"), ("c", (64, 64), "blue"),
-                               ("tiny", (8, 40), "red"), ("d", (64, 64), "red")):
+    for name, size, colour in (
+        ("a", (64, 64), "red"),
+        ("b", (64, 64), "red"),
+        ("c", (64, 64), "blue"),
+        ("tiny", (8, 40), "red"),
+        ("d", (64, 64), "red"),
+    ):
         p = tmp_path / f"{name}.png"
         Image.new("RGB", size, colour).save(p)
         paths.append(p)
@@ -148,8 +162,12 @@ def test_inspect_reports_typos_small_classes_and_duplicates(tmp_path):
             p = tmp_path / f"{c}{i}.png"
             Image.new("RGB", (32, 32), (10 * i, 40 * k, 0) if c != "acitons" else (0, 0, 0)).save(p)
             rows.append(Sample(f"{c}{i}", f"{c} {i}", (c,), "test" if i % 4 == 0 else "train", p))
-    ds = Dataset("icons", rows, ["actions", "apps", "games", "tools", "acitons"],
-                 ClassSplit("icons", "1", ("actions", "apps", "acitons"), ("games", "tools")))
+    ds = Dataset(
+        "icons",
+        rows,
+        ["actions", "apps", "games", "tools", "acitons"],
+        ClassSplit("icons", "1", ("actions", "apps", "acitons"), ("games", "tools")),
+    )
     s = summarize_dataset(ds, shots=5)
     text = format_summary(s)
     assert "problems found: none" not in text
@@ -170,8 +188,7 @@ def _manifest(root: Path, extra_rows=()) -> Path:
         for i in range(6):
             p = root / f"{c}{i}.png"
             Image.new("RGB", (24, 24), (40 * k, 10 * i, 200 - 40 * k)).save(p)
-            rows.append({"image": p.name, "text": f"a {c} thing number {i}", "label": c,
-                         "split": "test" if i % 3 == 0 else "train"})
+            rows.append({"image": p.name, "text": f"a {c} thing number {i}", "label": c, "split": "test" if i % 3 == 0 else "train"})
     rows.extend(extra_rows)
     path = root / "manifest.csv"
     with open(path, "w", newline="") as f:
@@ -184,10 +201,23 @@ def _manifest(root: Path, extra_rows=()) -> Path:
 def test_run_stops_on_a_label_typo_before_any_work_unless_allowed(tmp_path, capsys):
     from gcrdp.cli.main import main
 
-    manifest = _manifest(tmp_path / "d", [{"image": "red0.png", "text": "a red typo", "label": "rde",
-                                           "split": "train"}])
-    args = ["run", "--manifest", str(manifest), "--methods", "cca", "--shots", "1", "--seeds", "0",
-            "--output-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), "-q"]
+    manifest = _manifest(tmp_path / "d", [{"image": "red0.png", "text": "a red typo", "label": "rde", "split": "train"}])
+    args = [
+        "run",
+        "--manifest",
+        str(manifest),
+        "--methods",
+        "cca",
+        "--shots",
+        "1",
+        "--seeds",
+        "0",
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "-q",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "class 'rde' has 1 item" in err and "--allow-small-classes" in err
@@ -214,8 +244,14 @@ def test_class_split_file_is_written_and_pins_a_rerun(tmp_path):
 def _toy_cfg(**kw):
     from gcrdp.experiments import RunConfig
 
-    base = dict(dataset="toy", shots=[1], seeds=[0, 1], methods=["cca", "gap-infonce"], device="cpu",
-                method_options={"gap-infonce": {"max_epochs": 3, "hidden_dim": 16, "latent_dim": 8}})
+    base = dict(
+        dataset="toy",
+        shots=[1],
+        seeds=[0, 1],
+        methods=["cca", "gap-infonce"],
+        device="cpu",
+        method_options={"gap-infonce": {"max_epochs": 3, "hidden_dim": 16, "latent_dim": 8}},
+    )
     return RunConfig(**{**base, **kw})
 
 
@@ -226,30 +262,26 @@ def test_run_resumes_finished_fits_and_can_grow(tmp_path):
 
     ds, feats = toy_run_dataset()
     fresh = []
-    first = run_experiment(_toy_cfg(), tmp_path / "o", progress=False, dataset=ds, features=feats,
-                           on_record=fresh.append)
+    first = run_experiment(_toy_cfg(), tmp_path / "o", progress=False, dataset=ds, features=feats, on_record=fresh.append)
     assert len(fresh) == 4 and len(list((tmp_path / "o" / "fits").rglob("*.json"))) == 4
     # a killed run: drop results.json and one fit; the same call refits only that one
     (tmp_path / "o" / "results.json").unlink()
     (tmp_path / "o" / "fits" / "gap-infonce" / "shots1-seed1.json").unlink()
     again = []
-    second = run_experiment(_toy_cfg(), tmp_path / "o", progress=False, dataset=ds, features=feats,
-                            on_record=again.append)
+    second = run_experiment(_toy_cfg(), tmp_path / "o", progress=False, dataset=ds, features=feats, on_record=again.append)
     assert [(r["method"], r["seed"]) for r in again] == [("gap-infonce", 1)]
     assert [r["test"] for r in second["records"]] == [r["test"] for r in first["records"]]
     assert [(r["method"], r["seed"]) for r in second["records"]] == [(r["method"], r["seed"]) for r in first["records"]]
     # a run that grows: one more seed runs only the new fits
     more = []
-    run_experiment(_toy_cfg(seeds=[0, 1, 2]), tmp_path / "o", progress=False, dataset=ds, features=feats,
-                   on_record=more.append)
+    run_experiment(_toy_cfg(seeds=[0, 1, 2]), tmp_path / "o", progress=False, dataset=ds, features=feats, on_record=more.append)
     assert sorted((r["method"], r["seed"]) for r in more) == [("cca", 2), ("gap-infonce", 2)]
     # another configuration in the same folder is refused, unless resume=False
     other = _toy_cfg(method_options={"gap-infonce": {"max_epochs": 4, "hidden_dim": 16, "latent_dim": 8}})
     with pytest.raises(ConfigError, match="another configuration.*--no-resume"):
         run_experiment(other, tmp_path / "o", progress=False, dataset=ds, features=feats)
     redo = []
-    run_experiment(other, tmp_path / "o", progress=False, dataset=ds, features=feats, resume=False,
-                   on_record=redo.append)
+    run_experiment(other, tmp_path / "o", progress=False, dataset=ds, features=feats, resume=False, on_record=redo.append)
     assert len(redo) == 4
 
 
@@ -268,8 +300,18 @@ def test_progress_lines_and_epoch_status(tmp_path, capfd):
     assert all(i["loss"] is not None and i["val_map"] is not None for i in seen[1:])
     err = capfd.readouterr().err  # not a terminal: no bar, but one line per finished fit
     assert "[1/1] gap-infonce shots=1 seed=0: I2T" in err and "val " in err
-    info = {"epoch": 12, "max_epochs": 100, "loss": 2.3141, "val_map": 0.312, "best_val_map": 0.32,
-            "best_epoch": 9, "bad_epochs": 3, "patience": 5, "epoch_seconds": 4.0, "stopped": False}
+    info = {
+        "epoch": 12,
+        "max_epochs": 100,
+        "loss": 2.3141,
+        "val_map": 0.312,
+        "best_val_map": 0.32,
+        "best_epoch": 9,
+        "bad_epochs": 3,
+        "patience": 5,
+        "epoch_seconds": 4.0,
+        "stopped": False,
+    }
     assert epoch_status(info) == "epoch 12/100 loss 2.314 val 31.2 (best 32.0 @9) ≥8s left"
     assert fmt_seconds(185) == "3m05s" and fmt_seconds(3720) == "1h02m" and fmt_seconds(None) == "?"
 
@@ -291,8 +333,14 @@ def test_one_seed_has_no_spread_and_the_title_names_the_set():
     from gcrdp.experiments import format_table
     from gcrdp.experiments.runner import summarize
 
-    rec = {"method": "m", "shots": 1, "seed": 0, "test": {"i2t": {"map": 0.5}, "t2i": {"map": 0.4}, "mean_map": 0.45},
-           "fit": {"best_val_map": None, "seconds": 1.0}, "chance": {"i2t": 0.1, "t2i": 0.1}}
+    rec = {
+        "method": "m",
+        "shots": 1,
+        "seed": 0,
+        "test": {"i2t": {"map": 0.5}, "t2i": {"map": 0.4}, "mean_map": 0.45},
+        "fit": {"best_val_map": None, "seconds": 1.0},
+        "chance": {"i2t": 0.1, "t2i": 0.1},
+    }
     (row,) = summarize([rec])
     assert row["mean_map_std"] is None
     table = format_table([row])
@@ -318,8 +366,7 @@ def test_evaluate_accepts_class_names_as_labels(tmp_path, capsys):
     names = np.array(["cat", "dog", "owl"] * 4)
     img = rng.normal(size=(12, 8)).astype(np.float32)
     np.savez(tmp_path / "q.npz", image=img, text=img + 0.1 * rng.normal(size=img.shape), labels=names)
-    np.savez(tmp_path / "ids.npz", image=img, text=np.load(tmp_path / "q.npz")["text"],
-             labels=np.unique(names, return_inverse=True)[1])
+    np.savez(tmp_path / "ids.npz", image=img, text=np.load(tmp_path / "q.npz")["text"], labels=np.unique(names, return_inverse=True)[1])
     assert main(["evaluate", str(tmp_path / "q.npz")]) == 0
     by_name = capsys.readouterr().out
     assert main(["evaluate", str(tmp_path / "ids.npz")]) == 0
@@ -336,8 +383,7 @@ def test_the_default_method_is_the_one_the_tool_is_named_after():
     from gcrdp.experiments import RunConfig
 
     assert RunConfig().methods == ["gcrdp"]
-    helps = {a.dest: a.help for g in build_parser()._subparsers._group_actions[0].choices["run"]._actions
-             for a in [g] if a.help}
+    helps = {a.dest: a.help for g in build_parser()._subparsers._group_actions[0].choices["run"]._actions for a in [g] if a.help}
     assert "default: gcrdp" in helps["methods"]
     for flag in ("extract_batch_size", "protocol", "val_fraction", "allow_small_classes", "resume"):
         assert helps.get(flag), flag
@@ -361,22 +407,24 @@ def test_fit_keys_follow_the_data_and_not_the_paths(tmp_path):
     ds, feats = toy_run_dataset()
     cfg = _toy_cfg()
     base = fit_key(cfg, "cca", 1, 0, "k", ds)
-    assert fit_key(_toy_cfg(cache_dir="/elsewhere", extract_batch_size=8, allow_small_classes=True),
-                   "cca", 1, 0, "k", ds) == base
-    relabelled = Dataset(ds.name, [Sample(s.id, s.text, ("c1",) if i == 0 else s.labels, s.split)
-                                   for i, s in enumerate(ds.samples)], ds.classes, ds.class_split, features=feats)
+    assert fit_key(_toy_cfg(cache_dir="/elsewhere", extract_batch_size=8, allow_small_classes=True), "cca", 1, 0, "k", ds) == base
+    relabelled = Dataset(
+        ds.name,
+        [Sample(s.id, s.text, ("c1",) if i == 0 else s.labels, s.split) for i, s in enumerate(ds.samples)],
+        ds.classes,
+        ds.class_split,
+        features=feats,
+    )
     assert fit_key(cfg, "cca", 1, 0, "k", relabelled) != base
-    other_split = Dataset(ds.name, ds.samples, ds.classes,
-                          ClassSplit("toy", "2", ds.class_split.seen, ds.class_split.unseen), features=feats)
+    other_split = Dataset(
+        ds.name, ds.samples, ds.classes, ClassSplit("toy", "2", ds.class_split.seen, ds.class_split.unseen), features=feats
+    )
     assert fit_key(cfg, "cca", 1, 0, "k", other_split) != base
     # resume=False starts afresh: no stale fits are left behind to refuse a later run
-    run_experiment(_toy_cfg(methods=["cca"], method_options={}), tmp_path / "o", progress=False, dataset=ds,
-                   features=feats)
+    run_experiment(_toy_cfg(methods=["cca"], method_options={}), tmp_path / "o", progress=False, dataset=ds, features=feats)
     (tmp_path / "o" / "fits" / "cca" / "shots9-seed9.json").write_text("{}")
-    run_experiment(_toy_cfg(methods=["cca"], method_options={}), tmp_path / "o", progress=False, dataset=ds,
-                   features=feats, resume=False)
-    assert sorted(p.name for p in (tmp_path / "o" / "fits" / "cca").iterdir()) == ["shots1-seed0.json",
-                                                                                  "shots1-seed1.json"]
+    run_experiment(_toy_cfg(methods=["cca"], method_options={}), tmp_path / "o", progress=False, dataset=ds, features=feats, resume=False)
+    assert sorted(p.name for p in (tmp_path / "o" / "fits" / "cca").iterdir()) == ["shots1-seed0.json", "shots1-seed1.json"]
 
 
 def test_a_failing_progress_display_does_not_stop_training(caplog):
@@ -390,6 +438,5 @@ def test_a_failing_progress_display_does_not_stop_training(caplog):
         raise BrokenPipeError("stderr closed")
 
     with observe_epochs(broken):
-        res = run_experiment(_toy_cfg(methods=["gap-infonce"], seeds=[0]), None, progress=False, dataset=ds,
-                             features=feats)
+        res = run_experiment(_toy_cfg(methods=["gap-infonce"], seeds=[0]), None, progress=False, dataset=ds, features=feats)
     assert len(res["records"]) == 1 and "progress display failed" in caplog.text

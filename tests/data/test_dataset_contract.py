@@ -78,16 +78,29 @@ def _folder(tmp: Path) -> dict:
 def _features(tmp: Path) -> dict:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 6)
-    np.savez(tmp / "f.npz", image=rng.normal(size=(24, 8)).astype(np.float32),
-             text=rng.normal(size=(24, 5)).astype(np.float32), labels=labels,
-             classes=np.array(["a", "b", "c", "d"]),
-             split=np.array(["test" if i % 3 == 0 else "train" for i in range(24)]))
+    np.savez(
+        tmp / "f.npz",
+        image=rng.normal(size=(24, 8)).astype(np.float32),
+        text=rng.normal(size=(24, 5)).astype(np.float32),
+        labels=labels,
+        classes=np.array(["a", "b", "c", "d"]),
+        split=np.array(["test" if i % 3 == 0 else "train" for i in range(24)]),
+    )
     return {"path": str(tmp / "f.npz")}
 
 
-FIXTURES = {"twemoji": _twemoji, "wikipedia": _wikipedia, "clip-retrieval": _clip_retrieval,
-            "xmedianet": _dscmr_folder, "dscmr": _dscmr_folder, "nus-wide": _nuswide,
-            "pascal-sentence": _pascal, "manifest": _manifest, "folder": _folder, "features": _features}
+FIXTURES = {
+    "twemoji": _twemoji,
+    "wikipedia": _wikipedia,
+    "clip-retrieval": _clip_retrieval,
+    "xmedianet": _dscmr_folder,
+    "dscmr": _dscmr_folder,
+    "nus-wide": _nuswide,
+    "pascal-sentence": _pascal,
+    "manifest": _manifest,
+    "folder": _folder,
+    "features": _features,
+}
 
 
 def test_every_registered_dataset_has_a_contract_fixture():

@@ -12,8 +12,22 @@ import scipy.io
 
 from tests.cli.test_cli import needs_encoders, run_cli
 
-FAST = ("--methods", "gap-infonce", "gcrdp", "--shots", "0", "1", "--seeds", "0",
-        "--option", "max_epochs=2", "--option", "latent_dim=32", "--option", "hidden_dim=32")
+FAST = (
+    "--methods",
+    "gap-infonce",
+    "gcrdp",
+    "--shots",
+    "0",
+    "1",
+    "--seeds",
+    "0",
+    "--option",
+    "max_epochs=2",
+    "--option",
+    "latent_dim=32",
+    "--option",
+    "hidden_dim=32",
+)
 
 
 def _clustered(rng, labels_multi_hot: np.ndarray, d: int, noise: float = 0.3) -> np.ndarray:
@@ -41,8 +55,9 @@ def test_run_on_a_pascal_dscmr_folder(tmp_path, capsys):
         scipy.io.savemat(root / f"{split}_img.mat", {f"{split}_img": _clustered(rng, onehot, 24)})
         scipy.io.savemat(root / f"{split}_txt.mat", {f"{split}_txt": _clustered(rng, onehot, 10)})
         scipy.io.savemat(root / f"{split}_img_lab.mat", {f"{split}_img_lab": lab[:, None].astype(np.int64)})
-    code, out, err = run_cli(capsys, "run", "--dataset", "pascal-sentence", "--root", tmp_path / "pascal",
-                             *FAST, "--output-dir", tmp_path / "o", "-q")
+    code, out, err = run_cli(
+        capsys, "run", "--dataset", "pascal-sentence", "--root", tmp_path / "pascal", *FAST, "--output-dir", tmp_path / "o", "-q"
+    )
     assert code == 0, err
     res = _check(tmp_path / "o")
     assert res["resolved"]["n_classes"] == 20
@@ -59,12 +74,24 @@ def test_run_on_nuswide_multilabel_dcmh_files(tmp_path, capsys):
     root = tmp_path / "nus"
     root.mkdir()
     scipy.io.savemat(root / "nus-wide-tc10-xall-vgg.mat", {"XAll": _clustered(rng, lab.astype(float), 32)})
-    scipy.io.savemat(root / "nus-wide-tc10-yall.mat", {"YAll": (rng.random((n, 40)) < 0.2).astype(np.float64)
-                                                         + np.repeat(lab, 4, axis=1)})
+    scipy.io.savemat(root / "nus-wide-tc10-yall.mat", {"YAll": (rng.random((n, 40)) < 0.2).astype(np.float64) + np.repeat(lab, 4, axis=1)})
     scipy.io.savemat(root / "nus-wide-tc10-lall.mat", {"LAll": lab})
-    code, out, err = run_cli(capsys, "run", "--dataset", "nus-wide", "--root", root, "--dataset-option",
-                             "subset=multi", "--dataset-option", "test_size=40", *FAST,
-                             "--output-dir", tmp_path / "o", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        "nus-wide",
+        "--root",
+        root,
+        "--dataset-option",
+        "subset=multi",
+        "--dataset-option",
+        "test_size=40",
+        *FAST,
+        "--output-dir",
+        tmp_path / "o",
+        "-q",
+    )
     assert code == 0, err
     res = _check(tmp_path / "o")
     assert res["resolved"]["dataset_meta"]["multilabel"] is True
@@ -82,8 +109,20 @@ def test_run_on_a_folder_of_images_and_texts_with_the_default_encoders(tmp_path,
             im.paste(rgb, (6 + i, 6 + i, 42 - i, 42 - i))
             im.save(tmp_path / "data" / name / f"{name}{i}.png")
             (tmp_path / "data" / name / f"{name}{i}.txt").write_text(f"a {name} square, number {i}", encoding="utf-8")
-    code, out, err = run_cli(capsys, "run", "--dataset", "folder", "--root", tmp_path / "data", *FAST,
-                             "--cache-dir", tmp_path / "cache", "--output-dir", tmp_path / "o", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        "folder",
+        "--root",
+        tmp_path / "data",
+        *FAST,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--output-dir",
+        tmp_path / "o",
+        "-q",
+    )
     assert code == 0, err
     res = _check(tmp_path / "o")
     assert res["resolved"]["features"]["cache_hit"] is False
@@ -96,8 +135,7 @@ def test_inspect_and_run_on_the_real_wikipedia_features(shared_data, tmp_path, c
     assert code == 0, err
     assert "2866 samples (test 693, train 2173), 10 classes" in out
     assert "warfare        347     104  unseen" in out
-    code, out, err = run_cli(capsys, "run", "--dataset", "wikipedia", "--root", root, *FAST,
-                             "--output-dir", tmp_path / "o", "-q")
+    code, out, err = run_cli(capsys, "run", "--dataset", "wikipedia", "--root", root, *FAST, "--output-dir", tmp_path / "o", "-q")
     assert code == 0, err
     res = _check(tmp_path / "o")
     assert res["resolved"]["feature_dims"] == {"image": [1, 128], "text": [1, 10]}
@@ -107,9 +145,23 @@ def test_inspect_and_run_on_the_real_wikipedia_features(shared_data, tmp_path, c
 def test_real_wikipedia_standard_protocol_beats_chance_clearly(shared_data, tmp_path, capsys):
     """Classic setting on the published features: the heads reach the known CCA level
     (about 24 I2T / 19 T2I) — a check that the loader's rows, labels and pairing are right."""
-    code, out, err = run_cli(capsys, "run", "--dataset", "wikipedia", "--root", shared_data / "wikipedia",
-                             "--methods", "gap-infonce", "--protocol", "standard", "--seeds", "0",
-                             "--output-dir", tmp_path / "o", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        "wikipedia",
+        "--root",
+        shared_data / "wikipedia",
+        "--methods",
+        "gap-infonce",
+        "--protocol",
+        "standard",
+        "--seeds",
+        "0",
+        "--output-dir",
+        tmp_path / "o",
+        "-q",
+    )
     assert code == 0, err
     rec = json.loads((tmp_path / "o" / "results.json").read_text())["records"][0]
     assert rec["test"]["i2t"]["map"] > 0.22 and rec["test"]["t2i"]["map"] > 0.18
@@ -120,8 +172,20 @@ def test_run_on_raw_wikipedia_images_and_articles_with_the_default_encoders(tmp_
     from tests.data.formats.test_wikipedia import make_wikipedia
 
     make_wikipedia(tmp_path / "wiki", images=True, features=True)
-    code, out, err = run_cli(capsys, "run", "--dataset", "wikipedia", "--root", tmp_path / "wiki", *FAST,
-                             "--cache-dir", tmp_path / "cache", "--output-dir", tmp_path / "o", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        "wikipedia",
+        "--root",
+        tmp_path / "wiki",
+        *FAST,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--output-dir",
+        tmp_path / "o",
+        "-q",
+    )
     assert code == 0, err
     res = _check(tmp_path / "o")
     assert res["resolved"]["dataset_meta"]["format"] == "raw"  # images/ exists: source auto → raw

@@ -26,8 +26,7 @@ def make_dataset(n_classes=10, n_train=8, n_test=4, n_unseen=None, name="toy", e
             samples.append(Sample(id=f"{c}-{j}", text=f"{c} {j}", labels=(c,), split=split))
     n_unseen = n_classes // 2 if n_unseen is None else n_unseen
     base = [f"c{i}" for i in range(n_classes)]
-    split = ClassSplit(name, "t", tuple(base[: n_classes - n_unseen]) + tuple(extra),
-                       tuple(base[n_classes - n_unseen:]))
+    split = ClassSplit(name, "t", tuple(base[: n_classes - n_unseen]) + tuple(extra), tuple(base[n_classes - n_unseen :]))
     return Dataset(name=name, samples=samples, classes=sorted(classes), class_split=split)
 
 
@@ -247,13 +246,16 @@ def test_split_is_frozen_and_read_only(ds):
 
 def test_multilabel_any_unseen_label_is_unseen_side():
     samples = [
-        Sample("a", "a", ("s1",), "train"), Sample("b", "b", ("s1", "u1"), "train"),
-        Sample("c", "c", ("s2",), "train"), Sample("d", "d", ("u1",), "train"),
-        Sample("e", "e", ("s1", "u1"), "test"), Sample("f", "f", ("s2",), "test"),
-        Sample("g", "g", ("u1",), "test"), Sample("h", "h", ("s3",), "train"),
+        Sample("a", "a", ("s1",), "train"),
+        Sample("b", "b", ("s1", "u1"), "train"),
+        Sample("c", "c", ("s2",), "train"),
+        Sample("d", "d", ("u1",), "train"),
+        Sample("e", "e", ("s1", "u1"), "test"),
+        Sample("f", "f", ("s2",), "test"),
+        Sample("g", "g", ("u1",), "test"),
+        Sample("h", "h", ("s3",), "train"),
     ]
-    ds = Dataset("ml", samples, ["s1", "s2", "s3", "u1"],
-                 ClassSplit("ml", "t", ("s1", "s2", "s3"), ("u1",)))
+    ds = Dataset("ml", samples, ["s1", "s2", "s3", "u1"], ClassSplit("ml", "t", ("s1", "s2", "s3"), ("u1",)))
     for seed in SEEDS:
         sp = make_split(ds, shots=0, seed=seed)
         sp.verify(ds)
@@ -353,8 +355,7 @@ def test_protocol_on_wikipedia_labels(shared_data):
             assert m, text_id
             samples.append(Sample(text_id, m.group(1).strip(), (names[int(cat) - 1],), split))
     classes = names
-    ds = Dataset("wikipedia", samples, classes,
-                 generate_class_split(classes, dataset="wikipedia", seed=0, method="ordered"))
+    ds = Dataset("wikipedia", samples, classes, generate_class_split(classes, dataset="wikipedia", seed=0, method="ordered"))
     tr = Counter(s.labels[0] for s in samples if s.split == "train")
     te = Counter(s.labels[0] for s in samples if s.split == "test")
     assert [tr[c] for c in names] == WIKI_TRAIN and [te[c] for c in names] == WIKI_TEST

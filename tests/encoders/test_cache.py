@@ -45,9 +45,10 @@ class FakeImageEncoder:
     def encode(self, items, *, batch_size=32, progress=True) -> ModalityFeatures:
         self.calls += 1
         self.items += len(items)
-        local = np.stack([
-            np.random.default_rng(_seed(Path(p).read_bytes())).normal(size=(4, 6)) for p in items
-        ]).astype(np.float32) * self.scale
+        local = (
+            np.stack([np.random.default_rng(_seed(Path(p).read_bytes())).normal(size=(4, 6)) for p in items]).astype(np.float32)
+            * self.scale
+        )
         if self.poison:
             local[1, 2, 3] = np.nan
         return ModalityFeatures(local, np.ones(local.shape[:2], bool), local.mean(1))
@@ -145,8 +146,7 @@ def test_without_cache_dir_nothing_is_written(ds, encs, tmp_path, monkeypatch):
 
 
 def _key(ds, encs, dtype="float16") -> str:
-    return cache_key(cache_mod.cache_key_inputs(
-        ds.content_digest(), encs[0].fingerprint(), encs[1].fingerprint(), dtype))
+    return cache_key(cache_mod.cache_key_inputs(ds.content_digest(), encs[0].fingerprint(), encs[1].fingerprint(), dtype))
 
 
 def test_key_changes_with_every_input(ds, encs, tmp_path):
@@ -189,9 +189,11 @@ def test_shared_items_are_extracted_once_and_padding_follows_the_dataset(tmp_pat
     cache_dir = tmp_path / "cache"
     _run(ds, encs, cache_dir)
     # a second dataset: the same first image and text twice, and a new short text
-    samples = [Sample("a", "one", ("c0",), "train", ds.samples[0].image),
-               Sample("b", "one", ("c1",), "train", ds.samples[0].image),
-               Sample("c", "hi", ("c1",), "test", ds.samples[1].image)]
+    samples = [
+        Sample("a", "one", ("c0",), "train", ds.samples[0].image),
+        Sample("b", "one", ("c1",), "train", ds.samples[0].image),
+        Sample("c", "hi", ("c1",), "test", ds.samples[1].image),
+    ]
     out = _run(Dataset("other", samples, ["c0", "c1"]), encs, cache_dir)
     assert out.meta["items_extracted"] == {"image": 0, "text": 1}
     assert out.text.local.shape == (3, 1, 5)  # padded to the longest text of this dataset
@@ -224,8 +226,7 @@ def test_old_layout_entries_are_imported_without_extracting(ds, encs, tmp_path):
             name = f"{m}_{part}.npy"
             np.save(entry / name, getattr(getattr(ref, m), part))
             files[name] = {"sha256": hashlib.sha256((entry / name).read_bytes()).hexdigest()}
-    (entry / "meta.json").write_text(json.dumps({"format": 1, "key": key, "files": files,
-                                                 "sample_ids": list(ref.sample_ids)}))
+    (entry / "meta.json").write_text(json.dumps({"format": 1, "key": key, "files": files, "sample_ids": list(ref.sample_ids)}))
     out = _run(ds, encs, cache_dir)
     assert encs[0].calls == encs[1].calls == 0 and out.meta["cache_hit"] is True
     np.testing.assert_array_equal(out.image.local, ref.image.local)
@@ -244,8 +245,7 @@ def test_float16_and_float32_round_trip(ds, encs, tmp_path):
         np.testing.assert_array_equal(hit.image.local, ref.local.astype(dtype))
         np.testing.assert_array_equal(out.image.pooled, ref.pooled.astype(dtype))
         # computing downstream in float32 stays within float16 resolution
-        np.testing.assert_allclose(hit.image.local.astype(np.float32), ref.local, rtol=1e-3,
-                                   atol=1e-3)
+        np.testing.assert_allclose(hit.image.local.astype(np.float32), ref.local, rtol=1e-3, atol=1e-3)
     with pytest.raises(ConfigError, match=r"dtype must be one of \('float16', 'float32'\)"):
         _run(ds, encs, tmp_path / "c", dtype="bfloat16")
 
@@ -321,13 +321,11 @@ def test_concurrent_writers_of_the_same_items(ds, encs, tmp_path):
 
 
 # ---------------------------------------------------------------------------- damaged chunks
-@pytest.mark.parametrize("damage", ["delete_array", "truncate_array", "flip_byte", "bad_meta",
-                                    "no_meta", "bad_keys"])
+@pytest.mark.parametrize("damage", ["delete_array", "truncate_array", "flip_byte", "bad_meta", "no_meta", "bad_keys"])
 def test_damaged_chunk_is_rebuilt_with_warning(ds, encs, tmp_path, caplog, damage):
     cache_dir = tmp_path / "cache"
     _run(ds, encs, cache_dir)
-    chunk = next(c for c in _chunks(cache_dir)
-                 if json.loads((c.parent / "space.json").read_text())["modality"] == "text")
+    chunk = next(c for c in _chunks(cache_dir) if json.loads((c.parent / "space.json").read_text())["modality"] == "text")
     target = chunk / "local.npy"
     if damage == "delete_array":
         target.unlink()
@@ -352,8 +350,11 @@ def test_damaged_chunk_is_rebuilt_with_warning(ds, encs, tmp_path, caplog, damag
 
 # ---------------------------------------------------------------------------- bad input
 def test_nan_features_are_rejected_before_writing(ds, tmp_path):
-    with pytest.raises(DataError, match=r"image features: NaN or infinite values in 1 samples "
-                                        r"\(rows \[1\]\)"):
+    with pytest.raises(
+        DataError,
+        match=r"image features: NaN or infinite values in 1 samples "
+        r"\(rows \[1\]\)",
+    ):
         _run(ds, (FakeImageEncoder(poison=True), FakeTextEncoder()), tmp_path / "c")
     assert _chunks(tmp_path / "c") == []
 
@@ -363,17 +364,18 @@ def test_sample_without_image_and_missing_files(ds, encs, tmp_path):
     samples[1] = Sample("s1", "blue sky", ("c0",), "train", None)
     with pytest.raises(DataError, match=r"1 samples have no image \('s1'\)"):
         _run(Dataset("tiny", samples, ["c0", "c1"]), encs, tmp_path / "c")
-    samples = [Sample(f"m{i}", "text", ("c0",), "train", tmp_path / f"gone{i}.png")
-               for i in range(7)]
-    with pytest.raises(DataError, match=r"7 image files are missing: .*gone0\.png.*"
-                                        r"\(and 2 more; 7 in all\)"):
+    samples = [Sample(f"m{i}", "text", ("c0",), "train", tmp_path / f"gone{i}.png") for i in range(7)]
+    with pytest.raises(
+        DataError,
+        match=r"7 image files are missing: .*gone0\.png.*"
+        r"\(and 2 more; 7 in all\)",
+    ):
         _run(Dataset("tiny", samples + list(ds.samples), ["c0", "c1"]), encs, tmp_path / "c")
     assert encs[0].calls == 0  # checked before any encoding
 
 
 def test_encoder_roles_are_checked(ds, encs, tmp_path):
-    with pytest.raises(ConfigError, match="image_encoder must be an encoder of modality 'image'; "
-                                          "'fake-text' has modality 'text'"):
+    with pytest.raises(ConfigError, match="image_encoder must be an encoder of modality 'image'; 'fake-text' has modality 'text'"):
         extract_features(ds, encs[1], encs[0], progress=False)
     with pytest.raises(ConfigError, match=r"text_encoder must follow the gcrdp Encoder protocol"):
         extract_features(ds, encs[0], object(), progress=False)

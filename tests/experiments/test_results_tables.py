@@ -17,10 +17,20 @@ def _script():
 
 def _record(method: str, shots: int, seed: int, test: float, val: float) -> dict:
     m = {"map": test}
-    return {"method": method, "shots": shots, "seed": seed,
-            "fit": {"best_val_map": val, "best_epoch": 1, "epochs": 2, "seconds": 1.0,
-                    "history": [{"epoch": 1, "pi_entropy_image": 1.0, "pi_entropy_text": 0.5}]},
-            "chance": {"i2t": 0.1, "t2i": 0.1}, "test": {"i2t": m, "t2i": m, "mean_map": test}}
+    return {
+        "method": method,
+        "shots": shots,
+        "seed": seed,
+        "fit": {
+            "best_val_map": val,
+            "best_epoch": 1,
+            "epochs": 2,
+            "seconds": 1.0,
+            "history": [{"epoch": 1, "pi_entropy_image": 1.0, "pi_entropy_text": 0.5}],
+        },
+        "chance": {"i2t": 0.1, "t2i": 0.1},
+        "test": {"i2t": m, "t2i": m, "mean_map": test},
+    }
 
 
 def _results(records: list[dict], methods: list[str]) -> dict:
@@ -29,8 +39,15 @@ def _results(records: list[dict], methods: list[str]) -> dict:
 
 def test_paired_differences_and_merge(tmp_path, capsys):
     # two shot values written as two files (a study run one shot value at a time)
-    a = _results([_record("ref", 1, 0, 0.30, 0.50), _record("var", 1, 0, 0.33, 0.49),
-                  _record("ref", 1, 1, 0.40, 0.60), _record("var", 1, 1, 0.41, 0.63)], ["ref", "var"])
+    a = _results(
+        [
+            _record("ref", 1, 0, 0.30, 0.50),
+            _record("var", 1, 0, 0.33, 0.49),
+            _record("ref", 1, 1, 0.40, 0.60),
+            _record("var", 1, 1, 0.41, 0.63),
+        ],
+        ["ref", "var"],
+    )
     b = _results([_record("ref", 5, 0, 0.50, 0.50), _record("var", 5, 0, 0.45, 0.52)], ["ref", "var"])
     pa, pb = tmp_path / "s1" / "results.json", tmp_path / "s5" / "results.json"
     for p, r in ((pa, a), (pb, b)):

@@ -115,8 +115,7 @@ def test_multi_positive_fast_path_equals_dense_path(b, k):
     img.requires_grad_(True)
     txt.requires_grad_(True)
     got = multi_positive_infonce(img, txt, 0.2)
-    want = _dense_multi_positive_infonce(img, txt, 0.2, None, class_positives=False,
-                                         intra_modal_negatives=False)
+    want = _dense_multi_positive_infonce(img, txt, 0.2, None, class_positives=False, intra_modal_negatives=False)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
     for x, y in zip(torch.autograd.grad(got, (img, txt)), torch.autograd.grad(want, (img, txt))):
         assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)
@@ -346,9 +345,7 @@ def test_rdp_gradcheck_with_stable_mask(variant):
         assert (sims - theta).abs().min() > 1e-3  # the mask does not flip under perturbation
     loss, _ = rdp_loss(img, txt, theta, variant=variant, temperature=0.3)
     assert loss.item() > 0
-    assert torch.autograd.gradcheck(
-        lambda a, b: rdp_loss(a, b, theta, variant=variant, temperature=0.3)[0], (img, txt)
-    )
+    assert torch.autograd.gradcheck(lambda a, b: rdp_loss(a, b, theta, variant=variant, temperature=0.3)[0], (img, txt))
 
 
 def test_rdp_errors():

@@ -35,15 +35,21 @@ def corr_of_projections(X, Y, A, B):
 def fitdata(feats, labels, train, val=None, over=None, n_classes=None):
     lab = one_hot(labels, n_classes)
     return FitData(
-        train=feats.subset(train), train_labels=lab[train],
+        train=feats.subset(train),
+        train_labels=lab[train],
         oversample=np.zeros(len(train), bool) if over is None else over,
         val=feats.subset(val) if val is not None else None,
-        val_labels=lab[val] if val is not None else None)
+        val_labels=lab[val] if val is not None else None,
+    )
 
 
 def pooled_set(X, Y, dtype=np.float32, meta=None):
-    fs = FeatureSet(ModalityFeatures.from_array(X, dtype=dtype), ModalityFeatures.from_array(Y, dtype=dtype),
-                    tuple(f"s{i}" for i in range(len(X))), dict(meta or {}))
+    fs = FeatureSet(
+        ModalityFeatures.from_array(X, dtype=dtype),
+        ModalityFeatures.from_array(Y, dtype=dtype),
+        tuple(f"s{i}" for i in range(len(X))),
+        dict(meta or {}),
+    )
     return fs
 
 
@@ -186,9 +192,19 @@ def test_run_experiment_end_to_end():
     from tests.helpers import toy_run_dataset
 
     ds, feats = toy_run_dataset(n_per_class=16, seed=1)
-    res = run_experiment(RunConfig(dataset="toy", shots=[1], seeds=[0], methods=["cca", "cca@fixed"],
-                                   method_options={"cca@fixed": {"reg": 0.5, "fewshot_weight": 4}},
-                                   device="cpu"), progress=False, dataset=ds, features=feats)
+    res = run_experiment(
+        RunConfig(
+            dataset="toy",
+            shots=[1],
+            seeds=[0],
+            methods=["cca", "cca@fixed"],
+            method_options={"cca@fixed": {"reg": 0.5, "fewshot_weight": 4}},
+            device="cpu",
+        ),
+        progress=False,
+        dataset=ds,
+        features=feats,
+    )
     for rec in res["records"]:
         assert rec["test"]["mean_map"] > rec["chance"]["i2t"] + 0.2, rec["method"]
         # the 3 unseen-class shots and the validation classes' shots (mirrored validation)
@@ -226,8 +242,9 @@ def test_fewshot_weight_and_mean_local_input(synth):
     ra, rb = a.fit(fitdata(feats, labels, train, over=over), seed=0), b.fit(fitdata(feats, labels, train, over=over), seed=0)
     assert rb.extra["n_fewshot"] == 5 and ra.extra["canonical_correlations"] != rb.extra["canonical_correlations"]
     # mean_local uses the masked mean of the local features, pooled the pooled ones
-    shuffled = FeatureSet(feats.image, ModalityFeatures(feats.text.local, feats.text.mask,
-                                                        feats.text.pooled[::-1].copy()), feats.sample_ids)
+    shuffled = FeatureSet(
+        feats.image, ModalityFeatures(feats.text.local, feats.text.mask, feats.text.pooled[::-1].copy()), feats.sample_ids
+    )
     ml = build_method("cca", {"reg": 0.1, "input": "mean_local"})
     ml.fit(fitdata(shuffled, labels, train), seed=0)
     ref = build_method("cca", {"reg": 0.1})
@@ -237,10 +254,14 @@ def test_fewshot_weight_and_mean_local_input(synth):
 
 def test_float16_input(synth):
     feats, labels, train, val, test = synth
-    half = FeatureSet(*(ModalityFeatures(m.local.astype(np.float16), m.mask, m.pooled.astype(np.float16))
-                        for m in (feats.image, feats.text)), feats.sample_ids)
-    back = FeatureSet(*(ModalityFeatures(m.local.astype(np.float32), m.mask, m.pooled.astype(np.float32))
-                        for m in (half.image, half.text)), feats.sample_ids)
+    half = FeatureSet(
+        *(ModalityFeatures(m.local.astype(np.float16), m.mask, m.pooled.astype(np.float16)) for m in (feats.image, feats.text)),
+        feats.sample_ids,
+    )
+    back = FeatureSet(
+        *(ModalityFeatures(m.local.astype(np.float32), m.mask, m.pooled.astype(np.float32)) for m in (half.image, half.text)),
+        feats.sample_ids,
+    )
     a, b = build_method("cca", {"reg": 0.1}), build_method("cca", {"reg": 0.1})
     a.fit(fitdata(half, labels, train, val), seed=0)
     b.fit(fitdata(back, labels, train, val), seed=0)
@@ -267,17 +288,21 @@ def test_options_validated_and_round_trip():
     assert "cca" in METHODS
     with pytest.raises(ConfigError, match=r"Unknown method option\(s\) \['regg'\]. Accepted options: .*eig_power"):
         build_method("cca", {"regg": 1})
-    for opts, msg in [({"input": "local"}, "input must be one of 'pooled', 'mean_local'"),
-                      ({"reg": -1}, "reg must be a number >= 0"), ({"reg": "best"}, "or 'auto'"),
-                      ({"reg": []}, "non-empty list"), ({"reg": True}, "reg must be"),
-                      ({"n_components": 0}, "n_components must be an integer >= 1"),
-                      ({"n_components": 2.5}, "n_components"), ({"eig_power": -1}, "eig_power must be"),
-                      ({"fewshot_weight": 0}, "fewshot_weight must be"),
-                      ({"standardize": "yes"}, "standardize must be true or false")]:
+    for opts, msg in [
+        ({"input": "local"}, "input must be one of 'pooled', 'mean_local'"),
+        ({"reg": -1}, "reg must be a number >= 0"),
+        ({"reg": "best"}, "or 'auto'"),
+        ({"reg": []}, "non-empty list"),
+        ({"reg": True}, "reg must be"),
+        ({"n_components": 0}, "n_components must be an integer >= 1"),
+        ({"n_components": 2.5}, "n_components"),
+        ({"eig_power": -1}, "eig_power must be"),
+        ({"fewshot_weight": 0}, "fewshot_weight must be"),
+        ({"standardize": "yes"}, "standardize must be true or false"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             build_method("cca", opts)
-    for opts in [{}, {"reg": [0.1, 1], "standardize": True, "n_components": 4, "eig_power": 4,
-                      "input": "mean_local", "fewshot_weight": 2}]:
+    for opts in [{}, {"reg": [0.1, 1], "standardize": True, "n_components": 4, "eig_power": 4, "input": "mean_local", "fewshot_weight": 2}]:
         cfg = build_method("cca", opts).config_dict()
         json.dumps(cfg)
         again = build_method("cca", {k: v for k, v in cfg.items() if k != "method"}).config_dict()
@@ -317,8 +342,10 @@ def test_wikipedia_standard_protocol(shared_data):
     rep = m.fit(fit_data_for(split, ds.features, labels, ds.classes), seed=0)
     test = evaluate_split(m, ds.features, labels, split)
     i2t, t2i = test["i2t"]["map"], test["t2i"]["map"]
-    print(f"\nWikipedia CCA (reg={rep.extra['reg']} chosen on {len(split.val)} validation pairs, "
-          f"val mAP {rep.best_val_map:.4f}): I2T {i2t:.4f}  T2I {t2i:.4f} on {len(split.test_query)} test pairs")
+    print(
+        f"\nWikipedia CCA (reg={rep.extra['reg']} chosen on {len(split.val)} validation pairs, "
+        f"val mAP {rep.best_val_map:.4f}): I2T {i2t:.4f}  T2I {t2i:.4f} on {len(split.test_query)} test pairs"
+    )
     assert len(split.test_query) == 693
     assert 0.21 <= i2t <= 0.28 and 0.16 <= t2i <= 0.23
 
@@ -338,4 +365,3 @@ def test_wide_features_fit_in_the_data_span_exactly():
     M = np.linalg.solve(Cxx, Cxy) @ np.linalg.solve(Cyy, Cxy.T)
     ref = np.sqrt(np.sort(np.linalg.eigvals(M).real)[::-1][:5])
     np.testing.assert_allclose(f.correlations, ref, rtol=1e-6)
-

@@ -38,9 +38,17 @@ def _data(seed: int = 0, dtype=np.float32, val: bool = True):
     feats, labels = synthetic_features(n_per_class=12, n_classes=12, seed=seed, dtype=dtype)
     y = one_hot(labels)
     train, held = np.flatnonzero(labels < 8), np.flatnonzero(labels >= 8)
-    return feats, y, FitData(train=feats.subset(train), train_labels=y[train],
-                             oversample=np.zeros(len(train), bool),
-                             val=feats.subset(held) if val else None, val_labels=y[held] if val else None)
+    return (
+        feats,
+        y,
+        FitData(
+            train=feats.subset(train),
+            train_labels=y[train],
+            oversample=np.zeros(len(train), bool),
+            val=feats.subset(held) if val else None,
+            val_labels=y[held] if val else None,
+        ),
+    )
 
 
 def _naive_prototype_loss(f, c, y, tau):
@@ -90,8 +98,7 @@ def test_prototype_loss_without_labelled_rows_is_zero_with_zero_gradient():
 @pytest.mark.parametrize("loss", ["prototype", "contrastive", "both"])
 def test_method_loss_is_the_chosen_combination(loss):
     _feats, _y, data = _data()
-    m = build_method("clip4cmr", {**SMALL, "loss": loss, "contrastive_weight": 0.3, "prototype_weight": 2.0,
-                                  "dropout": 0.0})
+    m = build_method("clip4cmr", {**SMALL, "loss": loss, "contrastive_weight": 0.3, "prototype_weight": 2.0, "dropout": 0.0})
     torch.manual_seed(0)
     model = m.init_model(12, 8, 12)
     t = as_tensors(global_feature_set(data.train.subset(np.arange(10)), "pooled"), data.train_labels[:10])
@@ -103,12 +110,12 @@ def test_method_loss_is_the_chosen_combination(loss):
     if loss == "contrastive":
         expect = con
     else:
-        pro = (clip4cmr.prototype_loss(img, model.prototypes, batch["labels"], 0.5)
-               + clip4cmr.prototype_loss(txt, model.prototypes, batch["labels"], 0.5))
+        pro = clip4cmr.prototype_loss(img, model.prototypes, batch["labels"], 0.5) + clip4cmr.prototype_loss(
+            txt, model.prototypes, batch["labels"], 0.5
+        )
         expect = pro if loss == "prototype" else 0.3 * con + 2.0 * pro
     torch.testing.assert_close(total, expect)
-    assert set(parts) == {"prototype": {"prototype"}, "contrastive": {"infonce"},
-                          "both": {"infonce", "prototype"}}[loss]
+    assert set(parts) == {"prototype": {"prototype"}, "contrastive": {"infonce"}, "both": {"infonce", "prototype"}}[loss]
     if loss == "contrastive":
         assert model.prototypes is None and "prototypes" not in model.state_dict()
     else:
@@ -189,26 +196,28 @@ def test_fixed_prototypes_survive_a_save_load_round_trip(tmp_path):
 
 
 def test_options_validation_and_config_round_trip():
-    m = build_method("clip4cmr", {"loss": "both", "input": "mean_local", "learn_prototypes": True,
-                                  "prototype_temperature": 0.1, "num_layers": 1})
+    m = build_method(
+        "clip4cmr", {"loss": "both", "input": "mean_local", "learn_prototypes": True, "prototype_temperature": 0.1, "num_layers": 1}
+    )
     cfg = m.config_dict()
     assert cfg["method"] == "clip4cmr" and cfg["loss"] == "both" and cfg["learn_prototypes"] is True
     again = build_method("clip4cmr", {k: v for k, v in cfg.items() if k != "method"})
     assert again.config_dict() == cfg
     d = build_method("clip4cmr").config_dict()
     assert (d["hidden_dim"], d["latent_dim"], d["dropout"], d["num_layers"]) == (256, 1024, 0.1, 2)
-    assert (d["loss"], d["input"], d["prototype_temperature"], d["learn_prototypes"]) == ("prototype", "pooled", 0.5,
-                                                                                         False)
-    for opts, msg in [({"loss": "triplet"}, "loss must be one of"),
-                      ({"input": "cls"}, "input must be one of"),
-                      ({"temperature": 0}, r"temperature must be in \(0, 10\]"),
-                      ({"prototype_temperature": 11}, r"prototype_temperature must be in \(0, 10\]"),
-                      ({"prototype_weight": -1}, "prototype_weight must be a finite number >= 0"),
-                      ({"learn_prototypes": "yes"}, "learn_prototypes must be true or false"),
-                      ({"num_layers": 3}, "num_layers must be 1 or 2"),
-                      ({"latent_dim": 0}, "latent_dim must be a positive integer"),
-                      ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
-                      ({"margin": 0.2}, r"Unknown method option\(s\) \['margin'\]")]:
+    assert (d["loss"], d["input"], d["prototype_temperature"], d["learn_prototypes"]) == ("prototype", "pooled", 0.5, False)
+    for opts, msg in [
+        ({"loss": "triplet"}, "loss must be one of"),
+        ({"input": "cls"}, "input must be one of"),
+        ({"temperature": 0}, r"temperature must be in \(0, 10\]"),
+        ({"prototype_temperature": 11}, r"prototype_temperature must be in \(0, 10\]"),
+        ({"prototype_weight": -1}, "prototype_weight must be a finite number >= 0"),
+        ({"learn_prototypes": "yes"}, "learn_prototypes must be true or false"),
+        ({"num_layers": 3}, "num_layers must be 1 or 2"),
+        ({"latent_dim": 0}, "latent_dim must be a positive integer"),
+        ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
+        ({"margin": 0.2}, r"Unknown method option\(s\) \['margin'\]"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             build_method("clip4cmr", opts)
 
@@ -218,8 +227,12 @@ def test_pooled_only_float16_and_mean_local_features():
     y = one_hot(labels)
     one = lambda m: ModalityFeatures(m.pooled[:, None, :], np.ones((len(m), 1), bool), m.pooled)
     pooled = FeatureSet(one(feats.image), one(feats.text), feats.sample_ids)
-    for fs, inp, loss in ((pooled, "pooled", "prototype"), (pooled, "mean_local", "contrastive"),
-                          (feats, "pooled", "contrastive"), (feats, "mean_local", "both")):
+    for fs, inp, loss in (
+        (pooled, "pooled", "prototype"),
+        (pooled, "mean_local", "contrastive"),
+        (feats, "pooled", "contrastive"),
+        (feats, "mean_local", "both"),
+    ):
         data = FitData(train=fs, train_labels=y, oversample=np.zeros(len(y), bool), val=fs, val_labels=y)
         m = build_method("clip4cmr", {**SMALL, "max_epochs": 3, "loss": loss, "input": inp})
         report = m.fit(data, seed=0)
@@ -233,16 +246,29 @@ def test_run_experiment_end_to_end_few_shot(tmp_path):
 
     feats, labels = synthetic_features(n_per_class=10, n_classes=8, seed=3)
     path = tmp_path / "feats.npz"
-    np.savez(path, image=feats.image.local, image_mask=feats.image.mask, text=feats.text.local,
-             text_mask=feats.text.mask, labels=labels,
-             split=np.array(["test" if i % 10 < 3 else "train" for i in range(len(labels))]))
+    np.savez(
+        path,
+        image=feats.image.local,
+        image_mask=feats.image.mask,
+        text=feats.text.local,
+        text_mask=feats.text.mask,
+        labels=labels,
+        split=np.array(["test" if i % 10 < 3 else "train" for i in range(len(labels))]),
+    )
     methods = ["clip4cmr", "clip4cmr@con", "clip4cmr@both"]
-    cfg = RunConfig(dataset="features", dataset_options={"path": str(path)}, shots=[0, 1], seeds=[0],
-                    methods=methods, device="cpu",
-                    method_options={"clip4cmr": {**SMALL, "max_epochs": 3},
-                                    "clip4cmr@con": {**SMALL, "max_epochs": 3, "loss": "contrastive"},
-                                    "clip4cmr@both": {**SMALL, "max_epochs": 3, "loss": "both",
-                                                      "input": "mean_local"}})
+    cfg = RunConfig(
+        dataset="features",
+        dataset_options={"path": str(path)},
+        shots=[0, 1],
+        seeds=[0],
+        methods=methods,
+        device="cpu",
+        method_options={
+            "clip4cmr": {**SMALL, "max_epochs": 3},
+            "clip4cmr@con": {**SMALL, "max_epochs": 3, "loss": "contrastive"},
+            "clip4cmr@both": {**SMALL, "max_epochs": 3, "loss": "both", "input": "mean_local"},
+        },
+    )
     res = run_experiment(cfg, progress=False)
     assert len(res["records"]) == 6
     for rec in res["records"]:

@@ -23,8 +23,12 @@ def _options(name: str) -> dict:
 
 def _aligned(feats: FeatureSet) -> FeatureSet:
     """The same pooled features on both sides (zero-shot needs one shared space)."""
-    return FeatureSet(feats.image, ModalityFeatures(feats.image.local, feats.image.mask, feats.image.pooled),
-                      feats.sample_ids, {"format": "clip-retrieval"})
+    return FeatureSet(
+        feats.image,
+        ModalityFeatures(feats.image.local, feats.image.mask, feats.image.pooled),
+        feats.sample_ids,
+        {"format": "clip-retrieval"},
+    )
 
 
 def _pooled_only(feats: FeatureSet) -> FeatureSet:
@@ -40,9 +44,15 @@ def _data(name: str, pooled_only: bool = False):
         feats = _pooled_only(feats)
     y = one_hot(labels)
     train, val = np.flatnonzero(labels < 6), np.flatnonzero(labels >= 6)
-    fit = FitData(train=feats.subset(train), train_labels=y[train], oversample=np.zeros(len(train), bool),
-                  val=feats.subset(val), val_labels=y[val], class_names=tuple(f"c{i}" for i in range(8)),
-                  class_name_features=np.random.default_rng(0).normal(size=(8, feats.text.pooled_dim)).astype(np.float32))
+    fit = FitData(
+        train=feats.subset(train),
+        train_labels=y[train],
+        oversample=np.zeros(len(train), bool),
+        val=feats.subset(val),
+        val_labels=y[val],
+        class_names=tuple(f"c{i}" for i in range(8)),
+        class_name_features=np.random.default_rng(0).normal(size=(8, feats.text.pooled_dim)).astype(np.float32),
+    )
     return feats, fit
 
 

@@ -33,8 +33,17 @@ def _data(seed: int = 0, dtype=np.float32):
     feats, labels = synthetic_features(n_per_class=12, n_classes=12, seed=seed, dtype=dtype)
     y = one_hot(labels)
     train, val = np.flatnonzero(labels < 8), np.flatnonzero(labels >= 8)
-    return feats, y, FitData(train=feats.subset(train), train_labels=y[train],
-                             oversample=np.zeros(len(train), bool), val=feats.subset(val), val_labels=y[val])
+    return (
+        feats,
+        y,
+        FitData(
+            train=feats.subset(train),
+            train_labels=y[train],
+            oversample=np.zeros(len(train), bool),
+            val=feats.subset(val),
+            val_labels=y[val],
+        ),
+    )
 
 
 def _tensors(seed=0, B=5, D=4, C=3):
@@ -123,7 +132,7 @@ def test_total_is_the_weighted_sum_and_zero_rows_keep_l2_gradients_finite():
     assert math.isclose(float(total.detach()), expect, rel_tol=1e-9)
     # identical rows: ||u_i − v_i|| = 0 must not give NaN gradients
     same = u.detach().clone().requires_grad_(True)
-    g, = _grads(dscmr.modality_invariance_loss(same, same.detach().clone()), (same,))
+    (g,) = _grads(dscmr.modality_invariance_loss(same, same.detach().clone()), (same,))
     assert torch.isfinite(g).all() and torch.count_nonzero(g) == 0
 
 
@@ -202,13 +211,15 @@ def test_options_validation_and_config_round_trip():
     default = build_method("dscmr").config_dict()
     assert (default["hidden_dim"], default["latent_dim"], default["alpha"], default["beta"]) == (2048, 1024, 1e-3, 0.1)
     assert (default["norm"], default["input"], default["dropout"]) == ("l2", "mean_local", 0.0)
-    for opts, msg in [({"alpha": -1}, "alpha must be a finite number >= 0"),
-                      ({"beta": float("nan")}, "beta must be a finite number >= 0"),
-                      ({"norm": "l1"}, "norm must be one of"),
-                      ({"input": "cls"}, "input must be one of"),
-                      ({"hidden_dim": 0}, "hidden_dim must be a positive integer"),
-                      ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
-                      ({"lambda": 1}, r"Unknown method option\(s\) \['lambda'\]")]:
+    for opts, msg in [
+        ({"alpha": -1}, "alpha must be a finite number >= 0"),
+        ({"beta": float("nan")}, "beta must be a finite number >= 0"),
+        ({"norm": "l1"}, "norm must be one of"),
+        ({"input": "cls"}, "input must be one of"),
+        ({"hidden_dim": 0}, "hidden_dim must be a positive integer"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"lambda": 1}, r"Unknown method option\(s\) \['lambda'\]"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             build_method("dscmr", opts)
 
@@ -236,8 +247,9 @@ def test_pooled_only_float16_and_pooled_input_features():
 def test_pooled_input_reads_the_global_features_and_checks_their_dim():
     feats, labels = synthetic_features(n_per_class=6, n_classes=4, seed=2)
     rng = np.random.default_rng(0)
-    wide = ModalityFeatures(feats.image.local, feats.image.mask,
-                            rng.normal(size=(len(feats), 5)).astype(np.float32))  # pooled dim 5 ≠ local 12
+    wide = ModalityFeatures(
+        feats.image.local, feats.image.mask, rng.normal(size=(len(feats), 5)).astype(np.float32)
+    )  # pooled dim 5 ≠ local 12
     fs = FeatureSet(wide, feats.text, feats.sample_ids)
     y = one_hot(labels)
     m = build_method("dscmr", {**SMALL, "max_epochs": 1, "input": "pooled"})
@@ -253,13 +265,24 @@ def test_run_experiment_end_to_end_few_shot(tmp_path):
 
     feats, labels = synthetic_features(n_per_class=10, n_classes=8, seed=3)
     path = tmp_path / "feats.npz"
-    np.savez(path, image=feats.image.local, image_mask=feats.image.mask, text=feats.text.local,
-             text_mask=feats.text.mask, labels=labels,
-             split=np.array(["test" if i % 10 < 3 else "train" for i in range(len(labels))]))
-    cfg = RunConfig(dataset="features", dataset_options={"path": str(path)}, shots=[0, 1], seeds=[0],
-                    methods=["dscmr", "dscmr@sq"], device="cpu",
-                    method_options={"dscmr": {**SMALL, "max_epochs": 3},
-                                    "dscmr@sq": {**SMALL, "max_epochs": 3, "norm": "squared"}})
+    np.savez(
+        path,
+        image=feats.image.local,
+        image_mask=feats.image.mask,
+        text=feats.text.local,
+        text_mask=feats.text.mask,
+        labels=labels,
+        split=np.array(["test" if i % 10 < 3 else "train" for i in range(len(labels))]),
+    )
+    cfg = RunConfig(
+        dataset="features",
+        dataset_options={"path": str(path)},
+        shots=[0, 1],
+        seeds=[0],
+        methods=["dscmr", "dscmr@sq"],
+        device="cpu",
+        method_options={"dscmr": {**SMALL, "max_epochs": 3}, "dscmr@sq": {**SMALL, "max_epochs": 3, "norm": "squared"}},
+    )
     res = run_experiment(cfg, progress=False)
     assert len(res["records"]) == 4
     for rec in res["records"]:

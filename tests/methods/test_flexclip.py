@@ -35,8 +35,15 @@ from gcrdp.methods.flexclip import (
 )
 from tests.helpers import one_hot, synthetic_features
 
-SMALL = {"batch_size": 16, "hidden_dim": 16, "latent_dim": 8, "gen_hidden_dim": 32, "gen_latent_dim": 4,
-         "gen_steps": 40, "gen_batch_size": 32}
+SMALL = {
+    "batch_size": 16,
+    "hidden_dim": 16,
+    "latent_dim": 8,
+    "gen_hidden_dim": 32,
+    "gen_latent_dim": 4,
+    "gen_steps": 40,
+    "gen_batch_size": 32,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -59,9 +66,15 @@ def _fewshot_data(seed: int = 0, shots: int = 1, n_classes: int = 12, names_dim:
     test = np.setdiff1d(np.flatnonzero(labels >= 8), few)
     tr = np.sort(np.concatenate([train, few]))
     names = np.random.default_rng(seed).normal(size=(n_classes, names_dim)).astype(np.float32)
-    data = FitData(train=feats.subset(tr), train_labels=y[tr], oversample=np.isin(tr, few),
-                   val=feats.subset(val), val_labels=y[val], class_names=tuple(f"c{i}" for i in range(n_classes)),
-                   class_name_features=names)
+    data = FitData(
+        train=feats.subset(tr),
+        train_labels=y[tr],
+        oversample=np.isin(tr, few),
+        val=feats.subset(val),
+        val_labels=y[val],
+        class_names=tuple(f"c{i}" for i in range(n_classes)),
+        class_name_features=names,
+    )
     return feats, y, data, test
 
 
@@ -86,7 +99,7 @@ def test_generator_samples_follow_the_class_statistics_also_for_a_rare_class():
     g = torch.Generator().manual_seed(1)
     sd = np.sqrt(np.diag(cov))
     for c in (0, 5, k - 1):
-        s = model.sample(torch.from_numpy(np.repeat(cond[c:c + 1], 4000, 0)), g).numpy()
+        s = model.sample(torch.from_numpy(np.repeat(cond[c : c + 1], 4000, 0)), g).numpy()
         assert np.all(np.abs(s.mean(0) - means[c]) < 0.25), (c, s.mean(0), means[c])
         ratio = s.std(0) / sd
         assert np.all((ratio > 0.75) & (ratio < 1.35)), (c, ratio)
@@ -106,7 +119,8 @@ def test_vae_terms_match_torch_distributions():
     torch.manual_seed(0)
     mu, logvar = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     ref_kl = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mu, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 1.0)).sum(-1)
+        torch.distributions.Normal(mu, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 1.0)
+    ).sum(-1)
     torch.testing.assert_close(gaussian_kl(mu, logvar), ref_kl)
 
     x, x_hat = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
@@ -144,7 +158,7 @@ def test_gan_losses_and_gradient_penalty_match_naive_references():
     pens = []
     for i in range(5):  # one sample at a time
         xi = (alpha[i] * real[i] + (1 - alpha[i]) * fake[i]).clone().requires_grad_(True)
-        (gi,) = torch.autograd.grad(critic(xi[None], cond[i:i + 1]).sum(), xi)
+        (gi,) = torch.autograd.grad(critic(xi[None], cond[i : i + 1]).sum(), xi)
         pens.append((gi.norm() - 1) ** 2)
     gp = gradient_penalty(critic, real, fake, cond, alpha)
     torch.testing.assert_close(gp, torch.stack(pens).mean())
@@ -168,14 +182,18 @@ def _naive_class_contrastive(img, txt, labels, tau):
 
 
 def test_stage2_loss_is_the_class_aware_cross_modal_infonce_plus_label_term():
-    m = FlexCLIPMethod.from_options({"latent_dim": 6, "hidden_dim": 8, "temperature": 0.3, "label_weight": 0.5,
-                                     "dropout": 0.0})
+    m = FlexCLIPMethod.from_options({"latent_dim": 6, "hidden_dim": 8, "temperature": 0.3, "label_weight": 0.5, "dropout": 0.0})
     torch.manual_seed(0)
     model = m.init_model(5, 4, 3)
     labels = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1]], dtype=torch.bool)
     xi, xt = torch.randn(5, 5), torch.randn(5, 4)
-    batch = {"image_local": xi[:, None], "image_mask": torch.ones(5, 1, dtype=torch.bool),
-             "text_local": xt[:, None], "text_mask": torch.ones(5, 1, dtype=torch.bool), "labels": labels}
+    batch = {
+        "image_local": xi[:, None],
+        "image_mask": torch.ones(5, 1, dtype=torch.bool),
+        "text_local": xt[:, None],
+        "text_mask": torch.ones(5, 1, dtype=torch.bool),
+        "labels": labels,
+    }
     loss, parts = m._loss(model, batch)
     zi, zt = model.encode_image(xi), model.encode_text(xt)
     con = _naive_class_contrastive(zi.double(), zt.double(), labels, 0.3).detach()
@@ -185,8 +203,7 @@ def test_stage2_loss_is_the_class_aware_cross_modal_infonce_plus_label_term():
     assert parts["label"] == pytest.approx(float(lab), rel=1e-5)
     assert float(loss.detach()) == pytest.approx(float(con) + 0.5 * float(lab), rel=1e-5)
     # without class positives: exactly the CLIP loss
-    m2 = FlexCLIPMethod.from_options({"latent_dim": 6, "hidden_dim": 8, "temperature": 0.3,
-                                      "class_positives": False, "dropout": 0.0})
+    m2 = FlexCLIPMethod.from_options({"latent_dim": 6, "hidden_dim": 8, "temperature": 0.3, "class_positives": False, "dropout": 0.0})
     m2.model_ = model
     _, p2 = m2._loss(model, batch)
     assert p2["contrastive"] == pytest.approx(float(symmetric_infonce(zi, zt, 0.3).detach()), rel=1e-5)
@@ -202,8 +219,7 @@ def _fixed_weights(head: GatedResidualProjection) -> None:
 
 @pytest.mark.parametrize("value", [0.0, 1.0])
 def test_gate_zero_is_the_linear_skip_and_gate_one_the_mlp(value):
-    head = GatedResidualProjection(5, FlexCLIPConfig(latent_dim=4, hidden_dim=7, dropout=0.0, gate="fixed",
-                                                     gate_value=value))
+    head = GatedResidualProjection(5, FlexCLIPConfig(latent_dim=4, hidden_dim=7, dropout=0.0, gate="fixed", gate_value=value))
     _fixed_weights(head)
     head.eval()
     x = torch.randn(6, 5)
@@ -247,8 +263,13 @@ def test_target_classes_per_generate_for():
     # all_rare adds seen classes with fewer than rare_fraction x the median count
     rare = np.flatnonzero(data.train_labels[:, 0])[:9]
     keep = np.setdiff1d(np.arange(len(data.train)), rare)
-    thin = FitData(train=data.train.subset(keep), train_labels=data.train_labels[keep],
-                   oversample=data.oversample[keep], val=data.val, val_labels=data.val_labels)
+    thin = FitData(
+        train=data.train.subset(keep),
+        train_labels=data.train_labels[keep],
+        oversample=data.oversample[keep],
+        val=data.val,
+        val_labels=data.val_labels,
+    )
     assert plan_targets(thin, FlexCLIPConfig(generate_for="all_rare")).classes.tolist() == [0, 6, 7, 8, 9, 10, 11]
     assert plan_targets(thin, FlexCLIPConfig(generate_for="unseen")).classes.tolist() == [6, 7, 8, 9, 10, 11]
     # zero shots: the unseen classes are generated from their names alone
@@ -388,13 +409,21 @@ def test_run_experiment_zero_and_one_shot_with_class_name_embeddings():
 
     names = ["red apple", "green pear", "blue car", "yellow bus", "black cat", "white dog", "brown bear", "grey fish"]
     feats, labels = synthetic_features(n_per_class=10, n_classes=len(names), seed=4)
-    samples = [Sample(id=f"s{i}", text=f"a {names[c]} {i}", labels=(names[c],), split="test" if i % 10 >= 7 else "train")
-               for i, c in enumerate(labels.tolist())]
+    samples = [
+        Sample(id=f"s{i}", text=f"a {names[c]} {i}", labels=(names[c],), split="test" if i % 10 >= 7 else "train")
+        for i, c in enumerate(labels.tolist())
+    ]
     ds = Dataset("toy-flex", samples, list(names), ClassSplit("toy-flex", "1", tuple(names[:5]), tuple(names[5:])))
     order = [ds.classes.index(n) for n in names]  # Dataset keeps its classes as given
     assert order == list(range(len(names)))
-    cfg = RunConfig(dataset="toy-flex", shots=[0, 1], seeds=[0], methods=["flex-clip"],
-                    method_options={"flex-clip": {**SMALL, "max_epochs": 3}}, device="cpu")
+    cfg = RunConfig(
+        dataset="toy-flex",
+        shots=[0, 1],
+        seeds=[0],
+        methods=["flex-clip"],
+        method_options={"flex-clip": {**SMALL, "max_epochs": 3}},
+        device="cpu",
+    )
     res = run_experiment(cfg, progress=False, dataset=ds, features=feats)
     recs = {r["shots"]: r for r in res["records"]}
     assert set(recs) == {0, 1}

@@ -33,8 +33,7 @@ def test_gcrdp_learns_and_logs_every_loss_part_and_gmm_health():
     m = build_method("gcrdp", {**SMALL, "max_epochs": 30, "n_components": 3, "rdp_threshold": 0.3})
     report = m.fit(data, seed=0)
     h = report.history[0]
-    for key in ("mpc", "reg", "rdp", "total", "reg_invariance", "reg_label", "rdp_pairs",
-                "pi_entropy_image", "pi_entropy_text", "val_map"):
+    for key in ("mpc", "reg", "rdp", "total", "reg_invariance", "reg_label", "rdp_pairs", "pi_entropy_image", "pi_entropy_text", "val_map"):
         assert key in h, key
     assert 0.0 <= h["pi_entropy_image"] <= np.log(3) + 1e-6
     held = np.flatnonzero(y[:, 8:].any(1))

@@ -31,8 +31,7 @@ def naive_weighted(img, txt, tau, view_positives="all", w_img=None, w_txt=None, 
     """Per-anchor loop of the multi-positive loss with view weights and view-positive modes."""
     b, k, _ = img.shape
     vec = {(m, i, j): (img if m == 0 else txt)[i, j] for m in (0, 1) for i in range(b) for j in range(k)}
-    w = {(m, i, j): 1.0 if w_img is None else float((w_img if m == 0 else w_txt)[i, j])
-         for m, i, j in vec}
+    w = {(m, i, j): 1.0 if w_img is None else float((w_img if m == 0 else w_txt)[i, j]) for m, i, j in vec}
     out = []
     for mod in (0, 1):
         num = den = 0.0
@@ -54,8 +53,7 @@ def naive_weighted(img, txt, tau, view_positives="all", w_img=None, w_txt=None, 
 def test_cross_view_positives_fast_path_equals_dense_and_loop(b, k):
     img, txt = _views(b, k, 5, seed=b + k)
     got = multi_positive_infonce(img, txt, 0.3, view_positives="cross")
-    dense = _dense_multi_positive_infonce(img, txt, 0.3, None, class_positives=False,
-                                          intra_modal_negatives=False, view_positives="cross")
+    dense = _dense_multi_positive_infonce(img, txt, 0.3, None, class_positives=False, intra_modal_negatives=False, view_positives="cross")
     want = naive_weighted(img, txt, 0.3, "cross")
     assert torch.allclose(got, dense, rtol=1e-10) and torch.allclose(got, want, rtol=1e-10)
     for x, y in zip(torch.autograd.grad(got, (img, txt)), torch.autograd.grad(want, (img, txt))):
@@ -109,14 +107,14 @@ def test_view_weights_and_mode_are_validated():
 # --------------------------------------------------------------------------- RDP with a teacher
 def naive_teacher(gi, gt, fi, ft, mode, k, tau):
     """Row loop of the teacher RDP loss."""
+
     def cos(a, b):
         return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
     tv, tt = cos(fi, fi).detach(), cos(ft, ft).detach()
     tx = 0.5 * (tv + tt)
     sv, st, sx = gi @ gi.T, gt @ gt.T, gi @ gt.T
-    pairs = {"own": [(sv, tv), (st, tt)], "cross": [(sv, tt), (st, tv)],
-             "cross-modal": [(sx, tx), (sx.T, tx)]}[mode]
+    pairs = {"own": [(sv, tv), (st, tt)], "cross": [(sv, tt), (st, tv)], "cross-modal": [(sx, tx), (sx.T, tx)]}[mode]
     terms = []
     for s, t in pairs:
         rows = []
@@ -185,8 +183,7 @@ def test_data_driven_initial_variance():
     assert torch.allclose(v, want)
     layer = GMMLayer(4, GMMConfig(n_components=2, init_var=2.0, init_var_mode="data")).double()
     got = layer(x, mask)
-    ref = fit_gmm(x, mask, layer.initial_means(x, mask), layer.cfg,
-                  init_variances=(2.0 * v).view(2, 1, 1).expand(2, 2, 4))
+    ref = fit_gmm(x, mask, layer.initial_means(x, mask), layer.cfg, init_variances=(2.0 * v).view(2, 1, 1).expand(2, 2, 4))
     assert torch.allclose(got.means, ref.means) and torch.allclose(got.variances, ref.variances)
     with pytest.raises(ConfigError, match="init_var_mode"):
         GMMConfig(init_var_mode="kmeans")
@@ -202,16 +199,32 @@ def _data(seed=0):
 
 def test_every_switch_trains_and_logs_its_parts():
     feats, y, data = _data()
-    opts = {**SMALL, "max_epochs": 2, "view_positives": "cross", "global_weight": 1.0, "views_weight": 0.5,
-            "pi_weighted": True, "class_positives": True, "normalize_local": True,
-            "e_step_temperature": 8.0, "init_var_mode": "data", "rdp_teacher": "all", "rdp_topk": 4}
+    opts = {
+        **SMALL,
+        "max_epochs": 2,
+        "view_positives": "cross",
+        "global_weight": 1.0,
+        "views_weight": 0.5,
+        "pi_weighted": True,
+        "class_positives": True,
+        "normalize_local": True,
+        "e_step_temperature": 8.0,
+        "init_var_mode": "data",
+        "rdp_teacher": "all",
+        "rdp_topk": 4,
+    }
     m = build_method("gcrdp", opts)
     h = m.fit(data, seed=0).history[0]
     for key in ("views", "global", "rdp", "rdp_pairs", "val_map"):
         assert key in h, key
     assert np.isfinite(m.embed_images(feats.image)).all()
-    for bad in ({"view_positives": "same"}, {"views_weight": 0.0, "global_weight": 0.0},
-                {"rdp_teacher": "frozen"}, {"rdp_topk": 0}, {"warm_lr_factor": 0.0}):
+    for bad in (
+        {"view_positives": "same"},
+        {"views_weight": 0.0, "global_weight": 0.0},
+        {"rdp_teacher": "frozen"},
+        {"rdp_topk": 0},
+        {"warm_lr_factor": 0.0},
+    ):
         with pytest.raises(ConfigError):
             build_method("gcrdp", bad)
 
@@ -241,11 +254,13 @@ def test_gap_infonce_class_positives():
     feats, y, data = _data()
     m = build_method("gap-infonce", {**SMALL, "max_epochs": 1, "class_positives": True})
     m.fit(data, seed=0)
-    batch = {"image_local": t.from_numpy(feats.image.local[:6]).float(),
-             "image_mask": t.from_numpy(feats.image.mask[:6]),
-             "text_local": t.from_numpy(feats.text.local[:6]).float(),
-             "text_mask": t.from_numpy(feats.text.mask[:6]),
-             "labels": t.from_numpy(np.eye(6)[:, :6])}  # all classes distinct: the CLIP loss
+    batch = {
+        "image_local": t.from_numpy(feats.image.local[:6]).float(),
+        "image_mask": t.from_numpy(feats.image.mask[:6]),
+        "text_local": t.from_numpy(feats.text.local[:6]).float(),
+        "text_mask": t.from_numpy(feats.text.mask[:6]),
+        "labels": t.from_numpy(np.eye(6)[:, :6]),
+    }  # all classes distinct: the CLIP loss
     loss, _ = m._loss(m.model_, batch)
     img = m.model_.encode_image(batch["image_local"], batch["image_mask"])
     txt = m.model_.encode_text(batch["text_local"], batch["text_mask"])
@@ -265,13 +280,17 @@ def test_spec_preset_and_parallel_jobs_give_the_sequential_records():
     from gcrdp.methods.presets import GCRDP_SPEC, preset_options
 
     ds, feats = _toy_run_inputs()
-    cfg = RunConfig(dataset="toy", shots=[1, 3], seeds=[0, 1], methods=["gap-infonce", "gcrdp@spec"],
-                    method_options={"gcrdp@spec": {**SMALL, "max_epochs": 2},
-                                    "gap-infonce": {**SMALL, "max_epochs": 2}}, device="cpu")
+    cfg = RunConfig(
+        dataset="toy",
+        shots=[1, 3],
+        seeds=[0, 1],
+        methods=["gap-infonce", "gcrdp@spec"],
+        method_options={"gcrdp@spec": {**SMALL, "max_epochs": 2}, "gap-infonce": {**SMALL, "max_epochs": 2}},
+        device="cpu",
+    )
     seq = run_experiment(cfg, progress=False, dataset=ds, features=feats)
     par = run_experiment(cfg, progress=False, dataset=ds, features=feats, jobs=2)
-    assert [(r["method"], r["shots"], r["seed"]) for r in par["records"]] == \
-        [(r["method"], r["shots"], r["seed"]) for r in seq["records"]]
+    assert [(r["method"], r["shots"], r["seed"]) for r in par["records"]] == [(r["method"], r["shots"], r["seed"]) for r in seq["records"]]
     for a, b in zip(seq["records"], par["records"]):
         assert a["split"]["digest"] == b["split"]["digest"] and a["fit"]["epochs"] == b["fit"]["epochs"]
         assert abs(a["test"]["mean_map"] - b["test"]["mean_map"]) < 0.05  # thread round-off only
@@ -322,8 +341,15 @@ def test_refit_trains_on_the_validation_classes_with_the_chosen_settings():
     from gcrdp.experiments import RunConfig, run_experiment
 
     ds, feats = _toy_run_inputs()
-    cfg = RunConfig(dataset="toy", shots=[1], seeds=[0], methods=["gap-infonce", "cca"], refit=True,
-                    method_options={"gap-infonce": {**SMALL, "max_epochs": 6, "patience": 2}}, device="cpu")
+    cfg = RunConfig(
+        dataset="toy",
+        shots=[1],
+        seeds=[0],
+        methods=["gap-infonce", "cca"],
+        refit=True,
+        method_options={"gap-infonce": {**SMALL, "max_epochs": 6, "patience": 2}},
+        device="cpu",
+    )
     res = run_experiment(cfg, progress=False, dataset=ds, features=feats)
     gap, cca = res["records"]
     n = gap["split"]["n_train"] + gap["split"]["n_val"]
@@ -331,15 +357,13 @@ def test_refit_trains_on_the_validation_classes_with_the_chosen_settings():
     assert gap["refit"]["options"] == {"max_epochs": gap["fit"]["best_epoch"]}
     assert gap["refit"]["epochs"] == gap["fit"]["best_epoch"] and gap["refit"]["best_val_map"] is None
     assert cca["refit"]["options"] == {"reg": cca["fit"]["reg"]} and cca["refit"]["reg_selection"] == "fixed"
-    plain = run_experiment(RunConfig(**{**cfg.to_dict(), "refit": False}), progress=False, dataset=ds,
-                           features=feats)
+    plain = run_experiment(RunConfig(**{**cfg.to_dict(), "refit": False}), progress=False, dataset=ds, features=feats)
     assert "refit" not in plain["records"][0]
     assert plain["records"][0]["test"]["mean_map"] != gap["test"]["mean_map"]
     warm = build_method("gcrdp", {**SMALL, "warm_start": True, "max_epochs": 2})
     _, _, data = _data()
     rep = warm.fit(data, seed=0)
-    assert warm.refit_options(rep) == {"max_epochs": rep.best_epoch,
-                                       "warm_epochs": rep.extra["warm_start"]["best_epoch"]}
+    assert warm.refit_options(rep) == {"max_epochs": rep.best_epoch, "warm_epochs": rep.extra["warm_start"]["best_epoch"]}
 
 
 @pytest.mark.parametrize("side", ["image", "text"])

@@ -25,14 +25,20 @@ def fingerprint(encoder, modality, sha, dim):
 
 
 def clip_meta(sha_img=SHA_A, sha_txt=SHA_A, names=("clip", "clip"), dim=6):
-    return {"key": "k" * 64, "dtype": "float16", "key_inputs": {
-        "format": 1, "dataset": "d" * 64, "dtype": "float16",
-        "image_encoder": fingerprint(names[0], "image", sha_img, dim),
-        "text_encoder": fingerprint(names[1], "text", sha_txt, dim)}}
+    return {
+        "key": "k" * 64,
+        "dtype": "float16",
+        "key_inputs": {
+            "format": 1,
+            "dataset": "d" * 64,
+            "dtype": "float16",
+            "image_encoder": fingerprint(names[0], "image", sha_img, dim),
+            "text_encoder": fingerprint(names[1], "text", sha_txt, dim),
+        },
+    }
 
 
-def aligned_features(n_per_class=10, n_classes=4, dim=6, noise=0.3, seed=0, meta=None, dtype=np.float32,
-                     text_dim=None):
+def aligned_features(n_per_class=10, n_classes=4, dim=6, noise=0.3, seed=0, meta=None, dtype=np.float32, text_dim=None):
     """Image and text pooled features around shared class centres (one space), with locals."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(n_classes), n_per_class)
@@ -44,17 +50,20 @@ def aligned_features(n_per_class=10, n_classes=4, dim=6, noise=0.3, seed=0, meta
     local_i = rng.normal(size=(len(labels), 3, 5))
     mi = ModalityFeatures(local_i.astype(dtype), np.ones((len(labels), 3), bool), img.astype(dtype))
     mt = ModalityFeatures(local_i[:, :2].astype(dtype), np.ones((len(labels), 2), bool), txt.astype(dtype))
-    fs = FeatureSet(mi, mt, tuple(f"s{i}" for i in range(len(labels))),
-                    dict(clip_meta(dim=dim) if meta is None else meta))
+    fs = FeatureSet(mi, mt, tuple(f"s{i}" for i in range(len(labels))), dict(clip_meta(dim=dim) if meta is None else meta))
     return fs, labels
 
 
 def fitdata(feats, labels, val=True):
     lab = one_hot(labels)
     idx = np.arange(len(labels))
-    return FitData(train=feats.subset(idx[::2]), train_labels=lab[::2],
-                   oversample=np.zeros(len(idx[::2]), bool),
-                   val=feats.subset(idx[1::2]) if val else None, val_labels=lab[1::2] if val else None)
+    return FitData(
+        train=feats.subset(idx[::2]),
+        train_labels=lab[::2],
+        oversample=np.zeros(len(idx[::2]), bool),
+        val=feats.subset(idx[1::2]) if val else None,
+        val_labels=lab[1::2] if val else None,
+    )
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -79,15 +88,16 @@ def test_ranking_equals_brute_force_cosine():
     img, txt = feats.image.pooled.astype(np.float64), feats.text.pooled.astype(np.float64)
     cos = np.array([[a @ b / np.sqrt(a @ a) / np.sqrt(b @ b) for b in txt] for a in img])
     np.testing.assert_allclose(scores, cos, atol=1e-5)
-    np.testing.assert_array_equal(np.argsort(-scores, axis=1, kind="stable")[:, :5],
-                                  np.argsort(-cos, axis=1, kind="stable")[:, :5])
+    np.testing.assert_array_equal(np.argsort(-scores, axis=1, kind="stable")[:, :5], np.argsort(-cos, axis=1, kind="stable")[:, :5])
     # and the metrics of the method equal those of the brute-force scores
     from gcrdp.evaluation import cross_modal_metrics, retrieval_metrics
 
-    res = cross_modal_metrics(m.embed_images(feats.image), m.embed_texts(feats.text), labels,
-                              m.embed_images(feats.image), m.embed_texts(feats.text), labels)
-    ref = retrieval_metrics(img / np.linalg.norm(img, axis=1, keepdims=True),
-                            txt / np.linalg.norm(txt, axis=1, keepdims=True), labels, labels)
+    res = cross_modal_metrics(
+        m.embed_images(feats.image), m.embed_texts(feats.text), labels, m.embed_images(feats.image), m.embed_texts(feats.text), labels
+    )
+    ref = retrieval_metrics(
+        img / np.linalg.norm(img, axis=1, keepdims=True), txt / np.linalg.norm(txt, axis=1, keepdims=True), labels, labels
+    )
     assert res["i2t"]["map"] == pytest.approx(ref["map"], abs=1e-6)
     assert res["i2t"]["map"] > 0.9  # aligned toy features
 
@@ -114,8 +124,11 @@ def test_pooled_dims_differ():
 def test_unaligned_encoders():
     meta = clip_meta(names=("efficientnet-lite0", "minilm-l6"), sha_txt=SHA_B)
     feats, labels = aligned_features(meta=meta)
-    with pytest.raises(ConfigError, match=r"needs an aligned image-text encoder pair.*'efficientnet-lite0'"
-                                          r".*'minilm-l6'.*CLIP \(--clip DIR\).*zero-shot\.assume_aligned=true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"needs an aligned image-text encoder pair.*'efficientnet-lite0'"
+        r".*'minilm-l6'.*CLIP \(--clip DIR\).*zero-shot\.assume_aligned=true",
+    ):
         build_method("zero-shot").fit(fitdata(feats, labels), seed=0)
     rep = build_method("zero-shot", {"assume_aligned": True}).fit(fitdata(feats, labels), seed=0)
     assert rep.extra["alignment"].startswith("assumed (assume_aligned=true")
@@ -126,8 +139,14 @@ def test_clip_with_different_weights_is_not_aligned():
     with pytest.raises(ConfigError, match="clip image and text encoders with different weights"):
         build_method("zero-shot").fit(fitdata(feats, labels), seed=0)
     assert detect_alignment(clip_meta(names=("clip", "minilm-l6")))[0] is False
-    assert detect_alignment({"key_inputs": {"image_encoder": {"name": "clip", "weights_sha256": SHA_A},
-                                            "text_encoder": {"name": "clip", "weights_sha256": SHA_A}}})[0]
+    assert detect_alignment(
+        {
+            "key_inputs": {
+                "image_encoder": {"name": "clip", "weights_sha256": SHA_A},
+                "text_encoder": {"name": "clip", "weights_sha256": SHA_A},
+            }
+        }
+    )[0]
 
 
 def test_pre_extracted_features_of_unknown_origin():
@@ -151,15 +170,25 @@ def test_clip_retrieval_folder_end_to_end(tmp_path):
 
     feats, labels = aligned_features(n_per_class=12, n_classes=6, seed=5)
     n = len(labels)
-    export_clip_retrieval(tmp_path / "cr", feats.image.pooled, feats.text.pooled, {
-        "id": list(feats.sample_ids), "caption": [""] * n, "label": [f"c{c}" for c in labels],
-        "split": ["test" if i % 3 == 0 else "train" for i in range(n)]})
+    export_clip_retrieval(
+        tmp_path / "cr",
+        feats.image.pooled,
+        feats.text.pooled,
+        {
+            "id": list(feats.sample_ids),
+            "caption": [""] * n,
+            "label": [f"c{c}" for c in labels],
+            "split": ["test" if i % 3 == 0 else "train" for i in range(n)],
+        },
+    )
     opts = {"root": str(tmp_path / "cr"), "split_seed": 1}  # a draw with 3 of the 6 classes unseen
     ds = load_dataset("clip-retrieval", **opts)
     assert ds.features.meta["format"] == "clip-retrieval" and len(ds.class_split.unseen) == 3
-    res = run_experiment(RunConfig(dataset="clip-retrieval", dataset_options=opts,
-                                   shots=[0], seeds=[0], methods=["zero-shot"], device="cpu"),
-                         progress=False, dataset=ds)
+    res = run_experiment(
+        RunConfig(dataset="clip-retrieval", dataset_options=opts, shots=[0], seeds=[0], methods=["zero-shot"], device="cpu"),
+        progress=False,
+        dataset=ds,
+    )
     rec = res["records"][0]
     assert rec["fit"]["epochs"] == 0 and "clip-retrieval" in rec["fit"]["alignment"]
     assert rec["test"]["mean_map"] > rec["chance"]["i2t"] + 0.3

@@ -44,10 +44,16 @@ def _sklearn_fit(points, weights, means, variances, cfg, covariance_type="diag")
     if covariance_type == "spherical":
         precisions = precisions[:, 0]
     gm = GaussianMixture(
-        n_components=cfg.n_components, covariance_type=covariance_type, max_iter=cfg.n_iter,
+        n_components=cfg.n_components,
+        covariance_type=covariance_type,
+        max_iter=cfg.n_iter,
         tol=0.0,  # |change| < 0 never holds: exactly max_iter iterations
-        weights_init=weights, means_init=means, precisions_init=precisions,
-        reg_covar=cfg.var_floor, init_params="random", random_state=0,
+        weights_init=weights,
+        means_init=means,
+        precisions_init=precisions,
+        reg_covar=cfg.var_floor,
+        init_params="random",
+        random_state=0,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached "without converging"
@@ -80,8 +86,7 @@ def test_em_matches_sklearn_per_sample(n_iter, covariance):
     init_v = torch.rand(b, k, d, generator=gen, dtype=F64) + 0.5
     if covariance == "isotropic":
         init_v = init_v.mean(-1, keepdim=True).expand(b, k, d).clone()
-    cfg = GMMConfig(n_components=k, n_iter=n_iter, covariance=covariance, var_floor=1e-3,
-                    mass_floor=SKLEARN_MASS_FLOOR)
+    cfg = GMMConfig(n_components=k, n_iter=n_iter, covariance=covariance, var_floor=1e-3, mass_floor=SKLEARN_MASS_FLOOR)
     res = fit_gmm(x, mask, init_m, cfg, init_weights=init_w, init_variances=init_v)
     sk_type = "diag" if covariance == "diag" else "spherical"
     for i, n in enumerate(sizes):
@@ -327,8 +332,7 @@ def test_small_and_degenerate_sets_are_finite(case, anchor_mode, dtype):
         assert v.max() < 2e-3
     if case == "one_point" and anchor_mode == "relative":  # orthonormal anchors: K equal views
         views, _ = gmm_views(res)
-        torch.testing.assert_close(views.detach(), torch.nn.functional.normalize(x.detach(), dim=-1)
-                                   .expand_as(views), rtol=0, atol=1e-4)
+        torch.testing.assert_close(views.detach(), torch.nn.functional.normalize(x.detach(), dim=-1).expand_as(views), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -411,8 +415,7 @@ def test_log_likelihood_does_not_decrease_over_iterations():
 # ----------------------------------------------------------------------------- views, entropy
 def test_views_and_global_embedding():
     gen = torch.Generator().manual_seed(9)
-    res = fit_gmm(_clusters(9, 4, 3, gen)[None], None, torch.randn(3, 4, generator=gen, dtype=F64),
-                  GMMConfig())
+    res = fit_gmm(_clusters(9, 4, 3, gen)[None], None, torch.randn(3, 4, generator=gen, dtype=F64), GMMConfig())
     views, glob = gmm_views(res)
     torch.testing.assert_close(views.norm(dim=-1), torch.ones(1, 3, dtype=F64))
     expected = (res.weights[..., None] * res.means / res.means.norm(dim=-1, keepdim=True)).sum(1)
@@ -452,18 +455,21 @@ def test_layer_initial_means():
 
 
 # ----------------------------------------------------------------------------- errors
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"n_components": 0}, r"GMMConfig\.n_components must be an integer >= 1, got 0"),
-    ({"n_components": 2.0}, r"n_components must be an integer >= 1, got 2\.0"),
-    ({"n_components": True}, r"n_components must be an integer >= 1, got True"),
-    ({"n_iter": -1}, r"GMMConfig\.n_iter must be an integer >= 0, got -1"),
-    ({"covariance": "full"}, r"GMMConfig\.covariance must be one of \('diag', 'isotropic'\), got 'full'"),
-    ({"var_floor": 0.0}, r"GMMConfig\.var_floor must be a finite number > 0, got 0\.0.*reg_covar"),
-    ({"var_floor": float("nan")}, r"var_floor must be a finite number > 0, got nan"),
-    ({"mass_floor": -1e-6}, r"GMMConfig\.mass_floor must be a finite number > 0, got -1e-06"),
-    ({"init_var": float("inf")}, r"GMMConfig\.init_var must be a finite number > 0, got inf"),
-    ({"anchor_mode": "random"}, r"GMMConfig\.anchor_mode must be one of \('relative', 'absolute'\)"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_components": 0}, r"GMMConfig\.n_components must be an integer >= 1, got 0"),
+        ({"n_components": 2.0}, r"n_components must be an integer >= 1, got 2\.0"),
+        ({"n_components": True}, r"n_components must be an integer >= 1, got True"),
+        ({"n_iter": -1}, r"GMMConfig\.n_iter must be an integer >= 0, got -1"),
+        ({"covariance": "full"}, r"GMMConfig\.covariance must be one of \('diag', 'isotropic'\), got 'full'"),
+        ({"var_floor": 0.0}, r"GMMConfig\.var_floor must be a finite number > 0, got 0\.0.*reg_covar"),
+        ({"var_floor": float("nan")}, r"var_floor must be a finite number > 0, got nan"),
+        ({"mass_floor": -1e-6}, r"GMMConfig\.mass_floor must be a finite number > 0, got -1e-06"),
+        ({"init_var": float("inf")}, r"GMMConfig\.init_var must be a finite number > 0, got inf"),
+        ({"anchor_mode": "random"}, r"GMMConfig\.anchor_mode must be one of \('relative', 'absolute'\)"),
+    ],
+)
 def test_config_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         GMMConfig(**kwargs)

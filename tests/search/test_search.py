@@ -61,9 +61,24 @@ def trained(tmp_path_factory):
         pytest.skip("encoder packages not installed")
     root = tmp_path_factory.mktemp("search")
     manifest = write_manifest(root / "data")
-    code = main(["train", "--manifest", str(manifest), "--method", "gap-infonce", "--shots", "1",
-                 "--option", "max_epochs=2", "--cache-dir", str(root / "cache"), "--checkpoint-dir",
-                 str(root / "ckpt"), "-q"])
+    code = main(
+        [
+            "train",
+            "--manifest",
+            str(manifest),
+            "--method",
+            "gap-infonce",
+            "--shots",
+            "1",
+            "--option",
+            "max_epochs=2",
+            "--cache-dir",
+            str(root / "cache"),
+            "--checkpoint-dir",
+            str(root / "ckpt"),
+            "-q",
+        ]
+    )
     assert code == 0
     return root, manifest
 
@@ -73,8 +88,9 @@ def test_index_search_add_and_fingerprint(trained, tmp_path, capsys):
 
     root, manifest = trained
     index = tmp_path / "idx"
-    code, out, err = run_cli(capsys, "index", index, "--checkpoint", root / "ckpt", "--manifest", manifest,
-                             "--cache-dir", root / "cache", "-q")
+    code, out, err = run_cli(
+        capsys, "index", index, "--checkpoint", root / "ckpt", "--manifest", manifest, "--cache-dir", root / "cache", "-q"
+    )
     assert code == 0, err
     assert "32 images, 32 texts" in out and "0 duplicates skipped" in out  # a build keeps repeated captions
     assert (index / "CURRENT").read_text().strip() == "v000001"
@@ -127,8 +143,7 @@ def test_interrupted_build_keeps_the_previous_index(trained, tmp_path, monkeypat
     monkeypatch.setattr(rmod, "_write_metadata", crash)
     texts.write_text("four\nfive\n", encoding="utf-8")
     with pytest.raises(KeyboardInterrupt):
-        Retriever.build(tmp_path / "idx", checkpoint=root / "ckpt", items=items_from_text_file(texts),
-                        progress=False)
+        Retriever.build(tmp_path / "idx", checkpoint=root / "ckpt", items=items_from_text_file(texts), progress=False)
     monkeypatch.undo()
     r = Retriever.load(tmp_path / "idx")
     assert len(r) == 3 and not list((tmp_path / "idx").glob(".tmp-*"))
@@ -190,8 +205,19 @@ def test_index_on_milvus_lite_searches_like_faiss(trained, tmp_path, capsys):
 
     root, manifest = trained
     for name, extra in (("f", []), ("m", ["--backend", "milvus", "--uri", str(tmp_path / "milvus.db")])):
-        code, out, err = run_cli(capsys, "index", tmp_path / name, "--checkpoint", root / "ckpt", "--manifest",
-                                 manifest, "--cache-dir", root / "cache", "-q", *extra)
+        code, out, err = run_cli(
+            capsys,
+            "index",
+            tmp_path / name,
+            "--checkpoint",
+            root / "ckpt",
+            "--manifest",
+            manifest,
+            "--cache-dir",
+            root / "cache",
+            "-q",
+            *extra,
+        )
         assert code == 0, err
     f, m = Retriever.load(tmp_path / "f"), Retriever.load(tmp_path / "m")
     assert m.info["backend"] == "milvus" and (tmp_path / "m" / "v000001" / "image.milvus.json").is_file()
@@ -227,8 +253,9 @@ def test_index_with_clip_alone(tmp_path, capsys):
 
     clip = make_clip_dir(tmp_path / "clip")
     manifest = write_manifest(tmp_path / "data", n_classes=2, per_class=4)
-    code, out, err = run_cli(capsys, "index", tmp_path / "idx", "--clip", clip, "--manifest", manifest,
-                             "--cache-dir", tmp_path / "cache", "-q")
+    code, out, err = run_cli(
+        capsys, "index", tmp_path / "idx", "--clip", clip, "--manifest", manifest, "--cache-dir", tmp_path / "cache", "-q"
+    )
     assert code == 0, err
     r = Retriever.load(tmp_path / "idx")
     assert r.info["checkpoint"] is None and r.info["model"]["method"] == "zero-shot"
@@ -257,13 +284,35 @@ def test_index_of_pre_extracted_features_queried_by_id(tmp_path, capsys):
     text = centers_t[labels] + 0.3 * rng.normal(size=(60, 8))
     split = np.array(["test" if i % 10 < 3 else "train" for i in range(60)])
     path = tmp_path / "f.npz"
-    np.savez(path, image=image.astype(np.float32), text=text.astype(np.float32), labels=labels,
-             classes=np.array([f"c{i}" for i in range(6)]), split=split)
-    assert main(["train", "--features", str(path), "--method", "gap-infonce", "--shots", "1", "--option",
-                 "max_epochs=3", "--checkpoint-dir", str(tmp_path / "ckpt"), "-q"]) == 0
+    np.savez(
+        path,
+        image=image.astype(np.float32),
+        text=text.astype(np.float32),
+        labels=labels,
+        classes=np.array([f"c{i}" for i in range(6)]),
+        split=split,
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--features",
+                str(path),
+                "--method",
+                "gap-infonce",
+                "--shots",
+                "1",
+                "--option",
+                "max_epochs=3",
+                "--checkpoint-dir",
+                str(tmp_path / "ckpt"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    code, out, err = run_cli(capsys, "index", tmp_path / "idx", "--checkpoint", tmp_path / "ckpt",
-                             "--features", path, "-q")
+    code, out, err = run_cli(capsys, "index", tmp_path / "idx", "--checkpoint", tmp_path / "ckpt", "--features", path, "-q")
     assert code == 0, err
     r = Retriever.load(tmp_path / "idx")
     assert r.info["model"]["pre_extracted"] is True and len(r) == 120
@@ -288,8 +337,7 @@ def test_index_reports_instance_recall_of_its_own_pairs(trained, tmp_path):
 
     root, manifest = trained
     items = items_from_manifest(manifest)
-    r = Retriever.build(tmp_path / "idx", checkpoint=root / "ckpt", items=items, cache_dir=root / "cache",
-                        progress=False)
+    r = Retriever.build(tmp_path / "idx", checkpoint=root / "ckpt", items=items, cache_dir=root / "cache", progress=False)
     inst = r.info["instance_recall"]
     assert inst["n_pairs"] == 32
     vi, vt = r.backends["image"].vectors(), r.backends["text"].vectors()

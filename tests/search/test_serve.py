@@ -63,8 +63,7 @@ def test_api_search_item_thumbnail_and_errors(app_and_items):
     big = _png(size=(1200, 1200)) + b"\0" * 300_000
     assert c.post("/api/search/image", files={"file": ("q.png", big, "image/png")}).status_code == 413
     huge = b"\0" * 2_000_000  # refused by its Content-Length, before the body is stored
-    assert c.post("/api/search/image", content=huge, headers={"content-type": "multipart/form-data; boundary=x"}
-                  ).status_code == 413
+    assert c.post("/api/search/image", content=huge, headers={"content-type": "multipart/form-data; boundary=x"}).status_code == 413
     assert c.get("/api/thumbnail", params={"id": "../../etc/passwd"}).status_code == 404
     assert c.get("/api/thumbnail", params={"id": "/etc/passwd"}).status_code == 404
     assert c.get("/api/search", params={"text": "x", "k": 0}).status_code == 422
@@ -103,8 +102,7 @@ def _chrome():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("no headless browser here: install Debian's chromium and chromium-driver "
-                    "(.ci/run does so) to run the web page test")
+        pytest.skip("no headless browser here: install Debian's chromium and chromium-driver (.ci/run does so) to run the web page test")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -131,8 +129,12 @@ def test_the_page_in_a_real_browser(live_server, app_and_items, tmp_path):
         expected = [h.id for h in r.search(text="a red circle", k=12)]
         shown = [im.get_attribute("alt") for im in browser.find_elements(By.CSS_SELECTOR, "#results .result img")]
         assert shown == expected
-        wait.until(lambda b: all(b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", im)
-                                 for im in b.find_elements(By.CSS_SELECTOR, "#results img")))
+        wait.until(
+            lambda b: all(
+                b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", im)
+                for im in b.find_elements(By.CSS_SELECTOR, "#results img")
+            )
+        )
         SHOTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(SHOTS / "search-text.png"))
         # upload an image: text results
@@ -140,8 +142,9 @@ def test_the_page_in_a_real_browser(live_server, app_and_items, tmp_path):
         query = tmp_path / "query.png"
         query.write_bytes(_png())
         browser.find_element(By.ID, "file").send_keys(str(query))
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result")
-                   and not b.find_elements(By.CSS_SELECTOR, "#results .result img"))
+        wait.until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result") and not b.find_elements(By.CSS_SELECTOR, "#results .result img")
+        )
         assert "results" in browser.find_element(By.ID, "status").text
         browser.save_screenshot(str(SHOTS / "search-image.png"))
         # a bad upload: an error on the page, no results

@@ -32,8 +32,7 @@ def _data(seed: int = 0, n_train_classes: int = 8):
     test = np.flatnonzero(labels >= 10)
     over = np.zeros(len(train), bool)
     over[:3] = True  # a few oversampled pairs, as in an N-shot run
-    data = FitData(train=feats.subset(train), train_labels=y[train], oversample=over,
-                   val=feats.subset(val), val_labels=y[val])
+    data = FitData(train=feats.subset(train), train_labels=y[train], oversample=over, val=feats.subset(val), val_labels=y[val])
     return feats, y, data, test
 
 
@@ -140,7 +139,7 @@ def _assert_safetensors_or_json(path: Path) -> None:
     else:
         assert path.suffix == ".safetensors"
         (n,) = np.frombuffer(data[:8], dtype="<u8")
-        json.loads(data[8:8 + int(n)])  # the safetensors header
+        json.loads(data[8 : 8 + int(n)])  # the safetensors header
 
 
 def test_no_pickle_anywhere(tmp_path, monkeypatch):
@@ -149,8 +148,7 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("pickle-based serialisation used")
 
-    for mod, name in ((torch, "save"), (torch, "load"), (pickle, "dump"), (pickle, "dumps"),
-                      (pickle, "load"), (pickle, "loads")):
+    for mod, name in ((torch, "save"), (torch, "load"), (pickle, "dump"), (pickle, "dumps"), (pickle, "load"), (pickle, "loads")):
         monkeypatch.setattr(mod, name, forbidden)
     m = build_method("gap-infonce", {**OPTS, "max_epochs": 2})
     m.fit(data, seed=0, checkpoint_dir=tmp_path / "last")
@@ -158,8 +156,7 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
     m.save(tmp_path / "final")
     mp.load_method(tmp_path / "final")
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert {p.name for p in files} == {"state.json", "model.safetensors", "optimizer.safetensors",
-                                       "best.safetensors", "rng.safetensors"}
+    assert {p.name for p in files} == {"state.json", "model.safetensors", "optimizer.safetensors", "best.safetensors", "rng.safetensors"}
     for p in files:
         _assert_safetensors_or_json(p)
     rng = ck.read_checkpoint(tmp_path / "last").tensors(ck.RNG_FILE)
@@ -341,8 +338,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_fit(tmp_path, options
     report = resumed.fit(data, seed=7, checkpoint_dir=tmp_path / "last")
     assert report.extra["resumed_from_epoch"] == 2
     assert report.history == ref_report.history
-    assert (report.epochs, report.best_epoch, report.best_val_map) == \
-        (ref_report.epochs, ref_report.best_epoch, ref_report.best_val_map)
+    assert (report.epochs, report.best_epoch, report.best_val_map) == (ref_report.epochs, ref_report.best_epoch, ref_report.best_val_map)
     assert _same_weights(_weights(resumed), _weights(ref))
     assert np.array_equal(resumed.embed_images(feats.image), ref.embed_images(feats.image))
     assert _test_metrics(resumed, feats, y, test) == ref_metrics
@@ -360,6 +356,7 @@ def test_resume_after_a_crash_while_writing_a_checkpoint(tmp_path, monkeypatch):
     def crash_on_fourth(path, state, files, links=None):
         saves[0] += 1
         if saves[0] == 4:  # dies half way through writing epoch 4's checkpoint
+
             def die(p, data):
                 raise KeyboardInterrupt
 

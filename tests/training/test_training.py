@@ -59,16 +59,24 @@ def _fit_data(seed: int = 0):
     y = one_hot(labels)
     train = np.flatnonzero(labels < 8)
     val = np.flatnonzero(labels >= 8)
-    return feats, y, FitData(train=feats.subset(train), train_labels=y[train],
-                             oversample=np.zeros(len(train), bool), val=feats.subset(val), val_labels=y[val])
+    return (
+        feats,
+        y,
+        FitData(
+            train=feats.subset(train),
+            train_labels=y[train],
+            oversample=np.zeros(len(train), bool),
+            val=feats.subset(val),
+            val_labels=y[val],
+        ),
+    )
 
 
 def test_gap_infonce_learns_a_cross_modal_space_for_held_out_classes():
     from gcrdp.evaluation import chance_map, cross_modal_metrics
 
     feats, y, data = _fit_data()
-    method = build_method("gap-infonce", {"max_epochs": 40, "batch_size": 16, "hidden_dim": 32,
-                                          "latent_dim": 16, "temperature": 0.1})
+    method = build_method("gap-infonce", {"max_epochs": 40, "batch_size": 16, "hidden_dim": 32, "latent_dim": 16, "temperature": 0.1})
     report = method.fit(data, seed=0)
     assert report.best_val_map is not None and report.epochs >= report.best_epoch >= 1
     held = np.flatnonzero(y[:, 8:].any(1))

@@ -22,15 +22,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dataset = load_dataset(config.dataset, **config.dataset_options)
     t0 = time.perf_counter()
     feats = load_features(dataset, config, progress=not args.quiet)
-    print(f"{config.dataset}: {len(feats)} samples; image local {tuple(feats.image.local.shape)} "
-          f"pooled {tuple(feats.image.pooled.shape)}; text local {tuple(feats.text.local.shape)} "
-          f"pooled {tuple(feats.text.pooled.shape)}; {time.perf_counter() - t0:.1f} s")
+    print(
+        f"{config.dataset}: {len(feats)} samples; image local {tuple(feats.image.local.shape)} "
+        f"pooled {tuple(feats.image.pooled.shape)}; text local {tuple(feats.text.local.shape)} "
+        f"pooled {tuple(feats.text.pooled.shape)}; {time.perf_counter() - t0:.1f} s"
+    )
     if feats.meta:
         where = feats.meta.get("cache_path")
         if where:
             got = feats.meta.get("items_extracted") or {}
-            print(f"cache: {where} (extracted now: {got.get('image', 0)} images, {got.get('text', 0)} texts; "
-                  "the rest from the cache)")
+            print(f"cache: {where} (extracted now: {got.get('image', 0)} images, {got.get('text', 0)} texts; the rest from the cache)")
     if args.output is not None:
         save_features_npz(feats, dataset, args.output)
         print(f"written: {args.output}")
@@ -49,8 +50,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print("Datasets (gcrdp datasets NAME shows the layouts and options of one):")
         for n in names:
             print(f"  {n:<{width}}  {_loader_summary(n)[0].replace('``', '')}")
-        print("\nYour own data: --manifest FILE (csv/jsonl), --dataset folder --root DIR, "
-              "--features FILE (.npz/.safetensors/.npy folder/.mat/.h5), --dataset clip-retrieval --root DIR.")
+        print(
+            "\nYour own data: --manifest FILE (csv/jsonl), --dataset folder --root DIR, "
+            "--features FILE (.npz/.safetensors/.npy folder/.mat/.h5), --dataset clip-retrieval --root DIR."
+        )
         return 0
     _, doc = _loader_summary(args.name)
     print(doc)
@@ -96,15 +99,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("name", nargs="?", default=None, help="a dataset name: show its layouts and options")
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("inspect", help="summarise a dataset: samples per split and class, feature "
-                                       "dimensions, text lengths, problems found")
+    p = sub.add_parser("inspect", help="summarise a dataset: samples per split and class, feature dimensions, text lengths, problems found")
     _add_dataset_args(p)
-    p.add_argument("--report", type=Path, default=None,
-                   help="with --skip-bad: where the list of left-out samples goes "
-                        "(default: <dataset>-skipped.json)")
-    p.add_argument("--shots", type=int, default=5,
-                   help="check the class sizes for runs of up to this many shots (default 5)")
-    p.add_argument("--protocol", choices=["fewshot", "generalized", "standard"], default="fewshot",
-                   help="check the class sizes for this protocol (default fewshot)")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="with --skip-bad: where the list of left-out samples goes (default: <dataset>-skipped.json)",
+    )
+    p.add_argument("--shots", type=int, default=5, help="check the class sizes for runs of up to this many shots (default 5)")
+    p.add_argument(
+        "--protocol",
+        choices=["fewshot", "generalized", "standard"],
+        default="fewshot",
+        help="check the class sizes for this protocol (default fewshot)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
     p.set_defaults(func=cmd_inspect)

@@ -19,8 +19,7 @@ from .common import EXIT_INTERRUPTED, EXIT_USER_ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gcrdp", description="Few-shot cross-modal retrieval (GCRDP, baselines, benchmark protocol).")
+    parser = argparse.ArgumentParser(prog="gcrdp", description="Few-shot cross-modal retrieval (GCRDP, baselines, benchmark protocol).")
     parser.add_argument("--version", action="version", version=f"gcrdp {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -28,8 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction", "val_mode", "refit",
-                "allow_small_classes"):
+    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction", "val_mode", "refit", "allow_small_classes"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -46,17 +45,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         results = run_experiment(config, out_dir, progress=not args.quiet, jobs=args.jobs, resume=args.resume)
     except KeyboardInterrupt:
         if (out_dir / "fits").is_dir():
-            print(f"gcrdp run: interrupted; every finished fit is kept in {out_dir / 'fits'}. Run the same "
-                  "command again to continue.", file=sys.stderr)
+            print(
+                f"gcrdp run: interrupted; every finished fit is kept in {out_dir / 'fits'}. Run the same command again to continue.",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         raise
     name = results["resolved"].get("dataset_name") or config.dataset
-    spread = (f"mean ± std over {len(config.seeds)} seeds" if len(config.seeds) > 1 else
-              f"one seed ({config.seeds[0]}): no spread")
+    spread = f"mean ± std over {len(config.seeds)} seeds" if len(config.seeds) > 1 else f"one seed ({config.seeds[0]}): no spread"
     title = f"{name} — protocol {config.protocol}, mAP@all in % ({spread}); chance = class prior"
     print(format_table(results["summary"], title=title))
-    inst = format_instance_table(results["summary"], title=(
-        "\ninstance level: recall@1/5/10 in % of each query's own pair (mean over seeds)"))
+    inst = format_instance_table(
+        results["summary"], title=("\ninstance level: recall@1/5/10 in % of each query's own pair (mean over seeds)")
+    )
     if inst:
         print(inst)
     print(f"\nResults: {out_dir / 'results.json'}  ({results['timing']['total_seconds']:.0f} s)")
@@ -93,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"gcrdp train fits one (method, shots, seed); got methods={config.methods}, "
             f"shots={config.shots}, seeds={config.seeds}. Use --method, --shots and --seed with one "
-            "value each, or 'gcrdp run' for grids.")
+            "value each, or 'gcrdp run' for grids."
+        )
     out = args.checkpoint_dir
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--checkpoint-dir {out} exists and is not a folder.")
@@ -101,29 +103,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resumable and args.resume and not args.quiet:
         print(f"gcrdp train: resuming from the checkpoint in {out / 'last'}", file=sys.stderr)
     try:
-        results = run_experiment(config, out, progress=not args.quiet, checkpoints=lambda *_: out,
-                                 resume=args.resume)
+        results = run_experiment(config, out, progress=not args.quiet, checkpoints=lambda *_: out, resume=args.resume)
     except KeyboardInterrupt:
         if not (out / "last" / "state.json").is_file():
             raise  # nothing checkpointed yet: main() reports the interruption
-        print(f"gcrdp train: interrupted; the last completed epoch is checkpointed in {out / 'last'}. "
-              "Run the same command again to resume from it.", file=sys.stderr)
+        print(
+            f"gcrdp train: interrupted; the last completed epoch is checkpointed in {out / 'last'}. "
+            "Run the same command again to resume from it.",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     rec = results["records"][0]
     fit = rec["fit"]
     resumed = fit.get("resumed_from_epoch")
-    note = f", resumed after epoch {resumed}" if resumed is not None else (
-        " (started afresh: --no-resume)" if resumable and not args.resume else "")
-    print(f"{rec['method']} on {config.dataset}, protocol {config.protocol}, shots={rec['shots']}, "
-          f"seed={rec['seed']}: {fit['epochs']} epochs, best epoch {fit['best_epoch']}{note}")
+    note = (
+        f", resumed after epoch {resumed}"
+        if resumed is not None
+        else (" (started afresh: --no-resume)" if resumable and not args.resume else "")
+    )
+    print(
+        f"{rec['method']} on {config.dataset}, protocol {config.protocol}, shots={rec['shots']}, "
+        f"seed={rec['seed']}: {fit['epochs']} epochs, best epoch {fit['best_epoch']}{note}"
+    )
     val = fit.get("best_val_map")
-    print(f"validation mean mAP {100 * val:.1f} (best epoch)" if val is not None else
-          "validation: none (no validation pairs; the last epoch is kept)")
+    print(
+        f"validation mean mAP {100 * val:.1f} (best epoch)"
+        if val is not None
+        else "validation: none (no validation pairs; the last epoch is kept)"
+    )
     test = {**rec["test"], "chance": rec["chance"]["i2t"]}
     print("test: " + "\n".join(_metric_lines(test, config.ks)))
     last = f"{out / 'last'} (training, every epoch), " if (out / "last").exists() else ""
-    print(f"\ncheckpoints: {last}{out / 'final'} (fitted method)\n"
-          f"results: {out / 'results.json'}  ({results['timing']['total_seconds']:.0f} s)")
+    print(
+        f"\ncheckpoints: {last}{out / 'final'} (fitted method)\n"
+        f"results: {out / 'results.json'}  ({results['timing']['total_seconds']:.0f} s)"
+    )
     return 0
 
 
@@ -140,20 +154,28 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         grid.select_methods(args.methods)
     for label in grid.datasets:
         if not grid.available(label):
-            print(f"grid {grid.name}: dataset {label!r} is not available here (its folder does not exist); "
-                  "its runs are left out.", file=sys.stderr)
+            print(
+                f"grid {grid.name}: dataset {label!r} is not available here (its folder does not exist); its runs are left out.",
+                file=sys.stderr,
+            )
     cells = grid.cells()
-    print(f"grid {grid.name}: {len(grid.datasets)} dataset(s) × {len(grid.methods)} method(s): "
-          f"{len(cells)} runs into {grid.output_dir}", file=sys.stderr)
+    print(
+        f"grid {grid.name}: {len(grid.datasets)} dataset(s) × {len(grid.methods)} method(s): {len(cells)} runs into {grid.output_dir}",
+        file=sys.stderr,
+    )
     try:
         out = run_grid(grid, progress=not args.quiet, rerun_changed=args.rerun_changed)
     except KeyboardInterrupt:
-        print(f"gcrdp experiment: interrupted; every finished run is in {grid.output_dir / 'runs'}. "
-              "Run the same command again to continue.", file=sys.stderr)
+        print(
+            f"gcrdp experiment: interrupted; every finished run is in {grid.output_dir / 'runs'}. Run the same command again to continue.",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
-    print(f"{out['ran']} run(s) done now, {out['already_done']} were already done ({out['total']} in all): "
-          f"{grid.output_dir / 'runs'}\nTables and figures: gcrdp report {grid.output_dir / 'runs'} --output "
-          f"{grid.output_dir / 'report'}")
+    print(
+        f"{out['ran']} run(s) done now, {out['already_done']} were already done ({out['total']} in all): "
+        f"{grid.output_dir / 'runs'}\nTables and figures: gcrdp report {grid.output_dir / 'runs'} --output "
+        f"{grid.output_dir / 'report'}"
+    )
     return 0
 
 
@@ -167,30 +189,41 @@ def add_parsers(sub: Any) -> None:
     _add_protocol_args(g)
     g.add_argument("--shots", type=int, nargs="+", default=None, help="default: 0 1 3 5")
     g.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4")
-    g.add_argument("--methods", nargs="+", default=None,
-                   help="default: gcrdp (compare it with its base: --methods gap-infonce gcrdp)")
-    g.add_argument("--option", action="append", metavar="[METHOD.]KEY=VALUE",
-                   help="method option, e.g. lr=1e-3 or gap-infonce.max_epochs=30 (repeatable)")
-    p.add_argument("--output-dir", type=Path, default=None,
-                   help="where results.json goes (default: runs/run-<time>)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="fits run at once in worker processes, each with cpu_count/JOBS threads "
-                        "(default 1: one fit at a time with every thread)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse the fits already finished in --output-dir by the same configuration "
-                        "(default; a killed run continues, a run can grow); --no-resume refits all")
+    g.add_argument("--methods", nargs="+", default=None, help="default: gcrdp (compare it with its base: --methods gap-infonce gcrdp)")
+    g.add_argument(
+        "--option",
+        action="append",
+        metavar="[METHOD.]KEY=VALUE",
+        help="method option, e.g. lr=1e-3 or gap-infonce.max_epochs=30 (repeatable)",
+    )
+    p.add_argument("--output-dir", type=Path, default=None, help="where results.json goes (default: runs/run-<time>)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="fits run at once in worker processes, each with cpu_count/JOBS threads (default 1: one fit at a time with every thread)",
+    )
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse the fits already finished in --output-dir by the same configuration "
+        "(default; a killed run continues, a run can grow); --no-resume refits all",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
-        "train", help="train one method on one (dataset, shots, seed) with resumable checkpoints",
+        "train",
+        help="train one method on one (dataset, shots, seed) with resumable checkpoints",
         description="Train one method on one (dataset, shots, seed), checkpointing every epoch. "
-                    "DIR/last is the training checkpoint (weights, optimizer, counters, RNG; "
-                    "replaced atomically after every epoch), DIR/final the fitted method with the "
-                    "run info 'gcrdp evaluate --checkpoint DIR' needs, DIR/results.json the "
-                    "resolved config, provenance and metrics. Running the same command again "
-                    "after an interruption resumes from DIR/last and ends exactly as an "
-                    "uninterrupted run would.")
+        "DIR/last is the training checkpoint (weights, optimizer, counters, RNG; "
+        "replaced atomically after every epoch), DIR/final the fitted method with the "
+        "run info 'gcrdp evaluate --checkpoint DIR' needs, DIR/results.json the "
+        "resolved config, provenance and metrics. Running the same command again "
+        "after an interruption resumes from DIR/last and ends exactly as an "
+        "uninterrupted run would.",
+    )
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its keys")
     _add_dataset_args(p)
     _add_encoder_args(p)
@@ -199,23 +232,24 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--shots", type=int, default=None, help="N pairs per unseen class (default: 0)")
     g.add_argument("--seed", type=int, default=None, help="default: 0")
     g.add_argument("--method", default=None, help="default: gcrdp")
-    g.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="method option, e.g. lr=1e-3 or max_epochs=30 (repeatable)")
-    p.add_argument("--checkpoint-dir", type=Path, required=True,
-                   help="DIR for last/ (every epoch), final/ and results.json")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from DIR/last when it exists (default); --no-resume starts afresh "
-                        "and overwrites it")
+    g.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. lr=1e-3 or max_epochs=30 (repeatable)")
+    p.add_argument("--checkpoint-dir", type=Path, required=True, help="DIR for last/ (every epoch), final/ and results.json")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from DIR/last when it exists (default); --no-resume starts afresh and overwrites it",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("experiment", help="run a grid: datasets × shots × methods × seeds, one results file "
-                                          "per run, resumable (finished runs are skipped)")
+    p = sub.add_parser(
+        "experiment", help="run a grid: datasets × shots × methods × seeds, one results file per run, resumable (finished runs are skipped)"
+    )
     p.add_argument("config", type=Path, help="grid config JSON (see gcrdp.experiments.grid)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: the config's output_dir")
     p.add_argument("--datasets", nargs="+", default=None, help="run only these dataset labels of the grid")
     p.add_argument("--methods", nargs="+", default=None, help="run only these method entries of the grid")
-    p.add_argument("--rerun-changed", action="store_true",
-                   help="re-run cells whose stored file has another configuration (default: error)")
+    p.add_argument("--rerun-changed", action="store_true", help="re-run cells whose stored file has another configuration (default: error)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_experiment)

@@ -26,18 +26,17 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     sources = [x for x in (args.manifest, args.images, args.texts, args.features, args.dataset) if x is not None]
     if not sources:
-        raise ConfigError("gcrdp index needs a collection: --manifest FILE, --images DIR and/or --texts FILE, "
-                          "--features FILE, or --dataset NAME.")
+        raise ConfigError(
+            "gcrdp index needs a collection: --manifest FILE, --images DIR and/or --texts FILE, --features FILE, or --dataset NAME."
+        )
     if (args.features is not None or args.dataset is not None) and len(sources) > 1:
-        raise ConfigError("--features and --dataset each index a whole collection on their own; they cannot be "
-                          "mixed with other inputs.")
+        raise ConfigError("--features and --dataset each index a whole collection on their own; they cannot be mixed with other inputs.")
     items: list[Any] = []
     features: Any = None
     if args.features is not None:
         items, features = items_from_features(args.features)
     if args.dataset is not None:
-        items, features = items_from_dataset(args.dataset, **_parse_assignments(args.dataset_option,
-                                                                                "--dataset-option"))
+        items, features = items_from_dataset(args.dataset, **_parse_assignments(args.dataset_option, "--dataset-option"))
     if args.manifest is not None:
         items += items_from_manifest(args.manifest, skip_bad=bool(args.skip_bad))
     if args.images is not None:
@@ -45,27 +44,43 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.texts is not None:
         items += items_from_text_file(args.texts)
     if not args.add and (args.checkpoint is None) == (args.clip is None):
-        raise ConfigError("gcrdp index needs one model: --checkpoint DIR (a 'gcrdp train' folder) or --clip DIR "
-                          "(a local CLIP folder, used as it is); or --add to extend an existing index.")
+        raise ConfigError(
+            "gcrdp index needs one model: --checkpoint DIR (a 'gcrdp train' folder) or --clip DIR "
+            "(a local CLIP folder, used as it is); or --add to extend an existing index."
+        )
     t0 = time.perf_counter()
-    r = Retriever.build(args.index, checkpoint=args.checkpoint, clip=args.clip, items=items, features=features,
-                        index_type=args.index_type,
-                        add=args.add, cache_dir=args.cache_dir or _default_cache(), device=args.device or "cpu",
-                        progress=not args.quiet, backend=args.backend, uri=args.uri)
+    r = Retriever.build(
+        args.index,
+        checkpoint=args.checkpoint,
+        clip=args.clip,
+        items=items,
+        features=features,
+        index_type=args.index_type,
+        add=args.add,
+        cache_dir=args.cache_dir or _default_cache(),
+        device=args.device or "cpu",
+        progress=not args.quiet,
+        backend=args.backend,
+        uri=args.uri,
+    )
     info = r.info
     counts = ", ".join(f"{n} {m}s" for m, n in info["counts"].items())
     now = ", ".join(f"{n} {m}s" for m, n in info["added_now"].items()) or "nothing new"
-    print(f"index {args.index}: {counts} ({now} added; {info['skipped_duplicates']} duplicates skipped), "
-          f"{info['index_type']}, dim {info['dim']}, {time.perf_counter() - t0:.1f} s")
+    print(
+        f"index {args.index}: {counts} ({now} added; {info['skipped_duplicates']} duplicates skipped), "
+        f"{info['index_type']}, dim {info['dim']}, {time.perf_counter() - t0:.1f} s"
+    )
     inst = info.get("instance_recall")
     if inst:
-        print(f"instance level ({inst['n_queries']} of the collection's {inst['n_pairs']} image-text pairs, each "
-              "query's own pair): " + "   ".join(
-                  f"{d.upper()} R@1/5/10 " + "/".join(f"{100 * inst[d][f'recall@{k}']:.1f}" for k in (1, 5, 10))
-                  for d in ("i2t", "t2i")))
+        print(
+            f"instance level ({inst['n_queries']} of the collection's {inst['n_pairs']} image-text pairs, each "
+            "query's own pair): "
+            + "   ".join(
+                f"{d.upper()} R@1/5/10 " + "/".join(f"{100 * inst[d][f'recall@{k}']:.1f}" for k in (1, 5, 10)) for d in ("i2t", "t2i")
+            )
+        )
     if info.get("recall_at_10_vs_exact"):
-        print("recall@10 against exact search: " + ", ".join(
-            f"{m} {100 * v:.1f} %" for m, v in info["recall_at_10_vs_exact"].items()))
+        print("recall@10 against exact search: " + ", ".join(f"{m} {100 * v:.1f} %" for m, v in info["recall_at_10_vs_exact"].items()))
     return 0
 
 
@@ -74,7 +89,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..search import Retriever, format_hits
 
     if sum(x is not None for x in (args.text, args.image, args.like)) != 1:
-        raise ConfigError("gcrdp search needs exactly one of --text \"…\", --image PATH or --like ID.")
+        raise ConfigError('gcrdp search needs exactly one of --text "…", --image PATH or --like ID.')
     r = Retriever.load(args.index, device=args.device or "cpu")
     hits: Any  # one query: one ranked list
     if args.like is not None:
@@ -98,44 +113,60 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}.")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"gcrdp serve: listening on {args.host}, reachable from other machines; the API has no "
-              "authentication.", file=sys.stderr)
-    print(f"gcrdp serve: http://{args.host}:{args.port}/  (API: /api/search, /openapi.json; ^C stops)",
-          file=sys.stderr)
-    serve(str(args.index), host=args.host, port=args.port, device=args.device or "cpu",
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+        print(f"gcrdp serve: listening on {args.host}, reachable from other machines; the API has no authentication.", file=sys.stderr)
+    print(f"gcrdp serve: http://{args.host}:{args.port}/  (API: /api/search, /openapi.json; ^C stops)", file=sys.stderr)
+    serve(
+        str(args.index), host=args.host, port=args.port, device=args.device or "cpu", max_upload_bytes=int(args.max_upload_mb * 1024 * 1024)
+    )
     return 0
 
 
 def add_parsers(sub: Any) -> None:
     """The subcommands of this module."""
-    p = sub.add_parser("index", help="build a search index over a collection with a trained model (FAISS)",
-                       description="Embed a collection with a 'gcrdp train' model and write a search index "
-                                   "folder (FAISS vectors, SQLite metadata, the model's fingerprint). Written "
-                                   "atomically: an interrupted build leaves the previous index intact.")
+    p = sub.add_parser(
+        "index",
+        help="build a search index over a collection with a trained model (FAISS)",
+        description="Embed a collection with a 'gcrdp train' model and write a search index "
+        "folder (FAISS vectors, SQLite metadata, the model's fingerprint). Written "
+        "atomically: an interrupted build leaves the previous index intact.",
+    )
     p.add_argument("index", type=Path, help="the index folder to create or replace (or extend with --add)")
     p.add_argument("--checkpoint", type=Path, default=None, help="a 'gcrdp train' checkpoint DIR (or DIR/final)")
-    p.add_argument("--clip", type=Path, default=None, metavar="DIR",
-                   help="instead of --checkpoint: a local CLIP(-like) transformers folder, used as it is "
-                        "(aligned encoders, no training)")
+    p.add_argument(
+        "--clip",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="instead of --checkpoint: a local CLIP(-like) transformers folder, used as it is (aligned encoders, no training)",
+    )
     p.add_argument("--manifest", type=Path, default=None, help="a manifest: each row's image and text")
     p.add_argument("--images", type=Path, default=None, help="a folder of images (recursively; labels optional)")
     p.add_argument("--texts", type=Path, default=None, help="a UTF-8 text file, one text per line")
-    p.add_argument("--features", type=Path, default=None,
-                   help="a pre-extracted features file (for a model trained on features made the same way)")
-    p.add_argument("--dataset", default=None,
-                   help="a registered dataset, e.g. twemoji (the demo's collection): every sample's image and text")
+    p.add_argument(
+        "--features", type=Path, default=None, help="a pre-extracted features file (for a model trained on features made the same way)"
+    )
+    p.add_argument(
+        "--dataset", default=None, help="a registered dataset, e.g. twemoji (the demo's collection): every sample's image and text"
+    )
     p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="option of --dataset (repeatable)")
-    p.add_argument("--index-type", default="Flat",
-                   help="FAISS factory string: Flat (exact, default), HNSW32, IVF1024,Flat, …; an approximate "
-                        "index reports its recall@10 against exact search")
-    p.add_argument("--add", action="store_true",
-                   help="append to the existing index (skipping items already in it by content hash)")
-    p.add_argument("--backend", choices=["faiss", "milvus"], default="faiss",
-                   help="faiss (default: vectors in the index folder) or milvus (vectors in Milvus at --uri)")
-    p.add_argument("--uri", default=None,
-                   help="with --backend milvus: a local PATH.db (Milvus Lite, embedded) or http://HOST:19530 "
-                        "(a Milvus server or cluster)")
+    p.add_argument(
+        "--index-type",
+        default="Flat",
+        help="FAISS factory string: Flat (exact, default), HNSW32, IVF1024,Flat, …; an approximate "
+        "index reports its recall@10 against exact search",
+    )
+    p.add_argument("--add", action="store_true", help="append to the existing index (skipping items already in it by content hash)")
+    p.add_argument(
+        "--backend",
+        choices=["faiss", "milvus"],
+        default="faiss",
+        help="faiss (default: vectors in the index folder) or milvus (vectors in Milvus at --uri)",
+    )
+    p.add_argument(
+        "--uri",
+        default=None,
+        help="with --backend milvus: a local PATH.db (Milvus Lite, embedded) or http://HOST:19530 (a Milvus server or cluster)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="leave bad manifest rows out instead of failing")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: as gcrdp run)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
@@ -146,10 +177,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("index", type=Path, help="an index folder written by 'gcrdp index'")
     p.add_argument("--text", default=None, help="a text query: the images that match it")
     p.add_argument("--image", type=Path, default=None, help="an image query: the texts that match it")
-    p.add_argument("--like", default=None, metavar="ID",
-                   help="query with an indexed item's own vector (the way to query pre-extracted features)")
-    p.add_argument("--like-modality", choices=["image", "text"], default="image",
-                   help="with --like: the item's side (default image: texts come back)")
+    p.add_argument(
+        "--like", default=None, metavar="ID", help="query with an indexed item's own vector (the way to query pre-extracted features)"
+    )
+    p.add_argument(
+        "--like-modality", choices=["image", "text"], default="image", help="with --like: the item's side (default image: texts come back)"
+    )
     p.add_argument("--k", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")

@@ -53,12 +53,22 @@ class SmallClass:
         more = f" and {len(self.sample_ids) - MAX_IDS_SHOWN} more" if len(self.sample_ids) > MAX_IDS_SHOWN else ""
         where = f" (sample{'s' if len(self.sample_ids) != 1 else ''} {ids}{more})" if ids else ""
         side = f"{self.side} " if self.side else ""
-        return (f"{side}class {self.name!r} has {self.n_items} item{'s' if self.n_items != 1 else ''} "
-                f"({self.n_train} train, {self.n_test} test){where}: {self.reason}")
+        return (
+            f"{side}class {self.name!r} has {self.n_items} item{'s' if self.n_items != 1 else ''} "
+            f"({self.n_train} train, {self.n_test} test){where}: {self.reason}"
+        )
 
     def to_dict(self) -> dict:
-        return {"class": self.name, "n_items": self.n_items, "n_train": self.n_train, "n_test": self.n_test,
-                "side": self.side, "need": self.need, "reason": self.reason, "samples": list(self.sample_ids)}
+        return {
+            "class": self.name,
+            "n_items": self.n_items,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "side": self.side,
+            "need": self.need,
+            "reason": self.reason,
+            "samples": list(self.sample_ids),
+        }
 
 
 def _per_class(dataset: Dataset) -> dict[str, dict[str, list[str]]]:
@@ -82,23 +92,25 @@ def small_classes(dataset: Dataset, shots: int | Iterable[int] = 0, protocol: st
         side = ("unseen" if c in unseen else "seen") if split is not None and protocol != "standard" else ""
         reason, need = "", MIN_ITEMS
         if n < MIN_ITEMS:
-            reason = (f"fewer than {MIN_ITEMS} items: a class of one item is almost always a label "
-                      "typo, and it changes the experiment (the class list, the split)")
+            reason = (
+                f"fewer than {MIN_ITEMS} items: a class of one item is almost always a label "
+                "typo, and it changes the experiment (the class list, the split)"
+            )
         elif c in unseen and max_shots and (n < max_shots + 1 or n_train < max_shots):
             need = max_shots + 1
-            reason = (f"an unseen class needs {max_shots + 1} items at {max_shots} shots: {max_shots} "
-                      "train-split pairs to draw the shots from and a test pair to retrieve")
+            reason = (
+                f"an unseen class needs {max_shots + 1} items at {max_shots} shots: {max_shots} "
+                "train-split pairs to draw the shots from and a test pair to retrieve"
+            )
         elif c in unseen and n_test == 0:
             need = 1
             reason = "an unseen class needs a test pair: without one it has nothing to retrieve"
         if reason:
-            out.append(SmallClass(c, n, n_train, n_test, side, need, reason,
-                                  tuple(ids["train"] + ids["test"])))
+            out.append(SmallClass(c, n, n_train, n_test, side, need, reason, tuple(ids["train"] + ids["test"])))
     return sorted(out, key=lambda sc: (sc.n_items, sc.name))
 
 
-def check_class_sizes(dataset: Dataset, shots: int | Iterable[int], protocol: str = "fewshot",
-                      allow: bool = False) -> list[SmallClass]:
+def check_class_sizes(dataset: Dataset, shots: int | Iterable[int], protocol: str = "fewshot", allow: bool = False) -> list[SmallClass]:
     """Raise :class:`DataError` naming the classes (and their samples) that :func:`small_classes`
     finds, unless ``allow``; return them."""
     small = small_classes(dataset, shots, protocol)
@@ -111,12 +123,16 @@ def check_class_sizes(dataset: Dataset, shots: int | Iterable[int], protocol: st
         near = near_duplicate_labels(dataset.classes, _counts(dataset))
         hint = ""
         if near:
-            hint = "\nLabels that look like typos of others: " + "; ".join(
-                f"{a!r} ({na}) ~ {b!r} ({nb})" for a, na, b, nb, _ in near[:5]) + "."
+            hint = (
+                "\nLabels that look like typos of others: "
+                + "; ".join(f"{a!r} ({na}) ~ {b!r} ({nb})" for a, na, b, nb, _ in near[:5])
+                + "."
+            )
         raise DataError(
             f"Dataset {dataset.name!r}: {len(small)} class(es) have fewer items than the protocol needs:"
             f"\n  {lines}{more}{hint}\nFix the labels (or the class split), lower --shots, or pass "
-            "--allow-small-classes (allow_small_classes=true) to run anyway.")
+            "--allow-small-classes (allow_small_classes=true) to run anyway."
+        )
     return small
 
 
@@ -159,8 +175,7 @@ def _allowed_edits(a: str, b: str) -> int:
     return 0 if n < 4 else (1 if n < 12 else 2)
 
 
-def near_duplicate_labels(classes: Sequence[str], counts: dict[str, int] | None = None
-                          ) -> list[tuple[str, int, str, int, str]]:
+def near_duplicate_labels(classes: Sequence[str], counts: dict[str, int] | None = None) -> list[tuple[str, int, str, int, str]]:
     """Pairs of class names that look like one label written two ways:
     ``(a, items of a, b, items of b, why)`` with the smaller class first; ``why`` is
     ``"case/spacing"`` or ``"1 edit"``/``"2 edits"``."""
@@ -172,7 +187,7 @@ def near_duplicate_labels(classes: Sequence[str], counts: dict[str, int] | None 
     norm = {c: _normalized(c) for c in names}
     by_len = sorted(names, key=lambda c: (len(norm[c]), c))
     for i, a in enumerate(by_len):
-        for b in by_len[i + 1:]:
+        for b in by_len[i + 1 :]:
             if len(norm[b]) - len(norm[a]) > 2:
                 break
             why = ""

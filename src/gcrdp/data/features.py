@@ -70,9 +70,15 @@ class ModalityFeatures:
         return ModalityFeatures(self.local[idx], self.mask[idx], self.pooled[idx])
 
     @classmethod
-    def from_array(cls, array: np.ndarray, mask: np.ndarray | None = None,
-                   pooled: np.ndarray | None = None, *, name: str = "features",
-                   dtype: str = "float32") -> ModalityFeatures:
+    def from_array(
+        cls,
+        array: np.ndarray,
+        mask: np.ndarray | None = None,
+        pooled: np.ndarray | None = None,
+        *,
+        name: str = "features",
+        dtype: str = "float32",
+    ) -> ModalityFeatures:
         """Features from one array: ``(n, d)`` is a set of size one per sample (pooled-only
         features such as SIFT/LDA or VGG fc7: local = pooled); ``(n, L, d)`` is a set of ``L``
         local features with ``mask`` (default all True) whose pooled feature is ``pooled`` or,
@@ -150,6 +156,8 @@ class FeatureSet:
     def subset(self, indices: np.ndarray | Sequence[int]) -> FeatureSet:
         idx = np.asarray(indices, dtype=np.int64)
         return FeatureSet(
-            self.image.subset(idx), self.text.subset(idx),
-            tuple(self.sample_ids[i] for i in idx), dict(self.meta),
+            self.image.subset(idx),
+            self.text.subset(idx),
+            tuple(self.sample_ids[i] for i in idx),
+            dict(self.meta),
         )

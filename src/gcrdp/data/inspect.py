@@ -26,19 +26,23 @@ def _stats(values: list[int]) -> dict[str, float] | None:
     if not values:
         return None
     a = np.asarray(values, dtype=np.float64)
-    return {"min": int(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 1),
-            "max": int(a.max())}
+    return {"min": int(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 1), "max": int(a.max())}
 
 
 def _modality(mf) -> dict[str, Any]:
     lengths = mf.mask.sum(axis=1)
-    return {"local": list(mf.local.shape), "pooled_dim": mf.pooled_dim, "dtype": str(mf.local.dtype),
-            "local_per_sample": _stats(lengths.tolist()),
-            "pooled_only": bool(mf.local.shape[1] == 1)}
+    return {
+        "local": list(mf.local.shape),
+        "pooled_dim": mf.pooled_dim,
+        "dtype": str(mf.local.dtype),
+        "local_per_sample": _stats(lengths.tolist()),
+        "pooled_only": bool(mf.local.shape[1] == 1),
+    }
 
 
-def summarize_dataset(dataset: Dataset, *, check_files: bool = True, shots: int = SHOTS_CHECKED,
-                      protocol: str = "fewshot") -> dict[str, Any]:
+def summarize_dataset(
+    dataset: Dataset, *, check_files: bool = True, shots: int = SHOTS_CHECKED, protocol: str = "fewshot"
+) -> dict[str, Any]:
     """The summary of ``dataset`` (see the module docstring); the class sizes are checked for
     ``shots`` shots under ``protocol`` (:func:`gcrdp.data.checks.small_classes`)."""
     samples = dataset.samples
@@ -56,17 +60,25 @@ def summarize_dataset(dataset: Dataset, *, check_files: bool = True, shots: int 
         "multilabel": dataset.is_multilabel,
         "labels_per_sample": _stats(n_labels),
         "classes": per_class,
-        "class_split": None if split is None else {
-            "version": split.version, "n_seen": len(split.seen), "n_unseen": len(split.unseen),
-            "seen": list(split.seen), "unseen": list(split.unseen),
-            "source": dataset.meta.get("class_split_source")},
+        "class_split": None
+        if split is None
+        else {
+            "version": split.version,
+            "n_seen": len(split.seen),
+            "n_unseen": len(split.unseen),
+            "seen": list(split.seen),
+            "unseen": list(split.unseen),
+            "source": dataset.meta.get("class_split_source"),
+        },
         "meta": {k: v for k, v in dataset.meta.items() if k != "skipped"},
         "n_skipped": len(dataset.meta.get("skipped") or []),
     }
     texts = [s.text for s in samples if s.text is not None]
-    out["texts"] = None if not texts else {
-        "n": len(texts), "words": _stats([len(t.split()) for t in texts]),
-        "characters": _stats([len(t) for t in texts])}
+    out["texts"] = (
+        None
+        if not texts
+        else {"n": len(texts), "words": _stats([len(t.split()) for t in texts]), "characters": _stats([len(t) for t in texts])}
+    )
     images = [s.image for s in samples if s.image is not None]
     out["images"] = None if not images else {"n": len(images)}
     if dataset.features is not None:
@@ -89,8 +101,7 @@ def summarize_dataset(dataset: Dataset, *, check_files: bool = True, shots: int 
     near = near_duplicate_labels(dataset.classes, counts)
     out["near_duplicate_labels"] = [{"a": a, "n_a": na, "b": b, "n_b": nb, "why": why} for a, na, b, nb, why in near]
     for a, na, b, nb, why in near:
-        warnings.append(f"labels {a!r} ({na} items) and {b!r} ({nb} items) differ only by {why}: "
-                        "one label written two ways?")
+        warnings.append(f"labels {a!r} ({na} items) and {b!r} ({nb} items) differ only by {why}: one label written two ways?")
     if split is not None:
         no_train_seen = [c for c in split.seen if per_class.get(c, {}).get("train", 0) == 0]
         if no_train_seen:
@@ -109,16 +120,15 @@ def summarize_dataset(dataset: Dataset, *, check_files: bool = True, shots: int 
         out["images"]["duplicates"] = n_dup
         if n_dup:
             first = groups[0]
-            warnings.append(f"{n_dup} images have the same bytes as an earlier one (first: samples "
-                            f"{', '.join(repr(samples[i].id) for i in first[:3])})")
+            warnings.append(
+                f"{n_dup} images have the same bytes as an earlier one (first: samples {', '.join(repr(samples[i].id) for i in first[:3])})"
+            )
         sizes = image_size_problems(paths)
-        out["images"]["size_problems"] = [{"sample": samples[i].id, "path": str(paths[i]), "reason": r}
-                                          for i, r in sizes]
+        out["images"]["size_problems"] = [{"sample": samples[i].id, "path": str(paths[i]), "reason": r} for i, r in sizes]
         for kind in ("tiny", "huge"):
             hit = [(i, r) for i, r in sizes if r.startswith(kind)]
             if hit:
-                warnings.append(f"{len(hit)} images are {kind} (first: {samples[hit[0][0]].id!r}, "
-                                f"{hit[0][1]})")
+                warnings.append(f"{len(hit)} images are {kind} (first: {samples[hit[0][0]].id!r}, {hit[0][1]})")
     if dataset.features is not None:
         for name, mf in (("image", dataset.features.image), ("text", dataset.features.text)):
             rows = np.ascontiguousarray(mf.pooled).view(np.dtype((np.void, mf.pooled.dtype.itemsize * mf.pooled.shape[1])))
@@ -132,9 +142,11 @@ def summarize_dataset(dataset: Dataset, *, check_files: bool = True, shots: int 
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as text: a header, a per-class table, features/texts, warnings."""
     s = summary
-    lines = [f"dataset {s['dataset']}: {s['n_samples']} samples "
-             f"({', '.join(f'{k} {v}' for k, v in sorted(s['splits'].items()))}), {s['n_classes']} classes"
-             + (", multi-label" if s["multilabel"] else "")]
+    lines = [
+        f"dataset {s['dataset']}: {s['n_samples']} samples "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(s['splits'].items()))}), {s['n_classes']} classes"
+        + (", multi-label" if s["multilabel"] else "")
+    ]
     meta = s["meta"]
     for key in ("source", "format", "features_file"):
         if meta.get(key):

@@ -79,9 +79,11 @@ class Problems:
         more = f"\n  (and {len(lines) - MAX_SHOWN} more)" if len(lines) > MAX_SHOWN else ""
         of = f" in {n_total} samples" if n_total is not None else ""
         tail = f"\n{hint}" if hint else ""
-        return (f"{self.source} has {len(self.items)} problem(s){of}:\n  {body}{more}{tail}\n"
-                "Fix them, or pass --skip-bad (skip_bad=True) to leave these samples out and list "
-                "them in a report file.")
+        return (
+            f"{self.source} has {len(self.items)} problem(s){of}:\n  {body}{more}{tail}\n"
+            "Fix them, or pass --skip-bad (skip_bad=True) to leave these samples out and list "
+            "them in a report file."
+        )
 
     def resolve(self, skip_bad: bool, n_total: int | None = None, hint: str = "") -> set[str]:
         """Raise :class:`DataError` listing the problems, or (``skip_bad``) return the ids of

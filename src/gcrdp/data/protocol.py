@@ -155,9 +155,16 @@ class ProtocolSplit:
 
     def split_options(self) -> dict:
         """The :func:`make_split` keywords that re-create this split from the same dataset."""
-        return {"protocol": self.protocol, "shots": self.shots, "seed": self.seed,
-                "val_fraction": self.val_fraction, "val_by": self.val_by, "val_mode": self.val_mode,
-                "val_min_classes": self.val_min_classes, "val_min_pairs": self.val_min_pairs}
+        return {
+            "protocol": self.protocol,
+            "shots": self.shots,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "val_by": self.val_by,
+            "val_mode": self.val_mode,
+            "val_min_classes": self.val_min_classes,
+            "val_min_pairs": self.val_min_pairs,
+        }
 
     def summary(self) -> dict:
         """JSON-ready description: settings, sizes, class lists and the index digest."""
@@ -245,7 +252,10 @@ def _check_int(name: str, value: object, minimum: int = 0) -> int:
 
 
 def _stratified_holdout(
-    candidates: np.ndarray, primary: list[str], class_order: list[str], fraction: float,
+    candidates: np.ndarray,
+    primary: list[str],
+    class_order: list[str],
+    fraction: float,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``candidates`` into (kept, held out) per primary class: ``round(fraction * n)``
@@ -329,9 +339,11 @@ def make_split(
     if val_by not in VAL_BY:
         raise ConfigError(f"Unknown val_by {val_by!r}. Known: {', '.join(VAL_BY)}.")
     if val_mode not in VAL_MODES:
-        raise ConfigError(f"Unknown val_mode {val_mode!r}. Known: {', '.join(VAL_MODES)} (mirror: the "
-                          "validation classes get the run's shots in training, like the unseen "
-                          "classes; zero-shot: they get none).")
+        raise ConfigError(
+            f"Unknown val_mode {val_mode!r}. Known: {', '.join(VAL_MODES)} (mirror: the "
+            "validation classes get the run's shots in training, like the unseen "
+            "classes; zero-shot: they get none)."
+        )
     val_min_classes = _check_int("val_min_classes", val_min_classes)
     val_min_pairs = _check_int("val_min_pairs", val_min_pairs)
 
@@ -342,8 +354,7 @@ def make_split(
     primary = [s.labels[0] for s in samples]
     if test_split.size == 0:
         raise DataError(
-            f"Dataset {dataset.name!r} has no test-split pairs, so there is nothing to "
-            "evaluate on. Mark some samples split='test'."
+            f"Dataset {dataset.name!r} has no test-split pairs, so there is nothing to evaluate on. Mark some samples split='test'."
         )
 
     if key == "standard":
@@ -355,12 +366,24 @@ def make_split(
         train, val = _stratified_holdout(train_split, primary, dataset.classes, val_fraction, seed)
         test = _index(test_split)
         return ProtocolSplit(
-            protocol="standard", shots=0, seed=seed, train=train, val=val,
-            test_query=test, test_gallery=test, fewshot=_index([]),
-            train_classes=_classes_of(dataset, train), val_classes=_classes_of(dataset, val),
-            test_classes=tuple(dataset.classes), seen_classes=tuple(dataset.classes),
-            unseen_classes=(), dataset=dataset.name,
-            class_split_version=None, val_fraction=val_fraction, val_by="pair", val_mode=val_mode,
+            protocol="standard",
+            shots=0,
+            seed=seed,
+            train=train,
+            val=val,
+            test_query=test,
+            test_gallery=test,
+            fewshot=_index([]),
+            train_classes=_classes_of(dataset, train),
+            val_classes=_classes_of(dataset, val),
+            test_classes=tuple(dataset.classes),
+            seen_classes=tuple(dataset.classes),
+            unseen_classes=(),
+            dataset=dataset.name,
+            class_split_version=None,
+            val_fraction=val_fraction,
+            val_by="pair",
+            val_mode=val_mode,
         )
 
     cs = class_split if class_split is not None else dataset.class_split
@@ -414,7 +437,8 @@ def make_split(
     val_fewshot = _index([])
     if mode == "class" and val_mode == "mirror":
         train_seen, val, val_fewshot, val_classes = _mirror_validation(
-            samples, seen, seen_train, shots, seed, val_fraction, val_min_classes, val_min_pairs)
+            samples, seen, seen_train, shots, seed, val_fraction, val_min_classes, val_min_pairs
+        )
     elif mode == "class":
         n_val = 0
         if val_fraction > 0:
@@ -424,9 +448,7 @@ def make_split(
             n_val = min(n_val, len(seen) - 1)
         order = _rng(seed, _TAG_VAL_CLASSES).permutation(len(seen))
         val_set = {seen[int(j)] for j in order[:n_val]}
-        in_val = np.array(
-            [any(lab in val_set for lab in samples[int(i)].labels) for i in seen_train], dtype=bool
-        )
+        in_val = np.array([any(lab in val_set for lab in samples[int(i)].labels) for i in seen_train], dtype=bool)
         val = _index(seen_train[in_val]) if seen_train.size else _index([])
         train_seen = _index(seen_train[~in_val]) if seen_train.size else _index([])
         val_classes = tuple(c for c in seen if c in val_set)
@@ -444,20 +466,39 @@ def make_split(
         )
     gallery = test_query if key == "fewshot" else _index(test_split)
     return ProtocolSplit(
-        protocol=key, shots=shots, seed=seed, train=train, val=val,
-        test_query=test_query, test_gallery=gallery, fewshot=fewshot,
-        train_classes=_classes_of(dataset, train), val_classes=val_classes,
-        test_classes=tuple(unseen), seen_classes=tuple(seen), unseen_classes=tuple(unseen),
-        dataset=dataset.name, class_split_version=cs.version,
-        val_fraction=val_fraction, val_by=mode, val_fewshot=val_fewshot,
+        protocol=key,
+        shots=shots,
+        seed=seed,
+        train=train,
+        val=val,
+        test_query=test_query,
+        test_gallery=gallery,
+        fewshot=fewshot,
+        train_classes=_classes_of(dataset, train),
+        val_classes=val_classes,
+        test_classes=tuple(unseen),
+        seen_classes=tuple(seen),
+        unseen_classes=tuple(unseen),
+        dataset=dataset.name,
+        class_split_version=cs.version,
+        val_fraction=val_fraction,
+        val_by=mode,
+        val_fewshot=val_fewshot,
         val_mode=val_mode if mode == "class" else "zero-shot",
-        val_min_classes=val_min_classes, val_min_pairs=val_min_pairs,
+        val_min_classes=val_min_classes,
+        val_min_pairs=val_min_pairs,
     )
 
 
 def _mirror_validation(
-    samples, seen: list[str], seen_train: np.ndarray, shots: int, seed: int, val_fraction: float,
-    min_classes: int, min_pairs: int,
+    samples,
+    seen: list[str],
+    seen_train: np.ndarray,
+    shots: int,
+    seed: int,
+    val_fraction: float,
+    min_classes: int,
+    min_pairs: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
     """Validation classes that mirror the test (module docstring, ``val_mode="mirror"``).
 
@@ -504,7 +545,13 @@ def split_from_summary(dataset: Dataset, info: dict) -> ProtocolSplit:
     """Re-create the split described by :meth:`ProtocolSplit.summary` (e.g. a checkpoint's).
     Summaries written before ``val_mode`` existed describe the zero-shot validation."""
     return make_split(
-        dataset, protocol=info["protocol"], shots=info["shots"], seed=info["seed"],
-        val_fraction=info["val_fraction"], val_by=info.get("val_by", "class"),
+        dataset,
+        protocol=info["protocol"],
+        shots=info["shots"],
+        seed=info["seed"],
+        val_fraction=info["val_fraction"],
+        val_by=info.get("val_by", "class"),
         val_mode=info.get("val_mode", "zero-shot"),
-        val_min_classes=info.get("val_min_classes", 10), val_min_pairs=info.get("val_min_pairs", 200))
+        val_min_classes=info.get("val_min_classes", 10),
+        val_min_pairs=info.get("val_min_pairs", 200),
+    )

@@ -24,8 +24,18 @@ DatasetLoader = Callable[..., Dataset]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 #: Modules of ``gcrdp.data.formats`` whose import registers a built-in dataset.
-BUILTIN_MODULES: tuple[str, ...] = ("twemoji", "manifest", "wikipedia", "dscmr", "pascal", "featurefiles", "folder",
-                                     "clip_retrieval", "nuswide", "xmedianet")
+BUILTIN_MODULES: tuple[str, ...] = (
+    "twemoji",
+    "manifest",
+    "wikipedia",
+    "dscmr",
+    "pascal",
+    "featurefiles",
+    "folder",
+    "clip_retrieval",
+    "nuswide",
+    "xmedianet",
+)
 
 
 def _ensure_builtins() -> None:
@@ -44,11 +54,7 @@ def dataset_options(name: str, /) -> dict[str, object]:
     for required ones)."""
     _ensure_builtins()
     sig = inspect.signature(DATASETS.get(name))
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return {p.name: p.default for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def load_dataset(name: str, /, **options: object) -> Dataset:
@@ -67,8 +73,7 @@ def load_dataset(name: str, /, **options: object) -> Dataset:
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ConfigError(
-                f"Dataset {name!r} does not accept option(s) {', '.join(map(repr, unknown))}. "
-                f"Accepted options: {_describe(known)}."
+                f"Dataset {name!r} does not accept option(s) {', '.join(map(repr, unknown))}. Accepted options: {_describe(known)}."
             )
     missing = sorted(k for k, v in known.items() if v is inspect.Parameter.empty and k not in options)
     if missing:
@@ -84,7 +89,4 @@ def load_dataset(name: str, /, **options: object) -> Dataset:
 def _describe(options: dict[str, object]) -> str:
     if not options:
         return "(none)"
-    return ", ".join(
-        f"{k} (required)" if v is inspect.Parameter.empty else f"{k}={v!r}"
-        for k, v in options.items()
-    )
+    return ", ".join(f"{k} (required)" if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in options.items())

@@ -35,10 +35,11 @@ from ..errors import ConfigError, DataError, format_list
 from .types import ClassSplit, split_label  # noqa: F401  (re-exported)
 
 SPLIT_METHODS = {
-    "hash": ("stable per-class hash: a class is unseen when sha256('<seed>\\0<class name>') / 2^256 "
-             "< the unseen fraction; adding or removing a class moves no other class"),
-    "ordered": ("sha256-ordered shuffle: classes sorted by sha256('<seed>\\0<class name>'); "
-                "the first n//2 are unseen, the rest seen"),
+    "hash": (
+        "stable per-class hash: a class is unseen when sha256('<seed>\\0<class name>') / 2^256 "
+        "< the unseen fraction; adding or removing a class moves no other class"
+    ),
+    "ordered": ("sha256-ordered shuffle: classes sorted by sha256('<seed>\\0<class name>'); the first n//2 are unseen, the rest seen"),
 }
 SPLIT_METHOD = SPLIT_METHODS["hash"]
 
@@ -154,13 +155,14 @@ def generated_split_source(split: ClassSplit, seed: int, unseen_fraction: float 
     n = len(split.seen) + len(split.unseen)
     text = f"generated (seed {seed}): {SPLIT_METHODS[method]}"
     if method == "hash" and n >= 4 and abs(len(split.unseen) / n - unseen_fraction) > 0.2:
-        text += (f"; this draw has {len(split.unseen)} unseen of {n} classes — another split_seed "
-                 "(--dataset-option split_seed=N) draws another, or pass a class split file")
+        text += (
+            f"; this draw has {len(split.unseen)} unseen of {n} classes — another split_seed "
+            "(--dataset-option split_seed=N) draws another, or pass a class split file"
+        )
     return text
 
 
-def class_split_document(split: ClassSplit, *, seed: int | None = None, note: str = "",
-                         method: str | None = None, **extra: object) -> dict:
+def class_split_document(split: ClassSplit, *, seed: int | None = None, note: str = "", method: str | None = None, **extra: object) -> dict:
     """The JSON document written for a split file: the four keys read back plus provenance."""
     doc: dict = {"dataset": split.dataset, "version": split.version}
     if seed is not None:
@@ -177,8 +179,9 @@ def class_split_document(split: ClassSplit, *, seed: int | None = None, note: st
     return doc
 
 
-def write_class_split(split: ClassSplit, path: str | Path, *, seed: int | None = None,
-                      note: str = "", method: str | None = None, **extra: object) -> Path:
+def write_class_split(
+    split: ClassSplit, path: str | Path, *, seed: int | None = None, note: str = "", method: str | None = None, **extra: object
+) -> Path:
     """Write ``split`` as JSON (UTF-8, sorted lists, trailing newline) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

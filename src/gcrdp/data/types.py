@@ -65,8 +65,7 @@ class ClassSplit:
         overlap = set(self.seen) & set(self.unseen)
         if overlap:
             raise DataError(
-                f"Class split {self.dataset!r} {split_label(self.version)}: classes listed as both seen and "
-                f"unseen: {sorted(overlap)[:5]}"
+                f"Class split {self.dataset!r} {split_label(self.version)}: classes listed as both seen and unseen: {sorted(overlap)[:5]}"
             )
 
     @classmethod
@@ -84,14 +83,12 @@ class ClassSplit:
             raise DataError(f"Class split file not found: {path}") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(
-                f"Class split file {path} is not valid: expected JSON with keys 'dataset', "
-                f"'version', 'seen', 'unseen' ({exc})."
+                f"Class split file {path} is not valid: expected JSON with keys 'dataset', 'version', 'seen', 'unseen' ({exc})."
             ) from None
 
     def to_json(self) -> str:
         return json.dumps(
-            {"dataset": self.dataset, "version": self.version, "seen": list(self.seen),
-             "unseen": list(self.unseen)},
+            {"dataset": self.dataset, "version": self.version, "seen": list(self.seen), "unseen": list(self.unseen)},
             indent=2,
         )
 
@@ -180,18 +177,16 @@ class Dataset:
             used = {lab for s in self.samples for lab in s.labels}
             unused = [c for c in self.classes if c not in used]
             if unused:
-                problems.append(f"classes with no sample: {format_list(unused)} (drop them from "
-                                "the class list, or add their samples)")
+                problems.append(f"classes with no sample: {format_list(unused)} (drop them from the class list, or add their samples)")
         if problems:
             raise DataError(f"Dataset {self.name!r} is invalid: " + "; ".join(problems) + ".")
         if self.features is not None:
             if len(self.features) != len(self.samples):
-                raise DataError(
-                    f"Dataset {self.name!r}: its features hold {len(self.features)} rows for "
-                    f"{len(self.samples)} samples.")
+                raise DataError(f"Dataset {self.name!r}: its features hold {len(self.features)} rows for {len(self.samples)} samples.")
             if tuple(self.features.sample_ids) != tuple(s.id for s in self.samples):
-                raise DataError(f"Dataset {self.name!r}: the feature rows are not in sample order "
-                                "(their ids differ from the samples' ids).")
+                raise DataError(
+                    f"Dataset {self.name!r}: the feature rows are not in sample order (their ids differ from the samples' ids)."
+                )
         if self.class_split is not None:
             self.class_split.check_against(self.classes)
 

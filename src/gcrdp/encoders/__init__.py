@@ -27,8 +27,22 @@ from .minilm import MiniLMEncoder
 from .onnx_backend import onnxruntime_available
 
 __all__ = [
-    "Encoder", "IMAGE_ENCODERS", "TEXT_ENCODERS", "get_image_encoder", "get_text_encoder",
-    "available_cpus", "EfficientNetLite0Encoder", "MiniLMEncoder", "ImagePreprocessor",
-    "load_image", "check_image_files", "FeatureCache", "extract_features", "cache_key",
-    "CACHE_FORMAT_VERSION", "onnxruntime_available", "CLIPImageEncoder", "CLIPTextEncoder",
+    "Encoder",
+    "IMAGE_ENCODERS",
+    "TEXT_ENCODERS",
+    "get_image_encoder",
+    "get_text_encoder",
+    "available_cpus",
+    "EfficientNetLite0Encoder",
+    "MiniLMEncoder",
+    "ImagePreprocessor",
+    "load_image",
+    "check_image_files",
+    "FeatureCache",
+    "extract_features",
+    "cache_key",
+    "CACHE_FORMAT_VERSION",
+    "onnxruntime_available",
+    "CLIPImageEncoder",
+    "CLIPTextEncoder",
 ]

@@ -50,9 +50,7 @@ class Encoder(Protocol):
         """JSON-able description of everything that changes :meth:`encode`'s output."""
         ...
 
-    def encode(
-        self, items: Sequence[Any], *, batch_size: int = 32, progress: bool = True
-    ) -> ModalityFeatures:
+    def encode(self, items: Sequence[Any], *, batch_size: int = 32, progress: bool = True) -> ModalityFeatures:
         """Encode ``items`` in order: local (n, L, d) float32, mask (n, L) bool,
         pooled (n, d_g) float32."""
         ...
@@ -86,8 +84,7 @@ def check_encoder(encoder: object, modality: str, role: str = "encoder") -> None
         )
     got = getattr(encoder, "modality")  # noqa: B009  (checked above; object has no such attribute for mypy)
     if got != modality:
-        raise ConfigError(f"{role} must be an encoder of modality {modality!r}; "
-                          f"{getattr(encoder, 'name', '?')!r} has modality {got!r}.")
+        raise ConfigError(f"{role} must be an encoder of modality {modality!r}; {getattr(encoder, 'name', '?')!r} has modality {got!r}.")
 
 
 def check_texts(texts: Sequence[Any]) -> list[str]:

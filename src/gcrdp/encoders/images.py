@@ -56,7 +56,8 @@ def check_image_files(paths: Sequence[str | Path | None], ids: Sequence[str] | N
         problems.append(f"{len(missing)} image files are missing: {format_list(missing)}")
     if problems:
         raise DataError(
-            "Cannot extract image features: " + "; ".join(problems)
+            "Cannot extract image features: "
+            + "; ".join(problems)
             + ". Fix the paths (relative paths are taken from the current directory) or drop "
             "these samples."
         )
@@ -74,8 +75,7 @@ def load_image(path: str | Path, background: tuple[int, int, int] = (255, 255, 2
             return to_rgb(im, background)
     except FileNotFoundError:
         raise DataError(f"Image file not found: {path}") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-            ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"Cannot decode image {path}: {exc}") from None
 
 
@@ -83,9 +83,7 @@ def to_rgb(im: Any, background: tuple[int, int, int] = (255, 255, 255)):
     """Convert a ``PIL.Image`` to RGB, compositing any transparency on ``background``."""
     from PIL import Image
 
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        im.mode == "P" and "transparency" in im.info
-    )
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
     if has_alpha:
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
@@ -112,35 +110,37 @@ class ImagePreprocessor:
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}.")
         if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(
-                f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}."
-            )
+            raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}.")
         if self.normalization not in NORMALIZATIONS:
-            raise ConfigError(
-                f"normalization must be one of {sorted(NORMALIZATIONS)}, "
-                f"got {self.normalization!r}."
-            )
+            raise ConfigError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}.")
         bg = tuple(self.background)
         if len(bg) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in bg):
-            raise ConfigError(
-                f"background must be three integers in 0..255, got {self.background!r}.")
+            raise ConfigError(f"background must be three integers in 0..255, got {self.background!r}.")
         object.__setattr__(self, "background", bg)
 
     def params(self) -> dict[str, Any]:
         """Everything that changes the output, JSON-able (goes into the encoder fingerprint)."""
         mean, std = NORMALIZATIONS[self.normalization]
         return {
-            "size": self.size, "resize": self.resize, "interpolation": f"PIL.{self.interpolation}",
-            "normalization": self.normalization, "mean": list(mean), "std": list(std),
-            "background": list(self.background), "exif_transpose": True, "layout": "CHW RGB",
+            "size": self.size,
+            "resize": self.resize,
+            "interpolation": f"PIL.{self.interpolation}",
+            "normalization": self.normalization,
+            "mean": list(mean),
+            "std": list(std),
+            "background": list(self.background),
+            "exif_transpose": True,
+            "layout": "CHW RGB",
         }
 
     def _resample(self) -> int:
         from PIL import Image
 
         return {
-            "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-            "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST,
+            "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC,
+            "lanczos": Image.Resampling.LANCZOS,
+            "nearest": Image.Resampling.NEAREST,
         }[self.interpolation]
 
     def resize_image(self, im: Any):
@@ -175,5 +175,4 @@ class ImagePreprocessor:
 
 
 def describe_items(items: Sequence[Any]) -> list[str]:
-    return [str(x) if isinstance(x, (str, Path)) else f"<{type(x).__name__} #{i}>"
-            for i, x in enumerate(items)]
+    return [str(x) if isinstance(x, (str, Path)) else f"<{type(x).__name__} #{i}>" for i, x in enumerate(items)]

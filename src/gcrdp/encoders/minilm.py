@@ -43,7 +43,10 @@ from .base import (
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER_FILES = (
-    "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
 )
 
 
@@ -56,8 +59,9 @@ def check_model_dir(path: Path) -> tuple[Path, list[Path]]:
     """Return (weights file, tokenizer files) of a local transformers folder, or raise
     :class:`DataError` naming what is missing."""
     if not path.is_dir():
-        raise DataError(f"Text model folder not found: {path}. Pass a local folder with "
-                        "config.json, model.safetensors and the tokenizer files.")
+        raise DataError(
+            f"Text model folder not found: {path}. Pass a local folder with config.json, model.safetensors and the tokenizer files."
+        )
     missing = []
     if not (path / "config.json").is_file():
         missing.append("config.json")
@@ -68,8 +72,10 @@ def check_model_dir(path: Path) -> tuple[Path, list[Path]]:
     if not any(p.name in ("tokenizer.json", "vocab.txt") for p in tok):
         missing.append("tokenizer.json or vocab.txt")
     if missing:
-        raise DataError(f"Text model folder {path} is incomplete: missing {', '.join(missing)}. "
-                        "Re-export the model folder (no file is downloaded at run time).")
+        raise DataError(
+            f"Text model folder {path} is incomplete: missing {', '.join(missing)}. "
+            "Re-export the model folder (no file is downloaded at run time)."
+        )
     return weights[0], tok
 
 
@@ -104,11 +110,14 @@ class MiniLMEncoder:
     backend = "torch"
 
     def __init__(
-        self, *, model_dir: str | Path | None = None, max_tokens: int = 128,
-        include_special_tokens: bool = True, num_threads: int | None = None,
+        self,
+        *,
+        model_dir: str | Path | None = None,
+        max_tokens: int = 128,
+        include_special_tokens: bool = True,
+        num_threads: int | None = None,
     ) -> None:
-        if (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                or not 3 <= max_tokens <= 512):
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 3 <= max_tokens <= 512:
             raise ConfigError(f"max_tokens must be an integer in 3..512, got {max_tokens!r}.")
         optional_import("transformers", ENCODERS_EXTRA, "The minilm-l6 text encoder")
         self.model_dir = Path(model_dir) if model_dir is not None else _default_model_dir()
@@ -120,8 +129,7 @@ class MiniLMEncoder:
             config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
             self.dim = int(config["hidden_size"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{self.model_dir / 'config.json'} is not a valid model config "
-                            f"({exc}).") from None
+            raise DataError(f"{self.model_dir / 'config.json'} is not a valid model config ({exc}).") from None
         self._tokenizer: Any = None
         self._model: Any = None
 
@@ -147,10 +155,8 @@ class MiniLMEncoder:
         transformers = optional_import("transformers", ENCODERS_EXTRA, "The minilm-l6 text encoder")
         try:
             with _quiet_transformers():
-                tokenizer = transformers.AutoTokenizer.from_pretrained(
-                    str(self.model_dir), local_files_only=True)
-                model = transformers.AutoModel.from_pretrained(
-                    str(self.model_dir), local_files_only=True)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+                model = transformers.AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise DataError(f"Cannot load the text model from {self.model_dir}: {exc}") from None
         if len(tokenizer) == 0 or not tokenizer.get_vocab():
@@ -164,9 +170,7 @@ class MiniLMEncoder:
     # ------------------------------------------------------------------ encoding
     _check_texts = staticmethod(check_texts)
 
-    def encode(
-        self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True
-    ) -> ModalityFeatures:
+    def encode(self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> ModalityFeatures:
         """Encode texts in order. Returns local (n, L, 384) float32 (L = longest text of the call,
         in tokens), mask (n, L) bool, pooled (n, 384) float32 (L2-normalised).
 
@@ -176,17 +180,17 @@ class MiniLMEncoder:
         texts = self._check_texts(list(items))
         self.load()
         tok = self._tokenizer
-        enc = tok(texts, truncation=True, max_length=self.max_tokens, padding=False,
-                  return_special_tokens_mask=True)
+        enc = tok(texts, truncation=True, max_length=self.max_tokens, padding=False, return_special_tokens_mask=True)
         ids, special = enc["input_ids"], enc["special_tokens_mask"]
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        keep = [np.ones(len(x), bool) if self.include_special_tokens
-                else ~np.asarray(s, bool) for x, s in zip(ids, special)]
+        keep = [np.ones(len(x), bool) if self.include_special_tokens else ~np.asarray(s, bool) for x, s in zip(ids, special)]
         n_local = np.array([int(k.sum()) for k in keep], dtype=np.int64)
         if len(texts) and n_local.min() == 0:
             bad = np.flatnonzero(n_local == 0).tolist()
-            raise DataError(f"{len(bad)} texts have no token besides [CLS]/[SEP] (positions "
-                            f"{format_list(bad)}); use include_special_tokens=True or drop them.")
+            raise DataError(
+                f"{len(bad)} texts have no token besides [CLS]/[SEP] (positions "
+                f"{format_list(bad)}); use include_special_tokens=True or drop them."
+            )
         n = len(texts)
         L = int(n_local.max()) if n else 0
         local = np.zeros((n, L, self.dim), np.float32)
@@ -195,17 +199,18 @@ class MiniLMEncoder:
         order = np.argsort(-lengths, kind="stable")
         from tqdm.auto import tqdm
 
-        with torch_threads(self.num_threads), torch.inference_mode(), tqdm(
-            total=n, disable=not progress, unit="text", desc=f"Encoding texts ({self.name})"
-        ) as bar:
+        with (
+            torch_threads(self.num_threads),
+            torch.inference_mode(),
+            tqdm(total=n, disable=not progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
+        ):
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                batch = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True,
-                                return_tensors="pt")
+                idx = order[start : start + batch_size]
+                batch = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt")
                 am = batch["attention_mask"]
-                hidden = self._model(input_ids=batch["input_ids"], attention_mask=am,
-                                     token_type_ids=torch.zeros_like(batch["input_ids"])
-                                     ).last_hidden_state  # (B, T, d)
+                hidden = self._model(
+                    input_ids=batch["input_ids"], attention_mask=am, token_type_ids=torch.zeros_like(batch["input_ids"])
+                ).last_hidden_state  # (B, T, d)
                 m = am.unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
                 pooled[idx] = torch.nn.functional.normalize(mean, p=2, dim=1).numpy()

@@ -53,9 +53,11 @@ def export_onnx_bytes(module: Any, example: Any, input_name: str, output_name: s
         warnings.simplefilter("ignore")
         try:
             kwargs: dict[str, Any] = dict(
-                input_names=[input_name], output_names=[output_name],
+                input_names=[input_name],
+                output_names=[output_name],
                 dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-                opset_version=ONNX_OPSET, do_constant_folding=True,
+                opset_version=ONNX_OPSET,
+                do_constant_folding=True,
             )
             if "dynamo" in params:
                 kwargs["dynamo"] = False
@@ -65,13 +67,15 @@ def export_onnx_bytes(module: Any, example: Any, input_name: str, output_name: s
             log.info("TorchScript ONNX export unavailable (%s); using the dynamo exporter", exc)
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         program = torch.onnx.export(
-            module, (example,), input_names=[input_name], output_names=[output_name],
-            dynamic_shapes=({0: batch},), dynamo=True, opset_version=ONNX_OPSET,
+            module,
+            (example,),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            opset_version=ONNX_OPSET,
         )
         return program.model_proto.SerializeToString()
-
-
-
 
 
 class OnnxRunner:
@@ -102,7 +106,11 @@ class OnnxRunner:
 
 
 def load_or_export(
-    path: Path | None, build_module: Any, example: Any, input_name: str, output_name: str,
+    path: Path | None,
+    build_module: Any,
+    example: Any,
+    input_name: str,
+    output_name: str,
     num_threads: int,
 ) -> OnnxRunner:
     """Return a runner for the cached export at ``path``, exporting (atomically) if needed.
@@ -121,6 +129,5 @@ def load_or_export(
             atomic_write_bytes(path, data)
             log.info("Exported ONNX model to %s", path)
         except OSError as exc:
-            log.warning("Cannot write the ONNX model to %s (%s); keeping it in memory only.",
-                        path, exc)
+            log.warning("Cannot write the ONNX model to %s (%s); keeping it in memory only.", path, exc)
     return OnnxRunner(data, num_threads)

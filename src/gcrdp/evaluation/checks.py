@@ -60,10 +60,7 @@ def _as_labels(labels: Any, name: str) -> np.ndarray:
         if arr.dtype == bool:
             return arr
         if arr.dtype.kind not in "iuf":
-            raise DataError(
-                f"{name}: a 2-D multi-hot label array must be bool or 0/1 numbers, got dtype "
-                f"{arr.dtype}."
-            )
+            raise DataError(f"{name}: a 2-D multi-hot label array must be bool or 0/1 numbers, got dtype {arr.dtype}.")
         if arr.size and not np.isin(arr, (0, 1)).all():
             bad = np.unique(arr[~np.isin(arr, (0, 1))])[:5]
             raise DataError(
@@ -88,8 +85,7 @@ def _check_label_pair(query_labels: Any, gallery_labels: Any) -> tuple[np.ndarra
         )
     if ql.ndim == 2 and ql.shape[1] != gl.shape[1]:
         raise DataError(
-            f"query_labels and gallery_labels must have the same number of classes (columns), "
-            f"got {ql.shape[1]} and {gl.shape[1]}."
+            f"query_labels and gallery_labels must have the same number of classes (columns), got {ql.shape[1]} and {gl.shape[1]}."
         )
     if ql.shape[0] == 0:
         raise DataError("query_labels is empty: there must be at least one query.")
@@ -110,9 +106,7 @@ def _as_scores(scores: Any, name: str = "scores") -> np.ndarray:
     arr = np.asarray(scores)
     if arr.ndim != 2:
         hint = " For a single query use scores[None, :]." if arr.ndim == 1 else ""
-        raise DataError(
-            f"{name} must be a 2-D array (n_queries, n_gallery), got shape {_shape(arr)}.{hint}"
-        )
+        raise DataError(f"{name} must be a 2-D array (n_queries, n_gallery), got shape {_shape(arr)}.{hint}")
     if arr.dtype.kind not in "iuf":
         raise DataError(f"{name} must be real numbers (float or int), got dtype {arr.dtype}.")
     if arr.dtype.kind in "iu":
@@ -120,9 +114,7 @@ def _as_scores(scores: Any, name: str = "scores") -> np.ndarray:
     elif arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     if 0 in arr.shape:
-        raise DataError(
-            f"{name} is empty (shape {_shape(arr)}): need at least one query and one item."
-        )
+        raise DataError(f"{name} is empty (shape {_shape(arr)}): need at least one query and one item.")
     _check_finite(arr, name)
     return arr
 
@@ -148,10 +140,7 @@ def _as_relevant(relevant: Any, shape: tuple[int, ...]) -> np.ndarray:
         )
     if arr.dtype != bool:
         if arr.dtype.kind not in "iuf" or not np.isin(arr, (0, 1)).all():
-            raise DataError(
-                f"relevant must be a bool (or 0/1) array, got dtype {arr.dtype} with values "
-                f"other than 0 and 1."
-            )
+            raise DataError(f"relevant must be a bool (or 0/1) array, got dtype {arr.dtype} with values other than 0 and 1.")
         arr = arr.astype(bool)
     return arr
 
@@ -161,9 +150,7 @@ def _check_k(k: Any, n_gallery: int, name: str = "k") -> int:
         raise ConfigError(f"{name} must be a positive integer, got {k!r} ({type(k).__name__}).")
     k = int(k)
     if not 1 <= k <= n_gallery:
-        raise ConfigError(
-            f"{name} must be between 1 and the gallery size {n_gallery}, got {k}."
-        )
+        raise ConfigError(f"{name} must be between 1 and the gallery size {n_gallery}, got {k}.")
     return k
 
 
@@ -182,9 +169,7 @@ def _check_ks(ks: Any, n_gallery: int) -> tuple[int, ...]:
 
 def _check_k_denominator(k_denominator: Any) -> str:
     if k_denominator not in K_DENOMINATORS:
-        raise ConfigError(
-            f"k_denominator must be one of {format_list(K_DENOMINATORS)}, got {k_denominator!r}."
-        )
+        raise ConfigError(f"k_denominator must be one of {format_list(K_DENOMINATORS)}, got {k_denominator!r}.")
     return k_denominator
 
 
@@ -192,12 +177,7 @@ def _check_chunk_size(chunk_size: Any, n_gallery: int) -> int:
     if chunk_size is None:
         return max(1, SCORES_PER_CHUNK // n_gallery)
     if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)):
-        raise ConfigError(
-            f"chunk_size must be a positive integer (queries per chunk) or None (automatic), "
-            f"got {chunk_size!r}."
-        )
+        raise ConfigError(f"chunk_size must be a positive integer (queries per chunk) or None (automatic), got {chunk_size!r}.")
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}.")
     return int(chunk_size)
-
-

@@ -22,8 +22,10 @@ def load_embeddings(path: Path) -> dict[str, Any]:
         raise DataError(f"Cannot read embeddings file {path} as .npz: {exc}") from None
     missing = [k for k in ("image", "text", "labels") if k not in data]
     if missing:
-        raise DataError(f"{path} lacks the array(s) {missing}; it must hold 'image' (n, d), 'text' (n, d) "
-                        f"and 'labels' ((n,) class ids or (n, C) multi-hot). It has {sorted(data)}.")
+        raise DataError(
+            f"{path} lacks the array(s) {missing}; it must hold 'image' (n, d), 'text' (n, d) "
+            f"and 'labels' ((n,) class ids or (n, C) multi-hot). It has {sorted(data)}."
+        )
     n = {k: len(data[k]) for k in ("image", "text", "labels")}
     if len(set(n.values())) != 1:
         raise DataError(f"{path}: mismatched lengths {n}; image, text and labels must be paired row by row.")
@@ -37,8 +39,7 @@ def names_to_indices(q: dict[str, Any], g: dict[str, Any]) -> None:
     if not any(a.ndim == 1 and a.dtype.kind in "USO" for a in arrays):
         return
     if any(a.ndim != 1 or a.dtype.kind not in "USO" for a in arrays):
-        raise ConfigError("Labels are class names in one file and not in the other; give both as names "
-                          "or both as indices.")
+        raise ConfigError("Labels are class names in one file and not in the other; give both as names or both as indices.")
     names = [str(x) for x in np.concatenate([a.astype(str) for a in arrays])]
     vocab = {n: i for i, n in enumerate(sorted(set(names)))}
     q["labels"] = np.array([vocab[str(x)] for x in q["labels"]], dtype=np.int64)
@@ -46,8 +47,9 @@ def names_to_indices(q: dict[str, Any], g: dict[str, Any]) -> None:
         g["labels"] = np.array([vocab[str(x)] for x in g["labels"]], dtype=np.int64)
 
 
-def evaluate_embedding_files(embeddings: str | Path, gallery: str | Path | None = None,
-                             ks: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
+def evaluate_embedding_files(
+    embeddings: str | Path, gallery: str | Path | None = None, ks: tuple[int, ...] | list[int] = ()
+) -> dict[str, Any]:
     """Class-level metrics (I2T, T2I, mAP@all and @k) of the embeddings in ``embeddings``
     against ``gallery`` (default: themselves), the chance level, and — when the gallery is the
     queries — instance-level recall@1/5/10 of each row's own pair."""
@@ -57,7 +59,6 @@ def evaluate_embedding_files(embeddings: str | Path, gallery: str | Path | None 
     res = cross_modal_metrics(q["image"], q["text"], q["labels"], g["image"], g["text"], g["labels"], ks=ks)
     if gallery is None:  # row i's pair is row i
         pair = np.arange(len(q["image"]))
-        res["instance"] = {"i2t": instance_recall(q["image"], q["text"], pair),
-                           "t2i": instance_recall(q["text"], q["image"], pair)}
+        res["instance"] = {"i2t": instance_recall(q["image"], q["text"], pair), "t2i": instance_recall(q["text"], q["image"], pair)}
     res["chance"] = chance_map(q["labels"], g["labels"])
     return res

@@ -95,9 +95,7 @@ def relevance(query_labels: Any, gallery_labels: Any) -> np.ndarray:
     return _relevance_rows(ql, other)
 
 
-def average_precision(
-    scores: Any, relevant: Any, k: int | None = None, *, k_denominator: KDenominator = "hits"
-) -> np.ndarray:
+def average_precision(scores: Any, relevant: Any, k: int | None = None, *, k_denominator: KDenominator = "hits") -> np.ndarray:
     """Average precision of each query (mAP is its mean).
 
     Args:
@@ -210,8 +208,7 @@ def _set_max_views(metric: str) -> int | None:
 def _unit_views(emb: np.ndarray, k: int, name: str) -> np.ndarray:
     """(n, K·d) rows of K concatenated views -> (n, K, d) L2-normalised views."""
     if emb.shape[1] % k:
-        raise DataError(f"{name}: dimension {emb.shape[1]} is not a multiple of the {k} views of "
-                        "metric 'set-max'.")
+        raise DataError(f"{name}: dimension {emb.shape[1]} is not a multiple of the {k} views of metric 'set-max'.")
     v = emb.reshape(emb.shape[0], k, -1)
     norms = np.linalg.norm(v, axis=2, keepdims=True)
     if (norms == 0).any():
@@ -279,8 +276,15 @@ def retrieval_metrics(
         ties broken by gallery index. Queries without relevant items count with AP 0.
     """
     return _retrieval_metrics(
-        query_emb, gallery_emb, query_labels, gallery_labels, ks, metric=metric,
-        chunk_size=chunk_size, k_denominator=k_denominator, per_query=per_query,
+        query_emb,
+        gallery_emb,
+        query_labels,
+        gallery_labels,
+        ks,
+        metric=metric,
+        chunk_size=chunk_size,
+        k_denominator=k_denominator,
+        per_query=per_query,
         n_threads=n_threads,
     )
 
@@ -302,9 +306,7 @@ def _retrieval_metrics(
     qn, gn = names
     n_views = _set_max_views(metric)
     if metric not in SCORE_METRICS and n_views is None:
-        raise ConfigError(
-            f"metric must be one of {format_list(SCORE_METRICS)} or 'set-max:K', got {metric!r}."
-        )
+        raise ConfigError(f"metric must be one of {format_list(SCORE_METRICS)} or 'set-max:K', got {metric!r}.")
     _check_k_denominator(k_denominator)
     q = _as_embeddings(query_emb, qn)
     g = _as_embeddings(gallery_emb, gn)
@@ -315,15 +317,9 @@ def _retrieval_metrics(
         )
     ql, gl = _check_label_pair(query_labels, gallery_labels)
     if ql.shape[0] != q.shape[0]:
-        raise DataError(
-            f"{qn} has {q.shape[0]} rows but query_labels has {ql.shape[0]}: there must be "
-            f"one label entry per query."
-        )
+        raise DataError(f"{qn} has {q.shape[0]} rows but query_labels has {ql.shape[0]}: there must be one label entry per query.")
     if gl.shape[0] != g.shape[0]:
-        raise DataError(
-            f"{gn} has {g.shape[0]} rows but gallery_labels has {gl.shape[0]}: there must "
-            f"be one label entry per gallery item."
-        )
+        raise DataError(f"{gn} has {g.shape[0]} rows but gallery_labels has {gl.shape[0]}: there must be one label entry per gallery item.")
     ng = g.shape[0]
     checked_ks = _check_ks(ks, ng)
     chunk = _check_chunk_size(chunk_size, ng)
@@ -350,8 +346,7 @@ def _retrieval_metrics(
     return out
 
 
-def _scorer(q: np.ndarray, g: np.ndarray, metric: str, n_views: int | None,
-            names: tuple[str, str]) -> Callable[[int, int], np.ndarray]:
+def _scorer(q: np.ndarray, g: np.ndarray, metric: str, n_views: int | None, names: tuple[str, str]) -> Callable[[int, int], np.ndarray]:
     """``score(start, stop) -> (stop - start, ng)`` float32 scores of query rows
     ``start:stop`` against the whole gallery under ``metric`` (checked embeddings in)."""
     qn, gn = names
@@ -411,8 +406,7 @@ def instance_recall(
     q = _as_embeddings(query_emb, "query_emb")
     g = _as_embeddings(gallery_emb, "gallery_emb")
     if q.shape[1] != g.shape[1]:
-        raise DataError(f"query_emb and gallery_emb must have the same dimension, got {q.shape[1]} "
-                        f"and {g.shape[1]}.")
+        raise DataError(f"query_emb and gallery_emb must have the same dimension, got {q.shape[1]} and {g.shape[1]}.")
     pair = np.asarray(pair_index)
     if pair.shape != (q.shape[0],) or pair.dtype.kind not in "iu":
         raise DataError(f"pair_index must be (n_queries,) integers, got shape {_shape(pair)} {pair.dtype}.")
@@ -432,18 +426,20 @@ def instance_recall(
         s = score(a, b)  # (c, ng)
         own = s[np.arange(b - a), own_pair[a:b]]
         ranks[a:b] = 1 + (s > own[:, None]).sum(axis=1)
-    out: dict[str, Any] = {f"recall@{k}": float((ranks <= k).mean()) if ranks.size else float("nan")
-                           for k in checked}
-    out.update({"median_rank": float(np.median(ranks)) if ranks.size else float("nan"),
-                "mean_rank": float(ranks.mean()) if ranks.size else float("nan"),
-                "mrr": float((1.0 / ranks).mean()) if ranks.size else float("nan"),
-                "n_queries": int(ranks.size), "n_gallery": int(ng)})
+    out: dict[str, Any] = {f"recall@{k}": float((ranks <= k).mean()) if ranks.size else float("nan") for k in checked}
+    out.update(
+        {
+            "median_rank": float(np.median(ranks)) if ranks.size else float("nan"),
+            "mean_rank": float(ranks.mean()) if ranks.size else float("nan"),
+            "mrr": float((1.0 / ranks).mean()) if ranks.size else float("nan"),
+            "n_queries": int(ranks.size),
+            "n_gallery": int(ng),
+        }
+    )
     return out
 
 
-_RETRIEVAL_OPTIONS = frozenset(
-    {"metric", "chunk_size", "k_denominator", "per_query", "n_threads"}
-)
+_RETRIEVAL_OPTIONS = frozenset({"metric", "chunk_size", "k_denominator", "per_query", "n_threads"})
 
 
 def cross_modal_metrics(
@@ -470,15 +466,24 @@ def cross_modal_metrics(
     unknown = set(kwargs) - _RETRIEVAL_OPTIONS
     if unknown:
         raise ConfigError(
-            f"cross_modal_metrics got unknown options {format_list(sorted(unknown))}; known: "
-            f"{format_list(sorted(_RETRIEVAL_OPTIONS))}."
+            f"cross_modal_metrics got unknown options {format_list(sorted(unknown))}; known: {format_list(sorted(_RETRIEVAL_OPTIONS))}."
         )
     i2t = _retrieval_metrics(
-        query_image, gallery_text, query_labels, gallery_labels, ks,
-        names=("query_image", "gallery_text"), **kwargs,
+        query_image,
+        gallery_text,
+        query_labels,
+        gallery_labels,
+        ks,
+        names=("query_image", "gallery_text"),
+        **kwargs,
     )
     t2i = _retrieval_metrics(
-        query_text, gallery_image, query_labels, gallery_labels, ks,
-        names=("query_text", "gallery_image"), **kwargs,
+        query_text,
+        gallery_image,
+        query_labels,
+        gallery_labels,
+        ks,
+        names=("query_text", "gallery_image"),
+        **kwargs,
     )
     return {"i2t": i2t, "t2i": t2i, "mean_map": (i2t["map"] + t2i["map"]) / 2.0}

@@ -46,9 +46,7 @@ def _ranked_relevance(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     return np.take_along_axis(relevant, order, axis=1)
 
 
-def _rank_stats(
-    ranked: np.ndarray, ks: tuple[int, ...], k_denominator: str
-) -> dict[str, np.ndarray]:
+def _rank_stats(ranked: np.ndarray, ks: tuple[int, ...], k_denominator: str) -> dict[str, np.ndarray]:
     """Per-query metrics from the ranked relevance ``ranked`` (c, ng) bool."""
     c = ranked.shape[0]
     rows, cols = np.nonzero(ranked)  # row-major: per row, relevant ranks in increasing order
@@ -129,16 +127,16 @@ def _check_n_threads(n_threads: Any, n_scores: int) -> int:
     return int(n_threads)
 
 
-def _from_matrices(
-    scores: Any, relevant: Any, ks: tuple[Any, ...], k_denominator: str = "hits"
-) -> dict[str, np.ndarray]:
+def _from_matrices(scores: Any, relevant: Any, ks: tuple[Any, ...], k_denominator: str = "hits") -> dict[str, np.ndarray]:
     s = _as_scores(scores)
     rel = _as_relevant(relevant, s.shape)
     checked = tuple(_check_k(k, s.shape[1]) for k in ks)
     chunk = _check_chunk_size(None, s.shape[1])
     return _accumulate(
-        s.shape[0], chunk, lambda a, b: (s[a:b], rel[a:b]), checked, k_denominator,
+        s.shape[0],
+        chunk,
+        lambda a, b: (s[a:b], rel[a:b]),
+        checked,
+        k_denominator,
         _check_n_threads(None, s.size),
     )
-
-

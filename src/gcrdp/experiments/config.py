@@ -94,8 +94,7 @@ class RunConfig:
         if self.val_mode not in ("mirror", "zero-shot"):
             raise ConfigError(f"val_mode must be 'mirror' or 'zero-shot', got {self.val_mode!r}.")
         if self.val_min_classes < 0 or self.val_min_pairs < 0:
-            raise ConfigError("val_min_classes and val_min_pairs must be >= 0, got "
-                              f"{self.val_min_classes} and {self.val_min_pairs}.")
+            raise ConfigError(f"val_min_classes and val_min_pairs must be >= 0, got {self.val_min_classes} and {self.val_min_pairs}.")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}.")
         unknown = sorted(set(self.method_options) - set(self.methods))

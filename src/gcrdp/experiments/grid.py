@@ -54,8 +54,7 @@ from .config import RunConfig
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = {"name", "output_dir", "defaults", "datasets", "methods", "method_options", "skip",
-             "description"}
+GRID_KEYS = {"name", "output_dir", "defaults", "datasets", "methods", "method_options", "skip", "description"}
 _PATH_OPTIONS = ("root", "path", "features_file", "images_dir", "captions_file", "class_split")
 
 
@@ -107,8 +106,7 @@ class Grid:
                 raise ConfigError(f"A grid config needs a non-empty {key!r}.")
         datasets = raw["datasets"]
         if not isinstance(datasets, dict) or not all(isinstance(v, dict) for v in datasets.values()):
-            raise ConfigError("'datasets' must map a label to an object of run settings "
-                              '(e.g. {"twemoji": {"dataset": "twemoji"}}).')
+            raise ConfigError('\'datasets\' must map a label to an object of run settings (e.g. {"twemoji": {"dataset": "twemoji"}}).')
         methods = list(raw["methods"])
         if len(set(methods)) != len(methods):
             raise ConfigError(f"'methods' lists a method twice: {methods}.")
@@ -128,16 +126,24 @@ class Grid:
             opts = entry.get("dataset_options") or {}
             for k in _PATH_OPTIONS:
                 if isinstance(opts.get(k), str) and not Path(opts[k]).expanduser().is_absolute():
-                    candidate = (base / opts[k])
+                    candidate = base / opts[k]
                     opts[k] = str(candidate.resolve()) if candidate.exists() else opts[k]
             if opts:
                 entry["dataset_options"] = opts
             resolved[label] = entry
         name = str(raw.get("name") or (source.stem if source else "grid"))
         out = Path(raw.get("output_dir") or Path("runs") / name)
-        grid = cls(name=name, output_dir=out, datasets=resolved, methods=methods,
-                   method_options=dict(raw.get("method_options") or {}), defaults=dict(raw.get("defaults") or {}),
-                   skip=list(raw.get("skip") or []), source=source, optional=optional)
+        grid = cls(
+            name=name,
+            output_dir=out,
+            datasets=resolved,
+            methods=methods,
+            method_options=dict(raw.get("method_options") or {}),
+            defaults=dict(raw.get("defaults") or {}),
+            skip=list(raw.get("skip") or []),
+            source=source,
+            optional=optional,
+        )
         unknown = sorted(set(grid.method_options) - set(methods))
         if unknown:
             raise ConfigError(f"method_options for {unknown}, which are not in 'methods' {methods}.")
@@ -236,8 +242,9 @@ def _fmt_seconds(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
-             on_cell: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_grid(
+    grid: Grid, *, progress: bool = True, rerun_changed: bool = False, on_cell: Callable[[Cell, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Run every cell of ``grid`` not already done; return ``{"done", "skipped", "ran", "files"}``."""
     from ..data.checks import check_class_sizes
     from ..data.registry import load_dataset
@@ -259,7 +266,8 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
                 raise DataError(
                     f"{path} holds a run of another configuration than the grid's cell "
                     f"({c.dataset}, {c.method}, shots={c.shots}, seed={c.seed}): the grid changed since "
-                    "it was written. Use a new output_dir, delete the file, or pass --rerun-changed.")
+                    "it was written. Use a new output_dir, delete the file, or pass --rerun-changed."
+                )
         todo.append(c)
     n_total = len(cells)
     log.info("grid %s: %d runs, %d done, %d to run", grid.name, n_total, len(done_files), len(todo))
@@ -267,8 +275,7 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
     if progress and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_total, initial=n_total - len(todo), desc=f"grid {grid.name}", unit="run",
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=n_total, initial=n_total - len(todo), desc=f"grid {grid.name}", unit="run", file=sys.stderr, dynamic_ncols=True)
     times: dict[str, list[float]] = {}
     loaded: dict[str, tuple[Any, Any]] = {}
     ran = []
@@ -278,29 +285,42 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
             if c.dataset not in loaded:
                 loaded.clear()  # one dataset's features in memory at a time
                 ds = load_dataset(cfg.dataset, **cfg.dataset_options)
-                check_class_sizes(ds, grid.shots_for(c.dataset) if cfg.protocol != "standard" else [0],
-                                  cfg.protocol, allow=cfg.allow_small_classes)  # before any extraction
+                check_class_sizes(
+                    ds, grid.shots_for(c.dataset) if cfg.protocol != "standard" else [0], cfg.protocol, allow=cfg.allow_small_classes
+                )  # before any extraction
                 loaded[c.dataset] = (ds, load_features(ds, cfg, progress=progress))
                 if ds.class_split is not None and cfg.protocol != "standard":  # the split a rerun can pin
                     from ..data.splits import class_split_document
 
-                    atomic_write_json(grid.output_dir / c.relpath().parent.parent / "class_split.json",
-                                      class_split_document(ds.class_split, note=(
-                                          f"The class split of dataset label {c.dataset!r} "
-                                          f"({ds.meta.get('class_split_source', 'dataset')}); pass it as "
-                                          "class_split to pin it.")))
+                    atomic_write_json(
+                        grid.output_dir / c.relpath().parent.parent / "class_split.json",
+                        class_split_document(
+                            ds.class_split,
+                            note=(
+                                f"The class split of dataset label {c.dataset!r} "
+                                f"({ds.meta.get('class_split_source', 'dataset')}); pass it as "
+                                "class_split to pin it."
+                            ),
+                        ),
+                    )
             ds, feats = loaded[c.dataset]
             t0 = time.perf_counter()
             observer = None
             if bar is not None and not bar.disable:
                 here = f"{c.dataset} {c.method} {c.shots}-shot s{c.seed}"
                 observer = lambda info, here=here: bar.set_postfix_str(  # noqa: E731
-                    f"{here}: {epoch_status(info)}", refresh=True)
+                    f"{here}: {epoch_status(info)}", refresh=True
+                )
             with observe_epochs(observer):
                 res = run_experiment(cfg, None, progress=False, dataset=ds, features=feats)
-            res["grid"] = {"name": grid.name, "dataset_label": c.dataset, "method": c.method,
-                           "shots": c.shots, "seed": c.seed,
-                           "config_file": str(grid.source) if grid.source else None}
+            res["grid"] = {
+                "name": grid.name,
+                "dataset_label": c.dataset,
+                "method": c.method,
+                "shots": c.shots,
+                "seed": c.seed,
+                "config_file": str(grid.source) if grid.source else None,
+            }
             path = grid.output_dir / c.relpath()
             atomic_write_json(path, res)
             times.setdefault(c.method, []).append(time.perf_counter() - t0)
@@ -309,15 +329,22 @@ def run_grid(grid: Grid, *, progress: bool = True, rerun_changed: bool = False,
                 on_cell(c, res)
             if bar is not None:
                 rec = res["records"][0]["test"]
-                bar.set_postfix_str(f"{c.dataset} {c.method} {c.shots}-shot s{c.seed}: "
-                                    f"{100 * rec['mean_map']:.1f}  left ~{_fmt_seconds(_eta(times, todo[i + 1:]))}")
+                bar.set_postfix_str(
+                    f"{c.dataset} {c.method} {c.shots}-shot s{c.seed}: "
+                    f"{100 * rec['mean_map']:.1f}  left ~{_fmt_seconds(_eta(times, todo[i + 1 :]))}"
+                )
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return {"total": n_total, "already_done": len(done_files), "ran": len(ran),
-            "files": [str(p) for p in done_files + ran], "output_dir": str(grid.output_dir),
-            "unavailable": [label for label in grid.datasets if not grid.available(label)]}
+    return {
+        "total": n_total,
+        "already_done": len(done_files),
+        "ran": len(ran),
+        "files": [str(p) for p in done_files + ran],
+        "output_dir": str(grid.output_dir),
+        "unavailable": [label for label in grid.datasets if not grid.available(label)],
+    }
 
 
 def collect_results(paths: list[str | Path]) -> list[dict[str, Any]]:

@@ -50,9 +50,11 @@ def record_line(rec: dict[str, Any], done: int, total: int) -> str:
     t, fit = rec["test"], rec["fit"]
     val = fit.get("best_val_map")
     v = f"val {100 * val:.1f}, " if val is not None else ""
-    return (f"[{done}/{total}] {rec['method']} shots={rec['shots']} seed={rec['seed']}: "
-            f"I2T {100 * t['i2t']['map']:.1f}  T2I {100 * t['t2i']['map']:.1f}  "
-            f"({v}{fit['epochs']} epochs, {fit['seconds']:.1f} s)")
+    return (
+        f"[{done}/{total}] {rec['method']} shots={rec['shots']} seed={rec['seed']}: "
+        f"I2T {100 * t['i2t']['map']:.1f}  T2I {100 * t['t2i']['map']:.1f}  "
+        f"({v}{fit['epochs']} epochs, {fit['seconds']:.1f} s)"
+    )
 
 
 class FitProgress:
@@ -67,9 +69,17 @@ class FitProgress:
             from tqdm.auto import tqdm
 
             # disable=None: no bar when stderr is not a terminal (the finished-fit lines still print)
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="fit", file=sys.stderr,
-                             dynamic_ncols=True, disable=None, leave=False,
-                             bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="fit",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                disable=None,
+                leave=False,
+                bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}",
+            )
         self._last_refresh = 0.0
 
     @property
@@ -89,8 +99,7 @@ class FitProgress:
         now = time.monotonic()
         if now - self._last_refresh > 0.2 or info.get("stopped"):
             self._last_refresh = now
-            status = " | ".join(
-                f"{lab}: {epoch_status(i, sum(ts) / len(ts) if ts else None)}" for lab, (i, ts) in self._active.items())
+            status = " | ".join(f"{lab}: {epoch_status(i, sum(ts) / len(ts) if ts else None)}" for lab, (i, ts) in self._active.items())
             self._bar.set_postfix_str(status, refresh=True)  # type: ignore[union-attr]
 
     def note(self, line: str) -> None:

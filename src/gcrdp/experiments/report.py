@@ -64,8 +64,10 @@ def gather(results_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for rec in res["records"]:
             key = (label, rec["method"], rec["shots"], rec["seed"])
             if key in seen:
-                raise DataError(f"Two results for {key[0]} / {key[1]} / shots={key[2]} / seed={key[3]}: "
-                                f"{seen[key]} and {res.get('_path')}. Report each cell once.")
+                raise DataError(
+                    f"Two results for {key[0]} / {key[1]} / shots={key[2]} / seed={key[3]}: "
+                    f"{seen[key]} and {res.get('_path')}. Report each cell once."
+                )
             seen[key] = res.get("_path")
             out.append({**rec, "dataset": label})
     return out
@@ -84,11 +86,19 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((r["dataset"], r["method"], r["shots"]), []).append(r)
     rows = []
     for (ds, m, s), rs in groups.items():
-        row: dict[str, Any] = {"dataset": ds, "method": m, "shots": s, "n_seeds": len(rs),
-                               "seeds": sorted(r["seed"] for r in rs),
-                               "protocol": rs[0].get("split", {}).get("protocol", "fewshot")}
-        for key, get in (("i2t", lambda r: r["test"]["i2t"]["map"]), ("t2i", lambda r: r["test"]["t2i"]["map"]),
-                         ("mean", lambda r: r["test"]["mean_map"])):
+        row: dict[str, Any] = {
+            "dataset": ds,
+            "method": m,
+            "shots": s,
+            "n_seeds": len(rs),
+            "seeds": sorted(r["seed"] for r in rs),
+            "protocol": rs[0].get("split", {}).get("protocol", "fewshot"),
+        }
+        for key, get in (
+            ("i2t", lambda r: r["test"]["i2t"]["map"]),
+            ("t2i", lambda r: r["test"]["t2i"]["map"]),
+            ("mean", lambda r: r["test"]["mean_map"]),
+        ):
             row[f"{key}_mean"], row[f"{key}_std"] = _ms([get(r) for r in rs])
         vals = [r["fit"]["best_val_map"] for r in rs if r.get("fit", {}).get("best_val_map") is not None]
         row["val_mean"] = _ms(vals)[0] if vals else None
@@ -105,8 +115,7 @@ def _order(values, preferred=None):
     return seen
 
 
-def markdown_tables(rows: list[dict[str, Any]], methods: list[str] | None = None,
-                    datasets: list[str] | None = None) -> str:
+def markdown_tables(rows: list[dict[str, Any]], methods: list[str] | None = None, datasets: list[str] | None = None) -> str:
     """One Markdown table per dataset (see the module docstring)."""
     parts = []
     for ds in _order([r["dataset"] for r in rows], datasets):
@@ -120,8 +129,7 @@ def markdown_tables(rows: list[dict[str, Any]], methods: list[str] | None = None
                 vals = [by[(m, s)][f"{k}_mean"] for m in ms if (m, s) in by]
                 best[(s, k)] = max(vals) if vals else math.nan
         standard = all(r.get("protocol") == "standard" for r in sub)
-        head = ["method"] + [(f"{k}" if standard else f"{s}-shot {k}") for s in shots
-                             for k in ("I2T", "T2I", "mean")] + ["seeds"]
+        head = ["method"] + [(f"{k}" if standard else f"{s}-shot {k}") for s in shots for k in ("I2T", "T2I", "mean")] + ["seeds"]
         lines = [f"### {ds}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in ms:
             cells = [f"`{m}`"]
@@ -142,16 +150,32 @@ def markdown_tables(rows: list[dict[str, Any]], methods: list[str] | None = None
             lines.append("| " + " | ".join(cells) + " |")
         chance = {s: next((by[(m, s)]["chance"] for m in ms if (m, s) in by), math.nan) for s in shots}
         lines.append("")
-        lines.append("Chance (class prior): " + ", ".join((f"{chance[s]:.1f}" if standard else f"{s}-shot {chance[s]:.1f}") for s in shots)
-                     + ". mAP@all in %, mean ± std over seeds; bold: best per column.")
+        lines.append(
+            "Chance (class prior): "
+            + ", ".join((f"{chance[s]:.1f}" if standard else f"{s}-shot {chance[s]:.1f}") for s in shots)
+            + ". mAP@all in %, mean ± std over seeds; bold: best per column."
+        )
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    cols = ["dataset", "method", "shots", "n_seeds", "i2t_mean", "i2t_std", "t2i_mean", "t2i_std",
-            "mean_mean", "mean_std", "val_mean", "chance", "fit_seconds"]
+    cols = [
+        "dataset",
+        "method",
+        "shots",
+        "n_seeds",
+        "i2t_mean",
+        "i2t_std",
+        "t2i_mean",
+        "t2i_std",
+        "mean_mean",
+        "mean_std",
+        "val_mean",
+        "chance",
+        "fit_seconds",
+    ]
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for r in sorted(rows, key=lambda r: (r["dataset"], r["method"], r["shots"])):
@@ -242,8 +266,9 @@ def sensitivity_series(records: list[dict[str, Any]]) -> dict[tuple[str, str, st
         diff = [k for k in set(ref) | set(r["method_config"]) if ref.get(k) != r["method_config"].get(k)]
         if len(diff) == 1 and diff[0] in PARAMS_PLOTTED:
             p = diff[0]
-            out.setdefault((r["dataset"], base, p), {}).setdefault(r["method_config"][p], {}) \
-                .setdefault(r["shots"], []).append(r["test"]["mean_map"])
+            out.setdefault((r["dataset"], base, p), {}).setdefault(r["method_config"][p], {}).setdefault(r["shots"], []).append(
+                r["test"]["mean_map"]
+            )
     for (ds, base, p), series in out.items():
         for r in records:
             if r["dataset"] == ds and r["method"] == base:
@@ -278,8 +303,9 @@ def plot_step_time(bench: dict[str, Any], out_dir: Path) -> Path:
     try:
         gap, gmm = bench["times_ms"]["gap"], bench["times_ms"]["gmm"]
     except (KeyError, TypeError):
-        raise DataError("The --bench file must be the JSON of benchmarks/bench_train_step.py --json "
-                        "(keys times_ms.gap, times_ms.gmm).") from None
+        raise DataError(
+            "The --bench file must be the JSON of benchmarks/bench_train_step.py --json (keys times_ms.gap, times_ms.gmm)."
+        ) from None
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.boxplot([gap, gmm], showfliers=True)
     ax.set_xticks([1, 2], ["without EM\n(GAP)", f"with EM\n(GMM, K={bench.get('n_components', 3)})"])
@@ -290,9 +316,17 @@ def plot_step_time(bench: dict[str, Any], out_dir: Path) -> Path:
     return _save(fig, out_dir / "step_time.png")
 
 
-def plot_embedding_map(method: Any, features: Any, labels: np.ndarray, class_names: list[str],
-                       out_path: Path, *, n_view_samples: int = 4, seed: int = 0,
-                       max_points: int = 1500) -> Path:
+def plot_embedding_map(
+    method: Any,
+    features: Any,
+    labels: np.ndarray,
+    class_names: list[str],
+    out_path: Path,
+    *,
+    n_view_samples: int = 4,
+    seed: int = 0,
+    max_points: int = 1500,
+) -> Path:
     """t-SNE of the image and text embeddings of ``features`` (rows = test pairs), coloured by
     each pair's first class; for a GCRDP model, the K views of ``n_view_samples`` images are
     placed in the same map and joined to their global embedding."""
@@ -329,12 +363,11 @@ def plot_embedding_map(method: Any, features: Any, labels: np.ndarray, class_nam
     for j, c in enumerate(classes):
         m = lab == c
         color = cmap(j % 20)
-        ax.scatter(xy[:k][m, 0], xy[:k][m, 1], s=10, color=color, marker="o",
-                   label=class_names[c] if c < len(class_names) else str(c))
-        ax.scatter(xy[k:2 * k][m, 0], xy[k:2 * k][m, 1], s=12, color=color, marker="x")
+        ax.scatter(xy[:k][m, 0], xy[:k][m, 1], s=10, color=color, marker="o", label=class_names[c] if c < len(class_names) else str(c))
+        ax.scatter(xy[k : 2 * k][m, 0], xy[k : 2 * k][m, 1], s=12, color=color, marker="x")
     if views is not None:
         K = views.shape[1]
-        vxy = xy[2 * k:].reshape(-1, K, 2)
+        vxy = xy[2 * k :].reshape(-1, K, 2)
         for s in range(vxy.shape[0]):
             for q in range(K):
                 ax.plot([xy[s, 0], vxy[s, q, 0]], [xy[s, 1], vxy[s, q, 1]], color="black", lw=0.6, alpha=0.6)
@@ -347,9 +380,15 @@ def plot_embedding_map(method: Any, features: Any, labels: np.ndarray, class_nam
     return _save(fig, out_path)
 
 
-def write_report(results_list: list[dict[str, Any]], out_dir: str | Path, *, methods: list[str] | None = None,
-                 datasets: list[str] | None = None, plots: bool = True,
-                 bench: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_report(
+    results_list: list[dict[str, Any]],
+    out_dir: str | Path,
+    *,
+    methods: list[str] | None = None,
+    datasets: list[str] | None = None,
+    plots: bool = True,
+    bench: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``results.md``, ``results.csv`` and the figures into ``out_dir``; return the paths
     and the aggregated rows."""
     out_dir = Path(out_dir)
@@ -361,8 +400,7 @@ def write_report(results_list: list[dict[str, Any]], out_dir: str | Path, *, met
     if methods:  # the methods shown in the tables and the mAP curves (sensitivity uses every run)
         missing = sorted(set(methods) - {r["method"] for r in rows})
         if missing:
-            raise ConfigError(f"--methods {missing} have no results; the results have "
-                              f"{sorted({r['method'] for r in rows})}.")
+            raise ConfigError(f"--methods {missing} have no results; the results have {sorted({r['method'] for r in rows})}.")
         rows = [r for r in rows if r["method"] in methods]
     md = markdown_tables(rows, methods, datasets)
     atomic_write_text(out_dir / "results.md", md)

@@ -41,8 +41,7 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) ->
     if dataset.features is not None:
         feats = dataset.features
         if "key" not in feats.meta:
-            feats.meta.update({"key": feats.content_digest(), "source": "pre-extracted",
-                               "dtype": str(feats.image.local.dtype)})
+            feats.meta.update({"key": feats.content_digest(), "source": "pre-extracted", "dtype": str(feats.image.local.dtype)})
             feats.meta["key_inputs"] = {"pre_extracted": feats.meta["key"]}
         return feats
     from ..encoders import extract_features, get_image_encoder, get_text_encoder
@@ -53,16 +52,16 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) ->
     image_enc = _build_encoder(get_image_encoder, config.image_encoder, image_kw, "image")
     text_enc = _build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    return extract_features(dataset, image_enc, text_enc, cache_dir=cache, dtype=config.feature_dtype,
-                            batch_size=config.extract_batch_size, progress=progress)
+    return extract_features(
+        dataset, image_enc, text_enc, cache_dir=cache, dtype=config.feature_dtype, batch_size=config.extract_batch_size, progress=progress
+    )
 
 
 def _build_encoder(factory: Callable[..., Any], name: str, options: dict[str, Any], modality: str) -> Any:
     try:
         return factory(name, **options)
     except TypeError as exc:  # an option the encoder does not take
-        raise ConfigError(f"The {modality} encoder {name!r} does not accept the options "
-                          f"{sorted(options)}: {exc}") from None
+        raise ConfigError(f"The {modality} encoder {name!r} does not accept the options {sorted(options)}: {exc}") from None
 
 
 def class_name_texts(class_names) -> list[str]:
@@ -96,8 +95,9 @@ def build_entry(entry: str, config: RunConfig, device: str = "cpu", **overrides:
     return build_method(method_base_name(entry), options, device)
 
 
-def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split: Any,
-                   ks: list[int] | tuple[int, ...] = ()) -> dict[str, Any]:
+def evaluate_split(
+    method: Any, features: FeatureSet, labels: np.ndarray, split: Any, ks: list[int] | tuple[int, ...] = ()
+) -> dict[str, Any]:
     """Test metrics of a fitted ``method`` on ``split``'s test queries and gallery (I2T and
     T2I, :func:`~gcrdp.evaluation.cross_modal_metrics`); the gallery is embedded once more only
     when it differs from the queries."""
@@ -114,8 +114,7 @@ def evaluate_split(method: Any, features: FeatureSet, labels: np.ndarray, split:
     # instance level: each query's own pair (the same sample on the gallery side)
     where = {int(j): r for r, j in enumerate(g)}
     pair = np.array([where.get(int(i), -1) for i in q], dtype=np.int64)
-    out["instance"] = {"i2t": instance_recall(qi, gt, pair, metric=metric),
-                       "t2i": instance_recall(qt, gi, pair, metric=metric)}
+    out["instance"] = {"i2t": instance_recall(qi, gt, pair, metric=metric), "t2i": instance_recall(qt, gi, pair, metric=metric)}
     return out
 
 
@@ -124,7 +123,8 @@ def fit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_nam
     pairs of the unseen classes, and of the validation classes under the mirrored validation,
     marked for oversampling) and its validation pairs."""
     return FitData(
-        train=features.subset(split.train), train_labels=labels[split.train],
+        train=features.subset(split.train),
+        train_labels=labels[split.train],
         oversample=np.isin(split.train, split.oversampled),
         val=features.subset(split.val) if len(split.val) else None,
         val_labels=labels[split.val] if len(split.val) else None,
@@ -132,15 +132,20 @@ def fit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_nam
     )
 
 
-def refit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_names,
-                   class_name_features: np.ndarray | None = None) -> FitData:
+def refit_data_for(
+    split: Any, features: FeatureSet, labels: np.ndarray, class_names, class_name_features: np.ndarray | None = None
+) -> FitData:
     """The refit's training pairs (``RunConfig.refit``): every train and validation pair of the
     split — all seen-side train-split pairs and the unseen shots — with only the unseen shots
     oversampled, and no validation."""
     train = np.union1d(split.train, split.val)
-    return FitData(train=features.subset(train), train_labels=labels[train],
-                   oversample=np.isin(train, split.fewshot), class_names=tuple(class_names),
-                   class_name_features=class_name_features)
+    return FitData(
+        train=features.subset(train),
+        train_labels=labels[train],
+        oversample=np.isin(train, split.fewshot),
+        class_names=tuple(class_names),
+        class_name_features=class_name_features,
+    )
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -158,11 +163,12 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((r["method"], r["shots"]), []).append(r)
     out = []
     for (method, shots), rs in groups.items():
-        row: dict[str, Any] = {"method": method, "shots": shots, "n_seeds": len(rs),
-                               "seeds": [r["seed"] for r in rs]}
-        for key, get in (("i2t_map", lambda r: r["test"]["i2t"]["map"]),
-                         ("t2i_map", lambda r: r["test"]["t2i"]["map"]),
-                         ("mean_map", lambda r: r["test"]["mean_map"])):
+        row: dict[str, Any] = {"method": method, "shots": shots, "n_seeds": len(rs), "seeds": [r["seed"] for r in rs]}
+        for key, get in (
+            ("i2t_map", lambda r: r["test"]["i2t"]["map"]),
+            ("t2i_map", lambda r: r["test"]["t2i"]["map"]),
+            ("mean_map", lambda r: r["test"]["mean_map"]),
+        ):
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([get(r) for r in rs])
         for extra in sorted({k for r in rs for k in r["test"]["i2t"] if "@" in k}):
             for d in ("i2t", "t2i"):
@@ -194,8 +200,9 @@ class _FitContext:
     name_feats: np.ndarray | None = None
 
 
-def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
-             folder: Path | None = None, resume: bool = True) -> dict[str, Any]:
+def _fit_one(
+    ctx: _FitContext, name: str, shots: int, seed: int, split: Any, folder: Path | None = None, resume: bool = True
+) -> dict[str, Any]:
     """Fit method entry ``name`` on ``split`` and evaluate it: one record of ``results.json``."""
     from ..evaluation import chance_map
     from ..methods.persistence import save_method
@@ -221,7 +228,9 @@ def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
     test = evaluate_split(method, features, labels, split, ks=config.ks)
     chance = chance_map(labels[q], labels[g])
     rec = {
-        "method": name, "shots": shots, "seed": seed,
+        "method": name,
+        "shots": shots,
+        "seed": seed,
         "method_config": method.config_dict(),
         "split": split.summary(),
         "fit": report.to_dict(),
@@ -231,13 +240,26 @@ def _fit_one(ctx: _FitContext, name: str, shots: int, seed: int, split: Any,
         "test": test,
     }
     if folder is not None:
-        single = {**config.to_dict(), "shots": [shots], "seeds": [seed], "methods": [name],
-                  "method_options": {name: config.method_options.get(name, {})}}
-        save_method(method, Path(folder) / "final", fit=rec["fit"], run={
-            "config": single, "method_entry": name, "split": rec["split"],
-            "class_names": list(ctx.classes),
-            "features": {k: features.meta.get(k) for k in ("key", "key_inputs", "dtype")},
-            "test": test})
+        single = {
+            **config.to_dict(),
+            "shots": [shots],
+            "seeds": [seed],
+            "methods": [name],
+            "method_options": {name: config.method_options.get(name, {})},
+        }
+        save_method(
+            method,
+            Path(folder) / "final",
+            fit=rec["fit"],
+            run={
+                "config": single,
+                "method_entry": name,
+                "split": rec["split"],
+                "class_names": list(ctx.classes),
+                "features": {k: features.meta.get(k) for k in ("key", "key_inputs", "dtype")},
+                "test": test,
+            },
+        )
         rec["checkpoint"] = str(folder)
     return rec
 
@@ -278,12 +300,10 @@ def task_label(name: str, shots: int, seed: int) -> str:
 
 
 #: run config keys that do not change a fit's record (where files go, how features are batched)
-_NOT_IN_FIT_KEY = ("methods", "shots", "seeds", "method_options", "cache_dir", "extract_batch_size",
-                   "allow_small_classes")
+_NOT_IN_FIT_KEY = ("methods", "shots", "seeds", "method_options", "cache_dir", "extract_batch_size", "allow_small_classes")
 
 
-def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: Any,
-            dataset: Dataset | None = None) -> str:
+def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: Any, dataset: Dataset | None = None) -> str:
     """What identifies one fit's record in a resumable ``gcrdp run`` folder: the run config
     without the lists of methods, shots and seeds (so a run can grow) and without what does not
     change a record, the entry's own options, the fit's coordinates, the features' key, and the
@@ -294,11 +314,19 @@ def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: 
     data: dict[str, Any] = {}
     if dataset is not None:
         cs = dataset.class_split
-        data = {"content": dataset.content_digest(),
-                "class_split": None if cs is None else [cs.version, list(cs.seen), list(cs.unseen)]}
-    return cache_key({"config": cfg, "entry": entry, "options": config.method_options.get(entry, {}),
-                      "shots": shots, "seed": seed, "features": features_key, "dataset": data,
-                      "format": RESULTS_FORMAT})
+        data = {"content": dataset.content_digest(), "class_split": None if cs is None else [cs.version, list(cs.seen), list(cs.unseen)]}
+    return cache_key(
+        {
+            "config": cfg,
+            "entry": entry,
+            "options": config.method_options.get(entry, {}),
+            "shots": shots,
+            "seed": seed,
+            "features": features_key,
+            "dataset": data,
+            "format": RESULTS_FORMAT,
+        }
+    )
 
 
 class _DatasetKey:
@@ -335,12 +363,14 @@ def _load_done_fit(path: Path, key: str) -> dict[str, Any] | None:
         raise ConfigError(
             f"{path.parent.parent.parent} holds finished fits of another configuration (e.g. {path.name} "
             "of another config, dataset content or encoders). Use another --output-dir, or pass "
-            "--no-resume (resume=False) to start afresh there.")
+            "--no-resume (resume=False) to start afresh there."
+        )
     return rec
 
 
-def _run_in_workers(shared: _FitContext, tasks: list[tuple[str, int, int]], splits: dict, jobs: int,
-                    finish: Callable[[dict[str, Any]], None], display: Any) -> None:
+def _run_in_workers(
+    shared: _FitContext, tasks: list[tuple[str, int, int]], splits: dict, jobs: int, finish: Callable[[dict[str, Any]], None], display: Any
+) -> None:
     """Fit ``tasks`` in ``jobs`` spawned worker processes; their epochs reach ``display``
     through a queue, their records ``finish`` as each ends."""
     import multiprocessing as mp
@@ -361,8 +391,9 @@ def _run_in_workers(shared: _FitContext, tasks: list[tuple[str, int, int]], spli
             display.epoch(task_label(*task), info)
 
     try:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(shared, threads, events)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(jobs, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(shared, threads, events)
+        ) as pool:
             pending = {pool.submit(_fit_in_worker, t, splits[(t[1], t[2])]) for t in tasks}
             try:
                 while pending:
@@ -431,8 +462,9 @@ def run_experiment(
     for m in config.methods:
         METHODS.get(method_base_name(m))  # fail fast on unknown names, before any slow work
         if config.refit and not hasattr(build_entry(m, config), "refit_options"):
-            raise ConfigError(f"refit: method {m!r} does not say how to refit without validation "
-                              "(no refit_options); run it without --refit.")
+            raise ConfigError(
+                f"refit: method {m!r} does not say how to refit without validation (no refit_options); run it without --refit."
+            )
         if checkpoints is not None:
             check_checkpointable(build_entry(m, config))
     t_start = time.perf_counter()
@@ -456,18 +488,28 @@ def run_experiment(
     labels = dataset.label_matrix()
 
     # Validate every split before training anything (e.g. too few pairs for the shots).
-    splits = {(s, seed): make_split(dataset, protocol=config.protocol, shots=s, seed=seed,
-                                    val_fraction=config.val_fraction, val_mode=config.val_mode,
-                                    val_min_classes=config.val_min_classes,
-                                    val_min_pairs=config.val_min_pairs)
-              for s in shot_values for seed in config.seeds}
+    splits = {
+        (s, seed): make_split(
+            dataset,
+            protocol=config.protocol,
+            shots=s,
+            seed=seed,
+            val_fraction=config.val_fraction,
+            val_mode=config.val_mode,
+            val_min_classes=config.val_min_classes,
+            val_min_pairs=config.val_min_pairs,
+        )
+        for s in shot_values
+        for seed in config.seeds
+    }
 
     tasks = [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
     name_feats = None
     if any(getattr(build_entry(m, config), "needs_class_name_features", False) for m in config.methods):
         name_feats = class_name_features(dataset.classes, config)  # computed once, for the methods that ask
-    shared = _FitContext(config=config, features=features, labels=labels, classes=tuple(dataset.classes),
-                         device=device, name_feats=name_feats)
+    shared = _FitContext(
+        config=config, features=features, labels=labels, classes=tuple(dataset.classes), device=device, name_feats=name_feats
+    )
     from .progress import FitProgress
 
     records: list[dict[str, Any]] = []
@@ -491,19 +533,29 @@ def run_experiment(
         log.info("resuming: %d of %d fits already done in %s", n_resumed, n_resumed + len(tasks), output_dir)
     display = FitProgress(n_resumed + len(tasks), initial=n_resumed, enabled=progress)
     if progress and n_resumed:
-        display.note(f"resuming: {n_resumed} of {n_resumed + len(tasks)} fits were already done in "
-                     f"{output_dir}; running the other {len(tasks)}")
+        display.note(
+            f"resuming: {n_resumed} of {n_resumed + len(tasks)} fits were already done in {output_dir}; running the other {len(tasks)}"
+        )
 
     def finish(rec: dict[str, Any]) -> None:
         if keep_fits:
-            atomic_write_json(_fit_file(output_dir, rec["method"], rec["shots"], rec["seed"]),  # type: ignore[arg-type]
-                              {"fit_key": fit_keys[(rec["method"], rec["shots"], rec["seed"])], "record": rec})
+            atomic_write_json(
+                _fit_file(output_dir, rec["method"], rec["shots"], rec["seed"]),  # type: ignore[arg-type]
+                {"fit_key": fit_keys[(rec["method"], rec["shots"], rec["seed"])], "record": rec},
+            )
         display.finished(rec, task_label(rec["method"], rec["shots"], rec["seed"]))
         records.append(rec)
-        log.info("%s shots=%d seed=%d: I2T %.1f T2I %.1f (val %.1f, %d epochs, %.1fs)",
-                 rec["method"], rec["shots"], rec["seed"], 100 * rec["test"]["i2t"]["map"],
-                 100 * rec["test"]["t2i"]["map"], 100 * (rec["fit"]["best_val_map"] or math.nan),
-                 rec["fit"]["epochs"], rec["fit"]["seconds"])
+        log.info(
+            "%s shots=%d seed=%d: I2T %.1f T2I %.1f (val %.1f, %d epochs, %.1fs)",
+            rec["method"],
+            rec["shots"],
+            rec["seed"],
+            100 * rec["test"]["i2t"]["map"],
+            100 * rec["test"]["t2i"]["map"],
+            100 * (rec["fit"]["best_val_map"] or math.nan),
+            rec["fit"]["epochs"],
+            rec["fit"]["seconds"],
+        )
         if on_record is not None:
             on_record(rec)
 
@@ -527,16 +579,27 @@ def run_experiment(
     results = {
         "format": RESULTS_FORMAT,
         "config": config.to_dict(),
-        "resolved": {"dataset_name": dataset.name, "device": device, "jobs": jobs, "torch_threads": _threads_per_fit(jobs, len(tasks)),
-                     "n_samples": len(dataset), "n_classes": len(dataset.classes),
-                     "dataset_meta": dataset.meta, "features": features.meta,
-                     "small_classes_allowed": [sc.to_dict() for sc in small],
-                     "feature_dims": {"image": [features.image.local.shape[1], features.image.dim],
-                                      "text": [features.text.local.shape[1], features.text.dim]}},
+        "resolved": {
+            "dataset_name": dataset.name,
+            "device": device,
+            "jobs": jobs,
+            "torch_threads": _threads_per_fit(jobs, len(tasks)),
+            "n_samples": len(dataset),
+            "n_classes": len(dataset.classes),
+            "dataset_meta": dataset.meta,
+            "features": features.meta,
+            "small_classes_allowed": [sc.to_dict() for sc in small],
+            "feature_dims": {
+                "image": [features.image.local.shape[1], features.image.dim],
+                "text": [features.text.local.shape[1], features.text.dim],
+            },
+        },
         "provenance": provenance(),
-        "timing": {"data_seconds": round(t_data - t_start, 3),
-                   "features_seconds": round(t_feat - t_data, 3),
-                   "total_seconds": round(time.perf_counter() - t_start, 3)},
+        "timing": {
+            "data_seconds": round(t_data - t_start, 3),
+            "features_seconds": round(t_feat - t_data, 3),
+            "total_seconds": round(time.perf_counter() - t_start, 3),
+        },
         "records": records,
         "summary": summarize(records),
     }
@@ -544,15 +607,25 @@ def run_experiment(
         if dataset.class_split is not None and config.protocol != "standard":
             from ..data.splits import class_split_document
 
-            doc = class_split_document(dataset.class_split, note=(
-                f"The class split this run used ({dataset.meta.get('class_split_source', 'dataset')}). "
-                "Pass it as --class-split (dataset option class_split) to pin it in a rerun."))
+            doc = class_split_document(
+                dataset.class_split,
+                note=(
+                    f"The class split this run used ({dataset.meta.get('class_split_source', 'dataset')}). "
+                    "Pass it as --class-split (dataset option class_split) to pin it in a rerun."
+                ),
+            )
             atomic_write_json(output_dir / "class_split.json", doc)
             results["resolved"]["class_split_file"] = str(output_dir / "class_split.json")
         if dataset.meta.get("skipped"):
-            atomic_write_json(output_dir / "skipped.json", {
-                "dataset": dataset.name, "source": dataset.meta.get("source"),
-                "n_problems": len(dataset.meta["skipped"]), "skipped": dataset.meta["skipped"]})
+            atomic_write_json(
+                output_dir / "skipped.json",
+                {
+                    "dataset": dataset.name,
+                    "source": dataset.meta.get("source"),
+                    "n_problems": len(dataset.meta["skipped"]),
+                    "skipped": dataset.meta["skipped"],
+                },
+            )
             results["resolved"]["skipped_report"] = str(output_dir / "skipped.json")
         atomic_write_json(output_dir / "results.json", results)
     return results

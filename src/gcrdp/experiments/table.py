@@ -16,12 +16,17 @@ def format_table(summary: list[dict[str, Any]], title: str | None = None) -> str
     head = ["method", "shots", "seeds", "I2T mAP", "T2I mAP", "mean mAP", "chance"]
     rows = []
     for r in sorted(summary, key=lambda r: (r["shots"], r["method"])):
-        rows.append([
-            r["method"], str(r["shots"]), str(r["n_seeds"]),
-            _pm(r["i2t_map_mean"], r["i2t_map_std"]), _pm(r["t2i_map_mean"], r["t2i_map_std"]),
-            _pm(r["mean_map_mean"], r["mean_map_std"]),
-            f"{100 * (r['chance_i2t_mean'] + r['chance_t2i_mean']) / 2:5.1f}",
-        ])
+        rows.append(
+            [
+                r["method"],
+                str(r["shots"]),
+                str(r["n_seeds"]),
+                _pm(r["i2t_map_mean"], r["i2t_map_std"]),
+                _pm(r["t2i_map_mean"], r["t2i_map_std"]),
+                _pm(r["mean_map_mean"], r["mean_map_std"]),
+                f"{100 * (r['chance_i2t_mean'] + r['chance_t2i_mean']) / 2:5.1f}",
+            ]
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     lines = [] if title is None else [title, ""]
@@ -53,8 +58,7 @@ def format_instance_table(summary: list[dict[str, Any]], title: str | None = Non
     return "\n".join(lines + [fmt(row) for row in rows])
 
 
-def format_study_table(summary: list[dict[str, Any]], methods: list[str] | None = None,
-                       key: str = "mean_map") -> str:
+def format_study_table(summary: list[dict[str, Any]], methods: list[str] | None = None, key: str = "mean_map") -> str:
     """A Markdown table with one row per method and one column per shot value: ``key`` (e.g.
     ``mean_map``, ``i2t_map``) in percent as mean ± std over seeds, plus the validation mAP
     (mean over shots and seeds) used for choices."""

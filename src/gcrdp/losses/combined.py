@@ -20,9 +20,7 @@ class LossWeights:
     def __post_init__(self) -> None:
         for name in ("alpha", "lam"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value >= 0
-            ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"LossWeights.{name} must be a finite number >= 0, got {value!r}.")
 
 

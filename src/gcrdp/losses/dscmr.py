@@ -21,8 +21,7 @@ def _norms(x: torch.Tensor, norm: str) -> torch.Tensor:
     raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
-def dscmr_label_loss(image_pred: torch.Tensor, text_pred: torch.Tensor, labels: torch.Tensor,
-                     norm: str = "l2") -> torch.Tensor:
+def dscmr_label_loss(image_pred: torch.Tensor, text_pred: torch.Tensor, labels: torch.Tensor, norm: str = "l2") -> torch.Tensor:
     """DSCMR's label-space discrimination: ``mean_i ||p^v_i − y_i|| + mean_i ||p^t_i − y_i||``
     (``norm="squared"``: squared norms).
 
@@ -30,8 +29,9 @@ def dscmr_label_loss(image_pred: torch.Tensor, text_pred: torch.Tensor, labels: 
         image_pred, text_pred: (B, C) outputs of the shared linear classifier.
         labels: (B, C) multi-hot labels (bool or float)."""
     if image_pred.shape != labels.shape or text_pred.shape != labels.shape:
-        raise DataError(f"predictions {tuple(image_pred.shape)}/{tuple(text_pred.shape)} and labels "
-                        f"{tuple(labels.shape)} must all be (batch, classes)")
+        raise DataError(
+            f"predictions {tuple(image_pred.shape)}/{tuple(text_pred.shape)} and labels {tuple(labels.shape)} must all be (batch, classes)"
+        )
     y = labels.to(image_pred.dtype)
     return _norms(image_pred - y, norm).mean() + _norms(text_pred - y, norm).mean()
 
@@ -61,8 +61,9 @@ def common_space_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Ten
     image–image, image–text and text–text pairs of the batch (all B² pairs each, the diagonal
     included), summed. ``image``/``text``: (B, D) common representations U, V."""
     sim = label_similarity(labels, labels)
-    return (pairwise_likelihood_loss(image, image, sim) + pairwise_likelihood_loss(image, text, sim)
-            + pairwise_likelihood_loss(text, text, sim))
+    return (
+        pairwise_likelihood_loss(image, image, sim) + pairwise_likelihood_loss(image, text, sim) + pairwise_likelihood_loss(text, text, sim)
+    )
 
 
 def modality_invariance_loss(image: torch.Tensor, text: torch.Tensor, norm: str = "l2") -> torch.Tensor:
@@ -70,13 +71,20 @@ def modality_invariance_loss(image: torch.Tensor, text: torch.Tensor, norm: str 
     return _norms(image - text, norm).mean()
 
 
-def dscmr_loss(image: torch.Tensor, text: torch.Tensor, image_pred: torch.Tensor, text_pred: torch.Tensor,
-               labels: torch.Tensor, *, alpha: float, beta: float,
-               norm: str = "l2") -> tuple[torch.Tensor, dict[str, float]]:
+def dscmr_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    image_pred: torch.Tensor,
+    text_pred: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    norm: str = "l2",
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``J_label + alpha · J_common + beta · J_inv``; returns (total, unweighted parts)."""
     j_label = dscmr_label_loss(image_pred, text_pred, labels, norm)
     j_common = common_space_loss(image, text, labels)
     j_inv = modality_invariance_loss(image, text, norm)
     total = j_label + alpha * j_common + beta * j_inv
-    return total, {"label": float(j_label.detach()), "common": float(j_common.detach()),
-                   "invariance": float(j_inv.detach())}
+    return total, {"label": float(j_label.detach()), "common": float(j_common.detach()), "invariance": float(j_inv.detach())}

@@ -30,15 +30,20 @@ def calibrated_nll(x: torch.Tensor, x_hat: torch.Tensor, floor: float = 1e-4) ->
     return (0.5 * (x - x_hat).pow(2) / var + 0.5 * var.log()).sum(dim=-1)
 
 
-def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             kl_weight: float = 1.0, decoder_variance: str = "calibrated") -> tuple[torch.Tensor, dict[str, float]]:
+def vae_loss(
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    kl_weight: float = 1.0,
+    decoder_variance: str = "calibrated",
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``mean_b [NLL(x | x̂) + β·KL]`` with NLL :func:`calibrated_nll` (default) or
     :func:`reconstruction_nll` (``decoder_variance="unit"``). Returns (scalar, parts):
     ``recon`` = mean ½‖x − x̂‖² (whatever the variance), ``kl`` the mean KL."""
     nll = calibrated_nll(x, x_hat) if decoder_variance == "calibrated" else reconstruction_nll(x, x_hat)
     kl = gaussian_kl(mu, logvar).mean()
-    return nll.mean() + kl_weight * kl, {"recon": float(reconstruction_nll(x, x_hat).detach().mean()),
-                                         "kl": float(kl.detach())}
+    return nll.mean() + kl_weight * kl, {"recon": float(reconstruction_nll(x, x_hat).detach().mean()), "kl": float(kl.detach())}
 
 
 def wgan_critic_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
@@ -61,8 +66,7 @@ def bce_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-d_fake).mean()
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor,
-                     alpha: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """WGAN-GP penalty ``mean_b (‖∇_x̂ D(x̂, c)‖₂ − 1)²`` at ``x̂ = α·real + (1 − α)·fake``.
 
     Args:

@@ -22,9 +22,7 @@ def validate_temperature(temperature: float | torch.Tensor) -> None:
     """Raise :class:`ConfigError` unless ``temperature`` is a finite positive scalar."""
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1:
-            raise ConfigError(
-                f"temperature must be a scalar, got a tensor of shape {tuple(temperature.shape)}."
-            )
+            raise ConfigError(f"temperature must be a scalar, got a tensor of shape {tuple(temperature.shape)}.")
         value = float(temperature.detach())
     else:
         try:
@@ -32,9 +30,7 @@ def validate_temperature(temperature: float | torch.Tensor) -> None:
         except (TypeError, ValueError):
             raise ConfigError(f"temperature must be a positive number, got {temperature!r}.") from None
     if not (math.isfinite(value) and value > 0.0):
-        raise ConfigError(
-            f"temperature must be a finite number > 0 (e.g. 0.07), got {value!r}."
-        )
+        raise ConfigError(f"temperature must be a finite number > 0 (e.g. 0.07), got {value!r}.")
 
 
 def _class_share(labels: torch.Tensor, batch: int) -> torch.Tensor:
@@ -45,8 +41,7 @@ def _class_share(labels: torch.Tensor, batch: int) -> torch.Tensor:
     """
     if labels.shape[0] != batch or labels.dim() not in (1, 2):
         raise DataError(
-            f"labels must have shape (batch={batch}, classes) multi-hot or (batch={batch},) class "
-            f"ids, got {tuple(labels.shape)}."
+            f"labels must have shape (batch={batch}, classes) multi-hot or (batch={batch},) class ids, got {tuple(labels.shape)}."
         )
     if labels.dim() == 1:
         return labels[:, None] == labels[None, :]  # (B, B)
@@ -114,21 +109,27 @@ def multi_positive_infonce(
         b, k = image_views.shape[:2]
         for name, w in (("image_weights", image_weights), ("text_weights", text_weights)):
             if w is None or tuple(w.shape) != (b, k):
-                raise DataError(f"{name} must have shape (batch, K) = {(b, k)} when view weights are "
-                                f"used, got {None if w is None else tuple(w.shape)}.")
+                raise DataError(
+                    f"{name} must have shape (batch, K) = {(b, k)} when view weights are used, got {None if w is None else tuple(w.shape)}."
+                )
     if not class_positives and not intra_modal_negatives and not weighted:
         if view_positives == "cross":
             return _cross_pair_infonce(image_views, text_views, temperature)
         return _own_pair_infonce(image_views, text_views, temperature)
-    return _dense_multi_positive_infonce(image_views, text_views, temperature, labels,
-                                         class_positives=class_positives,
-                                         intra_modal_negatives=intra_modal_negatives,
-                                         view_positives=view_positives,
-                                         image_weights=image_weights, text_weights=text_weights)
+    return _dense_multi_positive_infonce(
+        image_views,
+        text_views,
+        temperature,
+        labels,
+        class_positives=class_positives,
+        intra_modal_negatives=intra_modal_negatives,
+        view_positives=view_positives,
+        image_weights=image_weights,
+        text_weights=text_weights,
+    )
 
 
-def _cross_pair_infonce(image_views: torch.Tensor, text_views: torch.Tensor,
-                        temperature: float | torch.Tensor) -> torch.Tensor:
+def _cross_pair_infonce(image_views: torch.Tensor, text_views: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """``view_positives="cross"`` without class positives: an image view's candidates are the
     B·K text views and its positives the K text views of its pair (and symmetrically)."""
     b, k, d = image_views.shape
@@ -139,8 +140,7 @@ def _cross_pair_infonce(image_views: torch.Tensor, text_views: torch.Tensor,
     return 0.5 * (per_img.mean() + per_txt.mean())
 
 
-def _own_pair_infonce(image_views: torch.Tensor, text_views: torch.Tensor,
-                      temperature: float | torch.Tensor) -> torch.Tensor:
+def _own_pair_infonce(image_views: torch.Tensor, text_views: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """The default case (positives = own pair, cross-modal negatives) without the dense
     (2BK, 2BK) logit matrix: the candidates of an image view (i, k) are the B·K text views —
     one row of the (BK, BK) cross-modal matrix — and the K − 1 other image views of pair i —
@@ -223,6 +223,5 @@ def _dense_multi_positive_infonce(
     pos_w = torch.where(positives, w[None, :].expand(n, n), torch.zeros_like(log_prob))  # (2BK, 2BK)
     tiny = torch.finfo(logits.dtype).tiny
     per_anchor = -(pos_w * log_prob).sum(dim=1) / pos_w.sum(dim=1).clamp_min(tiny)  # (2BK,)
-    halves = [(per_anchor[sl] * w[sl]).sum() / w[sl].sum().clamp_min(tiny)
-              for sl in (slice(0, bk), slice(bk, n))]
+    halves = [(per_anchor[sl] * w[sl]).sum() / w[sl].sum().clamp_min(tiny) for sl in (slice(0, bk), slice(bk, n))]
     return 0.5 * (halves[0] + halves[1])

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from ..errors import DataError
 
 
-def prototype_loss(embeddings: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
+def prototype_loss(embeddings: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy of ``softmax_k(cos(f_i, c_k) / temperature)`` against the labels.
 
     Args:
@@ -25,8 +24,7 @@ def prototype_loss(embeddings: torch.Tensor, prototypes: torch.Tensor, labels: t
         gradient of 0) when no row has a label.
     """
     if labels.shape != (embeddings.shape[0], prototypes.shape[0]):
-        raise DataError(f"labels must be (batch, classes) = ({embeddings.shape[0]}, {prototypes.shape[0]}), "
-                        f"got {tuple(labels.shape)}")
+        raise DataError(f"labels must be (batch, classes) = ({embeddings.shape[0]}, {prototypes.shape[0]}), got {tuple(labels.shape)}")
     logits = embeddings @ F.normalize(prototypes, dim=-1).T / temperature  # (B, C)
     y = labels.to(logits.dtype)
     count = y.sum(dim=1)

@@ -42,14 +42,10 @@ def _is_number(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def confident_mask(
-    sim_image: torch.Tensor, sim_text: torch.Tensor, threshold: float, confidence: str = "either"
-) -> torch.Tensor:
+def confident_mask(sim_image: torch.Tensor, sim_text: torch.Tensor, threshold: float, confidence: str = "either") -> torch.Tensor:
     """(B, B) bool mask of off-diagonal high-confidence pairs; computed without gradient."""
     if confidence not in RDP_CONFIDENCE:
-        raise ConfigError(
-            f"Unknown RDP confidence rule {confidence!r}; known: {format_list(RDP_CONFIDENCE)}."
-        )
+        raise ConfigError(f"Unknown RDP confidence rule {confidence!r}; known: {format_list(RDP_CONFIDENCE)}.")
     with torch.no_grad():
         hi_v = sim_image > threshold  # (B, B)
         hi_t = sim_text > threshold  # (B, B)
@@ -63,9 +59,7 @@ def confident_mask(
         return mask & off_diag  # (B, B)
 
 
-def rdp_distribution(
-    sim_image: torch.Tensor, sim_text: torch.Tensor, mask: torch.Tensor, temperature: float
-) -> torch.Tensor:
+def rdp_distribution(sim_image: torch.Tensor, sim_text: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over rows with ≥ 2 mask entries of the symmetric KL between the masked row softmaxes.
 
     ``sim_image``, ``sim_text``: (B, B); ``mask``: (B, B) bool. Scalar (0 if no row qualifies).
@@ -113,9 +107,7 @@ def rdp_loss(
     if variant not in RDP_VARIANTS:
         raise ConfigError(f"Unknown RDP variant {variant!r}; known: {format_list(RDP_VARIANTS)}.")
     if confidence not in RDP_CONFIDENCE:
-        raise ConfigError(
-            f"Unknown RDP confidence rule {confidence!r}; known: {format_list(RDP_CONFIDENCE)}."
-        )
+        raise ConfigError(f"Unknown RDP confidence rule {confidence!r}; known: {format_list(RDP_CONFIDENCE)}.")
     if not (_is_number(threshold) and -1.0 <= float(threshold) < 1.0):
         raise ConfigError(f"RDP threshold must be a number in [-1, 1), got {threshold!r}.")
     if not (_is_number(temperature) and math.isfinite(float(temperature)) and float(temperature) > 0):
@@ -151,8 +143,7 @@ def _zscore_rows(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (s - mean) / (var + 1e-6).sqrt()
 
 
-def _row_kl(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor,
-            temperature: float) -> torch.Tensor:
+def _row_kl(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over rows with ≥ 2 mask entries of KL(softmax(z(teacher)/T) ‖ softmax(z(student)/T))
     over the masked entries of each row; z = per-row standardisation (scale-free)."""
     fill = torch.finfo(student.dtype).min
@@ -218,8 +209,9 @@ def rdp_teacher_loss(
         raise ConfigError(f"rdp_topk must be an integer >= 1, got {topk!r}.")
     b = image_global.shape[0]
     if teacher_image.shape[0] != b or teacher_text.shape[0] != b:
-        raise DataError(f"teacher features must have {b} rows like the embeddings, got "
-                        f"{teacher_image.shape[0]} and {teacher_text.shape[0]}.")
+        raise DataError(
+            f"teacher features must have {b} rows like the embeddings, got {teacher_image.shape[0]} and {teacher_text.shape[0]}."
+        )
     with torch.no_grad():
         tv = torch.nn.functional.normalize(teacher_image.to(image_global.dtype), dim=-1)
         tt = torch.nn.functional.normalize(teacher_text.to(image_global.dtype), dim=-1)

@@ -32,8 +32,7 @@ def label_space_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     """BCE-with-logits between (B, C) logits and (B, C) multi-hot labels, mean over entries."""
     if logits.shape != labels.shape:
         raise DataError(
-            f"classifier logits and labels must have the same shape (batch, classes), got "
-            f"{tuple(logits.shape)} and {tuple(labels.shape)}."
+            f"classifier logits and labels must have the same shape (batch, classes), got {tuple(logits.shape)} and {tuple(labels.shape)}."
         )
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 

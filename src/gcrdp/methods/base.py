@@ -43,8 +43,7 @@ from ..data.features import ModalityFeatures
 from ..registry import Registry
 from ..training.fit import FitData, FitReport
 
-__all__ = ["METHODS", "CheckpointableMethod", "FitData", "FitReport", "RetrievalMethod", "build_method",
-           "check_fitted"]
+__all__ = ["METHODS", "CheckpointableMethod", "FitData", "FitReport", "RetrievalMethod", "build_method", "check_fitted"]
 
 
 @runtime_checkable
@@ -73,8 +72,7 @@ class CheckpointableMethod(RetrievalMethod, Protocol):
 
     def init_model(self, **dims: int) -> Any: ...
 
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
-            resume: bool = True) -> FitReport: ...
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport: ...
 
 
 #: name -> factory ``(options: dict, device: str) -> RetrievalMethod``

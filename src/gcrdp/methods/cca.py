@@ -65,34 +65,34 @@ class CCAConfig:
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
-            raise ConfigError(f"cca option input must be one of {', '.join(map(repr, INPUTS))}, "
-                              f"got {self.input!r}.")
+            raise ConfigError(f"cca option input must be one of {', '.join(map(repr, INPUTS))}, got {self.input!r}.")
         if not isinstance(self.standardize, (bool, np.bool_)):
             raise ConfigError(f"cca option standardize must be true or false, got {self.standardize!r}.")
         self.standardize = bool(self.standardize)
         self.reg = _check_reg(self.reg)
         if self.n_components is not None:
-            if not _is_number(self.n_components) or int(self.n_components) != self.n_components \
-                    or self.n_components < 1:
-                raise ConfigError(f"cca option n_components must be an integer >= 1 or null (the "
-                                  f"default min(d_x, d_y, {MAX_COMPONENTS}, n - 1)), got "
-                                  f"{self.n_components!r}.")
+            if not _is_number(self.n_components) or int(self.n_components) != self.n_components or self.n_components < 1:
+                raise ConfigError(
+                    f"cca option n_components must be an integer >= 1 or null (the "
+                    f"default min(d_x, d_y, {MAX_COMPONENTS}, n - 1)), got "
+                    f"{self.n_components!r}."
+                )
             self.n_components = int(self.n_components)
-        for name, ok, want in (("eig_power", lambda v: v >= 0, ">= 0"),
-                               ("fewshot_weight", lambda v: v > 0, "> 0")):
+        for name, ok, want in (("eig_power", lambda v: v >= 0, ">= 0"), ("fewshot_weight", lambda v: v > 0, "> 0")):
             v = getattr(self, name)
             if not _is_number(v) or not math.isfinite(v) or not ok(v):
                 raise ConfigError(f"cca option {name} must be a finite number {want}, got {v!r}.")
             setattr(self, name, float(v))
 
     def reg_candidates(self) -> list[float]:
-        return list(AUTO_REG_GRID) if self.reg == "auto" else (
-            list(self.reg) if isinstance(self.reg, list) else [self.reg])
+        return list(AUTO_REG_GRID) if self.reg == "auto" else (list(self.reg) if isinstance(self.reg, list) else [self.reg])
 
 
 def _check_reg(reg: Any) -> float | list[float] | str:
-    want = ("cca option reg must be a number >= 0, a non-empty list of them, or 'auto' (choose "
-            f"among {list(AUTO_REG_GRID)} on the validation pairs), got {reg!r}.")
+    want = (
+        "cca option reg must be a number >= 0, a non-empty list of them, or 'auto' (choose "
+        f"among {list(AUTO_REG_GRID)} on the validation pairs), got {reg!r}."
+    )
     if isinstance(reg, str):
         if reg.strip().lower() != "auto":
             raise ConfigError(want)
@@ -153,7 +153,7 @@ def _span(Z: np.ndarray, reg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray
     ``D = (Σ² + λ)^{-1/2}`` (r,), λ = reg·trace(ZᵀZ)/d, over the r directions whose ridged
     variance exceeds ``EIG_FLOOR`` × the largest (the pseudo-inverse of :func:`_inv_sqrt`)."""
     P, sig, Qt = np.linalg.svd(Z, full_matrices=False)
-    var = sig ** 2
+    var = sig**2
     lam = reg * float(var.sum()) / Z.shape[1]
     ridged = var + lam
     top = float(ridged.max(initial=0.0))
@@ -161,8 +161,15 @@ def _span(Z: np.ndarray, reg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return Qt[keep].T, P[:, keep] * sig[keep], 1.0 / np.sqrt(ridged[keep])
 
 
-def fit_cca(X: np.ndarray, Y: np.ndarray, *, reg: float, n_components: int | None = None,
-            weights: np.ndarray | None = None, standardize: bool = False) -> CCAFit:
+def fit_cca(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    reg: float,
+    n_components: int | None = None,
+    weights: np.ndarray | None = None,
+    standardize: bool = False,
+) -> CCAFit:
     """Regularised CCA of paired rows ``X`` (n, d_x) and ``Y`` (n, d_y) (module docstring).
 
     Args:
@@ -205,12 +212,13 @@ def fit_cca(X: np.ndarray, Y: np.ndarray, *, reg: float, n_components: int | Non
     return CCAFit(mx, sx, A * flip, my, sy, B * flip, rho)
 
 
-def project(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, weights: np.ndarray,
-            correlations: np.ndarray, eig_power: float) -> np.ndarray:
+def project(
+    X: np.ndarray, mean: np.ndarray, scale: np.ndarray, weights: np.ndarray, correlations: np.ndarray, eig_power: float
+) -> np.ndarray:
     """(n, d) features → (n, k) float32 L2-normalised embeddings ``((x − μ)/σ) W · ρ^p``."""
     Z = ((np.asarray(X, dtype=np.float64) - mean) / scale) @ weights
     if eig_power:
-        Z = Z * correlations ** eig_power
+        Z = Z * correlations**eig_power
     norm = np.linalg.norm(Z, axis=1, keepdims=True)
     return (Z / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
@@ -222,9 +230,9 @@ def modality_input(features: ModalityFeatures, input: str) -> np.ndarray:
     n, _, d = features.local.shape
     out = np.empty((n, d), dtype=np.float64)
     for s in range(0, n, 1024):  # blocks: a float64 copy of all local features can be large
-        m = features.mask[s:s + 1024].astype(np.float64)
-        total = np.einsum("nld,nl->nd", np.asarray(features.local[s:s + 1024], dtype=np.float64), m)
-        out[s:s + 1024] = total / np.maximum(m.sum(1, keepdims=True), 1.0)
+        m = features.mask[s : s + 1024].astype(np.float64)
+        total = np.einsum("nld,nl->nd", np.asarray(features.local[s : s + 1024], dtype=np.float64), m)
+        out[s : s + 1024] = total / np.maximum(m.sum(1, keepdims=True), 1.0)
     return out
 
 
@@ -243,10 +251,15 @@ class CCAModel(nn.Module):
 
     def set_fit(self, fit: CCAFit) -> None:
         with torch.no_grad():
-            for name, arr in (("image_mean", fit.x_mean), ("image_scale", fit.x_scale),
-                              ("image_weights", fit.x_weights), ("text_mean", fit.y_mean),
-                              ("text_scale", fit.y_scale), ("text_weights", fit.y_weights),
-                              ("correlations", fit.correlations)):
+            for name, arr in (
+                ("image_mean", fit.x_mean),
+                ("image_scale", fit.x_scale),
+                ("image_weights", fit.x_weights),
+                ("text_mean", fit.y_mean),
+                ("text_scale", fit.y_scale),
+                ("text_weights", fit.y_weights),
+                ("correlations", fit.correlations),
+            ):
                 getattr(self, name).copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64)))
 
     def numpy(self, name: str) -> np.ndarray:
@@ -274,30 +287,24 @@ class CCAMethod:
 
     def init_model(self, image_dim: int, text_dim: int, n_components: int) -> CCAModel:
         """The unfitted module for these input dims and k (the checkpoint contract)."""
-        self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim),
-                            "n_components": int(n_components)}
+        self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_components": int(n_components)}
         self.model_ = CCAModel(int(image_dim), int(text_dim), int(n_components))
         return self.model_
 
     # ------------------------------------------------------------------ fit
     def _fit_one(self, X: np.ndarray, Y: np.ndarray, w: np.ndarray, reg: float) -> CCAFit:
-        return fit_cca(X, Y, reg=reg, n_components=self.cfg.n_components, weights=w,
-                       standardize=self.cfg.standardize)
+        return fit_cca(X, Y, reg=reg, n_components=self.cfg.n_components, weights=w, standardize=self.cfg.standardize)
 
     def _val_scores(self, fit: CCAFit, val: FeatureSet, labels: np.ndarray) -> dict[str, float]:
         from ..evaluation import cross_modal_metrics
 
         p = self.cfg.eig_power
-        img = project(modality_input(val.image, self.cfg.input), fit.x_mean, fit.x_scale,
-                      fit.x_weights, fit.correlations, p)
-        txt = project(modality_input(val.text, self.cfg.input), fit.y_mean, fit.y_scale,
-                      fit.y_weights, fit.correlations, p)
+        img = project(modality_input(val.image, self.cfg.input), fit.x_mean, fit.x_scale, fit.x_weights, fit.correlations, p)
+        txt = project(modality_input(val.text, self.cfg.input), fit.y_mean, fit.y_scale, fit.y_weights, fit.correlations, p)
         res = cross_modal_metrics(img, txt, labels, img, txt, labels)
-        return {"i2t": float(res["i2t"]["map"]), "t2i": float(res["t2i"]["map"]),
-                "mean": float(res["mean_map"])}
+        return {"i2t": float(res["i2t"]["map"]), "t2i": float(res["t2i"]["map"]), "mean": float(res["mean_map"])}
 
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
-            resume: bool = True) -> FitReport:
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport:
         """Fit on ``data.train`` (closed form; ``seed``, ``checkpoint_dir`` and ``resume`` are
         accepted for the common interface and not used), choosing ``reg`` on ``data.val``
         when the option is a list or ``"auto"``."""
@@ -315,7 +322,8 @@ class CCAMethod:
             if self.cfg.reg != "auto":
                 raise ConfigError(
                     f"cca option reg={self.cfg.reg} is chosen on the validation pairs, but this fit "
-                    "has none; give a single value (e.g. --option cca.reg=0.3).")
+                    "has none; give a single value (e.g. --option cca.reg=0.3)."
+                )
             candidates, selection = [FALLBACK_REG], f"fallback (reg='auto' without validation pairs: {FALLBACK_REG})"
         else:
             selection = "validation mean mAP" if grid else "fixed"
@@ -325,8 +333,14 @@ class CCAMethod:
             fit = self._fit_one(X, Y, w, reg)
             scores = self._val_scores(fit, data.val, data.val_labels) if has_val else None
             if scores is not None:
-                history.append({"reg": reg, "val_map": round(scores["mean"], 6),
-                                "val_i2t_map": round(scores["i2t"], 6), "val_t2i_map": round(scores["t2i"], 6)})
+                history.append(
+                    {
+                        "reg": reg,
+                        "val_map": round(scores["mean"], 6),
+                        "val_i2t_map": round(scores["i2t"], 6),
+                        "val_t2i_map": round(scores["t2i"], 6),
+                    }
+                )
             score = scores["mean"] if scores is not None else -math.inf
             if best is None or score > best[0]:
                 best = (score, reg, fit, scores)
@@ -335,15 +349,25 @@ class CCAMethod:
         model = self.init_model(X.shape[1], Y.shape[1], fit.correlations.size)
         model.set_fit(fit)
         model.eval()
-        extra = {"reg": reg, "reg_selection": selection, "n_components": int(fit.correlations.size),
-                 "canonical_correlations": [round(float(r), 6) for r in fit.correlations],
-                 "n_train": len(X), "n_fewshot": int(over.sum())}
+        extra = {
+            "reg": reg,
+            "reg_selection": selection,
+            "n_components": int(fit.correlations.size),
+            "canonical_correlations": [round(float(r), 6) for r in fit.correlations],
+            "n_train": len(X),
+            "n_fewshot": int(over.sum()),
+        }
         if len(history) > 1:
             extra["val_map_by_reg"] = {str(h["reg"]): h["val_map"] for h in history}
-        log.debug("cca: reg=%s (%s), k=%d, rho[:3]=%s", reg, selection, fit.correlations.size,
-                  fit.correlations[:3])
-        return FitReport(epochs=0, best_epoch=0, best_val_map=scores["mean"] if scores else None,
-                         seconds=time.perf_counter() - t0, history=history, extra=extra)
+        log.debug("cca: reg=%s (%s), k=%d, rho[:3]=%s", reg, selection, fit.correlations.size, fit.correlations[:3])
+        return FitReport(
+            epochs=0,
+            best_epoch=0,
+            best_val_map=scores["mean"] if scores else None,
+            seconds=time.perf_counter() - t0,
+            history=history,
+            extra=extra,
+        )
 
     def refit_options(self, report: FitReport) -> dict[str, Any]:
         """Options that refit this method without validation: the ridge chosen on it."""
@@ -365,11 +389,14 @@ class CCAMethod:
         X = modality_input(features, self.cfg.input)
         if X.shape[1] != weights.shape[0]:
             what = "pooled" if self.cfg.input == "pooled" else "local"
-            raise DataError(f"{self.name}: {side} {what} features have dim {X.shape[1]}, the fitted "
-                            f"CCA expects {weights.shape[0]} (input={self.cfg.input!r}); embed "
-                            "features from the same encoders the method was fitted on.")
-        return project(X, model.numpy(f"{side}_mean"), model.numpy(f"{side}_scale"), weights,
-                       model.numpy("correlations"), self.cfg.eig_power)
+            raise DataError(
+                f"{self.name}: {side} {what} features have dim {X.shape[1]}, the fitted "
+                f"CCA expects {weights.shape[0]} (input={self.cfg.input!r}); embed "
+                "features from the same encoders the method was fitted on."
+            )
+        return project(
+            X, model.numpy(f"{side}_mean"), model.numpy(f"{side}_scale"), weights, model.numpy("correlations"), self.cfg.eig_power
+        )
 
     def embed_images(self, features: ModalityFeatures) -> np.ndarray:
         """(n, k) float32, L2-normalised."""

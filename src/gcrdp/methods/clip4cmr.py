@@ -91,15 +91,13 @@ class CLIP4CMRConfig:
         return self.loss in ("contrastive", "both")
 
 
-
 class CLIP4CMRModel(nn.Module):
     """Two heads and (for the prototype loss) the class prototypes, (n_classes, latent_dim)
     unit rows drawn from the torch global RNG: a buffer, or a parameter if learned."""
 
     def __init__(self, image_dim: int, text_dim: int, n_classes: int, cfg: CLIP4CMRConfig) -> None:
         super().__init__()
-        kw = {"out_dim": cfg.latent_dim, "hidden_dim": cfg.hidden_dim, "num_layers": cfg.num_layers,
-              "dropout": cfg.dropout}
+        kw = {"out_dim": cfg.latent_dim, "hidden_dim": cfg.hidden_dim, "num_layers": cfg.num_layers, "dropout": cfg.dropout}
         self.image_head = ProjectionHead(image_dim, **kw)
         self.text_head = ProjectionHead(text_dim, **kw)
         if not cfg.uses_prototypes:
@@ -140,8 +138,9 @@ class CLIP4CMRMethod(GlobalInputMixin, TrainableHeadsMethod):
             parts["infonce"] = float(con.detach())
         if cfg.uses_prototypes:
             labels = batch["labels"]
-            pro = (prototype_loss(img, model.prototypes, labels, cfg.prototype_temperature)
-                   + prototype_loss(txt, model.prototypes, labels, cfg.prototype_temperature))
+            pro = prototype_loss(img, model.prototypes, labels, cfg.prototype_temperature) + prototype_loss(
+                txt, model.prototypes, labels, cfg.prototype_temperature
+            )
             total = total + (cfg.prototype_weight if cfg.loss == "both" else 1.0) * pro
             parts["prototype"] = float(pro.detach())
         return total, parts

@@ -51,8 +51,7 @@ class DualHeads(nn.Module):
 
     def __init__(self, image_dim: int, text_dim: int, cfg: HeadsConfig) -> None:
         super().__init__()
-        kw = dict(out_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
-                  dropout=cfg.dropout)
+        kw = dict(out_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, dropout=cfg.dropout)
         self.image_head = ProjectionHead(image_dim, **kw)
         self.text_head = ProjectionHead(text_dim, **kw)
 
@@ -77,8 +76,7 @@ class ContrastiveHeadsMethod(TrainableHeadsMethod):
         img = model.encode_image(batch["image_local"], batch["image_mask"])
         txt = model.encode_text(batch["text_local"], batch["text_mask"])
         if self.cfg.class_positives:
-            loss = multi_positive_infonce(img.unsqueeze(1), txt.unsqueeze(1), self.cfg.temperature,
-                                          batch["labels"], class_positives=True)
+            loss = multi_positive_infonce(img.unsqueeze(1), txt.unsqueeze(1), self.cfg.temperature, batch["labels"], class_positives=True)
         else:
             loss = symmetric_infonce(img, txt, self.cfg.temperature)
         return loss, {"infonce": float(loss.detach())}

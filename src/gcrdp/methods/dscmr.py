@@ -74,7 +74,6 @@ class DSCMRConfig:
             raise ConfigError(f"input must be one of {INPUTS}, got {self.input!r}")
 
 
-
 class ModalityBranch(nn.Module):
     """``Linear(in_dim, hidden_dim) → ReLU (→ Dropout)``: one modality's own layer."""
 
@@ -121,8 +120,9 @@ class DSCMRMethod(GlobalInputMixin, TrainableHeadsMethod):
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         u = model.represent("image", batch["image_local"], batch["image_mask"])
         v = model.represent("text", batch["text_local"], batch["text_mask"])
-        return dscmr_loss(u, v, model.classifier(u), model.classifier(v), batch["labels"],
-                          alpha=self.cfg.alpha, beta=self.cfg.beta, norm=self.cfg.norm)
+        return dscmr_loss(
+            u, v, model.classifier(u), model.classifier(v), batch["labels"], alpha=self.cfg.alpha, beta=self.cfg.beta, norm=self.cfg.norm
+        )
 
     def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> DSCMRModel:
         """Build the untrained model (initialised from the torch global RNG) on the device."""

@@ -117,8 +117,7 @@ class FlexCLIPConfig:
     label_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, allowed in (("input", INPUTS), ("generate_for", GENERATE_FOR), ("pairing", PAIRINGS),
-                              ("skip", SKIPS), ("gate", GATES)):
+        for name, allowed in (("input", INPUTS), ("generate_for", GENERATE_FOR), ("pairing", PAIRINGS), ("skip", SKIPS), ("gate", GATES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"flex-clip option {name} must be one of {allowed}, got {getattr(self, name)!r}")
         n = self.n_generate
@@ -137,16 +136,24 @@ class FlexCLIPConfig:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"flex-clip option dropout must be in [0, 1), got {self.dropout!r}")
         if self.latent_dim < 1 or self.hidden_dim < 1:
-            raise ConfigError(f"flex-clip options latent_dim and hidden_dim must be >= 1, got "
-                              f"{self.latent_dim!r}, {self.hidden_dim!r}")
+            raise ConfigError(f"flex-clip options latent_dim and hidden_dim must be >= 1, got {self.latent_dim!r}, {self.hidden_dim!r}")
         self.generator_config()  # validates the stage-1 fields
 
     def generator_config(self) -> GeneratorConfig:
-        return GeneratorConfig(latent_dim=self.gen_latent_dim, hidden_dim=self.gen_hidden_dim, steps=self.gen_steps,
-                               batch_size=self.gen_batch_size, lr=self.gen_lr, kl_weight=self.kl_weight,
-                               gan_loss=self.gan_loss, gan_weight=self.gan_weight, gp_weight=self.gp_weight,
-                               n_critic=self.n_critic, decoder_variance=self.decoder_variance,
-                               sample_noise=self.gen_sample_noise)
+        return GeneratorConfig(
+            latent_dim=self.gen_latent_dim,
+            hidden_dim=self.gen_hidden_dim,
+            steps=self.gen_steps,
+            batch_size=self.gen_batch_size,
+            lr=self.gen_lr,
+            kl_weight=self.kl_weight,
+            gan_loss=self.gan_loss,
+            gan_weight=self.gan_weight,
+            gp_weight=self.gp_weight,
+            n_critic=self.n_critic,
+            decoder_variance=self.decoder_variance,
+            sample_noise=self.gen_sample_noise,
+        )
 
 
 # =============================================================================== stage-2 model
@@ -162,11 +169,12 @@ class GatedResidualProjection(nn.Module):
         super().__init__()
         out = cfg.latent_dim
         if cfg.skip == "identity" and in_dim != out:
-            raise ConfigError(f"flex-clip skip='identity' needs input dim = latent_dim, got input dim {in_dim} "
-                              f"and latent_dim {out}; set latent_dim={in_dim} or skip='linear'.")
+            raise ConfigError(
+                f"flex-clip skip='identity' needs input dim = latent_dim, got input dim {in_dim} "
+                f"and latent_dim {out}; set latent_dim={in_dim} or skip='linear'."
+            )
         self.in_dim, self.out_dim, self.mode = in_dim, out, cfg.gate
-        self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden_dim), nn.GELU(), nn.Dropout(cfg.dropout),
-                                 nn.Linear(cfg.hidden_dim, out))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden_dim, out))
         self.skip = nn.Linear(in_dim, out) if cfg.skip == "linear" else nn.Identity()
         if cfg.gate == "input":
             self.gate = nn.Linear(in_dim, out)
@@ -215,8 +223,7 @@ class FlexCLIPModel(nn.Module):
 
     def encode_with_gates(self, image: torch.Tensor, text: torch.Tensor):
         """-> (image embeddings, text embeddings, image gates, text gates)."""
-        (zi, gi), (zt, gt) = self.image_head.forward_with_gate(self._prep(image)), \
-            self.text_head.forward_with_gate(self._prep(text))
+        (zi, gi), (zt, gt) = self.image_head.forward_with_gate(self._prep(image)), self.text_head.forward_with_gate(self._prep(text))
         return zi, zt, gi, gt
 
 
@@ -229,8 +236,8 @@ def input_vectors(feats: ModalityFeatures, mode: str, normalize: bool = False, c
     else:
         parts = []
         for s in range(0, len(feats), chunk):
-            loc = np.asarray(feats.local[s:s + chunk], dtype=np.float32)
-            w = feats.mask[s:s + chunk].astype(np.float32)
+            loc = np.asarray(feats.local[s : s + chunk], dtype=np.float32)
+            w = feats.mask[s : s + chunk].astype(np.float32)
             parts.append(np.einsum("nld,nl->nd", loc, w) / np.maximum(w.sum(1, keepdims=True), 1.0))
         out = np.concatenate(parts, axis=0) if parts else np.zeros((0, feats.dim), np.float32)
     if normalize:
@@ -319,11 +326,14 @@ class FlexCLIPMethod(TrainableHeadsMethod):
                 "FitData.class_name_features is None. The experiment runner fills it (the method sets "
                 "needs_class_name_features=True); when calling fit() yourself, pass "
                 "class_name_features=gcrdp.experiments.runner.class_name_features(class_names, config) "
-                "or any (n_classes, d) array.")
+                "or any (n_classes, d) array."
+            )
         names = np.asarray(names, dtype=np.float32)
         if names.ndim != 2 or names.shape[0] != n_classes or not np.isfinite(names).all():
-            raise DataError(f"flex-clip: class_name_features must be a finite ({n_classes}, d) array (one row per "
-                            f"label column), got shape {names.shape}.")
+            raise DataError(
+                f"flex-clip: class_name_features must be a finite ({n_classes}, d) array (one row per "
+                f"label column), got shape {names.shape}."
+            )
         return names
 
     def augment(self, data: FitData, seed: int) -> tuple[FitData, dict[str, Any]]:
@@ -336,18 +346,26 @@ class FlexCLIPMethod(TrainableHeadsMethod):
         y = np.asarray(data.train_labels, dtype=bool)
         real = {m: input_vectors(getattr(data.train, m), cfg.input, cfg.normalize_input) for m in MODALITIES}
         plan = plan_targets(data, cfg)
-        info: dict[str, Any] = {"generate_for": cfg.generate_for, "n_target_classes": int(plan.classes.size),
-                                "target_classes": [data.class_names[i] if i < len(data.class_names) else int(i)
-                                                   for i in plan.classes.tolist()],
-                                "n_per_class": plan.n_per_class if plan.classes.size else 0,
-                                "median_seen_count": plan.median_seen}
+        info: dict[str, Any] = {
+            "generate_for": cfg.generate_for,
+            "n_target_classes": int(plan.classes.size),
+            "target_classes": [data.class_names[i] if i < len(data.class_names) else int(i) for i in plan.classes.tolist()],
+            "n_per_class": plan.n_per_class if plan.classes.size else 0,
+            "median_seen_count": plan.median_seen,
+        }
         self.generators_ = {}
         if plan.classes.size == 0:
             info.update(n_generated=0, seconds=round(time.perf_counter() - t0, 3))
             feats = FeatureSet(_as_set(real["image"]), _as_set(real["text"]), data.train.sample_ids)
-            return FitData(train=feats, train_labels=y, oversample=np.asarray(data.oversample, bool),
-                           val=data.val, val_labels=data.val_labels, class_names=data.class_names,
-                           class_name_features=data.class_name_features), info
+            return FitData(
+                train=feats,
+                train_labels=y,
+                oversample=np.asarray(data.oversample, bool),
+                val=data.val,
+                val_labels=data.val_labels,
+                class_names=data.class_names,
+                class_name_features=data.class_name_features,
+            ), info
         cond_train = class_conditions(y, names)
         gcfg = cfg.generator_config()
         reps = np.repeat(plan.classes, plan.n_per_class)  # (k·n,) class of each pseudo pair
@@ -359,8 +377,9 @@ class FlexCLIPMethod(TrainableHeadsMethod):
             self.generators_[m] = model
             g = torch.Generator(device=self.device)
             g.manual_seed(_derived_seed(seed, _TAG_SAMPLE, tag))
-            fake[m] = np.concatenate([model.sample(cond_gen[s:s + 4096], g).float().cpu().numpy()
-                                      for s in range(0, len(reps), 4096)], axis=0)
+            fake[m] = np.concatenate(
+                [model.sample(cond_gen[s : s + 4096], g).float().cpu().numpy() for s in range(0, len(reps), 4096)], axis=0
+            )
         gen_img, gen_txt = fake["image"], fake["text"]
         if cfg.pairing == "mixed":
             gen_img, gen_txt = gen_img.copy(), gen_txt.copy()
@@ -377,14 +396,19 @@ class FlexCLIPMethod(TrainableHeadsMethod):
                         gen_img[r] = real["image"][src]
         counters = np.concatenate([np.arange(plan.n_per_class)] * plan.classes.size)
         ids = tuple(data.train.sample_ids) + tuple(f"flexclip-gen:{c}:{k}" for c, k in zip(reps.tolist(), counters.tolist()))
-        feats = FeatureSet(_as_set(np.concatenate([real["image"], gen_img])),
-                           _as_set(np.concatenate([real["text"], gen_txt])), ids)
+        feats = FeatureSet(_as_set(np.concatenate([real["image"], gen_img])), _as_set(np.concatenate([real["text"], gen_txt])), ids)
         labels = np.concatenate([y, np.eye(y.shape[1], dtype=bool)[reps]])
         oversample = np.concatenate([np.asarray(data.oversample, bool), np.zeros(len(reps), bool)])
         info.update(n_generated=len(reps), generator_losses=losses, seconds=round(time.perf_counter() - t0, 3))
-        return FitData(train=feats, train_labels=labels, oversample=oversample, val=data.val,
-                       val_labels=data.val_labels, class_names=data.class_names,
-                       class_name_features=data.class_name_features), info
+        return FitData(
+            train=feats,
+            train_labels=labels,
+            oversample=oversample,
+            val=data.val,
+            val_labels=data.val_labels,
+            class_names=data.class_names,
+            class_name_features=data.class_name_features,
+        ), info
 
     # ------------------------------------------------------------------ fit
     def fit(self, data: FitData, *, seed: int, checkpoint_dir=None, resume: bool = True) -> FitReport:
@@ -394,9 +418,18 @@ class FlexCLIPMethod(TrainableHeadsMethod):
             augmented, info = self.augment(data, seed)
             torch.manual_seed(seed)
             model = self.init_model(*self._model_dims(data))
-            report = fit_loop(model, self._loss, self._embed_pair, augmented, self.train, seed=seed,
-                              device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
-                              method_info=method_info(self))
+            report = fit_loop(
+                model,
+                self._loss,
+                self._embed_pair,
+                augmented,
+                self.train,
+                seed=seed,
+                device=self.device,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+                method_info=method_info(self),
+            )
         report.extra["generation"] = info
         report.seconds += info["seconds"]  # stage 1 of this call (re-run on resume) + stage 2
         return report
@@ -404,8 +437,9 @@ class FlexCLIPMethod(TrainableHeadsMethod):
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         img, txt, g_img, g_txt = model.encode_with_gates(batch["image_local"][:, 0], batch["text_local"][:, 0])  # (B, D)
         labels = batch.get("labels")
-        con = multi_positive_infonce(img[:, None], txt[:, None], self.cfg.temperature, labels,
-                                     class_positives=self.cfg.class_positives and labels is not None)
+        con = multi_positive_infonce(
+            img[:, None], txt[:, None], self.cfg.temperature, labels, class_positives=self.cfg.class_positives and labels is not None
+        )
         parts = {"contrastive": float(con.detach())}
         loss = con
         if model.classifier is not None and labels is not None:
@@ -422,13 +456,13 @@ class FlexCLIPMethod(TrainableHeadsMethod):
         model.eval()
         head = model.image_head if which == "image" else model.text_head
         if self._input_dim(feats) != head.in_dim:
-            raise DataError(f"{self.name}: {which} {self.cfg.input} features have dim {self._input_dim(feats)}, "
-                            f"the model expects {head.in_dim}")
+            raise DataError(
+                f"{self.name}: {which} {self.cfg.input} features have dim {self._input_dim(feats)}, the model expects {head.in_dim}"
+            )
         x = input_vectors(feats, self.cfg.input)
         encode = model.encode_image if which == "image" else model.encode_text
         bs = self.train.eval_batch_size
-        out = [encode(torch.from_numpy(x[s:s + bs]).to(self.device)).float().cpu().numpy()
-               for s in range(0, len(x), bs)]
+        out = [encode(torch.from_numpy(x[s : s + bs]).to(self.device)).float().cpu().numpy() for s in range(0, len(x), bs)]
         return np.concatenate(out, axis=0) if out else np.zeros((0, self._embed_dim()), np.float32)
 
 
@@ -438,9 +472,23 @@ def _build(options: dict[str, Any], device: str) -> FlexCLIPMethod:
 
 
 __all__ = [
-    "ConditionalVAEGAN", "FlexCLIPConfig", "FlexCLIPMethod", "FlexCLIPModel", "GatedResidualProjection",
-    "GeneratorConfig", "bce_critic_loss", "bce_generator_loss", "class_conditions", "fit_feature_generator",
-    "gated_residual", "gaussian_kl", "gradient_penalty", "input_vectors", "plan_targets", "reconstruction_nll",
-    "vae_loss", "wgan_critic_loss", "wgan_generator_loss",
+    "ConditionalVAEGAN",
+    "FlexCLIPConfig",
+    "FlexCLIPMethod",
+    "FlexCLIPModel",
+    "GatedResidualProjection",
+    "GeneratorConfig",
+    "bce_critic_loss",
+    "bce_generator_loss",
+    "class_conditions",
+    "fit_feature_generator",
+    "gated_residual",
+    "gaussian_kl",
+    "gradient_penalty",
+    "input_vectors",
+    "plan_targets",
+    "reconstruction_nll",
+    "vae_loss",
+    "wgan_critic_loss",
+    "wgan_generator_loss",
 ]
-

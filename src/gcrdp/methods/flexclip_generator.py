@@ -69,13 +69,16 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         if self.decoder_variance not in DECODER_VARIANCES:
-            raise ConfigError(f"flex-clip option decoder_variance must be one of {DECODER_VARIANCES}, "
-                              f"got {self.decoder_variance!r}")
+            raise ConfigError(f"flex-clip option decoder_variance must be one of {DECODER_VARIANCES}, got {self.decoder_variance!r}")
         checks = [
-            ("gen_latent_dim", self.latent_dim >= 1, ">= 1"), ("gen_hidden_dim", self.hidden_dim >= 1, ">= 1"),
-            ("gen_steps", self.steps >= 1, ">= 1"), ("gen_batch_size", self.batch_size >= 2, ">= 2"),
-            ("gen_lr", self.lr > 0, "> 0"), ("kl_weight", self.kl_weight >= 0, ">= 0"),
-            ("gan_weight", self.gan_weight >= 0, ">= 0"), ("gp_weight", self.gp_weight >= 0, ">= 0"),
+            ("gen_latent_dim", self.latent_dim >= 1, ">= 1"),
+            ("gen_hidden_dim", self.hidden_dim >= 1, ">= 1"),
+            ("gen_steps", self.steps >= 1, ">= 1"),
+            ("gen_batch_size", self.batch_size >= 2, ">= 2"),
+            ("gen_lr", self.lr > 0, "> 0"),
+            ("kl_weight", self.kl_weight >= 0, ">= 0"),
+            ("gan_weight", self.gan_weight >= 0, ">= 0"),
+            ("gp_weight", self.gp_weight >= 0, ">= 0"),
             ("n_critic", self.n_critic >= 1, ">= 1"),
         ]
         for name, ok, want in checks:
@@ -86,8 +89,13 @@ class GeneratorConfig:
 
 
 def _field(option: str) -> str:
-    return {"gen_latent_dim": "latent_dim", "gen_hidden_dim": "hidden_dim", "gen_steps": "steps",
-            "gen_batch_size": "batch_size", "gen_lr": "lr"}.get(option, option)
+    return {
+        "gen_latent_dim": "latent_dim",
+        "gen_hidden_dim": "hidden_dim",
+        "gen_steps": "steps",
+        "gen_batch_size": "batch_size",
+        "gen_lr": "lr",
+    }.get(option, option)
 
 
 def class_conditions(labels: np.ndarray, class_features: np.ndarray) -> np.ndarray:
@@ -167,8 +175,9 @@ def _stage1_threads(device: str) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def fit_feature_generator(features: np.ndarray, cond: np.ndarray, cfg: GeneratorConfig, *, seed: int,
-                          tag: int = 0, device: str = "cpu") -> tuple[ConditionalVAEGAN, dict[str, float]]:
+def fit_feature_generator(
+    features: np.ndarray, cond: np.ndarray, cfg: GeneratorConfig, *, seed: int, tag: int = 0, device: str = "cpu"
+) -> tuple[ConditionalVAEGAN, dict[str, float]]:
     """Train a :class:`ConditionalVAEGAN` on ``features`` (n, d) with conditions ``cond`` (n, dc).
 
     Deterministic given ``seed`` and ``tag`` (e.g. the modality): the module is initialised
@@ -181,14 +190,16 @@ def fit_feature_generator(features: np.ndarray, cond: np.ndarray, cfg: Generator
         return _fit_feature_generator(features, cond, cfg, seed=seed, tag=tag, device=device)
 
 
-def _fit_feature_generator(features: np.ndarray, cond: np.ndarray, cfg: GeneratorConfig, *, seed: int,
-                           tag: int, device: str) -> tuple[ConditionalVAEGAN, dict[str, float]]:
+def _fit_feature_generator(
+    features: np.ndarray, cond: np.ndarray, cfg: GeneratorConfig, *, seed: int, tag: int, device: str
+) -> tuple[ConditionalVAEGAN, dict[str, float]]:
     x_all = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=device)
     c_all = torch.as_tensor(np.ascontiguousarray(cond, dtype=np.float32), device=device)
     n = x_all.shape[0]
     if n < 2 or c_all.shape[0] != n:
-        raise DataError(f"fit_feature_generator needs >= 2 rows of features and as many conditions, got "
-                        f"{tuple(x_all.shape)} and {tuple(c_all.shape)}")
+        raise DataError(
+            f"fit_feature_generator needs >= 2 rows of features and as many conditions, got {tuple(x_all.shape)} and {tuple(c_all.shape)}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_derived_seed(seed, _TAG_GEN_INIT, tag))
         model = ConditionalVAEGAN(x_all.shape[1], c_all.shape[1], cfg).to(device)
@@ -227,8 +238,7 @@ def _fit_feature_generator(features: np.ndarray, cond: np.ndarray, cfg: Generato
                 d_real, d_fake = model.critic_score(x, c), model.critic_score(fake, c)
                 if cfg.gan_loss == "wgan-gp":
                     alpha = torch.rand(bs, 1, device=device, generator=gen)
-                    d_loss = wgan_critic_loss(d_real, d_fake) + cfg.gp_weight * gradient_penalty(
-                        model.critic_score, x, fake, c, alpha)
+                    d_loss = wgan_critic_loss(d_real, d_fake) + cfg.gp_weight * gradient_penalty(model.critic_score, x, fake, c, alpha)
                 else:
                     d_loss = bce_critic_loss(d_real, d_fake)
                 opt_d.zero_grad(set_to_none=True)

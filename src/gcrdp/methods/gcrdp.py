@@ -129,8 +129,7 @@ class GCRDPConfig:
         if not 0 < self.temperature <= 10:
             raise ConfigError(f"temperature must be in (0, 10], got {self.temperature}")
         if self.alpha < 0 or self.lam < 0 or self.label_weight < 0:
-            raise ConfigError(f"alpha, lam and label_weight must be >= 0, got {self.alpha}, {self.lam}, "
-                              f"{self.label_weight}")
+            raise ConfigError(f"alpha, lam and label_weight must be >= 0, got {self.alpha}, {self.lam}, {self.label_weight}")
         if self.rdp_variant not in RDP_VARIANTS:
             raise ConfigError(f"rdp_variant must be one of {RDP_VARIANTS}, got {self.rdp_variant!r}")
         if self.score not in SCORES:
@@ -140,8 +139,9 @@ class GCRDPConfig:
         if self.view_positives not in VIEW_POSITIVES:
             raise ConfigError(f"view_positives must be one of {VIEW_POSITIVES}, got {self.view_positives!r}")
         if self.views_weight < 0 or self.global_weight < 0 or self.views_weight + self.global_weight <= 0:
-            raise ConfigError("views_weight and global_weight must be >= 0 and not both 0, got "
-                              f"{self.views_weight} and {self.global_weight}")
+            raise ConfigError(
+                f"views_weight and global_weight must be >= 0 and not both 0, got {self.views_weight} and {self.global_weight}"
+            )
         if self.rdp_teacher not in RDP_TEACHERS:
             raise ConfigError(f"rdp_teacher must be one of {RDP_TEACHERS}, got {self.rdp_teacher!r}")
         if isinstance(self.rdp_topk, bool) or not isinstance(self.rdp_topk, int) or self.rdp_topk < 1:
@@ -155,10 +155,17 @@ class GCRDPConfig:
         self.gmm_config()  # validates the GMM fields
 
     def gmm_config(self) -> GMMConfig:
-        return GMMConfig(n_components=self.n_components, n_iter=self.n_iter, covariance=self.covariance,
-                         var_floor=self.var_floor, mass_floor=self.mass_floor,
-                         anchor_mode=self.anchor_mode, temperature=self.e_step_temperature,
-                         init_var=self.init_var, init_var_mode=self.init_var_mode)
+        return GMMConfig(
+            n_components=self.n_components,
+            n_iter=self.n_iter,
+            covariance=self.covariance,
+            var_floor=self.var_floor,
+            mass_floor=self.mass_floor,
+            anchor_mode=self.anchor_mode,
+            temperature=self.e_step_temperature,
+            init_var=self.init_var,
+            init_var_mode=self.init_var_mode,
+        )
 
     @property
     def n_views(self) -> int:
@@ -171,8 +178,7 @@ class GCRDPModel(nn.Module):
     def __init__(self, image_dim: int, text_dim: int, n_classes: int, cfg: GCRDPConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        kw = dict(out_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
-                  dropout=cfg.dropout)
+        kw = dict(out_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, dropout=cfg.dropout)
         self.image_head = ProjectionHead(image_dim, **kw)
         self.text_head = ProjectionHead(text_dim, **kw)
         if cfg.use_gmm:
@@ -218,8 +224,7 @@ class GCRDPMethod(TrainableHeadsMethod):
     config_type = GCRDPConfig
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
-            resume: bool = True) -> FitReport:
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport:
         """As :meth:`TrainableHeadsMethod.fit`; with ``warm_start`` the base (GAP + InfoNCE) is
         trained first (early-stopped on validation, checkpointed to ``<checkpoint_dir>-warm``),
         then the full method is fine-tuned from it at ``lr × warm_lr_factor``."""
@@ -232,17 +237,40 @@ class GCRDPMethod(TrainableHeadsMethod):
             model.pool_only = True
             try:
                 warm_cfg = replace(self.train, max_epochs=self.cfg.warm_epochs) if self.cfg.warm_epochs else self.train
-                warm = fit_loop(model, self._base_loss, self._embed_pair, data, warm_cfg, seed=seed,
-                                device=self.device, checkpoint_dir=warm_dir, resume=resume,
-                                method_info={**method_info(self), "stage": "warm"})
+                warm = fit_loop(
+                    model,
+                    self._base_loss,
+                    self._embed_pair,
+                    data,
+                    warm_cfg,
+                    seed=seed,
+                    device=self.device,
+                    checkpoint_dir=warm_dir,
+                    resume=resume,
+                    method_info={**method_info(self), "stage": "warm"},
+                )
             finally:
                 model.pool_only = False
             fine_cfg = replace(self.train, lr=self.train.lr * self.cfg.warm_lr_factor)
-            report = fit_loop(model, self._loss, self._embed_pair, data, fine_cfg, seed=seed + 7919,
-                              device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
-                              method_info=method_info(self), metric=self.score_metric)
-        report.extra["warm_start"] = {"epochs": warm.epochs, "best_epoch": warm.best_epoch,
-                                      "best_val_map": warm.best_val_map, "seconds": round(warm.seconds, 3)}
+            report = fit_loop(
+                model,
+                self._loss,
+                self._embed_pair,
+                data,
+                fine_cfg,
+                seed=seed + 7919,
+                device=self.device,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+                method_info=method_info(self),
+                metric=self.score_metric,
+            )
+        report.extra["warm_start"] = {
+            "epochs": warm.epochs,
+            "best_epoch": warm.best_epoch,
+            "best_val_map": warm.best_val_map,
+            "seconds": round(warm.seconds, 3),
+        }
         report.seconds += warm.seconds
         return report
 
@@ -256,8 +284,9 @@ class GCRDPMethod(TrainableHeadsMethod):
         """The warm-start loss: InfoNCE on the GAP embeddings (class-aware if configured)."""
         _, gi, _ = model.encode_image(batch["image_local"], batch["image_mask"])
         _, gt, _ = model.encode_text(batch["text_local"], batch["text_mask"])
-        loss = multi_positive_infonce(gi.unsqueeze(1), gt.unsqueeze(1), self.cfg.temperature,
-                                      batch.get("labels"), class_positives=self.cfg.class_positives)
+        loss = multi_positive_infonce(
+            gi.unsqueeze(1), gt.unsqueeze(1), self.cfg.temperature, batch.get("labels"), class_positives=self.cfg.class_positives
+        )
         return loss, {"warm_infonce": float(loss.detach())}
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -271,31 +300,49 @@ class GCRDPMethod(TrainableHeadsMethod):
             weights = {}
             if cfg.pi_weighted and pi_i is not None:
                 weights = {"image_weights": pi_i.detach(), "text_weights": pi_t.detach()}
-            views = multi_positive_infonce(vi, vt, cfg.temperature, labels, class_positives=cfg.class_positives,
-                                           intra_modal_negatives=cfg.intra_modal_negatives,
-                                           view_positives=cfg.view_positives, **weights)
+            views = multi_positive_infonce(
+                vi,
+                vt,
+                cfg.temperature,
+                labels,
+                class_positives=cfg.class_positives,
+                intra_modal_negatives=cfg.intra_modal_negatives,
+                view_positives=cfg.view_positives,
+                **weights,
+            )
             parts["views"] = float(views.detach())
             mpc = cfg.views_weight * views
         if cfg.global_weight > 0:
-            glob = multi_positive_infonce(gi.unsqueeze(1), gt.unsqueeze(1), cfg.temperature, labels,
-                                          class_positives=cfg.class_positives)
+            glob = multi_positive_infonce(gi.unsqueeze(1), gt.unsqueeze(1), cfg.temperature, labels, class_positives=cfg.class_positives)
             parts["global"] = float(glob.detach())
             mpc = cfg.global_weight * glob if mpc is None else mpc + cfg.global_weight * glob
         reg = rdp = None
         if cfg.alpha > 0:
             clf = model.classifier
             reg, reg_parts = cross_modal_regularizer(
-                gi, gt, clf(gi) if clf is not None else None, clf(gt) if clf is not None else None,
-                labels if clf is not None else None, label_weight=cfg.label_weight)
+                gi,
+                gt,
+                clf(gi) if clf is not None else None,
+                clf(gt) if clf is not None else None,
+                labels if clf is not None else None,
+                label_weight=cfg.label_weight,
+            )
             parts.update({f"reg_{k}": v for k, v in reg_parts.items()})
         if cfg.use_rdp and cfg.lam > 0 and cfg.rdp_teacher != "none":
-            rdp, rdp_parts = rdp_teacher_loss(gi, gt, batch["image_pooled"], batch["text_pooled"],
-                                              mode=cfg.rdp_teacher, topk=cfg.rdp_topk,
-                                              temperature=cfg.rdp_temperature)
+            rdp, rdp_parts = rdp_teacher_loss(
+                gi,
+                gt,
+                batch["image_pooled"],
+                batch["text_pooled"],
+                mode=cfg.rdp_teacher,
+                topk=cfg.rdp_topk,
+                temperature=cfg.rdp_temperature,
+            )
             parts.update(rdp_parts)
         elif cfg.use_rdp and cfg.lam > 0:
-            rdp, rdp_parts = rdp_loss(gi, gt, cfg.rdp_threshold, variant=cfg.rdp_variant,
-                                      confidence=cfg.rdp_confidence, temperature=cfg.rdp_temperature)
+            rdp, rdp_parts = rdp_loss(
+                gi, gt, cfg.rdp_threshold, variant=cfg.rdp_variant, confidence=cfg.rdp_confidence, temperature=cfg.rdp_temperature
+            )
             parts.update(rdp_parts)
         total, named = combine_losses(mpc, reg, rdp, LossWeights(alpha=cfg.alpha, lam=cfg.lam))
         parts.update(named)
@@ -306,8 +353,7 @@ class GCRDPMethod(TrainableHeadsMethod):
 
     def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> GCRDPModel:
         """Build the untrained model (initialised from the torch global RNG) on the device."""
-        self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim),
-                            "n_classes": int(n_classes)}
+        self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_classes": int(n_classes)}
         self.model_ = GCRDPModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
         return self.model_
 

@@ -33,26 +33,28 @@ def global_inputs(features: ModalityFeatures, input: str = "mean_local", chunk: 
     else:
         vec = np.empty((n, features.dim), np.float32)
         for s in range(0, n, chunk):
-            loc = features.local[s:s + chunk].astype(np.float64)
-            w = features.mask[s:s + chunk].astype(np.float64)
-            vec[s:s + chunk] = np.einsum("nld,nl->nd", loc, w) / np.maximum(w.sum(1, keepdims=True), 1.0)
+            loc = features.local[s : s + chunk].astype(np.float64)
+            w = features.mask[s : s + chunk].astype(np.float64)
+            vec[s : s + chunk] = np.einsum("nld,nl->nd", loc, w) / np.maximum(w.sum(1, keepdims=True), 1.0)
     return ModalityFeatures(vec[:, None, :], np.ones((n, 1), bool), vec)
 
 
 def global_feature_set(features: FeatureSet, input: str) -> FeatureSet:
     """:func:`global_inputs` of both modalities."""
-    return FeatureSet(global_inputs(features.image, input), global_inputs(features.text, input),
-                      features.sample_ids, dict(features.meta))
+    return FeatureSet(global_inputs(features.image, input), global_inputs(features.text, input), features.sample_ids, dict(features.meta))
 
 
 def global_fit_data(data: FitData, input: str) -> FitData:
     """``data`` with both modalities' train/val features replaced by :func:`global_inputs`."""
     return FitData(
-        train=global_feature_set(data.train, input), train_labels=data.train_labels,
+        train=global_feature_set(data.train, input),
+        train_labels=data.train_labels,
         oversample=data.oversample,
         val=global_feature_set(data.val, input) if data.val is not None else None,
-        val_labels=data.val_labels, class_names=data.class_names,
-        class_name_features=data.class_name_features)
+        val_labels=data.val_labels,
+        class_names=data.class_names,
+        class_name_features=data.class_name_features,
+    )
 
 
 class GlobalInputMixin:
@@ -66,10 +68,13 @@ class GlobalInputMixin:
     model_: Any
     name: str
 
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
-            resume: bool = True) -> FitReport:
-        return super().fit(global_fit_data(data, self.cfg.input), seed=seed,  # type: ignore[misc]
-                           checkpoint_dir=checkpoint_dir, resume=resume)
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport:
+        return super().fit(  # type: ignore[misc]
+            global_fit_data(data, self.cfg.input),
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+        )
 
     def _embed(self, feats: ModalityFeatures, which: str) -> np.ndarray:
         if self.model_ is not None:  # type: ignore[attr-defined]
@@ -77,6 +82,8 @@ class GlobalInputMixin:
             dim = feats.pooled_dim if self.cfg.input == "pooled" else feats.dim  # type: ignore[attr-defined]
             if dim != head.in_dim:
                 what = "pooled" if self.cfg.input == "pooled" else "local"  # type: ignore[attr-defined]
-                raise DataError(f"{self.name}: {which} {what} features have dim {dim}, the model "  # type: ignore[attr-defined]
-                                f"expects {head.in_dim}")
+                raise DataError(
+                    f"{self.name}: {which} {what} features have dim {dim}, the model "  # type: ignore[attr-defined]
+                    f"expects {head.in_dim}"
+                )
         return super()._embed(global_inputs(feats, self.cfg.input), which)  # type: ignore[misc]

@@ -25,8 +25,7 @@ def method_info(method: Any) -> dict[str, Any]:
     """Name, ``config_dict()`` and input dims of a method built by ``init_model``."""
     check_checkpointable(method)
     dims = getattr(method, "input_dims_", None)
-    return {"method": method.name, "method_config": method.config_dict(),
-            "input_dims": dict(dims) if dims else None}
+    return {"method": method.name, "method_config": method.config_dict(), "input_dims": dict(dims) if dims else None}
 
 
 def check_checkpointable(method: Any) -> None:
@@ -40,9 +39,11 @@ def check_checkpointable(method: Any) -> None:
         params = inspect.signature(method.fit).parameters
         missing = [f"fit(..., {p}=)" for p in ("checkpoint_dir", "resume") if p not in params]
     if missing:
-        raise ConfigError(f"Method {getattr(method, 'name', type(method).__name__)!r} cannot be "
-                          f"checkpointed: it lacks {', '.join(missing)} (see the checkpoint contract "
-                          "in gcrdp.methods.base).")
+        raise ConfigError(
+            f"Method {getattr(method, 'name', type(method).__name__)!r} cannot be "
+            f"checkpointed: it lacks {', '.join(missing)} (see the checkpoint contract "
+            "in gcrdp.methods.base)."
+        )
 
 
 def method_options(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,8 +51,7 @@ def method_options(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "method"}
 
 
-def save_method(method: Any, path: str | Path, *, run: Mapping[str, Any] | None = None,
-                fit: Mapping[str, Any] | None = None) -> Path:
+def save_method(method: Any, path: str | Path, *, run: Mapping[str, Any] | None = None, fit: Mapping[str, Any] | None = None) -> Path:
     """Write a fitted method as a *final* checkpoint folder at ``path`` (atomically).
 
     Args:
@@ -64,15 +64,16 @@ def save_method(method: Any, path: str | Path, *, run: Mapping[str, Any] | None 
     if model is None:
         raise NotFittedError(f"{method.name}: call fit() (or init_model()) before saving")
     if not info["input_dims"]:
-        raise ConfigError(f"{method.name}: init_model() did not record input_dims_, so the model "
-                          "could not be rebuilt on load (checkpoint contract, gcrdp.methods.base).")
+        raise ConfigError(
+            f"{method.name}: init_model() did not record input_dims_, so the model "
+            "could not be rebuilt on load (checkpoint contract, gcrdp.methods.base)."
+        )
     state = {"kind": "final", **info, "fit": dict(fit) if fit else None, "run": dict(run) if run else None}
     write_checkpoint(path, state, {MODEL_FILE: (state_tensors(model), None)})
     return Path(path)
 
 
-def load_method(source: str | Path | Checkpoint, device: str = "cpu",
-                expect: type | None = None) -> RetrievalMethod:
+def load_method(source: str | Path | Checkpoint, device: str = "cpu", expect: type | None = None) -> RetrievalMethod:
     """Rebuild the method stored in a checkpoint (final, or training: then the last epoch's
     weights) on ``device``: ``build_method(name, options)``, ``init_model(**input_dims)``,
     then the weights.
@@ -89,16 +90,14 @@ def load_method(source: str | Path | Checkpoint, device: str = "cpu",
     try:
         method = build_method(str(name), method_options(config), device)
     except ConfigError as exc:
-        raise ConfigError(f"Checkpoint {ckpt.path} holds method {name!r} which this gcrdp cannot "
-                          f"rebuild: {exc}") from None
+        raise ConfigError(f"Checkpoint {ckpt.path} holds method {name!r} which this gcrdp cannot rebuild: {exc}") from None
     if expect is not None and not isinstance(method, expect):
         raise ConfigError(f"Checkpoint {ckpt.path} holds method {name!r}, not a {expect.__name__}.")
     check_checkpointable(method)
     try:
         model = method.init_model(**ckpt.state["input_dims"])  # type: ignore[attr-defined]  # checked above
     except TypeError as exc:
-        raise DataError(f"Checkpoint {ckpt.path}: input dims {ckpt.state['input_dims']} do not fit "
-                        f"{name}.init_model ({exc}).") from None
+        raise DataError(f"Checkpoint {ckpt.path}: input dims {ckpt.state['input_dims']} do not fit {name}.init_model ({exc}).") from None
     load_weights(model, ckpt.tensors(MODEL_FILE, device), str(ckpt.path / MODEL_FILE))
     model.eval()
     return method

@@ -11,14 +11,37 @@ from typing import Any
 #: π-weighted mean of the views, RDP between the two learned spaces on pairs above θ, and the
 #: base method's training settings.
 GCRDP_SPEC: dict[str, Any] = {
-    "n_components": 3, "n_iter": 3, "covariance": "diag", "anchor_mode": "relative",
-    "temperature": 0.2, "use_gmm": True, "class_positives": False, "intra_modal_negatives": False,
-    "view_positives": "all", "views_weight": 1.0, "global_weight": 0.0, "pi_weighted": False,
-    "normalize_local": False, "e_step_temperature": 1.0, "init_var": 1.0, "init_var_mode": "fixed",
-    "alpha": 0.1, "label_weight": 1.0, "use_rdp": True, "lam": 0.1, "rdp_teacher": "none",
-    "rdp_threshold": 0.5, "rdp_variant": "distribution", "rdp_confidence": "either",
-    "rdp_temperature": 0.1, "score": "global", "warm_start": False, "gmm_on": "both",
-    "lr": 1e-3, "max_epochs": 60, "patience": 5,
+    "n_components": 3,
+    "n_iter": 3,
+    "covariance": "diag",
+    "anchor_mode": "relative",
+    "temperature": 0.2,
+    "use_gmm": True,
+    "class_positives": False,
+    "intra_modal_negatives": False,
+    "view_positives": "all",
+    "views_weight": 1.0,
+    "global_weight": 0.0,
+    "pi_weighted": False,
+    "normalize_local": False,
+    "e_step_temperature": 1.0,
+    "init_var": 1.0,
+    "init_var_mode": "fixed",
+    "alpha": 0.1,
+    "label_weight": 1.0,
+    "use_rdp": True,
+    "lam": 0.1,
+    "rdp_teacher": "none",
+    "rdp_threshold": 0.5,
+    "rdp_variant": "distribution",
+    "rdp_confidence": "either",
+    "rdp_temperature": 0.1,
+    "score": "global",
+    "warm_start": False,
+    "gmm_on": "both",
+    "lr": 1e-3,
+    "max_epochs": 60,
+    "patience": 5,
 }
 
 #: The issue-10 study's candidate (docs/gcrdp-study.md): the three switches adopted on the
@@ -27,8 +50,13 @@ GCRDP_SPEC: dict[str, Any] = {
 #: validation, so by the rule written before the runs it is not the default; it ties
 #: gap-infonce on both datasets' test splits.
 GCRDP_STUDY: dict[str, Any] = {
-    **GCRDP_SPEC, "view_positives": "cross", "global_weight": 1.0, "views_weight": 0.5,
-    "normalize_local": True, "init_var_mode": "data", "e_step_temperature": 32.0,
+    **GCRDP_SPEC,
+    "view_positives": "cross",
+    "global_weight": 1.0,
+    "views_weight": 0.5,
+    "normalize_local": True,
+    "init_var_mode": "data",
+    "e_step_temperature": 32.0,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

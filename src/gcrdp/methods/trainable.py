@@ -53,24 +53,34 @@ class TrainableHeadsMethod:
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
         raise NotImplementedError
 
-    def _encode_batch(self, model: nn.Module, which: str, local: torch.Tensor,
-                      mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def _encode_batch(
+        self, model: nn.Module, which: str, local: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _embed_dim(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
-            resume: bool = True) -> FitReport:
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport:
         """Train on ``data``; with ``checkpoint_dir``, checkpoint every epoch and (``resume``)
         continue an interrupted fit there (see :func:`~gcrdp.training.fit_loop`)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self.init_model(*self._model_dims(data))  # validation embeds through it
-            return fit_loop(model, self._loss, self._embed_pair, data, self.train, seed=seed,
-                            device=self.device, checkpoint_dir=checkpoint_dir, resume=resume,
-                            method_info=method_info(self), metric=self.score_metric)
+            return fit_loop(
+                model,
+                self._loss,
+                self._embed_pair,
+                data,
+                self.train,
+                seed=seed,
+                device=self.device,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+                method_info=method_info(self),
+                metric=self.score_metric,
+            )
 
     def refit_options(self, report: FitReport) -> dict[str, Any]:
         """Options that refit this method without validation pairs: as many epochs as the
@@ -104,8 +114,8 @@ class TrainableHeadsMethod:
         out = []
         bs = self.train.eval_batch_size
         for s in range(0, len(feats), bs):
-            loc = torch.from_numpy(np.ascontiguousarray(feats.local[s:s + bs])).to(self.device, torch.float32)
-            msk = torch.from_numpy(np.ascontiguousarray(feats.mask[s:s + bs])).to(self.device)
+            loc = torch.from_numpy(np.ascontiguousarray(feats.local[s : s + bs])).to(self.device, torch.float32)
+            msk = torch.from_numpy(np.ascontiguousarray(feats.mask[s : s + bs])).to(self.device)
             out.append(self._encode_batch(model, which, loc, msk).float().cpu().numpy())
         return np.concatenate(out, axis=0) if out else np.zeros((0, self._embed_dim()), np.float32)
 

@@ -41,8 +41,7 @@ class ZeroShotConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.assume_aligned, (bool, np.bool_)):
-            raise ConfigError(f"zero-shot option assume_aligned must be true or false, got "
-                              f"{self.assume_aligned!r}.")
+            raise ConfigError(f"zero-shot option assume_aligned must be true or false, got {self.assume_aligned!r}.")
         self.assume_aligned = bool(self.assume_aligned)
 
 
@@ -69,12 +68,15 @@ def detect_alignment(meta: dict[str, Any]) -> tuple[bool | None, str]:
             wt = ft.get("weights_sha256") if isinstance(ft, dict) else None
             if wi and wi == wt:
                 return True, f"{ni} image and text encoders with the same weights (sha256 {str(wi)[:12]}…)"
-            return False, (f"{ni} image and text encoders with different weights (sha256 "
-                           f"{str(wi)[:12]}… vs {str(wt)[:12]}…): two models' spaces are not aligned")
+            return False, (
+                f"{ni} image and text encoders with different weights (sha256 "
+                f"{str(wi)[:12]}… vs {str(wt)[:12]}…): two models' spaces are not aligned"
+            )
         return False, f"the image encoder {ni!r} and the text encoder {nt!r} are separate models"
     src = meta.get("source")
-    return None, (f"the features' origin ({src!r}) does not say which encoders made them"
-                  if src else "the features carry no encoder information")
+    return None, (
+        f"the features' origin ({src!r}) does not say which encoders made them" if src else "the features carry no encoder information"
+    )
 
 
 class _ZeroShotModel(nn.Module):
@@ -117,7 +119,8 @@ class ZeroShotMethod:
         if di != dt:
             raise ConfigError(
                 f"zero-shot compares pooled image and text features directly, but their dims differ: "
-                f"image {di}, text {dt}. It needs an aligned encoder pair such as CLIP (--clip DIR).")
+                f"image {di}, text {dt}. It needs an aligned encoder pair such as CLIP (--clip DIR)."
+            )
         aligned, why = detect_alignment(train.meta)
         if aligned:
             return why
@@ -126,10 +129,10 @@ class ZeroShotMethod:
         raise ConfigError(
             f"zero-shot similarity needs an aligned image-text encoder pair, and here {why}. Use an "
             "aligned pair such as CLIP (--clip DIR), or pass --option zero-shot.assume_aligned=true "
-            "for features known to share one space.")
+            "for features known to share one space."
+        )
 
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None,
-            resume: bool = True) -> FitReport:
+    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport:
         """No training: check the pair is aligned (module docstring), record the dims and score
         the validation pairs when given. ``seed``, ``checkpoint_dir``, ``resume`` are unused."""
         t0 = time.perf_counter()
@@ -145,8 +148,9 @@ class ZeroShotMethod:
             res = cross_modal_metrics(img, txt, data.val_labels, img, txt, data.val_labels)
             best = float(res["mean_map"])
             history.append({"epoch": 0, "val_map": round(best, 6)})
-        return FitReport(epochs=0, best_epoch=0, best_val_map=best, seconds=time.perf_counter() - t0,
-                         history=history, extra={"alignment": why})
+        return FitReport(
+            epochs=0, best_epoch=0, best_val_map=best, seconds=time.perf_counter() - t0, history=history, extra={"alignment": why}
+        )
 
     def refit_options(self, report: FitReport) -> dict[str, Any]:
         """Nothing is fitted, so nothing is chosen on validation."""
@@ -165,8 +169,9 @@ class ZeroShotMethod:
         check_fitted(self)
         expect = int(self.model_.pooled_dims[0 if side == "image" else 1])
         if features.pooled_dim != expect:
-            raise DataError(f"{self.name}: {side} pooled features have dim {features.pooled_dim}, "
-                            f"the method was fitted on {expect}-d features.")
+            raise DataError(
+                f"{self.name}: {side} pooled features have dim {features.pooled_dim}, the method was fitted on {expect}-d features."
+            )
         X = np.asarray(features.pooled, dtype=np.float64)
         norm = np.linalg.norm(X, axis=1, keepdims=True)
         return (X / np.where(norm > 0, norm, 1.0)).astype(np.float32)

@@ -92,27 +92,36 @@ def _is_one_of(options: tuple[str, ...]) -> Callable[[object], bool]:
 # One declared table of constraints (like sklearn's ``_parameter_constraints``):
 # field -> (check, what is expected, how to fix it).
 _CONSTRAINTS: dict[str, tuple[Callable[[object], bool], str, str]] = {
-    "n_components": (_is_int(1), "an integer >= 1",
-                     "It is the number K of mixture components (views) per sample, e.g. 3."),
-    "n_iter": (_is_int(0), "an integer >= 0",
-               ("It is the number T of EM iterations unrolled in forward, e.g. 3 "
-                "(0 keeps the initial parameters).")),
-    "covariance": (_is_one_of(COVARIANCE_TYPES), f"one of {COVARIANCE_TYPES}",
-                   "Use 'diag' (one variance per dimension) or 'isotropic' (one per component)."),
-    "var_floor": (_is_positive_number, "a finite number > 0",
-                  "It is added to every variance (like sklearn's reg_covar), e.g. 1e-3."),
-    "mass_floor": (_is_positive_number, "a finite number > 0",
-                   "It is the pseudo-count that keeps empty components finite, e.g. 1e-6."),
-    "init_var": (_is_positive_number, "a finite number > 0",
-                 "It is the initial variance of every component, e.g. 1.0."),
-    "anchor_mode": (_is_one_of(ANCHOR_MODES), f"one of {ANCHOR_MODES}",
-                    "'relative' starts component k at (set mean + anchor k), 'absolute' at anchor k."),
-    "temperature": (_is_positive_number, "a finite number > 0",
-                    "It divides the E-step's log densities (1 = standard EM; larger = softer "
-                    "responsibilities, as NetVLAD's soft assignment)."),
-    "init_var_mode": (_is_one_of(INIT_VAR_MODES), f"one of {INIT_VAR_MODES}",
-                      "'fixed' starts every variance at init_var; 'data' at the set's own "
-                      "per-dimension variance averaged over dimensions, times init_var."),
+    "n_components": (_is_int(1), "an integer >= 1", "It is the number K of mixture components (views) per sample, e.g. 3."),
+    "n_iter": (
+        _is_int(0),
+        "an integer >= 0",
+        ("It is the number T of EM iterations unrolled in forward, e.g. 3 (0 keeps the initial parameters)."),
+    ),
+    "covariance": (
+        _is_one_of(COVARIANCE_TYPES),
+        f"one of {COVARIANCE_TYPES}",
+        "Use 'diag' (one variance per dimension) or 'isotropic' (one per component).",
+    ),
+    "var_floor": (_is_positive_number, "a finite number > 0", "It is added to every variance (like sklearn's reg_covar), e.g. 1e-3."),
+    "mass_floor": (_is_positive_number, "a finite number > 0", "It is the pseudo-count that keeps empty components finite, e.g. 1e-6."),
+    "init_var": (_is_positive_number, "a finite number > 0", "It is the initial variance of every component, e.g. 1.0."),
+    "anchor_mode": (
+        _is_one_of(ANCHOR_MODES),
+        f"one of {ANCHOR_MODES}",
+        "'relative' starts component k at (set mean + anchor k), 'absolute' at anchor k.",
+    ),
+    "temperature": (
+        _is_positive_number,
+        "a finite number > 0",
+        "It divides the E-step's log densities (1 = standard EM; larger = softer responsibilities, as NetVLAD's soft assignment).",
+    ),
+    "init_var_mode": (
+        _is_one_of(INIT_VAR_MODES),
+        f"one of {INIT_VAR_MODES}",
+        "'fixed' starts every variance at init_var; 'data' at the set's own "
+        "per-dimension variance averaged over dimensions, times init_var.",
+    ),
 }
 
 
@@ -200,8 +209,7 @@ def _prepare(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     if mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     if mask.shape != x.shape[:2]:
-        raise DataError(f"mask must have shape (batch, n_points) = {tuple(x.shape[:2])} like x, "
-                        f"got shape {tuple(mask.shape)}")
+        raise DataError(f"mask must have shape (batch, n_points) = {tuple(x.shape[:2])} like x, got shape {tuple(mask.shape)}")
     mask = mask.to(device=x.device, dtype=torch.bool)
     if not bool(mask.all()):  # (nothing to zero when no point is padded, e.g. image grids)
         x = torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))  # (B, N, D); padding -> 0, grad 0
@@ -212,8 +220,7 @@ def _broadcast(t: Tensor, shape: tuple[int, ...], name: str, like: Tensor) -> Te
     """Expand a shared ``shape[1:]`` or per-sample ``shape`` tensor to ``shape``."""
     t = torch.as_tensor(t).to(device=like.device, dtype=like.dtype)
     if tuple(t.shape) not in (shape[1:], shape):
-        raise DataError(f"{name} must have shape {shape[1:]} (shared) or {shape} (per sample), "
-                        f"got shape {tuple(t.shape)}")
+        raise DataError(f"{name} must have shape {shape[1:]} (shared) or {shape} (per sample), got shape {tuple(t.shape)}")
     return t.expand(shape)
 
 
@@ -287,8 +294,9 @@ def _log_gaussian_prob(stats: tuple[Tensor, Tensor], means: Tensor, variances: T
     return -0.5 * (maha + log_det + d * _LOG_2PI)
 
 
-def _e_step(stats: tuple[Tensor, Tensor], mask: Tensor, weights: Tensor, means: Tensor,
-            variances: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+def _e_step(
+    stats: tuple[Tensor, Tensor], mask: Tensor, weights: Tensor, means: Tensor, variances: Tensor, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """-> resp (B, K, N) (padded points 0), log-likelihood (B,) (of the untempered mixture)."""
     log_prob = _log_gaussian_prob(stats, means, variances) + weights.log().unsqueeze(-1)  # (B, K, N)
     log_norm = torch.logsumexp(log_prob, dim=1)  # (B, N) = log p(x_n)
@@ -303,8 +311,9 @@ def _e_step(stats: tuple[Tensor, Tensor], mask: Tensor, weights: Tensor, means: 
     return resp, log_lik
 
 
-def _m_step(stats: tuple[Tensor, Tensor], resp: Tensor, cfg: GMMConfig, prior_means: Tensor | None,
-            prior_variances: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def _m_step(
+    stats: tuple[Tensor, Tensor], resp: Tensor, cfg: GMMConfig, prior_means: Tensor | None, prior_variances: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """resp (B, K, N) -> weights (B, K), means (B, K, D), variances (B, K, D)."""
     eps = cfg.mass_floor
     nk = resp.sum(2)  # (B, K)
@@ -341,8 +350,7 @@ def estimate_log_gaussian_prob(x: Tensor, means: Tensor, variances: Tensor) -> T
     return log_prob.transpose(1, 2).contiguous()
 
 
-def e_step(x: Tensor, mask: Tensor | None, weights: Tensor, means: Tensor,
-           variances: Tensor) -> tuple[Tensor, Tensor]:
+def e_step(x: Tensor, mask: Tensor | None, weights: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
     """E-step in log space.
 
     Args:
@@ -354,14 +362,19 @@ def e_step(x: Tensor, mask: Tensor | None, weights: Tensor, means: Tensor,
         log_likelihood ``(B,)``, the mean over the valid points of ``log p(x_n)``.
     """
     x, mask = _prepare(x, mask)
-    resp, log_lik = _e_step(_stats(x), mask, weights.to(x.dtype), means.to(x.dtype),
-                            variances.to(x.dtype))
+    resp, log_lik = _e_step(_stats(x), mask, weights.to(x.dtype), means.to(x.dtype), variances.to(x.dtype))
     return resp.transpose(1, 2).contiguous(), log_lik
 
 
-def m_step(x: Tensor, mask: Tensor | None, resp: Tensor, cfg: GMMConfig, *,
-           prior_means: Tensor | None = None,
-           prior_variances: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def m_step(
+    x: Tensor,
+    mask: Tensor | None,
+    resp: Tensor,
+    cfg: GMMConfig,
+    *,
+    prior_means: Tensor | None = None,
+    prior_variances: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """M-step with the floors of ``cfg`` (see the module docstring for the exact update).
 
     Args:
@@ -383,9 +396,16 @@ def m_step(x: Tensor, mask: Tensor | None, resp: Tensor, cfg: GMMConfig, *,
     return _m_step(_stats(x), resp, cfg, pm, pv)
 
 
-def fit_gmm(x: Tensor, mask: Tensor | None, init_means: Tensor, cfg: GMMConfig,
-            init_weights: Tensor | None = None, init_variances: Tensor | None = None, *,
-            final_e_step: bool = True) -> GMMResult:
+def fit_gmm(
+    x: Tensor,
+    mask: Tensor | None,
+    init_means: Tensor,
+    cfg: GMMConfig,
+    init_weights: Tensor | None = None,
+    init_variances: Tensor | None = None,
+    *,
+    final_e_step: bool = True,
+) -> GMMResult:
     """Fit one K-component mixture per set by ``cfg.n_iter`` unrolled EM iterations.
 
     Exactly: starting from ``(π⁰, μ⁰, σ²⁰)``, each of the T iterations runs an E-step under the
@@ -421,9 +441,15 @@ def fit_gmm(x: Tensor, mask: Tensor | None, init_means: Tensor, cfg: GMMConfig,
     return _fit_prepared(x, mask, init_means, cfg, init_weights, init_variances, final_e_step)
 
 
-def _fit_prepared(x: Tensor, mask: Tensor, init_means: Tensor, cfg: GMMConfig,
-                  init_weights: Tensor | None, init_variances: Tensor | None,
-                  final_e_step: bool) -> GMMResult:
+def _fit_prepared(
+    x: Tensor,
+    mask: Tensor,
+    init_means: Tensor,
+    cfg: GMMConfig,
+    init_weights: Tensor | None,
+    init_variances: Tensor | None,
+    final_e_step: bool,
+) -> GMMResult:
     """:func:`fit_gmm` on inputs that went through :func:`_prepare`."""
     b, _, d = x.shape
     k = cfg.n_components
@@ -443,7 +469,7 @@ def _fit_prepared(x: Tensor, mask: Tensor, init_means: Tensor, cfg: GMMConfig,
 
         n_valid = mask.sum(1).clamp_min(1).to(x.dtype).view(b, 1, 1)  # (B, 1, 1)
         # (B, 1, D); padded points are 0 here. A constant for autograd (see the docstring).
-        centre = (x.detach().sum(1, keepdim=True) / n_valid)
+        centre = x.detach().sum(1, keepdim=True) / n_valid
         # (x, x²) (B, N, D) each; padded rows hold the finite -centre: γ = 0, they count nowhere
         stats = _stats(x - centre)
         means = means - centre
@@ -520,8 +546,7 @@ class GMMLayer(nn.Module):
     def __init__(self, dim: int, cfg: GMMConfig = GMMConfig()) -> None:
         super().__init__()
         if not _is_int(1)(dim):
-            raise ConfigError(f"GMMLayer dim must be an integer >= 1 (the feature dimension D), "
-                              f"got {dim!r}")
+            raise ConfigError(f"GMMLayer dim must be an integer >= 1 (the feature dimension D), got {dim!r}")
         if not isinstance(cfg, GMMConfig):
             raise ConfigError(f"GMMLayer cfg must be a GMMConfig, got {type(cfg).__name__}")
         self.dim = dim
@@ -549,16 +574,17 @@ class GMMLayer(nn.Module):
         """x ``(B, N, dim)``, mask ``(B, N)`` bool -> :class:`GMMResult` (``final_e_step``:
         see :func:`fit_gmm`)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise DataError(f"GMMLayer expects x of shape (batch, n_points, {self.dim}), "
-                            f"got shape {tuple(x.shape)}")
+            raise DataError(f"GMMLayer expects x of shape (batch, n_points, {self.dim}), got shape {tuple(x.shape)}")
         x, mask = _prepare(x, mask)
         init_var = None
         if self.cfg.init_var_mode == "data":
-            init_var = (set_variance(x, mask) * self.cfg.init_var).view(-1, 1, 1).expand(
-                x.shape[0], self.cfg.n_components, x.shape[2])  # (B, K, D)
+            init_var = (
+                (set_variance(x, mask) * self.cfg.init_var).view(-1, 1, 1).expand(x.shape[0], self.cfg.n_components, x.shape[2])
+            )  # (B, K, D)
         return _fit_prepared(x, mask, self._initial_means(x, mask), self.cfg, None, init_var, final_e_step)
 
     def extra_repr(self) -> str:
         c = self.cfg
-        return (f"dim={self.dim}, n_components={c.n_components}, n_iter={c.n_iter}, "
-                f"covariance={c.covariance!r}, anchor_mode={c.anchor_mode!r}")
+        return (
+            f"dim={self.dim}, n_components={c.n_components}, n_iter={c.n_iter}, covariance={c.covariance!r}, anchor_mode={c.anchor_mode!r}"
+        )

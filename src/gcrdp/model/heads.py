@@ -26,10 +26,7 @@ class ProjectionHead(nn.Module):
     ) -> None:
         super().__init__()
         if in_dim < 1 or out_dim < 1 or hidden_dim < 1:
-            raise ConfigError(
-                f"ProjectionHead dims must be positive, got in_dim={in_dim}, out_dim={out_dim}, "
-                f"hidden_dim={hidden_dim}"
-            )
+            raise ConfigError(f"ProjectionHead dims must be positive, got in_dim={in_dim}, out_dim={out_dim}, hidden_dim={hidden_dim}")
         if num_layers not in (1, 2):
             raise ConfigError(f"ProjectionHead num_layers must be 1 or 2, got {num_layers}")
         if not 0.0 <= dropout < 1.0:
@@ -39,7 +36,9 @@ class ProjectionHead(nn.Module):
             self.net: nn.Module = nn.Linear(in_dim, out_dim)
         else:
             self.net = nn.Sequential(
-                nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+                nn.Linear(in_dim, hidden_dim),
+                nn.GELU(),
+                nn.Dropout(dropout),
                 nn.Linear(hidden_dim, out_dim),
             )
 

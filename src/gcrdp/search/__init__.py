@@ -17,5 +17,17 @@ from .retriever import (
     items_from_text_file,
 )
 
-__all__ = ["FaissBackend", "Hit", "Item", "Retriever", "SearchModel", "format_hits", "items_from_dataset", "items_from_features",
-           "items_from_images", "items_from_manifest", "items_from_text_file", "recall_at_k"]
+__all__ = [
+    "FaissBackend",
+    "Hit",
+    "Item",
+    "Retriever",
+    "SearchModel",
+    "format_hits",
+    "items_from_dataset",
+    "items_from_features",
+    "items_from_images",
+    "items_from_manifest",
+    "items_from_text_file",
+    "recall_at_k",
+]

@@ -40,8 +40,9 @@ class FaissBackend:
         try:
             self.index = faiss.index_factory(self.dim, self.index_type, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
-            raise ConfigError(f"FAISS cannot build index type {index_type!r}: {str(exc).splitlines()[0]}. "
-                              "Examples: Flat, HNSW32, IVF1024,Flat.") from None
+            raise ConfigError(
+                f"FAISS cannot build index type {index_type!r}: {str(exc).splitlines()[0]}. Examples: Flat, HNSW32, IVF1024,Flat."
+            ) from None
 
     @property
     def ntotal(self) -> int:
@@ -59,8 +60,10 @@ class FaissBackend:
                 except RuntimeError:
                     n_lists = 1
             if len(x) < int(n_lists):
-                raise ConfigError(f"Index type {self.index_type!r} needs at least {n_lists} vectors to train its "
-                                  f"{n_lists} lists; this collection has {len(x)}. Use Flat or fewer lists.")
+                raise ConfigError(
+                    f"Index type {self.index_type!r} needs at least {n_lists} vectors to train its "
+                    f"{n_lists} lists; this collection has {len(x)}. Use Flat or fewer lists."
+                )
             self.index.train(x)
         self.index.add(x)
         self._direct_map()
@@ -111,8 +114,7 @@ class FaissBackend:
         return self
 
 
-def recall_at_k(approx: FaissBackend, vectors: np.ndarray, k: int = 10, n_queries: int = 1000,
-                seed: int = 0) -> float:
+def recall_at_k(approx: FaissBackend, vectors: np.ndarray, k: int = 10, n_queries: int = 1000, seed: int = 0) -> float:
     """Recall@k of ``approx`` against exact search on the same ``vectors``: the share of the
     exact top-k found by the approximate top-k, over up to ``n_queries`` of the vectors as queries."""
     if approx.index_type == EXACT:
@@ -132,8 +134,9 @@ def _pymilvus():
     try:
         from pymilvus import MilvusClient
     except ImportError:
-        raise MissingDependencyError("The Milvus backend needs pymilvus (and milvus-lite for a local .db file): "
-                                     "pip install 'gcrdp[milvus]'.") from None
+        raise MissingDependencyError(
+            "The Milvus backend needs pymilvus (and milvus-lite for a local .db file): pip install 'gcrdp[milvus]'."
+        ) from None
     return MilvusClient
 
 
@@ -194,8 +197,7 @@ class MilvusBackend:
             raise DataError(f"vectors must be (n, {self.dim}), got {x.shape}.")
         c = _client(self.uri)
         for a in range(0, len(x), 5000):
-            c.insert(self.collection, [{"row": self._n + a + i, "vector": v.tolist()}
-                                       for i, v in enumerate(x[a:a + 5000])])
+            c.insert(self.collection, [{"row": self._n + a + i, "vector": v.tolist()} for i, v in enumerate(x[a : a + 5000])])
         self._n += len(x)
         c.flush(self.collection)
 
@@ -208,8 +210,14 @@ class MilvusBackend:
             return scores, rows
         c = _client(self.uri)
         c.load_collection(self.collection)
-        res = c.search(self.collection, data=[v.tolist() for v in q], limit=k, filter=f"row < {self._n}",
-                       search_params={"metric_type": "IP"}, output_fields=["row"])
+        res = c.search(
+            self.collection,
+            data=[v.tolist() for v in q],
+            limit=k,
+            filter=f"row < {self._n}",
+            search_params={"metric_type": "IP"},
+            output_fields=["row"],
+        )
         for i, hits in enumerate(res):
             for j, h in enumerate(hits[:k]):
                 rows[i, j] = int(h["entity"]["row"])
@@ -221,8 +229,7 @@ class MilvusBackend:
         c.load_collection(self.collection)
         out = np.zeros((self._n, self.dim), np.float32)
         for a in range(0, self._n, 5000):
-            got = c.query(self.collection, filter=f"row >= {a} and row < {min(a + 5000, self._n)}",
-                          output_fields=["row", "vector"])
+            got = c.query(self.collection, filter=f"row >= {a} and row < {min(a + 5000, self._n)}", output_fields=["row", "vector"])
             for g in got:
                 out[int(g["row"])] = g["vector"]
         return out
@@ -236,9 +243,14 @@ class MilvusBackend:
     def save(self, path: Path) -> None:
         import json
 
-        path.with_suffix(".milvus.json").write_text(json.dumps(
-            {"uri": self.uri, "collection": self.collection, "ntotal": self._n, "dim": self.dim,
-             "index_type": self.index_type}, indent=1) + "\n", encoding="utf-8")
+        path.with_suffix(".milvus.json").write_text(
+            json.dumps(
+                {"uri": self.uri, "collection": self.collection, "ntotal": self._n, "dim": self.dim, "index_type": self.index_type},
+                indent=1,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
 
     @classmethod
     def load(cls, path: Path, index_type: str) -> MilvusBackend:
@@ -246,8 +258,10 @@ class MilvusBackend:
 
         info = json.loads(path.with_suffix(".milvus.json").read_text(encoding="utf-8"))
         if not _client(info["uri"]).has_collection(info["collection"]):
-            raise DataError(f"The Milvus collection {info['collection']!r} of this index is missing at "
-                            f"{info['uri']} (dropped, or another Milvus): rebuild the index.")
+            raise DataError(
+                f"The Milvus collection {info['collection']!r} of this index is missing at "
+                f"{info['uri']} (dropped, or another Milvus): rebuild the index."
+            )
         self = cls(info["dim"], info["index_type"], uri=info["uri"], collection=info["collection"])
         self._n = int(info["ntotal"])
         return self

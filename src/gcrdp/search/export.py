@@ -14,8 +14,7 @@ from ..data.types import Dataset
 from ..errors import ConfigError, DataError, format_list
 
 
-def export_embeddings(method: Any, dataset: Dataset, features: FeatureSet | None,
-                      out_dir: str | Path, **kw: Any) -> Path:
+def export_embeddings(method: Any, dataset: Dataset, features: FeatureSet | None, out_dir: str | Path, **kw: Any) -> Path:
     """Embed every sample of ``dataset`` with a fitted ``method`` and export the embeddings
     with :func:`export_clip_retrieval` (``kw``: e.g. ``part_size``).
 
@@ -27,16 +26,22 @@ def export_embeddings(method: Any, dataset: Dataset, features: FeatureSet | None
     """
     feats = features if features is not None else dataset.features
     if feats is None:
-        raise ConfigError(f"Dataset {dataset.name!r} has no pre-extracted features; pass the "
-                          "features the method was fitted on (e.g. from the run's extraction).")
+        raise ConfigError(
+            f"Dataset {dataset.name!r} has no pre-extracted features; pass the "
+            "features the method was fitted on (e.g. from the run's extraction)."
+        )
     if tuple(feats.sample_ids) != tuple(s.id for s in dataset.samples):
-        raise DataError(f"The features' sample ids differ from dataset {dataset.name!r}'s samples "
-                        f"({len(feats)} rows for {len(dataset)} samples); pass the features of "
-                        "this dataset, in sample order.")
+        raise DataError(
+            f"The features' sample ids differ from dataset {dataset.name!r}'s samples "
+            f"({len(feats)} rows for {len(dataset)} samples); pass the features of "
+            "this dataset, in sample order."
+        )
     joined = [s for s in dataset.samples if any("|" in lab for lab in s.labels)]
     if joined:
-        raise DataError(f"Labels containing '|' cannot be exported (the label column joins "
-                        f"labels with '|'): samples {format_list([s.id for s in joined])}.")
+        raise DataError(
+            f"Labels containing '|' cannot be exported (the label column joins "
+            f"labels with '|'): samples {format_list([s.id for s in joined])}."
+        )
     img = np.asarray(method.embed_images(feats.image), dtype=np.float32)
     txt = np.asarray(method.embed_texts(feats.text), dtype=np.float32)
     metadata = {

@@ -44,8 +44,9 @@ def _new_backend(kind: str, dim: int, index_type: str, uri: str | None) -> Any:
     if kind == "faiss":
         return FaissBackend(dim, index_type)
     if uri is None:
-        raise ConfigError("The Milvus backend needs uri=: a local file such as index.db (Milvus Lite) or "
-                          "http://host:19530 (a Milvus server or cluster).")
+        raise ConfigError(
+            "The Milvus backend needs uri=: a local file such as index.db (Milvus Lite) or http://host:19530 (a Milvus server or cluster)."
+        )
     if "://" not in uri:  # Milvus Lite: a local file, kept absolute so that the index can be opened anywhere
         uri = str(Path(uri).expanduser().resolve())
     return MilvusBackend(dim, index_type, uri=uri)
@@ -63,6 +64,7 @@ def _load_backends(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
         elif (folder / f"{m}.milvus.json").is_file():
             out[m] = MilvusBackend.load(folder / f"{m}.faiss", info["index_type"])
     return out
+
 
 INDEX_FORMAT = "gcrdp-index/1"
 MODALITIES = ("image", "text")
@@ -124,8 +126,7 @@ def items_from_images(folder: str | Path) -> list[Item]:
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
             rel = p.relative_to(root)
-            out.append(Item("image", rel.as_posix(), path=str(p.resolve()),
-                            label=rel.parts[0] if len(rel.parts) > 1 else None))
+            out.append(Item("image", rel.as_posix(), path=str(p.resolve()), label=rel.parts[0] if len(rel.parts) > 1 else None))
     if not out:
         raise DataError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) under {root}.")
     return out
@@ -192,8 +193,7 @@ def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
     return out
 
 
-def _instance_quality(vectors: dict[str, np.ndarray], rows: list[tuple], max_queries: int = 2000,
-                      seed: int = 0) -> dict[str, Any] | None:
+def _instance_quality(vectors: dict[str, np.ndarray], rows: list[tuple], max_queries: int = 2000, seed: int = 0) -> dict[str, Any] | None:
     """Instance-level recall@1/5/10 of the collection's own pairs (an image and a text with the
     same id), I2T and T2I, over up to ``max_queries`` pairs, exact on ``vectors`` (per modality,
     by row); ``None`` without pairs."""
@@ -207,13 +207,15 @@ def _instance_quality(vectors: dict[str, np.ndarray], rows: list[tuple], max_que
         return None
     vi, vt = vectors["image"], vectors["text"]
     rng = np.random.default_rng(seed)
-    pick = common if len(common) <= max_queries else [common[i] for i in sorted(
-        rng.choice(len(common), max_queries, replace=False))]
+    pick = common if len(common) <= max_queries else [common[i] for i in sorted(rng.choice(len(common), max_queries, replace=False))]
     qi = np.asarray([by_id["image"][c] for c in pick])
     qt = np.asarray([by_id["text"][c] for c in pick])
-    return {"n_pairs": len(common), "n_queries": len(pick),
-            "i2t": {k: v for k, v in instance_recall(vi[qi], vt, qt, metric="dot").items() if k.startswith("recall@")},
-            "t2i": {k: v for k, v in instance_recall(vt[qt], vi, qi, metric="dot").items() if k.startswith("recall@")}}
+    return {
+        "n_pairs": len(common),
+        "n_queries": len(pick),
+        "i2t": {k: v for k, v in instance_recall(vi[qi], vt, qt, metric="dot").items() if k.startswith("recall@")},
+        "t2i": {k: v for k, v in instance_recall(vt[qt], vi, qi, metric="dot").items() if k.startswith("recall@")},
+    }
 
 
 # --------------------------------------------------------------------------- the folder
@@ -230,8 +232,10 @@ def _current(index_dir: Path) -> Path:
 def _write_metadata(path: Path, rows: list[tuple]) -> None:
     con = sqlite3.connect(path)
     try:
-        con.execute("CREATE TABLE items (modality TEXT NOT NULL, row INTEGER NOT NULL, id TEXT NOT NULL, "
-                    "path TEXT, text TEXT, label TEXT, hash TEXT NOT NULL, PRIMARY KEY (modality, row))")
+        con.execute(
+            "CREATE TABLE items (modality TEXT NOT NULL, row INTEGER NOT NULL, id TEXT NOT NULL, "
+            "path TEXT, text TEXT, label TEXT, hash TEXT NOT NULL, PRIMARY KEY (modality, row))"
+        )
         con.execute("CREATE INDEX items_hash ON items (modality, hash)")
         con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         con.commit()
@@ -242,8 +246,7 @@ def _write_metadata(path: Path, rows: list[tuple]) -> None:
 def _read_metadata(path: Path) -> list[tuple]:
     con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        return con.execute("SELECT modality, row, id, path, text, label, hash FROM items "
-                           "ORDER BY modality, row").fetchall()
+        return con.execute("SELECT modality, row, id, path, text, label, hash FROM items ORDER BY modality, row").fetchall()
     finally:
         con.close()
 
@@ -259,22 +262,18 @@ def _build_lock(index_dir: Path) -> Any:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DataError(f"Another build or --add is writing index {index_dir} right now; run this one "
-                            "when it has finished.") from None
+            raise DataError(f"Another build or --add is writing index {index_dir} right now; run this one when it has finished.") from None
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-
-
 def _same_collection(ref: Path, version: Path) -> bool:
     """Whether the Milvus collection of ``ref`` is used by ``version`` (an add reuses it)."""
     try:
         col = json.loads(ref.read_text(encoding="utf-8"))["collection"]
-        return any(json.loads(p.read_text(encoding="utf-8"))["collection"] == col
-                   for p in version.glob("*.milvus.json"))
+        return any(json.loads(p.read_text(encoding="utf-8"))["collection"] == col for p in version.glob("*.milvus.json"))
     except (OSError, ValueError, KeyError):
         return True  # when unsure, keep it
 
@@ -306,8 +305,7 @@ def _publish_version(index_dir: Path, fill: Any) -> Path:
             if ref.read_text(encoding="utf-8") not in live and not _same_collection(ref, index_dir / name):
                 with contextlib.suppress(Exception):
                     info = json.loads(ref.read_text(encoding="utf-8"))
-                    MilvusBackend(info["dim"], info["index_type"], uri=info["uri"],
-                                  collection=info["collection"]).drop()
+                    MilvusBackend(info["dim"], info["index_type"], uri=info["uri"], collection=info["collection"]).drop()
         shutil.rmtree(index_dir / old, ignore_errors=True)
     return index_dir / name
 
@@ -322,8 +320,7 @@ class Retriever:
     match an image).
     """
 
-    def __init__(self, index_dir: Path, info: dict[str, Any], model: Any,
-                 backends: dict[str, FaissBackend], rows: list[tuple]) -> None:
+    def __init__(self, index_dir: Path, info: dict[str, Any], model: Any, backends: dict[str, FaissBackend], rows: list[tuple]) -> None:
         self.index_dir, self.info, self.model, self.backends = index_dir, info, model, backends
         self._meta: dict[tuple[str, int], tuple] = {(r[0], int(r[1])): r for r in rows}
         self._by_id: dict[tuple[str, str], int] = {(r[0], r[2]): int(r[1]) for r in rows}
@@ -343,11 +340,22 @@ class Retriever:
 
     # ---------------------------------------------------------------- build
     @classmethod
-    def build(cls, index_dir: str | Path, *, checkpoint: str | Path | None = None, items: Sequence[Item],
-              clip: str | Path | None = None, features: Any = None,
-              index_type: str = EXACT, add: bool = False, cache_dir: str | Path | None = None,
-              device: str = "cpu", progress: bool = True, backend: str = "faiss",
-              uri: str | None = None) -> Retriever:
+    def build(
+        cls,
+        index_dir: str | Path,
+        *,
+        checkpoint: str | Path | None = None,
+        items: Sequence[Item],
+        clip: str | Path | None = None,
+        features: Any = None,
+        index_type: str = EXACT,
+        add: bool = False,
+        cache_dir: str | Path | None = None,
+        device: str = "cpu",
+        progress: bool = True,
+        backend: str = "faiss",
+        uri: str | None = None,
+    ) -> Retriever:
         """Embed ``items`` with the model of ``checkpoint`` and write the index (see the module
         docstring). With ``add=True`` the items are appended to the existing index at
         ``index_dir`` (its checkpoint, backend and index type are kept; items whose content hash
@@ -365,14 +373,38 @@ class Retriever:
         if not items:
             raise DataError("Nothing to index: the collection is empty.")
         with _build_lock(index_dir):
-            return cls._build_locked(index_dir, checkpoint=checkpoint, items=items, clip=clip, features=features,
-                                     index_type=index_type, add=add, cache_dir=cache_dir, device=device,
-                                     progress=progress, backend=backend, uri=uri)
+            return cls._build_locked(
+                index_dir,
+                checkpoint=checkpoint,
+                items=items,
+                clip=clip,
+                features=features,
+                index_type=index_type,
+                add=add,
+                cache_dir=cache_dir,
+                device=device,
+                progress=progress,
+                backend=backend,
+                uri=uri,
+            )
 
     @classmethod
-    def _build_locked(cls, index_dir: Path, *, checkpoint: Any, items: list[Item], clip: Any, features: Any,
-                      index_type: str, add: bool, cache_dir: Any, device: str, progress: bool, backend: str,
-                      uri: str | None) -> Retriever:
+    def _build_locked(
+        cls,
+        index_dir: Path,
+        *,
+        checkpoint: Any,
+        items: list[Item],
+        clip: Any,
+        features: Any,
+        index_type: str,
+        add: bool,
+        cache_dir: Any,
+        device: str,
+        progress: bool,
+        backend: str,
+        uri: str | None,
+    ) -> Retriever:
         from .model import SearchModel
 
         bad = sorted({it.modality for it in items} - set(MODALITIES))
@@ -389,20 +421,22 @@ class Retriever:
             if checkpoint is not None:
                 given = SearchModel.from_checkpoint(checkpoint, device)
                 if given.fingerprint != old.model.fingerprint:
-                    raise ConfigError(f"--add: checkpoint {checkpoint} is not the model index {index_dir} was "
-                                      "built with (its fingerprint differs); build a new index instead.")
+                    raise ConfigError(
+                        f"--add: checkpoint {checkpoint} is not the model index {index_dir} was "
+                        "built with (its fingerprint differs); build a new index instead."
+                    )
             model, index_type = old.model, old.info["index_type"]
             backends = old.backends
             rows = list(old._meta.values())
             seen = set(old._hashes)
         else:
             if (checkpoint is None) == (clip is None):
-                raise ConfigError("Building an index needs one model: checkpoint= (gcrdp train's folder) or "
-                                  "clip= (a local CLIP folder, used as it is).")
+                raise ConfigError(
+                    "Building an index needs one model: checkpoint= (gcrdp train's folder) or clip= (a local CLIP folder, used as it is)."
+                )
             if clip is not None:
                 d = str(Path(clip).expanduser().resolve())
-                model = SearchModel.from_encoders(image_encoder_options={"model_dir": d},
-                                                  text_encoder_options={"model_dir": d})
+                model = SearchModel.from_encoders(image_encoder_options={"model_dir": d}, text_encoder_options={"model_dir": d})
             else:
                 model = SearchModel.from_checkpoint(checkpoint, device)
             backends, rows, seen = {}, [], set()
@@ -423,8 +457,11 @@ class Retriever:
                     skipped += 1
                     continue
                 if it.id in ids:
-                    raise DataError(f"Two {modality}s have the id {it.id!r}" + (
-                        " (one is already in the index)" if add else "") + "; ids must be unique per modality.")
+                    raise DataError(
+                        f"Two {modality}s have the id {it.id!r}"
+                        + (" (one is already in the index)" if add else "")
+                        + "; ids must be unique per modality."
+                    )
                 ids.add(it.id)
                 todo.append(it)
                 hashes.append(h)
@@ -434,19 +471,18 @@ class Retriever:
             if features is not None:
                 if any(it.row is None for it in todo):
                     raise ConfigError("With features=, every item needs its row (items_from_features).")
-                vectors = model.embed_features(modality, getattr(features, modality).subset(
-                    np.asarray([it.row for it in todo])))
+                vectors = model.embed_features(modality, getattr(features, modality).subset(np.asarray([it.row for it in todo])))
             else:
-                vectors = model.embed(modality, [it.path if modality == "image" else it.text for it in todo],
-                                      cache_dir=cache_dir, progress=progress)
+                vectors = model.embed(
+                    modality, [it.path if modality == "image" else it.text for it in todo], cache_dir=cache_dir, progress=progress
+                )
             engine = backends.get(modality)
             if engine is None:
                 engine = backends[modality] = _new_backend(backend, vectors.shape[1], index_type, uri)
             start = engine.ntotal
             engine.add(vectors)
             mem[modality] = vectors if modality not in mem else np.concatenate([mem[modality], vectors])
-            rows += [(modality, start + i, it.id, it.path, it.text, it.label, h)
-                     for i, (it, h) in enumerate(zip(todo, hashes))]
+            rows += [(modality, start + i, it.id, it.path, it.text, it.label, h) for i, (it, h) in enumerate(zip(todo, hashes))]
             added[modality] = len(todo)
         if not backends:
             raise DataError("Nothing to index: every item is already in the index.")
@@ -456,16 +492,19 @@ class Retriever:
                 recall[modality] = recall_at_k(engine, mem[modality], k=10)
         instance = _instance_quality(mem, rows)
         info = {
-            "format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "format": INDEX_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
             "encoders": model.encoders_config() if model.checkpoint is None else None,
-            "model": model.fingerprint, "backend": backend,
+            "model": model.fingerprint,
+            "backend": backend,
             "uri": getattr(next(iter(backends.values())), "uri", None) if backend == "milvus" else None,
-            "index_type": index_type, "metric": "inner product" + (" of unit vectors (cosine)"
-                                                                  if model.metric == "cosine" else ""),
+            "index_type": index_type,
+            "metric": "inner product" + (" of unit vectors (cosine)" if model.metric == "cosine" else ""),
             "dim": next(iter(backends.values())).dim,
             "counts": {m: b.ntotal for m, b in backends.items()},
-            "added_now": added, "skipped_duplicates": skipped,
+            "added_now": added,
+            "skipped_duplicates": skipped,
             "recall_at_10_vs_exact": recall or None,
             "instance_recall": instance,
             "embed_seconds": round(time.perf_counter() - t0, 3),
@@ -507,16 +546,24 @@ class Retriever:
         else:
             model = SearchModel.from_checkpoint(checkpoint or info["checkpoint"], device)
         if model.fingerprint != info["model"]:
-            differ = sorted(k for k in set(model.fingerprint) | set(info["model"])
-                            if model.fingerprint.get(k) != info["model"].get(k))
-            raise ConfigError(f"The model at {model.checkpoint or 'the encoders'} is not the one index {index_dir} was built with "
-                              f"(differs in: {', '.join(differ)}). Rebuild the index, or pass the original "
-                              "checkpoint.")
+            differ = sorted(k for k in set(model.fingerprint) | set(info["model"]) if model.fingerprint.get(k) != info["model"].get(k))
+            raise ConfigError(
+                f"The model at {model.checkpoint or 'the encoders'} is not the one index {index_dir} was built with "
+                f"(differs in: {', '.join(differ)}). Rebuild the index, or pass the original "
+                "checkpoint."
+            )
         backends = _load_backends(version, info)
         return cls(index_dir, info, model, backends, _read_metadata(version / "items.sqlite"))
 
-    def search(self, *, text: str | Iterable[str] | None = None, image: str | Path | Iterable[str | Path] | None = None,
-               like: str | None = None, like_modality: str = "image", k: int = 10) -> list[Hit] | list[list[Hit]]:
+    def search(
+        self,
+        *,
+        text: str | Iterable[str] | None = None,
+        image: str | Path | Iterable[str | Path] | None = None,
+        like: str | None = None,
+        like_modality: str = "image",
+        k: int = 10,
+    ) -> list[Hit] | list[list[Hit]]:
         """The ``k`` best images for a text (``text=``), or texts for an image (``image=``). A
         list of queries gives a list of result lists. ``like=ID`` queries with an indexed item's
         own vector (its ``like_modality`` side; the other modality comes back) — the way to
@@ -551,9 +598,14 @@ class Retriever:
             raise DataError(f"Index {self.index_dir} holds no {target}s.")
         scores, rows = self.backends[target].search(vectors, k)
         meta = self._meta
-        return [[Hit(r + 1, float(s), target, *meta[(target, int(row))][2:6])
-                 for r, (s, row) in enumerate(zip(sc.tolist(), rw.tolist())) if row >= 0 and (target, row) in meta]
-                for sc, rw in zip(scores, rows)]
+        return [
+            [
+                Hit(r + 1, float(s), target, *meta[(target, int(row))][2:6])
+                for r, (s, row) in enumerate(zip(sc.tolist(), rw.tolist()))
+                if row >= 0 and (target, row) in meta
+            ]
+            for sc, rw in zip(scores, rows)
+        ]
 
     def query_vectors(self, modality: str, queries: list[str]) -> np.ndarray:
         """The queries embedded with the index's model (nothing cached)."""
@@ -567,6 +619,7 @@ class Retriever:
 def format_hits(hits: list[Hit]) -> str:
     """A ranked table: rank, score, id, path or text, label."""
     head = ["rank", "score", "id", "path / text", "label"]
+
     def cell(h: Hit) -> str:
         if h.path:  # the end of a path says the most
             return h.path if len(h.path) <= 60 else "…" + h.path[-59:]

@@ -44,8 +44,13 @@ class _BodyLimit:
 
     async def _refuse(self, send: Any) -> None:
         body = b'{"detail":"the request body is larger than the upload limit"}'
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -79,8 +84,7 @@ class _BodyLimit:
                 await self._refuse(send)
 
 
-def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_k: int = 100,
-               expose_paths: bool = True) -> "Any":
+def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_k: int = 100, expose_paths: bool = True) -> "Any":
     """The FastAPI application serving ``retriever`` (see the module docstring).
     ``expose_paths=False`` leaves the server's file paths out of every answer (``gcrdp serve``
     does so when it listens beyond loopback)."""
@@ -90,9 +94,14 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
     except ImportError:
         raise MissingDependencyError("gcrdp serve needs FastAPI and uvicorn: pip install 'gcrdp[serve]'.") from None
 
-    app = FastAPI(title="gcrdp search", version="1",
-                  description="Search an index built by 'gcrdp index': images by text, texts by image.",
-                  docs_url=None, redoc_url=None)  # the Swagger page loads from a CDN; the JSON is at /openapi.json
+    app = FastAPI(
+        title="gcrdp search",
+        version="1",
+        description="Search an index built by 'gcrdp index': images by text, texts by image.",
+        docs_url=None,
+        redoc_url=None,
+    )  # the Swagger page loads from a CDN; the JSON is at /openapi.json
+
     def hits_json(hits: list[Any]) -> list[dict[str, Any]]:
         out = []
         for h in hits:
@@ -109,10 +118,14 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "index": str(retriever.index_dir) if expose_paths else retriever.index_dir.name,
-                "backend": retriever.info.get("backend"),
-                "index_type": retriever.info.get("index_type"), "method": retriever.info["model"].get("method"),
-                "counts": {m: b.ntotal for m, b in retriever.backends.items()}}
+        return {
+            "status": "ok",
+            "index": str(retriever.index_dir) if expose_paths else retriever.index_dir.name,
+            "backend": retriever.info.get("backend"),
+            "index_type": retriever.info.get("index_type"),
+            "method": retriever.info["model"].get("method"),
+            "counts": {m: b.ntotal for m, b in retriever.backends.items()},
+        }
 
     @app.get("/api/search")
     def search_text(text: str = Query(..., min_length=1, max_length=2000), k: int = 10) -> dict[str, Any]:
@@ -162,8 +175,15 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
         meta = retriever.item(modality, id)
         if meta is None:
             raise HTTPException(404, f"no {modality} with id {id!r} in this index")
-        return {"modality": meta[0], "row": meta[1], "id": meta[2], "path": meta[3] if expose_paths else None,
-                "text": meta[4], "label": meta[5], "hash": meta[6]}
+        return {
+            "modality": meta[0],
+            "row": meta[1],
+            "id": meta[2],
+            "path": meta[3] if expose_paths else None,
+            "text": meta[4],
+            "label": meta[5],
+            "hash": meta[6],
+        }
 
     @app.get("/api/thumbnail")
     def thumbnail(id: str) -> Response:
@@ -199,8 +219,9 @@ def _q(s: str) -> str:
     return quote(s, safe="")
 
 
-def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+def serve(
+    index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_upload_bytes: int = MAX_UPLOAD_BYTES
+) -> None:
     """Load the index and serve it with uvicorn until interrupted."""
     try:
         import uvicorn
@@ -210,8 +231,7 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, device: 
 
     r = Retriever.load(index_dir, device=device)
     local = host in ("127.0.0.1", "localhost", "::1")
-    uvicorn.run(create_app(r, max_upload_bytes=max_upload_bytes, expose_paths=local), host=host, port=port,
-                log_level="warning")
+    uvicorn.run(create_app(r, max_upload_bytes=max_upload_bytes, expose_paths=local), host=host, port=port, log_level="warning")
 
 
 PAGE = """<!doctype html>

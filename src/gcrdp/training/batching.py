@@ -36,6 +36,5 @@ def epoch_batches(
                     added[j].append(idx)
                     start = j + 1
                     break
-        batches = [np.concatenate([b, np.asarray(a, dtype=np.int64)]) if a else b
-                   for b, a in zip(batches, added)]
+        batches = [np.concatenate([b, np.asarray(a, dtype=np.int64)]) if a else b for b, a in zip(batches, added)]
     return [b for b in batches if len(b) >= drop_last_below]

@@ -130,8 +130,9 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"Checkpoint path {path} exists and is not a folder.")
     if path.is_dir() and any(path.iterdir()) and not (path / STATE_FILE).is_file():
-        raise ConfigError(f"{path} is a folder that is not a gcrdp checkpoint (no {STATE_FILE}); "
-                          "refusing to replace it. Choose a new or empty folder.")
+        raise ConfigError(
+            f"{path} is a folder that is not a gcrdp checkpoint (no {STATE_FILE}); refusing to replace it. Choose a new or empty folder."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     _recover(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -161,17 +162,17 @@ def _resolve(path: Path) -> Path:
     if not path.exists() and (old / STATE_FILE).is_file():
         return old
     if path.exists():
-        raise DataError(f"Checkpoint {path} is not a folder; a checkpoint is a folder holding "
-                        f"{STATE_FILE} and {MODEL_FILE}.")
-    raise DataError(f"Checkpoint folder not found: {path}. Train one with 'gcrdp train "
-                    "--checkpoint-dir DIR' (the final checkpoint is DIR/final).")
+        raise DataError(f"Checkpoint {path} is not a folder; a checkpoint is a folder holding {STATE_FILE} and {MODEL_FILE}.")
+    raise DataError(
+        f"Checkpoint folder not found: {path}. Train one with 'gcrdp train --checkpoint-dir DIR' (the final checkpoint is DIR/final)."
+    )
 
 
 def _header_metadata(data: bytes, where: str) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors buffer (8-byte little-endian header length, JSON)."""
     try:
         (n,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8 : 8 + n])
     except (struct.error, ValueError) as exc:
         raise DataError(f"{where} is not a safetensors file ({exc}).") from None
     meta = header.get("__metadata__") or {}
@@ -214,18 +215,18 @@ class Checkpoint:
     def _bytes(self, name: str) -> bytes:
         where = self.path / name
         if name not in self.state["files"]:
-            raise DataError(f"Checkpoint {self.path} has no {name} ({self.kind} checkpoint; "
-                            f"files: {sorted(self.state['files'])}).")
+            raise DataError(f"Checkpoint {self.path} has no {name} ({self.kind} checkpoint; files: {sorted(self.state['files'])}).")
         try:
             data = where.read_bytes()
         except OSError as exc:
-            raise DataError(f"Cannot read {where}: {exc}. The checkpoint is incomplete; "
-                            "train again or use another checkpoint.") from None
+            raise DataError(f"Cannot read {where}: {exc}. The checkpoint is incomplete; train again or use another checkpoint.") from None
         entry = self.state["files"][name]
         if len(data) != entry.get("bytes") or _crc32(data) != entry.get("crc32"):
-            raise DataError(f"{where} is corrupt: its size or checksum differs from the one in "
-                            f"{STATE_FILE} ({len(data)} bytes, expected {entry.get('bytes')}). "
-                            "Train again or use another checkpoint.")
+            raise DataError(
+                f"{where} is corrupt: its size or checksum differs from the one in "
+                f"{STATE_FILE} ({len(data)} bytes, expected {entry.get('bytes')}). "
+                "Train again or use another checkpoint."
+            )
         return data
 
     def tensors(self, name: str, device: str | torch.device = "cpu") -> Tensors:
@@ -249,9 +250,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             os.fsync(f.fileno())
 
 
-def write_checkpoint(path: str | Path, state: dict[str, Any],
-                     files: Mapping[str, tuple[Mapping[str, torch.Tensor], Mapping[str, str] | None]],
-                     links: Mapping[str, str | Path] | None = None) -> None:
+def write_checkpoint(
+    path: str | Path,
+    state: dict[str, Any],
+    files: Mapping[str, tuple[Mapping[str, torch.Tensor], Mapping[str, str] | None]],
+    links: Mapping[str, str | Path] | None = None,
+) -> None:
     """Write a checkpoint folder atomically.
 
     Args:
@@ -294,30 +298,35 @@ def read_checkpoint(path: str | Path, kind: str | None = None) -> Checkpoint:
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"Checkpoint {path} has no {STATE_FILE}: it is not a gcrdp checkpoint or "
-                        "its write was interrupted. Train again or use another folder.") from None
+        raise DataError(
+            f"Checkpoint {path} has no {STATE_FILE}: it is not a gcrdp checkpoint or "
+            "its write was interrupted. Train again or use another folder."
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"Checkpoint {state_path} is not valid JSON ({exc}).") from None
     if not isinstance(state, dict):
         raise DataError(f"Checkpoint {state_path} must hold a JSON object.")
     fmt = state.get("format")
     if fmt != CHECKPOINT_FORMAT:
-        raise DataError(f"Checkpoint {path} has format {fmt!r}; this gcrdp ({__version__}) reads "
-                        f"{CHECKPOINT_FORMAT!r}. Re-train with this version (checkpoint written by "
-                        f"gcrdp {state.get('gcrdp_version', '?')}).")
+        raise DataError(
+            f"Checkpoint {path} has format {fmt!r}; this gcrdp ({__version__}) reads "
+            f"{CHECKPOINT_FORMAT!r}. Re-train with this version (checkpoint written by "
+            f"gcrdp {state.get('gcrdp_version', '?')})."
+        )
     missing_keys = [k for k in ("kind", "method", "method_config", "input_dims", "files") if k not in state]
     if missing_keys:
         raise DataError(f"Checkpoint {state_path} lacks the field(s) {missing_keys}; it is corrupt.")
     if kind is not None and state["kind"] != kind:
-        raise DataError(f"Checkpoint {path} is a {state['kind']} checkpoint, expected a {kind} one"
-                        + (" (use DIR/final, written at the end of 'gcrdp train')." if kind == "final" else "."))
+        raise DataError(
+            f"Checkpoint {path} is a {state['kind']} checkpoint, expected a {kind} one"
+            + (" (use DIR/final, written at the end of 'gcrdp train')." if kind == "final" else ".")
+        )
     files = state["files"]
     need = [MODEL_FILE] + ([OPTIMIZER_FILE, RNG_FILE] if state["kind"] == "training" else [])
     absent = [n for n in need if n not in files]
     absent += [n for n in files if not (path / n).is_file() and n not in absent]
     if absent:
-        raise DataError(f"Checkpoint {path} is incomplete: missing {sorted(absent)}. Train again "
-                        "or use another checkpoint.")
+        raise DataError(f"Checkpoint {path} is incomplete: missing {sorted(absent)}. Train again or use another checkpoint.")
     return Checkpoint(path, state)
 
 
@@ -338,15 +347,23 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: s
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    shapes = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or shapes:
-        parts = ([f"missing {missing[:5]}"] if missing else []) + \
-                ([f"unexpected {unexpected[:5]}"] if unexpected else []) + \
-                ([f"shape mismatch {'; '.join(shapes[:5])}"] if shapes else [])
-        raise DataError(f"{where} does not fit the model rebuilt from its config: "
-                        + ", ".join(parts) + ". It was written by another version of the method "
-                        "or for other inputs; train again.")
+        parts = (
+            ([f"missing {missing[:5]}"] if missing else [])
+            + ([f"unexpected {unexpected[:5]}"] if unexpected else [])
+            + ([f"shape mismatch {'; '.join(shapes[:5])}"] if shapes else [])
+        )
+        raise DataError(
+            f"{where} does not fit the model rebuilt from its config: "
+            + ", ".join(parts)
+            + ". It was written by another version of the method "
+            "or for other inputs; train again."
+        )
     model.load_state_dict(dict(tensors), strict=True)
 
 
@@ -365,17 +382,17 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[Tensors, dict[str, st
             else:
                 scalars[name] = value
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    meta = {"optimizer": type(opt).__name__, "param_groups": json.dumps(groups),
-            "scalars": json.dumps(scalars)}
+    meta = {"optimizer": type(opt).__name__, "param_groups": json.dumps(groups), "scalars": json.dumps(scalars)}
     return tensors, meta
 
 
-def load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
-                   meta: Mapping[str, str], where: str) -> None:
+def load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], where: str) -> None:
     """Inverse of :func:`optimizer_tensors` into a freshly built ``opt`` over the same params."""
     if meta.get("optimizer") != type(opt).__name__:
-        raise DataError(f"{where} holds {meta.get('optimizer')!r} state, the training uses "
-                        f"{type(opt).__name__} (weight_decay > 0 selects AdamW); train afresh.")
+        raise DataError(
+            f"{where} holds {meta.get('optimizer')!r} state, the training uses "
+            f"{type(opt).__name__} (weight_decay > 0 selects AdamW); train afresh."
+        )
     try:
         groups = json.loads(meta["param_groups"])
         scalars = json.loads(meta.get("scalars", "{}"))
@@ -383,8 +400,7 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tenso
         raise DataError(f"{where}: unreadable optimizer metadata ({exc}).") from None
     current = opt.state_dict()["param_groups"]
     if len(groups) != len(current) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, current, strict=True)):
-        raise DataError(f"{where}: the optimizer state covers other parameters than the model's; "
-                        "train afresh.")
+        raise DataError(f"{where}: the optimizer state covers other parameters than the model's; train afresh.")
     for g, c in zip(groups, current, strict=True):
         for k, v in c.items():
             if isinstance(v, tuple) and isinstance(g.get(k), list):
@@ -399,8 +415,9 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tenso
             raise DataError(f"{where}: optimizer state for parameter {pid}, the model has {len(params)}.")
         for key, value in st.items():
             if torch.is_tensor(value) and value.dim() and tuple(value.shape) != tuple(params[pid].shape):
-                raise DataError(f"{where}: optimizer {key} of parameter {pid} has shape "
-                                f"{tuple(value.shape)}, the parameter {tuple(params[pid].shape)}.")
+                raise DataError(
+                    f"{where}: optimizer {key} of parameter {pid} has shape {tuple(value.shape)}, the parameter {tuple(params[pid].shape)}."
+                )
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -464,14 +481,18 @@ class TrainingProgress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def training_identity(data: FitData, train_config: dict[str, Any], seed: int,
-                      method_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def training_identity(
+    data: FitData, train_config: dict[str, Any], seed: int, method_info: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """What a resumed run must share with the checkpoint (:data:`IDENTITY_KEYS`)."""
     info = dict(method_info or {})
     return {
-        "method": info.get("method"), "method_config": info.get("method_config"),
+        "method": info.get("method"),
+        "method_config": info.get("method_config"),
         "input_dims": info.get("input_dims") or {"image_dim": data.train.image.dim, "text_dim": data.train.text.dim},
-        "seed": int(seed), "train_config": dict(train_config), "data_fingerprint": data_fingerprint(data),
+        "seed": int(seed),
+        "train_config": dict(train_config),
+        "data_fingerprint": data_fingerprint(data),
     }
 
 
@@ -485,15 +506,26 @@ def _previous_best(path: Path, best_epoch: int) -> Path | None:
         prev = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = (prev.get("format") == CHECKPOINT_FORMAT and prev.get("kind") == "training"
-          and prev.get("best_epoch") == best_epoch and BEST_FILE in prev.get("files", {})
-          and (path / BEST_FILE).is_file())
+    ok = (
+        prev.get("format") == CHECKPOINT_FORMAT
+        and prev.get("kind") == "training"
+        and prev.get("best_epoch") == best_epoch
+        and BEST_FILE in prev.get("files", {})
+        and (path / BEST_FILE).is_file()
+    )
     return path / BEST_FILE if ok else None
 
 
-def save_training_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             best_state: Mapping[str, torch.Tensor] | None, progress: TrainingProgress,
-                             identity: Mapping[str, Any], device: str) -> None:
+def save_training_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    best_state: Mapping[str, torch.Tensor] | None,
+    progress: TrainingProgress,
+    identity: Mapping[str, Any],
+    device: str,
+) -> None:
     """Write the training checkpoint (layout in the module docstring) atomically.
 
     ``best_state`` must be the weights of epoch ``progress.best_epoch``. They are written only
@@ -504,7 +536,8 @@ def save_training_checkpoint(path: str | Path, *, model: nn.Module, optimizer: t
     path = Path(path)
     opt_t, opt_m = optimizer_tensors(optimizer)
     files: dict[str, tuple[Mapping[str, torch.Tensor], Mapping[str, str] | None]] = {
-        MODEL_FILE: (state_tensors(model), None), OPTIMIZER_FILE: (opt_t, opt_m),
+        MODEL_FILE: (state_tensors(model), None),
+        OPTIMIZER_FILE: (opt_t, opt_m),
         RNG_FILE: (rng_tensors(device), None),
     }
     links: dict[str, str | Path] = {}
@@ -520,9 +553,14 @@ def save_training_checkpoint(path: str | Path, *, model: nn.Module, optimizer: t
     write_checkpoint(path, state, files, links)
 
 
-def load_training_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             identity: Mapping[str, Any], device: str,
-                             ) -> tuple[TrainingProgress, Tensors | None]:
+def load_training_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    identity: Mapping[str, Any],
+    device: str,
+) -> tuple[TrainingProgress, Tensors | None]:
     """Restore ``model``, ``optimizer`` and the torch RNG from the training checkpoint at
     ``path``; return the progress counters and the best-so-far weights (or None).
 
@@ -532,13 +570,17 @@ def load_training_checkpoint(path: str | Path, *, model: nn.Module, optimizer: t
         DataError: a missing, corrupt or incompatible checkpoint.
     """
     ckpt = read_checkpoint(path, kind="training")
-    diffs = [f"{k}: checkpoint {_canon(ckpt.state.get(k))[:120]}, now {_canon(identity.get(k))[:120]}"
-             for k in IDENTITY_KEYS if _canon(ckpt.state.get(k)) != _canon(identity.get(k))]
+    diffs = [
+        f"{k}: checkpoint {_canon(ckpt.state.get(k))[:120]}, now {_canon(identity.get(k))[:120]}"
+        for k in IDENTITY_KEYS
+        if _canon(ckpt.state.get(k)) != _canon(identity.get(k))
+    ]
     if diffs:
         raise ConfigError(
             f"The training checkpoint in {ckpt.path} belongs to another run, so it cannot be "
             f"resumed: " + "; ".join(diffs) + ". Use another checkpoint folder, or start afresh "
-            "with --no-resume (resume=False), which overwrites it.")
+            "with --no-resume (resume=False), which overwrites it."
+        )
     known = {f for f in TrainingProgress.__dataclass_fields__}
     try:
         progress = TrainingProgress(**{k: ckpt.state[k] for k in known})
@@ -547,8 +589,7 @@ def load_training_checkpoint(path: str | Path, *, model: nn.Module, optimizer: t
     if progress.best_val_map is not None and not math.isfinite(progress.best_val_map):
         raise DataError(f"Checkpoint {ckpt.path / STATE_FILE}: best_val_map is not finite.")
     load_weights(model, ckpt.tensors(MODEL_FILE, device), str(ckpt.path / MODEL_FILE))
-    load_optimizer(optimizer, ckpt.tensors(OPTIMIZER_FILE, device), ckpt.metadata(OPTIMIZER_FILE),
-                   str(ckpt.path / OPTIMIZER_FILE))
+    load_optimizer(optimizer, ckpt.tensors(OPTIMIZER_FILE, device), ckpt.metadata(OPTIMIZER_FILE), str(ckpt.path / OPTIMIZER_FILE))
     best = None
     if ckpt.has(BEST_FILE):
         best = ckpt.tensors(BEST_FILE, device)

@@ -36,9 +36,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("lr", self.lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("batch_size", self.batch_size >= 2, ">= 2 (a contrastive batch needs two pairs)"),
-            ("max_epochs", self.max_epochs >= 1, ">= 1"), ("patience", self.patience >= 1, ">= 1"),
+            ("max_epochs", self.max_epochs >= 1, ">= 1"),
+            ("patience", self.patience >= 1, ">= 1"),
             ("oversample", self.oversample >= 1, ">= 1"),
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
@@ -66,7 +68,5 @@ def split_options(options: dict[str, Any], *config_types: type) -> list[Any]:
         except TypeError as exc:
             raise ConfigError(f"Invalid options for {ct.__name__}: {exc}") from None
     if options:
-        raise ConfigError(
-            f"Unknown method option(s) {sorted(options)}. Accepted options: {', '.join(accepted)}."
-        )
+        raise ConfigError(f"Unknown method option(s) {sorted(options)}. Accepted options: {', '.join(accepted)}.")
     return out

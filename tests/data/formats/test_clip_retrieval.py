@@ -25,8 +25,7 @@ def _write_part(root: Path, name: str, img: np.ndarray, txt: np.ndarray, meta: d
     pq.write_table(pa.Table.from_pydict(meta), root / "metadata" / f"metadata_{name}.parquet")
 
 
-def _clustered(n_classes: int, per_class: int, d_img: int = 16, d_txt: int = 12, seed: int = 0,
-               dtype=np.float16):
+def _clustered(n_classes: int, per_class: int, d_img: int = 16, d_txt: int = 12, seed: int = 0, dtype=np.float16):
     """Unit-norm class-clustered embeddings (image and text spaces linked by a latent code)."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(n_classes), per_class)
@@ -45,9 +44,11 @@ def _write_folder(root: Path, n_classes=8, per_class=12, part_size=25, with_spli
     img, txt, labels = img[order], txt[order], labels[order]
     for p, lo in enumerate(range(0, n, part_size)):
         hi = min(n, lo + part_size)
-        meta = {"image_path": [f"/elsewhere/{i}.jpg" for i in range(lo, hi)],
-                "caption": [f"a picture of class {labels[i]}" for i in range(lo, hi)],
-                "label": [f"c{labels[i]}" for i in range(lo, hi)]}
+        meta = {
+            "image_path": [f"/elsewhere/{i}.jpg" for i in range(lo, hi)],
+            "caption": [f"a picture of class {labels[i]}" for i in range(lo, hi)],
+            "label": [f"c{labels[i]}" for i in range(lo, hi)],
+        }
         if with_split:
             meta["split"] = ["test" if i % 4 == 0 else "train" for i in range(lo, hi)]
         _write_part(root, str(p), img[lo:hi], txt[lo:hi], meta)
@@ -61,8 +62,7 @@ def test_parts_in_numeric_order(tmp_path):
         img = rng.normal(size=(2, 6)).astype(np.float32)
         txt = rng.normal(size=(2, 5)).astype(np.float32)
         ids = [f"p{p}r{r}" for r in range(2)]
-        _write_part(tmp_path, str(p), img, txt, {"id": ids, "label": ["a", "b"],
-                                                "split": ["train", "test"]})
+        _write_part(tmp_path, str(p), img, txt, {"id": ids, "label": ["a", "b"], "split": ["train", "test"]})
         rows.append((ids, img, txt))
     (tmp_path / "img_emb" / ".img_emb_99.npy").write_bytes(b"hidden, ignored")
     (tmp_path / "metadata" / "notes.txt").write_text("ignored", encoding="utf-8")
@@ -82,8 +82,11 @@ def test_unaligned_part_and_dimensions(tmp_path):
     a = np.zeros((3, 4), np.float32)
     _write_part(tmp_path, "0", a, a, {"label": ["x"] * 3})
     _write_part(tmp_path, "1", a, a[:2], {"label": ["x"] * 3})
-    with pytest.raises(DataError, match=r"part 1 is not aligned: img_emb_1.npy has 3 rows, "
-                                        r"text_emb_1.npy 2 rows, metadata_1.parquet 3 rows"):
+    with pytest.raises(
+        DataError,
+        match=r"part 1 is not aligned: img_emb_1.npy has 3 rows, "
+        r"text_emb_1.npy 2 rows, metadata_1.parquet 3 rows",
+    ):
         load_dataset("clip-retrieval", root=str(tmp_path))
     _write_part(tmp_path, "1", np.zeros((3, 5), np.float32), a, {"label": ["x"] * 3})
     with pytest.raises(DataError, match="image dimension 5 but img_emb_0.npy has 4"):
@@ -111,22 +114,39 @@ def test_missing_folders(tmp_path):
 def test_labels_splits_and_problems(tmp_path):
     a = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
     a[5, 1] = np.nan
-    _write_part(tmp_path, "0", a, a, {
-        "id": ["s0", "s1", "s2", "s3", "s4", "s5"],
-        "label": ["cat", "cat|dog", " ", None, "dog", "cat"],
-        "split": ["train", "TEST", "train", "train", "val", "test"]})
-    _write_part(tmp_path, "1", a[:3], a[:3], {   # another part may type the column as lists
-        "id": ["t0", "t1", "t2"], "label": [["owl", "cat"], [], ["dog"]],
-        "split": ["test", "train", "train"]})
+    _write_part(
+        tmp_path,
+        "0",
+        a,
+        a,
+        {
+            "id": ["s0", "s1", "s2", "s3", "s4", "s5"],
+            "label": ["cat", "cat|dog", " ", None, "dog", "cat"],
+            "split": ["train", "TEST", "train", "train", "val", "test"],
+        },
+    )
+    _write_part(
+        tmp_path,
+        "1",
+        a[:3],
+        a[:3],
+        {  # another part may type the column as lists
+            "id": ["t0", "t1", "t2"],
+            "label": [["owl", "cat"], [], ["dog"]],
+            "split": ["test", "train", "train"],
+        },
+    )
     with pytest.raises(DataError) as e:
         load_dataset("clip-retrieval", root=str(tmp_path))
     msg = str(e.value)
     assert "5 problem(s)" in msg
-    for where, why in (("metadata_0.parquet row 2", "no label in column 'label'"),
-                       ("metadata_0.parquet row 3", "no label"),
-                       ("metadata_0.parquet row 4", "'val' in column 'split' is not 'train' or 'test'"),
-                       ("metadata_0.parquet row 5", "NaN or infinite values in its image and text"),
-                       ("metadata_1.parquet row 1", "no label")):
+    for where, why in (
+        ("metadata_0.parquet row 2", "no label in column 'label'"),
+        ("metadata_0.parquet row 3", "no label"),
+        ("metadata_0.parquet row 4", "'val' in column 'split' is not 'train' or 'test'"),
+        ("metadata_0.parquet row 5", "NaN or infinite values in its image and text"),
+        ("metadata_1.parquet row 1", "no label"),
+    ):
         assert where in msg and why in msg
     ds = load_dataset("clip-retrieval", root=str(tmp_path), skip_bad=True)
     assert [s.id for s in ds.samples] == ["s0", "s1", "t0", "t2"]
@@ -150,8 +170,7 @@ def test_duplicate_ids_and_missing_columns(tmp_path):
         load_dataset("clip-retrieval", root=str(tmp_path), label_column="category", split_column="fold")
     with pytest.raises(DataError, match="id 'x' also at metadata_0.parquet row 0"):
         load_dataset("clip-retrieval", root=str(tmp_path), label_column="category", skip_bad=True)
-    ds = load_dataset("clip-retrieval", root=str(tmp_path), label_column="category",
-                      id_column="category")
+    ds = load_dataset("clip-retrieval", root=str(tmp_path), label_column="category", id_column="category")
     assert [s.id for s in ds.samples] == ["a", "b"]
 
 
@@ -160,7 +179,7 @@ def test_generated_split_texts_images_and_dtype(tmp_path):
     meta_path = tmp_path / "metadata" / "metadata_0.parquet"
     t = pq.read_table(meta_path).to_pydict()
     Image.new("RGB", (2, 2)).save(tmp_path / "here.png")
-    t["image_path"][0] = "here.png"   # relative to root, exists
+    t["image_path"][0] = "here.png"  # relative to root, exists
     pq.write_table(pa.Table.from_pydict(t), meta_path)
     ds = load_dataset("clip-retrieval", root=str(tmp_path))
     assert [s.id for s in ds.samples] == [str(i) for i in range(30)]  # ids: row numbers
@@ -181,9 +200,12 @@ def test_generated_split_texts_images_and_dtype(tmp_path):
 
 # --------------------------------------------------------------------------- export
 def _meta(n):
-    return {"id": [f"s{i}" for i in range(n)], "caption": [f"text {i}" for i in range(n)],
-            "label": ["a" if i % 2 else "b|c" for i in range(n)],
-            "split": ["test" if i % 3 == 0 else "train" for i in range(n)]}
+    return {
+        "id": [f"s{i}" for i in range(n)],
+        "caption": [f"text {i}" for i in range(n)],
+        "label": ["a" if i % 2 else "b|c" for i in range(n)],
+        "split": ["test" if i % 3 == 0 else "train" for i in range(n)],
+    }
 
 
 def test_export_layout_loads_like_faiss_tooling_expects(tmp_path):
@@ -198,7 +220,7 @@ def test_export_layout_loads_like_faiss_tooling_expects(tmp_path):
     assert part_name("metadata", 3, 1, ".parquet") == "metadata_3.parquet"
     got_i, got_t, n_rows = [], [], 0
     for name in names:
-        i = name[len("img_emb_"):-len(".npy")]
+        i = name[len("img_emb_") : -len(".npy")]
         a = np.load(out / "img_emb" / name)
         b = np.load(out / "text_emb" / f"text_emb_{i}.npy")
         table = pq.read_table(out / "metadata" / f"metadata_{i}.parquet")
@@ -212,8 +234,7 @@ def test_export_layout_loads_like_faiss_tooling_expects(tmp_path):
     np.testing.assert_array_equal(np.concatenate(got_i), img)
     np.testing.assert_array_equal(np.concatenate(got_t), txt)
     assert np.concatenate(got_t).dtype == np.float16  # as given
-    assert pq.read_table(out / "metadata" / "metadata_00.parquet").column_names == \
-        ["id", "caption", "label", "split"]
+    assert pq.read_table(out / "metadata" / "metadata_00.parquet").column_names == ["id", "caption", "label", "split"]
     ds = load_dataset("clip-retrieval", root=str(out))
     assert [s.id for s in ds.samples] == _meta(23)["id"]
     assert ds.samples[0].labels == ("b", "c") and ds.samples[0].text == "text 0"
@@ -263,11 +284,17 @@ def test_export_embeddings_round_trip(tmp_path):
 
     _write_folder(tmp_path / "src", n_classes=4, per_class=6, part_size=10, with_split=True)
     ds = load_dataset("clip-retrieval", root=str(tmp_path / "src"))
-    method = build_method("gap-infonce", {"max_epochs": 1, "latent_dim": 8, "hidden_dim": 8,
-                                          "batch_size": 8})
+    method = build_method("gap-infonce", {"max_epochs": 1, "latent_dim": 8, "hidden_dim": 8, "batch_size": 8})
     train = ds.split_indices("train")
-    method.fit(FitData(train=ds.features.subset(train), train_labels=ds.label_matrix(train),
-                       oversample=np.zeros(len(train), bool), class_names=tuple(ds.classes)), seed=0)
+    method.fit(
+        FitData(
+            train=ds.features.subset(train),
+            train_labels=ds.label_matrix(train),
+            oversample=np.zeros(len(train), bool),
+            class_names=tuple(ds.classes),
+        ),
+        seed=0,
+    )
     out = export_embeddings(method, ds, None, tmp_path / "emb", part_size=7)
     back = load_dataset("clip-retrieval", root=str(out))
     assert [s.id for s in back.samples] == [s.id for s in ds.samples]
@@ -290,10 +317,19 @@ def test_run_experiment_end_to_end(tmp_path):
     from gcrdp.experiments import RunConfig, run_experiment
 
     _write_folder(tmp_path, n_classes=8, per_class=12, part_size=25)
-    res = run_experiment(RunConfig(
-        dataset="clip-retrieval", dataset_options={"root": str(tmp_path)}, shots=[1], seeds=[0],
-        methods=["gap-infonce"], method_options={"gap-infonce": {"max_epochs": 2}},
-        cache_dir=str(tmp_path / "cache"), device="cpu"), progress=False)
+    res = run_experiment(
+        RunConfig(
+            dataset="clip-retrieval",
+            dataset_options={"root": str(tmp_path)},
+            shots=[1],
+            seeds=[0],
+            methods=["gap-infonce"],
+            method_options={"gap-infonce": {"max_epochs": 2}},
+            cache_dir=str(tmp_path / "cache"),
+            device="cpu",
+        ),
+        progress=False,
+    )
     records = res["records"]
     assert len(records) == 1 and records[0]["method"] == "gap-infonce" and records[0]["shots"] == 1
     assert 0.0 <= records[0]["test"]["mean_map"] <= 1.0

@@ -29,8 +29,14 @@ def _data(n_per_class=6, n_classes=4, d_img=7, d_txt=5, L=None, seed=0):
     txt = ct[y] + 0.3 * rng.normal(size=(n, d_txt))
     ids = np.array([f"s{i:03d}" for i in range(n)])
     split = np.array(["test" if i % n_per_class == 0 else "train" for i in range(n)])
-    return {"image": img.astype(np.float32), "text": txt.astype(np.float32), "labels": y,
-            "ids": ids, "split": split, "classes": np.array(CLASSES[:n_classes])}
+    return {
+        "image": img.astype(np.float32),
+        "text": txt.astype(np.float32),
+        "labels": y,
+        "ids": ids,
+        "split": split,
+        "classes": np.array(CLASSES[:n_classes]),
+    }
 
 
 def _counts(ds, split):
@@ -60,8 +66,7 @@ def test_npz_local_sets_with_mask(tmp_path):
     d = _data(L=3)
     mask = np.ones((24, 3), bool)
     mask[::2, 2] = False
-    np.savez(tmp_path / "f.npz", image_local=d["image"], image_mask=mask, text=d["text"],
-             labels=d["labels"], split=d["split"])
+    np.savez(tmp_path / "f.npz", image_local=d["image"], image_mask=mask, text=d["text"], labels=d["labels"], split=d["split"])
     ds = load_dataset("features", path=tmp_path / "f.npz")
     f = ds.features
     assert f.image.local.shape == (24, 3, 7) and f.image.mask.tolist() == mask.tolist()
@@ -82,15 +87,33 @@ def test_extract_export_round_trip(tmp_path):
     d = _data(L=4)
     mask = np.ones((24, 4), bool)
     mask[1::3, 3:] = False
-    np.savez(tmp_path / "src.npz", image_local=d["image"], image_mask=mask,
-             image_pooled=d["image"].max(1), text=d["text"], labels=d["labels"],
-             classes=d["classes"], ids=d["ids"], split=d["split"])
+    np.savez(
+        tmp_path / "src.npz",
+        image_local=d["image"],
+        image_mask=mask,
+        image_pooled=d["image"].max(1),
+        text=d["text"],
+        labels=d["labels"],
+        classes=d["classes"],
+        ids=d["ids"],
+        split=d["split"],
+    )
     ds = load_dataset("features", path=tmp_path / "src.npz")
     out = tmp_path / "export.npz"
     save_features_npz(ds.features, ds, out)
     with np.load(out) as z:
-        assert set(z.files) == {"image_local", "image_mask", "image_pooled", "text_local", "text_mask",
-                                "text_pooled", "labels", "classes", "ids", "split"}
+        assert set(z.files) == {
+            "image_local",
+            "image_mask",
+            "image_pooled",
+            "text_local",
+            "text_mask",
+            "text_pooled",
+            "labels",
+            "classes",
+            "ids",
+            "split",
+        }
         assert z["labels"].dtype == bool and z["labels"].shape == (24, 4)
     back = load_dataset("features", path=out)
     assert back.classes == ds.classes and [s.id for s in back.samples] == [s.id for s in ds.samples]
@@ -111,17 +134,22 @@ def test_safetensors_metadata_and_is_test(tmp_path):
 
     d = _data()
     is_test = (d["split"] == "test").astype(np.uint8)
-    save_file({"image": d["image"], "text": d["text"], "labels": d["labels"].astype(np.int64),
-               "is_test": is_test}, str(tmp_path / "f.safetensors"),
-              metadata={"classes": json.dumps(CLASSES[:4]), "ids": json.dumps(d["ids"].tolist())})
+    save_file(
+        {"image": d["image"], "text": d["text"], "labels": d["labels"].astype(np.int64), "is_test": is_test},
+        str(tmp_path / "f.safetensors"),
+        metadata={"classes": json.dumps(CLASSES[:4]), "ids": json.dumps(d["ids"].tolist())},
+    )
     ds = load_dataset("features", path=tmp_path / "f.safetensors")
     assert ds.classes == CLASSES[:4] and [s.id for s in ds.samples] == d["ids"].tolist()
     assert [s.split for s in ds.samples] == d["split"].tolist()
     assert ds.meta["split"] == "from 'is_test'"
     np.testing.assert_allclose(ds.features.image.pooled, d["image"])
     # metadata that is not a JSON list
-    save_file({"image": d["image"], "text": d["text"], "labels": d["labels"].astype(np.int64)},
-              str(tmp_path / "g.safetensors"), metadata={"classes": "apple,boat"})
+    save_file(
+        {"image": d["image"], "text": d["text"], "labels": d["labels"].astype(np.int64)},
+        str(tmp_path / "g.safetensors"),
+        metadata={"classes": "apple,boat"},
+    )
     with pytest.raises(DataError, match="metadata 'classes' must be a JSON list"):
         load_dataset("features", path=tmp_path / "g.safetensors")
 
@@ -151,9 +179,17 @@ def test_mat_v5(tmp_path):
 
     d = _data()
     # savemat stores 1-D arrays as (1, n) rows and string lists as space-padded char matrices
-    scipy.io.savemat(tmp_path / "f.mat", {"image": d["image"].astype(np.float64), "text": d["text"],
-                                          "labels": d["labels"], "classes": np.array(["apple", "boat", "cat", "doggy"]),
-                                          "ids": d["ids"], "split": d["split"]})
+    scipy.io.savemat(
+        tmp_path / "f.mat",
+        {
+            "image": d["image"].astype(np.float64),
+            "text": d["text"],
+            "labels": d["labels"],
+            "classes": np.array(["apple", "boat", "cat", "doggy"]),
+            "ids": d["ids"],
+            "split": d["split"],
+        },
+    )
     ds = load_dataset("features", path=tmp_path / "f.mat")
     assert ds.classes == ["apple", "boat", "cat", "doggy"]
     assert [s.id for s in ds.samples] == d["ids"].tolist()
@@ -162,8 +198,10 @@ def test_mat_v5(tmp_path):
     np.testing.assert_allclose(ds.features.image.pooled, d["image"], rtol=1e-6)
     # string labels with class names from a MATLAB cell array
     names = np.array(["apple", "boat", "cat", "doggy"], dtype=object)
-    scipy.io.savemat(tmp_path / "g.mat", {"image": d["image"], "text": d["text"], "classes": names,
-                                          "labels": np.array([str(names[i]) for i in d["labels"]], dtype=object)})
+    scipy.io.savemat(
+        tmp_path / "g.mat",
+        {"image": d["image"], "text": d["text"], "classes": names, "labels": np.array([str(names[i]) for i in d["labels"]], dtype=object)},
+    )
     ds2 = load_dataset("features", path=tmp_path / "g.mat")
     assert ds2.classes == ["apple", "boat", "cat", "doggy"]
     assert [s.labels[0] for s in ds2.samples] == [str(names[i]) for i in d["labels"]]
@@ -216,8 +254,9 @@ def test_class_names_as_labels_and_multi_hot(tmp_path):
     multi = np.zeros((24, 4), bool)
     multi[np.arange(24), d["labels"]] = True
     multi[::3, 3] = True  # a second label on some rows
-    np.savez(tmp_path / "multi.npz", image=d["image"], text=d["text"], labels=multi.astype(np.uint8),
-             classes=d["classes"], split=d["split"])
+    np.savez(
+        tmp_path / "multi.npz", image=d["image"], text=d["text"], labels=multi.astype(np.uint8), classes=d["classes"], split=d["split"]
+    )
     ds = load_dataset("features", path=tmp_path / "multi.npz")
     assert ds.meta["multilabel"] and ds.is_multilabel
     np.testing.assert_array_equal(ds.label_matrix(), multi)
@@ -258,8 +297,7 @@ def test_seeded_split_without_split_array(tmp_path):
     assert tests["apple"] == 2  # round(0.2 * 10)
     # the split depends on ids and labels only, not on the row order
     perm = np.random.default_rng(1).permutation(len(lab))
-    np.savez(tmp_path / "g.npz", image=d["image"][perm], text=d["text"][perm], labels=lab[perm],
-             ids=d["ids"][perm], classes=names)
+    np.savez(tmp_path / "g.npz", image=d["image"][perm], text=d["text"][perm], labels=lab[perm], ids=d["ids"][perm], classes=names)
     c = load_dataset("features", path=tmp_path / "g.npz")
     assert {s.id: s.split for s in c.samples} == {s.id: s.split for s in a.samples}
     other = load_dataset("features", path=tmp_path / "f.npz", split_seed=3)
@@ -295,12 +333,17 @@ def test_missing_labels_lists_keys(tmp_path):
 
 def test_split_and_is_test_both(tmp_path):
     d = _data()
-    np.savez(tmp_path / "f.npz", image=d["image"], text=d["text"], labels=d["labels"], split=d["split"],
-             is_test=(d["split"] == "test").astype(np.uint8))
+    np.savez(
+        tmp_path / "f.npz",
+        image=d["image"],
+        text=d["text"],
+        labels=d["labels"],
+        split=d["split"],
+        is_test=(d["split"] == "test").astype(np.uint8),
+    )
     with pytest.raises(DataError, match="has both 'split' and 'is_test'"):
         load_dataset("features", path=tmp_path / "f.npz")
-    np.savez(tmp_path / "g.npz", image=d["image"], text=d["text"], labels=d["labels"],
-             is_test=np.full(24, 2))
+    np.savez(tmp_path / "g.npz", image=d["image"], text=d["text"], labels=d["labels"], is_test=np.full(24, 2))
     with pytest.raises(DataError, match="is_test must be 0/1"):
         load_dataset("features", path=tmp_path / "g.npz")
 
@@ -323,8 +366,7 @@ def test_nan_rows_problem_and_consistent_skip(tmp_path):
     d = _data(L=2)
     d["image"][3, 1, 0] = np.nan
     d["text"][7, 2] = np.inf
-    np.savez(tmp_path / "f.npz", image=d["image"], text=d["text"], labels=d["labels"], ids=d["ids"],
-             split=d["split"], classes=d["classes"])
+    np.savez(tmp_path / "f.npz", image=d["image"], text=d["text"], labels=d["labels"], ids=d["ids"], split=d["split"], classes=d["classes"])
     with pytest.raises(DataError) as exc:
         load_dataset("features", path=tmp_path / "f.npz")
     msg = str(exc.value)
@@ -344,8 +386,7 @@ def test_nan_rows_problem_and_consistent_skip(tmp_path):
 
 def test_pickled_objects_refused(tmp_path):
     d = _data()
-    np.savez(tmp_path / "f.npz", image=d["image"], text=d["text"],
-             labels=np.array([{"c": int(i)} for i in d["labels"]], dtype=object))
+    np.savez(tmp_path / "f.npz", image=d["image"], text=d["text"], labels=np.array([{"c": int(i)} for i in d["labels"]], dtype=object))
     with pytest.raises(DataError, match="pickled Python objects"):
         load_dataset("features", path=tmp_path / "f.npz")
     folder = tmp_path / "npy"
@@ -382,8 +423,7 @@ def test_duplicate_ids_and_classes(tmp_path):
     np.savez(tmp_path / "f.npz", image=d["image"], text=d["text"], labels=d["labels"], ids=ids)
     with pytest.raises(DataError, match="duplicate sample ids 's004'"):
         load_dataset("features", path=tmp_path / "f.npz")
-    np.savez(tmp_path / "g.npz", image=d["image"], text=d["text"], labels=d["labels"],
-             classes=np.array(["a", "b", "a", "c"]))
+    np.savez(tmp_path / "g.npz", image=d["image"], text=d["text"], labels=d["labels"], classes=np.array(["a", "b", "a", "c"]))
     with pytest.raises(DataError, match="list a name twice"):
         load_dataset("features", path=tmp_path / "g.npz")
 
@@ -393,8 +433,14 @@ def test_duplicate_ids_and_classes(tmp_path):
 def pooled_file(tmp_path_factory):
     d = _data(n_per_class=14, n_classes=8, d_img=12, d_txt=6, seed=3)
     p = tmp_path_factory.mktemp("pooled") / "pooled.npz"
-    np.savez(p, image=d["image"], text=d["text"], labels=d["labels"], classes=d["classes"],
-             split=np.array(["test" if i % 14 < 4 else "train" for i in range(len(d["labels"]))]))
+    np.savez(
+        p,
+        image=d["image"],
+        text=d["text"],
+        labels=d["labels"],
+        classes=d["classes"],
+        split=np.array(["test" if i % 14 < 4 else "train" for i in range(len(d["labels"]))]),
+    )
     return p
 
 
@@ -415,8 +461,15 @@ def test_every_method_fits_pooled_only_features(pooled_file, method):
 
     accepted = set(build_method(method).config_dict())
     small = {k: v for k, v in {"max_epochs": 2, "latent_dim": 16, "hidden_dim": 16}.items() if k in accepted}
-    cfg = RunConfig(dataset="features", dataset_options={"path": str(pooled_file)}, shots=[0, 1], seeds=[0],
-                    methods=[method], method_options={method: small}, device="cpu")
+    cfg = RunConfig(
+        dataset="features",
+        dataset_options={"path": str(pooled_file)},
+        shots=[0, 1],
+        seeds=[0],
+        methods=[method],
+        method_options={method: small},
+        device="cpu",
+    )
     res = run_experiment(cfg, progress=False)
     assert len(res["records"]) == 2
     for rec in res["records"]:

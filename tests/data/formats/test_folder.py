@@ -14,8 +14,7 @@ from gcrdp.data.formats.folder import n_test_of, per_class_test_split
 from gcrdp.errors import ConfigError, DataError
 
 
-def _pair(folder: Path, stem: str, text: str | bytes | None = "a photo", ext: str = ".png",
-          image: bool = True) -> None:
+def _pair(folder: Path, stem: str, text: str | bytes | None = "a photo", ext: str = ".png", image: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if image:
         Image.new("RGB", (4, 4), (len(stem) * 30 % 256, 10, 10)).save(folder / f"{stem}{ext}")
@@ -51,8 +50,7 @@ def test_class_folders_generated_split(tmp_path):
     # per class: round(0.2 * 5) = 1 test sample, chosen by the documented sha256 order
     for c in ds.classes:
         tests = [x.id for x in ds.samples if x.labels == (c,) and x.split == "test"]
-        keys = sorted((hashlib.sha256(f"0\0{c}\0{c}{i}".encode()).hexdigest(), f"{c}/{c}{i}")
-                      for i in range(5))
+        keys = sorted((hashlib.sha256(f"0\0{c}\0{c}{i}".encode()).hexdigest(), f"{c}/{c}{i}") for i in range(5))
         assert tests == [keys[0][1]]
     assert ds.meta["layout"] == "class folders"
     assert ds.meta["n_ignored"] == 2  # README.md and cat0.json; hidden entries are not listed

@@ -41,8 +41,7 @@ def _write_csv(path: Path, header, rows) -> Path:
 
 
 def _write_jsonl(path: Path, objs) -> Path:
-    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs),
-                    encoding="utf-8")
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs), encoding="utf-8")
     return path
 
 
@@ -54,16 +53,15 @@ def folder(tmp_path) -> Path:
 
 @pytest.fixture
 def csv_manifest(folder) -> Path:
-    return _write_csv(folder / "data.csv", ["image", "text", "labels", "split"],
-                      [(img, t, "|".join(ls), sp) for img, t, ls, sp in ROWS])
+    return _write_csv(folder / "data.csv", ["image", "text", "labels", "split"], [(img, t, "|".join(ls), sp) for img, t, ls, sp in ROWS])
 
 
 @pytest.fixture
 def jsonl_manifest(folder) -> Path:
-    return _write_jsonl(folder / "data.jsonl", [
-        {"image": img, "text": t, "labels": ls, "split": sp, "id": f"s{i}"}
-        for i, (img, t, ls, sp) in enumerate(ROWS)
-    ])
+    return _write_jsonl(
+        folder / "data.jsonl",
+        [{"image": img, "text": t, "labels": ls, "split": sp, "id": f"s{i}"} for i, (img, t, ls, sp) in enumerate(ROWS)],
+    )
 
 
 # ---------------------------------------------------------------- happy paths
@@ -81,9 +79,7 @@ def test_csv_multilabel_relative_paths(csv_manifest, folder):
 
 def test_jsonl_equals_csv(csv_manifest, jsonl_manifest):
     a, b = load_manifest(csv_manifest), load_manifest(jsonl_manifest)
-    assert [(s.text, s.labels, s.split, s.image) for s in a.samples] == [
-        (s.text, s.labels, s.split, s.image) for s in b.samples
-    ]
+    assert [(s.text, s.labels, s.split, s.image) for s in a.samples] == [(s.text, s.labels, s.split, s.image) for s in b.samples]
     assert [s.id for s in b.samples][:2] == ["s0", "s1"]
     assert a.class_split == b.class_split  # same stem "data", same classes
 
@@ -97,22 +93,23 @@ def test_absolute_paths_single_label_and_custom_separator(folder, tmp_path):
     other = tmp_path / "elsewhere"
     other.mkdir()
     rows = [(str((folder / img).resolve()), t, ";".join(ls), sp) for img, t, ls, sp in ROWS]
-    path = _write_csv(other / "m.csv", ["Image", " Text ", "labels", "SPLIT", "notes"],
-                      [r + ("ignored",) for r in rows])
+    path = _write_csv(other / "m.csv", ["Image", " Text ", "labels", "SPLIT", "notes"], [r + ("ignored",) for r in rows])
     ds = load_manifest(path, label_sep=";", name="mine")
     assert ds.name == "mine" and ds.samples[1].labels == ("fruit", "table")
-    single = _write_jsonl(other / "single.jsonl", [
-        {"image": r[0], "text": r[1], "label": 7 if i % 2 else "seven", "split": "TRAIN" if i < 5 else "test"}
-        for i, r in enumerate(rows)
-    ])
+    single = _write_jsonl(
+        other / "single.jsonl",
+        [
+            {"image": r[0], "text": r[1], "label": 7 if i % 2 else "seven", "split": "TRAIN" if i < 5 else "test"}
+            for i, r in enumerate(rows)
+        ],
+    )
     ds2 = load_manifest(single)
     assert ds2.classes == ["7", "seven"] and not ds2.is_multilabel
 
 
 def test_format_override_and_tsv(folder):
     path = folder / "manifest.txt"
-    path.write_text("image\ttext\tlabel\tsplit\n" + "".join(
-        f"{img}\t{t}\t{ls[0]}\t{sp}\n" for img, t, ls, sp in ROWS), encoding="utf-8")
+    path.write_text("image\ttext\tlabel\tsplit\n" + "".join(f"{img}\t{t}\t{ls[0]}\t{sp}\n" for img, t, ls, sp in ROWS), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"extension '\.txt'.*format="):
         load_manifest(path)
     ds = load_manifest(path, format="tsv")
@@ -133,8 +130,9 @@ def test_generated_class_split_is_deterministic_and_recorded(csv_manifest):
 
 def test_class_split_from_file(csv_manifest, tmp_path):
     path = tmp_path / "split.json"
-    path.write_text(json.dumps({"dataset": "data", "version": "7", "seen": ["cat", "dog"],
-                                "unseen": ["fruit", "table"], "note": "extra keys are fine"}))
+    path.write_text(
+        json.dumps({"dataset": "data", "version": "7", "seen": ["cat", "dog"], "unseen": ["fruit", "table"], "note": "extra keys are fine"})
+    )
     ds = load_manifest(csv_manifest, class_split=path)
     assert ds.class_split == ClassSplit("data", "7", ("cat", "dog"), ("fruit", "table"))
     assert ds.meta["class_split_generated"] is False
@@ -166,8 +164,7 @@ def test_missing_column(folder):
     path = _write_csv(folder / "m2.csv", ["image", "text", "split"], [("img/a0.png", "x", "train")])
     with pytest.raises(DataError, match=r"missing column\(s\) 'label \(or labels\)'"):
         load_manifest(path)
-    path = _write_csv(folder / "m3.csv", ["image", "text", "label", "labels", "split"],
-                      [("img/a0.png", "x", "a", "a", "train")])
+    path = _write_csv(folder / "m3.csv", ["image", "text", "label", "labels", "split"], [("img/a0.png", "x", "a", "a", "train")])
     with pytest.raises(DataError, match="both 'label' and 'labels'"):
         load_manifest(path)
 
@@ -191,12 +188,15 @@ def test_bad_json_line_number(folder):
 
 
 def test_jsonl_missing_key_and_wrong_types(folder):
-    path = _write_jsonl(folder / "m.jsonl", [
-        {"image": "img/a0.png", "label": "a", "split": "train"},
-        {"image": "img/a1.png", "text": "x", "labels": "a|b", "split": "train"},
-        {"image": "img/a2.png", "text": 3, "label": "a", "split": "train"},
-        {"image": "img/b0.png", "text": "x", "labels": [], "split": "train"},
-    ])
+    path = _write_jsonl(
+        folder / "m.jsonl",
+        [
+            {"image": "img/a0.png", "label": "a", "split": "train"},
+            {"image": "img/a1.png", "text": "x", "labels": "a|b", "split": "train"},
+            {"image": "img/a2.png", "text": 3, "label": "a", "split": "train"},
+            {"image": "img/b0.png", "text": "x", "labels": [], "split": "train"},
+        ],
+    )
     with pytest.raises(DataError) as info:
         load_manifest(path)
     msg = str(info.value)
@@ -207,12 +207,16 @@ def test_jsonl_missing_key_and_wrong_types(folder):
 
 
 def test_empty_text_unknown_split_and_empty_label_csv(folder):
-    path = _write_csv(folder / "m.csv", ["image", "text", "labels", "split"], [
-        ("img/a0.png", "fine", "a", "train"),
-        ("img/a1.png", "   ", "a", "train"),
-        ("img/a2.png", "x", "a", "validation"),
-        ("img/b0.png", "x", " | ", "test"),
-    ])
+    path = _write_csv(
+        folder / "m.csv",
+        ["image", "text", "labels", "split"],
+        [
+            ("img/a0.png", "fine", "a", "train"),
+            ("img/a1.png", "   ", "a", "train"),
+            ("img/a2.png", "x", "a", "validation"),
+            ("img/b0.png", "x", " | ", "test"),
+        ],
+    )
     with pytest.raises(DataError) as info:
         load_manifest(path)
     msg = str(info.value)
@@ -224,10 +228,9 @@ def test_empty_text_unknown_split_and_empty_label_csv(folder):
 
 def test_wrong_field_count_and_duplicate_ids(folder):
     path = folder / "m.csv"
-    path.write_text("id,image,text,label,split\n"
-                    "a,img/a0.png,x,a,train\n"
-                    "a,img/a1.png,y,a,test\n"
-                    "b,img/a2.png,z,with,comma,train\n", encoding="utf-8")
+    path.write_text(
+        "id,image,text,label,split\na,img/a0.png,x,a,train\na,img/a1.png,y,a,test\nb,img/a2.png,z,with,comma,train\n", encoding="utf-8"
+    )
     with pytest.raises(DataError) as info:
         load_manifest(path)
     msg = str(info.value)
@@ -262,8 +265,7 @@ def test_bad_label_sep(csv_manifest):
 
 def _good_csv(tmp_path: Path) -> Path:
     _write_images(tmp_path)
-    return _write_csv(tmp_path / "m.csv", ["image", "text", "labels", "split"],
-                      [(img, t, "|".join(ls), sp) for img, t, ls, sp in ROWS])
+    return _write_csv(tmp_path / "m.csv", ["image", "text", "labels", "split"], [(img, t, "|".join(ls), sp) for img, t, ls, sp in ROWS])
 
 
 def test_invalid_utf8_line_is_named_and_skippable(tmp_path):

@@ -15,13 +15,14 @@ import gcrdp.data.formats.nuswide  # noqa: F401  (registers "nus-wide")
 from gcrdp.data import load_dataset
 from gcrdp.errors import ConfigError, DataError
 
-CONCEPTS = ["animal", "beach", "clouds", "flowers", "food", "grass", "lake", "person", "sky", "toy",
-            "water", "window"]
+CONCEPTS = ["animal", "beach", "clouds", "flowers", "food", "grass", "lake", "person", "sky", "toy", "water", "window"]
 MAIN = [c for c in CONCEPTS if c not in ("beach", "lake")]  # the 10 biggest in the fixture
-EXTRA = [("sky", {"sky", "clouds"}, "train"),      # two top-10 labels: not in subset "10"
-         ("water", {"water", "lake"}, "test"),     # one top-10 label (lake is not top-10): in "10"
-         ("beach", {"beach"}, "train"),            # no top-10 label
-         ("lake", {"lake", "beach"}, "test")]
+EXTRA = [
+    ("sky", {"sky", "clouds"}, "train"),  # two top-10 labels: not in subset "10"
+    ("water", {"water", "lake"}, "test"),  # one top-10 label (lake is not top-10): in "10"
+    ("beach", {"beach"}, "train"),  # no top-10 label
+    ("lake", {"lake", "beach"}, "test"),
+]
 
 
 def _rows(per_class: int = 4):
@@ -33,14 +34,23 @@ def _rows(per_class: int = 4):
     out = []
     for i, (folder, labels, split) in enumerate(rows):
         photo = str(2124494100 + i)
-        out.append({"folder": folder, "file": f"{i:04d}_{photo}.jpg", "photo": photo, "labels": labels,
-                    "split": split, "tags": [sorted(labels)[0], "flickr", f"tag{i}"]})
+        out.append(
+            {
+                "folder": folder,
+                "file": f"{i:04d}_{photo}.jpg",
+                "photo": photo,
+                "labels": labels,
+                "split": split,
+                "tags": [sorted(labels)[0], "flickr", f"tag{i}"],
+            }
+        )
     out.sort(key=lambda r: (r["folder"], r["file"]))  # Imagelist order differs from train/test
     return out
 
 
-def write_raw(root: Path, *, labels: str = "all", crlf: bool = False, windows_prefix: bool = False,
-              images: bool = True, per_class: int = 4) -> list[dict]:
+def write_raw(
+    root: Path, *, labels: str = "all", crlf: bool = False, windows_prefix: bool = False, images: bool = True, per_class: int = 4
+) -> list[dict]:
     """The official layout; ``labels``: ``"all"`` (AllLabels) or ``"traintest"``."""
     rows = _rows(per_class)
     nl = "\r\n" if crlf else "\n"
@@ -62,8 +72,7 @@ def write_raw(root: Path, *, labels: str = "all", crlf: bool = False, windows_pr
             write(f"Groundtruth/AllLabels/Labels_{c}.txt", ["1" if c in r["labels"] else "0" for r in rows])
         else:
             for split, lst in (("Train", train), ("Test", test)):
-                write(f"Groundtruth/TrainTestLabels/Labels_{c}_{split}.txt",
-                      ["1" if c in r["labels"] else "0" for r in lst])
+                write(f"Groundtruth/TrainTestLabels/Labels_{c}_{split}.txt", ["1" if c in r["labels"] else "0" for r in lst])
     write("NUS_WID_Tags/All_Tags.txt", [f"{r['photo']}      " + " ".join(r["tags"]) for r in rows])
     if images:
         for i, r in enumerate(rows):
@@ -134,14 +143,13 @@ def test_raw_traintest_labels_crlf_and_windows_paths_agree(tmp_path):
     da = load_dataset("nus-wide", root=str(a), subset="multi")
     db = load_dataset("nus-wide", root=str(b), subset="multi")
     assert db.meta["labels_from"] == "Groundtruth/TrainTestLabels"
-    assert [(s.id, s.labels, s.split, s.text) for s in da.samples] == \
-        [(s.id, s.labels, s.split, s.text) for s in db.samples]
+    assert [(s.id, s.labels, s.split, s.text) for s in da.samples] == [(s.id, s.labels, s.split, s.text) for s in db.samples]
 
 
 def test_raw_empty_tags_and_skip_bad(tmp_path):
     rows = write_raw(tmp_path)
     lines = (tmp_path / "NUS_WID_Tags/All_Tags.txt").read_text().split("\n")
-    lines[0] = rows[0]["photo"]          # no tags
+    lines[0] = rows[0]["photo"]  # no tags
     lines[5] = rows[5]["photo"] + "   "  # no tags
     (tmp_path / "NUS_WID_Tags/All_Tags.txt").write_text("\n".join(lines))
     with pytest.raises(DataError) as err:
@@ -247,7 +255,7 @@ def _dcmh_arrays(n_per_class: int = 4, n_classes: int = 10, seed: int = 0):
     rng = np.random.default_rng(seed)
     lab = np.zeros((n_per_class * n_classes + 6, n_classes), dtype=np.uint8)
     for c in range(n_classes):
-        lab[c * n_per_class:(c + 1) * n_per_class, c] = 1
+        lab[c * n_per_class : (c + 1) * n_per_class, c] = 1
     lab[-6:, 0] = 1
     lab[-6:-3, 1] = 1  # three rows with two labels
     rng.shuffle(lab)
@@ -291,16 +299,14 @@ def test_dcmh_features_multi_and_single_label(tmp_path):
     with pytest.raises(DataError, match="Pass test_size=N"):
         load_dataset("nus-wide", root=str(tmp_path), subset="multi")
     names = [f"k{i}" for i in range(10)]
-    named = load_dataset("nus-wide", root=str(tmp_path), test_size=10, class_names=names,
-                         subset="multi", concepts=["k0", "k1"])
+    named = load_dataset("nus-wide", root=str(tmp_path), test_size=10, class_names=names, subset="multi", concepts=["k0", "k1"])
     assert named.classes == ["k0", "k1"] and len(named) == 4 + 4 + 6
 
 
 def test_dcmh_split_array_and_subset_tag(tmp_path):
     x, y, lab = write_dcmh(tmp_path, tag="tc21")
     write_dcmh(tmp_path, tag="tc10")
-    scipy.io.savemat(tmp_path / "nus-wide-tc10-split.mat",
-                     {"is_test": (np.arange(len(x)) % 5 == 0).astype(np.uint8)})
+    scipy.io.savemat(tmp_path / "nus-wide-tc10-split.mat", {"is_test": (np.arange(len(x)) % 5 == 0).astype(np.uint8)})
     ds = load_dataset("nus-wide", root=str(tmp_path), subset="10")
     assert all("tc10" in f for f in ds.meta["features_files"])
     assert ds.meta["arrays"]["test"]["split"].endswith("is_test")
@@ -334,8 +340,9 @@ def test_features_and_raw_in_one_root(tmp_path):
     write_raw(tmp_path)
     x, y, lab = _dcmh_arrays()
     lab = lab[:, :10]
-    scipy.io.savemat(tmp_path / "nus-wide.mat", {"XAll": x, "YAll": y, "LAll": lab[:, :10],
-                                                 "split": np.array(["train"] * 36 + ["test"] * 10)})
+    scipy.io.savemat(
+        tmp_path / "nus-wide.mat", {"XAll": x, "YAll": y, "LAll": lab[:, :10], "split": np.array(["train"] * 36 + ["test"] * 10)}
+    )
     raw = load_dataset("nus-wide", root=str(tmp_path), subset="multi")
     feats = load_dataset("nus-wide", root=str(tmp_path), source="features", subset="multi")
     assert raw.features is None and raw.has_texts and feats.features is not None and not feats.has_texts
@@ -347,9 +354,16 @@ def test_features_disagreeing_labels_and_lengths(tmp_path):
     img_lab = np.arange(40) % 10
     txt_lab = img_lab.copy()
     txt_lab[[1, 2]] = (txt_lab[[1, 2]] + 1) % 10
-    arrays = {"I_tr": rng.normal(size=(30, 8)), "T_tr": rng.normal(size=(30, 4)), "L_tr": img_lab[:30, None],
-              "I_te": rng.normal(size=(10, 8)), "T_te": rng.normal(size=(10, 4)), "L_te": img_lab[30:, None],
-              "train_txt_lab": txt_lab[:30, None], "test_txt_lab": txt_lab[30:, None]}
+    arrays = {
+        "I_tr": rng.normal(size=(30, 8)),
+        "T_tr": rng.normal(size=(30, 4)),
+        "L_tr": img_lab[:30, None],
+        "I_te": rng.normal(size=(10, 8)),
+        "T_te": rng.normal(size=(10, 4)),
+        "L_te": img_lab[30:, None],
+        "train_txt_lab": txt_lab[:30, None],
+        "test_txt_lab": txt_lab[30:, None],
+    }
     scipy.io.savemat(tmp_path / "nus-wide.mat", arrays)
     with pytest.raises(DataError, match=r"(?s)2 problem\(s\).*train-000001.*but text label"):
         load_dataset("nus-wide", root=str(tmp_path), source="features")

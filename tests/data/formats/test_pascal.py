@@ -95,8 +95,7 @@ def test_raw_json_seeded_split(tmp_path):
     import hashlib
 
     for cat in CATS:
-        names = sorted((n for n in ENTRIES if ENTRIES[n][0] == cat),
-                       key=lambda n: hashlib.sha256(f"0\0{n}".encode()).hexdigest())
+        names = sorted((n for n in ENTRIES if ENTRIES[n][0] == cat), key=lambda n: hashlib.sha256(f"0\0{n}".encode()).hexdigest())
         assert {n for n in names[:2]} == {i for i, sp in split.items() if sp == "test" and ENTRIES[i][0] == cat}
 
 
@@ -233,8 +232,9 @@ def test_pascal_dscmr_features_voc_names(tmp_path):
     ds = load_dataset("pascal-sentence", root=tmp_path / "p")  # auto → features
     assert ds.meta["format"] == "dscmr" and ds.meta["label_base"] == 0 and ds.meta["class_names"] == "given"
     assert ds.classes == list(VOC_CLASSES)
-    assert [s.labels[0] for s in ds.samples] == [VOC_CLASSES[int(i)] for i in
-                                                 np.concatenate([arr["train_img_lab"], arr["test_img_lab"]])[:, 0]]
+    assert [s.labels[0] for s in ds.samples] == [
+        VOC_CLASSES[int(i)] for i in np.concatenate([arr["train_img_lab"], arr["test_img_lab"]])[:, 0]
+    ]
     assert [s.id for s in ds.samples[:2]] == ["train-000000", "train-000001"] and ds.samples[40].id == "test-000000"
     assert ds.meta["n_train"] == 40 and ds.meta["n_test"] == 20
     assert ds.features.image.local.shape == (60, 1, 12) and ds.features.text.local.shape == (60, 1, 6)
@@ -260,8 +260,11 @@ def test_dscmr_valid_merged_into_train(tmp_path):
     np.testing.assert_array_equal(ds.features.text.pooled[60:], arr["test_txt"])
     # a valid split whose dimensions differ is an error, not a numpy crash
     write_dscmr(tmp_path / "d", {"valid_img": np.ones((20, 13), np.float32)})
-    with pytest.raises(DataError, match=r"the valid split cannot be merged into train: valid_img has shape "
-                                        r"\(20, 13\) but train_img has \(40, 12\)"):
+    with pytest.raises(
+        DataError,
+        match=r"the valid split cannot be merged into train: valid_img has shape "
+        r"\(20, 13\) but train_img has \(40, 12\)",
+    ):
         load_dataset("dscmr", root=tmp_path / "d")
     # an incomplete valid split is named too
     (tmp_path / "d" / "valid_img.mat").unlink()
@@ -283,8 +286,7 @@ def test_dscmr_txt_labels_disagree(tmp_path):
     assert "test row 3 (sample 'test-000003'): image and text labels disagree (3 vs 7)" in msg
     ds = load_dataset("pascal-sentence", root=tmp_path / "p", skip_bad=True)
     assert len(ds) == 59 and "test-000003" not in {s.id for s in ds.samples}
-    assert ds.meta["skipped"] == [{"where": "test row 3", "sample": "test-000003",
-                                   "reason": "image and text labels disagree (3 vs 7)"}]
+    assert ds.meta["skipped"] == [{"where": "test row 3", "sample": "test-000003", "reason": "image and text labels disagree (3 vs 7)"}]
     keep = [i for i in range(60) if i != 43]
     full = np.concatenate([arr["train_txt"], arr["test_txt"]])
     np.testing.assert_array_equal(ds.features.text.pooled, full[keep])
@@ -308,8 +310,7 @@ def test_dscmr_incomplete_split_and_rows(tmp_path):
     ds = load_dataset("pascal-sentence", root=tmp_path / "p", splits=["test"])
     assert len(ds) == 20 and ds.meta["splits"] == ["test"]
     write_dscmr(folder, {"train_img": arr["train_img"][:-1]})
-    with pytest.raises(DataError, match="the train files disagree in rows: train_img.mat 39, train_txt.mat 40, "
-                                        "train_img_lab.mat 40"):
+    with pytest.raises(DataError, match="the train files disagree in rows: train_img.mat 39, train_txt.mat 40, train_img_lab.mat 40"):
         load_dataset("pascal-sentence", root=tmp_path / "p")
     write_dscmr(folder, {"train_img": arr["train_img"], "test_txt": np.ones((20, 7), np.float32)})
     with pytest.raises(DataError, match="feature dimensions differ between splits"):
@@ -407,11 +408,17 @@ def test_dscmr_label_base_zero_based_without_class_zero(tmp_path):
     def folder(name, labels):
         lab = np.asarray(labels, dtype=np.int64)[:, None]
         n = len(lab)
-        return write_dscmr(tmp_path / name, {
-            "train_img": rng.normal(size=(n, 3)).astype(np.float32),
-            "train_txt": rng.normal(size=(n, 2)).astype(np.float32), "train_img_lab": lab,
-            "test_img": rng.normal(size=(n, 3)).astype(np.float32),
-            "test_txt": rng.normal(size=(n, 2)).astype(np.float32), "test_img_lab": lab})
+        return write_dscmr(
+            tmp_path / name,
+            {
+                "train_img": rng.normal(size=(n, 3)).astype(np.float32),
+                "train_txt": rng.normal(size=(n, 2)).astype(np.float32),
+                "train_img_lab": lab,
+                "test_img": rng.normal(size=(n, 3)).astype(np.float32),
+                "test_txt": rng.normal(size=(n, 2)).astype(np.float32),
+                "test_img_lab": lab,
+            },
+        )
 
     names = ["w", "x", "y", "z"]
     ds = load_dataset("dscmr", root=folder("zero", [1, 2, 3, 1, 2, 3]), class_names=names)

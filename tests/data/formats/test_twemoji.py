@@ -120,9 +120,7 @@ def test_shipped_split_file_records_seed_and_is_reproducible():
     assert doc["seed"] == 0 and "note" in doc and "method" in doc
     # from_json ignores the extra keys
     assert ClassSplit.from_json(path).seen == tuple(doc["seen"])
-    spec = importlib.util.spec_from_file_location(
-        "make_class_split", REPO_ROOT / "scripts" / "make_class_split.py"
-    )
+    spec = importlib.util.spec_from_file_location("make_class_split", REPO_ROOT / "scripts" / "make_class_split.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["twemoji", "--seed", "0", "--version", "1", "--check"]) == 0
@@ -145,8 +143,7 @@ def test_other_min_class_size_falls_back_to_generated_split_with_warning():
 def test_user_class_split_path(tmp_path, ds):
     path = tmp_path / "mine.json"
     seen, unseen = ds.classes[:10], ds.classes[10:]
-    path.write_text(json.dumps({"dataset": "twemoji", "version": "mine", "seen": seen,
-                                "unseen": unseen, "extra": 1}))
+    path.write_text(json.dumps({"dataset": "twemoji", "version": "mine", "seen": seen, "unseen": unseen, "extra": 1}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mine = load_dataset("twemoji", class_split=str(path))

@@ -17,8 +17,15 @@ from gcrdp.errors import ConfigError, DataError
 
 CLASSES = ["art", "biology", "geography", "history"]
 # as in the real categories_originalids.list (trailing spaces included): line i = original id i
-ORIGINAL = ["Art, architecture and archaeology", "Awards, decorations and vexillology", "Biology",
-            "Geography and places", "Health and medicine ", "History", "Warfare "]
+ORIGINAL = [
+    "Art, architecture and archaeology",
+    "Awards, decorations and vexillology",
+    "Biology",
+    "Geography and places",
+    "Health and medicine ",
+    "History",
+    "Warfare ",
+]
 ORIG_ID = {"art": 1, "biology": 3, "geography": 4, "history": 6}
 N_TRAIN, N_TEST = 3, 2  # per class
 D_IMG, D_TXT = 8, 3
@@ -59,8 +66,7 @@ def make_wikipedia(root: Path, *, images: bool = False, features: bool = True) -
         body = f"Article {n} about {CLASSES[c - 1]}."
         if n == 0:  # like the real files: a bare '&' and an HTML entity — not well-formed XML
             body = "Rock & roll in 1950&ndash;1960 &amp; the <b>art</b> of &quot;it&quot;."
-        (texts / f"{tid}.xml").write_text(_article(tid, ORIG_ID[CLASSES[c - 1]], f"Page_{n}", body),
-                                          encoding="utf-8")
+        (texts / f"{tid}.xml").write_text(_article(tid, ORIG_ID[CLASSES[c - 1]], f"Page_{n}", body), encoding="utf-8")
     rng = np.random.default_rng(0)
     out = {}
     for split, suf in (("train", "tr"), ("test", "te")):
@@ -130,8 +136,7 @@ def test_features_without_texts_and_without_labels(tmp_path):
 
     shutil.rmtree(root / "texts")
     (root / "features").mkdir()
-    scipy.io.savemat(root / "features" / "raw_features.mat",
-                     {k: v for k, v in arr.items() if not k.startswith("L_")})
+    scipy.io.savemat(root / "features" / "raw_features.mat", {k: v for k, v in arr.items() if not k.startswith("L_")})
     ds = load_dataset("wikipedia", root=root)  # auto: no images folder → features
     assert ds.meta["format"] == "features" and ds.meta["texts"] == "absent"
     assert all(s.text is None for s in ds.samples) and ds.features is not None
@@ -201,8 +206,9 @@ def test_label_disagreement_with_mat_labels(wiki):
         load_dataset("wikipedia", root=root, source="features")
     msg = str(exc.value)
     assert "2 problem(s) in 20 samples" in msg
-    assert f"trainset_txt_img_cat.list line 3 (sample {ROWS[2][1]!r}): class 3 in the list file but 1 " \
-           "in wikiData_with_labels.mat L_tr" in msg
+    assert (
+        f"trainset_txt_img_cat.list line 3 (sample {ROWS[2][1]!r}): class 3 in the list file but 1 in wikiData_with_labels.mat L_tr" in msg
+    )
     assert "testset_txt_img_cat.list line 6" in msg and "L_te" in msg
     assert "--skip-bad" in msg
     ds = load_dataset("wikipedia", root=root, source="features", skip_bad=True)
@@ -218,15 +224,13 @@ def test_label_disagreement_with_mat_labels(wiki):
 def test_xml_category_disagreement(wiki):
     root, _ = wiki
     _, tid, _, c = ROWS[4]  # class 1 (art)
-    (root / "texts" / f"{tid}.xml").write_text(_article(tid, ORIG_ID["history"], "X", "A text."),
-                                               encoding="utf-8")
+    (root / "texts" / f"{tid}.xml").write_text(_article(tid, ORIG_ID["history"], "X", "A text."), encoding="utf-8")
     _, tid2, _, _ = ROWS[9]
     (root / "texts" / f"{tid2}.xml").write_text(_article(tid2, 2, "Y", "Awards."), encoding="utf-8")
     with pytest.raises(DataError) as exc:
         load_dataset("wikipedia", root=root, source="features")
     msg = str(exc.value)
-    assert f"trainset_txt_img_cat.list line 5 (sample {tid!r}): class 1 in the list file but the XML " \
-           "category '6' maps to 4" in msg
+    assert f"trainset_txt_img_cat.list line 5 (sample {tid!r}): class 1 in the list file but the XML category '6' maps to 4" in msg
     assert "category '2' maps to no class" in msg
     ds = load_dataset("wikipedia", root=root, source="features", skip_bad=True)
     assert {tid, tid2}.isdisjoint(s.id for s in ds.samples) and ds.meta["n_skipped"] == 2
@@ -385,8 +389,9 @@ def test_real_wikipedia_features(shared_data, features_file):
     assert train == REAL_TRAIN and test == REAL_TEST and sum(train) == 2173 and sum(test) == 693
 
     ds = load_dataset("wikipedia", root=root, source="features", features_file=features_file)
-    assert ds.classes == classes == ["art", "biology", "geography", "history", "literature", "media",
-                                     "music", "royalty", "sport", "warfare"]
+    assert (
+        ds.classes == classes == ["art", "biology", "geography", "history", "literature", "media", "music", "royalty", "sport", "warfare"]
+    )
     assert _counts(ds, "train") == train and _counts(ds, "test") == test
     assert len(ds) == 2866 and ds.meta["n_train"] == 2173 and ds.meta["n_test"] == 693
     # list files, .mat labels (when present) and XML categories agree: nothing to skip
@@ -394,8 +399,12 @@ def test_real_wikipedia_features(shared_data, features_file):
     assert ds.features.image.local.shape == (2866, 1, 128) and ds.features.text.local.shape == (2866, 1, 10)
     assert ds.features.image.dim == 128 and ds.features.text.dim == 10
     assert np.isfinite(ds.features.image.pooled).all() and np.isfinite(ds.features.text.pooled).all()
-    ids = [ln.split("\t")[0] for f in ("trainset_txt_img_cat.list", "testset_txt_img_cat.list")
-           for ln in (root / f).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    ids = [
+        ln.split("\t")[0]
+        for f in ("trainset_txt_img_cat.list", "testset_txt_img_cat.list")
+        for ln in (root / f).read_text(encoding="utf-8").splitlines()
+        if ln.strip()
+    ]
     assert [s.id for s in ds.samples] == ids
     assert ds.meta["texts"] == "attached" and all(s.text and s.text.strip() for s in ds.samples)
     assert not any("&ndash;" in s.text or "&amp;" in s.text for s in ds.samples)
@@ -422,11 +431,15 @@ def test_real_wikipedia_fewshot_run(shared_data):
     from gcrdp.experiments import RunConfig, run_experiment
 
     methods = ["gap-infonce", "gcrdp"]
-    cfg = RunConfig(dataset="wikipedia",
-                    dataset_options={"root": str(shared_data / "wikipedia"), "source": "features"},
-                    shots=[1], seeds=[0], methods=methods,
-                    method_options={m: {"max_epochs": 3, "latent_dim": 64, "hidden_dim": 64} for m in methods},
-                    device="cpu")
+    cfg = RunConfig(
+        dataset="wikipedia",
+        dataset_options={"root": str(shared_data / "wikipedia"), "source": "features"},
+        shots=[1],
+        seeds=[0],
+        methods=methods,
+        method_options={m: {"max_epochs": 3, "latent_dim": 64, "hidden_dim": 64} for m in methods},
+        device="cpu",
+    )
     res = run_experiment(cfg, progress=False)
     assert [r["method"] for r in res["records"]] == methods
     for rec in res["records"]:

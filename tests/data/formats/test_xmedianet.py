@@ -28,8 +28,7 @@ def _pairs(n_per_class: int, seed: int, n_classes: int = N_CLASSES, d_img: int =
     return img.astype(np.float32), txt.astype(np.float32), labels
 
 
-def write_dscmr(folder: Path, n_train: int = 6, n_test: int = 3, valid: int = 0, txt_lab: bool = False,
-                base: int = 0) -> dict:
+def write_dscmr(folder: Path, n_train: int = 6, n_test: int = 3, valid: int = 0, txt_lab: bool = False, base: int = 0) -> dict:
     """A DSCMR folder: one .mat per array keyed by the file stem, labels as (n, 1) ids."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -105,9 +104,17 @@ def test_hu_doc2vec_h5py_one_based_with_text_labels_and_class_file(tmp_path):
 def test_single_mat_with_split_keys_row_vector_labels_and_given_names(tmp_path):
     tr = _pairs(4, 1)
     te = _pairs(2, 2)
-    scipy.io.savemat(tmp_path / "xmedianet.mat", {
-        "img_train": tr[0], "text_train": tr[1], "label_train": tr[2].reshape(1, -1),
-        "img_test": te[0], "text_test": te[1], "label_test": te[2].reshape(1, -1)})
+    scipy.io.savemat(
+        tmp_path / "xmedianet.mat",
+        {
+            "img_train": tr[0],
+            "text_train": tr[1],
+            "label_train": tr[2].reshape(1, -1),
+            "img_test": te[0],
+            "text_test": te[1],
+            "label_test": te[2].reshape(1, -1),
+        },
+    )
     names = [f"c{i}" for i in range(N_CLASSES)]
     ds = load_dataset("xmedianet", root=str(tmp_path), class_names=names)
     assert ds.classes == names and len(ds) == 48
@@ -136,8 +143,7 @@ def test_five_view_cells(tmp_path):
 def test_explicit_keys_and_features_file(tmp_path):
     tr, te = _pairs(3, 1), _pairs(2, 2)
     scipy.io.savemat(tmp_path / "odd.mat", {"A": tr[0], "B": tr[1], "C": tr[2], "D": te[0], "E": te[1], "F": te[2]})
-    keys = {"train_image": "A", "train_text": "B", "train_label": "C",
-            "test_image": "D", "test_text": "E", "test_label": "F"}
+    keys = {"train_image": "A", "train_text": "B", "train_label": "C", "test_image": "D", "test_text": "E", "test_label": "F"}
     ds = load_dataset("xmedianet", root=str(tmp_path), features_file="odd.mat", keys=keys)
     assert len(ds) == 40 and ds.meta["arrays"]["test"]["label"] == "F"
     with pytest.raises(ConfigError, match="Unknown keys role"):
@@ -215,8 +221,7 @@ def test_disagreeing_labels_empty_text_and_skip_bad(tmp_path):
 
 def test_unpaired_files_get_a_hint(tmp_path):
     got = write_dscmr(tmp_path, n_train=4, n_test=2, txt_lab=True)
-    scipy.io.savemat(tmp_path / "train_txt_lab.mat",
-                     {"train_txt_lab": ((got["train"][2] + 1) % N_CLASSES).reshape(-1, 1)})
+    scipy.io.savemat(tmp_path / "train_txt_lab.mat", {"train_txt_lab": ((got["train"][2] + 1) % N_CLASSES).reshape(-1, 1)})
     with pytest.raises(DataError, match="do not look paired"):
         load_dataset("xmedianet", root=str(tmp_path))
 
@@ -233,9 +238,9 @@ def test_bad_label_values_and_multi_hot_rows(tmp_path):
     scipy.io.savemat(tmp_path / "test_img_lab.mat", {"test_img_lab": onehot})
     with pytest.raises(DataError, match="class ids in one split and"):
         load_dataset("xmedianet", root=str(tmp_path))
-    scipy.io.savemat(tmp_path / "train_img_lab.mat",
-                     {"train_img_lab": np.eye(N_CLASSES)[got["train"][2]] * np.where(
-                         np.arange(24) == 2, 3, 1)[:, None]})
+    scipy.io.savemat(
+        tmp_path / "train_img_lab.mat", {"train_img_lab": np.eye(N_CLASSES)[got["train"][2]] * np.where(np.arange(24) == 2, 3, 1)[:, None]}
+    )
     with pytest.raises(DataError) as err:
         load_dataset("xmedianet", root=str(tmp_path))
     msg = str(err.value)
@@ -250,8 +255,14 @@ def test_v73_mat_is_read_transposed(tmp_path):
     tr, te = _pairs(3, 1), _pairs(2, 2)
     path = tmp_path / "xmedianet.mat"
     with h5py.File(path, "w", userblock_size=512) as f:
-        for name, arr in (("img_train", tr[0]), ("text_train", tr[1]), ("label_train", tr[2][None, :]),
-                          ("img_test", te[0]), ("text_test", te[1]), ("label_test", te[2][None, :])):
+        for name, arr in (
+            ("img_train", tr[0]),
+            ("text_train", tr[1]),
+            ("label_train", tr[2][None, :]),
+            ("img_test", te[0]),
+            ("text_test", te[1]),
+            ("label_test", te[2][None, :]),
+        ):
             f[name] = np.ascontiguousarray(arr.T)  # MATLAB stores column-major
     with open(path, "r+b") as fh:
         fh.write(b"MATLAB 7.3 MAT-file, written by a test".ljust(128, b" "))
@@ -265,10 +276,15 @@ def test_run_experiment_end_to_end(tmp_path):
     from gcrdp.experiments import RunConfig, run_experiment
 
     write_dscmr(tmp_path, n_train=6, n_test=3)
-    config = RunConfig(dataset="xmedianet", dataset_options={"root": str(tmp_path)}, shots=[1], seeds=[0],
-                       methods=["gap-infonce"], device="cpu",
-                       method_options={"gap-infonce": {"max_epochs": 2, "batch_size": 16, "hidden_dim": 16,
-                                                       "latent_dim": 8}})
+    config = RunConfig(
+        dataset="xmedianet",
+        dataset_options={"root": str(tmp_path)},
+        shots=[1],
+        seeds=[0],
+        methods=["gap-infonce"],
+        device="cpu",
+        method_options={"gap-infonce": {"max_epochs": 2, "batch_size": 16, "hidden_dim": 16, "latent_dim": 8}},
+    )
     res = run_experiment(config, progress=False)
     (rec,) = res["records"]
     assert 0.0 <= rec["test"]["i2t"]["map"] <= 1.0 and 0.0 <= rec["test"]["t2i"]["map"] <= 1.0

@@ -65,6 +65,7 @@ def _read_hdf5(path: Path, matlab: bool = False) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     try:
         with h5py.File(path, "r") as f:
+
             def visit(name, obj):
                 if isinstance(obj, h5py.Dataset) and not name.startswith("#refs#"):
                     arr = obj[()]
@@ -72,6 +73,7 @@ def _read_hdf5(path: Path, matlab: bool = False) -> dict[str, np.ndarray]:
                         if matlab and arr.ndim >= 2:
                             arr = arr.T  # MATLAB stores column-major: h5py sees the dims reversed
                         out[name] = arr
+
             f.visititems(visit)
     except OSError as exc:
         raise DataError(f"Cannot read {path} as an HDF5 file: {exc}") from None
@@ -82,15 +84,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     import zipfile
 
     if not zipfile.is_zipfile(path):  # else np.load takes it for a pickle and says so
-        raise DataError(f"Cannot read {path} as a .npz archive: it is not a zip archive (damaged, "
-                        "or not written by np.savez).")
+        raise DataError(f"Cannot read {path} as a .npz archive: it is not a zip archive (damaged, or not written by np.savez).")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise DataError(f"{path} holds pickled Python objects, which are not loaded (unsafe). "
-                            "Save plain numeric/string arrays (np.savez with numpy arrays).") from None
+            raise DataError(
+                f"{path} holds pickled Python objects, which are not loaded (unsafe). "
+                "Save plain numeric/string arrays (np.savez with numpy arrays)."
+            ) from None
         raise DataError(f"Cannot read {path} as a .npz archive: {exc}") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"Cannot read {path} as a .npz archive: {exc}") from None
@@ -100,8 +103,7 @@ def _read_npy(path: Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic != b"\x93NUMPY":  # else np.load takes it for a pickle and says so
-        raise DataError(f"Cannot read {path} as a .npy array: it does not start with the .npy "
-                        "header (damaged, or not written by np.save).")
+        raise DataError(f"Cannot read {path} as a .npy array: it does not start with the .npy header (damaged, or not written by np.save).")
     try:
         return {path.stem: np.load(path, allow_pickle=False)}
     except ValueError as exc:
@@ -142,16 +144,23 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"Feature file not found: {path}")
     ext = path.suffix.lower()
-    readers = {".mat": _read_mat, ".h5": _read_hdf5, ".hdf5": _read_hdf5, ".h5py": _read_hdf5, ".npz": _read_npz,
-               ".npy": _read_npy, ".safetensors": _read_safetensors}
+    readers = {
+        ".mat": _read_mat,
+        ".h5": _read_hdf5,
+        ".hdf5": _read_hdf5,
+        ".h5py": _read_hdf5,
+        ".npz": _read_npz,
+        ".npy": _read_npy,
+        ".safetensors": _read_safetensors,
+    }
     if ext not in readers:
-        raise DataError(f"Cannot read feature file {path}: unknown extension {ext or '(none)'!r}; "
-                        f"known: {', '.join(EXTENSIONS)}.")
+        raise DataError(f"Cannot read feature file {path}: unknown extension {ext or '(none)'!r}; known: {', '.join(EXTENSIONS)}.")
     return readers[ext](path)
 
 
-def pick(arrays: dict[str, np.ndarray], keys: Sequence[str], path: str | Path, what: str,
-         required: bool = True) -> tuple[str, np.ndarray] | None:
+def pick(
+    arrays: dict[str, np.ndarray], keys: Sequence[str], path: str | Path, what: str, required: bool = True
+) -> tuple[str, np.ndarray] | None:
     """The first of ``keys`` present in ``arrays`` (case-insensitive), as ``(key, array)``.
 
     Raises:
@@ -165,8 +174,7 @@ def pick(arrays: dict[str, np.ndarray], keys: Sequence[str], path: str | Path, w
     if not required:
         return None
     have = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in sorted(arrays.items())) or "(none)"
-    raise DataError(f"{path} has no {what} array: looked for key {' or '.join(map(repr, keys))}; "
-                    f"the file has {have}.")
+    raise DataError(f"{path} has no {what} array: looked for key {' or '.join(map(repr, keys))}; the file has {have}.")
 
 
 def as_label_vector(arr: np.ndarray, path: str | Path, what: str = "labels") -> np.ndarray:

@@ -30,8 +30,12 @@ def check_skip_bad(skip_bad: object) -> bool:
 
 
 def resolve_class_split(
-    classes: Sequence[str], *, dataset: str, class_split: str | Path | ClassSplit | None,
-    split_seed: int = 0, shipped: str | None = None,
+    classes: Sequence[str],
+    *,
+    dataset: str,
+    class_split: str | Path | ClassSplit | None,
+    split_seed: int = 0,
+    shipped: str | None = None,
 ) -> tuple[ClassSplit, str, bool]:
     """``(split, source description, generated?)`` for ``classes`` (see the module doc).
 
@@ -50,20 +54,37 @@ def resolve_class_split(
             if present == listed:
                 return split, f"shipped: {shipped} {split_label(split.version)}", False
             dropped = sorted(listed - present)
-            restricted = ClassSplit(split.dataset, f"{split.version}-restricted",
-                                    tuple(c for c in split.seen if c in present),
-                                    tuple(c for c in split.unseen if c in present))
-            return restricted, (f"shipped: {shipped} {split_label(split.version)}, restricted to the "
-                                f"{len(present)} present classes (absent: {format_list(dropped)})"), False
+            restricted = ClassSplit(
+                split.dataset,
+                f"{split.version}-restricted",
+                tuple(c for c in split.seen if c in present),
+                tuple(c for c in split.unseen if c in present),
+            )
+            return (
+                restricted,
+                (
+                    f"shipped: {shipped} {split_label(split.version)}, restricted to the "
+                    f"{len(present)} present classes (absent: {format_list(dropped)})"
+                ),
+                False,
+            )
     split = generate_class_split(classes, dataset=dataset, seed=split_seed)
     return split, generated_split_source(split, split_seed), True
 
 
 def finish_dataset(
-    name: str, samples: list[Sample], classes: Sequence[str], *,
-    problems: Problems, skip_bad: bool, features: FeatureSet | None = None,
-    class_split: str | Path | ClassSplit | None = None, split_seed: int = 0,
-    shipped_split: str | None = None, meta: dict | None = None, hint: str = "",
+    name: str,
+    samples: list[Sample],
+    classes: Sequence[str],
+    *,
+    problems: Problems,
+    skip_bad: bool,
+    features: FeatureSet | None = None,
+    class_split: str | Path | ClassSplit | None = None,
+    split_seed: int = 0,
+    shipped_split: str | None = None,
+    meta: dict | None = None,
+    hint: str = "",
 ) -> Dataset:
     """Resolve ``problems`` (raise, or leave the bad samples out), drop classes left without
     samples by skipping, choose the class split and build the dataset.
@@ -81,22 +102,26 @@ def finish_dataset(
         dropped_classes = [c for c in classes if c not in used]
         classes = [c for c in classes if c in used]
     split, source, generated = resolve_class_split(
-        list(classes), dataset=name, class_split=class_split, split_seed=split_seed,
-        shipped=shipped_split)
+        list(classes), dataset=name, class_split=class_split, split_seed=split_seed, shipped=shipped_split
+    )
     n_train = sum(s.split == "train" for s in samples)
-    meta.update({
-        "n_samples": len(samples), "n_classes": len(classes), "n_train": n_train,
-        "n_test": len(samples) - n_train,
-        "multilabel": any(len(s.labels) > 1 for s in samples),
-        "class_split_source": source, "class_split_generated": generated,
-        "features": "pre-extracted" if features is not None else "extracted by the encoders",
-        "n_skipped": len(bad),
-        "skipped": problems.report() if bad else [],
-    })
+    meta.update(
+        {
+            "n_samples": len(samples),
+            "n_classes": len(classes),
+            "n_train": n_train,
+            "n_test": len(samples) - n_train,
+            "multilabel": any(len(s.labels) > 1 for s in samples),
+            "class_split_source": source,
+            "class_split_generated": generated,
+            "features": "pre-extracted" if features is not None else "extracted by the encoders",
+            "n_skipped": len(bad),
+            "skipped": problems.report() if bad else [],
+        }
+    )
     if dropped_classes:
         meta["classes_dropped"] = dropped_classes
-    return Dataset(name=name, samples=samples, classes=list(classes), class_split=split,
-                   meta=meta, features=features)
+    return Dataset(name=name, samples=samples, classes=list(classes), class_split=split, meta=meta, features=features)
 
 
 def read_utf8(path: Path) -> tuple[str | None, str | None]:
@@ -111,8 +136,7 @@ def read_utf8(path: Path) -> tuple[str | None, str | None]:
     try:
         return raw.decode("utf-8-sig"), None
     except UnicodeDecodeError as exc:
-        return None, (f"text file {path} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-                      f"{exc.start}); re-save it as UTF-8")
+        return None, (f"text file {path} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); re-save it as UTF-8")
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -128,8 +152,7 @@ def index_images(folder: Path) -> dict[str, Path]:
     return out
 
 
-def assign_test_split(ids: Sequence[str], first_labels: Sequence[str], test_fraction: float,
-                      seed: int) -> list[str]:
+def assign_test_split(ids: Sequence[str], first_labels: Sequence[str], test_fraction: float, seed: int) -> list[str]:
     """A deterministic per-class train/test split for data that has none (``"train"`` /
     ``"test"`` per sample, in order): the rule of :func:`per_class_test_split`
     with the sample ids as keys — per class (a sample's first label), ids ordered by
@@ -162,8 +185,7 @@ def n_test_of(n: int, test_fraction: float) -> int:
     return min(max(k, 1), n - 1)
 
 
-def per_class_test_split(items: Sequence[tuple[str, str]], test_fraction: float,
-                         seed: int = 0) -> list[str]:
+def per_class_test_split(items: Sequence[tuple[str, str]], test_fraction: float, seed: int = 0) -> list[str]:
     """The generated train/test split: ``items`` are ``(class, key)`` pairs (the key unique
     within its class, e.g. a file stem or a sample id); returns ``"train"``/``"test"`` per
     item, in the order given. Per class, the items are ordered by

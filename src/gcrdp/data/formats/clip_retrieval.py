@@ -90,8 +90,7 @@ from .build import check_skip_bad, check_test_fraction, finish_dataset, per_clas
 
 FORMATS_EXTRA = "formats"
 #: (folder, file prefix, extension) of the three aligned files of a part.
-PART_FILES = (("img_emb", "img_emb", ".npy"), ("text_emb", "text_emb", ".npy"),
-              ("metadata", "metadata", ".parquet"))
+PART_FILES = (("img_emb", "img_emb", ".npy"), ("text_emb", "text_emb", ".npy"), ("metadata", "metadata", ".parquet"))
 EXPORT_COLUMNS = ("id", "caption", "image_path", "label", "split")
 
 
@@ -115,10 +114,14 @@ def find_parts(root: Path) -> list[tuple[int, Path, Path, Path]]:
     for folder, prefix, ext in PART_FILES:
         d = root / folder
         if not d.is_dir():
-            hint = (" Both image and text embeddings are needed: run clip-retrieval inference "
-                    "with --enable_text True." if folder == "text_emb" else "")
-            raise DataError(f"clip-retrieval folder {root}: no {folder}/ folder (expected "
-                            f"{folder}/{prefix}_0{ext}, {prefix}_1{ext}, …).{hint}")
+            hint = (
+                " Both image and text embeddings are needed: run clip-retrieval inference with --enable_text True."
+                if folder == "text_emb"
+                else ""
+            )
+            raise DataError(
+                f"clip-retrieval folder {root}: no {folder}/ folder (expected {folder}/{prefix}_0{ext}, {prefix}_1{ext}, …).{hint}"
+            )
         pattern = re.compile(rf"{re.escape(prefix)}_(\d+){re.escape(ext)}")
         parts: dict[int, Path] = {}
         for p in sorted(d.iterdir()):
@@ -127,8 +130,7 @@ def find_parts(root: Path) -> list[tuple[int, Path, Path, Path]]:
                 continue
             n = int(m.group(1))
             if n in parts:
-                raise DataError(f"clip-retrieval folder {root}: {parts[n].name} and {p.name} are "
-                                f"both part {n} of {folder}/; keep one.")
+                raise DataError(f"clip-retrieval folder {root}: {parts[n].name} and {p.name} are both part {n} of {folder}/; keep one.")
             parts[n] = p
         if not parts:
             raise DataError(f"clip-retrieval folder {root}: {folder}/ holds no {prefix}_<n>{ext} file.")
@@ -140,8 +142,7 @@ def find_parts(root: Path) -> list[tuple[int, Path, Path, Path]]:
         if missing:
             gaps.append(f"{folder}/ lacks part(s) {', '.join(map(str, missing[:10]))}")
     if gaps:
-        raise DataError(f"clip-retrieval folder {root}: the three folders must hold the same parts: "
-                        + "; ".join(gaps) + ".")
+        raise DataError(f"clip-retrieval folder {root}: the three folders must hold the same parts: " + "; ".join(gaps) + ".")
     return [(n, found[0][n], found[1][n], found[2][n]) for n in sorted(numbers)]
 
 
@@ -149,13 +150,11 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
-        raise DataError(f"Cannot read {path} as a .npy array ({exc}); pickled object arrays are "
-                        "not loaded.") from None
+        raise DataError(f"Cannot read {path} as a .npy array ({exc}); pickled object arrays are not loaded.") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"Cannot read {path} as a .npy array: {exc}") from None
     if arr.ndim != 2 or arr.dtype.kind not in "fiu":
-        raise DataError(f"{path}: expected a (rows, d) array of numbers, got shape {arr.shape} "
-                        f"dtype {arr.dtype}.")
+        raise DataError(f"{path}: expected a (rows, d) array of numbers, got shape {arr.shape} dtype {arr.dtype}.")
     return arr
 
 
@@ -251,13 +250,16 @@ def load_clip_retrieval(
             raise DataError(
                 f"clip-retrieval folder {root}: part {n} is not aligned: {ip.name} has "
                 f"{img.shape[0]} rows, {tp.name} {txt.shape[0]} rows, {mp.name} {rows} rows; the "
-                "three files of a part must hold the same rows.")
+                "three files of a part must hold the same rows."
+            )
         for what, arr, path in (("image", img, ip), ("text", txt, tp)):
             d = int(arr.shape[1])
             if what in dims and dims[what][0] != d:
-                raise DataError(f"clip-retrieval folder {root}: {path.name} has {what} dimension "
-                                f"{d} but {dims[what][1]} has {dims[what][0]}; every part must "
-                                "have the same dimension.")
+                raise DataError(
+                    f"clip-retrieval folder {root}: {path.name} has {what} dimension "
+                    f"{d} but {dims[what][1]} has {dims[what][0]}; every part must "
+                    "have the same dimension."
+                )
             dims.setdefault(what, (d, path.name))
         imgs.append(img)
         txts.append(txt)
@@ -283,15 +285,16 @@ def load_clip_retrieval(
             want.append(split_column)  # type: ignore[arg-type]
         absent = [c for c in want if c not in columns]
         if absent:
-            raise DataError(f"{mp}: no column {format_list(absent)}; the columns are "
-                            f"{format_list(columns, limit=30) or '(none)'}. Pass label_column=/"
-                            "split_column=/id_column= naming the right ones.")
+            raise DataError(
+                f"{mp}: no column {format_list(absent)}; the columns are "
+                f"{format_list(columns, limit=30) or '(none)'}. Pass label_column=/"
+                "split_column=/id_column= naming the right ones."
+            )
         idc = id_column if id_explicit else ("id" if "id" in columns else None)
         sc = split_column if split_column is not None and split_column in columns else None
         if split_column is not None:
             split_in.setdefault(sc is not None, []).append(n)
-        cols = [label_column] + [c for c in (idc, sc, "caption", "image_path")
-                                 if c is not None and c in columns and c != label_column]
+        cols = [label_column] + [c for c in (idc, sc, "caption", "image_path") if c is not None and c in columns and c != label_column]
         data = _read_columns(mp, list(dict.fromkeys(cols)))
         bad_img = ~np.isfinite(imgs[k]).all(axis=1)
         bad_txt = ~np.isfinite(txts[k]).all(axis=1)
@@ -329,27 +332,28 @@ def load_clip_retrieval(
                         image = p
                         images_found += 1
             text = _text_of(data["caption"][r]) if "caption" in data else None
-            samples.append(Sample(id=sid, text=text, labels=labels, split=split,
-                                  image=image))
+            samples.append(Sample(id=sid, text=text, labels=labels, split=split, image=image))
         offset += rows
 
     if len(split_in) == 2:
-        raise DataError(f"clip-retrieval folder {root}: the {split_column!r} column is in part(s) "
-                        f"{format_list(split_in[True])} but not in part(s) "
-                        f"{format_list(split_in[False])}; give it in every part or in none.")
+        raise DataError(
+            f"clip-retrieval folder {root}: the {split_column!r} column is in part(s) "
+            f"{format_list(split_in[True])} but not in part(s) "
+            f"{format_list(split_in[False])}; give it in every part or in none."
+        )
 
     # ------------------------------------------------------------ generated split
     generated = split_column is None or False in split_in
     if generated:
         bad = problems.bad_samples
         good = [s for s in samples if s.id not in bad]
-        splits = dict(zip((s.id for s in good),
-                          per_class_test_split([(s.labels[0], s.id) for s in good],
-                                               test_fraction, split_seed)))
+        splits = dict(zip((s.id for s in good), per_class_test_split([(s.labels[0], s.id) for s in good], test_fraction, split_seed)))
         samples = [Sample(s.id, s.text, s.labels, splits.get(s.id, "train"), s.image) for s in samples]
-        split_source = (f"generated (seed {split_seed}, test_fraction {test_fraction}): per class, "
-                        "sha256-ordered ids, the first floor(f*n+0.5) (at least 1, at most n-1) "
-                        "to test")
+        split_source = (
+            f"generated (seed {split_seed}, test_fraction {test_fraction}): per class, "
+            "sha256-ordered ids, the first floor(f*n+0.5) (at least 1, at most n-1) "
+            "to test"
+        )
         if split_column is not None:
             split_source += f" (no {split_column!r} column)"
     else:
@@ -357,20 +361,32 @@ def load_clip_retrieval(
 
     # ------------------------------------------------------------ features
     dtype = "float16" if all(a.dtype == np.float16 for a in imgs + txts) else "float32"
-    image = ModalityFeatures.from_array(np.concatenate([np.asarray(a) for a in imgs]),
-                                        name="clip-retrieval image embeddings", dtype=dtype)
-    text = ModalityFeatures.from_array(np.concatenate([np.asarray(a) for a in txts]),
-                                       name="clip-retrieval text embeddings", dtype=dtype)
-    feats = FeatureSet(image, text, tuple(s.id for s in samples),
-                       {"source": str(root.resolve()), "format": "clip-retrieval"})
+    image = ModalityFeatures.from_array(np.concatenate([np.asarray(a) for a in imgs]), name="clip-retrieval image embeddings", dtype=dtype)
+    text = ModalityFeatures.from_array(np.concatenate([np.asarray(a) for a in txts]), name="clip-retrieval text embeddings", dtype=dtype)
+    feats = FeatureSet(image, text, tuple(s.id for s in samples), {"source": str(root.resolve()), "format": "clip-retrieval"})
     classes = sorted({lab for s in samples for lab in s.labels})
-    meta = {"source": str(root.resolve()), "format": "clip-retrieval", "n_parts": len(parts),
-            "parts": [n for n, *_ in parts], "split_source": split_source,
-            "image_dim": dims["image"][0], "text_dim": dims["text"][0],
-            "texts": "caption column" if any(s.text is not None for s in samples) else "absent",
-            "images_found": images_found}
-    return finish_dataset("clip-retrieval", samples, classes, problems=problems, skip_bad=skip_bad,
-                          features=feats, class_split=class_split, split_seed=split_seed, meta=meta)
+    meta = {
+        "source": str(root.resolve()),
+        "format": "clip-retrieval",
+        "n_parts": len(parts),
+        "parts": [n for n, *_ in parts],
+        "split_source": split_source,
+        "image_dim": dims["image"][0],
+        "text_dim": dims["text"][0],
+        "texts": "caption column" if any(s.text is not None for s in samples) else "absent",
+        "images_found": images_found,
+    }
+    return finish_dataset(
+        "clip-retrieval",
+        samples,
+        classes,
+        problems=problems,
+        skip_bad=skip_bad,
+        features=feats,
+        class_split=class_split,
+        split_seed=split_seed,
+        meta=meta,
+    )
 
 
 # --------------------------------------------------------------------------- export
@@ -399,8 +415,9 @@ def _metadata_table(metadata: Mapping[str, Sequence] | Sequence[Mapping[str, Any
             cols = {str(k): list(v) for k, v in metadata.items()}
             bad = {k: len(v) for k, v in cols.items() if len(v) != n}
             if bad:
-                raise DataError(f"Metadata columns must have one value per embedding row ({n}); "
-                                f"got {', '.join(f'{k}: {v}' for k, v in bad.items())}.")
+                raise DataError(
+                    f"Metadata columns must have one value per embedding row ({n}); got {', '.join(f'{k}: {v}' for k, v in bad.items())}."
+                )
             table = pa.Table.from_pydict(cols)
         else:
             rows = list(metadata)
@@ -416,8 +433,6 @@ def _metadata_table(metadata: Mapping[str, Sequence] | Sequence[Mapping[str, Any
     if table is None or table.num_columns == 0:
         raise DataError("Metadata has no column; give at least one (e.g. id or caption).")
     return table
-
-
 
 
 def export_clip_retrieval(
@@ -453,8 +468,7 @@ def export_clip_retrieval(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"Export folder {out} exists and is not a folder.")
     if out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"Export folder {out} exists and is not empty; refusing to overwrite it. "
-                          "Choose a new folder or remove it first.")
+        raise ConfigError(f"Export folder {out} exists and is not empty; refusing to overwrite it. Choose a new folder or remove it first.")
     img = _check_emb(image_emb, "image_emb")
     txt = _check_emb(text_emb, "text_emb")
     n = img.shape[0]

@@ -53,8 +53,9 @@ def _read_one(path: Path) -> np.ndarray:
     numeric = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"}
     if len(numeric) == 1:
         return next(iter(numeric.values()))
-    raise DataError(f"{path} has no array under the key {path.stem!r} (DSCMR files use the file "
-                    f"stem as key); it has {sorted(arrays) or '(none)'}.")
+    raise DataError(
+        f"{path} has no array under the key {path.stem!r} (DSCMR files use the file stem as key); it has {sorted(arrays) or '(none)'}."
+    )
 
 
 def read_dscmr_split(folder: Path, split: str) -> dict[str, np.ndarray] | None:
@@ -67,16 +68,18 @@ def read_dscmr_split(folder: Path, split: str) -> dict[str, np.ndarray] | None:
     missing = [f"{split}_{p}.mat" for p in PARTS if found[p] is None]
     if missing:
         present = ", ".join(found[p].name for p in PARTS if found[p] is not None)
-        raise DataError(f"DSCMR folder {folder}: split {split!r} is incomplete: missing "
-                        f"{', '.join(missing)} (found {present}).")
+        raise DataError(f"DSCMR folder {folder}: split {split!r} is incomplete: missing {', '.join(missing)} (found {present}).")
     out = {p: _read_one(path) for p, path in found.items() if path is not None}
     n = {found[p].name: int(np.shape(v)[0]) if np.ndim(v) else 0 for p, v in out.items()}
     for p in ("img", "txt"):
         if out[p].ndim != 2:
             raise DataError(f"DSCMR folder {folder}: {found[p].name} must be (n, d), got shape {out[p].shape}.")
     if len(set(n.values())) != 1:
-        raise DataError(f"DSCMR folder {folder}: the {split} files disagree in rows: "
-                        + ", ".join(f"{k} {v}" for k, v in n.items()) + "; row i of each must be the same pair.")
+        raise DataError(
+            f"DSCMR folder {folder}: the {split} files disagree in rows: "
+            + ", ".join(f"{k} {v}" for k, v in n.items())
+            + "; row i of each must be the same pair."
+        )
     return out
 
 
@@ -103,10 +106,18 @@ def _class_names(class_names: Sequence[str] | str | Path | None) -> list[str] | 
 
 
 def load_dscmr_folder(
-    folder: str | Path, *, name: str, class_names: Sequence[str] | str | Path | None = None,
-    splits: Sequence[str] = ("train", "test"), class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0, skip_bad: bool = False, shipped_split: str | None = None,
-    meta: dict | None = None, label_base: int | None = None, resplit: float | None = None,
+    folder: str | Path,
+    *,
+    name: str,
+    class_names: Sequence[str] | str | Path | None = None,
+    splits: Sequence[str] = ("train", "test"),
+    class_split: str | Path | ClassSplit | None = None,
+    split_seed: int = 0,
+    skip_bad: bool = False,
+    shipped_split: str | None = None,
+    meta: dict | None = None,
+    label_base: int | None = None,
+    resplit: float | None = None,
 ) -> Dataset:
     """A dataset from a DSCMR-style folder (see the module docstring); ``splits`` are the
     splits that must be present (``("test",)`` loads a folder that has only its test files).
@@ -129,9 +140,11 @@ def load_dscmr_folder(
     for split in splits:
         got = read_dscmr_split(folder, split)
         if got is None:
-            raise DataError(f"DSCMR folder {folder}: split {split!r} is missing: no "
-                            f"{split}_img.mat, {split}_txt.mat or {split}_img_lab.mat. Pass "
-                            f"splits={[s for s in splits if s != split]} to load the others.")
+            raise DataError(
+                f"DSCMR folder {folder}: split {split!r} is missing: no "
+                f"{split}_img.mat, {split}_txt.mat or {split}_img_lab.mat. Pass "
+                f"splits={[s for s in splits if s != split]} to load the others."
+            )
         parts[split] = got
     merged_valid = None
     if "train" in parts:
@@ -147,16 +160,20 @@ def load_dscmr_folder(
                 for k in tr:
                     a, b = np.asarray(tr[k]), np.asarray(got[k])
                     if a.ndim != b.ndim or a.shape[1:] != b.shape[1:]:
-                        raise DataError(f"DSCMR folder {folder}: the {v} split cannot be merged into train: "
-                                        f"{v}_{k} has shape {b.shape} but train_{k} has {a.shape}.")
+                        raise DataError(
+                            f"DSCMR folder {folder}: the {v} split cannot be merged into train: "
+                            f"{v}_{k} has shape {b.shape} but train_{k} has {a.shape}."
+                        )
                     merged[k] = np.concatenate([a, b])
                 parts["train"] = merged
                 break
     problems = Problems(f"DSCMR folder {folder}")
     dims = {(p["img"].shape[1], p["txt"].shape[1]) for p in parts.values()}
     if len(dims) != 1:
-        raise DataError(f"DSCMR folder {folder}: feature dimensions differ between splits: "
-                        + ", ".join(f"{s} image {p['img'].shape[1]} text {p['txt'].shape[1]}" for s, p in parts.items()))
+        raise DataError(
+            f"DSCMR folder {folder}: feature dimensions differ between splits: "
+            + ", ".join(f"{s} image {p['img'].shape[1]} text {p['txt'].shape[1]}" for s, p in parts.items())
+        )
     samples: list[Sample] = []
     imgs, txts = [], []
     multi = None
@@ -167,12 +184,12 @@ def load_dscmr_folder(
         if "txt_lab" in p:
             tl = _labels(p["txt_lab"], f"{split}_txt_lab")
             if tl.shape != lab.shape:
-                raise DataError(f"DSCMR folder {folder}: {split}_txt_lab has shape {tl.shape} but "
-                                f"{split}_img_lab has {lab.shape}.")
+                raise DataError(f"DSCMR folder {folder}: {split}_txt_lab has shape {tl.shape} but {split}_img_lab has {lab.shape}.")
             rows_bad = np.flatnonzero((tl != lab).reshape(len(lab), -1).any(axis=1))
             for r in rows_bad:
-                problems.add(f"{split} row {r}", "image and text labels disagree "
-                             f"({lab[r].tolist()} vs {tl[r].tolist()})", f"{split}-{r:06d}")
+                problems.add(
+                    f"{split} row {r}", f"image and text labels disagree ({lab[r].tolist()} vs {tl[r].tolist()})", f"{split}-{r:06d}"
+                )
         is_multi = lab.ndim == 2
         if multi is not None and multi != is_multi:
             raise DataError(f"DSCMR folder {folder}: labels are class ids in one split and multi-hot in another.")
@@ -200,8 +217,9 @@ def load_dscmr_folder(
         if names is not None:
             bad = sorted(i for i in raw_ids if not 0 <= i - base < len(names))
             if bad:
-                raise DataError(f"DSCMR folder {folder}: class ids {bad[:5]} have no name in class_names "
-                                f"({len(names)} names, ids from {base}).")
+                raise DataError(
+                    f"DSCMR folder {folder}: class ids {bad[:5]} have no name in class_names ({len(names)} names, ids from {base})."
+                )
             classes = names
         else:
             classes = [str(i) for i in sorted(raw_ids)]
@@ -229,28 +247,60 @@ def load_dscmr_folder(
     used = {lab for s in samples for lab in s.labels}
     unused = [c for c in classes if c not in used]  # named classes no loaded row carries
     classes = [c for c in classes if c in used]
-    feats = FeatureSet(ModalityFeatures.from_array(np.concatenate(imgs), name="image features"),
-                       ModalityFeatures.from_array(np.concatenate(txts), name="text features"),
-                       tuple(s.id for s in samples), {"source": str(folder.resolve())})
-    meta = {**(meta or {}), "source": str(folder.resolve()), "format": "dscmr",
-            "splits": list(parts), "valid_merged_into_train": merged_valid,
-            "label_base": base, "class_names": "given" if names is not None else "label ids",
-            "named_classes_without_rows": unused,
-            "resplit": None if resplit is None else f"pooled and re-split per class, test share {resplit}, seed {split_seed}"}
-    return finish_dataset(name, samples, classes, problems=problems, skip_bad=skip_bad,
-                          features=feats, class_split=class_split, split_seed=split_seed,
-                          shipped_split=shipped_split, meta=meta)
+    feats = FeatureSet(
+        ModalityFeatures.from_array(np.concatenate(imgs), name="image features"),
+        ModalityFeatures.from_array(np.concatenate(txts), name="text features"),
+        tuple(s.id for s in samples),
+        {"source": str(folder.resolve())},
+    )
+    meta = {
+        **(meta or {}),
+        "source": str(folder.resolve()),
+        "format": "dscmr",
+        "splits": list(parts),
+        "valid_merged_into_train": merged_valid,
+        "label_base": base,
+        "class_names": "given" if names is not None else "label ids",
+        "named_classes_without_rows": unused,
+        "resplit": None if resplit is None else f"pooled and re-split per class, test share {resplit}, seed {split_seed}",
+    }
+    return finish_dataset(
+        name,
+        samples,
+        classes,
+        problems=problems,
+        skip_bad=skip_bad,
+        features=feats,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split=shipped_split,
+        meta=meta,
+    )
 
 
 @DATASETS.register("dscmr")
 def load_dscmr(
-    root: str | Path, *, class_names: Sequence[str] | str | None = None,
-    splits: Sequence[str] = ("train", "test"), class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0, skip_bad: bool = False, name: str | None = None,
-    label_base: int | None = None, resplit: float | None = None,
+    root: str | Path,
+    *,
+    class_names: Sequence[str] | str | None = None,
+    splits: Sequence[str] = ("train", "test"),
+    class_split: str | Path | ClassSplit | None = None,
+    split_seed: int = 0,
+    skip_bad: bool = False,
+    name: str | None = None,
+    label_base: int | None = None,
+    resplit: float | None = None,
 ) -> Dataset:
     """Any DSCMR-style feature folder (layout in the module docstring)."""
     root = Path(root).expanduser()
-    return load_dscmr_folder(root, name=name or root.name, class_names=class_names, splits=splits,
-                             class_split=class_split, split_seed=split_seed, skip_bad=skip_bad,
-                             label_base=label_base, resplit=resplit)
+    return load_dscmr_folder(
+        root,
+        name=name or root.name,
+        class_names=class_names,
+        splits=splits,
+        class_split=class_split,
+        split_seed=split_seed,
+        skip_bad=skip_bad,
+        label_base=label_base,
+        resplit=resplit,
+    )

@@ -28,22 +28,50 @@ _SHORT = {"train": ("tr",), "valid": ("val", "va"), "test": ("te",)}
 
 #: Key conventions of the split layouts ({L}: train/valid/val/test, {S}: tr/val/te), in order.
 SPLIT_KEYS = {
-    "image": ("{L}_img", "{L}_imgs_deep", "{L}_img_deep", "{L}_imgs", "img_{L}", "image_{L}",
-              "{L}_image", "{L}_images", "I_{S}", "{S}_img", "img_{S}"),
-    "text": ("{L}_txt", "{L}_text", "{L}_texts", "{L}_txt_deep", "text_{L}", "txt_{L}",
-             "{L}_texts_deep", "T_{S}", "{S}_txt", "txt_{S}"),
-    "label": ("{L}_img_lab", "{L}_imgs_labels", "{L}_img_labels", "{L}_img_label", "label_{L}",
-              "labels_{L}", "lab_{L}", "{L}_label", "{L}_labels", "{L}_lab", "L_{S}",
-              "{S}_img_lab", "{S}_lab"),
-    "text_label": ("{L}_txt_lab", "{L}_texts_labels", "{L}_text_labels", "{L}_txt_labels",
-                   "{L}_txt_label", "text_label_{L}", "label_text_{L}", "{S}_txt_lab"),
+    "image": (
+        "{L}_img",
+        "{L}_imgs_deep",
+        "{L}_img_deep",
+        "{L}_imgs",
+        "img_{L}",
+        "image_{L}",
+        "{L}_image",
+        "{L}_images",
+        "I_{S}",
+        "{S}_img",
+        "img_{S}",
+    ),
+    "text": ("{L}_txt", "{L}_text", "{L}_texts", "{L}_txt_deep", "text_{L}", "txt_{L}", "{L}_texts_deep", "T_{S}", "{S}_txt", "txt_{S}"),
+    "label": (
+        "{L}_img_lab",
+        "{L}_imgs_labels",
+        "{L}_img_labels",
+        "{L}_img_label",
+        "label_{L}",
+        "labels_{L}",
+        "lab_{L}",
+        "{L}_label",
+        "{L}_labels",
+        "{L}_lab",
+        "L_{S}",
+        "{S}_img_lab",
+        "{S}_lab",
+    ),
+    "text_label": (
+        "{L}_txt_lab",
+        "{L}_texts_labels",
+        "{L}_text_labels",
+        "{L}_txt_labels",
+        "{L}_txt_label",
+        "text_label_{L}",
+        "label_text_{L}",
+        "{S}_txt_lab",
+    ),
 }
 #: Key conventions of one set of all pairs plus a split (DCMH ``XAll``/``YAll``/``LAll`` …).
 SINGLE_KEYS = {
-    "image": ("XAll", "I_all", "img_all", "image_all", "image", "img", "images",
-              "image_features", "img_feats"),
-    "text": ("YAll", "TAll", "T_all", "txt_all", "text_all", "text", "txt", "texts", "tags",
-             "text_features", "txt_feats"),
+    "image": ("XAll", "I_all", "img_all", "image_all", "image", "img", "images", "image_features", "img_feats"),
+    "text": ("YAll", "TAll", "T_all", "txt_all", "text_all", "text", "txt", "texts", "tags", "text_features", "txt_feats"),
     "label": ("LAll", "L_all", "label_all", "labels", "label", "lab", "y"),
     "text_label": ("text_labels", "text_label", "txt_lab"),
 }
@@ -55,8 +83,7 @@ SPLIT_MARKS = {
     "test_index": ("test_idx", "idx_test", "test_index", "test_ind", "test_indices"),
 }
 CLASS_NAME_KEYS = ("class_names", "classnames", "classes", "categories", "concepts")
-CLASS_NAME_FILES = ("classes.txt", "class_names.txt", "classnames.txt", "categories.txt",
-                    "categories.list")
+CLASS_NAME_FILES = ("classes.txt", "class_names.txt", "classnames.txt", "categories.txt", "categories.list")
 VALID_SPLITS = ("train", "test", "drop")
 _DSCMR_FILE = re.compile(r"^(train|valid|val|test)_(img|txt|img_lab|txt_lab)$", re.I)
 _DCMH_FILE = re.compile(r"(xall|yall|lall)", re.I)
@@ -73,8 +100,7 @@ def read_feature_arrays(path: Path) -> dict[str, np.ndarray]:
 def _feature_files_in(folder: Path, tag: str | None = None) -> list[Path]:
     """Feature files directly in ``folder``, leaving out raw-image arrays (``*iall*``) and,
     when ``tag`` is given and some names carry that ``tcNN`` tag, the files of other subsets."""
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in FEATURE_EXTENSIONS and "iall" not in p.name.lower())
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FEATURE_EXTENSIONS and "iall" not in p.name.lower())
     if tag is not None:
         tags = {p: m.group(1) for p in files if (m := _TC_TAG.search(p.name))}
         if tag in tags.values():
@@ -83,8 +109,7 @@ def _feature_files_in(folder: Path, tag: str | None = None) -> list[Path]:
 
 
 def _dscmr_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in FEATURE_EXTENSIONS and _DSCMR_FILE.match(p.stem))
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FEATURE_EXTENSIONS and _DSCMR_FILE.match(p.stem))
 
 
 def _dcmh_files(folder: Path, tag: str | None) -> list[Path]:
@@ -95,9 +120,14 @@ def _dcmh_files(folder: Path, tag: str | None) -> list[Path]:
     return files if {"xall", "yall", "lall"} <= kinds else []
 
 
-def find_feature_files(root: Path, features_file: str | Path | Sequence[str | Path] | None, *,
-                       known: Sequence[str], dataset: str, tag: str | None = None,
-                       ) -> tuple[list[Path], str]:
+def find_feature_files(
+    root: Path,
+    features_file: str | Path | Sequence[str | Path] | None,
+    *,
+    known: Sequence[str],
+    dataset: str,
+    tag: str | None = None,
+) -> tuple[list[Path], str]:
     """The feature files to read and how they were found.
 
     ``features_file`` (a file, a folder or a list of them; relative paths are tried as given,
@@ -119,8 +149,7 @@ def find_feature_files(root: Path, features_file: str | Path | Sequence[str | Pa
             if p.is_dir():
                 got = _feature_files_in(p, tag)
                 if not got:
-                    raise DataError(f"{dataset}: feature folder {p} holds no feature file "
-                                    f"({', '.join(FEATURE_EXTENSIONS)}).")
+                    raise DataError(f"{dataset}: feature folder {p} holds no feature file ({', '.join(FEATURE_EXTENSIONS)}).")
                 paths.extend(got)
             else:
                 paths.append(p)
@@ -141,7 +170,8 @@ def find_feature_files(root: Path, features_file: str | Path | Sequence[str | Pa
         f"{dataset}: no feature files under {root} (or {root / 'features'}): looked for "
         f"{', '.join(known)}, a DSCMR folder (train_img.mat, train_txt.mat, train_img_lab.mat, "
         "test_…) and DCMH files (*-xall*.mat, *-yall*.mat, *-lall*.mat). Pass features_file= "
-        "(a file, a folder or a list of files).")
+        "(a file, a folder or a list of files)."
+    )
 
 
 @dataclass
@@ -166,8 +196,7 @@ class Arrays:
     def listing(self) -> str:
         have = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in sorted(self.arrays.items())) or "(none)"
         if self.ambiguous:
-            have += "; in several files (left out): " + ", ".join(
-                f"{k} ({', '.join(v)})" for k, v in sorted(self.ambiguous.items()))
+            have += "; in several files (left out): " + ", ".join(f"{k} ({', '.join(v)})" for k, v in sorted(self.ambiguous.items()))
         return have
 
     def get(self, key: str) -> tuple[str, np.ndarray] | None:
@@ -287,14 +316,19 @@ def _check_rows(parts: list[Part], src: Arrays, dataset: str) -> None:
             if arr is not None:
                 n[p.keys[role]] = _label_rows(arr, _rows(p.image))
         if len(set(n.values())) != 1:
-            raise DataError(f"{dataset}: {src.describe()}: the {p.split} arrays disagree in rows: "
-                            + ", ".join(f"{k} {v}" for k, v in n.items())
-                            + "; row i of each must be the same image–text pair.")
+            raise DataError(
+                f"{dataset}: {src.describe()}: the {p.split} arrays disagree in rows: "
+                + ", ".join(f"{k} {v}" for k, v in n.items())
+                + "; row i of each must be the same image–text pair."
+            )
     for role in ("image", "text"):
         dims = {(p.split, getattr(p, role).shape[1:]) for p in parts}
         if len({d for _, d in dims}) != 1:
-            raise DataError(f"{dataset}: {src.describe()}: the {role} feature sizes differ between splits: "
-                            + ", ".join(f"{s} {d}" for s, d in sorted(dims)) + ".")
+            raise DataError(
+                f"{dataset}: {src.describe()}: the {role} feature sizes differ between splits: "
+                + ", ".join(f"{s} {d}" for s, d in sorted(dims))
+                + "."
+            )
 
 
 def _rows(arr: np.ndarray) -> int:
@@ -313,16 +347,17 @@ def _features(arr: np.ndarray, key: str, src: Arrays) -> np.ndarray:
     if a.dtype.kind not in "fiub":
         raise DataError(f"{src.describe()}: {key} must hold numbers, got dtype {a.dtype}.")
     if a.ndim == 4:
-        raise DataError(f"{src.describe()}: {key} has shape {a.shape}: raw images (h×w×c×n, e.g. "
-                        "DCMH IAll), not features. Use feature arrays (e.g. XAll), or the raw "
-                        "source with the image files.")
+        raise DataError(
+            f"{src.describe()}: {key} has shape {a.shape}: raw images (h×w×c×n, e.g. "
+            "DCMH IAll), not features. Use feature arrays (e.g. XAll), or the raw "
+            "source with the image files."
+        )
     if a.ndim not in (2, 3):
         raise DataError(f"{src.describe()}: {key} must be (n, d) features, got shape {a.shape}.")
     return a
 
 
-def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size: int | None = None,
-               dataset: str) -> tuple[list[Part], str]:
+def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size: int | None = None, dataset: str) -> tuple[list[Part], str]:
     """The splits (``train``, ``valid``, ``test``) of ``src`` and the layout's name.
 
     Layouts, in order: split keys (``keys`` roles ``{split}_{role}`` or :data:`SPLIT_KEYS`),
@@ -333,8 +368,7 @@ def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size:
     explicit_split = any("_" in k and k.split("_", 1)[0] in FILE_SPLITS and k not in SPLIT_MARKS for k in keys)
     explicit_single = any(k in ROLES or k in SPLIT_MARKS for k in keys)
     if explicit_split and explicit_single:
-        raise ConfigError("keys mixes per-split roles (train_image, …) with one-set roles "
-                          "(image, split, …); use one kind.")
+        raise ConfigError("keys mixes per-split roles (train_image, …) with one-set roles (image, split, …); use one kind.")
     parts: list[Part] = []
     if not explicit_single:
         found = _split_layout(src, keys)
@@ -344,24 +378,33 @@ def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size:
                 if got is None:
                     if split == "valid":
                         continue
-                    raise DataError(f"{dataset}: {src.describe()} has {', '.join(found)} arrays but "
-                                    f"no {split} image/text arrays (looked for "
-                                    f"{' or '.join(_templates('image', split)[:4])} …); it has {src.listing()}.")
+                    raise DataError(
+                        f"{dataset}: {src.describe()} has {', '.join(found)} arrays but "
+                        f"no {split} image/text arrays (looked for "
+                        f"{' or '.join(_templates('image', split)[:4])} …); it has {src.listing()}."
+                    )
                 missing = [r for r in ("image", "text") if r not in got]
                 if "label" not in got and "text_label" not in got:
                     missing.append("label")
                 if missing:
-                    raise DataError(f"{dataset}: the {split} split of {src.describe()} has no "
-                                    f"{' and no '.join(missing)} array (looked for "
-                                    + "; ".join(f"{r}: {', '.join(_templates(r, split)[:5])} …" for r in missing)
-                                    + f"); it has {src.listing()}. Name them with keys=.")
+                    raise DataError(
+                        f"{dataset}: the {split} split of {src.describe()} has no "
+                        f"{' and no '.join(missing)} array (looked for "
+                        + "; ".join(f"{r}: {', '.join(_templates(r, split)[:5])} …" for r in missing)
+                        + f"); it has {src.listing()}. Name them with keys=."
+                    )
                 n = _rows(np.asarray(got["image"][1]))
-                parts.append(Part(
-                    split, _features(got["image"][1], got["image"][0], src),
-                    _features(got["text"][1], got["text"][0], src),
-                    got["label"][1] if "label" in got else None,
-                    got["text_label"][1] if "text_label" in got else None,
-                    {r: src.where(got[r][0]) for r in got}, [f"{split}-{i:06d}" for i in range(n)]))
+                parts.append(
+                    Part(
+                        split,
+                        _features(got["image"][1], got["image"][0], src),
+                        _features(got["text"][1], got["text"][0], src),
+                        got["label"][1] if "label" in got else None,
+                        got["text_label"][1] if "text_label" in got else None,
+                        {r: src.where(got[r][0]) for r in got},
+                        [f"{split}-{i:06d}" for i in range(n)],
+                    )
+                )
             _check_rows(parts, src, dataset)
             return parts, "split keys"
         if explicit_split:
@@ -379,22 +422,28 @@ def _cell_layout(src: Arrays, dataset: str) -> list[Part]:
         if got is None:
             if split == "valid":
                 continue
-            raise DataError(f"{dataset}: {src.describe()} has cell arrays but no {split!r} cell; "
-                            f"it has {src.listing()}.")
+            raise DataError(f"{dataset}: {src.describe()} has cell arrays but no {split!r} cell; it has {src.listing()}.")
         views = _cells(got[1])
         lab_key = next((f"{k}_labels" for k in _LONG[split] if src.get(f"{k}_labels") is not None), None)
         if len(views) < 2 or lab_key is None:
-            raise DataError(f"{dataset}: {src.describe()}: the {got[0]!r} cell needs an image (view 0) "
-                            f"and a text (view 1) array and a {got[0]}_labels cell; it has {len(views)} "
-                            f"view(s) and labels {'found' if lab_key else 'missing'}.")
+            raise DataError(
+                f"{dataset}: {src.describe()}: the {got[0]!r} cell needs an image (view 0) "
+                f"and a text (view 1) array and a {got[0]}_labels cell; it has {len(views)} "
+                f"view(s) and labels {'found' if lab_key else 'missing'}."
+            )
         labs = _cells(src.get(lab_key)[1])
         n = _rows(views[0])
-        parts.append(Part(split, _features(views[0], f"{got[0]}{{1}}", src),
-                          _features(views[1], f"{got[0]}{{2}}", src),
-                          labs[0], labs[1] if len(labs) > 1 else None,
-                          {"image": f"{got[0]}{{1}}", "text": f"{got[0]}{{2}}",
-                           "label": f"{lab_key}{{1}}", "text_label": f"{lab_key}{{2}}"},
-                          [f"{split}-{i:06d}" for i in range(n)]))
+        parts.append(
+            Part(
+                split,
+                _features(views[0], f"{got[0]}{{1}}", src),
+                _features(views[1], f"{got[0]}{{2}}", src),
+                labs[0],
+                labs[1] if len(labs) > 1 else None,
+                {"image": f"{got[0]}{{1}}", "text": f"{got[0]}{{2}}", "label": f"{lab_key}{{1}}", "text_label": f"{lab_key}{{2}}"},
+                [f"{split}-{i:06d}" for i in range(n)],
+            )
+        )
     _check_rows(parts, src, dataset)
     return parts
 
@@ -411,8 +460,9 @@ def _index_rows(idx: np.ndarray, n: int, key: str, src: Arrays) -> np.ndarray:
     if one_based:
         a = a - 1
     if a.size and (a.min() < 0 or a.max() >= n):
-        raise DataError(f"{src.describe()}: {key} holds row indices outside the {n} rows "
-                        f"({'1' if one_based else '0'}-based: {a.min()}..{a.max()}).")
+        raise DataError(
+            f"{src.describe()}: {key} holds row indices outside the {n} rows ({'1' if one_based else '0'}-based: {a.min()}..{a.max()})."
+        )
     return a
 
 
@@ -425,14 +475,14 @@ def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dat
             got[role] = hit
     if "image" not in got or "text" not in got or ("label" not in got and "text_label" not in got):
         raw = src.first(("IAll", "I_all_raw"))
-        extra = (f" ({raw[0]} holds raw images, not features: this loader reads image features "
-                 "such as XAll)") if raw is not None else ""
+        extra = (f" ({raw[0]} holds raw images, not features: this loader reads image features such as XAll)") if raw is not None else ""
         raise DataError(
             f"{dataset}: cannot tell the layout of {src.describe()}{extra}: found no split arrays "
             f"(e.g. {', '.join(_templates('image', 'train')[:4])}), no five-view cells and no "
             f"complete set of all pairs (image: {', '.join(SINGLE_KEYS['image'][:4])} …; text: "
             f"{', '.join(SINGLE_KEYS['text'][:4])} …; label: {', '.join(SINGLE_KEYS['label'][:4])} …). "
-            f"It has {src.listing()}. Name the arrays with keys=.")
+            f"It has {src.listing()}. Name the arrays with keys=."
+        )
     image = _features(got["image"][1], got["image"][0], src)
     text = _features(got["text"][1], got["text"][0], src)
     n = _rows(image)
@@ -449,14 +499,14 @@ def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dat
             o = src.require(keys[other], other) if keys.get(other) else src.first(SPLIT_MARKS[other])
             tr_key, te_key = (k, o[0] if o else None) if mark == "train_index" else (o[0] if o else None, k)
             if tr_key is None or te_key is None:
-                raise DataError(f"{dataset}: {src.describe()} has {k} but no {other.replace('_', ' ')} "
-                                f"array ({', '.join(SPLIT_MARKS[other])}).")
+                raise DataError(
+                    f"{dataset}: {src.describe()} has {k} but no {other.replace('_', ' ')} array ({', '.join(SPLIT_MARKS[other])})."
+                )
             tr = _index_rows(src.arrays[tr_key], n, tr_key, src)
             te = _index_rows(src.arrays[te_key], n, te_key, src)
             both = np.intersect1d(tr, te)
             if both.size:
-                raise DataError(f"{dataset}: {src.describe()}: rows {both[:5].tolist()} are in both "
-                                f"{tr_key} and {te_key}.")
+                raise DataError(f"{dataset}: {src.describe()}: rows {both[:5].tolist()} are in both {tr_key} and {te_key}.")
             split = np.full(n, "", dtype=object)
             split[tr] = "train"
             split[te] = "test"
@@ -467,18 +517,27 @@ def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dat
         if a.dtype.kind in "USO":
             vals = [x.decode() if isinstance(x, bytes) else str(x) for x in a.tolist()]
             vals = [v.strip().lower() for v in vals]
-            vals = ["train" if v in ("train", "tr", "training") else "test" if v in ("test", "te", "query")
-                    else "" if v in ("", "none", "unused") else v for v in vals]
+            vals = [
+                "train"
+                if v in ("train", "tr", "training")
+                else "test"
+                if v in ("test", "te", "query")
+                else ""
+                if v in ("", "none", "unused")
+                else v
+                for v in vals
+            ]
             bad = sorted({v for v in vals if v not in ("train", "test", "")})
             if bad:
-                raise DataError(f"{dataset}: {src.describe()}: {k} holds {format_list(bad)}; expected "
-                                "'train' or 'test'.")
+                raise DataError(f"{dataset}: {src.describe()}: {k} holds {format_list(bad)}; expected 'train' or 'test'.")
             split = np.array(vals, dtype=object)
         else:
             if not np.isin(a, (0, 1)).all():
-                raise DataError(f"{dataset}: {src.describe()}: {k} must be 0/1 "
-                                f"({'1 = test' if mark != 'is_train' else '1 = train'}) or the strings "
-                                "'train'/'test'.")
+                raise DataError(
+                    f"{dataset}: {src.describe()}: {k} must be 0/1 "
+                    f"({'1 = test' if mark != 'is_train' else '1 = train'}) or the strings "
+                    "'train'/'test'."
+                )
             is_test = (a == 1) if mark != "is_train" else (a == 0)
             split = np.where(is_test, "test", "train").astype(object)
         how = src.where(k)
@@ -489,7 +548,8 @@ def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dat
                 f"{dataset}: {src.describe()} holds all pairs in one set ({got['image'][0]}, "
                 f"{got['text'][0]}) with no split array ({', '.join(m for v in SPLIT_MARKS.values() for m in v[:2])}). "
                 "Pass test_size=N to make the last N rows the test pairs (the DCMH/DSCMR convention: "
-                "2100 for NUS-WIDE TC-10/TC-21), or add a split array.")
+                "2100 for NUS-WIDE TC-10/TC-21), or add a split array."
+            )
         if isinstance(test_size, bool) or not isinstance(test_size, int) or not 0 < test_size < n:
             raise ConfigError(f"test_size must be an integer in 1..{n - 1}, got {test_size!r}.")
         split = np.array(["train"] * (n - test_size) + ["test"] * test_size, dtype=object)
@@ -497,18 +557,24 @@ def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dat
     parts = []
     for s in ("train", "test"):
         rows = np.flatnonzero(split == s)
-        parts.append(Part(
-            s, image[rows], text[rows],
-            _take(got["label"][1], rows, n) if "label" in got else None,
-            _take(got["text_label"][1], rows, n) if "text_label" in got else None,
-            {r: src.where(got[r][0]) for r in got} | {"split": how},
-            [f"row-{i:06d}" for i in rows]))
-    lengths = {src.where(got[r][0]): _label_rows(got[r][1], n) if r in ("label", "text_label") else _rows(got[r][1])
-               for r in got}
+        parts.append(
+            Part(
+                s,
+                image[rows],
+                text[rows],
+                _take(got["label"][1], rows, n) if "label" in got else None,
+                _take(got["text_label"][1], rows, n) if "text_label" in got else None,
+                {r: src.where(got[r][0]) for r in got} | {"split": how},
+                [f"row-{i:06d}" for i in rows],
+            )
+        )
+    lengths = {src.where(got[r][0]): _label_rows(got[r][1], n) if r in ("label", "text_label") else _rows(got[r][1]) for r in got}
     if len(set(lengths.values())) != 1:
-        raise DataError(f"{dataset}: {src.describe()}: the arrays disagree in rows: "
-                        + ", ".join(f"{k} {v}" for k, v in lengths.items())
-                        + "; row i of each must be the same image–text pair.")
+        raise DataError(
+            f"{dataset}: {src.describe()}: the arrays disagree in rows: "
+            + ", ".join(f"{k} {v}" for k, v in lengths.items())
+            + "; row i of each must be the same image–text pair."
+        )
     return parts
 
 
@@ -565,13 +631,18 @@ def _decode(arr: np.ndarray, n: int, key: str, describe: str) -> tuple[str, np.n
     if a.ndim == 2 and a.shape[0] == n:
         bad = ~np.isin(a, (0, 1)).all(axis=1)
         return "multi", (a == 1), bad
-    raise DataError(f"{describe}: {key} must be (n,) class ids or (n, C) 0/1 labels for {n} rows, "
-                    f"got shape {a.shape}.")
+    raise DataError(f"{describe}: {key} must be (n,) class ids or (n, C) 0/1 labels for {n} rows, got shape {a.shape}.")
 
 
-def decode_rows(parts: list[Part], *, describe: str, n_names: int | None = None,
-                label_base: int | str = "auto", valid_split: str = "train",
-                check_empty_text: bool = True) -> Rows:
+def decode_rows(
+    parts: list[Part],
+    *,
+    describe: str,
+    n_names: int | None = None,
+    label_base: int | str = "auto",
+    valid_split: str = "train",
+    check_empty_text: bool = True,
+) -> Rows:
     """Decode every part's labels into class indices and collect per-row problems (see
     :class:`Rows`). ``valid_split``: where a ``valid`` split goes (``train``/``test``/``drop``)."""
     if valid_split not in VALID_SPLITS:
@@ -586,9 +657,11 @@ def decode_rows(parts: list[Part], *, describe: str, n_names: int | None = None,
         lab = _decode(p.label, n, p.keys["label"], describe) if p.label is not None else None
         tl = _decode(p.text_label, n, p.keys["text_label"], describe) if p.text_label is not None else None
         if lab is not None and tl is not None and (lab[0] != tl[0] or lab[1].shape != tl[1].shape):
-            raise DataError(f"{describe}: {p.keys['label']} has shape {np.shape(p.label)} but "
-                            f"{p.keys['text_label']} has {np.shape(p.text_label)}: the image and text "
-                            "labels must be the same kind and size.")
+            raise DataError(
+                f"{describe}: {p.keys['label']} has shape {np.shape(p.label)} but "
+                f"{p.keys['text_label']} has {np.shape(p.text_label)}: the image and text "
+                "labels must be the same kind and size."
+            )
         main = lab if lab is not None else tl
         kinds.add((main[0], main[1].shape[1] if main[0] == "multi" else None))
         decoded.append((p, lab, tl))
@@ -633,8 +706,7 @@ def decode_rows(parts: list[Part], *, describe: str, n_names: int | None = None,
                 else:
                     out.append(tuple(int(j) for j in np.flatnonzero(vals[r])))
             sets.append(out)
-        text_zero = (~np.asarray(p.text).reshape(n, -1).astype(bool).any(axis=1) if check_empty_text
-                     else np.zeros(n, bool))
+        text_zero = ~np.asarray(p.text).reshape(n, -1).astype(bool).any(axis=1) if check_empty_text else np.zeros(n, bool)
         for r in range(n):
             why = []
             li = sets[0][r] if sets[0] is not None else None
@@ -643,11 +715,15 @@ def decode_rows(parts: list[Part], *, describe: str, n_names: int | None = None,
             got = li if sets[0] is not None else lt
             if got is None:
                 raw = (lab or tl)[1][r]
-                why.append(f"{main_key} row {r}: {_raw(raw)} is not "
-                           + (f"a class id in {base}..{base + n_classes - 1}" if kind == "ids" else "0/1"))
+                why.append(
+                    f"{main_key} row {r}: {_raw(raw)} is not "
+                    + (f"a class id in {base}..{base + n_classes - 1}" if kind == "ids" else "0/1")
+                )
             if sets[0] is not None and sets[1] is not None and li is not None and lt is not None and li != lt:
-                why.append(f"image label {_show(li, base, kind)} ({p.keys['label']}) but text label "
-                           f"{_show(lt, base, kind)} ({p.keys['text_label']})")
+                why.append(
+                    f"image label {_show(li, base, kind)} ({p.keys['label']}) but text label "
+                    f"{_show(lt, base, kind)} ({p.keys['text_label']})"
+                )
             elif sets[0] is not None and sets[1] is not None and li is not None and lt is None:
                 why.append(f"{p.keys['text_label']} row {r}: {_raw((tl)[1][r])} is not a valid label")
             if text_zero[r]:
@@ -665,8 +741,7 @@ def decode_rows(parts: list[Part], *, describe: str, n_names: int | None = None,
     meta["splits_in_file"] = [p.split for p, _, _ in decoded]
     if any(p.split == "valid" for p in parts):
         meta["valid_split"] = valid_split
-    return Rows(ids, splits, where, image, text, labels, reasons, np.array(bad_rows, dtype=bool),
-                n_classes, kind, meta)
+    return Rows(ids, splits, where, image, text, labels, reasons, np.array(bad_rows, dtype=bool), n_classes, kind, meta)
 
 
 def _raw(v: object) -> str:
@@ -684,15 +759,18 @@ def pairing_hint(rows: Rows) -> str:
     """A hint when most rows' image and text labels disagree: the files are not pairs."""
     n = sum(1 for r in rows.reasons if any("but text label" in x for x in r))
     if rows.ids and n > len(rows.ids) // 2:
-        return (f"The image and text labels disagree on {n} of {len(rows.ids)} rows: the image and "
-                "text arrays do not look paired row by row (each media listed on its own). This "
-                "loader needs files whose row i of the image and of the text array is one pair.")
+        return (
+            f"The image and text labels disagree on {n} of {len(rows.ids)} rows: the image and "
+            "text arrays do not look paired row by row (each media listed on its own). This "
+            "loader needs files whose row i of the image and of the text array is one pair."
+        )
     return ""
 
 
 # =============================================================================== class names
-def read_class_names(class_names: Sequence[str] | str | Path | None, *, src: Arrays | None = None,
-                     folders: Sequence[Path] = (), dataset: str) -> tuple[list[str] | None, str]:
+def read_class_names(
+    class_names: Sequence[str] | str | Path | None, *, src: Arrays | None = None, folders: Sequence[Path] = (), dataset: str
+) -> tuple[list[str] | None, str]:
     """Class names and where they came from: ``class_names`` (a list, or a text file with one
     name a line), a string array of :data:`CLASS_NAME_KEYS` in ``src``, or a
     :data:`CLASS_NAME_FILES` file in one of ``folders``; ``(None, "label ids")`` otherwise."""
@@ -746,6 +824,9 @@ def _unique(names: list[str], dataset: str, where: str) -> list[str]:
 
 def feature_set(rows: Rows, keep: np.ndarray, dataset: str, source: str) -> FeatureSet:
     idx = np.flatnonzero(keep)
-    return FeatureSet(ModalityFeatures.from_array(rows.image[idx], name=f"{dataset} image features"),
-                      ModalityFeatures.from_array(rows.text[idx], name=f"{dataset} text features"),
-                      tuple(rows.ids[i] for i in idx), {"source": source})
+    return FeatureSet(
+        ModalityFeatures.from_array(rows.image[idx], name=f"{dataset} image features"),
+        ModalityFeatures.from_array(rows.text[idx], name=f"{dataset} text features"),
+        tuple(rows.ids[i] for i in idx),
+        {"source": source},
+    )

