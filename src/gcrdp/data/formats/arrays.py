@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -158,6 +159,14 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     return readers[ext](path)
 
 
+@overload
+def pick(
+    arrays: dict[str, np.ndarray], keys: Sequence[str], path: str | Path, what: str, required: Literal[True] = ...
+) -> tuple[str, np.ndarray]: ...
+@overload
+def pick(
+    arrays: dict[str, np.ndarray], keys: Sequence[str], path: str | Path, what: str, required: bool
+) -> tuple[str, np.ndarray] | None: ...
 def pick(
     arrays: dict[str, np.ndarray], keys: Sequence[str], path: str | Path, what: str, required: bool = True
 ) -> tuple[str, np.ndarray] | None:

@@ -361,9 +361,13 @@ def load_clip_retrieval(
 
     # ------------------------------------------------------------ features
     dtype = "float16" if all(a.dtype == np.float16 for a in imgs + txts) else "float32"
-    image = ModalityFeatures.from_array(np.concatenate([np.asarray(a) for a in imgs]), name="clip-retrieval image embeddings", dtype=dtype)
-    text = ModalityFeatures.from_array(np.concatenate([np.asarray(a) for a in txts]), name="clip-retrieval text embeddings", dtype=dtype)
-    feats = FeatureSet(image, text, tuple(s.id for s in samples), {"source": str(root.resolve()), "format": "clip-retrieval"})
+    image_feats = ModalityFeatures.from_array(
+        np.concatenate([np.asarray(a) for a in imgs]), name="clip-retrieval image embeddings", dtype=dtype
+    )
+    text_feats = ModalityFeatures.from_array(
+        np.concatenate([np.asarray(a) for a in txts]), name="clip-retrieval text embeddings", dtype=dtype
+    )
+    feats = FeatureSet(image_feats, text_feats, tuple(s.id for s in samples), {"source": str(root.resolve()), "format": "clip-retrieval"})
     classes = sorted({lab for s in samples for lab in s.labels})
     meta = {
         "source": str(root.resolve()),

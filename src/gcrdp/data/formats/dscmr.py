@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -67,13 +68,13 @@ def read_dscmr_split(folder: Path, split: str) -> dict[str, np.ndarray] | None:
         return None
     missing = [f"{split}_{p}.mat" for p in PARTS if found[p] is None]
     if missing:
-        present = ", ".join(found[p].name for p in PARTS if found[p] is not None)
+        present = ", ".join(cast(Path, found[p]).name for p in PARTS if found[p] is not None)
         raise DataError(f"DSCMR folder {folder}: split {split!r} is incomplete: missing {', '.join(missing)} (found {present}).")
     out = {p: _read_one(path) for p, path in found.items() if path is not None}
-    n = {found[p].name: int(np.shape(v)[0]) if np.ndim(v) else 0 for p, v in out.items()}
+    n = {cast(Path, found[p]).name: int(np.shape(v)[0]) if np.ndim(v) else 0 for p, v in out.items()}
     for p in ("img", "txt"):
         if out[p].ndim != 2:
-            raise DataError(f"DSCMR folder {folder}: {found[p].name} must be (n, d), got shape {out[p].shape}.")
+            raise DataError(f"DSCMR folder {folder}: {cast(Path, found[p]).name} must be (n, d), got shape {out[p].shape}.")
     if len(set(n.values())) != 1:
         raise DataError(
             f"DSCMR folder {folder}: the {split} files disagree in rows: "
@@ -186,6 +187,7 @@ def load_dscmr_folder(
             if tl.shape != lab.shape:
                 raise DataError(f"DSCMR folder {folder}: {split}_txt_lab has shape {tl.shape} but {split}_img_lab has {lab.shape}.")
             rows_bad = np.flatnonzero((tl != lab).reshape(len(lab), -1).any(axis=1))
+            r: int | np.integer[Any]
             for r in rows_bad:
                 problems.add(
                     f"{split} row {r}", f"image and text labels disagree ({lab[r].tolist()} vs {tl[r].tolist()})", f"{split}-{r:06d}"

@@ -158,6 +158,7 @@ def load_folder(
                 f"folders, not both.\n{LAYOUT_HELP}"
             )
         class_dirs: list[tuple[str | None, Path]] = []
+        split: str | None
         for split in SPLITS:
             sub = _children(root / split)
             class_dirs += [(split, p) for p in sub if p.is_dir()]

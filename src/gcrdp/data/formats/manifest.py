@@ -365,8 +365,8 @@ def load_manifest(
         if not skip_bad:
             _raise_problems(path, problems, n_rows)
         ids_by_line = {r.line: r.id for r in rows}
-        for p in problems:
-            m = re.match(r"line (\d+): (.*)", p, re.S)
+        for problem in problems:
+            m = re.match(r"line (\d+): (.*)", problem, re.S)
             if m is not None:
                 ln = int(m.group(1))
                 skipped.append({"where": f"line {ln}", "sample": ids_by_line.get(ln), "reason": m.group(2)})

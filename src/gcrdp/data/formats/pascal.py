@@ -113,6 +113,7 @@ def _read_captions(root: Path, captions_file: Path | None, problems: Problems) -
         for f in sorted(cat_dir.glob("*.txt")):
             text, why = read_utf8(f)
             if text is None:
+                assert why is not None  # read_utf8 gives a reason whenever it gives no text
                 problems.add(str(f), why, f.stem + ".jpg")
                 continue
             out[f.stem + ".jpg"] = (cat_dir.name, [ln.strip() for ln in text.splitlines() if ln.strip()], str(f))

@@ -171,7 +171,7 @@ def load_wikipedia(
         fpath = _find_features(root, features_file)
         arrays = read_arrays(fpath)
         meta["features_file"] = str(fpath.resolve())
-        parts = {}
+        split_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for split in ("train", "test"):
             suf = _SPLIT_SUFFIX[split]
             n_rows = sum(r[0] == split for r in rows)
@@ -192,11 +192,14 @@ def load_wikipedia(
                 for r, v in zip(split_rows, lv):
                     if int(v) != r[3] and 1 <= r[3] <= len(classes):  # a bad class is a problem already
                         problems.add(r[4], f"class {r[3]} in the list file but {int(v)} in {fpath.name} {lab[0]}", r[1])
-            parts[split] = (img, txt)
-        if parts["train"][0].shape[1] != parts["test"][0].shape[1] or parts["train"][1].shape[1] != parts["test"][1].shape[1]:
+            split_arrays[split] = (img, txt)
+        if (
+            split_arrays["train"][0].shape[1] != split_arrays["test"][0].shape[1]
+            or split_arrays["train"][1].shape[1] != split_arrays["test"][1].shape[1]
+        ):
             raise DataError(f"Wikipedia: {fpath}: train and test feature dimensions differ.")
-        img = np.concatenate([parts["train"][0], parts["test"][0]])
-        txt = np.concatenate([parts["train"][1], parts["test"][1]])
+        img = np.concatenate([split_arrays["train"][0], split_arrays["test"][0]])
+        txt = np.concatenate([split_arrays["train"][1], split_arrays["test"][1]])
         order = [r for s in ("train", "test") for r in rows if r[0] == s]
         if [r[1] for r in order] != [r[1] for r in rows]:  # rows are train then test already
             raise DataError("internal: Wikipedia rows out of order")  # pragma: no cover
