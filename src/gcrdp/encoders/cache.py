@@ -367,8 +367,8 @@ def _assemble(cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) ->
     item among them. One chunk in memory at a time (masks first, to size the output).
     :class:`DamagedChunk` when a chunk fails to read."""
     by_chunk: dict[Path, list[int]] = {}
-    for pos, (chunk, _row) in enumerate(where):
-        by_chunk.setdefault(chunk, []).append(pos)
+    for i, (chunk, _row) in enumerate(where):
+        by_chunk.setdefault(chunk, []).append(i)
     rows_of = {c: np.asarray([where[p][1] for p in ps]) for c, ps in by_chunk.items()}
     length = 1
     for chunk, rows in rows_of.items():
@@ -381,6 +381,7 @@ def _assemble(cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) ->
             local = np.zeros((n, length, arr["local"].shape[2]), dtype=dtype)
             mask = np.zeros((n, length), dtype=bool)
             pooled = np.zeros((n, arr["pooled"].shape[1]), dtype=dtype)
+        assert local is not None and mask is not None and pooled is not None  # allocated at the first chunk
         if arr["local"].shape[2] != local.shape[2] or arr["pooled"].shape[1] != pooled.shape[1]:
             raise DamagedChunk(chunk, f"feature dimension {arr['local'].shape[2]} differs from {local.shape[2]} in its space")
         pos, rows = np.asarray(positions), rows_of[chunk]
@@ -556,6 +557,7 @@ def encode_items(
     search index)."""
     modality = getattr(encoder, "modality", None)
     check_encoder(encoder, modality if modality in ("image", "text") else "image", "encoder")
+    assert modality is not None  # check_encoder made it "image" or "text"
     dtype = check_dtype(dtype)
     check_batch_size(batch_size)
     if modality == "image":

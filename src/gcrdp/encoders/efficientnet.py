@@ -79,7 +79,7 @@ class _FeatureMap(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # an EfficientNet with extract_features(), which torch.nn.Module does not declare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)

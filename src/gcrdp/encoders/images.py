@@ -68,6 +68,7 @@ def load_image(path: str | Path, background: tuple[int, int, int] = (255, 255, 2
     ``background``). A missing or undecodable file raises :class:`DataError`."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    im: Image.Image
     try:
         with Image.open(path) as im:
             im.load()  # decode fully now: truncated files fail here, not later
@@ -161,7 +162,7 @@ class ImagePreprocessor:
         else:
             im = to_rgb(image, self.background)
         im = self.resize_image(im)
-        x = np.asarray(im, dtype=np.float32)  # (H, W, 3) in 0..255
+        x: np.ndarray = np.asarray(im, dtype=np.float32)  # (H, W, 3) in 0..255
         mean, std = NORMALIZATIONS[self.normalization]
         x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))

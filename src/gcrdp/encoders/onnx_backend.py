@@ -61,7 +61,7 @@ def export_onnx_bytes(module: Any, example: Any, input_name: str, output_name: s
             )
             if "dynamo" in params:
                 kwargs["dynamo"] = False
-            torch.onnx.export(module, (example,), buf, **kwargs)
+            torch.onnx.export(module, (example,), buf, **kwargs)  # type: ignore[arg-type]  # f: a file object works; torch annotates str | PathLike
             return buf.getvalue()
         except Exception as exc:  # exporter missing or failing in this torch: try the other one
             log.info("TorchScript ONNX export unavailable (%s); using the dynamo exporter", exc)
@@ -75,6 +75,7 @@ def export_onnx_bytes(module: Any, example: Any, input_name: str, output_name: s
             dynamo=True,
             opset_version=ONNX_OPSET,
         )
+        assert program is not None  # dynamo=True returns an ONNXProgram
         return program.model_proto.SerializeToString()
 
 
