@@ -208,6 +208,7 @@ def _dense_multi_positive_infonce(
         candidates = ~same_mod | own_views  # (2BK, 2BK)
     positives = own_views  # (2BK, 2BK) own pair (both modalities, or the other one)
     if class_positives:
+        assert labels is not None  # validated: class_positives needs labels
         share = _class_share(labels.to(device), b)  # (B, B)
         positives = positives | (share[pair][:, pair] & not_self)  # (2BK, 2BK)
     positives = positives & candidates
@@ -219,6 +220,7 @@ def _dense_multi_positive_infonce(
         n_pos = positives.sum(dim=1).clamp(min=1)  # (2BK,) ≥ K ≥ 1 by construction
         per_anchor = -torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1) / n_pos  # (2BK,)
         return 0.5 * (per_anchor[:bk].mean() + per_anchor[bk:].mean())
+    assert image_weights is not None and text_weights is not None  # validated: both or neither
     w = torch.cat([image_weights.reshape(bk), text_weights.reshape(bk)]).to(logits.dtype)  # (2BK,)
     pos_w = torch.where(positives, w[None, :].expand(n, n), torch.zeros_like(log_prob))  # (2BK, 2BK)
     tiny = torch.finfo(logits.dtype).tiny

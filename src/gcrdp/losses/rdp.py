@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import cast
 
 import torch
 
@@ -237,8 +238,8 @@ def rdp_teacher_loss(
         add(s_x, t_x)
         add(s_x.T, t_x)
     if mode == "all":  # the within-modality terms and the cross-modal ones count equally
-        loss = 0.5 * (sum(terms[:4]) / 4 + sum(terms[4:]) / 2)
+        loss = cast(torch.Tensor, 0.5 * (sum(terms[:4]) / 4 + sum(terms[4:]) / 2))  # sums of tensors
     else:
-        loss = sum(terms) / len(terms)
+        loss = cast(torch.Tensor, sum(terms) / len(terms))
     pairs_frac = float(masks[0].sum()) / (b * (b - 1)) if b > 1 else 0.0
     return loss, {"rdp": float(loss.detach()), "rdp_pairs": pairs_frac}

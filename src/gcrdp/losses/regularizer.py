@@ -16,6 +16,7 @@ Two terms, in the spirit of DSCMR (Zhen et al., CVPR 2019):
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,7 @@ def cross_modal_regularizer(
                 "cross_modal_regularizer got classifier logits but labels=None; pass the "
                 "(batch, classes) multi-hot labels or drop the logits."
             )
-        label = sum(label_space_loss(x, labels) for x in given) / len(given)
+        label = cast(torch.Tensor, sum(label_space_loss(x, labels) for x in given) / len(given))  # a sum of tensors
         total = total + label_weight * label
         label_value = float(label.detach())
     return total, {"invariance": float(invariance.detach()), "label": label_value}

@@ -473,6 +473,7 @@ def _fit_prepared(
         # (x, x²) (B, N, D) each; padded rows hold the finite -centre: γ = 0, they count nowhere
         stats = _stats(x - centre)
         means = means - centre
+        resp: Tensor | None
         for _ in range(cfg.n_iter):
             resp, _ = _e_step(stats, mask, weights, means, variances, cfg.temperature)  # (B, K, N)
             weights, means, variances = _m_step(stats, resp, cfg, means, variances)

@@ -228,6 +228,7 @@ def fit_loop(
         entry = {"epoch": epoch, **{k: v / max(len(batches), 1) for k, v in sums.items()}}
         if has_val:
             model.eval()
+            assert data.val is not None and data.val_labels is not None  # has_val
             score = validation_map(embed, data.val, data.val_labels, metric)
             entry["val_map"] = score
             if score > best + config.min_delta:
