@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -331,7 +331,7 @@ class CCAMethod:
         history: list[dict[str, float]] = []
         for reg in candidates:
             fit = self._fit_one(X, Y, w, reg)
-            scores = self._val_scores(fit, data.val, data.val_labels) if has_val else None
+            scores = self._val_scores(fit, cast(FeatureSet, data.val), cast(np.ndarray, data.val_labels)) if has_val else None
             if scores is not None:
                 history.append(
                     {
@@ -380,7 +380,7 @@ class CCAMethod:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> CCAMethod:
-        return load_method(path, device, expect=cls)
+        return cast(CCAMethod, load_method(path, device, expect=cls))
 
     # ---------------------------------------------------------------- embed
     def _embed(self, features: ModalityFeatures, side: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +97,7 @@ class CLIP4CMRModel(nn.Module):
 
     def __init__(self, image_dim: int, text_dim: int, n_classes: int, cfg: CLIP4CMRConfig) -> None:
         super().__init__()
-        kw = {"out_dim": cfg.latent_dim, "hidden_dim": cfg.hidden_dim, "num_layers": cfg.num_layers, "dropout": cfg.dropout}
+        kw: dict[str, Any] = {"out_dim": cfg.latent_dim, "hidden_dim": cfg.hidden_dim, "num_layers": cfg.num_layers, "dropout": cfg.dropout}
         self.image_head = ProjectionHead(image_dim, **kw)
         self.text_head = ProjectionHead(text_dim, **kw)
         if not cfg.uses_prototypes:
@@ -127,6 +127,7 @@ class CLIP4CMRMethod(GlobalInputMixin, TrainableHeadsMethod):
     config_type = CLIP4CMRConfig
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        model = cast(CLIP4CMRModel, model)
         cfg = self.cfg
         img = model.encode("image", batch["image_local"], batch["image_mask"])
         txt = model.encode("text", batch["text_local"], batch["text_mask"])

@@ -4,7 +4,7 @@ symmetric cross-modal InfoNCE loss — GCRDP with its GMM and RDP parts switched
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,7 @@ class DualHeads(nn.Module):
 
     def __init__(self, image_dim: int, text_dim: int, cfg: HeadsConfig) -> None:
         super().__init__()
-        kw = dict(out_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, dropout=cfg.dropout)
+        kw: dict[str, Any] = dict(out_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, dropout=cfg.dropout)
         self.image_head = ProjectionHead(image_dim, **kw)
         self.text_head = ProjectionHead(text_dim, **kw)
 
@@ -73,6 +73,7 @@ class ContrastiveHeadsMethod(TrainableHeadsMethod):
     config_type = HeadsConfig
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        model = cast(DualHeads, model)
         img = model.encode_image(batch["image_local"], batch["image_mask"])
         txt = model.encode_text(batch["text_local"], batch["text_mask"])
         if self.cfg.class_positives:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,7 @@ class DSCMRMethod(GlobalInputMixin, TrainableHeadsMethod):
     config_type = DSCMRConfig
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        model = cast(DSCMRModel, model)
         u = model.represent("image", batch["image_local"], batch["image_mask"])
         v = model.represent("text", batch["text_local"], batch["text_mask"])
         return dscmr_loss(

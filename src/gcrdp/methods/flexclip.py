@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -164,6 +164,8 @@ def gated_residual(mlp_out: torch.Tensor, skip_out: torch.Tensor, gate: torch.Te
 
 class GatedResidualProjection(nn.Module):
     """One modality's gated residual projection (module docstring, stage 2)."""
+
+    gate_fixed: torch.Tensor  # buffer of the fixed gate
 
     def __init__(self, in_dim: int, cfg: FlexCLIPConfig) -> None:
         super().__init__()
@@ -366,6 +368,7 @@ class FlexCLIPMethod(TrainableHeadsMethod):
                 class_names=data.class_names,
                 class_name_features=data.class_name_features,
             ), info
+        assert names is not None  # generate_for == "none" has no target classes: returned above
         cond_train = class_conditions(y, names)
         gcfg = cfg.generator_config()
         reps = np.repeat(plan.classes, plan.n_per_class)  # (k·n,) class of each pseudo pair
@@ -435,6 +438,7 @@ class FlexCLIPMethod(TrainableHeadsMethod):
         return report
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        model = cast(FlexCLIPModel, model)
         img, txt, g_img, g_txt = model.encode_with_gates(batch["image_local"][:, 0], batch["text_local"][:, 0])  # (B, D)
         labels = batch.get("labels")
         con = multi_positive_infonce(

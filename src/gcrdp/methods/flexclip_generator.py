@@ -117,6 +117,11 @@ class ConditionalVAEGAN(nn.Module):
     standardisation of its feature space (buffers ``mean``, ``std``). ``x`` arguments of
     :meth:`encode`, :meth:`decode` and :meth:`critic_score` are standardised features."""
 
+    # buffers
+    mean: torch.Tensor
+    std: torch.Tensor
+    noise_std: torch.Tensor
+
     def __init__(self, feat_dim: int, cond_dim: int, cfg: GeneratorConfig) -> None:
         super().__init__()
         self.feat_dim, self.cond_dim, self.latent_dim = feat_dim, cond_dim, cfg.latent_dim

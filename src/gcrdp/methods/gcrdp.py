@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -178,7 +178,7 @@ class GCRDPModel(nn.Module):
     def __init__(self, image_dim: int, text_dim: int, n_classes: int, cfg: GCRDPConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        kw = dict(out_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, dropout=cfg.dropout)
+        kw: dict[str, Any] = dict(out_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, dropout=cfg.dropout)
         self.image_head = ProjectionHead(image_dim, **kw)
         self.text_head = ProjectionHead(text_dim, **kw)
         if cfg.use_gmm:
@@ -282,6 +282,7 @@ class GCRDPMethod(TrainableHeadsMethod):
 
     def _base_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The warm-start loss: InfoNCE on the GAP embeddings (class-aware if configured)."""
+        model = cast(GCRDPModel, model)
         _, gi, _ = model.encode_image(batch["image_local"], batch["image_mask"])
         _, gt, _ = model.encode_text(batch["text_local"], batch["text_mask"])
         loss = multi_positive_infonce(
@@ -290,6 +291,7 @@ class GCRDPMethod(TrainableHeadsMethod):
         return loss, {"warm_infonce": float(loss.detach())}
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        model = cast(GCRDPModel, model)
         cfg = self.cfg
         vi, gi, pi_i = model.encode_image(batch["image_local"], batch["image_mask"])
         vt, gt, pi_t = model.encode_text(batch["text_local"], batch["text_mask"])
@@ -344,7 +346,8 @@ class GCRDPMethod(TrainableHeadsMethod):
                 gi, gt, cfg.rdp_threshold, variant=cfg.rdp_variant, confidence=cfg.rdp_confidence, temperature=cfg.rdp_temperature
             )
             parts.update(rdp_parts)
-        total, named = combine_losses(mpc, reg, rdp, LossWeights(alpha=cfg.alpha, lam=cfg.lam))
+        # views_weight + global_weight > 0 (GCRDPConfig), so mpc is set
+        total, named = combine_losses(cast(torch.Tensor, mpc), reg, rdp, LossWeights(alpha=cfg.alpha, lam=cfg.lam))
         parts.update(named)
         if pi_i is not None:  # GMM health: mean entropy of π (log K = uniform, 0 = collapse)
             parts["pi_entropy_image"] = float(mixture_entropy(pi_i.detach()).mean())

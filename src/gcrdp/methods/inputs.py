@@ -5,7 +5,7 @@ pooled feature — for fitting and embedding alike. Shared by those methods, own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class GlobalInputMixin:
     # provided by the method class it is mixed into
     cfg: Any
     model_: Any
-    name: str
+    name: ClassVar[str]
 
     def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport:
         return super().fit(  # type: ignore[misc]

@@ -44,7 +44,7 @@ class TrainableHeadsMethod:
         return {"method": self.name, **asdict(self.cfg), **self.train.to_dict()}
 
     # ----------------------------------------------------------- subclass hooks
-    def init_model(self, *dims: int) -> nn.Module:  # pragma: no cover - abstract
+    def init_model(self, *dims: Any) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _model_dims(self, data: FitData) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -81,6 +81,8 @@ def detect_alignment(meta: dict[str, Any]) -> tuple[bool | None, str]:
 
 class _ZeroShotModel(nn.Module):
     """No parameters; one buffer records the pooled dims the method was fitted on."""
+
+    pooled_dims: torch.Tensor
 
     def __init__(self, image_dim: int, text_dim: int) -> None:
         super().__init__()
@@ -162,11 +164,12 @@ class ZeroShotMethod:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ZeroShotMethod:
-        return load_method(path, device, expect=cls)
+        return cast(ZeroShotMethod, load_method(path, device, expect=cls))
 
     # ---------------------------------------------------------------- embed
     def _embed(self, features: ModalityFeatures, side: str) -> np.ndarray:
         check_fitted(self)
+        assert self.model_ is not None  # check_fitted raised otherwise
         expect = int(self.model_.pooled_dims[0 if side == "image" else 1])
         if features.pooled_dim != expect:
             raise DataError(
