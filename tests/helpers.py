@@ -80,3 +80,15 @@ def toy_run_dataset(n_per_class: int = 16, seed: int = 1):
     ]
     ds = Dataset("toy", samples, classes, ClassSplit("toy", "1", tuple(classes[:5]), tuple(classes[5:])), features=feats)
     return ds, feats
+
+
+def save_mat_v73(path, arrays: dict) -> None:
+    """A MATLAB v7.3 file as MATLAB writes it: HDF5 after a 512-byte text header, every array
+    stored transposed (column-major), as ``save -v7.3`` does for arrays over 2 GB."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, arr in arrays.items():
+            f[name] = np.ascontiguousarray(np.asarray(arr).T)
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, written by a test".ljust(128, b" "))

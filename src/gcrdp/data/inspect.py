@@ -148,9 +148,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         + (", multi-label" if s["multilabel"] else "")
     ]
     meta = s["meta"]
-    for key in ("source", "format", "features_file"):
+    for key in ("source", "format", "features_file", "recognised"):
         if meta.get(key):
             lines.append(f"  {key}: {meta[key]}")
+    if meta.get("concept_selection"):
+        lines.append(f"  subset: {meta.get('subset')} ({meta.get('label_mode')}), {meta['concept_selection']}")
+    for note in meta.get("notes") or []:
+        lines.append(f"  note: {note}")
     if s["multilabel"] and s["labels_per_sample"]:
         st = s["labels_per_sample"]
         lines.append(f"  labels per sample: min {st['min']}, mean {st['mean']}, max {st['max']}")

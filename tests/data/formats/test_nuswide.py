@@ -13,6 +13,7 @@ from PIL import Image
 
 import gcrdp.data.formats.nuswide  # noqa: F401  (registers "nus-wide")
 from gcrdp.data import load_dataset
+from gcrdp.data.inspect import format_summary, summarize_dataset
 from gcrdp.errors import ConfigError, DataError
 
 CONCEPTS = ["animal", "beach", "clouds", "flowers", "food", "grass", "lake", "person", "sky", "toy", "water", "window"]
@@ -146,19 +147,19 @@ def test_raw_traintest_labels_crlf_and_windows_paths_agree(tmp_path):
     assert [(s.id, s.labels, s.split, s.text) for s in da.samples] == [(s.id, s.labels, s.split, s.text) for s in db.samples]
 
 
-def test_raw_empty_tags_and_skip_bad(tmp_path):
+def test_raw_tag_line_with_id_and_no_tags_is_left_out_and_counted(tmp_path):
+    """All_Tags.txt has lines with the photo id and no tag (e.g. line 6 is '147514'): such an
+    image has no text; it is left out and counted, not a problem that stops the load."""
     rows = write_raw(tmp_path)
     lines = (tmp_path / "NUS_WID_Tags/All_Tags.txt").read_text().split("\n")
-    lines[0] = rows[0]["photo"]  # no tags
-    lines[5] = rows[5]["photo"] + "   "  # no tags
+    lines[0] = rows[0]["photo"]  # the id, no tags
+    lines[5] = rows[5]["photo"] + "   "  # the id and trailing blanks
     (tmp_path / "NUS_WID_Tags/All_Tags.txt").write_text("\n".join(lines))
-    with pytest.raises(DataError) as err:
-        load_dataset("nus-wide", root=str(tmp_path), subset="multi")
-    msg = str(err.value)
-    assert "2 problem(s)" in msg and "no tags" in msg and _sid(rows[0]) in msg and _sid(rows[5]) in msg
-    ds = load_dataset("nus-wide", root=str(tmp_path), subset="multi", skip_bad=True)
-    assert len(ds) == len(rows) - 2
-    assert {p["sample"] for p in ds.meta["skipped"]} == {_sid(rows[0]), _sid(rows[5])}
+    ds = load_dataset("nus-wide", root=str(tmp_path), subset="multi")
+    assert len(ds) == len(rows) - 2 and ds.meta["n_skipped"] == 0
+    assert ds.meta["n_without_tags"] == 2 and set(ds.meta["without_tags"]) == {_sid(rows[0]), _sid(rows[5])}
+    assert {_sid(rows[0]), _sid(rows[5])}.isdisjoint(s.id for s in ds.samples)
+    assert any("have no tags" in n for n in ds.meta["notes"])
 
 
 def test_raw_photo_id_mismatch_is_a_problem(tmp_path):
@@ -182,6 +183,30 @@ def test_raw_missing_images_grouped_with_count(tmp_path):
     assert "missing image files under" in msg and "7 sample(s)" in msg and "(and 2 more)" in msg
     ds = load_dataset("nus-wide", root=str(tmp_path), skip_bad=True)
     assert len(ds) == 41 - 7 and ds.meta["n_skipped"] == 7
+
+
+def test_raw_images_stored_by_photo_id(tmp_path):
+    """Images saved by Flickr downloaders in one folder, named by photo id (``<id>.jpg``,
+    ``<n>_<id>_<secret>_m.jpg``, ``<id>_<secret>_m.jpg``) instead of the release's tree."""
+    rows = write_raw(tmp_path, images=False)
+    flickr = tmp_path / "Flickr"
+    flickr.mkdir()
+    for i, r in enumerate(rows):
+        name = (f"{r['photo']}.jpg", f"{i}_{r['photo']}_3f2a9c1b7e_m.jpg", f"{r['photo']}_a1b2c3d4e5_m.jpg")[i % 3]
+        Image.new("RGB", (4, 4), (i, 80, 160)).save(flickr / name, format="JPEG")
+    ds = load_dataset("nus-wide", root=str(tmp_path), subset="multi")
+    assert len(ds) == len(rows) and all(s.image is not None and s.image.parent == flickr for s in ds.samples)
+    by_id = {s.id: s for s in ds.samples}
+    for r in rows:
+        assert r["photo"] in by_id[_sid(r)].image.name
+    assert ds.meta["images_found_by"] == {"list path": 0, "file stem": 0, "photo id": len(rows)}
+    assert "images found by photo id 44" in format_summary(summarize_dataset(ds, check_files=False))
+    # a photo id claimed by two files is a problem of that sample, named
+    (flickr / f"{rows[0]['photo']}_ffffffff_b.jpg").write_bytes((flickr / f"{rows[0]['photo']}.jpg").read_bytes())
+    with pytest.raises(DataError, match=rf"several files are named by its photo id {rows[0]['photo']}"):
+        load_dataset("nus-wide", root=str(tmp_path), subset="multi")
+    ds = load_dataset("nus-wide", root=str(tmp_path), subset="multi", skip_bad=True)
+    assert len(ds) == len(rows) - 1
 
 
 def test_raw_bad_label_value_is_a_problem(tmp_path):
@@ -250,6 +275,102 @@ def test_auto_source_without_images_reads_features(tmp_path):
         load_dataset("nus-wide", root=str(tmp_path), source="raw")
 
 
+# ------------------------------------------------------------------------------ low-level features
+def _matrix_lines(m: np.ndarray, sep: str = " ", fmt: str = "{:.6f}") -> list[str]:
+    return [sep.join(fmt.format(v) for v in row) + sep for row in m]  # the release ends lines with a separator
+
+
+def write_lowlevel(root: Path, rows: list[dict], *, split_files: bool = False, seed: int = 0) -> dict:
+    """The release's Low_Level_Features (.dat text matrices, rows = Imagelist, or Train_/Test_
+    files, rows = the split lists) and its 1000-d tag vectors (AllTags1k.txt, tab-separated)."""
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    feats = {"CH": rng.random((n, 64)).astype(np.float32), "BoW_int": rng.integers(0, 5, (n, 500)).astype(np.float32)}
+    tags = (rng.random((n, 1000)) < 0.01).astype(np.float32)
+    tags[:, 7] = 1
+    low = root / "Low_Level_Features"
+    low.mkdir(parents=True)
+    fmt = {"CH": "{:.6f}", "BoW_int": "{:.0f}"}
+    name = {"CH": "Normalized_CH", "BoW_int": "BoW_int"}
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"][::-1]  # TrainImagelist order (write_raw)
+    test = [i for i, r in enumerate(rows) if r["split"] == "test"]
+    (root / "NUS_WID_Tags").mkdir(exist_ok=True)
+    if not split_files:
+        for k, m in feats.items():
+            (low / f"{name[k]}.dat").write_text("\n".join(_matrix_lines(m, fmt=fmt[k])) + "\n")
+        (root / "NUS_WID_Tags/AllTags1k.txt").write_text("\n".join(_matrix_lines(tags, "\t", "{:.0f}")) + "\n")
+    else:
+        for split, idx in (("Train", train), ("Test", test)):
+            for k, m in feats.items():
+                (low / f"{split}_{name[k]}.dat").write_text("\r\n".join(_matrix_lines(m[idx], fmt=fmt[k])) + "\r\n")
+            (root / f"NUS_WID_Tags/{split}_Tags1k.dat").write_text("\n".join(_matrix_lines(tags[idx], "\t", "{:.0f}")) + "\n")
+    return {"features": feats, "tags": tags}
+
+
+def test_lowlevel_features_of_the_release(tmp_path):
+    rows = write_raw(tmp_path, images=False)
+    got = write_lowlevel(tmp_path, rows)
+    ds = load_dataset("nus-wide", root=str(tmp_path))  # no images, no feature files: the low-level features
+    assert ds.meta["format"] == "lowlevel" and ds.meta["low_level"] == ["CH", "BoW_int"]
+    assert len(ds) == 41 and ds.meta["subset"] == "10" and ds.classes == MAIN
+    assert ds.features.image.dim == 64 + 500 and ds.features.text.dim == 1000
+    order = [i for i, r in enumerate(rows) if _sid(r) in {s.id for s in ds.samples}]
+    assert [s.id for s in ds.samples] == [_sid(rows[i]) for i in order]
+    want = np.concatenate([got["features"]["CH"], got["features"]["BoW_int"]], axis=1)[order]
+    np.testing.assert_allclose(ds.features.image.pooled, want, atol=1e-6)
+    np.testing.assert_array_equal(ds.features.text.pooled, got["tags"][order])
+    text = format_summary(summarize_dataset(ds, check_files=False))
+    assert "recognised: the official release with its low-level features" in text
+    assert "CH (Normalized_CH.dat, 64-d) + BoW_int (BoW_int.dat, 500-d); text features AllTags1k.txt (1000-d)" in text
+    one = load_dataset("nus-wide", root=str(tmp_path), low_level="BoW_int", subset="multi")
+    assert one.features.image.dim == 500 and len(one) == len(rows)
+    with pytest.raises(ConfigError, match=r"low_level: .SIFT. not in .*\(it has CH, BoW_int\)"):
+        load_dataset("nus-wide", root=str(tmp_path), low_level=["SIFT"])
+
+
+def test_lowlevel_train_test_files_agree_with_whole_files(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows = write_raw(a, images=False)
+    write_lowlevel(a, rows)
+    write_raw(b, images=False)
+    write_lowlevel(b, rows, split_files=True)
+    da = load_dataset("nus-wide", root=str(a), subset="multi")
+    db = load_dataset("nus-wide", root=str(b), source="lowlevel", subset="multi")
+    assert [s.id for s in da.samples] == [s.id for s in db.samples]
+    np.testing.assert_array_equal(da.features.image.pooled, db.features.image.pooled)
+    np.testing.assert_array_equal(da.features.text.pooled, db.features.text.pooled)
+    assert "Train_Normalized_CH.dat + Test_Normalized_CH.dat" in db.meta["recognised"]
+
+
+def test_lowlevel_untagged_rows_counted_and_bad_files_named(tmp_path):
+    rows = write_raw(tmp_path, images=False)
+    got = write_lowlevel(tmp_path, rows)
+    tags = got["tags"].copy()
+    tags[3] = 0  # an image without tags
+    (tmp_path / "NUS_WID_Tags/AllTags1k.txt").write_text("\n".join(_matrix_lines(tags, "\t", "{:.0f}")) + "\n")
+    ds = load_dataset("nus-wide", root=str(tmp_path), subset="multi")
+    assert len(ds) == len(rows) - 1 and ds.meta["n_without_tags"] == 1 and ds.meta["without_tags"] == [_sid(rows[3])]
+    ch = tmp_path / "Low_Level_Features/Normalized_CH.dat"
+    lines = ch.read_text().split("\n")
+    ch.write_text("\n".join(lines[:-3]) + "\n")
+    with pytest.raises(DataError, match=r"Normalized_CH.dat has 42 lines but .*Imagelist.txt lists 44"):
+        load_dataset("nus-wide", root=str(tmp_path))
+    ch.write_text("\n".join(lines[:2] + [lines[2] + " 0.5"] + lines[3:]))
+    with pytest.raises(DataError, match=r"Normalized_CH.dat line 3 has 65 numbers but line 1 has 64"):
+        load_dataset("nus-wide", root=str(tmp_path))
+    ch.write_text("\n".join(lines[:2] + ["n/a " + lines[2].split(" ", 1)[1]] + lines[3:]))
+    with pytest.raises(DataError, match=r"Normalized_CH.dat line 3: 'n/a' is not a number"):
+        load_dataset("nus-wide", root=str(tmp_path))
+    (tmp_path / "NUS_WID_Tags/AllTags1k.txt").unlink()
+    ch.unlink()
+    with pytest.raises(DataError, match=r"needs the tag vectors .*AllTags1k.txt"):
+        load_dataset("nus-wide", root=str(tmp_path))
+    empty = tmp_path / "empty"
+    write_raw(empty, images=False)
+    with pytest.raises(DataError, match="needs the release's low-level features"):
+        load_dataset("nus-wide", root=str(empty), source="lowlevel")
+
+
 # ------------------------------------------------------------------------------ features
 def _dcmh_arrays(n_per_class: int = 4, n_classes: int = 10, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -294,7 +415,8 @@ def test_dcmh_features_multi_and_single_label(tmp_path):
     assert ds.samples[0].id == "row-000000" and ds.samples[-1].id == "row-000045"
     assert all(s.text is None and s.image is None for s in ds.samples)
     assert not any("iall" in f for f in ds.meta["features_files"])
-    single = load_dataset("nus-wide", root=str(tmp_path), subset="10", test_size=10)
+    with pytest.warns(UserWarning, match="subset='tc10'"):
+        single = load_dataset("nus-wide", root=str(tmp_path), subset="10", test_size=10)
     assert len(single) == 46 - 3 and not single.is_multilabel
     with pytest.raises(DataError, match="Pass test_size=N"):
         load_dataset("nus-wide", root=str(tmp_path), subset="multi")
@@ -303,17 +425,91 @@ def test_dcmh_features_multi_and_single_label(tmp_path):
     assert named.classes == ["k0", "k1"] and len(named) == 4 + 4 + 6
 
 
+def test_dcmh_tc10_default_is_the_published_multilabel_benchmark(tmp_path):
+    """DCMH's NUS-WIDE-TC-10 files (XAll v5, YAll v7.3, LAll multi-hot, IAll raw images) read
+    by default as published (DCMH, DJSRH, UCCH): every pair, multi-label; subset='10' keeps the
+    single-label pairs and warns."""
+    x, y, lab = write_dcmh(tmp_path)
+    ds = load_dataset("nus-wide", root=str(tmp_path), test_size=10)
+    assert len(ds) == 46 and ds.is_multilabel and ds.meta["subset"] == "tc10"
+    assert ds.meta["n_pairs_with_several_labels"] == 3 and ds.meta["notes"] == []
+    assert "published NUS-WIDE-TC-10 benchmark" in ds.meta["concept_selection"]
+    np.testing.assert_array_equal(ds.label_matrix(), lab.astype(bool))
+    text = format_summary(summarize_dataset(ds, check_files=False))
+    assert "recognised: DCMH NUS-WIDE-TC-10 files; one set + split layout" in text
+    assert "nus-wide-tc10-yall.mat (MATLAB v7.3 (HDF5))" in text and "nus-wide-tc10-lall.mat (MATLAB v5)" in text
+    assert "subset: tc10 (multi-label)" in text
+    assert "pass class_names= in the files' column order" in ds.meta["class_names"]
+    assert load_dataset("nus-wide", root=str(tmp_path), test_size=10, subset="tc10").meta["n_in_subset"] == 46
+    with pytest.warns(UserWarning, match=r"keeps the 43 of 46 pairs .* published NUS-WIDE-TC-10 benchmark"):
+        single = load_dataset("nus-wide", root=str(tmp_path), subset="10", test_size=10)
+    assert len(single) == 43 and "published NUS-WIDE-TC-10" in single.meta["notes"][0]
+
+
+def test_dcmh_class_names_from_a_concept_list_beside_the_files(tmp_path):
+    write_dcmh(tmp_path)
+    (tmp_path / "Concepts81.txt").write_text("\n".join(f"c{i}" for i in range(81)) + "\n")
+    ds = load_dataset("nus-wide", root=str(tmp_path), test_size=10)
+    assert ds.classes == [str(i) for i in range(10)]  # 81 names for 10 columns: not used
+    assert "Concepts81.txt lists 81, not 10" in ds.meta["class_names"]
+    tc10 = ["sky", "clouds", "person", "water", "animal", "grass", "buildings", "window", "plants", "lake"]
+    (tmp_path / "nus-wide-tc10-concepts.txt").write_text("\r\n".join(tc10) + "\r\n")
+    ds = load_dataset("nus-wide", root=str(tmp_path), test_size=10)
+    assert ds.classes == tc10 and ds.meta["class_names"].endswith("nus-wide-tc10-concepts.txt")
+    # 81 label columns with the release's Concepts81.txt: its names
+    big = tmp_path / "big"
+    big.mkdir()
+    lab81 = np.zeros((20, 81), np.uint8)
+    lab81[np.arange(20), np.arange(20) % 3] = 1
+    scipy.io.savemat(big / "nus-wide.mat", {"XAll": np.ones((20, 4)), "YAll": np.ones((20, 3)), "LAll": lab81})
+    (big / "ConceptsList").mkdir()
+    (big / "ConceptsList" / "Concepts81.txt").write_text("\n".join(f"c{i}" for i in range(81)))
+    ds81 = load_dataset("nus-wide", root=str(big), test_size=5)
+    assert ds81.classes == ["c0", "c1", "c2"] and ds81.meta["class_names"].endswith("Concepts81.txt")
+
+
+def test_dcmh_clean_set_beside_the_plain_one_names_features_file(tmp_path):
+    x, y, lab = write_dcmh(tmp_path, tag="tc21", v73_text=False)
+    keep = lab.sum(axis=1) == 1  # a "-clean" set with other rows
+    for name, key, arr in (("xall-vgg", "XAll", x), ("yall", "YAll", y), ("lall", "LAll", lab)):
+        scipy.io.savemat(tmp_path / f"nus-wide-tc21-{name}-clean.mat", {key: arr[keep]})
+    with pytest.raises(DataError) as err:
+        load_dataset("nus-wide", root=str(tmp_path), test_size=10)
+    msg = str(err.value)
+    assert "two DCMH feature sets" in msg and "features_file=" in msg
+    assert "'nus-wide-tc21-lall-clean.mat', 'nus-wide-tc21-xall-vgg-clean.mat', 'nus-wide-tc21-yall-clean.mat'" in msg
+    clean = ["nus-wide-tc21-lall-clean.mat", "nus-wide-tc21-xall-vgg-clean.mat", "nus-wide-tc21-yall-clean.mat"]
+    ds = load_dataset("nus-wide", root=str(tmp_path), test_size=10, features_file=clean)
+    assert len(ds) == int(keep.sum()) and ds.meta["subset"] == "tc21"
+    plain = ["nus-wide-tc21-lall.mat", "nus-wide-tc21-xall-vgg.mat", "nus-wide-tc21-yall.mat"]
+    assert len(load_dataset("nus-wide", root=str(tmp_path), test_size=10, features_file=plain)) == 46
+    # only the clean set in a folder: read, and said so
+    only = tmp_path / "only"
+    only.mkdir()
+    for p in clean:
+        (only / p).write_bytes((tmp_path / p).read_bytes())
+    ds = load_dataset("nus-wide", root=str(only), test_size=10)
+    assert len(ds) == int(keep.sum()) and ds.meta["found_as"].startswith("DCMH clean files")
+
+
 def test_dcmh_split_array_and_subset_tag(tmp_path):
     x, y, lab = write_dcmh(tmp_path, tag="tc21")
     write_dcmh(tmp_path, tag="tc10")
     scipy.io.savemat(tmp_path / "nus-wide-tc10-split.mat", {"is_test": (np.arange(len(x)) % 5 == 0).astype(np.uint8)})
-    ds = load_dataset("nus-wide", root=str(tmp_path), subset="10")
+    with pytest.warns(UserWarning):
+        ds = load_dataset("nus-wide", root=str(tmp_path), subset="10")
     assert all("tc10" in f for f in ds.meta["features_files"])
     assert ds.meta["arrays"]["test"]["split"].endswith("is_test")
     assert len(ds.split_indices("test")) == sum(1 for i in range(46) if i % 5 == 0 and lab[i].sum() == 1)
+    assert len(load_dataset("nus-wide", root=str(tmp_path), subset="tc10")) == 46
+    with pytest.raises(DataError, match=r"DCMH files of 2 subsets \(TC-10, TC-21\); say which to read with subset='tc10', 'tc21'"):
+        load_dataset("nus-wide", root=str(tmp_path))
     only21 = tmp_path / "only21"
-    write_dcmh(only21, tag="tc21")  # no tc10 files: subset "10" takes the top 10 of these
-    assert len(load_dataset("nus-wide", root=str(only21), test_size=10)) == 43
+    write_dcmh(only21, tag="tc21")  # unset subset: the TC-21 benchmark these files are
+    ds21 = load_dataset("nus-wide", root=str(only21), test_size=10)
+    assert len(ds21) == 46 and ds21.meta["subset"] == "tc21"
+    with pytest.warns(UserWarning, match="subset='tc21'"):
+        assert len(load_dataset("nus-wide", root=str(only21), test_size=10, subset="10")) == 43
     # both subsets' files given: XAll is in two files -> named as ambiguous
     with pytest.raises(DataError, match=r"in several files \(left out\): .*XAll"):
         load_dataset("nus-wide", root=str(tmp_path), subset="multi", features_file=str(tmp_path))

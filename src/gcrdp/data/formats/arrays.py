@@ -41,6 +41,17 @@ def _is_hdf5(path: Path) -> bool:
     return head.startswith(_HDF5_SIGNATURE) or head[512:520] == _HDF5_SIGNATURE
 
 
+def file_form(path: Path) -> str:
+    """How a feature file is stored, for messages and ``gcrdp inspect``: ``"MATLAB v7.3
+    (HDF5)"``, ``"MATLAB v5"``, ``"HDF5"``, ``"npz"`` …"""
+    suffix = path.suffix.lower()
+    if suffix == ".mat":
+        return "MATLAB v7.3 (HDF5)" if _is_hdf5(path) else "MATLAB v5"
+    if suffix in (".h5", ".hdf5", ".h5py"):
+        return "HDF5"
+    return suffix.lstrip(".")
+
+
 def _read_mat(path: Path) -> dict[str, np.ndarray]:
     if _is_hdf5(path):
         return _read_hdf5(path, matlab=True)

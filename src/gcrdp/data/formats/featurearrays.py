@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import ConfigError, DataError, format_list
 from ..features import FeatureSet, ModalityFeatures
-from .arrays import read_arrays
+from .arrays import file_form, read_arrays
 from .build import read_utf8
 
 FEATURE_EXTENSIONS = (".mat", ".h5", ".hdf5", ".h5py", ".npz", ".npy")
@@ -41,7 +41,21 @@ SPLIT_KEYS = {
         "{S}_img",
         "img_{S}",
     ),
-    "text": ("{L}_txt", "{L}_text", "{L}_texts", "{L}_txt_deep", "text_{L}", "txt_{L}", "{L}_texts_deep", "T_{S}", "{S}_txt", "txt_{S}"),
+    "text": (
+        "{L}_txt",
+        "{L}_text",
+        "{L}_texts",
+        "{L}_txt_deep",
+        "text_{L}",
+        "txt_{L}",
+        "{L}_texts_deep",
+        "{L}_texts_doc",
+        "{L}_text_doc",
+        "{L}_txt_doc",
+        "T_{S}",
+        "{S}_txt",
+        "txt_{S}",
+    ),
     "label": (
         "{L}_img_lab",
         "{L}_imgs_labels",
@@ -67,6 +81,12 @@ SPLIT_KEYS = {
         "label_text_{L}",
         "{S}_txt_lab",
     ),
+}
+#: Labels of every split in one array, rows in split order (train, valid, test), beside per-split
+#: features (``XMediaNetFeatures.mat``: ``I_tr``/``I_te``/``T_tr``/``T_te`` with ``I_labs``/``T_labs``).
+JOINT_LABEL_KEYS = {
+    "label": ("I_labs", "I_labels", "img_labs", "image_labs"),
+    "text_label": ("T_labs", "T_labels", "txt_labs", "text_labs"),
 }
 #: Key conventions of one set of all pairs plus a split (DCMH ``XAll``/``YAll``/``LAll`` …).
 SINGLE_KEYS = {
@@ -112,12 +132,43 @@ def _dscmr_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FEATURE_EXTENSIONS and _DSCMR_FILE.match(p.stem))
 
 
-def _dcmh_files(folder: Path, tag: str | None) -> list[Path]:
+def _dcmh_files(folder: Path, tag: str | None, root: Path, dataset: str) -> tuple[list[Path], str]:
     """The ``.mat`` files of ``folder`` (of the ``tcNN`` tag) when they hold a DCMH set: an
-    ``*xall*``, a ``*yall*`` and a ``*lall*`` file (other ``.mat`` files, e.g. a split, join)."""
+    ``*xall*``, a ``*yall*`` and a ``*lall*`` file (other ``.mat`` files, e.g. a split, join),
+    and which set (``""``, or ``"-clean"`` for the ``*-clean.mat`` files that some copies ship
+    beside or instead of the plain ones). Both sets complete in one folder: an error that names
+    the ``features_file=`` list of each."""
     files = [p for p in _feature_files_in(folder, tag) if p.suffix.lower() == ".mat"]
-    kinds = {m.group(1).lower() for p in files if (m := _DCMH_FILE.search(p.stem))}
-    return files if {"xall", "yall", "lall"} <= kinds else []
+    kind = {p: m.group(1).lower() for p in files if (m := _DCMH_FILE.search(p.stem))}
+    tags = sorted({m.group(1) for p in kind if (m := _TC_TAG.search(p.name))}, key=int)
+    if tag is None and len(tags) > 1:
+        raise DataError(
+            f"{dataset}: {folder} holds the DCMH files of {len(tags)} subsets ({', '.join(f'TC-{t}' for t in tags)}); "
+            f"say which to read with subset={', '.join(repr(f'tc{t}') for t in tags)} (or name the files with features_file=)."
+        )
+    others = [p for p in files if p not in kind]
+    sets = {
+        "": [p for p in kind if "clean" not in p.stem.lower()],
+        "-clean": [p for p in kind if "clean" in p.stem.lower()],
+    }
+    complete = {name: got for name, got in sets.items() if {"xall", "yall", "lall"} <= {kind[p] for p in got}}
+    if not complete:
+        return [], ""
+    if len(complete) == 2:
+
+        def rel(p: Path) -> str:
+            return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+        options = "; or ".join(
+            f"features_file={[rel(p) for p in sorted(got)]!r} ({'the ' + name[1:] if name else 'the plain'} files)"
+            for name, got in complete.items()
+        )
+        raise DataError(
+            f"{dataset}: {folder} holds two DCMH feature sets: the plain files and the '-clean' ones "
+            f"(another version of the same benchmark with other rows). Name the set to read: {options}."
+        )
+    name, got = next(iter(complete.items()))
+    return sorted(got + others), name
 
 
 def find_feature_files(
@@ -127,6 +178,7 @@ def find_feature_files(
     known: Sequence[str],
     dataset: str,
     tag: str | None = None,
+    name_hint: str | None = None,
 ) -> tuple[list[Path], str]:
     """The feature files to read and how they were found.
 
@@ -134,7 +186,8 @@ def find_feature_files(
     then under ``root``) wins; else, in ``root`` then ``root/features``: the first of ``known``
     file names, a DSCMR folder (``{split}_img.mat`` …), DCMH files (``*xall*``, ``*yall*``,
     ``*lall*`` ``.mat`` and the other ``.mat`` files beside them, filtered by the ``tcNN``
-    ``tag``)."""
+    ``tag``; the plain or the ``-clean`` set), the one feature file whose name contains
+    ``name_hint`` (case-insensitive; several: an error listing them)."""
     if features_file is not None:
         entries = list(features_file) if isinstance(features_file, (list, tuple)) else [features_file]
         if not entries:
@@ -163,9 +216,19 @@ def find_feature_files(
         got = _dscmr_files(d)
         if got:
             return got, f"DSCMR folder {d}"
-        got = _dcmh_files(d, tag)
+        got, variant = _dcmh_files(d, tag, root, dataset)
         if got:
-            return got, f"DCMH files in {d}"
+            return got, f"DCMH{' ' + variant[1:] if variant else ''} files in {d}"
+        if name_hint is not None:
+            hinted = [p for p in _feature_files_in(d) if name_hint.lower() in p.name.lower()]
+            if len(hinted) == 1:
+                return hinted, f"the one *{name_hint}* file in {d}"
+            if len(hinted) > 1:
+                raise DataError(
+                    f"{dataset}: {d} holds {len(hinted)} feature files named *{name_hint}*: "
+                    f"{', '.join(p.name for p in hinted)}. Name the one to read with features_file= "
+                    "(a file, or a list of files read together)."
+                )
     raise DataError(
         f"{dataset}: no feature files under {root} (or {root / 'features'}): looked for "
         f"{', '.join(known)}, a DSCMR folder (train_img.mat, train_txt.mat, train_img_lab.mat, "
@@ -304,6 +367,39 @@ def _split_layout(src: Arrays, keys: dict[str, str]) -> dict[str, dict[str, tupl
     return found
 
 
+def _joint_labels(
+    src: Arrays, found: dict[str, dict[str, tuple[str, np.ndarray]]], dataset: str
+) -> dict[str, dict[str, tuple[str, np.ndarray]]]:
+    """Labels of every split in one array (:data:`JOINT_LABEL_KEYS`), cut into the splits in
+    file order (train, valid, test) — used only when no split has label arrays of its own."""
+    if any("label" in got or "text_label" in got for got in found.values()):
+        return {}
+    hits = {role: src.first(JOINT_LABEL_KEYS[role]) for role in JOINT_LABEL_KEYS}
+    if not any(hits.values()):
+        return {}
+    order = [s for s in FILE_SPLITS if s in found and "image" in found[s]]
+    sizes = [_rows(np.asarray(found[s]["image"][1])) for s in order]
+    total = sum(sizes)
+    out: dict[str, dict[str, tuple[str, np.ndarray]]] = {s: {} for s in order}
+    for role, hit in hits.items():
+        if hit is None:
+            continue
+        key, arr = hit
+        a = _take(arr, np.arange(total), total)
+        if a.shape[0] != total:
+            raise DataError(
+                f"{dataset}: {src.describe()}: {src.where(key)} has {np.asarray(arr).shape[0]} rows but the "
+                + " + ".join(f"{s} {found[s]['image'][0]} {n}" for s, n in zip(order, sizes))
+                + f" = {total} pairs; it must hold the labels of every split in that order. Name the label "
+                "arrays with keys= (train_label, test_label, …)."
+            )
+        start = 0
+        for s, n in zip(order, sizes):
+            out[s][role] = (f"{key}[{start}:{start + n}]", a[start : start + n])
+            start += n
+    return out
+
+
 def _cells(arr: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(x) for x in np.asarray(arr, dtype=object).reshape(-1)]
 
@@ -373,6 +469,7 @@ def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size:
     if not explicit_single:
         found = _split_layout(src, keys)
         if found:
+            joint = _joint_labels(src, found, dataset)
             for split in FILE_SPLITS:
                 got = found.get(split)
                 if got is None:
@@ -384,6 +481,8 @@ def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size:
                         f"{' or '.join(_templates('image', split)[:4])} …); it has {src.listing()}."
                     )
                 missing = [r for r in ("image", "text") if r not in got]
+                if "label" not in got and "text_label" not in got and joint:
+                    got.update(joint[split])
                 if "label" not in got and "text_label" not in got:
                     missing.append("label")
                 if missing:
@@ -406,7 +505,7 @@ def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size:
                     )
                 )
             _check_rows(parts, src, dataset)
-            return parts, "split keys"
+            return parts, "split keys + labels of all splits in one array" if joint else "split keys"
         if explicit_split:
             raise DataError(f"{dataset}: keys= names no image or text array found in {src.describe()}.")
         cell_train = src.get("train")
@@ -820,6 +919,14 @@ def _unique(names: list[str], dataset: str, where: str) -> list[str]:
     if dup:
         raise DataError(f"{dataset}: {where} lists class name(s) twice: {format_list(dup)}.")
     return names
+
+
+def describe_form(src: Arrays, layout: str, found_as: str, parts: Sequence[Part]) -> str:
+    """The form ``gcrdp inspect`` reports: the layout, how the files were found, each file's
+    storage (v5 / v7.3 ``.mat``, HDF5, …) and the arrays read per split."""
+    files = ", ".join(f"{p.name} ({file_form(p)})" for p in src.files)
+    arrays = "; ".join(f"{p.split}: " + ", ".join(f"{r} {k}" for r, k in p.keys.items()) for p in parts)
+    return f"{layout} layout ({found_as}): {files}; arrays {arrays}"
 
 
 def feature_set(rows: Rows, keep: np.ndarray, dataset: str, source: str) -> FeatureSet:

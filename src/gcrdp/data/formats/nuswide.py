@@ -1,21 +1,29 @@
 """NUS-WIDE (Chua et al., CIVR 2009): dataset ``nus-wide``.
 
 269,648 Flickr images with their user tags and ground truth for 81 concepts, split by the
-release into 161,789 train and 107,859 test images. The lists, labels and tags are on the NUS
-LMS page (``lms.comp.nus.edu.sg`` → NUS-WIDE: ``ImageList.zip``, ``Groundtruth.zip``,
-``ConceptsList.zip``, ``NUS_WID_Tags.zip``; also ``NExTplusplus/NUS-WIDE``); the images are
-sent on request (the ``Flickr/<concept folder>/<nnnn>_<photo id>.jpg`` tree). Cross-modal
+release into 161,789 train and 107,859 test images. The lists, labels, tags and low-level
+features are on the NUS LMS page (``lms.comp.nus.edu.sg`` → NUS-WIDE: ``ImageList.zip``,
+``Groundtruth.zip``, ``ConceptsList.zip``, ``NUS_WID_Tags.zip``, ``Low_Level_Features.rar``;
+also ``NExTplusplus/NUS-WIDE``); the images are sent on request (the ``Flickr/<concept
+folder>/<nnnn>_<photo id>.jpg`` tree) or downloaded from Flickr by photo id. Cross-modal
 retrieval code shares pre-extracted features instead (DCMH, DSCMR, Hu et al.).
 
-``subset`` (how the classes and pairs are chosen; recorded in ``meta["concepts"]``,
-``meta["concept_counts"]`` and ``meta["concept_selection"]``):
-    ``"10"`` (default) — single-label: the 10 concepts with the most images (over every listed
-    image, train and test; ties by concept-list order), keeping only the images that carry
-    exactly one of them; ``"21"`` / ``"81"`` — multi-label: the 21 (the common NUS-WIDE-21
-    benchmark) or all 81 concepts, keeping the images with at least one of them (relevance =
-    at least one shared label, from the multi-hot label matrix); ``"multi"`` — multi-label
-    over every concept of the source. ``concepts=`` (a list, or ``"sky,clouds,…"``) replaces
-    the top-N choice; ``subset`` then only says single- or multi-label.
+``subset`` (how the classes and pairs are chosen; recorded in ``meta["subset"]``,
+``meta["concepts"]``, ``meta["concept_counts"]`` and ``meta["concept_selection"]``):
+    ``"10"`` — single-label: the 10 concepts with the most images (over every listed image,
+    train and test; ties by concept-list order), keeping only the images that carry exactly
+    one of them; ``"tc10"`` / ``"tc21"`` (also ``"21"``) — multi-label NUS-WIDE-TC-10 /
+    TC-21 (DCMH, DJSRH, UCCH): the 10 / 21 concepts with the most images, keeping every image
+    with at least one of them (relevance = at least one shared label); ``"81"`` — multi-label
+    over all 81; ``"multi"`` — multi-label over every concept of the source. ``concepts=`` (a
+    list, or ``"sky,clouds,…"``) replaces the top-N choice; ``subset`` then only says single-
+    or multi-label.
+
+    Unset (``None``, the default), it follows the source: ``"10"`` for the raw release and the
+    low-level features; for feature files, the published benchmark the files are — DCMH
+    ``nus-wide-tcNN-*`` files read as ``"tcNN"`` (every row, multi-label, as published), other
+    files over all their label columns. ``subset="10"`` on multi-label feature files keeps the
+    single-label rows only and warns that this is not the published TC-N benchmark.
 
 ``source="raw"`` — the official release under ``root``::
 
@@ -34,21 +42,46 @@ retrieval code shares pre-extracted features instead (DCMH, DSCMR, Hu et al.).
 
     Paths are compared by their last two parts with ``\\`` read as ``/`` (so a
     ``C:\\ImageData\\Flickr\\actor\\x.jpg`` entry matches ``actor\\x.jpg``); lines may end in
-    ``\\r\\n``. A sample's text is its tags joined by spaces; its image is
-    ``images_dir/<folder>/<file>`` or, failing that, the file with that stem at any depth. Tag
-    lines that are not UTF-8 are read as Latin-1 (counted in ``meta["tag_lines_not_utf8"]``).
-    Sample ids are the list paths without extension (``actor/0001_2124494179``).
+    ``\\r\\n``. A sample's text is its tags joined by spaces. Its image is, in this order,
+    ``images_dir/<folder>/<file>``; the file with that stem at any depth (another extension);
+    the file named by its photo id (``<photo id>.jpg``, ``<n>_<photo id>_<secret>[_m].jpg``,
+    ``<photo id>_<secret>[_m].jpg`` as Flickr downloaders save them; ``meta["images_found_by"]``
+    counts each way). An image whose tag line has its photo id but no tags has no text: it is
+    left out and counted (``meta["n_without_tags"]``, the first ids in ``meta["without_tags"]``),
+    as the cross-modal benchmarks leave out untagged images. Tag lines that are not UTF-8 are
+    read as Latin-1 (counted in ``meta["tag_lines_not_utf8"]``). Sample ids are the list paths
+    without extension (``actor/0001_2124494179``).
+
+``source="lowlevel"`` — the release's own features, with the lists and labels above::
+
+    Low_Level_Features/<name>.dat      one image a line, numbers separated by spaces, rows =
+                                       Imagelist (``Normalized_CH.dat`` 64-d colour
+                                       histogram, ``Normalized_CORR.dat`` 144-d correlogram,
+                                       ``Normalized_EDH.dat`` 73-d edge histogram,
+                                       ``Normalized_WT.dat`` 128-d wavelet texture,
+                                       ``Normalized_CM55.dat`` 225-d colour moments,
+                                       ``BoW_int.dat`` 500-d SIFT bag of words); or
+                                       ``Train_<name>.dat`` + ``Test_<name>.dat``, rows =
+                                       TrainImagelist / TestImagelist
+    NUS_WID_Tags/AllTags1k.txt         the 1000-d tag vectors, rows = Imagelist (or
+                                       ``Train_Tags1k.dat`` + ``Test_Tags1k.dat``)
+
+    The image features are the ``.dat`` files named by ``low_level=`` (``"BoW_int"``,
+    ``["CH", "EDH"]`` …; default every one present), joined in the order above; the text
+    features are the tag vectors. An all-zero tag vector is an image without tags: left out
+    and counted, as for the raw source.
 
 ``source="features"`` — feature files (``features_file=``, or found under ``root`` /
-``root/features``; the readers of :mod:`gcrdp.data.xmedianet`):
+``root/features``; the reader of :mod:`gcrdp.data.formats.featurearrays`):
 
     * DCMH files: ``nus-wide-tc10-xall-vgg.mat`` (``XAll``, image features),
       ``nus-wide-tc10-yall.mat`` (``YAll``, 1000-d tag BoW; often v7.3),
       ``nus-wide-tc10-lall.mat`` (``LAll``, (n, C) multi-hot), or their ``tc21`` versions
-      (the files of the ``subset`` are taken; ``*iall*`` raw-image files are ignored). They
-      hold all pairs in one set: a split array (``split`` strings, ``is_test``/``is_train``
-      0/1, or ``train_idx``/``test_idx``) or ``test_size=N`` (the last N rows are test, the
-      DSCMR convention: 2100) gives the split;
+      (the files of the ``subset`` are taken; ``*iall*`` raw-image files are ignored; a
+      ``-clean`` set beside the plain one must be chosen with ``features_file=``). They hold
+      all pairs in one set: a split array (``split`` strings, ``is_test``/``is_train`` 0/1, or
+      ``train_idx``/``test_idx``) or ``test_size=N`` (the last N rows are test, the
+      DCMH/DSCMR convention: 2100) gives the split;
     * Hu et al. Doc2Vec HDF5 (``nus_wide_deep_doc2vec_data_42941.h5py``,
       ``nus_wide_deep_doc2vec-corr-ae.h5py``): ``{split}_imgs_deep``, ``{split}_text(s)``,
       ``{split}_imgs_labels`` (class ids), ``{split}_texts_labels``;
@@ -57,36 +90,45 @@ retrieval code shares pre-extracted features instead (DCMH, DSCMR, Hu et al.).
       ``L_te``, ``train_img``/``test_img``, ``img_train``, …) — or name them with ``keys=``.
 
     Labels are class ids (``label_base``) or (n, C) multi-hot. Class names: ``class_names=``,
-    a names array in the file, ``Concepts81.txt`` when the labels have 81 columns, else the
-    0-based ids as strings. ``text``/``image`` are ``None``.
+    a names array in the file, a concept list beside the files with one name per label column
+    (``Concepts81.txt`` for 81 columns, any ``*concept*.txt``), else the 0-based column numbers
+    as strings (DCMH's TC-10/TC-21 files carry no names: pass ``class_names=`` in the files'
+    column order). ``text``/``image`` are ``None``.
 
-``source="auto"`` (default): ``raw`` when the images folder exists, else ``features``.
+``source="auto"`` (default): ``raw`` when the images folder exists, else feature files, else
+``lowlevel`` when ``Low_Level_Features/`` exists.
 
 Checks (per sample unless said; listed together, or left out with ``skip_bad=True``): a label
-value that is not 0/1 (or not a class id), image and text labels that disagree, an image with
-no tags (raw) or an all-zero text feature row (features), an All_Tags line whose photo id is
-not that of the Imagelist line, an image in neither split list, a missing image file (one
-grouped problem with the first few and a count). A label, tag or list file whose length
-disagrees with its image list, a list entry that Imagelist.txt does not hold, a missing file:
-an error naming the files. The seen/unseen split is generated from the class names
-(``split_seed``) unless a ``nus-wide`` split ships or ``class_split`` is given.
+value that is not 0/1 (or not a class id), image and text labels that disagree, an all-zero
+text feature row (feature files), an All_Tags line whose photo id is not that of the Imagelist
+line, an image in neither split list, a missing image file (one grouped problem with the first
+few and a count). A label, tag, feature or list file whose length disagrees with its image
+list, a list entry that Imagelist.txt does not hold, a missing file: an error naming the
+files. The seen/unseen split is generated from the class names (``split_seed``) unless a
+``nus-wide`` split ships or ``class_split`` is given.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...errors import ConfigError, DataError, format_list
+from ..features import FeatureSet, ModalityFeatures
 from ..problems import Problem, Problems
 from ..registry import DATASETS
 from ..types import ClassSplit, Dataset, Sample
-from .build import check_skip_bad, finish_dataset, index_images
+from .build import IMAGE_EXTENSIONS, check_skip_bad, finish_dataset, index_images
 from .featurearrays import (
     collect_arrays,
     decode_rows,
+    describe_form,
     feature_set,
     find_feature_files,
     pairing_hint,
@@ -94,8 +136,16 @@ from .featurearrays import (
     read_parts,
 )
 
-SOURCES = ("auto", "raw", "features")
-SUBSETS = {"10": ("single", 10), "21": ("multi", 21), "81": ("multi", 81), "multi": ("multi", None)}
+SOURCES = ("auto", "raw", "lowlevel", "features")
+#: subset key → (label mode, top-N concepts or None for all, what it is)
+SUBSETS: dict[str, tuple[str, int | None, str]] = {
+    "10": ("single", 10, "single-label top-10 concepts"),
+    "tc10": ("multi", 10, "NUS-WIDE-TC-10: multi-label, top-10 concepts"),
+    "21": ("multi", 21, "NUS-WIDE-TC-21: multi-label, top-21 concepts"),
+    "tc21": ("multi", 21, "NUS-WIDE-TC-21: multi-label, top-21 concepts"),
+    "81": ("multi", 81, "multi-label, all 81 concepts"),
+    "multi": ("multi", None, "multi-label, every concept of the source"),
+}
 IMAGE_LISTS = {
     "all": ("ImageList/Imagelist.txt", "Imagelist.txt"),
     "train": ("ImageList/TrainImagelist.txt", "TrainImagelist.txt"),
@@ -106,6 +156,14 @@ TAG_FILES = ("NUS_WID_Tags/All_Tags.txt", "All_Tags.txt", "Tags/All_Tags.txt")
 IMAGE_DIRS = ("Flickr", "images")
 ALL_LABELS = "Groundtruth/AllLabels"
 TRAIN_TEST_LABELS = "Groundtruth/TrainTestLabels"
+LOW_LEVEL_DIRS = ("Low_Level_Features", "LowLevelFeatures", "Low_Level_Features/Low_Level_Features")
+#: the low-level features in the release's order (name → dimension), as ``low_level=`` names them
+LOW_LEVEL = {"CH": 64, "CORR": 144, "EDH": 73, "WT": 128, "CM55": 225, "BoW_int": 500}
+TAG_VECTORS = ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt", "Tags/AllTags1k.txt")
+TAG_VECTORS_SPLIT = {
+    "train": ("NUS_WID_Tags/Train_Tags1k.dat", "Train_Tags1k.dat", "Tags/Train_Tags1k.dat"),
+    "test": ("NUS_WID_Tags/Test_Tags1k.dat", "Test_Tags1k.dat", "Tags/Test_Tags1k.dat"),
+}
 KNOWN_FILES = (
     "nus_wide_deep_doc2vec_data_42941.h5py",
     "nus_wide_deep_doc2vec-corr-ae.h5py",
@@ -117,18 +175,25 @@ KNOWN_FILES = (
     "nuswide.h5",
     "nus-wide.npz",
 )
+_TC_FILE = re.compile(r"tc-?(\d+)", re.I)
+# Flickr file names of downloaded images: <n>_<id>_<secret>[_<size>], <id>_<secret>[_<size>]
+_FLICKR_PREFIXED = re.compile(r"^\d+_(\d+)_[0-9a-f]{4,}(?:_[a-z])?$", re.I)
+_FLICKR = re.compile(r"^(\d+)_[0-9a-f]{4,}_[a-z]$", re.I)
+_LIST_FORM = re.compile(r"^\d+_(\d+)$")
 
 
 # =============================================================================== options
 def _parse_subset(subset: object) -> tuple[str, int | None, str]:
-    key = str(subset).strip().lower().replace("tc-", "").replace("tc", "") if not isinstance(subset, bool) else ""
+    if subset is None:
+        return "auto", None, "auto"
+    key = str(subset).strip().lower().replace("-", "").replace("_", "") if not isinstance(subset, bool) else ""
     if key not in SUBSETS:
         raise ConfigError(
-            f"NUS-WIDE subset must be one of {', '.join(map(repr, SUBSETS))} "
-            f"('10': single-label top-10 concepts; '21'/'81': multi-label top-21 / "
-            f"all 81; 'multi': multi-label over every concept), got {subset!r}."
+            f"NUS-WIDE subset must be one of {', '.join(map(repr, SUBSETS))} or unset ("
+            + "; ".join(f"{k!r}: {v[2]}" for k, v in SUBSETS.items())
+            + f"; unset: what the source is), got {subset!r}."
         )
-    mode, top = SUBSETS[key]
+    mode, top, _ = SUBSETS[key]
     return mode, top, key
 
 
@@ -148,6 +213,15 @@ def _parse_concepts(concepts: object) -> list[str] | None:
     if dup:
         raise ConfigError(f"NUS-WIDE concepts lists {format_list(dup)} twice.")
     return items
+
+
+def _parse_low_level(low_level: object) -> list[str] | None:
+    if low_level is None:
+        return None
+    items = [c.strip() for c in low_level.split(",")] if isinstance(low_level, str) else low_level
+    if not isinstance(items, Sequence) or not items or not all(isinstance(c, str) and c for c in items):
+        raise ConfigError(f"NUS-WIDE low_level must name low-level features ({', '.join(LOW_LEVEL)}), got {low_level!r}.")
+    return list(items)
 
 
 def _select(names: list[str], counts: np.ndarray, wanted: list[str] | None, top: int | None, over: str) -> tuple[list[int], str]:
@@ -187,7 +261,7 @@ def load_nuswide(
     root: str | Path,
     *,
     source: str = "auto",
-    subset: str | int = "10",
+    subset: str | int | None = None,
     concepts: Sequence[str] | str | None = None,
     features_file: str | Path | Sequence[str | Path] | None = None,
     keys: Mapping[str, str] | None = None,
@@ -197,6 +271,7 @@ def load_nuswide(
     valid_split: str = "train",
     tags_file: str | Path | None = None,
     images_dir: str | Path | None = None,
+    low_level: Sequence[str] | str | None = None,
     class_split: str | Path | ClassSplit | None = None,
     split_seed: int = 0,
     skip_bad: bool = False,
@@ -204,9 +279,10 @@ def load_nuswide(
     """Load NUS-WIDE from ``root`` (sources, subsets, layouts and checks in the module doc).
 
     Args:
-        root: the NUS-WIDE folder (raw release and/or feature files).
-        source: ``"auto"``, ``"raw"`` or ``"features"``.
-        subset: ``"10"`` (single-label), ``"21"``, ``"81"`` or ``"multi"`` (multi-label).
+        root: the NUS-WIDE folder (raw release, low-level features and/or feature files).
+        source: ``"auto"``, ``"raw"``, ``"lowlevel"`` or ``"features"``.
+        subset: ``"10"`` (single-label), ``"tc10"``, ``"tc21"``/``"21"``, ``"81"`` or
+            ``"multi"`` (multi-label); unset: what the source is (see the module doc).
         concepts: the concepts to use instead of the top-N (a list or ``"a,b,c"``).
         features_file: feature file, folder or list of files (features source).
         keys: array keys by role (``image``, ``text``, ``label``, ``split`` or
@@ -217,6 +293,7 @@ def load_nuswide(
         valid_split: where a ``valid`` split of feature files goes (train/test/drop).
         tags_file: All_Tags.txt (raw; default under root).
         images_dir: the image folder (raw; default ``root/Flickr`` or ``root/images``).
+        low_level: the low-level features to join (lowlevel; default all present).
         class_split: seen/unseen split (default: generated from the class names).
         split_seed: seed of a generated split.
         skip_bad: leave bad samples out (listed in ``meta["skipped"]``) instead of failing.
@@ -229,26 +306,50 @@ def load_nuswide(
     check_skip_bad(skip_bad)
     mode, top, subset_key = _parse_subset(subset)
     wanted = _parse_concepts(concepts)
+    wanted_low = _parse_low_level(low_level)
     if images_dir is not None:
         img_dir = Path(images_dir).expanduser()
     else:
         img_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root / IMAGE_DIRS[0])
+    low_dir = next((root / d for d in LOW_LEVEL_DIRS if (root / d).is_dir()), None)
     if source == "auto":
-        source = "raw" if img_dir.is_dir() else "features"
-    common = dict(
+        if img_dir.is_dir():
+            source = "raw"
+        elif low_dir is not None and features_file is None and not _has_feature_files(root):
+            source = "lowlevel"
+        else:
+            source = "features"
+    common: dict[str, Any] = dict(
         mode=mode, top=top, subset_key=subset_key, wanted=wanted, class_split=class_split, split_seed=split_seed, skip_bad=skip_bad
     )
+    if source in ("raw", "lowlevel") and subset_key == "auto":
+        common.update(mode="single", top=10, subset_key="10")
     if source == "raw":
         return _load_raw(root, img_dir, tags_file, **common)
+    if source == "lowlevel":
+        if low_dir is None:
+            raise DataError(
+                f"NUS-WIDE source 'lowlevel' needs the release's low-level features: none of "
+                f"{', '.join(str(root / d) for d in LOW_LEVEL_DIRS[:2])} exists (unpack Low_Level_Features.rar there)."
+            )
+        return _load_lowlevel(root, low_dir, wanted_low, **common)
     return _load_features(root, features_file, keys, class_names, test_size, label_base, valid_split, **common)
 
 
-# =============================================================================== raw
-def _find(root: Path, candidates: Sequence[str], what: str) -> Path:
+def _has_feature_files(root: Path) -> bool:
+    try:
+        find_feature_files(root, None, known=KNOWN_FILES, dataset="NUS-WIDE")
+    except DataError as exc:
+        return "no feature files under" not in str(exc)
+    return True
+
+
+# =============================================================================== the release
+def _find(root: Path, candidates: Sequence[str], what: str, source: str = "raw") -> Path:
     for rel in candidates:
         if (root / rel).is_file():
             return root / rel
-    raise DataError(f"NUS-WIDE source 'raw' needs {what}: none of {', '.join(str(root / c) for c in candidates)} exists.")
+    raise DataError(f"NUS-WIDE source {source!r} needs {what}: none of {', '.join(str(root / c) for c in candidates)} exists.")
 
 
 def _lines(path: Path, fallback: bool = False) -> tuple[list[str], int]:
@@ -337,20 +438,46 @@ def _concept_names(root: Path) -> tuple[list[str], str]:
     )
 
 
-def _load_raw(
-    root: Path,
-    img_dir: Path,
-    tags_file: str | Path | None,
-    *,
-    mode: str,
-    top: int | None,
-    subset_key: str,
-    wanted: list[str] | None,
-    class_split,
-    split_seed: int,
-    skip_bad: bool,
-) -> Dataset:
-    all_path = _find(root, IMAGE_LISTS["all"], "the image list (ImageList/Imagelist.txt)")
+@dataclass
+class _Release:
+    """The lists and labels of the official release, with the subset chosen."""
+
+    all_path: Path
+    entries: list[str]
+    split_of: list[str]
+    lists: dict[str, tuple[Path, list[int]]]
+    names_from: str
+    labels_from: str
+    counts: dict[str, int]
+    chosen_names: list[str]
+    how: str
+    pos: np.ndarray
+    keep: np.ndarray
+    bad_vals: dict[tuple[int, int], str]
+    chosen: list[int]
+
+    def sample_id(self, r: int) -> str:
+        e = self.entries[r]
+        return e.rsplit(".", 1)[0] if "." in e.rsplit("/", 1)[-1] else e
+
+    def where(self, r: int) -> str:
+        return f"{self.all_path.name} line {r + 1}"
+
+    def row_problems(self, r: int, problems: Problems) -> None:
+        sid, where = self.sample_id(r), self.where(r)
+        for j in self.chosen:
+            if (r, j) in self.bad_vals:
+                problems.add(where, self.bad_vals[(r, j)], sid)
+        if not self.split_of[r]:
+            problems.add(where, f"{self.entries[r]!r} is in neither {self.lists['train'][0].name} nor {self.lists['test'][0].name}", sid)
+
+    def labels(self, r: int) -> tuple[str, ...]:
+        got = tuple(self.chosen_names[k] for k in np.flatnonzero(self.pos[r]))
+        return got or (self.chosen_names[0],)
+
+
+def _read_release(root: Path, *, mode: str, top: int | None, wanted: list[str] | None, source: str) -> _Release:
+    all_path = _find(root, IMAGE_LISTS["all"], "the image list (ImageList/Imagelist.txt)", source)
     entries = _image_list(all_path)
     n = len(entries)
     index: dict[str, int] = {}
@@ -361,7 +488,7 @@ def _load_raw(
     split_of = [""] * n
     lists: dict[str, tuple[Path, list[int]]] = {}
     for split in ("train", "test"):
-        lp = _find(root, IMAGE_LISTS[split], f"the {split} image list (ImageList/{split.title()}Imagelist.txt)")
+        lp = _find(root, IMAGE_LISTS[split], f"the {split} image list (ImageList/{split.title()}Imagelist.txt)", source)
         rows = []
         unknown = []
         for ln, e in enumerate(_image_list(lp), start=1):
@@ -405,7 +532,7 @@ def _load_raw(
                 for i, v in bad:
                     bad_vals[(rows[i], j)] = f"{p.name} line {i + 1}: {v!r} is not 0 or 1"
     else:
-        raise DataError(f"NUS-WIDE source 'raw' needs the labels: neither {root / ALL_LABELS} nor {root / TRAIN_TEST_LABELS} exists.")
+        raise DataError(f"NUS-WIDE source {source!r} needs the labels: neither {root / ALL_LABELS} nor {root / TRAIN_TEST_LABELS} exists.")
     uncertain_all = np.zeros(lab.shape, dtype=bool)
     for r, j in bad_vals:
         uncertain_all[r, j] = True
@@ -416,8 +543,80 @@ def _load_raw(
     pos = lab[:, chosen] == 1
     uncertain = uncertain_all[:, chosen].sum(axis=1)
     keep, _ = _filter(pos, uncertain, mode)
-    kept = np.flatnonzero(keep)
-    chosen_names = [read[j] for j in chosen]
+    return _Release(
+        all_path,
+        entries,
+        split_of,
+        lists,
+        names_from,
+        labels_from,
+        {read[j]: int(counts[j]) for j in chosen},
+        [read[j] for j in chosen],
+        how,
+        pos,
+        keep,
+        bad_vals,
+        chosen,
+    )
+
+
+def _release_meta(root: Path, rel: _Release, source: str, subset_key: str, mode: str, used: set[str]) -> dict[str, Any]:
+    return {
+        "source": str(root.resolve()),
+        "format": source,
+        "subset": subset_key,
+        "label_mode": "single-label" if mode == "single" else "multi-label",
+        "concepts": rel.chosen_names,
+        "concept_selection": rel.how,
+        "concept_counts": rel.counts,
+        "concepts_without_images": [c for c in rel.chosen_names if c not in used],
+        "concept_names": rel.names_from,
+        "labels_from": rel.labels_from,
+        "n_listed_images": len(rel.entries),
+        "n_in_subset": int(rel.keep.sum()),
+    }
+
+
+# =============================================================================== raw
+def _photo_id(stem: str) -> str | None:
+    """The Flickr photo id a downloaded image's file name carries, or ``None``."""
+    if stem.isdigit():
+        return stem
+    for pattern in (_FLICKR_PREFIXED, _FLICKR, _LIST_FORM):
+        m = pattern.match(stem)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _photo_index(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """``({photo id: path}, {photo id: [paths]})`` of the images under ``folder`` named by photo
+    id; the second holds the ids that several files claim (left out of the first)."""
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            pid = _photo_id(p.stem)
+            if pid is not None:
+                found.setdefault(pid, []).append(p)
+    return {k: v[0] for k, v in found.items() if len(v) == 1}, {k: v for k, v in found.items() if len(v) > 1}
+
+
+def _load_raw(
+    root: Path,
+    img_dir: Path,
+    tags_file: str | Path | None,
+    *,
+    mode: str,
+    top: int | None,
+    subset_key: str,
+    wanted: list[str] | None,
+    class_split: str | Path | ClassSplit | None,
+    split_seed: int,
+    skip_bad: bool,
+) -> Dataset:
+    rel = _read_release(root, mode=mode, top=top, wanted=wanted, source="raw")
+    n = len(rel.entries)
+    kept = np.flatnonzero(rel.keep)
     problems = Problems(f"NUS-WIDE ({root})")
 
     # ---------------------------------------------------------------- tags
@@ -427,11 +626,11 @@ def _load_raw(
     tag_lines, n_latin1 = _lines(tpath, fallback=True)
     if len(tag_lines) != n:
         raise DataError(
-            f"NUS-WIDE: {tpath} has {len(tag_lines)} lines but {all_path} lists {n} "
-            f"images; line i of {tpath.name} must be the tags of image i of {all_path.name}."
+            f"NUS-WIDE: {tpath} has {len(tag_lines)} lines but {rel.all_path} lists {n} "
+            f"images; line i of {tpath.name} must be the tags of image i of {rel.all_path.name}."
         )
     first = [ln.split(maxsplit=1)[0] if ln.strip() else "" for ln in tag_lines]
-    photo = [Path(e).stem.rsplit("_", 1)[-1] for e in entries]
+    photo = [Path(e).stem.rsplit("_", 1)[-1] for e in rel.entries]
     ids_match = sum(a == b for a, b in zip(first, photo))
     check_ids = ids_match > 0
 
@@ -439,60 +638,74 @@ def _load_raw(
     if not img_dir.is_dir():
         raise DataError(f"NUS-WIDE source 'raw' needs the images in {img_dir} (any depth; or pass images_dir=).")
     by_stem: dict[str, Path] | None = None
+    by_photo: tuple[dict[str, Path], dict[str, list[Path]]] | None = None
+    found_by = {"list path": 0, "file stem": 0, "photo id": 0}
     missing: list[Problem] = []
     samples: list[Sample] = []
+    without_tags: list[str] = []
     for r in kept.tolist():
-        e = entries[r]
-        sid = e.rsplit(".", 1)[0] if "." in e.rsplit("/", 1)[-1] else e
-        where = f"{all_path.name} line {r + 1}"
-        for j in chosen:
-            if (r, j) in bad_vals:
-                problems.add(where, bad_vals[(r, j)], sid)
-        if not split_of[r]:
-            problems.add(where, f"{e!r} is in neither {lists['train'][0].name} nor {lists['test'][0].name}", sid)
+        e = rel.entries[r]
+        sid, where = rel.sample_id(r), rel.where(r)
         tokens = tag_lines[r].split()
-        if check_ids and (not tokens or tokens[0] != photo[r]):
-            problems.add(
-                where, f"{tpath.name} line {r + 1} is photo {tokens[0] if tokens else '(empty)'!r} but the image is photo {photo[r]!r}", sid
-            )
+        if check_ids and tokens and tokens[0] != photo[r]:
+            problems.add(where, f"{tpath.name} line {r + 1} is photo {tokens[0]!r} but the image is photo {photo[r]!r}", sid)
         text = " ".join(tokens[1:]) if tokens else ""
         if not text:
-            problems.add(where, f"no tags ({tpath.name} line {r + 1} is {tag_lines[r].strip()[:40]!r})", sid)
-        path = img_dir / e
-        if not path.is_file():
+            without_tags.append(sid)
+            continue
+        rel.row_problems(r, problems)
+        path: Path | None = img_dir / e
+        if path is not None and path.is_file():
+            found_by["list path"] += 1
+        else:
             if by_stem is None:
                 by_stem = index_images(img_dir)
             path = by_stem.get(Path(e).stem)
-            if path is None:
-                missing.append(Problem(where, sid, f"image {e!r} not found"))
-        labels = tuple(chosen_names[k] for k in np.flatnonzero(pos[r]))
-        samples.append(Sample(id=sid, text=text or None, labels=labels or (chosen_names[0],), split=split_of[r] or "train", image=path))
+            if path is not None:
+                found_by["file stem"] += 1
+            else:
+                if by_photo is None:
+                    by_photo = _photo_index(img_dir)
+                path = by_photo[0].get(photo[r])
+                if path is not None:
+                    found_by["photo id"] += 1
+                elif photo[r] in by_photo[1]:
+                    names = ", ".join(str(p.relative_to(img_dir)) for p in by_photo[1][photo[r]][:3])
+                    missing.append(Problem(where, sid, f"image {e!r}: several files are named by its photo id {photo[r]} ({names})"))
+                else:
+                    missing.append(Problem(where, sid, f"image {e!r} not found (nor a file named by its photo id {photo[r]})"))
+        samples.append(Sample(id=sid, text=text, labels=rel.labels(r), split=rel.split_of[r] or "train", image=path))
     problems.add_group(f"missing image files under {img_dir}", missing)
     if not samples:
-        raise DataError(f"NUS-WIDE: no image of {all_path} is in the subset ({how}: {format_list(chosen_names)}).")
+        raise DataError(
+            f"NUS-WIDE: no image of {rel.all_path} is in the subset ({rel.how}: {format_list(rel.chosen_names)})"
+            + (f" with tags ({len(without_tags)} have none)." if without_tags else ".")
+        )
     used = {x for s in samples for x in s.labels}
-    meta = {
-        "source": str(root.resolve()),
-        "format": "raw",
-        "subset": subset_key,
-        "label_mode": "single-label" if mode == "single" else "multi-label",
-        "concepts": chosen_names,
-        "concept_selection": how,
-        "concept_counts": {read[j]: int(counts[j]) for j in chosen},
-        "concepts_without_images": [c for c in chosen_names if c not in used],
-        "concept_names": names_from,
-        "labels_from": labels_from,
-        "n_listed_images": n,
-        "n_in_subset": int(keep.sum()),
-        "tags_file": str(tpath),
-        "tag_lines_not_utf8": n_latin1,
-        "tag_photo_ids_checked": check_ids,
-        "images_dir": str(img_dir),
-    }
+    meta = _release_meta(root, rel, "raw", subset_key, mode, used)
+    notes = []
+    if without_tags:
+        notes.append(f"{len(without_tags)} images of the subset have no tags (no text): left out, as the cross-modal benchmarks do")
+    meta.update(
+        {
+            "recognised": (
+                f"the official release: {rel.all_path.name} + {rel.labels_from} + {tpath.name}; images found by "
+                + ", ".join(f"{k} {v}" for k, v in found_by.items() if v)
+            ),
+            "tags_file": str(tpath),
+            "tag_lines_not_utf8": n_latin1,
+            "tag_photo_ids_checked": check_ids,
+            "n_without_tags": len(without_tags),
+            "without_tags": without_tags[:20],
+            "images_dir": str(img_dir),
+            "images_found_by": found_by,
+            "notes": notes,
+        }
+    )
     return finish_dataset(
         "nus-wide",
         samples,
-        [c for c in chosen_names if c in used],
+        [c for c in rel.chosen_names if c in used],
         problems=problems,
         skip_bad=skip_bad,
         class_split=class_split,
@@ -502,27 +715,215 @@ def _load_raw(
     )
 
 
-# =============================================================================== features
-def _load_features(
+# =============================================================================== low-level features
+_DAT_SPLIT = (re.compile(r"^(train|test)_(.+)$", re.I), re.compile(r"^(.+)_(train|test)$", re.I))
+
+
+def _dat_name(path: Path) -> tuple[str, str | None]:
+    """``(feature name, split or None)`` of a low-level ``.dat`` file: ``Normalized_CH.dat`` →
+    ``("CH", None)``, ``Train_Normalized_EDH.dat`` → ``("EDH", "train")``."""
+    stem, split = path.stem, None
+    m = _DAT_SPLIT[0].match(stem)
+    if m:
+        split, stem = m.group(1).lower(), m.group(2)
+    else:
+        m = _DAT_SPLIT[1].match(stem)
+        if m:
+            stem, split = m.group(1), m.group(2).lower()
+    stem = re.sub(r"^normalized_", "", stem, flags=re.I)
+    canonical = {k.lower(): k for k in LOW_LEVEL}
+    return canonical.get(stem.lower(), stem), split
+
+
+def _read_matrix(path: Path, expected: int, list_path: Path) -> np.ndarray:
+    """A text matrix (one row a line, numbers separated by white space) of ``expected`` rows."""
+    lines, _ = _lines(path)
+    if len(lines) != expected:
+        raise DataError(
+            f"NUS-WIDE: {path} has {len(lines)} lines but {list_path} lists {expected} "
+            f"images; line i of {path.name} must be image i of {list_path.name}."
+        )
+    widths = np.fromiter((len(ln.split()) for ln in lines), dtype=np.int64, count=len(lines))
+    if widths.size and (widths != widths[0]).any():
+        i = int(np.flatnonzero(widths != widths[0])[0])
+        raise DataError(
+            f"NUS-WIDE: {path} line {i + 1} has {widths[i]} numbers but line 1 has {widths[0]}; every line must hold one image's vector."
+        )
+    try:
+        flat = np.array(" ".join(lines).split(), dtype=np.float32)
+    except ValueError:
+        for i, ln in enumerate(lines):
+            for tok in ln.split():
+                try:
+                    float(tok)
+                except ValueError:
+                    raise DataError(f"NUS-WIDE: {path} line {i + 1}: {tok[:20]!r} is not a number.") from None
+        raise  # pragma: no cover
+    return flat.reshape(len(lines), int(widths[0]) if widths.size else 0)
+
+
+def _release_matrix(whole: Path | None, parts: dict[str, Path], rel: _Release, what: str) -> tuple[np.ndarray, str]:
+    """One matrix in Imagelist row order, from a whole-list file or from its train/test files."""
+    n = len(rel.entries)
+    if whole is not None:
+        return _read_matrix(whole, n, rel.all_path), whole.name
+    if set(parts) != {"train", "test"}:
+        have = ", ".join(p.name for p in parts.values())
+        raise DataError(f"NUS-WIDE: {what}: found {have} but not its {'test' if 'train' in parts else 'train'} part.")
+    out: np.ndarray | None = None
+    for split in ("train", "test"):
+        lp, rows = rel.lists[split]
+        m = _read_matrix(parts[split], len(rows), lp)
+        if out is None:
+            out = np.zeros((n, m.shape[1]), dtype=np.float32)
+        elif m.shape[1] != out.shape[1]:
+            raise DataError(f"NUS-WIDE: {parts['train'].name} has {out.shape[1]} columns but {parts['test'].name} has {m.shape[1]}.")
+        out[rows] = m
+    assert out is not None
+    return out, f"{parts['train'].name} + {parts['test'].name}"
+
+
+def _load_lowlevel(
     root: Path,
-    features_file,
-    keys,
-    class_names,
-    test_size,
-    label_base,
-    valid_split,
+    low_dir: Path,
+    wanted_low: list[str] | None,
     *,
     mode: str,
     top: int | None,
     subset_key: str,
     wanted: list[str] | None,
-    class_split,
+    class_split: str | Path | ClassSplit | None,
+    split_seed: int,
+    skip_bad: bool,
+) -> Dataset:
+    rel = _read_release(root, mode=mode, top=top, wanted=wanted, source="lowlevel")
+    found: dict[str, dict[str | None, Path]] = {}
+    for p in sorted(low_dir.iterdir()):
+        if p.is_file() and p.suffix.lower() == ".dat":
+            name, split = _dat_name(p)
+            found.setdefault(name, {})[split] = p
+    if not found:
+        raise DataError(f"NUS-WIDE source 'lowlevel': {low_dir} holds no .dat feature file (e.g. Normalized_CH.dat, BoW_int.dat).")
+    order = [k for k in LOW_LEVEL if k in found] + sorted(k for k in found if k not in LOW_LEVEL)
+    if wanted_low is not None:
+        lower = {k.lower(): k for k in found}
+        unknown = [w for w in wanted_low if w.lower() not in lower and f"normalized_{w}".lower() not in lower]
+        if unknown:
+            raise ConfigError(f"NUS-WIDE low_level: {format_list(unknown)} not in {low_dir} (it has {', '.join(order)}).")
+        order = [lower.get(w.lower(), lower.get(f"normalized_{w}".lower(), w)) for w in wanted_low]
+    blocks, read_from = [], []
+    for name in order:
+        files = found[name]
+        m, how = _release_matrix(files.get(None), {s: p for s, p in files.items() if s is not None}, rel, f"low-level feature {name}")
+        blocks.append(m)
+        read_from.append(how)
+    image = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    whole = next((root / c for c in TAG_VECTORS if (root / c).is_file()), None)
+    split_files = {s: next((root / c for c in cands if (root / c).is_file()), None) for s, cands in TAG_VECTORS_SPLIT.items()}
+    split_tags = {s: p for s, p in split_files.items() if p is not None}
+    if whole is None and not split_tags:
+        raise DataError(
+            f"NUS-WIDE source 'lowlevel' needs the tag vectors (the text features): none of "
+            f"{', '.join(str(root / c) for c in TAG_VECTORS[:2])} or {root / TAG_VECTORS_SPLIT['train'][0]} + "
+            f"{root / TAG_VECTORS_SPLIT['test'][0]} exists."
+        )
+    text, text_from = _release_matrix(whole, split_tags, rel, "the tag vectors")
+    problems = Problems(f"NUS-WIDE ({low_dir})")
+    samples: list[Sample] = []
+    rows: list[int] = []
+    without_tags: list[str] = []
+    has_tags = text.any(axis=1)
+    for r in np.flatnonzero(rel.keep).tolist():
+        sid = rel.sample_id(r)
+        if not has_tags[r]:
+            without_tags.append(sid)
+            continue
+        rel.row_problems(r, problems)
+        samples.append(Sample(id=sid, text=None, labels=rel.labels(r), split=rel.split_of[r] or "train"))
+        rows.append(r)
+    if not samples:
+        raise DataError(f"NUS-WIDE: no image of {rel.all_path} is in the subset ({rel.how}: {format_list(rel.chosen_names)}) with tags.")
+    idx = np.asarray(rows)
+    feats = FeatureSet(
+        ModalityFeatures.from_array(image[idx], name="NUS-WIDE low-level image features"),
+        ModalityFeatures.from_array(text[idx], name="NUS-WIDE tag vectors"),
+        tuple(s.id for s in samples),
+        {"source": str(low_dir)},
+    )
+    used = {x for s in samples for x in s.labels}
+    meta = _release_meta(root, rel, "lowlevel", subset_key, mode, used)
+    notes = []
+    if without_tags:
+        notes.append(f"{len(without_tags)} images of the subset have an all-zero tag vector (no text): left out")
+    meta.update(
+        {
+            "recognised": (
+                f"the official release with its low-level features: {rel.all_path.name} + {rel.labels_from}; image features "
+                + " + ".join(f"{n} ({h}, {b.shape[1]}-d)" for n, h, b in zip(order, read_from, blocks))
+                + f"; text features {text_from} ({text.shape[1]}-d)"
+            ),
+            "low_level": order,
+            "low_level_files": read_from,
+            "tag_vectors": text_from,
+            "n_without_tags": len(without_tags),
+            "without_tags": without_tags[:20],
+            "notes": notes,
+        }
+    )
+    return finish_dataset(
+        "nus-wide",
+        samples,
+        [c for c in rel.chosen_names if c in used],
+        problems=problems,
+        skip_bad=skip_bad,
+        features=feats,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split="nus-wide",
+        meta=meta,
+    )
+
+
+# =============================================================================== features
+def _concept_list(folders: Sequence[Path], n_classes: int) -> tuple[list[str] | None, str]:
+    """Names from a concept list beside the files with one name per label column
+    (``Concepts81.txt`` …, any ``*concept*.txt``), and where from (or why none)."""
+    candidates: list[Path] = []
+    for d in folders:
+        candidates += [d / c for c in CONCEPT_FILES if (d / c).is_file()]
+        if d.is_dir():
+            candidates += sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() == ".txt" and "concept" in p.name.lower())
+    checked = []
+    for p in dict.fromkeys(candidates):
+        listed = [ln.strip() for ln in _lines(p)[0] if ln.strip()]
+        if len(listed) == n_classes and len(set(listed)) == len(listed):
+            return listed, f"file {p}"
+        checked.append(f"{p.name} lists {len(listed)}")
+    why = f" ({'; '.join(checked)}, not {n_classes})" if checked else ""
+    return None, f"label column numbers: the files carry no class names{why}; pass class_names= in the files' column order"
+
+
+def _load_features(
+    root: Path,
+    features_file: str | Path | Sequence[str | Path] | None,
+    keys: Mapping[str, str] | None,
+    class_names: Sequence[str] | str | Path | None,
+    test_size: int | None,
+    label_base: int | str,
+    valid_split: str,
+    *,
+    mode: str,
+    top: int | None,
+    subset_key: str,
+    wanted: list[str] | None,
+    class_split: str | Path | ClassSplit | None,
     split_seed: int,
     skip_bad: bool,
 ) -> Dataset:
     files, found_as = find_feature_files(
         root, features_file, known=KNOWN_FILES, dataset="NUS-WIDE", tag=str(top) if top is not None else None
     )
+    tags = sorted({m.group(1) for p in files if (m := _TC_FILE.search(p.name))})
     src = collect_arrays(files)
     parts, layout = read_parts(src, keys=keys, test_size=test_size, dataset="NUS-WIDE")
     folders = list(dict.fromkeys([root, files[0].parent]))
@@ -532,20 +933,37 @@ def _load_features(
     if rows.n_classes == 0:
         raise DataError(f"{describe}: no row has a valid class label.")
     if names is None:
-        concept_file = next((root / c for c in CONCEPT_FILES if (root / c).is_file()), None)
-        if concept_file is not None:
-            listed = [ln.strip() for ln in _lines(concept_file)[0] if ln.strip()]
-            if len(listed) == rows.n_classes and len(set(listed)) == len(listed):
-                names, names_from = listed, f"file {concept_file}"
+        names, names_from = _concept_list(folders, rows.n_classes)
     names_all = names if names is not None else [str(j) for j in range(rows.n_classes)]
     n = len(rows.ids)
     matrix = np.zeros((n, rows.n_classes), dtype=bool)
     for i, labs in enumerate(rows.labels):
         matrix[i, list(labs)] = True
     counts = matrix.sum(axis=0)
+    benchmark = f"NUS-WIDE-TC-{tags[0]}" if len(tags) == 1 else None
+    notes: list[str] = []
+    if subset_key == "auto":
+        mode, top = "multi", None
+        subset_key = f"tc{tags[0]}" if benchmark else "multi"
     chosen, how = _select(names_all, counts, wanted, top, f"{n} pairs of the feature files")
+    if wanted is None and top is None:
+        kind = "label columns" if rows.kind == "multi" else "classes"
+        how = f"all {len(names_all)} {kind} of the files" + (
+            f" (the published {benchmark} benchmark: every pair, multi-label)" if benchmark else ""
+        )
     pos = matrix[:, chosen]
     keep, _ = _filter(pos, rows.bad_label.astype(int), mode)
+    n_multi = int((matrix.sum(axis=1) > 1).sum())
+    if mode == "single" and n_multi:
+        what = benchmark or "multi-label"
+        msg = (
+            f"NUS-WIDE: subset={subset_key!r} keeps the {int(keep.sum())} of {n} pairs that carry exactly one of the chosen "
+            f"concepts (single-label); {n_multi} pairs of these files carry several labels. The published {what} benchmark "
+            f"(DCMH, DJSRH, UCCH) uses every pair, multi-label: leave subset unset"
+            + (f" or pass subset='tc{tags[0]}'." if benchmark else " or pass subset='multi'.")
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        notes.append(msg)
     chosen_names = [names_all[j] for j in chosen]
     problems = Problems(describe)
     samples = []
@@ -558,10 +976,14 @@ def _load_features(
         raise DataError(f"{describe}: no pair is in the subset ({how}: {format_list(chosen_names)}).")
     feats = feature_set(rows, keep, "NUS-WIDE", src.describe())
     used = {x for s in samples for x in s.labels}
+    recognised = describe_form(src, layout, found_as, parts)
+    if benchmark:
+        recognised = f"DCMH {benchmark} files; " + recognised
     meta = {
         "source": str(root.resolve()),
         "format": "features",
         "layout": layout,
+        "recognised": recognised,
         "features_files": [str(p.resolve()) for p in files],
         "found_as": found_as,
         "arrays": {p.split: p.keys for p in parts},
@@ -573,7 +995,9 @@ def _load_features(
         "concepts_without_pairs": [c for c in chosen_names if c not in used],
         "class_names": names_from,
         "n_pairs_in_files": n,
+        "n_pairs_with_several_labels": n_multi,
         "n_in_subset": int(keep.sum()),
+        "notes": notes,
         **rows.meta,
     }
     return finish_dataset(

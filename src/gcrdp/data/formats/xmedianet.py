@@ -17,19 +17,28 @@ DSCMR folder (``penghu-cs/DSCMR``)         ``train_img.mat`` ``train_txt.mat``
                                            key is accepted)
 Hu et al. Doc2Vec HDF5 (MRL, ELRCMR, …)    ``xmedianet_deep_doc2vec_data.h5py``: keys
                                            ``{split}_imgs_deep``, ``{split}_imgs_labels``,
-                                           ``{split}_text`` or ``{split}_texts``,
+                                           ``{split}_text``, ``{split}_texts`` or ``{split}_texts_doc``,
                                            ``{split}_texts_labels``, split = train/valid/test
 one ``.mat`` with split keys               ``xmedianet.mat``: ``img_train``, ``text_train``,
   (partial-label / noisy-label code)       ``label_train``, ``img_test``, …
-five-view cells                            ``XMediaNet5View_Doc2Vec.mat``: cell arrays
+split features, labels of all splits       ``XMediaNetFeatures.mat``: ``I_tr``, ``I_te``,
+  in one array                             ``T_tr``, ``T_te`` and ``I_labs``/``T_labs``
+                                           holding train then test rows (cut by the
+                                           ``I_tr``/``I_te`` row counts; a length that is
+                                           not their sum is an error)
+five-view cells                            ``XMediaNet5View_Doc2Vec.mat`` (or the four-view
+                                           ``XMediaNet4View_pairs.mat``): cell arrays
                                            ``train``/``valid``/``test`` (view 0 = image,
                                            view 1 = text) and ``train_labels``, …
+any other file named ``*xmedianet*``       found when it is the only one in ``root`` (or
+                                           ``root/features``); several: name one with
+                                           ``features_file=``
 =========================================  ==================================================
 
 Any ``.mat`` (v5, or v7.3 read with h5py and transposed back), ``.h5``/``.hdf5``/``.h5py``,
 ``.npz`` or ``.npy`` works; key names are matched case-insensitively against the conventions
 of :data:`SPLIT_KEYS` (``I_tr``/``T_te``/``L_tr``, ``train_img``, ``img_train``,
-``train_imgs_deep``, ``tr_img``, …). ``keys=`` names them explicitly, e.g.
+``train_imgs_deep``, ``train_texts_doc``, ``tr_img``, …). ``keys=`` names them explicitly, e.g.
 ``keys={"train_image": "I_tr", "test_image": "I_te", "train_text": ..., "train_label": ...}``
 (roles ``{train,valid,test}_{image,text,label,text_label}``).
 
@@ -66,9 +75,20 @@ from ..problems import Problems
 from ..registry import DATASETS
 from ..types import ClassSplit, Dataset, Sample
 from .build import check_skip_bad, finish_dataset
-from .featurearrays import collect_arrays, decode_rows, feature_set, find_feature_files, pairing_hint, read_class_names, read_parts
+from .featurearrays import (
+    collect_arrays,
+    decode_rows,
+    describe_form,
+    feature_set,
+    find_feature_files,
+    pairing_hint,
+    read_class_names,
+    read_parts,
+)
 
 KNOWN_FILES = (
+    "XMediaNetFeatures.mat",
+    "XMediaNet4View_pairs.mat",
     "xmedianet_deep_doc2vec_data.h5py",
     "xmedianet_deep_doc2vec_data.h5",
     "xmedianet.mat",
@@ -111,7 +131,7 @@ def load_xmedianet(
     if not root.is_dir():
         raise DataError(f"XMediaNet folder not found: {root}")
     check_skip_bad(skip_bad)
-    files, found_as = find_feature_files(root, features_file, known=KNOWN_FILES, dataset="XMediaNet")
+    files, found_as = find_feature_files(root, features_file, known=KNOWN_FILES, dataset="XMediaNet", name_hint="xmedianet")
     src = collect_arrays(files)
     parts, layout = read_parts(src, keys=keys, dataset="XMediaNet")
     folders = list(dict.fromkeys([root, files[0].parent]))
@@ -141,6 +161,7 @@ def load_xmedianet(
         "source": str(root.resolve()),
         "format": "features",
         "layout": layout,
+        "recognised": describe_form(src, layout, found_as, parts),
         "features_files": [str(p.resolve()) for p in files],
         "found_as": found_as,
         "arrays": {p.split: p.keys for p in parts},
