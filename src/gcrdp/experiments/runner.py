@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -332,6 +332,8 @@ def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: 
 class _DatasetKey:
     """The dataset's content digest (it reads every image file) computed once for all fits."""
 
+    _digest: str | None
+
     def __init__(self, dataset: Dataset) -> None:
         self.class_split = dataset.class_split
         self._dataset, self._digest = dataset, None
@@ -559,7 +561,7 @@ def run_experiment(
         if on_record is not None:
             on_record(rec)
 
-    from ..training.loop import observe_epochs
+    from ..training.loop import EpochObserver, observe_epochs
 
     all_tasks = [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
     try:
@@ -569,14 +571,14 @@ def run_experiment(
             for name, shots, seed in tasks:
                 folder = checkpoints(name, shots, seed) if checkpoints is not None else None
                 label = task_label(name, shots, seed)
-                with observe_epochs(lambda info, label=label: display.epoch(label, info)):
+                with observe_epochs(cast(EpochObserver, lambda info, label=label: display.epoch(label, info))):
                     rec = _fit_one(shared, name, shots, seed, splits[(shots, seed)], folder, resume)
                 finish(rec)
     finally:
         display.close()
     order = {t: i for i, t in enumerate(all_tasks)}
     records.sort(key=lambda r: order[(r["method"], r["shots"], r["seed"])])
-    results = {
+    results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
         "config": config.to_dict(),
         "resolved": {
