@@ -4,6 +4,7 @@ feature layouts (DCMH XAll/YAll/LAll incl. a v7.3 file, Hu et al. Doc2Vec HDF5).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -477,7 +478,7 @@ def test_dcmh_clean_set_beside_the_plain_one_names_features_file(tmp_path):
         load_dataset("nus-wide", root=str(tmp_path), test_size=10)
     msg = str(err.value)
     assert "two DCMH feature sets" in msg and "features_file=" in msg
-    assert "'nus-wide-tc21-lall-clean.mat', 'nus-wide-tc21-xall-vgg-clean.mat', 'nus-wide-tc21-yall-clean.mat'" in msg
+    assert 'features_file=["nus-wide-tc21-lall-clean.mat", "nus-wide-tc21-xall-vgg-clean.mat", "nus-wide-tc21-yall-clean.mat"]' in msg
     clean = ["nus-wide-tc21-lall-clean.mat", "nus-wide-tc21-xall-vgg-clean.mat", "nus-wide-tc21-yall-clean.mat"]
     ds = load_dataset("nus-wide", root=str(tmp_path), test_size=10, features_file=clean)
     assert len(ds) == int(keep.sum()) and ds.meta["subset"] == "tc21"
@@ -569,3 +570,37 @@ def test_features_disagreeing_labels_and_lengths(tmp_path):
     scipy.io.savemat(tmp_path / "nus-wide.mat", arrays)
     with pytest.raises(DataError, match=r"test arrays disagree in rows: I_te 10, T_te 9"):
         load_dataset("nus-wide", root=str(tmp_path), source="features")
+
+
+def test_gcrdp_inspect_says_which_form_it_recognised(tmp_path, capsys):
+    from tests.cli.test_cli import assert_user_error, run_cli
+
+    write_dcmh(tmp_path, tag="tc21")
+    code, out, err = run_cli(capsys, "inspect", "--dataset", "nus-wide", "--root", tmp_path, "--dataset-option", "test_size=10")
+    assert code == 0, err
+    assert "recognised: DCMH NUS-WIDE-TC-21 files; one set + split layout" in out
+    assert "subset: tc21 (multi-label), all 10 label columns of the files (the published NUS-WIDE-TC-21 benchmark" in out
+    rows = write_raw(tmp_path / "raw", images=False)
+    write_lowlevel(tmp_path / "raw", rows)
+    code, out, err = run_cli(capsys, "inspect", "--dataset", "nus-wide", "--root", tmp_path / "raw")
+    assert code == 0, err
+    assert "recognised: the official release with its low-level features" in out and "format: lowlevel" in out
+    for p in tmp_path.glob("nus-wide-tc21-*.mat"):
+        (tmp_path / p.name.replace(".mat", "-clean.mat")).write_bytes(p.read_bytes())
+    code, out, err = run_cli(capsys, "inspect", "--dataset", "nus-wide", "--root", tmp_path, "--dataset-option", "test_size=10")
+    assert_user_error(code, err, "two DCMH feature sets", "--dataset-option 'features_file=[…]'")
+    clean = json.dumps(sorted(p.name for p in tmp_path.glob("*-clean.mat") if "iall" not in p.name))
+    code, out, err = run_cli(
+        capsys,
+        "inspect",
+        "--dataset",
+        "nus-wide",
+        "--root",
+        tmp_path,
+        "--dataset-option",
+        "test_size=10",
+        "--dataset-option",
+        f"features_file={clean}",
+    )
+    assert code == 0, err
+    assert "recognised: DCMH NUS-WIDE-TC-21 files; one set + split layout (features_file)" in out and "lall-clean.mat (MATLAB v5)" in out

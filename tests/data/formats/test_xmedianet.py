@@ -11,7 +11,9 @@ import scipy.io
 
 import gcrdp.data.formats.xmedianet  # noqa: F401  (registers "xmedianet")
 from gcrdp.data import load_dataset
+from gcrdp.data.inspect import format_summary, summarize_dataset
 from gcrdp.errors import ConfigError, DataError
+from tests.helpers import save_mat_v73
 
 N_CLASSES = 8
 
@@ -269,6 +271,76 @@ def test_v73_mat_is_read_transposed(tmp_path):
     ds = load_dataset("xmedianet", root=str(tmp_path))
     assert len(ds) == 40 and ds.features.image.dim == 12
     np.testing.assert_allclose(ds.features.text.pooled[:24], tr[1])
+
+
+# ------------------------------------------------------------------------------ published files
+@pytest.mark.parametrize("v73", [False, True], ids=["v5", "v7.3"])
+def test_xmedianet_features_mat_with_labels_of_both_splits_in_one_array(tmp_path, v73):
+    """``XMediaNetFeatures.mat``: ``I_tr``/``I_te``/``T_tr``/``T_te`` and ``I_labs``/``T_labs``
+    holding the train rows then the test rows (1-based ids, as (1, n) rows in v5)."""
+    tr, te = _pairs(6, 1), _pairs(3, 2)
+    labs = np.concatenate([tr[2], te[2]]) + 1
+    arrays = {"I_tr": tr[0], "I_te": te[0], "T_tr": tr[1], "T_te": te[1], "I_labs": labs[None, :], "T_labs": labs[:, None]}
+    path = tmp_path / "XMediaNetFeatures.mat"
+    if v73:
+        pytest.importorskip("h5py")
+        save_mat_v73(path, arrays)
+    else:
+        scipy.io.savemat(path, arrays)
+    ds = load_dataset("xmedianet", root=str(tmp_path))
+    assert len(ds) == 72 and len(ds.split_indices("test")) == 24 and ds.meta["label_base"] == 1
+    assert [s.labels[0] for s in ds.samples] == [str(v) for v in np.concatenate([tr[2], te[2]])]
+    np.testing.assert_allclose(ds.features.image.pooled[48:], te[0])
+    assert ds.meta["arrays"]["test"]["label"] == "I_labs[48:72]" and ds.meta["arrays"]["train"]["text_label"] == "T_labs[0:48]"
+    text = format_summary(summarize_dataset(ds, check_files=False))
+    form = "MATLAB v7.3 (HDF5)" if v73 else "MATLAB v5"
+    assert (
+        f"recognised: split keys + labels of all splits in one array layout (XMediaNetFeatures.mat): XMediaNetFeatures.mat ({form})" in text
+    )
+
+
+def test_joint_labels_of_the_wrong_length_name_the_arrays(tmp_path):
+    tr, te = _pairs(6, 1), _pairs(3, 2)
+    labs = np.concatenate([tr[2], te[2]])[:70]
+    scipy.io.savemat(tmp_path / "XMediaNetFeatures.mat", {"I_tr": tr[0], "I_te": te[0], "T_tr": tr[1], "T_te": te[1], "I_labs": labs})
+    with pytest.raises(DataError, match=r"I_labs has 70 rows but the train I_tr 48 \+ test I_te 24 = 72 pairs"):
+        load_dataset("xmedianet", root=str(tmp_path))
+
+
+def test_four_view_pairs_file_is_found(tmp_path):
+    cells, labs = {}, {}
+    for split, n, seed in (("train", 4, 1), ("test", 2, 2)):
+        img, txt, lab = _pairs(n, seed)
+        views = np.empty((1, 4), dtype=object)
+        lv = np.empty((1, 4), dtype=object)
+        for v in range(4):
+            views[0, v] = img if v == 0 else txt if v == 1 else np.zeros((3, 2))
+            lv[0, v] = (lab + 1).reshape(-1, 1) if v < 2 else np.zeros((3, 1))
+        cells[split], labs[f"{split}_labels"] = views, lv
+    scipy.io.savemat(tmp_path / "XMediaNet4View_pairs.mat", {**cells, **labs})
+    ds = load_dataset("xmedianet", root=str(tmp_path))
+    assert ds.meta["found_as"] == "XMediaNet4View_pairs.mat" and ds.meta["layout"] == "five-view cells"
+    assert len(ds) == 8 * 6 and len(ds.split_indices("test")) == 16
+
+
+def test_doc2vec_texts_doc_keys_and_a_file_named_xmedianet(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    d = tmp_path / "features"
+    d.mkdir()
+    with h5py.File(d / "XMediaNet_doc2vec_vgg19.h5py", "w") as f:
+        for split, n, seed in (("train", 4, 1), ("valid", 1, 3), ("test", 2, 2)):
+            img, txt, lab = _pairs(n, seed)
+            f[f"{split}_imgs_deep"] = img
+            f[f"{split}_texts_doc"] = txt
+            f[f"{split}_imgs_labels"] = lab
+            f[f"{split}_texts_labels"] = lab
+    ds = load_dataset("xmedianet", root=str(tmp_path))
+    assert len(ds) == 8 * 7 and ds.meta["arrays"]["train"]["text"] == "train_texts_doc"
+    assert ds.meta["found_as"].startswith("the one *xmedianet* file in")
+    with h5py.File(d / "xmedianet_other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(DataError, match=r"2 feature files named \*xmedianet\*: .*Name the one to read with features_file="):
+        load_dataset("xmedianet", root=str(tmp_path))
 
 
 # ------------------------------------------------------------------------------ pipeline

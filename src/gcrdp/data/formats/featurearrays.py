@@ -8,6 +8,7 @@ theirs. Layouts are described in :mod:`gcrdp.data.xmedianet`'s docstring and doc
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -160,12 +161,13 @@ def _dcmh_files(folder: Path, tag: str | None, root: Path, dataset: str) -> tupl
             return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
         options = "; or ".join(
-            f"features_file={[rel(p) for p in sorted(got)]!r} ({'the ' + name[1:] if name else 'the plain'} files)"
+            f"features_file={json.dumps([rel(p) for p in sorted(got)])} ({'the ' + name[1:] if name else 'the plain'} files)"
             for name, got in complete.items()
         )
         raise DataError(
             f"{dataset}: {folder} holds two DCMH feature sets: the plain files and the '-clean' ones "
-            f"(another version of the same benchmark with other rows). Name the set to read: {options}."
+            "(another version of the same benchmark with other rows). Name the set to read "
+            f"(on the command line: --dataset-option 'features_file=[…]'): {options}."
         )
     name, got = next(iter(complete.items()))
     return sorted(got + others), name
@@ -387,8 +389,10 @@ def _joint_labels(
         key, arr = hit
         a = _take(arr, np.arange(total), total)
         if a.shape[0] != total:
+            shape = np.shape(arr)
+            have = int(np.prod(shape)) if len(shape) == 2 and min(shape) == 1 else (shape[0] if shape else 0)
             raise DataError(
-                f"{dataset}: {src.describe()}: {src.where(key)} has {np.asarray(arr).shape[0]} rows but the "
+                f"{dataset}: {src.describe()}: {src.where(key)} has {have} rows but the "
                 + " + ".join(f"{s} {found[s]['image'][0]} {n}" for s, n in zip(order, sizes))
                 + f" = {total} pairs; it must hold the labels of every split in that order. Name the label "
                 "arrays with keys= (train_label, test_label, …)."
