@@ -38,7 +38,7 @@ Import (``load_dataset("clip-retrieval", root=...)``)
   labels make the dataset multi-label. ``split_column`` (default ``split``) — ``train`` or
   ``test`` (case-insensitive), in every part or in none; when it is absent (and was not
   named explicitly), or ``split_column=None``, the split is generated per class as in the
-  ``folder`` dataset (:func:`gcrdp.data.folder.per_class_test_split`: per class — a sample's
+  ``folder`` dataset (:func:`gcrdp.data.formats.folder.per_class_test_split`: per class — a sample's
   first label —
   sample ids ordered by ``sha256(f"{split_seed}\\0{class}\\0{id}")``, the first
   ``floor(test_fraction * n + 0.5)``, at least 1 when ``n >= 2`` and at most ``n - 1``, to

@@ -124,7 +124,7 @@ def load_dscmr_folder(
     splits that must be present (``("test",)`` loads a folder that has only its test files).
 
     ``resplit``: pool the loaded pairs and split them again per class, this share to test
-    (:func:`gcrdp.data.build.assign_test_split`, seed ``split_seed``) — for a folder whose
+    (:func:`gcrdp.data.formats.build.assign_test_split`, seed ``split_seed``) — for a folder whose
     only split is ``test``; results are then not comparable with the official split
     (``meta["resplit"]`` records it)."""
     folder = Path(folder).expanduser()

@@ -3,8 +3,8 @@
 reading their arrays (``.mat`` v5 and v7.3, ``.h5``/``.h5py``, ``.npz``), telling their layout
 (per-split keys, one array with split marks, DSCMR's one-file-per-array, DCMH's ``XAll``/``YAll``
 /``LAll``, five-view cells), and decoding labels, splits and class names into rows. The
-datasets' own files (:mod:`gcrdp.data.xmedianet`, :mod:`gcrdp.data.nuswide`) hold only what is
-theirs. Layouts are described in :mod:`gcrdp.data.xmedianet`'s docstring and docs/datasets.md."""
+datasets' own files (:mod:`gcrdp.data.formats.xmedianet`, :mod:`gcrdp.data.formats.nuswide`) hold only what is
+theirs. Layouts are described in :mod:`gcrdp.data.formats.xmedianet`'s docstring and docs/datasets.md."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -113,7 +114,7 @@ _TC_TAG = re.compile(r"tc-?(\d+)", re.I)
 
 # =============================================================================== reading files
 def read_feature_arrays(path: Path) -> dict[str, np.ndarray]:
-    """:func:`~gcrdp.data.arrays.read_arrays` (which also reads ``.h5py``, the HDF5 extension
+    """:func:`~gcrdp.data.formats.arrays.read_arrays` (which also reads ``.h5py``, the HDF5 extension
     of the Hu et al. Doc2Vec files)."""
     return read_arrays(path)
 
@@ -191,7 +192,7 @@ def find_feature_files(
     ``tag``; the plain or the ``-clean`` set), the one feature file whose name contains
     ``name_hint`` (case-insensitive; several: an error listing them)."""
     if features_file is not None:
-        entries = list(features_file) if isinstance(features_file, (list, tuple)) else [features_file]
+        entries: list[str | Path] = list(features_file) if isinstance(features_file, (list, tuple)) else [cast("str | Path", features_file)]
         if not entries:
             raise ConfigError(f"{dataset}: features_file is an empty list.")
         paths: list[Path] = []
@@ -534,7 +535,9 @@ def _cell_layout(src: Arrays, dataset: str) -> list[Part]:
                 f"and a text (view 1) array and a {got[0]}_labels cell; it has {len(views)} "
                 f"view(s) and labels {'found' if lab_key else 'missing'}."
             )
-        labs = _cells(src.get(lab_key)[1])
+        lab_hit = src.get(lab_key)
+        assert lab_hit is not None  # lab_key was chosen because it exists
+        labs = _cells(lab_hit[1])
         n = _rows(views[0])
         parts.append(
             Part(
@@ -714,7 +717,10 @@ class Rows:
     meta: dict
 
 
-def _decode(arr: np.ndarray, n: int, key: str, describe: str) -> tuple[str, np.ndarray, np.ndarray]:
+_Decoded = tuple[str, np.ndarray, np.ndarray]
+
+
+def _decode(arr: np.ndarray, n: int, key: str, describe: str) -> _Decoded:
     """``("ids", int64 (n,), bad)`` or ``("multi", bool (n, C), bad)``."""
     a = np.asarray(arr)
     if a.dtype.kind not in "fiub":
@@ -733,7 +739,7 @@ def _decode(arr: np.ndarray, n: int, key: str, describe: str) -> tuple[str, np.n
         return "ids", ids, bad
     if a.ndim == 2 and a.shape[0] == n:
         bad = ~np.isin(a, (0, 1)).all(axis=1)
-        return "multi", (a == 1), bad
+        return "multi", np.asarray(a == 1), np.asarray(bad)
     raise DataError(f"{describe}: {key} must be (n,) class ids or (n, C) 0/1 labels for {n} rows, got shape {a.shape}.")
 
 
@@ -753,19 +759,20 @@ def decode_rows(
     if label_base not in ("auto", 0, 1) or isinstance(label_base, bool):
         raise ConfigError(f"label_base must be 'auto', 0 or 1, got {label_base!r}.")
     parts = [p for p in parts if not (p.split == "valid" and valid_split == "drop")]
-    decoded = []
-    kinds = set()
+    decoded: list[tuple[Part, _Decoded | None, _Decoded | None]] = []
+    kinds: set[tuple[str, int | None]] = set()
     for p in parts:
         n = _rows(p.image)
         lab = _decode(p.label, n, p.keys["label"], describe) if p.label is not None else None
         tl = _decode(p.text_label, n, p.keys["text_label"], describe) if p.text_label is not None else None
         if lab is not None and tl is not None and (lab[0] != tl[0] or lab[1].shape != tl[1].shape):
             raise DataError(
-                f"{describe}: {p.keys['label']} has shape {np.shape(p.label)} but "
-                f"{p.keys['text_label']} has {np.shape(p.text_label)}: the image and text "
+                f"{describe}: {p.keys['label']} has shape {np.asarray(p.label).shape} but "
+                f"{p.keys['text_label']} has {np.asarray(p.text_label).shape}: the image and text "
                 "labels must be the same kind and size."
             )
         main = lab if lab is not None else tl
+        assert main is not None  # every layout gives a part image or text labels
         kinds.add((main[0], main[1].shape[1] if main[0] == "multi" else None))
         decoded.append((p, lab, tl))
     if len({k for k, _ in kinds}) != 1:
@@ -773,10 +780,10 @@ def decode_rows(
     kind = next(iter(kinds))[0]
     meta: dict = {"label_kind": "class ids" if kind == "ids" else "multi-hot"}
     if kind == "multi":
-        cols = {c for _, c in kinds}
+        cols = {c for _, c in kinds if c is not None}
         if len(cols) != 1:
             raise DataError(f"{describe}: (n, C) labels with {sorted(cols)} columns in different splits.")
-        n_classes = cols.pop()
+        n_classes: int = cols.pop()
         if n_names is not None and n_names != n_classes:
             raise DataError(f"{describe}: {n_names} class names for {n_classes} label columns.")
         base = 0
@@ -789,17 +796,22 @@ def decode_rows(
         meta["label_base"] = base
         top = int(valid_ids.max()) - base + 1 if valid_ids.size else 0
         n_classes = n_names if n_names is not None else max(top, 0)
-    ids, splits, where, labels, reasons, bad_rows = [], [], [], [], [], []
+    ids: list[str] = []
+    splits: list[str] = []
+    where: list[str] = []
+    labels: list[tuple[int, ...]] = []
+    reasons: list[list[str]] = []
+    bad_rows: list[bool] = []
     for p, lab, tl in decoded:
         n = _rows(p.image)
         target = valid_split if p.split == "valid" else p.split
-        sets = []
+        sets: list[list[tuple[int, ...] | None] | None] = []
         for a in (lab, tl):
             if a is None:
                 sets.append(None)
                 continue
             k, vals, bad = a
-            out = []
+            out: list[tuple[int, ...] | None] = []
             for r in range(n):
                 if bad[r]:
                     out.append(None)
@@ -809,7 +821,9 @@ def decode_rows(
                 else:
                     out.append(tuple(int(j) for j in np.flatnonzero(vals[r])))
             sets.append(out)
-        text_zero = ~np.asarray(p.text).reshape(n, -1).astype(bool).any(axis=1) if check_empty_text else np.zeros(n, bool)
+        text_zero = np.zeros(n, bool)
+        if check_empty_text:
+            text_zero = np.asarray(~np.asarray(p.text).reshape(n, -1).astype(bool).any(axis=1))
         for r in range(n):
             why = []
             li = sets[0][r] if sets[0] is not None else None
@@ -817,7 +831,9 @@ def decode_rows(
             main_key = p.keys["label"] if sets[0] is not None else p.keys["text_label"]
             got = li if sets[0] is not None else lt
             if got is None:
-                raw = (lab or tl)[1][r]
+                main = lab if lab is not None else tl
+                assert main is not None
+                raw = main[1][r]
                 why.append(
                     f"{main_key} row {r}: {_raw(raw)} is not "
                     + (f"a class id in {base}..{base + n_classes - 1}" if kind == "ids" else "0/1")
@@ -828,6 +844,7 @@ def decode_rows(
                     f"{_show(lt, base, kind)} ({p.keys['text_label']})"
                 )
             elif sets[0] is not None and sets[1] is not None and li is not None and lt is None:
+                assert tl is not None
                 why.append(f"{p.keys['text_label']} row {r}: {_raw((tl)[1][r])} is not a valid label")
             if text_zero[r]:
                 why.append(f"the text features ({p.keys['text']} row {r}) are all zero: an empty text")

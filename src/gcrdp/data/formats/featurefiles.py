@@ -16,7 +16,7 @@ labels           ``labels``/``label``/``y``: (n,) class ids or class names, or (
                  multi-hot (several labels: relevance = at least one shared label)
 split            optional ``split``: (n,) strings ``train``/``test``; or ``is_test``: (n,)
                  0/1. Without either, a seeded per-class split (``test_fraction``, see
-                 :func:`gcrdp.data.build.assign_test_split`)
+                 :func:`gcrdp.data.formats.build.assign_test_split`)
 classes          optional ``classes``/``class_names``: (C,) strings; class id i is
                  ``classes[i]`` (default: the ids as strings)
 ids              optional ``ids``: (n,) unique strings (default ``row-000000``, …)

@@ -489,18 +489,18 @@ def _read_release(root: Path, *, mode: str, top: int | None, wanted: list[str] |
     lists: dict[str, tuple[Path, list[int]]] = {}
     for split in ("train", "test"):
         lp = _find(root, IMAGE_LISTS[split], f"the {split} image list (ImageList/{split.title()}Imagelist.txt)", source)
-        rows = []
-        unknown = []
+        rows: list[int] = []
+        unknown: list[str] = []
         for ln, e in enumerate(_image_list(lp), start=1):
-            r = index.get(e)
-            if r is None:
+            row = index.get(e)
+            if row is None:
                 unknown.append(f"line {ln} {e!r}")
                 continue
-            if split_of[r]:
-                other = lp.name if split_of[r] == split else lists["train"][0].name
+            if split_of[row]:
+                other = lp.name if split_of[row] == split else lists["train"][0].name
                 raise DataError(f"NUS-WIDE: {e!r} is listed twice: in {other} and in {lp.name}.")
-            split_of[r] = split
-            rows.append(r)
+            split_of[row] = split
+            rows.append(row)
         if unknown:
             raise DataError(f"NUS-WIDE: {lp} lists {len(unknown)} image(s) that {all_path.name} does not: {format_list(unknown)}.")
         lists[split] = (lp, rows)
@@ -832,7 +832,7 @@ def _load_lowlevel(
     samples: list[Sample] = []
     rows: list[int] = []
     without_tags: list[str] = []
-    has_tags = text.any(axis=1)
+    has_tags = np.asarray(text.any(axis=1))
     for r in np.flatnonzero(rel.keep).tolist():
         sid = rel.sample_id(r)
         if not has_tags[r]:

@@ -16,7 +16,7 @@ folder with one of:
     800 train / 200 test) are test pairs.
 
 ``source="features"`` — a DSCMR-style folder (``root/dscmr`` or ``root`` itself; layout in
-    :mod:`gcrdp.data.dscmr`): ``train_img.mat``, ``train_txt.mat``, ``train_img_lab.mat``,
+    :mod:`gcrdp.data.formats.dscmr`): ``train_img.mat``, ``train_txt.mat``, ``train_img_lab.mat``,
     ``test_*`` (VGG19 fc7 4096-d images, 300-d sentence-CNN texts, labels 0..19). Label id i is
     the i-th class of :data:`VOC_CLASSES` (the alphabetical PASCAL VOC order the DSCMR files
     use; ``class_names=`` overrides it). ``splits=["test"]`` loads a folder with only the test

@@ -60,7 +60,7 @@ is all zeros (an empty text) — is a problem of that sample (listed together, o
 the class names (``split_seed``) unless a ``xmedianet`` split ships or ``class_split`` is given.
 
 The reading helpers (:func:`find_feature_files`, :func:`collect_arrays`, :func:`read_parts`,
-:func:`decode_rows`) are shared with :mod:`gcrdp.data.nuswide`.
+:func:`decode_rows`) are shared with :mod:`gcrdp.data.formats.nuswide`.
 """
 
 from __future__ import annotations
