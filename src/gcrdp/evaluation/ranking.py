@@ -87,7 +87,7 @@ def _accumulate(
     scoring and ranking its rows (numpy's matmul, sort and element-wise loops release the GIL),
     so at most ``chunk_size × ng`` scores exist at a time. Meanwhile the BLAS is held to one
     thread: between the small matrix products its idle threads spin and steal the cores from the
-    sorts (measured: 2-4x slower). The result does not depend on ``chunk_size`` or ``n_threads``.
+    sorts (docs/benchmarks.md). The result does not depend on ``chunk_size`` or ``n_threads``.
     """
 
     def run(bounds: tuple[int, int]) -> dict[str, np.ndarray]:

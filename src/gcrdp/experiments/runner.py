@@ -49,15 +49,17 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) ->
     image_kw = dict(config.image_encoder_options)
     if config.encoder_backend:
         image_kw["backend"] = config.encoder_backend
-    image_enc = _build_encoder(get_image_encoder, config.image_encoder, image_kw, "image")
-    text_enc = _build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
+    image_enc = build_encoder(get_image_encoder, config.image_encoder, image_kw, "image")
+    text_enc = build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     return extract_features(
         dataset, image_enc, text_enc, cache_dir=cache, dtype=config.feature_dtype, batch_size=config.extract_batch_size, progress=progress
     )
 
 
-def _build_encoder(factory: Callable[..., Any], name: str, options: dict[str, Any], modality: str) -> Any:
+def build_encoder(factory: Callable[..., Any], name: str, options: dict[str, Any], modality: str) -> Any:
+    """``factory(name, **options)`` (``get_image_encoder``/``get_text_encoder``), with an option
+    the encoder does not take reported as a :class:`ConfigError` naming the ``modality``."""
     try:
         return factory(name, **options)
     except TypeError as exc:  # an option the encoder does not take
@@ -75,7 +77,7 @@ def class_name_features(class_names, config: RunConfig) -> np.ndarray:
     the features' space)."""
     from ..encoders import get_text_encoder
 
-    enc = _build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
+    enc = build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
     feats = enc.encode(class_name_texts(class_names), batch_size=64, progress=False)
     return np.ascontiguousarray(feats.pooled, dtype=np.float32)
 

@@ -12,6 +12,7 @@ from ..data.features import FeatureSet
 from ..data.formats.clip_retrieval import export_clip_retrieval
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError, format_list
+from ..experiments.saved import RestoredRun, restore_run
 
 
 def export_embeddings(method: Any, dataset: Dataset, features: FeatureSet | None, out_dir: str | Path, **kw: Any) -> Path:
@@ -52,3 +53,18 @@ def export_embeddings(method: Any, dataset: Dataset, features: FeatureSet | None
         "split": [s.split for s in dataset.samples],
     }
     return export_clip_retrieval(out_dir, img, txt, metadata, **kw)
+
+
+def export_run(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    part_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, RestoredRun]:
+    """Embed every sample of a saved run's dataset and write them in the clip-retrieval layout
+    (:func:`export_embeddings`); returns (the folder, the restored run)."""
+    r = restore_run(checkpoint, cache_dir=cache_dir, device=device, progress=progress)
+    return export_embeddings(r.method, r.dataset, r.features, output, part_size=part_size), r

@@ -156,15 +156,15 @@ class SearchModel:
         """The run's image or text encoder (built once)."""
         if modality not in self._encoders:
             from ..encoders import get_image_encoder, get_text_encoder
-            from ..experiments.runner import _build_encoder
+            from ..experiments.runner import build_encoder
 
             if modality == "image":
                 kw = dict(self.config.image_encoder_options)
                 if self.config.encoder_backend:
                     kw["backend"] = self.config.encoder_backend
-                self._encoders[modality] = _build_encoder(get_image_encoder, self.config.image_encoder, kw, "image")
+                self._encoders[modality] = build_encoder(get_image_encoder, self.config.image_encoder, kw, "image")
             else:
-                self._encoders[modality] = _build_encoder(
+                self._encoders[modality] = build_encoder(
                     get_text_encoder, self.config.text_encoder, dict(self.config.text_encoder_options), "text"
                 )
         return self._encoders[modality]
