@@ -366,6 +366,8 @@ def test_lowlevel_untagged_rows_counted_and_bad_files_named(tmp_path):
     ch.unlink()
     with pytest.raises(DataError, match=r"needs the tag vectors .*AllTags1k.txt"):
         load_dataset("nus-wide", root=str(tmp_path))
+    with pytest.raises(DataError, match=r"low-level features .*read them with source='lowlevel'"):
+        load_dataset("nus-wide", root=str(tmp_path), features_file="Low_Level_Features/BoW_int.dat")
     empty = tmp_path / "empty"
     write_raw(empty, images=False)
     with pytest.raises(DataError, match="needs the release's low-level features"):

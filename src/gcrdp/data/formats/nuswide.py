@@ -920,6 +920,13 @@ def _load_features(
     split_seed: int,
     skip_bad: bool,
 ) -> Dataset:
+    given = list(features_file) if isinstance(features_file, (list, tuple)) else [features_file] if features_file is not None else []
+    dat = [str(p) for p in given if str(p).lower().endswith(".dat")]
+    if dat:
+        raise DataError(
+            f"NUS-WIDE: {format_list(dat)} are the release's low-level features (text .dat files): read them with "
+            "source='lowlevel' (with the image lists and labels under root; low_level= picks the features), not features_file=."
+        )
     files, found_as = find_feature_files(
         root, features_file, known=KNOWN_FILES, dataset="NUS-WIDE", tag=str(top) if top is not None else None
     )
