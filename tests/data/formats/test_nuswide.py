@@ -356,8 +356,13 @@ def test_lowlevel_untagged_rows_counted_and_bad_files_named(tmp_path):
     ch.write_text("\n".join(lines[:-3]) + "\n")
     with pytest.raises(DataError, match=r"Normalized_CH.dat has 42 lines but .*Imagelist.txt lists 44"):
         load_dataset("nus-wide", root=str(tmp_path))
+    ch.write_text("\n".join(lines[:-1] + [lines[0], "", ""]))  # one line too many (then blank lines: ignored)
+    with pytest.raises(DataError, match=r"Normalized_CH.dat has more than 44 lines but .*Imagelist.txt lists 44"):
+        load_dataset("nus-wide", root=str(tmp_path))
+    ch.write_text("\r\n".join(lines[:2] + [""] + lines[2:]))  # a blank line is not a row
+    assert len(load_dataset("nus-wide", root=str(tmp_path), subset="multi")) == len(rows) - 1
     ch.write_text("\n".join(lines[:2] + [lines[2] + " 0.5"] + lines[3:]))
-    with pytest.raises(DataError, match=r"Normalized_CH.dat line 3 has 65 numbers but line 1 has 64"):
+    with pytest.raises(DataError, match=r"Normalized_CH.dat line 3 has 65 numbers but the first line has 64"):
         load_dataset("nus-wide", root=str(tmp_path))
     ch.write_text("\n".join(lines[:2] + ["n/a " + lines[2].split(" ", 1)[1]] + lines[3:]))
     with pytest.raises(DataError, match=r"Normalized_CH.dat line 3: 'n/a' is not a number"):

@@ -736,30 +736,48 @@ def _dat_name(path: Path) -> tuple[str, str | None]:
 
 
 def _read_matrix(path: Path, expected: int, list_path: Path) -> np.ndarray:
-    """A text matrix (one row a line, numbers separated by white space) of ``expected`` rows."""
-    lines, _ = _lines(path)
-    if len(lines) != expected:
+    """A text matrix of ``expected`` rows (one row a line, numbers separated by white space,
+    ``\n`` or ``\r\n``; blank lines are not rows) as float32, parsed by numpy's C reader
+    (``numpy.loadtxt``): a 1 GB file costs about its float32 result in memory
+    (benchmarks/bench_lowlevel_read.py). A malformed line is named by its number."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": the row count says it
+            m = np.loadtxt(path, dtype=np.float32, ndmin=2, comments=None, max_rows=expected + 1, encoding="utf-8-sig")
+    except ValueError as exc:
+        _bad_line(path)
+        raise DataError(f"NUS-WIDE: {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"NUS-WIDE: cannot read {path}: {exc}") from None
+    if m.shape[0] != expected:
+        has = f"more than {expected}" if m.shape[0] > expected else str(m.shape[0])
         raise DataError(
-            f"NUS-WIDE: {path} has {len(lines)} lines but {list_path} lists {expected} "
+            f"NUS-WIDE: {path} has {has} lines but {list_path} lists {expected} "
             f"images; line i of {path.name} must be image i of {list_path.name}."
         )
-    widths = np.fromiter((len(ln.split()) for ln in lines), dtype=np.int64, count=len(lines))
-    if widths.size and (widths != widths[0]).any():
-        i = int(np.flatnonzero(widths != widths[0])[0])
-        raise DataError(
-            f"NUS-WIDE: {path} line {i + 1} has {widths[i]} numbers but line 1 has {widths[0]}; every line must hold one image's vector."
-        )
-    try:
-        flat = np.array(" ".join(lines).split(), dtype=np.float32)
-    except ValueError:
-        for i, ln in enumerate(lines):
-            for tok in ln.split():
+    return m
+
+
+def _bad_line(path: Path) -> None:
+    """Raise a :class:`DataError` naming the first line of ``path`` whose numbers cannot be read
+    or whose count differs from the first line's (the slow path, after the fast reader failed)."""
+    width = None
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for ln, line in enumerate(fh, start=1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            width = len(tokens) if width is None else width
+            if len(tokens) != width:
+                raise DataError(
+                    f"NUS-WIDE: {path} line {ln} has {len(tokens)} numbers but the first line has {width}; "
+                    "every line must hold one image's vector."
+                )
+            for tok in tokens:
                 try:
                     float(tok)
                 except ValueError:
-                    raise DataError(f"NUS-WIDE: {path} line {i + 1}: {tok[:20]!r} is not a number.") from None
-        raise  # pragma: no cover
-    return flat.reshape(len(lines), int(widths[0]) if widths.size else 0)
+                    raise DataError(f"NUS-WIDE: {path} line {ln}: {tok[:20]!r} is not a number.") from None
 
 
 def _release_matrix(whole: Path | None, parts: dict[str, Path], rel: _Release, what: str) -> tuple[np.ndarray, str]:
