@@ -835,7 +835,6 @@ def _load_lowlevel(
         m, how = _release_matrix(files.get(None), {s: p for s, p in files.items() if s is not None}, rel, f"low-level feature {name}")
         blocks.append(m)
         read_from.append(how)
-    image = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
     whole = next((root / c for c in TAG_VECTORS if (root / c).is_file()), None)
     split_files = {s: next((root / c for c in cands if (root / c).is_file()), None) for s, cands in TAG_VECTORS_SPLIT.items()}
     split_tags = {s: p for s, p in split_files.items() if p is not None}
@@ -862,8 +861,13 @@ def _load_lowlevel(
     if not samples:
         raise DataError(f"NUS-WIDE: no image of {rel.all_path} is in the subset ({rel.how}: {format_list(rel.chosen_names)}) with tags.")
     idx = np.asarray(rows)
+    widths = [b.shape[1] for b in blocks]
+    image = np.empty((len(idx), sum(widths)), dtype=np.float32)  # the kept rows only: no full-size copy
+    for k, b in enumerate(blocks):
+        image[:, sum(widths[:k]) : sum(widths[: k + 1])] = b[idx]
+    blocks.clear()
     feats = FeatureSet(
-        ModalityFeatures.from_array(image[idx], name="NUS-WIDE low-level image features"),
+        ModalityFeatures.from_array(image, name="NUS-WIDE low-level image features"),
         ModalityFeatures.from_array(text[idx], name="NUS-WIDE tag vectors"),
         tuple(s.id for s in samples),
         {"source": str(low_dir)},
@@ -877,7 +881,7 @@ def _load_lowlevel(
         {
             "recognised": (
                 f"the official release with its low-level features: {rel.all_path.name} + {rel.labels_from}; image features "
-                + " + ".join(f"{n} ({h}, {b.shape[1]}-d)" for n, h, b in zip(order, read_from, blocks))
+                + " + ".join(f"{n} ({h}, {w}-d)" for n, h, w in zip(order, read_from, widths))
                 + f"; text features {text_from} ({text.shape[1]}-d)"
             ),
             "low_level": order,
