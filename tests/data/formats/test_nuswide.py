@@ -523,6 +523,29 @@ def test_dcmh_split_array_and_subset_tag(tmp_path):
         load_dataset("nus-wide", root=str(tmp_path), subset="multi", features_file=str(tmp_path))
 
 
+def test_one_file_tc21_with_split_keys(tmp_path):
+    """``nus-wide-tc21.mat`` as noisy-label cross-modal code ships it: ``img_train``/``img_val``/
+    ``img_test``, ``txt_*``, multi-hot ``train_labs``/``val_labs``/``test_labs``."""
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for split, n in (("train", 30), ("val", 6), ("test", 9)):
+        lab = np.zeros((n, 21), np.uint8)
+        lab[np.arange(n), np.arange(n) % 21] = 1
+        lab[0, 20] = 1  # a pair with two labels
+        arrays |= {f"img_{split}": rng.normal(size=(n, 8)), f"txt_{split}": rng.random((n, 5)) + 0.1, f"{split}_labs": lab}
+    scipy.io.savemat(tmp_path / "nus-wide-tc21.mat", arrays)
+    ds = load_dataset("nus-wide", root=str(tmp_path))
+    assert ds.meta["found_as"] == "nus-wide-tc21.mat" and ds.meta["subset"] == "tc21" and ds.is_multilabel
+    assert len(ds) == 45 and len(ds.split_indices("test")) == 9  # val joins train
+    assert ds.meta["arrays"]["train"]["label"] == "train_labs" and "recognised: NUS-WIDE-TC-21 files; split keys" in format_summary(
+        summarize_dataset(ds, check_files=False)
+    )
+    scipy.io.savemat(tmp_path / "nus-wide-tc10.mat", arrays)
+    with pytest.raises(DataError, match="are two subsets; say which to read with subset='tc10' or 'tc21'"):
+        load_dataset("nus-wide", root=str(tmp_path))
+    assert load_dataset("nus-wide", root=str(tmp_path), subset="tc21").meta["found_as"] == "nus-wide-tc21.mat"
+
+
 def test_hu_doc2vec_features_single_label(tmp_path):
     h5py = pytest.importorskip("h5py")
     rng = np.random.default_rng(0)

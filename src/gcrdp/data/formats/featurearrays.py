@@ -69,6 +69,7 @@ SPLIT_KEYS = {
         "{L}_label",
         "{L}_labels",
         "{L}_lab",
+        "{L}_labs",
         "L_{S}",
         "{S}_img_lab",
         "{S}_lab",

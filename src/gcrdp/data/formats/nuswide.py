@@ -175,6 +175,8 @@ KNOWN_FILES = (
     "nuswide.h5",
     "nus-wide.npz",
 )
+#: one-file versions of the DCMH subsets with split keys (``img_train``, ``txt_val``, ``train_labs`` …)
+TC_FILES = {"10": "nus-wide-tc10.mat", "21": "nus-wide-tc21.mat"}
 _TC_FILE = re.compile(r"tc-?(\d+)", re.I)
 # Flickr file names of downloaded images: <n>_<id>_<secret>[_<size>], <id>_<secret>[_<size>]
 _FLICKR_PREFIXED = re.compile(r"^\d+_(\d+)_[0-9a-f]{4,}(?:_[a-z])?$", re.I)
@@ -338,7 +340,7 @@ def load_nuswide(
 
 def _has_feature_files(root: Path) -> bool:
     try:
-        find_feature_files(root, None, known=KNOWN_FILES, dataset="NUS-WIDE")
+        find_feature_files(root, None, known=list(TC_FILES.values()) + list(KNOWN_FILES), dataset="NUS-WIDE")
     except DataError as exc:
         return "no feature files under" not in str(exc)
     return True
@@ -949,9 +951,18 @@ def _load_features(
             f"NUS-WIDE: {format_list(dat)} are the release's low-level features (text .dat files): read them with "
             "source='lowlevel' (with the image lists and labels under root; low_level= picks the features), not features_file=."
         )
-    files, found_as = find_feature_files(
-        root, features_file, known=KNOWN_FILES, dataset="NUS-WIDE", tag=str(top) if top is not None else None
+    tag = str(top) if top is not None else None
+    if tag is None and features_file is None:
+        both = [d / name for d in (root, root / "features") for name in TC_FILES.values() if (d / name).is_file()]
+        if len(both) > 1:
+            raise DataError(
+                f"NUS-WIDE: {format_list([str(p) for p in both])} are two subsets; say which to read with subset='tc10' or "
+                "'tc21' (or name the file with features_file=)."
+            )
+    known = (
+        ([TC_FILES[tag]] if tag in TC_FILES else []) + [n for n in TC_FILES.values() if n != TC_FILES.get(tag or "")] + list(KNOWN_FILES)
     )
+    files, found_as = find_feature_files(root, features_file, known=known, dataset="NUS-WIDE", tag=tag)
     tags = sorted({m.group(1) for p in files if (m := _TC_FILE.search(p.name))})
     src = collect_arrays(files)
     parts, layout = read_parts(src, keys=keys, test_size=test_size, dataset="NUS-WIDE")
@@ -1007,7 +1018,8 @@ def _load_features(
     used = {x for s in samples for x in s.labels}
     recognised = describe_form(src, layout, found_as, parts)
     if benchmark:
-        recognised = f"DCMH {benchmark} files; " + recognised
+        dcmh = any(re.search(r"[xyl]all", p.name, re.I) for p in files)
+        recognised = f"{'DCMH ' if dcmh else ''}{benchmark} files; " + recognised
     meta = {
         "source": str(root.resolve()),
         "format": "features",
