@@ -10,7 +10,9 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import __version__
 from ..errors import GcrdpError
@@ -39,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(args.command)
+            return int(args.func(args) or 0)
     except GcrdpError as exc:
         print(f"gcrdp {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -53,6 +57,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def _show_warning(command: str) -> Callable[..., None]:
+    """Warnings the library raises for the user (``UserWarning``: e.g. a dataset subset that is not
+    the published benchmark) print as ``gcrdp CMD: warning: …``, without a source line; others
+    as Python shows them."""
+    default = warnings.showwarning
+
+    def show(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None
+    ) -> None:
+        if issubclass(category, UserWarning) and not issubclass(category, (DeprecationWarning, FutureWarning)):
+            print(f"gcrdp {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def entrypoint() -> None:  # console script

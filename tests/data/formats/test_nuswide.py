@@ -634,3 +634,15 @@ def test_gcrdp_inspect_says_which_form_it_recognised(tmp_path, capsys):
     )
     assert code == 0, err
     assert "recognised: DCMH NUS-WIDE-TC-21 files; one set + split layout (features_file)" in out and "lall-clean.mat (MATLAB v5)" in out
+
+
+def test_the_cli_prints_the_subset_warning_plainly(tmp_path, capsys):
+    from tests.cli.test_cli import run_cli
+
+    write_dcmh(tmp_path)
+    code, out, err = run_cli(
+        capsys, "inspect", "--dataset", "nus-wide", "--root", tmp_path, "--dataset-option", "test_size=10", "--dataset-option", "subset=10"
+    )
+    assert code == 0, err
+    assert "gcrdp inspect: warning: NUS-WIDE: subset='10' keeps the 43 of 46 pairs" in err and "UserWarning" not in err
+    assert "note: NUS-WIDE: subset='10' keeps" in out  # and the summary keeps it
