@@ -193,7 +193,13 @@ def test_raw_images_stored_by_photo_id(tmp_path):
     flickr = tmp_path / "Flickr"
     flickr.mkdir()
     for i, r in enumerate(rows):
-        name = (f"{r['photo']}.jpg", f"{i}_{r['photo']}_3f2a9c1b7e_m.jpg", f"{r['photo']}_a1b2c3d4e5_m.jpg")[i % 3]
+        name = (
+            f"{r['photo']}.jpg",
+            f"{i}_{r['photo']}_3f2a9c1b7e_m.jpg",
+            f"{r['photo']}_a1b2c3d4e5_m.jpg",
+            f"{r['photo']}_3f2a9c1b7e.jpg",  # no size suffix
+            f"{r['photo']}_{9876543210 + i}.jpg",  # an all-digit secret
+        )[i % 5]
         Image.new("RGB", (4, 4), (i, 80, 160)).save(flickr / name, format="JPEG")
     ds = load_dataset("nus-wide", root=str(tmp_path), subset="multi")
     assert len(ds) == len(rows) and all(s.image is not None and s.image.parent == flickr for s in ds.samples)
@@ -303,7 +309,9 @@ def write_lowlevel(root: Path, rows: list[dict], *, split_files: bool = False, s
     else:
         for split, idx in (("Train", train), ("Test", test)):
             for k, m in feats.items():
-                (low / f"{split}_{name[k]}.dat").write_text("\r\n".join(_matrix_lines(m[idx], fmt=fmt[k])) + "\r\n")
+                # Train_Normalized_CH.dat, and BoW_Train_int.dat as the release names the split BoW files
+                fname = f"BoW_{split}_int" if k == "BoW_int" else f"{split}_{name[k]}"
+                (low / f"{fname}.dat").write_text("\r\n".join(_matrix_lines(m[idx], fmt=fmt[k])) + "\r\n")
             (root / f"NUS_WID_Tags/{split}_Tags1k.dat").write_text("\n".join(_matrix_lines(tags[idx], "\t", "{:.0f}")) + "\n")
     return {"features": feats, "tags": tags}
 
@@ -341,6 +349,15 @@ def test_lowlevel_train_test_files_agree_with_whole_files(tmp_path):
     np.testing.assert_array_equal(da.features.image.pooled, db.features.image.pooled)
     np.testing.assert_array_equal(da.features.text.pooled, db.features.text.pooled)
     assert "Train_Normalized_CH.dat + Test_Normalized_CH.dat" in db.meta["recognised"]
+    assert "BoW_int (BoW_Train_int.dat + BoW_Test_int.dat, 500-d)" in db.meta["recognised"]
+    # an image in neither split list has no row in the Train_/Test_ files: a problem, not an untagged image
+    lst = b / "ImageList/TestImagelist.txt"
+    lines = lst.read_text().split("\n")
+    lst.write_text("\n".join(lines[1:]))
+    for p in sorted((b / "Low_Level_Features").glob("*Test*.dat")) + [b / "NUS_WID_Tags/Test_Tags1k.dat"]:
+        p.write_text("\n".join(p.read_text().replace("\r\n", "\n").split("\n")[1:]))
+    with pytest.raises(DataError, match=r"is in neither TrainImagelist.txt nor TestImagelist.txt"):
+        load_dataset("nus-wide", root=str(b), source="lowlevel", subset="multi")
 
 
 def test_lowlevel_untagged_rows_counted_and_bad_files_named(tmp_path):
@@ -395,9 +412,11 @@ def _dcmh_arrays(n_per_class: int = 4, n_classes: int = 10, seed: int = 0):
 
 
 def write_dcmh(folder: Path, tag: str = "tc10", v73_text: bool = True) -> tuple:
+    """DCMH's files of a subset: XAll (v5), YAll (v7.3 by default), LAll with one column per
+    concept of the subset (10 or 21), IAll raw images (ignored by the loader)."""
     h5py = pytest.importorskip("h5py")
     folder.mkdir(parents=True, exist_ok=True)
-    x, y, lab = _dcmh_arrays()
+    x, y, lab = _dcmh_arrays(n_classes=int(tag[2:]))
     scipy.io.savemat(folder / f"nus-wide-{tag}-xall-vgg.mat", {"XAll": x})
     scipy.io.savemat(folder / f"nus-wide-{tag}-lall.mat", {"LAll": lab})
     if v73_text:  # MATLAB v7.3: HDF5 after a 512-byte header, arrays stored transposed
@@ -481,16 +500,17 @@ def test_dcmh_clean_set_beside_the_plain_one_names_features_file(tmp_path):
     keep = lab.sum(axis=1) == 1  # a "-clean" set with other rows
     for name, key, arr in (("xall-vgg", "XAll", x), ("yall", "YAll", y), ("lall", "LAll", lab)):
         scipy.io.savemat(tmp_path / f"nus-wide-tc21-{name}-clean.mat", {key: arr[keep]})
+    scipy.io.savemat(tmp_path / "nus-wide-tc21-param.mat", {"seed": 1})  # another file beside them: part of both lists
     with pytest.raises(DataError) as err:
         load_dataset("nus-wide", root=str(tmp_path), test_size=10)
     msg = str(err.value)
     assert "two DCMH feature sets" in msg and "features_file=" in msg
-    assert 'features_file=["nus-wide-tc21-lall-clean.mat", "nus-wide-tc21-xall-vgg-clean.mat", "nus-wide-tc21-yall-clean.mat"]' in msg
-    clean = ["nus-wide-tc21-lall-clean.mat", "nus-wide-tc21-xall-vgg-clean.mat", "nus-wide-tc21-yall-clean.mat"]
+    clean = ["nus-wide-tc21-lall-clean.mat", "nus-wide-tc21-param.mat", "nus-wide-tc21-xall-vgg-clean.mat", "nus-wide-tc21-yall-clean.mat"]
+    assert f"features_file={json.dumps(clean)} (the clean files)" in msg
     ds = load_dataset("nus-wide", root=str(tmp_path), test_size=10, features_file=clean)
     assert len(ds) == int(keep.sum()) and ds.meta["subset"] == "tc21"
     plain = ["nus-wide-tc21-lall.mat", "nus-wide-tc21-xall-vgg.mat", "nus-wide-tc21-yall.mat"]
-    assert len(load_dataset("nus-wide", root=str(tmp_path), test_size=10, features_file=plain)) == 46
+    assert len(load_dataset("nus-wide", root=str(tmp_path), test_size=10, features_file=plain)) == 90
     # only the clean set in a folder: read, and said so
     only = tmp_path / "only"
     only.mkdir()
@@ -501,8 +521,8 @@ def test_dcmh_clean_set_beside_the_plain_one_names_features_file(tmp_path):
 
 
 def test_dcmh_split_array_and_subset_tag(tmp_path):
-    x, y, lab = write_dcmh(tmp_path, tag="tc21")
-    write_dcmh(tmp_path, tag="tc10")
+    write_dcmh(tmp_path, tag="tc21")
+    x, y, lab = write_dcmh(tmp_path, tag="tc10")
     scipy.io.savemat(tmp_path / "nus-wide-tc10-split.mat", {"is_test": (np.arange(len(x)) % 5 == 0).astype(np.uint8)})
     with pytest.warns(UserWarning):
         ds = load_dataset("nus-wide", root=str(tmp_path), subset="10")
@@ -510,14 +530,16 @@ def test_dcmh_split_array_and_subset_tag(tmp_path):
     assert ds.meta["arrays"]["test"]["split"].endswith("is_test")
     assert len(ds.split_indices("test")) == sum(1 for i in range(46) if i % 5 == 0 and lab[i].sum() == 1)
     assert len(load_dataset("nus-wide", root=str(tmp_path), subset="tc10")) == 46
-    with pytest.raises(DataError, match=r"DCMH files of 2 subsets \(TC-10, TC-21\); say which to read with subset='tc10', 'tc21'"):
+    with pytest.raises(DataError, match=r"files of 2 subsets \(TC-10: .*; TC-21: .*\); say which to read with subset='tc10' or 'tc21'"):
         load_dataset("nus-wide", root=str(tmp_path))
     only21 = tmp_path / "only21"
     write_dcmh(only21, tag="tc21")  # unset subset: the TC-21 benchmark these files are
     ds21 = load_dataset("nus-wide", root=str(only21), test_size=10)
-    assert len(ds21) == 46 and ds21.meta["subset"] == "tc21"
+    assert len(ds21) == 90 and ds21.meta["subset"] == "tc21" and len(ds21.classes) == 21
     with pytest.warns(UserWarning, match="subset='tc21'"):
-        assert len(load_dataset("nus-wide", root=str(only21), test_size=10, subset="10")) == 43
+        assert (
+            len(load_dataset("nus-wide", root=str(only21), test_size=10, subset="10")) == 43
+        )  # the 40 one-concept rows + 3 of the 6 extra
     # both subsets' files given: XAll is in two files -> named as ambiguous
     with pytest.raises(DataError, match=r"in several files \(left out\): .*XAll"):
         load_dataset("nus-wide", root=str(tmp_path), subset="multi", features_file=str(tmp_path))
@@ -541,7 +563,7 @@ def test_one_file_tc21_with_split_keys(tmp_path):
         summarize_dataset(ds, check_files=False)
     )
     scipy.io.savemat(tmp_path / "nus-wide-tc10.mat", arrays)
-    with pytest.raises(DataError, match="are two subsets; say which to read with subset='tc10' or 'tc21'"):
+    with pytest.raises(DataError, match=r"files of 2 subsets \(TC-10: nus-wide-tc10.mat; TC-21: nus-wide-tc21.mat\); say which"):
         load_dataset("nus-wide", root=str(tmp_path))
     assert load_dataset("nus-wide", root=str(tmp_path), subset="tc21").meta["found_as"] == "nus-wide-tc21.mat"
 
@@ -609,7 +631,7 @@ def test_gcrdp_inspect_says_which_form_it_recognised(tmp_path, capsys):
     code, out, err = run_cli(capsys, "inspect", "--dataset", "nus-wide", "--root", tmp_path, "--dataset-option", "test_size=10")
     assert code == 0, err
     assert "recognised: DCMH NUS-WIDE-TC-21 files; one set + split layout" in out
-    assert "subset: tc21 (multi-label), all 10 label columns of the files (the published NUS-WIDE-TC-21 benchmark" in out
+    assert "subset: tc21 (multi-label), all 21 label columns of the files (the published NUS-WIDE-TC-21 benchmark" in out
     rows = write_raw(tmp_path / "raw", images=False)
     write_lowlevel(tmp_path / "raw", rows)
     code, out, err = run_cli(capsys, "inspect", "--dataset", "nus-wide", "--root", tmp_path / "raw")
@@ -646,3 +668,63 @@ def test_the_cli_prints_the_subset_warning_plainly(tmp_path, capsys):
     assert code == 0, err
     assert "gcrdp inspect: warning: NUS-WIDE: subset='10' keeps the 43 of 46 pairs" in err and "UserWarning" not in err
     assert "note: NUS-WIDE: subset='10' keeps" in out  # and the summary keeps it
+
+
+def test_options_say_which_source_reads_them(tmp_path):
+    rows = write_raw(tmp_path)  # images present: auto would read the raw release
+    write_lowlevel(tmp_path, rows)
+    write_dcmh(tmp_path / "features")
+    feats = load_dataset("nus-wide", root=str(tmp_path), test_size=10)  # an option of the features source
+    assert feats.meta["format"] == "features" and len(feats) == 46
+    low = load_dataset("nus-wide", root=str(tmp_path), low_level="CH")
+    assert low.meta["format"] == "lowlevel" and low.features.image.dim == 64
+    with pytest.raises(ConfigError, match=r"source 'raw' does not read low_level \(low_level: source='lowlevel'\)"):
+        load_dataset("nus-wide", root=str(tmp_path), source="raw", low_level="CH")
+    with pytest.raises(ConfigError, match=r"does not read .*features_file.*low_level"):
+        load_dataset("nus-wide", root=str(tmp_path), features_file="features", low_level="CH")
+
+
+def test_nested_low_level_folder_and_feature_file_stems(tmp_path):
+    rows = write_raw(tmp_path, images=False)
+    write_lowlevel(tmp_path, rows)
+    low = tmp_path / "Low_Level_Features"
+    inner = low / "Low_Level_Features"
+    inner.mkdir()
+    for p in low.glob("*.dat"):
+        p.rename(inner / p.name)  # unpacked with its own folder inside
+    ds = load_dataset("nus-wide", root=str(tmp_path), low_level=["Normalized_CH"], subset="multi")
+    assert ds.meta["low_level"] == ["CH"] and ds.features.image.dim == 64
+
+
+def test_tags_file_without_photo_ids_and_with_foreign_ids(tmp_path):
+    rows = write_raw(tmp_path)
+    mine = tmp_path / "tags_only.txt"
+    mine.write_text("\n".join(" ".join(r["tags"]) for r in rows) + "\n")  # tags only, no id first
+    ds = load_dataset("nus-wide", root=str(tmp_path), subset="multi", tags_file=str(mine))
+    assert ds.meta["tag_photo_ids_checked"] is False
+    assert {s.id: s.text for s in ds.samples}[_sid(rows[0])] == " ".join(rows[0]["tags"])  # no tag lost
+    other = tmp_path / "other_ids.txt"
+    other.write_text("\n".join(f"{int(r['photo']) + 7} " + " ".join(r["tags"]) for r in rows) + "\n")
+    with pytest.raises(DataError, match=r"starts its lines with photo ids, but none is the photo id of its Imagelist.txt line"):
+        load_dataset("nus-wide", root=str(tmp_path), subset="multi", tags_file=str(other))
+
+
+def test_tc10_files_beside_the_one_file_tc21(tmp_path):
+    write_dcmh(tmp_path, tag="tc10")
+    arrays = {}
+    for split, n in (("train", 20), ("test", 5)):
+        lab = np.zeros((n, 21), np.uint8)
+        lab[np.arange(n), np.arange(n) % 21] = 1
+        arrays |= {f"img_{split}": np.ones((n, 3)), f"txt_{split}": np.ones((n, 2)), f"{split}_labs": lab}
+    scipy.io.savemat(tmp_path / "nus-wide-tc21.mat", arrays)
+    ds = load_dataset("nus-wide", root=str(tmp_path), subset="tc10", test_size=10)
+    assert all("tc10" in f for f in ds.meta["features_files"]) and len(ds) == 46
+    assert load_dataset("nus-wide", root=str(tmp_path), subset="tc21").meta["found_as"] == "nus-wide-tc21.mat"
+    with pytest.raises(DataError, match=r"files of 2 subsets \(TC-10: nus-wide-tc10-lall.mat, .*; TC-21: nus-wide-tc21.mat\)"):
+        load_dataset("nus-wide", root=str(tmp_path), test_size=10)
+    only21 = tmp_path / "only21"
+    only21.mkdir()
+    (only21 / "nus-wide-tc21.mat").write_bytes((tmp_path / "nus-wide-tc21.mat").read_bytes())
+    with pytest.warns(UserWarning, match=r"subset='tc10' asked for, but the files found are NUS-WIDE-TC-21"):
+        ds = load_dataset("nus-wide", root=str(only21), subset="tc10")
+    assert len(ds.classes) == 10 and "not the published NUS-WIDE-TC-10 files" in ds.meta["notes"][0]

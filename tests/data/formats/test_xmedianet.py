@@ -363,3 +363,20 @@ def test_run_experiment_end_to_end(tmp_path):
     assert rec["split"]["n_fewshot"] == rec["split"]["n_test_classes"] >= 1  # one shot per unseen class
     assert res["resolved"]["dataset_meta"]["layout"] == "split keys"
     assert res["summary"][0]["i2t_map_mean"] == rec["test"]["i2t"]["map"]
+
+
+def test_known_file_in_features_wins_over_another_xmedianet_file_in_root(tmp_path):
+    tr, te = _pairs(6, 1), _pairs(3, 2)
+    labs = np.concatenate([tr[2], te[2]])
+    (tmp_path / "features").mkdir()
+    arrays = {"I_tr": tr[0], "I_te": te[0], "T_tr": tr[1], "T_te": te[1], "I_labs": labs, "T_labs": labs}
+    scipy.io.savemat(tmp_path / "features" / "XMediaNetFeatures.mat", arrays)
+    scipy.io.savemat(tmp_path / "xmedianet_class_split.mat", {"seen": np.arange(5)})  # not features
+    ds = load_dataset("xmedianet", root=str(tmp_path))
+    assert ds.meta["found_as"] == "XMediaNetFeatures.mat" and len(ds) == 72
+    # joint labels with a split whose features are missing: the missing array is named
+    del arrays["I_tr"]
+    arrays["I_train_unknown"] = tr[0]
+    scipy.io.savemat(tmp_path / "features" / "XMediaNetFeatures.mat", arrays)
+    with pytest.raises(DataError, match=r"the train split of .* has no image"):
+        load_dataset("xmedianet", root=str(tmp_path))

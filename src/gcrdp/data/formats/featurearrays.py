@@ -163,7 +163,7 @@ def _dcmh_files(folder: Path, tag: str | None, root: Path, dataset: str) -> tupl
             return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
         options = "; or ".join(
-            f"features_file={json.dumps([rel(p) for p in sorted(got)])} ({'the ' + name[1:] if name else 'the plain'} files)"
+            f"features_file={json.dumps([rel(p) for p in sorted(got + others)])} ({'the ' + name[1:] if name else 'the plain'} files)"
             for name, got in complete.items()
         )
         raise DataError(
@@ -223,7 +223,8 @@ def find_feature_files(
         got, variant = _dcmh_files(d, tag, root, dataset)
         if got:
             return got, f"DCMH{' ' + variant[1:] if variant else ''} files in {d}"
-        if name_hint is not None:
+    for d in (root, root / "features"):  # the known forms of both folders first, then the name hint
+        if name_hint is not None and d.is_dir():
             hinted = [p for p in _feature_files_in(d) if name_hint.lower() in p.name.lower()]
             if len(hinted) == 1:
                 return hinted, f"the one *{name_hint}* file in {d}"
@@ -378,6 +379,8 @@ def _joint_labels(
     file order (train, valid, test) — used only when no split has label arrays of its own."""
     if any("label" in got or "text_label" in got for got in found.values()):
         return {}
+    if any("image" not in got or "text" not in got for got in found.values()):
+        return {}  # a split without its features: read_parts names what is missing
     hits = {role: src.first(JOINT_LABEL_KEYS[role]) for role in JOINT_LABEL_KEYS}
     if not any(hits.values()):
         return {}
@@ -488,7 +491,7 @@ def read_parts(src: Arrays, *, keys: Mapping[str, str] | None = None, test_size:
                     )
                 missing = [r for r in ("image", "text") if r not in got]
                 if "label" not in got and "text_label" not in got and joint:
-                    got.update(joint[split])
+                    got.update(joint.get(split, {}))
                 if "label" not in got and "text_label" not in got:
                     missing.append("label")
                 if missing:
@@ -588,7 +591,12 @@ def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dat
             f"(e.g. {', '.join(_templates('image', 'train')[:4])}), no five-view cells and no "
             f"complete set of all pairs (image: {', '.join(SINGLE_KEYS['image'][:4])} …; text: "
             f"{', '.join(SINGLE_KEYS['text'][:4])} …; label: {', '.join(SINGLE_KEYS['label'][:4])} …). "
-            f"It has {src.listing()}. Name the arrays with keys=."
+            f"It has {src.listing()}. "
+            + (
+                "Some keys are in several of the files read together: name the files to read with features_file=."
+                if src.ambiguous
+                else "Name the arrays with keys=."
+            )
         )
     image = _features(got["image"][1], got["image"][0], src)
     text = _features(got["text"][1], got["text"][0], src)

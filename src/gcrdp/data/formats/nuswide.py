@@ -46,7 +46,9 @@ retrieval code shares pre-extracted features instead (DCMH, DSCMR, Hu et al.).
     ``images_dir/<folder>/<file>``; the file with that stem at any depth (another extension);
     the file named by its photo id (``<photo id>.jpg``, ``<n>_<photo id>_<secret>[_m].jpg``,
     ``<photo id>_<secret>[_m].jpg`` as Flickr downloaders save them; ``meta["images_found_by"]``
-    counts each way). An image whose tag line has its photo id but no tags has no text: it is
+    counts each way). Tag lines start with the photo id (checked against the list); a
+    ``tags_file=`` whose lines hold tags only is read as such, one whose ids match none of the
+    list's is refused. An image whose tag line has its photo id but no tags has no text: it is
     left out and counted (``meta["n_without_tags"]``, the first ids in ``meta["without_tags"]``),
     as the cross-modal benchmarks leave out untagged images. Tag lines that are not UTF-8 are
     read as Latin-1 (counted in ``meta["tag_lines_not_utf8"]``). Sample ids are the list paths
@@ -61,8 +63,9 @@ retrieval code shares pre-extracted features instead (DCMH, DSCMR, Hu et al.).
                                        ``Normalized_WT.dat`` 128-d wavelet texture,
                                        ``Normalized_CM55.dat`` 225-d colour moments,
                                        ``BoW_int.dat`` 500-d SIFT bag of words); or
-                                       ``Train_<name>.dat`` + ``Test_<name>.dat``, rows =
-                                       TrainImagelist / TestImagelist
+                                       ``Train_<name>.dat`` + ``Test_<name>.dat`` (the BoW
+                                       as ``BoW_Train_int.dat`` + ``BoW_Test_int.dat``), rows
+                                       = TrainImagelist / TestImagelist
     NUS_WID_Tags/AllTags1k.txt         the 1000-d tag vectors, rows = Imagelist (or
                                        ``Train_Tags1k.dat`` + ``Test_Tags1k.dat``)
 
@@ -95,8 +98,11 @@ retrieval code shares pre-extracted features instead (DCMH, DSCMR, Hu et al.).
     as strings (DCMH's TC-10/TC-21 files carry no names: pass ``class_names=`` in the files'
     column order). ``text``/``image`` are ``None``.
 
-``source="auto"`` (default): ``raw`` when the images folder exists, else feature files, else
-``lowlevel`` when ``Low_Level_Features/`` exists.
+``source="auto"`` (default): the source of the options given when only one source reads them
+(``features_file``/``keys``/``test_size``/… → ``features``, ``low_level`` → ``lowlevel``,
+``tags_file``/``images_dir`` → ``raw``); else ``raw`` when the images folder exists, else
+``lowlevel`` when ``Low_Level_Features/`` holds ``.dat`` files and there are no feature files,
+else ``features``. An option the chosen source does not read is an error that names its source.
 
 Checks (per sample unless said; listed together, or left out with ``skip_bad=True``): a label
 value that is not 0/1 (or not a class id), image and text labels that disagree, an all-zero
@@ -178,10 +184,9 @@ KNOWN_FILES = (
 #: one-file versions of the DCMH subsets with split keys (``img_train``, ``txt_val``, ``train_labs`` …)
 TC_FILES = {"10": "nus-wide-tc10.mat", "21": "nus-wide-tc21.mat"}
 _TC_FILE = re.compile(r"tc-?(\d+)", re.I)
-# Flickr file names of downloaded images: <n>_<id>_<secret>[_<size>], <id>_<secret>[_<size>]
-_FLICKR_PREFIXED = re.compile(r"^\d+_(\d+)_[0-9a-f]{4,}(?:_[a-z])?$", re.I)
-_FLICKR = re.compile(r"^(\d+)_[0-9a-f]{4,}_[a-z]$", re.I)
-_LIST_FORM = re.compile(r"^\d+_(\d+)$")
+# Flickr file names of downloaded images: <id>, <id>_<secret>[_<size>], <n>_<id>_<secret>[_<size>],
+# <nnnn>_<id>: parts of digits and hex, an optional one-letter size suffix
+_DOWNLOADED = re.compile(r"^[0-9a-f]+(?:_[0-9a-f]+)*(?:_[a-z])?$", re.I)
 
 
 # =============================================================================== options
@@ -313,14 +318,39 @@ def load_nuswide(
         img_dir = Path(images_dir).expanduser()
     else:
         img_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root / IMAGE_DIRS[0])
-    low_dir = next((root / d for d in LOW_LEVEL_DIRS if (root / d).is_dir()), None)
-    if source == "auto":
+    low_dirs = [root / d for d in LOW_LEVEL_DIRS if (root / d).is_dir()]
+    low_dir = next((d for d in low_dirs if any(p.suffix.lower() == ".dat" for p in d.iterdir())), low_dirs[0] if low_dirs else None)
+    given = {
+        "raw": [k for k, v in (("tags_file", tags_file), ("images_dir", images_dir)) if v is not None],
+        "lowlevel": ["low_level"] if low_level is not None else [],
+        "features": [
+            k
+            for k, v, default in (
+                ("features_file", features_file, None),
+                ("keys", keys, None),
+                ("class_names", class_names, None),
+                ("test_size", test_size, None),
+                ("label_base", label_base, "auto"),
+                ("valid_split", valid_split, "train"),
+            )
+            if v != default
+        ],
+    }
+    asked = [src for src, names in given.items() if names]
+    auto = source == "auto"
+    if source == "auto" and len(asked) == 1:
+        source = asked[0]  # an option only one source reads says which
+    elif source == "auto":
         if img_dir.is_dir():
             source = "raw"
-        elif low_dir is not None and features_file is None and not _has_feature_files(root):
+        elif low_dir is not None and not _has_feature_files(root):
             source = "lowlevel"
         else:
             source = "features"
+    unused = [name for src, names in given.items() if src != source for name in names]
+    if unused:
+        readers = "; ".join(f"{', '.join(names)}: source={src!r}" for src, names in given.items() if names and src != source)
+        raise ConfigError(f"NUS-WIDE source {source!r} does not read {', '.join(unused)} ({readers}).")
     common: dict[str, Any] = dict(
         mode=mode, top=top, subset_key=subset_key, wanted=wanted, class_split=class_split, split_seed=split_seed, skip_bad=skip_bad
     )
@@ -335,7 +365,15 @@ def load_nuswide(
                 f"{', '.join(str(root / d) for d in LOW_LEVEL_DIRS[:2])} exists (unpack Low_Level_Features.rar there)."
             )
         return _load_lowlevel(root, low_dir, wanted_low, **common)
-    return _load_features(root, features_file, keys, class_names, test_size, label_base, valid_split, **common)
+    try:
+        return _load_features(root, features_file, keys, class_names, test_size, label_base, valid_split, **common)
+    except DataError as exc:
+        if not (auto and "no feature files under" in str(exc)):
+            raise
+        raise DataError(
+            f"{exc} Nor is there an images folder ({img_dir}; images_dir= names another, for source='raw') or a "
+            f"Low_Level_Features/ folder with .dat files (source='lowlevel')."
+        ) from None
 
 
 def _has_feature_files(root: Path) -> bool:
@@ -465,13 +503,18 @@ class _Release:
     def where(self, r: int) -> str:
         return f"{self.all_path.name} line {r + 1}"
 
-    def row_problems(self, r: int, problems: Problems) -> None:
+    def row_problems(self, r: int, problems: Problems) -> bool:
+        """Add row ``r``'s problems (unreadable label values, in neither split list); whether any."""
         sid, where = self.sample_id(r), self.where(r)
+        found = False
         for j in self.chosen:
             if (r, j) in self.bad_vals:
                 problems.add(where, self.bad_vals[(r, j)], sid)
+                found = True
         if not self.split_of[r]:
             problems.add(where, f"{self.entries[r]!r} is in neither {self.lists['train'][0].name} nor {self.lists['test'][0].name}", sid)
+            found = True
+        return found
 
     def labels(self, r: int) -> tuple[str, ...]:
         got = tuple(self.chosen_names[k] for k in np.flatnonzero(self.pos[r]))
@@ -580,15 +623,18 @@ def _release_meta(root: Path, rel: _Release, source: str, subset_key: str, mode:
 
 
 # =============================================================================== raw
-def _photo_id(stem: str) -> str | None:
-    """The Flickr photo id a downloaded image's file name carries, or ``None``."""
-    if stem.isdigit():
-        return stem
-    for pattern in (_FLICKR_PREFIXED, _FLICKR, _LIST_FORM):
-        m = pattern.match(stem)
-        if m:
-            return m.group(1)
-    return None
+def _photo_ids(stem: str) -> list[str]:
+    """The Flickr photo ids a downloaded image's file name may carry: every all-digit part of a
+    name of the forms ``<id>``, ``<id>_<secret>[_<size>]``, ``<n>_<id>_<secret>[_<size>]`` or
+    ``<nnnn>_<id>`` (which part is the id cannot be told from the name alone: an all-digit
+    secret looks like an id; lookups are by a known photo id, so an extra candidate only
+    matters if it is another image's id, and then both files are named as a problem)."""
+    if not _DOWNLOADED.match(stem):
+        return []
+    parts = stem.split("_")
+    if len(parts) > 1 and len(parts[-1]) == 1 and parts[-1].isalpha():
+        parts = parts[:-1]
+    return [p for p in parts if p.isdigit()]
 
 
 def _photo_index(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
@@ -597,8 +643,7 @@ def _photo_index(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     found: dict[str, list[Path]] = {}
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-            pid = _photo_id(p.stem)
-            if pid is not None:
+            for pid in dict.fromkeys(_photo_ids(p.stem)):
                 found.setdefault(pid, []).append(p)
     return {k: v[0] for k, v in found.items() if len(v) == 1}, {k: v for k, v in found.items() if len(v) > 1}
 
@@ -635,6 +680,16 @@ def _load_raw(
     photo = [Path(e).stem.rsplit("_", 1)[-1] for e in rel.entries]
     ids_match = sum(a == b for a, b in zip(first, photo))
     check_ids = ids_match > 0
+    if not check_ids and any(first):
+        numeric = [a for a in first if a]
+        if all(a.isdigit() for a in numeric):
+            r0 = next(i for i, a in enumerate(first) if a)
+            raise DataError(
+                f"NUS-WIDE: {tpath} starts its lines with photo ids, but none is the photo id of its {rel.all_path.name} line "
+                f"(line {r0 + 1}: {first[r0]!r}, the image is photo {photo[r0]!r}): it is not the tags file of this image list."
+            )
+    # lines of tags only (no photo id first, e.g. a tags_file= written by other code): every token is a tag
+    skip_first = 1 if check_ids else 0
 
     # ---------------------------------------------------------------- images
     if not img_dir.is_dir():
@@ -649,13 +704,15 @@ def _load_raw(
         e = rel.entries[r]
         sid, where = rel.sample_id(r), rel.where(r)
         tokens = tag_lines[r].split()
+        bad = rel.row_problems(r, problems)
         if check_ids and tokens and tokens[0] != photo[r]:
             problems.add(where, f"{tpath.name} line {r + 1} is photo {tokens[0]!r} but the image is photo {photo[r]!r}", sid)
-        text = " ".join(tokens[1:]) if tokens else ""
+            bad = True
+        text = " ".join(tokens[skip_first:])
         if not text:
-            without_tags.append(sid)
+            if not bad:  # a sample with problems is reported (or skipped) as such, not counted twice
+                without_tags.append(sid)
             continue
-        rel.row_problems(r, problems)
         path: Path | None = img_dir / e
         if path is not None and path.is_file():
             found_by["list path"] += 1
@@ -718,23 +775,33 @@ def _load_raw(
 
 
 # =============================================================================== low-level features
-_DAT_SPLIT = (re.compile(r"^(train|test)_(.+)$", re.I), re.compile(r"^(.+)_(train|test)$", re.I))
+_DAT_SPLIT = (
+    re.compile(r"^(train|test)_(.+)$", re.I),  # Train_Normalized_CH
+    re.compile(r"^(.+)_(train|test)$", re.I),  # Normalized_CH_Train
+    re.compile(r"^(.+)_(train|test)_(.+)$", re.I),  # BoW_Train_int
+)
+
+
+def _feature_name(stem: str) -> str:
+    """The low-level feature a file stem or a ``low_level=`` entry names: ``Normalized_CH`` and
+    ``ch`` → ``CH``; an unknown name as given (without ``Normalized_``)."""
+    stem = re.sub(r"^normalized_", "", stem.strip(), flags=re.I)
+    canonical = {k.lower(): k for k in LOW_LEVEL}
+    return canonical.get(stem.lower(), stem)
 
 
 def _dat_name(path: Path) -> tuple[str, str | None]:
     """``(feature name, split or None)`` of a low-level ``.dat`` file: ``Normalized_CH.dat`` →
-    ``("CH", None)``, ``Train_Normalized_EDH.dat`` → ``("EDH", "train")``."""
+    ``("CH", None)``, ``Train_Normalized_EDH.dat`` → ``("EDH", "train")``, ``BoW_Train_int.dat``
+    → ``("BoW_int", "train")``."""
     stem, split = path.stem, None
-    m = _DAT_SPLIT[0].match(stem)
-    if m:
+    if m := _DAT_SPLIT[0].match(stem):
         split, stem = m.group(1).lower(), m.group(2)
-    else:
-        m = _DAT_SPLIT[1].match(stem)
-        if m:
-            stem, split = m.group(1), m.group(2).lower()
-    stem = re.sub(r"^normalized_", "", stem, flags=re.I)
-    canonical = {k.lower(): k for k in LOW_LEVEL}
-    return canonical.get(stem.lower(), stem), split
+    elif m := _DAT_SPLIT[1].match(stem):
+        stem, split = m.group(1), m.group(2).lower()
+    elif m := _DAT_SPLIT[2].match(stem):
+        stem, split = f"{m.group(1)}_{m.group(3)}", m.group(2).lower()
+    return _feature_name(stem), split
 
 
 def _read_matrix(path: Path, expected: int, list_path: Path) -> np.ndarray:
@@ -827,10 +894,10 @@ def _load_lowlevel(
     order = [k for k in LOW_LEVEL if k in found] + sorted(k for k in found if k not in LOW_LEVEL)
     if wanted_low is not None:
         lower = {k.lower(): k for k in found}
-        unknown = [w for w in wanted_low if w.lower() not in lower and f"normalized_{w}".lower() not in lower]
+        unknown = [w for w in wanted_low if _feature_name(w).lower() not in lower]
         if unknown:
             raise ConfigError(f"NUS-WIDE low_level: {format_list(unknown)} not in {low_dir} (it has {', '.join(order)}).")
-        order = [lower.get(w.lower(), lower.get(f"normalized_{w}".lower(), w)) for w in wanted_low]
+        order = [lower[_feature_name(w).lower()] for w in wanted_low]
     blocks, read_from = [], []
     for name in order:
         files = found[name]
@@ -854,10 +921,11 @@ def _load_lowlevel(
     has_tags = np.asarray(text.any(axis=1))
     for r in np.flatnonzero(rel.keep).tolist():
         sid = rel.sample_id(r)
+        bad = rel.row_problems(r, problems)
         if not has_tags[r]:
-            without_tags.append(sid)
+            if not bad:  # e.g. an image in neither split list has no row in the Train_/Test_ files: reported, not counted
+                without_tags.append(sid)
             continue
-        rel.row_problems(r, problems)
         samples.append(Sample(id=sid, text=None, labels=rel.labels(r), split=rel.split_of[r] or "train"))
         rows.append(r)
     if not samples:
@@ -953,16 +1021,28 @@ def _load_features(
         )
     tag = str(top) if top is not None else None
     if tag is None and features_file is None:
-        both = [d / name for d in (root, root / "features") for name in TC_FILES.values() if (d / name).is_file()]
-        if len(both) > 1:
+        present: dict[str, list[str]] = {}  # TC subset → its files (one-file versions and DCMH sets)
+        for d in (root, root / "features"):
+            if d.is_dir():
+                for p in sorted(d.iterdir()):
+                    m = _TC_FILE.search(p.name)
+                    if m and p.is_file() and (p.name in TC_FILES.values() or re.search(r"[xyl]all", p.name, re.I)):
+                        present.setdefault(m.group(1), []).append(p.name)
+        if len(present) > 1:
             raise DataError(
-                f"NUS-WIDE: {format_list([str(p) for p in both])} are two subsets; say which to read with subset='tc10' or "
-                "'tc21' (or name the file with features_file=)."
+                f"NUS-WIDE: {root} holds the files of {len(present)} subsets ("
+                + "; ".join(f"TC-{t}: {', '.join(v)}" for t, v in sorted(present.items(), key=lambda kv: int(kv[0])))
+                + f"); say which to read with subset={' or '.join(repr(f'tc{t}') for t in sorted(present, key=int))} "
+                "(or name the files with features_file=)."
             )
-    known = (
-        ([TC_FILES[tag]] if tag in TC_FILES else []) + [n for n in TC_FILES.values() if n != TC_FILES.get(tag or "")] + list(KNOWN_FILES)
-    )
-    files, found_as = find_feature_files(root, features_file, known=known, dataset="NUS-WIDE", tag=tag)
+    others = [n for t, n in TC_FILES.items() if t != tag] if tag is not None else []
+    known = ([TC_FILES[tag]] if tag in TC_FILES else list(TC_FILES.values()) if tag is None else []) + list(KNOWN_FILES)
+    try:
+        files, found_as = find_feature_files(root, features_file, known=known, dataset="NUS-WIDE", tag=tag)
+    except DataError as exc:  # the other subset's one-file version, when nothing else is there
+        if not others or features_file is not None or "no feature files under" not in str(exc):
+            raise
+        files, found_as = find_feature_files(root, None, known=others, dataset="NUS-WIDE")
     tags = sorted({m.group(1) for p in files if (m := _TC_FILE.search(p.name))})
     src = collect_arrays(files)
     parts, layout = read_parts(src, keys=keys, test_size=test_size, dataset="NUS-WIDE")
@@ -984,7 +1064,15 @@ def _load_features(
     notes: list[str] = []
     if subset_key == "auto":
         mode, top = "multi", None
-        subset_key = f"tc{tags[0]}" if benchmark else "multi"
+        subset_key = f"tc{tags[0]}" if benchmark and wanted is None else "multi"
+    elif benchmark and subset_key in ("tc10", "tc21", "21") and tags != [tag] and wanted is None:
+        msg = (
+            f"NUS-WIDE: subset={subset_key!r} asked for, but the files found are {benchmark} ({', '.join(p.name for p in files)}): "
+            f"the {top} of their concepts with the most pairs are used, with their pairs and split — not the published "
+            f"NUS-WIDE-TC-{tag} files."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        notes.append(msg)
     chosen, how = _select(names_all, counts, wanted, top, f"{n} pairs of the feature files")
     if wanted is None and top is None:
         kind = "label columns" if rows.kind == "multi" else "classes"
