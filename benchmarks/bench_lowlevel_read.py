@@ -1,5 +1,5 @@
 """Benchmark of reading NUS-WIDE's low-level feature files (``Low_Level_Features/*.dat``: one
-image a line, numbers separated by spaces) with :func:`gcrdp.data.formats.nuswide._read_matrix`
+image a line, numbers separated by spaces) with :func:`gcrdp.data.formats.nuswide.lowlevel._read_matrix`
 (which parses with ``numpy.loadtxt`` and checks the rows) against ``numpy.loadtxt`` alone and
 against the first version of the reader (every number a Python string:
 ``np.array(" ".join(lines).split(), float32)``), on a synthetic file of the real width.
@@ -40,7 +40,7 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 t = time.perf_counter()
 if which == "ours":
-    from gcrdp.data.formats.nuswide import _read_matrix
+    from gcrdp.data.formats.nuswide.lowlevel import _read_matrix
     m = _read_matrix(path, rows, path)
 elif which == "loadtxt":
     m = np.loadtxt(path, dtype=np.float32, ndmin=2)

@@ -75,16 +75,8 @@ from ..problems import Problems
 from ..registry import DATASETS
 from ..types import ClassSplit, Dataset, Sample
 from .build import check_skip_bad, finish_dataset
-from .featurearrays import (
-    collect_arrays,
-    decode_rows,
-    describe_form,
-    feature_set,
-    find_feature_files,
-    pairing_hint,
-    read_class_names,
-    read_parts,
-)
+from .featurearrays import collect_arrays, find_feature_files, read_parts
+from .featurerows import decode_rows, describe_form, feature_set, pairing_hint, read_class_names
 
 KNOWN_FILES = (
     "XMediaNetFeatures.mat",

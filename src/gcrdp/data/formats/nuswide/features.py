@@ -1,0 +1,187 @@
+"""NUS-WIDE ``source="features"``: feature files of public code (DCMH, Hu et al., DSCMR, one-file
+subsets), read with :mod:`gcrdp.data.formats.featurearrays`."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ....errors import DataError, format_list
+from ...problems import Problems
+from ...types import ClassSplit, Dataset, Sample
+from ..build import finish_dataset
+from ..featurearrays import collect_arrays, find_feature_files, read_parts
+from ..featurerows import decode_rows, describe_form, feature_set, pairing_hint, read_class_names
+from .common import CONCEPT_FILES, KNOWN_FILES, TC_FILE_TAG, TC_FILES, filter_rows, select_concepts
+from .release import read_lines
+
+
+def _concept_list(folders: Sequence[Path], n_classes: int) -> tuple[list[str] | None, str]:
+    """Names from a concept list beside the files with one name per label column
+    (``Concepts81.txt`` …, any ``*concept*.txt``), and where from (or why none)."""
+    candidates: list[Path] = []
+    for d in folders:
+        candidates += [d / c for c in CONCEPT_FILES if (d / c).is_file()]
+        if d.is_dir():
+            candidates += sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() == ".txt" and "concept" in p.name.lower())
+    checked = []
+    for p in dict.fromkeys(candidates):
+        listed = [ln.strip() for ln in read_lines(p)[0] if ln.strip()]
+        if len(listed) == n_classes and len(set(listed)) == len(listed):
+            return listed, f"file {p}"
+        checked.append(f"{p.name} lists {len(listed)}")
+    why = f" ({'; '.join(checked)}, not {n_classes})" if checked else ""
+    return None, f"label column numbers: the files carry no class names{why}; pass class_names= in the files' column order"
+
+
+def load_features(
+    root: Path,
+    features_file: str | Path | Sequence[str | Path] | None,
+    keys: Mapping[str, str] | None,
+    class_names: Sequence[str] | str | Path | None,
+    test_size: int | None,
+    label_base: int | str,
+    valid_split: str,
+    *,
+    mode: str,
+    top: int | None,
+    subset_key: str,
+    wanted: list[str] | None,
+    class_split: str | Path | ClassSplit | None,
+    split_seed: int,
+    skip_bad: bool,
+) -> Dataset:
+    given = list(features_file) if isinstance(features_file, (list, tuple)) else [features_file] if features_file is not None else []
+    dat = [str(p) for p in given if str(p).lower().endswith(".dat")]
+    if dat:
+        raise DataError(
+            f"NUS-WIDE: {format_list(dat)} are the release's low-level features (text .dat files): read them with "
+            "source='lowlevel' (with the image lists and labels under root; low_level= picks the features), not features_file=."
+        )
+    tag = str(top) if top is not None else None
+    if tag is None and features_file is None:
+        present: dict[str, list[str]] = {}  # TC subset → its files (one-file versions and DCMH sets)
+        for d in (root, root / "features"):
+            if d.is_dir():
+                for p in sorted(d.iterdir()):
+                    m = TC_FILE_TAG.search(p.name)
+                    if m and p.is_file() and (p.name in TC_FILES.values() or re.search(r"[xyl]all", p.name, re.I)):
+                        present.setdefault(m.group(1), []).append(p.name)
+        if len(present) > 1:
+            raise DataError(
+                f"NUS-WIDE: {root} holds the files of {len(present)} subsets ("
+                + "; ".join(f"TC-{t}: {', '.join(v)}" for t, v in sorted(present.items(), key=lambda kv: int(kv[0])))
+                + f"); say which to read with subset={' or '.join(repr(f'tc{t}') for t in sorted(present, key=int))} "
+                "(or name the files with features_file=)."
+            )
+    others = [n for t, n in TC_FILES.items() if t != tag] if tag is not None else []
+    known = ([TC_FILES[tag]] if tag in TC_FILES else list(TC_FILES.values()) if tag is None else []) + list(KNOWN_FILES)
+    try:
+        files, found_as = find_feature_files(root, features_file, known=known, dataset="NUS-WIDE", tag=tag)
+    except DataError as exc:  # the other subset's one-file version, when nothing else is there
+        if not others or features_file is not None or "no feature files under" not in str(exc):
+            raise
+        files, found_as = find_feature_files(root, None, known=others, dataset="NUS-WIDE")
+    tags = sorted({m.group(1) for p in files if (m := TC_FILE_TAG.search(p.name))})
+    src = collect_arrays(files)
+    parts, layout = read_parts(src, keys=keys, test_size=test_size, dataset="NUS-WIDE")
+    folders = list(dict.fromkeys([root, files[0].parent]))
+    names, names_from = read_class_names(class_names, src=src, folders=folders, dataset="NUS-WIDE")
+    describe = f"NUS-WIDE {src.describe()}"
+    rows = decode_rows(parts, describe=describe, n_names=len(names) if names else None, label_base=label_base, valid_split=valid_split)
+    if rows.n_classes == 0:
+        raise DataError(f"{describe}: no row has a valid class label.")
+    if names is None:
+        names, names_from = _concept_list(folders, rows.n_classes)
+    names_all = names if names is not None else [str(j) for j in range(rows.n_classes)]
+    n = len(rows.ids)
+    matrix = np.zeros((n, rows.n_classes), dtype=bool)
+    for i, labs in enumerate(rows.labels):
+        matrix[i, list(labs)] = True
+    counts = matrix.sum(axis=0)
+    benchmark = f"NUS-WIDE-TC-{tags[0]}" if len(tags) == 1 else None
+    notes: list[str] = []
+    if subset_key == "auto":
+        mode, top = "multi", None
+        subset_key = f"tc{tags[0]}" if benchmark and wanted is None else "multi"
+    elif benchmark and subset_key in ("tc10", "tc21", "21") and tags != [tag] and wanted is None:
+        msg = (
+            f"NUS-WIDE: subset={subset_key!r} asked for, but the files found are {benchmark} ({', '.join(p.name for p in files)}): "
+            f"the {top} of their concepts with the most pairs are used, with their pairs and split — not the published "
+            f"NUS-WIDE-TC-{tag} files."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        notes.append(msg)
+    chosen, how = select_concepts(names_all, counts, wanted, top, f"{n} pairs of the feature files")
+    if wanted is None and top is None:
+        kind = "label columns" if rows.kind == "multi" else "classes"
+        how = f"all {len(names_all)} {kind} of the files" + (
+            f" (the published {benchmark} benchmark: every pair, multi-label)" if benchmark else ""
+        )
+    pos = matrix[:, chosen]
+    keep, _ = filter_rows(pos, rows.bad_label.astype(int), mode)
+    n_multi = int((matrix.sum(axis=1) > 1).sum())
+    if mode == "single" and n_multi:
+        what = benchmark or "multi-label"
+        msg = (
+            f"NUS-WIDE: subset={subset_key!r} keeps the {int(keep.sum())} of {n} pairs that carry exactly one of the chosen "
+            f"concepts (single-label); {n_multi} pairs of these files carry several labels. The published {what} benchmark "
+            f"(DCMH, DJSRH, UCCH) uses every pair, multi-label: leave subset unset"
+            + (f" or pass subset='tc{tags[0]}'." if benchmark else " or pass subset='multi'.")
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        notes.append(msg)
+    chosen_names = [names_all[j] for j in chosen]
+    problems = Problems(describe)
+    samples = []
+    for i in np.flatnonzero(keep).tolist():
+        for why in rows.reasons[i]:
+            problems.add(rows.where[i], why, rows.ids[i])
+        labels = tuple(chosen_names[k] for k in np.flatnonzero(pos[i]))
+        samples.append(Sample(id=rows.ids[i], text=None, labels=labels or (chosen_names[0],), split=rows.splits[i]))
+    if not samples:
+        raise DataError(f"{describe}: no pair is in the subset ({how}: {format_list(chosen_names)}).")
+    feats = feature_set(rows, keep, "NUS-WIDE", src.describe())
+    used = {x for s in samples for x in s.labels}
+    recognised = describe_form(src, layout, found_as, parts)
+    if benchmark:
+        dcmh = any(re.search(r"[xyl]all", p.name, re.I) for p in files)
+        recognised = f"{'DCMH ' if dcmh else ''}{benchmark} files; " + recognised
+    meta = {
+        "source": str(root.resolve()),
+        "format": "features",
+        "layout": layout,
+        "recognised": recognised,
+        "features_files": [str(p.resolve()) for p in files],
+        "found_as": found_as,
+        "arrays": {p.split: p.keys for p in parts},
+        "subset": subset_key,
+        "label_mode": "single-label" if mode == "single" else "multi-label",
+        "concepts": chosen_names,
+        "concept_selection": how,
+        "concept_counts": {names_all[j]: int(counts[j]) for j in chosen},
+        "concepts_without_pairs": [c for c in chosen_names if c not in used],
+        "class_names": names_from,
+        "n_pairs_in_files": n,
+        "n_pairs_with_several_labels": n_multi,
+        "n_in_subset": int(keep.sum()),
+        "notes": notes,
+        **rows.meta,
+    }
+    return finish_dataset(
+        "nus-wide",
+        samples,
+        [c for c in chosen_names if c in used],
+        problems=problems,
+        skip_bad=skip_bad,
+        features=feats,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split="nus-wide",
+        meta=meta,
+        hint=pairing_hint(rows),
+    )
