@@ -2,7 +2,8 @@
 layout (issue 13): it loads; ids are unique; every label is in the class list and every class
 is used; splits are train/test; a class split covers the classes exactly; pre-extracted
 features have one row per sample with the same ids; two loads give the same content digest;
-`gcrdp inspect`'s summary is JSON-ready."""
+`gcrdp inspect`'s summary is JSON-ready. NUS-WIDE and XMediaNet are also checked in their other
+layouts (MORE_FORMS)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,34 @@ def _nuswide(tmp: Path) -> dict:
 
     write_raw(tmp / "nus")
     return {"root": str(tmp / "nus")}
+
+
+def _nuswide_lowlevel(tmp: Path) -> dict:
+    from tests.data.formats.test_nuswide import write_lowlevel, write_raw
+
+    rows = write_raw(tmp / "nus", images=False)
+    write_lowlevel(tmp / "nus", rows, split_files=True)
+    return {"root": str(tmp / "nus"), "subset": "multi"}
+
+
+def _nuswide_dcmh(tmp: Path) -> dict:
+    from tests.data.formats.test_nuswide import write_dcmh
+
+    write_dcmh(tmp / "nus")
+    return {"root": str(tmp / "nus"), "test_size": 10}
+
+
+def _xmedianet_features_mat(tmp: Path) -> dict:
+    import scipy.io
+
+    from tests.data.formats.test_xmedianet import _pairs
+
+    tr, te = _pairs(6, 1), _pairs(3, 2)
+    labs = np.concatenate([tr[2], te[2]]) + 1
+    (tmp / "x").mkdir()
+    arrays = {"I_tr": tr[0], "I_te": te[0], "T_tr": tr[1], "T_te": te[1], "I_labs": labs, "T_labs": labs}
+    scipy.io.savemat(tmp / "x" / "XMediaNetFeatures.mat", arrays)
+    return {"root": str(tmp / "x")}
 
 
 def _pascal(tmp: Path) -> dict:
@@ -103,13 +132,24 @@ FIXTURES = {
 }
 
 
+#: further forms of a dataset that must follow the same contract (issue 14's layouts)
+MORE_FORMS = [
+    ("nus-wide", "lowlevel", _nuswide_lowlevel),
+    ("nus-wide", "dcmh", _nuswide_dcmh),
+    ("xmedianet", "features-mat", _xmedianet_features_mat),
+]
+CASES = [pytest.param(name, fixture, id=name) for name, fixture in sorted(FIXTURES.items())] + [
+    pytest.param(name, fixture, id=f"{name}-{form}") for name, form, fixture in MORE_FORMS
+]
+
+
 def test_every_registered_dataset_has_a_contract_fixture():
     assert set(DATASETS.names()) == set(FIXTURES), "add a fixture for the new dataset to FIXTURES"
 
 
-@pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_every_dataset_follows_the_contract(name, tmp_path):
-    options = FIXTURES[name](tmp_path)
+@pytest.mark.parametrize(("name", "fixture"), CASES)
+def test_every_dataset_follows_the_contract(name, fixture, tmp_path):
+    options = fixture(tmp_path)
     ds = load_dataset(name, **options)
     assert len(ds) > 0 and ds.classes
     ids = [s.id for s in ds.samples]
