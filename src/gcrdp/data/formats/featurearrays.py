@@ -171,6 +171,11 @@ def _dcmh_files(folder: Path, tag: str | None, root: Path, dataset: str) -> tupl
     return sorted(got + others), name
 
 
+class NoFeatureFiles(DataError):
+    """:func:`find_feature_files` found none of the forms it knows (a loader may then try another
+    source before reporting it)."""
+
+
 def find_feature_files(
     root: Path,
     features_file: str | Path | Sequence[str | Path] | None,
@@ -230,7 +235,7 @@ def find_feature_files(
                     f"{', '.join(p.name for p in hinted)}. Name the one to read with features_file= "
                     "(a file, or a list of files read together)."
                 )
-    raise DataError(
+    raise NoFeatureFiles(
         f"{dataset}: no feature files under {root} (or {root / 'features'}): looked for "
         f"{', '.join(known)}, a DSCMR folder (train_img.mat, train_txt.mat, train_img_lab.mat, "
         "test_…) and DCMH files (*-xall*.mat, *-yall*.mat, *-lall*.mat). Pass features_file= "

@@ -124,7 +124,7 @@ from ....errors import ConfigError, DataError
 from ...registry import DATASETS
 from ...types import ClassSplit, Dataset
 from ..build import check_skip_bad
-from ..featurearrays import find_feature_files
+from ..featurearrays import NoFeatureFiles, find_feature_files
 from .common import IMAGE_DIRS, KNOWN_FILES, LOW_LEVEL_DIRS, SOURCES, TC_FILES, parse_concepts, parse_low_level, parse_subset
 from .features import load_features
 from .lowlevel import load_lowlevel
@@ -236,8 +236,8 @@ def load_nuswide(
         return load_lowlevel(root, low_dir, wanted_low, **common)
     try:
         return load_features(root, features_file, keys, class_names, test_size, label_base, valid_split, **common)
-    except DataError as exc:
-        if not (auto and "no feature files under" in str(exc)):
+    except NoFeatureFiles as exc:
+        if not auto:
             raise
         raise DataError(
             f"{exc} Nor is there an images folder ({img_dir}; images_dir= names another, for source='raw') or a "
@@ -248,8 +248,10 @@ def load_nuswide(
 def _has_feature_files(root: Path) -> bool:
     try:
         find_feature_files(root, None, known=list(TC_FILES.values()) + list(KNOWN_FILES), dataset="NUS-WIDE")
-    except DataError as exc:
-        return "no feature files under" not in str(exc)
+    except NoFeatureFiles:
+        return False
+    except DataError:  # feature files, but in a form that needs a choice: the features source says which
+        return True
     return True
 
 

@@ -14,7 +14,7 @@ from ....errors import DataError, format_list
 from ...problems import Problems
 from ...types import ClassSplit, Dataset, Sample
 from ..build import finish_dataset
-from ..featurearrays import collect_arrays, find_feature_files, read_parts
+from ..featurearrays import NoFeatureFiles, collect_arrays, find_feature_files, read_parts
 from ..featurerows import decode_rows, describe_form, feature_set, pairing_hint, read_class_names
 from .common import CONCEPT_FILES, KNOWN_FILES, TC_FILE_TAG, TC_FILES, filter_rows, select_concepts
 from .release import read_lines
@@ -82,8 +82,8 @@ def load_features(
     known = ([TC_FILES[tag]] if tag in TC_FILES else list(TC_FILES.values()) if tag is None else []) + list(KNOWN_FILES)
     try:
         files, found_as = find_feature_files(root, features_file, known=known, dataset="NUS-WIDE", tag=tag)
-    except DataError as exc:  # the other subset's one-file version, when nothing else is there
-        if not others or features_file is not None or "no feature files under" not in str(exc):
+    except NoFeatureFiles:  # the other subset's one-file version, when nothing else is there
+        if not others or features_file is not None:
             raise
         files, found_as = find_feature_files(root, None, known=others, dataset="NUS-WIDE")
     tags = sorted({m.group(1) for p in files if (m := TC_FILE_TAG.search(p.name))})
