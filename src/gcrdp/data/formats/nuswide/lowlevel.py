@@ -12,9 +12,8 @@ from ....errors import ConfigError, DataError, format_list
 from ...features import FeatureSet, ModalityFeatures
 from ...problems import Problems
 from ...types import ClassSplit, Dataset, Sample
-from ..build import finish_dataset
 from .common import LOW_LEVEL, TAG_VECTORS, TAG_VECTORS_SPLIT
-from .release import Release, read_release, release_meta
+from .release import Release, finish_release, read_release
 
 _DAT_SPLIT = (
     re.compile(r"^(train|test)_(.+)$", re.I),  # Train_Normalized_CH
@@ -183,35 +182,29 @@ def load_lowlevel(
         tuple(s.id for s in samples),
         {"source": str(low_dir)},
     )
-    used = {x for s in samples for x in s.labels}
-    meta = release_meta(root, rel, "lowlevel", subset_key, mode, used)
-    notes = []
-    if without_tags:
-        notes.append(f"{len(without_tags)} images of the subset have an all-zero tag vector (no text): left out")
-    meta.update(
-        {
-            "recognised": (
-                f"the official release with its low-level features: {rel.all_path.name} + {rel.labels_from}; image features "
-                + " + ".join(f"{n} ({h}, {w}-d)" for n, h, w in zip(order, read_from, widths))
-                + f"; text features {text_from} ({text.shape[1]}-d)"
-            ),
-            "low_level": order,
-            "low_level_files": read_from,
-            "tag_vectors": text_from,
-            "n_without_tags": len(without_tags),
-            "without_tags": without_tags[:20],
-            "notes": notes,
-        }
-    )
-    return finish_dataset(
-        "nus-wide",
+    meta = {
+        "recognised": (
+            f"the official release with its low-level features: {rel.all_path.name} + {rel.labels_from}; image features "
+            + " + ".join(f"{n} ({h}, {w}-d)" for n, h, w in zip(order, read_from, widths))
+            + f"; text features {text_from} ({text.shape[1]}-d)"
+        ),
+        "low_level": order,
+        "low_level_files": read_from,
+        "tag_vectors": text_from,
+    }
+    return finish_release(
+        root,
+        rel,
         samples,
-        [c for c in rel.chosen_names if c in used],
-        problems=problems,
-        skip_bad=skip_bad,
+        problems,
+        source="lowlevel",
+        subset_key=subset_key,
+        mode=mode,
+        without_tags=without_tags,
+        untagged="have an all-zero tag vector",
+        meta=meta,
         features=feats,
         class_split=class_split,
         split_seed=split_seed,
-        shipped_split="nus-wide",
-        meta=meta,
+        skip_bad=skip_bad,
     )

@@ -11,9 +11,9 @@ import numpy as np
 from ....errors import DataError, format_list
 from ...problems import Problem, Problems
 from ...types import ClassSplit, Dataset, Sample
-from ..build import IMAGE_EXTENSIONS, finish_dataset, index_images
+from ..build import IMAGE_EXTENSIONS, index_images
 from .common import TAG_FILES
-from .release import find_file, read_lines, read_release, release_meta
+from .release import find_file, finish_release, read_lines, read_release
 
 # Flickr file names of downloaded images: <id>, <id>_<secret>[_<size>], <n>_<id>_<secret>[_<size>],
 # <nnnn>_<id>: parts of digits and hex, an optional one-letter size suffix
@@ -137,35 +137,29 @@ def load_raw(
             f"NUS-WIDE: no image of {rel.all_path} is in the subset ({rel.how}: {format_list(rel.chosen_names)})"
             + (f" with tags ({len(without_tags)} have none)." if without_tags else ".")
         )
-    used = {x for s in samples for x in s.labels}
-    meta = release_meta(root, rel, "raw", subset_key, mode, used)
-    notes = []
-    if without_tags:
-        notes.append(f"{len(without_tags)} images of the subset have no tags (no text): left out, as the cross-modal benchmarks do")
-    meta.update(
-        {
-            "recognised": (
-                f"the official release: {rel.all_path.name} + {rel.labels_from} + {tpath.name}; images found by "
-                + ", ".join(f"{k} {v}" for k, v in found_by.items() if v)
-            ),
-            "tags_file": str(tpath),
-            "tag_lines_not_utf8": n_latin1,
-            "tag_photo_ids_checked": check_ids,
-            "n_without_tags": len(without_tags),
-            "without_tags": without_tags[:20],
-            "images_dir": str(img_dir),
-            "images_found_by": found_by,
-            "notes": notes,
-        }
-    )
-    return finish_dataset(
-        "nus-wide",
+    meta = {
+        "recognised": (
+            f"the official release: {rel.all_path.name} + {rel.labels_from} + {tpath.name}; images found by "
+            + ", ".join(f"{k} {v}" for k, v in found_by.items() if v)
+        ),
+        "tags_file": str(tpath),
+        "tag_lines_not_utf8": n_latin1,
+        "tag_photo_ids_checked": check_ids,
+        "images_dir": str(img_dir),
+        "images_found_by": found_by,
+    }
+    return finish_release(
+        root,
+        rel,
         samples,
-        [c for c in rel.chosen_names if c in used],
-        problems=problems,
-        skip_bad=skip_bad,
+        problems,
+        source="raw",
+        subset_key=subset_key,
+        mode=mode,
+        without_tags=without_tags,
+        untagged="have no tags",
+        meta=meta,
         class_split=class_split,
         split_seed=split_seed,
-        shipped_split="nus-wide",
-        meta=meta,
+        skip_bad=skip_bad,
     )

@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 
 from ....errors import ConfigError, DataError, format_list
+from ...features import FeatureSet
 from ...problems import Problems
+from ...types import ClassSplit, Dataset, Sample
+from ..build import finish_dataset
 from .common import ALL_LABELS, CONCEPT_FILES, IMAGE_LISTS, TRAIN_TEST_LABELS, filter_rows, select_concepts
 
 
@@ -234,8 +237,28 @@ def read_release(root: Path, *, mode: str, top: int | None, wanted: list[str] | 
     )
 
 
-def release_meta(root: Path, rel: Release, source: str, subset_key: str, mode: str, used: set[str]) -> dict[str, Any]:
-    return {
+def finish_release(
+    root: Path,
+    rel: Release,
+    samples: list[Sample],
+    problems: Problems,
+    *,
+    source: str,
+    subset_key: str,
+    mode: str,
+    without_tags: list[str],
+    untagged: str,
+    meta: dict[str, Any],
+    features: FeatureSet | None = None,
+    class_split: str | Path | ClassSplit | None,
+    split_seed: int,
+    skip_bad: bool,
+) -> Dataset:
+    """The dataset of the release's ``source`` (``raw``/``lowlevel``): the subset's metadata, the
+    images left out for having no text (``untagged`` says how that showed), then ``meta``."""
+    used = {x for s in samples for x in s.labels}
+    notes = [f"{len(without_tags)} images of the subset {untagged} (no text): left out, as the cross-modal benchmarks do"]
+    full = {
         "source": str(root.resolve()),
         "format": source,
         "subset": subset_key,
@@ -248,4 +271,20 @@ def release_meta(root: Path, rel: Release, source: str, subset_key: str, mode: s
         "labels_from": rel.labels_from,
         "n_listed_images": len(rel.entries),
         "n_in_subset": int(rel.keep.sum()),
+        "n_without_tags": len(without_tags),
+        "without_tags": without_tags[:20],
+        "notes": notes if without_tags else [],
+        **meta,
     }
+    return finish_dataset(
+        "nus-wide",
+        samples,
+        [c for c in rel.chosen_names if c in used],
+        problems=problems,
+        skip_bad=skip_bad,
+        features=features,
+        class_split=class_split,
+        split_seed=split_seed,
+        shipped_split="nus-wide",
+        meta=full,
+    )
