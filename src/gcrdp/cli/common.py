@@ -79,6 +79,14 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: $GCRDP_CACHE_DIR or ~/.cache/gcrdp)")
     g.add_argument(
+        "--feature-storage",
+        choices=["auto", "memory", "disk"],
+        default=None,
+        help="where the features live while training and evaluating: memory (the fastest, while they fit), "
+        "disk (a feature store in the cache folder, read by row: memory no longer grows with the pairs), "
+        "or auto (default: disk above 1 GiB of features)",
+    )
+    g.add_argument(
         "--extract-batch-size", type=int, default=None, help="images per batch of feature extraction, texts twice as many (default 64)"
     )
     g.add_argument(
@@ -173,6 +181,7 @@ def _encoder_fields(args: argparse.Namespace) -> dict[str, Any]:
         "encoder_backend": args.backend,
         "feature_dtype": args.feature_dtype,
         "cache_dir": str(args.cache_dir) if args.cache_dir else None,
+        "feature_storage": args.feature_storage,
         "extract_batch_size": args.extract_batch_size,
     }
     out = {k: v for k, v in mapping.items() if v is not None}

@@ -1,15 +1,23 @@
 """Feature containers: per modality a padded set of local features with a mask, plus a
-pooled (global) feature; a :class:`FeatureSet` holds both modalities for a dataset."""
+pooled (global) feature; a :class:`FeatureSet` holds both modalities for a dataset.
+
+The local and pooled arrays are numpy arrays (in memory, the fast path) or lazy arrays whose
+rows stay on disk until read (:mod:`gcrdp.data.lazy`; a feature store, :mod:`gcrdp.data.store`,
+or a user's own ``.npy`` file). Masks are always in memory (n × L booleans). Every operation
+here works on both kinds without holding a lazy array whole: ``subset`` of a lazy array is a
+view, ``check_finite`` and ``content_digest`` stream it in chunks."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 
 from ..errors import DataError
+from .lazy import is_lazy, iter_row_chunks, masked_mean, take_rows
 
 
 @dataclass
@@ -55,19 +63,43 @@ class ModalityFeatures:
             bad = np.flatnonzero(~self.mask.any(axis=1))
             raise DataError(f"{name}: {len(bad)} samples have no valid local feature (rows {bad[:5].tolist()})")
 
+    @property
+    def on_disk(self) -> bool:
+        """True when the local or pooled rows are lazy (read from disk on demand)."""
+        return is_lazy(self.local) or is_lazy(self.pooled)
+
+    def nonfinite_rows(self) -> np.ndarray:
+        """Rows with a NaN or infinite valid local value or pooled value (streamed when lazy)."""
+        bad: list[np.ndarray] = []
+        for start, loc in iter_row_chunks(self.local):
+            m = self.mask[start : start + len(loc)]
+            bad.append(start + np.flatnonzero((~np.isfinite(loc).all(axis=2) & m).any(axis=1)))
+        for start, pool in iter_row_chunks(self.pooled):
+            bad.append(start + np.flatnonzero(~np.isfinite(pool).all(axis=1)))
+        return np.unique(np.concatenate(bad)) if bad else np.zeros(0, np.int64)
+
     def check_finite(self, name: str = "features") -> None:
         """Raise :class:`DataError` if any valid local or pooled value is NaN or infinite."""
-        bad_local = ~np.isfinite(self.local).all(axis=2) & self.mask
-        bad_rows = np.flatnonzero(bad_local.any(axis=1) | ~np.isfinite(self.pooled).all(axis=1))
+        if getattr(self, "_finite_checked", False):
+            return
+        bad_rows = self.nonfinite_rows()
         if bad_rows.size:
             raise DataError(
                 f"{name}: NaN or infinite values in {bad_rows.size} samples (rows "
                 f"{bad_rows[:5].tolist()}). Re-extract the features or drop these samples."
             )
+        self._finite_checked = self.on_disk  # lazy rows do not change; in-memory ones may
 
     def subset(self, indices: np.ndarray | Sequence[int]) -> ModalityFeatures:
+        """Rows ``indices``: a copy of in-memory arrays, a view of lazy ones."""
         idx = np.asarray(indices, dtype=np.int64)
-        return ModalityFeatures(self.local[idx], self.mask[idx], self.pooled[idx])
+        return ModalityFeatures(take_rows(self.local, idx), self.mask[idx], take_rows(self.pooled, idx))
+
+    def in_memory(self) -> ModalityFeatures:
+        """These features with every lazy array read into memory (a no-op when none is)."""
+        if not self.on_disk:
+            return self
+        return ModalityFeatures(np.asarray(self.local), self.mask, np.asarray(self.pooled))
 
     @classmethod
     def from_array(
@@ -107,9 +139,7 @@ class ModalityFeatures:
             if L == 1:
                 pool = local[:, 0, :].copy()
             else:
-                w = m.astype(np.float64)
-                denom = np.maximum(w.sum(1, keepdims=True), 1.0)
-                pool = (np.einsum("nld,nl->nd", local.astype(np.float64), w) / denom).astype(dtype)
+                pool = masked_mean(local, m, dtype)
         else:
             pool = np.asarray(pooled)
             if pool.ndim != 2 or pool.shape[0] != n:
@@ -117,7 +147,54 @@ class ModalityFeatures:
             pool = np.ascontiguousarray(pool, dtype=dtype)
         if L > 1:
             local = np.where(m[:, :, None], local, 0).astype(dtype, copy=False)
-        out = cls(local, m, pool)
+        # lazy arrays stand in for numpy ones (shape, dtype, row indexing; see gcrdp.data.lazy)
+        out = cls(cast(np.ndarray, local), m, cast(np.ndarray, pool))
+        out.validate(name)
+        return out
+
+    @classmethod
+    def from_lazy(
+        cls,
+        array: Any,
+        mask: Any = None,
+        pooled: Any = None,
+        *,
+        name: str = "features",
+        dtype: str = "float32",
+    ) -> ModalityFeatures:
+        """:meth:`from_array` for a lazy ``array`` (rows on disk, :mod:`gcrdp.data.lazy`):
+        the same values, computed row by row when read — the dtype conversion, the (n, d) →
+        (n, 1, d) view, the zeroed padding and the default pooled feature (the masked mean).
+        Only the mask (n × L booleans) is held in memory."""
+        from .lazy import as_dtype, as_local, mean_pooled, zeroed
+
+        if array.dtype.kind not in "fiub":
+            raise DataError(f"{name}: expected numbers, got an array of dtype {array.dtype}.")
+        if array.ndim not in (2, 3):
+            raise DataError(f"{name}: expected an (n, d) or (n, L, d) array, got shape {array.shape}.")
+        local = as_dtype(array, dtype)
+        if array.ndim == 2:
+            local = as_local(local)
+        n, L, d = local.shape
+        if n == 0 or d == 0:
+            raise DataError(f"{name}: empty array of shape {array.shape}.")
+        if mask is None:
+            m = np.ones((n, L), dtype=bool)
+        else:
+            m = np.asarray(mask)
+            if m.shape != (n, L):
+                raise DataError(f"{name}: mask shape {m.shape} does not match the features' {(n, L)}.")
+            m = m.astype(bool)
+        if pooled is None:
+            pool = as_dtype(array, dtype) if L == 1 else mean_pooled(local, m, dtype)
+        else:
+            if pooled.ndim != 2 or pooled.shape[0] != n:
+                raise DataError(f"{name}: pooled features must be ({n}, d_g), got shape {tuple(pooled.shape)}.")
+            pool = as_dtype(pooled, dtype) if is_lazy(pooled) else cast(Any, np.ascontiguousarray(pooled, dtype=dtype))
+        if L > 1 and mask is not None:
+            local = zeroed(local, m, dtype)
+        # lazy arrays stand in for numpy ones (shape, dtype, row indexing; see gcrdp.data.lazy)
+        out = cls(cast(np.ndarray, local), m, cast(np.ndarray, pool))
         out.validate(name)
         return out
 
@@ -142,18 +219,41 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
+    @property
+    def on_disk(self) -> bool:
+        """True when any modality's rows are read from disk on demand."""
+        return self.image.on_disk or self.text.on_disk
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the local, mask and pooled arrays of both modalities (as stored)."""
+        return sum(int(a.nbytes) for mf in (self.image, self.text) for a in (mf.local, mf.mask, mf.pooled))
+
+    def set_content_digest(self, digest: str) -> None:
+        """Record the :meth:`content_digest` computed elsewhere (a feature store writes it once)."""
+        self._digest = digest
+
     def content_digest(self) -> str:
-        """SHA-256 over both modalities' arrays (shape, dtype and bytes) and the sample ids."""
+        """SHA-256 over both modalities' arrays (shape, dtype and bytes) and the sample ids;
+        lazy arrays are streamed in chunks (the same digest as in memory), and the value is
+        kept."""
+        cached = getattr(self, "_digest", None)
+        if cached is not None:
+            return str(cached)
         h = hashlib.sha256(b"gcrdp-features-v1\0")
         for mf in (self.image, self.text):
             for arr in (mf.local, mf.mask, mf.pooled):
-                a = np.ascontiguousarray(arr)
-                h.update(f"{a.dtype.str}{a.shape}".encode())
-                h.update(a.tobytes())
+                h.update(f"{np.dtype(arr.dtype).str}{tuple(arr.shape)}".encode())
+                for _start, rows in iter_row_chunks(arr):
+                    h.update(np.ascontiguousarray(rows).reshape(-1).view(np.uint8).data)
         h.update("\0".join(self.sample_ids).encode("utf-8"))
-        return h.hexdigest()
+        digest = h.hexdigest()
+        if self.on_disk:  # lazy rows do not change; in-memory ones may
+            self._digest = digest
+        return digest
 
     def subset(self, indices: np.ndarray | Sequence[int]) -> FeatureSet:
+        """Rows ``indices``: copies of in-memory arrays, views of lazy ones."""
         idx = np.asarray(indices, dtype=np.int64)
         return FeatureSet(
             self.image.subset(idx),
@@ -161,3 +261,13 @@ class FeatureSet:
             tuple(self.sample_ids[i] for i in idx),
             dict(self.meta),
         )
+
+    def in_memory(self) -> FeatureSet:
+        """These features with every lazy array read into memory (itself when none is)."""
+        if not self.on_disk:
+            return self
+        out = FeatureSet(self.image.in_memory(), self.text.in_memory(), self.sample_ids, {**self.meta, "storage": "memory"})
+        cached = getattr(self, "_digest", None)
+        if cached is not None:
+            out.set_content_digest(cached)
+        return out

@@ -28,6 +28,11 @@ class RunConfig:
         encoder_backend: inference backend for extraction (``None``: the encoder's default).
         feature_dtype: storage dtype of cached features (computation is float32).
         cache_dir: feature cache folder (``None``: ``$GCRDP_CACHE_DIR`` or ``~/.cache/gcrdp``).
+        feature_storage: ``memory`` (the features are held in memory: the fastest while they
+            fit), ``disk`` (a feature store in the cache folder, read by row: memory does not
+            grow with the number of pairs; :mod:`gcrdp.data.store`) or ``auto`` (disk when the
+            features exceed :data:`gcrdp.experiments.runner.AUTO_DISK_BYTES`). Results are
+            the same either way.
         val_fraction: fraction of seen classes (few-shot) or of train pairs (standard) held
             out for validation.
         val_mode: ``mirror`` (the validation classes get the run's shots in training, like
@@ -59,6 +64,7 @@ class RunConfig:
     encoder_backend: str | None = None
     feature_dtype: str = "float16"
     cache_dir: str | None = None
+    feature_storage: str = "auto"
     val_fraction: float = 0.2
     val_mode: str = "mirror"
     val_min_classes: int = 10
@@ -89,6 +95,8 @@ class RunConfig:
             raise ConfigError(f"Cut-offs k must be >= 1, got {self.ks}.")
         if self.feature_dtype not in ("float16", "float32"):
             raise ConfigError(f"feature_dtype must be 'float16' or 'float32', got {self.feature_dtype!r}.")
+        if self.feature_storage not in ("auto", "memory", "disk"):
+            raise ConfigError(f"feature_storage must be 'auto', 'memory' or 'disk', got {self.feature_storage!r}.")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
         if self.val_mode not in ("mirror", "zero-shot"):

@@ -34,15 +34,55 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "gcrdp"
 
 
+#: ``feature_storage="auto"`` keeps features in memory up to this many bytes, on disk above
+AUTO_DISK_BYTES = 1 << 30
+
+
+def resolve_storage(storage: str, features: FeatureSet) -> str:
+    """``memory`` or ``disk`` for ``storage`` (``auto``: disk above :data:`AUTO_DISK_BYTES`)."""
+    if storage == "auto":
+        return "disk" if features.nbytes > AUTO_DISK_BYTES else "memory"
+    if storage not in ("memory", "disk"):
+        raise ConfigError(f"feature_storage must be 'auto', 'memory' or 'disk', got {storage!r}.")
+    return storage
+
+
+def place_features(features: FeatureSet, storage: str, cache_dir: Path) -> FeatureSet:
+    """``features`` where ``storage`` says: read into memory, or in a feature store under
+    ``cache_dir/stores`` (written once, reused while its sources are unchanged, rebuilt when
+    damaged; :mod:`gcrdp.data.store`). The values, ids and meta are the same either way."""
+    from ..data.store import open_or_build, store_key
+
+    where = resolve_storage(storage, features)
+    if where == "memory":
+        out = features.in_memory()
+        out.meta["storage"] = "memory"
+        return out
+    if features.meta.get("store"):
+        return features
+    key = store_key(features)
+    path = cache_dir / "stores" / key[:32]
+    log.info("feature store %s (%.2f GiB)", path, features.nbytes / 2**30)
+    out, built = open_or_build(path, lambda: features, source=features.meta.get("source"))
+    if built:
+        log.info("wrote the feature store %s", path)
+    out.meta = {**features.meta, **out.meta, "storage": "disk"}
+    return out
+
+
 def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) -> FeatureSet:
     """Both modalities' features for ``dataset``: its own pre-extracted ones when it has them
     (``dataset.features``; the encoders are not used), else extracted by the configured
-    encoders (or loaded from the cache)."""
+    encoders (or loaded from the cache); held where ``config.feature_storage`` says
+    (:func:`place_features`). Pre-extracted features placed elsewhere replace
+    ``dataset.features`` (same values and ids)."""
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     if dataset.features is not None:
-        feats = dataset.features
+        feats = place_features(dataset.features, config.feature_storage, cache)
         if "key" not in feats.meta:
             feats.meta.update({"key": feats.content_digest(), "source": "pre-extracted", "dtype": str(feats.image.local.dtype)})
             feats.meta["key_inputs"] = {"pre_extracted": feats.meta["key"]}
+        dataset.features = feats
         return feats
     from ..encoders import extract_features, get_image_encoder, get_text_encoder
 
@@ -51,10 +91,10 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) ->
         image_kw["backend"] = config.encoder_backend
     image_enc = build_encoder(get_image_encoder, config.image_encoder, image_kw, "image")
     text_enc = build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
-    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    return extract_features(
+    feats = extract_features(
         dataset, image_enc, text_enc, cache_dir=cache, dtype=config.feature_dtype, batch_size=config.extract_batch_size, progress=progress
     )
+    return place_features(feats, config.feature_storage, cache)
 
 
 def build_encoder(factory: Callable[..., Any], name: str, options: dict[str, Any], modality: str) -> Any:
@@ -302,7 +342,16 @@ def task_label(name: str, shots: int, seed: int) -> str:
 
 
 #: run config keys that do not change a fit's record (where files go, how features are batched)
-_NOT_IN_FIT_KEY = ("methods", "shots", "seeds", "method_options", "cache_dir", "extract_batch_size", "allow_small_classes")
+_NOT_IN_FIT_KEY = (
+    "methods",
+    "shots",
+    "seeds",
+    "method_options",
+    "cache_dir",
+    "extract_batch_size",
+    "allow_small_classes",
+    "feature_storage",
+)
 
 
 def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: Any, dataset: Dataset | None = None) -> str:

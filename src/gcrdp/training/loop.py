@@ -111,6 +111,61 @@ def make_batch(tensors: Batch, idx: np.ndarray, device: str) -> Batch:
     }
 
 
+class BatchReader:
+    """The training pairs' batches: rows ``idx`` of every feature array (and the labels) as
+    float32/bool tensors on ``device``.
+
+    In-memory features are gathered from zero-copy tensor views (half precision upcast once when
+    the float32 copy stays under :data:`UPCAST_ONCE_BYTES`). Features on disk
+    (:mod:`gcrdp.data.lazy`) are read by row for each batch — only the batch's rows are in
+    memory — and the next batch is read in a background thread while the current one trains.
+    Both give the same values: the stored rows, converted to float32."""
+
+    def __init__(self, features: FeatureSet, labels: np.ndarray | None, device: str) -> None:
+        self.device = device
+        self.lazy = features.on_disk
+        if not self.lazy:
+            tensors = as_tensors(features, labels)
+            if sum(v.numel() for v in tensors.values() if v.dtype == torch.float16) * 4 <= UPCAST_ONCE_BYTES:
+                tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
+            self.tensors = tensors
+            return
+        self.arrays: dict[str, Any] = {
+            "image_local": features.image.local,
+            "image_mask": features.image.mask,
+            "text_local": features.text.local,
+            "text_mask": features.text.mask,
+            "image_pooled": features.image.pooled,
+            "text_pooled": features.text.pooled,
+        }
+        if labels is not None:
+            self.arrays["labels"] = labels
+
+    def _read(self, idx: np.ndarray) -> Batch:
+        out = {}
+        for k, arr in self.arrays.items():
+            rows = np.ascontiguousarray(arr[idx])
+            t = torch.from_numpy(rows)
+            out[k] = t.to(device=self.device, dtype=torch.bool if t.dtype == torch.bool else torch.float32)
+        return out
+
+    def batches(self, batches: list[np.ndarray]) -> Iterator[Batch]:
+        """The batches of ``batches`` (lists of row indices) in order."""
+        if not self.lazy:
+            for idx in batches:
+                yield make_batch(self.tensors, idx, self.device)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="gcrdp-batches") as pool:
+            pending = pool.submit(self._read, batches[0]) if batches else None
+            for i in range(len(batches)):
+                assert pending is not None
+                batch = pending.result()
+                pending = pool.submit(self._read, batches[i + 1]) if i + 1 < len(batches) else None
+                yield batch
+
+
 def validation_map(embed: Embedder, features: FeatureSet, labels: np.ndarray, metric: str = "cosine") -> float:
     """Mean of I2T and T2I mAP@all on the validation pairs (queries = gallery), scored with
     ``metric`` (see :func:`gcrdp.evaluation.retrieval_metrics`)."""
@@ -170,11 +225,10 @@ def fit_loop(
         else torch.optim.Adam(params, lr=config.lr)
     )
     over_idx = np.flatnonzero(data.oversample)
-    train_tensors = as_tensors(data.train, data.train_labels)
-    # Half-precision features are upcast once, not in every batch of every epoch, while the
-    # float32 copy stays small (same values either way: the batches are float32 on the device).
-    if sum(v.numel() for v in train_tensors.values() if v.dtype == torch.float16) * 4 <= UPCAST_ONCE_BYTES:
-        train_tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in train_tensors.items()}
+    # In memory: half-precision features are upcast once, not in every batch of every epoch,
+    # while the float32 copy stays small. On disk: each batch's rows are read (and the next
+    # batch prefetched). Same values either way: the batches are float32 on the device.
+    reader = BatchReader(data.train, data.train_labels, device)
     has_val = data.val is not None and data.val_labels is not None and len(data.val) >= 2
     report = FitReport()
     best_state: dict[str, torch.Tensor] | None = None
@@ -213,8 +267,7 @@ def fit_loop(
         rng = numpy_rng(seed, epoch)
         batches = epoch_batches(n, config.batch_size, rng, over_idx, config.oversample)
         sums: dict[str, float] = {}
-        for idx in batches:
-            batch = make_batch(train_tensors, idx, device)
+        for batch in reader.batches(batches):
             loss, parts = step_loss(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch}: {parts}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -111,11 +111,26 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"Cannot read {path} as a .npz archive: {exc}") from None
 
 
-def _read_npy(path: Path) -> dict[str, np.ndarray]:
+#: a ``.npy`` file with more data than this is opened lazily by :func:`read_arrays` with
+#: ``lazy=True`` (its rows stay on disk until read; :class:`gcrdp.data.lazy.DiskArray`)
+LAZY_NPY_BYTES = 256 << 20
+
+
+def _read_npy(path: Path, lazy: bool = False) -> dict[str, Any]:
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic != b"\x93NUMPY":  # else np.load takes it for a pickle and says so
         raise DataError(f"Cannot read {path} as a .npy array: it does not start with the .npy header (damaged, or not written by np.save).")
+    if lazy:
+        from ..lazy import DiskArray, read_npy_header
+
+        try:
+            shape, dtype, fortran, offset = read_npy_header(path)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"Cannot read {path} as a .npy array: {exc}") from None
+        big = len(shape) >= 2 and int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > LAZY_NPY_BYTES
+        if big and not fortran and not dtype.hasobject and dtype.kind in "fiub":
+            return {path.stem: DiskArray(path)}
     try:
         return {path.stem: np.load(path, allow_pickle=False)}
     except ValueError as exc:
@@ -150,8 +165,10 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of one feature file, by key (see the module docstring)."""
+def read_arrays(path: str | Path, *, lazy: bool = False) -> dict[str, np.ndarray]:
+    """All arrays of one feature file, by key (see the module docstring). With ``lazy``, a
+    large ``.npy`` file (over :data:`LAZY_NPY_BYTES`) is a :class:`~gcrdp.data.lazy.DiskArray`
+    whose rows stay on disk until read."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"Feature file not found: {path}")
@@ -167,6 +184,8 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     }
     if ext not in readers:
         raise DataError(f"Cannot read feature file {path}: unknown extension {ext or '(none)'!r}; known: {', '.join(EXTENSIONS)}.")
+    if ext == ".npy":
+        return _read_npy(path, lazy)  # type: ignore[return-value]
     return readers[ext](path)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from ...errors import ConfigError, DataError, format_list
 from ..features import FeatureSet, ModalityFeatures
+from ..lazy import is_lazy
 from ..problems import Problems
 from ..registry import DATASETS
 from ..types import ClassSplit, Dataset, Sample
@@ -74,7 +75,7 @@ def _read_source(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]
             )
         arrays: dict[str, np.ndarray] = {}
         for f in files:
-            arrays.update(read_arrays(f))
+            arrays.update(read_arrays(f, lazy=True))  # large .npy files stay on disk, read by row
         for name in ("classes", "ids"):
             side = path / f"{name}.txt"
             if side.is_file():
@@ -116,6 +117,18 @@ def _modality(arrays: dict, prefix: str, path: Path) -> tuple[str, ModalityFeatu
     key, arr = pick(arrays, KEYS[prefix], path, f"{prefix} feature")
     mask = pick(arrays, KEYS[f"{prefix}_mask"], path, "", required=False)
     pooled = pick(arrays, KEYS[f"{prefix}_pooled"], path, "", required=False)
+    if is_lazy(arr):  # a large .npy file: its rows stay on disk (same values as in memory)
+        if mask is not None and arr.ndim != 3:
+            raise DataError(f"{path}: {mask[0]} is given but {key} is not (n, L, d) (shape {arr.shape}).")
+        if arr.dtype.kind not in "fiu":
+            raise DataError(f"{path}: {key} must hold numbers, got dtype {arr.dtype}.")
+        return key, ModalityFeatures.from_lazy(
+            arr,
+            mask[1] if mask else None,
+            pooled[1] if pooled else None,
+            name=f"{path}: {key}",
+            dtype="float16" if arr.dtype == np.float16 else "float32",
+        )
     arr = np.asarray(arr)
     if arr.dtype.kind not in "fiu":
         raise DataError(f"{path}: {key} must hold numbers, got dtype {arr.dtype}.")
@@ -246,9 +259,7 @@ def load_feature_files(
 
     # ------------------------------------------------------------------ finite values
     for mf, what in ((image, "image"), (text, "text")):
-        bad_local = ~np.isfinite(mf.local).all(axis=2) & mf.mask
-        bad = np.flatnonzero(bad_local.any(axis=1) | ~np.isfinite(mf.pooled).all(axis=1))
-        for i in bad.tolist():
+        for i in mf.nonfinite_rows().tolist():  # streamed in chunks when the rows are on disk
             problems.add(f"row {i}", f"NaN or infinite {what} features", ids[i])
 
     samples = [
