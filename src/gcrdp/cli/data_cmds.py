@@ -12,7 +12,7 @@ from .common import _add_dataset_args, _add_encoder_args, _dataset_fields, _enco
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from ..data.formats.featurefiles import save_features_npz
+    from ..data.formats.featurefiles import save_features
     from ..data.registry import load_dataset
     from ..experiments import RunConfig
     from ..experiments.runner import load_features
@@ -33,7 +33,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             got = feats.meta.get("items_extracted") or {}
             print(f"cache: {where} (extracted now: {got.get('image', 0)} images, {got.get('text', 0)} texts; the rest from the cache)")
     if args.output is not None:
-        save_features_npz(feats, dataset, args.output)
+        save_features(feats, dataset, args.output)
         print(f"written: {args.output}")
     return 0
 
@@ -91,7 +91,13 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("extract", help="extract (or load cached) features of a dataset")
     _add_dataset_args(p)
     _add_encoder_args(p)
-    p.add_argument("--output", type=Path, default=None, help="also export the features to this .npz")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="also export the features: to a .npz file (built in memory), or to a new folder of .npy "
+        "files (streamed; large ones are read back row by row by --features DIR)",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
 

@@ -11,7 +11,7 @@ import pytest
 
 from gcrdp.data import load_dataset
 from gcrdp.data.formats.featurefiles import load_feature_files
-from gcrdp.errors import DataError
+from gcrdp.errors import ConfigError, DataError
 
 CLASSES = ["apple", "boat", "cat", "dog", "eel", "fox", "goat", "hen"]
 
@@ -479,3 +479,25 @@ def test_every_method_fits_pooled_only_features(pooled_file, method):
             assert math.isfinite(v) and 0.0 < v <= 1.0
         assert rec["split"]["n_test_query"] == 4 * len(ds.class_split.unseen)  # 4 test pairs a class
     assert res["resolved"]["dataset_meta"]["features"] == "pre-extracted"
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_streamed_npy_folder_reads_back_as_the_same_dataset(tmp_path, monkeypatch, lazy):
+    """``gcrdp extract --output DIR``: the folder reads back with the same features, labels,
+    splits, classes and ids — row by row when the files are large."""
+    from gcrdp.data.formats import arrays as arrays_mod
+    from gcrdp.data.formats.featurefiles import save_features
+    from tests.helpers import toy_run_dataset
+
+    ds, feats = toy_run_dataset()
+    save_features(feats, ds, tmp_path / "out")
+    assert not list(tmp_path.glob(".tmp-*"))
+    if lazy:
+        monkeypatch.setattr(arrays_mod, "LAZY_NPY_BYTES", 0)
+    back = load_feature_files(tmp_path / "out", class_split=ds.class_split)
+    assert back.features is not None and back.features.on_disk == lazy
+    assert back.classes == ds.classes and [s.id for s in back.samples] == [s.id for s in ds.samples]
+    assert [(s.labels, s.split) for s in back.samples] == [(s.labels, s.split) for s in ds.samples]
+    assert back.features.content_digest() == feats.content_digest()
+    with pytest.raises(ConfigError, match="exists"):
+        save_features(feats, ds, tmp_path / "out")

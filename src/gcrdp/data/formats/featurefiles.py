@@ -297,6 +297,61 @@ def load_feature_files(
 load = load_feature_files
 
 
+def save_features_folder(feats: Any, dataset: Any, path: Path) -> None:
+    """Write ``feats`` of ``dataset`` as a folder of ``.npy`` files that
+    :func:`load_feature_files` reads back (large ones lazily, row by row): both modalities'
+    local/mask/pooled, labels, split, ``classes.txt`` and ``ids.txt``. Rows are streamed in
+    chunks (memory does not grow with the number of samples); the disk's free space is checked
+    first; the folder appears whole or not at all (written beside it, then renamed)."""
+    import os
+    import secrets
+    import shutil
+
+    from ..lazy import iter_row_chunks
+    from ..store import _write_header, check_disk_space, store_nbytes
+
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"--output {path} exists; pass a new folder (or a .npz file).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_disk_space(path.parent, store_nbytes(feats), f"the features folder {path}")
+    tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        for mod in ("image", "text"):
+            mf = getattr(feats, mod)
+            for part in ("local", "mask", "pooled"):
+                arr = getattr(mf, part)
+                with open(tmp / f"{mod}_{part}.npy", "wb") as f:
+                    _write_header(f, tuple(arr.shape), np.dtype(arr.dtype))
+                    for _start, rows in iter_row_chunks(arr):
+                        f.write(np.ascontiguousarray(rows).reshape(-1).view(np.uint8).data)
+                    f.flush()
+                    os.fsync(f.fileno())
+        if dataset.is_multilabel:
+            np.save(tmp / "labels.npy", dataset.label_matrix())
+        else:  # one class id a row (n × C booleans would grow with the classes)
+            index = {c: i for i, c in enumerate(dataset.classes)}
+            np.save(tmp / "labels.npy", np.array([index[s.labels[0]] for s in dataset.samples], dtype=np.int64))
+        np.save(tmp / "split.npy", np.array([s.split for s in dataset.samples]))
+        (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in dataset.classes), encoding="utf-8")
+        (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in feats.sample_ids), encoding="utf-8")
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_features(feats: Any, dataset: Any, path: Path) -> None:
+    """``gcrdp extract --output``: a ``.npz`` file (:func:`save_features_npz`, built in memory) or,
+    for any other name, a folder of ``.npy`` files (:func:`save_features_folder`, streamed)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        save_features_npz(feats, dataset, path)
+    else:
+        save_features_folder(feats, dataset, path)
+
+
 def save_features_npz(feats: Any, dataset: Any, path: Path) -> None:
     """Write ``feats`` of ``dataset`` (rows in sample order) as one ``.npz`` that
     :func:`load_feature_files` reads back: both modalities' local/mask/pooled, labels, classes,
