@@ -54,6 +54,9 @@ MODALITIES = ("image", "text")
 ROW_PARTS = ("local", "pooled")
 #: room kept free on the disk beyond the store itself
 DISK_MARGIN_BYTES = 64 << 20
+#: ``feature_storage="auto"`` (``storage="auto"``) keeps features in memory up to this many
+#: bytes, in a store on disk above (re-exported as ``gcrdp.experiments.runner.AUTO_DISK_BYTES``)
+AUTO_DISK_BYTES = 1 << 30
 _STALE_TMP_SECONDS = 3600.0
 
 

@@ -13,11 +13,24 @@ Encoders are looked up by name in :data:`IMAGE_ENCODERS` and :data:`TEXT_ENCODER
 
 Constructors only store their arguments (and resolve where the weights are); the model is loaded
 on the first :meth:`Encoder.encode`, so a cache hit never loads a model.
+
+Two optional parts serve extraction in shards (:func:`~gcrdp.encoders.cache.extract_features`
+encodes a large collection a bounded number of items at a time, with the batches of one
+call over all of them):
+
+- ``encode_order(items)``: the order in which :meth:`Encoder.encode` batches ``items`` (a
+  permutation; batch ``k`` is ``items[order[k*b:(k+1)*b]]``) when it is not the given order —
+  the text encoders batch texts by token length — such that ``items`` already in that order
+  are batched in that order. Without it, batches are runs of consecutive items.
+- progress through :func:`progress_bar` instead of a tqdm bar of its own: the cache shows one
+  bar over every shard, and an encoder reporting through it moves that bar batch by batch
+  (one that does not is counted shard by shard).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import os
 import threading
@@ -104,6 +117,52 @@ def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
     return batch_size
+
+
+# ----------------------------------------------------------------------------- progress
+class SharedProgress:
+    """Progress reported into an outer bar (``update(n)`` forwards ``n``), counting what it got."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.count = 0
+
+    def update(self, n: int = 1) -> None:
+        self.count += int(n)
+        self.bar.update(n)
+
+    def __enter__(self) -> SharedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_SHARED_BAR: contextvars.ContextVar[SharedProgress | None] = contextvars.ContextVar("gcrdp_shared_progress", default=None)
+
+
+@contextlib.contextmanager
+def shared_progress(bar: Any) -> Iterator[SharedProgress]:
+    """Within the block, :func:`progress_bar` reports into ``bar`` (a tqdm bar) instead of
+    drawing a bar of its own; the yielded object counts the items reported."""
+    shared = SharedProgress(bar)
+    token = _SHARED_BAR.set(shared)
+    try:
+        yield shared
+    finally:
+        _SHARED_BAR.reset(token)
+
+
+def progress_bar(total: int, *, progress: bool, unit: str, desc: str) -> Any:
+    """The progress bar an encoder's :meth:`~Encoder.encode` updates per batch: a tqdm bar
+    (hidden unless ``progress``), or, inside :func:`shared_progress`, the outer bar (whatever
+    ``progress`` says: the outer bar decides whether it shows)."""
+    shared = _SHARED_BAR.get()
+    if shared is not None:
+        return shared
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not progress, unit=unit, desc=desc)
 
 
 # ----------------------------------------------------------------------------- weights digests

@@ -12,11 +12,25 @@ share images share their features; a label, id or split change re-extracts nothi
         keys.json                            the item key of each row
         meta.json                            shapes, dtypes, per-file SHA-256, created, version
     <root>/models/                           derived model files (the ONNX export, …)
+    <root>/stores/<key[:32]>/                a dataset's features as a feature store
+                                             (storage="disk"; :mod:`gcrdp.data.store`)
 
 A run looks every item up in the chunks of its two spaces, extracts the missing ones (each once,
-however many samples share it) into a new chunk, and assembles the dataset's arrays in sample
-order. Local features are padded to the longest item of the dataset; the mask marks the valid
-rows as before.
+however many samples share it), and assembles the dataset's arrays in sample order. Local
+features are padded to the longest item of the dataset; the mask marks the valid rows as before.
+
+**At scale.** Missing items are encoded in shards of :data:`SHARD_ITEMS` (a whole number of
+batches), each published as its own chunk as soon as it is done: memory holds one shard's
+features, and a killed extraction resumes from the chunks already written (the next run finds
+them and extracts the rest; its batches are the uninterrupted run's unless an item of a written
+shard recurs later in the dataset, which shifts the later batches). The shards are runs of the order in which one encoder call would
+batch the items (``encode_order``, for encoders that sort texts by length), so every batch —
+and every row — is the one a single call gives; one progress bar counts all shards. With
+``storage="disk"`` (or ``"auto"`` above :data:`gcrdp.data.store.AUTO_DISK_BYTES`) the dataset's
+features are not assembled in memory: :class:`ChunkRows` views read them by row from the
+chunks into a feature store under ``<root>/stores/`` (chunked writes, row checksums), which
+later runs open without looking items up; a damaged store is removed and rebuilt from the
+chunks. Only the masks (n × L booleans) and the item keys are held for the whole dataset.
 
 **Safe against interruption and concurrent runs.** A chunk is written into
 ``<space>/.tmp-<name>/``, every file fsynced, then renamed into place (``os.rename`` of a
@@ -54,16 +68,18 @@ import os
 import secrets
 import shutil
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..data.features import FeatureSet, ModalityFeatures
+from ..data.lazy import DiskArray, LazyRows, StoreDamaged
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError, format_list
 from ..utils.io import file_sha256, fsync_dir
-from .base import check_batch_size, check_encoder
+from .base import check_batch_size, check_encoder, shared_progress
 from .images import check_image_files
 
 log = logging.getLogger(__name__)
@@ -76,6 +92,14 @@ STORAGE_DTYPES = ("float16", "float32")
 _ARRAYS = ("local", "mask", "pooled")
 _STALE_TMP_SECONDS = 3600.0
 _ATTEMPTS = 3
+#: items per encoder call (a shard, published as one chunk) when extracting, rounded down to a
+#: whole number of batches (:func:`shard_items`): what bounds extraction's memory (EfficientNet-
+#: Lite0: 1024 × 49 × 1280 float32 = 257 MB of encoder output, plus its float16 copy)
+SHARD_ITEMS = 1024
+#: where :func:`extract_features` returns the features (see its ``storage``)
+STORAGES = ("auto", "memory", "disk")
+#: chunk files a :class:`ChunkRows` keeps open at once
+_OPEN_CHUNK_FILES = 16
 
 
 def canonical_json(obj: Any) -> str:
@@ -362,39 +386,209 @@ def _trimmed(mf: ModalityFeatures) -> ModalityFeatures:
     return ModalityFeatures(np.ascontiguousarray(mf.local[:, :length]), np.ascontiguousarray(mf.mask[:, :length]), mf.pooled)
 
 
-def _assemble(cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) -> ModalityFeatures:
-    """The rows ``where`` (chunk, row) gathered in order; local features padded to the longest
-    item among them. One chunk in memory at a time (masks first, to size the output).
-    :class:`DamagedChunk` when a chunk fails to read."""
-    by_chunk: dict[Path, list[int]] = {}
-    for i, (chunk, _row) in enumerate(where):
-        by_chunk.setdefault(chunk, []).append(i)
-    rows_of = {c: np.asarray([where[p][1] for p in ps]) for c, ps in by_chunk.items()}
-    length = 1
-    for chunk, rows in rows_of.items():
-        length = max(length, _used_length(cache.read_chunk(chunk, ("mask",))["mask"][rows]))
-    n = len(where)
-    local = mask = pooled = None
-    for chunk, positions in by_chunk.items():
-        arr = cache.read_chunk(chunk)
-        if local is None:
-            local = np.zeros((n, length, arr["local"].shape[2]), dtype=dtype)
-            mask = np.zeros((n, length), dtype=bool)
-            pooled = np.zeros((n, arr["pooled"].shape[1]), dtype=dtype)
-        assert local is not None and mask is not None and pooled is not None  # allocated at the first chunk
-        if arr["local"].shape[2] != local.shape[2] or arr["pooled"].shape[1] != pooled.shape[1]:
-            raise DamagedChunk(chunk, f"feature dimension {arr['local'].shape[2]} differs from {local.shape[2]} in its space")
-        pos, rows = np.asarray(positions), rows_of[chunk]
-        m = min(length, arr["local"].shape[1])
-        local[pos, :m] = arr["local"][rows, :m]
-        mask[pos, :m] = arr["mask"][rows, :m]
-        pooled[pos] = arr["pooled"][rows]
-        del arr
-    assert local is not None and mask is not None and pooled is not None
-    return ModalityFeatures(local, mask, pooled)
+class ChunkRows(LazyRows):
+    """One part (``"local"`` or ``"pooled"``) of a dataset's features, read by row from the
+    cache's chunks (``<chunk>/<part>.npy``, with ``os.preadv``: see
+    :class:`~gcrdp.data.lazy.DiskArray`) — the gather view a feature store is written from.
+
+    Row ``i`` is row ``row_of[i]`` of chunk file ``files[chunk_of[i]]``; local rows are cut or
+    zero-padded to ``row_shape[0]`` positions (the dataset's longest item), as the in-memory
+    assembly does. At most :data:`_OPEN_CHUNK_FILES` files are open at once. The chunks' files
+    are checked (SHA-256) when the view is made, not on each read."""
+
+    def __init__(self, files: list[Path], chunk_of: np.ndarray, row_of: np.ndarray, row_shape: tuple[int, ...], dtype: Any) -> None:
+        super().__init__(len(chunk_of), row_shape, np.dtype(dtype))
+        self.files, self.chunk_of, self.row_of = list(files), chunk_of, row_of
+        self._open: OrderedDict[int, DiskArray] = OrderedDict()
+
+    def describe(self) -> str:
+        return f"{len(self.files)} feature cache chunks"
+
+    def _source(self, c: int) -> DiskArray:
+        arr = self._open.pop(c, None)
+        if arr is None:
+            arr = DiskArray(self.files[c])
+            while len(self._open) >= _OPEN_CHUNK_FILES:
+                self._open.popitem(last=False)[1].close()
+        self._open[c] = arr
+        return arr
+
+    def _read_physical(self, phys: np.ndarray) -> np.ndarray:
+        out = np.zeros((phys.size, *self.row_shape), self.dtype)
+        chunk_of = self.chunk_of[phys]
+        for c in np.unique(chunk_of).tolist():
+            sel = np.flatnonzero(chunk_of == c)
+            got = self._source(c).read(self.row_of[phys[sel]])
+            if len(self.row_shape) == 2:  # local: (positions, d), cut or padded to the dataset's longest item
+                m = min(self.row_shape[0], got.shape[1])
+                out[sel, :m] = got[:, :m]
+            else:
+                out[sel] = got
+        return out
+
+    def signature(self) -> dict[str, Any]:
+        where = hashlib.sha256(np.ascontiguousarray(self.chunk_of).tobytes() + np.ascontiguousarray(self.row_of).tobytes()).hexdigest()
+        return {
+            "kind": "feature-cache-chunks",
+            "files": [str(f) for f in self.files],
+            "where": where,
+            "row_shape": list(self.row_shape),
+            "dtype": self.dtype.str,
+            "rows": self._rows_signature(),
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_open"] = OrderedDict()
+        return state
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
 
 
-def _features_for(
+class _Gather:
+    """Where each row of a dataset's features lies in the cache's chunks, checked: every chunk
+    involved is read once through :meth:`FeatureCache.read_chunk` (SHA-256 of every file, shapes,
+    dtypes; :class:`DamagedChunk` otherwise), and the mask is gathered in memory, cut to the
+    dataset's longest item. :meth:`in_memory` assembles the arrays, :meth:`lazy` gives the view
+    a feature store is written from: both read the same rows through :class:`ChunkRows`."""
+
+    def __init__(self, cache: FeatureCache, where: list[tuple[Path, int]], dtype: str) -> None:
+        n = len(where)
+        if n == 0:
+            raise DataError("Nothing to assemble: no samples.")
+        ids: dict[Path, int] = {}
+        chunk_of = np.empty(n, np.int64)
+        row_of = np.empty(n, np.int64)
+        for i, (chunk, row) in enumerate(where):
+            chunk_of[i] = ids.setdefault(chunk, len(ids))
+            row_of[i] = row
+        self.chunks = list(ids)
+        order = np.argsort(chunk_of, kind="stable")
+        bounds = np.searchsorted(chunk_of[order], np.arange(len(self.chunks) + 1))
+        dim = pooled_dim = -1
+        length = 1
+        masks: list[tuple[np.ndarray, np.ndarray]] = []
+        for c, chunk in enumerate(self.chunks):
+            pos = order[bounds[c] : bounds[c + 1]]
+            arr = cache.read_chunk(chunk)  # every file's SHA-256, shape and dtype
+            d, dg = int(arr["local"].shape[2]), int(arr["pooled"].shape[1])
+            if dim < 0:
+                dim, pooled_dim = d, dg
+            elif (d, dg) != (dim, pooled_dim):
+                raise DamagedChunk(chunk, f"feature dimension {d} differs from {dim} in its space")
+            if arr["local"].dtype != np.dtype(dtype) or arr["pooled"].dtype != np.dtype(dtype):
+                raise DamagedChunk(chunk, f"dtype {arr['local'].dtype} where its space stores {dtype}")
+            m = np.asarray(arr["mask"][row_of[pos]], dtype=bool)
+            length = max(length, _used_length(m))
+            masks.append((pos, m))
+            del arr
+        mask = np.zeros((n, length), dtype=bool)
+        for pos, m in masks:
+            k = min(length, m.shape[1])
+            mask[pos, :k] = m[:, :k]
+        self.n, self.length, self.dim, self.pooled_dim, self.dtype = n, length, dim, pooled_dim, np.dtype(dtype)
+        self.chunk_of, self.row_of, self.mask = chunk_of, row_of, mask
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the assembled local, mask and pooled arrays."""
+        return self.n * (self.length * self.dim * self.dtype.itemsize + self.length + self.pooled_dim * self.dtype.itemsize)
+
+    def lazy(self) -> ModalityFeatures:
+        local = ChunkRows([c / "local.npy" for c in self.chunks], self.chunk_of, self.row_of, (self.length, self.dim), self.dtype)
+        pooled = ChunkRows([c / "pooled.npy" for c in self.chunks], self.chunk_of, self.row_of, (self.pooled_dim,), self.dtype)
+        # lazy arrays stand in for numpy ones (shape, dtype, row indexing; see gcrdp.data.lazy)
+        return ModalityFeatures(cast(np.ndarray, local), self.mask, cast(np.ndarray, pooled))
+
+    def in_memory(self) -> ModalityFeatures:
+        lazy = self.lazy()
+        local, pooled = cast(ChunkRows, lazy.local), cast(ChunkRows, lazy.pooled)
+        try:
+            return ModalityFeatures(np.asarray(local), self.mask, np.asarray(pooled))
+        finally:
+            local.close()
+            pooled.close()
+
+
+def shard_items(batch_size: int) -> int:
+    """Items per encoder call when extracting: :data:`SHARD_ITEMS` rounded down to a multiple
+    of ``batch_size`` (at least one batch), so that the shards' batches are those of one call."""
+    return max(1, SHARD_ITEMS // batch_size) * batch_size
+
+
+def _processing_order(encoder: Any, items: list[Any]) -> np.ndarray | None:
+    """The encoder's batching order of ``items`` (``encode_order``), or ``None`` when it batches
+    them as given."""
+    order_fn = getattr(encoder, "encode_order", None)
+    if order_fn is None:
+        return None
+    order = np.asarray(order_fn(items))
+    if order.shape != (len(items),) or order.dtype.kind not in "iu" or not np.array_equal(np.sort(order), np.arange(len(items))):
+        raise ConfigError(f"{getattr(encoder, 'name', '?')}.encode_order() must return a permutation of the {len(items)} items.")
+    return order
+
+
+def _extract_missing(
+    cache: FeatureCache,
+    inputs: dict[str, Any],
+    modality: str,
+    encoder: Any,
+    items: list[Any],
+    keys: list[str],
+    rows: list[int],
+    index: dict[str, tuple[Path, int]],
+    dtype: str,
+    batch_size: int,
+    progress: bool,
+) -> int:
+    """Encode the samples ``rows`` (every sample whose item is missing, in dataset order,
+    duplicates too) in shards of :func:`shard_items`, each published as a chunk as soon as it is
+    done (its items' first occurrences), and add them to ``index``; returns the items written.
+
+    The shards are runs of the order in which one call over all of them would batch them
+    (``encode_order``), a whole number of batches each, so every batch — and so every row — is
+    the one a single call gives. One progress bar counts every sample over all shards."""
+    from tqdm.auto import tqdm
+
+    if hasattr(encoder, "use_artifact_dir"):
+        encoder.use_artifact_dir(cache.models_dir)
+    step = shard_items(batch_size)
+    if len(rows) > step:
+        order = _processing_order(encoder, [items[i] for i in rows])
+        if order is not None:
+            rows = [rows[j] for j in order.tolist()]
+    written: set[str] = set()
+    unit, what = ("img", "images") if modality == "image" else ("text", "texts")
+    with tqdm(total=len(rows), disable=not progress, unit=unit, desc=f"Encoding {what} ({getattr(encoder, 'name', '?')})") as bar:
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            with shared_progress(bar) as shared:
+                got = encoder.encode([items[i] for i in part], batch_size=batch_size, progress=False)
+            if shared.count < len(part):  # an encoder that does not report through progress_bar()
+                bar.update(len(part) - shared.count)
+            if len(got) != len(part):
+                raise DataError(
+                    f"The {modality} encoder returned {len(got)} rows for {len(part)} items; an encoder must return one row per item."
+                )
+            got = _as_storage(got, dtype, modality)
+            keep: list[int] = []
+            for j, i in enumerate(part):
+                if keys[i] not in written:  # first occurrences only: later copies were encoded to keep the batches
+                    written.add(keys[i])
+                    keep.append(j)
+            if keep:
+                new = [keys[part[j]] for j in keep]
+                mf = got if len(keep) == len(part) else ModalityFeatures(got.local[keep], got.mask[keep], got.pooled[keep])
+                chunk = cache.write_chunk(inputs, new, mf)
+                index.update({k: (chunk, r) for r, k in enumerate(new)})
+                del mf
+            del got
+    return len(written)
+
+
+def _gather_for(
     cache: FeatureCache,
     modality: str,
     encoder: Any,
@@ -404,9 +598,10 @@ def _features_for(
     batch_size: int,
     progress: bool,
     legacy: Any,
-) -> tuple[ModalityFeatures, int]:
-    """One modality's features for ``items`` (with their item ``keys``) from the cache,
-    extracting the missing items into a new chunk; returns (features, items extracted now)."""
+) -> tuple[_Gather, int]:
+    """One modality's rows for ``items`` (with their item ``keys``) located in the cache's
+    chunks, extracting the missing items first (in shards); returns (where they are, items
+    extracted now). A damaged chunk is discarded and its items extracted again."""
     inputs = space_inputs(modality, encoder.fingerprint(), dtype)
     space = cache.space_dir(inputs)
     encoded = 0
@@ -416,36 +611,53 @@ def _features_for(
         # first extraction sees exactly the batches an uncached one does (identical arrays)
         rows = [i for i, k in enumerate(keys) if k not in index]
         if rows:
-            first: dict[str, int] = {}
-            for j, i in enumerate(rows):
-                first.setdefault(keys[i], j)
-            missing, keep = list(first), list(first.values())
             old = legacy() if legacy is not None else None
             if old is not None:  # the first layout holds these rows already: import, do not re-extract
+                first: dict[str, int] = {}
+                for i in rows:
+                    first.setdefault(keys[i], i)
                 src = getattr(old, modality)
-                take = [rows[j] for j in keep]
-                mf = ModalityFeatures(src.local[take], src.mask[take], src.pooled[take])
+                take = list(first.values())
+                chunk = cache.write_chunk(inputs, list(first), ModalityFeatures(src.local[take], src.mask[take], src.pooled[take]))
+                index.update({k: (chunk, r) for r, k in enumerate(first)})
             else:
-                if hasattr(encoder, "use_artifact_dir"):
-                    encoder.use_artifact_dir(cache.models_dir)
-                got = encoder.encode([items[i] for i in rows], batch_size=batch_size, progress=progress)
-                if len(got) != len(rows):
-                    raise DataError(
-                        f"The {modality} encoder returned {len(got)} rows for {len(rows)} items; an encoder must return one row per item."
-                    )
-                got = _as_storage(got, dtype, modality)
-                mf = got if len(keep) == len(rows) else ModalityFeatures(got.local[keep], got.mask[keep], got.pooled[keep])
-                del got
-                encoded += len(missing)
-            chunk = cache.write_chunk(inputs, missing, mf)
-            index.update({k: (chunk, r) for r, k in enumerate(missing)})
+                encoded += _extract_missing(cache, inputs, modality, encoder, items, keys, rows, index, dtype, batch_size, progress)
         try:
-            return _assemble(cache, [index[k] for k in keys], dtype), encoded
+            return _Gather(cache, [index[k] for k in keys], dtype), encoded
         except DamagedChunk as exc:
             cache.discard(exc.chunk, str(exc).split(": ", 1)[-1])
     raise DataError(
         f"The feature cache in {cache.root} keeps failing to read back what was just written; check the disk, or pass another --cache-dir."
     )
+
+
+def check_storage(storage: str) -> str:
+    if storage not in STORAGES:
+        raise ConfigError(f"storage must be one of {STORAGES}, got {storage!r}.")
+    return storage
+
+
+def store_path(cache_dir: str | Path, key: str) -> Path:
+    """Where :func:`extract_features` keeps the feature store of the dataset features ``key``."""
+    return Path(cache_dir) / "stores" / key[:32]
+
+
+def _existing_store(path: Path, ids: list[str]) -> FeatureSet | None:
+    """The store at ``path`` when it opens and holds ``ids``; a damaged one is removed (and
+    rebuilt by the caller), an absent one is ``None``."""
+    from ..data.store import open_store, remove_store
+
+    try:
+        feats = open_store(path)
+    except FileNotFoundError:
+        return None
+    except StoreDamaged as exc:
+        remove_store(path, str(exc))
+        return None
+    if list(feats.sample_ids) != ids:
+        remove_store(path, "its sample ids are not the dataset's")
+        return None
+    return feats
 
 
 def extract_features(
@@ -457,6 +669,7 @@ def extract_features(
     dtype: str = "float16",
     batch_size: int = 32,
     progress: bool = True,
+    storage: str = "auto",
 ) -> FeatureSet:
     """Features of every sample of ``dataset`` (in dataset order), from the cache when present.
 
@@ -468,20 +681,31 @@ def extract_features(
             ``"float32"``; the returned arrays have this dtype (compute in float32 downstream).
         batch_size: images per batch; texts use twice as many.
         progress: show tqdm progress bars.
+        storage: where the returned features live: ``"memory"`` (numpy arrays), ``"disk"`` (a
+            feature store at ``<cache_dir>/stores/<key[:32]>``, written from the cache's chunks
+            without holding the dataset's features in memory, reused by later runs, rebuilt when
+            damaged) or ``"auto"`` (default: disk when the features exceed
+            :data:`gcrdp.data.store.AUTO_DISK_BYTES`). ``"disk"`` needs a ``cache_dir``.
 
     Returns:
         A :class:`FeatureSet` with ``sample_ids`` = the dataset's ids and ``meta`` holding the
         dataset's feature key, its inputs, ``cache_hit`` (nothing was extracted) and
-        ``items_extracted`` (per modality, the items extracted now).
+        ``items_extracted`` (per modality, the items extracted now); on disk also
+        ``storage="disk"`` and ``store`` (its folder). The arrays are the same either way.
 
     Raises:
         DataError: a sample has no image, image files are missing or undecodable, a text is
             empty, or the encoders produce NaN/inf.
     """
+    from ..data import store as store_mod
+
     check_encoder(image_encoder, "image", "image_encoder")
     check_encoder(text_encoder, "text", "text_encoder")
     dtype = check_dtype(dtype)
     check_batch_size(batch_size)
+    storage = check_storage(storage)
+    if storage == "disk" and cache_dir is None:
+        raise ConfigError("storage='disk' keeps the features in a store under the cache directory: pass a cache_dir.")
     samples = dataset.samples
     ids = [s.id for s in samples]
     no_image = [s.id for s in samples if s.image is None]
@@ -520,6 +744,20 @@ def extract_features(
         )
 
     cache = FeatureCache(cache_dir)
+    where = store_path(cache.root, key)
+    if storage != "memory":  # the dataset's store, when a run wrote it: no item lookup at all
+        stored = _existing_store(where, ids)
+        if stored is not None and (storage == "disk" or stored.nbytes > store_mod.AUTO_DISK_BYTES):
+            log.info("Feature store %s holds the features of %d samples", where, len(ids))
+            stored.meta = {
+                **meta,
+                "cache_hit": True,
+                "cache_path": str(cache.items_dir),
+                "items_extracted": {"image": 0, "text": 0},
+                "storage": "disk",
+                "store": str(where),
+            }
+            return stored
     legacy_state: dict[str, Any] = {}
 
     def legacy() -> FeatureSet | None:
@@ -532,14 +770,22 @@ def extract_features(
 
     image_keys = [image_item_key(p) for p in images]  # type: ignore[arg-type]
     text_keys = [text_item_key(t) for t in texts]  # type: ignore[arg-type]
-    image, n_img = _features_for(cache, "image", image_encoder, images, image_keys, dtype, batch_size, progress, legacy)
-    text, n_txt = _features_for(cache, "text", text_encoder, texts, text_keys, dtype, 2 * batch_size, progress, legacy)
+    image, n_img = _gather_for(cache, "image", image_encoder, images, image_keys, dtype, batch_size, progress, legacy)
+    text, n_txt = _gather_for(cache, "text", text_encoder, texts, text_keys, dtype, 2 * batch_size, progress, legacy)
+    del image_keys, text_keys
     meta.update(
         {"cache_hit": n_img == 0 and n_txt == 0, "cache_path": str(cache.items_dir), "items_extracted": {"image": n_img, "text": n_txt}}
     )
     if n_img or n_txt:
         log.info("Feature cache %s: extracted %d images and %d texts of %d samples", cache.items_dir, n_img, n_txt, len(samples))
-    return FeatureSet(image, text, tuple(ids), meta)
+    if storage == "memory" or (storage == "auto" and image.nbytes + text.nbytes <= store_mod.AUTO_DISK_BYTES):
+        return FeatureSet(image.in_memory(), text.in_memory(), tuple(ids), meta)
+    log.info("Feature store %s (%.2f GiB), written from the feature cache", where, (image.nbytes + text.nbytes) / 2**30)
+    feats, _built = store_mod.open_or_build(
+        where, lambda: FeatureSet(image.lazy(), text.lazy(), tuple(ids), {}), source={"feature_cache": str(cache.items_dir), "key": key}
+    )
+    feats.meta = {**meta, "storage": "disk", "store": str(where)}
+    return feats
 
 
 def encode_items(
@@ -554,7 +800,7 @@ def encode_items(
     """Features of ``items`` (image paths or texts, by ``encoder.modality``) through the per-item
     cache (``cache_dir``; ``None`` encodes directly): ``(features, items extracted now)``. The
     building block of :func:`extract_features`, for collections without labels or splits (a
-    search index)."""
+    search index). Missing items are extracted in shards as there; the result is in memory."""
     modality = getattr(encoder, "modality", None)
     check_encoder(encoder, modality if modality in ("image", "text") else "image", "encoder")
     assert modality is not None  # check_encoder made it "image" or "text"
@@ -572,4 +818,5 @@ def encode_items(
             raise DataError(f"The {modality} encoder returned {len(got)} rows for {len(items)} items.")
         return _trimmed(_as_storage(got, dtype, modality)), len(items)
     keys = [image_item_key(p) if modality == "image" else text_item_key(p) for p in items]
-    return _features_for(FeatureCache(cache_dir), modality, encoder, list(items), keys, dtype, batch_size, progress, None)
+    gathered, encoded = _gather_for(FeatureCache(cache_dir), modality, encoder, list(items), keys, dtype, batch_size, progress, None)
+    return gathered.in_memory(), encoded

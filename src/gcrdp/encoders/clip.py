@@ -66,12 +66,13 @@ from .base import (
     TEXT_ENCODERS,
     check_batch_size,
     check_texts,
+    progress_bar,
     resolve_threads,
     sha256_file,
     torch_threads,
 )
 from .images import check_image_files, describe_items, load_image, to_rgb
-from .minilm import _quiet_transformers
+from .minilm import _ORDER_PIECE, _quiet_transformers
 
 #: Bumped when gcrdp's way of computing CLIP features changes (part of the fingerprint).
 CLIP_FEATURES_VERSION = 1
@@ -316,12 +317,10 @@ class CLIPImageEncoder:
         start_token = 0 if self.include_cls else 1
         names = describe_items(items)
         bad: list[str] = []
-        from tqdm.auto import tqdm
-
         with (
             torch_threads(self.num_threads),
             torch.inference_mode(),
-            tqdm(total=n, disable=not progress, unit="img", desc=f"Encoding images ({self.name})") as bar,
+            progress_bar(n, progress=progress, unit="img", desc=f"Encoding images ({self.name})") as bar,
         ):
             for start in range(0, n, batch_size):
                 chunk = items[start : start + batch_size]
@@ -468,6 +467,18 @@ class CLIPTextEncoder:
     # ------------------------------------------------------------------ encoding
     _check_texts = staticmethod(check_texts)
 
+    def encode_order(self, items: Sequence[str]) -> np.ndarray:
+        """The order in which :meth:`encode` batches ``items``: by token length, longest first
+        (stable), so texts already in this order are batched in it (extraction in shards keeps
+        the batches of one call)."""
+        texts = self._check_texts(list(items))
+        self.load()
+        lengths = np.empty(len(texts), np.int64)
+        for start in range(0, len(texts), _ORDER_PIECE):  # lengths only: no token list for every text at once
+            ids = self._tokenizer(texts[start : start + _ORDER_PIECE], truncation=True, max_length=self.max_tokens, padding=False)
+            lengths[start : start + len(ids["input_ids"])] = [len(x) for x in ids["input_ids"]]
+        return np.argsort(-lengths, kind="stable")
+
     def encode(self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> ModalityFeatures:
         """Encode texts in order. Returns local (n, L, d_t) float32 (L = longest text of the
         call in tokens, at most ``max_tokens``), mask (n, L) bool, pooled (n, projection_dim)
@@ -496,12 +507,10 @@ class CLIPTextEncoder:
         mask = np.zeros((n, L), bool)
         pooled = np.zeros((n, self.projection_dim), np.float32)
         order = np.argsort(-lengths, kind="stable")
-        from tqdm.auto import tqdm
-
         with (
             torch_threads(self.num_threads),
             torch.inference_mode(),
-            tqdm(total=n, disable=not progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
+            progress_bar(n, progress=progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
         ):
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]

@@ -38,6 +38,7 @@ from .base import (
     IMAGE_ENCODERS,
     check_batch_size,
     default_artifact_dir,
+    progress_bar,
     resolve_threads,
     sha256_file,
     torch_threads,
@@ -212,11 +213,10 @@ class EfficientNetLite0Encoder:
         check_image_files(paths, ids=[str(i) for i, x in enumerate(items) if x is None or isinstance(x, (str, Path))])
         n, cells = len(items), self.grid * self.grid
         local = np.empty((n, cells, _FEATURE_DIM), np.float32)
-        from tqdm.auto import tqdm
-
         bad: list[str] = []
         names = describe_items(items)
-        with torch_threads(self.num_threads), tqdm(total=n, disable=not progress, unit="img", desc=f"Encoding images ({self.name})") as bar:
+        bar_ = progress_bar(n, progress=progress, unit="img", desc=f"Encoding images ({self.name})")
+        with torch_threads(self.num_threads), bar_ as bar:
             forward = None
             for start in range(0, n, batch_size):
                 chunk = items[start : start + batch_size]

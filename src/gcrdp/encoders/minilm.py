@@ -36,12 +36,15 @@ from .base import (
     TEXT_ENCODERS,
     check_batch_size,
     check_texts,
+    progress_bar,
     resolve_threads,
     sha256_file,
     torch_threads,
 )
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: texts tokenized at once by ``encode_order`` (only their lengths are kept)
+_ORDER_PIECE = 10_000
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
@@ -170,6 +173,18 @@ class MiniLMEncoder:
     # ------------------------------------------------------------------ encoding
     _check_texts = staticmethod(check_texts)
 
+    def encode_order(self, items: Sequence[str]) -> np.ndarray:
+        """The order in which :meth:`encode` batches ``items``: by token length, longest first
+        (stable), so texts already in this order are batched in it (extraction in shards keeps
+        the batches of one call)."""
+        texts = self._check_texts(list(items))
+        self.load()
+        lengths = np.empty(len(texts), np.int64)
+        for start in range(0, len(texts), _ORDER_PIECE):  # lengths only: no token list for every text at once
+            ids = self._tokenizer(texts[start : start + _ORDER_PIECE], truncation=True, max_length=self.max_tokens, padding=False)
+            lengths[start : start + len(ids["input_ids"])] = [len(x) for x in ids["input_ids"]]
+        return np.argsort(-lengths, kind="stable")
+
     def encode(self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> ModalityFeatures:
         """Encode texts in order. Returns local (n, L, 384) float32 (L = longest text of the call,
         in tokens), mask (n, L) bool, pooled (n, 384) float32 (L2-normalised).
@@ -197,12 +212,10 @@ class MiniLMEncoder:
         mask = np.zeros((n, L), bool)
         pooled = np.zeros((n, self.dim), np.float32)
         order = np.argsort(-lengths, kind="stable")
-        from tqdm.auto import tqdm
-
         with (
             torch_threads(self.num_threads),
             torch.inference_mode(),
-            tqdm(total=n, disable=not progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
+            progress_bar(n, progress=progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
         ):
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]

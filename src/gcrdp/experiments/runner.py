@@ -15,6 +15,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..data.features import FeatureSet
+from ..data.store import AUTO_DISK_BYTES
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError
 from ..methods import METHODS, FitData, build_method
@@ -34,8 +35,8 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "gcrdp"
 
 
-#: ``feature_storage="auto"`` keeps features in memory up to this many bytes, on disk above
-AUTO_DISK_BYTES = 1 << 30
+# ``feature_storage="auto"`` keeps features in memory up to AUTO_DISK_BYTES bytes, on disk above
+# (the constant lives in gcrdp.data.store, which extract_features reads too; imported above)
 
 
 def resolve_storage(storage: str, features: FeatureSet) -> str:
@@ -92,7 +93,14 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) ->
     image_enc = build_encoder(get_image_encoder, config.image_encoder, image_kw, "image")
     text_enc = build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
     feats = extract_features(
-        dataset, image_enc, text_enc, cache_dir=cache, dtype=config.feature_dtype, batch_size=config.extract_batch_size, progress=progress
+        dataset,
+        image_enc,
+        text_enc,
+        cache_dir=cache,
+        dtype=config.feature_dtype,
+        batch_size=config.extract_batch_size,
+        progress=progress,
+        storage=config.feature_storage,
     )
     return place_features(feats, config.feature_storage, cache)
 
