@@ -163,10 +163,11 @@ def main() -> None:
     print("\nsize     features  store-build RSS  warm RSS  memory RSS  epoch s (warm)  epoch s (memory)")
     for n, row in results["sizes"].items():
         mem = row.get("memory", {})
+        build, warm = row["disk_build"], row["disk_warm"]
+        nan = float("nan")
         print(
-            f"{n:>7}  {row['features_gib']:6.2f} GiB  {row['disk_build']['peak_rss_gib']:6.2f} GiB  {row['disk_warm']['peak_rss_gib']:6.2f} GiB"
-            f"  {mem.get('peak_rss_gib', float('nan')):6.2f} GiB  {row['disk_warm'].get('epoch_seconds', float('nan')):10.1f}"
-            f"  {mem.get('epoch_seconds', float('nan')):10.1f}"
+            f"{n:>7}  {row['features_gib']:6.2f} GiB  {build['peak_rss_gib']:6.2f} GiB  {warm['peak_rss_gib']:6.2f} GiB"
+            f"  {mem.get('peak_rss_gib', nan):6.2f} GiB  {warm.get('epoch_seconds', nan):10.1f}  {mem.get('epoch_seconds', nan):10.1f}"
         )
 
 

@@ -20,6 +20,21 @@ from ..errors import DataError
 from .lazy import is_lazy, iter_row_chunks, masked_mean, take_rows
 
 
+def _mean_of_local(pooled: Any, local: Any) -> bool:
+    """True when lazy ``pooled`` is the masked mean of the same file as lazy ``local``."""
+    from .lazy import DerivedRows
+
+    if not (isinstance(pooled, DerivedRows) and pooled.kind == "masked-mean" and is_lazy(local)):
+        return False
+    import json
+
+    def key(arr: Any) -> str:  # what the rows are computed from, whatever the view
+        return json.dumps({**arr.signature(), "rows": None}, sort_keys=True)
+
+    bases = {key(local)} | ({key(local.source)} if isinstance(local, DerivedRows) else set())
+    return key(pooled.source) in bases and pooled._rows_signature() == local._rows_signature()
+
+
 @dataclass
 class ModalityFeatures:
     """Features of one modality for ``n`` samples.
@@ -74,8 +89,9 @@ class ModalityFeatures:
         for start, loc in iter_row_chunks(self.local):
             m = self.mask[start : start + len(loc)]
             bad.append(start + np.flatnonzero((~np.isfinite(loc).all(axis=2) & m).any(axis=1)))
-        for start, pool in iter_row_chunks(self.pooled):
-            bad.append(start + np.flatnonzero(~np.isfinite(pool).all(axis=1)))
+        if not _mean_of_local(self.pooled, self.local):  # a mean of finite values is finite: not read twice
+            for start, pool in iter_row_chunks(self.pooled):
+                bad.append(start + np.flatnonzero(~np.isfinite(pool).all(axis=1)))
         return np.unique(np.concatenate(bad)) if bad else np.zeros(0, np.int64)
 
     def check_finite(self, name: str = "features") -> None:

@@ -82,7 +82,13 @@ class LazyRows:
 
     @property
     def row_nbytes(self) -> int:
+        """Bytes of one returned row."""
         return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def read_row_nbytes(self) -> int:
+        """Bytes held per row while reading one (a derived row reads its source row too)."""
+        return self.row_nbytes
 
     @property
     def nbytes(self) -> int:
@@ -148,7 +154,7 @@ class LazyRows:
 
     def chunks(self, budget: int = STREAM_CHUNK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, rows)`` over the whole view, at most ``budget`` bytes at a time."""
-        step = rows_per_chunk(self.row_nbytes, budget)
+        step = rows_per_chunk(self.read_row_nbytes, budget)
         for start in range(0, len(self), step):
             yield start, self.read_range(start, min(start + step, len(self)))
 
@@ -355,6 +361,13 @@ class DerivedRows(LazyRows):
 
     def describe(self) -> str:
         return f"{self.kind} of {self.source.describe()}"
+
+    @property
+    def read_row_nbytes(self) -> int:
+        # the source row as read, its float64 working copy for a mean, and the result
+        return max(self.row_nbytes, self.source.read_row_nbytes) + (
+            8 * int(np.prod(self.source.row_shape)) if self.kind == "masked-mean" else 0
+        )
 
     def _read_physical(self, phys: np.ndarray) -> np.ndarray:
         return np.asarray(self.fn(self.source._read_physical(phys), phys), dtype=self.dtype)
