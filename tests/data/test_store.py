@@ -155,8 +155,12 @@ def test_a_flipped_byte_fails_its_row_checksum_and_is_rebuilt(tmp_path, caplog):
     assert err.value.store == path
     with pytest.raises(StoreDamaged):
         np.asarray(st.image.local)
-    # the next open_or_build notices nothing at open (checksums are per row) but a damaged
-    # store found at open (truncated) is removed and rebuilt
+    # the failed checksum marked the store damaged: the next run rebuilds it, never reads it again
+    with pytest.raises(FileNotFoundError):
+        open_store(path)
+    rebuilt, built = open_or_build(path, lambda: feats)
+    assert built and np.array_equal(np.asarray(rebuilt.image.local), feats.image.local)
+    # a damaged store found at open (truncated) is removed and rebuilt
     f.write_bytes(bytes(raw[:-100]))
     with pytest.raises(StoreDamaged, match="image_local.npy has"):
         open_store(path)

@@ -146,3 +146,20 @@ def test_a_checkpointed_fit_resumes_on_disk_features(feature_folder, tmp_path):
     a, b = ref.model_.state_dict(), resumed.model_.state_dict()
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
     assert np.array_equal(resumed.embed_images(disk.image), ref.embed_images(mem.image))
+
+
+def test_a_store_damaged_under_a_run_stops_it_and_the_next_run_rebuilds_it(feature_folder, tmp_path):
+    from gcrdp.data.lazy import StoreDamaged
+
+    cfg = _config(feature_folder, tmp_path / "c", "disk", ["gap-infonce"])
+    ref = run_experiment(cfg, progress=False)
+    (store,) = (tmp_path / "c" / "stores").iterdir()
+    f = store / "image_local.npy"
+    raw = bytearray(f.read_bytes())
+    for pos in range(len(raw) - 5000, len(raw), 97):  # bytes of the last rows (test and train pairs alike)
+        raw[pos] ^= 0x10
+    f.write_bytes(bytes(raw))
+    with pytest.raises(StoreDamaged, match="fails its checksum.*rebuilt on the next run"):
+        run_experiment(cfg, progress=False)
+    again = run_experiment(cfg, progress=False)
+    assert _strip(again["records"]) == _strip(ref["records"])

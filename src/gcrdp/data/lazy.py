@@ -56,6 +56,17 @@ def rows_per_chunk(row_bytes: int, budget: int = STREAM_CHUNK_BYTES) -> int:
     return max(1, budget // max(1, row_bytes))
 
 
+def invalidate_store(store: Path | None) -> None:
+    """Mark a feature store damaged (its record is renamed away), so that the next run rebuilds it
+    instead of reading it again."""
+    if store is None:
+        return
+    try:
+        os.replace(store / "store.json", store / "store.json.damaged")
+    except OSError:
+        pass
+
+
 class LazyRows:
     """Base of the lazy arrays: a row map over ``n_physical`` rows of shape ``row_shape``.
 
@@ -324,6 +335,7 @@ class DiskArray(LazyRows):
             expected = self.crc[phys]
             for j in range(phys.size):
                 if zlib.crc32(buf[j]) != int(expected[j]):
+                    invalidate_store(self.store)
                     raise self._damage(f"row {int(phys[j])} of {self.path.name} fails its checksum", self.store)
         out = buf.view(self.file_dtype).reshape((phys.size, *self.row_shape))
         return out if out.dtype == self.dtype else out.astype(self.dtype)
