@@ -132,7 +132,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", action="store_true", help="keep the features and stores for a rerun")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--write-only", nargs=2, metavar=("DIR", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write_only:
+        write_features(Path(args.write_only[0]), int(args.write_only[1]))
+        return
     gcrdp = str(Path(sys.executable).with_name("gcrdp"))
     env = {k: v for k, v in os.environ.items()}
     results = {"machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}, "threads": args.threads, "sizes": {}}
@@ -140,7 +144,9 @@ def main() -> None:
         work = args.work / f"n{n}"
         feats = work / "features"
         t0 = time.perf_counter()
-        write_features(feats, n)
+        # in a child, so that this process stays small: a child forked from a large parent
+        # would count the parent's pages in its peak RSS until it execs
+        subprocess.run([sys.executable, __file__, "--write-only", str(feats), str(n)], check=True)
         row: dict = {
             "write_seconds": round(time.perf_counter() - t0, 1),
             "features_gib": round(sum(f.stat().st_size for f in feats.glob("*.npy")) / 2**30, 3),

@@ -113,7 +113,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 #: a ``.npy`` file with more data than this is opened lazily by :func:`read_arrays` with
 #: ``lazy=True`` (its rows stay on disk until read; :class:`gcrdp.data.lazy.DiskArray`)
-LAZY_NPY_BYTES = 256 << 20
+LAZY_NPY_BYTES = 64 << 20
 
 
 def _read_npy(path: Path, lazy: bool = False) -> dict[str, Any]:
