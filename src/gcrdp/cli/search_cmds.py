@@ -62,14 +62,30 @@ def cmd_index(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         backend=args.backend,
         uri=args.uri,
+        on_disk=bool(args.on_disk),
+        nprobe=args.nprobe,
+        batch_size=args.batch_size,
+        train_size=args.train_size,
+        seed=args.train_seed,
     )
     info = r.info
     counts = ", ".join(f"{n} {m}s" for m, n in info["counts"].items())
     now = ", ".join(f"{n} {m}s" for m, n in info["added_now"].items()) or "nothing new"
+    types = sorted(set((info.get("index_types") or {}).values()) or {info["index_type"]})
+    kind = ", ".join(types) + (" (lists on disk)" if info.get("on_disk") else "")
     print(
         f"index {args.index}: {counts} ({now} added; {info['skipped_duplicates']} duplicates skipped), "
-        f"{info['index_type']}, dim {info['dim']}, {time.perf_counter() - t0:.1f} s"
+        f"{kind}, dim {info['dim']}, {time.perf_counter() - t0:.1f} s"
     )
+    trained = (info.get("training") or {}).get("vectors")
+    if trained and info.get("added_now"):
+        print(
+            "trained on a random sample (seed "
+            + str(info["training"]["seed"])
+            + "): "
+            + ", ".join(f"{n} {m} vectors" for m, n in trained.items())
+            + (f"; nprobe {', '.join(f'{m} {p}' for m, p in info['nprobe'].items())}" if info.get("nprobe") else "")
+        )
     inst = info.get("instance_recall")
     if inst:
         print(
@@ -80,7 +96,11 @@ def cmd_index(args: argparse.Namespace) -> int:
             )
         )
     if info.get("recall_at_10_vs_exact"):
-        print("recall@10 against exact search: " + ", ".join(f"{m} {100 * v:.1f} %" for m, v in info["recall_at_10_vs_exact"].items()))
+        print(
+            "recall@10 against exact search: "
+            + ", ".join(f"{m} {100 * v:.1f} %" for m, v in info["recall_at_10_vs_exact"].items())
+            + (f" ({info['recall_queries']} of the collection's vectors as queries)" if info.get("recall_queries") else "")
+        )
     return 0
 
 
@@ -90,7 +110,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if sum(x is not None for x in (args.text, args.image, args.like)) != 1:
         raise ConfigError('gcrdp search needs exactly one of --text "…", --image PATH or --like ID.')
-    r = Retriever.load(args.index, device=args.device or "cpu")
+    r = Retriever.load(args.index, device=args.device or "cpu", nprobe=args.nprobe)
     hits: Any  # one query: one ranked list
     if args.like is not None:
         hits = r.search(like=args.like, like_modality=args.like_modality, k=args.k)
@@ -152,8 +172,30 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--index-type",
         default="Flat",
-        help="FAISS factory string: Flat (exact, default), HNSW32, IVF1024,Flat, …; an approximate "
-        "index reports its recall@10 against exact search",
+        help="FAISS factory string: Flat (exact, default), HNSW32, IVF1024,Flat, IVF1024,PQ64, …, or IVF-PQ "
+        "(IVF<nlist>,PQ<dim/4> sized to the collection); an approximate index reports its recall@10 against exact search",
+    )
+    p.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="with an IVF index type: build the inverted lists shard by shard into a file of the index folder, "
+        "memory-mapped when searched (for collections larger than memory)",
+    )
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default nlist/64, at least 8)")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a trainable index (IVF, PQ) is trained on a random sample of at most N vectors (default 262144)",
+    )
+    p.add_argument("--train-seed", type=int, default=0, help="seed of the training sample (default 0)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="items embedded and added per batch (default 256 images, 1024 texts, ~64 MiB of feature rows)",
     )
     p.add_argument("--add", action="store_true", help="append to the existing index (skipping items already in it by content hash)")
     p.add_argument(
@@ -185,6 +227,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--k", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default: the index's)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.set_defaults(func=cmd_search)
 

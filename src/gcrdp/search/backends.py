@@ -7,21 +7,77 @@ so inner product is the model's own score.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError, DataError, MissingDependencyError
 
 EXACT = "Flat"
+# Trainable indexes are trained on a seeded random sample of at most this many vectors
+# (262,144 × 256 dims of float32 = 256 MiB); FAISS's k-means uses at most 256 per centroid anyway.
+MAX_TRAIN = 1 << 18
+# The lists of an on-disk index are built in shards of about this many bytes of codes and ids.
+SHARD_BYTES = 256 << 20
+ALIASES = {"ivf-pq": "IVF-PQ", "ivfpq": "IVF-PQ", "ivf-flat": "IVF-Flat", "ivfflat": "IVF-Flat"}
 
 
-def _faiss():
+def _faiss() -> Any:
     try:
         import faiss
     except ImportError:
         raise MissingDependencyError("Search indexes need FAISS: pip install 'gcrdp[search]' (faiss-cpu).") from None
     return faiss
+
+
+def resolve_index_type(index_type: str, n: int, dim: int) -> str:
+    """A FAISS factory string for ``index_type``: ``"IVF-PQ"`` becomes ``IVF<nlist>,PQ<m>`` and
+    ``"IVF-Flat"`` ``IVF<nlist>,Flat``, sized to a collection of ``n`` vectors of ``dim``: nlist
+    the power of two nearest 4·√n (at most n/39, so that each list gets 39 training vectors), m
+    the largest divisor of ``dim`` up to dim/4 (8-bit codes: dim/4 bytes a vector, 16× smaller
+    than float32). Any other string is returned as it is."""
+    alias = ALIASES.get(str(index_type).replace(" ", "").lower())
+    if alias is None:
+        return str(index_type)
+    nlist = 2 ** int(round(np.log2(max(1.0, 4.0 * np.sqrt(max(1, n))))))
+    nlist = max(1, min(nlist, int(n) // 39, 65536))
+    if alias == "IVF-Flat":
+        return f"IVF{nlist},Flat"
+    m = max(d for d in range(1, max(1, int(dim) // 4) + 1) if int(dim) % d == 0)
+    return f"IVF{nlist},PQ{m}"
+
+
+@contextlib.contextmanager
+def _quiet_c_stdout() -> Iterator[None]:
+    """Silence what FAISS's C++ prints on stdout (on-disk lists announce their file there),
+    which would mix into ``gcrdp search --json``."""
+    import ctypes
+    import sys
+
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class FaissBackend:
@@ -30,54 +86,239 @@ class FaissBackend:
     Args:
         dim: vector dimension.
         index_type: a FAISS factory string — ``"Flat"`` (exact, the default), or approximate:
-            ``"HNSW32"``, ``"IVF1024,Flat"``, ``"IVF256,PQ32"``, … (``faiss.index_factory``); an
-            IVF index is trained on the vectors it is built from.
+            ``"HNSW32"``, ``"IVF1024,Flat"``, ``"IVF1024,PQ64"``, ``"OPQ64,IVF1024,PQ64"``, …
+            (``faiss.index_factory``; :func:`resolve_index_type` turns ``"IVF-PQ"`` into one).
+            A trainable index is trained on a seeded sample of the vectors it is built from
+            (:meth:`add_from`), or on the first vectors given to :meth:`add`.
+        nprobe: IVF lists searched per query (default: :func:`default_nprobe`).
+
+    An on-disk index (:meth:`build_on_disk`) keeps its inverted lists in ``<name>.ivfdata``
+    beside ``<name>.faiss``, memory-mapped when searched.
     """
 
-    def __init__(self, dim: int, index_type: str = EXACT) -> None:
+    def __init__(self, dim: int, index_type: str = EXACT, *, nprobe: int | None = None) -> None:
         faiss = _faiss()
         self.dim, self.index_type = int(dim), str(index_type)
+        self.path: Path | None = None  # the .faiss file of an on-disk index
+        self._lock = threading.Lock()
         try:
             self.index = faiss.index_factory(self.dim, self.index_type, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise ConfigError(
-                f"FAISS cannot build index type {index_type!r}: {str(exc).splitlines()[0]}. Examples: Flat, HNSW32, IVF1024,Flat."
+                f"FAISS cannot build index type {index_type!r}: {str(exc).splitlines()[0]}. "
+                "Examples: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ64, IVF-PQ."
             ) from None
+        self._no_polysemous_training()
+        self.set_nprobe(nprobe)
 
+    def _no_polysemous_training(self) -> None:
+        """FAISS's factory turns on polysemous training for PQ codes (a code reordering for
+        Hamming-distance filtering, which search here never uses): minutes for a PQ64 index
+        instead of seconds, for the same search results. Off."""
+        faiss = _faiss()
+        subs = [faiss.downcast_index(self.index)]
+        if isinstance(subs[0], faiss.IndexPreTransform):
+            subs.append(faiss.downcast_index(subs[0].index))
+        ivf = self._ivf()
+        if ivf is not None:
+            subs.append(faiss.downcast_index(ivf))
+        for sub in subs:
+            if hasattr(sub, "do_polysemous_training"):
+                sub.do_polysemous_training = False
+
+    # ------------------------------------------------------------------ properties
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
-    def add(self, vectors: np.ndarray) -> None:
+    @property
+    def on_disk(self) -> bool:
+        return self.path is not None
+
+    def _ivf(self) -> Any:
+        try:
+            return _faiss().extract_index_ivf(self.index)
+        except RuntimeError:
+            return None
+
+    @property
+    def nlist(self) -> int | None:
+        ivf = self._ivf()
+        return None if ivf is None else int(ivf.nlist)
+
+    @property
+    def nprobe(self) -> int | None:
+        ivf = self._ivf()
+        return None if ivf is None else int(ivf.nprobe)
+
+    def set_nprobe(self, nprobe: int | None) -> None:
+        """IVF lists searched per query (None: :func:`default_nprobe`); other indexes ignore it."""
+        ivf = self._ivf()
+        if ivf is None:
+            return
+        value = default_nprobe(int(ivf.nlist)) if nprobe is None else int(nprobe)
+        if value < 1:
+            raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}.")
+        _faiss().ParameterSpace().set_index_parameter(self.index, "nprobe", min(value, int(ivf.nlist)))
+
+    def training_size(self, n: int, max_train: int = MAX_TRAIN) -> int:
+        """How many of ``n`` vectors to train on: 0 when trained (or nothing to train), else
+        ``min(n, max_train, max(64·nlist, 65,536))`` — 64 vectors a list (FAISS asks for 39, its
+        k-means uses at most 256), and 256 per centroid for 8-bit PQ codebooks."""
+        if self.index.is_trained:
+            return 0
+        nlist = self.nlist or 0
+        return int(min(n, max_train, max(64 * nlist, 256 * 256)))
+
+    def _check_trainable(self, n: int) -> None:
+        n_lists = self.nlist
+        if n_lists is not None and n < n_lists:
+            raise ConfigError(
+                f"Index type {self.index_type!r} needs at least {n_lists} vectors to train its "
+                f"{n_lists} lists; this collection has {n}. Use Flat or fewer lists."
+            )
+
+    def train(self, vectors: np.ndarray) -> None:
+        x = self._checked(vectors)
+        self._check_trainable(len(x))
+        self.index.train(x)
+
+    def _checked(self, vectors: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise DataError(f"vectors must be (n, {self.dim}), got {x.shape}.")
+        return x
+
+    # ------------------------------------------------------------------ filling
+    def add(self, vectors: np.ndarray) -> None:
+        """Add ``vectors`` as the next rows (an untrained index is first trained on them)."""
+        if self.on_disk:
+            raise DataError("An on-disk index is filled with build_on_disk, not add.")
+        x = self._checked(vectors)
         if not self.index.is_trained:
-            n_lists = getattr(self.index, "nlist", None)
-            if n_lists is None:
-                try:  # an IVF index behind a pre-transform; other untrained indexes (PQ…) need no lists
-                    n_lists = int(_faiss().extract_index_ivf(self.index).nlist)
-                except RuntimeError:
-                    n_lists = 1
-            if len(x) < int(n_lists):
-                raise ConfigError(
-                    f"Index type {self.index_type!r} needs at least {n_lists} vectors to train its "
-                    f"{n_lists} lists; this collection has {len(x)}. Use Flat or fewer lists."
-                )
-            self.index.train(x)
+            self.train(x)
         self.index.add(x)
         self._direct_map()
 
-    def _direct_map(self) -> None:
-        """IVF indexes give single vectors back (``vector(row)``, for ``--like``) only with a
-        direct map."""
-        faiss = _faiss()
-        try:
-            ivf = faiss.extract_index_ivf(self.index)
-        except RuntimeError:
-            return
-        ivf.make_direct_map()
+    def add_from(
+        self,
+        source: Any,
+        start: int = 0,
+        *,
+        seed: int = 0,
+        max_train: int = MAX_TRAIN,
+        batch_rows: int | None = None,
+    ) -> int:
+        """Add rows ``start..n`` of a row source (:mod:`gcrdp.search.streaming`) in batches. An
+        untrained index is first trained on a random sample of those rows drawn with ``seed``
+        (:meth:`training_size` of them). Returns how many vectors it was trained on (0: none)."""
+        from .streaming import batches, sample_rows, scan_rows
 
+        if self.on_disk:
+            raise DataError("An on-disk index is filled with build_on_disk, not add_from.")
+        n = int(source.shape[0])
+        size = self.training_size(n - start, max_train)
+        if size:
+            self._check_trainable(n - start)
+            self.train(source[sample_rows(n - start, size, seed, start)])
+        for a, b in batches(n, batch_rows or scan_rows(self.dim), start):
+            self.index.add(self._checked(source[a:b]))
+            self._direct_map()  # once, then kept up to date by each add (not rebuilt)
+        return size
+
+    @classmethod
+    def build_on_disk(
+        cls,
+        source: Any,
+        folder: Path,
+        name: str,
+        index_type: str,
+        *,
+        start: int = 0,
+        previous: FaissBackend | None = None,
+        work_dir: Path | None = None,
+        seed: int = 0,
+        max_train: int = MAX_TRAIN,
+        nprobe: int | None = None,
+        shard_rows: int | None = None,
+        batch_rows: int | None = None,
+    ) -> tuple[FaissBackend, int]:
+        """An IVF index whose inverted lists live on disk: ``folder/<name>.faiss`` (the
+        quantizer, list offsets), ``folder/<name>.ivfdata`` (the lists, memory-mapped when
+        searched) and ``folder/<name>.trained.faiss`` (the trained, empty index, for later adds).
+
+        Rows ``start..n`` of ``source`` are added shard by shard (``shard_rows`` a shard; by
+        default about 256 MiB of codes), each shard written to ``work_dir`` and freed; the
+        shards — and the lists of ``previous``, an on-disk index being extended — are then merged
+        into one file. A new index is trained first on a seeded sample (as :meth:`add_from`).
+        Returns ``(the index, opened read-only, vectors trained on)``."""
+        from .streaming import batches, sample_rows, scan_rows
+
+        faiss = _faiss()
+        n = int(source.shape[0])
+        dim = int(source.shape[1])
+        work = Path(work_dir or folder)
+        trained = 0
+        if previous is not None:
+            if previous.path is None:
+                raise DataError("Only an on-disk index can be extended on disk.")
+            template = faiss.read_index(str(previous.path.with_suffix(".trained.faiss")))
+            nprobe = previous.nprobe if nprobe is None else nprobe
+        else:
+            fresh = cls(dim, index_type, nprobe=nprobe)
+            if fresh._ivf() is None:
+                raise ConfigError(f"An on-disk index needs an IVF index type (IVF1024,Flat, IVF1024,PQ64, IVF-PQ…), got {index_type!r}.")
+            trained = fresh.training_size(n - start, max_train)
+            if trained:
+                fresh._check_trainable(n - start)
+                fresh.train(source[sample_rows(n - start, trained, seed, start)])
+            template = fresh.index
+        tmpl_ivf = faiss.extract_index_ivf(template)
+        tmpl_ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # shards add with ids (their global rows)
+        blob = faiss.serialize_index(template)
+        per_row = int(tmpl_ivf.code_size) + 8
+        shard = int(shard_rows or max(1, SHARD_BYTES // per_row))
+        step = batch_rows or scan_rows(dim)
+        shard_files: list[str] = []
+        try:
+            for k, (a, b) in enumerate(batches(n, shard, start)):
+                part = faiss.deserialize_index(blob)
+                for c, d in batches(b, step, a):
+                    part.add_with_ids(np.ascontiguousarray(source[c:d], dtype=np.float32), np.arange(c, d, dtype=np.int64))
+                path = work / f".{name}-shard{k:05d}.faiss"
+                faiss.write_index(part, str(path))
+                shard_files.append(str(path))
+                del part
+            lists = []
+            if previous is not None:
+                lists.append(faiss.extract_index_ivf(previous.index).invlists)
+            keep = []  # the shard indexes stay alive while their lists are merged
+            for f in shard_files:
+                with _quiet_c_stdout():
+                    part = faiss.read_index(f, faiss.IO_FLAG_MMAP)
+                keep.append(part)
+                lists.append(faiss.extract_index_ivf(part).invlists)
+            merged = faiss.deserialize_index(blob)
+            ivf = faiss.extract_index_ivf(merged)
+            ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / f"{name}.ivfdata"))
+            vec = faiss.InvertedListsPtrVector()
+            for lst in lists:
+                vec.push_back(lst)
+            with _quiet_c_stdout():
+                total = ondisk.merge_from_multiple(vec.data(), vec.size(), False)
+            merged.ntotal = ivf.ntotal = total
+            ivf.replace_invlists(ondisk, True)
+            ondisk.this.disown()
+            faiss.write_index(merged, str(folder / f"{name}.faiss"))
+            faiss.write_index(faiss.deserialize_index(blob), str(folder / f"{name}.trained.faiss"))
+            del merged, ivf, keep, lists, vec
+        finally:
+            for f in shard_files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f)
+        return cls.load(folder / f"{name}.faiss", index_type, nprobe=nprobe), trained
+
+    # ------------------------------------------------------------------ reading
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)``, each (nq, min(k, ntotal)), best first."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -87,46 +328,85 @@ class FaissBackend:
         scores, rows = self.index.search(q, k)
         return scores, rows
 
-    def vectors(self) -> np.ndarray:
-        """Every stored vector (exact indexes; approximate ones reconstruct when they can)."""
+    def _direct_map(self) -> None:
+        """IVF indexes give single vectors back (``vector(row)``, for ``--like``) only with a
+        direct map (row → list and offset): made once, kept up to date by later adds and saved
+        with the index; an on-disk index makes it when first needed (reading every list's ids)."""
+        ivf = self._ivf()
+        if ivf is None or int(ivf.direct_map.type) != int(_faiss().DirectMap.NoMap):
+            return
+        with self._lock:
+            if int(ivf.direct_map.type) == int(_faiss().DirectMap.NoMap):
+                ivf.make_direct_map()
+
+    def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The stored vectors of rows ``start..stop`` (default all; approximate indexes give
+        their reconstruction when they can)."""
+        stop = self.ntotal if stop is None else min(int(stop), self.ntotal)
+        start = min(int(start), stop)
         try:
-            return self.index.reconstruct_n(0, self.ntotal)
+            return self.index.reconstruct_n(start, stop - start)
         except RuntimeError:
             raise DataError(f"Index type {self.index_type!r} cannot give its vectors back.") from None
 
     def vector(self, row: int) -> np.ndarray:
         """The stored vector of ``row`` (1, dim)."""
         try:
+            self._direct_map()
             return self.index.reconstruct(int(row))[None]
         except RuntimeError:
             raise DataError(f"Index type {self.index_type!r} cannot give its vectors back.") from None
 
+    # ------------------------------------------------------------------ files
     def save(self, path: Path) -> None:
-        _faiss().write_index(self.index, str(path))
+        """Write the index to ``path``; an on-disk index built elsewhere is linked (its files
+        are never changed once written) into ``path``'s folder."""
+        path = Path(path)
+        if self.path is None:
+            _faiss().write_index(self.index, str(path))
+            return
+        if self.path.resolve() == path.resolve():
+            return
+        for suffix in (".faiss", ".ivfdata", ".trained.faiss"):
+            src, dst = self.path.with_suffix(suffix), path.with_suffix(suffix)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
 
     @classmethod
-    def load(cls, path: Path, index_type: str) -> FaissBackend:
+    def load(cls, path: Path, index_type: str, *, nprobe: int | None = None) -> FaissBackend:
         faiss = _faiss()
+        path = Path(path)
         self = cls.__new__(cls)
-        self.index = faiss.read_index(str(path))
+        self.path, self._lock = None, threading.Lock()
+        if path.with_suffix(".ivfdata").is_file():  # on disk: lists memory-mapped, read-only
+            with _quiet_c_stdout():
+                self.index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+            self.path = path
+        else:
+            self.index = faiss.read_index(str(path))
         self.dim, self.index_type = int(self.index.d), index_type
-        self._direct_map()
+        if nprobe is not None:
+            self.set_nprobe(nprobe)
         return self
 
 
-def recall_at_k(approx: FaissBackend, vectors: np.ndarray, k: int = 10, n_queries: int = 1000, seed: int = 0) -> float:
-    """Recall@k of ``approx`` against exact search on the same ``vectors``: the share of the
-    exact top-k found by the approximate top-k, over up to ``n_queries`` of the vectors as queries."""
+def default_nprobe(nlist: int) -> int:
+    """IVF lists searched per query by default: nlist/64, at least 8 (at most nlist)."""
+    return max(1, min(int(nlist), max(8, int(nlist) // 64)))
+
+
+def recall_at_k(approx: FaissBackend, vectors: Any, k: int = 10, n_queries: int = 1000, seed: int = 0) -> float:
+    """Recall@k of ``approx`` against exact search on the same ``vectors`` (an array or any row
+    source of :mod:`gcrdp.search.streaming`): the share of the exact top-k found by the
+    approximate top-k, over up to ``n_queries`` of the vectors as queries; the exact reference
+    is computed in batches."""
+    from .streaming import recall_against_exact
+
     if approx.index_type == EXACT:
         return 1.0
-    rng = np.random.default_rng(seed)
-    q = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
-    exact = FaissBackend(vectors.shape[1])
-    exact.add(vectors)
-    _, truth = exact.search(q, k)
-    _, got = approx.search(q, k)
-    hits = sum(len(set(t.tolist()) & set(g.tolist())) for t, g in zip(truth, got))
-    return hits / float(truth.size)
+    return recall_against_exact(approx.search, vectors, k=k, n_queries=n_queries, seed=seed)[0]
 
 
 # --------------------------------------------------------------------------- Milvus
@@ -148,9 +428,12 @@ def _milvus_index(index_type: str) -> tuple[str, dict]:
     if t.upper().startswith("HNSW"):
         m = t[4:] or "32"
         return "HNSW", {"M": int(m), "efConstruction": 200}
-    if t.upper().startswith("IVF") and t.upper().endswith(",FLAT"):
-        return "IVF_FLAT", {"nlist": int(t[3:-5])}
-    raise ConfigError(f"The Milvus backend takes index types Flat, HNSW<M> or IVF<n>,Flat; got {index_type!r}.")
+    ivf = re.fullmatch(r"IVF(\d+),(FLAT|PQ(\d+)(?:X(\d+))?)", t.upper())
+    if ivf and ivf.group(2) == "FLAT":
+        return "IVF_FLAT", {"nlist": int(ivf.group(1))}
+    if ivf:
+        return "IVF_PQ", {"nlist": int(ivf.group(1)), "m": int(ivf.group(3)), "nbits": int(ivf.group(4) or 8)}
+    raise ConfigError(f"The Milvus backend takes index types Flat, HNSW<M>, IVF<n>,Flat or IVF<n>,PQ<m> (or IVF-PQ); got {index_type!r}.")
 
 
 _CLIENTS: dict[str, object] = {}
@@ -191,15 +474,32 @@ class MilvusBackend:
     def ntotal(self) -> int:
         return self._n
 
-    def add(self, vectors: np.ndarray) -> None:
+    @property
+    def insert_rows(self) -> int:
+        """Rows a single insert sends: at most 5,000 and about 16 MiB of float32."""
+        return max(1, min(5000, (16 << 20) // (4 * self.dim)))
+
+    def add(self, vectors: np.ndarray, *, flush: bool = True) -> None:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise DataError(f"vectors must be (n, {self.dim}), got {x.shape}.")
         c = _client(self.uri)
-        for a in range(0, len(x), 5000):
-            c.insert(self.collection, [{"row": self._n + a + i, "vector": v.tolist()} for i, v in enumerate(x[a : a + 5000])])
+        step = self.insert_rows
+        for a in range(0, len(x), step):
+            c.insert(self.collection, [{"row": self._n + a + i, "vector": v.tolist()} for i, v in enumerate(x[a : a + step])])
         self._n += len(x)
-        c.flush(self.collection)
+        if flush:
+            c.flush(self.collection)
+
+    def add_from(self, source: Any, start: int = 0, *, batch_rows: int | None = None, **_: Any) -> int:
+        """Insert rows ``start..n`` of a row source in bounded batches, flushed once at the
+        end (Milvus trains its own IVF lists). Returns 0 (nothing trained here)."""
+        from .streaming import batches
+
+        for a, b in batches(int(source.shape[0]), batch_rows or 4 * self.insert_rows, start):
+            self.add(source[a:b], flush=False)
+        _client(self.uri).flush(self.collection)
+        return 0
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -224,14 +524,17 @@ class MilvusBackend:
                 scores[i, j] = float(h["distance"])
         return scores, rows
 
-    def vectors(self) -> np.ndarray:
+    def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The vectors of rows ``start..stop`` (default all), read 5,000 at a time."""
+        stop = self._n if stop is None else min(int(stop), self._n)
+        start = min(int(start), stop)
         c = _client(self.uri)
         c.load_collection(self.collection)
-        out = np.zeros((self._n, self.dim), np.float32)
-        for a in range(0, self._n, 5000):
-            got = c.query(self.collection, filter=f"row >= {a} and row < {min(a + 5000, self._n)}", output_fields=["row", "vector"])
+        out = np.zeros((stop - start, self.dim), np.float32)
+        for a in range(start, stop, 5000):
+            got = c.query(self.collection, filter=f"row >= {a} and row < {min(a + 5000, stop)}", output_fields=["row", "vector"])
             for g in got:
-                out[int(g["row"])] = g["vector"]
+                out[int(g["row"]) - start] = g["vector"]
         return out
 
     def vector(self, row: int) -> np.ndarray:

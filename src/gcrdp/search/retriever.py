@@ -20,13 +20,15 @@ encoders differ from the fingerprint stored at build time.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import sqlite3
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +37,18 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..utils.io import fsync_tree
-from .backends import EXACT, FaissBackend, MilvusBackend, recall_at_k
+from .backends import EXACT, MAX_TRAIN, FaissBackend, MilvusBackend, resolve_index_type
+from .streaming import EmbeddingSpool, batches, own_pair_recall, recall_against_exact, scan_rows, take_rows
 
 BACKENDS = ("faiss", "milvus")
+# Items embedded per batch by default (features files: as many rows as fit in FEATURE_BATCH_BYTES).
+BATCH_ITEMS = {"image": 256, "text": 1024}
+FEATURE_BATCH_BYTES = 64 << 20
 
 
-def _new_backend(kind: str, dim: int, index_type: str, uri: str | None) -> Any:
+def _new_backend(kind: str, dim: int, index_type: str, uri: str | None, nprobe: int | None = None) -> Any:
     if kind == "faiss":
-        return FaissBackend(dim, index_type)
+        return FaissBackend(dim, index_type, nprobe=nprobe)
     if uri is None:
         raise ConfigError(
             "The Milvus backend needs uri=: a local file such as index.db (Milvus Lite) or http://host:19530 (a Milvus server or cluster)."
@@ -56,13 +62,20 @@ def _save_backend(backend: Any, folder: Path, modality: str) -> None:
     backend.save(folder / f"{modality}.faiss")  # Milvus writes <modality>.milvus.json beside
 
 
-def _load_backends(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+def _index_types(info: dict[str, Any]) -> dict[str, str]:
+    """Each modality's FAISS factory string (indexes before IVF-PQ sizing had one for both)."""
+    return {m: str((info.get("index_types") or {}).get(m, info["index_type"])) for m in MODALITIES}
+
+
+def _load_backends(folder: Path, info: dict[str, Any], nprobe: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    types = _index_types(info)
     for m in MODALITIES:
         if info.get("backend", "faiss") == "faiss" and (folder / f"{m}.faiss").is_file():
-            out[m] = FaissBackend.load(folder / f"{m}.faiss", info["index_type"])
+            probe = nprobe if nprobe is not None else (info.get("nprobe") or {}).get(m)
+            out[m] = FaissBackend.load(folder / f"{m}.faiss", types[m], nprobe=probe)
         elif (folder / f"{m}.milvus.json").is_file():
-            out[m] = MilvusBackend.load(folder / f"{m}.faiss", info["index_type"])
+            out[m] = MilvusBackend.load(folder / f"{m}.faiss", types[m])
     return out
 
 
@@ -102,14 +115,29 @@ def _content_hash(item: Item, features: Any = None) -> str:
     from ..encoders.cache import image_item_key, text_item_key
 
     if features is not None and item.row is not None:  # pre-extracted: the feature row's bytes
-        import hashlib
-
         mf = getattr(features, item.modality)
-        h = hashlib.sha256(item.modality.encode() + b"\0")
-        for part in (mf.local[item.row], mf.mask[item.row], mf.pooled[item.row]):
-            h.update(np.ascontiguousarray(part).tobytes())
-        return h.hexdigest()
+        rows = np.asarray([item.row])
+        return _feature_hashes(item.modality, [take_rows(a, rows) for a in (mf.local, mf.mask, mf.pooled)])[0]
     return image_item_key(item.path) if item.modality == "image" else text_item_key(item.text or "")  # type: ignore[arg-type]
+
+
+def _feature_hashes(modality: str, arrays: list[np.ndarray]) -> list[str]:
+    """The content hash of each row of a batch of feature rows (local, mask, pooled): SHA-256
+    over the modality and the row's bytes in each array."""
+    out = []
+    for i in range(len(arrays[0])):
+        h = hashlib.sha256(modality.encode() + b"\0")
+        for a in arrays:
+            h.update(np.ascontiguousarray(a[i]).tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
+def _feature_batch_rows(mf: Any) -> int:
+    """Rows of a (possibly lazy, on-disk) ModalityFeatures read per batch: about
+    FEATURE_BATCH_BYTES of local, mask and pooled rows."""
+    row = sum(int(np.prod(a.shape[1:])) * np.dtype(a.dtype).itemsize for a in (mf.local, mf.mask, mf.pooled))
+    return max(1, min(16384, FEATURE_BATCH_BYTES // max(1, row)))
 
 
 # --------------------------------------------------------------------------- collections
@@ -193,19 +221,16 @@ def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
     return out
 
 
-def _instance_quality(vectors: dict[str, np.ndarray], rows: list[tuple], max_queries: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+def _instance_quality(sources: dict[str, Any], rows: list[tuple], max_queries: int = 2000, seed: int = 0) -> dict[str, Any] | None:
     """Instance-level recall@1/5/10 of the collection's own pairs (an image and a text with the
-    same id), I2T and T2I, over up to ``max_queries`` pairs, exact on ``vectors`` (per modality,
-    by row); ``None`` without pairs."""
-    if set(vectors) != set(MODALITIES):
+    same id), I2T and T2I, over up to ``max_queries`` pairs, exact on ``sources`` (per modality,
+    by row: arrays or spools, scanned in batches); ``None`` without pairs."""
+    if set(sources) != set(MODALITIES):
         return None
-    from ..evaluation import instance_recall
-
     by_id = {m: {r[2]: int(r[1]) for r in rows if r[0] == m} for m in MODALITIES}
     common = sorted(set(by_id["image"]) & set(by_id["text"]))
     if len(common) < 2:
         return None
-    vi, vt = vectors["image"], vectors["text"]
     rng = np.random.default_rng(seed)
     pick = common if len(common) <= max_queries else [common[i] for i in sorted(rng.choice(len(common), max_queries, replace=False))]
     qi = np.asarray([by_id["image"][c] for c in pick])
@@ -213,8 +238,8 @@ def _instance_quality(vectors: dict[str, np.ndarray], rows: list[tuple], max_que
     return {
         "n_pairs": len(common),
         "n_queries": len(pick),
-        "i2t": {k: v for k, v in instance_recall(vi[qi], vt, qt, metric="dot").items() if k.startswith("recall@")},
-        "t2i": {k: v for k, v in instance_recall(vt[qt], vi, qi, metric="dot").items() if k.startswith("recall@")},
+        "i2t": own_pair_recall(sources["image"], sources["text"], qi, qt),
+        "t2i": own_pair_recall(sources["text"], sources["image"], qt, qi),
     }
 
 
@@ -278,36 +303,51 @@ def _same_collection(ref: Path, version: Path) -> bool:
         return True  # when unsure, keep it
 
 
-def _publish_version(index_dir: Path, fill: Any) -> Path:
-    """Write a new version folder with ``fill(tmp)``, switch CURRENT to it, remove the old ones."""
+@dataclass
+class _Version:
+    tmp: Path  # where the version is written
+    final: Path  # its name once published
+
+
+@contextlib.contextmanager
+def _new_version(index_dir: Path) -> Iterator[_Version]:
+    """A new version folder to write in (``.tmp-*``); when the block ends without error it is
+    fsynced, renamed, named by CURRENT, and the old versions are removed; on any error (an
+    interrupt included) it is removed and the live version stays as it was."""
     index_dir.mkdir(parents=True, exist_ok=True)
     for stale in index_dir.glob(".tmp-*"):  # left by an interrupted build
         shutil.rmtree(stale, ignore_errors=True)
     existing = sorted(p.name for p in index_dir.glob("v[0-9]*") if p.is_dir())
     n = int(existing[-1][1:]) + 1 if existing else 1
     name = f"v{n:06d}"
-    tmp = index_dir / f".tmp-{name}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    version = _Version(index_dir / f".tmp-{name}-{secrets.token_hex(4)}", index_dir / name)
+    version.tmp.mkdir()
     try:
-        fill(tmp)
-        fsync_tree(tmp)  # the new version is on disk before CURRENT names it
-        os.rename(tmp, index_dir / name)
+        yield version
+        fsync_tree(version.tmp)  # the new version is on disk before CURRENT names it
+        os.rename(version.tmp, version.final)
         fsync_tree(index_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(version.tmp, ignore_errors=True)
         raise
     from ..utils.io import atomic_write_text
 
     atomic_write_text(index_dir / "CURRENT", name + "\n")
-    live = {p.read_text(encoding="utf-8") for p in (index_dir / name).glob("*.milvus.json")}
+    live = {p.read_text(encoding="utf-8") for p in version.final.glob("*.milvus.json")}
     for old in existing:
         for ref in (index_dir / old).glob("*.milvus.json"):  # collections no longer referenced
-            if ref.read_text(encoding="utf-8") not in live and not _same_collection(ref, index_dir / name):
+            if ref.read_text(encoding="utf-8") not in live and not _same_collection(ref, version.final):
                 with contextlib.suppress(Exception):
                     info = json.loads(ref.read_text(encoding="utf-8"))
                     MilvusBackend(info["dim"], info["index_type"], uri=info["uri"], collection=info["collection"]).drop()
         shutil.rmtree(index_dir / old, ignore_errors=True)
-    return index_dir / name
+
+
+def _publish_version(index_dir: Path, fill: Any) -> Path:
+    """Write a new version folder with ``fill(tmp)``, switch CURRENT to it, remove the old ones."""
+    with _new_version(index_dir) as version:
+        fill(version.tmp)
+    return version.final
 
 
 # --------------------------------------------------------------------------- the retriever
@@ -355,14 +395,30 @@ class Retriever:
         progress: bool = True,
         backend: str = "faiss",
         uri: str | None = None,
+        on_disk: bool = False,
+        nprobe: int | None = None,
+        batch_size: int | None = None,
+        train_size: int | None = None,
+        seed: int = 0,
     ) -> Retriever:
         """Embed ``items`` with the model of ``checkpoint`` and write the index (see the module
         docstring). With ``add=True`` the items are appended to the existing index at
-        ``index_dir`` (its checkpoint, backend and index type are kept; items whose content hash
-        is already there are skipped); the model must match the index's fingerprint.
+        ``index_dir`` (its checkpoint, backend, index type and on-disk choice are kept; items
+        whose content hash is already there are skipped); the model must match the index's
+        fingerprint.
 
         ``clip=DIR`` instead of a checkpoint indexes with a local CLIP folder alone (aligned
         encoders, no training: the ``zero-shot`` method).
+
+        Memory stays bounded by the batch, not the collection: items are embedded
+        ``batch_size`` at a time (default 256 images, 1024 texts, or about 64 MiB of feature
+        rows) into a spool file in the new version's folder, from which the index is trained
+        (a trainable type — ``IVF…``, ``PQ…``, ``IVF-PQ`` — on a random sample of at most
+        ``train_size`` vectors (default 262,144) drawn with ``seed``), filled and measured in batches.
+        ``index_type="IVF-PQ"`` picks ``IVF<nlist>,PQ<dim/4>`` for the collection's size;
+        ``on_disk=True`` (an IVF type) builds the inverted lists shard by shard into a file of
+        the index folder, memory-mapped when searched; ``nprobe`` sets the IVF lists searched
+        per query.
 
         ``backend="faiss"`` (default) keeps the vectors in the folder; ``backend="milvus"`` keeps
         them in Milvus at ``uri`` — a local ``.db`` file (Milvus Lite, embedded) or
@@ -372,6 +428,9 @@ class Retriever:
         items = list(items)
         if not items:
             raise DataError("Nothing to index: the collection is empty.")
+        for name, value in (("nprobe", nprobe), ("batch_size", batch_size), ("train_size", train_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         with _build_lock(index_dir):
             return cls._build_locked(
                 index_dir,
@@ -386,6 +445,11 @@ class Retriever:
                 progress=progress,
                 backend=backend,
                 uri=uri,
+                on_disk=on_disk,
+                nprobe=nprobe,
+                batch_size=batch_size,
+                train_size=train_size,
+                seed=seed,
             )
 
     @classmethod
@@ -404,6 +468,11 @@ class Retriever:
         progress: bool,
         backend: str,
         uri: str | None,
+        on_disk: bool,
+        nprobe: int | None,
+        batch_size: int | None,
+        train_size: int | None,
+        seed: int,
     ) -> Retriever:
         from .model import SearchModel
 
@@ -412,9 +481,13 @@ class Retriever:
             raise ConfigError(f"Item modality must be 'image' or 'text', got {bad}.")
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+        training: dict[str, Any] = {"seed": seed, "vectors": {}}
         if add:
             old = cls.load(index_dir, device=device)
             backend, uri = old.info.get("backend", "faiss"), old.info.get("uri")
+            on_disk = bool(old.info.get("on_disk"))
+            training = dict(old.info.get("training") or training)
+            training["vectors"] = dict(training.get("vectors") or {})
             for b in old.backends.values():
                 if hasattr(b, "trim"):
                     b.trim()
@@ -426,6 +499,7 @@ class Retriever:
                         "built with (its fingerprint differs); build a new index instead."
                     )
             model, index_type = old.model, old.info["index_type"]
+            index_types = {m: t for m, t in _index_types(old.info).items() if m in old.backends}
             backends = old.backends
             rows = list(old._meta.values())
             seen = set(old._hashes)
@@ -439,58 +513,142 @@ class Retriever:
                 model = SearchModel.from_encoders(image_encoder_options={"model_dir": d}, text_encoder_options={"model_dir": d})
             else:
                 model = SearchModel.from_checkpoint(checkpoint, device)
-            backends, rows, seen = {}, [], set()
+            backends, rows, seen, index_types = {}, [], set(), {}
+        if on_disk and backend != "faiss":
+            raise ConfigError("An on-disk index is a FAISS index (backend faiss); Milvus keeps its own storage.")
+        made: list[Any] = []  # Milvus collections made by this build (dropped if it fails)
+        try:
+            with _new_version(index_dir) as version:
+                work = version.tmp / ".work"
+                work.mkdir()
+                spools: dict[str, EmbeddingSpool] = {}
+                try:
+                    info = cls._fill_version(
+                        version.tmp,
+                        work,
+                        spools,
+                        model=model,
+                        items=items,
+                        features=features,
+                        backends=backends,
+                        rows=rows,
+                        seen=seen,
+                        index_type=index_type,
+                        index_types=index_types,
+                        training=training,
+                        made=made,
+                        add=add,
+                        cache_dir=cache_dir,
+                        progress=progress,
+                        backend=backend,
+                        uri=uri,
+                        on_disk=on_disk,
+                        nprobe=nprobe,
+                        batch_size=batch_size,
+                        train_size=train_size,
+                        seed=seed,
+                    )
+                finally:
+                    for spool in spools.values():
+                        spool.remove()
+                    shutil.rmtree(work, ignore_errors=True)
+        except BaseException:
+            for b in made:  # a Milvus collection made for this build only
+                with contextlib.suppress(Exception):
+                    b.drop()
+            raise
+        if on_disk:  # open the lists where they now live
+            backends = _load_backends(version.final, info)
+        return cls(index_dir, info, model, backends, rows)
+
+    @classmethod
+    def _fill_version(
+        cls,
+        folder: Path,
+        work: Path,
+        spools: dict[str, EmbeddingSpool],
+        *,
+        model: Any,
+        items: list[Item],
+        features: Any,
+        backends: dict[str, Any],
+        rows: list[tuple],
+        seen: set,
+        index_type: str,
+        index_types: dict[str, str],
+        training: dict[str, Any],
+        made: list[Any],
+        add: bool,
+        cache_dir: Any,
+        progress: bool,
+        backend: str,
+        uri: str | None,
+        on_disk: bool,
+        nprobe: int | None,
+        batch_size: int | None,
+        train_size: int | None,
+        seed: int,
+    ) -> dict[str, Any]:
+        """Embed, index, measure and write one version into ``folder`` (``backends`` and
+        ``rows`` are extended in place); returns its index.json."""
         t0 = time.perf_counter()
+        n_old = {m: b.ntotal for m, b in backends.items()}
+        # the vectors as computed (an approximate index may store them compressed), spooled on
+        # disk for the training sample and the recall figures; after an add, the old ones first,
+        # as the index gives them back
+        for m, b in backends.items():
+            spools[m] = EmbeddingSpool(work / f"{m}.f32", b.dim)
+            for a, c in batches(b.ntotal, min(5000, scan_rows(b.dim))):
+                spools[m].append(b.vectors(a, c))
         added: dict[str, int] = {}
         skipped = 0
-        # the vectors as computed (an approximate index may store them compressed): for the
-        # recall figures; after an add, the old ones come back from the index
-        mem: dict[str, np.ndarray] = {m: b.vectors() for m, b in backends.items()} if add else {}
         for modality in MODALITIES:
-            todo, hashes = [], []
-            ids = {r[2] for r in rows if r[0] == modality}
-            for it in items:
-                if it.modality != modality:
-                    continue
-                h = _content_hash(it, features)
-                if (modality, h) in seen:  # already in the index (an add): not embedded again
-                    skipped += 1
-                    continue
-                if it.id in ids:
-                    raise DataError(
-                        f"Two {modality}s have the id {it.id!r}"
-                        + (" (one is already in the index)" if add else "")
-                        + "; ids must be unique per modality."
-                    )
-                ids.add(it.id)
-                todo.append(it)
-                hashes.append(h)
-            seen.update((modality, h) for h in hashes)
-            if not todo:
+            got, dup = cls._embed_modality(
+                modality, spools, work, model, items, features, rows, seen, n_old.get(modality, 0), add, cache_dir, progress, batch_size
+            )
+            skipped += dup
+            if got:
+                added[modality] = got
+        if not added and not backends:
+            raise DataError("Nothing to index: every item is already in the index.")
+        for modality, spool in spools.items():
+            start = n_old.get(modality, 0)
+            if len(spool) == start:
                 continue
-            if features is not None:
-                if any(it.row is None for it in todo):
-                    raise ConfigError("With features=, every item needs its row (items_from_features).")
-                vectors = model.embed_features(modality, getattr(features, modality).subset(np.asarray([it.row for it in todo])))
-            else:
-                vectors = model.embed(
-                    modality, [it.path if modality == "image" else it.text for it in todo], cache_dir=cache_dir, progress=progress
-                )
             engine = backends.get(modality)
             if engine is None:
-                engine = backends[modality] = _new_backend(backend, vectors.shape[1], index_type, uri)
-            start = engine.ntotal
-            engine.add(vectors)
-            mem[modality] = vectors if modality not in mem else np.concatenate([mem[modality], vectors])
-            rows += [(modality, start + i, it.id, it.path, it.text, it.label, h) for i, (it, h) in enumerate(zip(todo, hashes))]
-            added[modality] = len(todo)
-        if not backends:
-            raise DataError("Nothing to index: every item is already in the index.")
-        recall = {}
-        if index_type != EXACT:
-            for modality, engine in backends.items():
-                recall[modality] = recall_at_k(engine, mem[modality], k=10)
-        instance = _instance_quality(mem, rows)
+                index_types[modality] = resolve_index_type(index_type, len(spool), int(spool.shape[1]))
+            kind = index_types[modality]
+            if on_disk:
+                engine, trained = FaissBackend.build_on_disk(
+                    spool,
+                    folder,
+                    modality,
+                    kind,
+                    start=start,
+                    previous=engine,
+                    work_dir=work,
+                    seed=seed,
+                    max_train=train_size or MAX_TRAIN,
+                    nprobe=nprobe,
+                )
+            else:
+                if engine is None:
+                    engine = _new_backend(backend, int(spool.shape[1]), kind, uri, nprobe)
+                    if backend == "milvus":
+                        made.append(engine)
+                elif nprobe is not None and isinstance(engine, FaissBackend):
+                    engine.set_nprobe(nprobe)
+                trained = engine.add_from(spool, start, seed=seed, max_train=train_size or MAX_TRAIN)
+            backends[modality] = engine
+            if trained:
+                training["vectors"][modality] = trained
+        recall, recall_queries = {}, 0
+        for modality, engine in backends.items():
+            if index_types[modality] != EXACT:
+                recall[modality], recall_queries = recall_against_exact(engine.search, spools[modality], k=10)
+        instance = _instance_quality(dict(spools), rows)
+        probes = {m: b.nprobe for m, b in backends.items() if getattr(b, "nprobe", None) is not None}
         info = {
             "format": INDEX_FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -500,40 +658,122 @@ class Retriever:
             "backend": backend,
             "uri": getattr(next(iter(backends.values())), "uri", None) if backend == "milvus" else None,
             "index_type": index_type,
+            "index_types": {m: index_types[m] for m in backends},
+            "on_disk": on_disk,
+            "nprobe": probes or None,
+            "training": training if training["vectors"] else None,
             "metric": "inner product" + (" of unit vectors (cosine)" if model.metric == "cosine" else ""),
             "dim": next(iter(backends.values())).dim,
             "counts": {m: b.ntotal for m, b in backends.items()},
             "added_now": added,
             "skipped_duplicates": skipped,
             "recall_at_10_vs_exact": recall or None,
+            "recall_queries": recall_queries or None,
             "instance_recall": instance,
             "embed_seconds": round(time.perf_counter() - t0, 3),
         }
         from .. import __version__
 
         info["gcrdp_version"] = __version__
+        for m, b in backends.items():
+            _save_backend(b, folder, m)
+        _write_metadata(folder / "items.sqlite", rows)
+        (folder / "index.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        return info
 
-        def fill(tmp: Path) -> None:
-            for m, b in backends.items():
-                _save_backend(b, tmp, m)
-            _write_metadata(tmp / "items.sqlite", rows)
-            (tmp / "index.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    @staticmethod
+    def _embed_modality(
+        modality: str,
+        spools: dict[str, EmbeddingSpool],
+        work: Path,
+        model: Any,
+        items: list[Item],
+        features: Any,
+        rows: list[tuple],
+        seen: set,
+        start: int,
+        add: bool,
+        cache_dir: Any,
+        progress: bool,
+        batch_size: int | None,
+    ) -> tuple[int, int]:
+        """Embed one modality's new items batch by batch into its spool, appending their
+        metadata rows; returns (items added, duplicates skipped)."""
+        from ..data.features import ModalityFeatures
 
+        todo = [it for it in items if it.modality == modality]
+        if not todo:
+            return 0, 0
+        mf = getattr(features, modality) if features is not None else None
+        if mf is not None and any(it.row is None for it in todo):
+            raise ConfigError("With features=, every item needs its row (items_from_features).")
+        step = batch_size or (_feature_batch_rows(mf) if mf is not None else BATCH_ITEMS[modality])
+        ids = {r[2] for r in rows if r[0] == modality}
+        new_hashes: set[tuple[str, str]] = set()  # within one build, repeated content is kept
+        count = skipped = 0
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"embedding {modality}s", unit=modality, file=sys.stderr, dynamic_ncols=True)
         try:
-            _publish_version(index_dir, fill)
-        except BaseException:
-            for b in backends.values():  # a Milvus collection made for this build only
-                if hasattr(b, "drop") and not add:
-                    with contextlib.suppress(Exception):
-                        b.drop()
-            raise
-        return cls(index_dir, info, model, backends, rows)
+            for a, b in batches(len(todo), step):
+                chunk = todo[a:b]
+                if mf is not None:
+                    arrays = [take_rows(x, np.asarray([it.row for it in chunk])) for x in (mf.local, mf.mask, mf.pooled)]
+                    hashes = _feature_hashes(modality, arrays)
+                else:
+                    hashes = [_content_hash(it) for it in chunk]
+                keep = []
+                for i, (it, h) in enumerate(zip(chunk, hashes)):
+                    if (modality, h) in seen:  # already in the index (an add): not embedded again
+                        skipped += 1
+                        continue
+                    if it.id in ids:
+                        raise DataError(
+                            f"Two {modality}s have the id {it.id!r}"
+                            + (" (one is already in the index)" if add else "")
+                            + "; ids must be unique per modality."
+                        )
+                    ids.add(it.id)
+                    new_hashes.add((modality, h))
+                    keep.append(i)
+                if keep:
+                    if mf is not None:
+                        sel = np.asarray(keep)
+                        vectors = model.embed_features(modality, ModalityFeatures(*(x[sel] for x in arrays)))
+                    else:
+                        vectors = model.embed(
+                            modality,
+                            [chunk[i].path if modality == "image" else chunk[i].text for i in keep],
+                            cache_dir=cache_dir,
+                            progress=False,
+                        )
+                    if modality not in spools:
+                        spools[modality] = EmbeddingSpool(work / f"{modality}.f32")
+                    spools[modality].append(vectors)
+                    first = start + count
+                    rows += [
+                        (modality, first + j, chunk[i].id, chunk[i].path, chunk[i].text, chunk[i].label, hashes[i])
+                        for j, i in enumerate(keep)
+                    ]
+                    count += len(keep)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        seen.update(new_hashes)
+        return count, skipped
 
     # ---------------------------------------------------------------- load and search
     @classmethod
-    def load(cls, index_dir: str | Path, *, device: str = "cpu", checkpoint: str | Path | None = None) -> Retriever:
+    def load(
+        cls, index_dir: str | Path, *, device: str = "cpu", checkpoint: str | Path | None = None, nprobe: int | None = None
+    ) -> Retriever:
         """Open the index at ``index_dir`` with its model (re-created from the checkpoint it
-        names, or ``checkpoint`` when the folder moved), checked against the stored fingerprint."""
+        names, or ``checkpoint`` when the folder moved), checked against the stored fingerprint.
+        ``nprobe`` overrides the IVF lists searched per query that the index was built with."""
         from .model import SearchModel
 
         index_dir = Path(index_dir).expanduser()
@@ -552,7 +792,7 @@ class Retriever:
                 f"(differs in: {', '.join(differ)}). Rebuild the index, or pass the original "
                 "checkpoint."
             )
-        backends = _load_backends(version, info)
+        backends = _load_backends(version, info, nprobe)
         return cls(index_dir, info, model, backends, _read_metadata(version / "items.sqlite"))
 
     def search(
