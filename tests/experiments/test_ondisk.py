@@ -163,3 +163,15 @@ def test_a_store_damaged_under_a_run_stops_it_and_the_next_run_rebuilds_it(featu
         run_experiment(cfg, progress=False)
     again = run_experiment(cfg, progress=False)
     assert _strip(again["records"]) == _strip(ref["records"])
+
+
+def test_in_memory_batches_gathered_by_numpy_equal_the_upcast_ones(feature_folder, tmp_path, monkeypatch):
+    """Half-precision features too large to upcast once are gathered per batch with numpy: the
+    same batches, so the same records."""
+    from gcrdp.training import loop
+
+    cfg = _config(feature_folder, tmp_path / "c", "memory", ["gap-infonce"])
+    upcast = run_experiment(cfg, progress=False)
+    monkeypatch.setattr(loop, "UPCAST_ONCE_BYTES", 0)
+    gathered = run_experiment(cfg, progress=False)
+    assert _strip(gathered["records"]) == _strip(upcast["records"])

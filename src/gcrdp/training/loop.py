@@ -115,21 +115,23 @@ class BatchReader:
     """The training pairs' batches: rows ``idx`` of every feature array (and the labels) as
     float32/bool tensors on ``device``.
 
-    In-memory features are gathered from zero-copy tensor views (half precision upcast once when
-    the float32 copy stays under :data:`UPCAST_ONCE_BYTES`). Features on disk
-    (:mod:`gcrdp.data.lazy`) are read by row for each batch — only the batch's rows are in
-    memory — and the next batch is read in a background thread while the current one trains.
-    Both give the same values: the stored rows, converted to float32."""
+    In-memory features are gathered from tensors upcast once to float32 when that copy stays
+    under :data:`UPCAST_ONCE_BYTES`, else by numpy fancy indexing of the stored arrays. Features
+    on disk (:mod:`gcrdp.data.lazy`) are read by row for each batch — only the batch's rows are
+    in memory — and the next batch is read in a background thread while the current one trains.
+    All give the same values: the stored rows, converted to float32."""
 
     def __init__(self, features: FeatureSet, labels: np.ndarray | None, device: str) -> None:
         self.device = device
         self.lazy = features.on_disk
+        self.tensors: Batch | None = None
         if not self.lazy:
             tensors = as_tensors(features, labels)
             if sum(v.numel() for v in tensors.values() if v.dtype == torch.float16) * 4 <= UPCAST_ONCE_BYTES:
-                tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
-            self.tensors = tensors
-            return
+                self.tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
+                return
+        # on disk, or half precision too large to upcast once: each batch's rows are gathered
+        # with numpy (torch's index_select of float16 on the CPU is several times slower)
         self.arrays: dict[str, Any] = {
             "image_local": features.image.local,
             "image_mask": features.image.mask,
@@ -151,9 +153,13 @@ class BatchReader:
 
     def batches(self, batches: list[np.ndarray]) -> Iterator[Batch]:
         """The batches of ``batches`` (lists of row indices) in order."""
-        if not self.lazy:
+        if self.tensors is not None:
             for idx in batches:
                 yield make_batch(self.tensors, idx, self.device)
+            return
+        if not self.lazy:
+            for idx in batches:
+                yield self._read(idx)
             return
         from concurrent.futures import ThreadPoolExecutor
 
