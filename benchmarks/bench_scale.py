@@ -80,7 +80,7 @@ def run_child(cmd: list[str], env: dict[str, str]) -> dict:
     return res
 
 
-def train_run(gcrdp: str, feats: Path, work: Path, storage: str, tag: str, env: dict[str, str], threads: int) -> dict:
+def train_run(gcrdp: str, feats: Path, work: Path, storage: str | None, tag: str, env: dict[str, str], threads: int) -> dict:
     ck = work / f"ck-{tag}"
     shutil.rmtree(ck, ignore_errors=True)
     cmd = [
@@ -98,8 +98,7 @@ def train_run(gcrdp: str, feats: Path, work: Path, storage: str, tag: str, env: 
         "0",
         "--checkpoint-dir",
         str(ck),
-        "--feature-storage",
-        storage,
+        *(["--feature-storage", storage] if storage else []),
         "--cache-dir",
         str(work / "cache"),
         "--device",
@@ -132,6 +131,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", action="store_true", help="keep the features and stores for a rerun")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also run the memory sizes with the gcrdp source at this folder (e.g. a worktree of the commit before issue 19)",
+    )
     ap.add_argument("--write-only", nargs=2, metavar=("DIR", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.write_only:
@@ -159,6 +164,12 @@ def main() -> None:
             a, b = row["disk_warm"].get("epoch_seconds"), row["memory"].get("epoch_seconds")
             if a and b:
                 row["disk_over_memory_epoch"] = round(a / b, 3)
+            if args.baseline_src is not None:
+                base_env = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+                row["baseline"] = train_run(gcrdp, feats, work, None, "baseline", base_env, args.threads)
+                c = row["baseline"].get("epoch_seconds")
+                if a and c:
+                    row["disk_over_baseline_epoch"] = round(a / c, 3)
         row["load_after"] = os.getloadavg()
         results["sizes"][str(n)] = row
         print(json.dumps({str(n): row}, indent=1), flush=True)
