@@ -16,10 +16,16 @@ KDenominator = Literal["hits", "min_k_r"]
 #: Conventions for the denominator of AP@k (see the module docstring and docs/metrics.md).
 K_DENOMINATORS: tuple[str, ...] = ("hits", "min_k_r")
 
-#: Scores per chunk when ``chunk_size=None``: chunk_size = max(1, SCORES_PER_CHUNK // n_gallery).
-#: 2**20 float32 scores = 4 MiB; a chunk's working memory is about 20 bytes per score (~21 MiB).
-#: Measured (docs/benchmarks.md): smaller chunks stay in cache and are faster than 2**22..2**24.
-SCORES_PER_CHUNK = 2**20
+#: Queries per chunk when ``chunk_size=None``: min(CHUNK_ROWS, SCORES_PER_CHUNK // n_gallery),
+#: at least 1. A chunk's scores are computed by one matrix product per thread, which is
+#: efficient with hundreds of rows (the BLAS re-reads the whole gallery for every product);
+#: SCORES_PER_CHUNK bounds their memory: 2**26 float32 scores = 256 MiB for all threads together
+#: (2**26 // 100,000 = 671 queries per chunk). Measured in docs/benchmarks.md.
+SCORES_PER_CHUNK = 2**26
+CHUNK_ROWS = 1024
+#: The scores of a chunk are ranked RANK_SCORES at a time (rows of that many scores): the
+#: ranking's working memory (up to about 20 bytes per score) stays bounded by it (~20 MiB).
+RANK_SCORES = 2**20
 
 #: Threads used for ranking when ``n_threads=None``: min(os.cpu_count(), MAX_AUTO_THREADS).
 MAX_AUTO_THREADS = 4
@@ -175,7 +181,7 @@ def _check_k_denominator(k_denominator: Any) -> str:
 
 def _check_chunk_size(chunk_size: Any, n_gallery: int) -> int:
     if chunk_size is None:
-        return max(1, SCORES_PER_CHUNK // n_gallery)
+        return max(1, min(CHUNK_ROWS, SCORES_PER_CHUNK // n_gallery))
     if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)):
         raise ConfigError(f"chunk_size must be a positive integer (queries per chunk) or None (automatic), got {chunk_size!r}.")
     if chunk_size < 1:

@@ -29,6 +29,7 @@ j-th relevant item at 0-based rank r contributes precision ``j / (r + 1)``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from .checks import (  # noqa: F401  (constants re-exported)
     K_DENOMINATORS,
     MAX_AUTO_THREADS,
     MIN_SCORES_FOR_THREADS,
+    RANK_SCORES,
     SCORES_PER_CHUNK,
     _check_chunk_size,
     _check_finite,
@@ -49,10 +51,18 @@ from .checks import (  # noqa: F401  (constants re-exported)
     _shape,
 )
 from .ranking import (  # noqa: F401  (_ranked_relevance re-exported for the benchmarks)
+    BlockRelevance,
+    GalleryRelevance,
+    Workspace,
     _accumulate,
+    _blocks,
     _check_n_threads,
     _from_matrices,
+    _map_blocks,
+    _pair_ranks,
     _ranked_relevance,
+    pack_labels,
+    shares_class,
 )
 
 __all__ = [
@@ -156,13 +166,27 @@ def chance_map(query_labels: Any, gallery_labels: Any) -> float:
         pos = np.searchsorted(classes, ql)
         pos = np.minimum(pos, classes.size - 1)
         n_rel = np.where(classes[pos] == ql, counts[pos], 0)
-        return float(n_rel.mean() / gl.shape[0])
-    gt = gl.T.astype(np.float32)
-    chunk = _check_chunk_size(None, gl.shape[0])
+        return _chance_from_counts(n_rel, gl.shape[0], False)
+    # Multi-label: count the relevant pairs between distinct label rows, times their numbers of
+    # occurrences (exact integers; equal rows are frequent in multi-label data).
+    uq, q_counts = np.unique(ql, axis=0, return_counts=True)
+    ug, g_counts = np.unique(gl, axis=0, return_counts=True)
+    g_words = pack_labels(ug).T.copy()  # (W, distinct gallery rows)
+    g_weights = g_counts.astype(np.float64)  # exact: sums of integers below 2**53
+    q_words = pack_labels(uq)
+    rows = max(1, RANK_SCORES // ug.shape[0])
     total = 0
-    for start in range(0, ql.shape[0], chunk):
-        total += int(_relevance_rows(ql[start : start + chunk], gt).sum())
+    for start in range(0, uq.shape[0], rows):
+        rel = shares_class(q_words[start : start + rows], g_words)  # (c, distinct gallery rows)
+        total += int(q_counts[start : start + rows] @ (rel @ g_weights).astype(np.int64))
     return float(total / (ql.shape[0] * gl.shape[0]))
+
+
+def _chance_from_counts(n_rel: np.ndarray, ng: int, multi_label: bool) -> float:
+    """:func:`chance_map` from the number of relevant gallery items of each query (int64)."""
+    if multi_label:
+        return float(int(n_rel.sum()) / (n_rel.shape[0] * ng))
+    return float(n_rel.mean() / ng)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,26 +194,55 @@ def chance_map(query_labels: Any, gallery_labels: Any) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _cosine_prepare(emb: np.ndarray, name: str) -> np.ndarray:
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)  # (n, 1) float32
+def _row_norms(emb: np.ndarray, name: str) -> np.ndarray:
+    """(n, 1) float32 L2 norms of the rows of ``emb`` in float32, computed block by block (no
+    float32 copy of the whole array); a zero norm is a DataError naming the rows."""
+    n = emb.shape[0]
+    norms = np.empty((n, 1), np.float32)
+    for a, b in _row_blocks(emb):
+        norms[a:b] = np.linalg.norm(_rows_float32(emb, a, b), axis=1, keepdims=True)
     zero = np.flatnonzero(norms[:, 0] == 0)
     if zero.size:
         raise DataError(
             f"{name}: {zero.size} rows have zero norm (first: {zero[:5].tolist()}), so their "
             f"cosine similarity is undefined. Check the features, or use metric='dot'."
         )
-    return emb / norms
+    return norms
+
+
+def _row_blocks(emb: np.ndarray) -> list[tuple[int, int]]:
+    """Row ranges of about EMBEDDING_BLOCK_VALUES values each, for passes over an embedding
+    array that must not copy it whole."""
+    n = emb.shape[0]
+    rows = max(1, EMBEDDING_BLOCK_VALUES // max(1, emb.shape[1]))
+    return [(a, min(a + rows, n)) for a in range(0, n, rows)]
+
+
+def _rows_float32(emb: np.ndarray, a: int, b: int) -> np.ndarray:
+    with np.errstate(over="ignore"):  # beyond the float32 range: rejected by _as_embeddings
+        return emb[a:b].astype(np.float32, copy=False)
+
+
+def _cosine_prepare(emb: np.ndarray, name: str) -> np.ndarray:
+    emb = _as_embeddings(emb, name)
+    return _rows_float32(emb, 0, emb.shape[0]) / _row_norms(emb, name)
 
 
 def _dot_prepare(emb: np.ndarray, name: str) -> np.ndarray:
-    return emb
+    emb = _as_embeddings(emb, name)
+    return _rows_float32(emb, 0, emb.shape[0])
 
 
 #: Score functions by name: each prepares a float32 (n, d) embedding matrix; score = dot product.
+#: (The metrics prepare the rows block by block, with the same values.)
 SCORE_METRICS: Mapping[str, Callable[[np.ndarray, str], np.ndarray]] = {
     "cosine": _cosine_prepare,
     "dot": _dot_prepare,
 }
+
+#: Values per block of the passes over embeddings (validation, norms, normalised copies): 4 Mi
+#: (16 MiB of float32).
+EMBEDDING_BLOCK_VALUES = 2**22
 
 
 def _set_max_views(metric: str) -> int | None:
@@ -209,7 +262,7 @@ def _unit_views(emb: np.ndarray, k: int, name: str) -> np.ndarray:
     """(n, K·d) rows of K concatenated views -> (n, K, d) L2-normalised views."""
     if emb.shape[1] % k:
         raise DataError(f"{name}: dimension {emb.shape[1]} is not a multiple of the {k} views of metric 'set-max'.")
-    v = emb.reshape(emb.shape[0], k, -1)
+    v = _rows_float32(emb, 0, emb.shape[0]).reshape(emb.shape[0], k, -1)
     norms = np.linalg.norm(v, axis=2, keepdims=True)
     if (norms == 0).any():
         raise DataError(f"{name}: some views have zero norm, so their cosine is undefined.")
@@ -217,19 +270,26 @@ def _unit_views(emb: np.ndarray, k: int, name: str) -> np.ndarray:
 
 
 def _as_embeddings(emb: Any, name: str) -> np.ndarray:
-    arr = np.asarray(emb)
+    """Check an (n, d) embedding array: real numbers, finite in float32. Returns it as an array
+    in its own dtype (a memory map stays one): it is cast to float32 block by block when scored,
+    never whole."""
+    arr = np.asarray(emb) if not isinstance(emb, np.ndarray) else emb
     if arr.ndim != 2:
         raise DataError(f"{name} must be a 2-D array (n, dim), got shape {_shape(arr)}.")
     if arr.dtype.kind not in "iuf":
         raise DataError(f"{name} must hold real numbers (float16/32/64), got dtype {arr.dtype}.")
-    with np.errstate(over="ignore"):  # values beyond the float32 range become inf: reported below
-        arr = arr.astype(np.float32, copy=False)  # scores are float32 whatever the storage dtype
-    if not np.isfinite(arr).all():
-        rows = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-        raise DataError(
-            f"{name} contains NaN or infinite values in {rows.size} rows (first: "
-            f"{rows[:5].tolist()}) (values beyond the float32 range count as infinite)."
-        )
+    if arr.dtype.kind == "f":
+        bad: list[np.ndarray] = []
+        for a, b in _row_blocks(arr):
+            finite = np.isfinite(_rows_float32(arr, a, b)).all(axis=1)  # values beyond float32 become inf
+            if not finite.all():
+                bad.append(np.flatnonzero(~finite) + a)
+        if bad:
+            rows = np.concatenate(bad)
+            raise DataError(
+                f"{name} contains NaN or infinite values in {rows.size} rows (first: "
+                f"{rows[:5].tolist()}) (values beyond the float32 range count as infinite)."
+            )
     return arr
 
 
@@ -303,6 +363,40 @@ def _retrieval_metrics(
     n_threads: int | None = None,
     names: tuple[str, str] = ("query_emb", "gallery_emb"),
 ) -> dict[str, Any]:
+    out, stats = _retrieval_stats(
+        query_emb,
+        gallery_emb,
+        query_labels,
+        gallery_labels,
+        ks,
+        metric=metric,
+        chunk_size=chunk_size,
+        k_denominator=k_denominator,
+        n_threads=n_threads,
+        names=names,
+    )
+    if per_query:
+        out["per_query"] = stats
+    return out
+
+
+def _retrieval_stats(
+    query_emb: Any,
+    gallery_emb: Any,
+    query_labels: Any,
+    gallery_labels: Any,
+    ks: Iterable[int] | int = (),
+    *,
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+    k_denominator: KDenominator = "hits",
+    n_threads: int | None = None,
+    names: tuple[str, str] = ("query_emb", "gallery_emb"),
+    pair_index: np.ndarray | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The result dict of :func:`retrieval_metrics` (without ``per_query``) and the per-query
+    arrays; with ``pair_index`` ((nq,) gallery row of each query's own pair, or -1) the arrays
+    also hold ``"pair_rank"`` (see :func:`instance_recall`), from the same scores."""
     qn, gn = names
     n_views = _set_max_views(metric)
     if metric not in SCORE_METRICS and n_views is None:
@@ -323,14 +417,14 @@ def _retrieval_metrics(
     ng = g.shape[0]
     checked_ks = _check_ks(ks, ng)
     chunk = _check_chunk_size(chunk_size, ng)
-    glt = gl if gl.ndim == 1 else gl.T.astype(np.float32)  # (ng,) or (C, ng)
-    score = _scorer(q, g, metric, n_views, names)
-
-    def block(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        return score(start, stop), _relevance_rows(ql[start:stop], glt)
-
     threads = _check_n_threads(n_threads, q.shape[0] * ng)
-    stats = _accumulate(q.shape[0], chunk, block, checked_ks, k_denominator, threads)
+    score = _scorer(q, g, metric, n_views, names)
+    gallery = GalleryRelevance(gl)
+
+    def relevance(start: int, stop: int) -> BlockRelevance:
+        return gallery.block(ql[start:stop])
+
+    stats = _accumulate(q.shape[0], chunk, score, relevance, checked_ks, k_denominator, threads, pair_index)
     n_rel = stats["n_relevant"]
     out: dict[str, Any] = {"map": float(stats["ap"].mean())}
     for k in checked_ks:
@@ -341,34 +435,48 @@ def _retrieval_metrics(
     out["n_queries"] = int(q.shape[0])
     out["n_gallery"] = int(ng)
     out["n_queries_without_relevant"] = int((n_rel == 0).sum())
-    if per_query:
-        out["per_query"] = stats
-    return out
+    return out, stats
 
 
-def _scorer(q: np.ndarray, g: np.ndarray, metric: str, n_views: int | None, names: tuple[str, str]) -> Callable[[int, int], np.ndarray]:
-    """``score(start, stop) -> (stop - start, ng)`` float32 scores of query rows
-    ``start:stop`` against the whole gallery under ``metric`` (checked embeddings in)."""
+def _scorer(
+    q: np.ndarray, g: np.ndarray, metric: str, n_views: int | None, names: tuple[str, str]
+) -> Callable[[int, int, Workspace | None], np.ndarray]:
+    """``score(start, stop, workspace) -> (stop - start, ng)`` float32 scores of query rows
+    ``start:stop`` against the whole gallery under ``metric`` (checked embeddings in), written
+    into the workspace's ``"scores"`` array when one is given (valid until the next call).
+
+    The gallery is prepared once, into one (d, ng) float32 array filled block by block; the
+    query rows are cast and normalised per call (the same values as a whole-array preparation:
+    every step is row by row)."""
     qn, gn = names
     ng = g.shape[0]
     if n_views is not None:
         qv, gv = _unit_views(q, n_views, qn), _unit_views(g, n_views, gn)  # (n, K, D/K)
         gvt = np.ascontiguousarray(gv.reshape(ng * n_views, -1).T)  # (D/K, ng·K)
 
-        def score(start: int, stop: int) -> np.ndarray:  # best match over the K×K view pairs
+        def score(start: int, stop: int, workspace: Workspace | None = None) -> np.ndarray:  # best of the K×K view pairs
             c = stop - start
             pair = qv[start:stop].reshape(c * n_views, -1) @ gvt  # (c·K, ng·K)
             return pair.reshape(c, n_views, ng, n_views).max(axis=(1, 3))  # (c, ng)
 
         return score
-    prepare = SCORE_METRICS[metric]
-    qp = prepare(q, qn)
-    gt = np.ascontiguousarray(prepare(g, gn).T)  # (d, ng) float32
+    cosine = metric == "cosine"
+    q_norms = _row_norms(q, qn) if cosine else None
+    g_norms = _row_norms(g, gn) if cosine else None
+    gt = np.empty((g.shape[1], ng), np.float32)  # (d, ng)
+    for a, b in _row_blocks(g):
+        rows = _rows_float32(g, a, b)
+        gt[:, a:b] = (rows / g_norms[a:b] if g_norms is not None else rows).T
 
-    def score_dot(start: int, stop: int) -> np.ndarray:
+    def score_dot(start: int, stop: int, workspace: Workspace | None = None) -> np.ndarray:
+        rows = _rows_float32(q, start, stop)
+        if q_norms is not None:
+            rows = rows / q_norms[start:stop]
+        out = workspace.get("scores", (stop - start, ng), np.float32) if workspace is not None else None
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
-            scores = qp[start:stop] @ gt  # (c, d) @ (d, ng) -> (c, ng) float32
-        _check_finite(scores, "scores", start, " Use metric='cosine' or scale the embeddings down.")
+            scores = np.matmul(rows, gt, out=out)  # (c, d) @ (d, ng) -> (c, ng) float32
+        if not cosine:  # cosines of unit rows are finite
+            _check_finite(scores, "scores", start, " Use metric='cosine' or scale the embeddings down.")
         return scores
 
     return score_dot
@@ -385,6 +493,7 @@ def instance_recall(
     *,
     metric: str = "cosine",
     chunk_size: int | None = None,
+    n_threads: int | None = None,
 ) -> dict[str, Any]:
     """Instance-level retrieval: how high each query's *own* pair ranks, the measure CLIP-style
     retrieval is judged by (class-level mAP counts every same-class item as a hit; this counts
@@ -395,6 +504,8 @@ def instance_recall(
         pair_index: (nq,) the gallery row of each query's pair; queries with ``-1`` (no pair in
             the gallery) are left out.
         ks: cut-offs of recall@k (the share of queries whose pair ranks in the top k).
+        chunk_size, n_threads: as in :func:`retrieval_metrics`; the result does not depend on
+            them.
 
     The rank of a pair is 1 + the number of gallery items scored strictly higher (ties count
     in the query's favour). Returns ``{"recall@k": ..., "median_rank", "mean_rank", "mrr",
@@ -407,26 +518,47 @@ def instance_recall(
     g = _as_embeddings(gallery_emb, "gallery_emb")
     if q.shape[1] != g.shape[1]:
         raise DataError(f"query_emb and gallery_emb must have the same dimension, got {q.shape[1]} and {g.shape[1]}.")
-    pair = np.asarray(pair_index)
-    if pair.shape != (q.shape[0],) or pair.dtype.kind not in "iu":
-        raise DataError(f"pair_index must be (n_queries,) integers, got shape {_shape(pair)} {pair.dtype}.")
     ng = g.shape[0]
+    pair = _check_pair_index(pair_index, q.shape[0], ng)
+    checked = _check_instance_ks(ks)
+    keep = np.flatnonzero(pair >= 0)
+    own_pair = pair[keep]
+    queries = q if keep.size == q.shape[0] else q[keep]  # only the queries with a pair
+    score = _scorer(queries, g, metric, n_views, ("query_emb", "gallery_emb"))
+    chunk = _check_chunk_size(chunk_size, ng)
+    threads = _check_n_threads(n_threads, keep.size * ng)
+
+    local = threading.local()
+
+    def run(bounds: tuple[int, int]) -> np.ndarray:
+        a, b = bounds
+        scores = score(a, b, local.__dict__.setdefault("workspace", Workspace()))
+        step = max(1, RANK_SCORES // ng)
+        return np.concatenate([_pair_ranks(scores[i : i + step], own_pair[a + i : min(a + i + step, b)]) for i in range(0, b - a, step)])
+
+    ranks = np.concatenate(_map_blocks(_blocks(keep.size, chunk, threads), run, threads)) if keep.size else np.empty(0, np.int64)
+    return _instance_summary(ranks, checked, ng)
+
+
+def _check_pair_index(pair_index: Any, n_queries: int, ng: int) -> np.ndarray:
+    pair = np.asarray(pair_index)
+    if pair.shape != (n_queries,) or pair.dtype.kind not in "iu":
+        raise DataError(f"pair_index must be (n_queries,) integers, got shape {_shape(pair)} {pair.dtype}.")
     if ((pair < -1) | (pair >= ng)).any():
         raise DataError(f"pair_index must be -1 or a gallery row in [0, {ng}).")
+    return pair.astype(np.int64, copy=False)
+
+
+def _check_instance_ks(ks: Iterable[int]) -> tuple[int, ...]:
     checked = tuple(sorted({int(k) for k in ks}))
     if not checked or checked[0] < 1:
         raise ConfigError(f"ks must be integers >= 1, got {ks!r}.")
-    keep = np.flatnonzero(pair >= 0)
-    own_pair = pair[keep]
-    score = _scorer(q[keep], g, metric, n_views, ("query_emb", "gallery_emb"))  # only the queries with a pair
-    ranks = np.empty(keep.size, dtype=np.int64)
-    chunk = _check_chunk_size(chunk_size, ng)
-    for a in range(0, keep.size, chunk):
-        b = min(a + chunk, keep.size)
-        s = score(a, b)  # (c, ng)
-        own = s[np.arange(b - a), own_pair[a:b]]
-        ranks[a:b] = 1 + (s > own[:, None]).sum(axis=1)
-    out: dict[str, Any] = {f"recall@{k}": float((ranks <= k).mean()) if ranks.size else float("nan") for k in checked}
+    return checked
+
+
+def _instance_summary(ranks: np.ndarray, ks: tuple[int, ...], ng: int) -> dict[str, Any]:
+    """The result of :func:`instance_recall` from the pair ranks (1-based) of the queries with a pair."""
+    out: dict[str, Any] = {f"recall@{k}": float((ranks <= k).mean()) if ranks.size else float("nan") for k in ks}
     out.update(
         {
             "median_rank": float(np.median(ranks)) if ranks.size else float("nan"),
@@ -487,3 +619,37 @@ def cross_modal_metrics(
         **kwargs,
     )
     return {"i2t": i2t, "t2i": t2i, "mean_map": (i2t["map"] + t2i["map"]) / 2.0}
+
+
+def _self_paired_metrics(
+    image: Any,
+    text: Any,
+    labels: Any,
+    ks: Iterable[int] | int = (),
+    *,
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
+    """What ``gcrdp evaluate FILE`` reports for a set evaluated against itself, each direction
+    scored once: ``cross_modal_metrics(image, text, labels, image, text, labels, ks)``, plus
+    ``"instance"``: ``instance_recall`` of row i's pair (row i) in both directions, from the same
+    scores, and ``"chance"``: ``chance_map(labels, labels)``, from the same relevance counts.
+    Equal to those functions' results (tested)."""
+    pair = np.arange(len(image), dtype=np.int64)
+    res: dict[str, Any] = {}
+    ranks: dict[str, np.ndarray] = {}
+    n_rel = np.empty(0, np.int64)
+    for direction, queries, gallery, names in (
+        ("i2t", image, text, ("query_image", "gallery_text")),
+        ("t2i", text, image, ("query_text", "gallery_image")),
+    ):
+        res[direction], stats = _retrieval_stats(
+            queries, gallery, labels, labels, ks, metric=metric, chunk_size=chunk_size, n_threads=n_threads, names=names, pair_index=pair
+        )
+        ranks[direction], n_rel = stats["pair_rank"], stats["n_relevant"]
+    res["mean_map"] = (res["i2t"]["map"] + res["t2i"]["map"]) / 2.0
+    ng = res["i2t"]["n_gallery"]
+    res["instance"] = {d: _instance_summary(r, INSTANCE_KS, ng) for d, r in ranks.items()}
+    res["chance"] = _chance_from_counts(n_rel, ng, np.ndim(labels) == 2)
+    return res
