@@ -3,7 +3,7 @@ image with the model that built it (:class:`Retriever`; ``gcrdp index`` / ``gcrd
 
 from __future__ import annotations
 
-from .backends import FaissBackend, recall_at_k
+from .backends import FaissBackend, recall_at_k, resolve_index_type
 from .model import SearchModel
 from .retriever import (
     Hit,
@@ -16,8 +16,10 @@ from .retriever import (
     items_from_manifest,
     items_from_text_file,
 )
+from .streaming import EmbeddingSpool
 
 __all__ = [
+    "EmbeddingSpool",
     "FaissBackend",
     "Hit",
     "Item",
@@ -30,4 +32,5 @@ __all__ = [
     "items_from_manifest",
     "items_from_text_file",
     "recall_at_k",
+    "resolve_index_type",
 ]

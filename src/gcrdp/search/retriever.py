@@ -7,12 +7,16 @@ An index is a folder::
                                  index type, dimension, counts, recall@10 of an approximate index
     INDEX/v000002/image.faiss    the image vectors (FAISS), when the collection has images
     INDEX/v000002/text.faiss     the text vectors, when it has texts
+    INDEX/v000002/image.ivfdata  an on-disk IVF index's inverted lists (memory-mapped), beside
+                                 image.trained.faiss (the trained, empty index, for adds)
     INDEX/v000002/items.sqlite   one row per vector: modality, row, id, path, text, label,
                                  content hash (SHA-256 of the image bytes or of the text)
 
 A build or an ``add`` writes a new version folder next to the live one and then switches
 ``CURRENT`` to it; an interrupted build leaves the previous index intact (and a ``.tmp-*``
-folder that the next build removes). Queries are embedded with the index's own model: loading
+folder that the next build removes). The embeddings are computed in batches and spooled to a
+file in that folder, from which the index is trained (on a seeded sample), filled and measured
+in batches: memory holds a batch and the index, never all the embeddings at once. Queries are embedded with the index's own model: loading
 an index re-creates it from the checkpoint and refuses a checkpoint whose bytes, method or
 encoders differ from the fingerprint stored at build time.
 """
