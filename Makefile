@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_demo.py
 	$(BIN)/python benchmarks/bench_gmm.py
 	$(BIN)/python benchmarks/bench_train_step.py --repeats 20 --parts
+	$(BIN)/python benchmarks/bench_index_scale.py
 
 # GCRDP ablations and sensitivity on Twemoji (1/3/5 shots × 5 seeds); tables for docs/gcrdp-study.md
 # (about 1 h 45 min on 2 cores: 240 fits; the two studies run side by side, one thread each)
