@@ -259,8 +259,9 @@ def test_on_disk_index_end_to_end_with_add_and_an_interrupted_build(features_mod
     ids = [memory._meta[("image", r)][2] for r in (0, 57, 399)]
     for like in ids:
         assert [h.id for h in Retriever.load(index).search(like=like, k=10)] == [h.id for h in memory.search(like=like, k=10)]
-    code, out, err = run_cli(capsys, "search", index, "--like", ids[0], "--k", "3", "--json")
+    code, out, err = run_cli(capsys, "search", index, "--like", ids[0], "--k", "3", "--json", "--nprobe", "8")
     assert code == 0 and [json.loads(x)["rank"] for x in out.strip().splitlines()] == [1, 2, 3]  # nothing else on stdout
+    assert Retriever.load(index, nprobe=8).backends["text"].nprobe == 8 and Retriever.load(index).backends["text"].nprobe == 3
     # an interrupted add (after the lists were merged into the new version) keeps the old version
     before = [h.id for h in Retriever.load(index).search(like=ids[1], k=10)]
 
