@@ -308,3 +308,15 @@ def test_milvus_inserts_in_bounded_batches(tmp_path, monkeypatch):
     assert [r for x in client.inserts for r in x] == list(range(2500)) and m.ntotal == 2500
     assert bmod._milvus_index("IVF256,PQ16") == ("IVF_PQ", {"nlist": 256, "m": 16, "nbits": 8})
     assert bmod._milvus_index(resolve_index_type("IVF-PQ", 10_000, 64)) == ("IVF_PQ", {"nlist": 256, "m": 16, "nbits": 8})
+
+
+def test_index_type_ivf_pq_is_sized_to_the_collection(features_model, tmp_path, capsys):
+    ckpt, path = features_model
+    code, out, err = run_cli(capsys, "index", tmp_path / "pq", "--checkpoint", ckpt, "--features", path, "--index-type", "IVF-PQ", "-q")
+    assert code == 0, err
+    info = json.loads(next((tmp_path / "pq").glob("v*/index.json")).read_text())
+    dim = info["dim"]
+    assert info["index_type"] == "IVF-PQ" and info["index_types"] == {m: resolve_index_type("IVF-PQ", 600, dim) for m in ("image", "text")}
+    assert info["training"] == {"seed": 0, "vectors": {"image": 600, "text": 600}}
+    assert f"IVF15,PQ{dim // 4}" in out and "trained on a random sample (seed 0): 600 image vectors" in out
+    assert 0 < info["recall_at_10_vs_exact"]["image"] <= 1 and info["recall_queries"] == 600
