@@ -471,3 +471,28 @@ def iter_row_chunks(arr: Any, budget: int = STREAM_CHUNK_BYTES) -> Iterator[tupl
     step = rows_per_chunk(row, budget)
     for start in range(0, n, step):
         yield start, arr[start : start + step]
+
+
+def iter_slices(arrays: tuple[Any, ...], step: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """Rows ``[s, s + step)`` of every array of ``arrays`` (same length), slice after slice, as
+    contiguous numpy arrays. When any array is lazy, the next slice is read in a background
+    thread while the caller works on the current one (disk reads overlap the computation)."""
+    n = len(arrays[0])
+    bounds = [(s, min(s + step, n)) for s in range(0, n, max(1, step))]
+
+    def get(b: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        return tuple(np.ascontiguousarray(a[b[0] : b[1]]) for a in arrays)
+
+    if not any(is_lazy(a) for a in arrays) or len(bounds) < 2:
+        for b in bounds:
+            yield get(b)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="gcrdp-rows") as pool:
+        pending = pool.submit(get, bounds[0])
+        for i in range(len(bounds)):
+            got = pending.result()
+            if i + 1 < len(bounds):
+                pending = pool.submit(get, bounds[i + 1])
+            yield got

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data.features import FeatureSet, ModalityFeatures
+from ..data.lazy import iter_slices
 from ..errors import DataError
 from ..training.config import TrainConfig, split_options
 from ..training.loop import Batch, fit_loop
@@ -112,10 +113,10 @@ class TrainableHeadsMethod:
         if feats.dim != expect:
             raise DataError(f"{self.name}: {which} features have dim {feats.dim}, the model expects {expect}")
         out = []
-        bs = self.train.eval_batch_size
-        for s in range(0, len(feats), bs):
-            loc = torch.from_numpy(np.ascontiguousarray(feats.local[s : s + bs])).to(self.device, torch.float32)
-            msk = torch.from_numpy(np.ascontiguousarray(feats.mask[s : s + bs])).to(self.device)
+        # batch after batch; rows on disk are read one batch ahead, in a background thread
+        for local, mask in iter_slices((feats.local, feats.mask), self.train.eval_batch_size):
+            loc = torch.from_numpy(local).to(self.device, torch.float32)
+            msk = torch.from_numpy(mask).to(self.device)
             out.append(self._encode_batch(model, which, loc, msk).float().cpu().numpy())
         return np.concatenate(out, axis=0) if out else np.zeros((0, self._embed_dim()), np.float32)
 
