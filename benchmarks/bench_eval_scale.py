@@ -60,6 +60,25 @@ seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "i2t": res["i2t"], "t2i": res["t2i"]}))
 """
 
+# The per-query arrays of the first m queries (both directions, cosine), instance recall and the
+# chance level, saved for a bit-for-bit comparison between two source trees (--check-src).
+CHECK_CHILD = r"""
+import sys
+import numpy as np
+from gcrdp.evaluation import chance_map, instance_recall, retrieval_metrics
+folder, m, ks, out = sys.argv[1], int(sys.argv[2]), tuple(int(k) for k in sys.argv[3].split(",")), sys.argv[4]
+image, text, labels = (np.load(f"{folder}/{name}.npy") for name in ("image", "text", "labels"))
+arrays = {}
+for direction, q, g in (("i2t", image, text), ("t2i", text, image)):
+    res = retrieval_metrics(q[:m], g, labels[:m], labels, ks=ks, per_query=True)
+    arrays.update({f"{direction}/{k}": v for k, v in res.pop("per_query").items()})
+    arrays.update({f"{direction}/{k}": np.array(v) for k, v in res.items()})
+    inst = instance_recall(q[:m], g, np.arange(m))
+    arrays.update({f"{direction}/instance/{k}": np.array(v) for k, v in inst.items()})
+arrays["chance"] = np.array(chance_map(labels[:m], labels))
+np.savez(out, **arrays)
+"""
+
 
 def make_data(n: int, dim: int, n_classes: int, multi_label: bool, extra_p: float, seed: int) -> dict[str, np.ndarray]:
     """Paired unit embeddings (n, dim) float32 of each modality and the labels, made in blocks."""
@@ -101,6 +120,23 @@ def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float,
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stdout
 
 
+def check_identical(folder: Path, m: int, src: Path, other: Path) -> str:
+    """Per-query results of the first ``m`` queries from both source trees, compared bit for bit."""
+    results = []
+    for tree in (src, other):
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        out = folder / f"check_{len(results)}.npz"
+        run_child([sys.executable, "-c", CHECK_CHILD, str(folder), str(m), ",".join(map(str, KS)), str(out)], env)
+        with np.load(out) as z:
+            results.append({k: z[k] for k in z.files})
+    a, b = results
+    same = {k for k in a.keys() & b.keys() if a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k])}
+    differ = sorted((a.keys() | b.keys()) - same)
+    if differ:
+        raise SystemExit(f"results differ from {other}: {differ}")
+    return f"(first {m:,} queries: {len(a)} per-query arrays and values bit-for-bit equal to those of {other})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000], help="n queries = n gallery items")
@@ -111,15 +147,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="+", choices=("api", "cli"), default=["api", "cli"])
     parser.add_argument("--workdir", type=Path, default=None, help="where the data files go (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "src",
+        help="the gcrdp source tree the children import (default: this checkout's src/; e.g. an earlier "
+        "commit's, from 'git archive COMMIT src | tar -x -C DIR', to compare)",
+    )
+    parser.add_argument(
+        "--check-src",
+        type=Path,
+        default=None,
+        help="another gcrdp source tree (e.g. the commit before issue 19): also compare its per-query results for "
+        "the first --check-queries queries with this tree's, bit for bit",
+    )
+    parser.add_argument("--check-queries", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    src = Path(__file__).resolve().parent.parent / "src"
+    src = args.src.resolve()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p))
     gcrdp_cli = [sys.executable, "-m", "gcrdp"]
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPU cores, "
         f"{platform.processor() or platform.machine()}; dim {args.dim}, {args.classes} classes, "
-        f"{'multi-label' if args.multi_label else 'single-label'}, ks {KS}\n"
+        f"{'multi-label' if args.multi_label else 'single-label'}, ks {KS}; gcrdp from {src}\n"
     )
     print("| n queries = n gallery | run | seconds | CPU seconds | peak RSS (MiB) | I2T mAP | T2I mAP | load avg before → after (1 min) |")
     print("|---:|---|---:|---:|---:|---:|---:|---|")
@@ -154,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if len(set(maps.values())) > 1:
                 raise SystemExit(f"the runs disagree: {maps}")
+            if args.check_src is not None:
+                print(check_identical(folder, min(n, args.check_queries), src, args.check_src.resolve()), flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -137,7 +137,8 @@ def test_gallery_relevance_equals_relevance():
     for ql, gl in [
         (rng.integers(0, 6, 15), rng.integers(1, 5, 40)),  # query classes 0 and 5 absent from the gallery
         (random_multi_hot(rng, 15, 3), random_multi_hot(rng, 40, 3)),
-        (random_multi_hot(rng, 15, 130), random_multi_hot(rng, 40, 130)),  # three 64-bit words
+        (random_multi_hot(rng, 15, 130), random_multi_hot(rng, 40, 130)),  # dense: packed bits, three 64-bit words
+        (random_multi_hot(rng, 15, 9, p=0.08), random_multi_hot(rng, 40, 9, p=0.08)),  # sparse: union of the classes' items
     ]:
         gallery = GalleryRelevance(gl)
         block = gallery.block(ql[2:11])

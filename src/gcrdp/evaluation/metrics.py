@@ -18,13 +18,14 @@ Pure functions on numpy arrays. The exact definitions are in ``docs/metrics.md``
 
 Scores computed from embeddings (:func:`retrieval_metrics`) are float32 whatever the input dtype
 (float16 features are upcast before the matrix product), processed ``chunk_size`` queries at a
-time so that at most ``chunk_size × n_gallery`` scores exist at once.
+time so that at most ``chunk_size × n_gallery`` scores exist at once; the embeddings are cast and
+normalised block by block (never copied whole; memory maps are read block by block).
 
-Speed: one sort per chunk. For float32 scores the score, the gallery index and the relevance bit
-are packed into one int64 key per (query, item) and sorted with numpy's (SIMD) unstable sort —
-the keys are unique, so the result is exactly the stable order, and the relevance comes out of the
-sort already in rank order (no gather). AP then only needs the ranks of the relevant items: the
-j-th relevant item at 0-based rank r contributes precision ``j / (r + 1)``.
+Speed: AP, P@k and R@k need only the ranks of the relevant items: the j-th relevant item at
+0-based rank r contributes precision ``j / (r + 1)``. Each query's scores are sorted as float32
+(numpy's SIMD sort) and the rank of a relevant item is found by a binary search, ties resolved
+by gallery index exactly (``ranking.py`` describes the paths; ``docs/metrics.md`` the measured
+speed).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, format_list
 from .checks import (  # noqa: F401  (constants re-exported)
+    CHUNK_ROWS,
     K_DENOMINATORS,
     MAX_AUTO_THREADS,
     MIN_SCORES_FOR_THREADS,
@@ -317,7 +319,8 @@ def retrieval_metrics(
             ``"set-max:K"``: each row is K concatenated views (a set), and the score of a query
             and a gallery item is the best cosine over their K×K view pairs.
         chunk_size: queries scored at once (at most ``chunk_size × ng`` scores exist at a time);
-            None chooses ``max(1, SCORES_PER_CHUNK // ng)``. The result does not depend on it.
+            None chooses ``max(1, min(CHUNK_ROWS, SCORES_PER_CHUNK // ng))`` (671 queries for
+            100,000 gallery items: 256 MiB of scores). The result does not depend on it.
         k_denominator: AP@k convention, see :func:`average_precision`.
         n_threads: threads that score and rank a chunk's rows in parallel (the BLAS is held to
             one thread meanwhile); None = min(os.cpu_count(), MAX_AUTO_THREADS), or 1 when

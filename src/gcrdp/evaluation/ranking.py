@@ -107,10 +107,11 @@ class BlockRelevance:
 
 
 class GalleryRelevance:
-    """The gallery's labels prepared for relevance blocks: for single-label data the gallery
-    items of each class (sorted indices), so that a query's relevant items are looked up instead
-    of compared with every item; for multi-label data the multi-hot rows packed into 64-bit
-    words (a query and an item share a class when a word of theirs has a common bit)."""
+    """The gallery's labels prepared for relevance blocks: the gallery items of each class (sorted
+    indices), so that a query's relevant items are looked up instead of compared with every item
+    (multi-label: the union of its classes' items); for multi-label queries whose classes hold
+    much of the gallery, the multi-hot rows packed into 64-bit words instead (a query and an item
+    share a class when a word of theirs has a common bit)."""
 
     def __init__(self, gallery_labels: np.ndarray) -> None:
         self.gl = gallery_labels
@@ -121,11 +122,13 @@ class GalleryRelevance:
             self.members = np.split(order.astype(np.int64, copy=False), starts[1:])
         else:
             self.words = pack_labels(gallery_labels).T.copy()  # (W, ng) uint64
+            self.members = [np.flatnonzero(column).astype(np.int64, copy=False) for column in gallery_labels.T]
+            self.counts = np.array([m.size for m in self.members], np.int64)
 
     def block(self, query_labels: np.ndarray) -> BlockRelevance:
         """Relevance of the queries with labels ``query_labels`` ((c,) or (c, C))."""
         if self.gl.ndim == 2:
-            return BlockRelevance(self.ng, dense=shares_class(pack_labels(query_labels), self.words))
+            return self._multi_label_block(query_labels)
         pos = np.minimum(np.searchsorted(self.classes, query_labels), self.classes.size - 1)
         found = self.classes[pos] == query_labels
         sizes = np.where(found, self.counts[pos], 0)
@@ -134,6 +137,25 @@ class GalleryRelevance:
         rows = np.repeat(np.arange(query_labels.shape[0], dtype=np.int64), sizes)
         gl = self.gl
         return BlockRelevance(self.ng, pairs=(rows, cols), make_dense=lambda r: query_labels[r][:, None] == gl[None, :])
+
+    def _multi_label_block(self, query_labels: np.ndarray) -> BlockRelevance:
+        c = query_labels.shape[0]
+
+        def dense(rows: np.ndarray | slice) -> np.ndarray:
+            return shares_class(pack_labels(query_labels[rows]), self.words)
+
+        q_rows, q_classes = np.nonzero(query_labels)
+        sizes = self.counts[q_classes]
+        if int(sizes.sum()) > MAX_RELEVANT_SHARE * c * self.ng:  # the union would be large: compare all
+            return BlockRelevance(self.ng, dense=dense(slice(None)))
+        parts = [self.members[k] for k in q_classes.tolist()]
+        cols = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        flat = np.repeat(q_rows.astype(np.int64), sizes) * self.ng + cols
+        flat.sort()
+        if flat.size > 1:  # the union per row: drop the items of several of the query's classes
+            flat = flat[np.concatenate(([True], flat[1:] != flat[:-1]))]
+        rows = flat // self.ng
+        return BlockRelevance(self.ng, pairs=(rows, flat - rows * self.ng), make_dense=dense)
 
 
 def pack_labels(multi_hot: np.ndarray) -> np.ndarray:
