@@ -174,13 +174,14 @@ def chance_map(query_labels: Any, gallery_labels: Any) -> float:
     uq, q_counts = np.unique(ql, axis=0, return_counts=True)
     ug, g_counts = np.unique(gl, axis=0, return_counts=True)
     g_words = pack_labels(ug).T.copy()  # (W, distinct gallery rows)
-    g_weights = g_counts.astype(np.float64)  # exact: sums of integers below 2**53
+    g_weights = None if (g_counts == 1).all() else g_counts.astype(np.float64)  # exact: sums of integers below 2**53
     q_words = pack_labels(uq)
     rows = max(1, RANK_SCORES // ug.shape[0])
     total = 0
     for start in range(0, uq.shape[0], rows):
         rel = shares_class(q_words[start : start + rows], g_words)  # (c, distinct gallery rows)
-        total += int(q_counts[start : start + rows] @ (rel @ g_weights).astype(np.int64))
+        hits = np.count_nonzero(rel, axis=1) if g_weights is None else (rel @ g_weights).astype(np.int64)
+        total += int(q_counts[start : start + rows] @ hits)
     return float(total / (ql.shape[0] * gl.shape[0]))
 
 

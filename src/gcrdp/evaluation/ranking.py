@@ -263,7 +263,8 @@ def _pair_ranks(scores: np.ndarray, pair: np.ndarray) -> np.ndarray:
     have = np.flatnonzero(pair >= 0)
     if have.size:
         own = scores[have, pair[have]]
-        out[have] = 1 + np.count_nonzero(scores[have] > own[:, None], axis=1)
+        rows = scores if have.size == scores.shape[0] else scores[have]
+        out[have] = 1 + np.count_nonzero(rows > own[:, None], axis=1)
     return out
 
 
