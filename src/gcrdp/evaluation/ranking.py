@@ -6,11 +6,10 @@ Two exact ways to rank a block of scores (rank = score descending, ties by galle
 ascending), chosen per block and per row; both give the same ranks (tested):
 
 * **Sorted scores + counts** (:func:`_relevant_ranks`, float32 scores): each row's scores are
-  sorted as float32 (numpy's SIMD sort); the rank of a relevant item with score ``v`` is the
-  number of scores ``> v`` (a binary search in the sorted row) plus the number of items with a
-  score equal to ``v`` and a smaller gallery index (counted in the row, only when the sorted row
-  shows another score equal to ``v``). The relevant items themselves are put in rank order by
-  one packed-key sort (row, score, index), small because they are few.
+  sorted as float32 (numpy's SIMD sort), and so are its relevant items' scores (few); the rank
+  of a relevant item with score ``v`` is the number of scores ``> v`` (a binary search in the
+  sorted row) plus the number of items with a score equal to ``v`` and a smaller gallery index
+  (counted in the row, only when the sorted row shows another score equal to ``v``).
 * **Packed-key sort of the whole row** (:func:`_ranked_relevance`): one int64 key per (query,
   item) — order-preserving bits of ``-score``, gallery index, relevance bit — sorted. Used when
   the relevant items are a large share of the gallery (many binary searches), for rows with many
