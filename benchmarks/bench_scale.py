@@ -68,7 +68,10 @@ def write_features(folder: Path, n: int, seed: int = 0, chunk: int = 2000) -> No
 
 
 def run_child(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run ``cmd``; its wall seconds, peak RSS (GiB) and exit code."""
+    """Run ``cmd``; its wall seconds, peak RSS (GiB) and exit code. Dirty pages are written back
+    first (``sync``): the gigabytes just written would otherwise be flushed during the run and
+    stall its page faults and reads."""
+    os.sync()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read() if proc.stdout else ""
