@@ -20,6 +20,20 @@ from ..errors import DataError
 from .lazy import is_lazy, iter_row_chunks, masked_mean, take_rows
 
 
+def _checked_mask(mask: Any, local_shape: tuple[int, ...], given_shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The (n, L) bool mask of local features of ``local_shape`` (all True when ``mask`` is
+    None); :class:`DataError` for an empty array or a mask of another shape."""
+    n, L, d = local_shape
+    if n == 0 or d == 0:
+        raise DataError(f"{name}: empty array of shape {given_shape}.")
+    if mask is None:
+        return np.ones((n, L), dtype=bool)
+    m = np.asarray(mask)
+    if m.shape != (n, L):
+        raise DataError(f"{name}: mask shape {m.shape} does not match the features' {(n, L)}.")
+    return m.astype(bool)
+
+
 def _mean_of_local(pooled: Any, local: Any) -> bool:
     """True when lazy ``pooled`` is the masked mean of the same file as lazy ``local``."""
     from .lazy import DerivedRows
@@ -140,16 +154,8 @@ class ModalityFeatures:
             local = arr
         else:
             raise DataError(f"{name}: expected an (n, d) or (n, L, d) array, got shape {arr.shape}.")
-        n, L, d = local.shape
-        if n == 0 or d == 0:
-            raise DataError(f"{name}: empty array of shape {arr.shape}.")
-        if mask is None:
-            m = np.ones((n, L), dtype=bool)
-        else:
-            m = np.asarray(mask)
-            if m.shape != (n, L):
-                raise DataError(f"{name}: mask shape {m.shape} does not match the features' {(n, L)}.")
-            m = m.astype(bool)
+        n, L, _d = local.shape
+        m = _checked_mask(mask, tuple(local.shape), tuple(arr.shape), name)
         local = np.ascontiguousarray(local, dtype=dtype)
         if pooled is None:
             if L == 1:
@@ -191,16 +197,8 @@ class ModalityFeatures:
         local = as_dtype(array, dtype)
         if array.ndim == 2:
             local = as_local(local)
-        n, L, d = local.shape
-        if n == 0 or d == 0:
-            raise DataError(f"{name}: empty array of shape {array.shape}.")
-        if mask is None:
-            m = np.ones((n, L), dtype=bool)
-        else:
-            m = np.asarray(mask)
-            if m.shape != (n, L):
-                raise DataError(f"{name}: mask shape {m.shape} does not match the features' {(n, L)}.")
-            m = m.astype(bool)
+        n, L, _d = local.shape
+        m = _checked_mask(mask, tuple(local.shape), tuple(array.shape), name)
         if pooled is None:
             pool = as_dtype(array, dtype) if L == 1 else mean_pooled(local, m, dtype)
         else:
