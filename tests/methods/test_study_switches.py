@@ -400,3 +400,22 @@ def test_presets_pin_what_was_measured():
     grid = json.loads((REPO_ROOT / "configs" / "gcrdp-study-2.json").read_text(encoding="utf-8"))
     cand = grid["method_options"]["gcrdp@cand"]
     assert {k: v for k, v in GCRDP_STUDY.items() if GCRDP_SPEC.get(k) != v} == cand
+
+
+def test_documented_variants_are_presets_and_an_unknown_tag_is_refused():
+    """``gap-infonce@cp`` and ``clip4cmr@contrastive`` run what the README says; a ``NAME@TAG``
+    that is neither a preset nor given options stops before any work, listing the presets."""
+    from gcrdp.errors import ConfigError
+    from gcrdp.experiments.config import RunConfig
+    from gcrdp.experiments.runner import build_entry, run_experiment
+
+    cfg = RunConfig(methods=["gap-infonce@cp", "clip4cmr@contrastive"])
+    assert build_entry("gap-infonce@cp", cfg).cfg.class_positives is True
+    assert build_entry("clip4cmr@contrastive", cfg).cfg.loss == "contrastive"
+    with pytest.raises(ConfigError, match=r"'gap-infonce@typo' is neither a preset nor given options.*gap-infonce@cp.*--option"):
+        run_experiment(RunConfig(methods=["gap-infonce@typo"]), progress=False)
+    # a labelled variant with its options given is fine (checked before any data is loaded)
+    labelled = RunConfig(dataset="no-such-dataset", methods=["gap-infonce@t"], method_options={"gap-infonce@t": {"temperature": 0.1}})
+    with pytest.raises(Exception) as err:
+        run_experiment(labelled, progress=False)
+    assert "neither a preset" not in str(err.value)

@@ -19,7 +19,7 @@ from ..data.store import AUTO_DISK_BYTES
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError
 from ..methods import METHODS, FitData, build_method
-from ..methods.presets import preset_options
+from ..methods.presets import check_entry, preset_options
 from ..training.seeding import resolve_device
 from ..utils.io import atomic_write_json
 from ..utils.provenance import provenance
@@ -522,6 +522,7 @@ def run_experiment(
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}.")
     for m in config.methods:
         METHODS.get(method_base_name(m))  # fail fast on unknown names, before any slow work
+        check_entry(m, config.method_options.get(m))
         if config.refit and not hasattr(build_entry(m, config), "refit_options"):
             raise ConfigError(
                 f"refit: method {m!r} does not say how to refit without validation (no refit_options); run it without --refit."

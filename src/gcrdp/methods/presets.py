@@ -62,7 +62,25 @@ GCRDP_STUDY: dict[str, Any] = {
 PRESETS: dict[str, dict[str, Any]] = {
     "gcrdp@spec": GCRDP_SPEC,
     "gcrdp@study": GCRDP_STUDY,
+    # the base with class-aware positives (the README's "Which method for what" table)
+    "gap-infonce@cp": {"class_positives": True},
+    # CLIP4CMR's heads trained with a symmetric contrastive loss instead of prototypes
+    "clip4cmr@contrastive": {"loss": "contrastive"},
 }
+
+
+def check_entry(entry: str, options: dict[str, Any] | None) -> None:
+    """:class:`~gcrdp.errors.ConfigError` for a labelled entry (``NAME@TAG``) that is neither a
+    preset nor given options: it would silently run the plain method under another name."""
+    from ..errors import ConfigError
+
+    if "@" not in entry or entry in PRESETS or options is not None:
+        return
+    raise ConfigError(
+        f"Method entry {entry!r} is neither a preset nor given options, so it would run plain "
+        f"{entry.split('@', 1)[0]!r} under another name. Presets: {', '.join(sorted(PRESETS))}. To label a variant, "
+        f"give it options: --option {entry}.KEY=VALUE (or method_options in a config)."
+    )
 
 
 def preset_options(entry: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
