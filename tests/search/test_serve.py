@@ -195,3 +195,20 @@ def test_paths_are_hidden_beyond_loopback(app_and_items):
     assert c.get("/api/item", params={"id": res[0]["id"]}).json()["path"] is None
     assert "/" not in c.get("/health").json()["index"]
     assert c.get(res[0]["thumbnail"]).status_code == 200  # thumbnails by id still work
+
+
+def test_serve_on_a_busy_port_says_so_before_announcing_a_url(tmp_path, capsys):
+    """``gcrdp serve`` checks the port first: a busy one is exit 2 with a message naming
+    ``--port`` (not a URL, then uvicorn's 'address already in use' seconds later)."""
+    from gcrdp.cli.main import main
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", str(tmp_path / "no-index"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"Port {port} on 127.0.0.1 is already in use" in err and f"--port {port + 1}" in err
+    assert "http://" not in err
+    assert main(["serve", str(tmp_path / "no-index"), "--port", "70000"]) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err

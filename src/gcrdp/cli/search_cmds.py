@@ -126,12 +126,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_port(host: str, port: int) -> None:
+    """:class:`ConfigError` naming ``--port`` when ``host:port`` cannot be bound (in use, or not
+    an address of this machine) — said before the URL is announced, not by uvicorn seconds later."""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {port}.")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"--host {host!r} is not an address of this machine ({exc}).") from None
+    family, _type, _proto, _name, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"Port {port} on {host} is already in use (another gcrdp serve or server?). Pass another one, e.g. --port {port + 1}."
+                ) from None
+            raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --host or --port.") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve an index over HTTP: the JSON API and the web page."""
     from ..search.server import serve
 
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}.")
+    check_port(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"gcrdp serve: listening on {args.host}, reachable from other machines; the API has no authentication.", file=sys.stderr)
     print(f"gcrdp serve: http://{args.host}:{args.port}/  (API: /api/search, /openapi.json; ^C stops)", file=sys.stderr)
