@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..utils.io import file_sha256, fsync_dir, fsync_tree
 from .features import FeatureSet, ModalityFeatures
 from .lazy import STREAM_CHUNK_BYTES, DiskArray, StoreDamaged, iter_row_chunks, read_npy_header
 
@@ -95,31 +96,10 @@ def _write_header(f: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
     npformat.write_array_header_1_0(f, header) if shape[0] < 2**31 else npformat.write_array_header_2_0(f, header)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        _fsync_file(path)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _save_small(path: Path, arr: np.ndarray) -> str:
     with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-    return _sha256_file(path)
+    return file_sha256(path)
 
 
 def clean_stale(parent: Path, max_age_s: float = _STALE_TMP_SECONDS) -> None:
@@ -210,15 +190,13 @@ def write_store(path: str | Path, features: FeatureSet, *, source: Any = None, c
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "gcrdp_version": __version__,
         }
-        for p in tmp.iterdir():
-            _fsync_file(p)
         with open(tmp / "store.json", "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_tree(tmp)
         _publish(tmp, path)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -268,7 +246,7 @@ def open_store(path: str | Path) -> FeatureSet:
         mods = {}
         for mod in MODALITIES:
             info = record["files"][f"{mod}_mask"]
-            if _sha256_file(path / f"{mod}_mask.npy") != info["sha256"]:
+            if file_sha256(path / f"{mod}_mask.npy") != info["sha256"]:
                 raise ValueError(f"{mod}_mask.npy does not match its checksum")
             mask = np.load(path / f"{mod}_mask.npy", allow_pickle=False)
             arrays: dict[str, Any] = {"mask": mask}
@@ -276,7 +254,7 @@ def open_store(path: str | Path) -> FeatureSet:
                 name = f"{mod}_{part}"
                 info = record["files"][name]
                 crc_path = path / f"{name}.crc32.npy"
-                if _sha256_file(crc_path) != info["crc32_sha256"]:
+                if file_sha256(crc_path) != info["crc32_sha256"]:
                     raise ValueError(f"{crc_path.name} does not match its checksum")
                 crc = np.load(crc_path, allow_pickle=False)
                 shape, dtype, _fortran, _offset = read_npy_header(path / f"{name}.npy")

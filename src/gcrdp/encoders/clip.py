@@ -72,7 +72,7 @@ from .base import (
     torch_threads,
 )
 from .images import check_image_files, describe_items, load_image, to_rgb
-from .minilm import _ORDER_PIECE, _quiet_transformers
+from .minilm import _quiet_transformers, token_length_order
 
 #: Bumped when gcrdp's way of computing CLIP features changes (part of the fingerprint).
 CLIP_FEATURES_VERSION = 1
@@ -473,11 +473,7 @@ class CLIPTextEncoder:
         the batches of one call)."""
         texts = self._check_texts(list(items))
         self.load()
-        lengths = np.empty(len(texts), np.int64)
-        for start in range(0, len(texts), _ORDER_PIECE):  # lengths only: no token list for every text at once
-            ids = self._tokenizer(texts[start : start + _ORDER_PIECE], truncation=True, max_length=self.max_tokens, padding=False)
-            lengths[start : start + len(ids["input_ids"])] = [len(x) for x in ids["input_ids"]]
-        return np.argsort(-lengths, kind="stable")
+        return token_length_order(self._tokenizer, texts, self.max_tokens)
 
     def encode(self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> ModalityFeatures:
         """Encode texts in order. Returns local (n, L, d_t) float32 (L = longest text of the

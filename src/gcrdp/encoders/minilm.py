@@ -45,6 +45,19 @@ from .base import (
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 #: texts tokenized at once by ``encode_order`` (only their lengths are kept)
 _ORDER_PIECE = 10_000
+
+
+def token_length_order(tokenizer: Any, texts: list[str], max_tokens: int) -> np.ndarray:
+    """The order a length-sorting text encoder batches ``texts`` in: by token length (truncated
+    at ``max_tokens``), longest first, stable. Lengths are taken a piece at a time, so no token
+    list is held for every text at once."""
+    lengths = np.empty(len(texts), np.int64)
+    for start in range(0, len(texts), _ORDER_PIECE):
+        ids = tokenizer(texts[start : start + _ORDER_PIECE], truncation=True, max_length=max_tokens, padding=False)
+        lengths[start : start + len(ids["input_ids"])] = [len(x) for x in ids["input_ids"]]
+    return np.argsort(-lengths, kind="stable")
+
+
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
@@ -179,11 +192,7 @@ class MiniLMEncoder:
         the batches of one call)."""
         texts = self._check_texts(list(items))
         self.load()
-        lengths = np.empty(len(texts), np.int64)
-        for start in range(0, len(texts), _ORDER_PIECE):  # lengths only: no token list for every text at once
-            ids = self._tokenizer(texts[start : start + _ORDER_PIECE], truncation=True, max_length=self.max_tokens, padding=False)
-            lengths[start : start + len(ids["input_ids"])] = [len(x) for x in ids["input_ids"]]
-        return np.argsort(-lengths, kind="stable")
+        return token_length_order(self._tokenizer, texts, self.max_tokens)
 
     def encode(self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> ModalityFeatures:
         """Encode texts in order. Returns local (n, L, 384) float32 (L = longest text of the call,
