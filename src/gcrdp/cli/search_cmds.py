@@ -241,7 +241,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="query an index: --text finds images, --image finds texts")
+    p = sub.add_parser(
+        "search",
+        help="query an index: --text finds images, --image finds texts",
+        description="Query an index written by 'gcrdp index': a text finds the images that match it, an image the texts "
+        "that match it, --like ID queries with an indexed item's own vector. Prints the top --k hits as a table (or JSON lines).",
+    )
     p.add_argument("index", type=Path, help="an index folder written by 'gcrdp index'")
     p.add_argument("--text", default=None, help="a text query: the images that match it")
     p.add_argument("--image", type=Path, default=None, help="an image query: the texts that match it")
