@@ -1,5 +1,7 @@
 """gcrdp serve: the JSON API with an in-process HTTP client, and the web page in a real headless
-Chromium (Selenium with Debian's chromium and chromium-driver)."""
+Chromium (Selenium with Debian's chromium and chromium-driver): results with each item's id, text
+and labels, what is indexed and example queries, a mode switch that clears, the uploaded image's
+preview, the favicon."""
 
 from __future__ import annotations
 
@@ -57,6 +59,13 @@ def test_api_search_item_thumbnail_and_errors(app_and_items):
     assert c.get("/api/item", params={"id": first["id"]}).json()["hash"]
     up = c.post("/api/search/image", files={"file": ("q.png", _png(), "image/png")}, data={"k": "3"}).json()
     assert len(up["results"]) == 3 and all(x["modality"] == "text" for x in up["results"])
+    # each result says what it is: id, text (an image's own caption), label and labels
+    caps = _captions(items)
+    for x in res["results"] + up["results"]:
+        assert (x["text"], x["label"], x["labels"]) == (caps[x["id"]][0], caps[x["id"]][1], [caps[x["id"]][1]])
+    one = c.get("/api/item", params={"id": first["id"]}).json()
+    assert (one["text"], one["labels"]) == (first["text"], first["labels"])
+    assert c.get("/api/item", params={"id": first["id"], "modality": "text"}).json()["text"] == first["text"]
     # errors: 4xx with a reason, never a file outside the index
     assert c.post("/api/search/image", files={"file": ("q.txt", b"hello", "text/plain")}).status_code == 415
     assert c.post("/api/search/image", files={"file": ("q.png", b"not a png", "image/png")}).status_code == 400
@@ -72,6 +81,38 @@ def test_api_search_item_thumbnail_and_errors(app_and_items):
     spec = c.get("/openapi.json").json()
     assert {"/api/search", "/api/search/image", "/api/item", "/api/thumbnail", "/health"} <= set(spec["paths"])
     assert "search" in c.get("/").text
+
+
+def _captions(items):
+    """id → (caption, label) of the collection's texts."""
+    return {it.id: (it.text, it.label) for it in items if it.modality == "text"}
+
+
+def test_api_info_says_what_is_indexed_and_the_favicon_is_an_image(app_and_items):
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from gcrdp.search.server import create_app
+
+    app, r, items = app_and_items
+    c = TestClient(app)
+    info = c.get("/api/info").json()
+    assert info["counts"] == {"image": 32, "text": 32}
+    assert info["model"]["method"] == "gap-infonce" and info["model"]["checkpoint"] == r.info["checkpoint"]
+    assert info["model"]["name"] == "ckpt"  # the run's folder (its checkpoint is ckpt/final)
+    assert info["model"]["encoders"] and " + " in info["model"]["encoders"]
+    captions = {t for t, _ in _captions(items).values()}
+    assert 1 < len(info["examples"]) <= 6 and len(set(info["examples"])) == len(info["examples"])
+    assert set(info["examples"]) <= captions
+    assert c.get("/api/info").json() == info  # made once
+    hidden = TestClient(create_app(r, expose_paths=False)).get("/api/info").json()
+    assert "/" not in hidden["index"] and hidden["model"]["checkpoint"] is None and hidden["model"]["name"] == "ckpt"
+    icon = c.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/")
+    with Image.open(io.BytesIO(icon.content)) as im:
+        assert im.format == "ICO" and im.size[0] >= 16
+    assert "/favicon.ico" in c.get("/").text
+    assert "/favicon.ico" not in c.get("/openapi.json").json()["paths"]
 
 
 def _free_port() -> int:
@@ -123,12 +164,19 @@ def test_the_page_in_a_real_browser(live_server, app_and_items, tmp_path):
     try:
         browser.get(live_server + "/")
         wait = WebDriverWait(browser, 20)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#examples button.example"))
         box = browser.find_element(By.ID, "q")
         box.send_keys("a red circle\n")  # type a query: a grid of image results
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .result img")) >= 5)
-        expected = [h.id for h in r.search(text="a red circle", k=12)]
-        shown = [im.get_attribute("alt") for im in browser.find_elements(By.CSS_SELECTOR, "#results .result img")]
-        assert shown == expected
+        hits = r.search(text="a red circle", k=12)
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+        assert [c.get_attribute("data-id") for c in cards] == [h.id for h in hits]
+        for card, h in zip(cards, hits):  # each card: the image, its caption, its id, its labels
+            assert card.find_element(By.TAG_NAME, "img").get_attribute("alt") == h.text
+            assert card.find_element(By.CSS_SELECTOR, ".text").text == h.text
+            assert card.find_element(By.CSS_SELECTOR, ".id").text == h.id
+            assert [x.text for x in card.find_elements(By.CSS_SELECTOR, ".label")] == list(h.labels)
+        assert "12 results for" in browser.find_element(By.ID, "status").text
         wait.until(
             lambda b: all(
                 b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", im)
@@ -137,8 +185,11 @@ def test_the_page_in_a_real_browser(live_server, app_and_items, tmp_path):
         )
         SHOTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(SHOTS / "search-text.png"))
-        # upload an image: text results
+        # switching to image -> texts clears the text query's results (and its "12 results")
         browser.find_element(By.ID, "mode-image").click()
+        assert not browser.find_elements(By.CSS_SELECTOR, "#results .result")
+        assert "results" not in browser.find_element(By.ID, "status").text
+        # upload an image: its preview, and text results with their ids and labels
         query = tmp_path / "query.png"
         query.write_bytes(_png())
         browser.find_element(By.ID, "file").send_keys(str(query))
@@ -146,15 +197,65 @@ def test_the_page_in_a_real_browser(live_server, app_and_items, tmp_path):
             lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result") and not b.find_elements(By.CSS_SELECTOR, "#results .result img")
         )
         assert "results" in browser.find_element(By.ID, "status").text
+        preview = browser.find_element(By.ID, "preview")
+        assert preview.is_displayed() and preview.get_attribute("src").startswith("blob:")
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", preview) == 48
+        caps = _captions(items)
+        for card in browser.find_elements(By.CSS_SELECTOR, "#results .result"):
+            cid = card.get_attribute("data-id")
+            assert card.find_element(By.CSS_SELECTOR, ".text").text == caps[cid][0]
+            assert card.find_element(By.CSS_SELECTOR, ".id").text == cid
+            assert [x.text for x in card.find_elements(By.CSS_SELECTOR, ".label")] == [caps[cid][1]]
         browser.save_screenshot(str(SHOTS / "search-image.png"))
-        # a bad upload: an error on the page, no results
+        # a bad upload: an error on the page, no results, no preview
         bad = tmp_path / "notes.txt"
         bad.write_text("not an image")
         browser.find_element(By.ID, "file").send_keys(str(bad))
         wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Error"))
         assert "upload an image" in browser.find_element(By.ID, "status").text
         assert not browser.find_elements(By.CSS_SELECTOR, "#results .result")
+        assert not browser.find_element(By.ID, "preview").is_displayed()
         browser.save_screenshot(str(SHOTS / "search-error.png"))
+    finally:
+        browser.quit()
+
+
+def test_the_page_shows_what_is_indexed_and_its_examples_search(live_server, app_and_items):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, r, items = app_and_items
+    browser = _chrome()
+    try:
+        browser.get(live_server + "/")
+        wait = WebDriverWait(browser, 20)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#examples button.example"))
+        summary = browser.find_element(By.ID, "summary").text
+        assert "32 images, 32 texts" in summary and "gap-infonce" in summary and "checkpoint ckpt" in summary
+        # the favicon: linked from the page, served as an image
+        assert browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href").endswith("/favicon.ico")
+        got = browser.execute_script("return fetch('/favicon.ico').then((r) => r.status + ' ' + r.headers.get('content-type'))")
+        assert got.startswith("200 image/")
+        SHOTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(SHOTS / "search-start.png"))
+        # an example is one of the collection's texts; clicking it searches it, from either mode
+        browser.find_element(By.ID, "mode-image").click()
+        example = browser.find_elements(By.CSS_SELECTOR, "#examples button.example")[1]
+        text = example.text
+        assert text in {t for t, _ in _captions(items).values()}
+        example.click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .result img")) == 12)
+        assert browser.find_element(By.ID, "q").get_attribute("value") == text and browser.find_element(By.ID, "q").is_displayed()
+        assert [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, "#results .result")] == [
+            h.id for h in r.search(text=text, k=12)
+        ]
+        assert text in browser.find_element(By.ID, "status").text
+        # a mode switch while a search is on its way: its answer is not shown
+        browser.find_element(By.ID, "q").send_keys("\n")
+        browser.find_element(By.ID, "mode-image").click()
+        time.sleep(1.5)
+        assert not browser.find_elements(By.CSS_SELECTOR, "#results .result")
+        assert "results" not in browser.find_element(By.ID, "status").text
     finally:
         browser.quit()
 

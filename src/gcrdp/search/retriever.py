@@ -9,8 +9,9 @@ An index is a folder::
     INDEX/v000002/text.faiss     the text vectors, when it has texts
     INDEX/v000002/image.ivfdata  an on-disk IVF index's inverted lists (memory-mapped), beside
                                  image.trained.faiss (the trained, empty index, for adds)
-    INDEX/v000002/items.sqlite   one row per vector: modality, row, id, path, text, label,
-                                 content hash (SHA-256 of the image bytes or of the text)
+    INDEX/v000002/items.sqlite   one row per vector: modality, row, id, path, text (an image's
+                                 own caption when the collection pairs one with it), label,
+                                 content hash (SHA-256 of the image bytes or of the text), labels
 
 A build or an ``add`` writes a new version folder next to the live one and then switches
 ``CURRENT`` to it; an interrupted build leaves the previous index intact (and a ``.tmp-*``
@@ -89,7 +90,9 @@ MODALITIES = ("image", "text")
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to index: an image file or a text, with an optional id and label."""
+    """One thing to index: an image file or a text, with an optional id and label(s). An
+    image's ``text`` is its own caption (a manifest row's text, a Twemoji's name), stored to be
+    shown with it; only a text item's ``text`` is embedded. ``label`` is the first of ``labels``."""
 
     modality: str
     id: str
@@ -97,11 +100,13 @@ class Item:
     text: str | None = None
     label: str | None = None
     row: int | None = None  # the sample's row in a features file (items_from_features)
+    labels: tuple[str, ...] = ()  # every label (empty: just ``label``, when there is one)
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One search result: the item's id, its text (a text's own, an image's caption when it has
+    one), its first label and all its labels."""
 
     rank: int
     score: float
@@ -110,9 +115,16 @@ class Hit:
     path: str | None
     text: str | None
     label: str | None
+    labels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"labels": list(self.labels)}
+
+
+def _all_labels(labels: Any, label: str | None) -> tuple[str, ...]:
+    """Every label of an item: the sample's labels, else its one label, else none."""
+    got = tuple(str(x) for x in labels or ())
+    return got or ((label,) if label else ())
 
 
 def _content_hash(item: Item, features: Any = None) -> str:
@@ -158,7 +170,8 @@ def items_from_images(folder: str | Path) -> list[Item]:
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
             rel = p.relative_to(root)
-            out.append(Item("image", rel.as_posix(), path=str(p.resolve()), label=rel.parts[0] if len(rel.parts) > 1 else None))
+            label = rel.parts[0] if len(rel.parts) > 1 else None
+            out.append(Item("image", rel.as_posix(), path=str(p.resolve()), label=label, labels=_all_labels((), label)))
     if not out:
         raise DataError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) under {root}.")
     return out
@@ -189,8 +202,9 @@ def items_from_features(path: str | Path, **options: Any) -> tuple[list[Item], A
     out = []
     for i, s in enumerate(ds.samples):
         label = s.labels[0] if s.labels else None
-        out.append(Item("image", s.id, label=label, row=i))
-        out.append(Item("text", s.id, text=s.text, label=label, row=i))
+        labels = _all_labels(s.labels, label)
+        out.append(Item("image", s.id, text=s.text or None, label=label, row=i, labels=labels))
+        out.append(Item("text", s.id, text=s.text, label=label, row=i, labels=labels))
     return out, ds.features
 
 
@@ -203,25 +217,28 @@ def items_from_dataset(name: str, **options: Any) -> tuple[list[Item], Any]:
     out = []
     for i, s in enumerate(ds.samples):
         label = s.labels[0] if s.labels else None
+        labels = _all_labels(s.labels, label)
         row = i if ds.features is not None else None
         if ds.features is not None or s.image is not None:
-            out.append(Item("image", s.id, path=str(s.image) if s.image else None, label=label, row=row))
+            path = str(s.image) if s.image else None
+            out.append(Item("image", s.id, path=path, text=s.text or None, label=label, row=row, labels=labels))
         if ds.features is not None or s.text:
-            out.append(Item("text", s.id, text=s.text, label=label, row=row))
+            out.append(Item("text", s.id, text=s.text, label=label, row=row, labels=labels))
     return out, ds.features
 
 
 def items_from_manifest(path: str | Path, **options: Any) -> list[Item]:
     """Both modalities of a gcrdp manifest (see ``gcrdp datasets manifest``): each row's image
-    and its text, with the row's id and first label."""
+    (with the row's text as its caption) and its text, with the row's id and labels."""
     from ..data.formats.manifest import load_manifest
 
     ds = load_manifest(path, **options)
     out = []
     for s in ds.samples:
         label = s.labels[0] if s.labels else None
-        out.append(Item("image", s.id, path=str(s.image), text=None, label=label))
-        out.append(Item("text", s.id, text=s.text, label=label))
+        labels = _all_labels(s.labels, label)
+        out.append(Item("image", s.id, path=str(s.image), text=s.text or None, label=label, labels=labels))
+        out.append(Item("text", s.id, text=s.text, label=label, labels=labels))
     return out
 
 
@@ -258,24 +275,36 @@ def _current(index_dir: Path) -> Path:
     return version
 
 
+def _labels_column(labels: tuple[str, ...], label: str | None) -> str | None:
+    """The ``labels`` cell of a row: a JSON list when there is more than its one ``label``."""
+    return json.dumps(list(labels), ensure_ascii=False) if labels and tuple(labels) != ((label,) if label else ()) else None
+
+
 def _write_metadata(path: Path, rows: list[tuple]) -> None:
+    """Rows (modality, row, id, path, text, label, hash[, labels]); an image's text is its own
+    caption (shown, not embedded); labels is a JSON list, NULL when it is just ``label``."""
     con = sqlite3.connect(path)
     try:
         con.execute(
             "CREATE TABLE items (modality TEXT NOT NULL, row INTEGER NOT NULL, id TEXT NOT NULL, "
-            "path TEXT, text TEXT, label TEXT, hash TEXT NOT NULL, PRIMARY KEY (modality, row))"
+            "path TEXT, text TEXT, label TEXT, hash TEXT NOT NULL, labels TEXT, PRIMARY KEY (modality, row))"
         )
         con.execute("CREATE INDEX items_hash ON items (modality, hash)")
-        con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (tuple(r[:7]) + (r[7] if len(r) > 7 else None,) for r in rows))
         con.commit()
     finally:
         con.close()
 
 
 def _read_metadata(path: Path) -> list[tuple]:
+    """The rows of items.sqlite: (modality, row, id, path, text, label, hash, labels); an index
+    written before labels were stored reads with labels None (its images' texts are None too:
+    :meth:`Retriever.describe` then shows the text paired with the image by id)."""
     con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        return con.execute("SELECT modality, row, id, path, text, label, hash FROM items ORDER BY modality, row").fetchall()
+        columns = {r[1] for r in con.execute("PRAGMA table_info(items)")}
+        labels = "labels" if "labels" in columns else "NULL"
+        return con.execute(f"SELECT modality, row, id, path, text, label, hash, {labels} FROM items ORDER BY modality, row").fetchall()
     finally:
         con.close()
 
@@ -371,9 +400,49 @@ class Retriever:
         self._hashes = {(r[0], r[6]) for r in rows}
 
     def item(self, modality: str, id: str) -> tuple | None:
-        """The metadata row (modality, row, id, path, text, label, hash) of an item, or None."""
+        """The metadata row (modality, row, id, path, text, label, hash, labels) of an item, or None."""
         row = self._by_id.get((modality, id))
         return None if row is None else self._meta[(modality, row)]
+
+    def describe(self, modality: str, row: int) -> dict[str, Any]:
+        """What is shown of the item at ``row``: modality, row, id, path, text, label, labels,
+        hash. An image without a stored caption (an index written before captions were stored)
+        shows the text indexed with the same id — its pair in a manifest or a dataset."""
+        m = self._meta[(modality, row)]
+        text = m[4]
+        if text is None and modality == "image":
+            pair = self._by_id.get(("text", m[2]))
+            text = None if pair is None else self._meta[("text", pair)][4]
+        stored = m[7] if len(m) > 7 else None
+        labels = _all_labels(json.loads(stored) if stored else (), m[5])
+        return {
+            "modality": modality,
+            "row": int(m[1]),
+            "id": m[2],
+            "path": m[3],
+            "text": text,
+            "label": m[5],
+            "labels": labels,
+            "hash": m[6],
+        }
+
+    def examples(self, n: int = 6, max_chars: int = 60) -> list[str]:
+        """Up to ``n`` distinct short texts of the collection, spread evenly over it (the texts,
+        else the images' captions): example queries."""
+        for modality in ("text", "image"):
+            total = self.backends[modality].ntotal if modality in self.backends else 0
+            looked = min(total, 20 * n)  # rows looked at, evenly spaced
+            found: list[str] = []
+            for row in sorted({i * total // looked for i in range(looked)}):
+                if (modality, row) not in self._meta:
+                    continue
+                text = " ".join((self.describe(modality, row)["text"] or "").split())
+                if text and len(text) <= max_chars and text not in found:
+                    found.append(text)
+            if found:
+                take = min(n, len(found))
+                return [found[i * len(found) // take] for i in range(take)]
+        return []
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{m} {b.ntotal}" for m, b in self.backends.items())
@@ -758,7 +827,16 @@ class Retriever:
                     spools[modality].append(vectors)
                     first = start + count
                     rows += [
-                        (modality, first + j, chunk[i].id, chunk[i].path, chunk[i].text, chunk[i].label, hashes[i])
+                        (
+                            modality,
+                            first + j,
+                            chunk[i].id,
+                            chunk[i].path,
+                            chunk[i].text,
+                            chunk[i].label,
+                            hashes[i],
+                            _labels_column(chunk[i].labels, chunk[i].label),
+                        )
                         for j, i in enumerate(keep)
                     ]
                     count += len(keep)
@@ -844,7 +922,7 @@ class Retriever:
         meta = self._meta
         return [
             [
-                Hit(r + 1, float(s), target, *meta[(target, int(row))][2:6])
+                self._hit(target, r + 1, float(s), int(row))
                 for r, (s, row) in enumerate(zip(sc.tolist(), rw.tolist()))
                 if row >= 0 and (target, row) in meta
             ]
@@ -856,21 +934,31 @@ class Retriever:
         return self.model.embed(modality, queries, cache_dir=None, progress=False)
 
     def _hit(self, modality: str, rank: int, score: float, row: int) -> Hit:
-        m = self._meta[(modality, row)]
-        return Hit(rank=rank, score=score, modality=modality, id=m[2], path=m[3], text=m[4], label=m[5])
+        d = self.describe(modality, row)
+        return Hit(rank, score, modality, d["id"], d["path"], d["text"], d["label"], d["labels"])
 
 
 def format_hits(hits: list[Hit]) -> str:
-    """A ranked table: rank, score, id, path or text, label."""
-    head = ["rank", "score", "id", "path / text", "label"]
+    """A ranked table: rank, score, id, text (an image's caption), labels, and the file of an
+    image (its path's end, which says the most)."""
+    head = ["rank", "score", "id", "text", "labels"]
+    files = any(h.path for h in hits)
+    if files:
+        head.append("file")
 
-    def cell(h: Hit) -> str:
-        if h.path:  # the end of a path says the most
-            return h.path if len(h.path) <= 60 else "…" + h.path[-59:]
-        t = (h.text or "").replace("\n", " ")
-        return t if len(t) <= 60 else t[:59] + "…"
+    def short(s: str, n: int = 60) -> str:
+        s = " ".join(s.split())
+        return s if len(s) <= n else s[: n - 1] + "…"
 
-    rows = [[str(h.rank), f"{h.score:.3f}", h.id, cell(h), h.label or ""] for h in hits]
+    def file(path: str | None) -> str:
+        p = (path or "").replace("\n", " ")
+        return p if len(p) <= 60 else "…" + p[-59:]
+
+    rows = [
+        [str(h.rank), f"{h.score:.3f}", h.id, short(h.text or ""), short(", ".join(h.labels or ((h.label,) if h.label else ())), 40)]
+        + ([file(h.path)] if files else [])
+        for h in hits
+    ]
     widths = [max(len(head[i]), *(len(r[i]) for r in rows)) if rows else len(head[i]) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head)] + [line(r) for r in rows])
