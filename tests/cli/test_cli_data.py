@@ -32,7 +32,7 @@ def write_features(path: Path, n_classes: int = 6, per_class: int = 12, seed: in
         text=text.astype(np.float32),
         labels=labels,
         split=split,
-        classes=np.array([f"class{c}" for c in range(n_classes)]),
+        classes=np.array([f"class-{c}" for c in range(n_classes)]),  # a usable generated split at split_seed 0
     )
     return path
 
@@ -56,7 +56,7 @@ def test_inspect_features_file_prints_the_summary_and_json(tmp_path, capsys):
     assert "72 samples (test 18, train 54), 6 classes" in out
     assert "image features: local (72, 1, 9)" in out and "text features: local (72, 1, 5)" in out
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["classes"]["class0"] == {"train": 9, "test": 3}
+    assert summary["classes"]["class-0"] == {"train": 9, "test": 3}
     assert summary["features"]["image"]["pooled_only"] is True
 
 

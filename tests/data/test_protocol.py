@@ -67,7 +67,8 @@ def test_shots_are_nested(ds):
 
 def test_exactly_n_per_unseen_class(ds):
     for shots in (1, 3, 5, 8):
-        sp = make_split(ds, shots=shots, seed=1)
+        # at 8 shots no seen class keeps a pair to validate on once its shots are drawn: no validation
+        sp = make_split(ds, shots=shots, seed=1, val_fraction=0.0 if shots == 8 else 0.2)
         per_class = _labels(ds, sp.fewshot)
         assert per_class == {c: shots for c in ds.class_split.unseen}
         train_unseen = {c: n for c, n in _labels(ds, sp.train).items() if c in ds.class_split.unseen}
@@ -262,21 +263,35 @@ def test_multilabel_any_unseen_label_is_unseen_side():
         ids = {ds.samples[i].id for i in np.concatenate([sp.train, sp.val])}
         assert "b" not in ids and "d" not in ids
         assert {ds.samples[i].id for i in sp.test_query} == {"e", "g"}
-        g = make_split(ds, "generalized", shots=2, seed=seed)
+        g = make_split(ds, "generalized", shots=2, seed=seed, val_fraction=0.0)  # 2 shots leave no seen pair to validate on
         assert {ds.samples[i].id for i in g.fewshot} == {"b", "d"}
         assert {ds.samples[i].id for i in g.test_gallery} == {"e", "f", "g"}
 
 
-def test_few_seen_classes_fall_back_to_pair_validation():
+def test_too_few_seen_classes_stop_rather_than_validate_on_the_training_classes():
+    # one seen class: the old fallback validated on held-out pairs of the class it trained on
     ds = make_dataset(n_classes=2, n_unseen=1)
-    sp = make_split(ds, shots=1)
-    assert sp.val_by == "pair" and sp.val_classes == ("c0",)
-    assert set(sp.train_classes) == {"c0", "c1"}
-    sp.verify(ds)
-    ds3 = make_dataset(n_classes=4, n_unseen=2)
-    sp3 = make_split(ds3, shots=0)
-    assert sp3.val_by == "class" and len(sp3.val_classes) == 1 and len(sp3.train_classes) == 1
+    for mode in ("mirror", "zero-shot"):
+        with pytest.raises(DataError, match="1 seen class: at least 3 are needed"):
+            make_split(ds, shots=1, val_mode=mode)
+    # two seen classes: one validation class alone would read mAP 100 whatever the model
+    ds4 = make_dataset(n_classes=4, n_unseen=2)
+    with pytest.raises(DataError, match="2 seen classes: at least 3"):
+        make_split(ds4, shots=0)
+    # asked for explicitly: no validation, or pair validation
+    assert make_split(ds, shots=1, val_fraction=0.0).val.size == 0
     assert make_split(ds, val_by="pair", shots=0).val_by == "pair"
+    # three seen classes: two validate, one trains, disjoint by construction, at every seed and mode
+    ds5 = make_dataset(n_classes=5, n_unseen=2)
+    for seed in SEEDS:
+        for mode in ("mirror", "zero-shot"):
+            for shots in (0, 1, 3):
+                sp = make_split(ds5, shots=shots, seed=seed, val_mode=mode)
+                sp.verify(ds5)
+                assert sp.val_by == "class" and len(sp.val_classes) == 2
+                trained_only = set(_labels(ds5, np.setdiff1d(sp.train, np.concatenate([sp.fewshot, sp.val_fewshot]))))
+                assert len(trained_only) == 1 and not trained_only & set(sp.val_classes)
+                assert set(_labels(ds5, sp.val)) == set(sp.val_classes)
 
 
 # ----------------------------------------------------------------- errors
@@ -315,7 +330,7 @@ def test_error_no_test_pairs():
     some_test = train_only + [Sample("y", "t", ("c0",), "test")]
     ds2 = Dataset("t", some_test, ["c0", "c1"], ClassSplit("t", "1", ("c0",), ("c1",)))
     with pytest.raises(DataError, match="No test-split pairs of the unseen classes"):
-        make_split(ds2)
+        make_split(ds2, val_fraction=0.0)
     make_split(ds2, "standard")
 
 

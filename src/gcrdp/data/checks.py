@@ -6,6 +6,10 @@ silently absorb.
   (``N`` shots and at least one test pair) or fewer than ``N`` train-split items. ``gcrdp run``
   stops on them (:func:`check_class_sizes`) unless the user opts in (``--allow-small-classes``);
   ``gcrdp inspect`` lists them.
+* :func:`class_split_problems` — a seen/unseen split the few-shot protocols cannot use: fewer than
+  two seen classes (validation classes must differ from the training classes), no unseen class,
+  or (a generated split) an unseen share far from the requested half. ``gcrdp run`` stops on it
+  (:func:`check_class_split`) and names a ``split_seed`` that works.
 * :func:`near_duplicate_labels` — class names that differ only by case, spacing or separators,
   or by one or two edits (a transposition counts as one): ``acitons`` beside ``actions``.
 * :func:`duplicate_images` — image files with the same bytes (content hash).
@@ -134,6 +138,69 @@ def check_class_sizes(dataset: Dataset, shots: int | Iterable[int], protocol: st
             "--allow-small-classes (allow_small_classes=true) to run anyway."
         )
     return small
+
+
+def class_split_problems(dataset: Dataset, protocol: str = "fewshot", *, validate: bool = True) -> list[str]:
+    """Why ``dataset``'s class split cannot serve ``protocol`` (empty when it can, and always for
+    ``standard``): :func:`gcrdp.data.splits.split_shortfalls`, with the share of unseen classes
+    checked only for a generated split (``meta["class_split_generated"]``: the user's own file
+    may be as lopsided as they like). ``validate``: the run validates on held-out seen classes."""
+    split = dataset.class_split
+    if protocol == "standard" or split is None:
+        return []
+    from .splits import split_shortfalls
+
+    fraction = 0.5 if dataset.meta.get("class_split_generated") and not split.version.startswith("generated-") else None
+    return split_shortfalls(len(split.seen), len(split.unseen), fraction, validate=validate, protocol=protocol)
+
+
+def check_class_split(dataset: Dataset, protocol: str = "fewshot", *, validate: bool = True) -> None:
+    """Raise :class:`DataError` when :func:`class_split_problems` finds any, before any work: the
+    message names a ``split_seed`` whose generated split works (searched from the one used), or
+    says that the collection has too few classes for the protocol."""
+    problems = class_split_problems(dataset, protocol, validate=validate)
+    if not problems:
+        return
+    from .splits import MIN_SEEN_CLASSES, MIN_UNSEEN_CLASSES, find_split_seed, min_classes
+
+    split = dataset.class_split
+    assert split is not None
+    n = len(dataset.classes)
+    shown = f"seen {_names(split.seen)}, unseen {_names(split.unseen)}"
+    need = min_classes(protocol, validate=validate)
+    if n < need:
+        unseen_need = MIN_UNSEEN_CLASSES if protocol == "fewshot" else 1
+        raise DataError(
+            f"Dataset {dataset.name!r} has {n} class{'' if n == 1 else 'es'}, too few for the {protocol} protocol: it "
+            f"needs at least {need} — {unseen_need} unseen to test on and {MIN_SEEN_CLASSES if validate else 1} seen, "
+            "so that neither the test nor the validation ranks a single class (on one class every retrieval is right) "
+            "and the validation classes are not the training classes. Use --protocol standard (every class seen, "
+            "validated on held-out pairs), or add classes."
+        )
+    what = f"The class split of {dataset.name!r} ({shown}) cannot serve the {protocol} protocol: {'; '.join(problems)}."
+    if dataset.meta.get("class_split_generated"):
+        seed = int(dataset.meta.get("class_split_seed", 0))
+        good = find_split_seed(dataset.classes, start=seed + 1, validate=validate, protocol=protocol)
+        if good is None:
+            good = find_split_seed(dataset.classes, start=0, validate=validate, protocol=protocol)
+        if good is not None:
+            from .splits import generate_class_split
+
+            other = generate_class_split(dataset.classes, dataset=dataset.name, seed=good)
+            raise DataError(
+                f"{what} It was generated with split_seed {seed}; split_seed {good} draws {len(other.seen)} seen and "
+                f"{len(other.unseen)} unseen classes: add --dataset-option split_seed={good} (or pass a class split "
+                "file with --class-split)."
+            )
+    raise DataError(
+        f"{what} Pass a class split file with at least {MIN_SEEN_CLASSES} seen classes and {MIN_UNSEEN_CLASSES} unseen (--class-split), "
+        "or --val-fraction 0 to train without a validation."
+    )
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{len(names)} [{shown}{', …' if len(names) > limit else ''}]"
 
 
 def _counts(dataset: Dataset) -> dict[str, int]:

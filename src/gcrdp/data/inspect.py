@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import duplicate_images, image_size_problems, near_duplicate_labels, small_classes
+from .checks import class_split_problems, duplicate_images, image_size_problems, near_duplicate_labels, small_classes
 from .types import Dataset, split_label
 
 SHOTS_CHECKED = 5
@@ -38,6 +38,10 @@ def _modality(mf) -> dict[str, Any]:
         "local_per_sample": _stats(lengths.tolist()),
         "pooled_only": bool(mf.local.shape[1] == 1),
     }
+
+
+#: Groups of byte-identical images named in the warning (every group is in the JSON summary).
+MAX_DUPLICATE_GROUPS = 20
 
 
 def summarize_dataset(
@@ -102,6 +106,17 @@ def summarize_dataset(
     out["near_duplicate_labels"] = [{"a": a, "n_a": na, "b": b, "n_b": nb, "why": why} for a, na, b, nb, why in near]
     for a, na, b, nb, why in near:
         warnings.append(f"labels {a!r} ({na} items) and {b!r} ({nb} items) differ only by {why}: one label written two ways?")
+    split_problems = class_split_problems(dataset, protocol)
+    out["class_split_problems"] = split_problems
+    if split_problems:
+        hint = (
+            "another split_seed (the class split line names one that works)"
+            if dataset.meta.get("class_split_generated")
+            else "another class split file"
+        )
+        warnings.append(
+            f"the class split cannot serve the {protocol} protocol: {'; '.join(split_problems)} ('gcrdp run' stops on this; {hint})"
+        )
     if split is not None:
         no_train_seen = [c for c in split.seen if per_class.get(c, {}).get("train", 0) == 0]
         if no_train_seen:
@@ -118,11 +133,11 @@ def summarize_dataset(
         groups = duplicate_images(paths)
         n_dup = sum(len(g) - 1 for g in groups)
         out["images"]["duplicates"] = n_dup
+        out["images"]["duplicate_groups"] = [[samples[i].id for i in g] for g in groups]
         if n_dup:
-            first = groups[0]
-            warnings.append(
-                f"{n_dup} images have the same bytes as an earlier one (first: samples {', '.join(repr(samples[i].id) for i in first[:3])})"
-            )
+            shown = "; ".join(" = ".join(repr(samples[i].id) for i in g) for g in groups[:MAX_DUPLICATE_GROUPS])
+            more = f"; and {len(groups) - MAX_DUPLICATE_GROUPS} more groups (all in --json)" if len(groups) > MAX_DUPLICATE_GROUPS else ""
+            warnings.append(f"{n_dup} images have the same bytes as an earlier one, in {len(groups)} group(s) of samples: {shown}{more}")
         sizes = image_size_problems(paths)
         out["images"]["size_problems"] = [{"sample": samples[i].id, "path": str(paths[i]), "reason": r} for i, r in sizes]
         for kind in ("tiny", "huge"):

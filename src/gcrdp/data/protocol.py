@@ -18,8 +18,10 @@
         and is evaluated on its remaining pairs. Only seen classes with more than ``shots``
         train-split pairs are eligible. Classes are taken in a seeded order until there are at
         least ``max(round(val_fraction * n_seen), val_min_classes)`` of them *and* at least
-        ``val_min_pairs`` validation pairs, but never more than half of the seen classes, so
-        that training keeps at least as many seen classes as validation holds out. The order
+        ``val_min_pairs`` validation pairs, but never more than half of the seen classes (two
+        of three), so that training keeps at least as many seen classes as validation holds
+        out; fewer than two validation classes is an error (on one class every retrieval is
+        right). The order
         depends on the seed only, so for one seed the classes are the same at every shot count
         as long as they stay eligible.
       - ``val_mode="zero-shot"`` (the first protocol, kept for comparison): all seen-side
@@ -27,8 +29,11 @@
         least 2 when there are 3 or more seen classes, always leaving one to train on) are
         validation pairs, and none of them trains: a zero-shot check whatever ``shots``.
 
-      With fewer than 2 seen classes, or with ``val_by="pair"``, validation is instead a
-      per-class (stratified) ``val_fraction`` of the seen-side train pairs.
+      With ``val_by="pair"``, validation is instead a per-class (stratified) ``val_fraction`` of
+      the seen-side train pairs. With fewer than 3 seen classes a class-disjoint validation of
+      two classes or more is impossible, and :func:`make_split` raises :class:`DataError` rather
+      than validate on the training classes or on one class (``val_fraction=0``: no validation;
+      or another class split).
     * *Training*: the other seen-side train-split pairs, plus ``shots`` train-split pairs
       drawn for each unseen class (``fewshot``, kept apart for oversampling).
     * *Test*: every test-split pair on the unseen side; queries = gallery.
@@ -65,6 +70,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .splits import split_shortfalls
 from .types import ClassSplit, Dataset, split_label
 
 PROTOCOLS = ("fewshot", "standard", "generalized")
@@ -433,7 +439,16 @@ def make_split(
 
     # --- validation on the seen side
     seen_train = train_split[~unseen_side[train_split]]
-    mode = val_by if len(seen) >= 2 else "pair"
+    mode = val_by
+    if mode == "class" and val_fraction > 0:
+        # the seen side only (the runner's check_class_split also refuses a one-class fewshot test)
+        short = split_shortfalls(len(seen), len(unseen), protocol="generalized")
+        if short:  # never validate on the training classes
+            raise DataError(
+                f"Class split {cs.dataset!r} {split_label(cs.version)} cannot serve the {key} protocol: {'; '.join(short)}. "
+                "Use a class split with at least 3 seen classes (for a generated one, another split_seed), "
+                "val_fraction=0 to train without a validation, or protocol='standard'."
+            )
     val_fewshot = _index([])
     if mode == "class" and val_mode == "mirror":
         train_seen, val, val_fewshot, val_classes = _mirror_validation(
@@ -455,6 +470,13 @@ def make_split(
     else:
         train_seen, val = _stratified_holdout(seen_train, primary, seen, val_fraction, seed)
         val_classes = _classes_of(dataset, val)
+    if mode == "class" and val_fraction > 0 and len(val_classes) < 2:
+        raise DataError(
+            f"Only {len(val_classes)} validation class(es): of the {len(seen)} seen classes of {dataset.name!r}, too few have "
+            f"more than {shots} train-split pair(s) left to validate on after their {shots} shot(s), and on fewer than 2 "
+            "classes every retrieval is right (mAP 100 whatever the model). Lower the shots, or val_fraction=0 to train "
+            "without a validation."
+        )
     train = _index(np.concatenate([train_seen, fewshot, val_fewshot]))
 
     test_query = _index(test_split[unseen_side[test_split]])
@@ -512,7 +534,7 @@ def _mirror_validation(
     target = 0
     if val_fraction > 0:
         target = max(int(round(val_fraction * len(seen))), min_classes, 2 if len(seen) >= 3 else 1)
-    cap = max(1, len(seen) // 2)
+    cap = max(min(2, len(seen) - 1), len(seen) // 2)  # two validation classes at least, one class left to train
     order = _rng(seed, _TAG_VAL_CLASSES).permutation(len(seen))
     chosen: list[str] = []
     val_side: set[int] = set()

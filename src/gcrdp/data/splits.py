@@ -149,17 +149,96 @@ def generate_class_split(
 
 
 def generated_split_source(split: ClassSplit, seed: int, unseen_fraction: float = 0.5) -> str:
-    """The ``class_split_source`` text of a generated split: the rule, and a note when the
-    stable draw is lopsided (a share of unseen classes far from ``unseen_fraction``)."""
+    """The ``class_split_source`` text of a generated split: the rule, and — when the draw cannot
+    serve the few-shot protocols (:func:`split_shortfalls`: lopsided, or fewer than two seen
+    classes) — why, and a ``split_seed`` that draws a usable split."""
     method = "ordered" if split.version.startswith("generated-") else "hash"
-    n = len(split.seen) + len(split.unseen)
     text = f"generated (seed {seed}): {SPLIT_METHODS[method]}"
-    if method == "hash" and n >= 4 and abs(len(split.unseen) / n - unseen_fraction) > 0.2:
+    problems = split_shortfalls(len(split.seen), len(split.unseen), unseen_fraction if method == "hash" else None)
+    if problems:
+        classes = [*split.seen, *split.unseen]
+        good = find_split_seed(classes, unseen_fraction=unseen_fraction, start=seed + 1, method=method)
+        text += f"; this draw cannot serve the few-shot protocols ({'; '.join(problems)})"
         text += (
-            f"; this draw has {len(split.unseen)} unseen of {n} classes — another split_seed "
-            "(--dataset-option split_seed=N) draws another, or pass a class split file"
+            f" — split_seed={good} draws a usable one (--dataset-option split_seed={good}), or pass a class split file"
+            if good is not None
+            else f" — {len(classes)} classes are too few for them (at least {min_classes()}); use --protocol standard"
         )
     return text
+
+
+#: The fewest seen classes a fewshot/generalized run with class-disjoint validation needs: two
+#: held out to validate on (on one class alone every retrieval is right, so its mAP is always 100
+#: and says nothing) and one to train on.
+MIN_SEEN_CLASSES = 3
+#: The fewest unseen classes the fewshot protocol needs: its test gallery holds only them, and on
+#: one class every retrieval is right. (generalized: 1, its gallery holds the seen classes too.)
+MIN_UNSEEN_CLASSES = 2
+
+
+def split_shortfalls(
+    n_seen: int, n_unseen: int, unseen_fraction: float | None = None, *, validate: bool = True, protocol: str = "fewshot"
+) -> list[str]:
+    """Why a seen/unseen split of ``n_seen + n_unseen`` classes cannot serve ``protocol``
+    (``"fewshot"`` or ``"generalized"``; an empty list when it can).
+
+    * fewer than :data:`MIN_UNSEEN_CLASSES` unseen classes (fewshot; generalized: none): the test
+      would rank one class against itself — mAP 100 whatever the model;
+    * fewer than :data:`MIN_SEEN_CLASSES` seen classes (when ``validate``: a validation on held-out
+      seen classes, the default): the validation needs two classes of its own (on one class every
+      retrieval is right: mAP 100 whatever the model) and training at least one other;
+    * ``unseen_fraction`` given (a *generated* split): the number of unseen classes is further
+      from ``unseen_fraction · n`` than one class or a fifth of the classes, whichever is more
+      (with 7 classes and 0.5: 3 or 4 unseen are near, 1, 2, 5 or 6 are not).
+    """
+    n = n_seen + n_unseen
+    problems: list[str] = []
+    min_unseen = MIN_UNSEEN_CLASSES if protocol == "fewshot" else 1
+    if n_unseen < min_unseen:
+        problems.append(
+            f"{n_unseen} unseen class{'' if n_unseen == 1 else 'es'}: the {protocol} test needs at least {min_unseen}"
+            + (
+                " (its gallery holds only them, and on one class every retrieval is right: mAP 100 whatever the model)"
+                if min_unseen > 1
+                else ""
+            )
+        )
+    if validate and n_seen < MIN_SEEN_CLASSES:
+        problems.append(
+            f"{n_seen} seen class{'' if n_seen == 1 else 'es'}: at least {MIN_SEEN_CLASSES} are needed — 2 held out "
+            "for validation (on one class every retrieval is right: its mAP is 100 whatever the model) and 1 to train "
+            "on, so that the model is never validated on the classes it trains on"
+        )
+    if unseen_fraction is not None and n and abs(n_unseen - unseen_fraction * n) > max(1.0, 0.2 * n) + 1e-9:
+        problems.append(f"{n_unseen} of {n} classes unseen, far from the requested share of {unseen_fraction:g}")
+    return problems
+
+
+def min_classes(protocol: str = "fewshot", *, validate: bool = True) -> int:
+    """The fewest classes a dataset needs for ``protocol`` (see :func:`split_shortfalls`)."""
+    return (MIN_SEEN_CLASSES if validate else 1) + (MIN_UNSEEN_CLASSES if protocol == "fewshot" else 1)
+
+
+def find_split_seed(
+    classes: Iterable[str],
+    *,
+    unseen_fraction: float = 0.5,
+    start: int = 0,
+    tries: int = 1000,
+    method: str = "hash",
+    validate: bool = True,
+    protocol: str = "fewshot",
+) -> int | None:
+    """The first ``split_seed`` from ``start`` (at most ``tries`` of them) whose generated split has
+    no :func:`split_shortfalls`, or ``None`` (e.g. too few classes: no split can serve)."""
+    names = sorted({str(c) for c in classes})
+    if len(names) < min_classes(protocol, validate=validate):
+        return None
+    for seed in range(max(0, int(start)), max(0, int(start)) + tries):
+        split = generate_class_split(names, dataset="", seed=seed, unseen_fraction=unseen_fraction, method=method)
+        if not split_shortfalls(len(split.seen), len(split.unseen), unseen_fraction, validate=validate, protocol=protocol):
+            return seed
+    return None
 
 
 def class_split_document(split: ClassSplit, *, seed: int | None = None, note: str = "", method: str | None = None, **extra: object) -> dict:

@@ -246,11 +246,11 @@ def run_grid(
     grid: Grid, *, progress: bool = True, rerun_changed: bool = False, on_cell: Callable[[Cell, dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
     """Run every cell of ``grid`` not already done; return ``{"done", "skipped", "ran", "files"}``."""
-    from ..data.checks import check_class_sizes
+    from ..data.checks import check_class_sizes, check_class_split
     from ..data.registry import load_dataset
     from ..training.loop import observe_epochs
     from .progress import epoch_status
-    from .runner import load_features, run_experiment
+    from .runner import describe_splits, load_features, plan_splits, run_experiment
 
     cells = grid.cells()
     todo, done_files = [], []
@@ -285,9 +285,12 @@ def run_grid(
             if c.dataset not in loaded:
                 loaded.clear()  # one dataset's features in memory at a time
                 ds = load_dataset(cfg.dataset, **cfg.dataset_options)
-                check_class_sizes(
-                    ds, grid.shots_for(c.dataset) if cfg.protocol != "standard" else [0], cfg.protocol, allow=cfg.allow_small_classes
-                )  # before any extraction
+                shot_values = grid.shots_for(c.dataset) if cfg.protocol != "standard" else [0]
+                check_class_sizes(ds, shot_values, cfg.protocol, allow=cfg.allow_small_classes)  # before any extraction
+                check_class_split(ds, cfg.protocol, validate=cfg.val_fraction > 0)
+                splits = plan_splits(ds, cfg, shot_values, grid.seeds_for(c.dataset))
+                if progress:
+                    print(f"[{c.dataset}] " + describe_splits(ds, splits), file=sys.stderr, flush=True)
                 loaded[c.dataset] = (ds, load_features(ds, cfg, progress=progress))
                 if ds.class_split is not None and cfg.protocol != "standard":  # the split a rerun can pin
                     from ..data.splits import class_split_document

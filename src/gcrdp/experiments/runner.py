@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -474,6 +475,67 @@ def _run_in_workers(
             manager.shutdown()
 
 
+def plan_splits(dataset: Dataset, config: RunConfig, shot_values: Any, seeds: Any) -> dict[tuple[int, int], Any]:
+    """The protocol split of every (shots, seed), made before any slow work so that a split that
+    cannot be made (too few pairs for the shots, too few validation classes) stops the run first."""
+    from ..data.protocol import make_split
+
+    return {
+        (s, seed): make_split(
+            dataset,
+            protocol=config.protocol,
+            shots=s,
+            seed=seed,
+            val_fraction=config.val_fraction,
+            val_mode=config.val_mode,
+            val_min_classes=config.val_min_classes,
+            val_min_pairs=config.val_min_pairs,
+        )
+        for s in shot_values
+        for seed in seeds
+    }
+
+
+def _names(names: Any, limit: int = 12) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def describe_splits(dataset: Dataset, splits: dict[tuple[int, int], Any]) -> str:
+    """What a run trains, validates and tests on, printed at its start: the seen and unseen
+    classes (counts and names), each seed's validation classes, the train/test pairs and where
+    the class split and the train/test split come from."""
+    first = next(iter(splits.values()))
+    meta = dataset.meta
+    n_train = sum(s.split == "train" for s in dataset.samples)
+    pairs = f"{n_train} train / {len(dataset) - n_train} test pairs"
+    rule = meta.get("split") or meta.get("split_source")
+    if meta.get("split_generated") and rule:
+        pairs += f" ({rule.split(':')[0]})"
+    lines = [f"{dataset.name}: {len(dataset.classes)} classes, {pairs}; protocol {first.protocol}"]
+    if first.protocol == "standard":
+        lines.append(f"  every class seen; validation: {first.val_fraction:g} of each class's train pairs, held out")
+        return "\n".join(lines)
+    source = str(meta.get("class_split_source") or "the dataset's")
+    lines.append(f"  class split {first.class_split_version}: {source.split(';')[0]}")
+    lines.append(f"  seen {len(first.seen_classes)}: {_names(first.seen_classes)}")
+    lines.append(f"  unseen {len(first.unseen_classes)} (tested on): {_names(first.unseen_classes)}")
+    if first.val_fraction == 0:
+        lines.append("  validation: none (val_fraction 0; the last epoch is kept)")
+    elif first.val_by == "pair":
+        lines.append(f"  validation: {first.val_fraction:g} of each seen class's train pairs, held out")
+    else:
+        shots = min(s for s, _ in splits)
+        by_seed = [(seed, sp.val_classes) for (s, seed), sp in splits.items() if s == shots]
+        how = "they get the run's shots, as the unseen classes do" if first.val_mode == "mirror" else "none of them trains"
+        lines.append(f"  validation classes (seen classes held out of training; {how}):")
+        lines.extend(f"    seed {seed}: {_names(classes)}" for seed, classes in by_seed[:5])
+        if len(by_seed) > 5:
+            lines.append(f"    … and {len(by_seed) - 5} more seeds")
+    return "\n".join(lines)
+
+
 def run_experiment(
     config: RunConfig,
     output_dir: str | Path | None = None,
@@ -513,8 +575,7 @@ def run_experiment(
     round-off may differ between thread counts); they are returned in the sequential order,
     and ``on_record`` is called as each finishes.
     """
-    from ..data.checks import check_class_sizes
-    from ..data.protocol import make_split
+    from ..data.checks import check_class_sizes, check_class_split
     from ..data.registry import load_dataset
     from ..methods.persistence import check_checkpointable
 
@@ -539,6 +600,11 @@ def run_experiment(
         dataset = load_dataset(config.dataset, **config.dataset_options)
     shot_values = [0] if config.protocol == "standard" else config.shots
     small = check_class_sizes(dataset, shot_values, config.protocol, allow=config.allow_small_classes)
+    check_class_split(dataset, config.protocol, validate=config.val_fraction > 0)
+    # Every split before any slow work (extraction, training): e.g. too few pairs for the shots.
+    splits = plan_splits(dataset, config, shot_values, config.seeds)
+    if progress:
+        print(describe_splits(dataset, splits), file=sys.stderr, flush=True)
     t_data = time.perf_counter()
     if features is None:
         features = load_features(dataset, config, progress=progress)
@@ -548,22 +614,6 @@ def run_experiment(
     features.text.check_finite("text features")
     t_feat = time.perf_counter()
     labels = dataset.label_matrix()
-
-    # Validate every split before training anything (e.g. too few pairs for the shots).
-    splits = {
-        (s, seed): make_split(
-            dataset,
-            protocol=config.protocol,
-            shots=s,
-            seed=seed,
-            val_fraction=config.val_fraction,
-            val_mode=config.val_mode,
-            val_min_classes=config.val_min_classes,
-            val_min_pairs=config.val_min_pairs,
-        )
-        for s in shot_values
-        for seed in config.seeds
-    }
 
     tasks = [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
     name_feats = None
@@ -678,6 +728,22 @@ def run_experiment(
             )
             atomic_write_json(output_dir / "class_split.json", doc)
             results["resolved"]["class_split_file"] = str(output_dir / "class_split.json")
+        if dataset.meta.get("split_generated"):
+            test_ids = [s.id for s in dataset.samples if s.split == "test"]
+            atomic_write_json(
+                output_dir / "test_split.json",
+                {
+                    "dataset": dataset.name,
+                    "source": dataset.meta.get("source"),
+                    "rule": dataset.meta.get("split") or dataset.meta.get("split_source"),
+                    "note": "The data had no train/test split; this one was generated (seeded, stable per class). "
+                    "The other samples are train.",
+                    "n_train": len(dataset) - len(test_ids),
+                    "n_test": len(test_ids),
+                    "test": test_ids,
+                },
+            )
+            results["resolved"]["test_split_file"] = str(output_dir / "test_split.json")
         if dataset.meta.get("skipped"):
             atomic_write_json(
                 output_dir / "skipped.json",

@@ -350,7 +350,7 @@ def test_run_experiment_end_to_end(tmp_path):
     write_dscmr(tmp_path, n_train=6, n_test=3)
     config = RunConfig(
         dataset="xmedianet",
-        dataset_options={"root": str(tmp_path)},
+        dataset_options={"root": str(tmp_path), "split_seed": 1},  # seed 0 draws 2 of 8 classes unseen: refused
         shots=[1],
         seeds=[0],
         methods=["gap-infonce"],

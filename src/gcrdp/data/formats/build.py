@@ -114,6 +114,7 @@ def finish_dataset(
             "multilabel": any(len(s.labels) > 1 for s in samples),
             "class_split_source": source,
             "class_split_generated": generated,
+            **({"class_split_seed": split_seed} if generated else {}),
             "features": "pre-extracted" if features is not None else "extracted by the encoders",
             "n_skipped": len(bad),
             "skipped": problems.report() if bad else [],

@@ -375,6 +375,7 @@ def load_clip_retrieval(
         "n_parts": len(parts),
         "parts": [n for n, *_ in parts],
         "split_source": split_source,
+        "split_generated": generated,
         "image_dim": dims["image"][0],
         "text_dim": dims["text"][0],
         "texts": "caption column" if any(s.text is not None for s in samples) else "absent",

@@ -278,6 +278,7 @@ def load_feature_files(
         "format": "features " + (path.suffix or "npy folder"),
         "arrays": {"image": ikey, "text": tkey, "labels": lkey},
         "split": split_note,
+        "split_generated": split_arr is None and is_test is None,
         "named_classes_without_rows": [c for c in classes if c not in used],
     }
     classes = [c for c in classes if c in used]

@@ -244,6 +244,7 @@ def load_folder(
         "format": "folder",
         "layout": layout,
         "split_source": split_source,
+        "split_generated": layout == "class folders",
         "n_ignored": len(ignored),
         "ignored": [str(p) for p in ignored[:MAX_IGNORED_SHOWN]],
     }

@@ -9,8 +9,9 @@ case-insensitive and stripped):
 ``label``  one class name, or
 ``labels`` several: in JSONL a JSON list (``["cat", "dog"]``); in CSV one string split on
            ``label_sep`` (default ``"|"``: ``cat|dog``). Use exactly one of the two columns.
-``split``  ``train`` or ``test`` (case-insensitive). The validation set is carved out of
-           ``train`` by the protocol (:func:`gcrdp.data.protocol.make_split`).
+``split``  optional: ``train`` or ``test`` (case-insensitive). The validation set is carved
+           out of ``train`` by the protocol (:func:`gcrdp.data.protocol.make_split`). Without
+           the column a seeded split is generated (below).
 ``id``     optional unique id; default the row number (1 = first data row)
 =========  ==============================================================================
 
@@ -23,16 +24,33 @@ its line number (physical line in the file; the CSV header is line 1): a missing
 JSON, an empty text or label, an unknown split, a duplicate id, and missing image files
 (the first few and a count).
 
+**Train/test split.** With a ``split`` column (CSV) or ``split`` key (JSONL, then on every
+row) it is the user's. Without one, the same seeded, stable rule as for feature files is used
+(:func:`gcrdp.data.formats.build.per_class_test_split`): per class (a row's first label), the
+rows are ordered by ``sha256("<split_seed>\\0<class>\\0<key>")`` — the key is the ``id`` when
+given, else the image path and text — and the first ``test_fraction`` of them (default 0.2,
+rounded; at least one of a class of two or more, never all) are test. A row keeps its side
+when other rows are added or removed. ``meta["split"]`` says which rule was used, and a run
+writes the test ids beside its results (``test_split.json``).
+
 Classes are the sorted label names. The seen/unseen class split comes from ``class_split=``
 (a JSON file as in :mod:`gcrdp.data.splits`) or, by default, is generated with
-:func:`gcrdp.data.splits.generate_class_split` (``seed=split_seed``, default 0: classes
-ordered by ``sha256("<seed>\\0<class>")``, first half unseen); ``meta["class_split_source"]``
-records which, and ``meta["class_split_generated"]`` is True for a generated one.
+:func:`gcrdp.data.splits.generate_class_split` (``seed=split_seed``, default 0): each class is
+unseen when a seeded hash of its name falls below one half, so adding or removing a class moves
+no other. A draw that the few-shot protocols cannot use (fewer than two seen classes, or an
+unseen share far from a half) is named by ``gcrdp inspect`` with a ``split_seed`` that works,
+and stops ``gcrdp run`` before any work. ``meta["class_split_source"]`` records which split was
+used, and ``meta["class_split_generated"]`` is True for a generated one.
 
 Example::
 
     image,text,labels,split
     img/0001.jpg,"A dog on the beach",dog|beach,train
+
+or, with a generated train/test split::
+
+    image,text,label
+    img/0001.jpg,"A dog on the beach",dog
 """
 
 from __future__ import annotations
@@ -48,12 +66,12 @@ from ...errors import ConfigError, DataError
 from ..registry import DATASETS
 from ..splits import generate_class_split, generated_split_source, load_class_split
 from ..types import SPLITS, ClassSplit, Dataset, Sample
-from .build import check_skip_bad
+from .build import check_skip_bad, check_test_fraction, per_class_test_split
 
 FORMATS = ("csv", "tsv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _FORMAT_ALIASES = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "ndjson": "jsonl", "jsonlines": "jsonl"}
-REQUIRED = ("image", "text", "split")
+REQUIRED = ("image", "text")
 MAX_SHOWN = 10
 
 
@@ -65,7 +83,8 @@ class _Row:
     image: str
     text: str
     labels: tuple[str, ...]
-    split: str
+    split: str | None  # None: no split given (generated after reading)
+    has_id: bool = False
 
 
 def _detect_format(path: Path, format: str | None) -> str:
@@ -136,6 +155,7 @@ def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: l
         dups = sorted({c for c in cols if cols.count(c) > 1 and c})
         has_label, has_labels = "label" in cols, "labels" in cols
         missing = [c for c in REQUIRED if c not in cols]
+        has_split = "split" in cols
         if not (has_label or has_labels):
             missing.append("label (or labels)")
         header_problems = []
@@ -151,7 +171,7 @@ def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: l
                 + "; ".join(header_problems)
                 + f". Found columns: {', '.join(map(repr, header))}. Expected columns: image, "
                 "text, label (one class) or labels (several, separated by "
-                f"{label_sep!r}), split (train/test), optionally id."
+                f"{label_sep!r}), optionally split (train/test) and id."
             )
         pos = {c: i for i, c in enumerate(cols)}
         label_col = "labels" if has_labels else "label"
@@ -183,9 +203,9 @@ def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: l
                 problems.append(f"line {line}: empty text")
             if not labels:
                 problems.append(f"line {line}: empty {label_col}")
-            split = _check_split(get("split"), line, problems)
+            split = _check_split(get("split"), line, problems) if has_split else None
             if len(problems) == before:
-                rows.append(_Row(line, n_row, rid or str(n_row), image, text, labels, split))
+                rows.append(_Row(line, n_row, rid or str(n_row), image, text, labels, split, bool(rid)))
     return rows, n_row
 
 
@@ -227,7 +247,7 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
                 problems.append(f"line {line}: both 'label' and 'labels'; keep one")
                 continue
             before = len(problems)
-            image, text, split_raw = obj["image"], obj["text"], obj["split"]
+            image, text, split_raw = obj["image"], obj["text"], obj.get("split")
             if not isinstance(image, str) or not image.strip():
                 problems.append(f"line {line}: 'image' must be a non-empty path string, got {image!r}")
             if not isinstance(text, str):
@@ -253,7 +273,10 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
                     problems.append(f"line {line}: 'label' must be a string or an integer, got {obj['label']!r}")
                 elif not name:
                     problems.append(f"line {line}: empty label")
-            if not isinstance(split_raw, str):
+            split: str | None = None
+            if "split" not in obj:
+                pass  # generated, unless other rows have one (checked after reading)
+            elif not isinstance(split_raw, str):
                 problems.append(f"line {line}: unknown split {split_raw!r}; expected 'train' or 'test'")
                 split = ""
             else:
@@ -264,7 +287,7 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
                 if not rid:
                     problems.append(f"line {line}: 'id' must be a non-empty string or integer, got {obj['id']!r}")
             if len(problems) == before:
-                rows.append(_Row(line, n_row, rid or str(n_row), image.strip(), text.strip(), labels, split))
+                rows.append(_Row(line, n_row, rid or str(n_row), image.strip(), text.strip(), labels, split, bool(rid)))
     return rows, n_row
 
 
@@ -273,7 +296,7 @@ def _raise_problems(path: Path, problems: list[str], n_rows: int) -> None:
     more = f"\n  (and {len(problems) - MAX_SHOWN} more)" if len(problems) > MAX_SHOWN else ""
     raise DataError(
         f"Manifest {path} has {len(problems)} problem(s) in {n_rows} rows:\n  {shown}{more}\n"
-        "Expected columns: image, text, label or labels, split (train/test), optionally id.\n"
+        "Expected columns: image, text, label or labels, optionally split (train/test) and id.\n"
         "Fix them, or pass --skip-bad (skip_bad=True) to leave the bad rows out and list them in a "
         "report file."
     )
@@ -287,6 +310,7 @@ def load_manifest(
     label_sep: str = "|",
     class_split: str | Path | ClassSplit | None = None,
     split_seed: int = 0,
+    test_fraction: float | None = None,
     check_images: bool = True,
     name: str | None = None,
     skip_bad: bool = False,
@@ -298,7 +322,10 @@ def load_manifest(
         format: ``"csv"``, ``"tsv"`` or ``"jsonl"``; default from the extension.
         label_sep: separator of several labels in a CSV ``labels`` column.
         class_split: a class split JSON path or :class:`ClassSplit`; default generated.
-        split_seed: seed of the generated class split.
+        split_seed: seed of the generated class split, and of the generated train/test split
+            of a manifest without a ``split`` column.
+        test_fraction: share of each class's rows that are test pairs when the manifest has no
+            ``split`` column (default 0.2); an error when it has one.
         check_images: check that every image file exists (default True).
         name: dataset name; default the manifest's file stem.
         skip_bad: leave bad rows out (listed in ``meta["skipped"]``, each with its line and
@@ -336,6 +363,21 @@ def load_manifest(
 
     first_line: dict[str, int] = {}
     bad_lines: set[int] = set(bad_utf8)
+    generate_split = not any(r.split is not None for r in rows)
+    if not generate_split:  # JSONL: some rows without a split while others have one
+        for r in rows:
+            if r.split is None:
+                problems.append(
+                    f"line {r.line}: no 'split' while other rows have one; give every row a split "
+                    "(train/test), or none for a seeded train/test split"
+                )
+                bad_lines.add(r.line)
+    if test_fraction is not None and not generate_split:
+        raise ConfigError(
+            f"test_fraction={test_fraction!r}: manifest {path} has its own train/test split (a 'split' "
+            "column); test_fraction only applies to a manifest without one. Leave it out."
+        )
+    fraction = check_test_fraction(0.2 if test_fraction is None else test_fraction)
     for r in rows:
         if r.id in first_line:
             problems.append(f"line {r.line}: duplicate id {r.id!r} (first on line {first_line[r.id]})")
@@ -378,7 +420,17 @@ def load_manifest(
     if not rows:
         raise DataError(f"Manifest {path} has no data rows" + (" left after skipping the bad ones." if skipped else "."))
 
-    samples = [Sample(id=r.id, text=r.text, labels=r.labels, split=r.split, image=img) for r, img in zip(rows, images)]
+    if generate_split:
+        keys = [(r.labels[0], r.id if r.has_id else f"{r.image}\0{r.text}") for r in rows]
+        sides = per_class_test_split(keys, fraction, split_seed)
+        split_note = (
+            f"generated (seed {split_seed}, test_fraction {fraction:g}): per class, rows ordered by "
+            "sha256('<seed>\\0<class>\\0<id, or image and text>'), the first test_fraction to test"
+        )
+    else:
+        sides = [r.split or "train" for r in rows]
+        split_note = "from the 'split' column"
+    samples = [Sample(id=r.id, text=r.text, labels=r.labels, split=side, image=img) for r, side, img in zip(rows, sides, images)]
     classes = sorted({lab for s in samples for lab in s.labels})
     ds_name = name or path.stem
     if class_split is not None:
@@ -386,10 +438,12 @@ def load_manifest(
         split.check_against(classes)
         source = f"user: {class_split}" if not isinstance(class_split, ClassSplit) else "user"
         generated = False
+        meta_seed: dict[str, int] = {}
     else:
         split = generate_class_split(classes, dataset=ds_name, seed=split_seed)
         source = generated_split_source(split, split_seed)
         generated = True
+        meta_seed = {"class_split_seed": split_seed}
     n_train = sum(s.split == "train" for s in samples)
     meta = {
         "source": str(path.resolve()),
@@ -401,8 +455,11 @@ def load_manifest(
         "n_test": len(samples) - n_train,
         "multilabel": any(len(s.labels) > 1 for s in samples),
         "images_checked": bool(check_images),
+        "split": split_note,
+        "split_generated": generate_split,
         "class_split_source": source,
         "class_split_generated": generated,
+        **meta_seed,
         "n_skipped": len({item["where"] for item in skipped}),
         "skipped": skipped,
     }
