@@ -137,6 +137,7 @@ def test_one_progress_bar_over_all_shards(tmp_path, small_shards, monkeypatch):
             return super().update(n)
 
     monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    monkeypatch.setenv("GCRDP_PROGRESS", "bar")  # a bar, as on a terminal (pytest's stderr is not one)
     ds = _dataset(tmp_path, n=10, duplicates=False)
     # the image fake reports batch by batch through progress_bar(); the text one does not report
     extract_features(ds, BatchImageEncoder(), BatchTextEncoder(report=False), cache_dir=tmp_path / "c", batch_size=2, progress=True)

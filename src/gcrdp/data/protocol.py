@@ -442,10 +442,10 @@ def make_split(
     mode = val_by
     if mode == "class" and val_fraction > 0:
         # the seen side only (the runner's check_class_split also refuses a one-class fewshot test)
-        short = split_shortfalls(len(seen), len(unseen), protocol="generalized")
-        if short:  # never validate on the training classes
+        lacking = split_shortfalls(len(seen), len(unseen), protocol="generalized")
+        if lacking:  # never validate on the training classes
             raise DataError(
-                f"Class split {cs.dataset!r} {split_label(cs.version)} cannot serve the {key} protocol: {'; '.join(short)}. "
+                f"Class split {cs.dataset!r} {split_label(cs.version)} cannot serve the {key} protocol: {'; '.join(lacking)}. "
                 "Use a class split with at least 3 seen classes (for a generated one, another split_seed), "
                 "val_fraction=0 to train without a validation, or protocol='standard'."
             )

@@ -550,7 +550,7 @@ def _extract_missing(
     The shards are runs of the order in which one call over all of them would batch them
     (``encode_order``), a whole number of batches each, so every batch — and so every row — is
     the one a single call gives. One progress bar counts every sample over all shards."""
-    from tqdm.auto import tqdm
+    from ..utils.progress import progress_bar
 
     if hasattr(encoder, "use_artifact_dir"):
         encoder.use_artifact_dir(cache.models_dir)
@@ -561,7 +561,8 @@ def _extract_missing(
             rows = [rows[j] for j in order.tolist()]
     written: set[str] = set()
     unit, what = ("img", "images") if modality == "image" else ("text", "texts")
-    with tqdm(total=len(rows), disable=not progress, unit=unit, desc=f"Encoding {what} ({getattr(encoder, 'name', '?')})") as bar:
+    # a bar on a terminal, a line every 30 s in a log (not dozens of carriage returns)
+    with progress_bar(len(rows), enabled=progress, unit=unit, desc=f"Encoding {what} ({getattr(encoder, 'name', '?')})") as bar:
         for start in range(0, len(rows), step):
             part = rows[start : start + step]
             with shared_progress(bar) as shared:

@@ -273,9 +273,9 @@ def run_grid(
     log.info("grid %s: %d runs, %d done, %d to run", grid.name, n_total, len(done_files), len(todo))
     bar = None
     if progress and todo:
-        from tqdm.auto import tqdm
+        from ..utils.progress import progress_bar
 
-        bar = tqdm(total=n_total, initial=n_total - len(todo), desc=f"grid {grid.name}", unit="run", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(len(todo), desc=f"grid {grid.name}", unit="run", dynamic_ncols=True)  # the runs to do now
     times: dict[str, list[float]] = {}
     loaded: dict[str, tuple[Any, Any]] = {}
     ran = []

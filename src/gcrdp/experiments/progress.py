@@ -1,7 +1,8 @@
 """What a user sees while a run works: a bar over the fits on stderr (tqdm; off when stderr is
 not a terminal), whose status line follows each fit in progress epoch by epoch — epoch, loss,
 validation mAP, best so far, and the least time left before early stopping can end it — and one
-line per finished fit (printed also when stderr is not a terminal, so that logs keep them).
+line per finished fit (printed also when stderr is not a terminal, so that logs keep them). In a
+log, a fit that runs longer than 30 s also prints its state every 30 s.
 
 The training loop reports epochs through :func:`gcrdp.training.loop.observe_epochs`; this module
 only words them.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import sys
 import time
 from typing import Any
+
+from ..utils.progress import LOG_EVERY_SECONDS
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -81,14 +84,28 @@ class FitProgress:
                 bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}",
             )
         self._last_refresh = 0.0
+        self._log_start: dict[str, float] = {}
+        self._log_last: dict[str, float] = {}
 
     @property
     def bar_shown(self) -> bool:
         return self._bar is not None and not self._bar.disable
 
     def epoch(self, label: str, info: dict[str, Any]) -> None:
-        """A fit (``label``, e.g. ``gcrdp 5-shot seed 1``) reported an epoch."""
+        """A fit (``label``, e.g. ``gcrdp 5-shot seed 1``) reported an epoch. Without a bar (stderr
+        is not a terminal: a log), a line of the fit's state at most every ``LOG_EVERY_SECONDS``,
+        so that a long fit shows it is alive."""
+        if not self.enabled:
+            return
         if not self.bar_shown:
+            now = time.monotonic()
+            started = self._log_start.setdefault(label, now)
+            if info.get("start"):
+                self._log_start[label] = self._log_last[label] = now
+                return
+            if now - self._log_last.get(label, started) >= LOG_EVERY_SECONDS and not info.get("stopped"):
+                self._log_last[label] = now
+                print(f"  {label}: {epoch_status(info)}", file=sys.stderr, flush=True)
             return
         prev, times = self._active.get(label, ({}, []))
         if info.get("start"):
