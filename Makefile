@@ -7,12 +7,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+# FRESH=1: refit every fit of the demo instead of reusing the ones already in $(DEMO_DIR)
+FRESH ?=
+DEMO_RESUME := $(if $(filter-out 0 no false,$(FRESH)),--no-resume,)
 PYTEST_ARGS ?=
 
 .PHONY: demo readme test lint bench evidence reproduce clean-venv help
 
 help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji: gap-infonce and gcrdp (0/1/3/5 shots, 3 seeds)"
+	@echo "make demo FRESH=1 # the same, refitting every fit instead of reusing those already in runs/demo"
 	@echo "make test   # set up .venv and run the test suite"
 	@echo "make lint   # ruff and mypy"
 	@echo "make readme # copy the last demo's table into README.md (docs/demo/results.json)"
@@ -27,7 +31,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gcrdp run --dataset twemoji --methods gap-infonce gcrdp --shots 0 1 3 5 --seeds 0 1 2 --jobs 2 --output-dir $(DEMO_DIR)
+	$(BIN)/gcrdp run --dataset twemoji --methods gap-infonce gcrdp --shots 0 1 3 5 --seeds 0 1 2 --jobs 2 --output-dir $(DEMO_DIR) $(DEMO_RESUME)
 
 # The README's demo block from the last `make demo` (kept in docs/demo/results.json; a test
 # fails when README.md and that file disagree).
