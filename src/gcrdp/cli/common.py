@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,190 @@ from ..errors import ConfigError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+# ----------------------------------------------------------------------------- methods, torch-free
+# The command line checks --methods and --option before it imports the library (torch: seconds),
+# from this description. tests/cli/test_cli_fast.py keeps it equal to what the method classes accept
+# (gcrdp.methods.presets.option_keys), to RunConfig's default methods and to the presets.
+
+#: The training options of every trainable method (gcrdp.training.config.TrainConfig).
+_TRAIN_OPTIONS = ("batch_size", "eval_batch_size", "grad_clip", "lr", "max_epochs", "min_delta", "oversample", "patience", "weight_decay")
+
+#: Registered method name → the option keys it accepts (``--option KEY=VALUE``).
+METHOD_OPTIONS: dict[str, frozenset[str]] = {
+    "cca": frozenset({"eig_power", "fewshot_weight", "input", "n_components", "reg", "standardize"}),
+    "clip4cmr": frozenset(
+        {
+            "contrastive_weight",
+            "dropout",
+            "hidden_dim",
+            "input",
+            "latent_dim",
+            "learn_prototypes",
+            "loss",
+            "num_layers",
+            "prototype_temperature",
+            "prototype_weight",
+            "temperature",
+            *_TRAIN_OPTIONS,
+        }
+    ),
+    "dscmr": frozenset({"alpha", "beta", "dropout", "hidden_dim", "input", "latent_dim", "norm", *_TRAIN_OPTIONS}),
+    "flex-clip": frozenset(
+        {
+            "class_positives",
+            "decoder_variance",
+            "dropout",
+            "gan_loss",
+            "gan_weight",
+            "gate",
+            "gate_bias",
+            "gate_value",
+            "gen_batch_size",
+            "gen_hidden_dim",
+            "gen_latent_dim",
+            "gen_lr",
+            "gen_sample_noise",
+            "gen_steps",
+            "generate_for",
+            "generate_val",
+            "gp_weight",
+            "hidden_dim",
+            "input",
+            "kl_weight",
+            "label_weight",
+            "latent_dim",
+            "max_generate",
+            "n_critic",
+            "n_generate",
+            "normalize_input",
+            "pairing",
+            "rare_fraction",
+            "skip",
+            "temperature",
+            *_TRAIN_OPTIONS,
+        }
+    ),
+    "gap-infonce": frozenset({"class_positives", "dropout", "hidden_dim", "latent_dim", "num_layers", "temperature", *_TRAIN_OPTIONS}),
+    "gcrdp": frozenset(
+        {
+            "alpha",
+            "anchor_mode",
+            "class_positives",
+            "covariance",
+            "dropout",
+            "e_step_temperature",
+            "global_weight",
+            "gmm_on",
+            "hidden_dim",
+            "init_var",
+            "init_var_mode",
+            "intra_modal_negatives",
+            "label_weight",
+            "lam",
+            "latent_dim",
+            "mass_floor",
+            "n_components",
+            "n_iter",
+            "normalize_local",
+            "num_layers",
+            "pi_weighted",
+            "rdp_confidence",
+            "rdp_teacher",
+            "rdp_temperature",
+            "rdp_threshold",
+            "rdp_topk",
+            "rdp_variant",
+            "score",
+            "shared_anchors",
+            "temperature",
+            "use_gmm",
+            "use_rdp",
+            "var_floor",
+            "view_positives",
+            "views_weight",
+            "warm_epochs",
+            "warm_lr_factor",
+            "warm_start",
+            *_TRAIN_OPTIONS,
+        }
+    ),
+    "zero-shot": frozenset({"assume_aligned"}),
+}
+
+#: ``RunConfig().methods``: what ``run`` and ``train`` fit without --methods / --method.
+DEFAULT_METHODS = ("gcrdp",)
+
+#: The preset entries (gcrdp.methods.presets.PRESETS).
+PRESET_NAMES = frozenset({"gcrdp@spec", "gcrdp@study", "gap-infonce@cp", "clip4cmr@contrastive"})
+
+#: Names users give hyper-parameters that the methods call otherwise (as gcrdp.methods.presets).
+OPTION_ALIASES: dict[str, str] = {"epochs": "max_epochs", "epoch": "max_epochs", "learning_rate": "lr", "bs": "batch_size"}
+
+
+def nearest_option(name: str, accepted: Sequence[str] | frozenset[str]) -> str | None:
+    """The option ``name`` most likely means: itself, an alias (``epochs`` → ``max_epochs``) or
+    the closest spelling; None when nothing is close (as gcrdp.methods.presets.nearest_option)."""
+    key = name.strip().lstrip("-").replace("-", "_").lower()
+    if key in accepted:
+        return key
+    if OPTION_ALIASES.get(key) in accepted:
+        return OPTION_ALIASES[key]
+    close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: Sequence[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_methods(methods: Sequence[str], method_options: dict[str, dict[str, Any]]) -> None:
+    """:class:`ConfigError` for an unknown method, a ``NAME@TAG`` that is neither a preset nor
+    given options, or an option a method does not take — without importing the methods (the
+    library checks the same again, gcrdp.methods.presets.check_entry)."""
+    for entry in methods:
+        base = entry.split("@", 1)[0].lower()
+        if base not in METHOD_OPTIONS:
+            raise ConfigError(
+                f"Unknown method {entry.split('@', 1)[0]!r}{did_you_mean(base, sorted(METHOD_OPTIONS))}. "
+                f"Known methods: {', '.join(sorted(METHOD_OPTIONS))}."
+            )
+        options = method_options.get(entry)
+        if "@" in entry and entry not in PRESET_NAMES and options is None:
+            raise ConfigError(
+                f"Method entry {entry!r} is neither a preset nor given options, so it would run plain "
+                f"{entry.split('@', 1)[0]!r} under another name. Presets: {', '.join(sorted(PRESET_NAMES))}. To label a variant, "
+                f"give it options: --option {entry}.KEY=VALUE (or method_options in a config)."
+            )
+        accepted = sorted(METHOD_OPTIONS[base])
+        unknown = sorted(set(options or {}) - set(accepted))
+        if unknown:
+            near = {u: n for u in unknown if (n := nearest_option(u, accepted))}
+            hint = ", ".join(f"{n!r}" + (f" for {u!r}" if len(unknown) > 1 else "") for u, n in near.items())
+            raise ConfigError(
+                f"Method {entry!r} has no option(s) {', '.join(map(repr, unknown))}"
+                + (f" (did you mean {hint}?)" if hint else "")
+                + f". Its options: {', '.join(accepted)}."
+            )
+
+
+def check_run_fields(raw: dict[str, Any]) -> None:
+    """The fast checks of a run config dict (``run``, ``train``) before the library is
+    imported: its methods and their options, and the dataset name. Values of the wrong type are
+    left to :class:`~gcrdp.experiments.RunConfig`, which names them."""
+    methods = raw.get("methods", list(DEFAULT_METHODS))
+    options = raw.get("method_options") or {}
+    if isinstance(methods, list) and all(isinstance(m, str) for m in methods) and isinstance(options, dict):
+        check_methods(methods, {k: v for k, v in options.items() if isinstance(v, dict)})
+    dataset = raw.get("dataset")
+    if isinstance(dataset, str):
+        from ..data.registry import list_datasets  # numpy and the loaders (~0.2 s), not torch
+
+        names = list_datasets()
+        if dataset.lower() not in names:
+            raise ConfigError(f"Unknown dataset {dataset!r}{did_you_mean(dataset.lower(), names)}. Known datasets: {', '.join(names)}.")
 
 
 def _parse_value(text: str) -> Any:
@@ -43,6 +229,32 @@ def _method_options(items: Sequence[str] | None, methods: list[str]) -> dict[str
                 raise ConfigError(f"--option {key}=...: method {m!r} is not among --methods {methods}.")
             out.setdefault(m, {})[name] = value
     return out
+
+
+def int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type``: an int >= ``low`` (checked as the flags are read, before any import)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {low}, got {value}.")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type``: a float strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}.")
+    return value
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -87,7 +299,10 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
         "or auto (default: disk above 1 GiB of features)",
     )
     g.add_argument(
-        "--extract-batch-size", type=int, default=None, help="images per batch of feature extraction, texts twice as many (default 64)"
+        "--extract-batch-size",
+        type=int_at_least(1, "--extract-batch-size"),
+        default=None,
+        help="images per batch of feature extraction, texts twice as many (default 64)",
     )
     g.add_argument(
         "--clip",
@@ -116,7 +331,7 @@ def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--val-fraction",
-        type=float,
+        type=fraction,
         default=None,
         help="share of the seen classes held out for validation (default 0.2; with "
         "--val-mode mirror at least 10 classes / 200 pairs, at most half)",
@@ -142,7 +357,7 @@ def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
         help="run even when classes have fewer items than the protocol needs (by default "
         "the run stops and names them: a class of one item is usually a label typo)",
     )
-    g.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="also report mAP/P/R@k")
+    g.add_argument("--k", dest="ks", type=int_at_least(1, "Cut-offs k"), nargs="+", default=None, help="also report mAP/P/R@k")
     g.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
 
 
@@ -266,12 +481,105 @@ def _write_skipped(path: Path, dataset: Any) -> None:
 
 
 def _loader_summary(name: str) -> tuple[str, str]:
-    """(first line, whole docstring) of a dataset loader's module."""
+    """(first line, whole docstring) of a dataset loader's module, as plain text."""
     import inspect as _inspect
 
-    from ..data.registry import DATASETS
+    from ..data.registry import DATASETS, list_datasets
 
+    list_datasets()  # registers the built-in loaders
     loader = DATASETS.get(name)
-    doc = _inspect.getdoc(_inspect.getmodule(loader)) or _inspect.getdoc(loader) or ""
+    doc = plain_text(_inspect.getdoc(_inspect.getmodule(loader)) or _inspect.getdoc(loader) or "")
     first = doc.strip().splitlines()[0] if doc.strip() else ""
     return first, doc
+
+
+# ----------------------------------------------------------------------------- reST → plain text
+_INLINE = re.compile(
+    r"``(?P<lit>[^`]+?)``"  # ``literal``
+    r"|:(?P<role>[\w.:-]+):`(?P<target>[^`]+)`"  # :func:`x`, :class:`~a.b.C`, :mod:`title <x>`
+    r"|`(?P<ref>[^`]+)`__?"  # `text <url>`_
+    r"|`(?P<interp>[^`]+)`"  # `interpreted`
+    r"|\*\*(?P<bold>[^*]+?)\*\*"
+    r"|(?<![\w*])\*(?P<em>[^*\s](?:[^*]*?[^*\s])?)\*(?![\w*])"
+)
+_LINK = re.compile(r"^(?P<text>.*?)\s*<(?P<url>[^<>]+)>$", re.S)
+_BORDER = re.compile(r"^\s*=+(?:\s+=+)+\s*$")
+
+
+def _inline(match: re.Match[str]) -> str:
+    if match["lit"] is not None:
+        return match["lit"]
+    if match["target"] is not None:
+        target = match["target"]
+        link = _LINK.match(target)
+        if link:
+            return link["text"]
+        return target[1:].rsplit(".", 1)[-1] if target.startswith("~") else target
+    if match["ref"] is not None:
+        link = _LINK.match(match["ref"])
+        return f"{link['text']} ({link['url']})" if link else match["ref"]
+    return match["interp"] or match["bold"] or match["em"] or ""
+
+
+def plain_text(doc: str) -> str:
+    """A reST docstring as readable plain text (``gcrdp datasets NAME``): roles, double
+    backquotes and emphasis marks dropped, ``::`` made ``:``, simple tables re-aligned without
+    their ``===`` borders; literal blocks, paragraphs and line breaks kept."""
+    lines = doc.splitlines()
+    out: list[str] = []
+    text: list[str] = []  # the running stretch of ordinary lines (inline markup may span lines)
+    literal: int | None = None  # after a line ending in '::': its indent (deeper lines are verbatim)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        indent = len(line) - len(line.lstrip())
+        if literal is not None and (not line.strip() or indent > literal):
+            out.append(line)
+            i += 1
+            continue
+        literal = None
+        if _BORDER.match(line):
+            out.extend(_paragraphs(text))
+            text = []
+            end = i + 1
+            while end < len(lines) and not (_BORDER.match(lines[end]) and (end + 1 == len(lines) or not lines[end + 1].strip())):
+                end += 1
+            out.extend(_table(lines[i : end + 1]))
+            i = end + 1
+            continue
+        text.append(line)
+        if line.rstrip().endswith("::"):
+            out.extend(_paragraphs(text))
+            text, literal = [], indent
+        i += 1
+    out.extend(_paragraphs(text))
+    return "\n".join(out)
+
+
+def _paragraphs(lines: list[str]) -> list[str]:
+    """Ordinary lines without their inline markup; a closing ``::`` becomes ``:`` (or goes)."""
+    if not lines:
+        return []
+    out = _INLINE.sub(_inline, "\n".join(lines)).split("\n")
+    last = out[-1].rstrip()
+    if last.endswith("::"):
+        head = last[:-2]
+        out[-1] = head.rstrip() if not head.strip() or head.endswith(" ") else head + ":"
+        if not out[-1].strip():
+            out.pop()
+    return [line.rstrip() for line in out]
+
+
+def _table(lines: list[str]) -> list[str]:
+    """A reST simple table (``lines`` from its top border to its bottom one) as aligned columns."""
+    border = lines[0]
+    starts = [m.start() for m in re.finditer(r"=+", border)]
+    rows = [
+        [line[a : starts[k + 1]] if k + 1 < len(starts) else line[a:] for k, a in enumerate(starts)]
+        for line in lines
+        if not _BORDER.match(line)
+    ]
+    cells = [[_INLINE.sub(_inline, c).rstrip() for c in row] for row in rows]
+    widths = [max((len(row[k]) for row in cells), default=0) for k in range(len(starts))]
+    indent = " " * starts[0]
+    return [(indent + "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1]).rstrip() for row in cells]

@@ -49,7 +49,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         width = max(len(n) for n in names)
         print("Datasets (gcrdp datasets NAME shows the layouts and options of one):")
         for n in names:
-            print(f"  {n:<{width}}  {_loader_summary(n)[0].replace('``', '')}")
+            print(f"  {n:<{width}}  {_loader_summary(n)[0]}")
         print(
             "\nYour own data: --manifest FILE (csv/jsonl), --dataset folder --root DIR, "
             "--features FILE (.npz/.safetensors/.npy folder/.mat/.h5), --dataset clip-retrieval --root DIR."
@@ -88,7 +88,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """The subcommands of this module."""
-    p = sub.add_parser("extract", help="extract (or load cached) features of a dataset")
+    p = sub.add_parser(
+        "extract",
+        help="extract (or load cached) features of a dataset",
+        description="Extract the features of a dataset with the frozen encoders, or load them from the cache (per image "
+        "and per text: changing one row re-extracts one item), and print their shapes; --output also exports them.",
+    )
     _add_dataset_args(p)
     _add_encoder_args(p)
     p.add_argument(
@@ -101,11 +106,22 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("datasets", help="list the datasets and their formats, or show one")
+    p = sub.add_parser(
+        "datasets",
+        help="list the datasets and their formats, or show one",
+        description="List the registered datasets with one line each, or describe one: the layouts its loader reads, "
+        "its checks and its options (--dataset-option KEY=VALUE).",
+    )
     p.add_argument("name", nargs="?", default=None, help="a dataset name: show its layouts and options")
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("inspect", help="summarise a dataset: samples per split and class, feature dimensions, text lengths, problems found")
+    p = sub.add_parser(
+        "inspect",
+        help="summarise a dataset: samples per split and class, feature dimensions, text lengths, problems found",
+        description="Load a dataset and summarise it: samples per split and class, the seen/unseen class split, feature "
+        "dimensions, text lengths, and the problems found (label typos, classes too small for --shots, duplicates). "
+        "Bad samples make the load fail (exit 2) unless --skip-bad.",
+    )
     _add_dataset_args(p)
     p.add_argument(
         "--report",

@@ -47,7 +47,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.checkpoint, args.output, part_size=args.part_size, cache_dir=args.cache_dir, device=args.device, progress=not args.quiet
     )
     print(
-        f"{r.checkpoint.state['method']} embeddings of {len(r.dataset)} {r.config.dataset} samples "
+        f"{r.checkpoint.state['method']} embeddings of {len(r.dataset)} {r.dataset.name} samples "
         f"(dim {r.method.embed_images(r.features.image.subset([0])).shape[1]}) written to {out} "
         "(img_emb/, text_emb/, metadata/)"
     )
@@ -86,7 +86,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     out = evaluate_checkpoint(args.checkpoint, ks=args.k or (), cache_dir=args.cache_dir, device=args.device, progress=not args.quiet)
     res, split = out["metrics"], out["split"]
     print(
-        f"{out['method']} on {out['restored'].config.dataset}, protocol {split['protocol']}, "
+        f"{out['method']} on {out['restored'].dataset.name}, protocol {split['protocol']}, "
         f"shots={split['shots']}, seed={split['seed']} (checkpoint {out['checkpoint']})"
     )
     print("\n".join(_metric_lines(res, args.k)))
@@ -104,7 +104,12 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """The subcommands of this module."""
-    p = sub.add_parser("report", help="tables (Markdown, CSV) and figures (PNG) from results files")
+    p = sub.add_parser(
+        "report",
+        help="tables (Markdown, CSV) and figures (PNG) from results files",
+        description="Tables in the paper's layout (results.md, results.csv) and figures (PNG) from "
+        "the results files of 'gcrdp run' or 'gcrdp experiment' (searched in the folders given).",
+    )
     p.add_argument("results", type=Path, nargs="+", help="results.json files or folders (searched)")
     p.add_argument("--output", type=Path, required=True, help="folder for results.md, results.csv, *.png")
     p.add_argument(
@@ -128,6 +133,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="embed a trained model's dataset and write the embeddings in the clip-retrieval layout (for FAISS, autofaiss, Milvus, Qdrant)",
+        description="Embed every sample of the dataset a 'gcrdp train' checkpoint was trained on and write the "
+        "embeddings in the clip-retrieval layout (img_emb/, text_emb/, metadata/), which FAISS, autofaiss, Milvus "
+        "and Qdrant tools read.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="a 'gcrdp train' checkpoint DIR (or DIR/final)")
     p.add_argument(
@@ -143,7 +151,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="retrieval metrics of embeddings in .npz files, or of a checkpoint written by 'gcrdp train'")
+    p = sub.add_parser(
+        "evaluate",
+        help="retrieval metrics of embeddings in .npz files, or of a checkpoint written by 'gcrdp train'",
+        description="Retrieval metrics (I2T and T2I mAP@all, chance level, instance recall, --k cut-offs) of embeddings "
+        "you computed (an .npz of image, text and labels), or of a 'gcrdp train' checkpoint, whose dataset, features "
+        "and split are re-created to evaluate its test pairs.",
+    )
     p.add_argument(
         "embeddings",
         type=Path,

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .common import (
+    DEFAULT_METHODS,
     EXIT_INTERRUPTED,
     _add_dataset_args,
     _add_encoder_args,
@@ -19,12 +20,12 @@ from .common import (
     _load_config_file,
     _method_options,
     _metric_lines,
+    check_run_fields,
+    int_at_least,
 )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..experiments import RunConfig, format_instance_table, format_table, run_experiment
-
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
@@ -33,14 +34,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value is not None:
             raw[key] = value
     if args.option:
-        methods = raw.get("methods") or RunConfig().methods
+        methods = raw.get("methods") or DEFAULT_METHODS
         opts = raw.setdefault("method_options", {})
         for m, o in _method_options(args.option, list(methods)).items():
             opts.setdefault(m, {}).update(o)
+    check_run_fields(raw)  # before the library (torch) is imported: a typo is said at once
+
+    from ..experiments import RunConfig, format_instance_table, format_table, run_experiment
+
     config = RunConfig.from_dict(raw)
     out_dir = args.output_dir or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}.")
     try:
         results = run_experiment(config, out_dir, progress=not args.quiet, jobs=args.jobs, resume=args.resume)
     except KeyboardInterrupt:
@@ -66,8 +69,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One (method, shots, seed) with a checkpoint every epoch (resumable) and a final one."""
-    from ..experiments import RunConfig, run_experiment
-
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
@@ -79,11 +80,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             raw[key] = [value]
         else:
-            raw.setdefault(key, [0] if key != "methods" else RunConfig().methods)
+            raw.setdefault(key, [0] if key != "methods" else list(DEFAULT_METHODS))
     if args.option:
         opts = raw.setdefault("method_options", {})
         for m, o in _method_options(args.option, list(raw["methods"])).items():
             opts.setdefault(m, {}).update(o)
+    check_run_fields(raw)  # before the library (torch) is imported
+
+    from ..experiments import RunConfig, run_experiment
+
     dataset_opts = raw.get("dataset_options") or {}
     # so that 'evaluate --checkpoint' and 'export' work from any folder
     for key in ("path", "class_split", "root", "features_file", "images_dir", "captions_file"):
@@ -115,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     rec = results["records"][0]
     fit = rec["fit"]
+    name = results["resolved"].get("dataset_name") or config.dataset
     resumed = fit.get("resumed_from_epoch")
     note = (
         f", resumed after epoch {resumed}"
@@ -122,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else (" (started afresh: --no-resume)" if resumable and not args.resume else "")
     )
     print(
-        f"{rec['method']} on {config.dataset}, protocol {config.protocol}, shots={rec['shots']}, "
+        f"{rec['method']} on {name}, protocol {config.protocol}, shots={rec['shots']}, "
         f"seed={rec['seed']}: {fit['epochs']} epochs, best epoch {fit['best_epoch']}{note}"
     )
     val = fit.get("best_val_map")
@@ -181,13 +187,20 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """The subcommands of this module."""
-    p = sub.add_parser("run", help="few-shot retrieval over shots × seeds × methods; prints the table")
+    p = sub.add_parser(
+        "run",
+        help="few-shot retrieval over shots × seeds × methods; prints the table",
+        description="Few-shot retrieval: for each shot count and seed, train every method on the seen classes plus N "
+        "pairs per unseen class (early stopping on held-out seen classes), retrieve among the unseen classes' test "
+        "pairs (I2T and T2I), and print mAP@all as mean ± std over the seeds beside the chance level. Every finished "
+        "fit is kept in --output-dir, so a killed run continues. Method hyper-parameters are --option KEY=VALUE.",
+    )
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its keys")
     _add_dataset_args(p)
     _add_encoder_args(p)
     g = p.add_argument_group("protocol and methods")
     _add_protocol_args(g)
-    g.add_argument("--shots", type=int, nargs="+", default=None, help="default: 0 1 3 5")
+    g.add_argument("--shots", type=int_at_least(0, "Shots"), nargs="+", default=None, help="default: 0 1 3 5")
     g.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4")
     g.add_argument("--methods", nargs="+", default=None, help="default: gcrdp (compare it with its base: --methods gap-infonce gcrdp)")
     g.add_argument(
@@ -199,7 +212,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--output-dir", type=Path, default=None, help="where results.json goes (default: runs/run-<time>)")
     p.add_argument(
         "--jobs",
-        type=int,
+        type=int_at_least(1, "--jobs"),
         default=1,
         help="fits run at once in worker processes, each with cpu_count/JOBS threads (default 1: one fit at a time with every thread)",
     )
@@ -229,7 +242,7 @@ def add_parsers(sub: Any) -> None:
     _add_encoder_args(p)
     g = p.add_argument_group("protocol and method")
     _add_protocol_args(g)
-    g.add_argument("--shots", type=int, default=None, help="N pairs per unseen class (default: 0)")
+    g.add_argument("--shots", type=int_at_least(0, "Shots"), default=None, help="N pairs per unseen class (default: 0)")
     g.add_argument("--seed", type=int, default=None, help="default: 0")
     g.add_argument("--method", default=None, help="default: gcrdp")
     g.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. lr=1e-3 or max_epochs=30 (repeatable)")
@@ -244,7 +257,11 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "experiment", help="run a grid: datasets × shots × methods × seeds, one results file per run, resumable (finished runs are skipped)"
+        "experiment",
+        help="run a grid: datasets × shots × methods × seeds, one results file per run, resumable (finished runs are skipped)",
+        description="Run a grid of runs (datasets × shots × methods × seeds) described by a JSON config, one results file "
+        "per run under OUTPUT_DIR/runs. Runs already finished are skipped, so the same command continues an "
+        "interrupted grid; 'gcrdp report' turns the results into tables and figures.",
     )
     p.add_argument("config", type=Path, help="grid config JSON (see gcrdp.experiments.grid)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: the config's output_dir")

@@ -4,6 +4,7 @@ them). An entry that is not a preset, e.g. ``gcrdp@k5``, takes only the options 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 #: GCRDP as SPEC reads it (the first implementation's defaults): multi-positive InfoNCE over
@@ -69,18 +70,66 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def option_keys(method: str) -> list[str]:
+    """The option keys registered method ``method`` accepts, sorted: the keys of its
+    ``config_dict()``, which the checkpoint contract (:mod:`gcrdp.methods.base`) makes exactly
+    the options ``build_method`` takes. The command line checks ``--option`` against a copy
+    that imports nothing (``gcrdp.cli.common.METHOD_OPTIONS``; a test keeps the two equal)."""
+    from .base import build_method
+
+    return sorted(k for k in build_method(method, {}).config_dict() if k != "method")
+
+
+def unknown_option_message(entry: str, unknown: list[str], accepted: list[str]) -> str:
+    """The error for options ``unknown`` given to method entry ``entry``: the nearest accepted
+    key of each (``epochs`` → ``max_epochs``) and every accepted key."""
+    near = {u: n for u in unknown if (n := nearest_option(u, accepted))}
+    hint = ", ".join(f"{n!r}" + (f" for {u!r}" if len(unknown) > 1 else "") for u, n in near.items())
+    return (
+        f"Method {entry!r} has no option(s) {', '.join(map(repr, unknown))}"
+        + (f" (did you mean {hint}?)" if hint else "")
+        + f". Its options: {', '.join(accepted)}."
+    )
+
+
+#: Names users give hyper-parameters that the methods call otherwise.
+OPTION_ALIASES: dict[str, str] = {"epochs": "max_epochs", "epoch": "max_epochs", "learning_rate": "lr", "bs": "batch_size"}
+
+
+def nearest_option(name: str, accepted: list[str] | tuple[str, ...] | frozenset[str]) -> str | None:
+    """The accepted option ``name`` most likely means (an alias such as ``epochs`` for
+    ``max_epochs``, or the closest spelling), or None."""
+    key = name.strip().lstrip("-").replace("-", "_").lower()
+    if key in accepted:
+        return key
+    if OPTION_ALIASES.get(key) in accepted:
+        return OPTION_ALIASES[key]
+    close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def check_entry(entry: str, options: dict[str, Any] | None) -> None:
-    """:class:`~gcrdp.errors.ConfigError` for a labelled entry (``NAME@TAG``) that is neither a
-    preset nor given options: it would silently run the plain method under another name."""
+    """:class:`~gcrdp.errors.ConfigError`, before any slow work, for a labelled entry
+    (``NAME@TAG``) that is neither a preset nor given options (it would silently run the plain
+    method under another name), for an option the entry's method does not take (named with the
+    nearest one and every accepted key), and for an option value the method refuses."""
     from ..errors import ConfigError
 
-    if "@" not in entry or entry in PRESETS or options is not None:
-        return
-    raise ConfigError(
-        f"Method entry {entry!r} is neither a preset nor given options, so it would run plain "
-        f"{entry.split('@', 1)[0]!r} under another name. Presets: {', '.join(sorted(PRESETS))}. To label a variant, "
-        f"give it options: --option {entry}.KEY=VALUE (or method_options in a config)."
-    )
+    if "@" in entry and entry not in PRESETS and options is None:
+        raise ConfigError(
+            f"Method entry {entry!r} is neither a preset nor given options, so it would run plain "
+            f"{entry.split('@', 1)[0]!r} under another name. Presets: {', '.join(sorted(PRESETS))}. To label a variant, "
+            f"give it options: --option {entry}.KEY=VALUE (or method_options in a config)."
+        )
+    if options:
+        from .base import build_method
+
+        base = entry.split("@", 1)[0]
+        accepted = option_keys(base)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(unknown_option_message(entry, unknown, accepted))
+        build_method(base, preset_options(entry, options))  # the values: the method's own checks
 
 
 def preset_options(entry: str, options: dict[str, Any] | None = None) -> dict[str, Any]:

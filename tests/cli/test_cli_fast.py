@@ -1,0 +1,253 @@
+"""The command line answers at once (issue 20, items 4 and 8): ``--help`` and argument errors
+import none of the heavy libraries; method names, method options and dataset names are checked
+before the library is imported, from a torch-free description kept equal to the method classes
+here; an unknown flag is reported by its command with the nearest flag or the ``--option`` form;
+every command has a description; loaders' docstrings print as plain text."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gcrdp.cli import main
+from gcrdp.cli.common import DEFAULT_METHODS, METHOD_OPTIONS, PRESET_NAMES, check_methods, plain_text
+from gcrdp.cli.main import build_parser
+from gcrdp.errors import ConfigError
+from tests.cli.test_cli import assert_user_error, run_cli
+
+HEAVY = ("torch", "sentence_transformers", "transformers", "faiss", "fastapi")
+
+
+def _in_fresh_python(code: str) -> dict:
+    """Run ``code`` in a new interpreter; it prints one JSON line, returned."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- lazy imports
+def test_importing_the_cli_imports_no_heavy_library():
+    got = _in_fresh_python(
+        f"""
+        import json, sys
+        import gcrdp, gcrdp.cli.main
+        print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
+        """
+    )
+    assert got == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--help"], None),
+        (["run", "--help"], None),
+        (["run", "--epochs", "5"], "--option max_epochs=5"),
+        (["run", "--methods", "gap-infonce", "--option", "gap-infonce.epochs=3"], "'max_epochs'"),
+        (["run", "--option", "epochs=3"], "'max_epochs'"),
+        (["train", "--checkpoint-dir", "unused", "--option", "lrr=1"], "'lr'"),
+        (["run", "--methods", "gcrpd"], "Unknown method 'gcrpd' (did you mean 'gcrdp'?)"),
+        (["run", "--methods", "gcrdp@typo"], "neither a preset nor given options"),
+        (["run", "--dataset", "twemjoi"], "Unknown dataset 'twemjoi' (did you mean 'twemoji'?)"),
+        (["run", "--shots", "-1"], "Shots must be >= 0"),
+        (["run", "--jobs", "0"], "--jobs must be >= 1"),
+        (["run", "--val-fraction", "1.5"], "must be in (0, 1)"),
+    ],
+)
+def test_help_and_argument_errors_answer_before_torch_is_imported(argv, needle, tmp_path):
+    """The issue measured 3–4 s for a mistyped flag and 8–11 s for an unknown --option: each of
+    these must be answered without importing torch (docs/benchmarks.md, "CLI start-up")."""
+    if argv[0] == "run" and "--help" not in argv:
+        argv = [*argv, "--output-dir", str(tmp_path / "o")]
+    got = _in_fresh_python(
+        f"""
+        import contextlib, io, json, sys
+        from gcrdp.cli.main import main
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main({argv!r})
+        print(json.dumps({{"code": code, "err": err.getvalue(), "heavy": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+        """
+    )
+    assert got["heavy"] == [], got
+    if needle is None:
+        assert got["code"] == 0, got
+    else:
+        assert got["code"] == 2 and needle in got["err"], got
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- the torch-free description
+def test_the_method_description_matches_the_method_classes():
+    from gcrdp.experiments.config import RunConfig
+    from gcrdp.methods import METHODS
+    from gcrdp.methods.presets import PRESETS, option_keys
+    from gcrdp.training.config import TrainConfig
+
+    assert set(METHOD_OPTIONS) == set(METHODS.names())
+    for name in METHODS.names():
+        assert METHOD_OPTIONS[name] == frozenset(option_keys(name)), name
+    train = {f for f in TrainConfig.__dataclass_fields__}
+    assert {n for n, keys in METHOD_OPTIONS.items() if train <= keys} >= {"gcrdp", "gap-infonce", "dscmr", "clip4cmr", "flex-clip"}
+    assert list(DEFAULT_METHODS) == RunConfig().methods
+    assert PRESET_NAMES == frozenset(PRESETS)
+    for entry, options in PRESETS.items():
+        assert set(options) <= METHOD_OPTIONS[entry.split("@", 1)[0]], entry
+
+
+def test_the_method_classes_refuse_what_the_description_leaves_out():
+    from gcrdp.methods import build_method
+
+    for name, keys in METHOD_OPTIONS.items():
+        with pytest.raises(ConfigError, match="not_an_option"):
+            build_method(name, {"not_an_option": 1})
+        assert build_method(name, {}).config_dict().keys() - {"method"} == keys
+
+
+def test_the_command_line_and_the_library_say_the_same():
+    from gcrdp.methods.presets import check_entry
+
+    for entry, options in [
+        ("gap-infonce", {"epochs": 3}),
+        ("gcrdp@k5", {"n_component": 5, "zzz": 1}),
+        ("cca", {"lr": 1e-3}),
+        ("gcrdp@typo", None),
+    ]:
+        with pytest.raises(ConfigError) as cli:
+            check_methods([entry], {entry: options} if options is not None else {})
+        with pytest.raises(ConfigError) as lib:
+            check_entry(entry, options)
+        assert str(cli.value) == str(lib.value)
+
+
+def test_check_entry_refuses_an_unknown_option_or_a_bad_value_before_any_data_is_loaded():
+    from gcrdp.experiments.config import RunConfig
+    from gcrdp.experiments.runner import run_experiment
+
+    bad_key = RunConfig(dataset="no-such-dataset", methods=["gap-infonce"], method_options={"gap-infonce": {"epochs": 3}})
+    with pytest.raises(ConfigError, match=r"no option\(s\) 'epochs' \(did you mean 'max_epochs'\?\)\. Its options: .*max_epochs"):
+        run_experiment(bad_key, progress=False)
+    bad_value = RunConfig(dataset="no-such-dataset", methods=["gap-infonce"], method_options={"gap-infonce": {"lr": -1}})
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        run_experiment(bad_value, progress=False)
+
+
+def test_two_unknown_options_each_get_their_nearest():
+    with pytest.raises(ConfigError) as err:
+        check_methods(["gcrdp"], {"gcrdp": {"n_component": 5, "lerning_rate": 1, "zzz": 0}})
+    assert "(did you mean 'n_components' for 'n_component'" in str(err.value)
+    assert "'zzz'" in str(err.value) and "Its options: alpha," in str(err.value)
+
+
+# ----------------------------------------------------------------------------- flags and commands
+def test_an_unknown_flag_is_reported_by_its_command_with_the_option_form(capsys):
+    code, _, err = run_cli(capsys, "run", "--epochs", "5")
+    assert_user_error(code, err, "usage: gcrdp run ", "gcrdp run: error: unrecognized arguments: --epochs 5", "--option max_epochs=5")
+    assert "usage: gcrdp [-h]" not in err
+    code, _, err = run_cli(capsys, "run", "--batch-size=8", "--lr", "1e-3")
+    assert_user_error(code, err, "--option batch_size=8", "--option lr=1e-3")
+    code, _, err = run_cli(capsys, "run", "--methdos", "gcrdp")
+    assert_user_error(code, err, "usage: gcrdp run ", "--methdos: did you mean --methods?")
+    code, _, err = run_cli(capsys, "train", "--checkpoint-dir", "unused", "--seeds", "1")
+    assert_user_error(code, err, "usage: gcrdp train ", "--seeds: did you mean --seed?")
+    # a command without --option gets no pointer to it
+    code, _, err = run_cli(capsys, "extract", "--epochs", "3")
+    assert_user_error(code, err, "usage: gcrdp extract ", "unrecognized arguments: --epochs 3")
+    assert "--option" not in err
+    code, _, err = run_cli(capsys, "--frobnicate")
+    assert_user_error(code, err, "usage: gcrdp [-h]", "unrecognized arguments: --frobnicate")
+
+
+def test_no_command_lists_the_commands_and_an_unknown_one_is_named(capsys):
+    parser = build_parser()
+    for argv in ([], ["-v"]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and out == ""
+        for name, text in parser.commands.helps.items():
+            assert f"  {name}" in err and text in err
+    code, _, err = run_cli(capsys, "rnu", "--shots", "1")
+    assert_user_error(code, err, "unknown command 'rnu' (did you mean 'run'?)", "search")
+
+
+def test_every_command_has_a_description(capsys):
+    parser = build_parser()
+    assert {"run", "train", "search", "serve", "datasets"} <= set(parser.commands.choices)
+    for name, sub in parser.commands.choices.items():
+        assert sub.description and sub.description[0].isupper(), name
+        assert main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert sub.description.split()[0] in out.split("\n\n", 2)[1], name
+    assert parser.commands.choices["run"].description.startswith("Few-shot retrieval:")
+    assert parser.commands.choices["search"].description.startswith("Query an index")
+
+
+def test_train_and_evaluate_name_the_dataset(tmp_path, capsys):
+    import numpy as np
+
+    from tests.cli.test_cli_data import write_features
+
+    path = write_features(tmp_path / "myfeats.npz")
+    classes = [str(c) for c in np.load(path)["classes"]]
+    split = {"dataset": "myfeats", "version": 1, "seen": classes[:4], "unseen": classes[4:]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    common = ["--features", path, "--class-split", tmp_path / "split.json", "--cache-dir", tmp_path / "c", "-q"]
+    code, out, err = run_cli(
+        capsys, "train", *common, "--method", "gap-infonce", "--shots", "1", "--option", "max_epochs=2", "--checkpoint-dir", tmp_path / "ck"
+    )
+    assert code == 0, err
+    assert out.startswith("gap-infonce on myfeats, protocol fewshot, shots=1")
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "ck", "-q")
+    assert code == 0, err
+    assert out.startswith("gap-infonce on myfeats, protocol fewshot")
+
+
+# ----------------------------------------------------------------------------- docstrings as plain text
+def test_plain_text_drops_rest_markup_and_keeps_literal_blocks_and_tables():
+    doc = textwrap.dedent(
+        """\
+        Your data (dataset ``manifest``, see :func:`gcrdp.data.load` and :class:`~gcrdp.errors.DataError`).
+
+        **Split.** A ``split`` column, *if* given; `the docs <https://example.org>`_ and `x`.
+        A literal ``over
+        two lines`` too.
+
+        =========  =====================
+        ``image``  path of the image
+        ``label``  one class name, or
+                   several (``a|b``)
+        =========  =====================
+
+        Example::
+
+            image,text,label
+            **not bold** ``kept``
+
+        Back to text ::
+
+            verbatim
+        end.
+        """
+    )
+    got = plain_text(doc)
+    assert got.splitlines()[0] == "Your data (dataset manifest, see gcrdp.data.load and DataError)."
+    assert "Split. A split column, if given; the docs (https://example.org) and x." in got
+    assert "A literal over\ntwo lines too." in got
+    assert "image  path of the image\nlabel  one class name, or\n       several (a|b)\n" in got
+    assert "=====" not in got
+    assert "Example:\n\n    image,text,label\n    **not bold** ``kept``\n" in got
+    assert "Back to text\n\n    verbatim\nend." in got
+
+
+def test_datasets_manifest_prints_plain_text(capsys):
+    code, out, err = run_cli(capsys, "datasets", "manifest")
+    assert code == 0, err
+    doc = out.split("\nOptions (")[0]
+    body = [line for line in doc.splitlines() if not line.startswith("    ")]  # literal blocks are verbatim
+    assert not any("``" in line or ":func:" in line or ":class:" in line or "====" in line for line in body), doc
+    assert not any(line.rstrip().endswith("::") for line in body)
+    assert "\n\n" in doc  # paragraphs kept
+    code, out, err = run_cli(capsys, "datasets")
+    assert code == 0 and "``" not in out
