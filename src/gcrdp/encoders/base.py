@@ -32,14 +32,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..data.features import ModalityFeatures
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, MissingDependencyError
 from ..registry import Registry
 
 MODALITIES = ("image", "text")
@@ -85,6 +87,23 @@ def get_image_encoder(name: str, **kwargs: Any) -> Encoder:
 def get_text_encoder(name: str, **kwargs: Any) -> Encoder:
     """Build the text encoder registered as ``name`` (unknown names list the known ones)."""
     return TEXT_ENCODERS.get(name)(**kwargs)
+
+
+def require_module(module: str, extra: str, purpose: str) -> None:
+    """Raise :class:`MissingDependencyError` naming the extra to install unless ``module`` is
+    installed — without importing it, so that building an encoder (and reading its fingerprint)
+    stays cheap; the module is imported when the encoder first loads its model."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+        found = False
+    if not found:
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package providing {module!r}, which is not installed. "
+            f"Install it with: pip install 'gcrdp[{extra}]'"
+        )
 
 
 def check_encoder(encoder: object, modality: str, role: str = "encoder") -> None:
@@ -153,6 +172,19 @@ def shared_progress(bar: Any) -> Iterator[SharedProgress]:
         _SHARED_BAR.reset(token)
 
 
+class _NoBar:
+    """What :func:`progress_bar` returns when nothing is shown: ``update`` does nothing."""
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def progress_bar(total: int, *, progress: bool, unit: str, desc: str) -> Any:
     """The progress bar an encoder's :meth:`~Encoder.encode` updates per batch: a tqdm bar
     (hidden unless ``progress``), or, inside :func:`shared_progress`, the outer bar (whatever
@@ -160,32 +192,84 @@ def progress_bar(total: int, *, progress: bool, unit: str, desc: str) -> Any:
     shared = _SHARED_BAR.get()
     if shared is not None:
         return shared
-    from tqdm.auto import tqdm
+    if not progress:  # nothing to show: no tqdm (importing tqdm.auto costs about 0.1 s, a query's worth)
+        return _NoBar()
+    from ..utils.progress import progress_bar as bar_for_stderr
 
-    return tqdm(total=total, disable=not progress, unit=unit, desc=desc)
+    return bar_for_stderr(total, enabled=True, unit=unit, desc=desc)  # a bar on a terminal, a line now and then in a log
 
 
 # ----------------------------------------------------------------------------- weights digests
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 _DIGEST_LOCK = threading.Lock()
+#: Files of at least this many bytes (weights) have their digests kept on disk too.
+DIGEST_RECORD_BYTES = 8 << 20
+_DIGEST_RECORD = "file-digests.json"
+_RECORDED: dict[Path, dict[str, dict[str, Any]]] = {}  # models folder -> its record, read once
+#: A file changed less than this long ago is not recorded (as git's "racily clean" entries: file
+#: times advance in clock ticks, so a write in the same tick as the stat could leave them equal).
+DIGEST_SETTLED_NS = 2_000_000_000
+
+
+def _stat_key(st: os.stat_result) -> dict[str, int]:
+    # ctime changes with every write or rename onto the path and cannot be set back by a user
+    return {"size": st.st_size, "dev": st.st_dev, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _recorded_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    if folder not in _RECORDED:
+        try:
+            data = json.loads((folder / _DIGEST_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        _RECORDED[folder] = {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+    return _RECORDED[folder]
+
+
+def _remember_digest(folder: Path, name: str, st: os.stat_result, digest: str) -> None:
+    from ..utils.io import atomic_write_json
+
+    record = _recorded_digests(folder)
+    record[name] = {**_stat_key(st), "sha256": digest}
+    try:
+        atomic_write_json(folder / _DIGEST_RECORD, record)
+    except OSError:  # a read-only cache: digests are computed each time
+        pass
 
 
 def sha256_file(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, memoised per (path, size, mtime) within the process."""
+    """SHA-256 hex digest of a file, memoised per (path, size, mtime) within the process.
+
+    Files of :data:`DIGEST_RECORD_BYTES` or more (weights) are also recorded on disk, in
+    ``file-digests.json`` of the models folder (:func:`default_artifact_dir`), under their
+    resolved path with their size, device, inode, mtime and ctime: a later process trusts the
+    recorded digest only while all five are unchanged (any write or replacement of the file
+    changes its ctime), so that naming a model (its fingerprint) does not read 90 MB of weights
+    on every search. A file changed in the last :data:`DIGEST_SETTLED_NS` is not recorded."""
     path = Path(path)
     try:
         st = path.stat()
     except OSError as exc:
         raise DataError(f"Cannot read weights file {path}: {exc}") from None
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    name = str(path.resolve())
+    key = (name, st.st_size, st.st_mtime_ns)
     with _DIGEST_LOCK:
         if key in _DIGESTS:
             return _DIGESTS[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+        large = st.st_size >= DIGEST_RECORD_BYTES
+        folder = default_artifact_dir()
+        known = _recorded_digests(folder).get(name) if large else None
+    if isinstance(known, dict) and {k: known.get(k) for k in _stat_key(st)} == _stat_key(st) and isinstance(known.get("sha256"), str):
+        digest = str(known["sha256"])
+    else:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+        if large and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > DIGEST_SETTLED_NS:
+            with _DIGEST_LOCK:
+                _remember_digest(folder, name, st, digest)
     with _DIGEST_LOCK:
         _DIGESTS[key] = digest
     return digest

