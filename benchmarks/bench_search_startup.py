@@ -1,8 +1,8 @@
 """Cold start of ``gcrdp search`` (issue 20, item 4): the wall time of one CLI search, a fresh
 process each time (``python -m gcrdp search INDEX --text … / --image …``), on the query path
 (ONNX Runtime, no torch) against the path before it, measured in the same run, interleaved so
-that changes of load hit both; and, with ``--serve``, the first and second queries of
-``gcrdp serve``.
+that changes of load hit both (with the CPU time of each process, which load changes less); and,
+with ``--serve``, the first and second queries of ``gcrdp serve``.
 
 The path before is ``GCRDP_QUERY_PATH=torch`` on this code, and with ``--baseline-src DIR`` also
 the code of another commit (a ``git worktree``'s ``src``, put first on ``PYTHONPATH``)::
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -51,14 +52,20 @@ def _env(path: dict, pycache: Path) -> dict[str, str]:
     return env
 
 
-def _search(path: dict, index: str, query: list[str], k: int, pycache: Path) -> tuple[float, list[str]]:
+def _cpu_children() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _search(path: dict, index: str, query: list[str], k: int, pycache: Path) -> tuple[float, float, list[str]]:
+    """One search in a fresh process: (wall seconds, CPU seconds of the process, the ids found)."""
     cmd = [sys.executable, "-m", "gcrdp", "search", index, *query, "--k", str(k), "--json"]
-    t = time.perf_counter()
+    cpu, t = _cpu_children(), time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(path, pycache), cwd=REPO)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, _cpu_children() - cpu
     if done.returncode != 0:
         raise SystemExit(f"{path['name']}: {' '.join(cmd)} failed:\n{done.stderr}")
-    return seconds, [json.loads(line)["id"] for line in done.stdout.splitlines() if line.startswith("{")]
+    return seconds, cpu, [json.loads(line)["id"] for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def _free_port() -> int:
@@ -120,6 +127,40 @@ def _records() -> dict[str, int]:
     return {f.name: f.stat().st_mtime_ns for f in root.glob("query-heads-*.json")}
 
 
+def compare_vectors(index: str, n: int, k: int = 10, seed: int = 0) -> dict:
+    """Query vectors and top ``k`` of the query path against ``GCRDP_QUERY_PATH=torch`` on
+    ``n`` seeded queries of each modality: indexed texts and images drawn with ``seed``, and
+    texts made of their words."""
+    import numpy as np
+
+    from gcrdp.search import Retriever
+
+    os.environ.pop("GCRDP_QUERY_PATH", None)
+    fast = Retriever.load(index)
+    os.environ["GCRDP_QUERY_PATH"] = "torch"
+    old = Retriever.load(index)
+    os.environ.pop("GCRDP_QUERY_PATH")
+    rng = np.random.default_rng(seed)
+    rows = list(fast._meta.values())
+    texts = [r[4] for r in rows if r[0] == "text" and r[4]]
+    words = sorted({w for t in texts for w in t.split()})
+    queries = {
+        "text": [texts[i] for i in rng.choice(len(texts), n // 2, replace=False)]
+        + [" ".join(rng.choice(words, size=int(rng.integers(1, 6)))) for _ in range(n - n // 2)],
+        "image": [rows[i][3] for i in rng.choice([j for j, r in enumerate(rows) if r[0] == "image"], n, replace=False)],
+    }
+    out = {}
+    for modality, qs in queries.items():
+        a, b = fast.query_vectors(modality, qs), old.query_vectors(modality, qs)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        target = "image" if modality == "text" else "text"
+        same = sum(
+            [h.id for h in x] == [h.id for h in y] for x, y in zip(fast.search_vectors(target, a, k), old.search_vectors(target, b, k))
+        )
+        out[modality] = {"queries": len(qs), "min_cosine": float(cos.min()), "max_abs": float(np.abs(a - b).max()), "same_top_k": int(same)}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index", default=str(REPO / "runs" / "demo-index"), help="a search index (default runs/demo-index)")
@@ -129,6 +170,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs of each command (default 5)")
     ap.add_argument("--baseline-src", default=None, help="the src folder of another commit's checkout (a git worktree)")
     ap.add_argument("--serve", action="store_true", help="also time gcrdp serve's first queries")
+    ap.add_argument("--compare", type=int, default=0, metavar="N", help="also compare the query vectors on N seeded queries a modality")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     args = ap.parse_args()
     image = args.image or _default_image()
@@ -138,23 +180,26 @@ def main() -> int:
     queries = {"text": ["--text", args.text], "image": ["--image", image]}
     load_before = os.getloadavg()
     times: dict[str, dict[str, list[float]]] = {p["name"]: {q: [] for q in queries} for p in paths}
+    cpu: dict[str, dict[str, list[float]]] = {p["name"]: {q: [] for q in queries} for p in paths}
     answers: dict[tuple[str, str], list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="gcrdp-bench-pyc-") as tmp:
         pycache = Path(tmp)
         for p in paths:  # untimed: writes what is missing, compiles, fills the page cache
             for q, argv in queries.items():
-                answers[(p["name"], q)] = _search(p, args.index, argv, args.k, pycache)[1]
+                answers[(p["name"], q)] = _search(p, args.index, argv, args.k, pycache)[2]
         records = _records()
         for _ in range(args.repeats):
             for q, argv in queries.items():
                 for p in paths:
-                    seconds, ids = _search(p, args.index, argv, args.k, pycache)
+                    seconds, used, ids = _search(p, args.index, argv, args.k, pycache)
                     times[p["name"]][q].append(seconds)
+                    cpu[p["name"]][q].append(used)
                     if ids != answers[(p["name"], q)]:
                         raise SystemExit(f"{p['name']}: the {q} query answered differently between runs: {ids}")
         rewritten = _records() != records
         serve = {p["name"]: _serve(p, args.index, args.text, image, pycache) for p in paths} if args.serve else {}
     load_after = os.getloadavg()
+    compared = compare_vectors(args.index, args.compare) if args.compare else {}
     for q in queries:
         ref = answers[(paths[0]["name"], q)]
         for p in paths[1:]:
@@ -166,11 +211,14 @@ def main() -> int:
     loads = [" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after)]
     print(f"load average (1, 5, 15 min) before {loads[0]}, after {loads[1]}")
     print()
-    print("| path | text query: median (min–max) | image query: median (min–max) |")
-    print("|---|---|---|")
+    print("| path | text query: wall, median (min–max) | CPU | image query: wall, median (min–max) | CPU |")
+    print("|---|---|---|---|---|")
     for p in paths:
-        cells = [f"{statistics.median(t):.2f} s ({min(t):.2f}–{max(t):.2f})" for t in times[p["name"]].values()]
-        print(f"| {p['name']} | {cells[0]} | {cells[1]} |")
+        cells = []
+        for q in queries:
+            t = times[p["name"]][q]
+            cells += [f"{statistics.median(t):.2f} s ({min(t):.2f}–{max(t):.2f})", f"{statistics.median(cpu[p['name']][q]):.2f} s"]
+        print(f"| {p['name']} | " + " | ".join(cells) + " |")
     if serve:
         print()
         print("| gcrdp serve | ready (/health) | first text query | second text query | first image query |")
@@ -178,6 +226,11 @@ def main() -> int:
         for name, s in serve.items():
             cells = [f"{s['ready_s']:.2f} s", f"{s['first_text_s']:.2f} s", f"{s['second_text_s']:.3f} s", f"{s['first_image_s']:.2f} s"]
             print(f"| {name} | " + " | ".join(cells) + " |")
+    for modality, c in compared.items():
+        print(
+            f"{modality} queries ({c['queries']}, seeded): query vectors at cosine >= {c['min_cosine']:.7f}, largest difference "
+            f"{c['max_abs']:.1e}; the same top 10 for {c['same_top_k']} of {c['queries']}"
+        )
     if args.json:
         out = {
             "index": args.index,
@@ -185,7 +238,9 @@ def main() -> int:
             "load_before": load_before,
             "load_after": load_after,
             "times": times,
+            "cpu": cpu,
             "serve": serve,
+            "compared": compared,
             "query_path_rewritten_during_timing": rewritten,
             "answers": {f"{n}|{q}": ids for (n, q), ids in answers.items()},
         }

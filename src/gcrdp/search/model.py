@@ -317,6 +317,8 @@ class SearchModel:
         self._heads = heads
         self._encoders: dict[str, Any] = {}
         self._query: dict[str, Any] = {}
+        #: ``GCRDP_QUERY_PATH`` when the model was made: whether it may embed queries without torch
+        self.query_mode = query_path_mode()
 
     def __repr__(self) -> str:
         return f"SearchModel(method={self.fingerprint.get('method')!r}, checkpoint={str(self.checkpoint)!r})"
@@ -426,7 +428,7 @@ class SearchModel:
     def _prepare_query_path(self) -> None:
         """Write the query heads of a model loaded with torch, and the query encoders' exports
         (see the module docstring); a failure is logged, never raised."""
-        if self.device != "cpu" or query_path_mode() == "torch":
+        if self.device != "cpu" or self.query_mode == "torch":
             return
         from ..encoders.onnx_backend import onnxruntime_available
 
@@ -538,7 +540,7 @@ class SearchModel:
         ONNX backend with its export present, and the method's query head — or None."""
         if modality not in self._query:
             self._query[modality] = None
-            if self.device == "cpu" and query_path_mode() != "torch" and not self.pre_extracted:
+            if self.device == "cpu" and self.query_mode != "torch" and not self.pre_extracted:
                 if self._heads is None and "checkpoint_sha256" in self.fingerprint:
                     self._heads = QueryHeads.find(self.fingerprint["checkpoint_sha256"])
                 enc = self._query_encoder(modality)
