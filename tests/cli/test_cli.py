@@ -157,7 +157,7 @@ def test_run_and_extract_on_a_manifest(tmp_path, capsys):
     code, out, err = run_cli(capsys, "extract", "--manifest", manifest, "--cache-dir", tmp_path / "c", "--output", tmp_path / "f.npz", "-q")
     assert code == 0, err
     with np.load(tmp_path / "f.npz") as z:
-        assert z["image_local"].shape == (32, 49, 1280) and z["labels"].shape == (32, 4)
+        assert z["image_local"].shape == (40, 49, 1280) and z["labels"].shape == (40, 5)
     code, out, err = run_cli(
         capsys,
         "run",

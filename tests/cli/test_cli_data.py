@@ -111,8 +111,8 @@ def test_run_and_extract_with_a_local_clip_folder(tmp_path, capsys):
     )
     assert code == 0, err
     with np.load(tmp_path / "f.npz") as z:
-        assert z["image_local"].shape == (32, 16, 32)  # 16 patch tokens of the tiny vision tower
-        assert z["image_pooled"].shape == (32, 16) and z["text_pooled"].shape == (32, 16)
+        assert z["image_local"].shape == (40, 16, 32)  # 16 patch tokens of the tiny vision tower
+        assert z["image_pooled"].shape == (40, 16) and z["text_pooled"].shape == (40, 16)
         np.testing.assert_allclose(np.linalg.norm(z["image_pooled"].astype(np.float32), axis=1), 1, atol=2e-3)
     code, out, err = run_cli(
         capsys,

@@ -40,9 +40,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             opts.setdefault(m, {}).update(o)
     check_run_fields(raw)  # before the library (torch) is imported: a typo is said at once
 
-    from ..experiments import RunConfig, format_instance_table, format_table, run_experiment
+    from ..experiments import RunConfig, format_instance_table, format_table
 
-    config = RunConfig.from_dict(raw)
+    config = RunConfig.from_dict(raw)  # its checks too answer before torch is imported
+    from ..experiments import run_experiment
+
     out_dir = args.output_dir or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     try:
         results = run_experiment(config, out_dir, progress=not args.quiet, jobs=args.jobs, resume=args.resume)
@@ -87,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             opts.setdefault(m, {}).update(o)
     check_run_fields(raw)  # before the library (torch) is imported
 
-    from ..experiments import RunConfig, run_experiment
+    from ..experiments import RunConfig
 
     dataset_opts = raw.get("dataset_options") or {}
     # so that 'evaluate --checkpoint' and 'export' work from any folder
@@ -107,6 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     resumable = (out / "last" / "state.json").is_file()
     if resumable and args.resume and not args.quiet:
         print(f"gcrdp train: resuming from the checkpoint in {out / 'last'}", file=sys.stderr)
+    from ..experiments import run_experiment
+
     try:
         results = run_experiment(config, out, progress=not args.quiet, checkpoints=lambda *_: out, resume=args.resume)
     except KeyboardInterrupt:
