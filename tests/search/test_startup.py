@@ -150,14 +150,17 @@ def test_records_of_other_code_or_other_bytes_are_not_used(env, monkeypatch, tmp
     root, manifest, cache = env
     texts, _ = _queries(manifest)
     ref = Retriever.load(root / "idx").query_vectors("text", texts)
+    ours = _record_path(root, cache / "models")
     # other gcrdp code: the record is not found; the model is loaded with torch and a new record written
     monkeypatch.setattr(search_model, "code_digest", lambda: "0" * 64)
     r = Retriever.load(root / "idx")
     assert r.model._method is not None
     assert len(list((cache / "models").glob("query-heads-*-0000000000000000-*.json"))) == 1
+    assert not ours.exists()  # one record per checkpoint: the other code's went
     np.testing.assert_allclose(r.query_vectors("text", texts), ref, atol=1e-4, rtol=0)
     monkeypatch.undo()
     monkeypatch.setenv("GCRDP_CACHE_DIR", str(cache))
+    assert Retriever.load(root / "idx").model._method is not None and ours.exists()  # this code's record, written again
     # other checkpoint bytes: no record, and the index refuses the model as before
     moved = tmp_path / "ckpt"
     shutil.copytree(root / "ckpt", moved)

@@ -24,8 +24,8 @@ encoders and the method in torch. ``GCRDP_QUERY_PATH=torch`` turns the query pat
 behaviour before it existed, for comparisons); a GPU ``device`` never takes it.
 
 Methods whose embedding is the trainable heads' own (``gcrdp``, ``gap-infonce``) get query heads;
-others load torch for their projection (their encoders still run in ONNX Runtime where they
-can). CLIP (``--clip``) always runs in torch.
+the others embed queries in torch as before (their indexes still open without torch, which is
+all a ``--like`` query needs). CLIP (``--clip``) always runs in torch.
 """
 
 from __future__ import annotations
@@ -190,6 +190,10 @@ class QueryHeads:
             "torch": torch.__version__,
         }
         atomic_write_json(path, record)
+        # one record per checkpoint: those of other gcrdp code (or formats) go
+        for old in path.parent.glob(f"query-heads-{fp['checkpoint_sha256'][:32]}-*"):
+            if not old.name.startswith(path.stem + "."):
+                old.unlink(missing_ok=True)
         return cls(path, record)
 
     def head(self, modality: str, num_threads: int) -> Any:
@@ -436,15 +440,16 @@ class SearchModel:
             return
         try:
             self._heads = QueryHeads.write(self)
+            heads = self._heads.data["heads"]
             if not self.pre_extracted:
                 from ..encoders.efficientnet import EfficientNetLite0Encoder
                 from ..encoders.minilm import MiniLMEncoder
 
                 text = self.encoder("text")
-                if isinstance(text, MiniLMEncoder):
+                if "text" in heads and isinstance(text, MiniLMEncoder):
                     text.export_onnx()
                 image = self._new_encoder("image")  # at the default models folder, where queries look
-                if isinstance(image, EfficientNetLite0Encoder) and image.backend == "onnx":
+                if "image" in heads and isinstance(image, EfficientNetLite0Encoder) and image.backend == "onnx":
                     image.load()
         except Exception as exc:  # noqa: BLE001 - an optional accelerator: never fatal
             log.warning("The ONNX query path of %s was not prepared (%s); its queries run in torch.", self.checkpoint, exc)
