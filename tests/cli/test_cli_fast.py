@@ -54,7 +54,7 @@ def test_importing_the_cli_imports_no_heavy_library():
         (["run", "--dataset", "twemjoi"], "Unknown dataset 'twemjoi' (did you mean 'twemoji'?)"),
         (["run", "--shots", "-1"], "Shots must be >= 0"),
         (["run", "--jobs", "0"], "--jobs must be >= 1"),
-        (["run", "--val-fraction", "1.5"], "must be in (0, 1)"),
+        (["run", "--val-fraction", "1.5"], "must be in [0, 1)"),
         (["run", "--seeds", "1", "1"], "must not repeat"),  # a RunConfig check: the runner is imported after it
     ],
 )

@@ -200,7 +200,7 @@ def features_model(tmp_path_factory):
         image=(centers_i[labels] + 0.3 * rng.normal(size=(n, 12))).astype(np.float32),
         text=(centers_t[labels] + 0.3 * rng.normal(size=(n, 8))).astype(np.float32),
         labels=labels,
-        classes=np.array([f"c{i}" for i in range(6)]),
+        classes=np.array([f"class-{i}" for i in range(6)]),  # a usable generated split at split_seed 0
         split=split,
     )
     args = ["train", "--features", str(path), "--method", "gap-infonce", "--shots", "1", "--option", "max_epochs=3"]

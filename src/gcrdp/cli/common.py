@@ -247,13 +247,13 @@ def int_at_least(low: int, what: str) -> Callable[[str], int]:
 
 
 def fraction(text: str) -> float:
-    """An argparse ``type``: a float strictly between 0 and 1."""
+    """An argparse ``type``: a float in [0, 1) (``--val-fraction 0``: no validation)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}.")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}.")
     return value
 
 
@@ -334,7 +334,7 @@ def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
         type=fraction,
         default=None,
         help="share of the seen classes held out for validation (default 0.2; with "
-        "--val-mode mirror at least 10 classes / 200 pairs, at most half)",
+        "--val-mode mirror at least 10 classes / 200 pairs, at most half; 0: no validation, the last epoch is kept)",
     )
     g.add_argument(
         "--val-mode",

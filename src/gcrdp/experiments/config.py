@@ -97,8 +97,8 @@ class RunConfig:
             raise ConfigError(f"feature_dtype must be 'float16' or 'float32', got {self.feature_dtype!r}.")
         if self.feature_storage not in ("auto", "memory", "disk"):
             raise ConfigError(f"feature_storage must be 'auto', 'memory' or 'disk', got {self.feature_storage!r}.")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+        if not 0.0 <= self.val_fraction < 1.0:  # 0: no validation (every fit keeps its last epoch)
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
         if self.val_mode not in ("mirror", "zero-shot"):
             raise ConfigError(f"val_mode must be 'mirror' or 'zero-shot', got {self.val_mode!r}.")
         if self.val_min_classes < 0 or self.val_min_pairs < 0:

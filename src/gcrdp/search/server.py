@@ -286,6 +286,7 @@ def serve(
     from .retriever import Retriever
 
     r = Retriever.load(index_dir, device=device)
+    r.model.warm()  # the encoders and heads load now, not on the first query
     local = host in ("127.0.0.1", "localhost", "::1")
     uvicorn.run(create_app(r, max_upload_bytes=max_upload_bytes, expose_paths=local), host=host, port=port, log_level="warning")
 
