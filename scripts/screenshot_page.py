@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     browser = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=opts)
     try:
         browser.get(f"http://127.0.0.1:{port}/")
+        # what is indexed and the example queries, before the search
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "summary").text.startswith("Indexed:"))
         k = browser.find_element(By.ID, "k")
         k.clear()
         k.send_keys(str(args.k))
