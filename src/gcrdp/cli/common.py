@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..utils.suggest import nearest_option
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -130,21 +131,6 @@ DEFAULT_METHODS = ("gcrdp",)
 
 #: The preset entries (gcrdp.methods.presets.PRESETS).
 PRESET_NAMES = frozenset({"gcrdp@spec", "gcrdp@study", "gap-infonce@cp", "clip4cmr@contrastive"})
-
-#: Names users give hyper-parameters that the methods call otherwise (as gcrdp.methods.presets).
-OPTION_ALIASES: dict[str, str] = {"epochs": "max_epochs", "epoch": "max_epochs", "learning_rate": "lr", "bs": "batch_size"}
-
-
-def nearest_option(name: str, accepted: Sequence[str] | frozenset[str]) -> str | None:
-    """The option ``name`` most likely means: itself, an alias (``epochs`` → ``max_epochs``) or
-    the closest spelling; None when nothing is close (as gcrdp.methods.presets.nearest_option)."""
-    key = name.strip().lstrip("-").replace("-", "_").lower()
-    if key in accepted:
-        return key
-    if OPTION_ALIASES.get(key) in accepted:
-        return OPTION_ALIASES[key]
-    close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.75)
-    return close[0] if close else None
 
 
 def did_you_mean(word: str, choices: Sequence[str], cutoff: float = 0.6) -> str:

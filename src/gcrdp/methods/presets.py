@@ -4,8 +4,9 @@ them). An entry that is not a preset, e.g. ``gcrdp@k5``, takes only the options 
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
+
+from ..utils.suggest import nearest_option
 
 #: GCRDP as SPEC reads it (the first implementation's defaults): multi-positive InfoNCE over
 #: the K views with the own pair's views in both modalities as positives, retrieval on the
@@ -90,22 +91,6 @@ def unknown_option_message(entry: str, unknown: list[str], accepted: list[str]) 
         + (f" (did you mean {hint}?)" if hint else "")
         + f". Its options: {', '.join(accepted)}."
     )
-
-
-#: Names users give hyper-parameters that the methods call otherwise.
-OPTION_ALIASES: dict[str, str] = {"epochs": "max_epochs", "epoch": "max_epochs", "learning_rate": "lr", "bs": "batch_size"}
-
-
-def nearest_option(name: str, accepted: list[str] | tuple[str, ...] | frozenset[str]) -> str | None:
-    """The accepted option ``name`` most likely means (an alias such as ``epochs`` for
-    ``max_epochs``, or the closest spelling), or None."""
-    key = name.strip().lstrip("-").replace("-", "_").lower()
-    if key in accepted:
-        return key
-    if OPTION_ALIASES.get(key) in accepted:
-        return OPTION_ALIASES[key]
-    close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.75)
-    return close[0] if close else None
 
 
 def check_entry(entry: str, options: dict[str, Any] | None) -> None:
