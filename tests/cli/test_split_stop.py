@@ -59,7 +59,7 @@ def test_the_named_seed_runs_and_the_run_prints_its_split(tmp_path, capsys):
     rec = res["records"][0]["split"]
     assert f"seen {len(rec['seen_classes'])}: {', '.join(rec['seen_classes'])}" in err
     assert f"unseen {len(rec['unseen_classes'])} (tested on): {', '.join(rec['unseen_classes'])}" in err
-    assert "validation classes" in err and "seed 0: " in err and "seed 1: " in err
+    assert "validation classes" in err and "seed 0 (" in err and "seed 1 (" in err
     for r in res["records"]:
         val = set(r["split"]["val_classes"])
         trained_only = set(r["split"]["train_classes"]) - val - set(r["split"]["unseen_classes"])

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data.features import FeatureSet
 from ..data.store import AUTO_DISK_BYTES
-from ..data.types import Dataset
+from ..data.types import Dataset, split_label
 from ..errors import ConfigError, DataError
 from ..methods import METHODS, FitData, build_method
 from ..methods.presets import check_entry, preset_options
@@ -518,7 +518,7 @@ def describe_splits(dataset: Dataset, splits: dict[tuple[int, int], Any]) -> str
         lines.append(f"  every class seen; validation: {first.val_fraction:g} of each class's train pairs, held out")
         return "\n".join(lines)
     source = str(meta.get("class_split_source") or "the dataset's")
-    lines.append(f"  class split {first.class_split_version}: {source.split(';')[0]}")
+    lines.append(f"  class split {split_label(first.class_split_version)}: {source.split(';')[0]}")
     lines.append(f"  seen {len(first.seen_classes)}: {_names(first.seen_classes)}")
     lines.append(f"  unseen {len(first.unseen_classes)} (tested on): {_names(first.unseen_classes)}")
     if first.val_fraction == 0:
@@ -530,7 +530,7 @@ def describe_splits(dataset: Dataset, splits: dict[tuple[int, int], Any]) -> str
         by_seed = [(seed, sp.val_classes) for (s, seed), sp in splits.items() if s == shots]
         how = "they get the run's shots, as the unseen classes do" if first.val_mode == "mirror" else "none of them trains"
         lines.append(f"  validation classes (seen classes held out of training; {how}):")
-        lines.extend(f"    seed {seed}: {_names(classes)}" for seed, classes in by_seed[:5])
+        lines.extend(f"    seed {seed} ({len(classes)}): {_names(classes)}" for seed, classes in by_seed[:5])
         if len(by_seed) > 5:
             lines.append(f"    … and {len(by_seed) - 5} more seeds")
     return "\n".join(lines)
