@@ -305,3 +305,81 @@ def test_skip_bad_leaves_out_bad_rows_and_reports_them(tmp_path):
 def test_skip_bad_must_be_bool(tmp_path):
     with pytest.raises(ConfigError, match="skip_bad"):
         load_manifest(_good_csv(tmp_path), skip_bad="yes")
+
+
+# ------------------------------------------------------------------ hostile input (issue 21)
+def _hostile_jsonl(tmp_path: Path, bad_line: str) -> Path:
+    _write_images(tmp_path)
+    lines = [json.dumps({"image": img, "text": t, "labels": ls, "split": sp}) for img, t, ls, sp in ROWS]
+    lines.insert(1, bad_line)  # line 2
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "bad_line, reason",
+    [
+        ('{"image": "img/a0.png", "text": "t", "labels": ' + "[" * 100_000 + "]" * 100_000 + ', "split": "train"}', "nested more than"),
+        ('{"image": "img/a0.png", "text": "t", "labels": ["x"], "split": "train", "id": ' + "9" * 5000 + "}", "5,000 digits"),
+        ('{"image": "img/a0.png", "text": "t", "label": ' + "7" * 5000 + ', "split": "train"}', "5,000 digits"),
+        ('{"image": "img/' + "a" * 5000 + '.png", "text": "t", "labels": ["x"], "split": "train"}', "image path has 5,008 characters"),
+        ('{"image": "img/' + "a" * 300 + '.png", "text": "t", "labels": ["x"], "split": "train"}', "cannot be used"),
+        ('{"image": "img/a0.png", "text": "' + "x" * (2 << 20) + '", "labels": ["x"], "split": "train"}', "'text' has 2,097,152"),
+        ('{"image": "img/a0.png", "text": "' + "x" * (5 << 20) + '", "labels": ["x"], "split": "train"}', "the line has"),
+        ('{"image": "~nosuchuser-gcrdp/a.png", "text": "t", "labels": ["x"], "split": "train"}', "cannot be expanded"),
+    ],
+    ids=["deep-json", "huge-id", "huge-int-label", "long-path", "long-name", "long-text", "long-line", "unknown-user"],
+)
+def test_hostile_jsonl_line_is_a_problem_of_its_line(tmp_path, bad_line, reason):
+    path = _hostile_jsonl(tmp_path, bad_line)
+    with pytest.raises(DataError) as err:
+        load_manifest(path)
+    assert "line 2: " in str(err.value) and reason in str(err.value)
+    assert len(str(err.value)) < 5000  # the bad value is not echoed whole
+    ds = load_manifest(path, skip_bad=True)
+    assert len(ds) == len(ROWS)
+    assert [item["where"] for item in ds.meta["skipped"]] == ["line 2"]
+
+
+def test_csv_and_jsonl_share_the_field_limit(tmp_path):
+    from gcrdp.data.formats.manifest import MAX_FIELD_CHARS
+
+    _write_images(tmp_path)
+    rows = [(img, t, "|".join(ls), sp) for img, t, ls, sp in ROWS]
+    rows[1] = (rows[1][0], "y" * 200_000, rows[1][2], rows[1][3])  # over csv's 128 KiB default, under 1 MiB: read
+    rows[2] = (rows[2][0], "z" * (MAX_FIELD_CHARS + 1), rows[2][2], rows[2][3])  # line 4: over the limit
+    path = _write_csv(tmp_path / "m.csv", ["image", "text", "labels", "split"], rows)
+    with pytest.raises(DataError, match=r"line 4: 'text' has 1,048,577 characters, over the limit of 1,048,576"):
+        load_manifest(path)
+    ds = load_manifest(path, skip_bad=True)
+    assert len(ds) == len(ROWS) - 1 and any(s.text == "y" * 200_000 for s in ds.samples)
+    import csv as _csv
+
+    assert _csv.field_size_limit() == 131072  # the process-wide csv limit is left as it was
+    # the same text in JSONL: the same limit, the same message
+    lines = [json.dumps({"image": r[0], "text": r[1], "labels": r[2].split("|"), "split": r[3]}) for r in rows]
+    jpath = tmp_path / "m.jsonl"
+    jpath.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 3: 'text' has 1,048,577 characters, over the limit of 1,048,576"):
+        load_manifest(jpath)
+
+
+def test_csv_unclosed_quote_names_where_the_field_starts(tmp_path):
+    _write_images(tmp_path)
+    body = 'image,text,label\nimg/a0.png,fine,fruit\nimg/a1.png,"never closed,fruit\n' + "img/a2.png,more,fruit\n" * 300_000
+    path = tmp_path / "m.csv"
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 3: a field longer than .* never closed"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize("name", ["a" * 5000 + ".png", "a" * 300 + ".png"])
+def test_csv_long_image_path_is_a_problem(tmp_path, name):
+    _write_images(tmp_path)
+    rows = [(img, t, "|".join(ls), sp) for img, t, ls, sp in ROWS]
+    rows.insert(0, (name, "text", "fruit", "train"))
+    path = _write_csv(tmp_path / "m.csv", ["image", "text", "labels", "split"], rows)
+    with pytest.raises(DataError, match="line 2: .*image path"):
+        load_manifest(path)
+    assert len(load_manifest(path, skip_bad=True)) == len(ROWS)

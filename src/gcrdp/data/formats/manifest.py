@@ -24,6 +24,14 @@ its line number (physical line in the file; the CSV header is line 1): a missing
 JSON, an empty text or label, an unknown split, a duplicate id, and missing image files
 (the first few and a count).
 
+**Limits** (the same for CSV, TSV and JSONL): one field — a text, path, label or id — holds at
+most :data:`MAX_FIELD_CHARS` characters (1 MiB), one row at most :data:`MAX_LINE_CHARS` (4 MiB),
+an image path at most :data:`MAX_PATH_CHARS` (4096), a JSON number at most
+:data:`MAX_NUMBER_DIGITS` digits, and JSON values nest at most :data:`MAX_JSON_DEPTH` deep. A row
+over a limit is a problem of its line like any other (left out with ``skip_bad``); a CSV field
+longer than a whole row (most often an unclosed quote, which runs to the end of the file) stops
+the reading with the line where it starts.
+
 **Train/test split.** With a ``split`` column (CSV) or ``split`` key (JSONL, then on every
 row) it is the user's. Without one, the same seeded, stable rule as for feature files is used
 (:func:`gcrdp.data.formats.build.per_class_test_split`): per class (a row's first label), the
@@ -73,6 +81,16 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "json
 _FORMAT_ALIASES = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "ndjson": "jsonl", "jsonlines": "jsonl"}
 REQUIRED = ("image", "text")
 MAX_SHOWN = 10
+#: the most characters of one field (text, image path, label, id) of a manifest row, CSV or JSONL
+MAX_FIELD_CHARS = 1 << 20
+#: the most characters of one row (a JSONL line; a CSV record, all its fields)
+MAX_LINE_CHARS = 4 << 20
+#: the most characters of an image path (longer ones no file system takes)
+MAX_PATH_CHARS = 4096
+#: the most digits of a JSON number (Python refuses to convert longer ones to int)
+MAX_NUMBER_DIGITS = 1000
+#: the deepest nesting of JSON arrays/objects in a JSONL line (a row needs 2: a list of labels)
+MAX_JSON_DEPTH = 64
 
 
 @dataclass
@@ -111,7 +129,7 @@ def _check_split(value: str, line: int, problems: list[str]) -> str:
     split = value.strip().lower()
     if split not in SPLITS:
         problems.append(
-            f"line {line}: unknown split {value!r}; expected 'train' or 'test' (the "
+            f"line {line}: unknown split {_short(value)}; expected 'train' or 'test' (the "
             "validation set is carved out of 'train' by the protocol)"
         )
     return split
@@ -141,8 +159,81 @@ def _decode_lines(path: Path, problems: list[str]) -> tuple[str, set[int]]:
     return "\n".join(out), bad
 
 
+def _short(value: object, limit: int = 120) -> str:
+    """``repr(value)``, cut to about ``limit`` characters for a message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}… ({len(text):,} characters)"
+
+
+def _field_problem(line: int, values: dict[str, object]) -> str | None:
+    """The problem of a row with a field over :data:`MAX_FIELD_CHARS` (or an image path over
+    :data:`MAX_PATH_CHARS`), or None."""
+    for key, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, str) and len(item) > MAX_FIELD_CHARS:
+                return f"line {line}: {key!r} has {len(item):,} characters, over the limit of {MAX_FIELD_CHARS:,} (1 MiB) per field"
+    image = values.get("image")
+    if isinstance(image, str) and len(image.strip()) > MAX_PATH_CHARS:
+        return f"line {line}: the image path has {len(image.strip()):,} characters, over the limit of {MAX_PATH_CHARS:,}"
+    return None
+
+
+def _json_depth_over(raw: str, limit: int) -> bool:
+    """Whether the brackets of a JSON text (outside strings) nest deeper than ``limit`` — checked
+    before :func:`json.loads`, which recurses once a level (a 100,000-deep value overflows it)."""
+    if raw.count("[") + raw.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for ch in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"a number with {len(digits.lstrip('-')):,} digits, over the limit of {MAX_NUMBER_DIGITS:,}")
+    return int(digits)
+
+
 def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: list[str]) -> tuple[list[_Row], int]:
     rows: list[_Row] = []
+    # csv's own limit (process-wide, 128 KiB by default) is raised to a whole row while reading;
+    # fields are held to MAX_FIELD_CHARS below, with their line
+    done = [0]  # the last physical line of the last record read
+    old_limit = csv.field_size_limit(MAX_LINE_CHARS)
+    try:
+        return _read_csv_records(text, path, delimiter, label_sep, problems, rows, done)
+    except csv.Error as exc:
+        if "field larger than field limit" not in str(exc):
+            raise
+        raise DataError(
+            f"Manifest {path}, line {done[0] + 1}: a field longer than {MAX_LINE_CHARS:,} characters (the limit of a whole row; "
+            f'{MAX_FIELD_CHARS:,} per field) starts here or before; most often a quote (") that is never closed, so that '
+            "the field runs on to the end of the file."
+        ) from None
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _read_csv_records(
+    text: str, path: Path, delimiter: str, label_sep: str, problems: list[str], rows: list[_Row], done: list[int]
+) -> tuple[list[_Row], int]:
     with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
@@ -176,8 +267,10 @@ def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: l
         pos = {c: i for i, c in enumerate(cols)}
         label_col = "labels" if has_labels else "label"
         n_row = 0
+        done[0] = reader.line_num
         for record in reader:
             line = reader.line_num
+            done[0] = line
             if not record or all(not v.strip() for v in record):
                 continue  # blank line
             n_row += 1
@@ -186,6 +279,14 @@ def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: l
                     f"line {line}: {len(record)} fields but the header has {len(cols)}"
                     + (" (a value with the delimiter must be quoted)" if len(record) > len(cols) else "")
                 )
+                continue
+            size = sum(len(v) for v in record)
+            if size > MAX_LINE_CHARS:
+                problems.append(f"line {line}: the row has {size:,} characters, over the limit of {MAX_LINE_CHARS:,} (4 MiB) per row")
+                continue
+            too_long = _field_problem(line, {c: record[i] for c, i in pos.items() if c})
+            if too_long:
+                problems.append(too_long)
                 continue
             get = lambda c: record[pos[c]]  # noqa: E731
             rid = get("id").strip() if "id" in pos else ""
@@ -228,10 +329,19 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
             if not raw.strip():
                 continue
             n_row += 1
+            if len(raw) > MAX_LINE_CHARS:
+                problems.append(f"line {line}: the line has {len(raw):,} characters, over the limit of {MAX_LINE_CHARS:,} (4 MiB) per row")
+                continue
+            if _json_depth_over(raw, MAX_JSON_DEPTH):
+                problems.append(f"line {line}: JSON nested more than {MAX_JSON_DEPTH} levels deep (a row needs 2)")
+                continue
             try:
-                obj = json.loads(raw)
+                obj = json.loads(raw, parse_int=_parse_int)
             except json.JSONDecodeError as exc:
                 problems.append(f"line {line}: bad JSON ({exc.msg} at column {exc.colno})")
+                continue
+            except (ValueError, RecursionError) as exc:  # _parse_int's limit; a depth the check above missed
+                problems.append(f"line {line}: JSON not read ({exc})")
                 continue
             if not isinstance(obj, dict):
                 problems.append(f"line {line}: expected a JSON object, got {type(obj).__name__}")
@@ -246,10 +356,14 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
             if "label" in obj and "labels" in obj:
                 problems.append(f"line {line}: both 'label' and 'labels'; keep one")
                 continue
+            too_long = _field_problem(line, {k: obj[k] for k in ("image", "text", "label", "labels", "split", "id") if k in obj})
+            if too_long:
+                problems.append(too_long)
+                continue
             before = len(problems)
             image, text, split_raw = obj["image"], obj["text"], obj.get("split")
             if not isinstance(image, str) or not image.strip():
-                problems.append(f"line {line}: 'image' must be a non-empty path string, got {image!r}")
+                problems.append(f"line {line}: 'image' must be a non-empty path string, got {_short(image)}")
             if not isinstance(text, str):
                 problems.append(f"line {line}: 'text' must be a string, got {type(text).__name__}")
             elif not text.strip():
@@ -257,12 +371,12 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
             if "labels" in obj:
                 value = obj["labels"]
                 if not isinstance(value, list):
-                    problems.append(f"line {line}: 'labels' must be a JSON list of class names, got {type(value).__name__} {value!r}")
+                    problems.append(f"line {line}: 'labels' must be a JSON list of class names, got {type(value).__name__} {_short(value)}")
                     labels: tuple[str, ...] = ()
                 else:
                     names = [_as_name(v) for v in value]
                     if any(n is None for n in names):
-                        problems.append(f"line {line}: 'labels' must hold strings or integers, got {value!r}")
+                        problems.append(f"line {line}: 'labels' must hold strings or integers, got {_short(value)}")
                     labels = _dedupe([n for n in names if n])
                     if not labels and all(n is not None for n in names):
                         problems.append(f"line {line}: empty labels")
@@ -270,14 +384,14 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
                 name = _as_name(obj["label"])
                 labels = (name,) if name else ()
                 if name is None:
-                    problems.append(f"line {line}: 'label' must be a string or an integer, got {obj['label']!r}")
+                    problems.append(f"line {line}: 'label' must be a string or an integer, got {_short(obj['label'])}")
                 elif not name:
                     problems.append(f"line {line}: empty label")
             split: str | None = None
             if "split" not in obj:
                 pass  # generated, unless other rows have one (checked after reading)
             elif not isinstance(split_raw, str):
-                problems.append(f"line {line}: unknown split {split_raw!r}; expected 'train' or 'test'")
+                problems.append(f"line {line}: unknown split {_short(split_raw)}; expected 'train' or 'test'")
                 split = ""
             else:
                 split = _check_split(split_raw, line, problems)
@@ -285,7 +399,7 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
             if obj.get("id") is not None:
                 rid = _as_name(obj["id"]) or ""
                 if not rid:
-                    problems.append(f"line {line}: 'id' must be a non-empty string or integer, got {obj['id']!r}")
+                    problems.append(f"line {line}: 'id' must be a non-empty string or integer, got {_short(obj['id'])}")
             if len(problems) == before:
                 rows.append(_Row(line, n_row, rid or str(n_row), image.strip(), text.strip(), labels, split, bool(rid)))
     return rows, n_row
@@ -380,7 +494,7 @@ def load_manifest(
     fraction = check_test_fraction(0.2 if test_fraction is None else test_fraction)
     for r in rows:
         if r.id in first_line:
-            problems.append(f"line {r.line}: duplicate id {r.id!r} (first on line {first_line[r.id]})")
+            problems.append(f"line {r.line}: duplicate id {_short(r.id)} (first on line {first_line[r.id]})")
             bad_lines.add(r.line)
         else:
             first_line[r.id] = r.line
@@ -388,20 +502,38 @@ def load_manifest(
     base = path.parent.resolve()
     images: list[Path] = []
     for r in rows:
-        p = Path(r.image).expanduser()
+        try:
+            p = Path(r.image).expanduser()
+        except RuntimeError as exc:  # "~user/…" of a user this system does not have
+            problems.append(f"line {r.line}: image path {_short(r.image)} cannot be expanded ({exc})")
+            bad_lines.add(r.line)
+            p = Path(r.image)
         images.append(p if p.is_absolute() else base / p)
     missing_report: list[dict] = []
     if check_images:
-        missing = [(r.line, r.image) for r, p in zip(rows, images) if not p.is_file()]
+        missing = []
+        for r, p in zip(rows, images):
+            if r.line in bad_lines:
+                continue
+            try:
+                exists = p.is_file()
+            except (OSError, ValueError) as exc:  # a name too long for the file system, …
+                problems.append(f"line {r.line}: image path {_short(r.image)} cannot be used ({getattr(exc, 'strerror', None) or exc})")
+                bad_lines.add(r.line)
+                continue
+            if not exists:
+                missing.append((r.line, r.image))
         if missing:
-            listed = ", ".join(f"line {ln}: {img!r}" for ln, img in missing[:5])
+            listed = ", ".join(f"line {ln}: {_short(img)}" for ln, img in missing[:5])
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
             problems.append(
                 f"{len(missing)} of {len(rows)} image files do not exist (relative paths are "
                 f"taken from the manifest folder {base}): {listed}{more}"
             )
             bad_lines.update(ln for ln, _ in missing)
-            missing_report = [{"where": f"line {ln}", "sample": None, "reason": f"image {img!r} does not exist"} for ln, img in missing]
+            missing_report = [
+                {"where": f"line {ln}", "sample": None, "reason": f"image {_short(img)} does not exist"} for ln, img in missing
+            ]
     skipped: list[dict] = []
     if problems:
         if not skip_bad:
