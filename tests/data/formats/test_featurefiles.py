@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -501,3 +502,74 @@ def test_a_streamed_npy_folder_reads_back_as_the_same_dataset(tmp_path, monkeypa
     assert back.features.content_digest() == feats.content_digest()
     with pytest.raises(ConfigError, match="exists"):
         save_features(feats, ds, tmp_path / "out")
+
+
+# ------------------------------------------------------------------ hostile arrays (issue 21)
+@pytest.mark.parametrize(
+    "labels, shown",
+    [
+        (np.array([0.0, math.nan]), "label nan"),
+        (np.array([0.0, math.inf]), "label inf"),
+        (np.array([0.0, 1.5]), "label 1.5"),
+        (np.array([0.0, 1e300]), "label 1e+300"),  # was cast to int64 -9223372036854775808: a class of its own
+        (np.array([0, 2**64 - 1], dtype=np.uint64), "label 18446744073709551615"),  # was wrapped to class -1
+        (np.array([0, -3]), "label -3"),  # was a class named '-3'
+    ],
+    ids=["nan", "inf", "fraction", "huge-float", "huge-uint64", "negative"],
+)
+def test_bad_label_values_are_problems_of_their_rows(tmp_path, labels, shown):
+    arrays = _data()
+    y = arrays["labels"].astype(labels.dtype)
+    y[5] = labels[1]
+    arrays.update(labels=y)
+    del arrays["classes"]
+    path = tmp_path / "f.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=rf"row 5 \(sample .s005.\): {re.escape(shown)} is not a class id"):
+        load_feature_files(path)
+    ds = load_feature_files(path, skip_bad=True)
+    assert len(ds) == len(arrays["ids"]) - 1 and ds.classes == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("image_mask", np.full((24, 3), math.nan), "image_mask must hold booleans or 0/1"),  # NaN read as True
+        ("image_mask", np.full((24, 3), "no"), "image_mask must hold booleans or 0/1, got dtype <U2"),  # 'no' read as True
+        ("image_pooled", np.full((24, 2), "x"), "image_pooled must hold numbers, got dtype <U1"),  # was a ValueError
+        ("labels", np.array([b"a", b"\xff"] * 12), r"labels\[1\] is not valid UTF-8"),  # was a UnicodeDecodeError
+    ],
+    ids=["nan-mask", "string-mask", "string-pooled", "bad-utf8-labels"],
+)
+def test_wrong_dtypes_are_data_errors(tmp_path, key, value, message):
+    arrays = _data(L=3)
+    arrays[key] = value
+    if key == "labels":
+        del arrays["classes"]
+    path = tmp_path / "f.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message):
+        load_feature_files(path)
+
+
+def test_a_stray_huge_class_id_in_a_split_file_is_a_problem_of_its_row(tmp_path):
+    """featurerows numbers the classes 0..the largest id: one label of 1e12 (or a uint64 -1) made
+    a trillion classes (names listed one by one); now it is a problem of its row."""
+    import scipy.io
+
+    import gcrdp.data.formats.xmedianet  # noqa: F401  (registers "xmedianet")
+    from gcrdp.data.formats.featurerows import MAX_CLASS_ID
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 12)):
+        lab = np.tile(np.arange(4), n // 4).astype(np.float64)
+        if split == "train":
+            lab[3] = 1e12
+        scipy.io.savemat(tmp_path / f"{split}_img.mat", {f"{split}_img": rng.normal(size=(n, 5)).astype(np.float32)})
+        scipy.io.savemat(tmp_path / f"{split}_txt.mat", {f"{split}_txt": rng.normal(size=(n, 3)).astype(np.float32) + 1})
+        scipy.io.savemat(tmp_path / f"{split}_img_lab.mat", {f"{split}_img_lab": lab.reshape(-1, 1)})
+    with pytest.raises(DataError, match=r"train_img_lab row 3: 1000000000000.0 is not a class id in 0\.\.3"):
+        load_dataset("xmedianet", root=str(tmp_path))
+    ds = load_dataset("xmedianet", root=str(tmp_path), skip_bad=True)
+    assert len(ds) == 35 and len(ds.classes) == 4
+    assert MAX_CLASS_ID >= 1 << 16

@@ -110,13 +110,56 @@ def _strings(arr: np.ndarray, path: Path, what: str) -> list[str]:
     elif a.dtype.kind not in "US":
         raise DataError(f"{path}: {what} must be strings, got dtype {a.dtype}.")
     # .strip(): MATLAB char matrices (scipy.io.savemat of a list of strings) pad with spaces
-    return [(x.decode("utf-8") if isinstance(x, bytes) else str(x)).strip() for x in items]
+    out = []
+    for i, x in enumerate(items):
+        if isinstance(x, bytes):
+            try:
+                x = x.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: {what}[{i}] is not valid UTF-8 ({exc.reason} at byte {exc.start}).") from None
+        out.append(str(x).strip())
+    return out
+
+
+def _check_mask_and_pooled(mask: tuple[str, Any] | None, pooled: tuple[str, Any] | None, path: Path) -> None:
+    """A mask holds booleans or 0/1 (NaN or strings would all read as True); pooled features hold
+    numbers (strings would fail deep inside NumPy)."""
+    if mask is not None:
+        m = mask[1]
+        if m.dtype.kind not in "biuf":
+            raise DataError(f"{path}: {mask[0]} must hold booleans or 0/1, got dtype {m.dtype}.")
+        if m.dtype.kind != "b" and not is_lazy(m) and not np.isin(np.asarray(m), (0, 1)).all():
+            raise DataError(f"{path}: {mask[0]} must hold booleans or 0/1 (1 = a valid local feature), got other values.")
+    if pooled is not None and pooled[1].dtype.kind not in "fiu":
+        raise DataError(f"{path}: {pooled[0]} must hold numbers, got dtype {pooled[1].dtype}.")
+
+
+def _label_values(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A class-id vector with its bad entries (NaN, inf, fractions, below 0, past int64) set to 0,
+    and a mask of them: each is a problem of its row, not an error of the whole file nor — past
+    int64 — a silently wrapped class id."""
+    a = np.asarray(lab)
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1 or a.dtype.kind not in "fiu":
+        return lab, np.zeros(a.shape[0] if a.ndim else 0, dtype=bool)
+    if a.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(a) | (a != np.round(a)) | (a < 0) | (a >= 2.0**63)
+    elif a.dtype.kind == "u":
+        bad = a > np.iinfo(np.int64).max
+    else:
+        bad = a < 0
+    if bad.any():
+        a = np.where(bad, 0, a)
+    return a, bad
 
 
 def _modality(arrays: dict, prefix: str, path: Path) -> tuple[str, ModalityFeatures]:
     key, arr = pick(arrays, KEYS[prefix], path, f"{prefix} feature")
     mask = pick(arrays, KEYS[f"{prefix}_mask"], path, "", required=False)
     pooled = pick(arrays, KEYS[f"{prefix}_pooled"], path, "", required=False)
+    _check_mask_and_pooled(mask, pooled, path)
     if is_lazy(arr):  # a large .npy file: its rows stay on disk (same values as in memory)
         if mask is not None and arr.ndim != 3:
             raise DataError(f"{path}: {mask[0]} is given but {key} is not (n, L, d) (shape {arr.shape}).")
@@ -222,17 +265,22 @@ def load_feature_files(
         for v in vals:
             per_sample.append((v.strip(),) if v.strip() else ())
     else:
-        vec = as_label_vector(lab, path, lkey)
+        values, bad_rows = _label_values(lab)
+        vec = as_label_vector(values, path, lkey)
         if names is not None:
             classes = names
             per_sample = [(names[v],) if 0 <= v < len(names) else ("\0bad", str(v)) for v in vec.tolist()]
         else:
-            classes = [str(v) for v in sorted(set(vec.tolist()))]
+            classes = [str(v) for v in sorted(set(vec[~bad_rows].tolist()))]
             per_sample = [(str(v),) for v in vec.tolist()]
+        for i in np.flatnonzero(bad_rows).tolist():
+            per_sample[i] = ("\0bad", repr(lab.reshape(-1)[i].item()), "value")
     known = set(classes)
     for i, labs in enumerate(per_sample):
         if not labs:
             problems.add(f"row {i}", "no label", ids[i])
+        elif labs[0] == "\0bad" and len(labs) == 3:
+            problems.add(f"row {i}", f"label {labs[1]} is not a class id (a whole number from 0 up)", ids[i])
         elif labs[0] == "\0bad":
             problems.add(f"row {i}", f"class id {labs[1]} has no name ({len(classes)} class names)", ids[i])
         elif any(x not in known for x in labs):

@@ -21,6 +21,10 @@ from .featurearrays import Arrays, Part, rows_of
 CLASS_NAME_KEYS = ("class_names", "classnames", "classes", "categories", "concepts")
 CLASS_NAME_FILES = ("classes.txt", "class_names.txt", "classnames.txt", "categories.txt", "categories.list")
 VALID_SPLITS = ("train", "test", "drop")
+#: the largest class id a label may hold: the classes are numbered 0..max id, so one stray huge
+#: value (1e12, a uint64 -1) would otherwise make a trillion classes; a larger one is a problem
+#: of its row
+MAX_CLASS_ID = (1 << 20) - 1
 
 
 # =============================================================================== labels
@@ -45,11 +49,12 @@ class Rows:
     meta: dict
 
 
-_Decoded = tuple[str, np.ndarray, np.ndarray]
+_Decoded = tuple[str, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _decode(arr: np.ndarray, n: int, key: str, describe: str) -> _Decoded:
-    """``("ids", int64 (n,), bad)`` or ``("multi", bool (n, C), bad)``."""
+    """``("ids", int64 (n,), bad, values)`` or ``("multi", bool (n, C), bad, values)``: ``values``
+    as read (the bad ones are shown as they are: ``1e+12``, not the ``-1`` they become)."""
     a = np.asarray(arr)
     if a.dtype.kind not in "fiub":
         raise DataError(f"{describe}: {key} must hold numbers (class ids or 0/1), got dtype {a.dtype}.")
@@ -62,12 +67,12 @@ def _decode(arr: np.ndarray, n: int, key: str, describe: str) -> _Decoded:
             raise DataError(f"{describe}: {key} has {a.shape[0]} labels for {n} rows.")
         f = a.astype(np.float64)
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(f) | (f != np.round(f)) | (f < 0)
-        ids = np.where(bad, -1, np.nan_to_num(f, nan=-1)).astype(np.int64)
-        return "ids", ids, bad
+            bad = ~np.isfinite(f) | (f != np.round(f)) | (f < 0) | (f > MAX_CLASS_ID + 1)  # + 1: 1-based ids
+        ids = np.where(bad, -1, f).astype(np.int64)
+        return "ids", ids, bad, a
     if a.ndim == 2 and a.shape[0] == n:
         bad = ~np.isin(a, (0, 1)).all(axis=1)
-        return "multi", np.asarray(a == 1), np.asarray(bad)
+        return "multi", np.asarray(a == 1), np.asarray(bad), a
     raise DataError(f"{describe}: {key} must be (n,) class ids or (n, C) 0/1 labels for {n} rows, got shape {a.shape}.")
 
 
@@ -138,7 +143,7 @@ def decode_rows(
             if a is None:
                 sets.append(None)
                 continue
-            k, vals, bad = a
+            k, vals, bad, _values = a
             out: list[tuple[int, ...] | None] = []
             for r in range(n):
                 if bad[r]:
@@ -161,7 +166,7 @@ def decode_rows(
             if got is None:
                 main = lab if lab is not None else tl
                 assert main is not None
-                raw = main[1][r]
+                raw = main[3][r]
                 why.append(
                     f"{main_key} row {r}: {_raw(raw)} is not "
                     + (f"a class id in {base}..{base + n_classes - 1}" if kind == "ids" else "0/1")
@@ -173,7 +178,7 @@ def decode_rows(
                 )
             elif sets[0] is not None and sets[1] is not None and li is not None and lt is None:
                 assert tl is not None
-                why.append(f"{p.keys['text_label']} row {r}: {_raw((tl)[1][r])} is not a valid label")
+                why.append(f"{p.keys['text_label']} row {r}: {_raw(tl[3][r])} is not a valid label")
             if text_zero[r]:
                 why.append(f"the text features ({p.keys['text']} row {r}) are all zero: an empty text")
             ids.append(p.ids[r])
