@@ -573,3 +573,23 @@ def test_a_stray_huge_class_id_in_a_split_file_is_a_problem_of_its_row(tmp_path)
     ds = load_dataset("xmedianet", root=str(tmp_path), skip_bad=True)
     assert len(ds) == 35 and len(ds.classes) == 4
     assert MAX_CLASS_ID >= 1 << 16
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_no_usable_label_at_all_is_a_data_error(tmp_path, skip_bad):
+    """Found by the property tests: every label bad left no class, and the loader failed with an IndexError."""
+    arrays = _data()
+    arrays["labels"] = np.full(len(arrays["ids"]), 1.5)
+    del arrays["classes"]
+    path = tmp_path / "f.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match="is not a class id" if not skip_bad else "no sample has a usable label"):
+        load_feature_files(path, skip_bad=skip_bad)
+
+
+def test_a_damaged_mat_file_is_a_data_error(tmp_path):
+    """Found by the property tests: scipy's MatReadError (and an IndexError) on a damaged .mat escaped as tracebacks."""
+    path = tmp_path / "f.mat"
+    path.write_bytes(b"\x00" * 40)
+    with pytest.raises(DataError, match=r"f\.mat"):
+        load_feature_files(path)

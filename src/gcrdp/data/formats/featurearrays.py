@@ -18,7 +18,7 @@ from typing import cast
 
 import numpy as np
 
-from ...errors import ConfigError, DataError, format_list
+from ...errors import ConfigError, DataError, GcrdpError, format_list
 from .arrays import read_arrays
 
 FEATURE_EXTENSIONS = (".mat", ".h5", ".hdf5", ".h5py", ".npz", ".npy")
@@ -110,10 +110,18 @@ _TC_TAG = re.compile(r"tc-?(\d+)", re.I)
 
 
 # =============================================================================== reading files
-def read_feature_arrays(path: Path) -> dict[str, np.ndarray]:
+def read_feature_arrays(path: Path, *, lazy: bool = False) -> dict[str, np.ndarray]:
     """:func:`~gcrdp.data.formats.arrays.read_arrays` (which also reads ``.h5py``, the HDF5 extension
-    of the Hu et al. Doc2Vec files)."""
-    return read_arrays(path)
+    of the Hu et al. Doc2Vec files), with any failure of the third-party readers on a damaged file
+    (scipy's ``MatReadError``, an ``IndexError`` deep in a truncated ``.mat``, …) a
+    :class:`DataError` naming the file instead of a traceback."""
+    try:
+        return read_arrays(path, lazy=lazy)
+    except (GcrdpError, MemoryError):
+        raise
+    except Exception as exc:  # damaged files make scipy/h5py/numpy raise nearly anything
+        kind = path.suffix or "feature"
+        raise DataError(f"Cannot read {path}: it is damaged or not a {kind} file ({type(exc).__name__}: {exc}).") from None
 
 
 def _feature_files_in(folder: Path, tag: str | None = None) -> list[Path]:

@@ -45,8 +45,9 @@ from ..lazy import is_lazy
 from ..problems import Problems
 from ..registry import DATASETS
 from ..types import ClassSplit, Dataset, Sample
-from .arrays import as_label_vector, pick, read_arrays, read_safetensors_metadata
+from .arrays import as_label_vector, pick, read_safetensors_metadata
 from .build import assign_test_split, check_skip_bad, finish_dataset
+from .featurearrays import read_feature_arrays
 
 KEYS = {
     "image": ("image", "image_local", "img", "image_features", "image_feats", "image_emb", "img_emb", "image_embeddings"),
@@ -75,7 +76,7 @@ def _read_source(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]
             )
         arrays: dict[str, np.ndarray] = {}
         for f in files:
-            arrays.update(read_arrays(f, lazy=True))  # large .npy files stay on disk, read by row
+            arrays.update(read_feature_arrays(f, lazy=True))  # large .npy files stay on disk, read by row
         for name in ("classes", "ids"):
             side = path / f"{name}.txt"
             if side.is_file():
@@ -84,7 +85,7 @@ def _read_source(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[str]
                 except UnicodeDecodeError as exc:
                     raise DataError(f"{side} is not valid UTF-8 ({exc}).") from None
         return arrays, lists
-    arrays = read_arrays(path)
+    arrays = read_feature_arrays(path)
     if path.suffix.lower() == ".safetensors":
         for name, value in read_safetensors_metadata(path).items():
             if name in ("classes", "class_names", "ids"):
@@ -310,6 +311,9 @@ def load_feature_files(
         for i in mf.nonfinite_rows().tolist():  # streamed in chunks when the rows are on disk
             problems.add(f"row {i}", f"NaN or infinite {what} features", ids[i])
 
+    if not classes:  # no row has a usable label (each is a problem): nothing to build a dataset of
+        problems.resolve(skip_bad, n_total=n)
+        raise DataError(f"Features {path}: no sample has a usable label.")
     samples = [
         Sample(
             id=ids[i],
