@@ -350,13 +350,12 @@ def test_csv_and_jsonl_share_the_field_limit(tmp_path):
     rows[1] = (rows[1][0], "y" * 200_000, rows[1][2], rows[1][3])  # over csv's 128 KiB default, under 1 MiB: read
     rows[2] = (rows[2][0], "z" * (MAX_FIELD_CHARS + 1), rows[2][2], rows[2][3])  # line 4: over the limit
     path = _write_csv(tmp_path / "m.csv", ["image", "text", "labels", "split"], rows)
+    before = csv.field_size_limit()
     with pytest.raises(DataError, match=r"line 4: 'text' has 1,048,577 characters, over the limit of 1,048,576"):
         load_manifest(path)
     ds = load_manifest(path, skip_bad=True)
     assert len(ds) == len(ROWS) - 1 and any(s.text == "y" * 200_000 for s in ds.samples)
-    import csv as _csv
-
-    assert _csv.field_size_limit() == 131072  # the process-wide csv limit is left as it was
+    assert csv.field_size_limit() == before  # the process-wide csv limit is left as it was
     # the same text in JSONL: the same limit, the same message
     lines = [json.dumps({"image": r[0], "text": r[1], "labels": r[2].split("|"), "split": r[3]}) for r in rows]
     jpath = tmp_path / "m.jsonl"
