@@ -147,6 +147,7 @@ def _make_old(idx):
     )
     con.commit()
     con.close()
+    (version / "checksums.json").unlink()  # written before checksums were recorded, too
     return version
 
 

@@ -94,10 +94,37 @@ def load_method(source: str | Path | Checkpoint, device: str = "cpu", expect: ty
     if expect is not None and not isinstance(method, expect):
         raise ConfigError(f"Checkpoint {ckpt.path} holds method {name!r}, not a {expect.__name__}.")
     check_checkpointable(method)
+    tensors = ckpt.tensors(MODEL_FILE, device)
+    check_input_dims(ckpt.state["input_dims"], tensors, str(ckpt.path))
     try:
         model = method.init_model(**ckpt.state["input_dims"])  # type: ignore[attr-defined]  # checked above
     except TypeError as exc:
         raise DataError(f"Checkpoint {ckpt.path}: input dims {ckpt.state['input_dims']} do not fit {name}.init_model ({exc}).") from None
-    load_weights(model, ckpt.tensors(MODEL_FILE, device), str(ckpt.path / MODEL_FILE))
+    load_weights(model, tensors, str(ckpt.path / MODEL_FILE))
     model.eval()
     return method
+
+
+def check_input_dims(input_dims: Mapping[str, Any], tensors: Mapping[str, Any], where: str) -> None:
+    """:class:`DataError` unless every input dim a checkpoint declares is a positive integer,
+    and no feature dim (``image_dim``, ``text_dim``) is far larger (over 4× and over 1024) than
+    every size of its stored weights — checked before the model is built, so a damaged
+    ``state.json`` (``image_dim`` = 2,000,000) is refused before gigabytes of layers are
+    allocated (a feature dim sizes the first layer that reads it). A smaller mismatch builds the
+    model and gets :func:`load_weights`' tensor-by-tensor message. A method without weight
+    matrices (``zero-shot``) has nothing to compare with."""
+    shapes = [tuple(int(n) for n in getattr(t, "shape", ())) for t in tensors.values()]
+    sizes = {n for shape in shapes for n in shape}
+    for key, value in input_dims.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"Checkpoint {where}: input dim {key} = {value!r} is not a positive integer.")
+        if (
+            key in ("image_dim", "text_dim")
+            and any(len(s) >= 2 for s in shapes)
+            and value not in sizes
+            and value > max(1024, 4 * max(sizes))
+        ):
+            raise DataError(
+                f"Checkpoint {where}: it declares {key} = {value}, but none of its stored weights has a dimension of that "
+                f"size (the largest is {max(sizes)}): its state.json does not match its weights. Train the model again."
+            )

@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -73,14 +75,34 @@ def _index_types(info: dict[str, Any]) -> dict[str, str]:
 
 
 def _load_backends(folder: Path, info: dict[str, Any], nprobe: int | None = None) -> dict[str, Any]:
+    """Each modality's vectors; a file FAISS (or JSON) cannot read, or one that disagrees with
+    ``index.json`` (its count, its dimension), is a :class:`DataError` naming it."""
     out: dict[str, Any] = {}
     types = _index_types(info)
+    counts = info.get("counts") or {}
+    index_dir = folder.parent
     for m in MODALITIES:
-        if info.get("backend", "faiss") == "faiss" and (folder / f"{m}.faiss").is_file():
-            probe = nprobe if nprobe is not None else (info.get("nprobe") or {}).get(m)
-            out[m] = FaissBackend.load(folder / f"{m}.faiss", types[m], nprobe=probe)
-        elif (folder / f"{m}.milvus.json").is_file():
-            out[m] = MilvusBackend.load(folder / f"{m}.faiss", types[m])
+        path = folder / f"{m}.faiss"
+        try:
+            if info.get("backend", "faiss") == "faiss" and path.is_file():
+                probe = nprobe if nprobe is not None else (info.get("nprobe") or {}).get(m)
+                out[m] = FaissBackend.load(path, types[m], nprobe=probe)
+            elif (folder / f"{m}.milvus.json").is_file():
+                path = folder / f"{m}.milvus.json"
+                out[m] = MilvusBackend.load(folder / f"{m}.faiss", types[m])
+        except DataError:
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise _corrupt(index_dir, path, f"cannot be read ({first})") from None
+        if m in out and (out[m].ntotal != counts.get(m) or out[m].dim != info.get("dim")):
+            raise _corrupt(
+                index_dir,
+                path,
+                f"holds {out[m].ntotal} vectors of dim {out[m].dim} where index.json says {counts.get(m)} of dim {info.get('dim')}",
+            )
+        if m not in out and counts.get(m):
+            raise _corrupt(index_dir, path, f"is missing ({counts[m]} {m} vectors)")
     return out
 
 
@@ -178,15 +200,20 @@ def items_from_images(folder: str | Path) -> list[Item]:
 
 
 def items_from_text_file(path: str | Path) -> list[Item]:
-    """One text per non-empty line of a UTF-8 file; id = ``line-<n>``."""
+    """One text per non-empty line of a UTF-8 file; id = ``<file name>@<digest>:line-<n>``, the
+    digest the first 8 hex digits of the SHA-256 of the file's bytes — so that the lines of a
+    second file (or of an edited one) added later never take ids already used. (Indexes built
+    before kept ``line-<n>``; they read as they are.)"""
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"Text file not found: {p}")
     try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
+        data = p.read_bytes()
+        lines = data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"{p} is not valid UTF-8 ({exc}).") from None
-    out = [Item("text", f"line-{i}", text=t.strip()) for i, t in enumerate(lines, 1) if t.strip()]
+    prefix = f"{p.name}@{hashlib.sha256(data).hexdigest()[:8]}:"
+    out = [Item("text", f"{prefix}line-{i}", text=t.strip()) for i, t in enumerate(lines, 1) if t.strip()]
     if not out:
         raise DataError(f"{p} holds no text.")
     return out
@@ -265,14 +292,196 @@ def _instance_quality(sources: dict[str, Any], rows: list[tuple], max_queries: i
 
 
 # --------------------------------------------------------------------------- the folder
+#: A version's checksums (SHA-256 and size of each of its files), written last by a build.
+CHECKSUMS = "checksums.json"
+CHECKSUMS_FORMAT = "gcrdp-checksums/1"
+#: The lock file of a version: readers hold a shared lock on it while they load the version; a
+#: build removes an old version only under an exclusive lock (never while one is being read).
+READERS_LOCK = ".readers.lock"
+#: A memory-mapped ``.ivfdata`` file larger than this is checked on load by its size and a
+#: bounded sample of its bytes (its full SHA-256 is stored too: :func:`verify_index` checks it).
+SAMPLED_ABOVE = 256 << 20
+SAMPLE_CHUNK = 1 << 20
+SAMPLE_CHUNKS = 64
+_VERSION_NAME = re.compile(r"v[0-9]{1,12}")
+
+log = logging.getLogger(__name__)
+
+
+def _rebuild_hint(index_dir: Path) -> str:
+    return f"Build it again: gcrdp index {index_dir} with its model and collection (a build without --add replaces it)."
+
+
+def _corrupt(index_dir: Path, path: Path, why: str) -> DataError:
+    return DataError(f"Index {index_dir} is damaged: {path} {why}. {_rebuild_hint(index_dir)}")
+
+
 def _current(index_dir: Path) -> Path:
+    """The live version named by ``INDEX/CURRENT``: a version folder of ``index_dir`` itself
+    (``v`` and digits; anything else — a path, ``..``, an absolute name, garbage — is refused)."""
     pointer = index_dir / "CURRENT"
     if not pointer.is_file():
         raise DataError(f"{index_dir} is not a gcrdp index (no CURRENT file); build one with 'gcrdp index'.")
-    version = index_dir / pointer.read_text(encoding="utf-8").strip()
+    try:
+        raw = pointer.read_bytes()
+        name = raw.decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _corrupt(index_dir, pointer, f"is unreadable ({exc})") from None
+    if not _VERSION_NAME.fullmatch(name):
+        shown = name if len(name) <= 60 and name.isprintable() else repr(raw[:40]) + ("…" if len(raw) > 40 else "")
+        raise _corrupt(index_dir, pointer, f"should name a version folder of the index (v000001, …) but holds {shown or 'nothing'}")
+    version = index_dir / name
     if not (version / "index.json").is_file():
-        raise DataError(f"{index_dir}: CURRENT names {version.name}, which is missing or incomplete.")
+        raise DataError(f"{index_dir}: CURRENT names {version.name}, which is missing or incomplete. {_rebuild_hint(index_dir)}")
     return version
+
+
+def _file_sha256(path: Path, sampled: bool = False) -> str:
+    """SHA-256 of a file's bytes, streamed; ``sampled``: of :data:`SAMPLE_CHUNKS` chunks of
+    :data:`SAMPLE_CHUNK` bytes spread evenly over it, the first and the last included."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if not sampled:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+            return h.hexdigest()
+        size = os.fstat(f.fileno()).st_size
+        last = max(0, size - SAMPLE_CHUNK)
+        for i in range(SAMPLE_CHUNKS):
+            h.update(os.pread(f.fileno(), SAMPLE_CHUNK, last * i // (SAMPLE_CHUNKS - 1)))
+    return h.hexdigest()
+
+
+def _checksummed_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != CHECKSUMS)
+
+
+def _write_checksums(folder: Path) -> None:
+    """``checksums.json``: the size and SHA-256 of every file of the version (and a sampled
+    SHA-256 of a large memory-mapped ``.ivfdata``); written last."""
+    files: dict[str, Any] = {}
+    for p in _checksummed_files(folder):
+        entry: dict[str, Any] = {"size": p.stat().st_size, "sha256": _file_sha256(p)}
+        if p.suffix == ".ivfdata" and entry["size"] > SAMPLED_ABOVE:
+            entry["sampled_sha256"] = _file_sha256(p, sampled=True)
+        files[p.name] = entry
+    record = {"format": CHECKSUMS_FORMAT, "algorithm": "sha256", "files": files}
+    (folder / CHECKSUMS).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def _read_checksums(index_dir: Path, version: Path) -> dict[str, Any] | None:
+    """The version's checksums, or None for an index written before they were recorded."""
+    path = version / CHECKSUMS
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _corrupt(index_dir, path, f"is unreadable ({exc})") from None
+    files = record.get("files") if isinstance(record, dict) else None
+    ok = (
+        isinstance(files, dict)
+        and record.get("format") == CHECKSUMS_FORMAT
+        and all(isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str) for v in files.values())
+        and "index.json" in files
+    )
+    if not ok:
+        raise _corrupt(index_dir, path, "is not a checksums record of this format")
+    return files
+
+
+def _verify_file(index_dir: Path, version: Path, name: str, sums: dict[str, Any] | None, *, full: bool = False) -> None:
+    """Check one file of a version against its recorded size and SHA-256 (nothing to check
+    without checksums); :class:`DataError` naming the file otherwise."""
+    if sums is None:
+        return
+    path = version / name
+    entry = sums.get(name)
+    if entry is None:
+        raise _corrupt(index_dir, path, f"is not among the files recorded in {CHECKSUMS}")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise _corrupt(index_dir, path, "is missing") from None
+    if size != entry["size"]:
+        raise _corrupt(index_dir, path, f"has {size} bytes where {entry['size']} were written")
+    sampled = not full and "sampled_sha256" in entry
+    got = _file_sha256(path, sampled=sampled)
+    if got != entry["sampled_sha256" if sampled else "sha256"]:
+        raise _corrupt(index_dir, path, "does not have the content that was written (its SHA-256 differs)")
+
+
+def _verify_all(index_dir: Path, version: Path, sums: dict[str, Any] | None, *, full: bool = False) -> None:
+    if sums is None:
+        return
+    for name in sorted(sums):
+        _verify_file(index_dir, version, name, sums, full=full)
+
+
+def verify_index(index_dir: str | Path, *, full: bool = True) -> dict[str, Any]:
+    """Check every file of an index's live version against its recorded checksums (``full``:
+    the whole of a large ``.ivfdata`` too, not a sample); returns the checksums (``{}`` for an
+    index written before they were recorded). :class:`DataError` naming a damaged file."""
+    index_dir = Path(index_dir).expanduser()
+    version = _current(index_dir)
+    with _reader_lock(version) as held:
+        if not held:
+            raise DataError(f"Index {index_dir} changed while it was checked; check it again.")
+        sums = _read_checksums(index_dir, version)
+        _verify_all(index_dir, version, sums, full=full)
+    return sums or {}
+
+
+@contextlib.contextmanager
+def _reader_lock(version: Path) -> Iterator[bool]:
+    """A shared lock on a version while it is read: a build does not remove it meanwhile.
+    Yields False when the version is gone (removed by a build since CURRENT was read: read
+    CURRENT again)."""
+    import fcntl
+
+    path = version / READERS_LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if not (version / "index.json").is_file():
+            yield False
+            return
+        try:  # a version written before the lock file existed
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:  # a read-only folder: nothing can remove the version either
+            yield True
+            return
+    except OSError:
+        yield True
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield (version / "index.json").is_file()  # not removed before the lock was taken
+    finally:
+        os.close(fd)
+
+
+def _remove_unread_version(folder: Path) -> bool:
+    """Remove an old version unless a reader holds it (then it stays, for a later build to
+    remove); True when removed."""
+    import fcntl
+
+    try:
+        fd = os.open(folder / READERS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("Version %s is being read; it is kept, and removed by a later build.", folder)
+                return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _labels_column(labels: tuple[str, ...], label: str | None) -> str | None:
@@ -300,13 +509,21 @@ def _read_metadata(path: Path) -> list[tuple]:
     """The rows of items.sqlite: (modality, row, id, path, text, label, hash, labels); an index
     written before labels were stored reads with labels None (its images' texts are None too:
     :meth:`Retriever.describe` then shows the text paired with the image by id)."""
-    con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Index {path.parent.parent} is damaged: {path} is missing. {_rebuild_hint(path.parent.parent)}")
     try:
-        columns = {r[1] for r in con.execute("PRAGMA table_info(items)")}
-        labels = "labels" if "labels" in columns else "NULL"
-        return con.execute(f"SELECT modality, row, id, path, text, label, hash, {labels} FROM items ORDER BY modality, row").fetchall()
-    finally:
-        con.close()
+        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            columns = {r[1] for r in con.execute("PRAGMA table_info(items)")}
+            if not columns:
+                raise sqlite3.DatabaseError("no items table")
+            labels = "labels" if "labels" in columns else "NULL"
+            return con.execute(f"SELECT modality, row, id, path, text, label, hash, {labels} FROM items ORDER BY modality, row").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise _corrupt(path.parent.parent, path, f"is not a readable items database ({exc})") from None
 
 
 @contextlib.contextmanager
@@ -327,10 +544,11 @@ def _build_lock(index_dir: Path) -> Any:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _same_collection(ref: Path, version: Path) -> bool:
-    """Whether the Milvus collection of ``ref`` is used by ``version`` (an add reuses it)."""
+def _same_collection_text(ref: str, version: Path) -> bool:
+    """Whether the Milvus collection of ``ref`` (a ``.milvus.json``'s text) is used by
+    ``version`` (an add reuses it)."""
     try:
-        col = json.loads(ref.read_text(encoding="utf-8"))["collection"]
+        col = json.loads(ref)["collection"]
         return any(json.loads(p.read_text(encoding="utf-8"))["collection"] == col for p in version.glob("*.milvus.json"))
     except (OSError, ValueError, KeyError):
         return True  # when unsure, keep it
@@ -355,8 +573,10 @@ def _new_version(index_dir: Path) -> Iterator[_Version]:
     name = f"v{n:06d}"
     version = _Version(index_dir / f".tmp-{name}-{secrets.token_hex(4)}", index_dir / name)
     version.tmp.mkdir()
+    (version.tmp / READERS_LOCK).touch()
     try:
         yield version
+        _write_checksums(version.tmp)  # last: every other file of the version is written
         fsync_tree(version.tmp)  # the new version is on disk before CURRENT names it
         os.rename(version.tmp, version.final)
         fsync_tree(index_dir)
@@ -367,13 +587,15 @@ def _new_version(index_dir: Path) -> Iterator[_Version]:
 
     atomic_write_text(index_dir / "CURRENT", name + "\n")
     live = {p.read_text(encoding="utf-8") for p in version.final.glob("*.milvus.json")}
-    for old in existing:
-        for ref in (index_dir / old).glob("*.milvus.json"):  # collections no longer referenced
-            if ref.read_text(encoding="utf-8") not in live and not _same_collection(ref, version.final):
+    for old in existing:  # the old versions no reader holds (the others stay for a later build)
+        refs = [ref.read_text(encoding="utf-8") for ref in (index_dir / old).glob("*.milvus.json")]
+        if not _remove_unread_version(index_dir / old):
+            continue
+        for text in refs:  # collections no longer referenced
+            if text not in live and not _same_collection_text(text, version.final):
                 with contextlib.suppress(Exception):
-                    info = json.loads(ref.read_text(encoding="utf-8"))
+                    info = json.loads(text)
                     MilvusBackend(info["dim"], info["index_type"], uri=info["uri"], collection=info["collection"]).drop()
-        shutil.rmtree(index_dir / old, ignore_errors=True)
 
 
 def _publish_version(index_dir: Path, fill: Any) -> Path:
@@ -381,6 +603,14 @@ def _publish_version(index_dir: Path, fill: Any) -> Path:
     with _new_version(index_dir) as version:
         fill(version.tmp)
     return version.final
+
+
+class _NothingNew(Exception):
+    """An add whose every item is already in the index (nothing is written)."""
+
+    def __init__(self, skipped: int) -> None:
+        super().__init__(skipped)
+        self.skipped = skipped
 
 
 # --------------------------------------------------------------------------- the retriever
@@ -395,6 +625,8 @@ class Retriever:
 
     def __init__(self, index_dir: Path, info: dict[str, Any], model: Any, backends: dict[str, FaissBackend], rows: list[tuple]) -> None:
         self.index_dir, self.info, self.model, self.backends = index_dir, info, model, backends
+        #: the version folder's name (``v000002``) this retriever was loaded from or built as
+        self.version: str | None = None
         self._meta: dict[tuple[str, int], tuple] = {(r[0], int(r[1])): r for r in rows}
         self._by_id: dict[tuple[str, str], int] = {(r[0], r[2]): int(r[1]) for r in rows}
         self._hashes = {(r[0], r[6]) for r in rows}
@@ -625,6 +857,11 @@ class Retriever:
                     for spool in spools.values():
                         spool.remove()
                     shutil.rmtree(work, ignore_errors=True)
+        except _NothingNew as nothing:  # every item is already in the index: it stays as it is
+            log.info("--add: nothing new (%d items already in the index); index %s is unchanged.", nothing.skipped, index_dir)
+            same = cls(index_dir, dict(old.info, added_now={}, skipped_duplicates=nothing.skipped, unchanged=True), model, backends, rows)
+            same.version = old.version
+            return same
         except BaseException:
             for b in made:  # a Milvus collection made for this build only
                 with contextlib.suppress(Exception):
@@ -632,7 +869,9 @@ class Retriever:
             raise
         if on_disk:  # open the lists where they now live
             backends = _load_backends(version.final, info)
-        return cls(index_dir, info, model, backends, rows)
+        out = cls(index_dir, info, model, backends, rows)
+        out.version = version.final.name
+        return out
 
     @classmethod
     def _fill_version(
@@ -684,6 +923,8 @@ class Retriever:
                 added[modality] = got
         if not added and not backends:
             raise DataError("Nothing to index: every item is already in the index.")
+        if not added:  # an add with nothing new: no new version
+            raise _NothingNew(skipped)
         for modality, spool in spools.items():
             start = n_old.get(modality, 0)
             if len(spool) == start:
@@ -783,7 +1024,8 @@ class Retriever:
         step = batch_size or (_feature_batch_rows(mf) if mf is not None else BATCH_ITEMS[modality])
         ids = {r[2] for r in rows if r[0] == modality}
         new_hashes: set[tuple[str, str]] = set()  # within one build, repeated content is kept
-        count = skipped = 0
+        count = skipped = bad = 0
+        bad_ids: list[str] = []
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -822,6 +1064,10 @@ class Retriever:
                             cache_dir=cache_dir,
                             progress=False,
                         )
+                    finite = np.isfinite(vectors).all(axis=1)
+                    if not finite.all():
+                        bad_ids += [chunk[keep[j]].id for j in np.flatnonzero(~finite)[: max(0, 3 - len(bad_ids))]]
+                        bad += int((~finite).sum())
                     if modality not in spools:
                         spools[modality] = EmbeddingSpool(work / f"{modality}.f32")
                     spools[modality].append(vectors)
@@ -845,6 +1091,12 @@ class Retriever:
         finally:
             if bar is not None:
                 bar.close()
+        if bad:
+            raise DataError(
+                f"{bad} of the {count} {modality} embeddings are not finite (NaN or infinite), e.g. "
+                f"{', '.join(repr(i) for i in bad_ids)}: the model's weights (or these items' features) are damaged. "
+                "Nothing was written; train the model again or index with another checkpoint."
+            )
         seen.update(new_hashes)
         return count, skipped
 
@@ -856,13 +1108,37 @@ class Retriever:
         """Open the index at ``index_dir`` with its model (re-created from the checkpoint it
         names, or ``checkpoint`` when the folder moved), checked against the stored fingerprint.
         ``nprobe`` overrides the IVF lists searched per query that the index was built with."""
+        index_dir = Path(index_dir).expanduser()
+        for _ in range(5):
+            version = _current(index_dir)
+            with _reader_lock(version) as held:
+                if held:  # the version stays while it is read, even if a build publishes another
+                    return cls._load_version(index_dir, version, device=device, checkpoint=checkpoint, nprobe=nprobe)
+            # removed by a build that published a newer version since CURRENT was read: read it again
+        raise DataError(f"Index {index_dir} kept changing while it was loaded (builds in a row); load it again.")
+
+    @classmethod
+    def _load_version(cls, index_dir: Path, version: Path, *, device: str, checkpoint: str | Path | None, nprobe: int | None) -> Retriever:
         from .model import SearchModel
 
-        index_dir = Path(index_dir).expanduser()
-        version = _current(index_dir)
-        info = json.loads((version / "index.json").read_text(encoding="utf-8"))
+        sums = _read_checksums(index_dir, version)
+        if sums is None:
+            log.warning(
+                "Index %s was written before its files' checksums were recorded: it is loaded unchecked (a build or an --add writes them).",
+                index_dir,
+            )
+        _verify_all(index_dir, version, sums)  # before the model loads: a damaged index fails fast
+        try:
+            info = json.loads((version / "index.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise _corrupt(index_dir, version / "index.json", f"is unreadable ({exc})") from None
+        if not isinstance(info, dict):
+            raise _corrupt(index_dir, version / "index.json", "is not a JSON object")
         if info.get("format") != INDEX_FORMAT:
-            raise DataError(f"{version}: unknown index format {info.get('format')!r}.")
+            raise DataError(f"{version}: unknown index format {info.get('format')!r}. {_rebuild_hint(index_dir)}")
+        missing = [k for k in ("model", "index_type", "dim", "counts") if k not in info]
+        if missing or ("encoders" not in info and info.get("checkpoint") is None):
+            raise _corrupt(index_dir, version / "index.json", f"lacks {', '.join(missing) or 'its model'}")
         if info.get("checkpoint") is None and checkpoint is None:
             model = SearchModel.from_encoders(**info["encoders"], assume_aligned=True)
         else:
@@ -875,7 +1151,21 @@ class Retriever:
                 "checkpoint."
             )
         backends = _load_backends(version, info, nprobe)
-        return cls(index_dir, info, model, backends, _read_metadata(version / "items.sqlite"))
+        rows = _read_metadata(version / "items.sqlite")
+        got = {m: sum(1 for r in rows if r[0] == m) for m in MODALITIES}
+        if any(got[m] != int((info.get("counts") or {}).get(m, 0)) for m in MODALITIES):
+            raise _corrupt(index_dir, version / "items.sqlite", f"describes {got} items where index.json counts {info.get('counts')}")
+        out = cls(index_dir, info, model, backends, rows)
+        out.version = version.name
+        return out
+
+    def is_current(self) -> bool:
+        """Whether this retriever still holds the live version of its index (cheap: reads
+        ``CURRENT``); False once a build or an add has published another (reload it then)."""
+        try:
+            return (self.index_dir / "CURRENT").read_text(encoding="utf-8").strip() == self.version
+        except (OSError, UnicodeDecodeError):
+            return False
 
     def search(
         self,
