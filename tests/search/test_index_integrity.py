@@ -277,3 +277,30 @@ def test_non_finite_embeddings_are_refused_at_build(model, tmp_path):
     with pytest.raises(DataError, match=r"120 of the 120 image embeddings are not finite"):
         Retriever.build(tmp_path / "idx", checkpoint=tmp_path / "nan", items=items, features=features, progress=False)
     assert not (tmp_path / "idx" / "CURRENT").exists()
+
+
+def test_a_large_on_disk_list_file_is_checked_by_a_sample_and_verify_index_reads_it_all(model, tmp_path, monkeypatch):
+    """An .ivfdata over SAMPLED_ABOVE is checked on load by its size and sampled chunks (the
+    first and the last included); verify_index(full=True) hashes every byte."""
+    from gcrdp.search import Retriever, items_from_features
+    from gcrdp.search import retriever as rmod
+
+    ckpt, path = model
+    monkeypatch.setattr(rmod, "SAMPLED_ABOVE", 0)
+    monkeypatch.setattr(rmod, "SAMPLE_CHUNK", 64)
+    monkeypatch.setattr(rmod, "SAMPLE_CHUNKS", 4)
+    items, features = items_from_features(path)
+    index = tmp_path / "idx"
+    Retriever.build(index, checkpoint=ckpt, items=items, features=features, progress=False, index_type="IVF4,Flat", on_disk=True)
+    sums = json.loads((index / "v000001" / "checksums.json").read_text())["files"]
+    assert "sampled_sha256" in sums["image.ivfdata"] and "sampled_sha256" not in sums["image.faiss"]
+    data = bytearray((index / "v000001" / "image.ivfdata").read_bytes())
+    data[len(data) // 6] ^= 1  # between the sampled chunks: not seen by a load
+    (index / "v000001" / "image.ivfdata").write_bytes(bytes(data))
+    assert len(Retriever.load(index)) == 240
+    with pytest.raises(DataError, match="image.ivfdata"):
+        rmod.verify_index(index)
+    data[-1] ^= 1  # in the last chunk: seen by a load
+    (index / "v000001" / "image.ivfdata").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="image.ivfdata"):
+        Retriever.load(index)
