@@ -21,6 +21,7 @@ from tests.conftest import REPO_ROOT  # noqa: E402
 from tests.search.test_search import trained  # noqa: E402,F401  (the module fixture: a trained model + manifest)
 
 SHOTS = REPO_ROOT / "tests" / "screenshots"
+LOCAL = "http://127.0.0.1"  # a loopback Host: the server answers no other by default
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_api_search_item_thumbnail_and_errors(app_and_items):
     from fastapi.testclient import TestClient
 
     app, r, items = app_and_items
-    c = TestClient(app)
+    c = TestClient(app, base_url=LOCAL)
     h = c.get("/health").json()
     assert h["status"] == "ok" and h["counts"] == _counts(items)
     res = c.get("/api/search", params={"text": "a red circle", "k": 5}).json()
@@ -99,7 +100,7 @@ def test_api_info_says_what_is_indexed_and_the_favicon_is_an_image(app_and_items
     from gcrdp.search.server import create_app
 
     app, r, items = app_and_items
-    c = TestClient(app)
+    c = TestClient(app, base_url=LOCAL)
     info = c.get("/api/info").json()
     assert info["counts"] == _counts(items)
     assert info["model"]["method"] == "gap-infonce" and info["model"]["checkpoint"] == r.info["checkpoint"]
@@ -109,7 +110,7 @@ def test_api_info_says_what_is_indexed_and_the_favicon_is_an_image(app_and_items
     assert 1 < len(info["examples"]) <= 6 and len(set(info["examples"])) == len(info["examples"])
     assert set(info["examples"]) <= captions
     assert c.get("/api/info").json() == info  # made once
-    hidden = TestClient(create_app(r, expose_paths=False)).get("/api/info").json()
+    hidden = TestClient(create_app(r, expose_paths=False), base_url=LOCAL).get("/api/info").json()
     assert "/" not in hidden["index"] and hidden["model"]["checkpoint"] is None and hidden["model"]["name"] == "ckpt"
     icon = c.get("/favicon.ico")
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/")
@@ -295,7 +296,7 @@ def test_paths_are_hidden_beyond_loopback(app_and_items):
     from gcrdp.search.server import create_app
 
     _, r, _ = app_and_items
-    c = TestClient(create_app(r, expose_paths=False))
+    c = TestClient(create_app(r, expose_paths=False), base_url=LOCAL)
     res = c.get("/api/search", params={"text": "a red circle", "k": 3}).json()["results"]
     assert all(x["path"] is None for x in res)
     assert c.get("/api/item", params={"id": res[0]["id"]}).json()["path"] is None

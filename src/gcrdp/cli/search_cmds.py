@@ -162,7 +162,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"gcrdp serve: listening on {args.host}, reachable from other machines; the API has no authentication.", file=sys.stderr)
     print(f"gcrdp serve: http://{args.host}:{args.port}/  (API: /api/search, /openapi.json; ^C stops)", file=sys.stderr)
     serve(
-        str(args.index), host=args.host, port=args.port, device=args.device or "cpu", max_upload_bytes=int(args.max_upload_mb * 1024 * 1024)
+        str(args.index),
+        host=args.host,
+        port=args.port,
+        device=args.device or "cpu",
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        allowed_hosts=tuple(args.allowed_host or ()),
     )
     return 0
 
@@ -267,5 +272,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload (default 10 MB)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a name the Host header may give besides loopback's and the --host address (repeatable; "
+        "with --host 0.0.0.0 add the names clients use, e.g. --allowed-host search.example.org)",
+    )
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.set_defaults(func=cmd_serve)

@@ -23,76 +23,295 @@ from a request reaches the file system; nothing is unpickled.
 # no `from __future__ import annotations` here: FastAPI reads the endpoint annotations at run
 # time, and the endpoints' types are imported inside create_app (FastAPI is optional)
 import io
+import logging
 import os
 import tempfile
-from typing import Any
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from ..errors import GcrdpError, MissingDependencyError
 
+log = logging.getLogger("gcrdp.serve")
+
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 THUMBNAIL_PX = 256
-
-
-MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels (after a JPEG's reduced draft), read from the header before decoding
+UPLOAD_DECODE_PX = 1024  # an upload is decoded and reduced to at most this side before it is embedded
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # raster decoders only: never EPS/PS or other plugins
+IMAGE_WORKERS = 4  # image decodes (uploads, thumbnails) at once; more get 503 + Retry-After
+IMAGE_WAIT_S = 0.25  # how long a request waits for a free image worker before its 503
+THUMBNAIL_CACHE_BYTES = 32 * 1024 * 1024
+MAX_QUERY_BYTES = 8192  # a longer query string gets 414
+H11_MAX_EVENT_BYTES = 1024 * 1024 + 64 * 1024  # uvicorn's request-line + headers buffer: a 1 MB query still reaches the 414
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+RELOAD_CHECK_S = 1.0  # CURRENT is looked at (one stat) at most this often
 FORM_OVERHEAD = 64 * 1024
 
 
-class _BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 before it is stored — by its
-    Content-Length, or by counting the chunks of a body without one."""
+class ImageRefused(Exception):
+    """An image the server will not decode: ``status`` 413 (over the pixel cap) or 400 (not a
+    raster image of an allowed format)."""
 
-    class _TooLarge(Exception):
-        pass
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
-    def __init__(self, app: Any, limit: int) -> None:
+
+def _open_image(source: Any) -> Any:
+    """Open ``source`` with the allowed raster decoders only, a JPEG set to decode at a reduced
+    scale, and its (decoded) size checked against the pixel cap — all before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(source, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError:
+        raise ImageRefused(413, f"the image has more than {MAX_IMAGE_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ImageRefused(400, f"not a readable image (accepted: {', '.join(IMAGE_FORMATS)})") from None
+    return im
+
+
+def _reduced_rgb(im: Any, side: int) -> Any:
+    """``im`` (just opened) decoded at reduced size: at most ``side`` pixels a side, EXIF-rotated,
+    transparency onto white, RGB. Refuses an image over the pixel cap before decoding it."""
+    from PIL import Image, ImageOps
+
+    im.draft(None, (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; a no-op elsewhere
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageRefused(413, f"the image has more than {MAX_IMAGE_PIXELS} pixels ({w}x{h})")
+    alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if im.mode not in ("RGB", "RGBA", "L", "LA"):
+        im = im.convert("RGBA" if alpha else "RGB")
+    im.thumbnail((side, side), reducing_gap=2.0)
+    im = ImageOps.exif_transpose(im)
+    if alpha:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        im = canvas
+    return im.convert("RGB")
+
+
+def _thumbnail_bytes(path: str) -> bytes:
+    """The JPEG thumbnail of the image file at ``path`` (memory bounded by the pixel cap)."""
+    with _open_image(path) as src:
+        thumb = _reduced_rgb(src, THUMBNAIL_PX)
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+class _LRU:
+    """A thread-safe LRU of bytes, bounded by their total size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.size = int(max_bytes), 0
+        self._d: "OrderedDict[Any, bytes]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> bytes | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: Any, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._d.pop(key, None)
+            self.size += len(value) - (len(old) if old is not None else 0)
+            self._d[key] = value
+            while self.size > self.max_bytes:
+                _, v = self._d.popitem(last=False)
+                self.size -= len(v)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header, lower case, without its port: ``[::1]:8000`` → ``::1``."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1 : h.find("]")] if "]" in h else h
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def _error_response(status: int, detail: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class _Guard:
+    """ASGI middleware in front of every route: the Host header must name a trusted host (400
+    otherwise: DNS rebinding), the query string must stay under ``MAX_QUERY_BYTES`` (414), and a
+    request body over ``limit`` bytes gets 413 before it is stored — by its Content-Length, or by
+    counting the chunks of a body without one (the app's own answer is then dropped)."""
+
+    def __init__(self, app: Any, limit: int, hosts: tuple[str, ...] | None) -> None:
         self.app, self.limit = app, int(limit)
+        self.hosts = None if hosts is None or "*" in hosts else {_host_name(h) for h in hosts}
 
-    async def _refuse(self, send: Any) -> None:
-        body = b'{"detail":"the request body is larger than the upload limit"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    @staticmethod
+    async def _answer(send: Any, status: int, detail: str) -> None:
+        start, body = _error_response(status, detail)
+        await send(start)
+        await send(body)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._refuse(send)
+        headers = dict(scope.get("headers") or [])
+        if self.hosts is not None and _host_name(headers.get(b"host", b"").decode("latin-1")) not in self.hosts:
+            await self._answer(send, 400, "this server does not answer for that Host header (gcrdp serve --allowed-host NAME adds one)")
             return
-        seen, started = 0, False
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if len(scope.get("query_string") or b"") > MAX_QUERY_BYTES:
+            await self._answer(send, 414, f"the query string is longer than {MAX_QUERY_BYTES} bytes")
+            return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._answer(send, 413, "the request body is larger than the upload limit")
+            return
+        seen, started, refused = 0, False, False
 
         async def counted() -> Any:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise self._TooLarge()
+                    refused = True
+                    if not started:
+                        await self._answer(send, 413, "the request body is larger than the upload limit")
+                    return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
             return message
 
         async def tracked_send(message: Any) -> None:
             nonlocal started
+            if refused:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted, tracked_send)
-        except self._TooLarge:
-            if not started:
-                await self._refuse(send)
+        except Exception:
+            if not refused:
+                raise
 
 
-def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_k: int = 100, expose_paths: bool = True) -> "Any":
+class _Live:
+    """The retriever being served, and a rebuilt index picked up without downtime: at most every
+    ``RELOAD_CHECK_S``, one ``stat`` of ``INDEX/CURRENT``; when it changed, the new version is
+    loaded in a background thread while the old one keeps answering, then swapped in."""
+
+    def __init__(self, retriever: Any, loader: Callable[[], Any] | None) -> None:
+        self.retriever, self.loader = retriever, loader
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._loading = False
+        self._checked = time.monotonic()
+        self._pointer = Path(retriever.index_dir) / "CURRENT"
+        self._seen = self._signature()
+
+    def _signature(self) -> Any:
+        try:
+            st = self._pointer.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def get(self) -> Any:
+        if self.loader is not None and time.monotonic() - self._checked >= RELOAD_CHECK_S:
+            self._checked = time.monotonic()
+            sig = self._signature()
+            with self._lock:
+                if sig is not None and sig != self._seen and not self._loading:
+                    self._seen, self._loading = sig, True
+                    threading.Thread(target=self._reload, name="gcrdp-reload", daemon=True).start()
+        return self.retriever
+
+    def _reload(self) -> None:
+        assert self.loader is not None
+        try:
+            new = self.loader()
+            warm = getattr(getattr(new, "model", None), "warm", None)
+            if callable(warm):
+                warm()
+        except Exception as exc:  # noqa: BLE001 - a broken rebuild must not take the old index down
+            log.warning("gcrdp serve: the rebuilt index could not be loaded; still serving the previous one (%s)", type(exc).__name__)
+        else:
+            with self._lock:
+                self.retriever, self.generation = new, self.generation + 1
+            log.warning("gcrdp serve: now serving the rebuilt index (%s)", {m: b.ntotal for m, b in new.backends.items()})
+        finally:
+            with self._lock:
+                self._loading = False
+
+
+def _responses(*codes: int, ok: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route, for the OpenAPI description."""
+    what = {
+        400: "a bad request: an unreadable image, a Host this server does not answer for",
+        404: "no such item in this index",
+        409: "the index holds nothing of the modality the query would find",
+        410: "the indexed image file is no longer readable",
+        413: "the upload, or the image's pixels, over the limit",
+        414: "the query string is too long",
+        415: "the upload does not declare an image type",
+        422: "invalid parameters",
+        503: "the server is busy with other image work: retry after the Retry-After seconds",
+    }
+    schema = {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
+    out: dict[int | str, dict[str, Any]] = {
+        c: {"description": what[c], "content": {"application/json": {"schema": schema}}} for c in (400, 414, *codes)
+    }
+    if ok is not None:
+        out[200] = ok
+    return out
+
+
+def create_app(
+    retriever: Any,
+    *,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_k: int = 100,
+    expose_paths: bool = True,
+    allowed_hosts: tuple[str, ...] | list[str] | None = LOOPBACK_HOSTS,
+    image_workers: int = IMAGE_WORKERS,
+    reload: Callable[[], Any] | None = None,
+) -> "Any":
     """The FastAPI application serving ``retriever`` (see the module docstring).
     ``expose_paths=False`` leaves the server's file paths out of every answer (``gcrdp serve``
-    does so when it listens beyond loopback)."""
+    does so when it listens beyond loopback). ``allowed_hosts``: the names a request's Host
+    header may give (loopback by default; ``None`` or ``"*"`` turns the check off).
+    ``image_workers``: image decodes at once (more get 503). ``reload``: a function loading the
+    index again, called when its ``CURRENT`` changes (``gcrdp serve`` passes one)."""
     try:
         from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
         from fastapi.responses import HTMLResponse, Response
@@ -107,7 +326,27 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
         redoc_url=None,
     )  # the Swagger page loads from a CDN; the JSON is at /openapi.json
 
-    cache: dict[str, Any] = {}  # the info and the icon, made on first request
+    live = _Live(retriever, reload)
+    app.state.live = live
+    cache: dict[Any, Any] = {}  # the info (per loaded index) and the icon, made on first request
+    thumbnails = _LRU(THUMBNAIL_CACHE_BYTES)
+    app.state.thumbnails = thumbnails
+    gate = threading.BoundedSemaphore(max(1, int(image_workers)))
+    tmp_root = tempfile.gettempdir()
+
+    def public(r: Any, message: str) -> str:
+        """``message`` without the server's paths (the index's, a temporary file's) when they are hidden."""
+        message = message.replace(tmp_root, "<tmp>")
+        return message if expose_paths else message.replace(str(r.index_dir), r.index_dir.name)
+
+    @contextmanager
+    def image_slot() -> Iterator[None]:
+        if not gate.acquire(timeout=IMAGE_WAIT_S):
+            raise HTTPException(503, "the server is busy with other image work; retry shortly", headers={"Retry-After": "1"})
+        try:
+            yield
+        finally:
+            gate.release()
 
     def hits_json(hits: list[Any]) -> list[dict[str, Any]]:
         out = []
@@ -123,27 +362,33 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
             raise HTTPException(422, f"k must be between 1 and {max_k}")
         return k
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
+    @app.get("/health", responses=_responses())
+    async def health() -> dict[str, Any]:
+        # async: answered on the event loop, never queued behind image work in the thread pool
+        r = live.get()
         return {
             "status": "ok",
-            "index": str(retriever.index_dir) if expose_paths else retriever.index_dir.name,
-            "backend": retriever.info.get("backend"),
-            "index_type": retriever.info.get("index_type"),
-            "method": retriever.info["model"].get("method"),
-            "counts": {m: b.ntotal for m, b in retriever.backends.items()},
+            "index": str(r.index_dir) if expose_paths else r.index_dir.name,
+            "backend": r.info.get("backend"),
+            "index_type": r.info.get("index_type"),
+            "method": r.info["model"].get("method"),
+            "counts": {m: b.ntotal for m, b in r.backends.items()},
         }
 
-    @app.get("/api/info")
+    @app.get("/api/info", responses=_responses())
     def about() -> dict[str, Any]:
         """What the page shows before a search: counts, the model, example queries."""
-        if "info" not in cache:
-            fp = retriever.info["model"]
-            config = getattr(retriever.model, "config", None)
-            checkpoint = retriever.info.get("checkpoint")
-            cache["info"] = {
-                "index": str(retriever.index_dir) if expose_paths else retriever.index_dir.name,
-                "counts": {m: b.ntotal for m, b in retriever.backends.items()},
+        r = live.get()
+        key = ("info", id(r))
+        if key not in cache:
+            fp = r.info["model"]
+            config = getattr(r.model, "config", None)
+            checkpoint = r.info.get("checkpoint")
+            cache.pop(cache.get("info-key"), None)
+            cache["info-key"] = key
+            cache[key] = {
+                "index": str(r.index_dir) if expose_paths else r.index_dir.name,
+                "counts": {m: b.ntotal for m, b in r.backends.items()},
                 "model": {
                     "method": fp.get("method"),
                     "checkpoint": checkpoint if expose_paths else None,
@@ -153,82 +398,94 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
                     else f"{getattr(config, 'image_encoder', '?')} + {getattr(config, 'text_encoder', '?')}",
                     "pre_extracted": bool(fp.get("pre_extracted")),
                 },
-                "index_type": retriever.info.get("index_type"),
+                "index_type": r.info.get("index_type"),
                 # text queries need images to find and an encoder to embed them
-                "examples": retriever.examples() if "image" in retriever.backends and not fp.get("pre_extracted") else [],
+                "examples": r.examples() if "image" in r.backends and not fp.get("pre_extracted") else [],
             }
-        return cache["info"]
+        return cache[key]
 
-    @app.get("/api/search")
+    @app.get("/api/search", responses=_responses(409, 422))
     def search_text(text: str = Query(..., min_length=1, max_length=2000), k: int = 10) -> dict[str, Any]:
-        if "image" not in retriever.backends:
+        r = live.get()
+        if "image" not in r.backends:
             raise HTTPException(409, "this index holds no images to search by text")
         try:
-            hits = retriever.search(text=text, k=check_k(k))
+            hits = r.search(text=text, k=check_k(k))
         except GcrdpError as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise HTTPException(400, public(r, str(exc))) from None
         return {"query": {"text": text, "k": k}, "results": hits_json(hits)}
 
-    @app.post("/api/search/image")
+    @app.post("/api/search/image", responses=_responses(409, 413, 415, 422, 503))
     def search_image(file: UploadFile = File(...), k: int = Form(10)) -> dict[str, Any]:
         # a plain def: FastAPI runs it in a worker thread, so the model never blocks the event loop
+        r = live.get()
         check_k(k)
-        if "text" not in retriever.backends:
+        if "text" not in r.backends:
             raise HTTPException(409, "this index holds no texts to search by image")
         if not (file.content_type or "").startswith("image/"):
             raise HTTPException(415, f"upload an image (got content type {file.content_type or 'none'!r})")
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"the image is larger than the limit of {max_upload_bytes} bytes")
-        try:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(data)) as im:
-                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
-                    raise HTTPException(413, f"the image has more than {MAX_IMAGE_PIXELS} pixels")
-                im.verify()
-        except HTTPException:
-            raise
-        except Exception:  # noqa: BLE001 - any decoding failure is the client's
-            raise HTTPException(400, "the upload is not a readable image") from None
-        fd, tmp = tempfile.mkstemp(suffix=".img")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            hits = retriever.search(image=tmp, k=k)
-        except GcrdpError as exc:
-            raise HTTPException(400, str(exc)) from None
-        finally:
-            os.unlink(tmp)
+        with image_slot():
+            try:
+                with _open_image(io.BytesIO(data)) as im:
+                    query = _reduced_rgb(im, UPLOAD_DECODE_PX)  # decoded at reduced size, then re-encoded
+            except ImageRefused as exc:
+                raise HTTPException(exc.status, exc.detail) from None
+            except Exception:  # noqa: BLE001 - any decoding failure is the client's
+                raise HTTPException(400, "the upload is not a readable image") from None
+            fd, tmp = tempfile.mkstemp(suffix=".png")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    query.save(f, format="PNG")
+                hits = r.search(image=tmp, k=k)
+            except GcrdpError as exc:
+                log.warning("gcrdp serve: an uploaded image could not be embedded (%s)", type(exc).__name__)
+                raise HTTPException(400, "the upload could not be embedded as an image") from None
+            finally:
+                os.unlink(tmp)
         return {"query": {"image": file.filename, "k": k}, "results": hits_json(hits)}
 
-    @app.get("/api/item")
+    @app.get("/api/item", responses=_responses(404, 422))
     def item(id: str, modality: str = "image") -> dict[str, Any]:
-        meta = retriever.item(modality, id)
+        r = live.get()
+        meta = r.item(modality, id)
         if meta is None:
             raise HTTPException(404, f"no {modality} with id {id!r} in this index")
-        d: dict[str, Any] = retriever.describe(modality, int(meta[1]))
+        d: dict[str, Any] = r.describe(modality, int(meta[1]))
         return d | {"path": d["path"] if expose_paths else None, "labels": list(d["labels"])}
 
-    @app.get("/api/thumbnail")
+    @app.get(
+        "/api/thumbnail",
+        response_class=Response,
+        responses=_responses(404, 410, 413, 422, 503, ok={"description": "a JPEG thumbnail", "content": {"image/jpeg": {}}}),
+    )
     def thumbnail(id: str) -> Response:
-        meta = retriever.item("image", id)
+        meta = live.get().item("image", id)
         if meta is None or not meta[3]:
             raise HTTPException(404, f"no image with id {id!r} in this index")
+        path = meta[3]  # the path stored at index time, never one from the request
+        headers = {"Cache-Control": "max-age=3600"}
         try:
-            from PIL import Image
-
-            with Image.open(meta[3]) as src:  # the path stored at index time, never one from the request
-                rgba = src.convert("RGBA")  # transparency onto white, as a page shows it
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            canvas.alpha_composite(rgba)
-            thumb = canvas.convert("RGB")
-            thumb.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            buf = io.BytesIO()
-            thumb.save(buf, format="JPEG", quality=85)
-        except Exception:  # noqa: BLE001 - a missing, changed or undecodable file: not the server's fault
+            st = os.stat(path)
+        except OSError:
             raise HTTPException(410, f"the image file of {id!r} is no longer readable") from None
-        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        key = (path, st.st_mtime_ns, st.st_size)
+        made = thumbnails.get(key)
+        if made is None:
+            with image_slot():
+                try:
+                    made = _thumbnail_bytes(path)
+                except ImageRefused as exc:
+                    status = 413 if exc.status == 413 else 410
+                    raise HTTPException(
+                        status, f"no thumbnail of {id!r}: {exc.detail}" if status == 413 else f"the image file of {id!r} is not readable"
+                    ) from None
+                except Exception:  # noqa: BLE001 - a missing, changed or undecodable file: not the server's fault
+                    raise HTTPException(410, f"the image file of {id!r} is no longer readable") from None
+            thumbnails.put(key, made)
+        return Response(made, media_type="image/jpeg", headers=headers)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -240,7 +497,7 @@ def create_app(retriever: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_
             cache["favicon"] = _favicon()
         return Response(cache["favicon"], media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
 
-    app.add_middleware(_BodyLimit, limit=max_upload_bytes + FORM_OVERHEAD)
+    app.add_middleware(_Guard, limit=max_upload_bytes + FORM_OVERHEAD, hosts=None if allowed_hosts is None else tuple(allowed_hosts))
     return app
 
 
@@ -276,9 +533,17 @@ def _q(s: str) -> str:
 
 
 def serve(
-    index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_upload_bytes: int = MAX_UPLOAD_BYTES
+    index_dir: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    allowed_hosts: tuple[str, ...] | list[str] = (),
 ) -> None:
-    """Load the index and serve it with uvicorn until interrupted."""
+    """Load the index and serve it with uvicorn until interrupted. The Host header must name a
+    loopback name, the bound address (unless a wildcard) or one of ``allowed_hosts``; a rebuilt
+    index (its ``CURRENT`` switched) is loaded in the background and served once loaded."""
     try:
         import uvicorn
     except ImportError:
@@ -287,8 +552,25 @@ def serve(
 
     r = Retriever.load(index_dir, device=device)
     r.model.warm()  # the encoders and heads load now, not on the first query
-    local = host in ("127.0.0.1", "localhost", "::1")
-    uvicorn.run(create_app(r, max_upload_bytes=max_upload_bytes, expose_paths=local), host=host, port=port, log_level="warning")
+    local = host in LOOPBACK_HOSTS
+    hosts = [*LOOPBACK_HOSTS, *([] if host in ("0.0.0.0", "::", "") else [host]), *allowed_hosts]
+    app = create_app(
+        r,
+        max_upload_bytes=max_upload_bytes,
+        expose_paths=local,
+        allowed_hosts=hosts,
+        reload=lambda: Retriever.load(index_dir, device=device),
+    )
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
+
+
+def uvicorn_config(app: Any, host: str, port: int) -> Any:
+    """How ``gcrdp serve`` runs uvicorn: no access log (warnings only), and an HTTP parser buffer
+    (h11's request line and headers) large enough that a query string up to 1 MiB reaches the
+    app's 414; beyond it uvicorn itself answers 400 and closes the connection."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", h11_max_incomplete_event_size=H11_MAX_EVENT_BYTES)
 
 
 PAGE = r"""<!doctype html>
