@@ -12,10 +12,15 @@ An index is a folder::
     INDEX/v000002/items.sqlite   one row per vector: modality, row, id, path, text (an image's
                                  own caption when the collection pairs one with it), label,
                                  content hash (SHA-256 of the image bytes or of the text), labels
+    INDEX/v000002/checksums.json the size and SHA-256 of every file above, written last
+    INDEX/v000002/.readers.lock  shared-locked by a reader while it loads the version
 
 A build or an ``add`` writes a new version folder next to the live one and then switches
 ``CURRENT`` to it; an interrupted build leaves the previous index intact (and a ``.tmp-*``
-folder that the next build removes). The embeddings are computed in batches and spooled to a
+folder that the next build removes). Loading checks every file against ``checksums.json``
+(a damaged file is a :class:`DataError` naming it) and refuses a ``CURRENT`` that names
+anything but a version folder of the index; a build removes an old version only when no reader
+holds its lock (it stays for a later build otherwise). The embeddings are computed in batches and spooled to a
 file in that folder, from which the index is trained (on a seeded sample), filled and measured
 in batches: memory holds a batch and the index, never all the embeddings at once. Queries are embedded with the index's own model: loading
 an index re-creates it from the checkpoint and refuses a checkpoint whose bytes, method or
