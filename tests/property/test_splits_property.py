@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gcrdp.data.protocol import make_split
 from gcrdp.data.splits import MIN_SEEN_CLASSES, MIN_UNSEEN_CLASSES, find_split_seed, generate_class_split, min_classes, split_shortfalls
 from gcrdp.data.types import ClassSplit, Dataset, Sample
-from gcrdp.errors import DataError, GcrdpError
+from gcrdp.errors import GcrdpError
 from tests.property import EXAMPLES, FAST
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=6)
@@ -59,6 +59,7 @@ def test_split_shortfalls_follow_their_rules(n_seen, n_unseen, fraction, validat
     expected = (
         (n_unseen < (MIN_UNSEEN_CLASSES if protocol == "fewshot" else 1))
         + (validate and n_seen < MIN_SEEN_CLASSES)
+        + (not validate and n_seen < 1)
         + (fraction is not None and n > 0 and abs(n_unseen - fraction * n) > max(1.0, 0.2 * n) + 1e-9)
     )
     assert len(got) == expected and all(isinstance(p, str) and p for p in got)
@@ -117,20 +118,6 @@ split_options = st.fixed_dictionaries(
 )
 
 
-def _verify(split, ds) -> None:
-    """``split.verify(ds)``, but for the one known disagreement between make_split and verify
-    (:func:`test_an_unseen_shot_with_a_validation_label_passes_verify`): an unseen-class shot that
-    also carries a validation class's label."""
-    try:
-        split.verify(ds)
-    except DataError as exc:
-        if not str(exc).endswith("validation-class pairs in train beyond their shots."):
-            raise
-        held = set(split.val_classes)
-        beyond = [int(i) for i in np.setdiff1d(split.train, split.val_fewshot) if held & set(ds.samples[int(i)].labels)]
-        assert set(beyond) <= set(split.fewshot.tolist()), exc  # only unseen-class shots: the known case
-
-
 def _try_split(ds, **options):
     try:
         return make_split(ds, **options)
@@ -145,7 +132,7 @@ def test_make_split_gives_a_verified_split_or_a_gcrdp_error(ds, options):
     split = _try_split(ds, **options)
     if split is None:
         return
-    _verify(split, ds)
+    split.verify(ds)
     train, val, gallery = split.train, split.val, split.test_gallery
     assert not np.intersect1d(train, val).size
     assert not np.intersect1d(train, gallery).size and not np.intersect1d(val, gallery).size
@@ -185,26 +172,22 @@ def test_min_classes_are_those_of_split_shortfalls():
         assert all(split_shortfalls(s, n - 1 - s, protocol=protocol) for s in range(n))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the property tests: without validation min_classes counts a seen class that split_shortfalls does not ask for",
-)
 @pytest.mark.parametrize("protocol", ["fewshot", "generalized"])
 def test_min_classes_without_validation_agree_with_split_shortfalls(protocol):
+    """Found by the property tests: without validation, min_classes counted a seen class that
+    split_shortfalls did not ask for (a split of unseen classes only had no shortfall)."""
     n = min_classes(protocol, validate=False)
-    # n - 1 classes, all unseen: split_shortfalls finds nothing wrong, min_classes says too few
-    assert split_shortfalls(0, n - 1, validate=False, protocol=protocol)
+    assert split_shortfalls(0, n - 1, validate=False, protocol=protocol) == ["no seen class to train on"]
+    assert split_shortfalls(1, n - 1, validate=False, protocol=protocol) == []
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the property tests: make_split draws an unseen-class shot that also carries a validation class's "
-    "label (multi-label), and ProtocolSplit.verify rejects the split make_split itself built",
-)
 def test_an_unseen_shot_with_a_validation_label_passes_verify():
+    """Found by the property tests: with multi-label data make_split drew an unseen-class shot that
+    also carried a validation class's label, and verify rejected the split make_split built. A
+    seen class that a shot carries trains, so it is no longer chosen to validate."""
     samples = [Sample(f"c{c}-{j}", "t", (f"c{c}",), "train") for c in range(6) for j in range(3)]
     samples += [
         Sample("u0-0", "t", ("u0",), "test"),
@@ -214,6 +197,7 @@ def test_an_unseen_shot_with_a_validation_label_passes_verify():
     ]
     classes = [f"c{c}" for c in range(6)] + ["u0", "u1"]
     ds = Dataset("d", samples, classes, ClassSplit("d", "v", tuple(classes[:6]), ("u0", "u1")))
-    split = make_split(ds, "fewshot", shots=1, seed=2, val_min_classes=0, val_min_pairs=0)
-    assert "c0" in split.val_classes and ds.samples.index(samples[-3]) in split.fewshot
-    split.verify(ds)
+    for mode in ("mirror", "zero-shot"):
+        split = make_split(ds, "fewshot", shots=1, seed=2, val_min_classes=0, val_min_pairs=0, val_mode=mode)
+        assert ds.samples.index(samples[-3]) in split.fewshot and "c0" not in split.val_classes
+        split.verify(ds)

@@ -29,6 +29,8 @@
         least 2 when there are 3 or more seen classes, always leaving one to train on) are
         validation pairs, and none of them trains: a zero-shot check whatever ``shots``.
 
+      A seen class that an unseen-class shot also carries (multi-label data) trains, so it is
+      never a validation class.
       With ``val_by="pair"``, validation is instead a per-class (stratified) ``val_fraction`` of
       the seen-side train pairs. With fewer than 3 seen classes a class-disjoint validation of
       two classes or more is impossible, and :func:`make_split` raises :class:`DataError` rather
@@ -450,9 +452,11 @@ def make_split(
                 "val_fraction=0 to train without a validation, or protocol='standard'."
             )
     val_fewshot = _index([])
+    # Seen classes that the unseen shots carry (multi-label data) train, so they cannot validate.
+    trained = {lab for i in drawn for lab in samples[int(i)].labels if lab not in unseen_set}
     if mode == "class" and val_mode == "mirror":
         train_seen, val, val_fewshot, val_classes = _mirror_validation(
-            samples, seen, seen_train, shots, seed, val_fraction, val_min_classes, val_min_pairs
+            samples, seen, seen_train, shots, seed, val_fraction, val_min_classes, val_min_pairs, trained
         )
     elif mode == "class":
         n_val = 0
@@ -462,7 +466,7 @@ def make_split(
                 n_val = max(n_val, 2)
             n_val = min(n_val, len(seen) - 1)
         order = _rng(seed, _TAG_VAL_CLASSES).permutation(len(seen))
-        val_set = {seen[int(j)] for j in order[:n_val]}
+        val_set = set([seen[int(j)] for j in order if seen[int(j)] not in trained][:n_val])
         in_val = np.array([any(lab in val_set for lab in samples[int(i)].labels) for i in seen_train], dtype=bool)
         val = _index(seen_train[in_val]) if seen_train.size else _index([])
         train_seen = _index(seen_train[~in_val]) if seen_train.size else _index([])
@@ -521,8 +525,10 @@ def _mirror_validation(
     val_fraction: float,
     min_classes: int,
     min_pairs: int,
+    trained: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Validation classes that mirror the test (module docstring, ``val_mode="mirror"``).
+    """Validation classes that mirror the test (module docstring, ``val_mode="mirror"``); the
+    classes in ``trained`` (carried by the unseen shots) are never chosen.
 
     -> (seen training pairs, validation pairs, validation-class shots, validation classes)."""
     labels_of = {int(i): samples[int(i)].labels for i in seen_train}
@@ -547,7 +553,7 @@ def _mirror_validation(
             break
         c = seen[int(j)]
         pool = sorted(members[c])
-        if len(pool) <= shots:  # nothing would be left to validate on
+        if len(pool) <= shots or c in trained:  # nothing left to validate on, or it trains anyway
             continue
         chosen.append(c)
         val_side.update(pool)

@@ -203,6 +203,8 @@ def split_shortfalls(
                 else ""
             )
         )
+    if not validate and n_seen < 1:
+        problems.append("no seen class to train on")
     if validate and n_seen < MIN_SEEN_CLASSES:
         problems.append(
             f"{n_seen} seen class{'' if n_seen == 1 else 'es'}: at least {MIN_SEEN_CLASSES} are needed — 2 held out "
