@@ -70,9 +70,11 @@ class StandIn:
         p = self.images.get(id) if modality == "image" else None
         return None if p is None else ("image", 0, id, str(p), None, None, "hash", None)
 
-    def search(self, *, image: str, k: int = 10, **_: object) -> list:
+    def search(self, *, image: str | None = None, k: int = 10, **_: object) -> list:
         from PIL import Image
 
+        if image is None:  # a text query: nothing found
+            return []
         with Image.open(image) as im:  # what the model would be given
             self.queries.append(im.size)
         self.entered.set()
@@ -81,6 +83,11 @@ class StandIn:
         if self.error is not None:
             raise self.error
         return []
+
+    def describe(self, modality: str, row: int) -> dict:
+        id = next(iter(self.images))
+        path = str(self.images[id])
+        return {"modality": modality, "row": row, "id": id, "path": path, "text": None, "label": None, "labels": (), "hash": "h"}
 
     def examples(self) -> list[str]:
         return []

@@ -405,7 +405,7 @@ def create_app(
         return cache[key]
 
     @app.get("/api/search", responses=_responses(409, 422))
-    def search_text(text: str = Query(..., min_length=1, max_length=2000), k: int = 10) -> dict[str, Any]:
+    def search_text(text: str = Query(..., min_length=1, max_length=2000), k: int = Query(10, ge=1, le=max_k)) -> dict[str, Any]:
         r = live.get()
         if "image" not in r.backends:
             raise HTTPException(409, "this index holds no images to search by text")
@@ -416,7 +416,7 @@ def create_app(
         return {"query": {"text": text, "k": k}, "results": hits_json(hits)}
 
     @app.post("/api/search/image", responses=_responses(409, 413, 415, 422, 503))
-    def search_image(file: UploadFile = File(...), k: int = Form(10)) -> dict[str, Any]:
+    def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=max_k)) -> dict[str, Any]:
         # a plain def: FastAPI runs it in a worker thread, so the model never blocks the event loop
         r = live.get()
         check_k(k)
