@@ -1,0 +1,97 @@
+"""Crash tests of the search index (issue 21), in the style of Qdrant's crasher: ``gcrdp index``
+rebuilding an index, or adding to it, is SIGKILLed at seeded points inside its work; afterwards
+the index opens (its checksums verified) as the complete old state or the complete new state —
+never a mix — and answers searches."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.crash.test_crasher import KILLS, SEED, _env, _kill_after, _work_window
+
+faiss = pytest.importorskip("faiss")
+
+
+def _features(path: Path, n: int, seed: int, prefix: str) -> Path:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(6), n // 6)
+    ci, ct = np.random.default_rng(7).normal(size=(6, 12)), np.random.default_rng(8).normal(size=(6, 8))
+    np.savez(
+        path,
+        image=(ci[labels] + 0.3 * rng.normal(size=(n, 12))).astype(np.float32),
+        text=(ct[labels] + 0.3 * rng.normal(size=(n, 8))).astype(np.float32),
+        labels=labels,
+        classes=np.array([f"class-{i}" for i in range(6)]),
+        split=np.array(["test" if i % 10 < 3 else "train" for i in range(n)]),
+        ids=np.array([f"{prefix}{i}" for i in range(n)]),
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from gcrdp.cli.main import main
+
+    root = tmp_path_factory.mktemp("index-crash")
+    a = _features(root / "a.npz", 1200, 1, "a")
+    b = _features(root / "b.npz", 2400, 2, "b")
+    c = _features(root / "c.npz", 1800, 3, "c")
+    args = ["train", "--features", str(a), "--method", "gap-infonce", "--shots", "1", "--option", "max_epochs=2"]
+    assert main([*args, "--checkpoint-dir", str(root / "ckpt"), "-q"]) == 0
+    return root, root / "ckpt", {"a": a, "b": b, "c": c}
+
+
+def _state(index: Path) -> tuple[int, int]:
+    """(images, texts) of the index as it opens now; a search by an indexed item answers."""
+    from gcrdp.search import Retriever
+
+    r = Retriever.load(index)  # checksums of every file verified
+    counts = (r.backends["image"].ntotal, r.backends["text"].ntotal)
+    first = r.describe("image", 0)["id"]
+    hits = r.search(like=first, k=5)
+    assert hits and all(h.id for h in hits)
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["rebuild", "add"])
+def test_an_index_killed_while_written_opens_as_the_old_or_the_new_state(setup, tmp_path, mode):
+    from gcrdp.cli.main import main
+
+    root, ckpt, feats = setup
+    env = _env(tmp_path)
+    index = tmp_path / "idx"
+    assert main(["index", str(index), "--checkpoint", str(ckpt), "--features", str(feats["a"]), "-q"]) == 0
+    sizes = {"a": 1200, "b": 2400, "c": 1800}
+
+    def argv(target: Path, source: str) -> list[str]:
+        extra = ["--add"] if mode == "add" else []
+        what = ["--checkpoint", str(ckpt), "--features", str(feats[source]), *extra, "-q"]
+        return [sys.executable, "-m", "gcrdp", "index", str(target), *what]
+
+    # the window of the work: a rebuild of b (or an add of c) into a copy, timed
+    import shutil
+
+    shutil.copytree(index, tmp_path / "ref")
+    source = "b" if mode == "rebuild" else "c"
+    window = _work_window(argv(tmp_path / "ref", source), env, lambda: len(list((tmp_path / "ref").iterdir())) > 3)
+    rng = np.random.default_rng(SEED)
+    killed = 0
+    for k, delay in enumerate(rng.uniform(0.0, 0.9, size=KILLS) * (window[1] - window[0])):
+        before = _state(index)
+        if mode == "rebuild":
+            source = "b" if k % 2 == 0 else "a"  # alternate, so that old and new differ every time
+            new = (sizes[source], sizes[source])
+        else:
+            source = "c" if k == 0 else ("a" if k % 2 else "c")  # c once, then nothing new to add
+            new = (before[0] + sizes["c"], before[1] + sizes["c"]) if before[0] == sizes["a"] else before
+        killed += _kill_after(argv(index, source), env, index, float(delay))
+        after = _state(index)
+        assert after in (before, new), f"kill {k}: {after} is neither the old {before} nor the new {new}"
+    assert killed >= 1
+    # and the index can still be written: a last build completes
+    assert main(["index", str(index), "--checkpoint", str(ckpt), "--features", str(feats["b"]), "-q"]) == 0
+    assert _state(index) == (2400, 2400)
