@@ -174,7 +174,7 @@ def test_an_old_index_without_captions_still_searches(trained, tmp_path, capsys)
     assert code == 0 and [json.loads(x)["text"] for x in out.splitlines()] == [h.text for h in hits]
     code, out, err = run_cli(capsys, "search", idx, "--text", "a red circle", "--k", "5")
     assert code == 0 and hits[0].text in out
-    c = TestClient(create_app(r))
+    c = TestClient(create_app(r), base_url="http://127.0.0.1")  # a loopback Host: the server answers no other by default
     got = c.get("/api/search", params={"text": "a red circle", "k": 5}).json()["results"]
     assert [(x["text"], x["labels"]) for x in got] == [(h.text, list(h.labels)) for h in hits]
     assert c.get("/api/item", params={"id": hits[0].id}).json()["text"] == hits[0].text

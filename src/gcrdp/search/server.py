@@ -28,6 +28,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -379,14 +380,12 @@ def create_app(
     def about() -> dict[str, Any]:
         """What the page shows before a search: counts, the model, example queries."""
         r = live.get()
-        key = ("info", id(r))
-        if key not in cache:
+        made = cache.get("info")
+        if made is None or made[0]() is not r:  # made for this index (a reloaded one gets its own)
             fp = r.info["model"]
             config = getattr(r.model, "config", None)
             checkpoint = r.info.get("checkpoint")
-            cache.pop(cache.get("info-key"), None)
-            cache["info-key"] = key
-            cache[key] = {
+            info = {
                 "index": str(r.index_dir) if expose_paths else r.index_dir.name,
                 "counts": {m: b.ntotal for m, b in r.backends.items()},
                 "model": {
@@ -402,7 +401,8 @@ def create_app(
                 # text queries need images to find and an encoder to embed them
                 "examples": r.examples() if "image" in r.backends and not fp.get("pre_extracted") else [],
             }
-        return cache[key]
+            cache["info"] = made = (weakref.ref(r), info)
+        return made[1]
 
     @app.get("/api/search", responses=_responses(409, 422))
     def search_text(text: str = Query(..., min_length=1, max_length=2000), k: int = Query(10, ge=1, le=max_k)) -> dict[str, Any]:
@@ -561,16 +561,20 @@ def serve(
         allowed_hosts=hosts,
         reload=lambda: Retriever.load(index_dir, device=device),
     )
-    uvicorn.Server(uvicorn_config(app, host, port)).run()
+    uvicorn.run(app, host=host, port=port, **UVICORN_OPTIONS)
+
+
+# How ``gcrdp serve`` runs uvicorn: no access log (warnings only), and an HTTP parser buffer (h11's
+# request line and headers) large enough that a query string up to 1 MiB reaches the app's 414;
+# beyond it uvicorn itself answers 400 and closes the connection.
+UVICORN_OPTIONS: dict[str, Any] = {"log_level": "warning", "h11_max_incomplete_event_size": H11_MAX_EVENT_BYTES}
 
 
 def uvicorn_config(app: Any, host: str, port: int) -> Any:
-    """How ``gcrdp serve`` runs uvicorn: no access log (warnings only), and an HTTP parser buffer
-    (h11's request line and headers) large enough that a query string up to 1 MiB reaches the
-    app's 414; beyond it uvicorn itself answers 400 and closes the connection."""
+    """The ``uvicorn.Config`` of ``gcrdp serve`` (``UVICORN_OPTIONS``), for a server run in a thread."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", h11_max_incomplete_event_size=H11_MAX_EVENT_BYTES)
+    return uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)
 
 
 PAGE = r"""<!doctype html>
