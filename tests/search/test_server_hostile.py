@@ -273,7 +273,7 @@ def test_a_foreign_host_header_gets_400_without_the_index(stand_in):
     assert named.get("/health", headers={"host": "localhost"}).status_code == 400
 
 
-def test_serve_passes_allowed_hosts(tmp_path, monkeypatch):
+def test_serve_passes_allowed_hosts(tmp_path, monkeypatch, capsys):
     from gcrdp.cli.main import main
     from gcrdp.search import server
 
@@ -285,6 +285,9 @@ def test_serve_passes_allowed_hosts(tmp_path, monkeypatch):
     argv = ["serve", str(tmp_path), "--port", str(port), "--allowed-host", "a.example", "--allowed-host", "b.example"]
     assert main(argv) == 0
     assert got["allowed_hosts"] == ("a.example", "b.example")
+    capsys.readouterr()
+    assert main(["serve", str(tmp_path), "--port", str(port), "--host", "0.0.0.0"]) == 0
+    assert got["allowed_hosts"] == () and "--allowed-host NAME" in capsys.readouterr().err
 
 
 # 5. chunked bodies, long query strings
@@ -403,3 +406,21 @@ def test_a_rebuilt_index_is_served_without_a_restart(trained, tmp_path, monkeypa
     assert set(codes) == {200} and got.json()["counts"]["image"] == 5 + len(rest)
     hits = c.get("/api/search", params={"text": "a red circle", "k": 50}).json()["results"]
     assert {h["id"] for h in hits} & {it.id for it in rest}
+
+
+def test_serve_trusts_loopback_the_bound_address_and_the_named_hosts(monkeypatch):
+    import uvicorn
+
+    from gcrdp.search import server
+    from gcrdp.search.retriever import Retriever
+
+    got = {}
+    monkeypatch.setattr(Retriever, "load", classmethod(lambda cls, *a, **k: SimpleNamespace(model=SimpleNamespace(warm=lambda: None))))
+    monkeypatch.setattr(server, "create_app", lambda r, **k: got.update(k) or object())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **k: got.update(run=k))
+    server.serve("idx", host="192.0.2.7", allowed_hosts=("search.example.org",))
+    assert set(got["allowed_hosts"]) == {"127.0.0.1", "localhost", "::1", "192.0.2.7", "search.example.org"}
+    assert got["expose_paths"] is False and got["reload"] is not None
+    assert got["run"]["h11_max_incomplete_event_size"] >= 1024 * 1024 + 8192
+    server.serve("idx", host="0.0.0.0")
+    assert set(got["allowed_hosts"]) == {"127.0.0.1", "localhost", "::1"}

@@ -160,6 +160,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"gcrdp serve: listening on {args.host}, reachable from other machines; the API has no authentication.", file=sys.stderr)
+        if args.host in ("0.0.0.0", "::") and not args.allowed_host:
+            print(
+                "gcrdp serve: only requests to a loopback name are answered (Host header); "
+                "add the names clients use with --allowed-host NAME.",
+                file=sys.stderr,
+            )
     print(f"gcrdp serve: http://{args.host}:{args.port}/  (API: /api/search, /openapi.json; ^C stops)", file=sys.stderr)
     serve(
         str(args.index),

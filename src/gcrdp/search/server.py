@@ -44,7 +44,7 @@ MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels (after a JPEG's reduced draft), 
 UPLOAD_DECODE_PX = 1024  # an upload is decoded and reduced to at most this side before it is embedded
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # raster decoders only: never EPS/PS or other plugins
 IMAGE_WORKERS = 4  # image decodes (uploads, thumbnails) at once; more get 503 + Retry-After
-IMAGE_WAIT_S = 0.25  # how long a request waits for a free image worker before its 503
+IMAGE_WAIT_S = 0.5  # how long a request waits for a free image worker before its 503
 THUMBNAIL_CACHE_BYTES = 32 * 1024 * 1024
 MAX_QUERY_BYTES = 8192  # a longer query string gets 414
 H11_MAX_EVENT_BYTES = 1024 * 1024 + 64 * 1024  # uvicorn's request-line + headers buffer: a 1 MB query still reaches the 414
@@ -646,7 +646,12 @@ function card(h) {
   const c = el("div", "card result " + h.modality); c.dataset.id = h.id;
   const head = el("div"); head.appendChild(el("b", "", "#" + h.rank)); head.appendChild(el("span", "score", h.score.toFixed(3)));
   c.appendChild(head);
-  if (h.thumbnail) { const im = el("img"); im.src = h.thumbnail; im.alt = h.text || h.id; im.title = h.id; c.appendChild(im); }
+  if (h.thumbnail) {
+    const im = el("img"); im.src = h.thumbnail; im.alt = h.text || h.id; im.title = h.id;
+    let tries = 0;  // a busy server answers 503 (Retry-After): try again a little later
+    im.onerror = () => { if (++tries <= 3) setTimeout(() => { im.src = h.thumbnail + "&try=" + tries; }, 1000 * tries); };
+    c.appendChild(im);
+  }
   if (h.text) c.appendChild(el("div", "text", h.text));
   c.appendChild(el("div", "id", h.id));
   const labels = h.labels && h.labels.length ? h.labels : (h.label ? [h.label] : []);
