@@ -75,24 +75,6 @@ def _newest_write(folder: Path) -> float:
     return newest
 
 
-def _kill_after(argv: list[str], env: dict[str, str], folder: Path, delay: float) -> bool:
-    """Run ``argv``; once it has written into ``folder`` (its imports are done, its work has
-    begun), wait ``delay`` s and SIGKILL it. True when it was killed (not already done)."""
-    t0 = time.time()
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while child.poll() is None and _newest_write(folder) < t0:
-        time.sleep(0.01)
-    try:
-        child.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=60)
-        return True
-    err = child.stderr.read().decode() if child.stderr else ""
-    assert child.returncode == 0, err
-    return False
-
-
 def _kill_when(argv: list[str], env: dict[str, str], ready, delay: float) -> bool:
     """Run ``argv``; once ``ready()`` holds, wait ``delay`` s and SIGKILL it. True when killed."""
     child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -107,6 +89,13 @@ def _kill_when(argv: list[str], env: dict[str, str], ready, delay: float) -> boo
     err = child.stderr.read().decode() if child.stderr else ""
     assert child.returncode == 0, err
     return False
+
+
+def _kill_after(argv: list[str], env: dict[str, str], folder: Path, delay: float) -> bool:
+    """Run ``argv``; once it has written into ``folder`` (its imports are done, its work has
+    begun), wait ``delay`` s and SIGKILL it. True when it was killed (not already done)."""
+    t0 = time.time()
+    return _kill_when(argv, env, lambda: _newest_write(folder) >= t0, delay)
 
 
 def _kill_points(window: tuple[float, float], n: int = KILLS) -> list[float]:
