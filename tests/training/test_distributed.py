@@ -106,6 +106,45 @@ def _run_loss(name: str, data: dict[str, torch.Tensor], rows: slice | None) -> d
     return result
 
 
+def _towers() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(99)
+    return torch.nn.Linear(D, 5), torch.nn.Linear(D, 5)
+
+
+def _param_grads(data: dict[str, torch.Tensor], rows: slice | None, mode: str = "single") -> list[torch.Tensor]:
+    """Parameter gradients of InfoNCE over two linear towers: one process on the whole batch
+    (``single``), or this rank's rows with the parameter gradients all-reduced (``sum``), or
+    under ``DistributedDataParallel`` (which averages) back-propagating share × world size."""
+    img_tower, txt_tower = _towers()
+    model = torch.nn.ModuleDict({"img": img_tower, "txt": txt_tower})
+    sl = slice(None) if rows is None else rows
+    if mode == "ddp":
+
+        class Both(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.m = model
+
+            def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return self.m["img"](a), self.m["txt"](b)
+
+        wrapped = torch.nn.parallel.DistributedDataParallel(Both())
+        a, b = wrapped(data["image"][sl], data["text"][sl])
+    else:
+        a, b = model["img"](data["image"][sl]), model["txt"](data["text"][sl])
+    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    if mode == "single":
+        symmetric_infonce(a, b, 0.1).backward()
+    else:
+        share = gd.global_batch_loss(symmetric_infonce, a, b, 0.1)
+        (share * gd.world_size() if mode == "ddp" else share).backward()
+    grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+    if mode == "sum":
+        for g in grads:
+            dist.all_reduce(g)
+    return grads
+
+
 def _shares() -> list[slice]:
     sizes = [len(gd.split_batch(np.arange(N), r, WORLD)) for r in range(WORLD)]
     starts = np.cumsum([0, *sizes])
@@ -139,6 +178,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         flag = rank == 1
         res["decisions"] = {how: gd.all_reduce_decision(flag, how) for how in ("any", "all", "rank0")}
         res["losses"] = {name: _run_loss(name, data, rows) for name in _losses()}
+        res["params_sum"] = _param_grads(data, rows, "sum")
+        res["params_ddp"] = _param_grads(data, rows, "ddp")
         torch.save(res, Path(out_dir) / f"rank{rank}.pt")
     finally:
         gd.shutdown_distributed()
@@ -202,6 +243,18 @@ def test_global_batch_loss_equals_single_process(ranks: list[dict[str, Any]], na
     if "grad_tau" in ref:
         summed = sum(ranks[r]["losses"][name]["grad_tau"] for r in range(WORLD))
         assert abs(float(summed) - float(ref["grad_tau"])) <= TOL * max(1.0, abs(float(ref["grad_tau"])))
+
+
+def test_parameter_gradients_equal_single_process(ranks: list[dict[str, Any]]) -> None:
+    """Replicated towers: the parameter gradients summed over ranks (or averaged by DDP when
+    each rank back-propagates share × world size) are the single-process gradients."""
+    ref = _param_grads(_data(), None)
+    assert len(ref) == 4
+    for r in ranks:
+        for mode in ("params_sum", "params_ddp"):
+            assert len(r[mode]) == len(ref)
+            for got, want in zip(r[mode], ref):
+                assert _max_diff(got, want) <= TOL
 
 
 # ---- single process: no process group ---------------------------------------------------------
