@@ -254,7 +254,7 @@ def test_parameter_gradients_equal_single_process(ranks: list[dict[str, Any]]) -
         for mode in ("params_sum", "params_ddp"):
             assert len(r[mode]) == len(ref)
             for got, want in zip(r[mode], ref):
-                assert _max_diff(got, want) <= TOL
+                assert _max_diff(got, want) <= TOL * max(1.0, float(want.abs().max()))  # summation order: round-off
 
 
 # ---- single process: no process group ---------------------------------------------------------
