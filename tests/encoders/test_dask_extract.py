@@ -162,3 +162,28 @@ def test_a_worker_killed_mid_shard(client, small_shards, tmp_path):
     _assert_same(out["feats"], _local(ds, tmp_path / "local"))
     # the client still works after the loss
     assert client.submit(sum, [1, 2], pure=False).result() == 3
+
+
+@needs_dask
+def test_a_scheduler_address(client, small_shards, tmp_path):
+    ds = _dataset(tmp_path, 9)
+    address = client.scheduler.address
+    got = extract_features_dask(ds, IMAGE, TEXT, cache_dir=tmp_path / "dask", client=address, batch_size=2, progress=False)
+    _assert_same(got, _local(ds, tmp_path / "local"))
+
+
+@needs_dask
+def test_no_scheduler_there_is_a_clear_error(monkeypatch, tmp_path):
+    import socket
+
+    from gcrdp.encoders import dask_extract
+    from gcrdp.errors import ConfigError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(dask_extract, "CONNECT_TIMEOUT_S", 2.0)
+    with pytest.raises(ConfigError, match="Could not reach the Dask scheduler"):
+        extract_features_dask(
+            _dataset(tmp_path, 3), IMAGE, TEXT, cache_dir=tmp_path / "c", client=f"tcp://127.0.0.1:{port}", progress=False
+        )

@@ -43,6 +43,8 @@ from .images import check_image_files
 
 #: task retries after an error raised inside a task (a lost worker is rescheduled by Dask anyway)
 RETRIES = 2
+#: seconds to wait for a scheduler given by address
+CONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def _client(client: Any, workers: int | None) -> tuple[Any, list[Any]]:
         return made, [made, cluster]
     if isinstance(client, str):
         try:
-            made = Client(client, timeout=30)
+            made = Client(client, timeout=CONNECT_TIMEOUT_S)
         except OSError as exc:
             raise ConfigError(f"Could not reach the Dask scheduler at {client} ({exc}); is `dask scheduler` running there?") from None
         return made, [made]
