@@ -60,7 +60,7 @@ def client():
         pytest.skip("dask and distributed are not installed")
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0")
     c = Client(cluster)
     yield c
     c.close()
@@ -187,3 +187,11 @@ def test_no_scheduler_there_is_a_clear_error(monkeypatch, tmp_path):
         extract_features_dask(
             _dataset(tmp_path, 3), IMAGE, TEXT, cache_dir=tmp_path / "c", client=f"tcp://127.0.0.1:{port}", progress=False
         )
+
+
+@needs_dask
+def test_workers_n_starts_and_closes_a_local_cluster(small_shards, tmp_path):
+    ds = _dataset(tmp_path, 11)
+    got = extract_features_dask(ds, IMAGE, TEXT, cache_dir=tmp_path / "dask", workers=2, batch_size=2, progress=False)
+    _assert_same(got, _local(ds, tmp_path / "local"))
+    assert got.meta["dask_shards"]["image"] >= 2

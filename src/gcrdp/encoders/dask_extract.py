@@ -191,7 +191,7 @@ def _client(client: Any, workers: int | None) -> tuple[Any, list[Any]]:
     if client is None:
         if workers is None or workers < 1:
             raise ConfigError(f"workers must be a positive number of worker processes, got {workers!r}.")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
         made = Client(cluster)
         return made, [made, cluster]
     if isinstance(client, str):
