@@ -72,12 +72,16 @@ def place_features(features: FeatureSet, storage: str, cache_dir: Path) -> Featu
     return out
 
 
-def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) -> FeatureSet:
+def load_features(dataset: Dataset, config: RunConfig, progress: bool = True, cluster: str | int | None = None) -> FeatureSet:
     """Both modalities' features for ``dataset``: its own pre-extracted ones when it has them
     (``dataset.features``; the encoders are not used), else extracted by the configured
     encoders (or loaded from the cache); held where ``config.feature_storage`` says
     (:func:`place_features`). Pre-extracted features placed elsewhere replace
-    ``dataset.features`` (same values and ids)."""
+    ``dataset.features`` (same values and ids).
+
+    ``cluster``: extract the missing items on Dask (:mod:`gcrdp.encoders.dask_extract`) — a
+    scheduler address (``"tcp://host:8786"``) or a number of local worker processes; the same
+    arrays as a local extraction."""
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     if dataset.features is not None:
         feats = place_features(dataset.features, config.feature_storage, cache)
@@ -91,6 +95,22 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True) ->
     image_kw = dict(config.image_encoder_options)
     if config.encoder_backend:
         image_kw["backend"] = config.encoder_backend
+    if cluster is not None:
+        from ..encoders.dask_extract import EncoderSpec, extract_features_dask
+
+        feats = extract_features_dask(
+            dataset,
+            EncoderSpec("image", config.image_encoder, image_kw),
+            EncoderSpec("text", config.text_encoder, dict(config.text_encoder_options)),
+            cache_dir=cache,
+            client=cluster if isinstance(cluster, str) else None,
+            workers=cluster if isinstance(cluster, int) else None,
+            dtype=config.feature_dtype,
+            batch_size=config.extract_batch_size,
+            progress=progress,
+            storage=config.feature_storage,
+        )
+        return place_features(feats, config.feature_storage, cache)
     image_enc = build_encoder(get_image_encoder, config.image_encoder, image_kw, "image")
     text_enc = build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
     feats = extract_features(

@@ -1,0 +1,46 @@
+"""`gcrdp extract --workers N` / `--scheduler ADDRESS` (issue 22, item 1): the features of a
+manifest extracted on a Dask cluster of 2 worker processes equal a local extraction's, and
+the flags' mistakes are clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gcrdp.encoders.dask_extract import dask_available
+from tests.cli.test_cli import assert_user_error, run_cli, write_manifest
+
+pytestmark = pytest.mark.skipif(not dask_available(), reason="dask and distributed are not installed (pip install 'gcrdp[dask]')")
+
+
+def test_extract_on_two_local_workers_equals_a_local_extraction(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from tests.clip_fixture import make_clip_dir
+
+    clip = make_clip_dir(tmp_path / "clip")  # a tiny CLIP: cheap for each worker to load
+    manifest = write_manifest(tmp_path / "data", n_classes=5, per_class=4)
+    common = ("extract", "--manifest", manifest, "--clip", clip, "-q")
+    code, out, err = run_cli(capsys, *common, "--cache-dir", tmp_path / "local", "--output", tmp_path / "local.npz")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, *common, "--workers", "2", "--cache-dir", tmp_path / "dask", "--output", tmp_path / "dask.npz")
+    assert code == 0, err
+    assert "extracted now: 20 images, 20 texts" in out
+    with np.load(tmp_path / "local.npz") as a, np.load(tmp_path / "dask.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            assert np.array_equal(a[name], b[name]), name
+
+
+def test_the_cluster_flags_mistakes_are_clear(tmp_path, capsys, monkeypatch):
+    from gcrdp.encoders import dask_extract
+
+    monkeypatch.setattr(dask_extract, "CONNECT_TIMEOUT_S", 2.0)  # no scheduler listens there: fail fast
+    manifest = write_manifest(tmp_path / "data", n_classes=5, per_class=2)
+    code, _, err = run_cli(capsys, "extract", "--manifest", manifest, "--workers", "0")
+    assert_user_error(code, err, "--workers must be >= 1")
+    code, _, err = run_cli(capsys, "extract", "--manifest", manifest, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1")
+    assert_user_error(code, err, "pass one")
+    code, _, err = run_cli(
+        capsys, "extract", "--manifest", manifest, "--scheduler", "tcp://127.0.0.1:1", "--cache-dir", tmp_path / "c", "-q"
+    )
+    assert_user_error(code, err, "tcp://127.0.0.1:1")
