@@ -44,3 +44,23 @@ def test_the_cluster_flags_mistakes_are_clear(tmp_path, capsys, monkeypatch):
         capsys, "extract", "--manifest", manifest, "--scheduler", "tcp://127.0.0.1:1", "--cache-dir", tmp_path / "c", "-q"
     )
     assert_user_error(code, err, "tcp://127.0.0.1:1")
+
+
+def test_run_extracts_on_the_cluster_and_ends_as_a_local_run(tmp_path, capsys):
+    import json
+
+    pytest.importorskip("transformers")
+    from tests.clip_fixture import make_clip_dir
+
+    clip = make_clip_dir(tmp_path / "clip")
+    manifest = write_manifest(tmp_path / "data", n_classes=5, per_class=4)
+    common = ("run", "--manifest", manifest, "--clip", clip, "--methods", "cca", "--shots", "1", "--seeds", "0", "-q")
+    code, _, err = run_cli(capsys, *common, "--cache-dir", tmp_path / "local", "--output-dir", tmp_path / "local-run")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *common, "--workers", "2", "--cache-dir", tmp_path / "dask", "--output-dir", tmp_path / "dask-run")
+    assert code == 0, err
+    local = json.loads((tmp_path / "local-run" / "results.json").read_text())
+    dask = json.loads((tmp_path / "dask-run" / "results.json").read_text())
+    assert dask["resolved"]["features"]["dask_shards"] and "dask_shards" not in local["resolved"]["features"]
+    assert dask["resolved"]["features"]["key"] == local["resolved"]["features"]["key"]
+    assert dask["records"][0]["test"] == local["records"][0]["test"]

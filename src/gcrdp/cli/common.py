@@ -267,6 +267,30 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """``--scheduler`` / ``--workers``: extract the missing features on a Dask cluster."""
+    g = p.add_argument_group(
+        "feature extraction on a Dask cluster (pip install 'gcrdp[dask]'; the cache folder must be shared by every worker)"
+    )
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="extract the missing items on the Dask cluster of this scheduler (tcp://HOST:8786): one task per shard, "
+        "each publishing its cache chunk atomically; the same arrays as a local extraction",
+    )
+    g.add_argument(
+        "--workers", type=int_at_least(1, "--workers"), default=None, metavar="N", help="the same on a local cluster of N worker processes"
+    )
+
+
+def _cluster(args: argparse.Namespace) -> str | int | None:
+    """The Dask cluster the flags name: a scheduler address, a number of local workers, or None."""
+    if args.scheduler is not None and args.workers is not None:
+        raise ConfigError("--scheduler and --workers are two ways to name a Dask cluster; pass one.")
+    return args.scheduler if args.scheduler is not None else args.workers
+
+
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("features")
     g.add_argument("--image-encoder", default=None, help="default: efficientnet-lite0")

@@ -8,8 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .common import _add_dataset_args, _add_encoder_args, _dataset_fields, _encoder_fields, _loader_summary, _write_skipped, int_at_least
+from .common import (
+    _add_cluster_args,
+    _add_dataset_args,
+    _add_encoder_args,
+    _cluster,
+    _dataset_fields,
+    _encoder_fields,
+    _loader_summary,
+    _write_skipped,
+)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -22,10 +30,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     config = RunConfig.from_dict(raw)
     dataset = load_dataset(config.dataset, **config.dataset_options)
     t0 = time.perf_counter()
-    if args.scheduler is not None and args.workers is not None:
-        raise ConfigError("--scheduler and --workers are two ways to name a Dask cluster; pass one.")
-    cluster = args.scheduler if args.scheduler is not None else args.workers
-    feats = load_features(dataset, config, progress=not args.quiet, cluster=cluster)
+    feats = load_features(dataset, config, progress=not args.quiet, cluster=_cluster(args))
     print(
         f"{config.dataset}: {len(feats)} samples; image local {tuple(feats.image.local.shape)} "
         f"pooled {tuple(feats.image.pooled.shape)}; text local {tuple(feats.text.local.shape)} "
@@ -107,17 +112,7 @@ def add_parsers(sub: Any) -> None:
         help="also export the features: to a .npz file (built in memory), or to a new folder of .npy "
         "files (streamed; large ones are read back row by row by --features DIR)",
     )
-    g = p.add_argument_group("on a Dask cluster (pip install 'gcrdp[dask]'; the cache folder must be shared by every worker)")
-    g.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="extract the missing items on the Dask cluster of this scheduler (tcp://HOST:8786): one task per shard, "
-        "each publishing its cache chunk atomically; the same arrays as a local extraction",
-    )
-    g.add_argument(
-        "--workers", type=int_at_least(1, "--workers"), default=None, metavar="N", help="the same on a local cluster of N worker processes"
-    )
+    _add_cluster_args(p)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
 

@@ -12,9 +12,11 @@ from ..errors import ConfigError
 from .common import (
     DEFAULT_METHODS,
     EXIT_INTERRUPTED,
+    _add_cluster_args,
     _add_dataset_args,
     _add_encoder_args,
     _add_protocol_args,
+    _cluster,
     _dataset_fields,
     _encoder_fields,
     _load_config_file,
@@ -47,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out_dir = args.output_dir or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     try:
-        results = run_experiment(config, out_dir, progress=not args.quiet, jobs=args.jobs, resume=args.resume)
+        results = run_experiment(config, out_dir, progress=not args.quiet, jobs=args.jobs, resume=args.resume, cluster=_cluster(args))
     except KeyboardInterrupt:
         if (out_dir / "fits").is_dir():
             print(
@@ -112,7 +114,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..experiments import run_experiment
 
     try:
-        results = run_experiment(config, out, progress=not args.quiet, checkpoints=lambda *_: out, resume=args.resume)
+        results = run_experiment(
+            config, out, progress=not args.quiet, checkpoints=lambda *_: out, resume=args.resume, cluster=_cluster(args)
+        )
     except KeyboardInterrupt:
         if not (out / "last" / "state.json").is_file():
             raise  # nothing checkpointed yet: main() reports the interruption
@@ -202,6 +206,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its keys")
     _add_dataset_args(p)
     _add_encoder_args(p)
+    _add_cluster_args(p)
     g = p.add_argument_group("protocol and methods")
     _add_protocol_args(g)
     g.add_argument("--shots", type=int_at_least(0, "Shots"), nargs="+", default=None, help="default: 0 1 3 5")
@@ -244,6 +249,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its keys")
     _add_dataset_args(p)
     _add_encoder_args(p)
+    _add_cluster_args(p)
     g = p.add_argument_group("protocol and method")
     _add_protocol_args(g)
     g.add_argument("--shots", type=int_at_least(0, "Shots"), default=None, help="N pairs per unseen class (default: 0)")

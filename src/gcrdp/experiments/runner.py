@@ -567,6 +567,7 @@ def run_experiment(
     checkpoints: Callable[[str, int, int], Path] | None = None,
     resume: bool = True,
     jobs: int = 1,
+    cluster: str | int | None = None,
 ) -> dict[str, Any]:  # noqa: C901 - the run's steps in order
     """Run every (shots, seed, method) of ``config`` and return the results dict; when
     ``output_dir`` is given, write ``output_dir/results.json`` atomically at the end.
@@ -588,6 +589,9 @@ def run_experiment(
 
     ``progress``: feature-extraction bars, and a bar over the fits that follows each one epoch by
     epoch with a line printed per finished fit (:class:`gcrdp.experiments.progress.FitProgress`).
+
+    ``cluster``: extract the missing features on Dask (a scheduler address or a number of local
+    worker processes; :func:`load_features`).
 
     ``jobs > 1`` fits that many (method, shots, seed) at once in worker processes, each with
     ``cpu_count // jobs`` torch threads (not with ``checkpoints``). Every fit is independent
@@ -627,7 +631,7 @@ def run_experiment(
         print(describe_splits(dataset, splits), file=sys.stderr, flush=True)
     t_data = time.perf_counter()
     if features is None:
-        features = load_features(dataset, config, progress=progress)
+        features = load_features(dataset, config, progress=progress, cluster=cluster)
     if len(features) != len(dataset):
         raise DataError(f"Features hold {len(features)} samples but the dataset has {len(dataset)}.")
     features.image.check_finite("image features")
