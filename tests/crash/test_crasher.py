@@ -65,11 +65,13 @@ def _work_window(argv: list[str], env: dict[str, str], started) -> tuple[float, 
 
 
 def _newest_write(folder: Path) -> float:
+    """The newest modification time under ``folder`` (0 when empty), while a child renames and
+    removes entries in it: whatever vanishes during the walk is skipped."""
     newest = 0.0
-    if folder.exists():
-        for p in folder.rglob("*"):
+    for top, dirs, files in os.walk(folder, onerror=lambda _: None):
+        for name in dirs + files:
             try:
-                newest = max(newest, p.stat().st_mtime)
+                newest = max(newest, os.stat(os.path.join(top, name)).st_mtime)
             except OSError:  # renamed or removed meanwhile
                 pass
     return newest
