@@ -107,8 +107,12 @@ def test_api_info_says_what_is_indexed_and_the_favicon_is_an_image(app_and_items
     assert info["model"]["name"] == "ckpt"  # the run's folder (its checkpoint is ckpt/final)
     assert info["model"]["encoders"] and " + " in info["model"]["encoders"]
     captions = {t for t, _ in _captions(items).values()}
-    assert 1 < len(info["examples"]) <= 6 and len(set(info["examples"])) == len(info["examples"])
+    # 6 distinct examples (the collection has 20 distinct short captions), taken from over the
+    # whole collection: they name at least 3 of its 5 colours, not only the first rows' one
+    assert len(info["examples"]) == 6 and len(set(info["examples"])) == 6
     assert set(info["examples"]) <= captions
+    colours = {t.split()[1] for t in info["examples"]}
+    assert len(colours) >= 3, info["examples"]
     assert c.get("/api/info").json() == info  # made once
     hidden = TestClient(create_app(r, expose_paths=False), base_url=LOCAL).get("/api/info").json()
     assert "/" not in hidden["index"] and hidden["model"]["checkpoint"] is None and hidden["model"]["name"] == "ckpt"
