@@ -195,3 +195,38 @@ def test_workers_n_starts_and_closes_a_local_cluster(small_shards, tmp_path):
     got = extract_features_dask(ds, IMAGE, TEXT, cache_dir=tmp_path / "dask", workers=2, batch_size=2, progress=False)
     _assert_same(got, _local(ds, tmp_path / "local"))
     assert got.meta["dask_shards"]["image"] >= 2
+
+
+@needs_dask
+def test_progress_advances_per_shard_done(client, small_shards, tmp_path, monkeypatch):
+    """The progress report (a log line per update here) advances once per shard done, by its
+    items, and says how many shards are done: ``k/N shards``."""
+    import io
+    import re
+
+    from gcrdp.utils import progress
+
+    out = io.StringIO()
+    made = []
+
+    def log_every_update(total, *, desc="", unit="it", enabled=True, **_):
+        assert enabled
+        bar = progress.LogProgress(total, desc=desc, unit=unit, every=0, file=out)
+        made.append(bar)
+        return bar
+
+    monkeypatch.setattr(progress, "progress_bar", log_every_update)
+    ds = _dataset(tmp_path, 15)
+    got = extract_features_dask(ds, IMAGE, TEXT, cache_dir=tmp_path / "dask", client=client, batch_size=2, progress=True)
+    shards = sum(got.meta["dask_shards"].values())
+    lines = out.getvalue().splitlines()
+    assert len(made) == 1 and len(lines) == shards + 1  # one line per shard done, and the closing one
+    counts = [tuple(map(int, re.search(r"(\d+)/(\d+) shards", line).groups())) for line in lines]
+    assert counts[:-1] == [(k, shards) for k in range(1, shards + 1)] and counts[-1] == (shards, shards)
+    items = [int(re.search(r": (\d+)/(\d+) ", line).group(1)) for line in lines]
+    assert items == sorted(items) and items[-1] == made[0].total == made[0].n > items[0] > 0
+    assert "done in" in lines[-1]
+    # a run with nothing left to extract reports nothing
+    out.truncate(0)
+    extract_features_dask(ds, IMAGE, TEXT, cache_dir=tmp_path / "dask", client=client, batch_size=2, progress=True)
+    assert out.getvalue() == "" and len(made) == 1

@@ -18,15 +18,18 @@ Nothing here is imported by the rest of gcrdp; without Dask nothing changes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.features import FeatureSet, ModalityFeatures
 from ..data.types import Dataset
-from ..errors import ConfigError, DataError, MissingDependencyError, format_list
+from ..errors import ConfigError, DataError, GcrdpError, MissingDependencyError, format_list
 from .base import check_batch_size, check_encoder, get_image_encoder, get_text_encoder
 from .cache import (
     FeatureCache,
@@ -45,6 +48,12 @@ from .images import check_image_files
 RETRIES = 2
 #: seconds to wait for a scheduler given by address
 CONNECT_TIMEOUT_S = 30.0
+
+
+class SchedulerLostError(GcrdpError, RuntimeError):
+    """The Dask scheduler went away while shards were being extracted (killed, its machine
+    lost, the network cut). The chunks published before are complete and stay in the cache:
+    the same call run again extracts only the rest."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +165,27 @@ class Shard:
     inputs: dict[str, Any]
 
 
-def plan_shards(cache: FeatureCache, encoder: Any, items: list[Any], keys: list[str], dtype: str, batch_size: int) -> list[Shard]:
+def plan_shards(
+    cache: FeatureCache,
+    encoder: Any,
+    items: list[Any],
+    keys: list[str],
+    dtype: str,
+    batch_size: int,
+    *,
+    known: set[str] | None = None,
+) -> list[Shard]:
     """The shards a local extraction of the missing items of ``items`` would encode, in order
     (mirrors ``_extract_missing``: the samples whose item is missing, in dataset order, duplicates
-    too; reordered by ``encode_order`` when there is more than one shard; first occurrences kept)."""
+    too; reordered by ``encode_order`` when there is more than one shard; first occurrences kept).
+
+    ``known``: the item keys to take as published (default: the cache's); the keys planned here
+    are added to it, so that consecutive calls plan what consecutive local calls would encode."""
     modality = encoder.modality
     inputs = space_inputs(modality, encoder.fingerprint(), dtype)
-    index = cache.index(cache.space_dir(inputs))
-    rows = [i for i, k in enumerate(keys) if k not in index]
+    if known is None:
+        known = set(cache.index(cache.space_dir(inputs)))
+    rows = [i for i, k in enumerate(keys) if k not in known]
     step = shard_items(batch_size)
     if len(rows) > step:
         order = _processing_order(encoder, [items[i] for i in rows])
@@ -179,6 +201,7 @@ def plan_shards(cache: FeatureCache, encoder: Any, items: list[Any], keys: list[
                 seen.add(keys[i])
                 keep.append(j)
         shards.append(Shard(modality, [items[i] for i in part], [keys[i] for i in part], keep, batch_size, inputs))
+    known.update(seen)
     return shards
 
 
@@ -189,7 +212,7 @@ def _client(client: Any, workers: int | None) -> tuple[Any, list[Any]]:
     if client is not None and workers is not None:
         raise ConfigError("Pass either a Dask client (or scheduler address) or workers=N, not both.")
     if client is None:
-        if workers is None or workers < 1:
+        if workers is None or isinstance(workers, bool) or workers < 1:
             raise ConfigError(f"workers must be a positive number of worker processes, got {workers!r}.")
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
         made = Client(cluster)
@@ -201,6 +224,154 @@ def _client(client: Any, workers: int | None) -> tuple[Any, list[Any]]:
             raise ConfigError(f"Could not reach the Dask scheduler at {client} ({exc}); is `dask scheduler` running there?") from None
         return made, [made]
     return client, []
+
+
+@contextlib.contextmanager
+def _connected(client: Any, workers: int | None) -> Iterator[Any]:
+    """:func:`_client` as a context: what it started is closed on exit (quietly after the
+    scheduler was lost: the client's reconnection attempts would log tracebacks)."""
+    made, to_close = _client(client, workers)
+    lost = False
+    try:
+        yield made
+    except SchedulerLostError:
+        lost = True
+        raise
+    finally:
+        loggers = [logging.getLogger(name) for name in ("distributed", "distributed.client")]
+        levels = [lg.level for lg in loggers]
+        if lost:
+            for lg in loggers:
+                lg.setLevel(logging.CRITICAL)
+        try:
+            for obj in to_close:
+                with contextlib.suppress(Exception) if lost else contextlib.nullcontext():
+                    obj.close()
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def open_cluster(cluster: Any) -> Iterator[Any]:
+    """A ``distributed.Client`` for the cluster ``cluster`` names: a Client (yielded as it is),
+    a scheduler address (``"tcp://host:8786"``) or a number of local worker processes (a local
+    cluster started here); closed on exit if started here. ``None`` yields ``None`` (dask is
+    not imported): one cluster for several :func:`extract_items_dask` calls."""
+    if cluster is None:
+        yield None
+        return
+    _require_dask()
+    workers = cluster if isinstance(cluster, int) and not isinstance(cluster, bool) else None
+    with _connected(None if workers is not None else cluster, workers) as client:
+        yield client
+
+
+def _scheduler_address(client: Any) -> str:
+    try:
+        return str(client.scheduler.address)
+    except Exception:  # noqa: BLE001 - only for the message
+        return "?"
+
+
+def _run_shards(
+    client: Any,
+    specs: dict[str, EncoderSpec],
+    cache: FeatureCache,
+    shards: list[Shard],
+    dtype: str,
+    *,
+    progress: bool,
+    retries: int,
+) -> dict[str, int]:
+    """Submit one :func:`encode_shard` task per shard and wait for them all; the items written
+    per modality. The progress bar counts items and advances when a shard is done (``k/N
+    shards``). A lost scheduler is a :class:`SchedulerLostError` (not a hang: Dask cancels the
+    futures of a client that lost its scheduler)."""
+    from concurrent.futures import CancelledError
+
+    from distributed import as_completed
+    from distributed.comm.core import CommClosedError
+
+    from ..utils.progress import progress_bar
+
+    address = _scheduler_address(client)
+    futures = {
+        client.submit(
+            encode_shard,
+            specs[s.modality],
+            str(cache.root),
+            s.inputs,
+            s.items,
+            s.keys,
+            s.keep,
+            dtype,
+            s.batch_size,
+            pure=False,
+            retries=retries,
+        ): s
+        for s in shards
+    }
+    written = {"image": 0, "text": 0}
+    done = 0
+    total = sum(len(s.items) for s in shards)
+    with progress_bar(total, enabled=progress, unit="item", desc="Encoding on Dask") as bar:
+        bar.set_postfix_str(f"0/{len(shards)} shards")
+        future = None
+        try:
+            for future in as_completed(futures):
+                shard = futures[future]
+                written[shard.modality] += future.result()
+                done += 1
+                bar.set_postfix_str(f"{done}/{len(shards)} shards")
+                bar.update(len(shard.items))
+        except (CancelledError, OSError) as exc:
+            if not isinstance(exc, (CancelledError, CommClosedError)) and future is not None and future.status == "error":
+                raise  # the task's own error (an unreadable file, …), not the cluster's
+            raise SchedulerLostError(
+                f"The Dask scheduler at {address} went away during the extraction ({done} of {len(shards)} shards done; "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). The feature cache "
+                f"{cache.root} keeps every shard published before it (complete chunks only): start the scheduler again "
+                "and re-run the same command; only the missing items are extracted."
+            ) from None
+    return written
+
+
+def extract_items_dask(
+    spec: EncoderSpec,
+    parts: list[list[Any]],
+    *,
+    cache_dir: str | Path,
+    client: Any = None,
+    workers: int | None = None,
+    dtype: str = "float16",
+    batch_size: int = 32,
+    progress: bool = True,
+    retries: int = RETRIES,
+) -> int:
+    """Extract into the cache, on a Dask cluster, the items (image paths or texts, by
+    ``spec.modality``) of ``parts`` — one list per later local
+    :func:`~gcrdp.encoders.cache.encode_items` call with this ``batch_size``, in the order of those
+    calls — in the very batches those calls would encode, so that they find every item and
+    return the arrays they would have computed (the search index's embedding). Returns the items
+    written now; ``client`` and ``workers`` as for :func:`extract_features_dask`."""
+    _require_dask()
+    dtype = check_dtype(dtype)
+    check_batch_size(batch_size)
+    encoder = spec.build()
+    if spec.modality == "image":
+        check_image_files([p for part in parts for p in part])
+    item_key: Any = image_item_key if spec.modality == "image" else text_item_key
+    cache = FeatureCache(cache_dir)
+    known = set(cache.index(cache.space_dir(space_inputs(spec.modality, encoder.fingerprint(), dtype))))
+    shards: list[Shard] = []
+    for part in parts:
+        shards += plan_shards(cache, encoder, list(part), [item_key(x) for x in part], dtype, batch_size, known=known)
+    if not shards:
+        return 0
+    with _connected(client, workers) as dask_client:
+        written = _run_shards(dask_client, {spec.modality: spec}, cache, shards, dtype, progress=progress, retries=retries)
+    return written[spec.modality]
 
 
 def extract_features_dask(
@@ -235,10 +406,6 @@ def extract_features_dask(
         wrote, ``meta["dask_shards"]`` the tasks per modality.
     """
     _require_dask()
-    from distributed import as_completed
-
-    from ..utils.progress import progress_bar
-
     dtype = check_dtype(dtype)
     check_batch_size(batch_size)
     specs = {"image": _spec(image_encoder, "image"), "text": _spec(text_encoder, "text")}
@@ -256,33 +423,8 @@ def extract_features_dask(
     shards += plan_shards(cache, encoders["text"], texts, [text_item_key(t) for t in texts], dtype, 2 * batch_size)
     written = {"image": 0, "text": 0}
     if shards:
-        dask_client, to_close = _client(client, workers)
-        try:
-            futures = {
-                dask_client.submit(
-                    encode_shard,
-                    specs[s.modality],
-                    str(cache.root),
-                    s.inputs,
-                    s.items,
-                    s.keys,
-                    s.keep,
-                    dtype,
-                    s.batch_size,
-                    pure=False,
-                    retries=retries,
-                ): s
-                for s in shards
-            }
-            total = sum(len(s.items) for s in shards)
-            with progress_bar(total, enabled=progress, unit="item", desc="Encoding on Dask") as bar:
-                for future in as_completed(futures):
-                    shard = futures[future]
-                    written[shard.modality] += future.result()
-                    bar.update(len(shard.items))
-        finally:
-            for obj in to_close:
-                obj.close()
+        with _connected(client, workers) as dask_client:
+            written = _run_shards(dask_client, specs, cache, shards, dtype, progress=progress, retries=retries)
     feats = extract_features(
         dataset,
         encoders["image"],
