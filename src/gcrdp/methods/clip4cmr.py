@@ -20,6 +20,7 @@ from ..errors import ConfigError, DataError
 from ..losses import symmetric_infonce
 from ..losses.prototype import prototype_loss  # noqa: F401  (re-exported)
 from ..model import ProjectionHead, masked_mean
+from ..training.distributed import global_rows
 from ..training.loop import Batch
 from .base import METHODS, FitData
 from .inputs import INPUTS, GlobalInputMixin
@@ -129,8 +130,9 @@ class CLIP4CMRMethod(GlobalInputMixin, TrainableHeadsMethod):
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         model = cast(CLIP4CMRModel, model)
         cfg = self.cfg
-        img = model.encode("image", batch["image_local"], batch["image_mask"])
-        txt = model.encode("text", batch["text_local"], batch["text_mask"])
+        # the global batch's rows (this rank's alone in one process)
+        img = cast(torch.Tensor, global_rows(model.encode("image", batch["image_local"], batch["image_mask"])))
+        txt = cast(torch.Tensor, global_rows(model.encode("text", batch["text_local"], batch["text_mask"])))
         total = img.new_zeros(())
         parts: dict[str, float] = {}
         if cfg.uses_contrastive:
@@ -138,7 +140,7 @@ class CLIP4CMRMethod(GlobalInputMixin, TrainableHeadsMethod):
             total = total + (cfg.contrastive_weight if cfg.loss == "both" else 1.0) * con
             parts["infonce"] = float(con.detach())
         if cfg.uses_prototypes:
-            labels = batch["labels"]
+            labels = cast(torch.Tensor, global_rows(batch["labels"], grad=False))
             pro = prototype_loss(img, model.prototypes, labels, cfg.prototype_temperature) + prototype_loss(
                 txt, model.prototypes, labels, cfg.prototype_temperature
             )

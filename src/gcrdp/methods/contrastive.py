@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import multi_positive_infonce, symmetric_infonce
 from ..model import ProjectionHead, masked_mean
+from ..training.distributed import global_rows
 from ..training.loop import Batch
 from .base import METHODS
 from .trainable import TrainableHeadsMethod
@@ -74,10 +75,12 @@ class ContrastiveHeadsMethod(TrainableHeadsMethod):
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         model = cast(DualHeads, model)
-        img = model.encode_image(batch["image_local"], batch["image_mask"])
-        txt = model.encode_text(batch["text_local"], batch["text_mask"])
+        # the global batch's rows (this rank's alone in one process)
+        img = cast(torch.Tensor, global_rows(model.encode_image(batch["image_local"], batch["image_mask"])))
+        txt = cast(torch.Tensor, global_rows(model.encode_text(batch["text_local"], batch["text_mask"])))
         if self.cfg.class_positives:
-            loss = multi_positive_infonce(img.unsqueeze(1), txt.unsqueeze(1), self.cfg.temperature, batch["labels"], class_positives=True)
+            labels = global_rows(batch["labels"], grad=False)
+            loss = multi_positive_infonce(img.unsqueeze(1), txt.unsqueeze(1), self.cfg.temperature, labels, class_positives=True)
         else:
             loss = symmetric_infonce(img, txt, self.cfg.temperature)
         return loss, {"infonce": float(loss.detach())}

@@ -27,6 +27,7 @@ from ..losses.dscmr import (  # noqa: F401  (re-exported: DSCMR's loss terms)
     pairwise_likelihood_loss,
 )
 from ..model import masked_mean
+from ..training.distributed import global_rows
 from ..training.loop import Batch
 from .base import METHODS, FitData
 from .inputs import INPUTS, GlobalInputMixin, global_feature_set, global_fit_data, global_inputs  # noqa: F401
@@ -119,10 +120,12 @@ class DSCMRMethod(GlobalInputMixin, TrainableHeadsMethod):
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         model = cast(DSCMRModel, model)
-        u = model.represent("image", batch["image_local"], batch["image_mask"])
-        v = model.represent("text", batch["text_local"], batch["text_mask"])
+        # the global batch's rows (this rank's alone in one process)
+        u = cast(torch.Tensor, global_rows(model.represent("image", batch["image_local"], batch["image_mask"])))
+        v = cast(torch.Tensor, global_rows(model.represent("text", batch["text_local"], batch["text_mask"])))
+        labels = cast(torch.Tensor, global_rows(batch["labels"], grad=False))
         return dscmr_loss(
-            u, v, model.classifier(u), model.classifier(v), batch["labels"], alpha=self.cfg.alpha, beta=self.cfg.beta, norm=self.cfg.norm
+            u, v, model.classifier(u), model.classifier(v), labels, alpha=self.cfg.alpha, beta=self.cfg.beta, norm=self.cfg.norm
         )
 
     def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> DSCMRModel:

@@ -31,6 +31,7 @@ from ..losses.generative import (  # noqa: F401  (re-exported: FLEX-CLIP's stage
     wgan_generator_loss,
 )
 from ..losses.regularizer import label_space_loss
+from ..training.distributed import global_rows
 from ..training.loop import Batch, fit_loop
 from .base import METHODS, FitData, FitReport, check_fitted
 from .flexclip_generator import (  # noqa: F401  (re-exported: the stage-1 generator)
@@ -432,6 +433,7 @@ class FlexCLIPMethod(TrainableHeadsMethod):
                 checkpoint_dir=checkpoint_dir,
                 resume=resume,
                 method_info=method_info(self),
+                global_batch=True,
             )
         report.extra["generation"] = info
         report.seconds += info["seconds"]  # stage 1 of this call (re-run on resume) + stage 2
@@ -440,7 +442,10 @@ class FlexCLIPMethod(TrainableHeadsMethod):
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         model = cast(FlexCLIPModel, model)
         img, txt, g_img, g_txt = model.encode_with_gates(batch["image_local"][:, 0], batch["text_local"][:, 0])  # (B, D)
-        labels = batch.get("labels")
+        # the global batch's rows (this rank's alone in one process)
+        img, txt = cast(torch.Tensor, global_rows(img)), cast(torch.Tensor, global_rows(txt))
+        g_img, g_txt = cast(torch.Tensor, global_rows(g_img, grad=False)), cast(torch.Tensor, global_rows(g_txt, grad=False))
+        labels = global_rows(batch.get("labels"), grad=False)
         con = multi_positive_infonce(
             img[:, None], txt[:, None], self.cfg.temperature, labels, class_positives=self.cfg.class_positives and labels is not None
         )

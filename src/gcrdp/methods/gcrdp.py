@@ -35,6 +35,7 @@ from ..losses.multi_positive import VIEW_POSITIVES
 from ..losses.rdp import RDP_TEACHERS, RDP_VARIANTS
 from ..model import ProjectionHead, masked_mean
 from ..model.gmm import GMMConfig, GMMLayer, gmm_views, mixture_entropy
+from ..training.distributed import global_rows
 from ..training.loop import Batch, fit_loop
 from .base import METHODS, FitData, FitReport
 from .persistence import method_info
@@ -248,6 +249,7 @@ class GCRDPMethod(TrainableHeadsMethod):
                     checkpoint_dir=warm_dir,
                     resume=resume,
                     method_info={**method_info(self), "stage": "warm"},
+                    global_batch=True,
                 )
             finally:
                 model.pool_only = False
@@ -263,6 +265,7 @@ class GCRDPMethod(TrainableHeadsMethod):
                 checkpoint_dir=checkpoint_dir,
                 resume=resume,
                 method_info=method_info(self),
+                global_batch=True,
                 metric=self.score_metric,
             )
         report.extra["warm_start"] = {
@@ -285,8 +288,13 @@ class GCRDPMethod(TrainableHeadsMethod):
         model = cast(GCRDPModel, model)
         _, gi, _ = model.encode_image(batch["image_local"], batch["image_mask"])
         _, gt, _ = model.encode_text(batch["text_local"], batch["text_mask"])
+        gi, gt = cast(torch.Tensor, global_rows(gi)), cast(torch.Tensor, global_rows(gt))  # the global batch's rows
         loss = multi_positive_infonce(
-            gi.unsqueeze(1), gt.unsqueeze(1), self.cfg.temperature, batch.get("labels"), class_positives=self.cfg.class_positives
+            gi.unsqueeze(1),
+            gt.unsqueeze(1),
+            self.cfg.temperature,
+            global_rows(batch.get("labels"), grad=False),
+            class_positives=self.cfg.class_positives,
         )
         return loss, {"warm_infonce": float(loss.detach())}
 
@@ -295,12 +303,18 @@ class GCRDPMethod(TrainableHeadsMethod):
         cfg = self.cfg
         vi, gi, pi_i = model.encode_image(batch["image_local"], batch["image_mask"])
         vt, gt, pi_t = model.encode_text(batch["text_local"], batch["text_mask"])
-        labels = batch.get("labels")
+        # Every term is defined on the global batch: its rows, gathered from every rank (this
+        # rank's alone in one process); the GMM is fitted per item, so its views gather too.
+        vi, gi, vt, gt = (cast(torch.Tensor, global_rows(x)) for x in (vi, gi, vt, gt))
+        pi_i, pi_t = global_rows(pi_i, grad=False), global_rows(pi_t, grad=False)  # used detached
+        labels = global_rows(batch.get("labels"), grad=False)
+        image_pooled = cast(torch.Tensor, global_rows(batch["image_pooled"], grad=False))
+        text_pooled = cast(torch.Tensor, global_rows(batch["text_pooled"], grad=False))
         parts: dict[str, float] = {}
         mpc = None
         if cfg.views_weight > 0:
             weights = {}
-            if cfg.pi_weighted and pi_i is not None:
+            if cfg.pi_weighted and pi_i is not None and pi_t is not None:
                 weights = {"image_weights": pi_i.detach(), "text_weights": pi_t.detach()}
             views = multi_positive_infonce(
                 vi,
@@ -334,8 +348,8 @@ class GCRDPMethod(TrainableHeadsMethod):
             rdp, rdp_parts = rdp_teacher_loss(
                 gi,
                 gt,
-                batch["image_pooled"],
-                batch["text_pooled"],
+                image_pooled,
+                text_pooled,
                 mode=cfg.rdp_teacher,
                 topk=cfg.rdp_topk,
                 temperature=cfg.rdp_temperature,
@@ -349,7 +363,7 @@ class GCRDPMethod(TrainableHeadsMethod):
         # views_weight + global_weight > 0 (GCRDPConfig), so mpc is set
         total, named = combine_losses(cast(torch.Tensor, mpc), reg, rdp, LossWeights(alpha=cfg.alpha, lam=cfg.lam))
         parts.update(named)
-        if pi_i is not None:  # GMM health: mean entropy of π (log K = uniform, 0 = collapse)
+        if pi_i is not None and pi_t is not None:  # GMM health: mean entropy of π (log K = uniform, 0 = collapse)
             parts["pi_entropy_image"] = float(mixture_entropy(pi_i.detach()).mean())
             parts["pi_entropy_text"] = float(mixture_entropy(pi_t.detach()).mean())
         return total, parts

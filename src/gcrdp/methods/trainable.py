@@ -80,6 +80,7 @@ class TrainableHeadsMethod:
                 checkpoint_dir=checkpoint_dir,
                 resume=resume,
                 method_info=method_info(self),
+                global_batch=True,
                 metric=self.score_metric,
             )
 

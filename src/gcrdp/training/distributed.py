@@ -24,14 +24,20 @@ process group is initialised, so the default path is unchanged.
   parameter gradient (under ``DistributedDataParallel``, which averages, multiply the share by
   ``world_size`` — i.e. back-propagate ``L`` itself).
 
-Not done yet: ``gcrdp train`` / ``gcrdp run`` under ``torchrun`` (the training loop does not
-use these helpers yet); see docs/scale.md.
+* :func:`is_main`, :func:`barrier`, :func:`broadcast_object`, :func:`main_first`,
+  :func:`all_reduce_gradients`, :func:`broadcast_parameters`, :func:`rank_torch_seed` — what the
+  training loop (:func:`gcrdp.training.fit_loop`) and the runner use to train one model on
+  several ranks: rank 0 writes, every rank takes the same decisions.
+
+``gcrdp train`` / ``gcrdp run`` under ``torchrun`` (or ``srun``) call :func:`init_distributed`;
+see docs/scale.md § "Several machines: distributed training".
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -45,6 +51,9 @@ from .batching import epoch_batches
 from .seeding import numpy_rng
 
 DEFAULT_MASTER_PORT = 29500
+#: how long a collective waits for the other ranks (``GCRDP_DIST_TIMEOUT_S`` overrides it): long
+#: enough for rank 0 to extract the features while the others wait at a barrier
+DEFAULT_TIMEOUT_S = 7200.0
 
 
 @dataclass(frozen=True)
@@ -111,13 +120,14 @@ def init_distributed(
     env: DistEnv | None = None,
     backend: str | None = None,
     init_method: str | None = None,
-    timeout_s: float = 1800.0,
+    timeout_s: float | None = None,
 ) -> DistEnv | None:
     """Initialise the default process group from the environment; ``None`` (and nothing done)
     when this is a single process. With a CUDA device, the process uses ``cuda:LOCAL_RANK``.
 
     ``init_method`` overrides the rendezvous (default ``tcp://MASTER_ADDR:MASTER_PORT``), e.g. a
-    ``file://`` path in tests.
+    ``file://`` path in tests. ``timeout_s`` bounds every collective (default
+    ``$GCRDP_DIST_TIMEOUT_S`` or :data:`DEFAULT_TIMEOUT_S`).
     """
     env = distributed_env() if env is None else env
     if env is None:
@@ -129,6 +139,12 @@ def init_distributed(
         if not torch.cuda.is_available():
             raise ConfigError("The NCCL backend needs CUDA; use gloo on CPU.")
         torch.cuda.set_device(env.local_rank)
+    if timeout_s is None:
+        raw = os.environ.get("GCRDP_DIST_TIMEOUT_S", str(DEFAULT_TIMEOUT_S))
+        try:
+            timeout_s = float(raw)
+        except ValueError:
+            raise ConfigError(f"GCRDP_DIST_TIMEOUT_S must be a number of seconds, got {raw!r}.") from None
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
@@ -328,3 +344,98 @@ def global_batch_loss(
     if isinstance(out, tuple):
         return (out[0] / w, *out[1:])
     return out / w
+
+
+# --------------------------------------------------------------- what the loop and runner use
+def is_main() -> bool:
+    """True on rank 0 (and in a plain process): the rank that writes files and prints."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside a process group)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (any picklable object) on every rank; ``obj`` itself outside a
+    process group. Every rank must call it at the same point."""
+    if not is_distributed():
+        return obj
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src, device=_comm_device() if dist.get_backend() == "nccl" else None)
+    return box[0]
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first; the other ranks run it once rank 0 is done (e.g. extract the
+    features into the shared cache once, then read them). If rank 0 fails in the block, its error
+    reaches the others as a :class:`~gcrdp.errors.ConfigError` instead of a hang."""
+    if not is_distributed():
+        yield
+        return
+    if is_main():
+        try:
+            yield
+        except BaseException as exc:
+            broadcast_object(f"{type(exc).__name__}: {exc}")
+            raise
+        broadcast_object(None)
+    else:
+        failed = broadcast_object(None)
+        if failed is not None:
+            raise ConfigError(f"Rank 0 failed ({failed}); this rank stops too.")
+        yield
+
+
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Sum every parameter's gradient over the ranks, in one flat buffer (a missing gradient
+    counts as zeros and is filled in). After it, every rank holds the same gradients: those of
+    the sum of the ranks' objectives. A no-op outside a process group."""
+    if not is_distributed():
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    device = _comm_device(params[0].grad)
+    flat = torch.cat([p.grad.detach().reshape(-1).to(device) for p in params])  # type: ignore[union-attr]
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        g = p.grad
+        assert g is not None
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (a no-op outside a process
+    group), so that all ranks start from the same weights."""
+    if not is_distributed():
+        return
+    for t in [*module.parameters(), *module.buffers()]:
+        data = t.data
+        comm = data.to(_comm_device(data))
+        dist.broadcast(comm, src=src)
+        if comm is not data:
+            data.copy_(comm)
+
+
+def rank_torch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of ``rank``'s random draws (dropout) in ``epoch``: different on every rank
+    and epoch, a pure function of the three, so a resumed or repeated fit draws the same."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank), 0x6463]).generate_state(1)[0])
+
+
+def global_rows(x: torch.Tensor | None, *, grad: bool = True) -> torch.Tensor | None:
+    """The global batch's rows of a per-row tensor: :func:`gather_with_grad` (``grad``) or
+    :func:`gather_labels`; ``None`` stays ``None``. What a method's loss calls on every per-row
+    output and input it uses, so that the same loss code trains on one rank or several."""
+    if x is None:
+        return None
+    return gather_with_grad(x) if grad else gather_labels(x)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data.features import FeatureSet
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .batching import epoch_batches
 from .checkpoint import (
     TrainingProgress,
@@ -30,6 +30,17 @@ from .checkpoint import (
     training_identity,
 )
 from .config import TrainConfig
+from .distributed import (
+    all_reduce_gradients,
+    broadcast_object,
+    broadcast_parameters,
+    is_distributed,
+    is_main,
+    rank,
+    rank_torch_seed,
+    split_batch,
+    world_size,
+)
 from .fit import FitData, FitReport
 from .seeding import numpy_rng
 
@@ -195,6 +206,7 @@ def fit_loop(
     resume: bool = True,
     method_info: Mapping[str, Any] | None = None,
     metric: str = "cosine",
+    global_batch: bool = False,
 ) -> FitReport:
     """Train ``model`` in place with ``step_loss``; early-stop on validation mAP computed with
     ``embed``; restore the weights of the best validation epoch. Returns a :class:`FitReport`.
@@ -219,10 +231,30 @@ def fit_loop(
         method_info: ``{"method", "method_config", "input_dims"}`` of the calling method
             (:func:`~gcrdp.methods.persistence.method_info`), stored in the checkpoint and
             checked on resume.
+
+    On several ranks (a ``torch.distributed`` process group, e.g. under ``torchrun``):
+        every rank draws the same global batches (``config.batch_size`` is the global batch) and
+        takes its contiguous share of each (:func:`~gcrdp.training.distributed.split_batch`);
+        ``step_loss`` must compute the loss of the **global** batch by gathering its per-row
+        outputs (:func:`~gcrdp.training.distributed.gather_with_grad`) — the caller says so with
+        ``global_batch=True``, else a distributed fit is refused. Each rank back-propagates its
+        share ``L / world_size``; the gradients are summed over ranks, so every rank takes the
+        single-process step. Rank 0 alone computes the validation mAP and sends it to the
+        others, so early stopping decides once for all; rank 0 alone writes the checkpoint,
+        which every rank reads on resume — with any number of ranks, since it holds the whole
+        model and optimizer. Dropout draws from a seed of (seed, epoch, rank). Without dropout,
+        the fit is that of one process on the same global batches, up to float round-off.
     """
     n = len(data.train)
     if n < 2:
         raise DataError(f"Training needs at least 2 pairs, got {n}.")
+    distributed = is_distributed()
+    if distributed and not global_batch:
+        raise ConfigError(
+            f"{(method_info or {}).get('method', 'This method')} does not train on several ranks (its loss does not "
+            "gather the global batch); run it in one process."
+        )
+    me, world = rank(), world_size()
     t0 = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (
@@ -247,6 +279,8 @@ def fit_loop(
             progress, best_state = load_training_checkpoint(checkpoint_dir, model=model, optimizer=opt, identity=identity, device=device)
             report.extra["resumed_from_epoch"] = progress.epoch
             log.info("resuming from %s after epoch %d", checkpoint_dir, progress.epoch)
+    if distributed:
+        broadcast_parameters(model)  # the same start everywhere (seeded alike, or the same checkpoint)
     report.history = list(progress.history)
     report.epochs, report.best_epoch = progress.epoch, progress.best_epoch
     best = progress.best_val_map if progress.best_val_map is not None else -math.inf
@@ -273,12 +307,19 @@ def fit_loop(
         rng = numpy_rng(seed, epoch)
         batches = epoch_batches(n, config.batch_size, rng, over_idx, config.oversample)
         sums: dict[str, float] = {}
-        for batch in reader.batches(batches):
-            loss, parts = step_loss(model, batch)
+        if distributed:  # this rank's share of every global batch; its own dropout draws
+            torch.manual_seed(rank_torch_seed(seed, epoch, me))
+        local = [split_batch(b, me, world) for b in batches] if distributed else batches
+        for batch in reader.batches(local):
+            loss, parts = step_loss(model, batch)  # distributed: the global batch's loss, the same on every rank
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch}: {parts}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if distributed:
+                (loss / world).backward()
+                all_reduce_gradients(params)
+            else:
+                loss.backward()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
@@ -288,7 +329,8 @@ def fit_loop(
         if has_val:
             model.eval()
             assert data.val is not None and data.val_labels is not None  # has_val
-            score = validation_map(embed, data.val, data.val_labels, metric)
+            # one score for every rank: rank 0's (the others' weights are the same)
+            score = broadcast_object(validation_map(embed, data.val, data.val_labels, metric) if is_main() else None)
             entry["val_map"] = score
             if score > best + config.min_delta:
                 best, bad = score, 0
@@ -300,7 +342,7 @@ def fit_loop(
         log.debug("epoch %d %s", epoch, entry)
         report.epochs = epoch
         stop = has_val and bad >= config.patience
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and is_main():
             done = TrainingProgress(
                 epoch=epoch,
                 best_epoch=report.best_epoch,
