@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from gcrdp.errors import ConfigError
 from gcrdp.methods import FitData, build_method
+from gcrdp.training import TrainConfig
 from gcrdp.training import distributed as gd
 from gcrdp.training.loop import fit_loop, observe_epochs
 from tests.helpers import one_hot, synthetic_features
@@ -112,11 +113,11 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             fit_loop(
                 model,
                 lambda m, b: (torch.zeros((), requires_grad=True), {}),
-                lambda f: (None, None),
+                lambda f: (np.zeros((len(f), 2), np.float32), np.zeros((len(f), 2), np.float32)),
                 data,
-                build_method("gap-infonce").train,
+                TrainConfig(),
                 seed=0,
-            )  # type: ignore[arg-type,return-value]
+            )
             res["refused"] = None
         except ConfigError as exc:
             res["refused"] = str(exc)
