@@ -230,3 +230,34 @@ def test_progress_advances_per_shard_done(client, small_shards, tmp_path, monkey
     out.truncate(0)
     extract_features_dask(ds, IMAGE, TEXT, cache_dir=tmp_path / "dask", client=client, batch_size=2, progress=True)
     assert out.getvalue() == "" and len(made) == 1
+
+
+@needs_dask
+def test_items_extracted_in_the_batches_of_the_later_calls(client, small_shards, tmp_path):
+    """extract_items_dask (the search index's embedding on Dask): after it, each later
+    encode_items call over one part finds every item in the cache, and gets the rows it would
+    have computed itself, part after part (repeated items across parts and within one; a part
+    longer than a shard, so encode_order reorders it)."""
+    from gcrdp.encoders.cache import encode_items
+    from gcrdp.encoders.dask_extract import extract_items_dask
+    from tests.encoders.test_extract_scale import _images, _texts
+
+    paths, texts = [str(p) for p in _images(tmp_path / "imgs", 14)], _texts(14)
+    parts = {
+        "image": [paths[:3], paths[2:5] + paths[:1], paths[5:14] + paths[5:7]],
+        "text": [texts[:2], texts[1:11] + texts[3:5], texts[11:] + texts[:1]],
+    }
+    make = {"image": image_encoder, "text": text_encoder}
+    spec = {"image": IMAGE, "text": TEXT}
+    for m in ("image", "text"):
+        batch = 2 if m == "image" else 4
+        written = extract_items_dask(spec[m], parts[m], cache_dir=tmp_path / "dask", client=client, batch_size=batch, progress=False)
+        assert written == len({x for part in parts[m] for x in part})
+        for part in parts[m]:
+            got, encoded = encode_items(make[m](), part, cache_dir=tmp_path / "dask", batch_size=batch, progress=False)
+            want, _ = encode_items(make[m](), part, cache_dir=tmp_path / "local", batch_size=batch, progress=False)
+            assert encoded == 0, m
+            for name in ("local", "mask", "pooled"):
+                assert np.array_equal(getattr(got, name), getattr(want, name)), (m, name)
+        # everything is there now: nothing to submit
+        assert extract_items_dask(spec[m], parts[m], cache_dir=tmp_path / "dask", client=client, batch_size=batch, progress=False) == 0

@@ -42,12 +42,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             opts.setdefault(m, {}).update(o)
     check_run_fields(raw)  # before the library (torch) is imported: a typo is said at once
 
-    from ..experiments import RunConfig, format_instance_table, format_table
+    from ..experiments import RunConfig
 
     config = RunConfig.from_dict(raw)  # its checks too answer before torch is imported
-    from ..experiments import run_experiment
+    from ..training.distributed import process_group
 
-    out_dir = args.output_dir or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    with process_group(_dist_device(config.device)):  # under torchrun / srun: every rank trains each fit
+        return _run(args, config)
+
+
+def _dist_device(device: str) -> str:
+    from ..training.seeding import resolve_device
+
+    return resolve_device(device)
+
+
+def _run(args: argparse.Namespace, config: Any) -> int:
+    from ..experiments import format_instance_table, format_table, run_experiment
+    from ..training.distributed import broadcast_object, is_main
+
+    # one folder for every rank (rank 0's clock names it)
+    out_dir = broadcast_object(args.output_dir or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S"))
     try:
         results = run_experiment(config, out_dir, progress=not args.quiet, jobs=args.jobs, resume=args.resume, cluster=_cluster(args))
     except KeyboardInterrupt:
@@ -58,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             return EXIT_INTERRUPTED
         raise
+    if not is_main():
+        return 0  # rank 0 prints
     name = results["resolved"].get("dataset_name") or config.dataset
     spread = f"mean ± std over {len(config.seeds)} seeds" if len(config.seeds) > 1 else f"one seed ({config.seeds[0]}): no spread"
     title = f"{name} — protocol {config.protocol}, mAP@all in % ({spread}); chance = class prior"
@@ -108,11 +125,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.checkpoint_dir
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--checkpoint-dir {out} exists and is not a folder.")
-    resumable = (out / "last" / "state.json").is_file()
-    if resumable and args.resume and not args.quiet:
-        print(f"gcrdp train: resuming from the checkpoint in {out / 'last'}", file=sys.stderr)
-    from ..experiments import run_experiment
+    from ..training.distributed import process_group
 
+    with process_group(_dist_device(config.device)):  # under torchrun / srun: every rank trains the fit
+        return _train(args, config, out)
+
+
+def _train(args: argparse.Namespace, config: Any, out: Path) -> int:
+    from ..experiments import run_experiment
+    from ..training.distributed import broadcast_object, is_main
+
+    resumable = broadcast_object((out / "last" / "state.json").is_file())
+    if resumable and args.resume and not args.quiet and is_main():
+        print(f"gcrdp train: resuming from the checkpoint in {out / 'last'}", file=sys.stderr)
     try:
         results = run_experiment(
             config, out, progress=not args.quiet, checkpoints=lambda *_: out, resume=args.resume, cluster=_cluster(args)
@@ -126,6 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if not is_main():
+        return 0  # rank 0 prints
     rec = results["records"][0]
     fit = rec["fit"]
     name = results["resolved"].get("dataset_name") or config.dataset

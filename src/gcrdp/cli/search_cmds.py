@@ -10,11 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import _default_cache, _parse_assignments
+from .common import _add_cluster_args, _cluster, _default_cache, _parse_assignments
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """Build (or --add to) a search index over a collection with a trained model."""
+    """Build (or --add to) a search index over a collection with a trained model; with
+    --workers N or --scheduler ADDRESS, the missing features are extracted on Dask first."""
+    from ..encoders.dask_extract import use_cluster
+
+    with use_cluster(_cluster(args)):
+        return _build_index(args)
+
+
+def _build_index(args: argparse.Namespace) -> int:
     from ..search import (
         Retriever,
         items_from_dataset,
@@ -250,6 +258,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: as gcrdp run)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_cluster_args(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(

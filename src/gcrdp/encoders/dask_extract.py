@@ -19,6 +19,7 @@ Nothing here is imported by the rest of gcrdp; without Dask nothing changes.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import logging
 import threading
@@ -265,6 +266,44 @@ def open_cluster(cluster: Any) -> Iterator[Any]:
     workers = cluster if isinstance(cluster, int) and not isinstance(cluster, bool) else None
     with _connected(None if workers is not None else cluster, workers) as client:
         yield client
+
+
+class _ClusterInUse:
+    """The cluster :func:`use_cluster` names, connected (or started) on first use."""
+
+    def __init__(self, cluster: Any, stack: contextlib.ExitStack) -> None:
+        self.cluster, self._stack, self._client = cluster, stack, None
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._stack.enter_context(open_cluster(self.cluster))
+        return self._client
+
+
+_IN_USE: contextvars.ContextVar[_ClusterInUse | None] = contextvars.ContextVar("gcrdp_dask_cluster", default=None)
+
+
+@contextlib.contextmanager
+def use_cluster(cluster: Any) -> Iterator[None]:
+    """Within this block, extraction that looks for a cluster (:func:`current_cluster`: the
+    search index's embedding, :meth:`gcrdp.search.Retriever.build`) runs on the Dask cluster
+    ``cluster`` names (as for :func:`open_cluster`: a Client, a scheduler address or a number
+    of local worker processes); it is connected, or started, when first needed and closed at
+    the end of the block. ``None`` changes nothing."""
+    if cluster is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        token = _IN_USE.set(_ClusterInUse(cluster, stack))
+        try:
+            yield
+        finally:
+            _IN_USE.reset(token)
+
+
+def current_cluster() -> _ClusterInUse | None:
+    """The cluster of the innermost :func:`use_cluster` block (``.client()`` connects to it), or None."""
+    return _IN_USE.get()
 
 
 def _scheduler_address(client: Any) -> str:

@@ -21,6 +21,7 @@ from ..data.types import Dataset, split_label
 from ..errors import ConfigError, DataError
 from ..methods import METHODS, FitData, build_method
 from ..methods.presets import check_entry, preset_options
+from ..training.distributed import barrier, broadcast_object, is_distributed, is_main, main_first
 from ..training.seeding import resolve_device
 from ..utils.io import atomic_write_json
 from ..utils.provenance import provenance
@@ -295,6 +296,8 @@ def _fit_one(
         refit_data = refit_data_for(split, features, labels, ctx.classes, fit_data.class_name_features)
         refit_report = method.fit(refit_data, seed=seed)
         refit = {**refit_report.to_dict(), "options": refit_opts, "n_train": len(refit_data.train)}
+    if not is_main():  # on several ranks, rank 0 evaluates the model (the same on every rank) and tells
+        return cast(dict[str, Any], broadcast_object(None))
     t0 = time.perf_counter()
     test = evaluate_split(method, features, labels, split, ks=config.ks)
     chance = chance_map(labels[q], labels[g])
@@ -332,7 +335,7 @@ def _fit_one(
             },
         )
         rec["checkpoint"] = str(folder)
-    return rec
+    return cast(dict[str, Any], broadcast_object(rec))
 
 
 _WORKER: dict[str, Any] = {}
@@ -593,6 +596,12 @@ def run_experiment(
     ``cluster``: extract the missing features on Dask (a scheduler address or a number of local
     worker processes; :func:`load_features`).
 
+    Several ranks (a ``torch.distributed`` process group, e.g. ``gcrdp run`` under ``torchrun``):
+    every rank runs this with the same arguments; each fit is trained by all ranks together
+    (:func:`gcrdp.training.fit_loop`); rank 0 extracts the features first (the others then read
+    them from the cache), evaluates, shows progress and writes every file, and every rank
+    returns the same results.
+
     ``jobs > 1`` fits that many (method, shots, seed) at once in worker processes, each with
     ``cpu_count // jobs`` torch threads (not with ``checkpoints``). Every fit is independent
     and seeded, so the records are those of a sequential run with that thread count (float
@@ -605,6 +614,11 @@ def run_experiment(
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}.")
+    if jobs > 1 and is_distributed():
+        raise ConfigError(
+            "--jobs runs fits side by side in one process's workers; on several ranks each fit uses all of them. Drop --jobs."
+        )
+    progress = progress and is_main()
     for m in config.methods:
         METHODS.get(method_base_name(m))  # fail fast on unknown names, before any slow work
         check_entry(m, config.method_options.get(m))
@@ -631,7 +645,8 @@ def run_experiment(
         print(describe_splits(dataset, splits), file=sys.stderr, flush=True)
     t_data = time.perf_counter()
     if features is None:
-        features = load_features(dataset, config, progress=progress, cluster=cluster)
+        with main_first():  # on several ranks: rank 0 extracts into the cache, the others then read it
+            features = load_features(dataset, config, progress=progress, cluster=cluster if is_main() else None)
     if len(features) != len(dataset):
         raise DataError(f"Features hold {len(features)} samples but the dataset has {len(dataset)}.")
     features.image.check_finite("image features")
@@ -654,16 +669,17 @@ def run_experiment(
     if keep_fits:
         data_key = _DatasetKey(dataset)
         fit_keys = {t: fit_key(config, *t, features.meta.get("key"), data_key) for t in tasks}  # type: ignore[arg-type]
-    if keep_fits and not resume and (output_dir / "fits").is_dir():  # type: ignore[operator]
+    if keep_fits and not resume and (output_dir / "fits").is_dir() and is_main():  # type: ignore[operator]
         import shutil
 
         shutil.rmtree(output_dir / "fits")  # type: ignore[operator]  # afresh: no stale fits left to refuse later
-    if keep_fits and resume:
+    if keep_fits and resume and is_main():
         for t in list(tasks):
             rec = _load_done_fit(_fit_file(output_dir, *t), fit_keys[t])  # type: ignore[arg-type]
             if rec is not None:
                 records.append(rec)
                 tasks.remove(t)
+    records, tasks = broadcast_object((records, tasks))  # on several ranks: rank 0's reading of the folder
     n_resumed = len(records)
     if n_resumed:
         log.info("resuming: %d of %d fits already done in %s", n_resumed, n_resumed + len(tasks), output_dir)
@@ -674,7 +690,7 @@ def run_experiment(
         )
 
     def finish(rec: dict[str, Any]) -> None:
-        if keep_fits:
+        if keep_fits and is_main():
             atomic_write_json(
                 _fit_file(output_dir, rec["method"], rec["shots"], rec["seed"]),  # type: ignore[arg-type]
                 {"fit_key": fit_keys[(rec["method"], rec["shots"], rec["seed"])], "record": rec},
@@ -739,7 +755,7 @@ def run_experiment(
         "records": records,
         "summary": summarize(records),
     }
-    if output_dir is not None:
+    if output_dir is not None and is_main():
         if dataset.class_split is not None and config.protocol != "standard":
             from ..data.splits import class_split_document
 
@@ -780,4 +796,5 @@ def run_experiment(
             )
             results["resolved"]["skipped_report"] = str(output_dir / "skipped.json")
         atomic_write_json(output_dir / "results.json", results)
+    barrier()  # every rank returns once the results are written
     return results

@@ -41,6 +41,9 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 
+#: images per encoder batch when :meth:`SearchModel.embed` builds an index (texts: twice as many)
+EMBED_BATCH = 64
+
 log = logging.getLogger(__name__)
 
 #: ``GCRDP_QUERY_PATH``: ``auto`` (default: ONNX Runtime where exported) or ``torch`` (always torch).
@@ -592,8 +595,40 @@ class SearchModel:
                 self.embed_features(modality, feats)
         return self
 
+    def extract_on_cluster(
+        self, modality: str, parts: list[list[Any]], *, cache_dir: str | Path, client: Any, progress: bool = False
+    ) -> int:
+        """Extract into the feature cache ``cache_dir``, on the Dask cluster of ``client``
+        (:func:`gcrdp.encoders.dask_extract.extract_items_dask`), the items of ``parts``: one
+        list of image paths or texts per later :meth:`embed` call with this cache (default batch
+        size), in the batches those calls would encode, so that they read every row from the
+        cache — the rows they would have computed. Returns the items written now."""
+        if self.pre_extracted:
+            return 0  # embed() says why it cannot embed items
+        from ..encoders.dask_extract import EncoderSpec, extract_items_dask
+
+        s = self._settings()
+        options = dict(s[f"{modality}_encoder_options"])
+        if modality == "image" and s["encoder_backend"]:
+            options["backend"] = s["encoder_backend"]
+        return extract_items_dask(
+            EncoderSpec(modality, s[f"{modality}_encoder"], options),
+            parts,
+            cache_dir=cache_dir,
+            client=client,
+            dtype=s["feature_dtype"],
+            batch_size=EMBED_BATCH if modality == "image" else 2 * EMBED_BATCH,
+            progress=progress,
+        )
+
     def embed(
-        self, modality: str, items: list[Any], *, cache_dir: str | Path | None = None, batch_size: int = 64, progress: bool = False
+        self,
+        modality: str,
+        items: list[Any],
+        *,
+        cache_dir: str | Path | None = None,
+        batch_size: int = EMBED_BATCH,
+        progress: bool = False,
     ) -> np.ndarray:
         """(n, d) float32 embeddings of image paths or texts in the shared space, L2-normalised
         when the method scores by cosine (so that inner product = the method's score). Without

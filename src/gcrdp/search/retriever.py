@@ -164,6 +164,23 @@ def _content_hash(item: Item, features: Any = None) -> str:
     return image_item_key(item.path) if item.modality == "image" else text_item_key(item.text or "")  # type: ignore[arg-type]
 
 
+def _extract_on_cluster(model: Any, modality: str, todo: list[Item], seen: set, step: int, cache_dir: Any, progress: bool) -> None:
+    """Inside :func:`gcrdp.encoders.dask_extract.use_cluster` (``gcrdp index --workers N`` or
+    ``--scheduler ADDRESS``): the items each batch of :meth:`Retriever._embed_modality` will
+    embed (those not in the index yet) extracted into the feature cache on the Dask cluster, in
+    the batches those calls use — which then read the very rows they would have computed."""
+    from ..encoders.dask_extract import current_cluster
+
+    cluster = current_cluster()
+    if cluster is None:
+        return
+    parts = [
+        [it.path if modality == "image" else it.text for it in todo[a:b] if (modality, _content_hash(it)) not in seen]
+        for a, b in batches(len(todo), step)
+    ]
+    model.extract_on_cluster(modality, parts, cache_dir=cache_dir, client=cluster.client(), progress=progress)
+
+
 def _feature_hashes(modality: str, arrays: list[np.ndarray]) -> list[str]:
     """The content hash of each row of a batch of feature rows (local, mask, pooled): SHA-256
     over the modality and the row's bytes in each array."""
@@ -1027,6 +1044,8 @@ class Retriever:
         if mf is not None and any(it.row is None for it in todo):
             raise ConfigError("With features=, every item needs its row (items_from_features).")
         step = batch_size or (_feature_batch_rows(mf) if mf is not None else BATCH_ITEMS[modality])
+        if mf is None and cache_dir is not None:
+            _extract_on_cluster(model, modality, todo, seen, step, cache_dir, progress)
         ids = {r[2] for r in rows if r[0] == modality}
         new_hashes: set[tuple[str, str]] = set()  # within one build, repeated content is kept
         count = skipped = bad = 0

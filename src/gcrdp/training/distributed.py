@@ -439,3 +439,16 @@ def global_rows(x: torch.Tensor | None, *, grad: bool = True) -> torch.Tensor | 
     if x is None:
         return None
     return gather_with_grad(x) if grad else gather_labels(x)
+
+
+@contextlib.contextmanager
+def process_group(device: str = "cpu") -> Iterator[DistEnv | None]:
+    """The process group of a distributed launch (``torchrun``, ``srun``) for the block, or
+    ``None`` in a plain process (then nothing is done): what ``gcrdp run`` / ``gcrdp train``
+    wrap their work in."""
+    env = init_distributed(device)
+    try:
+        yield env
+    finally:
+        if env is not None:
+            shutdown_distributed()
