@@ -75,6 +75,7 @@ def _build_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         train_size=args.train_size,
         seed=args.train_seed,
+        **_load_options(args),
     )
     info = r.info
     counts = ", ".join(f"{n} {m}s" for m, n in info["counts"].items())
@@ -94,6 +95,7 @@ def _build_index(args: argparse.Namespace) -> int:
             + ", ".join(f"{n} {m} vectors" for m, n in trained.items())
             + (f"; nprobe {', '.join(f'{m} {p}' for m, p in info['nprobe'].items())}" if info.get("nprobe") else "")
         )
+    _print_load_summary(info)
     inst = info.get("instance_recall")
     if inst:
         print(
@@ -110,6 +112,94 @@ def _build_index(args: argparse.Namespace) -> int:
             + (f" ({info['recall_queries']} of the collection's vectors as queries)" if info.get("recall_queries") else "")
         )
     return 0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` as ``(I, N)``; :class:`ConfigError` for anything else."""
+    i, sep, n = str(text).partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit() or not 0 <= int(i) < int(n):
+        raise ConfigError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4 for the first of 4 shards), got {text!r}.")
+    return int(i), int(n)
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of `gcrdp index` for a cluster: Milvus batches, resume, shards and partition;
+    FAISS shards and shared training."""
+    return {
+        "batch_rows": args.batch_rows,
+        "resume": bool(args.resume),
+        "shards": args.shards,
+        "partition": args.partition,
+        "shard": parse_shard(args.shard) if args.shard is not None else None,
+        "trained": args.trained,
+    }
+
+
+def _print_load_summary(info: dict[str, Any]) -> None:
+    milvus = info.get("milvus") or {}
+    if milvus.get("resumed_rows"):
+        print(
+            "resumed: "
+            + ", ".join(f"{n} {m} rows were already in Milvus (checked, not sent again)" for m, n in milvus["resumed_rows"].items())
+        )
+    shard = info.get("shard")
+    if shard:
+        print(
+            f"shard {shard['index']}/{shard['of']}: "
+            + ", ".join(f"{m} rows {shard['start'][m]}-{shard['stop'][m]} of {shard['total'][m]}" for m in shard["total"])
+        )
+
+
+def cmd_index_merge(args: argparse.Namespace) -> int:
+    """Merge FAISS indexes built with --shard I/N into one index."""
+    from ..search import merge_indexes
+
+    t0 = time.perf_counter()
+    info = merge_indexes(args.index, args.shards)
+    counts = ", ".join(f"{n} {m}s" for m, n in info["counts"].items())
+    types = ", ".join(sorted(set((info.get("index_types") or {}).values()) or {info["index_type"]}))
+    print(
+        f"index {args.index}: {counts} merged from {len(args.shards)} shards, {types}"
+        + (" (lists on disk)" if info.get("on_disk") else "")
+        + f", {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def _add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """`gcrdp index`'s options for an index on a cluster (docs/search.md, "An index on a cluster")."""
+    g = p.add_argument_group("an index on a cluster")
+    g.add_argument(
+        "--batch-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows added per batch: with --backend milvus, rows a single insert sends (default at most 5000 and ~16 MiB)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --backend milvus: continue a build or --add interrupted while it inserted, from the rows already in the "
+        "collection (checked by primary key and vector); with nothing to resume, build as usual",
+    )
+    g.add_argument("--shards", type=int, default=None, metavar="N", help="with --backend milvus: the new collections' shards (num_shards)")
+    g.add_argument(
+        "--partition", default=None, metavar="NAME", help="with --backend milvus: the partition this load's rows go to (created if missing)"
+    )
+    g.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="index only the I-th of N contiguous blocks of the collection (from 0), to merge with 'gcrdp index-merge'",
+    )
+    g.add_argument(
+        "--trained",
+        type=Path,
+        default=None,
+        metavar="INDEX",
+        help="fill a trained, empty copy of INDEX's FAISS index (its type and IVF quantizer) instead of training: "
+        "the shards of an IVF index share shard 0's",
+    )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -254,12 +344,24 @@ def add_parsers(sub: Any) -> None:
         default=None,
         help="with --backend milvus: a local PATH.db (Milvus Lite, embedded) or http://HOST:19530 (a Milvus server or cluster)",
     )
+    _add_load_arguments(p)
     p.add_argument("--skip-bad", action="store_true", help="leave bad manifest rows out instead of failing")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: as gcrdp run)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_cluster_args(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser(
+        "index-merge",
+        help="merge FAISS indexes built with 'gcrdp index --shard I/N' into one index",
+        description="Merge the N shards of a collection (each built with 'gcrdp index SHARD --shard I/N'; the shards of an "
+        "IVF index with --trained SHARD_0) into one index: IVF lists merged into one on-disk file "
+        "(faiss.contrib.ondisk.merge_ondisk), Flat vectors concatenated. Rows in shard order: those of one build.",
+    )
+    p.add_argument("index", type=Path, help="the merged index folder to create (or to give a new version)")
+    p.add_argument("shards", type=Path, nargs="+", help="the shard index folders, each shard once (in any order)")
+    p.set_defaults(func=cmd_index_merge)
 
     p = sub.add_parser(
         "search",

@@ -16,6 +16,7 @@ from .retriever import (
     items_from_manifest,
     items_from_text_file,
 )
+from .shards import merge_indexes
 from .streaming import EmbeddingSpool
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "items_from_images",
     "items_from_manifest",
     "items_from_text_file",
+    "merge_indexes",
     "recall_at_k",
     "resolve_index_type",
 ]

@@ -126,6 +126,35 @@ class FaissBackend:
             if hasattr(sub, "do_polysemous_training"):
                 sub.do_polysemous_training = False
 
+    @classmethod
+    def from_trained(cls, index: Any, index_type: str, *, nprobe: int | None = None) -> FaissBackend:
+        """A backend over ``index``, a trained, empty FAISS index (:meth:`trained_template` of
+        another: the shards of one collection share their training, so that they can be merged)."""
+        if int(index.ntotal) != 0 or not index.is_trained:
+            raise DataError(f"A shard starts from a trained, empty index; this one holds {int(index.ntotal)} vectors.")
+        self = cls.__new__(cls)
+        self.path, self._lock = None, threading.Lock()
+        self.index, self.dim, self.index_type = index, int(index.d), str(index_type)
+        self.set_nprobe(nprobe)
+        return self
+
+    def trained_template(self) -> Any:
+        """A trained, empty copy of this index, in a canonical form (no direct map, nprobe 1), so
+        that two copies of the same training serialise to the same bytes (:func:`template_digest`)."""
+        faiss = _faiss()
+        if self.path is not None:  # on disk: the trained, empty index kept beside the lists
+            out = faiss.read_index(str(self.path.with_suffix(".trained.faiss")))
+        else:
+            out = faiss.clone_index(self.index)
+            out.reset()
+        ivf = None
+        with contextlib.suppress(RuntimeError):
+            ivf = faiss.extract_index_ivf(out)
+        if ivf is not None:
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+            ivf.nprobe = 1
+        return out
+
     # ------------------------------------------------------------------ properties
     @property
     def ntotal(self) -> int:
@@ -242,6 +271,7 @@ class FaissBackend:
         nprobe: int | None = None,
         shard_rows: int | None = None,
         batch_rows: int | None = None,
+        template: Any = None,
     ) -> tuple[FaissBackend, int]:
         """An IVF index whose inverted lists live on disk: ``folder/<name>.faiss`` (the
         quantizer, list offsets), ``folder/<name>.ivfdata`` (the lists, memory-mapped when
@@ -251,6 +281,7 @@ class FaissBackend:
         default about 256 MiB of codes), each shard written to ``work_dir`` and freed; the
         shards — and the lists of ``previous``, an on-disk index being extended — are then merged
         into one file. A new index is trained first on a seeded sample (as :meth:`add_from`).
+        ``template``: a trained, empty index to fill instead of training one (a shard's).
         Returns ``(the index, opened read-only, vectors trained on)``."""
         from .streaming import batches, sample_rows, scan_rows
 
@@ -264,6 +295,10 @@ class FaissBackend:
                 raise DataError("Only an on-disk index can be extended on disk.")
             template = faiss.read_index(str(previous.path.with_suffix(".trained.faiss")))
             nprobe = previous.nprobe if nprobe is None else nprobe
+        elif template is not None:
+            if cls.from_trained(template, index_type)._ivf() is None:
+                raise ConfigError(f"An on-disk index needs an IVF index type (IVF1024,Flat, IVF1024,PQ64, IVF-PQ…), got {index_type!r}.")
+            template = faiss.clone_index(template)
         else:
             fresh = cls(dim, index_type, nprobe=nprobe)
             if fresh._ivf() is None:
@@ -392,6 +427,14 @@ class FaissBackend:
         return self
 
 
+def template_digest(index: Any) -> str:
+    """SHA-256 of a trained, empty index's bytes (:meth:`FaissBackend.trained_template`): two
+    shards can be merged only when theirs are equal (the same quantizer and codebooks)."""
+    import hashlib
+
+    return hashlib.sha256(np.asarray(_faiss().serialize_index(index)).tobytes()).hexdigest()
+
+
 def default_nprobe(nlist: int) -> int:
     """IVF lists searched per query by default: nlist/64, at least 8 (at most nlist)."""
     return max(1, min(int(nlist), max(8, int(nlist) // 64)))
@@ -437,6 +480,11 @@ def _milvus_index(index_type: str) -> tuple[str, dict]:
 
 
 _CLIENTS: dict[str, object] = {}
+#: A Milvus name (collection, partition): a letter or ``_``, then letters, digits and ``_``.
+_MILVUS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+#: Primary keys asked back per query when an interrupted load is resumed (Milvus answers a query
+#: with at most 16,384 rows by default: ``quotaAndLimits.limits.maxQueryResultWindow``).
+_QUERY_ROWS = 5000
 
 
 def _client(uri: str):
@@ -446,19 +494,56 @@ def _client(uri: str):
     return _CLIENTS[uri]
 
 
+def check_milvus_options(*, shards: int | None = None, partition: str | None = None, batch_rows: int | None = None) -> None:
+    """:class:`ConfigError` for a Milvus option that Milvus would refuse, named as the CLI names it."""
+    for flag, value in (("--shards", shards), ("--batch-rows", batch_rows)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{flag} must be a positive integer, got {value!r}.")
+    if partition is not None and not _MILVUS_NAME.fullmatch(str(partition)):
+        raise ConfigError(
+            f"--partition must be a Milvus partition name (a letter or _, then letters, digits or _, at most 255), got {partition!r}."
+        )
+
+
 class MilvusBackend:
     """One modality's vectors in a Milvus collection: Milvus Lite (``uri`` = a local ``.db``
     file, embedded) or a Milvus server or cluster (``uri`` = ``http://host:19530``). Rows are the
     primary keys 0..n-1; the count that belongs to the index is the one published with it, so
-    rows inserted by an interrupted ``add`` are never returned and are removed on the next one."""
+    rows inserted by an interrupted ``add`` are never returned and are removed on the next one
+    (or kept and checked by ``add_from(..., resume=True)``).
 
-    def __init__(self, dim: int, index_type: str = EXACT, *, uri: str, collection: str | None = None) -> None:
+    Args:
+        shards: the collection's shards (``num_shards`` of ``create_collection``: the insert
+            channels, spread over a cluster's data nodes), when this call creates it; Milvus
+            cannot change them afterwards. None: Milvus's default (1).
+        partition: the partition new rows go to (created when missing); None: ``_default``.
+            Searches cover every partition.
+        batch_rows: rows a single insert sends (default :attr:`insert_rows`).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        index_type: str = EXACT,
+        *,
+        uri: str,
+        collection: str | None = None,
+        shards: int | None = None,
+        partition: str | None = None,
+        batch_rows: int | None = None,
+    ) -> None:
         import secrets
 
+        check_milvus_options(shards=shards, partition=partition, batch_rows=batch_rows)
         self.dim, self.index_type, self.uri = int(dim), str(index_type), str(uri)
         self.milvus_type, self.params = _milvus_index(self.index_type)
         self.collection = collection or f"gcrdp_{secrets.token_hex(6)}"
+        self.shards, self.partition, self.batch_rows = shards, partition, batch_rows
         self._n = 0
+        #: the rows each build or add put in, and where: ``[{"partition", "start", "stop"}]``
+        self.loads: list[dict[str, Any]] = []
+        #: rows found already in the collection (and checked) by the last resumed ``add_from``
+        self.resumed_rows = 0
         c = _client(self.uri)
         if not c.has_collection(self.collection):
             schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -468,7 +553,30 @@ class MilvusBackend:
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
             index = c.prepare_index_params()
             index.add_index(field_name="vector", index_type=self.milvus_type, metric_type="IP", params=self.params)
-            c.create_collection(self.collection, schema=schema, index_params=index)
+            extra = {} if shards is None else {"num_shards": int(shards)}
+            c.create_collection(self.collection, schema=schema, index_params=index, **extra)
+
+    @property
+    def num_shards(self) -> int | None:
+        """The shards Milvus reports for the collection (Milvus Lite: always 1)."""
+        got = _client(self.uri).describe_collection(self.collection)
+        return None if not isinstance(got, dict) or got.get("num_shards") is None else int(got["num_shards"])
+
+    def _partition(self) -> str:
+        """The partition new rows go to, created when missing ("" for ``_default``)."""
+        if self.partition is None:
+            return ""
+        c = _client(self.uri)
+        if not c.has_partition(self.collection, self.partition):
+            c.create_partition(self.collection, self.partition)
+        return self.partition
+
+    def _record_load(self, start: int, stop: int) -> None:
+        name = self.partition or "_default"
+        if self.loads and self.loads[-1]["partition"] == name and self.loads[-1]["stop"] == start:
+            self.loads[-1]["stop"] = stop
+        elif stop > start:
+            self.loads.append({"partition": name, "start": start, "stop": stop})
 
     @property
     def ntotal(self) -> int:
@@ -479,25 +587,81 @@ class MilvusBackend:
         """Rows a single insert sends: at most 5,000 and about 16 MiB of float32."""
         return max(1, min(5000, (16 << 20) // (4 * self.dim)))
 
-    def add(self, vectors: np.ndarray, *, flush: bool = True) -> None:
+    def _checked(self, vectors: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise DataError(f"vectors must be (n, {self.dim}), got {x.shape}.")
-        c = _client(self.uri)
-        step = self.insert_rows
+        return x
+
+    def _insert(self, rows: np.ndarray, x: np.ndarray) -> None:
+        """Insert vectors ``x`` as primary keys ``rows``, :attr:`batch_rows` (default
+        :attr:`insert_rows`) a request, into this load's partition."""
+        step, part = self.batch_rows or self.insert_rows, self._partition()
         for a in range(0, len(x), step):
-            c.insert(self.collection, [{"row": self._n + a + i, "vector": v.tolist()} for i, v in enumerate(x[a : a + step])])
+            self._insert_request(rows[a : a + step], x[a : a + step], part)
+
+    def _insert_request(self, rows: np.ndarray, x: np.ndarray, partition: str) -> None:
+        """One insert request: vectors ``x`` as primary keys ``rows``."""
+        data = [{"row": int(r), "vector": v.tolist()} for r, v in zip(rows, x)]
+        _client(self.uri).insert(self.collection, data, partition_name=partition)
+
+    def add(self, vectors: np.ndarray, *, flush: bool = True) -> None:
+        x = self._checked(vectors)
+        self._insert(np.arange(self._n, self._n + len(x)), x)
+        self._record_load(self._n, self._n + len(x))
         self._n += len(x)
         if flush:
-            c.flush(self.collection)
+            _client(self.uri).flush(self.collection)
 
-    def add_from(self, source: Any, start: int = 0, *, batch_rows: int | None = None, **_: Any) -> int:
-        """Insert rows ``start..n`` of a row source in bounded batches, flushed once at the
-        end (Milvus trains its own IVF lists). Returns 0 (nothing trained here)."""
+    def present(self, start: int, stop: int, *, vectors: bool = False) -> dict[int, Any]:
+        """The rows ``start..stop`` already in the collection, by primary key (queried
+        :data:`_QUERY_ROWS` keys at a time): ``{row: its vector}`` (``None`` without ``vectors``)."""
+        c = _client(self.uri)
+        c.load_collection(self.collection)
+        out: dict[int, Any] = {}
+        fields = ["row", "vector"] if vectors else ["row"]
+        for a in range(int(start), int(stop), _QUERY_ROWS):
+            got = c.query(self.collection, filter=f"row >= {a} and row < {min(a + _QUERY_ROWS, int(stop))}", output_fields=fields)
+            for g in got:
+                out[int(g["row"])] = np.asarray(g["vector"], np.float32) if vectors else None
+        return out
+
+    def add_from(self, source: Any, start: int = 0, *, batch_rows: int | None = None, resume: bool = False, **_: Any) -> int:
+        """Insert rows ``start..n`` of a row source, read ``batch_rows`` at a time (default 4 ×
+        :attr:`insert_rows`) and sent :attr:`batch_rows` a request, flushed once at the end
+        (Milvus trains its own IVF lists). Returns 0 (nothing trained here).
+
+        ``resume``: rows already in the collection (left by an interrupted load of these same
+        rows) are found by primary key and not sent again; each one's stored vector must equal
+        the one given here (else :class:`DataError`: the collection holds another load). Their
+        number is :attr:`resumed_rows`."""
         from .streaming import batches
 
-        for a, b in batches(int(source.shape[0]), batch_rows or 4 * self.insert_rows, start):
-            self.add(source[a:b], flush=False)
+        n = int(source.shape[0])
+        self._n, self.resumed_rows = int(start), 0
+        for a, b in batches(n, batch_rows or 4 * (self.batch_rows or self.insert_rows), start):
+            x = self._checked(source[a:b])
+            rows = np.arange(a, b)
+            if resume:
+                have = self.present(a, b, vectors=True)
+                if have:
+                    keys = np.fromiter(have, np.int64, len(have))
+                    stored = np.stack([have[int(k)] for k in keys])
+                    given = x[keys - a]
+                    bad = ~np.isclose(stored, given, rtol=1e-4, atol=1e-5).all(axis=1)
+                    if bad.any():
+                        raise DataError(
+                            f"Milvus collection {self.collection!r} already holds rows {', '.join(str(int(k)) for k in keys[bad][:3])} "
+                            "with other vectors than this build computes: it is not an interrupted load of the same items and model. "
+                            "Build again without --resume (which starts over)."
+                        )
+                    self.resumed_rows += len(have)
+                    todo = np.setdiff1d(rows, keys, assume_unique=True)
+                    x, rows = x[todo - a], todo
+            if len(rows):
+                self._insert(rows, x)
+            self._record_load(self._n, b)
+            self._n = b
         _client(self.uri).flush(self.collection)
         return 0
 
@@ -546,14 +710,12 @@ class MilvusBackend:
     def save(self, path: Path) -> None:
         import json
 
-        path.with_suffix(".milvus.json").write_text(
-            json.dumps(
-                {"uri": self.uri, "collection": self.collection, "ntotal": self._n, "dim": self.dim, "index_type": self.index_type},
-                indent=1,
-            )
-            + "\n",
-            encoding="utf-8",
-        )
+        record = {"uri": self.uri, "collection": self.collection, "ntotal": self._n, "dim": self.dim, "index_type": self.index_type}
+        if self.shards is not None:
+            record["shards"] = self.shards
+        if self.loads and any(x["partition"] != "_default" for x in self.loads):
+            record["loads"] = self.loads
+        path.with_suffix(".milvus.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path, index_type: str) -> MilvusBackend:
@@ -567,6 +729,8 @@ class MilvusBackend:
             )
         self = cls(info["dim"], info["index_type"], uri=info["uri"], collection=info["collection"])
         self._n = int(info["ntotal"])
+        self.shards = info.get("shards")
+        self.loads = [dict(x) for x in info.get("loads") or ([{"partition": "_default", "start": 0, "stop": self._n}] if self._n else [])]
         return self
 
     def trim(self) -> None:

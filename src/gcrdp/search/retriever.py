@@ -49,7 +49,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..utils.io import fsync_tree
-from .backends import EXACT, MAX_TRAIN, FaissBackend, MilvusBackend, resolve_index_type
+from .backends import EXACT, MAX_TRAIN, FaissBackend, MilvusBackend, check_milvus_options, resolve_index_type, template_digest
+from .milvus_load import check_resumable, clear_record, discard_leftover, read_record, rows_digest, write_record
 from .streaming import EmbeddingSpool, batches, own_pair_recall, recall_against_exact, scan_rows, take_rows
 
 BACKENDS = ("faiss", "milvus")
@@ -65,9 +66,12 @@ def _new_backend(kind: str, dim: int, index_type: str, uri: str | None, nprobe: 
         raise ConfigError(
             "The Milvus backend needs uri=: a local file such as index.db (Milvus Lite) or http://host:19530 (a Milvus server or cluster)."
         )
-    if "://" not in uri:  # Milvus Lite: a local file, kept absolute so that the index can be opened anywhere
-        uri = str(Path(uri).expanduser().resolve())
-    return MilvusBackend(dim, index_type, uri=uri)
+    return MilvusBackend(dim, index_type, uri=_milvus_uri(uri))
+
+
+def _milvus_uri(uri: str) -> str:
+    """A Milvus Lite file kept absolute (so that the index can be opened anywhere); a server's URI as it is."""
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
 
 
 def _save_backend(backend: Any, folder: Path, modality: str) -> None:
@@ -635,6 +639,86 @@ class _NothingNew(Exception):
         self.skipped = skipped
 
 
+@dataclass(frozen=True)
+class _Load:
+    """How a build loads its vectors beyond the index type: batches, Milvus's resume, shards and
+    partition, and the FAISS shard and shared training."""
+
+    batch_rows: int | None = None
+    resume: bool = False
+    shards: int | None = None
+    partition: str | None = None
+    shard: tuple[int, int] | None = None
+    trained: str | Path | None = None
+
+
+def _check_shard(shard: Any) -> tuple[int, int]:
+    """``(i, n)`` with ``0 <= i < n``; :class:`ConfigError` naming ``--shard`` otherwise."""
+    ok = isinstance(shard, (tuple, list)) and len(shard) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+    if not ok or not 0 <= shard[0] < shard[1]:
+        raise ConfigError(f"--shard must be I/N with 0 <= I < N (the I-th of N shards, counted from 0), got {shard!r}.")
+    return int(shard[0]), int(shard[1])
+
+
+def collection_digest(items: Sequence[Item]) -> str:
+    """SHA-256 of a collection's items, (modality, id) each in order: the shards of one collection
+    share it."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps([it.modality, it.id], ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _shard_items(items: list[Item], i: int, n: int) -> tuple[list[Item], dict[str, Any]]:
+    """The ``i``-th of ``n`` contiguous blocks of each modality's items (rows ``i·len//n`` to
+    ``(i+1)·len//n``), and the shard's record: its place in the collection."""
+    out: list[Item] = []
+    start, stop, total = {}, {}, {}
+    for m in MODALITIES:
+        todo = [it for it in items if it.modality == m]
+        if todo:
+            lo, hi = i * len(todo) // n, (i + 1) * len(todo) // n
+            start[m], stop[m], total[m] = lo, hi, len(todo)
+            out += todo[lo:hi]
+    if not out:
+        raise DataError(f"Shard {i}/{n} of this collection is empty (it has {total}); use fewer shards.")
+    return out, {"index": i, "of": n, "collection": collection_digest(items), "start": start, "stop": stop, "total": total}
+
+
+def _faiss_clone(index: Any) -> Any:
+    import faiss
+
+    return faiss.clone_index(index)
+
+
+def _trained_templates(index_dir: Path, model: Any, index_type: str, seed: int) -> tuple[dict[str, tuple[Any, str]], str, dict[str, Any]]:
+    """Each modality's trained, empty index (and factory string) of the FAISS index at
+    ``index_dir`` (``--trained``), its index type, and its training record."""
+    version = _current(index_dir)
+    with _reader_lock(version) as held:
+        if not held:
+            raise DataError(f"--trained: index {index_dir} changed while it was read; try again.")
+        _verify_all(index_dir, version, _read_checksums(index_dir, version))
+        try:
+            info = json.loads((version / "index.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise _corrupt(index_dir, version / "index.json", f"is unreadable ({exc})") from None
+        if info.get("backend", "faiss") != "faiss":
+            raise ConfigError(f"--trained {index_dir} is a Milvus index; name a FAISS index (its trained quantizer is what shards share).")
+        if info.get("model") != model.fingerprint:
+            raise ConfigError(f"--trained {index_dir} was built with another model; train the shards' index with the same model.")
+        if index_type not in (EXACT, info["index_type"]):
+            raise ConfigError(
+                f"--index-type {index_type!r} differs from the index type of --trained {index_dir} ({info['index_type']!r}); "
+                "leave --index-type out (the shard takes the trained index's)."
+            )
+        types = _index_types(info)
+        templates = {m: (b.trained_template(), types[m]) for m, b in _load_backends(version, info).items()}
+    training = dict(info.get("training") or {"seed": seed, "vectors": {}})
+    training["vectors"] = dict(training.get("vectors") or {})
+    return templates, str(info["index_type"]), training
+
+
 # --------------------------------------------------------------------------- the retriever
 class Retriever:
     """Search a collection by text or by image with a trained model.
@@ -727,6 +811,12 @@ class Retriever:
         batch_size: int | None = None,
         train_size: int | None = None,
         seed: int = 0,
+        batch_rows: int | None = None,
+        resume: bool = False,
+        shards: int | None = None,
+        partition: str | None = None,
+        shard: tuple[int, int] | None = None,
+        trained: str | Path | None = None,
     ) -> Retriever:
         """Embed ``items`` with the model of ``checkpoint`` and write the index (see the module
         docstring). With ``add=True`` the items are appended to the existing index at
@@ -750,14 +840,33 @@ class Retriever:
         ``backend="faiss"`` (default) keeps the vectors in the folder; ``backend="milvus"`` keeps
         them in Milvus at ``uri`` — a local ``.db`` file (Milvus Lite, embedded) or
         ``http://host:19530`` (a server or cluster) — with the metadata still in the folder.
-        One build or add at a time per index (a lock file refuses a second)."""
+        One build or add at a time per index (a lock file refuses a second).
+
+        ``batch_rows``: rows added to the index per batch (Milvus: rows a single insert sends;
+        default at most 5,000 and about 16 MiB). On Milvus, ``shards`` sets a new collection's
+        shards (``num_shards``) and ``partition`` the partition this load's rows go to (created
+        when missing); ``resume=True`` continues a build or add that was interrupted while it
+        inserted (:mod:`gcrdp.search.milvus_load`): the rows already in the collection are found by
+        primary key, checked and not sent again (with nothing to resume, it builds as usual).
+
+        ``shard=(i, n)`` indexes the ``i``-th of ``n`` contiguous blocks of each modality's items
+        (a shard, to be merged with the others by :func:`gcrdp.search.shards.merge_indexes`);
+        ``trained=INDEX`` fills a trained, empty copy of that index's vectors instead of training
+        (its index types too): the shards of an IVF index must share it."""
         index_dir = Path(index_dir).expanduser()
         items = list(items)
         if not items:
             raise DataError("Nothing to index: the collection is empty.")
-        for name, value in (("nprobe", nprobe), ("batch_size", batch_size), ("train_size", train_size)):
+        for name, value in (("nprobe", nprobe), ("batch_size", batch_size), ("train_size", train_size), ("batch_rows", batch_rows)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        check_milvus_options(shards=shards, partition=partition)
+        if shard is not None:
+            shard = _check_shard(shard)
+            if add:
+                raise ConfigError("--shard builds a new index of one shard of a collection; it cannot be combined with --add.")
+        if trained is not None and add:
+            raise ConfigError("--trained applies to a new index; an --add keeps the training of the index it extends.")
         with _build_lock(index_dir):
             return cls._build_locked(
                 index_dir,
@@ -777,6 +886,7 @@ class Retriever:
                 batch_size=batch_size,
                 train_size=train_size,
                 seed=seed,
+                load=_Load(batch_rows, resume, shards, partition, shard, trained),
             )
 
     @classmethod
@@ -800,6 +910,7 @@ class Retriever:
         batch_size: int | None,
         train_size: int | None,
         seed: int,
+        load: _Load,
     ) -> Retriever:
         from .model import SearchModel
 
@@ -809,6 +920,14 @@ class Retriever:
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}.")
         training: dict[str, Any] = {"seed": seed, "vectors": {}}
+        record = read_record(index_dir)
+        if record is not None and not load.resume:  # an interrupted load into Milvus, not resumed: start over
+            dropped = discard_leftover(index_dir)
+            if dropped:
+                log.info("Dropped the Milvus collection(s) %s of an interrupted build of %s.", ", ".join(dropped), index_dir)
+            record = None
+        elif record is None and load.resume:
+            log.info("--resume: no interrupted load into Milvus at %s; building as usual.", index_dir)
         if add:
             old = cls.load(index_dir, device=device)
             backend, uri = old.info.get("backend", "faiss"), old.info.get("uri")
@@ -816,7 +935,7 @@ class Retriever:
             training = dict(old.info.get("training") or training)
             training["vectors"] = dict(training.get("vectors") or {})
             for b in old.backends.values():
-                if hasattr(b, "trim"):
+                if hasattr(b, "trim") and record is None:  # a resumed add checks those rows instead
                     b.trim()
             if checkpoint is not None:
                 given = SearchModel.from_checkpoint(checkpoint, device)
@@ -843,6 +962,23 @@ class Retriever:
             backends, rows, seen, index_types = {}, [], set(), {}
         if on_disk and backend != "faiss":
             raise ConfigError("An on-disk index is a FAISS index (backend faiss); Milvus keeps its own storage.")
+        if backend != "milvus":
+            for flag, value in (("--resume", load.resume or None), ("--shards", load.shards), ("--partition", load.partition)):
+                if value is not None:
+                    raise ConfigError(
+                        f"{flag} applies to the Milvus backend (--backend milvus); a FAISS index is written whole into a new version."
+                    )
+        elif load.shards is not None and add:
+            raise ConfigError("--shards is set when a Milvus collection is created; an --add inserts into the index's collections.")
+        if (load.shard is not None or load.trained is not None) and backend != "faiss":
+            raise ConfigError("--shard and --trained build FAISS indexes to merge; a Milvus collection is one index already.")
+        shard_info = None
+        if load.shard is not None:
+            items, shard_info = _shard_items(items, *load.shard)
+        templates: dict[str, Any] = {}
+        if load.trained is not None:
+            templates, index_type, training = _trained_templates(Path(load.trained).expanduser(), model, index_type, seed)
+        base = old.version if add else None
         made: list[Any] = []  # Milvus collections made by this build (dropped if it fails)
         try:
             with _new_version(index_dir) as version:
@@ -874,6 +1010,11 @@ class Retriever:
                         batch_size=batch_size,
                         train_size=train_size,
                         seed=seed,
+                        load=load,
+                        record=record,
+                        base=base,
+                        templates=templates,
+                        shard_info=shard_info,
                     )
                 finally:
                     for spool in spools.values():
@@ -888,7 +1029,13 @@ class Retriever:
             for b in made:  # a Milvus collection made for this build only
                 with contextlib.suppress(Exception):
                     b.drop()
+            if backend == "milvus" and read_record(index_dir) is not None:
+                log.warning(
+                    "The load into Milvus stopped; run the same gcrdp index again with --resume to continue from the rows already "
+                    "inserted (without --resume, they are dropped and the build starts over)."
+                )
             raise
+        clear_record(index_dir)
         if on_disk:  # open the lists where they now live
             backends = _load_backends(version.final, info)
         out = cls(index_dir, info, model, backends, rows)
@@ -922,6 +1069,11 @@ class Retriever:
         batch_size: int | None,
         train_size: int | None,
         seed: int,
+        load: _Load,
+        record: dict[str, Any] | None,
+        base: str | None,
+        templates: dict[str, Any],
+        shard_info: dict[str, Any] | None,
     ) -> dict[str, Any]:
         """Embed, index, measure and write one version into ``folder`` (``backends`` and
         ``rows`` are extended in place); returns its index.json."""
@@ -936,6 +1088,7 @@ class Retriever:
                 spools[m].append(b.vectors(a, c))
         added: dict[str, int] = {}
         skipped = 0
+        n_rows = len(rows)
         for modality in MODALITIES:
             got, dup = cls._embed_modality(
                 modality, spools, work, model, items, features, rows, seen, n_old.get(modality, 0), add, cache_dir, progress, batch_size
@@ -948,12 +1101,36 @@ class Retriever:
         if not added:  # an add with nothing new: no new version
             raise _NothingNew(skipped)
         for modality, spool in spools.items():
+            if modality not in backends and len(spool) > n_old.get(modality, 0):
+                index_types[modality] = (
+                    templates[modality][1] if modality in templates else resolve_index_type(index_type, len(spool), int(spool.shape[1]))
+                )
+        collections: dict[str, str] = {}
+        if backend == "milvus":  # recorded before the first insert: an interrupted load can be resumed
+            uri = _milvus_uri(str(uri)) if uri is not None else None
+            expected = {
+                "uri": uri,
+                "model": model.fingerprint,
+                "base": base,
+                "rows": rows_digest(rows[n_rows:]),
+                "index_types": {m: index_types[m] for m in spools if m in index_types},
+                "dim": int(next(iter(spools.values())).shape[1]),
+                "start": n_old,
+            }
+            if record is not None:
+                check_resumable(record, expected, folder.parent)
+            made_names = dict((record or {}).get("made") or {})
+            for m, spool in spools.items():
+                if m not in backends and len(spool):
+                    collections[m] = made_names.get(m) or f"gcrdp_{secrets.token_hex(6)}"
+            reused = {m: b.collection for m, b in backends.items()}
+            write_record(folder.parent, {**expected, "made": collections, "reused": reused})
+        resumed: dict[str, int] = {}
+        for modality, spool in spools.items():
             start = n_old.get(modality, 0)
             if len(spool) == start:
                 continue
             engine = backends.get(modality)
-            if engine is None:
-                index_types[modality] = resolve_index_type(index_type, len(spool), int(spool.shape[1]))
             kind = index_types[modality]
             if on_disk:
                 engine, trained = FaissBackend.build_on_disk(
@@ -967,15 +1144,34 @@ class Retriever:
                     seed=seed,
                     max_train=train_size or MAX_TRAIN,
                     nprobe=nprobe,
+                    batch_rows=load.batch_rows,
+                    template=templates[modality][0] if modality in templates and engine is None else None,
                 )
             else:
-                if engine is None:
+                if engine is None and backend == "milvus":
+                    engine = MilvusBackend(
+                        int(spool.shape[1]),
+                        kind,
+                        uri=str(uri),
+                        collection=collections[modality],
+                        shards=load.shards,
+                        partition=load.partition,
+                        batch_rows=load.batch_rows,
+                    )
+                elif engine is None and modality in templates:
+                    engine = FaissBackend.from_trained(_faiss_clone(templates[modality][0]), kind, nprobe=nprobe)
+                elif engine is None:
                     engine = _new_backend(backend, int(spool.shape[1]), kind, uri, nprobe)
-                    if backend == "milvus":
-                        made.append(engine)
+                elif isinstance(engine, MilvusBackend):
+                    engine.partition, engine.batch_rows = load.partition, load.batch_rows
                 elif nprobe is not None and isinstance(engine, FaissBackend):
                     engine.set_nprobe(nprobe)
-                trained = engine.add_from(spool, start, seed=seed, max_train=train_size or MAX_TRAIN)
+                if isinstance(engine, MilvusBackend):
+                    trained = engine.add_from(spool, start, resume=record is not None)
+                    if engine.resumed_rows:
+                        resumed[modality] = engine.resumed_rows
+                else:
+                    trained = engine.add_from(spool, start, seed=seed, max_train=train_size or MAX_TRAIN, batch_rows=load.batch_rows)
             backends[modality] = engine
             if trained:
                 training["vectors"][modality] = trained
@@ -1008,6 +1204,21 @@ class Retriever:
             "instance_recall": instance,
             "embed_seconds": round(time.perf_counter() - t0, 3),
         }
+        if backend == "milvus":
+            info["milvus"] = {
+                "collections": {m: b.collection for m, b in backends.items()},
+                "shards": load.shards,
+                "num_shards": {m: b.num_shards for m, b in backends.items()},
+                "partition": load.partition,
+                "batch_rows": load.batch_rows or min(b.insert_rows for b in backends.values()),
+                "resumed_rows": resumed or None,
+            }
+        if shard_info is not None:
+            info["shard"] = shard_info
+        if load.trained is not None:
+            info["trained_from"] = str(Path(load.trained).expanduser().resolve())
+        if shard_info is not None or load.trained is not None:
+            info["template_sha256"] = {m: template_digest(b.trained_template()) for m, b in backends.items() if isinstance(b, FaissBackend)}
         from .. import __version__
 
         info["gcrdp_version"] = __version__
