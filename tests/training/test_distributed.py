@@ -276,7 +276,7 @@ def test_helpers_are_identity_without_process_group() -> None:
 
 
 def test_distributed_env_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"):
         monkeypatch.delenv(name, raising=False)
     assert gd.distributed_env() is None and gd.init_distributed("cpu") is None  # a plain process: nothing done
     assert not dist.is_initialized()
@@ -284,13 +284,16 @@ def test_distributed_env_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert gd.distributed_env({"RANK": "0", "WORLD_SIZE": "1"}) is None
     env = gd.distributed_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "1234"})
     assert env == gd.DistEnv(1, 4, 1, "node0", 1234, "torchrun")
-    slurm = gd.distributed_env({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "MASTER_ADDR": "n1"})
+    slurm = gd.distributed_env({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", "MASTER_ADDR": "n1"})
     assert slurm == gd.DistEnv(3, 8, 1, "n1", gd.DEFAULT_MASTER_PORT, "slurm")
     # torchrun's variables win over SLURM's
-    both = gd.distributed_env({"RANK": "0", "WORLD_SIZE": "2", "SLURM_PROCID": "5", "SLURM_NTASKS": "8", "MASTER_ADDR": "a"})
+    both = gd.distributed_env({"RANK": "0", "WORLD_SIZE": "2", "SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "MASTER_ADDR": "a"})
     assert both is not None and (both.rank, both.world_size, both.source) == (0, 2, "torchrun")
     with pytest.raises(ConfigError, match="MASTER_ADDR"):
-        gd.distributed_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+        gd.distributed_env({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"})
+    # a batch script of a job of 4 tasks, not started by srun: a plain process
+    assert gd.distributed_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "17"}) is None
+    assert gd.distributed_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "1"}) is None
     with pytest.raises(ConfigError):
         gd.distributed_env({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a"})
     with pytest.raises(ConfigError):

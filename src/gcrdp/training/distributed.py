@@ -5,8 +5,9 @@ process group is initialised, so the default path is unchanged.
 
 * :func:`distributed_env` / :func:`init_distributed` — the process group read from the
   environment: ``torchrun``'s ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-  ``MASTER_PORT``, or SLURM's ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` as a
-  fallback; gloo on CPU, NCCL on GPU.
+  ``MASTER_PORT``, or the variables ``srun`` sets for each task of a job step
+  (``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID``) as a fallback; gloo on CPU,
+  NCCL on GPU.
 * :func:`gather_with_grad` — every rank's rows concatenated in rank order; the backward pass is
   the adjoint of the gather (the incoming gradients are summed over ranks and each rank keeps
   its own rows), so the objective that is differentiated is the **sum over ranks** of what each
@@ -80,17 +81,20 @@ def distributed_env(environ: Mapping[str, str] | None = None) -> DistEnv | None:
     """The distributed job this process belongs to, or ``None`` for a plain single process.
 
     ``torchrun``'s variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-    ``MASTER_PORT``) win; SLURM's (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``) are
-    the fallback, with ``MASTER_ADDR`` required (e.g. ``export MASTER_ADDR=$(scontrol show
-    hostnames $SLURM_JOB_NODELIST | head -n1)``). ``MASTER_PORT`` defaults to 29500. A world of
+    ``MASTER_PORT``) win; those ``srun`` sets for the tasks of a job step (``SLURM_PROCID``,
+    ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID``) are the fallback — not the job's
+    ``SLURM_NTASKS``, which a batch script sees too: a plain ``gcrdp run`` in an ``sbatch``
+    script of several tasks is one process, not rank 0 of a world that never comes —, with
+    ``MASTER_ADDR`` required (e.g. ``export MASTER_ADDR=$(scontrol show hostnames
+    $SLURM_JOB_NODELIST | head -n1)``). ``MASTER_PORT`` defaults to 29500. A world of
     size 1 counts as no distributed job.
     """
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world, local = _int_var(env, "RANK"), _int_var(env, "WORLD_SIZE"), _int_var(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
         source = "torchrun"
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world = _int_var(env, "SLURM_PROCID"), _int_var(env, "SLURM_NTASKS")
+    elif "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+        rank, world = _int_var(env, "SLURM_PROCID"), _int_var(env, "SLURM_STEP_NUM_TASKS")
         local = _int_var(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
         source = "slurm"
     else:
