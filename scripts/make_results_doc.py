@@ -8,6 +8,12 @@ same numbers: for every dataset and shot count, the reference method (GCRDP) aga
 other method, as a paired difference over seeds (every (shots, seed) shares its split across
 methods, so the difference per seed removes the split-to-split variation), and a count of where
 it wins. Nothing in the text is typed by hand except the fixed explanations.
+
+Every ± says what it is: the tables' cells are mean ± SD over seeds (sample standard deviation);
+the standing of the reference is a table of paired differences (mean ± SD over seeds) with the
+95 % t interval of the mean (mean ± t(n − 1)·SD/√n) and the verdict that interval gives: ahead or
+behind only when the interval excludes 0, a tie when it holds 0 (``tests/test_docs_claims.py``
+checks every such row of the docs).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from gcrdp.experiments.grid import collect_results
 from gcrdp.experiments.report import _slug, aggregate, gather, markdown_tables, write_report
@@ -51,10 +58,33 @@ def paired(records, dataset, shots, a, b, key="mean_map"):
     return float(d.mean()), float(d.std(ddof=1)) if d.size > 1 else 0.0, d.size
 
 
+#: What the ± of the tables of ``gcrdp report`` is, said in their captions.
+SD_CAPTION = "mean ± SD over seeds (SD: sample standard deviation, not a standard error)"
+
+
+def t_interval(p, level=0.95):
+    """The ``level`` t interval of the mean of a paired figure ``(mean, sd, n)``."""
+    if p is None or p[2] < 2:
+        return None
+    h = float(stats.t.ppf(0.5 + level / 2, p[2] - 1)) * p[1] / np.sqrt(p[2])
+    return p[0] - h, p[0] + h
+
+
+def verdict(ci, digits=1):
+    """``ahead`` / ``behind`` when the interval (as printed, rounded to ``digits``) lies above /
+    below 0; ``tie`` when it holds 0."""
+    if ci is None:
+        return "–"
+    lo, hi = (round(x, digits) for x in ci)
+    return "ahead" if lo > 0 else "behind" if hi < 0 else "tie"
+
+
 def standing(records, rows, dataset, reference):
-    """Lines saying, per shots, how the reference compares with the best other method."""
+    """A table saying, per shots, how the reference compares with the best other method: the
+    paired difference (mean ± SD over seeds), its 95 % t interval and the verdict it gives."""
     sub = [r for r in rows if r["dataset"] == dataset]
     lines, wins, total = [], 0, 0
+    verdicts: dict[str, int] = {}
     for shots in sorted({r["shots"] for r in sub}):
         here = {r["method"]: r for r in sub if r["shots"] == shots}
         if reference not in here:
@@ -68,15 +98,27 @@ def standing(records, rows, dataset, reference):
         total += 1
         win = ref["mean_mean"] > others[best]["mean_mean"]
         wins += win
-        diff = f"{p[0]:+.1f} ± {p[1]:.1f} over {p[2]} paired seeds" if p else "unpaired"
+        ci = t_interval(p)
+        word = verdict(ci)
+        verdicts[word] = verdicts.get(word, 0) + 1
         label = "standard protocol" if ref.get("protocol") == "standard" else f"{shots}-shot"
-        verdict = "**wins**" if win else "does not win"
         lines.append(
-            f"- {label}: `{reference}` {ref['mean_mean']:.1f} against the best other method "
-            f"`{best}` {others[best]['mean_mean']:.1f} — {verdict} ({diff})."
+            f"| {label} | {ref['mean_mean']:.1f} | `{best}` {others[best]['mean_mean']:.1f} | "
+            + (f"{p[0]:+.1f} ± {p[1]:.1f} ({p[2]})" if p else "unpaired")
+            + " | "
+            + (f"[{ci[0]:+.1f}, {ci[1]:+.1f}] ({p[2] - 1})" if ci else "–")
+            + f" | {word} |"
         )
+    if lines:
+        lines = [
+            f"| setting | `{reference}` mean mAP | best other method (mean mAP) | paired Δ, mean ± SD (seeds) "
+            "| 95 % t interval of the mean Δ (df) | verdict |",
+            "|---|---|---|---|---|---|",
+        ] + lines
     head = (
-        f"`{reference}` has the best mean mAP in {wins} of {total} settings on this dataset."
+        f"`{reference}` has the best mean mAP in {wins} of {total} settings on this dataset; against the best "
+        f"other method, paired over seeds, it is ahead beyond the 95 % t interval in {verdicts.get('ahead', 0)}, "
+        f"behind in {verdicts.get('behind', 0)}, a tie (the interval holds 0) in {verdicts.get('tie', 0)}."
         if total
         else f"`{reference}` was not run on this dataset."
     )
@@ -100,17 +142,21 @@ def summary_lines(records, rows, datasets, reference):
             ref = next((r for r in here if r["method"] == reference), None)
             if ref is not None and others:
                 b = max(others, key=lambda r: r["mean_mean"])
-                gaps.append((shots, ref["mean_mean"] - b["mean_mean"], b["method"]))
+                word = verdict(t_interval(paired(records, ds, shots, reference, b["method"])))
+                gaps.append((shots, ref["mean_mean"] - b["mean_mean"], b["method"], word))
         leader = max(best_counts, key=best_counts.get)
         where = "the standard protocol" if len(settings) == 1 and sub[0].get("protocol") == "standard" else f"{len(settings)} shot settings"
         text = f"- **{ds}**: best mean mAP — `{leader}` in {best_counts[leader]} of {len(settings)} ({where})"
         if gaps:
-            wins = sum(g > 0 for _, g, _ in gaps)
-            mean_gap = float(np.mean([g for _, g, _ in gaps]))
+            wins = sum(g > 0 for _, g, _, _ in gaps)
+            mean_gap = float(np.mean([g for _, g, _, _ in gaps]))
+            ahead = sum(w == "ahead" for *_, w in gaps)
+            behind = sum(w == "behind" for *_, w in gaps)
             text += (
                 f"; `{reference}` is best in {wins} of {len(gaps)}, on average {mean_gap:+.1f} points "
-                f"from the best other method (range {min(g for _, g, _ in gaps):+.1f} to "
-                f"{max(g for _, g, _ in gaps):+.1f})"
+                f"from the best other method (range {min(g for _, g, _, _ in gaps):+.1f} to "
+                f"{max(g for _, g, _, _ in gaps):+.1f}); paired over seeds it is ahead of that method "
+                f"beyond the 95 % t interval in {ahead}, behind in {behind}, a tie in {len(gaps) - ahead - behind}"
             )
         lines.append(text + ".")
     return lines
@@ -186,7 +232,7 @@ def main(argv=None) -> int:
         + (f"; {args.time_note}" if args.time_note else "")
         + ".",
         "",
-        "mAP@all in percent (`docs/metrics.md`), mean ± sample std over seeds; every method sees the "
+        "mAP@all in percent (`docs/metrics.md`), " + SD_CAPTION + "; every method sees the "
         "same features, the same protocol split per (shots, seed) and the same evaluation code. "
         "Few-shot protocol: the test set is the unseen classes' test pairs; the N shots per unseen "
         "class join the seen classes' training pairs; validation uses held-out seen classes, which "
@@ -222,7 +268,7 @@ def main(argv=None) -> int:
     for m, why in NOT_RUN.items():
         if m not in methods_run:
             out += [f"Not run: `{m}` — {why}", ""]
-    tables = markdown_tables(rows, args.methods, datasets).split("### ")[1:]
+    tables = markdown_tables(rows, args.methods, datasets).replace("mean ± std over seeds", SD_CAPTION).split("### ")[1:]
     for block in tables:
         ds = block.splitlines()[0].strip()
         out += [f"## {ds}", "", "\n".join(block.splitlines()[1:]).strip(), ""]
@@ -256,7 +302,7 @@ def main(argv=None) -> int:
             "θ = 0.5), same splits and seeds. The test figures are shown for completeness; the "
             "defaults were kept on validation alone ([gcrdp-study.md](gcrdp-study.md)).",
             "",
-            markdown_tables(base + variant_rows, order).strip(),
+            markdown_tables(base + variant_rows, order).replace("mean ± std over seeds", SD_CAPTION).strip(),
             "",
         ]
     figs = (

@@ -3,13 +3,14 @@
     python scripts/results_tables.py runs/ablation/results.json [more results.json ...]
     python scripts/results_tables.py --merge runs/study/ablation-*/results.json
 
-For each study: the mean of I2T and T2I mAP@all (%, mean ± std over seeds), then I2T and T2I
+For each study: the mean of I2T and T2I mAP@all (%, mean ± SD over seeds), then I2T and T2I
 separately, with the validation mAP (held-out seen classes) that choices are made on; then the
 paired differences against a reference entry (``--reference``, default: the first method of the
 study): for every (shots, seed) the two fits share the split, so the difference per seed removes
-the split-to-split variation, and its mean ± std over seeds says how much a change moves mAP
-(the validation column: mean over every (shots, seed) pair ± its standard error, the figure
-choices are made on); finally epochs, fit seconds and the GMM's π entropy at the best epoch.
+the split-to-split variation, and its mean ± SD over seeds says how much a change moves mAP
+(the validation column: mean over every (shots, seed) pair ± its standard error (SE), the figure
+choices are made on; the (shots, seed) pairs of one seed share a split, so that SE treats them
+as more independent than they are); finally epochs, fit seconds and the GMM's π entropy at the best epoch.
 
 ``--merge`` treats all the files as one study (their records are concatenated and the summary
 recomputed): a study run one shot value at a time (``gcrdp run --config C --shots 5 ...``) gives
@@ -31,7 +32,7 @@ from gcrdp.experiments.table import format_study_table
 def _paired_table(records: list[dict], methods: list[str], reference: str, key: str = "mean_map") -> str:
     by = {(r["method"], r["shots"], r["seed"]): r for r in records}
     shots = sorted({r["shots"] for r in records})
-    head = ["method"] + [f"{s}-shot Δ test" for s in shots] + ["Δ val mAP ± s.e."]
+    head = ["method"] + [f"{s}-shot Δ test (mean ± SD)" for s in shots] + ["Δ val mAP (mean ± SE)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         if m == reference:
@@ -86,11 +87,14 @@ def print_study(name: str, results: list[dict], reference: str | None) -> None:
     seeds = sorted({r["seed"] for r in records})
     print(f"### {name}: {cfg['dataset']}, {len(seeds)} seeds\n")
     for key, title in (("mean_map", "mean of I2T and T2I"), ("i2t_map", "I2T"), ("t2i_map", "T2I")):
-        print(f"{title} mAP@all (%)\n")
+        print(f"{title} mAP@all (%; mean ± SD over seeds)\n")
         print(format_study_table(summary, methods, key=key))
         print()
     ref = reference or methods[0]
-    print(f"Paired difference from `{ref}` (mean of I2T and T2I, points; mean ± std over seeds), and of the validation mAP\n")
+    print(
+        f"Paired difference from `{ref}` (mean of I2T and T2I, points): test columns mean ± SD over seeds; "
+        "the validation column mean ± SE over every paired (shots, seed) fit\n"
+    )
     print(_paired_table(records, methods, ref))
     print()
     print(_effort_table(records))

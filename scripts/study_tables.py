@@ -9,14 +9,24 @@ For every dataset label of the grid (``runs/<label>/<method>/shots<N>-seed<S>.js
    I2T and T2I) per shot count, over seeds;
 2. paired differences against ``--reference``: for each seed, the difference of the two
    methods' best validation mAP (and test mAP) averaged over the shot counts both have, then
-   the mean over seeds ± its standard error; ``*`` marks a validation difference beyond two
-   standard errors;
+   the mean over seeds ± its standard error (SE); ``*`` marks a validation difference beyond two
+   standard errors (the study's pre-registered rule: with 5 seeds a two-sided test at about 88 %,
+   t with 4 degrees of freedom), ``†`` a difference whose 95 % t interval (n − 1 degrees of
+   freedom) excludes 0;
 3. how well the validation predicts the test over all methods of the label: the share of the
    paired validation differences whose sign matches the test difference's, and the Spearman
-   rank correlation of the two (with the number of methods).
+   rank correlation of the two (with the number of methods). A method whose paired validation
+   or test difference is zero within ``ZERO_TOL`` (1e-6 of mAP, i.e. 1e-4 points: the CSV's
+   rounding and float noise; e.g. GMM switches on sets of one point) has no sign: it is left out
+   of both figures, and the line says how many and which.
 
-``--json OUT`` also writes every figure as JSON, ``--csv OUT`` one row per run. Only the grid's
-files are read; nothing is chosen here.
+``--verdicts A:B ...`` prints a table of the paired differences A − B per label with their
+95 % t intervals and the verdict each interval gives (win / loss / tie).
+
+The input is the grid's output folder, or the CSV that ``--csv`` writes (one row per run:
+``docs/study/*.csv`` are such files, so every table of ``docs/gcrdp-study.md`` regenerates from
+the repository). ``--json OUT`` also writes every figure as JSON, ``--csv OUT`` one row per run.
+Only the grid's files are read; nothing is chosen here.
 """
 
 from __future__ import annotations
@@ -29,6 +39,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
+
+#: A paired difference (in mAP, a fraction) at most this far from 0 has no sign.
+ZERO_TOL = 1e-6
+#: With 5 seeds, |mean| > 2 SE is a two-sided test at this level (t, 4 degrees of freedom).
+TWO_SE_LEVEL_5 = 2 * stats.t.cdf(2.0, 4) - 1
 
 _NAME = re.compile(r"shots(\d+)-seed(\d+)\.json$")
 
@@ -51,6 +67,44 @@ def load_grid(root: Path) -> dict[str, dict[tuple[str, int, int], dict]]:
             "seconds": rec["fit"].get("seconds"),
         }
     return dict(out)
+
+
+def load_csv(path: Path) -> dict[str, dict[tuple[str, int, int], dict]]:
+    """The same mapping as :func:`load_grid`, from the one-row-per-run CSV that ``--csv`` writes."""
+    import csv
+
+    out: dict[str, dict[tuple[str, int, int], dict]] = defaultdict(dict)
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            out[row["label"]][(row["method"], int(row["shots"]), int(row["seed"]))] = {
+                "val": float(row["val_map"]) if row["val_map"] else None,
+                "test": float(row["test_mean_map"]),
+                "epochs": int(row["epochs"]) if row["epochs"] not in ("", "None") else None,
+                "seconds": float(row["fit_seconds"]) if row["fit_seconds"] not in ("", "None") else None,
+            }
+    return dict(out)
+
+
+def t_interval(p: tuple[float, float, int] | None, level: float = 0.95) -> tuple[float, float] | None:
+    """The ``level`` t interval of a paired figure ``(mean, se, n)``: mean ± t(n − 1)·SE."""
+    if p is None or p[2] < 2 or math.isnan(p[1]):
+        return None
+    h = float(stats.t.ppf(0.5 + level / 2, p[2] - 1)) * p[1]
+    return p[0] - h, p[0] + h
+
+
+def verdict(interval: tuple[float, float] | None, digits: int = 1) -> str:
+    """``win`` when the interval is above 0, ``loss`` below, ``tie`` when it holds 0 — judged on
+    the bounds as printed (rounded to ``digits``), so a bound printed as 0.0 makes a tie."""
+    if interval is None:
+        return "–"
+    lo, hi = (round(x, digits) for x in interval)
+    return "win" if lo > 0 else "loss" if hi < 0 else "tie"
+
+
+def has_sign(x: float) -> bool:
+    """Whether a paired difference in points is further from 0 than ``ZERO_TOL`` (a fraction)."""
+    return abs(x) > 100 * ZERO_TOL * (1 + 1e-9)
 
 
 def paired(cells: dict, method: str, reference: str, key: str) -> tuple[float, float, int] | None:
@@ -95,7 +149,46 @@ def _fmt(p: tuple[float, float, int] | None, star: bool = False) -> str:
         return "–"
     mean, se, _ = p
     mark = "*" if star and not math.isnan(se) and abs(mean) > 2 * se else ""
+    ci = t_interval(p)
+    if ci is not None and (ci[0] > 0 or ci[1] < 0):
+        mark += "†"
     return f"{mean:+.1f} ± {se:.1f}{mark}"
+
+
+def prediction(cells: dict, methods: list[str], reference: str) -> dict:
+    """Sign agreement and Spearman ρ of the paired validation and test differences against
+    ``reference``, over the methods whose two differences both have a sign (:func:`has_sign`)."""
+    dv, dt, used, excluded = [], [], [], []
+    for m in methods:
+        if m == reference:
+            continue
+        pv, pt = paired(cells, m, reference, "val"), paired(cells, m, reference, "test")
+        if pv is None or pt is None:
+            continue
+        if not (has_sign(pv[0]) and has_sign(pt[0])):
+            excluded.append(m)
+            continue
+        used.append(m)
+        dv.append(pv[0])
+        dt.append(pt[0])
+    agree = sum(1 for a, b in zip(dv, dt, strict=True) if np.sign(a) == np.sign(b))
+    return {"n_methods": len(dv), "sign_agreement": agree, "spearman": spearman(dv, dt), "excluded": excluded}
+
+
+def prediction_text(pred: dict, reference: str) -> str:
+    rho = pred["spearman"]
+    ex = pred["excluded"]
+    return (
+        f"Validation predicts test (paired differences against `{reference}`, {pred['n_methods']} methods"
+        + (
+            f"; {len(ex)} left out, their differences zero within {ZERO_TOL:g} of mAP: " + ", ".join(f"`{m}`" for m in ex)
+            if ex
+            else "; none left out as zero"
+        )
+        + f"): signs agree for {pred['sign_agreement']} of {pred['n_methods']}; Spearman ρ = "
+        + ("–" if math.isnan(rho) else f"{rho:+.2f}")
+        + "."
+    )
 
 
 def label_tables(label: str, cells: dict, reference: str, base: str) -> tuple[str, dict]:
@@ -104,9 +197,9 @@ def label_tables(label: str, cells: dict, reference: str, base: str) -> tuple[st
     lines = [
         f"#### {label}",
         "",
-        "| method | val mAP | "
-        + " | ".join(f"{s}-shot test" for s in shots)
-        + f" | Δ val vs `{reference}` | Δ test vs `{reference}` | Δ val vs `{base}` | Δ test vs `{base}` |",
+        "| method | val mAP (mean) | "
+        + " | ".join(f"{s}-shot test (mean ± SD, seeds)" for s in shots)
+        + f" | Δ val vs `{reference}` (± SE) | Δ test vs `{reference}` (± SE) | Δ val vs `{base}` (± SE) | Δ test vs `{base}` (± SE) |",
         "|---|---|" + "---|" * (len(shots) + 4),
     ]
     figures: dict = {"methods": {}}
@@ -129,30 +222,65 @@ def label_tables(label: str, cells: dict, reference: str, base: str) -> tuple[st
             fig[f"vs_{ref}"] = {"val": pv, "test": pt}
         lines.append("| " + " | ".join(row) + " |")
         figures["methods"][m] = fig
-    # how well validation predicts test, over every method against the reference
-    dv, dt = [], []
-    for m in methods:
-        if m == reference:
-            continue
-        pv, pt = paired(cells, m, reference, "val"), paired(cells, m, reference, "test")
-        if pv is not None and pt is not None:
-            dv.append(pv[0])
-            dt.append(pt[0])
-    agree = sum(1 for a, b in zip(dv, dt, strict=True) if np.sign(a) == np.sign(b))
-    rho = spearman(dv, dt)
-    figures["prediction"] = {"n_methods": len(dv), "sign_agreement": agree, "spearman": rho}
+    pred = prediction(cells, methods, reference)
+    figures["prediction"] = pred
+    n_seeds = max((p[2] for f in figures["methods"].values() for p in (f[f"vs_{reference}"]["val"],) if p), default=0)
     lines += [
         "",
-        f"Validation predicts test (paired differences against `{reference}`, "
-        f"{len(dv)} methods): signs agree for {agree} of {len(dv)}; Spearman ρ = " + ("–" if math.isnan(rho) else f"{rho:+.2f}") + ".",
+        "± in the test columns: SD over seeds; in the Δ columns: SE of the paired difference over seeds "
+        f"(each seed's difference averaged over the shot counts; {n_seeds} seeds). `*`: a validation "
+        "difference beyond two SE (the study's rule"
+        + (f"; with {n_seeds} seeds a two-sided test at about {100 * (2 * stats.t.cdf(2.0, n_seeds - 1) - 1):.0f} %" if n_seeds > 1 else "")
+        + f"); `†`: the 95 % t interval ({max(n_seeds - 1, 0)} degrees of freedom) excludes 0.",
+        "",
+        prediction_text(pred, reference),
         "",
     ]
     return "\n".join(lines), figures
 
 
+def verdict_table(grid: dict, pairs: list[tuple[str, str]], labels: list[str] | None = None) -> str:
+    """Rows ``A − B`` per label and split: the paired difference (mean ± SE over seeds), the
+    interval mean ± 2 SE of the study's rule with its verdict, and the 95 % t interval (n − 1
+    degrees of freedom) with its verdict. A verdict is ``win`` / ``loss`` when its interval lies
+    above / below 0, ``tie`` when it holds 0."""
+    lines = [
+        "| comparison | dataset | split | Δ ± SE (seeds) | mean ± 2 SE (the rule) | verdict by the rule "
+        "| 95 % t interval (df) | verdict at 95 % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a, b in pairs:
+        for label in sorted(grid):
+            if labels and label not in labels:
+                continue
+            for key in ("val", "test"):
+                p = paired(grid[label], a, b, key)
+                if p is None:
+                    continue
+                two = (p[0] - 2 * p[1], p[0] + 2 * p[1]) if p[2] > 1 else None
+                ci = t_interval(p)
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [
+                            f"`{a}` − `{b}`",
+                            label,
+                            "validation" if key == "val" else "test",
+                            f"{p[0]:+.1f} ± {p[1]:.1f} ({p[2]})",
+                            "–" if two is None else f"[{two[0]:+.1f}, {two[1]:+.1f}]",
+                            verdict(two),
+                            "–" if ci is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}] ({p[2] - 1})",
+                            verdict(ci),
+                        ]
+                    )
+                    + " |"
+                )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("grid", type=Path, help="the grid's output folder (or its runs/ folder)")
+    ap.add_argument("grid", type=Path, help="the grid's output folder (or its runs/ folder), or a CSV written by --csv")
     ap.add_argument("--reference", default="gcrdp")
     ap.add_argument("--base", default="gap-infonce")
     ap.add_argument("--labels", nargs="+", default=None, help="only these dataset labels")
@@ -165,8 +293,15 @@ def main(argv: list[str] | None = None) -> None:
         help="also write one row per run (label, method, shots, seed, val and test mAP, "
         "epochs, seconds): the figures every table here is computed from",
     )
+    ap.add_argument(
+        "--verdicts",
+        nargs="+",
+        default=None,
+        metavar="A:B",
+        help="also print the paired differences A − B per label with 95 %% t intervals and their verdicts",
+    )
     args = ap.parse_args(argv)
-    grid = load_grid(args.grid)
+    grid = load_csv(args.grid) if args.grid.suffix == ".csv" else load_grid(args.grid)
     if not grid:
         raise SystemExit(f"no run files under {args.grid}")
     if args.csv:
@@ -199,6 +334,11 @@ def main(argv: list[str] | None = None) -> None:
         text, figures = label_tables(label, cells, args.reference, args.base)
         print(text)
         out[label] = figures
+    if args.verdicts:
+        pairs = [tuple(v.split(":", 1)) for v in args.verdicts]
+        chosen = grid if not args.shots else {k: {c: r for c, r in v.items() if c[1] in args.shots} for k, v in grid.items()}
+        print(verdict_table(chosen, pairs, args.labels))
+        print()
     if args.json:
         args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
 

@@ -59,5 +59,6 @@ def test_paired_differences_and_merge(tmp_path, capsys):
     # test: 1-shot differences +3 and +1 points -> +2.0 ± 1.4; 5-shot: one seed, -5 points;
     # val: paired Δ -1, +3 (1-shot) and +2 (5-shot) -> mean +1.33, standard error 2.08 / √3
     assert "| `var` | +2.0 ± 1.4 | -5.0 ± 0.0 | +1.3 ± 1.2 |" in out
+    assert "1-shot Δ test (mean ± SD)" in out and "Δ val mAP (mean ± SE)" in out and "mean ± SD over seeds" in out
     assert "| `ref` | 35.0 ±  7.1 | 50.0 | 52.5 |" in out  # one seed: no spread; val: mean of 55 and 50
     assert "| `var` | 2.0 | 1.0 | 0.750 |" in out  # epochs, seconds, π entropy at the best epoch
