@@ -19,6 +19,11 @@ A grid config (JSON)::
                {"method": ["gcrdp@k5"], "shots": [0, 1]}]          # a list matches any item
     }
 
+``"preregistration": "path/to/decision.md"`` (relative to the config's folder) names the decision
+file that judges the grid's runs (:mod:`gcrdp.experiments.prereg`): the grid refuses to run while
+that file has uncommitted changes, every run records its SHA-256, its commit and the run's start
+time, and a stored run recorded under another version of it counts as changed.
+
 A dataset entry may say ``"optional": true``: when its ``root``/``path`` does not exist, its
 runs are left out (listed as unavailable in the returned summary) instead of failing — for
 grids such as ``configs/reproduce.json`` that use whatever benchmark data is present.
@@ -54,7 +59,7 @@ from .config import RunConfig
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = {"name", "output_dir", "defaults", "datasets", "methods", "method_options", "skip", "description"}
+GRID_KEYS = {"name", "output_dir", "defaults", "datasets", "methods", "method_options", "skip", "description", "preregistration"}
 _PATH_OPTIONS = ("root", "path", "features_file", "images_dir", "captions_file", "class_split")
 
 
@@ -82,6 +87,7 @@ class Grid:
     skip: list[dict[str, Any]]
     source: Path | None = None
     optional: set[str] = field(default_factory=set)
+    preregistration: Path | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Grid:
@@ -133,6 +139,14 @@ class Grid:
             resolved[label] = entry
         name = str(raw.get("name") or (source.stem if source else "grid"))
         out = Path(raw.get("output_dir") or Path("runs") / name)
+        prereg = raw.get("preregistration")
+        if prereg is not None:
+            if not isinstance(prereg, str) or not prereg:
+                raise ConfigError(f"'preregistration' must be the path of the decision file, got {prereg!r}.")
+            prereg_path = Path(prereg).expanduser()
+            prereg_path = prereg_path if prereg_path.is_absolute() else base / prereg_path
+            if not prereg_path.is_file():
+                raise ConfigError(f"The grid's pre-registration file {prereg_path} does not exist.")
         grid = cls(
             name=name,
             output_dir=out,
@@ -143,6 +157,7 @@ class Grid:
             skip=list(raw.get("skip") or []),
             source=source,
             optional=optional,
+            preregistration=prereg_path if prereg is not None else None,
         )
         unknown = sorted(set(grid.method_options) - set(methods))
         if unknown:
@@ -227,6 +242,21 @@ def _stored_config(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _stored_decision(path: Path) -> str | None:
+    """The SHA-256 of the decision file a stored run recorded (None: none)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return doc["grid"]["preregistration"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _eta(done: dict[str, list[float]], todo: list[Cell]) -> float | None:
     if not done:
         return None
@@ -252,6 +282,13 @@ def run_grid(
     from .progress import epoch_status
     from .runner import describe_splits, load_features, plan_splits, run_experiment
 
+    decision: dict[str, Any] | None = None
+    if grid.preregistration is not None:
+        from .prereg import decision_record, require_committed
+
+        decision = decision_record(grid.preregistration)
+        require_committed(decision)  # the rule first, then the runs it judges
+        decision.pop("uncommitted", None)
     cells = grid.cells()
     todo, done_files = [], []
     for c in cells:
@@ -259,15 +296,19 @@ def run_grid(
         if path.exists():
             stored = _stored_config(path)
             want = grid.run_config(c.dataset, c.method, c.shots, c.seed).to_dict()
-            if stored is not None and {**_DEFAULTS, **stored} == want:  # keys added since: defaults
+            same_rule = decision is None or _stored_decision(path) == decision["sha256"]
+            if stored is not None and {**_DEFAULTS, **stored} == want and same_rule:  # keys added since: defaults
                 done_files.append(path)
                 continue
             if not rerun_changed:
-                raise DataError(
-                    f"{path} holds a run of another configuration than the grid's cell "
-                    f"({c.dataset}, {c.method}, shots={c.shots}, seed={c.seed}): the grid changed since "
-                    "it was written. Use a new output_dir, delete the file, or pass --rerun-changed."
+                what = "configuration" if not same_rule and stored is not None and {**_DEFAULTS, **stored} != want else None
+                why = (
+                    f"holds a run of another configuration than the grid's cell ({c.dataset}, {c.method}, shots={c.shots}, "
+                    f"seed={c.seed}): the grid changed since it was written"
+                    if same_rule or what
+                    else f"holds a run judged by another version of the decision file {grid.preregistration} (or by none)"
                 )
+                raise DataError(f"{path} {why}. Use a new output_dir, delete the file, or pass --rerun-changed.")
         todo.append(c)
     n_total = len(cells)
     log.info("grid %s: %d runs, %d done, %d to run", grid.name, n_total, len(done_files), len(todo))
@@ -308,6 +349,7 @@ def run_grid(
                     )
             ds, feats = loaded[c.dataset]
             t0 = time.perf_counter()
+            started = _now()
             observer = None
             if bar is not None and not bar.disable:
                 here = f"{c.dataset} {c.method} {c.shots}-shot s{c.seed}"
@@ -323,6 +365,7 @@ def run_grid(
                 "shots": c.shots,
                 "seed": c.seed,
                 "config_file": str(grid.source) if grid.source else None,
+                **({"preregistration": {**decision, "started_at": started}} if decision is not None else {}),
             }
             path = grid.output_dir / c.relpath()
             atomic_write_json(path, res)
