@@ -149,8 +149,7 @@ def _fmt(p: tuple[float, float, int] | None, star: bool = False) -> str:
         return "–"
     mean, se, _ = p
     mark = "*" if star and not math.isnan(se) and abs(mean) > 2 * se else ""
-    ci = t_interval(p)
-    if ci is not None and (ci[0] > 0 or ci[1] < 0):
+    if verdict(t_interval(p)) in ("win", "loss"):  # as the verdict table prints it
         mark += "†"
     return f"{mean:+.1f} ± {se:.1f}{mark}"
 
