@@ -521,6 +521,11 @@ class MilvusBackend:
         batch_rows: rows a single insert sends (default :attr:`insert_rows`).
     """
 
+    shards: int | None = None
+    partition: str | None = None
+    batch_rows: int | None = None
+    resumed_rows: int = 0
+
     def __init__(
         self,
         dim: int,
@@ -572,6 +577,8 @@ class MilvusBackend:
         return self.partition
 
     def _record_load(self, start: int, stop: int) -> None:
+        if not hasattr(self, "loads"):
+            self.loads = []
         name = self.partition or "_default"
         if self.loads and self.loads[-1]["partition"] == name and self.loads[-1]["stop"] == start:
             self.loads[-1]["stop"] = stop
@@ -593,17 +600,22 @@ class MilvusBackend:
             raise DataError(f"vectors must be (n, {self.dim}), got {x.shape}.")
         return x
 
-    def _insert(self, rows: np.ndarray, x: np.ndarray) -> None:
+    def _insert(self, rows: np.ndarray, x: np.ndarray, upsert: bool = False) -> None:
         """Insert vectors ``x`` as primary keys ``rows``, :attr:`batch_rows` (default
-        :attr:`insert_rows`) a request, into this load's partition."""
+        :attr:`insert_rows`) a request, into this load's partition (``upsert``: replacing a row
+        already there — Milvus does not refuse a primary key twice on insert)."""
         step, part = self.batch_rows or self.insert_rows, self._partition()
         for a in range(0, len(x), step):
-            self._insert_request(rows[a : a + step], x[a : a + step], part)
+            self._insert_request(rows[a : a + step], x[a : a + step], part, upsert)
 
-    def _insert_request(self, rows: np.ndarray, x: np.ndarray, partition: str) -> None:
-        """One insert request: vectors ``x`` as primary keys ``rows``."""
+    def _insert_request(self, rows: np.ndarray, x: np.ndarray, partition: str, upsert: bool = False) -> None:
+        """One insert (or upsert) request: vectors ``x`` as primary keys ``rows``."""
         data = [{"row": int(r), "vector": v.tolist()} for r, v in zip(rows, x)]
-        _client(self.uri).insert(self.collection, data, partition_name=partition)
+        send = _client(self.uri).upsert if upsert else _client(self.uri).insert
+        if partition:
+            send(self.collection, data, partition_name=partition)
+        else:  # the collection's _default partition
+            send(self.collection, data)
 
     def add(self, vectors: np.ndarray, *, flush: bool = True) -> None:
         x = self._checked(vectors)
@@ -621,7 +633,8 @@ class MilvusBackend:
         out: dict[int, Any] = {}
         fields = ["row", "vector"] if vectors else ["row"]
         for a in range(int(start), int(stop), _QUERY_ROWS):
-            got = c.query(self.collection, filter=f"row >= {a} and row < {min(a + _QUERY_ROWS, int(stop))}", output_fields=fields)
+            where = f"row >= {a} and row < {min(a + _QUERY_ROWS, int(stop))}"
+            got = c.query(self.collection, filter=where, output_fields=fields, consistency_level="Strong")  # every insert acknowledged
             for g in got:
                 out[int(g["row"])] = np.asarray(g["vector"], np.float32) if vectors else None
         return out
@@ -632,9 +645,11 @@ class MilvusBackend:
         (Milvus trains its own IVF lists). Returns 0 (nothing trained here).
 
         ``resume``: rows already in the collection (left by an interrupted load of these same
-        rows) are found by primary key and not sent again; each one's stored vector must equal
-        the one given here (else :class:`DataError`: the collection holds another load). Their
-        number is :attr:`resumed_rows`."""
+        rows) are found by primary key (a strongly consistent query: every acknowledged insert
+        is seen) and not sent again; each one's stored vector must equal the one given here
+        (else :class:`DataError`: the collection holds another load). Their number is
+        :attr:`resumed_rows`. The rows sent are upserted, so that a row whose insert was in
+        flight when the load stopped is never there twice."""
         from .streaming import batches
 
         n = int(source.shape[0])
@@ -659,7 +674,7 @@ class MilvusBackend:
                     todo = np.setdiff1d(rows, keys, assume_unique=True)
                     x, rows = x[todo - a], todo
             if len(rows):
-                self._insert(rows, x)
+                self._insert(rows, x, upsert=resume)
             self._record_load(self._n, b)
             self._n = b
         _client(self.uri).flush(self.collection)
