@@ -218,7 +218,7 @@ def test_a_milvus_load_killed_mid_insert_resumes_from_the_rows_already_in(model,
     assert (mr == fr).mean() > 0.99  # ties may swap
 
 
-def test_resume_refuses_another_load_and_a_build_without_it_starts_over(model, tmp_path, capsys, monkeypatch):
+def test_resume_refuses_another_load_and_a_build_without_it_starts_over(model, tmp_path, capsys, monkeypatch, caplog):
     _milvus()
     from gcrdp.search import backends
 
@@ -237,6 +237,8 @@ def test_resume_refuses_another_load_and_a_build_without_it_starts_over(model, t
     monkeypatch.setattr(backends.MilvusBackend, "_insert_request", failing)
     assert _index(tmp_path / "idx", model, *store) == 2
     assert "connection to Milvus lost" in capsys.readouterr().err
+    assert "--resume to continue" in caplog.text
+    caplog.clear()
     record = json.loads((tmp_path / "idx" / ".milvus-load.json").read_text())
     monkeypatch.setattr(backends.MilvusBackend, "_insert_request", real)
     c = backends._client(str(Path(db).resolve()))
@@ -247,6 +249,7 @@ def test_resume_refuses_another_load_and_a_build_without_it_starts_over(model, t
         np.savez(other, **{k: z[k] for k in z.files if k != "image"}, image=z["image"][::-1].copy())
     assert main(["index", str(tmp_path / "idx"), "--checkpoint", str(ckpt), "--features", str(other), "-q", *store, "--resume"]) == 2
     assert "differs from this build in the items" in capsys.readouterr().err
+    assert "--resume to continue" not in caplog.text  # a refusal is not a stopped load
     # without --resume: the leftover collection is dropped, the build starts over
     assert _index(tmp_path / "idx", model, *store) == 0
     assert not c.has_collection(record["made"]["image"])
@@ -380,7 +383,7 @@ def test_shards_partition_and_batch_rows_reach_pymilvus(monkeypatch):
     b.add_from(np.ones((100, 8), np.float32), resume=True)
     assert fake.queries and set(fake.queries) == {"Strong"} and b.resumed_rows == 45
     assert fake.inserts == [("c", -30, "load_7"), ("c", -25, "load_7")]
-    with pytest.raises(DataError, match="other vectors than this build computes"):
+    with pytest.raises(ConfigError, match="other vectors than this build computes"):
         b.add_from(np.zeros((100, 8), np.float32), resume=True)
 
 

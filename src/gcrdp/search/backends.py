@@ -647,7 +647,7 @@ class MilvusBackend:
         ``resume``: rows already in the collection (left by an interrupted load of these same
         rows) are found by primary key (a strongly consistent query: every acknowledged insert
         is seen) and not sent again; each one's stored vector must equal the one given here
-        (else :class:`DataError`: the collection holds another load). Their number is
+        (else :class:`ConfigError`: the collection holds another load). Their number is
         :attr:`resumed_rows`. The rows sent are upserted, so that a row whose insert was in
         flight when the load stopped is never there twice."""
         from .streaming import batches
@@ -665,7 +665,7 @@ class MilvusBackend:
                     given = x[keys - a]
                     bad = ~np.isclose(stored, given, rtol=1e-4, atol=1e-5).all(axis=1)
                     if bad.any():
-                        raise DataError(
+                        raise ConfigError(
                             f"Milvus collection {self.collection!r} already holds rows {', '.join(str(int(k)) for k in keys[bad][:3])} "
                             "with other vectors than this build computes: it is not an interrupted load of the same items and model. "
                             "Build again without --resume (which starts over)."

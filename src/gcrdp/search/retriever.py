@@ -1025,11 +1025,11 @@ class Retriever:
             same = cls(index_dir, dict(old.info, added_now={}, skipped_duplicates=nothing.skipped, unchanged=True), model, backends, rows)
             same.version = old.version
             return same
-        except BaseException:
+        except BaseException as exc:
             for b in made:  # a Milvus collection made for this build only
                 with contextlib.suppress(Exception):
                     b.drop()
-            if backend == "milvus" and read_record(index_dir) is not None:
+            if backend == "milvus" and not isinstance(exc, ConfigError) and read_record(index_dir) is not None:
                 log.warning(
                     "The load into Milvus stopped; run the same gcrdp index again with --resume to continue from the rows already "
                     "inserted (without --resume, they are dropped and the build starts over)."
