@@ -396,6 +396,22 @@ def test_milvus_lite_takes_num_shards_but_keeps_one(tmp_path):
     b.drop()
 
 
+def test_milvus_diskann_for_a_collection_larger_than_memory(model, tmp_path, capsys):
+    """--index-type DiskANN is Milvus's on-disk graph index; Milvus Lite builds the collection
+    with it (describe_index says DISKANN) and the build reports its recall@10 against exact."""
+    _milvus()
+    from gcrdp.search import Retriever, backends
+
+    assert _index(tmp_path / "idx", model, "--backend", "milvus", "--uri", str(tmp_path / "m.db"), "--index-type", "DiskANN") == 0
+    assert "recall@10 against exact search" in capsys.readouterr().out
+    r = Retriever.load(tmp_path / "idx")
+    assert set(r.info["index_types"].values()) == {"DiskANN"} and min(r.info["recall_at_10_vs_exact"].values()) >= 0.9
+    b = r.backends["image"]
+    assert backends._client(b.uri).describe_index(b.collection, "vector")["index_type"] == "DISKANN"
+    assert _index(tmp_path / "f", model, "--index-type", "DiskANN") == 2  # FAISS has no DiskANN
+    assert "FAISS cannot build index type 'DiskANN'" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- clip-retrieval
 def test_export_reads_as_embedding_reader_reads_numpy_parts(tmp_path):
     """embedding-reader (what autofaiss and clip-retrieval index read with) takes the .npy files of

@@ -464,10 +464,13 @@ def _pymilvus():
 
 
 def _milvus_index(index_type: str) -> tuple[str, dict]:
-    """A FAISS-style index type as Milvus index parameters."""
+    """A FAISS-style index type as Milvus index parameters; ``DiskANN`` is Milvus's own on-disk
+    graph index (the index on the query nodes' disks, for collections larger than their memory)."""
     t = index_type.replace(" ", "")
     if t.upper() == "FLAT":
         return "FLAT", {}
+    if t.upper() == "DISKANN":
+        return "DISKANN", {}
     if t.upper().startswith("HNSW"):
         m = t[4:] or "32"
         return "HNSW", {"M": int(m), "efConstruction": 200}
@@ -476,7 +479,9 @@ def _milvus_index(index_type: str) -> tuple[str, dict]:
         return "IVF_FLAT", {"nlist": int(ivf.group(1))}
     if ivf:
         return "IVF_PQ", {"nlist": int(ivf.group(1)), "m": int(ivf.group(3)), "nbits": int(ivf.group(4) or 8)}
-    raise ConfigError(f"The Milvus backend takes index types Flat, HNSW<M>, IVF<n>,Flat or IVF<n>,PQ<m> (or IVF-PQ); got {index_type!r}.")
+    raise ConfigError(
+        f"The Milvus backend takes index types Flat, HNSW<M>, IVF<n>,Flat, IVF<n>,PQ<m> (or IVF-PQ) or DiskANN; got {index_type!r}."
+    )
 
 
 _CLIENTS: dict[str, object] = {}
