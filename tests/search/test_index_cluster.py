@@ -265,6 +265,7 @@ def test_resume_refuses_another_load_and_a_build_without_it_starts_over(model, t
         (["--backend", "milvus", "--uri", db, "--shards", "0"], "--shards must be a positive integer"),
         (["--batch-rows", "0"], "batch_rows must be a positive integer"),
         (["--backend", "milvus", "--uri", db, "--shard", "0/2"], "--shard and --trained build FAISS indexes"),
+        (["--backend", "milvus"], "The Milvus backend needs uri="),
     ):
         assert _index(tmp_path / "bad", model, *extra) == 2, extra
         assert msg in capsys.readouterr().err

@@ -1107,7 +1107,9 @@ class Retriever:
                 )
         collections: dict[str, str] = {}
         if backend == "milvus":  # recorded before the first insert: an interrupted load can be resumed
-            uri = _milvus_uri(str(uri)) if uri is not None else None
+            if uri is None:
+                _new_backend(backend, 1, EXACT, uri)  # the error that says what uri= takes
+            uri = _milvus_uri(str(uri))
             expected = {
                 "uri": uri,
                 "model": model.fingerprint,
