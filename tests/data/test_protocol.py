@@ -401,3 +401,25 @@ def test_protocol_on_wikipedia_labels(shared_data):
     st.verify(ds)
     assert st.train.size + st.val.size == 2173 and st.test_query.size == 693
     assert _labels(ds, st.val) == {c: round(0.2 * tr[c]) for c in names}
+
+
+def test_zero_shot_matched_validation_is_mirror_s_validation_without_its_shots():
+    """The control of issue 23: mirror's validation classes and pairs exactly, but none of the
+    validation classes trains (their shots are left out), so a comparison with mirror tells the
+    protocol apart from the validation's size."""
+    ds = _mirror_dataset()
+    for seed in SEEDS:
+        for shots in (0, 1, 5):
+            mirror = make_split(ds, shots=shots, seed=seed)
+            matched = make_split(ds, shots=shots, seed=seed, val_mode="zero-shot-matched")
+            matched.verify(ds)
+            assert matched.val_mode == "zero-shot-matched"
+            assert matched.val_classes == mirror.val_classes and np.array_equal(matched.val, mirror.val)
+            assert matched.val_fewshot.size == 0
+            assert np.array_equal(matched.train, np.setdiff1d(mirror.train, mirror.val_fewshot))
+            assert not set(_labels(ds, matched.train)) & set(matched.val_classes)  # a zero-shot validation
+            assert np.array_equal(matched.fewshot, mirror.fewshot) and np.array_equal(matched.test_query, mirror.test_query)
+            if shots:
+                assert matched.digest() != mirror.digest()
+    with pytest.raises(ConfigError, match="zero-shot-matched"):
+        make_split(ds, val_mode="matched")

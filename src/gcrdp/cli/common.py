@@ -348,10 +348,11 @@ def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--val-mode",
-        choices=["mirror", "zero-shot"],
+        choices=["mirror", "zero-shot", "zero-shot-matched"],
         default=None,
         help="mirror (default): the validation classes get the run's N shots in "
-        "training, as the unseen classes do; zero-shot: they get none",
+        "training, as the unseen classes do; zero-shot: they get none; zero-shot-matched: mirror's "
+        "validation classes and pairs, none of them trains (a control of the same size)",
     )
     g.add_argument(
         "--refit",

@@ -28,6 +28,10 @@
         train-split pairs of ``n_val = max(1, round(val_fraction * n_seen))`` classes (at
         least 2 when there are 3 or more seen classes, always leaving one to train on) are
         validation pairs, and none of them trains: a zero-shot check whatever ``shots``.
+      - ``val_mode="zero-shot-matched"``: the control that tells protocol from size — the
+        validation classes and pairs of ``mirror`` exactly (the same seeded classes, evaluated
+        on the same pairs), but the classes' ``shots`` pairs do not train either (they are left
+        out): a zero-shot validation of the mirrored one's size.
 
       A seen class that an unseen-class shot also carries (multi-label data) trains, so it is
       never a validation class.
@@ -82,7 +86,7 @@ VAL_BY = ("class", "pair")
 _TAG_SHOTS = 1
 _TAG_VAL_CLASSES = 2
 _TAG_VAL_PAIRS = 3
-VAL_MODES = ("mirror", "zero-shot")
+VAL_MODES = ("mirror", "zero-shot", "zero-shot-matched")
 
 
 def _name_key(name: str) -> int:
@@ -317,7 +321,9 @@ def make_split(
             validation set.
         val_by: ``"class"`` (class-disjoint validation, default) or ``"pair"``.
         val_mode: ``"mirror"`` (validation classes get ``shots`` training pairs, like the
-            unseen classes; default) or ``"zero-shot"`` (they get none). ``val_by="class"`` only.
+            unseen classes; default), ``"zero-shot"`` (they get none) or
+            ``"zero-shot-matched"`` (mirror's classes and validation pairs, their shots left
+            out). ``val_by="class"`` only.
         val_min_classes, val_min_pairs: ``"mirror"`` only — the fewest validation classes and
             validation pairs to aim for (capped at half of the seen classes).
         class_split: overrides ``dataset.class_split``.
@@ -350,7 +356,8 @@ def make_split(
         raise ConfigError(
             f"Unknown val_mode {val_mode!r}. Known: {', '.join(VAL_MODES)} (mirror: the "
             "validation classes get the run's shots in training, like the unseen "
-            "classes; zero-shot: they get none)."
+            "classes; zero-shot: they get none; zero-shot-matched: mirror's validation classes and pairs, "
+            "their shots left out of training)."
         )
     val_min_classes = _check_int("val_min_classes", val_min_classes)
     val_min_pairs = _check_int("val_min_pairs", val_min_pairs)
@@ -454,10 +461,12 @@ def make_split(
     val_fewshot = _index([])
     # Seen classes that the unseen shots carry (multi-label data) train, so they cannot validate.
     trained = {lab for i in drawn for lab in samples[int(i)].labels if lab not in unseen_set}
-    if mode == "class" and val_mode == "mirror":
+    if mode == "class" and val_mode in ("mirror", "zero-shot-matched"):
         train_seen, val, val_fewshot, val_classes = _mirror_validation(
             samples, seen, seen_train, shots, seed, val_fraction, val_min_classes, val_min_pairs, trained
         )
+        if val_mode == "zero-shot-matched":  # the same validation, none of its classes trains
+            val_fewshot = _index([])
     elif mode == "class":
         n_val = 0
         if val_fraction > 0:

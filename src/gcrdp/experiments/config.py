@@ -36,7 +36,9 @@ class RunConfig:
         val_fraction: fraction of seen classes (few-shot) or of train pairs (standard) held
             out for validation.
         val_mode: ``mirror`` (the validation classes get the run's shots in training, like
-            the unseen classes) or ``zero-shot`` (they get none; the first protocol).
+            the unseen classes), ``zero-shot`` (they get none; the first protocol) or
+            ``zero-shot-matched`` (mirror's validation classes and pairs, none of them trains:
+            the control that tells the protocol from the validation's size).
         val_min_classes, val_min_pairs: with ``mirror``, the fewest validation classes and
             pairs to aim for (at most half of the seen classes are held out).
         refit: after each fit, fit the method again on every seen-side train pair (the
@@ -99,8 +101,8 @@ class RunConfig:
             raise ConfigError(f"feature_storage must be 'auto', 'memory' or 'disk', got {self.feature_storage!r}.")
         if not 0.0 <= self.val_fraction < 1.0:  # 0: no validation (every fit keeps its last epoch)
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
-        if self.val_mode not in ("mirror", "zero-shot"):
-            raise ConfigError(f"val_mode must be 'mirror' or 'zero-shot', got {self.val_mode!r}.")
+        if self.val_mode not in ("mirror", "zero-shot", "zero-shot-matched"):
+            raise ConfigError(f"val_mode must be 'mirror', 'zero-shot' or 'zero-shot-matched', got {self.val_mode!r}.")
         if self.val_min_classes < 0 or self.val_min_pairs < 0:
             raise ConfigError(f"val_min_classes and val_min_pairs must be >= 0, got {self.val_min_classes} and {self.val_min_pairs}.")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):

@@ -551,7 +551,10 @@ def describe_splits(dataset: Dataset, splits: dict[tuple[int, int], Any]) -> str
     else:
         shots = min(s for s, _ in splits)
         by_seed = [(seed, sp.val_classes) for (s, seed), sp in splits.items() if s == shots]
-        how = "they get the run's shots, as the unseen classes do" if first.val_mode == "mirror" else "none of them trains"
+        how = {
+            "mirror": "they get the run's shots, as the unseen classes do",
+            "zero-shot-matched": "mirror's classes and pairs, but none of them trains",
+        }.get(first.val_mode, "none of them trains")
         lines.append(f"  validation classes (seen classes held out of training; {how}):")
         lines.extend(f"    seed {seed} ({len(classes)}): {_names(classes)}" for seed, classes in by_seed[:5])
         if len(by_seed) > 5:
