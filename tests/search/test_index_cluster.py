@@ -19,6 +19,7 @@ faiss = pytest.importorskip("faiss")
 
 from gcrdp.cli.main import main  # noqa: E402
 from gcrdp.errors import ConfigError, DataError  # noqa: E402
+from tests.conftest import REPO_ROOT  # noqa: E402
 
 N = 150  # pairs in the collection
 
@@ -180,7 +181,7 @@ def test_a_milvus_load_killed_mid_insert_resumes_from_the_rows_already_in(model,
     db = str(tmp_path / "m.db")
     argv = ["index", str(tmp_path / "idx"), "--checkpoint", str(ckpt), "--features", str(path), "-q"]
     argv += ["--backend", "milvus", "--uri", db, "--batch-rows", "20", "--partition", "load_1"]
-    env = dict(os.environ, KILL_AT="7", PYTHONPATH=os.pathsep.join([str(Path.cwd() / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, KILL_AT="7", PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", _KILLED_BUILD, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == -9, out.stderr
     record = json.loads((tmp_path / "idx" / ".milvus-load.json").read_text())
