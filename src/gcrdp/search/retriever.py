@@ -14,6 +14,8 @@ An index is a folder::
                                  content hash (SHA-256 of the image bytes or of the text), labels
     INDEX/v000002/checksums.json the size and SHA-256 of every file above, written last
     INDEX/v000002/.readers.lock  shared-locked by a reader while it loads the version
+    INDEX/.milvus-load.json      a load into Milvus in progress or interrupted (``--resume``:
+                                 :mod:`gcrdp.search.milvus_load`); removed when published
 
 A build or an ``add`` writes a new version folder next to the live one and then switches
 ``CURRENT`` to it; an interrupted build leaves the previous index intact (and a ``.tmp-*``
