@@ -308,7 +308,8 @@ def add_parsers(sub: Any) -> None:
         "--index-type",
         default="Flat",
         help="FAISS factory string: Flat (exact, default), HNSW32, IVF1024,Flat, IVF1024,PQ64, …, or IVF-PQ "
-        "(IVF<nlist>,PQ<dim/4> sized to the collection); an approximate index reports its recall@10 against exact search",
+        "(IVF<nlist>,PQ<dim/4> sized to the collection); with --backend milvus also DiskANN (on the query nodes' disks); "
+        "an approximate index reports its recall@10 against exact search",
     )
     p.add_argument(
         "--on-disk",
