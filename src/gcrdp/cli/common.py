@@ -355,6 +355,14 @@ def _add_protocol_args(g: argparse._ArgumentGroup) -> None:
         "validation classes and pairs, none of them trains (a control of the same size)",
     )
     g.add_argument(
+        "--val-report-fraction",
+        type=fraction,
+        default=None,
+        metavar="F",
+        help="share of each validation class's pairs held out of the choice of epoch; the chosen model's mAP on them "
+        "is recorded beside best_val_map (an unbiased validation figure; default 0: off)",
+    )
+    g.add_argument(
         "--refit",
         action="store_true",
         default=None,

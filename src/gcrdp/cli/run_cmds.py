@@ -31,7 +31,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "shots", "seeds", "methods", "ks", "device", "val_fraction", "val_mode", "refit", "allow_small_classes"):
+    for key in (
+        "protocol",
+        "shots",
+        "seeds",
+        "methods",
+        "ks",
+        "device",
+        "val_fraction",
+        "val_mode",
+        "val_report_fraction",
+        "refit",
+        "allow_small_classes",
+    ):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -93,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     raw = _load_config_file(args.config)
     raw.update(_dataset_fields(args))
     raw.update(_encoder_fields(args))
-    for key in ("protocol", "ks", "device", "val_fraction", "val_mode", "refit", "allow_small_classes"):
+    for key in ("protocol", "ks", "device", "val_fraction", "val_mode", "val_report_fraction", "refit", "allow_small_classes"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value

@@ -41,6 +41,11 @@ class RunConfig:
             the control that tells the protocol from the validation's size).
         val_min_classes, val_min_pairs: with ``mirror``, the fewest validation classes and
             pairs to aim for (at most half of the seen classes are held out).
+        val_report_fraction: share of each validation class's pairs held out of model
+            selection (seeded, stratified by class; 0 = off): the fit early-stops on the other
+            pairs, and the chosen model's mAP on these — a validation figure that the choice
+            of epoch did not see — is recorded as ``fit.report_val_map`` beside
+            ``best_val_map`` (the maximum over epochs of the selection pairs' score, optimistic).
         refit: after each fit, fit the method again on every seen-side train pair (the
             validation classes' pairs too) and the unseen shots, with the settings chosen on
             validation (the early-stopped epoch count, CCA's ridge) and no validation; the
@@ -71,6 +76,7 @@ class RunConfig:
     val_mode: str = "mirror"
     val_min_classes: int = 10
     val_min_pairs: int = 200
+    val_report_fraction: float = 0.0
     refit: bool = False
     allow_small_classes: bool = False
     ks: list[int] = field(default_factory=list)
@@ -103,6 +109,8 @@ class RunConfig:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
         if self.val_mode not in ("mirror", "zero-shot", "zero-shot-matched"):
             raise ConfigError(f"val_mode must be 'mirror', 'zero-shot' or 'zero-shot-matched', got {self.val_mode!r}.")
+        if not 0.0 <= self.val_report_fraction < 1.0:
+            raise ConfigError(f"val_report_fraction must be in [0, 1), got {self.val_report_fraction}.")
         if self.val_min_classes < 0 or self.val_min_pairs < 0:
             raise ConfigError(f"val_min_classes and val_min_pairs must be >= 0, got {self.val_min_classes} and {self.val_min_pairs}.")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):

@@ -204,6 +204,24 @@ def fit_data_for(split: Any, features: FeatureSet, labels: np.ndarray, class_nam
     )
 
 
+def report_holdout(val: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split validation pairs ``val`` into (selection, report) (``RunConfig.val_report_fraction``):
+    per class (a pair's first label), a seeded ``round(fraction × n)`` of its pairs report —
+    at least one and never all, so a class of 2 pairs or more is on both sides; a class of one
+    pair selects. Sorted index arrays; the same for every method of a (shots, seed)."""
+    first = np.argmax(labels[val], axis=1) if len(val) else np.zeros(0, np.int64)
+    report: list[np.ndarray] = []
+    for c in np.unique(first):
+        members = np.sort(val[first == c])
+        if len(members) < 2:
+            continue
+        k = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
+        rng = np.random.default_rng([int(seed), 0x7265, int(c)])
+        report.append(members[rng.permutation(len(members))[:k]])
+    rep = np.sort(np.concatenate(report)) if report else np.zeros(0, np.int64)
+    return np.setdiff1d(val, rep), rep
+
+
 def refit_data_for(
     split: Any, features: FeatureSet, labels: np.ndarray, class_names, class_name_features: np.ndarray | None = None
 ) -> FitData:
@@ -281,6 +299,10 @@ def _fit_one(
 
     config, features, labels = ctx.config, ctx.features, ctx.labels
     fit_data = fit_data_for(split, features, labels, ctx.classes)
+    report_idx = None
+    if config.val_report_fraction > 0 and len(split.val):
+        select_idx, report_idx = report_holdout(split.val, labels, config.val_report_fraction, seed)
+        fit_data.val, fit_data.val_labels = features.subset(select_idx), labels[select_idx]
     q, g = split.test_query, split.test_gallery
     method = build_entry(name, config, ctx.device)
     if getattr(method, "needs_class_name_features", False):
@@ -289,6 +311,16 @@ def _fit_one(
         report = method.fit(fit_data, seed=seed)
     else:
         report = method.fit(fit_data, seed=seed, checkpoint_dir=Path(folder) / "last", resume=resume)
+    if report_idx is not None:  # the chosen model on validation pairs the choice did not see
+        from ..training.loop import validation_map
+
+        def embed(f: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+            return method.embed_images(f.image), method.embed_texts(f.text)
+
+        held = features.subset(report_idx)
+        metric = getattr(method, "score_metric", "cosine")
+        report.extra["report_val_map"] = validation_map(embed, held, labels[report_idx], metric) if len(report_idx) >= 2 else None
+        report.extra["n_val_select"], report.extra["n_val_report"] = len(split.val) - len(report_idx), len(report_idx)
     refit = None
     if config.refit and len(split.val):
         refit_opts = method.refit_options(report)
@@ -374,6 +406,8 @@ def task_label(name: str, shots: int, seed: int) -> str:
 
 
 #: run config keys that do not change a fit's record (where files go, how features are batched)
+#: run config keys added after resumable runs existed, left out of a fit's key at their default
+_NEW_KEY_DEFAULTS: dict[str, Any] = {"val_report_fraction": 0.0}
 _NOT_IN_FIT_KEY = (
     "methods",
     "shots",
@@ -394,6 +428,9 @@ def fit_key(config: RunConfig, entry: str, shots: int, seed: int, features_key: 
     from ..encoders.cache import cache_key
 
     cfg = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_FIT_KEY}
+    for k, default in _NEW_KEY_DEFAULTS.items():  # keys added later: a stored fit at their default stays the same fit
+        if cfg.get(k) == default:
+            cfg.pop(k, None)
     data: dict[str, Any] = {}
     if dataset is not None:
         cs = dataset.class_split
