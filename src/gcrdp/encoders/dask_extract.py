@@ -13,7 +13,15 @@ published already writes nothing, and two copies racing each publish identical r
 take the first chunk). When every shard is done, the driver reads the features through the
 ordinary cache path (:func:`~gcrdp.encoders.cache.extract_features`, which finds every item).
 
-Nothing here is imported by the rest of gcrdp; without Dask nothing changes.
+:func:`extract_items_dask` does the same for lists of items that later
+:func:`~gcrdp.encoders.cache.encode_items` calls will read (a search index's batches), and
+:func:`use_cluster` names the cluster for a block of code that looks for one
+(:func:`current_cluster`: ``Retriever.build``, so ``gcrdp index --workers/--scheduler``).
+A scheduler lost mid-run is a :class:`SchedulerLostError`: the chunks published before stay, a
+re-run extracts the rest. The progress bar advances per shard done (``k/N shards``).
+
+The rest of gcrdp imports this module only where a cluster is asked for; without Dask nothing
+changes.
 """
 
 from __future__ import annotations
