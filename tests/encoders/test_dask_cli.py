@@ -69,7 +69,7 @@ def test_run_extracts_on_the_cluster_and_ends_as_a_local_run(tmp_path, capsys):
 def test_index_on_two_local_workers_equals_a_local_index(tmp_path, capsys):
     """`gcrdp index --workers 2`: the features are extracted on the cluster (the cache's chunks
     were written by worker processes), and the index holds the vectors of a local build, bit for
-    bit, in the same rows; a search gives the same hits. --batch-size 4: many batches, some
+    bit, in the same rows; a search gives the same hits. --batch-size 3: several batches, some
     repeating an earlier batch's text."""
     import os
 
@@ -80,13 +80,13 @@ def test_index_on_two_local_workers_equals_a_local_index(tmp_path, capsys):
     from tests.clip_fixture import make_clip_dir
 
     clip = make_clip_dir(tmp_path / "clip")
-    manifest = write_manifest(tmp_path / "data", n_classes=3, per_class=6)
-    common = ("--clip", clip, "--manifest", manifest, "--batch-size", "4", "-q")
+    manifest = write_manifest(tmp_path / "data", n_classes=2, per_class=5)
+    common = ("--clip", clip, "--manifest", manifest, "--batch-size", "3", "-q")
     code, _, err = run_cli(capsys, "index", tmp_path / "local", *common, "--cache-dir", tmp_path / "local-cache")
     assert code == 0, err
     code, out, err = run_cli(capsys, "index", tmp_path / "dask", *common, "--workers", "2", "--cache-dir", tmp_path / "dask-cache")
     assert code == 0, err
-    assert "18 images, 18 texts" in out
+    assert "10 images, 10 texts" in out
     cache = FeatureCache(tmp_path / "dask-cache")
     chunks = [c for space in cache.items_dir.iterdir() if space.is_dir() for c in cache.chunks(space)]
     assert len(chunks) > 2 and all(c.name.split("-")[1] != str(os.getpid()) for c in chunks)  # written on the workers
