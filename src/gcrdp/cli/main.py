@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gcrdp {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("gcrdp: interrupted; nothing partial was written.", file=sys.stderr)
+        print("gcrdp: interrupted; nothing partial was published (files, indexes and checkpoints are whole or untouched).", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         import os
