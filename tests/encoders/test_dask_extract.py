@@ -261,3 +261,17 @@ def test_items_extracted_in_the_batches_of_the_later_calls(client, small_shards,
                 assert np.array_equal(getattr(got, name), getattr(want, name)), (m, name)
         # everything is there now: nothing to submit
         assert extract_items_dask(spec[m], parts[m], cache_dir=tmp_path / "dask", client=client, batch_size=batch, progress=False) == 0
+
+
+def test_encoders_take_their_process_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers K`` sets each local worker's OMP_NUM_THREADS to its share of the cores; the
+    encoders follow it unless num_threads is given (issue 22: 2 workers each on every core ran
+    at 0.48-0.67x the local speed)."""
+    from gcrdp.encoders.base import available_cpus, resolve_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert resolve_threads(None) == 3 and resolve_threads(5) == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert resolve_threads(None) == available_cpus()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert resolve_threads(None) == available_cpus()

@@ -285,8 +285,12 @@ def available_cpus() -> int:
 
 
 def resolve_threads(num_threads: int | None) -> int:
+    """The encoders' torch threads: ``num_threads``, else ``$OMP_NUM_THREADS`` when set (what
+    ``torchrun`` and a local Dask cluster give each of their processes: its share of the cores),
+    else every CPU this process may run on."""
     if num_threads is None:
-        return available_cpus()
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        return int(env) if env.isdigit() and int(env) >= 1 else available_cpus()
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ConfigError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
     return num_threads

@@ -30,6 +30,7 @@ import contextlib
 import contextvars
 import importlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -223,7 +224,16 @@ def _client(client: Any, workers: int | None) -> tuple[Any, list[Any]]:
     if client is None:
         if workers is None or isinstance(workers, bool) or workers < 1:
             raise ConfigError(f"workers must be a positive number of worker processes, got {workers!r}.")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        # each worker process takes its share of the cores, not all of them (oversubscribed, torch's
+        # threads slow every worker down)
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+        )
         made = Client(cluster)
         return made, [made, cluster]
     if isinstance(client, str):
