@@ -20,6 +20,7 @@ faiss = pytest.importorskip("faiss")
 from gcrdp.cli.main import main  # noqa: E402
 from gcrdp.errors import ConfigError, DataError  # noqa: E402
 from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.search.helpers import trained_model  # noqa: E402
 
 N = 150  # pairs in the collection
 
@@ -27,22 +28,7 @@ N = 150  # pairs in the collection
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A model trained (2 epochs) on a small pre-extracted features file, and the file."""
-    root = tmp_path_factory.mktemp("cluster")
-    rng = np.random.default_rng(11)
-    labels = np.repeat(np.arange(6), N // 6)
-    ci, ct = rng.normal(size=(6, 12)), rng.normal(size=(6, 8))
-    path = root / "f.npz"
-    np.savez(
-        path,
-        image=(ci[labels] + 0.3 * rng.normal(size=(N, 12))).astype(np.float32),
-        text=(ct[labels] + 0.3 * rng.normal(size=(N, 8))).astype(np.float32),
-        labels=labels,
-        classes=np.array([f"class-{i}" for i in range(6)]),
-        split=np.array(["test" if i % 10 < 3 else "train" for i in range(N)]),
-    )
-    args = ["train", "--features", str(path), "--method", "gap-infonce", "--shots", "1", "--option", "max_epochs=2"]
-    assert main([*args, "--checkpoint-dir", str(root / "ckpt"), "-q"]) == 0
-    return root / "ckpt", path
+    return trained_model(tmp_path_factory.mktemp("cluster"), N, 11, 2)
 
 
 def _index(index: Path, model, *extra: str) -> int:

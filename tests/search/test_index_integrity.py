@@ -15,31 +15,15 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from gcrdp.cli.main import main  # noqa: E402
 from gcrdp.errors import DataError  # noqa: E402
 from tests.cli.test_cli import run_cli  # noqa: E402
+from tests.search.helpers import trained_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A model trained (3 epochs) on a small pre-extracted features file, and the file."""
-    root = tmp_path_factory.mktemp("integrity")
-    rng = np.random.default_rng(7)
-    n = 120
-    labels = np.repeat(np.arange(6), n // 6)
-    ci, ct = rng.normal(size=(6, 12)), rng.normal(size=(6, 8))
-    path = root / "f.npz"
-    np.savez(
-        path,
-        image=(ci[labels] + 0.3 * rng.normal(size=(n, 12))).astype(np.float32),
-        text=(ct[labels] + 0.3 * rng.normal(size=(n, 8))).astype(np.float32),
-        labels=labels,
-        classes=np.array([f"class-{i}" for i in range(6)]),
-        split=np.array(["test" if i % 10 < 3 else "train" for i in range(n)]),
-    )
-    args = ["train", "--features", str(path), "--method", "gap-infonce", "--shots", "1", "--option", "max_epochs=3"]
-    assert main([*args, "--checkpoint-dir", str(root / "ckpt"), "-q"]) == 0
-    return root / "ckpt", path
+    return trained_model(tmp_path_factory.mktemp("integrity"), 120, 7, 3)
 
 
 @pytest.fixture(scope="module")

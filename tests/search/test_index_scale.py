@@ -12,7 +12,6 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from gcrdp.cli.main import main  # noqa: E402
 from gcrdp.errors import ConfigError  # noqa: E402
 from gcrdp.search import FaissBackend, recall_at_k  # noqa: E402
 from gcrdp.search.backends import resolve_index_type  # noqa: E402
@@ -28,6 +27,9 @@ def _clustered(n, d, seed, centers=20):
     rng = np.random.default_rng(seed)
     c = rng.normal(size=(centers, d))
     return _unit(c[rng.integers(0, centers, n)] + 0.5 * rng.normal(size=(n, d)))
+
+
+from tests.search.helpers import trained_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -188,24 +190,7 @@ def test_ivf_pq_sized_to_the_collection():
 @pytest.fixture(scope="module")
 def features_model(tmp_path_factory):
     """A model trained (3 epochs) on a pre-extracted features file of 600 samples, and the file."""
-    root = tmp_path_factory.mktemp("scale")
-    rng = np.random.default_rng(4)
-    n = 600
-    labels = np.repeat(np.arange(6), n // 6)
-    centers_i, centers_t = rng.normal(size=(6, 12)), rng.normal(size=(6, 8))
-    split = np.array(["test" if i % 10 < 3 else "train" for i in range(n)])
-    path = root / "f.npz"
-    np.savez(
-        path,
-        image=(centers_i[labels] + 0.3 * rng.normal(size=(n, 12))).astype(np.float32),
-        text=(centers_t[labels] + 0.3 * rng.normal(size=(n, 8))).astype(np.float32),
-        labels=labels,
-        classes=np.array([f"class-{i}" for i in range(6)]),  # a usable generated split at split_seed 0
-        split=split,
-    )
-    args = ["train", "--features", str(path), "--method", "gap-infonce", "--shots", "1", "--option", "max_epochs=3"]
-    assert main([*args, "--checkpoint-dir", str(root / "ckpt"), "-q"]) == 0
-    return root / "ckpt", path
+    return trained_model(tmp_path_factory.mktemp("scale"), 600, 4, 3)
 
 
 def _lazy(features):
