@@ -52,3 +52,37 @@ def test_readme_methods_block_is_rendered_from_the_results_csv():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--check"]) == 0, "README.md's methods block differs: run scripts/readme_methods.py"
+
+
+def test_kept_demo_results_come_from_the_current_fit_code():
+    """docs/demo/results.json records the digest of the code its fits depend on (features,
+    splits, models, losses, training, metrics); once that code changes, the README's demo
+    figures come from other code than the tree's and must be made again."""
+    from gcrdp.utils.provenance import fit_code_digest
+
+    kept = json.loads((ROOT / "docs" / "demo" / "results.json").read_text(encoding="utf-8"))
+    assert kept["provenance"].get("fit_code") == fit_code_digest(), (
+        "docs/demo/results.json comes from other fit code than this tree's: run `make demo FRESH=1 && make readme`"
+    )
+    records = kept["records"]
+    cfg = kept["config"]
+    assert len(records) == len(cfg["methods"]) * len(cfg["shots"]) * len(cfg["seeds"])
+    for row in kept["summary"]:  # the summary is the mean of the kept fits
+        fits = [r for r in records if (r["method"], r["shots"]) == (row["method"], row["shots"])]
+        assert abs(sum(r["test"]["mean_map"] for r in fits) / len(fits) - row["mean_map_mean"]) < 1e-9
+
+
+def test_the_fit_code_digest_changes_with_the_code(tmp_path):
+    import shutil
+
+    from gcrdp.utils.provenance import fit_code_digest
+
+    src = ROOT / "src" / "gcrdp"
+    copy = tmp_path / "gcrdp"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert fit_code_digest(copy) == fit_code_digest(src)
+    (copy / "cli" / "main.py").write_text("# the command line is not fit code\n", encoding="utf-8")
+    assert fit_code_digest(copy) == fit_code_digest(src)
+    loss = copy / "losses" / "infonce.py"
+    loss.write_text(loss.read_text(encoding="utf-8") + "\n# changed\n", encoding="utf-8")
+    assert fit_code_digest(copy) != fit_code_digest(src)

@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace, config: Any) -> int:
     if not is_main():
         return 0  # rank 0 prints
     name = results["resolved"].get("dataset_name") or config.dataset
-    spread = f"mean ± std over {len(config.seeds)} seeds" if len(config.seeds) > 1 else f"one seed ({config.seeds[0]}): no spread"
+    spread = f"mean ± SD over {len(config.seeds)} seeds" if len(config.seeds) > 1 else f"one seed ({config.seeds[0]}): no spread"
     title = f"{name} — protocol {config.protocol}, mAP@all in % ({spread}); chance = class prior"
     print(format_table(results["summary"], title=title))
     inst = format_instance_table(

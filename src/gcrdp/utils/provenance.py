@@ -51,6 +51,28 @@ def git_commit(start: Path | None = None) -> dict[str, Any] | None:
         return None
 
 
+#: the code a fit's numbers depend on (relative to the package): features, splits, models, losses,
+#: training and metrics — not the command line, search or reporting
+FIT_CODE = ("encoders", "data/protocol.py", "data/splits.py", "model", "losses", "methods", "training", "evaluation")
+
+
+def fit_code_digest(root: Path | None = None) -> str:
+    """SHA-256 over the source of :data:`FIT_CODE` (each file's path and bytes, in path order): a
+    result kept in the repository records it, and a check refuses the result once this code
+    changed (the figures would come from other code than the tree's)."""
+    import hashlib
+
+    base = Path(root or Path(__file__).resolve().parents[1])
+    files: list[Path] = []
+    for part in FIT_CODE:
+        p = base / part
+        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda q: q.relative_to(base).as_posix()):
+        h.update(f.relative_to(base).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def provenance() -> dict[str, Any]:
     import torch
 
@@ -64,4 +86,5 @@ def provenance() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": package_versions(),
         "git": git_commit(),
+        "fit_code": fit_code_digest(),
     }
