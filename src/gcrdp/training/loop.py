@@ -51,7 +51,22 @@ UPCAST_ONCE_BYTES = 1 << 30
 
 #: who is told about every epoch (see :func:`observe_epochs`)
 EpochObserver = Callable[[dict[str, Any]], None]
-_OBSERVERS: contextvars.ContextVar[tuple[EpochObserver, ...]] = contextvars.ContextVar("gcrdp_epoch_observers", default=())
+
+
+class _Registration:
+    """One :func:`observe_epochs` block's observer, and whether it has failed. The failure is
+    kept here, on the registration, rather than in a set of ``id(observer)``: Python reuses the
+    id of a dead object, so a new observer could be skipped for an old one's failure (and bound
+    or builtin methods such as ``list.append`` cannot be weakly referenced)."""
+
+    __slots__ = ("failed", "observer")
+
+    def __init__(self, observer: EpochObserver) -> None:
+        self.observer = observer
+        self.failed = False
+
+
+_OBSERVERS: contextvars.ContextVar[tuple[_Registration, ...]] = contextvars.ContextVar("gcrdp_epoch_observers", default=())
 
 
 @contextlib.contextmanager
@@ -62,26 +77,23 @@ def observe_epochs(observer: EpochObserver | None) -> Iterator[None]:
     ``best_epoch``, ``bad_epochs``, ``patience``, ``epoch_seconds`` and ``stopped``. Blocks
     nest: the observers of the enclosing blocks are called too (``None`` adds none). Progress
     displays hang on this; the loop does not depend on it."""
-    token = _OBSERVERS.set(_OBSERVERS.get() + ((observer,) if observer is not None else ()))
+    token = _OBSERVERS.set(_OBSERVERS.get() + ((_Registration(observer),) if observer is not None else ()))
     try:
         yield
     finally:
         _OBSERVERS.reset(token)
 
 
-_FAILED_OBSERVERS: set[int] = set()
-
-
 def _notify(info: dict[str, Any]) -> None:
     """Tell the observers; one that fails (a closed terminal, a dead queue) is logged once and
-    then skipped — a display must never stop a fit."""
-    for obs in _OBSERVERS.get():
-        if id(obs) in _FAILED_OBSERVERS:
+    then skipped for the rest of its block — a display must never stop a fit."""
+    for reg in _OBSERVERS.get():
+        if reg.failed:
             continue
         try:
-            obs(info)
+            reg.observer(info)
         except Exception as exc:  # noqa: BLE001
-            _FAILED_OBSERVERS.add(id(obs))
+            reg.failed = True
             log.warning("progress display failed (%s); training goes on without it", exc)
 
 
