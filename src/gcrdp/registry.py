@@ -1,4 +1,5 @@
-"""A tiny name → factory registry used for datasets, encoders, methods and losses."""
+"""A tiny name → factory registry, used for datasets (``DATASETS``), image and text encoders
+(``IMAGE_ENCODERS``, ``TEXT_ENCODERS``) and methods (``METHODS``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Losses, one per file; each is a pure function on tensors."""
+"""Losses: functions on tensors (FLEX-CLIP's gradient penalty also calls its critic), grouped by
+objective, a file holding one loss or the terms of one method. This package exports GCRDP's
+(``combined``, ``infonce``, ``multi_positive``, ``rdp``, ``regularizer``); the baselines' terms
+are imported from their files: ``dscmr`` (DSCMR), ``generative`` (FLEX-CLIP's stage 1) and
+``prototype`` (CLIP4CMR)."""
 
 from .combined import LossWeights, combine_losses
 from .infonce import symmetric_infonce

@@ -1,7 +1,8 @@
-"""Plumbing shared by the trainable head methods (``gap-infonce``, ``gcrdp``): options,
-fitting through :func:`~gcrdp.training.fit_loop` with checkpoints, persistence and batched
-embedding. A subclass supplies the model (``init_model``), the loss (``_loss``) and how a
-batch of local features becomes embeddings (``_encode_batch``)."""
+"""Plumbing shared by the five trainable head methods — ``gap-infonce``, ``gcrdp``, ``clip4cmr``,
+``dscmr`` and ``flex-clip`` (``gcrdp`` and ``flex-clip`` override :meth:`fit`): options, fitting
+through :func:`~gcrdp.training.fit_loop` with checkpoints, persistence and batched embedding. A
+subclass supplies the model (``init_model``), the loss (``_loss``) and how a batch of local
+features becomes embeddings (``_encode_batch``; ``flex-clip`` overrides ``_embed`` instead)."""
 
 from __future__ import annotations
 
