@@ -296,11 +296,21 @@ def test_incomplete_folder_names_missing_files(clip_dir, tmp_path, cls, removed,
         cls(folder)
 
 
-def test_folder_complete_for_the_other_modality_only(clip_dir, tmp_path):
+def test_folder_complete_for_the_other_modality_only(clip_dir, tmp_path, image_paths, image_feats, text_feats):
+    # the image encoder needs no tokenizer, the text encoder no preprocessor config: each still
+    # encodes as it does from the complete folder, and the other modality is refused
     folder = _copy_without(clip_dir, tmp_path / "clip", "tokenizer.json")
-    CLIPImageEncoder(folder)  # the image encoder needs no tokenizer
+    img = CLIPImageEncoder(folder, num_threads=1).encode(image_paths, batch_size=3, progress=False)
+    np.testing.assert_allclose(img.pooled, image_feats.pooled, atol=1e-6)
+    np.testing.assert_allclose(img.local, image_feats.local, atol=1e-6)
+    with pytest.raises(DataError, match=r"incomplete for the text encoder: missing tokenizer\.json"):
+        CLIPTextEncoder(folder)
     folder2 = _copy_without(clip_dir, tmp_path / "clip2", "preprocessor_config.json")
-    CLIPTextEncoder(folder2)
+    txt = CLIPTextEncoder(folder2, num_threads=1).encode(TEXTS, batch_size=2, progress=False)
+    np.testing.assert_allclose(txt.pooled, text_feats.pooled, atol=1e-6)
+    np.testing.assert_allclose(txt.local, text_feats.local, atol=1e-6)
+    with pytest.raises(DataError, match=r"incomplete for the image encoder: missing preprocessor_config\.json"):
+        CLIPImageEncoder(folder2)
 
 
 def test_non_clip_config(clip_dir, tmp_path):

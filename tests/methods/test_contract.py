@@ -4,6 +4,8 @@ identically; pooled-only input (a set of one feature per sample)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -62,8 +64,12 @@ def test_every_method_follows_the_contract(name, tmp_path):
     method = build_method(name, _options(name))
     with pytest.raises(NotFittedError, match="call fit"):
         method.embed_images(feats.image)
+    t0 = time.perf_counter()
     report = method.fit(data, seed=0)
-    assert report.to_dict()["seconds"] >= 0
+    elapsed = time.perf_counter() - t0
+    # the fit's own time, measured inside fit: positive and no more than the call took
+    assert 0 < report.seconds <= elapsed
+    assert report.to_dict()["seconds"] == round(report.seconds, 3)
     img, txt = method.embed_images(feats.image), method.embed_texts(feats.text)
     assert img.shape[0] == txt.shape[0] == len(feats) and img.shape[1] == txt.shape[1]
     assert img.dtype == np.float32 and np.isfinite(img).all() and np.isfinite(txt).all()

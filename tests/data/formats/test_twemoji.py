@@ -40,7 +40,12 @@ def test_loads_with_expected_shape(ds):
     assert len(ds.classes) == ds.meta["n_classes"] > 40
     assert ds.classes == sorted(ds.classes)
     assert ds.meta["n_train"] + ds.meta["n_test"] == len(ds)
-    assert ds.meta["n_skipped_no_image"] >= 0
+    # every entry of emoji.json is accounted for: excluded, without an image, in a dropped small
+    # class, or a sample
+    m = ds.meta
+    accounted = sum(m["n_excluded_by_category"].values()) + m["n_skipped_no_image"] + m["n_dropped_small_class_samples"]
+    assert m["n_entries"] == accounted + len(ds)
+    assert len(m["skipped_no_image"]) == min(m["n_skipped_no_image"], 20)
     assert "CC-BY 4.0" in ds.meta["credit"]
     assert not ds.is_multilabel
 
