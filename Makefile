@@ -12,12 +12,13 @@ FRESH ?=
 DEMO_RESUME := $(if $(filter-out 0 no false,$(FRESH)),--no-resume,)
 PYTEST_ARGS ?=
 
-.PHONY: demo readme test lint bench evidence reproduce clean-venv help
+.PHONY: demo readme test test-fast lint bench evidence reproduce clean-venv help
 
 help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji: gap-infonce and gcrdp (0/1/3/5 shots, 3 seeds)"
 	@echo "make demo FRESH=1 # the same, refitting every fit instead of reusing those already in runs/demo"
 	@echo "make test   # set up .venv and run the test suite"
+	@echo "make test-fast # the same without the tests marked slow (long end-to-end and kill-and-resume runs)"
 	@echo "make lint   # ruff and mypy"
 	@echo "make readme # copy the last demo's table into README.md (docs/demo/results.json)"
 	@echo "make bench  # run the benchmarks in benchmarks/"
@@ -40,6 +41,10 @@ readme: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the suite without the tests marked slow (pyproject.toml's `slow` marker); `make test` runs them too
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ruff (the rules in pyproject.toml) and mypy (typed modules; the ratchet list in pyproject.toml)
 lint: $(STAMP)

@@ -20,3 +20,16 @@ def test_make_demo_fresh_refits_every_fit(args, fresh):
     (line,) = [ln for ln in out.splitlines() if "gcrdp run" in ln]
     assert "--output-dir runs/demo" in line
     assert ("--no-resume" in line) is fresh
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_test_runs_everything_and_test_fast_leaves_out_the_slow_tests():
+    def command(target: str) -> str:
+        out = subprocess.run(
+            ["make", "-n", "-o", ".venv/.installed", target], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout
+        (line,) = [ln for ln in out.splitlines() if "-m pytest" in ln]
+        return line
+
+    assert " -m " not in command("test").split("-m pytest", 1)[1]  # no marker filter: slow tests run too
+    assert '-m "not slow"' in command("test-fast")

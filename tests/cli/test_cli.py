@@ -87,6 +87,7 @@ def assert_user_error(code: int, err: str, *needles: str) -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow  # about 2 min on 2 loaded cores; the manifest runs below stay in the fast suite
 @needs_encoders
 def test_run_end_to_end_on_twemoji_with_real_encoders(tmp_path, capsys):
     """The main job for real (1 seed, 2 epochs): table printed, results.json complete."""

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gcrdp.data.splits import find_split_seed
 from tests.cli.test_cli import assert_user_error, needs_encoders, run_cli
@@ -111,6 +112,7 @@ def test_too_few_classes_for_the_protocol_say_so_and_standard_runs(tmp_path, cap
     assert "every class seen" in err
 
 
+@pytest.mark.slow  # about 20 s on 2 loaded cores
 @needs_encoders
 def test_the_users_icon_manifest_without_a_split_column(tmp_path, capsys):
     """The scenario of the issue: 7 categories, a CSV of image, text and label, no split column."""

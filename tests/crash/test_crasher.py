@@ -128,6 +128,7 @@ def _strip_times(obj):
 
 
 # --------------------------------------------------------------------------- gcrdp run
+@pytest.mark.slow  # about 40 s on 2 loaded cores
 def test_a_run_killed_anywhere_keeps_whole_files_and_finishes_as_an_uninterrupted_run(tmp_path):
     feats = write_features(tmp_path / "f.npz")
     env = _env(tmp_path)
@@ -160,6 +161,7 @@ def test_a_run_killed_anywhere_keeps_whole_files_and_finishes_as_an_uninterrupte
 
 
 # --------------------------------------------------------------------------- gcrdp train
+@pytest.mark.slow  # about 45 s on 2 loaded cores
 def test_a_train_killed_anywhere_leaves_whole_checkpoints_and_resumes_to_the_same_model(tmp_path):
     from gcrdp.data.registry import load_dataset
     from gcrdp.methods.persistence import load_method

@@ -74,6 +74,7 @@ def _index(index: Path, args: list[str], env: dict[str, str]) -> None:
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow  # 35 s to 100 s a case on 2 loaded cores
 @pytest.mark.parametrize(("mode", "backend"), [("rebuild", "faiss"), ("add", "faiss"), ("rebuild", "milvus"), ("add", "milvus")])
 def test_an_index_killed_while_written_opens_as_the_old_or_the_new_state(setup, tmp_path, mode, backend):
     if backend == "milvus":

@@ -13,6 +13,7 @@ from tests.cli.test_cli import assert_user_error, run_cli, write_manifest
 pytestmark = pytest.mark.skipif(not dask_available(), reason="dask and distributed are not installed (pip install 'gcrdp[dask]')")
 
 
+@pytest.mark.slow  # a local Dask cluster: about 20 s on 2 loaded cores
 def test_extract_on_two_local_workers_equals_a_local_extraction(tmp_path, capsys):
     pytest.importorskip("transformers")
     from tests.clip_fixture import make_clip_dir
@@ -46,6 +47,7 @@ def test_the_cluster_flags_mistakes_are_clear(tmp_path, capsys, monkeypatch):
     assert_user_error(code, err, "tcp://127.0.0.1:1")
 
 
+@pytest.mark.slow  # a local Dask cluster: about 20 s on 2 loaded cores
 def test_run_extracts_on_the_cluster_and_ends_as_a_local_run(tmp_path, capsys):
     import json
 
@@ -66,6 +68,7 @@ def test_run_extracts_on_the_cluster_and_ends_as_a_local_run(tmp_path, capsys):
     assert dask["records"][0]["test"] == local["records"][0]["test"]
 
 
+@pytest.mark.slow  # a local Dask cluster: about 20 s on 2 loaded cores
 def test_index_on_two_local_workers_equals_a_local_index(tmp_path, capsys):
     """`gcrdp index --workers 2`: the features are extracted on the cluster (the cache's chunks
     were written by worker processes), and the index holds the vectors of a local build, bit for

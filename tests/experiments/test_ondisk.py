@@ -81,7 +81,7 @@ def test_auto_storage_chooses_by_size(feature_folder, tmp_path, monkeypatch):
     assert load_features(ds, cfg).on_disk
 
 
-@pytest.mark.parametrize("methods", [["gap-infonce", "cca"], ["gcrdp", "dscmr"]])
+@pytest.mark.parametrize("methods", [["gap-infonce", "cca"], pytest.param(["gcrdp", "dscmr"], marks=pytest.mark.slow)])
 def test_disk_and_memory_runs_give_identical_records(feature_folder, tmp_path, methods):
     mem = run_experiment(_config(feature_folder, tmp_path / "c", "memory", methods), progress=False)
     disk = run_experiment(_config(feature_folder, tmp_path / "c", "disk", methods), progress=False)
