@@ -97,6 +97,7 @@ def test_run_on_nuswide_multilabel_dcmh_files(tmp_path, capsys):
     assert res["resolved"]["dataset_meta"]["multilabel"] is True
 
 
+@pytest.mark.slow  # about 30 s on 2 loaded cores
 @needs_encoders
 def test_run_on_a_folder_of_images_and_texts_with_the_default_encoders(tmp_path, capsys):
     from PIL import Image

@@ -26,6 +26,7 @@ def test_gcrdp_with_every_part_off_is_exactly_gap_infonce():
     np.testing.assert_allclose([h["val_map"] for h in rb.history], [h["val_map"] for h in ro.history], atol=1e-3)
 
 
+@pytest.mark.slow  # about 40 s on 2 loaded cores
 def test_gcrdp_learns_and_logs_every_loss_part_and_gmm_health():
     from gcrdp.evaluation import chance_map, cross_modal_metrics
 

@@ -275,6 +275,7 @@ def _toy_run_inputs():
     return toy_run_dataset(n_per_class=14, seed=4)
 
 
+@pytest.mark.slow  # about 28 s on 2 loaded cores
 def test_spec_preset_and_parallel_jobs_give_the_sequential_records():
     from gcrdp.experiments import RunConfig, run_experiment
     from gcrdp.methods.presets import GCRDP_SPEC, preset_options

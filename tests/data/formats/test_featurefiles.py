@@ -449,7 +449,8 @@ def _method_names():
     from gcrdp.methods import METHODS
 
     # zero-shot needs aligned features of one dimension (these differ): see test_zeroshot.py
-    return [m for m in METHODS.names() if m != "zero-shot"]
+    # flex-clip's generator takes about 40 s here on 2 loaded cores: slow
+    return [pytest.param(m, marks=pytest.mark.slow) if m == "flex-clip" else m for m in METHODS.names() if m != "zero-shot"]
 
 
 @pytest.mark.parametrize("method", _method_names())
