@@ -107,3 +107,13 @@ def test_a_missing_decision_file_is_a_config_error(tmp_path: Path) -> None:
     (repo / "decision.md").unlink()
     with pytest.raises(ConfigError, match="pre-registration file .* does not exist"):
         Grid.from_file(repo / "grid.json")
+
+
+@pytest.mark.parametrize("name", ["gcrdp-confirm.json", "fast-fits-select.json"])
+def test_the_study_grids_are_valid_and_judged_by_a_decision_file(name: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    grid = Grid.from_file(root / "configs" / name)
+    assert grid.preregistration is not None and grid.preregistration.is_file()
+    assert grid.preregistration.resolve().parent == (root / "docs" / "study").resolve()
+    for c in grid.cells()[:3]:
+        assert grid.run_config(c.dataset, c.method, c.shots, c.seed).val_report_fraction == 0.5
