@@ -296,17 +296,17 @@ def run_grid(
         if path.exists():
             stored = _stored_config(path)
             want = grid.run_config(c.dataset, c.method, c.shots, c.seed).to_dict()
+            same_config = stored is not None and {**_DEFAULTS, **stored} == want  # keys added since: defaults
             same_rule = decision is None or _stored_decision(path) == decision["sha256"]
-            if stored is not None and {**_DEFAULTS, **stored} == want and same_rule:  # keys added since: defaults
+            if same_config and same_rule:
                 done_files.append(path)
                 continue
             if not rerun_changed:
-                what = "configuration" if not same_rule and stored is not None and {**_DEFAULTS, **stored} != want else None
                 why = (
-                    f"holds a run of another configuration than the grid's cell ({c.dataset}, {c.method}, shots={c.shots}, "
+                    f"holds a run judged by another version of the decision file {grid.preregistration} (or by none)"
+                    if same_config
+                    else f"holds a run of another configuration than the grid's cell ({c.dataset}, {c.method}, shots={c.shots}, "
                     f"seed={c.seed}): the grid changed since it was written"
-                    if same_rule or what
-                    else f"holds a run judged by another version of the decision file {grid.preregistration} (or by none)"
                 )
                 raise DataError(f"{path} {why}. Use a new output_dir, delete the file, or pass --rerun-changed.")
         todo.append(c)
