@@ -69,6 +69,8 @@ def worker(args: argparse.Namespace) -> None:
     from gcrdp.training.distributed import is_main, process_group, world_size
 
     torch.set_num_threads(args.threads)
+    if args.em_dtype == "float64":
+        _em_in_float64()
     with process_group("cpu"):
         feats, data = _data(args.pairs)
         opts = {"max_epochs": args.epochs, "batch_size": args.batch_size, "dropout": 0.0, **_options(args.option)}
@@ -93,6 +95,21 @@ def worker(args: argparse.Namespace) -> None:
             )
 
 
+def _em_in_float64() -> None:
+    """Run every GMM's EM in float64 (the features come in and the fitted views go out in
+    float32): the experiment of issue 23 item 4 — does float64 EM remove the SPEC ``gcrdp``'s
+    sensitivity to round-off? A benchmark-only patch, not an option of the method."""
+    from gcrdp.model import gmm
+
+    forward = gmm.GMMLayer.forward
+
+    def forward64(self, x, mask, *, final_e_step: bool = True):
+        out = forward(self, x.double(), mask, final_e_step=final_e_step)
+        return gmm.GMMResult(*(None if t is None else t.float() for t in out))
+
+    gmm.GMMLayer.forward = forward64
+
+
 def _options(pairs: list[str]) -> dict:
     """``KEY=VALUE`` method options (JSON values: 32, 32.0, true, "cross")."""
     out = {}
@@ -115,7 +132,7 @@ def _launch(args: argparse.Namespace, method: str, ranks: int, threads: int, out
     )
     cmd = [*launch, __file__, "--worker", "--method", method, "--pairs", str(args.pairs), "--epochs", str(args.epochs)]
     cmd += ["--batch-size", str(args.batch_size), "--threads", str(threads), "--out", str(out)]
-    cmd += [a for kv in args.option for a in ("--option", kv)]
+    cmd += [a for kv in args.option for a in ("--option", kv)] + ["--em-dtype", args.em_dtype]
     subprocess.run(cmd, env=env, check=True, timeout=3600)
     res = json.loads(out.read_text())
     res["embeddings"] = np.load(out.with_suffix(".npy"))
@@ -132,6 +149,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the one process (shared out over ranks)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each pair of runs")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option (e.g. e_step_temperature=32)")
+    p.add_argument(
+        "--em-dtype", choices=["float32", "float64"], default="float32", help="float64: GMM EM in double precision (issue 23 item 4)"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -140,6 +160,7 @@ def main() -> None:
         worker(args)
         return
     opts = f"; options {' '.join(args.option)}" if args.option else ""
+    opts += "; EM in float64" if args.em_dtype == "float64" else ""
     print(f"# {args.pairs} pairs, {args.epochs} epochs, global batch {args.batch_size}{opts}; load {os.getloadavg()[0]:.1f}")
     few = max(1, args.threads // args.ranks)
     print(
