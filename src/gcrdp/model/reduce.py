@@ -107,6 +107,8 @@ class TokenPCA(nn.Module):
         if not 1 <= out_dim <= in_dim:
             raise ConfigError(f"TokenPCA: out_dim must be between 1 and in_dim={in_dim}, got {out_dim}")
         self.in_dim, self.out_dim = in_dim, out_dim
+        self.mean: Tensor
+        self.components: Tensor
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("components", torch.eye(out_dim, in_dim))
 
