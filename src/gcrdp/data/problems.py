@@ -1,8 +1,9 @@
 """Collecting per-sample problems of a loader, and ``skip_bad``.
 
-A loader checks every sample before it builds a :class:`~gcrdp.data.types.Dataset` and adds
-each problem to a :class:`Problems` (where it is — a line, a file —, which sample, and why).
-At the end, :meth:`Problems.resolve`:
+A reader checks every sample and adds each problem to a :class:`Problems` (where it is — a
+line, a file —, which sample, and why), which it returns in its
+:class:`~gcrdp.data.formats.build.RawDataset`. When the dataset is finished,
+:meth:`Problems.resolve`:
 
 * without ``skip_bad``: raises one :class:`~gcrdp.errors.DataError` listing the first
   problems and a count, so the user fixes them all at once;
@@ -47,6 +48,7 @@ class Problems:
         self.source = source
         self.items: list[Problem] = []
         self._groups: list[tuple[str, list[Problem]]] = []
+        self._only_when_failing: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -56,6 +58,14 @@ class Problems:
 
     def add(self, where: str, reason: str, sample: str | None = None) -> None:
         self.items.append(Problem(str(where), sample, reason))
+
+    def add_unless_skipping(self, where: str, reason: str) -> None:
+        """A problem that is not about one sample and that ``skip_bad`` leaves out of the
+        problems altogether (e.g. an empty class folder: nothing to skip, the reader lists it in
+        its metadata)."""
+        problem = Problem(str(where), None, reason)
+        self.items.append(problem)
+        self._only_when_failing.add(id(problem))
 
     def add_group(self, summary: str, problems: list[Problem]) -> None:
         """Many samples with the same problem (e.g. missing image files): they are skipped one
@@ -88,6 +98,9 @@ class Problems:
     def resolve(self, skip_bad: bool, n_total: int | None = None, hint: str = "") -> set[str]:
         """Raise :class:`DataError` listing the problems, or (``skip_bad``) return the ids of
         the samples to leave out. A problem without a sample id cannot be skipped."""
+        if skip_bad and self._only_when_failing:
+            self.items = [p for p in self.items if id(p) not in self._only_when_failing]
+            self._only_when_failing = set()
         if not self.items:
             return set()
         if not skip_bad or any(p.sample is None for p in self.items):
@@ -97,3 +110,11 @@ class Problems:
     def report(self) -> list[dict]:
         """JSON-ready list for ``Dataset.meta["skipped"]``."""
         return [p.to_dict() for p in self.items]
+
+    def skip_report(self, bad: set[str]) -> list[dict]:
+        """``Dataset.meta["skipped"]`` once :meth:`resolve` returned ``bad``."""
+        return self.report() if bad else []
+
+    def n_skipped(self, bad: set[str]) -> int:
+        """``Dataset.meta["n_skipped"]`` once :meth:`resolve` returned ``bad``."""
+        return len(bad)

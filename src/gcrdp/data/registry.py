@@ -1,8 +1,16 @@
-"""The dataset registry: name → loader ``load(**options) -> Dataset``.
+"""The dataset registry: name → reader, and :func:`load_dataset`, the one place that
+finishes a dataset.
 
-Built-in datasets register themselves when their module is imported (``gcrdp.data`` imports
-them); a new dataset module adds ``@DATASETS.register("name")`` on its loader and its module
-name to :data:`BUILTIN_MODULES`. Users can register their own loaders the same way.
+The data path: a reader (``read(**options) -> RawDataset``) reads files and returns what it read
+(:class:`~gcrdp.data.formats.build.RawDataset`); :func:`load_dataset` applies the options every
+dataset shares — ``class_split``, ``split_seed``, ``skip_bad`` — with
+:func:`~gcrdp.data.formats.build.finish`, which builds the :class:`Dataset`.
+
+Built-in readers register themselves when their module is imported (``gcrdp.data`` imports
+them): a new dataset module adds ``@register_reader("name")`` on its reader and its module name
+to :data:`BUILTIN_MODULES`. Users can register their own readers the same way, or a loader that
+returns a finished :class:`Dataset` with ``@DATASETS.register("name")`` (it receives every
+option itself).
 
 >>> from gcrdp.data import load_dataset, list_datasets
 >>> "twemoji" in list_datasets()
@@ -13,15 +21,43 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import ConfigError
 from ..registry import Registry
 from .types import Dataset
 
-DatasetLoader = Callable[..., Dataset]
+if TYPE_CHECKING:
+    from .formats.build import RawDataset
+
+DatasetLoader = Callable[..., "Dataset | RawDataset"]
 
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
+
+#: name → the shared options (``class_split``, ``split_seed``, ``skip_bad``) its reader takes.
+_SHARED: dict[str, tuple[str, ...]] = {}
+
+_ALL_SHARED = ("class_split", "split_seed", "skip_bad")
+
+R = TypeVar("R", bound=DatasetLoader)
+
+
+def register_reader(name: str, *, shared: Sequence[str] = _ALL_SHARED) -> Callable[[R], R]:
+    """Register a reader that returns a :class:`~gcrdp.data.formats.build.RawDataset` under
+    ``name``; :func:`load_dataset` accepts its own options and the ``shared`` ones
+    (``class_split``, ``split_seed``, ``skip_bad``), which it applies itself."""
+    unknown = sorted(set(shared) - set(_ALL_SHARED))
+    if unknown:
+        raise ValueError(f"register_reader({name!r}): shared options are among {_ALL_SHARED}, got {unknown}")
+
+    def add(reader: R) -> R:
+        DATASETS.register(name)(reader)
+        _SHARED[name] = tuple(o for o in _ALL_SHARED if o in shared)
+        return reader
+
+    return add
+
 
 #: Modules of ``gcrdp.data.formats`` whose import registers a built-in dataset.
 BUILTIN_MODULES: tuple[str, ...] = (
@@ -54,7 +90,10 @@ def dataset_options(name: str, /) -> dict[str, object]:
     for required ones)."""
     _ensure_builtins()
     sig = inspect.signature(DATASETS.get(name))
-    return {p.name: p.default for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    own = {p.name: p.default for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    from .formats.build import SHARED_OPTIONS
+
+    return {**own, **{k: SHARED_OPTIONS[k] for k in _SHARED.get(name, ())}}
 
 
 def load_dataset(name: str, /, **options: object) -> Dataset:
@@ -83,7 +122,17 @@ def load_dataset(name: str, /, **options: object) -> Dataset:
             "'root', --dataset-option KEY=VALUE for the others; 'gcrdp datasets "
             f"{name}' describes them."
         )
-    return loader(**options)
+    from .formats.build import RawDataset, check_skip_bad, finish
+
+    shared = {k: options.pop(k) for k in _SHARED.get(name, ()) if k in options}
+    if "skip_bad" in shared:
+        check_skip_bad(shared["skip_bad"])
+    got = loader(**options)
+    if isinstance(got, RawDataset):
+        return finish(got, **shared)  # type: ignore[arg-type]
+    if not isinstance(got, Dataset):
+        raise TypeError(f"The loader of dataset {name!r} returned {type(got).__name__}, not a Dataset or a RawDataset.")
+    return got
 
 
 def _describe(options: dict[str, object]) -> str:

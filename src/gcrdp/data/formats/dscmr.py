@@ -30,10 +30,10 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..features import FeatureSet, ModalityFeatures
 from ..problems import Problems
-from ..registry import DATASETS
-from ..types import ClassSplit, Dataset, Sample
+from ..registry import load_dataset, register_reader
+from ..types import Dataset, Sample
 from .arrays import as_label_vector, as_multi_hot, read_arrays
-from .build import check_skip_bad, finish_dataset
+from .build import RawDataset, SeededSplit
 
 PARTS = ("img", "txt", "img_lab")
 _EXTS = (".mat", ".npy", ".h5")
@@ -106,37 +106,68 @@ def _class_names(class_names: Sequence[str] | str | Path | None) -> list[str] | 
     return names
 
 
-def load_dscmr_folder(
+def read_dscmr_folder(
     folder: str | Path,
     *,
     name: str,
     class_names: Sequence[str] | str | Path | None = None,
     splits: Sequence[str] = ("train", "test"),
-    class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0,
-    skip_bad: bool = False,
-    shipped_split: str | None = None,
-    meta: dict | None = None,
     label_base: int | None = None,
     resplit: float | None = None,
-) -> Dataset:
-    """A dataset from a DSCMR-style folder (see the module docstring); ``splits`` are the
-    splits that must be present (``("test",)`` loads a folder that has only its test files).
+) -> RawDataset:
+    """What a DSCMR-style folder holds (see the module docstring); ``splits`` are the splits that
+    must be present (``("test",)`` reads a folder that has only its test files).
 
-    ``resplit``: pool the loaded pairs and split them again per class, this share to test
-    (:func:`gcrdp.data.formats.build.assign_test_split`, seed ``split_seed``) — for a folder whose
-    only split is ``test``; results are then not comparable with the official split
-    (``meta["resplit"]`` records it)."""
+    ``resplit``: pool the pairs read and split them again per class, this share to test (drawn
+    with ``split_seed`` when the dataset is finished, :class:`~gcrdp.data.formats.build.SeededSplit`)
+    — for a folder whose only split is ``test``; results are then not comparable with the
+    official split (``meta["resplit"]`` records it)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"DSCMR feature folder not found: {folder}")
-    check_skip_bad(skip_bad)
     splits = tuple(splits)
     if not splits or any(s not in ("train", "test") for s in splits):
         raise ConfigError(f"splits must be 'train' and/or 'test', got {list(splits)}.")
     names = _class_names(class_names)
     if label_base not in (None, 0, 1) or isinstance(label_base, bool):
         raise ConfigError(f"label_base must be 0, 1 or None (guess), got {label_base!r}.")
+    parts = _read_splits(folder, splits)
+    merged_valid = _merge_valid(folder, parts) if "train" in parts else None
+    problems = Problems(f"DSCMR folder {folder}")
+    dims = {(p["img"].shape[1], p["txt"].shape[1]) for p in parts.values()}
+    if len(dims) != 1:
+        raise DataError(
+            f"DSCMR folder {folder}: feature dimensions differ between splits: "
+            + ", ".join(f"{s} image {p['img'].shape[1]} text {p['txt'].shape[1]}" for s, p in parts.items())
+        )
+    per_split = {split: _split_labels(folder, split, p, problems) for split, p in parts.items()}
+    if len({lab.ndim == 2 for lab in per_split.values()}) != 1:
+        raise DataError(f"DSCMR folder {folder}: labels are class ids in one split and multi-hot in another.")
+    multi = next(iter(per_split.values())).ndim == 2
+    classes, base = _multi_hot_classes(folder, per_split, names) if multi else _id_classes(folder, per_split, names, label_base)
+    samples = [s for split, lab in per_split.items() for s in _split_samples(split, lab, classes, base, names is not None, problems)]
+    used = {lab for s in samples for lab in s.labels}
+    feats = FeatureSet(
+        ModalityFeatures.from_array(np.concatenate([p["img"] for p in parts.values()]), name="image features"),
+        ModalityFeatures.from_array(np.concatenate([p["txt"] for p in parts.values()]), name="text features"),
+        tuple(s.id for s in samples),
+        {"source": str(folder.resolve())},
+    )
+    meta = {
+        "source": str(folder.resolve()),
+        "format": "dscmr",
+        "splits": list(parts),
+        "valid_merged_into_train": merged_valid,
+        "label_base": base,
+        "class_names": "given" if names is not None else "label ids",
+        "named_classes_without_rows": [c for c in classes if c not in used],
+        "resplit": None if resplit is None else f"pooled and re-split per class, test share {resplit}, seed {{seed}}",
+    }
+    seeded = None if resplit is None else SeededSplit([(x.labels[0], x.id) for x in samples], test_fraction=resplit, notes=("resplit",))
+    return RawDataset(name, samples, [c for c in classes if c in used], problems, features=feats, meta=meta, seeded_split=seeded)
+
+
+def _read_splits(folder: Path, splits: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
     parts: dict[str, dict[str, np.ndarray]] = {}
     for split in splits:
         got = read_dscmr_split(folder, split)
@@ -147,162 +178,102 @@ def load_dscmr_folder(
                 f"splits={[s for s in splits if s != split]} to load the others."
             )
         parts[split] = got
-    merged_valid = None
-    if "train" in parts:
-        for v in _VALID:
-            got = read_dscmr_split(folder, v)
-            if got is not None:
-                merged_valid = v
-                tr = parts["train"]
-                if "txt_lab" in tr or "txt_lab" in got:  # one side without text labels: its image labels
-                    tr.setdefault("txt_lab", tr["img_lab"])
-                    got.setdefault("txt_lab", got["img_lab"])
-                merged = {}
-                for k in tr:
-                    a, b = np.asarray(tr[k]), np.asarray(got[k])
-                    if a.ndim != b.ndim or a.shape[1:] != b.shape[1:]:
-                        raise DataError(
-                            f"DSCMR folder {folder}: the {v} split cannot be merged into train: "
-                            f"{v}_{k} has shape {b.shape} but train_{k} has {a.shape}."
-                        )
-                    merged[k] = np.concatenate([a, b])
-                parts["train"] = merged
-                break
-    problems = Problems(f"DSCMR folder {folder}")
-    dims = {(p["img"].shape[1], p["txt"].shape[1]) for p in parts.values()}
-    if len(dims) != 1:
-        raise DataError(
-            f"DSCMR folder {folder}: feature dimensions differ between splits: "
-            + ", ".join(f"{s} image {p['img'].shape[1]} text {p['txt'].shape[1]}" for s, p in parts.items())
-        )
-    samples: list[Sample] = []
-    imgs, txts = [], []
-    multi = None
-    raw_ids: set[int] = set()
-    per_split = {}
-    for split, p in parts.items():
-        lab = _labels(p["img_lab"], f"{split}_img_lab")
-        if "txt_lab" in p:
-            tl = _labels(p["txt_lab"], f"{split}_txt_lab")
-            if tl.shape != lab.shape:
-                raise DataError(f"DSCMR folder {folder}: {split}_txt_lab has shape {tl.shape} but {split}_img_lab has {lab.shape}.")
-            rows_bad = np.flatnonzero((tl != lab).reshape(len(lab), -1).any(axis=1))
-            r: int | np.integer[Any]
-            for r in rows_bad:
-                problems.add(
-                    f"{split} row {r}", f"image and text labels disagree ({lab[r].tolist()} vs {tl[r].tolist()})", f"{split}-{r:06d}"
-                )
-        is_multi = lab.ndim == 2
-        if multi is not None and multi != is_multi:
-            raise DataError(f"DSCMR folder {folder}: labels are class ids in one split and multi-hot in another.")
-        multi = is_multi
-        per_split[split] = lab
-        if not is_multi:
-            raw_ids |= set(int(x) for x in lab)
-    if multi:
-        n_classes = {lab.shape[1] for lab in per_split.values()}
-        if len(n_classes) != 1:
-            raise DataError(f"DSCMR folder {folder}: multi-hot labels with {sorted(n_classes)} columns.")
-        C = n_classes.pop()
-        classes = names if names is not None else [str(i) for i in range(C)]
-        if len(classes) != C:
-            raise DataError(f"class_names has {len(classes)} names for {C} label columns.")
-        base = 0
-    else:
-        lo = min(raw_ids)
-        if label_base is not None:
-            base = label_base
-        elif names is None:
-            base = 0
-        else:  # 0-based (DSCMR) unless the ids run exactly 1..len(names)
-            base = 1 if lo >= 1 and max(raw_ids) == len(names) else 0
-        if names is not None:
-            bad = sorted(i for i in raw_ids if not 0 <= i - base < len(names))
-            if bad:
+    return parts
+
+
+def _merge_valid(folder: Path, parts: dict[str, dict[str, np.ndarray]]) -> str | None:
+    """Add the first ``valid``/``val`` split found to ``train``; its name, or ``None``."""
+    for v in _VALID:
+        got = read_dscmr_split(folder, v)
+        if got is None:
+            continue
+        tr = parts["train"]
+        if "txt_lab" in tr or "txt_lab" in got:  # one side without text labels: its image labels
+            tr.setdefault("txt_lab", tr["img_lab"])
+            got.setdefault("txt_lab", got["img_lab"])
+        merged = {}
+        for k in tr:
+            a, b = np.asarray(tr[k]), np.asarray(got[k])
+            if a.ndim != b.ndim or a.shape[1:] != b.shape[1:]:
                 raise DataError(
-                    f"DSCMR folder {folder}: class ids {bad[:5]} have no name in class_names ({len(names)} names, ids from {base})."
+                    f"DSCMR folder {folder}: the {v} split cannot be merged into train: "
+                    f"{v}_{k} has shape {b.shape} but train_{k} has {a.shape}."
                 )
-            classes = names
+            merged[k] = np.concatenate([a, b])
+        parts["train"] = merged
+        return v
+    return None
+
+
+def _split_labels(folder: Path, split: str, p: dict[str, np.ndarray], problems: Problems) -> np.ndarray:
+    """The image labels of one split; text labels, when given, must equal them."""
+    lab = _labels(p["img_lab"], f"{split}_img_lab")
+    if "txt_lab" in p:
+        tl = _labels(p["txt_lab"], f"{split}_txt_lab")
+        if tl.shape != lab.shape:
+            raise DataError(f"DSCMR folder {folder}: {split}_txt_lab has shape {tl.shape} but {split}_img_lab has {lab.shape}.")
+        r: int | np.integer[Any]
+        for r in np.flatnonzero((tl != lab).reshape(len(lab), -1).any(axis=1)):
+            problems.add(f"{split} row {r}", f"image and text labels disagree ({lab[r].tolist()} vs {tl[r].tolist()})", f"{split}-{r:06d}")
+    return lab
+
+
+def _multi_hot_classes(folder: Path, per_split: dict[str, np.ndarray], names: list[str] | None) -> tuple[list[str], int]:
+    n_classes = {lab.shape[1] for lab in per_split.values()}
+    if len(n_classes) != 1:
+        raise DataError(f"DSCMR folder {folder}: multi-hot labels with {sorted(n_classes)} columns.")
+    C = n_classes.pop()
+    classes = names if names is not None else [str(i) for i in range(C)]
+    if len(classes) != C:
+        raise DataError(f"class_names has {len(classes)} names for {C} label columns.")
+    return classes, 0
+
+
+def _id_classes(folder: Path, per_split: dict[str, np.ndarray], names: list[str] | None, label_base: int | None) -> tuple[list[str], int]:
+    """The classes of class-id labels and the id of the first class (see the module docstring)."""
+    raw_ids = {int(x) for lab in per_split.values() for x in lab}
+    if names is None:
+        return [str(i) for i in sorted(raw_ids)], 0 if label_base is None else label_base
+    if label_base is not None:
+        base = label_base
+    else:  # 0-based (DSCMR) unless the ids run exactly 1..len(names)
+        base = 1 if min(raw_ids) >= 1 and max(raw_ids) == len(names) else 0
+    bad = sorted(i for i in raw_ids if not 0 <= i - base < len(names))
+    if bad:
+        raise DataError(f"DSCMR folder {folder}: class ids {bad[:5]} have no name in class_names ({len(names)} names, ids from {base}).")
+    return names, base
+
+
+def _split_samples(split: str, lab: np.ndarray, classes: list[str], base: int, named: bool, problems: Problems) -> list[Sample]:
+    samples = []
+    for r in range(len(lab)):
+        if lab.ndim == 2:
+            labels = tuple(classes[j] for j in np.flatnonzero(lab[r]))
         else:
-            classes = [str(i) for i in sorted(raw_ids)]
-    for split, p in parts.items():
-        lab = per_split[split]
-        for r in range(len(lab)):
-            if multi:
-                labels = tuple(classes[j] for j in np.flatnonzero(lab[r]))
-            else:
-                labels = (classes[int(lab[r]) - base] if names is not None else str(int(lab[r])),)
-            sid = f"{split}-{r:06d}"
-            if not labels:
-                problems.add(f"{split} row {r}", "no label", sid)
-                labels = (classes[0],)
-            samples.append(Sample(id=sid, text=None, labels=labels, split=split))
-        imgs.append(p["img"])
-        txts.append(p["txt"])
-    if resplit is not None:
-        from dataclasses import replace
-
-        from .build import assign_test_split
-
-        new = assign_test_split([x.id for x in samples], [x.labels[0] for x in samples], resplit, split_seed)
-        samples = [replace(x, split=sp) for x, sp in zip(samples, new)]
-    used = {lab for s in samples for lab in s.labels}
-    unused = [c for c in classes if c not in used]  # named classes no loaded row carries
-    classes = [c for c in classes if c in used]
-    feats = FeatureSet(
-        ModalityFeatures.from_array(np.concatenate(imgs), name="image features"),
-        ModalityFeatures.from_array(np.concatenate(txts), name="text features"),
-        tuple(s.id for s in samples),
-        {"source": str(folder.resolve())},
-    )
-    meta = {
-        **(meta or {}),
-        "source": str(folder.resolve()),
-        "format": "dscmr",
-        "splits": list(parts),
-        "valid_merged_into_train": merged_valid,
-        "label_base": base,
-        "class_names": "given" if names is not None else "label ids",
-        "named_classes_without_rows": unused,
-        "resplit": None if resplit is None else f"pooled and re-split per class, test share {resplit}, seed {split_seed}",
-    }
-    return finish_dataset(
-        name,
-        samples,
-        classes,
-        problems=problems,
-        skip_bad=skip_bad,
-        features=feats,
-        class_split=class_split,
-        split_seed=split_seed,
-        shipped_split=shipped_split,
-        meta=meta,
-    )
+            labels = (classes[int(lab[r]) - base] if named else str(int(lab[r])),)
+        sid = f"{split}-{r:06d}"
+        if not labels:
+            problems.add(f"{split} row {r}", "no label", sid)
+            labels = (classes[0],)
+        samples.append(Sample(id=sid, text=None, labels=labels, split=split))
+    return samples
 
 
-@DATASETS.register("dscmr")
-def load_dscmr(
+@register_reader("dscmr")
+def read_dscmr(
     root: str | Path,
     *,
     class_names: Sequence[str] | str | None = None,
     splits: Sequence[str] = ("train", "test"),
-    class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0,
-    skip_bad: bool = False,
     name: str | None = None,
     label_base: int | None = None,
     resplit: float | None = None,
-) -> Dataset:
+) -> RawDataset:
     """Any DSCMR-style feature folder (layout in the module docstring)."""
     root = Path(root).expanduser()
-    return load_dscmr_folder(
-        root,
-        name=name or root.name,
-        class_names=class_names,
-        splits=splits,
-        class_split=class_split,
-        split_seed=split_seed,
-        skip_bad=skip_bad,
-        label_base=label_base,
-        resplit=resplit,
-    )
+    return read_dscmr_folder(root, name=name or root.name, class_names=class_names, splits=splits, label_base=label_base, resplit=resplit)
+
+
+def load_dscmr(root: str | Path, **options: Any) -> Dataset:
+    """``load_dataset("dscmr", root=root, **options)``: :func:`read_dscmr`, finished."""
+    return load_dataset("dscmr", root=root, **options)

@@ -28,17 +28,17 @@ The seen/unseen split is the shipped ``pascal-sentence`` split (10/10).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ...errors import ConfigError, DataError
 from ..problems import Problem, Problems
-from ..registry import DATASETS
-from ..types import ClassSplit, Dataset, Sample
-from .build import check_skip_bad, finish_dataset, index_images, read_utf8
-from .dscmr import load_dscmr_folder
+from ..registry import load_dataset, register_reader
+from ..types import Dataset, Sample
+from .build import RawDataset, SeededSplit, index_images, read_utf8
+from .dscmr import read_dscmr_folder
 
 VOC_CLASSES = (
     "aeroplane",
@@ -120,12 +120,8 @@ def _read_captions(root: Path, captions_file: Path | None, problems: Problems) -
     return out
 
 
-def _test_rank(seed: int, name: str) -> str:
-    return hashlib.sha256(f"{seed}\0{name}".encode()).hexdigest()
-
-
-@DATASETS.register("pascal-sentence")
-def load_pascal_sentence(
+@register_reader("pascal-sentence")
+def read_pascal_sentence(
     root: str | Path,
     *,
     source: str = "auto",
@@ -135,12 +131,9 @@ def load_pascal_sentence(
     test_per_class: int = 10,
     class_names: Sequence[str] | str | None = None,
     splits: Sequence[str] = ("train", "test"),
-    class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0,
-    skip_bad: bool = False,
     resplit: float | None = None,
-) -> Dataset:
-    """Load Pascal Sentence from ``root`` (layouts in the module docstring).
+) -> RawDataset:
+    """Read Pascal Sentence from ``root`` (layouts in the module docstring).
 
     Args:
         root: the dataset folder.
@@ -150,17 +143,17 @@ def load_pascal_sentence(
         test_per_class: test pairs per class of the seeded split (raw).
         class_names: names of label ids 0.. (features; default :data:`VOC_CLASSES`).
         splits: the splits a DSCMR folder must have (features).
-        class_split, split_seed, skip_bad: as for every loader.
         resplit: (features) pool the loaded pairs and re-split them per class with this test
             share — e.g. ``splits=["test"], resplit=0.4`` to train and test on a folder that
             has only its 100 test pairs (not comparable with the official split).
+
+    ``load_dataset`` adds ``class_split``, ``split_seed`` and ``skip_bad``, as for every dataset.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"Pascal Sentence folder not found: {root}")
     if source not in SOURCES:
         raise ConfigError(f"Pascal Sentence source must be one of {', '.join(SOURCES)}, got {source!r}.")
-    check_skip_bad(skip_bad)
     dscmr = _dscmr_dir(root)
     if source == "auto":
         source = "features" if dscmr is not None else "raw"
@@ -170,19 +163,24 @@ def load_pascal_sentence(
                 f"Pascal Sentence source 'features' needs a DSCMR folder ({root}/dscmr or "
                 f"{root} with train_img.mat, train_txt.mat, train_img_lab.mat, test_*.mat)."
             )
-        return load_dscmr_folder(
+        raw = read_dscmr_folder(
             dscmr,
             name="pascal-sentence",
             class_names=list(VOC_CLASSES) if class_names is None else class_names,
             splits=splits,
-            class_split=class_split,
-            split_seed=split_seed,
-            skip_bad=skip_bad,
-            shipped_split="pascal-sentence",
-            meta={"dataset_format": "pascal-sentence dscmr"},
             resplit=resplit,
         )
+        raw.shipped_split = "pascal-sentence"
+        raw.meta = {"dataset_format": "pascal-sentence dscmr", **raw.meta}
+        return raw
+    return _read_raw(root, captions_file, images_dir, captions, test_per_class)
 
+
+def _read_raw(
+    root: Path, captions_file: str | Path | None, images_dir: str | Path | None, captions: str, test_per_class: int
+) -> RawDataset:
+    """Source ``raw``: the sentences and images; the test pairs are drawn per class with
+    ``split_seed``."""
     if captions not in ("join", "first"):
         raise ConfigError(f"captions must be 'join' or 'first', got {captions!r}.")
     if isinstance(test_per_class, bool) or not isinstance(test_per_class, int) or test_per_class < 1:
@@ -192,19 +190,32 @@ def load_pascal_sentence(
     if not entries:
         raise DataError(f"Pascal Sentence ({root}): no captioned images found.")
     images_dir = Path(images_dir).expanduser() if images_dir is not None else root / "images"
-    found = index_images(images_dir) if images_dir.is_dir() else {}
     by_class: dict[str, list[str]] = {}
     for name, (cat, _, _) in entries.items():
         by_class.setdefault(cat, []).append(name)
-    test = set()
     for cat, names in by_class.items():
-        ordered = sorted(names, key=lambda n: (_test_rank(split_seed, n), n))
-        if len(ordered) <= test_per_class:  # one line per class, not one per image
+        if len(names) <= test_per_class:  # one line per class, not one per image
             problems.add_group(
                 f"class {cat!r} has {len(names)} images, not more than test_per_class={test_per_class}",
                 [Problem(entries[n][2], n, "its class is too small for the test split") for n in sorted(names)],
             )
-        test.update(ordered[:test_per_class])
+    samples = _samples(entries, images_dir, captions, problems)
+    meta = {
+        "source": str(root.resolve()),
+        "format": "raw",
+        "captions": captions,
+        "test_per_class": test_per_class,
+        "test_split": "sha256 order per class, seed {seed}",
+    }
+    seeded = SeededSplit([(s.labels[0], s.id) for s in samples], test_per_class=test_per_class, notes=("test_split",))
+    return RawDataset(
+        "pascal-sentence", samples, sorted(by_class), problems, shipped_split="pascal-sentence", meta=meta, seeded_split=seeded
+    )
+
+
+def _samples(entries: dict[str, tuple[str, list[str], str]], images_dir: Path, captions: str, problems: Problems) -> list[Sample]:
+    """One sample an entry, in name order; no sentence and a missing image are problems."""
+    found = index_images(images_dir) if images_dir.is_dir() else {}
     samples, missing = [], []
     for name in sorted(entries):
         cat, caps, where = entries[name]
@@ -215,28 +226,12 @@ def load_pascal_sentence(
         img = found.get(Path(name).stem)
         if img is None:
             missing.append(Problem(where, name, f"image {name!r} not found"))
-        samples.append(Sample(id=name, text=text, labels=(cat,), split="test" if name in test else "train", image=img))
+        samples.append(Sample(id=name, text=text, labels=(cat,), split="train", image=img))
     where_images = images_dir if images_dir.is_dir() else f"{images_dir} (the folder does not exist)"
     problems.add_group(f"missing image files under {where_images}", missing)
-    classes = sorted(by_class)
-    meta = {
-        "source": str(root.resolve()),
-        "format": "raw",
-        "captions": captions,
-        "test_per_class": test_per_class,
-        "test_split": f"sha256 order per class, seed {split_seed}",
-    }
-    return finish_dataset(
-        "pascal-sentence",
-        samples,
-        classes,
-        problems=problems,
-        skip_bad=skip_bad,
-        class_split=class_split,
-        split_seed=split_seed,
-        shipped_split="pascal-sentence",
-        meta=meta,
-    )
+    return samples
 
 
-load = load_pascal_sentence
+def load_pascal_sentence(root: str | Path, **options: Any) -> Dataset:
+    """``load_dataset("pascal-sentence", root=root, **options)``: :func:`read_pascal_sentence`, finished."""
+    return load_dataset("pascal-sentence", root=root, **options)

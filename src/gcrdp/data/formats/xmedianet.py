@@ -67,16 +67,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...errors import DataError
 from ..problems import Problems
-from ..registry import DATASETS
-from ..types import ClassSplit, Dataset, Sample
-from .build import check_skip_bad, finish_dataset
+from ..registry import load_dataset, register_reader
+from ..types import Dataset, Sample
+from .build import RawDataset
 from .featurearrays import collect_arrays, find_feature_files, read_parts
-from .featurerows import decode_rows, describe_form, feature_set, pairing_hint, read_class_names
+from .featurerows import Rows, decode_rows, describe_form, feature_set, pairing_hint, read_class_names
 
 KNOWN_FILES = (
     "XMediaNetFeatures.mat",
@@ -91,9 +92,9 @@ KNOWN_FILES = (
 )
 
 
-# =============================================================================== loader
-@DATASETS.register("xmedianet")
-def load_xmedianet(
+# =============================================================================== reader
+@register_reader("xmedianet")
+def read_xmedianet(
     root: str | Path,
     *,
     features_file: str | Path | Sequence[str | Path] | None = None,
@@ -101,11 +102,8 @@ def load_xmedianet(
     class_names: Sequence[str] | str | Path | None = None,
     label_base: int | str = "auto",
     valid_split: str = "train",
-    class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0,
-    skip_bad: bool = False,
-) -> Dataset:
-    """Load XMediaNet's image–text features from ``root`` (layouts and checks in the module
+) -> RawDataset:
+    """Read XMediaNet's image–text features from ``root`` (layouts and checks in the module
     docstring).
 
     Args:
@@ -115,14 +113,14 @@ def load_xmedianet(
         class_names: list of names or a text file (one a line, line i = class i).
         label_base: ``"auto"``, 0 or 1 — the id of the first class.
         valid_split: where a ``valid`` split goes: ``"train"`` (default), ``"test"``, ``"drop"``.
-        class_split: seen/unseen split (default: generated from the class names).
-        split_seed: seed of a generated split.
-        skip_bad: leave bad pairs out (listed in ``meta["skipped"]``) instead of failing.
+
+    ``load_dataset`` adds ``class_split`` (default: generated from the class names),
+    ``split_seed`` (its seed) and ``skip_bad`` (leave bad pairs out, listed in
+    ``meta["skipped"]``).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"XMediaNet folder not found: {root}")
-    check_skip_bad(skip_bad)
     files, found_as = find_feature_files(root, features_file, known=KNOWN_FILES, dataset="XMediaNet", name_hint="xmedianet")
     src = collect_arrays(files)
     parts, layout = read_parts(src, keys=keys, dataset="XMediaNet")
@@ -134,21 +132,8 @@ def load_xmedianet(
         raise DataError(f"{describe}: no row has a valid class label.")
     classes_all = names if names is not None else [str(j) for j in range(rows.n_classes)]
     problems = Problems(describe)
-    samples = []
-    for i, sid in enumerate(rows.ids):
-        labs = rows.labels[i]
-        for why in rows.reasons[i]:
-            problems.add(rows.where[i], why, sid)
-        if not rows.bad_label[i] and len(labs) != 1:
-            problems.add(
-                rows.where[i], "no label" if not labs else f"{len(labs)} labels {list(labs)}: XMediaNet is single-label (one-hot rows)", sid
-            )
-        label = classes_all[labs[0]] if labs else classes_all[0]
-        samples.append(Sample(id=sid, text=None, labels=(label,), split=rows.splits[i]))
+    samples = _samples(rows, classes_all, problems)
     used = {s.labels[0] for s in samples}
-    classes = [c for c in classes_all if c in used]
-    keep = np.ones(len(samples), dtype=bool)
-    feats = feature_set(rows, keep, "XMediaNet", src.describe())
     meta = {
         "source": str(root.resolve()),
         "format": "features",
@@ -161,19 +146,34 @@ def load_xmedianet(
         "classes_without_pairs": [c for c in classes_all if c not in used],
         **rows.meta,
     }
-    return finish_dataset(
+    return RawDataset(
         "xmedianet",
         samples,
-        classes,
-        problems=problems,
-        skip_bad=skip_bad,
-        features=feats,
-        class_split=class_split,
-        split_seed=split_seed,
+        [c for c in classes_all if c in used],
+        problems,
+        features=feature_set(rows, np.ones(len(samples), dtype=bool), "XMediaNet", src.describe()),
         shipped_split="xmedianet",
         meta=meta,
         hint=pairing_hint(rows),
     )
 
 
-load = load_xmedianet
+def _samples(rows: Rows, classes: list[str], problems: Problems) -> list[Sample]:
+    """One sample a decoded row (XMediaNet is single-label: a row with no or several labels is a
+    problem)."""
+    samples = []
+    for i, sid in enumerate(rows.ids):
+        labs = rows.labels[i]
+        for why in rows.reasons[i]:
+            problems.add(rows.where[i], why, sid)
+        if not rows.bad_label[i] and len(labs) != 1:
+            problems.add(
+                rows.where[i], "no label" if not labs else f"{len(labs)} labels {list(labs)}: XMediaNet is single-label (one-hot rows)", sid
+            )
+        samples.append(Sample(id=sid, text=None, labels=(classes[labs[0]] if labs else classes[0],), split=rows.splits[i]))
+    return samples
+
+
+def load_xmedianet(root: str | Path, **options: Any) -> Dataset:
+    """``load_dataset("xmedianet", root=root, **options)``: :func:`read_xmedianet`, finished."""
+    return load_dataset("xmedianet", root=root, **options)
