@@ -75,6 +75,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,9 @@ from ...errors import ConfigError, DataError, format_list, optional_import
 from ...utils.io import fsync_dir
 from ..features import FeatureSet, ModalityFeatures
 from ..problems import Problems
-from ..registry import DATASETS
-from ..types import SPLITS, ClassSplit, Dataset, Sample
-from .build import check_skip_bad, check_test_fraction, finish_dataset, per_class_test_split
+from ..registry import load_dataset, register_reader
+from ..types import SPLITS, Dataset, Sample
+from .build import RawDataset, SeededSplit, check_test_fraction
 
 FORMATS_EXTRA = "formats"
 #: (folder, file prefix, extension) of the three aligned files of a part.
@@ -201,8 +202,48 @@ def _text_of(value: Any) -> str | None:
     return text or None
 
 
-@DATASETS.register("clip-retrieval")
-def load_clip_retrieval(
+@dataclass(frozen=True)
+class _Columns:
+    """The metadata columns asked for (see :func:`read_clip_retrieval`)."""
+
+    label: str
+    split: str | None
+    id: str | None
+    sep: str
+
+    def wanted(self) -> list[str]:
+        """The columns every part must have."""
+        split_explicit = self.split is not None and self.split != "split"
+        return [self.label] + ([self.id] if self.id is not None else []) + ([self.split] if split_explicit and self.split else [])
+
+
+@dataclass
+class _Part:
+    """One part: its number, metadata file, rows, columns and embeddings."""
+
+    n: int
+    path: Path
+    rows: int
+    columns: list[str]
+    image: np.ndarray
+    text: np.ndarray
+
+
+@dataclass
+class _Reading:
+    """What the metadata of the parts gave so far."""
+
+    root: Path
+    problems: Problems
+    samples: list[Sample] = field(default_factory=list)
+    split_in: dict[bool, list[int]] = field(default_factory=dict)  # has the split column? -> part numbers
+    seen_ids: dict[str, str] = field(default_factory=dict)
+    images_found: int = 0
+    offset: int = 0
+
+
+@register_reader("clip-retrieval")
+def read_clip_retrieval(
     root: str | Path,
     *,
     label_column: str = "label",
@@ -210,11 +251,8 @@ def load_clip_retrieval(
     id_column: str | None = None,
     label_sep: str = "|",
     test_fraction: float = 0.2,
-    split_seed: int = 0,
-    class_split: str | Path | ClassSplit | None = None,
-    skip_bad: bool = False,
-) -> Dataset:
-    """Load a clip-retrieval embeddings folder (layout and rules in the module docstring).
+) -> RawDataset:
+    """Read a clip-retrieval embeddings folder (layout and rules in the module docstring).
 
     Args:
         root: the folder holding ``img_emb/``, ``text_emb/`` and ``metadata/``.
@@ -225,25 +263,70 @@ def load_clip_retrieval(
             row number).
         label_sep: separator of several labels in one string (``""``: never split).
         test_fraction: share of each class that goes to test when the split is generated.
-        split_seed: seed of a generated train/test split and of a generated class split.
-        class_split: seen/unseen class split (a JSON path or a :class:`ClassSplit`).
-        skip_bad: leave bad rows out (listed in ``meta["skipped"]``) instead of failing.
+
+    ``load_dataset`` adds ``split_seed`` (seed of a generated train/test split and of a
+    generated class split), ``class_split`` and ``skip_bad`` (leave bad rows out, listed in
+    ``meta["skipped"]``).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"clip-retrieval folder not found: {root}")
-    check_skip_bad(skip_bad)
     test_fraction = check_test_fraction(test_fraction)
     if not isinstance(label_column, str) or not label_column:
         raise ConfigError(f"label_column must be a column name, got {label_column!r}.")
     if label_sep is not None and not isinstance(label_sep, str):
         raise ConfigError(f"label_sep must be a string, got {label_sep!r}.")
-    parts = find_parts(root)
+    columns = _Columns(label_column, split_column, id_column, label_sep)
+    parts, dims = _read_parts(root)
+    reading = _Reading(root, Problems(f"clip-retrieval folder {root}"))
+    for part in parts:
+        _read_part(part, columns, reading)
+    if len(reading.split_in) == 2:
+        raise DataError(
+            f"clip-retrieval folder {root}: the {split_column!r} column is in part(s) "
+            f"{format_list(reading.split_in[True])} but not in part(s) "
+            f"{format_list(reading.split_in[False])}; give it in every part or in none."
+        )
+    samples = reading.samples
+    generated = split_column is None or False in reading.split_in
+    seeded = None
+    split_source = f"column {split_column!r}"
+    if generated:
+        bad = reading.problems.bad_samples
+        keys = [None if s.id in bad else (s.labels[0], s.id) for s in samples]
+        seeded = SeededSplit(keys, test_fraction=test_fraction, notes=("split_source",))
+        split_source = (
+            f"generated (seed {{seed}}, test_fraction {test_fraction}): per class, "
+            "sha256-ordered ids, the first floor(f*n+0.5) (at least 1, at most n-1) to test"
+        ) + (f" (no {split_column!r} column)" if split_column is not None else "")
+    meta = {
+        "source": str(root.resolve()),
+        "format": "clip-retrieval",
+        "n_parts": len(parts),
+        "parts": [p.n for p in parts],
+        "split_source": split_source,
+        "split_generated": generated,
+        "image_dim": dims["image"][0],
+        "text_dim": dims["text"][0],
+        "texts": "caption column" if any(s.text is not None for s in samples) else "absent",
+        "images_found": reading.images_found,
+    }
+    classes = sorted({lab for s in samples for lab in s.labels})
+    feats = _features(root, parts, samples)
+    return RawDataset("clip-retrieval", samples, classes, reading.problems, features=feats, meta=meta, seeded_split=seeded)
 
-    # ------------------------------------------------------------ shapes and row counts
-    imgs, txts, metas = [], [], []
+
+def load_clip_retrieval(root: str | Path, **options: Any) -> Dataset:
+    """``load_dataset("clip-retrieval", root=root, **options)``: :func:`read_clip_retrieval`, finished."""
+    return load_dataset("clip-retrieval", root=root, **options)
+
+
+def _read_parts(root: Path) -> tuple[list[_Part], dict[str, tuple[int, str]]]:
+    """The parts with their embeddings, and ``{modality: (dimension, first file)}``; the three
+    files of a part must hold the same rows, every part the same dimensions."""
+    out: list[_Part] = []
     dims: dict[str, tuple[int, str]] = {}
-    for n, ip, tp, mp in parts:
+    for n, ip, tp, mp in find_parts(root):
         img, txt = _load_npy(ip), _load_npy(tp)
         rows, columns = _parquet_rows_and_columns(mp)
         if not img.shape[0] == txt.shape[0] == rows:
@@ -261,137 +344,95 @@ def load_clip_retrieval(
                     "have the same dimension."
                 )
             dims.setdefault(what, (d, path.name))
-        imgs.append(img)
-        txts.append(txt)
-        metas.append((n, mp, rows, columns))
-    n_total = sum(m[2] for m in metas)
-    if n_total == 0:
+        out.append(_Part(n, mp, rows, columns, img, txt))
+    if sum(p.rows for p in out) == 0:
         raise DataError(f"clip-retrieval folder {root}: every part is empty (0 rows).")
+    return out, dims
 
-    # ------------------------------------------------------------ metadata
-    split_explicit = split_column is not None and split_column != "split"
-    id_explicit = id_column is not None
-    problems = Problems(f"clip-retrieval folder {root}")
-    samples: list[Sample] = []
-    split_in: dict[bool, list[int]] = {}  # has the split column? -> part numbers
-    images_found = 0
-    seen_ids: dict[str, str] = {}
-    offset = 0
-    for k, (n, mp, rows, columns) in enumerate(metas):
-        want = [label_column]
-        if id_explicit:
-            want.append(id_column)  # type: ignore[arg-type]
-        if split_explicit:
-            want.append(split_column)  # type: ignore[arg-type]
-        absent = [c for c in want if c not in columns]
-        if absent:
-            raise DataError(
-                f"{mp}: no column {format_list(absent)}; the columns are "
-                f"{format_list(columns, limit=30) or '(none)'}. Pass label_column=/"
-                "split_column=/id_column= naming the right ones."
-            )
-        idc = id_column if id_explicit else ("id" if "id" in columns else None)
-        sc = split_column if split_column is not None and split_column in columns else None
-        if split_column is not None:
-            split_in.setdefault(sc is not None, []).append(n)
-        cols = [label_column] + [c for c in (idc, sc, "caption", "image_path") if c is not None and c in columns and c != label_column]
-        data = _read_columns(mp, list(dict.fromkeys(cols)))
-        bad_img = ~np.isfinite(imgs[k]).all(axis=1)
-        bad_txt = ~np.isfinite(txts[k]).all(axis=1)
-        for r in range(rows):
-            where = f"{mp.name} row {r}"
-            if idc is not None:
-                sid = _text_of(data[idc][r])
-                if sid is None:
-                    sid = f"row {offset + r}"
-                    problems.add(where, f"no id in column {idc!r}", sid)
-            else:
-                sid = str(offset + r)
-            if sid in seen_ids:
-                problems.add(where, f"id {sid!r} also at {seen_ids[sid]}", None)
-            seen_ids.setdefault(sid, where)
-            labels = _labels_of(data[label_column][r], label_sep)
-            if not labels:
-                problems.add(where, f"no label in column {label_column!r}", sid)
-            split = "train"
-            if sc is not None:
-                raw = data[sc][r]
-                split = str(raw).strip().lower() if raw is not None else ""
-                if split not in SPLITS:
-                    problems.add(where, f"split {raw!r} in column {sc!r} is not 'train' or 'test'", sid)
-            if bad_img[r] or bad_txt[r]:
-                which = " and ".join(w for w, b in (("image", bad_img[r]), ("text", bad_txt[r])) if b)
-                problems.add(where, f"NaN or infinite values in its {which} embedding", sid)
-            image = None
-            ipath = _text_of(data["image_path"][r]) if "image_path" in data else None
-            if ipath is not None:
-                p = Path(ipath).expanduser()
-                p = p if p.is_absolute() else root / p
-                with contextlib.suppress(OSError):
-                    if p.is_file():
-                        image = p
-                        images_found += 1
-            text = _text_of(data["caption"][r]) if "caption" in data else None
-            samples.append(Sample(id=sid, text=text, labels=labels, split=split, image=image))
-        offset += rows
 
-    if len(split_in) == 2:
+def _read_part(part: _Part, columns: _Columns, reading: _Reading) -> None:
+    """The samples of one part's metadata rows (their problems too)."""
+    absent = [c for c in columns.wanted() if c not in part.columns]
+    if absent:
         raise DataError(
-            f"clip-retrieval folder {root}: the {split_column!r} column is in part(s) "
-            f"{format_list(split_in[True])} but not in part(s) "
-            f"{format_list(split_in[False])}; give it in every part or in none."
+            f"{part.path}: no column {format_list(absent)}; the columns are "
+            f"{format_list(part.columns, limit=30) or '(none)'}. Pass label_column=/"
+            "split_column=/id_column= naming the right ones."
         )
+    idc = columns.id if columns.id is not None else ("id" if "id" in part.columns else None)
+    sc = columns.split if columns.split is not None and columns.split in part.columns else None
+    if columns.split is not None:
+        reading.split_in.setdefault(sc is not None, []).append(part.n)
+    label = columns.label
+    cols = [label] + [c for c in (idc, sc, "caption", "image_path") if c is not None and c in part.columns and c != label]
+    data = _read_columns(part.path, list(dict.fromkeys(cols)))
+    bad_img = ~np.isfinite(part.image).all(axis=1)
+    bad_txt = ~np.isfinite(part.text).all(axis=1)
+    for r in range(part.rows):
+        where = f"{part.path.name} row {r}"
+        sid = _row_id(data, idc, r, where, reading)
+        labels = _labels_of(data[label][r], columns.sep)
+        if not labels:
+            reading.problems.add(where, f"no label in column {label!r}", sid)
+        split = _row_split(data, sc, r, where, sid, reading.problems)
+        if bad_img[r] or bad_txt[r]:
+            which = " and ".join(w for w, b in (("image", bad_img[r]), ("text", bad_txt[r])) if b)
+            reading.problems.add(where, f"NaN or infinite values in its {which} embedding", sid)
+        image = _row_image(data, r, reading)
+        text = _text_of(data["caption"][r]) if "caption" in data else None
+        reading.samples.append(Sample(id=sid, text=text, labels=labels, split=split, image=image))
+    reading.offset += part.rows
 
-    # ------------------------------------------------------------ generated split
-    generated = split_column is None or False in split_in
-    if generated:
-        bad = problems.bad_samples
-        good = [s for s in samples if s.id not in bad]
-        splits = dict(zip((s.id for s in good), per_class_test_split([(s.labels[0], s.id) for s in good], test_fraction, split_seed)))
-        samples = [Sample(s.id, s.text, s.labels, splits.get(s.id, "train"), s.image) for s in samples]
-        split_source = (
-            f"generated (seed {split_seed}, test_fraction {test_fraction}): per class, "
-            "sha256-ordered ids, the first floor(f*n+0.5) (at least 1, at most n-1) "
-            "to test"
-        )
-        if split_column is not None:
-            split_source += f" (no {split_column!r} column)"
+
+def _row_id(data: dict[str, list], idc: str | None, r: int, where: str, reading: _Reading) -> str:
+    """The row's sample id (the row number in the folder without an id column)."""
+    if idc is not None:
+        sid = _text_of(data[idc][r])
+        if sid is None:
+            sid = f"row {reading.offset + r}"
+            reading.problems.add(where, f"no id in column {idc!r}", sid)
     else:
-        split_source = f"column {split_column!r}"
+        sid = str(reading.offset + r)
+    if sid in reading.seen_ids:
+        reading.problems.add(where, f"id {sid!r} also at {reading.seen_ids[sid]}", None)
+    reading.seen_ids.setdefault(sid, where)
+    return sid
 
-    # ------------------------------------------------------------ features
-    dtype = "float16" if all(a.dtype == np.float16 for a in imgs + txts) else "float32"
+
+def _row_split(data: dict[str, list], sc: str | None, r: int, where: str, sid: str, problems: Problems) -> str:
+    if sc is None:
+        return "train"
+    raw = data[sc][r]
+    split = str(raw).strip().lower() if raw is not None else ""
+    if split not in SPLITS:
+        problems.add(where, f"split {raw!r} in column {sc!r} is not 'train' or 'test'", sid)
+    return split
+
+
+def _row_image(data: dict[str, list], r: int, reading: _Reading) -> Path | None:
+    """The row's ``image_path`` when it names an existing file (relative: to the root)."""
+    ipath = _text_of(data["image_path"][r]) if "image_path" in data else None
+    if ipath is None:
+        return None
+    p = Path(ipath).expanduser()
+    p = p if p.is_absolute() else reading.root / p
+    with contextlib.suppress(OSError):
+        if p.is_file():
+            reading.images_found += 1
+            return p
+    return None
+
+
+def _features(root: Path, parts: list[_Part], samples: list[Sample]) -> FeatureSet:
+    """The embeddings of every part, as pooled-only features (float16 stays float16)."""
+    dtype = "float16" if all(a.dtype == np.float16 for p in parts for a in (p.image, p.text)) else "float32"
     image_feats = ModalityFeatures.from_array(
-        np.concatenate([np.asarray(a) for a in imgs]), name="clip-retrieval image embeddings", dtype=dtype
+        np.concatenate([np.asarray(p.image) for p in parts]), name="clip-retrieval image embeddings", dtype=dtype
     )
     text_feats = ModalityFeatures.from_array(
-        np.concatenate([np.asarray(a) for a in txts]), name="clip-retrieval text embeddings", dtype=dtype
+        np.concatenate([np.asarray(p.text) for p in parts]), name="clip-retrieval text embeddings", dtype=dtype
     )
-    feats = FeatureSet(image_feats, text_feats, tuple(s.id for s in samples), {"source": str(root.resolve()), "format": "clip-retrieval"})
-    classes = sorted({lab for s in samples for lab in s.labels})
-    meta = {
-        "source": str(root.resolve()),
-        "format": "clip-retrieval",
-        "n_parts": len(parts),
-        "parts": [n for n, *_ in parts],
-        "split_source": split_source,
-        "split_generated": generated,
-        "image_dim": dims["image"][0],
-        "text_dim": dims["text"][0],
-        "texts": "caption column" if any(s.text is not None for s in samples) else "absent",
-        "images_found": images_found,
-    }
-    return finish_dataset(
-        "clip-retrieval",
-        samples,
-        classes,
-        problems=problems,
-        skip_bad=skip_bad,
-        features=feats,
-        class_split=class_split,
-        split_seed=split_seed,
-        meta=meta,
-    )
+    return FeatureSet(image_feats, text_feats, tuple(s.id for s in samples), {"source": str(root.resolve()), "format": "clip-retrieval"})
 
 
 # --------------------------------------------------------------------------- export

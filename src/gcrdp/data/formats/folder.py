@@ -50,16 +50,17 @@ encoders (nothing is pre-extracted).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ...errors import ConfigError, DataError, format_list
 from ..problems import Problems
-from ..registry import DATASETS
-from ..types import SPLITS, ClassSplit, Dataset, Sample
-from .build import (  # noqa: F401  (check_test_fraction, n_test_of, per_class_test_split: used and re-exported)
+from ..registry import load_dataset, register_reader
+from ..types import SPLITS, Dataset, Sample
+from .build import (  # noqa: F401  (n_test_of, per_class_test_split: re-exported)
     IMAGE_EXTENSIONS,
-    check_skip_bad,
+    RawDataset,
+    SeededSplit,
     check_test_fraction,
-    finish_dataset,
     n_test_of,
     per_class_test_split,
     read_utf8,
@@ -98,161 +99,151 @@ def _norm_ext(text_ext: object) -> str:
     return ext.lower()
 
 
-@DATASETS.register("folder")
-def load_folder(
+@register_reader("folder")
+def read_folder(
     root: str | Path,
     *,
     test_fraction: float = 0.2,
-    split_seed: int = 0,
-    class_split: str | Path | ClassSplit | None = None,
-    skip_bad: bool = False,
     text_ext: str = ".txt",
     name: str | None = None,
-) -> Dataset:
-    """Load image–text pairs from class folders (layout and checks in the module docstring).
+) -> RawDataset:
+    """Read image–text pairs from class folders (layout and checks in the module docstring).
 
     Args:
         root: the folder holding the class folders (or ``train``/``test`` folders of them).
         test_fraction: share of each class that goes to test when the split is generated
             (class-folder layout only; ignored with split folders).
-        split_seed: seed of the generated train/test split and of a generated class split.
-        class_split: seen/unseen class split (a JSON path or a :class:`ClassSplit`); default
-            generated from the class names.
-        skip_bad: leave bad samples (and empty class folders) out, listed in
-            ``meta["skipped"]`` / ``meta["empty_class_folders"]``, instead of failing.
         text_ext: extension of the text files (default ``.txt``; compared case-insensitively).
         name: the dataset's name in results (default: the name of ``root``).
 
+    ``load_dataset`` adds ``split_seed`` (seed of the generated train/test split and of a
+    generated class split), ``class_split`` (default generated from the class names) and
+    ``skip_bad`` (leave bad samples and empty class folders out, listed in ``meta["skipped"]`` /
+    ``meta["empty_class_folders"]``, instead of failing).
+
     Raises:
-        DataError: ``root`` is missing or has no class folders, or samples have problems.
+        DataError: ``root`` is missing or has no class folders.
         ConfigError: an invalid option value.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"Folder dataset: {root} is not a folder.\n{LAYOUT_HELP}")
-    check_skip_bad(skip_bad)
     test_fraction = check_test_fraction(test_fraction)
     ext = _norm_ext(text_ext)
     ds_name = str(name) if name is not None else (root.resolve().name or "folder")
     problems = Problems(f"Folder dataset {root}")
     ignored: list[Path] = []
-
-    # ------------------------------------------------------------ layout
-    top = _children(root)
-    top_dirs = [p for p in top if p.is_dir()]
-    ignored += [p for p in top if not p.is_dir()]
-    split_dirs = [p for p in top_dirs if p.name in SPLITS]
-    if split_dirs:
-        have = {p.name for p in split_dirs}
-        if have != set(SPLITS):
-            missing = sorted(set(SPLITS) - have)
-            raise DataError(
-                f"Folder dataset {root}: it has a {'/'.join(sorted(have))} folder but no "
-                f"{'/'.join(missing)} folder; the split layout needs both.\n{LAYOUT_HELP}"
-            )
-        others = [p.name for p in top_dirs if p.name not in SPLITS]
-        if others:
-            raise DataError(
-                f"Folder dataset {root}: it has train/ and test/ folders and also the "
-                f"folders {format_list(others)}; use either split folders or class "
-                f"folders, not both.\n{LAYOUT_HELP}"
-            )
-        class_dirs: list[tuple[str | None, Path]] = []
-        split: str | None
-        for split in SPLITS:
-            sub = _children(root / split)
-            class_dirs += [(split, p) for p in sub if p.is_dir()]
-            ignored += [p for p in sub if not p.is_dir()]
-        layout = "split folders"
-    else:
-        class_dirs = [(None, p) for p in top_dirs]
-        layout = "class folders"
-    if not class_dirs:
-        raise DataError(f"Folder dataset {root} has no class folders.\n{LAYOUT_HELP}")
-
-    # ------------------------------------------------------------ pairs
+    class_dirs, layout = _class_dirs(root, ignored)
     samples: list[Sample] = []
     empty: list[str] = []
     for split, cdir in class_dirs:
-        cls = cdir.name
-        prefix = f"{split}/{cls}" if split is not None else cls
-        images: dict[str, list[Path]] = {}
-        texts: dict[str, Path] = {}
-        for p in _children(cdir):
-            if p.is_dir():
-                ignored.append(p)
-                continue
-            suffix = p.suffix.lower()
-            if suffix in IMAGE_EXTENSIONS:
-                images.setdefault(p.stem, []).append(p)
-            elif suffix == ext:
-                if p.stem in texts:  # x.txt and x.TXT
-                    problems.add(str(p), f"two text files for {p.stem!r}: {texts[p.stem].name} and {p.name}", f"{prefix}/{p.stem}")
-                texts.setdefault(p.stem, p)
-            else:
-                ignored.append(p)
-        stems = sorted(set(images) | set(texts))
-        if not stems:
-            if skip_bad:
-                empty.append(str(cdir))
-            else:
-                problems.add(str(cdir), f"empty class folder: no image/{ext} pairs in it")
-            continue
-        for stem in stems:
-            sid = f"{prefix}/{stem}"
-            imgs = images.get(stem, [])
-            tpath = texts.get(stem)
-            text: str | None = None
-            if len(imgs) > 1:
-                problems.add(str(imgs[1]), f"two images with the stem {stem!r}: {', '.join(p.name for p in imgs)}", sid)
-            if not imgs:
-                problems.add(str(tpath), f"text file without an image (no {stem}.<jpg|png|…> beside it)", sid)
-            if tpath is None:
-                problems.add(str(imgs[0]), f"image without a text file (no {stem}{ext} beside it)", sid)
-            else:
-                raw, why = read_utf8(tpath)
-                if raw is None:
-                    problems.add(str(tpath), why or "unreadable", sid)
-                elif not raw.strip():
-                    problems.add(str(tpath), "empty text file", sid)
-                else:
-                    text = raw.strip()
-            samples.append(Sample(id=sid, text=text, labels=(cls,), split=split or "train", image=imgs[0] if imgs else None))
-    if not samples:
-        problems.resolve(False, 0)  # raises: only empty class folders
-        raise DataError(f"Folder dataset {root}: every class folder is empty.\n{LAYOUT_HELP}")
-
-    # ------------------------------------------------------------ generated split
-    if layout == "class folders":
-        bad = problems.bad_samples
-        good = [s for s in samples if s.id not in bad]
-        splits = dict(
-            zip((s.id for s in good), per_class_test_split([(s.labels[0], s.id.split("/", 1)[1]) for s in good], test_fraction, split_seed))
-        )
-        samples = [Sample(s.id, s.text, s.labels, splits.get(s.id, "train"), s.image) for s in samples]
-        split_source = (
-            f"generated (seed {split_seed}, test_fraction {test_fraction}): per class, "
-            "sha256-ordered stems, the first floor(f*n+0.5) (at least 1, at most n-1) "
-            "to test"
-        )
-    else:
-        split_source = "folders"
-
-    classes = sorted({s.labels[0] for s in samples})
+        got = _class_samples(split, cdir, ext, problems, ignored)
+        if not got:
+            empty.append(str(cdir))
+            problems.add_unless_skipping(str(cdir), f"empty class folder: no image/{ext} pairs in it")
+        samples += got
     meta: dict = {
         "source": str(root.resolve()),
         "format": "folder",
         "layout": layout,
-        "split_source": split_source,
+        "split_source": "folders",
         "split_generated": layout == "class folders",
         "n_ignored": len(ignored),
         "ignored": [str(p) for p in ignored[:MAX_IGNORED_SHOWN]],
     }
     if empty:
         meta["empty_class_folders"] = empty
-    return finish_dataset(
-        ds_name, samples, classes, problems=problems, skip_bad=skip_bad, class_split=class_split, split_seed=split_seed, meta=meta
-    )
+    raw = RawDataset(ds_name, samples, sorted({s.labels[0] for s in samples}), problems, meta=meta)
+    if not samples:
+        raw.unusable = f"Folder dataset {root}: every class folder is empty.\n{LAYOUT_HELP}"
+    elif layout == "class folders":
+        bad = problems.bad_samples
+        keys = [None if s.id in bad else (s.labels[0], s.id.split("/", 1)[1]) for s in samples]
+        raw.seeded_split = SeededSplit(keys, test_fraction=test_fraction, notes=("split_source",))
+        meta["split_source"] = (
+            f"generated (seed {{seed}}, test_fraction {test_fraction}): per class, "
+            "sha256-ordered stems, the first floor(f*n+0.5) (at least 1, at most n-1) to test"
+        )
+    return raw
 
 
-load = load_folder
+def load_folder(root: str | Path, **options: Any) -> Dataset:
+    """``load_dataset("folder", root=root, **options)``: :func:`read_folder`, finished."""
+    return load_dataset("folder", root=root, **options)
+
+
+def _class_dirs(root: Path, ignored: list[Path]) -> tuple[list[tuple[str | None, Path]], str]:
+    """``([(split or None, class folder)], layout)``; files beside the folders go to ``ignored``."""
+    top = _children(root)
+    top_dirs = [p for p in top if p.is_dir()]
+    ignored += [p for p in top if not p.is_dir()]
+    split_dirs = [p for p in top_dirs if p.name in SPLITS]
+    if not split_dirs:
+        if not top_dirs:
+            raise DataError(f"Folder dataset {root} has no class folders.\n{LAYOUT_HELP}")
+        return [(None, p) for p in top_dirs], "class folders"
+    have = {p.name for p in split_dirs}
+    if have != set(SPLITS):
+        missing = sorted(set(SPLITS) - have)
+        raise DataError(
+            f"Folder dataset {root}: it has a {'/'.join(sorted(have))} folder but no "
+            f"{'/'.join(missing)} folder; the split layout needs both.\n{LAYOUT_HELP}"
+        )
+    others = [p.name for p in top_dirs if p.name not in SPLITS]
+    if others:
+        raise DataError(
+            f"Folder dataset {root}: it has train/ and test/ folders and also the "
+            f"folders {format_list(others)}; use either split folders or class "
+            f"folders, not both.\n{LAYOUT_HELP}"
+        )
+    class_dirs: list[tuple[str | None, Path]] = []
+    for split in SPLITS:
+        sub = _children(root / split)
+        class_dirs += [(split, p) for p in sub if p.is_dir()]
+        ignored += [p for p in sub if not p.is_dir()]
+    if not class_dirs:
+        raise DataError(f"Folder dataset {root} has no class folders.\n{LAYOUT_HELP}")
+    return class_dirs, "split folders"
+
+
+def _class_samples(split: str | None, cdir: Path, ext: str, problems: Problems, ignored: list[Path]) -> list[Sample]:
+    """The pairs of one class folder (with their problems); other files go to ``ignored``."""
+    prefix = f"{split}/{cdir.name}" if split is not None else cdir.name
+    images: dict[str, list[Path]] = {}
+    texts: dict[str, Path] = {}
+    for p in _children(cdir):
+        suffix = p.suffix.lower()
+        if p.is_dir():
+            ignored.append(p)
+        elif suffix in IMAGE_EXTENSIONS:
+            images.setdefault(p.stem, []).append(p)
+        elif suffix == ext:
+            if p.stem in texts:  # x.txt and x.TXT
+                problems.add(str(p), f"two text files for {p.stem!r}: {texts[p.stem].name} and {p.name}", f"{prefix}/{p.stem}")
+            texts.setdefault(p.stem, p)
+        else:
+            ignored.append(p)
+    return [
+        _pair(f"{prefix}/{stem}", stem, cdir.name, split, images.get(stem, []), texts.get(stem), ext, problems)
+        for stem in sorted(set(images) | set(texts))
+    ]
+
+
+def _pair(sid: str, stem: str, cls: str, split: str | None, imgs: list[Path], tpath: Path | None, ext: str, problems: Problems) -> Sample:
+    """The sample of one stem: its image and text file (a missing or unreadable one is a problem)."""
+    text: str | None = None
+    if len(imgs) > 1:
+        problems.add(str(imgs[1]), f"two images with the stem {stem!r}: {', '.join(p.name for p in imgs)}", sid)
+    if not imgs:
+        problems.add(str(tpath), f"text file without an image (no {stem}.<jpg|png|…> beside it)", sid)
+    if tpath is None:
+        problems.add(str(imgs[0]), f"image without a text file (no {stem}{ext} beside it)", sid)
+    else:
+        raw, why = read_utf8(tpath)
+        if raw is None:
+            problems.add(str(tpath), why or "unreadable", sid)
+        elif not raw.strip():
+            problems.add(str(tpath), "empty text file", sid)
+        else:
+            text = raw.strip()
+    return Sample(id=sid, text=text, labels=(cls,), split=split or "train", image=imgs[0] if imgs else None)
