@@ -43,10 +43,10 @@ from ...errors import ConfigError, DataError, format_list
 from ..features import FeatureSet, ModalityFeatures
 from ..lazy import is_lazy
 from ..problems import Problems
-from ..registry import DATASETS
-from ..types import ClassSplit, Dataset, Sample
+from ..registry import load_dataset, register_reader
+from ..types import Dataset, Sample
 from .arrays import as_label_vector, pick, read_safetensors_metadata
-from .build import assign_test_split, check_skip_bad, finish_dataset
+from .build import RawDataset, SeededSplit, check_test_fraction
 from .featurearrays import read_feature_arrays
 
 KEYS = {
@@ -184,31 +184,33 @@ def _modality(arrays: dict, prefix: str, path: Path) -> tuple[str, ModalityFeatu
     return key, mf
 
 
-@DATASETS.register("features")
-def load_feature_files(
+#: A row's labels when they are not usable: ``("\0bad", value, "value")`` (not a class id) or
+#: ``("\0bad", id)`` (a class id without a name); a problem of the row.
+_BAD = "\0bad"
+
+
+@register_reader("features")
+def read_feature_files(
     path: str | Path,
     *,
     test_fraction: float = 0.2,
-    split_seed: int = 0,
-    class_split: str | Path | ClassSplit | None = None,
-    skip_bad: bool = False,
     name: str | None = None,
-) -> Dataset:
-    """Load pre-extracted features with labels (and splits) — conventions in the module doc.
+) -> RawDataset:
+    """Read pre-extracted features with labels (and splits) — conventions in the module doc.
 
     Args:
         path: a ``.npz``/``.safetensors``/``.mat``/``.h5`` file or a folder of ``.npy`` files.
         test_fraction: share of each class's samples that are test pairs when the file has no
             split.
-        split_seed: seed of that split and of a generated class split.
-        class_split: seen/unseen class split file (default: generated from the class names).
-        skip_bad: leave bad samples out (listed in ``meta["skipped"]``) instead of failing.
         name: dataset name (default: the file or folder stem).
+
+    ``load_dataset`` adds ``split_seed`` (seed of that split and of a generated class split),
+    ``class_split`` (default: generated from the class names) and ``skip_bad`` (leave bad
+    samples out, listed in ``meta["skipped"]``, instead of failing).
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"Features file or folder not found: {path}")
-    check_skip_bad(skip_bad)
     arrays, lists = _read_source(path)
     ikey, image = _modality(arrays, "image", path)
     tkey, text = _modality(arrays, "text", path)
@@ -216,17 +218,69 @@ def load_feature_files(
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[0] == 1 and labels.shape[1] == len(image) != 1:
         labels = labels.reshape(-1)  # a 1 × n row: how MATLAB and scipy.io.savemat store vectors
-    lengths = {ikey: len(image), tkey: len(text), lkey: int(np.shape(labels)[0]) if np.ndim(labels) else 0}
     split_arr = pick(arrays, KEYS["split"], path, "", required=False)
     is_test = pick(arrays, KEYS["is_test"], path, "", required=False)
     if split_arr is not None and is_test is not None:
         raise DataError(f"{path} has both {split_arr[0]!r} and {is_test[0]!r}; keep one.")
-    for got in (split_arr, is_test):
-        if got is not None:
-            lengths[got[0]] = int(np.asarray(got[1]).reshape(-1).shape[0])
     ids_arr = pick(arrays, KEYS["ids"], path, "", required=False)
     if ids_arr is not None:
         lists["ids"] = _strings(ids_arr[1], path, ids_arr[0])
+    _check_lengths(
+        path, {ikey: len(image), tkey: len(text), lkey: int(np.shape(labels)[0]) if np.ndim(labels) else 0}, split_arr, is_test, lists
+    )
+    n = len(image)
+    ids, names = _ids_and_names(path, arrays, lists, n)
+    problems = Problems(f"Features {path}")
+    classes, per_sample = _labels(labels, lkey, names, path)
+    _label_problems(per_sample, classes, ids, problems)
+    splits, split_note = _splits(split_arr, is_test, path, ids, problems)
+    if splits is None:
+        check_test_fraction(test_fraction)
+        split_note = f"seeded per-class split (test_fraction {test_fraction}, seed {{seed}})"
+    for mf, what in ((image, "image"), (text, "text")):
+        for i in mf.nonfinite_rows().tolist():  # streamed in chunks when the rows are on disk
+            problems.add(f"row {i}", f"NaN or infinite {what} features", ids[i])
+    raw = RawDataset(name or path.stem, [], [], problems, n_read=n)
+    if not classes:  # no row has a usable label (each is a problem): nothing to build a dataset of
+        raw.unusable = f"Features {path}: no sample has a usable label."
+        return raw
+    raw.samples = [
+        Sample(
+            id=ids[i],
+            text=None,
+            labels=per_sample[i] if per_sample[i] and per_sample[i][0] != _BAD else (classes[0],),
+            split=splits[i] if splits is not None and splits[i] in ("train", "test") else "train",
+        )
+        for i in range(n)
+    ]
+    if splits is None:
+        raw.seeded_split = SeededSplit([(labs[0] if labs else "", i) for labs, i in zip(per_sample, ids)], test_fraction, notes=("split",))
+    raw.features = FeatureSet(image, text, tuple(ids), {"source": str(path.resolve())})
+    used = {x for s in raw.samples for x in s.labels}
+    raw.meta = {
+        "source": str(path.resolve()),
+        "format": "features " + (path.suffix or "npy folder"),
+        "arrays": {"image": ikey, "text": tkey, "labels": lkey},
+        "split": split_note,
+        "split_generated": splits is None,
+        "named_classes_without_rows": [c for c in classes if c not in used],
+    }
+    raw.classes = [c for c in classes if c in used]
+    return raw
+
+
+def load_feature_files(path: str | Path, **options: Any) -> Dataset:
+    """``load_dataset("features", path=path, **options)``: :func:`read_feature_files`, finished."""
+    return load_dataset("features", path=path, **options)
+
+
+def _check_lengths(
+    path: Path, lengths: dict[str, int], split_arr: tuple[str, Any] | None, is_test: tuple[str, Any] | None, lists: dict[str, list[str]]
+) -> None:
+    """Every array (and the ids) has one row a sample."""
+    for got in (split_arr, is_test):
+        if got is not None:
+            lengths[got[0]] = int(np.asarray(got[1]).reshape(-1).shape[0])
     if "ids" in lists:
         lengths["ids"] = len(lists["ids"])
     if len(set(lengths.values())) != 1:
@@ -235,7 +289,10 @@ def load_feature_files(
             + ", ".join(f"{k} {v}" for k, v in lengths.items())
             + ". Row i of every array must be the same sample."
         )
-    n = len(image)
+
+
+def _ids_and_names(path: Path, arrays: dict[str, np.ndarray], lists: dict[str, list[str]], n: int) -> tuple[list[str], list[str] | None]:
+    """The sample ids (default ``row-000000``, …; unique) and the class names, if given."""
     cls_arr = pick(arrays, KEYS["classes"], path, "", required=False)
     if cls_arr is not None:
         lists["classes"] = _strings(cls_arr[1], path, cls_arr[0])
@@ -246,108 +303,77 @@ def load_feature_files(
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise DataError(f"{path}: duplicate sample ids {format_list(dup)}.")
-    problems = Problems(f"Features {path}")
+    return ids, names
 
-    # ------------------------------------------------------------------ labels
-    lab = np.asarray(labels)
-    per_sample: list[tuple[str, ...]] = []
+
+def _labels(lab: np.ndarray, lkey: str, names: list[str] | None, path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
+    """``(classes, labels of each row)``: multi-hot columns, class names or class ids."""
     if lab.ndim == 2 and lab.shape[1] > 1:
-        if lab.dtype.kind not in "fiub" or not np.isin(lab, (0, 1)).all():
-            raise DataError(f"{path}: {lkey} (n, C) must be 0/1 multi-hot.")
-        C = lab.shape[1]
-        classes = names if names is not None else [str(j) for j in range(C)]
-        if len(classes) != C:
-            raise DataError(f"{path}: {len(classes)} class names for {C} label columns.")
-        for i in range(n):
-            per_sample.append(tuple(classes[j] for j in np.flatnonzero(lab[i])))
-    elif lab.dtype.kind in "USO":  # O: a MATLAB cell array / HDF5 strings (pickles are refused)
+        return _multi_hot_labels(lab, lkey, names, path)
+    if lab.dtype.kind in "USO":  # O: a MATLAB cell array / HDF5 strings (pickles are refused)
         vals = _strings(lab, path, lkey)
         classes = names if names is not None else sorted(set(v.strip() for v in vals if v.strip()))
-        for v in vals:
-            per_sample.append((v.strip(),) if v.strip() else ())
+        return classes, [(v.strip(),) if v.strip() else () for v in vals]
+    return _id_labels(lab, lkey, names, path)
+
+
+def _multi_hot_labels(lab: np.ndarray, lkey: str, names: list[str] | None, path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
+    if lab.dtype.kind not in "fiub" or not np.isin(lab, (0, 1)).all():
+        raise DataError(f"{path}: {lkey} (n, C) must be 0/1 multi-hot.")
+    C = lab.shape[1]
+    classes = names if names is not None else [str(j) for j in range(C)]
+    if len(classes) != C:
+        raise DataError(f"{path}: {len(classes)} class names for {C} label columns.")
+    return classes, [tuple(classes[j] for j in np.flatnonzero(row)) for row in lab]
+
+
+def _id_labels(lab: np.ndarray, lkey: str, names: list[str] | None, path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Class ids (with their names, when given); an unusable value is marked :data:`_BAD`."""
+    values, bad_rows = _label_values(lab)
+    vec = as_label_vector(values, path, lkey)
+    per_sample: list[tuple[str, ...]]
+    if names is not None:
+        classes = names
+        per_sample = [(names[v],) if 0 <= v < len(names) else (_BAD, str(v)) for v in vec.tolist()]
     else:
-        values, bad_rows = _label_values(lab)
-        vec = as_label_vector(values, path, lkey)
-        if names is not None:
-            classes = names
-            per_sample = [(names[v],) if 0 <= v < len(names) else ("\0bad", str(v)) for v in vec.tolist()]
-        else:
-            classes = [str(v) for v in sorted(set(vec[~bad_rows].tolist()))]
-            per_sample = [(str(v),) for v in vec.tolist()]
-        for i in np.flatnonzero(bad_rows).tolist():
-            per_sample[i] = ("\0bad", repr(lab.reshape(-1)[i].item()), "value")
+        classes = [str(v) for v in sorted(set(vec[~bad_rows].tolist()))]
+        per_sample = [(str(v),) for v in vec.tolist()]
+    for i in np.flatnonzero(bad_rows).tolist():
+        per_sample[i] = (_BAD, repr(lab.reshape(-1)[i].item()), "value")
+    return classes, per_sample
+
+
+def _label_problems(per_sample: list[tuple[str, ...]], classes: list[str], ids: list[str], problems: Problems) -> None:
     known = set(classes)
     for i, labs in enumerate(per_sample):
         if not labs:
             problems.add(f"row {i}", "no label", ids[i])
-        elif labs[0] == "\0bad" and len(labs) == 3:
+        elif labs[0] == _BAD and len(labs) == 3:
             problems.add(f"row {i}", f"label {labs[1]} is not a class id (a whole number from 0 up)", ids[i])
-        elif labs[0] == "\0bad":
+        elif labs[0] == _BAD:
             problems.add(f"row {i}", f"class id {labs[1]} has no name ({len(classes)} class names)", ids[i])
         elif any(x not in known for x in labs):
             problems.add(f"row {i}", f"label {labs!r} is not among the class names", ids[i])
 
-    # ------------------------------------------------------------------ splits
+
+def _splits(
+    split_arr: tuple[str, Any] | None, is_test: tuple[str, Any] | None, path: Path, ids: list[str], problems: Problems
+) -> tuple[list[str] | None, str]:
+    """The file's split of each row and where it comes from; ``(None, "")`` when the file has
+    none (it is drawn with ``split_seed``)."""
     if split_arr is not None:
         vals = _strings(split_arr[1], path, split_arr[0])
         splits = [v.strip().lower() for v in vals]
         for i, s in enumerate(splits):
             if s not in ("train", "test"):
                 problems.add(f"row {i}", f"split {vals[i]!r} is not 'train' or 'test'", ids[i])
-        split_note = f"from {split_arr[0]!r}"
-    elif is_test is not None:
+        return splits, f"from {split_arr[0]!r}"
+    if is_test is not None:
         t = np.asarray(is_test[1]).reshape(-1)
         if t.dtype.kind not in "iub" or not np.isin(t, (0, 1)).all():
             raise DataError(f"{path}: {is_test[0]} must be 0/1 (1 = test).")
-        splits = ["test" if x else "train" for x in t.tolist()]
-        split_note = f"from {is_test[0]!r}"
-    else:
-        first = [labs[0] if labs else "" for labs in per_sample]
-        splits = assign_test_split(ids, first, test_fraction, split_seed)
-        split_note = f"seeded per-class split (test_fraction {test_fraction}, seed {split_seed})"
-
-    # ------------------------------------------------------------------ finite values
-    for mf, what in ((image, "image"), (text, "text")):
-        for i in mf.nonfinite_rows().tolist():  # streamed in chunks when the rows are on disk
-            problems.add(f"row {i}", f"NaN or infinite {what} features", ids[i])
-
-    if not classes:  # no row has a usable label (each is a problem): nothing to build a dataset of
-        problems.resolve(skip_bad, n_total=n)
-        raise DataError(f"Features {path}: no sample has a usable label.")
-    samples = [
-        Sample(
-            id=ids[i],
-            text=None,
-            labels=per_sample[i] if per_sample[i] and per_sample[i][0] != "\0bad" else (classes[0],),
-            split=splits[i] if splits[i] in ("train", "test") else "train",
-        )
-        for i in range(n)
-    ]
-    feats = FeatureSet(image, text, tuple(ids), {"source": str(path.resolve())})
-    used = {x for s in samples for x in s.labels}
-    meta = {
-        "source": str(path.resolve()),
-        "format": "features " + (path.suffix or "npy folder"),
-        "arrays": {"image": ikey, "text": tkey, "labels": lkey},
-        "split": split_note,
-        "split_generated": split_arr is None and is_test is None,
-        "named_classes_without_rows": [c for c in classes if c not in used],
-    }
-    classes = [c for c in classes if c in used]
-    return finish_dataset(
-        name or path.stem,
-        samples,
-        classes,
-        problems=problems,
-        skip_bad=skip_bad,
-        features=feats,
-        class_split=class_split,
-        split_seed=split_seed,
-        meta=meta,
-    )
-
-
-load = load_feature_files
+        return ["test" if x else "train" for x in t.tolist()], f"from {is_test[0]!r}"
+    return None, ""
 
 
 def save_features_folder(feats: Any, dataset: Any, path: Path) -> None:
