@@ -69,12 +69,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...errors import ConfigError, DataError
-from ..registry import DATASETS
-from ..splits import generate_class_split, generated_split_source, load_class_split
-from ..types import SPLITS, ClassSplit, Dataset, Sample
-from .build import check_skip_bad, check_test_fraction, per_class_test_split
+from ..problems import Problems
+from ..registry import load_dataset, register_reader
+from ..types import SPLITS, Dataset, Sample
+from .build import RawDataset, SeededSplit, check_test_fraction
 
 FORMATS = ("csv", "tsv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -416,67 +417,91 @@ def _raise_problems(path: Path, problems: list[str], n_rows: int) -> None:
     )
 
 
-@DATASETS.register("manifest")
-def load_manifest(
+class _LineProblems(Problems):
+    """A manifest's problems: text lines (``line N: why``), the bad rows already left out of the
+    samples. :meth:`resolve` raises them, or (``skip_bad``) leaves nothing more to drop; the
+    report lists them by line."""
+
+    def __init__(self, path: Path, lines: list[str], n_rows: int, skipped: list[dict]) -> None:
+        super().__init__(f"Manifest {path}")
+        self.path, self.lines, self.n_rows, self.skipped = path, lines, n_rows, skipped
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+    def resolve(self, skip_bad: bool, n_total: int | None = None, hint: str = "") -> set[str]:
+        if self.lines and not skip_bad:
+            _raise_problems(self.path, self.lines, self.n_rows)
+        return set()
+
+    def skip_report(self, bad: set[str]) -> list[dict]:
+        return self.skipped
+
+    def n_skipped(self, bad: set[str]) -> int:
+        return len({item["where"] for item in self.skipped})
+
+
+#: The finished meta of a manifest, in order.
+_META_KEYS = (
+    "source",
+    "format",
+    "label_sep",
+    "n_samples",
+    "n_classes",
+    "n_train",
+    "n_test",
+    "multilabel",
+    "images_checked",
+    "split",
+    "split_generated",
+    "class_split_source",
+    "class_split_generated",
+    "class_split_seed",
+    "n_skipped",
+    "skipped",
+)
+
+
+@register_reader("manifest")
+def read_manifest(
     path: str | Path,
     *,
     format: str | None = None,
     label_sep: str = "|",
-    class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0,
     test_fraction: float | None = None,
     check_images: bool = True,
     name: str | None = None,
-    skip_bad: bool = False,
-) -> Dataset:
-    """Load a CSV/TSV/JSONL manifest (conventions in the module docstring).
+) -> RawDataset:
+    """Read a CSV/TSV/JSONL manifest (conventions in the module docstring).
 
     Args:
         path: the manifest file.
         format: ``"csv"``, ``"tsv"`` or ``"jsonl"``; default from the extension.
         label_sep: separator of several labels in a CSV ``labels`` column.
-        class_split: a class split JSON path or :class:`ClassSplit`; default generated.
-        split_seed: seed of the generated class split, and of the generated train/test split
-            of a manifest without a ``split`` column.
         test_fraction: share of each class's rows that are test pairs when the manifest has no
             ``split`` column (default 0.2); an error when it has one.
         check_images: check that every image file exists (default True).
         name: dataset name; default the manifest's file stem.
-        skip_bad: leave bad rows out (listed in ``meta["skipped"]``, each with its line and
-            reason) instead of failing; problems with the header are still errors.
+
+    ``load_dataset`` adds ``class_split`` (default generated), ``split_seed`` (seed of the
+    generated class split, and of the generated train/test split of a manifest without a
+    ``split`` column) and ``skip_bad`` (leave bad rows out, listed in ``meta["skipped"]`` with
+    their line and reason, instead of failing; problems with the header are still errors).
 
     Raises:
         DataError: the file is missing or any row is invalid (every problem with its line).
         ConfigError: unknown format or bad option.
     """
     path = Path(path).expanduser()
-    if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"))
-        found = f" (it holds {', '.join(inside[:3])})" if inside else ""
-        raise DataError(
-            f"Manifest {path} is a folder, not a file{found}: pass the manifest file itself, or "
-            "use --dataset folder --root DIR for a folder of class subfolders."
-        )
-    if not path.is_file():
-        raise DataError(f"Manifest file not found: {path}")
+    _check_path(path)
     fmt = _detect_format(path, format)
     if not isinstance(label_sep, str) or not label_sep:
         raise ConfigError(f"label_sep must be a non-empty string, got {label_sep!r}.")
-    check_skip_bad(skip_bad)
     problems: list[str] = []
-    try:
-        text, bad_utf8 = _decode_lines(path, problems)
-        if fmt == "jsonl":
-            rows, n_rows = _read_jsonl(text, problems)
-        else:
-            rows, n_rows = _read_csv(text, path, "\t" if fmt == "tsv" else ",", label_sep, problems)
-    except OSError as exc:
-        raise DataError(f"Cannot read manifest {path}: {exc}") from None
-    except csv.Error as exc:
-        raise DataError(f"Manifest {path} is not valid CSV ({exc}).") from None
-
-    first_line: dict[str, int] = {}
-    bad_lines: set[int] = set(bad_utf8)
+    rows, n_rows, bad_lines = _read_rows(path, fmt, label_sep, problems)
     generate_split = not any(r.split is not None for r in rows)
     if not generate_split:  # JSONL: some rows without a split while others have one
         for r in rows:
@@ -492,6 +517,74 @@ def load_manifest(
             "column); test_fraction only applies to a manifest without one. Leave it out."
         )
     fraction = check_test_fraction(0.2 if test_fraction is None else test_fraction)
+    _duplicate_ids(rows, problems, bad_lines)
+    images = _image_paths(rows, path.parent.resolve(), problems, bad_lines)
+    missing_report = _check_images(rows, images, path.parent.resolve(), problems, bad_lines) if check_images else []
+    skipped = _skipped(problems, rows, missing_report)
+    kept = [(r, img) for r, img in zip(rows, images) if r.line not in bad_lines]
+    samples = [Sample(id=r.id, text=r.text, labels=r.labels, split=r.split or "train", image=img) for r, img in kept]
+    meta = {
+        "source": str(path.resolve()),
+        "format": fmt,
+        "label_sep": label_sep if fmt != "jsonl" else None,
+        "images_checked": bool(check_images),
+        "split": "from the 'split' column",
+        "split_generated": generate_split,
+    }
+    raw = RawDataset(
+        name or path.stem,
+        samples,
+        sorted({lab for s in samples for lab in s.labels}),
+        _LineProblems(path, problems, n_rows, skipped),
+        meta=meta,
+        meta_keys=_META_KEYS,
+    )
+    if not samples:
+        raw.unusable = f"Manifest {path} has no data rows" + (" left after skipping the bad ones." if skipped else ".")
+    if generate_split:
+        keys = [(r.labels[0], r.id if r.has_id else f"{r.image}\0{r.text}") for r, _ in kept]
+        raw.seeded_split = SeededSplit(keys, test_fraction=fraction, notes=("split",))
+        meta["split"] = (
+            f"generated (seed {{seed}}, test_fraction {fraction:g}): per class, rows ordered by "
+            "sha256('<seed>\\0<class>\\0<id, or image and text>'), the first test_fraction to test"
+        )
+    return raw
+
+
+def load_manifest(path: str | Path, **options: Any) -> Dataset:
+    """``load_dataset("manifest", path=path, **options)``: :func:`read_manifest`, finished."""
+    return load_dataset("manifest", path=path, **options)
+
+
+def _check_path(path: Path) -> None:
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"))
+        found = f" (it holds {', '.join(inside[:3])})" if inside else ""
+        raise DataError(
+            f"Manifest {path} is a folder, not a file{found}: pass the manifest file itself, or "
+            "use --dataset folder --root DIR for a folder of class subfolders."
+        )
+    if not path.is_file():
+        raise DataError(f"Manifest file not found: {path}")
+
+
+def _read_rows(path: Path, fmt: str, label_sep: str, problems: list[str]) -> tuple[list[_Row], int, set[int]]:
+    """The rows read, the number of data rows and the lines that are not valid UTF-8."""
+    try:
+        text, bad_utf8 = _decode_lines(path, problems)
+        if fmt == "jsonl":
+            rows, n_rows = _read_jsonl(text, problems)
+        else:
+            rows, n_rows = _read_csv(text, path, "\t" if fmt == "tsv" else ",", label_sep, problems)
+    except OSError as exc:
+        raise DataError(f"Cannot read manifest {path}: {exc}") from None
+    except csv.Error as exc:
+        raise DataError(f"Manifest {path} is not valid CSV ({exc}).") from None
+    return rows, n_rows, set(bad_utf8)
+
+
+def _duplicate_ids(rows: list[_Row], problems: list[str], bad_lines: set[int]) -> None:
+    first_line: dict[str, int] = {}
     for r in rows:
         if r.id in first_line:
             problems.append(f"line {r.line}: duplicate id {_short(r.id)} (first on line {first_line[r.id]})")
@@ -499,7 +592,9 @@ def load_manifest(
         else:
             first_line[r.id] = r.line
 
-    base = path.parent.resolve()
+
+def _image_paths(rows: list[_Row], base: Path, problems: list[str], bad_lines: set[int]) -> list[Path]:
+    """Each row's image path (relative ones from the manifest's folder ``base``)."""
     images: list[Path] = []
     for r in rows:
         try:
@@ -509,93 +604,43 @@ def load_manifest(
             bad_lines.add(r.line)
             p = Path(r.image)
         images.append(p if p.is_absolute() else base / p)
-    missing_report: list[dict] = []
-    if check_images:
-        missing = []
-        for r, p in zip(rows, images):
-            if r.line in bad_lines:
-                continue
-            try:
-                exists = p.is_file()
-            except (OSError, ValueError) as exc:  # a name too long for the file system, …
-                problems.append(f"line {r.line}: image path {_short(r.image)} cannot be used ({getattr(exc, 'strerror', None) or exc})")
-                bad_lines.add(r.line)
-                continue
-            if not exists:
-                missing.append((r.line, r.image))
-        if missing:
-            listed = ", ".join(f"line {ln}: {_short(img)}" for ln, img in missing[:5])
-            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-            problems.append(
-                f"{len(missing)} of {len(rows)} image files do not exist (relative paths are "
-                f"taken from the manifest folder {base}): {listed}{more}"
-            )
-            bad_lines.update(ln for ln, _ in missing)
-            missing_report = [
-                {"where": f"line {ln}", "sample": None, "reason": f"image {_short(img)} does not exist"} for ln, img in missing
-            ]
+    return images
+
+
+def _check_images(rows: list[_Row], images: list[Path], base: Path, problems: list[str], bad_lines: set[int]) -> list[dict]:
+    """Check that the image files exist: one problem lists the missing ones; their report entries."""
+    missing = []
+    for r, p in zip(rows, images):
+        if r.line in bad_lines:
+            continue
+        try:
+            exists = p.is_file()
+        except (OSError, ValueError) as exc:  # a name too long for the file system, …
+            problems.append(f"line {r.line}: image path {_short(r.image)} cannot be used ({getattr(exc, 'strerror', None) or exc})")
+            bad_lines.add(r.line)
+            continue
+        if not exists:
+            missing.append((r.line, r.image))
+    if not missing:
+        return []
+    listed = ", ".join(f"line {ln}: {_short(img)}" for ln, img in missing[:5])
+    more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+    problems.append(
+        f"{len(missing)} of {len(rows)} image files do not exist (relative paths are taken from the manifest folder {base}): {listed}{more}"
+    )
+    bad_lines.update(ln for ln, _ in missing)
+    return [{"where": f"line {ln}", "sample": None, "reason": f"image {_short(img)} does not exist"} for ln, img in missing]
+
+
+def _skipped(problems: list[str], rows: list[_Row], missing_report: list[dict]) -> list[dict]:
+    """The report of the rows ``skip_bad`` leaves out: one entry a problem of a line."""
+    ids_by_line = {r.line: r.id for r in rows}
     skipped: list[dict] = []
-    if problems:
-        if not skip_bad:
-            _raise_problems(path, problems, n_rows)
-        ids_by_line = {r.line: r.id for r in rows}
-        for problem in problems:
-            m = re.match(r"line (\d+): (.*)", problem, re.S)
-            if m is not None:
-                ln = int(m.group(1))
-                skipped.append({"where": f"line {ln}", "sample": ids_by_line.get(ln), "reason": m.group(2)})
-        for item in missing_report:
-            item["sample"] = ids_by_line.get(int(item["where"].split()[1]))
-            skipped.append(item)
-        kept = [(r, img) for r, img in zip(rows, images) if r.line not in bad_lines]
-        rows, images = [r for r, _ in kept], [img for _, img in kept]
-    if not rows:
-        raise DataError(f"Manifest {path} has no data rows" + (" left after skipping the bad ones." if skipped else "."))
-
-    if generate_split:
-        keys = [(r.labels[0], r.id if r.has_id else f"{r.image}\0{r.text}") for r in rows]
-        sides = per_class_test_split(keys, fraction, split_seed)
-        split_note = (
-            f"generated (seed {split_seed}, test_fraction {fraction:g}): per class, rows ordered by "
-            "sha256('<seed>\\0<class>\\0<id, or image and text>'), the first test_fraction to test"
-        )
-    else:
-        sides = [r.split or "train" for r in rows]
-        split_note = "from the 'split' column"
-    samples = [Sample(id=r.id, text=r.text, labels=r.labels, split=side, image=img) for r, side, img in zip(rows, sides, images)]
-    classes = sorted({lab for s in samples for lab in s.labels})
-    ds_name = name or path.stem
-    if class_split is not None:
-        split = load_class_split(class_split)
-        split.check_against(classes)
-        source = f"user: {class_split}" if not isinstance(class_split, ClassSplit) else "user"
-        generated = False
-        meta_seed: dict[str, int] = {}
-    else:
-        split = generate_class_split(classes, dataset=ds_name, seed=split_seed)
-        source = generated_split_source(split, split_seed)
-        generated = True
-        meta_seed = {"class_split_seed": split_seed}
-    n_train = sum(s.split == "train" for s in samples)
-    meta = {
-        "source": str(path.resolve()),
-        "format": fmt,
-        "label_sep": label_sep if fmt != "jsonl" else None,
-        "n_samples": len(samples),
-        "n_classes": len(classes),
-        "n_train": n_train,
-        "n_test": len(samples) - n_train,
-        "multilabel": any(len(s.labels) > 1 for s in samples),
-        "images_checked": bool(check_images),
-        "split": split_note,
-        "split_generated": generate_split,
-        "class_split_source": source,
-        "class_split_generated": generated,
-        **meta_seed,
-        "n_skipped": len({item["where"] for item in skipped}),
-        "skipped": skipped,
-    }
-    return Dataset(name=ds_name, samples=samples, classes=classes, class_split=split, meta=meta)
-
-
-load = load_manifest
+    for problem in problems:
+        m = re.match(r"line (\d+): (.*)", problem, re.S)
+        if m is not None:
+            ln = int(m.group(1))
+            skipped.append({"where": f"line {ln}", "sample": ids_by_line.get(ln), "reason": m.group(2)})
+    for item in missing_report:
+        skipped.append({**item, "sample": ids_by_line.get(int(item["where"].split()[1]))})
+    return skipped
