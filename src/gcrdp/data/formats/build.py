@@ -227,25 +227,6 @@ def finish(
     return Dataset(name=raw.name, samples=samples, classes=classes, class_split=split, meta=meta, features=features)
 
 
-def finish_dataset(
-    name: str,
-    samples: list[Sample],
-    classes: Sequence[str],
-    *,
-    problems: Problems,
-    skip_bad: bool,
-    features: FeatureSet | None = None,
-    class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0,
-    shipped_split: str | None = None,
-    meta: dict | None = None,
-    hint: str = "",
-) -> Dataset:
-    """Transitional: :func:`finish` of a :class:`RawDataset` made of these arguments."""
-    raw = RawDataset(name, samples, list(classes), problems, features, shipped_split, dict(meta or {}), hint=hint)
-    return finish(raw, class_split=class_split, split_seed=split_seed, skip_bad=skip_bad)
-
-
 def read_utf8(path: Path) -> tuple[str | None, str | None]:
     """``(text, None)`` or ``(None, reason)`` for a text file that is missing, unreadable or not
     valid UTF-8 (the reason names the byte offset)."""

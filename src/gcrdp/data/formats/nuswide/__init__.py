@@ -121,19 +121,19 @@ from pathlib import Path
 from typing import Any
 
 from ....errors import ConfigError, DataError
-from ...registry import DATASETS
-from ...types import ClassSplit, Dataset
-from ..build import check_skip_bad
+from ...registry import load_dataset, register_reader
+from ...types import Dataset
+from ..build import RawDataset
 from ..featurearrays import NoFeatureFiles, find_feature_files
-from .common import IMAGE_DIRS, KNOWN_FILES, LOW_LEVEL_DIRS, SOURCES, TC_FILES, parse_concepts, parse_low_level, parse_subset
-from .features import load_features
-from .lowlevel import load_lowlevel
-from .raw import load_raw
+from .common import IMAGE_DIRS, KNOWN_FILES, LOW_LEVEL_DIRS, SOURCES, TC_FILES, Subset, parse_concepts, parse_low_level, parse_subset
+from .features import FeatureFiles, read_features
+from .lowlevel import read_lowlevel
+from .raw import read_raw
 
 
-# =============================================================================== loader
-@DATASETS.register("nus-wide")
-def load_nuswide(
+# =============================================================================== reader
+@register_reader("nus-wide")
+def read_nuswide(
     root: str | Path,
     *,
     source: str = "auto",
@@ -148,11 +148,8 @@ def load_nuswide(
     tags_file: str | Path | None = None,
     images_dir: str | Path | None = None,
     low_level: Sequence[str] | str | None = None,
-    class_split: str | Path | ClassSplit | None = None,
-    split_seed: int = 0,
-    skip_bad: bool = False,
-) -> Dataset:
-    """Load NUS-WIDE from ``root`` (sources, subsets, layouts and checks in the module doc).
+) -> RawDataset:
+    """Read NUS-WIDE from ``root`` (sources, subsets, layouts and checks in the module doc).
 
     Args:
         root: the NUS-WIDE folder (raw release, low-level features and/or feature files).
@@ -170,16 +167,16 @@ def load_nuswide(
         tags_file: All_Tags.txt (raw; default under root).
         images_dir: the image folder (raw; default ``root/Flickr`` or ``root/images``).
         low_level: the low-level features to join (lowlevel; default all present).
-        class_split: seen/unseen split (default: generated from the class names).
-        split_seed: seed of a generated split.
-        skip_bad: leave bad samples out (listed in ``meta["skipped"]``) instead of failing.
+
+    ``load_dataset`` adds ``class_split`` (default: generated from the class names),
+    ``split_seed`` (its seed) and ``skip_bad`` (leave bad samples out, listed in
+    ``meta["skipped"]``).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"NUS-WIDE folder not found: {root}")
     if source not in SOURCES:
         raise ConfigError(f"NUS-WIDE source must be one of {', '.join(SOURCES)}, got {source!r}.")
-    check_skip_bad(skip_bad)
     mode, top, subset_key = parse_subset(subset)
     wanted = parse_concepts(concepts)
     wanted_low = parse_low_level(low_level)
@@ -187,26 +184,56 @@ def load_nuswide(
         img_dir = Path(images_dir).expanduser()
     else:
         img_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root / IMAGE_DIRS[0])
-    low_dirs = [root / d for d in LOW_LEVEL_DIRS if (root / d).is_dir()]
-    low_dir = next((d for d in low_dirs if any(p.suffix.lower() == ".dat" for p in d.iterdir())), low_dirs[0] if low_dirs else None)
+    low_dir = _low_level_dir(root)
+    opts = FeatureFiles(features_file, keys, class_names, test_size, label_base, valid_split)
     given = {
         "raw": [k for k, v in (("tags_file", tags_file), ("images_dir", images_dir)) if v is not None],
         "lowlevel": ["low_level"] if low_level is not None else [],
-        "features": [
-            k
-            for k, v, default in (
-                ("features_file", features_file, None),
-                ("keys", keys, None),
-                ("class_names", class_names, None),
-                ("test_size", test_size, None),
-                ("label_base", label_base, "auto"),
-                ("valid_split", valid_split, "train"),
-            )
-            if v != default
-        ],
+        "features": [k for k, v in vars(opts).items() if v != getattr(_DEFAULT_FILES, k)],
     }
+    chosen = _choose_source(source, given, img_dir, low_dir, root)
+    sub = Subset(mode, top, subset_key, wanted)
+    if chosen in ("raw", "lowlevel") and subset_key == "auto":
+        sub = Subset("single", 10, "10", wanted)
+    if chosen == "raw":
+        return read_raw(root, img_dir, tags_file, sub)
+    if chosen == "lowlevel":
+        if low_dir is None:
+            raise DataError(
+                f"NUS-WIDE source 'lowlevel' needs the release's low-level features: none of "
+                f"{', '.join(str(root / d) for d in LOW_LEVEL_DIRS[:2])} exists (unpack Low_Level_Features.rar there)."
+            )
+        return read_lowlevel(root, low_dir, wanted_low, sub)
+    try:
+        return read_features(root, opts, sub)
+    except NoFeatureFiles as exc:
+        if source != "auto":
+            raise
+        raise DataError(
+            f"{exc} Nor is there an images folder ({img_dir}; images_dir= names another, for source='raw') or a "
+            f"Low_Level_Features/ folder with .dat files (source='lowlevel')."
+        ) from None
+
+
+def load_nuswide(root: str | Path, **options: Any) -> Dataset:
+    """``load_dataset("nus-wide", root=root, **options)``: :func:`read_nuswide`, finished."""
+    return load_dataset("nus-wide", root=root, **options)
+
+
+_DEFAULT_FILES = FeatureFiles()
+
+
+def _low_level_dir(root: Path) -> Path | None:
+    """The folder of the release's low-level features: the first with ``.dat`` files, else the
+    first that exists."""
+    low_dirs = [root / d for d in LOW_LEVEL_DIRS if (root / d).is_dir()]
+    return next((d for d in low_dirs if any(p.suffix.lower() == ".dat" for p in d.iterdir())), low_dirs[0] if low_dirs else None)
+
+
+def _choose_source(source: str, given: dict[str, list[str]], img_dir: Path, low_dir: Path | None, root: Path) -> str:
+    """The source to read: ``source``, or for ``auto`` the one an option only it reads names,
+    else what ``root`` holds; an option the chosen source does not read is an error."""
     asked = [src for src, names in given.items() if names]
-    auto = source == "auto"
     if source == "auto" and len(asked) == 1:
         source = asked[0]  # an option only one source reads says which
     elif source == "auto":
@@ -220,29 +247,7 @@ def load_nuswide(
     if unused:
         readers = "; ".join(f"{', '.join(names)}: source={src!r}" for src, names in given.items() if names and src != source)
         raise ConfigError(f"NUS-WIDE source {source!r} does not read {', '.join(unused)} ({readers}).")
-    common: dict[str, Any] = dict(
-        mode=mode, top=top, subset_key=subset_key, wanted=wanted, class_split=class_split, split_seed=split_seed, skip_bad=skip_bad
-    )
-    if source in ("raw", "lowlevel") and subset_key == "auto":
-        common.update(mode="single", top=10, subset_key="10")
-    if source == "raw":
-        return load_raw(root, img_dir, tags_file, **common)
-    if source == "lowlevel":
-        if low_dir is None:
-            raise DataError(
-                f"NUS-WIDE source 'lowlevel' needs the release's low-level features: none of "
-                f"{', '.join(str(root / d) for d in LOW_LEVEL_DIRS[:2])} exists (unpack Low_Level_Features.rar there)."
-            )
-        return load_lowlevel(root, low_dir, wanted_low, **common)
-    try:
-        return load_features(root, features_file, keys, class_names, test_size, label_base, valid_split, **common)
-    except NoFeatureFiles as exc:
-        if not auto:
-            raise
-        raise DataError(
-            f"{exc} Nor is there an images folder ({img_dir}; images_dir= names another, for source='raw') or a "
-            f"Low_Level_Features/ folder with .dat files (source='lowlevel')."
-        ) from None
+    return source
 
 
 def _has_feature_files(root: Path) -> bool:
@@ -253,6 +258,3 @@ def _has_feature_files(root: Path) -> bool:
     except DataError:  # feature files, but in a form that needs a choice: the features source says which
         return True
     return True
-
-
-load = load_nuswide

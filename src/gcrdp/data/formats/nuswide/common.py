@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,6 +55,17 @@ TC_FILE_TAG = re.compile(r"tc-?(\d+)", re.I)
 
 
 # =============================================================================== options
+@dataclass(frozen=True)
+class Subset:
+    """The subset asked for: label ``mode`` (``single``/``multi``), the ``top`` concepts (``None``:
+    all), its ``key`` (``auto`` when unset) and the concepts ``wanted`` instead of the top ones."""
+
+    mode: str
+    top: int | None
+    key: str
+    wanted: list[str] | None = None
+
+
 def parse_subset(subset: object) -> tuple[str, int | None, str]:
     if subset is None:
         return "auto", None, "auto"

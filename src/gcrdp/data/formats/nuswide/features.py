@@ -6,17 +6,18 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ....errors import DataError, format_list
 from ...problems import Problems
-from ...types import ClassSplit, Dataset, Sample
-from ..build import finish_dataset
+from ...types import Sample
+from ..build import RawDataset
 from ..featurearrays import NoFeatureFiles, collect_arrays, find_feature_files, read_parts
 from ..featurerows import decode_rows, describe_form, feature_set, pairing_hint, read_class_names
-from .common import CONCEPT_FILES, KNOWN_FILES, TC_FILE_TAG, TC_FILES, filter_rows, select_concepts
+from .common import CONCEPT_FILES, KNOWN_FILES, TC_FILE_TAG, TC_FILES, Subset, filter_rows, select_concepts
 from .release import read_lines
 
 
@@ -38,23 +39,20 @@ def _concept_list(folders: Sequence[Path], n_classes: int) -> tuple[list[str] | 
     return None, f"label column numbers: the files carry no class names{why}; pass class_names= in the files' column order"
 
 
-def load_features(
-    root: Path,
-    features_file: str | Path | Sequence[str | Path] | None,
-    keys: Mapping[str, str] | None,
-    class_names: Sequence[str] | str | Path | None,
-    test_size: int | None,
-    label_base: int | str,
-    valid_split: str,
-    *,
-    mode: str,
-    top: int | None,
-    subset_key: str,
-    wanted: list[str] | None,
-    class_split: str | Path | ClassSplit | None,
-    split_seed: int,
-    skip_bad: bool,
-) -> Dataset:
+@dataclass(frozen=True)
+class FeatureFiles:
+    """The options of ``source="features"`` (see :func:`gcrdp.data.formats.nuswide.read_nuswide`)."""
+
+    features_file: str | Path | Sequence[str | Path] | None = None
+    keys: Mapping[str, str] | None = None
+    class_names: Sequence[str] | str | Path | None = None
+    test_size: int | None = None
+    label_base: int | str = "auto"
+    valid_split: str = "train"
+
+
+def _refuse_dat(features_file: str | Path | Sequence[str | Path] | None) -> None:
+    """The release's low-level ``.dat`` files are read by ``source='lowlevel'``."""
     given = list(features_file) if isinstance(features_file, (list, tuple)) else [features_file] if features_file is not None else []
     dat = [str(p) for p in given if str(p).lower().endswith(".dat")]
     if dat:
@@ -62,37 +60,74 @@ def load_features(
             f"NUS-WIDE: {format_list(dat)} are the release's low-level features (text .dat files): read them with "
             "source='lowlevel' (with the image lists and labels under root; low_level= picks the features), not features_file=."
         )
-    tag = str(top) if top is not None else None
-    if tag is None and features_file is None:
-        present: dict[str, list[str]] = {}  # TC subset → its files (one-file versions and DCMH sets)
-        for d in (root, root / "features"):
-            if d.is_dir():
-                for p in sorted(d.iterdir()):
-                    m = TC_FILE_TAG.search(p.name)
-                    if m and p.is_file() and (p.name in TC_FILES.values() or re.search(r"[xyl]all", p.name, re.I)):
-                        present.setdefault(m.group(1), []).append(p.name)
-        if len(present) > 1:
-            raise DataError(
-                f"NUS-WIDE: {root} holds the files of {len(present)} subsets ("
-                + "; ".join(f"TC-{t}: {', '.join(v)}" for t, v in sorted(present.items(), key=lambda kv: int(kv[0])))
-                + f"); say which to read with subset={' or '.join(repr(f'tc{t}') for t in sorted(present, key=int))} "
-                "(or name the files with features_file=)."
-            )
+
+
+def _one_tc_subset(root: Path) -> None:
+    """Without a subset nor files named: ``root`` must not hold the files of several TC subsets."""
+    present: dict[str, list[str]] = {}  # TC subset → its files (one-file versions and DCMH sets)
+    for d in (root, root / "features"):
+        if d.is_dir():
+            for p in sorted(d.iterdir()):
+                m = TC_FILE_TAG.search(p.name)
+                if m and p.is_file() and (p.name in TC_FILES.values() or re.search(r"[xyl]all", p.name, re.I)):
+                    present.setdefault(m.group(1), []).append(p.name)
+    if len(present) > 1:
+        raise DataError(
+            f"NUS-WIDE: {root} holds the files of {len(present)} subsets ("
+            + "; ".join(f"TC-{t}: {', '.join(v)}" for t, v in sorted(present.items(), key=lambda kv: int(kv[0])))
+            + f"); say which to read with subset={' or '.join(repr(f'tc{t}') for t in sorted(present, key=int))} "
+            "(or name the files with features_file=)."
+        )
+
+
+def _find_files(root: Path, features_file: str | Path | Sequence[str | Path] | None, tag: str | None) -> tuple[list[Path], str]:
+    """The feature files of the subset ``tag`` (or any), and how they were found."""
     others = [n for t, n in TC_FILES.items() if t != tag] if tag is not None else []
     known = ([TC_FILES[tag]] if tag in TC_FILES else list(TC_FILES.values()) if tag is None else []) + list(KNOWN_FILES)
     try:
-        files, found_as = find_feature_files(root, features_file, known=known, dataset="NUS-WIDE", tag=tag)
+        return find_feature_files(root, features_file, known=known, dataset="NUS-WIDE", tag=tag)
     except NoFeatureFiles:  # the other subset's one-file version, when nothing else is there
         if not others or features_file is not None:
             raise
-        files, found_as = find_feature_files(root, None, known=others, dataset="NUS-WIDE")
+        return find_feature_files(root, None, known=others, dataset="NUS-WIDE")
+
+
+def _resolve_subset(subset: Subset, tags: list[str], files: list[Path], notes: list[str]) -> Subset:
+    """The subset read from these files: unset → what they are (a TC benchmark, else multi);
+    a TC subset asked of another benchmark's files is warned about (and noted)."""
+    benchmark = f"NUS-WIDE-TC-{tags[0]}" if len(tags) == 1 else None
+    tag = str(subset.top) if subset.top is not None else None
+    if subset.key == "auto":
+        key = f"tc{tags[0]}" if benchmark and subset.wanted is None else "multi"
+        return Subset("multi", None, key, subset.wanted)
+    if benchmark and subset.key in ("tc10", "tc21", "21") and tags != [tag] and subset.wanted is None:
+        msg = (
+            f"NUS-WIDE: subset={subset.key!r} asked for, but the files found are {benchmark} ({', '.join(p.name for p in files)}): "
+            f"the {subset.top} of their concepts with the most pairs are used, with their pairs and split — not the published "
+            f"NUS-WIDE-TC-{tag} files."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=4)
+        notes.append(msg)
+    return subset
+
+
+def read_features(root: Path, opts: FeatureFiles, subset: Subset) -> RawDataset:
+    """Source ``features``: feature files of public code, read with
+    :mod:`gcrdp.data.formats.featurearrays`; the subset's concepts and pairs."""
+    _refuse_dat(opts.features_file)
+    tag = str(subset.top) if subset.top is not None else None
+    if tag is None and opts.features_file is None:
+        _one_tc_subset(root)
+    files, found_as = _find_files(root, opts.features_file, tag)
     tags = sorted({m.group(1) for p in files if (m := TC_FILE_TAG.search(p.name))})
     src = collect_arrays(files)
-    parts, layout = read_parts(src, keys=keys, test_size=test_size, dataset="NUS-WIDE")
+    parts, layout = read_parts(src, keys=opts.keys, test_size=opts.test_size, dataset="NUS-WIDE")
     folders = list(dict.fromkeys([root, files[0].parent]))
-    names, names_from = read_class_names(class_names, src=src, folders=folders, dataset="NUS-WIDE")
+    names, names_from = read_class_names(opts.class_names, src=src, folders=folders, dataset="NUS-WIDE")
     describe = f"NUS-WIDE {src.describe()}"
-    rows = decode_rows(parts, describe=describe, n_names=len(names) if names else None, label_base=label_base, valid_split=valid_split)
+    rows = decode_rows(
+        parts, describe=describe, n_names=len(names) if names else None, label_base=opts.label_base, valid_split=opts.valid_split
+    )
     if rows.n_classes == 0:
         raise DataError(f"{describe}: no row has a valid class label.")
     if names is None:
@@ -105,32 +140,21 @@ def load_features(
     counts = matrix.sum(axis=0)
     benchmark = f"NUS-WIDE-TC-{tags[0]}" if len(tags) == 1 else None
     notes: list[str] = []
-    if subset_key == "auto":
-        mode, top = "multi", None
-        subset_key = f"tc{tags[0]}" if benchmark and wanted is None else "multi"
-    elif benchmark and subset_key in ("tc10", "tc21", "21") and tags != [tag] and wanted is None:
-        msg = (
-            f"NUS-WIDE: subset={subset_key!r} asked for, but the files found are {benchmark} ({', '.join(p.name for p in files)}): "
-            f"the {top} of their concepts with the most pairs are used, with their pairs and split — not the published "
-            f"NUS-WIDE-TC-{tag} files."
-        )
-        warnings.warn(msg, UserWarning, stacklevel=3)
-        notes.append(msg)
-    chosen, how = select_concepts(names_all, counts, wanted, top, f"{n} pairs of the feature files")
-    if wanted is None and top is None:
+    subset = _resolve_subset(subset, tags, files, notes)
+    chosen, how = select_concepts(names_all, counts, subset.wanted, subset.top, f"{n} pairs of the feature files")
+    if subset.wanted is None and subset.top is None:
         kind = "label columns" if rows.kind == "multi" else "classes"
         how = f"all {len(names_all)} {kind} of the files" + (
             f" (the published {benchmark} benchmark: every pair, multi-label)" if benchmark else ""
         )
     pos = matrix[:, chosen]
-    keep, _ = filter_rows(pos, rows.bad_label.astype(int), mode)
+    keep, _ = filter_rows(pos, rows.bad_label.astype(int), subset.mode)
     n_multi = int((matrix.sum(axis=1) > 1).sum())
-    if mode == "single" and n_multi:
-        what = benchmark or "multi-label"
+    if subset.mode == "single" and n_multi:
         msg = (
-            f"NUS-WIDE: subset={subset_key!r} keeps the {int(keep.sum())} of {n} pairs that carry exactly one of the chosen "
-            f"concepts (single-label); {n_multi} pairs of these files carry several labels. The published {what} benchmark "
-            f"(DCMH, DJSRH, UCCH) uses every pair, multi-label: leave subset unset"
+            f"NUS-WIDE: subset={subset.key!r} keeps the {int(keep.sum())} of {n} pairs that carry exactly one of the chosen "
+            f"concepts (single-label); {n_multi} pairs of these files carry several labels. The published {benchmark or 'multi-label'} "
+            f"benchmark (DCMH, DJSRH, UCCH) uses every pair, multi-label: leave subset unset"
             + (f" or pass subset='tc{tags[0]}'." if benchmark else " or pass subset='multi'.")
         )
         warnings.warn(msg, UserWarning, stacklevel=3)
@@ -145,7 +169,6 @@ def load_features(
         samples.append(Sample(id=rows.ids[i], text=None, labels=labels or (chosen_names[0],), split=rows.splits[i]))
     if not samples:
         raise DataError(f"{describe}: no pair is in the subset ({how}: {format_list(chosen_names)}).")
-    feats = feature_set(rows, keep, "NUS-WIDE", src.describe())
     used = {x for s in samples for x in s.labels}
     recognised = describe_form(src, layout, found_as, parts)
     if benchmark:
@@ -159,8 +182,8 @@ def load_features(
         "features_files": [str(p.resolve()) for p in files],
         "found_as": found_as,
         "arrays": {p.split: p.keys for p in parts},
-        "subset": subset_key,
-        "label_mode": "single-label" if mode == "single" else "multi-label",
+        "subset": subset.key,
+        "label_mode": "single-label" if subset.mode == "single" else "multi-label",
         "concepts": chosen_names,
         "concept_selection": how,
         "concept_counts": {names_all[j]: int(counts[j]) for j in chosen},
@@ -172,15 +195,12 @@ def load_features(
         "notes": notes,
         **rows.meta,
     }
-    return finish_dataset(
+    return RawDataset(
         "nus-wide",
         samples,
         [c for c in chosen_names if c in used],
-        problems=problems,
-        skip_bad=skip_bad,
-        features=feats,
-        class_split=class_split,
-        split_seed=split_seed,
+        problems,
+        features=feature_set(rows, keep, "NUS-WIDE", src.describe()),
         shipped_split="nus-wide",
         meta=meta,
         hint=pairing_hint(rows),

@@ -11,9 +11,10 @@ import numpy as np
 from ....errors import ConfigError, DataError, format_list
 from ...features import FeatureSet, ModalityFeatures
 from ...problems import Problems
-from ...types import ClassSplit, Dataset, Sample
-from .common import LOW_LEVEL, TAG_VECTORS, TAG_VECTORS_SPLIT
-from .release import Release, finish_release, read_release
+from ...types import Sample
+from ..build import RawDataset
+from .common import LOW_LEVEL, TAG_VECTORS, TAG_VECTORS_SPLIT, Subset
+from .release import Release, ReleaseRead, read_release, release_dataset
 
 _DAT_SPLIT = (
     re.compile(r"^(train|test)_(.+)$", re.I),  # Train_Normalized_CH
@@ -110,20 +111,9 @@ def _release_matrix(whole: Path | None, parts: dict[str, Path], rel: Release, wh
     return out, f"{parts['train'].name} + {parts['test'].name}"
 
 
-def load_lowlevel(
-    root: Path,
-    low_dir: Path,
-    wanted_low: list[str] | None,
-    *,
-    mode: str,
-    top: int | None,
-    subset_key: str,
-    wanted: list[str] | None,
-    class_split: str | Path | ClassSplit | None,
-    split_seed: int,
-    skip_bad: bool,
-) -> Dataset:
-    rel = read_release(root, mode=mode, top=top, wanted=wanted, source="lowlevel")
+def _feature_files(low_dir: Path, wanted_low: list[str] | None) -> tuple[dict[str, dict[str | None, Path]], list[str]]:
+    """The ``.dat`` files of each low-level feature (whole, or by split) and the features to
+    read, in the release's order (or as ``low_level=`` names them)."""
     found: dict[str, dict[str | None, Path]] = {}
     for p in sorted(low_dir.iterdir()):
         if p.is_file() and p.suffix.lower() == ".dat":
@@ -132,18 +122,17 @@ def load_lowlevel(
     if not found:
         raise DataError(f"NUS-WIDE source 'lowlevel': {low_dir} holds no .dat feature file (e.g. Normalized_CH.dat, BoW_int.dat).")
     order = [k for k in LOW_LEVEL if k in found] + sorted(k for k in found if k not in LOW_LEVEL)
-    if wanted_low is not None:
-        lower = {k.lower(): k for k in found}
-        unknown = [w for w in wanted_low if _feature_name(w).lower() not in lower]
-        if unknown:
-            raise ConfigError(f"NUS-WIDE low_level: {format_list(unknown)} not in {low_dir} (it has {', '.join(order)}).")
-        order = [lower[_feature_name(w).lower()] for w in wanted_low]
-    blocks, read_from = [], []
-    for name in order:
-        files = found[name]
-        m, how = _release_matrix(files.get(None), {s: p for s, p in files.items() if s is not None}, rel, f"low-level feature {name}")
-        blocks.append(m)
-        read_from.append(how)
+    if wanted_low is None:
+        return found, order
+    lower = {k.lower(): k for k in found}
+    unknown = [w for w in wanted_low if _feature_name(w).lower() not in lower]
+    if unknown:
+        raise ConfigError(f"NUS-WIDE low_level: {format_list(unknown)} not in {low_dir} (it has {', '.join(order)}).")
+    return found, [lower[_feature_name(w).lower()] for w in wanted_low]
+
+
+def _tag_vectors(root: Path, rel: Release) -> tuple[np.ndarray, str]:
+    """The tag vectors (the text features) of the image list, and where from."""
     whole = next((root / c for c in TAG_VECTORS if (root / c).is_file()), None)
     split_files = {s: next((root / c for c in cands if (root / c).is_file()), None) for s, cands in TAG_VECTORS_SPLIT.items()}
     split_tags = {s: p for s, p in split_files.items() if p is not None}
@@ -153,22 +142,34 @@ def load_lowlevel(
             f"{', '.join(str(root / c) for c in TAG_VECTORS[:2])} or {root / TAG_VECTORS_SPLIT['train'][0]} + "
             f"{root / TAG_VECTORS_SPLIT['test'][0]} exists."
         )
-    text, text_from = _release_matrix(whole, split_tags, rel, "the tag vectors")
-    problems = Problems(f"NUS-WIDE ({low_dir})")
-    samples: list[Sample] = []
+    return _release_matrix(whole, split_tags, rel, "the tag vectors")
+
+
+def read_lowlevel(root: Path, low_dir: Path, wanted_low: list[str] | None, subset: Subset) -> RawDataset:
+    """Source ``lowlevel``: the release's lists and labels with its low-level image features
+    (joined) and tag vectors."""
+    rel = read_release(root, subset, "lowlevel")
+    found, order = _feature_files(low_dir, wanted_low)
+    blocks, read_from = [], []
+    for name in order:
+        files = found[name]
+        m, how = _release_matrix(files.get(None), {s: p for s, p in files.items() if s is not None}, rel, f"low-level feature {name}")
+        blocks.append(m)
+        read_from.append(how)
+    text, text_from = _tag_vectors(root, rel)
+    read = ReleaseRead([], Problems(f"NUS-WIDE ({low_dir})"), [], "have an all-zero tag vector", {})
     rows: list[int] = []
-    without_tags: list[str] = []
     has_tags = np.asarray(text.any(axis=1))
     for r in np.flatnonzero(rel.keep).tolist():
         sid = rel.sample_id(r)
-        bad = rel.row_problems(r, problems)
+        bad = rel.row_problems(r, read.problems)
         if not has_tags[r]:
             if not bad:  # e.g. an image in neither split list has no row in the Train_/Test_ files: reported, not counted
-                without_tags.append(sid)
+                read.without_tags.append(sid)
             continue
-        samples.append(Sample(id=sid, text=None, labels=rel.labels(r), split=rel.split_of[r] or "train"))
+        read.samples.append(Sample(id=sid, text=None, labels=rel.labels(r), split=rel.split_of[r] or "train"))
         rows.append(r)
-    if not samples:
+    if not read.samples:
         raise DataError(f"NUS-WIDE: no image of {rel.all_path} is in the subset ({rel.how}: {format_list(rel.chosen_names)}) with tags.")
     idx = np.asarray(rows)
     widths = [b.shape[1] for b in blocks]
@@ -176,13 +177,13 @@ def load_lowlevel(
     for k, b in enumerate(blocks):
         image[:, sum(widths[:k]) : sum(widths[: k + 1])] = b[idx]
     blocks.clear()
-    feats = FeatureSet(
+    read.features = FeatureSet(
         ModalityFeatures.from_array(image, name="NUS-WIDE low-level image features"),
         ModalityFeatures.from_array(text[idx], name="NUS-WIDE tag vectors"),
-        tuple(s.id for s in samples),
+        tuple(s.id for s in read.samples),
         {"source": str(low_dir)},
     )
-    meta = {
+    read.meta = {
         "recognised": (
             f"the official release with its low-level features: {rel.all_path.name} + {rel.labels_from}; image features "
             + " + ".join(f"{n} ({h}, {w}-d)" for n, h, w in zip(order, read_from, widths))
@@ -192,19 +193,4 @@ def load_lowlevel(
         "low_level_files": read_from,
         "tag_vectors": text_from,
     }
-    return finish_release(
-        root,
-        rel,
-        samples,
-        problems,
-        source="lowlevel",
-        subset_key=subset_key,
-        mode=mode,
-        without_tags=without_tags,
-        untagged="have an all-zero tag vector",
-        meta=meta,
-        features=feats,
-        class_split=class_split,
-        split_seed=split_seed,
-        skip_bad=skip_bad,
-    )
+    return release_dataset(root, rel, subset, "lowlevel", read)

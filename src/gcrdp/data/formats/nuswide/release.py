@@ -12,9 +12,9 @@ import numpy as np
 from ....errors import ConfigError, DataError, format_list
 from ...features import FeatureSet
 from ...problems import Problems
-from ...types import ClassSplit, Dataset, Sample
-from ..build import finish_dataset
-from .common import ALL_LABELS, CONCEPT_FILES, IMAGE_LISTS, TRAIN_TEST_LABELS, filter_rows, select_concepts
+from ...types import Sample
+from ..build import RawDataset
+from .common import ALL_LABELS, CONCEPT_FILES, IMAGE_LISTS, TRAIN_TEST_LABELS, Subset, filter_rows, select_concepts
 
 
 def find_file(root: Path, candidates: Sequence[str], what: str, source: str = "raw") -> Path:
@@ -153,7 +153,8 @@ class Release:
         return got or (self.chosen_names[0],)
 
 
-def read_release(root: Path, *, mode: str, top: int | None, wanted: list[str] | None, source: str) -> Release:
+def read_release(root: Path, subset: Subset, source: str) -> Release:
+    mode, top, wanted = subset.mode, subset.top, subset.wanted
     all_path = find_file(root, IMAGE_LISTS["all"], "the image list (ImageList/Imagelist.txt)", source)
     entries = _image_list(all_path)
     n = len(entries)
@@ -237,32 +238,29 @@ def read_release(root: Path, *, mode: str, top: int | None, wanted: list[str] | 
     )
 
 
-def finish_release(
-    root: Path,
-    rel: Release,
-    samples: list[Sample],
-    problems: Problems,
-    *,
-    source: str,
-    subset_key: str,
-    mode: str,
-    without_tags: list[str],
-    untagged: str,
-    meta: dict[str, Any],
-    features: FeatureSet | None = None,
-    class_split: str | Path | ClassSplit | None,
-    split_seed: int,
-    skip_bad: bool,
-) -> Dataset:
-    """The dataset of the release's ``source`` (``raw``/``lowlevel``): the subset's metadata, the
-    images left out for having no text (``untagged`` says how that showed), then ``meta``."""
-    used = {x for s in samples for x in s.labels}
-    notes = [f"{len(without_tags)} images of the subset {untagged} (no text): left out, as the cross-modal benchmarks do"]
-    full = {
+@dataclass
+class ReleaseRead:
+    """What a source of the release (``raw``/``lowlevel``) read: the samples and their problems,
+    the images of the subset left out for having no text (``untagged`` says how that showed),
+    the source's own metadata and features."""
+
+    samples: list[Sample]
+    problems: Problems
+    without_tags: list[str]
+    untagged: str
+    meta: dict[str, Any]
+    features: FeatureSet | None = None
+
+
+def release_dataset(root: Path, rel: Release, subset: Subset, source: str, read: ReleaseRead) -> RawDataset:
+    """The dataset of the release's ``source``: the subset's metadata, then the source's."""
+    used = {x for s in read.samples for x in s.labels}
+    notes = [f"{len(read.without_tags)} images of the subset {read.untagged} (no text): left out, as the cross-modal benchmarks do"]
+    meta = {
         "source": str(root.resolve()),
         "format": source,
-        "subset": subset_key,
-        "label_mode": "single-label" if mode == "single" else "multi-label",
+        "subset": subset.key,
+        "label_mode": "single-label" if subset.mode == "single" else "multi-label",
         "concepts": rel.chosen_names,
         "concept_selection": rel.how,
         "concept_counts": rel.counts,
@@ -271,20 +269,10 @@ def finish_release(
         "labels_from": rel.labels_from,
         "n_listed_images": len(rel.entries),
         "n_in_subset": int(rel.keep.sum()),
-        "n_without_tags": len(without_tags),
-        "without_tags": without_tags[:20],
-        "notes": notes if without_tags else [],
-        **meta,
+        "n_without_tags": len(read.without_tags),
+        "without_tags": read.without_tags[:20],
+        "notes": notes if read.without_tags else [],
+        **read.meta,
     }
-    return finish_dataset(
-        "nus-wide",
-        samples,
-        [c for c in rel.chosen_names if c in used],
-        problems=problems,
-        skip_bad=skip_bad,
-        features=features,
-        class_split=class_split,
-        split_seed=split_seed,
-        shipped_split="nus-wide",
-        meta=full,
-    )
+    classes = [c for c in rel.chosen_names if c in used]
+    return RawDataset("nus-wide", read.samples, classes, read.problems, features=read.features, shipped_split="nus-wide", meta=meta)
