@@ -53,7 +53,7 @@ def register_reader(name: str, *, shared: Sequence[str] = _ALL_SHARED) -> Callab
 
     def add(reader: R) -> R:
         DATASETS.register(name)(reader)
-        _SHARED[name] = tuple(o for o in _ALL_SHARED if o in shared)
+        _SHARED[name.lower()] = tuple(o for o in _ALL_SHARED if o in shared)
         return reader
 
     return add
@@ -93,11 +93,16 @@ def dataset_options(name: str, /) -> dict[str, object]:
     own = {p.name: p.default for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     from .formats.build import SHARED_OPTIONS
 
-    return {**own, **{k: SHARED_OPTIONS[k] for k in _SHARED.get(name, ())}}
+    return {**own, **{k: SHARED_OPTIONS[k] for k in _SHARED.get(str(name).lower(), ())}}
 
 
 def load_dataset(name: str, /, **options: object) -> Dataset:
-    """Load dataset ``name`` with loader options, e.g. ``load_dataset("manifest", path=...)``.
+    """Load dataset ``name`` with its options, e.g. ``load_dataset("manifest", path=...)``.
+
+    The reader gets its own options; the shared ones it was registered with (``class_split``,
+    ``split_seed``, ``skip_bad``) are applied here, by :func:`~gcrdp.data.formats.build.finish`,
+    to the :class:`~gcrdp.data.formats.build.RawDataset` it returns. A loader that returns a
+    finished :class:`Dataset` (``@DATASETS.register``) gets every option and is returned as is.
 
     Raises:
         ConfigError: unknown dataset (the message lists the known ones), an unknown option or
@@ -124,7 +129,7 @@ def load_dataset(name: str, /, **options: object) -> Dataset:
         )
     from .formats.build import RawDataset, check_skip_bad, finish
 
-    shared = {k: options.pop(k) for k in _SHARED.get(name, ()) if k in options}
+    shared = {k: options.pop(k) for k in _SHARED.get(str(name).lower(), ()) if k in options}
     if "skip_bad" in shared:
         check_skip_bad(shared["skip_bad"])
     got = loader(**options)

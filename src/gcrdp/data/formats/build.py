@@ -69,10 +69,11 @@ def _first_per_class(items: Sequence[tuple[str, str]], n_test: int, seed: int) -
     by_class: dict[str, list[str]] = {}
     for cls, key in items:
         by_class.setdefault(cls, []).append(key)
-    test: set[str] = set()
-    for keys in by_class.values():
-        test.update(sorted(keys, key=lambda k: (hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest(), k))[:n_test])
-    return ["test" if key in test else "train" for _, key in items]
+    test: set[tuple[str, str]] = set()
+    for cls, keys in by_class.items():
+        ranked = sorted(keys, key=lambda k: (hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest(), k))
+        test.update((cls, k) for k in ranked[:n_test])
+    return ["test" if item in test else "train" for item in items]
 
 
 #: ``default_split(classes)`` → ``(split, source)``: a reader's own default class split.
