@@ -76,6 +76,39 @@ def _decode(arr: np.ndarray, n: int, key: str, describe: str) -> _Decoded:
     raise DataError(f"{describe}: {key} must be (n,) class ids or (n, C) 0/1 labels for {n} rows, got shape {a.shape}.")
 
 
+@dataclass(frozen=True)
+class _Scheme:
+    """How the labels read: ``kind`` (``ids``/``multi``), the id of the first class and the
+    number of classes."""
+
+    kind: str
+    base: int
+    n_classes: int
+
+    def indices(self, a: _Decoded | None, n: int) -> list[tuple[int, ...] | None] | None:
+        """Each row's 0-based class indices (``None``: not a valid label), or ``None`` without
+        labels."""
+        if a is None:
+            return None
+        k, vals, bad, _values = a
+        out: list[tuple[int, ...] | None] = []
+        for r in range(n):
+            if bad[r]:
+                out.append(None)
+            elif k == "ids":
+                j = int(vals[r]) - self.base
+                out.append((j,) if 0 <= j < self.n_classes else None)
+            else:
+                out.append(tuple(int(j) for j in np.flatnonzero(vals[r])))
+        return out
+
+    def valid(self) -> str:
+        return f"a class id in {self.base}..{self.base + self.n_classes - 1}" if self.kind == "ids" else "0/1"
+
+
+_PartLabels = tuple[Part, _Decoded | None, _Decoded | None]
+
+
 def decode_rows(
     parts: list[Part],
     *,
@@ -92,22 +125,46 @@ def decode_rows(
     if label_base not in ("auto", 0, 1) or isinstance(label_base, bool):
         raise ConfigError(f"label_base must be 'auto', 0 or 1, got {label_base!r}.")
     parts = [p for p in parts if not (p.split == "valid" and valid_split == "drop")]
-    decoded: list[tuple[Part, _Decoded | None, _Decoded | None]] = []
+    decoded = [_decode_part(p, describe) for p in parts]
+    scheme, meta = _scheme(decoded, describe, n_names, label_base)
+    rows = Rows([], [], [], np.empty(0), np.empty(0), [], [], np.empty(0, dtype=bool), scheme.n_classes, scheme.kind, meta)
+    bad_rows: list[bool] = []
+    for part in decoded:
+        bad_rows += _add_rows(rows, part, scheme, valid_split, check_empty_text)
+    rows.image = np.concatenate([np.asarray(p.image) for p, _, _ in decoded])
+    rows.text = np.concatenate([np.asarray(p.text) for p, _, _ in decoded])
+    rows.bad_label = np.array(bad_rows, dtype=bool)
+    if len(set(rows.ids)) != len(rows.ids):
+        raise DataError(f"{describe}: duplicate sample ids (internal).")  # pragma: no cover
+    meta["splits_in_file"] = [p.split for p, _, _ in decoded]
+    if any(p.split == "valid" for p in parts):
+        meta["valid_split"] = valid_split
+    return rows
+
+
+def _decode_part(p: Part, describe: str) -> _PartLabels:
+    """A part with its decoded image and text labels (the same kind and size when both are there)."""
+    n = rows_of(p.image)
+    lab = _decode(p.label, n, p.keys["label"], describe) if p.label is not None else None
+    tl = _decode(p.text_label, n, p.keys["text_label"], describe) if p.text_label is not None else None
+    if lab is not None and tl is not None and (lab[0] != tl[0] or lab[1].shape != tl[1].shape):
+        raise DataError(
+            f"{describe}: {p.keys['label']} has shape {np.asarray(p.label).shape} but "
+            f"{p.keys['text_label']} has {np.asarray(p.text_label).shape}: the image and text "
+            "labels must be the same kind and size."
+        )
+    assert lab is not None or tl is not None  # every layout gives a part image or text labels
+    return p, lab, tl
+
+
+def _scheme(decoded: list[_PartLabels], describe: str, n_names: int | None, label_base: int | str) -> tuple[_Scheme, dict]:
+    """The labels' kind, first id and number of classes (the same in every part), and the meta
+    entries that say so."""
     kinds: set[tuple[str, int | None]] = set()
-    for p in parts:
-        n = rows_of(p.image)
-        lab = _decode(p.label, n, p.keys["label"], describe) if p.label is not None else None
-        tl = _decode(p.text_label, n, p.keys["text_label"], describe) if p.text_label is not None else None
-        if lab is not None and tl is not None and (lab[0] != tl[0] or lab[1].shape != tl[1].shape):
-            raise DataError(
-                f"{describe}: {p.keys['label']} has shape {np.asarray(p.label).shape} but "
-                f"{p.keys['text_label']} has {np.asarray(p.text_label).shape}: the image and text "
-                "labels must be the same kind and size."
-            )
+    for _, lab, tl in decoded:
         main = lab if lab is not None else tl
-        assert main is not None  # every layout gives a part image or text labels
+        assert main is not None
         kinds.add((main[0], main[1].shape[1] if main[0] == "multi" else None))
-        decoded.append((p, lab, tl))
     if len({k for k, _ in kinds}) != 1:
         raise DataError(f"{describe}: the labels are class ids in one split and (n, C) 0/1 in another.")
     kind = next(iter(kinds))[0]
@@ -119,82 +176,62 @@ def decode_rows(
         n_classes: int = cols.pop()
         if n_names is not None and n_names != n_classes:
             raise DataError(f"{describe}: {n_names} class names for {n_classes} label columns.")
-        base = 0
+        return _Scheme(kind, 0, n_classes), meta
+    valid_ids = np.concatenate([a[1][~a[2]] for _, lab, tl in decoded for a in (lab, tl) if a is not None])
+    if label_base == "auto":
+        base = 1 if valid_ids.size and valid_ids.min() == 1 else 0
     else:
-        valid_ids = np.concatenate([a[1][~a[2]] for _, lab, tl in decoded for a in (lab, tl) if a is not None])
-        if label_base == "auto":
-            base = 1 if valid_ids.size and valid_ids.min() == 1 else 0
-        else:
-            base = int(label_base)
-        meta["label_base"] = base
-        top = int(valid_ids.max()) - base + 1 if valid_ids.size else 0
-        n_classes = n_names if n_names is not None else max(top, 0)
-    ids: list[str] = []
-    splits: list[str] = []
-    where: list[str] = []
-    labels: list[tuple[int, ...]] = []
-    reasons: list[list[str]] = []
-    bad_rows: list[bool] = []
-    for p, lab, tl in decoded:
-        n = rows_of(p.image)
-        target = valid_split if p.split == "valid" else p.split
-        sets: list[list[tuple[int, ...] | None] | None] = []
-        for a in (lab, tl):
-            if a is None:
-                sets.append(None)
-                continue
-            k, vals, bad, _values = a
-            out: list[tuple[int, ...] | None] = []
-            for r in range(n):
-                if bad[r]:
-                    out.append(None)
-                elif k == "ids":
-                    j = int(vals[r]) - base
-                    out.append((j,) if 0 <= j < n_classes else None)
-                else:
-                    out.append(tuple(int(j) for j in np.flatnonzero(vals[r])))
-            sets.append(out)
-        text_zero = np.zeros(n, bool)
-        if check_empty_text:
-            text_zero = np.asarray(~np.asarray(p.text).reshape(n, -1).astype(bool).any(axis=1))
-        for r in range(n):
-            why = []
-            li = sets[0][r] if sets[0] is not None else None
-            lt = sets[1][r] if sets[1] is not None else None
-            main_key = p.keys["label"] if sets[0] is not None else p.keys["text_label"]
-            got = li if sets[0] is not None else lt
-            if got is None:
-                main = lab if lab is not None else tl
-                assert main is not None
-                raw = main[3][r]
-                why.append(
-                    f"{main_key} row {r}: {_raw(raw)} is not "
-                    + (f"a class id in {base}..{base + n_classes - 1}" if kind == "ids" else "0/1")
-                )
-            if sets[0] is not None and sets[1] is not None and li is not None and lt is not None and li != lt:
-                why.append(
-                    f"image label {_show(li, base, kind)} ({p.keys['label']}) but text label "
-                    f"{_show(lt, base, kind)} ({p.keys['text_label']})"
-                )
-            elif sets[0] is not None and sets[1] is not None and li is not None and lt is None:
-                assert tl is not None
-                why.append(f"{p.keys['text_label']} row {r}: {_raw(tl[3][r])} is not a valid label")
-            if text_zero[r]:
-                why.append(f"the text features ({p.keys['text']} row {r}) are all zero: an empty text")
-            ids.append(p.ids[r])
-            splits.append(target)
-            where.append(f"{p.split} row {r}")
-            labels.append(got if got is not None else ())
-            reasons.append(why)
-            bad_rows.append(got is None)
-    image = np.concatenate([np.asarray(p.image) for p, _, _ in decoded])
-    text = np.concatenate([np.asarray(p.text) for p, _, _ in decoded])
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{describe}: duplicate sample ids (internal).")  # pragma: no cover
-    meta["splits_in_file"] = [p.split for p, _, _ in decoded]
-    if any(p.split == "valid" for p in parts):
-        meta["valid_split"] = valid_split
-    return Rows(ids, splits, where, image, text, labels, reasons, np.array(bad_rows, dtype=bool), n_classes, kind, meta)
+        base = int(label_base)
+    meta["label_base"] = base
+    top = int(valid_ids.max()) - base + 1 if valid_ids.size else 0
+    return _Scheme(kind, base, n_names if n_names is not None else max(top, 0)), meta
+
+
+def _add_rows(rows: Rows, part: _PartLabels, scheme: _Scheme, valid_split: str, check_empty_text: bool) -> list[bool]:
+    """Append one part's rows (labels and problems) to ``rows``; whether each row's label is bad."""
+    p, lab, tl = part
+    n = rows_of(p.image)
+    li_all, lt_all = scheme.indices(lab, n), scheme.indices(tl, n)
+    text_zero = np.zeros(n, bool)
+    if check_empty_text:
+        text_zero = np.asarray(~np.asarray(p.text).reshape(n, -1).astype(bool).any(axis=1))
+    bad: list[bool] = []
+    for r in range(n):
+        li = li_all[r] if li_all is not None else None
+        lt = lt_all[r] if lt_all is not None else None
+        got = li if li_all is not None else lt
+        why = []
+        if got is None:
+            main = lab if lab is not None else tl
+            assert main is not None
+            main_key = p.keys["label"] if li_all is not None else p.keys["text_label"]
+            why.append(f"{main_key} row {r}: {_raw(main[3][r])} is not {scheme.valid()}")
+        if li_all is not None and lt_all is not None:
+            why += _disagreement(p, tl, r, li, lt, scheme)
+        if text_zero[r]:
+            why.append(f"the text features ({p.keys['text']} row {r}) are all zero: an empty text")
+        rows.ids.append(p.ids[r])
+        rows.splits.append(valid_split if p.split == "valid" else p.split)
+        rows.where.append(f"{p.split} row {r}")
+        rows.labels.append(got if got is not None else ())
+        rows.reasons.append(why)
+        bad.append(got is None)
+    return bad
+
+
+def _disagreement(
+    p: Part, tl: _Decoded | None, r: int, li: tuple[int, ...] | None, lt: tuple[int, ...] | None, scheme: _Scheme
+) -> list[str]:
+    """The problem of a row whose image and text labels differ, or whose text label is bad."""
+    if li is not None and lt is not None and li != lt:
+        return [
+            f"image label {_show(li, scheme.base, scheme.kind)} ({p.keys['label']}) but text label "
+            f"{_show(lt, scheme.base, scheme.kind)} ({p.keys['text_label']})"
+        ]
+    if li is not None and lt is None:
+        assert tl is not None
+        return [f"{p.keys['text_label']} row {r}: {_raw(tl[3][r])} is not a valid label"]
+    return []
 
 
 def _raw(v: object) -> str:

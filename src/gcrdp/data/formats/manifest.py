@@ -232,6 +232,45 @@ def _read_csv(text: str, path: Path, delimiter: str, label_sep: str, problems: l
         csv.field_size_limit(old_limit)
 
 
+@dataclass(frozen=True)
+class _CsvLayout:
+    """The columns of a CSV manifest's header: each one's position, which holds the labels,
+    whether there is a split column, and the separator of several labels."""
+
+    cols: list[str]
+    pos: dict[str, int]
+    label_col: str
+    has_split: bool
+    label_sep: str
+
+
+def _csv_layout(header: list[str], path: Path, label_sep: str) -> _CsvLayout:
+    """The header's layout; a missing, doubled or duplicate column is an error (not skippable)."""
+    cols = [h.strip().lower() for h in header]
+    dups = sorted({c for c in cols if cols.count(c) > 1 and c})
+    has_label, has_labels = "label" in cols, "labels" in cols
+    missing = [c for c in REQUIRED if c not in cols]
+    if not (has_label or has_labels):
+        missing.append("label (or labels)")
+    header_problems = []
+    if missing:
+        header_problems.append(f"missing column(s) {', '.join(map(repr, missing))}")
+    if has_label and has_labels:
+        header_problems.append("both 'label' and 'labels' columns; keep one")
+    if dups:
+        header_problems.append(f"duplicate column(s) {', '.join(map(repr, dups))}")
+    if header_problems:
+        raise DataError(
+            f"Manifest {path}, line 1 (header): "
+            + "; ".join(header_problems)
+            + f". Found columns: {', '.join(map(repr, header))}. Expected columns: image, "
+            "text, label (one class) or labels (several, separated by "
+            f"{label_sep!r}), optionally split (train/test) and id."
+        )
+    pos = {c: i for i, c in enumerate(cols)}
+    return _CsvLayout(cols, pos, "labels" if has_labels else "label", "split" in cols, label_sep)
+
+
 def _read_csv_records(
     text: str, path: Path, delimiter: str, label_sep: str, problems: list[str], rows: list[_Row], done: list[int]
 ) -> tuple[list[_Row], int]:
@@ -243,30 +282,7 @@ def _read_csv_records(
             raise DataError(
                 f"Manifest {path} is empty: expected a header line 'image{delimiter}text{delimiter}label{delimiter}split'."
             ) from None
-        cols = [h.strip().lower() for h in header]
-        dups = sorted({c for c in cols if cols.count(c) > 1 and c})
-        has_label, has_labels = "label" in cols, "labels" in cols
-        missing = [c for c in REQUIRED if c not in cols]
-        has_split = "split" in cols
-        if not (has_label or has_labels):
-            missing.append("label (or labels)")
-        header_problems = []
-        if missing:
-            header_problems.append(f"missing column(s) {', '.join(map(repr, missing))}")
-        if has_label and has_labels:
-            header_problems.append("both 'label' and 'labels' columns; keep one")
-        if dups:
-            header_problems.append(f"duplicate column(s) {', '.join(map(repr, dups))}")
-        if header_problems:
-            raise DataError(
-                f"Manifest {path}, line 1 (header): "
-                + "; ".join(header_problems)
-                + f". Found columns: {', '.join(map(repr, header))}. Expected columns: image, "
-                "text, label (one class) or labels (several, separated by "
-                f"{label_sep!r}), optionally split (train/test) and id."
-            )
-        pos = {c: i for i, c in enumerate(cols)}
-        label_col = "labels" if has_labels else "label"
+        layout = _csv_layout(header, path, label_sep)
         n_row = 0
         done[0] = reader.line_num
         for record in reader:
@@ -275,40 +291,48 @@ def _read_csv_records(
             if not record or all(not v.strip() for v in record):
                 continue  # blank line
             n_row += 1
-            if len(record) != len(cols):
-                problems.append(
-                    f"line {line}: {len(record)} fields but the header has {len(cols)}"
-                    + (" (a value with the delimiter must be quoted)" if len(record) > len(cols) else "")
-                )
-                continue
-            size = sum(len(v) for v in record)
-            if size > MAX_LINE_CHARS:
-                problems.append(f"line {line}: the row has {size:,} characters, over the limit of {MAX_LINE_CHARS:,} (4 MiB) per row")
-                continue
-            too_long = _field_problem(line, {c: record[i] for c, i in pos.items() if c})
-            if too_long:
-                problems.append(too_long)
-                continue
-            get = lambda c: record[pos[c]]  # noqa: E731
-            rid = get("id").strip() if "id" in pos else ""
-            image = get("image").strip()
-            text = get("text").strip()
-            raw = get(label_col)
-            if label_col == "labels":
-                labels = _dedupe([p.strip() for p in raw.split(label_sep) if p.strip()])
-            else:
-                labels = (raw.strip(),) if raw.strip() else ()
-            before = len(problems)
-            if not image:
-                problems.append(f"line {line}: empty image path")
-            if not text:
-                problems.append(f"line {line}: empty text")
-            if not labels:
-                problems.append(f"line {line}: empty {label_col}")
-            split = _check_split(get("split"), line, problems) if has_split else None
-            if len(problems) == before:
-                rows.append(_Row(line, n_row, rid or str(n_row), image, text, labels, split, bool(rid)))
+            row = _csv_row(record, line, n_row, layout, problems)
+            if row is not None:
+                rows.append(row)
     return rows, n_row
+
+
+def _csv_row(record: list[str], line: int, n_row: int, layout: _CsvLayout, problems: list[str]) -> _Row | None:
+    """The row of one CSV record, or ``None`` when it has problems (added to ``problems``)."""
+    cols, pos = layout.cols, layout.pos
+    if len(record) != len(cols):
+        problems.append(
+            f"line {line}: {len(record)} fields but the header has {len(cols)}"
+            + (" (a value with the delimiter must be quoted)" if len(record) > len(cols) else "")
+        )
+        return None
+    size = sum(len(v) for v in record)
+    if size > MAX_LINE_CHARS:
+        problems.append(f"line {line}: the row has {size:,} characters, over the limit of {MAX_LINE_CHARS:,} (4 MiB) per row")
+        return None
+    too_long = _field_problem(line, {c: record[i] for c, i in pos.items() if c})
+    if too_long:
+        problems.append(too_long)
+        return None
+    rid = record[pos["id"]].strip() if "id" in pos else ""
+    image = record[pos["image"]].strip()
+    text = record[pos["text"]].strip()
+    raw = record[pos[layout.label_col]]
+    if layout.label_col == "labels":
+        labels = _dedupe([p.strip() for p in raw.split(layout.label_sep) if p.strip()])
+    else:
+        labels = (raw.strip(),) if raw.strip() else ()
+    before = len(problems)
+    if not image:
+        problems.append(f"line {line}: empty image path")
+    if not text:
+        problems.append(f"line {line}: empty text")
+    if not labels:
+        problems.append(f"line {line}: empty {layout.label_col}")
+    split = _check_split(record[pos["split"]], line, problems) if layout.has_split else None
+    if len(problems) != before:
+        return None
+    return _Row(line, n_row, rid or str(n_row), image, text, labels, split, bool(rid))
 
 
 def _as_name(value: object) -> str | None:
@@ -330,80 +354,103 @@ def _read_jsonl(text: str, problems: list[str]) -> tuple[list[_Row], int]:
             if not raw.strip():
                 continue
             n_row += 1
-            if len(raw) > MAX_LINE_CHARS:
-                problems.append(f"line {line}: the line has {len(raw):,} characters, over the limit of {MAX_LINE_CHARS:,} (4 MiB) per row")
-                continue
-            if _json_depth_over(raw, MAX_JSON_DEPTH):
-                problems.append(f"line {line}: JSON nested more than {MAX_JSON_DEPTH} levels deep (a row needs 2)")
-                continue
-            try:
-                obj = json.loads(raw, parse_int=_parse_int)
-            except json.JSONDecodeError as exc:
-                problems.append(f"line {line}: bad JSON ({exc.msg} at column {exc.colno})")
-                continue
-            except (ValueError, RecursionError) as exc:  # _parse_int's limit; a depth the check above missed
-                problems.append(f"line {line}: JSON not read ({exc})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"line {line}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            obj = {str(k).strip().lower(): v for k, v in obj.items()}
-            missing = [k for k in REQUIRED if k not in obj]
-            if "label" not in obj and "labels" not in obj:
-                missing.append("label (or labels)")
-            if missing:
-                problems.append(f"line {line}: missing key(s) {', '.join(map(repr, missing))}")
-                continue
-            if "label" in obj and "labels" in obj:
-                problems.append(f"line {line}: both 'label' and 'labels'; keep one")
-                continue
-            too_long = _field_problem(line, {k: obj[k] for k in ("image", "text", "label", "labels", "split", "id") if k in obj})
-            if too_long:
-                problems.append(too_long)
-                continue
-            before = len(problems)
-            image, text, split_raw = obj["image"], obj["text"], obj.get("split")
-            if not isinstance(image, str) or not image.strip():
-                problems.append(f"line {line}: 'image' must be a non-empty path string, got {_short(image)}")
-            if not isinstance(text, str):
-                problems.append(f"line {line}: 'text' must be a string, got {type(text).__name__}")
-            elif not text.strip():
-                problems.append(f"line {line}: empty text")
-            if "labels" in obj:
-                value = obj["labels"]
-                if not isinstance(value, list):
-                    problems.append(f"line {line}: 'labels' must be a JSON list of class names, got {type(value).__name__} {_short(value)}")
-                    labels: tuple[str, ...] = ()
-                else:
-                    names = [_as_name(v) for v in value]
-                    if any(n is None for n in names):
-                        problems.append(f"line {line}: 'labels' must hold strings or integers, got {_short(value)}")
-                    labels = _dedupe([n for n in names if n])
-                    if not labels and all(n is not None for n in names):
-                        problems.append(f"line {line}: empty labels")
-            else:
-                name = _as_name(obj["label"])
-                labels = (name,) if name else ()
-                if name is None:
-                    problems.append(f"line {line}: 'label' must be a string or an integer, got {_short(obj['label'])}")
-                elif not name:
-                    problems.append(f"line {line}: empty label")
-            split: str | None = None
-            if "split" not in obj:
-                pass  # generated, unless other rows have one (checked after reading)
-            elif not isinstance(split_raw, str):
-                problems.append(f"line {line}: unknown split {_short(split_raw)}; expected 'train' or 'test'")
-                split = ""
-            else:
-                split = _check_split(split_raw, line, problems)
-            rid = ""
-            if obj.get("id") is not None:
-                rid = _as_name(obj["id"]) or ""
-                if not rid:
-                    problems.append(f"line {line}: 'id' must be a non-empty string or integer, got {_short(obj['id'])}")
-            if len(problems) == before:
-                rows.append(_Row(line, n_row, rid or str(n_row), image.strip(), text.strip(), labels, split, bool(rid)))
+            obj = _json_object(raw, line, problems)
+            row = _json_row(obj, line, n_row, problems) if obj is not None else None
+            if row is not None:
+                rows.append(row)
     return rows, n_row
+
+
+def _json_object(raw: str, line: int, problems: list[str]) -> dict | None:
+    """The JSON object of one line, its keys lower-cased, with the keys a row needs; or ``None``
+    (the problem added to ``problems``)."""
+    if len(raw) > MAX_LINE_CHARS:
+        problems.append(f"line {line}: the line has {len(raw):,} characters, over the limit of {MAX_LINE_CHARS:,} (4 MiB) per row")
+        return None
+    if _json_depth_over(raw, MAX_JSON_DEPTH):
+        problems.append(f"line {line}: JSON nested more than {MAX_JSON_DEPTH} levels deep (a row needs 2)")
+        return None
+    try:
+        obj = json.loads(raw, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        problems.append(f"line {line}: bad JSON ({exc.msg} at column {exc.colno})")
+        return None
+    except (ValueError, RecursionError) as exc:  # _parse_int's limit; a depth the check above missed
+        problems.append(f"line {line}: JSON not read ({exc})")
+        return None
+    if not isinstance(obj, dict):
+        problems.append(f"line {line}: expected a JSON object, got {type(obj).__name__}")
+        return None
+    obj = {str(k).strip().lower(): v for k, v in obj.items()}
+    missing = [k for k in REQUIRED if k not in obj]
+    if "label" not in obj and "labels" not in obj:
+        missing.append("label (or labels)")
+    why = None
+    if missing:
+        why = f"line {line}: missing key(s) {', '.join(map(repr, missing))}"
+    elif "label" in obj and "labels" in obj:
+        why = f"line {line}: both 'label' and 'labels'; keep one"
+    else:
+        why = _field_problem(line, {k: obj[k] for k in ("image", "text", "label", "labels", "split", "id") if k in obj})
+    if why:
+        problems.append(why)
+        return None
+    return obj
+
+
+def _json_row(obj: dict, line: int, n_row: int, problems: list[str]) -> _Row | None:
+    """The row of one JSON object, or ``None`` when it has problems (added to ``problems``)."""
+    before = len(problems)
+    image, text = obj["image"], obj["text"]
+    if not isinstance(image, str) or not image.strip():
+        problems.append(f"line {line}: 'image' must be a non-empty path string, got {_short(image)}")
+    if not isinstance(text, str):
+        problems.append(f"line {line}: 'text' must be a string, got {type(text).__name__}")
+    elif not text.strip():
+        problems.append(f"line {line}: empty text")
+    labels = _json_labels(obj, line, problems)
+    split = _json_split(obj, line, problems)
+    rid = ""
+    if obj.get("id") is not None:
+        rid = _as_name(obj["id"]) or ""
+        if not rid:
+            problems.append(f"line {line}: 'id' must be a non-empty string or integer, got {_short(obj['id'])}")
+    if len(problems) != before:
+        return None
+    return _Row(line, n_row, rid or str(n_row), image.strip(), text.strip(), labels, split, bool(rid))
+
+
+def _json_labels(obj: dict, line: int, problems: list[str]) -> tuple[str, ...]:
+    """The labels of ``label`` (a string or an integer) or ``labels`` (a list of them)."""
+    if "labels" not in obj:
+        name = _as_name(obj["label"])
+        if name is None:
+            problems.append(f"line {line}: 'label' must be a string or an integer, got {_short(obj['label'])}")
+        elif not name:
+            problems.append(f"line {line}: empty label")
+        return (name,) if name else ()
+    value = obj["labels"]
+    if not isinstance(value, list):
+        problems.append(f"line {line}: 'labels' must be a JSON list of class names, got {type(value).__name__} {_short(value)}")
+        return ()
+    names = [_as_name(v) for v in value]
+    if any(n is None for n in names):
+        problems.append(f"line {line}: 'labels' must hold strings or integers, got {_short(value)}")
+    labels = _dedupe([n for n in names if n])
+    if not labels and all(n is not None for n in names):
+        problems.append(f"line {line}: empty labels")
+    return labels
+
+
+def _json_split(obj: dict, line: int, problems: list[str]) -> str | None:
+    """The row's split; ``None`` without one (generated, unless other rows have one: checked
+    after reading)."""
+    if "split" not in obj:
+        return None
+    if not isinstance(obj["split"], str):
+        problems.append(f"line {line}: unknown split {_short(obj['split'])}; expected 'train' or 'test'")
+        return ""
+    return _check_split(obj["split"], line, problems)
 
 
 def _raise_problems(path: Path, problems: list[str], n_rows: int) -> None:
