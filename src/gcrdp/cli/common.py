@@ -11,126 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..utils.suggest import nearest_option
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-# ----------------------------------------------------------------------------- methods, torch-free
-# The command line checks --methods and --option before it imports the library (torch: seconds),
-# from this description. tests/cli/test_cli_fast.py keeps it equal to what the method classes accept
-# (gcrdp.methods.presets.option_keys), to RunConfig's default methods and to the presets.
-
-#: The training options of every trainable method (gcrdp.training.config.TrainConfig).
-_TRAIN_OPTIONS = ("batch_size", "eval_batch_size", "grad_clip", "lr", "max_epochs", "min_delta", "oversample", "patience", "weight_decay")
-
-#: Registered method name → the option keys it accepts (``--option KEY=VALUE``).
-METHOD_OPTIONS: dict[str, frozenset[str]] = {
-    "cca": frozenset({"eig_power", "fewshot_weight", "input", "n_components", "reg", "standardize"}),
-    "clip4cmr": frozenset(
-        {
-            "contrastive_weight",
-            "dropout",
-            "hidden_dim",
-            "input",
-            "latent_dim",
-            "learn_prototypes",
-            "loss",
-            "num_layers",
-            "prototype_temperature",
-            "prototype_weight",
-            "temperature",
-            *_TRAIN_OPTIONS,
-        }
-    ),
-    "dscmr": frozenset({"alpha", "beta", "dropout", "hidden_dim", "input", "latent_dim", "norm", *_TRAIN_OPTIONS}),
-    "flex-clip": frozenset(
-        {
-            "class_positives",
-            "decoder_variance",
-            "dropout",
-            "gan_loss",
-            "gan_weight",
-            "gate",
-            "gate_bias",
-            "gate_value",
-            "gen_batch_size",
-            "gen_hidden_dim",
-            "gen_latent_dim",
-            "gen_lr",
-            "gen_sample_noise",
-            "gen_steps",
-            "generate_for",
-            "generate_val",
-            "gp_weight",
-            "hidden_dim",
-            "input",
-            "kl_weight",
-            "label_weight",
-            "latent_dim",
-            "max_generate",
-            "n_critic",
-            "n_generate",
-            "normalize_input",
-            "pairing",
-            "rare_fraction",
-            "skip",
-            "temperature",
-            *_TRAIN_OPTIONS,
-        }
-    ),
-    "gap-infonce": frozenset({"class_positives", "dropout", "hidden_dim", "latent_dim", "num_layers", "temperature", *_TRAIN_OPTIONS}),
-    "gcrdp": frozenset(
-        {
-            "alpha",
-            "anchor_mode",
-            "class_positives",
-            "covariance",
-            "dropout",
-            "e_step_temperature",
-            "global_weight",
-            "gmm_on",
-            "hidden_dim",
-            "init_var",
-            "init_var_mode",
-            "intra_modal_negatives",
-            "label_weight",
-            "lam",
-            "latent_dim",
-            "mass_floor",
-            "n_components",
-            "n_iter",
-            "normalize_local",
-            "num_layers",
-            "pi_weighted",
-            "rdp_confidence",
-            "rdp_teacher",
-            "rdp_temperature",
-            "rdp_threshold",
-            "rdp_topk",
-            "rdp_variant",
-            "score",
-            "shared_anchors",
-            "temperature",
-            "use_gmm",
-            "use_rdp",
-            "var_floor",
-            "view_positives",
-            "views_weight",
-            "warm_epochs",
-            "warm_lr_factor",
-            "warm_start",
-            *_TRAIN_OPTIONS,
-        }
-    ),
-    "zero-shot": frozenset({"assume_aligned"}),
-}
-
+# ----------------------------------------------------------------------------- methods
 #: ``RunConfig().methods``: what ``run`` and ``train`` fit without --methods / --method.
 DEFAULT_METHODS = ("gcrdp",)
-
-#: The preset entries (gcrdp.methods.presets.PRESETS).
-PRESET_NAMES = frozenset({"gcrdp@spec", "gcrdp@study", "gap-infonce@cp", "clip4cmr@contrastive"})
 
 
 def did_you_mean(word: str, choices: Sequence[str], cutoff: float = 0.6) -> str:
@@ -141,42 +28,20 @@ def did_you_mean(word: str, choices: Sequence[str], cutoff: float = 0.6) -> str:
 
 def check_methods(methods: Sequence[str], method_options: dict[str, dict[str, Any]]) -> None:
     """:class:`ConfigError` for an unknown method, a ``NAME@TAG`` that is neither a preset nor
-    given options, or an option a method does not take — without importing the methods (the
-    library checks the same again, gcrdp.methods.presets.check_entry)."""
+    given options, or an option a method does not take or a value it refuses — the library's own
+    check (:func:`gcrdp.methods.presets.check_entry`, which reads the options from the method
+    configs), made before any data is loaded. It imports the methods (and torch): only here,
+    so ``--help`` and argument errors stay fast."""
+    from ..methods.presets import check_entry
+
     for entry in methods:
-        base = entry.split("@", 1)[0].lower()
-        if base not in METHOD_OPTIONS:
-            raise ConfigError(
-                f"Unknown method {entry.split('@', 1)[0]!r}{did_you_mean(base, sorted(METHOD_OPTIONS))}. "
-                f"Known methods: {', '.join(sorted(METHOD_OPTIONS))}."
-            )
-        options = method_options.get(entry)
-        if "@" in entry and entry not in PRESET_NAMES and options is None:
-            raise ConfigError(
-                f"Method entry {entry!r} is neither a preset nor given options, so it would run plain "
-                f"{entry.split('@', 1)[0]!r} under another name. Presets: {', '.join(sorted(PRESET_NAMES))}. To label a variant, "
-                f"give it options: --option {entry}.KEY=VALUE (or method_options in a config)."
-            )
-        accepted = sorted(METHOD_OPTIONS[base])
-        unknown = sorted(set(options or {}) - set(accepted))
-        if unknown:
-            near = {u: n for u in unknown if (n := nearest_option(u, accepted))}
-            hint = ", ".join(f"{n!r}" + (f" for {u!r}" if len(unknown) > 1 else "") for u, n in near.items())
-            raise ConfigError(
-                f"Method {entry!r} has no option(s) {', '.join(map(repr, unknown))}"
-                + (f" (did you mean {hint}?)" if hint else "")
-                + f". Its options: {', '.join(accepted)}."
-            )
+        check_entry(entry, method_options.get(entry))
 
 
 def check_run_fields(raw: dict[str, Any]) -> None:
-    """The fast checks of a run config dict (``run``, ``train``) before the library is
-    imported: its methods and their options, and the dataset name. Values of the wrong type are
-    left to :class:`~gcrdp.experiments.RunConfig`, which names them."""
-    methods = raw.get("methods", list(DEFAULT_METHODS))
-    options = raw.get("method_options") or {}
-    if isinstance(methods, list) and all(isinstance(m, str) for m in methods) and isinstance(options, dict):
-        check_methods(methods, {k: v for k, v in options.items() if isinstance(v, dict)})
+    """The checks of a run config dict (``run``, ``train``) before any data is loaded: the
+    dataset name (torch-free), then its methods and their options (:func:`check_methods`).
+    Values of the wrong type are left to :class:`~gcrdp.experiments.RunConfig`, which names them."""
     dataset = raw.get("dataset")
     if isinstance(dataset, str):
         from ..data.registry import list_datasets  # numpy and the loaders (~0.2 s), not torch
@@ -184,6 +49,10 @@ def check_run_fields(raw: dict[str, Any]) -> None:
         names = list_datasets()
         if dataset.lower() not in names:
             raise ConfigError(f"Unknown dataset {dataset!r}{did_you_mean(dataset.lower(), names)}. Known datasets: {', '.join(names)}.")
+    methods = raw.get("methods", list(DEFAULT_METHODS))
+    options = raw.get("method_options") or {}
+    if isinstance(methods, list) and all(isinstance(m, str) for m in methods) and isinstance(options, dict):
+        check_methods(methods, {k: v for k, v in options.items() if isinstance(v, dict)})
 
 
 def _parse_value(text: str) -> Any:
@@ -204,15 +73,31 @@ def _parse_assignments(items: Sequence[str] | None, what: str) -> dict[str, Any]
     return out
 
 
+def _option_target(key: str, methods: list[str]) -> tuple[str | None, str]:
+    """``(method entry, option key)`` of an ``--option`` key: ``gap-infonce.lr`` → one method's
+    ``lr``; ``flex-clip.generator.lr`` → ``generator.lr`` of ``flex-clip`` (an option group; the
+    method nests the dotted key); ``lr`` → ``(None, "lr")``, every method's."""
+    for m in sorted(methods, key=len, reverse=True):  # the longest entry first: gcrdp@k0.5.lam
+        if key.startswith(f"{m}."):
+            return m, key[len(m) + 1 :]
+    if "." in key:
+        method = key.rpartition(".")[0]
+        raise ConfigError(
+            f"--option {key}=...: method {method!r} is not among --methods {methods} "
+            f"(an option of one method is METHOD.KEY=VALUE; of its option group, e.g. --option METHOD.{key}=VALUE)."
+        )
+    return None, key
+
+
 def _method_options(items: Sequence[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """``--option lr=1e-3`` applies to every method; ``--option gap-infonce.lr=1e-3`` to one."""
+    """``--option lr=1e-3`` applies to every method; ``--option gap-infonce.lr=1e-3`` to one;
+    ``--option flex-clip.generator.lr=1e-3`` to a key of one method's option group, kept dotted
+    (``{"flex-clip": {"generator.lr": 1e-3}}``: it merges with a config file's ``"generator"``
+    group, and the method nests it)."""
     out: dict[str, dict[str, Any]] = {}
     for key, value in _parse_assignments(items, "--option").items():
-        method, dot, name = key.rpartition(".")
-        targets = [method] if dot else methods
-        for m in targets:
-            if m not in methods:
-                raise ConfigError(f"--option {key}=...: method {m!r} is not among --methods {methods}.")
+        method, name = _option_target(key, methods)
+        for m in [method] if method is not None else methods:
             out.setdefault(m, {})[name] = value
     return out
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GcrdpError
+from ..utils.suggest import nearest_option
 from . import data_cmds, results_cmds, run_cmds, search_cmds
-from .common import EXIT_INTERRUPTED, EXIT_USER_ERROR, METHOD_OPTIONS, did_you_mean, nearest_option
+from .common import EXIT_INTERRUPTED, EXIT_USER_ERROR, did_you_mean
 
 # Nothing here imports the library's heavy parts (torch, transformers, faiss, fastapi): each
 # command imports what it needs when it runs, so --help and argument errors answer at once
@@ -68,6 +69,15 @@ def _likeness(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.replace("_", "-"), b.replace("_", "-")).ratio()
 
 
+def _all_method_options() -> frozenset[str]:
+    """Every option key of every registered method, read from the method configs (imports the
+    methods, so torch: only for this error, when the command takes ``--option``)."""
+    from ..methods import METHODS
+    from ..methods.presets import option_keys
+
+    return frozenset(k for name in METHODS.names() for k in option_keys(name))
+
+
 def unrecognized_message(parser: argparse.ArgumentParser, extras: list[str]) -> str:
     """The error for arguments ``parser`` does not take: each unknown flag with the nearest
     real one, and a method hyper-parameter given as a flag (``--epochs 5``) with its ``--option``
@@ -75,7 +85,7 @@ def unrecognized_message(parser: argparse.ArgumentParser, extras: list[str]) -> 
     lines = [f"unrecognized arguments: {' '.join(extras)}"]
     flags = _flags(parser)
     takes_options = "--option" in flags
-    all_options = frozenset().union(*METHOD_OPTIONS.values())
+    all_options = _all_method_options() if takes_options and any(t.startswith("--") for t in extras) else frozenset()
     for i, token in enumerate(extras):
         if not token.startswith("--"):
             continue

@@ -30,10 +30,21 @@ save_method` / ``load_method``, resume after an interruption) when it provides, 
 5. Optionally ``save(path, **kw)`` / ``load(path, device)`` delegating to
    :func:`~gcrdp.methods.persistence.save_method` / ``load_method`` (see
    :class:`gcrdp.methods.contrastive.ContrastiveHeadsMethod`).
+6. ``tags()`` returning :class:`MethodTags` with ``checkpointable=True`` (and ``resumable=True``
+   when ``fit`` goes through ``fit_loop`` epoch by epoch).
+
+Capabilities
+------------
+What a method can do or needs beyond the protocol is declared, not probed: ``tags()`` returns a
+frozen :class:`MethodTags` (like scikit-learn's estimator tags), read through
+:func:`method_tags`, which gives a method without ``tags()`` the defaults.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -43,7 +54,101 @@ from ..data.features import ModalityFeatures
 from ..registry import Registry
 from ..training.fit import FitData, FitReport
 
-__all__ = ["METHODS", "CheckpointableMethod", "FitData", "FitReport", "RetrievalMethod", "build_method", "check_fitted"]
+__all__ = [
+    "METHODS",
+    "CheckpointableMethod",
+    "FitData",
+    "FitReport",
+    "MethodTags",
+    "RetrievalMethod",
+    "build_method",
+    "check_fitted",
+    "flatten_options",
+    "method_tags",
+    "normalize_options",
+]
+
+
+@dataclass(frozen=True)
+class MethodTags:
+    """What a method declares about itself; the runner reads these instead of probing attributes.
+
+    Attributes:
+        needs_class_name_features: ``fit`` needs ``FitData.class_name_features`` (the runner
+            embeds the class names once, with the run's text encoder, for the methods that say so).
+        refit: the method has ``refit_options(report)``: the options that refit it without
+            validation pairs (``RunConfig.refit``).
+        checkpointable: it follows the checkpoint contract (module docstring): ``gcrdp train``,
+            save/load.
+        resumable: its ``fit`` checkpoints every epoch to ``checkpoint_dir`` and an interrupted
+            fit resumes bit-identical (the trainable methods; not the closed-form ones).
+        score_metric: how two of its embeddings are scored (``cosine``, ``set-max:K``; see
+            :func:`gcrdp.evaluation.retrieval_metrics`).
+        renamed_options: old option names it still takes (with a warning) → their new dotted
+            key (FLEX-CLIP's ``gen_lr`` → ``generator.lr``).
+    """
+
+    needs_class_name_features: bool = False
+    refit: bool = False
+    checkpointable: bool = False
+    resumable: bool = False
+    score_metric: str = "cosine"
+    renamed_options: Mapping[str, str] = field(default_factory=dict)
+
+
+#: a method without ``tags()``: none of the capabilities, scored by cosine
+DEFAULT_TAGS = MethodTags()
+
+
+def method_tags(method: Any) -> MethodTags:
+    """``method.tags()`` — the method's declared capabilities — or :data:`DEFAULT_TAGS` for a
+    method that declares none."""
+    tags = getattr(method, "tags", None)
+    return tags() if callable(tags) else DEFAULT_TAGS
+
+
+def flatten_options(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"generator": {"lr": 1e-3}}`` → ``{"generator.lr": 1e-3}``: nested options as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_options(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def normalize_options(method: str, options: Mapping[str, Any], renamed: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A method's options with every dotted key nested (``{"generator.lr": 1e-3}`` →
+    ``{"generator": {"lr": 1e-3}}``) and every old name of ``renamed`` (old → new dotted key)
+    moved to its new key with a :class:`FutureWarning`. A key given twice (under its old and new
+    name, or as a value and a group) is a :class:`~gcrdp.errors.ConfigError`."""
+    from ..errors import ConfigError
+
+    renamed = renamed or {}
+    old = [k for k in options if k in renamed]
+    if old:
+        warnings.warn(
+            f"{method} option(s) {', '.join(map(repr, old))} are deprecated; use {', '.join(repr(renamed[k]) for k in old)} "
+            f"(in a config a group: {{{renamed[old[0]].split('.')[0]!r}: {{...}}}}; on the command line "
+            f"--option {method}.{renamed[old[0]]}=VALUE). The old names still work.",
+            FutureWarning,
+            stacklevel=5,  # the caller of build_method
+        )
+    out: dict[str, Any] = {}
+    for given, value in options.items():
+        key = renamed.get(given, given)
+        for dotted, leaf_value in flatten_options({key: value}).items():  # a group given as a dict too
+            *groups, leaf = dotted.split(".")
+            node = out
+            for group in groups:
+                node = node.setdefault(group, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{method} option {group!r} is given both as a value and as a group of options ({dotted!r}).")
+            if leaf in node:
+                raise ConfigError(f"{method} option {dotted!r} is given twice (under its old and its new name, or as a value and a group).")
+            node[leaf] = leaf_value
+    return out
 
 
 @runtime_checkable
@@ -61,6 +166,10 @@ class RetrievalMethod(Protocol):
     def config_dict(self) -> dict[str, Any]: ...
 
 
+# A method may also define ``tags() -> MethodTags`` (module docstring, *Capabilities*); it is not
+# part of the protocol so that a method written before it still is one (read via method_tags).
+
+
 @runtime_checkable
 class CheckpointableMethod(RetrievalMethod, Protocol):
     """A trainable method that can be saved, loaded and resumed (module docstring, *Checkpoint
@@ -71,6 +180,8 @@ class CheckpointableMethod(RetrievalMethod, Protocol):
     input_dims_: dict[str, int] | None
 
     def init_model(self, **dims: int) -> Any: ...
+
+    def tags(self) -> MethodTags: ...
 
     def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport: ...
 

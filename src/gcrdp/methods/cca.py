@@ -21,7 +21,7 @@ from torch import nn
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
 from ..training.config import split_options
-from .base import METHODS, FitData, FitReport, check_fitted
+from .base import METHODS, FitData, FitReport, MethodTags, check_fitted
 from .persistence import load_method, save_method
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class CCAMethod:
     def config_dict(self) -> dict[str, Any]:
         return {"method": self.name, **asdict(self.cfg)}
 
-    def init_model(self, image_dim: int, text_dim: int, n_components: int) -> CCAModel:
+    def init_model(self, *, image_dim: int, text_dim: int, n_components: int) -> CCAModel:
         """The unfitted module for these input dims and k (the checkpoint contract)."""
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_components": int(n_components)}
         self.model_ = CCAModel(int(image_dim), int(text_dim), int(n_components))
@@ -346,7 +346,7 @@ class CCAMethod:
                 best = (score, reg, fit, scores)
         assert best is not None
         _, reg, fit, scores = best
-        model = self.init_model(X.shape[1], Y.shape[1], fit.correlations.size)
+        model = self.init_model(image_dim=X.shape[1], text_dim=Y.shape[1], n_components=fit.correlations.size)
         model.set_fit(fit)
         model.eval()
         extra = {
@@ -372,6 +372,10 @@ class CCAMethod:
     def refit_options(self, report: FitReport) -> dict[str, Any]:
         """Options that refit this method without validation: the ridge chosen on it."""
         return {"reg": float(report.extra["reg"])}
+
+    def tags(self) -> MethodTags:
+        """Closed form: checkpointable (save/load, ``gcrdp train``), refit with the chosen ridge; nothing to resume."""
+        return MethodTags(refit=True, checkpointable=True)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **kw: Any) -> Path:

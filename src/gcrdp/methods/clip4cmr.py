@@ -24,7 +24,7 @@ from ..training.distributed import global_rows
 from ..training.loop import Batch
 from .base import METHODS, FitData
 from .inputs import INPUTS, GlobalInputMixin
-from .trainable import TrainableHeadsMethod
+from .trainable import TrainableHeadsMethod, label_dims
 
 LOSSES = ("prototype", "contrastive", "both")
 
@@ -120,8 +120,8 @@ class CLIP4CMRModel(nn.Module):
 class CLIP4CMRMethod(GlobalInputMixin, TrainableHeadsMethod):
     """CLIP4CMR-style heads behind the common method interface (see module docstring).
 
-    Checkpointable (contract in :mod:`gcrdp.methods.base`): ``init_model(image_dim, text_dim,
-    n_classes)``, ``fit(..., checkpoint_dir=, resume=)``, ``save`` / ``CLIP4CMRMethod.load``.
+    Checkpointable (contract in :mod:`gcrdp.methods.base`): ``init_model(image_dim=, text_dim=,
+    n_classes=)``, ``fit(..., checkpoint_dir=, resume=)``, ``save`` / ``CLIP4CMRMethod.load``.
     """
 
     name = "clip4cmr"
@@ -148,14 +148,14 @@ class CLIP4CMRMethod(GlobalInputMixin, TrainableHeadsMethod):
             parts["prototype"] = float(pro.detach())
         return total, parts
 
-    def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> CLIP4CMRModel:
+    def init_model(self, *, image_dim: int, text_dim: int, n_classes: int) -> CLIP4CMRModel:
         """Build the untrained model (initialised from the torch global RNG) on the device."""
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_classes": int(n_classes)}
         self.model_ = CLIP4CMRModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
         return self.model_
 
-    def _model_dims(self, data: FitData) -> tuple[int, ...]:
-        return data.train.image.dim, data.train.text.dim, int(data.train_labels.shape[1])
+    def _model_dims(self, data: FitData) -> dict[str, int]:
+        return label_dims(super()._model_dims(data), data)
 
     def _encode_batch(self, model, which, local, mask):
         return model.encode(which, local, mask)

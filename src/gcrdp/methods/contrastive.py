@@ -66,7 +66,7 @@ class DualHeads(nn.Module):
 class ContrastiveHeadsMethod(TrainableHeadsMethod):
     """GAP + symmetric InfoNCE over projected local features (see module docstring).
 
-    Checkpointable (contract in :mod:`gcrdp.methods.base`): ``init_model(image_dim, text_dim)``,
+    Checkpointable (contract in :mod:`gcrdp.methods.base`): ``init_model(image_dim=, text_dim=)``,
     ``fit(..., checkpoint_dir=, resume=)``, ``save(path)`` / ``ContrastiveHeadsMethod.load(path)``.
     """
 
@@ -85,7 +85,7 @@ class ContrastiveHeadsMethod(TrainableHeadsMethod):
             loss = symmetric_infonce(img, txt, self.cfg.temperature)
         return loss, {"infonce": float(loss.detach())}
 
-    def init_model(self, image_dim: int, text_dim: int) -> DualHeads:
+    def init_model(self, *, image_dim: int, text_dim: int) -> DualHeads:
         """Build the untrained heads (initialised from the torch global RNG) on the device."""
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim)}
         self.model_ = DualHeads(int(image_dim), int(text_dim), self.cfg).to(self.device)

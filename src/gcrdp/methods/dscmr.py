@@ -31,7 +31,7 @@ from ..training.distributed import global_rows
 from ..training.loop import Batch
 from .base import METHODS, FitData
 from .inputs import INPUTS, GlobalInputMixin, global_feature_set, global_fit_data, global_inputs  # noqa: F401
-from .trainable import TrainableHeadsMethod
+from .trainable import TrainableHeadsMethod, label_dims
 
 
 # --------------------------------------------------------------------------- model
@@ -111,8 +111,8 @@ class DSCMRModel(nn.Module):
 class DSCMRMethod(GlobalInputMixin, TrainableHeadsMethod):
     """DSCMR behind the common method interface (see module docstring).
 
-    Checkpointable (contract in :mod:`gcrdp.methods.base`): ``init_model(image_dim, text_dim,
-    n_classes)``, ``fit(..., checkpoint_dir=, resume=)``, ``save(path)`` / ``DSCMRMethod.load(path)``.
+    Checkpointable (contract in :mod:`gcrdp.methods.base`): ``init_model(image_dim=, text_dim=,
+    n_classes=)``, ``fit(..., checkpoint_dir=, resume=)``, ``save(path)`` / ``DSCMRMethod.load(path)``.
     """
 
     name = "dscmr"
@@ -128,14 +128,14 @@ class DSCMRMethod(GlobalInputMixin, TrainableHeadsMethod):
             u, v, model.classifier(u), model.classifier(v), labels, alpha=self.cfg.alpha, beta=self.cfg.beta, norm=self.cfg.norm
         )
 
-    def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> DSCMRModel:
+    def init_model(self, *, image_dim: int, text_dim: int, n_classes: int) -> DSCMRModel:
         """Build the untrained model (initialised from the torch global RNG) on the device."""
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_classes": int(n_classes)}
         self.model_ = DSCMRModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
         return self.model_
 
-    def _model_dims(self, data: FitData) -> tuple[int, ...]:
-        return data.train.image.dim, data.train.text.dim, int(data.train_labels.shape[1])
+    def _model_dims(self, data: FitData) -> dict[str, int]:
+        return label_dims(super()._model_dims(data), data)
 
     def _encode_batch(self, model, which, local, mask):
         return F.normalize(model.represent(which, local, mask), dim=-1)

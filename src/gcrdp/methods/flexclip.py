@@ -8,7 +8,8 @@ tested — are in docs/methods/flex-clip.md.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -32,8 +33,8 @@ from ..losses.generative import (  # noqa: F401  (re-exported: FLEX-CLIP's stage
 )
 from ..losses.regularizer import label_space_loss
 from ..training.distributed import global_rows
-from ..training.loop import Batch, fit_loop
-from .base import METHODS, FitData, FitReport, check_fitted
+from ..training.loop import Batch
+from .base import METHODS, FitData, check_fitted
 from .flexclip_generator import (  # noqa: F401  (re-exported: the stage-1 generator)
     DECODER_VARIANCES,
     GAN_LOSSES,
@@ -43,8 +44,7 @@ from .flexclip_generator import (  # noqa: F401  (re-exported: the stage-1 gener
     class_conditions,
     fit_feature_generator,
 )
-from .persistence import method_info
-from .trainable import TrainableHeadsMethod
+from .trainable import TrainableHeadsMethod, label_dims
 
 INPUTS = ("pooled", "local_mean")
 GENERATE_FOR = ("unseen", "fewshot", "all_rare", "none")
@@ -73,9 +73,10 @@ class FlexCLIPConfig:
         max_generate: cap on ``n_generate`` (``"median"`` of a large dataset).
         rare_fraction: ``all_rare`` threshold as a fraction of the median seen-class count.
         pairing: ``generated`` or ``mixed``.
-        gen_latent_dim, gen_hidden_dim, gen_steps, gen_batch_size, gen_lr, kl_weight, gan_loss,
-            gan_weight, gp_weight, n_critic, decoder_variance, gen_sample_noise: stage 1
-            (:class:`GeneratorConfig`).
+        generator: stage 1, a :class:`GeneratorConfig` (given as a dict of its fields:
+            ``{"generator": {"lr": 1e-3, "steps": 200}}``, ``--option flex-clip.generator.lr=1e-3``).
+            Their flat names before (``gen_lr``, ``kl_weight``, …: :data:`RENAMED_OPTIONS`) still
+            work, with a warning.
         latent_dim, hidden_dim, dropout: the gated residual projection.
         skip: ``linear`` (default) or ``identity``.
         gate: ``input`` (default), ``vector`` or ``fixed``.
@@ -94,18 +95,7 @@ class FlexCLIPConfig:
     max_generate: int = 200
     rare_fraction: float = 0.5
     pairing: str = "mixed"
-    gen_latent_dim: int = 32
-    gen_hidden_dim: int = 256
-    gen_steps: int = 200
-    gen_batch_size: int = 128
-    gen_lr: float = 1e-3
-    kl_weight: float = 1.0
-    gan_loss: str = "wgan-gp"
-    gan_weight: float = 1.0
-    gp_weight: float = 10.0
-    n_critic: int = 1
-    decoder_variance: str = "calibrated"
-    gen_sample_noise: bool = True
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     latent_dim: int = 256
     hidden_dim: int = 256
     dropout: float = 0.1
@@ -138,23 +128,31 @@ class FlexCLIPConfig:
             raise ConfigError(f"flex-clip option dropout must be in [0, 1), got {self.dropout!r}")
         if self.latent_dim < 1 or self.hidden_dim < 1:
             raise ConfigError(f"flex-clip options latent_dim and hidden_dim must be >= 1, got {self.latent_dim!r}, {self.hidden_dim!r}")
-        self.generator_config()  # validates the stage-1 fields
+        if isinstance(self.generator, Mapping):  # from options or a stored config_dict()
+            self.generator = generator_config(self.generator)
+        elif not isinstance(self.generator, GeneratorConfig):
+            raise ConfigError(f"flex-clip option generator must be a group of options (a dict), got {self.generator!r}")
 
-    def generator_config(self) -> GeneratorConfig:
-        return GeneratorConfig(
-            latent_dim=self.gen_latent_dim,
-            hidden_dim=self.gen_hidden_dim,
-            steps=self.gen_steps,
-            batch_size=self.gen_batch_size,
-            lr=self.gen_lr,
-            kl_weight=self.kl_weight,
-            gan_loss=self.gan_loss,
-            gan_weight=self.gan_weight,
-            gp_weight=self.gp_weight,
-            n_critic=self.n_critic,
-            decoder_variance=self.decoder_variance,
-            sample_noise=self.gen_sample_noise,
+
+#: FLEX-CLIP's stage-1 options before they were nested under ``generator`` → their new key
+RENAMED_OPTIONS: dict[str, str] = {
+    **{f"gen_{k}": f"generator.{k}" for k in ("latent_dim", "hidden_dim", "steps", "batch_size", "lr")},
+    **{k: f"generator.{k}" for k in ("kl_weight", "gan_loss", "gan_weight", "gp_weight", "n_critic", "decoder_variance")},
+    "gen_sample_noise": "generator.sample_noise",
+}
+
+
+def generator_config(options: Mapping[str, Any]) -> GeneratorConfig:
+    """The :class:`GeneratorConfig` of the ``generator`` option group; an unknown key is a
+    :class:`ConfigError` naming the accepted ones."""
+    accepted = [f.name for f in fields(GeneratorConfig)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"flex-clip has no option(s) {', '.join(repr(f'generator.{k}') for k in unknown)}. "
+            f"Its generator options: {', '.join(f'generator.{k}' for k in accepted)}."
         )
+    return GeneratorConfig(**options)
 
 
 # =============================================================================== stage-2 model
@@ -292,19 +290,20 @@ class FlexCLIPMethod(TrainableHeadsMethod):
     """FLEX-CLIP behind the common method interface (module docstring); checkpointable.
 
     ``fit`` needs ``FitData.class_name_features`` (the runner fills it because
-    ``needs_class_name_features`` is True); ``init_model(image_dim, text_dim, n_classes)``.
+    ``needs_class_name_features`` is True); ``init_model(image_dim=, text_dim=, n_classes=)``.
     """
 
     name = "flex-clip"
     config_type = FlexCLIPConfig
     needs_class_name_features: ClassVar[bool] = True
+    renamed_options: ClassVar[dict[str, str]] = RENAMED_OPTIONS
 
     def __init__(self, cfg=None, train=None, device: str = "cpu") -> None:
         super().__init__(cfg, train, device)
         self.generators_: dict[str, ConditionalVAEGAN] = {}
 
     # ------------------------------------------------------------------ model
-    def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> FlexCLIPModel:
+    def init_model(self, *, image_dim: int, text_dim: int, n_classes: int) -> FlexCLIPModel:
         """Build the untrained retrieval model (initialised from the torch global RNG)."""
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_classes": int(n_classes)}
         self.model_ = FlexCLIPModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
@@ -313,8 +312,9 @@ class FlexCLIPMethod(TrainableHeadsMethod):
     def _input_dim(self, feats: ModalityFeatures) -> int:
         return feats.pooled_dim if self.cfg.input == "pooled" else feats.dim
 
-    def _model_dims(self, data: FitData) -> tuple[int, ...]:
-        return self._input_dim(data.train.image), self._input_dim(data.train.text), int(data.train_labels.shape[1])
+    def _model_dims(self, data: FitData) -> dict[str, int]:
+        dims = {"image_dim": self._input_dim(data.train.image), "text_dim": self._input_dim(data.train.text)}
+        return label_dims(dims, data)
 
     def _embed_dim(self) -> int:
         return self.cfg.latent_dim
@@ -371,7 +371,7 @@ class FlexCLIPMethod(TrainableHeadsMethod):
             ), info
         assert names is not None  # generate_for == "none" has no target classes: returned above
         cond_train = class_conditions(y, names)
-        gcfg = cfg.generator_config()
+        gcfg = cfg.generator
         reps = np.repeat(plan.classes, plan.n_per_class)  # (k·n,) class of each pseudo pair
         cond_gen = torch.as_tensor(class_conditions(np.eye(y.shape[1], dtype=bool)[reps], names), device=self.device)
         fake: dict[str, np.ndarray] = {}
@@ -415,29 +415,11 @@ class FlexCLIPMethod(TrainableHeadsMethod):
         ), info
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir=None, resume: bool = True) -> FitReport:
-        """Stage 1 (generation, deterministic from ``seed``), then stage 2 through
-        :func:`~gcrdp.training.fit_loop` with ``checkpoint_dir``/``resume`` (module docstring)."""
-        with torch.random.fork_rng(devices=[]):
-            augmented, info = self.augment(data, seed)
-            torch.manual_seed(seed)
-            model = self.init_model(*self._model_dims(data))
-            report = fit_loop(
-                model,
-                self._loss,
-                self._embed_pair,
-                augmented,
-                self.train,
-                seed=seed,
-                device=self.device,
-                checkpoint_dir=checkpoint_dir,
-                resume=resume,
-                method_info=method_info(self),
-                global_batch=True,
-            )
-        report.extra["generation"] = info
-        report.seconds += info["seconds"]  # stage 1 of this call (re-run on resume) + stage 2
-        return report
+    def _prepare(self, data: FitData, seed: int) -> tuple[FitData, dict[str, dict[str, Any]]]:
+        """Stage 1 (generation, deterministic from ``seed``; re-run on resume): stage 2 trains on
+        the augmented pairs (module docstring); its summary is the report's ``generation``."""
+        augmented, info = self.augment(data, seed)
+        return augmented, {"generation": info}
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         model = cast(FlexCLIPModel, model)

@@ -69,13 +69,15 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         if self.decoder_variance not in DECODER_VARIANCES:
-            raise ConfigError(f"flex-clip option decoder_variance must be one of {DECODER_VARIANCES}, got {self.decoder_variance!r}")
+            raise ConfigError(
+                f"flex-clip option generator.decoder_variance must be one of {DECODER_VARIANCES}, got {self.decoder_variance!r}"
+            )
         checks = [
-            ("gen_latent_dim", self.latent_dim >= 1, ">= 1"),
-            ("gen_hidden_dim", self.hidden_dim >= 1, ">= 1"),
-            ("gen_steps", self.steps >= 1, ">= 1"),
-            ("gen_batch_size", self.batch_size >= 2, ">= 2"),
-            ("gen_lr", self.lr > 0, "> 0"),
+            ("latent_dim", self.latent_dim >= 1, ">= 1"),
+            ("hidden_dim", self.hidden_dim >= 1, ">= 1"),
+            ("steps", self.steps >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 2, ">= 2"),
+            ("lr", self.lr > 0, "> 0"),
             ("kl_weight", self.kl_weight >= 0, ">= 0"),
             ("gan_weight", self.gan_weight >= 0, ">= 0"),
             ("gp_weight", self.gp_weight >= 0, ">= 0"),
@@ -83,19 +85,9 @@ class GeneratorConfig:
         ]
         for name, ok, want in checks:
             if not ok:
-                raise ConfigError(f"flex-clip option {name} must be {want}, got {getattr(self, _field(name))!r}")
+                raise ConfigError(f"flex-clip option generator.{name} must be {want}, got {getattr(self, name)!r}")
         if self.gan_loss not in GAN_LOSSES:
-            raise ConfigError(f"flex-clip option gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
-
-
-def _field(option: str) -> str:
-    return {
-        "gen_latent_dim": "latent_dim",
-        "gen_hidden_dim": "hidden_dim",
-        "gen_steps": "steps",
-        "gen_batch_size": "batch_size",
-        "gen_lr": "lr",
-    }.get(option, option)
+            raise ConfigError(f"flex-clip option generator.gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
 
 
 def class_conditions(labels: np.ndarray, class_features: np.ndarray) -> np.ndarray:

@@ -36,10 +36,9 @@ from ..losses.rdp import RDP_TEACHERS, RDP_VARIANTS
 from ..model import ProjectionHead, masked_mean
 from ..model.gmm import GMMConfig, GMMLayer, gmm_views, mixture_entropy
 from ..training.distributed import global_rows
-from ..training.loop import Batch, fit_loop
+from ..training.loop import Batch
 from .base import METHODS, FitData, FitReport
-from .persistence import method_info
-from .trainable import TrainableHeadsMethod
+from .trainable import TrainableHeadsMethod, label_dims
 
 SCORES = ("global", "views", "sets")
 
@@ -225,49 +224,32 @@ class GCRDPMethod(TrainableHeadsMethod):
     config_type = GCRDPConfig
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data: FitData, *, seed: int, checkpoint_dir: str | Path | None = None, resume: bool = True) -> FitReport:
-        """As :meth:`TrainableHeadsMethod.fit`; with ``warm_start`` the base (GAP + InfoNCE) is
-        trained first (early-stopped on validation, checkpointed to ``<checkpoint_dir>-warm``),
-        then the full method is fine-tuned from it at ``lr × warm_lr_factor``."""
+    def _train(self, model: nn.Module, data: FitData, *, seed: int, checkpoint_dir: str | Path | None, resume: bool) -> FitReport:
+        """One loop; with ``warm_start`` the base (GAP + InfoNCE) is trained first (early-stopped
+        on validation, checkpointed to ``<checkpoint_dir>-warm``), then the full method is
+        fine-tuned from it at ``lr × warm_lr_factor``."""
         if not self.cfg.warm_start:
-            return super().fit(data, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self.init_model(*self._model_dims(data))
-            warm_dir = None if checkpoint_dir is None else Path(f"{checkpoint_dir}-warm")
-            model.pool_only = True
-            try:
-                warm_cfg = replace(self.train, max_epochs=self.cfg.warm_epochs) if self.cfg.warm_epochs else self.train
-                warm = fit_loop(
-                    model,
-                    self._base_loss,
-                    self._embed_pair,
-                    data,
-                    warm_cfg,
-                    seed=seed,
-                    device=self.device,
-                    checkpoint_dir=warm_dir,
-                    resume=resume,
-                    method_info={**method_info(self), "stage": "warm"},
-                    global_batch=True,
-                )
-            finally:
-                model.pool_only = False
-            fine_cfg = replace(self.train, lr=self.train.lr * self.cfg.warm_lr_factor)
-            report = fit_loop(
+            return super()._train(model, data, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume)
+        model = cast(GCRDPModel, model)
+        warm_dir = None if checkpoint_dir is None else Path(f"{checkpoint_dir}-warm")
+        model.pool_only = True
+        try:
+            warm_cfg = replace(self.train, max_epochs=self.cfg.warm_epochs) if self.cfg.warm_epochs else self.train
+            warm = self._fit_loop(
                 model,
-                self._loss,
-                self._embed_pair,
                 data,
-                fine_cfg,
-                seed=seed + 7919,
-                device=self.device,
-                checkpoint_dir=checkpoint_dir,
+                seed=seed,
+                checkpoint_dir=warm_dir,
                 resume=resume,
-                method_info=method_info(self),
-                global_batch=True,
-                metric=self.score_metric,
+                loss=self._base_loss,
+                train=warm_cfg,
+                stage="warm",
+                metric="cosine",  # the base's pooled embedding
             )
+        finally:
+            model.pool_only = False
+        fine_cfg = replace(self.train, lr=self.train.lr * self.cfg.warm_lr_factor)
+        report = self._fit_loop(model, data, seed=seed + 7919, checkpoint_dir=checkpoint_dir, resume=resume, train=fine_cfg)
         report.extra["warm_start"] = {
             "epochs": warm.epochs,
             "best_epoch": warm.best_epoch,
@@ -368,14 +350,14 @@ class GCRDPMethod(TrainableHeadsMethod):
             parts["pi_entropy_text"] = float(mixture_entropy(pi_t.detach()).mean())
         return total, parts
 
-    def init_model(self, image_dim: int, text_dim: int, n_classes: int) -> GCRDPModel:
+    def init_model(self, *, image_dim: int, text_dim: int, n_classes: int) -> GCRDPModel:
         """Build the untrained model (initialised from the torch global RNG) on the device."""
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_classes": int(n_classes)}
         self.model_ = GCRDPModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
         return self.model_
 
-    def _model_dims(self, data: FitData) -> tuple[int, ...]:
-        return data.train.image.dim, data.train.text.dim, int(data.train_labels.shape[1])
+    def _model_dims(self, data: FitData) -> dict[str, int]:
+        return label_dims(super()._model_dims(data), data)
 
     def _encode_batch(self, model, which, local, mask):
         views, g, _ = (model.encode_image if which == "image" else model.encode_text)(local, mask)

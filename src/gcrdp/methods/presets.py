@@ -4,6 +4,7 @@ them). An entry that is not a preset, e.g. ``gcrdp@k5``, takes only the options 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from ..utils.suggest import nearest_option
@@ -73,14 +74,41 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def method_base_name(entry: str) -> str:
+    """``"gcrdp@k5"`` → ``"gcrdp"``: an entry may label a variant of a registered method (its
+    options are ``method_options["gcrdp@k5"]``, over those of a preset of that name such as
+    ``gcrdp@spec``), so one run can compare settings of one method."""
+    return entry.split("@", 1)[0]
+
+
+def preset_options(entry: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of method entry ``entry``: its preset's (if any) updated by ``options``."""
+    return {**PRESETS.get(entry, {}), **(options or {})}
+
+
+def build_entry(entry: str, options: dict[str, Any] | None = None, device: str = "cpu", **overrides: Any) -> Any:
+    """The unfitted method of method entry ``entry`` (e.g. ``gcrdp@spec``): its registered
+    method with the preset's options, the entry's own ``options``, then ``overrides``."""
+    from .base import build_method
+
+    return build_method(method_base_name(entry), {**preset_options(entry, options), **overrides}, device)
+
+
 def option_keys(method: str) -> list[str]:
     """The option keys registered method ``method`` accepts, sorted: the keys of its
     ``config_dict()``, which the checkpoint contract (:mod:`gcrdp.methods.base`) makes exactly
-    the options ``build_method`` takes. The command line checks ``--option`` against a copy
-    that imports nothing (``gcrdp.cli.common.METHOD_OPTIONS``; a test keeps the two equal)."""
-    from .base import build_method
+    the options ``build_method`` takes; a group of options (FLEX-CLIP's ``generator``) as its
+    dotted keys (``generator.lr``)."""
+    from .base import build_method, flatten_options
 
-    return sorted(k for k in build_method(method, {}).config_dict() if k != "method")
+    return sorted(k for k in flatten_options(build_method(method, {}).config_dict()) if k != "method")
+
+
+def _renamed_keys(method: str) -> set[str]:
+    """The old option names ``method`` still takes (with a warning; e.g. FLEX-CLIP's ``gen_lr``)."""
+    from .base import build_method, method_tags
+
+    return set(method_tags(build_method(method, {})).renamed_options)
 
 
 def unknown_option_message(entry: str, unknown: list[str], accepted: list[str]) -> str:
@@ -95,30 +123,40 @@ def unknown_option_message(entry: str, unknown: list[str], accepted: list[str]) 
     )
 
 
-def check_entry(entry: str, options: dict[str, Any] | None) -> None:
-    """:class:`~gcrdp.errors.ConfigError`, before any slow work, for a labelled entry
-    (``NAME@TAG``) that is neither a preset nor given options (it would silently run the plain
-    method under another name), for an option the entry's method does not take (named with the
-    nearest one and every accepted key), and for an option value the method refuses."""
+def check_method_name(entry: str) -> None:
+    """:class:`~gcrdp.errors.ConfigError` for an entry whose method is not registered, with the
+    nearest registered name and every one."""
     from ..errors import ConfigError
+    from .base import METHODS
 
+    name = method_base_name(entry)
+    if name.lower() not in METHODS:
+        names = METHODS.names()
+        near = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"Unknown method {name!r}{hint}. Known methods: {', '.join(names)}.")
+
+
+def check_entry(entry: str, options: dict[str, Any] | None) -> None:
+    """:class:`~gcrdp.errors.ConfigError`, before any slow work, for an entry of an unknown
+    method, for a labelled entry (``NAME@TAG``) that is neither a preset nor given options (it
+    would silently run the plain method under another name), for an option the entry's method
+    does not take (named with the nearest one and every accepted key), and for an option value
+    the method refuses. What the command line checks before a run too."""
+    from ..errors import ConfigError
+    from .base import flatten_options
+
+    check_method_name(entry)
     if "@" in entry and entry not in PRESETS and options is None:
         raise ConfigError(
             f"Method entry {entry!r} is neither a preset nor given options, so it would run plain "
-            f"{entry.split('@', 1)[0]!r} under another name. Presets: {', '.join(sorted(PRESETS))}. To label a variant, "
+            f"{method_base_name(entry)!r} under another name. Presets: {', '.join(sorted(PRESETS))}. To label a variant, "
             f"give it options: --option {entry}.KEY=VALUE (or method_options in a config)."
         )
     if options:
-        from .base import build_method
-
-        base = entry.split("@", 1)[0]
+        base = method_base_name(entry).lower()
         accepted = option_keys(base)
-        unknown = sorted(set(options) - set(accepted))
+        unknown = sorted(set(flatten_options(options)) - set(accepted) - _renamed_keys(base))
         if unknown:
             raise ConfigError(unknown_option_message(entry, unknown, accepted))
-        build_method(base, preset_options(entry, options))  # the values: the method's own checks
-
-
-def preset_options(entry: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The options of method entry ``entry``: its preset's (if any) updated by ``options``."""
-    return {**PRESETS.get(entry, {}), **(options or {})}
+        build_entry(entry, options)  # the values: the method's own checks

@@ -19,7 +19,7 @@ from torch import nn
 from ..data.features import FeatureSet, ModalityFeatures
 from ..errors import ConfigError, DataError
 from ..training.config import split_options
-from .base import METHODS, FitData, FitReport, check_fitted
+from .base import METHODS, FitData, FitReport, MethodTags, check_fitted
 from .persistence import load_method, save_method
 
 #: Encoder names whose image and text towers share a space when the weights are the same.
@@ -109,7 +109,7 @@ class ZeroShotMethod:
     def config_dict(self) -> dict[str, Any]:
         return {"method": self.name, **asdict(self.cfg)}
 
-    def init_model(self, image_dim: int, text_dim: int) -> _ZeroShotModel:
+    def init_model(self, *, image_dim: int, text_dim: int) -> _ZeroShotModel:
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim)}
         self.model_ = _ZeroShotModel(int(image_dim), int(text_dim))
         return self.model_
@@ -139,7 +139,7 @@ class ZeroShotMethod:
         the validation pairs when given. ``seed``, ``checkpoint_dir``, ``resume`` are unused."""
         t0 = time.perf_counter()
         why = self.check_aligned(data.train)
-        self.init_model(data.train.image.pooled_dim, data.train.text.pooled_dim).eval()
+        self.init_model(image_dim=data.train.image.pooled_dim, text_dim=data.train.text.pooled_dim).eval()
         self.alignment_ = why
         best = None
         history: list[dict[str, float]] = []
@@ -157,6 +157,10 @@ class ZeroShotMethod:
     def refit_options(self, report: FitReport) -> dict[str, Any]:
         """Nothing is fitted, so nothing is chosen on validation."""
         return {}
+
+    def tags(self) -> MethodTags:
+        """Nothing trained: checkpointable (save/load), refit unchanged; nothing to resume."""
+        return MethodTags(refit=True, checkpointable=True)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **kw: Any) -> Path:

@@ -591,7 +591,7 @@ class SearchModel:
                 path[1](feats)
             else:
                 if getattr(self.method, "model_", True) is None:  # zero-shot: nothing fitted, the dims come now
-                    self.method.init_model(feats.pooled_dim, feats.pooled_dim)
+                    self.method.init_model(image_dim=feats.pooled_dim, text_dim=feats.pooled_dim)
                 self.embed_features(modality, feats)
         return self
 
@@ -653,7 +653,7 @@ class SearchModel:
         if query is not None:
             return self._finish(query[1](feats))
         if getattr(self.method, "model_", True) is None:  # zero-shot: nothing fitted, the dims come now
-            self.method.init_model(feats.pooled_dim, feats.pooled_dim)
+            self.method.init_model(image_dim=feats.pooled_dim, text_dim=feats.pooled_dim)
         return self.embed_features(modality, feats)
 
 
