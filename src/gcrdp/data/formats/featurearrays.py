@@ -202,24 +202,44 @@ def find_feature_files(
     ``tag``; the plain or the ``-clean`` set), the one feature file whose name contains
     ``name_hint`` (case-insensitive; several: an error listing them)."""
     if features_file is not None:
-        entries: list[str | Path] = list(features_file) if isinstance(features_file, (list, tuple)) else [cast("str | Path", features_file)]
-        if not entries:
-            raise ConfigError(f"{dataset}: features_file is an empty list.")
-        paths: list[Path] = []
-        for e in entries:
-            p = Path(e).expanduser()
-            if not p.is_absolute() and not p.exists():
-                p = root / p
-            if not p.exists():
-                raise DataError(f"{dataset}: features file not found: {p}")
-            if p.is_dir():
-                got = _feature_files_in(p, tag)
-                if not got:
-                    raise DataError(f"{dataset}: feature folder {p} holds no feature file ({', '.join(FEATURE_EXTENSIONS)}).")
-                paths.extend(got)
-            else:
-                paths.append(p)
-        return paths, "features_file"
+        return _given_files(root, features_file, dataset, tag), "features_file"
+    found = _known_files(root, known, dataset, tag)
+    if found is None and name_hint is not None:
+        found = _hinted_files(root, name_hint, dataset)
+    if found is not None:
+        return found
+    raise NoFeatureFiles(
+        f"{dataset}: no feature files under {root} (or {root / 'features'}): looked for "
+        f"{', '.join(known)}, a DSCMR folder (train_img.mat, train_txt.mat, train_img_lab.mat, "
+        "test_…) and DCMH files (*-xall*.mat, *-yall*.mat, *-lall*.mat). Pass features_file= "
+        "(a file, a folder or a list of files)."
+    )
+
+
+def _given_files(root: Path, features_file: str | Path | Sequence[str | Path], dataset: str, tag: str | None) -> list[Path]:
+    """The files ``features_file`` names (folders: their feature files)."""
+    entries: list[str | Path] = list(features_file) if isinstance(features_file, (list, tuple)) else [cast("str | Path", features_file)]
+    if not entries:
+        raise ConfigError(f"{dataset}: features_file is an empty list.")
+    paths: list[Path] = []
+    for e in entries:
+        p = Path(e).expanduser()
+        if not p.is_absolute() and not p.exists():
+            p = root / p
+        if not p.exists():
+            raise DataError(f"{dataset}: features file not found: {p}")
+        if not p.is_dir():
+            paths.append(p)
+            continue
+        got = _feature_files_in(p, tag)
+        if not got:
+            raise DataError(f"{dataset}: feature folder {p} holds no feature file ({', '.join(FEATURE_EXTENSIONS)}).")
+        paths.extend(got)
+    return paths
+
+
+def _known_files(root: Path, known: Sequence[str], dataset: str, tag: str | None) -> tuple[list[Path], str] | None:
+    """In ``root`` then ``root/features``: a known file, a DSCMR folder or DCMH files."""
     for d in (root, root / "features"):
         if not d.is_dir():
             continue
@@ -232,23 +252,24 @@ def find_feature_files(
         got, variant = _dcmh_files(d, tag, root, dataset)
         if got:
             return got, f"DCMH{' ' + variant[1:] if variant else ''} files in {d}"
-    for d in (root, root / "features"):  # the known forms of both folders first, then the name hint
-        if name_hint is not None and d.is_dir():
-            hinted = [p for p in _feature_files_in(d) if name_hint.lower() in p.name.lower()]
-            if len(hinted) == 1:
-                return hinted, f"the one *{name_hint}* file in {d}"
-            if len(hinted) > 1:
-                raise DataError(
-                    f"{dataset}: {d} holds {len(hinted)} feature files named *{name_hint}*: "
-                    f"{', '.join(p.name for p in hinted)}. Name the one to read with features_file= "
-                    "(a file, or a list of files read together)."
-                )
-    raise NoFeatureFiles(
-        f"{dataset}: no feature files under {root} (or {root / 'features'}): looked for "
-        f"{', '.join(known)}, a DSCMR folder (train_img.mat, train_txt.mat, train_img_lab.mat, "
-        "test_…) and DCMH files (*-xall*.mat, *-yall*.mat, *-lall*.mat). Pass features_file= "
-        "(a file, a folder or a list of files)."
-    )
+    return None
+
+
+def _hinted_files(root: Path, name_hint: str, dataset: str) -> tuple[list[Path], str] | None:
+    """The one feature file whose name contains ``name_hint`` (several: an error)."""
+    for d in (root, root / "features"):
+        if not d.is_dir():
+            continue
+        hinted = [p for p in _feature_files_in(d) if name_hint.lower() in p.name.lower()]
+        if len(hinted) == 1:
+            return hinted, f"the one *{name_hint}* file in {d}"
+        if len(hinted) > 1:
+            raise DataError(
+                f"{dataset}: {d} holds {len(hinted)} feature files named *{name_hint}*: "
+                f"{', '.join(p.name for p in hinted)}. Name the one to read with features_file= "
+                "(a file, or a list of files read together)."
+            )
+    return None
 
 
 @dataclass
@@ -587,87 +608,13 @@ def _index_rows(idx: np.ndarray, n: int, key: str, src: Arrays) -> np.ndarray:
 
 
 def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dataset: str) -> list[Part]:
-    got = {}
-    for role in ROLES:
-        explicit = keys.get(role)
-        hit = src.require(explicit, role) if explicit else src.first(SINGLE_KEYS[role])
-        if hit is not None:
-            got[role] = hit
-    if "image" not in got or "text" not in got or ("label" not in got and "text_label" not in got):
-        raw = src.first(("IAll", "I_all_raw"))
-        extra = (f" ({raw[0]} holds raw images, not features: this loader reads image features such as XAll)") if raw is not None else ""
-        raise DataError(
-            f"{dataset}: cannot tell the layout of {src.describe()}{extra}: found no split arrays "
-            f"(e.g. {', '.join(_templates('image', 'train')[:4])}), no five-view cells and no "
-            f"complete set of all pairs (image: {', '.join(SINGLE_KEYS['image'][:4])} …; text: "
-            f"{', '.join(SINGLE_KEYS['text'][:4])} …; label: {', '.join(SINGLE_KEYS['label'][:4])} …). "
-            f"It has {src.listing()}. "
-            + (
-                "Some keys are in several of the files read together: name the files to read with features_file=."
-                if src.ambiguous
-                else "Name the arrays with keys=."
-            )
-        )
+    """All pairs in one set of arrays, split by a split array (or the last ``test_size`` rows)."""
+    got = _single_arrays(src, keys, dataset)
     image = _features(got["image"][1], got["image"][0], src)
     text = _features(got["text"][1], got["text"][0], src)
     n = rows_of(image)
-    split = None
-    for mark in SPLIT_MARKS:
-        explicit = keys.get(mark)
-        hit = src.require(explicit, mark) if explicit else src.first(SPLIT_MARKS[mark], numeric=False)
-        if hit is None:
-            continue
-        k, arr = hit
-        a = np.asarray(arr).reshape(-1)
-        if mark in ("train_index", "test_index"):
-            other = "test_index" if mark == "train_index" else "train_index"
-            o = src.require(keys[other], other) if keys.get(other) else src.first(SPLIT_MARKS[other])
-            tr_key, te_key = (k, o[0] if o else None) if mark == "train_index" else (o[0] if o else None, k)
-            if tr_key is None or te_key is None:
-                raise DataError(
-                    f"{dataset}: {src.describe()} has {k} but no {other.replace('_', ' ')} array ({', '.join(SPLIT_MARKS[other])})."
-                )
-            tr = _index_rows(src.arrays[tr_key], n, tr_key, src)
-            te = _index_rows(src.arrays[te_key], n, te_key, src)
-            both = np.intersect1d(tr, te)
-            if both.size:
-                raise DataError(f"{dataset}: {src.describe()}: rows {both[:5].tolist()} are in both {tr_key} and {te_key}.")
-            split = np.full(n, "", dtype=object)
-            split[tr] = "train"
-            split[te] = "test"
-            how = f"{src.where(tr_key)} / {src.where(te_key)}"
-            break
-        if a.shape[0] != n:
-            raise DataError(f"{dataset}: {src.describe()}: {k} has {a.shape[0]} entries for {n} rows.")
-        if a.dtype.kind in "USO":
-            vals = [x.decode() if isinstance(x, bytes) else str(x) for x in a.tolist()]
-            vals = [v.strip().lower() for v in vals]
-            vals = [
-                "train"
-                if v in ("train", "tr", "training")
-                else "test"
-                if v in ("test", "te", "query")
-                else ""
-                if v in ("", "none", "unused")
-                else v
-                for v in vals
-            ]
-            bad = sorted({v for v in vals if v not in ("train", "test", "")})
-            if bad:
-                raise DataError(f"{dataset}: {src.describe()}: {k} holds {format_list(bad)}; expected 'train' or 'test'.")
-            split = np.array(vals, dtype=object)
-        else:
-            if not np.isin(a, (0, 1)).all():
-                raise DataError(
-                    f"{dataset}: {src.describe()}: {k} must be 0/1 "
-                    f"({'1 = test' if mark != 'is_train' else '1 = train'}) or the strings "
-                    "'train'/'test'."
-                )
-            is_test = (a == 1) if mark != "is_train" else (a == 0)
-            split = np.where(is_test, "test", "train").astype(object)
-        how = src.where(k)
-        break
-    if split is None:
+    found = _marked_split(src, keys, n, dataset)
+    if found is None:
         if test_size is None:
             raise DataError(
                 f"{dataset}: {src.describe()} holds all pairs in one set ({got['image'][0]}, "
@@ -677,8 +624,8 @@ def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dat
             )
         if isinstance(test_size, bool) or not isinstance(test_size, int) or not 0 < test_size < n:
             raise ConfigError(f"test_size must be an integer in 1..{n - 1}, got {test_size!r}.")
-        split = np.array(["train"] * (n - test_size) + ["test"] * test_size, dtype=object)
-        how = f"last {test_size} rows are test"
+        found = np.array(["train"] * (n - test_size) + ["test"] * test_size, dtype=object), f"last {test_size} rows are test"
+    split, how = found
     parts = []
     for s in ("train", "test"):
         rows = np.flatnonzero(split == s)
@@ -701,6 +648,100 @@ def _single_layout(src: Arrays, keys: dict[str, str], test_size: int | None, dat
             + "; row i of each must be the same image–text pair."
         )
     return parts
+
+
+def _single_arrays(src: Arrays, keys: dict[str, str], dataset: str) -> dict[str, tuple[str, np.ndarray]]:
+    """The arrays of all pairs by role (image, text and image or text labels at least)."""
+    got = {}
+    for role in ROLES:
+        explicit = keys.get(role)
+        hit = src.require(explicit, role) if explicit else src.first(SINGLE_KEYS[role])
+        if hit is not None:
+            got[role] = hit
+    if "image" in got and "text" in got and ("label" in got or "text_label" in got):
+        return got
+    raw = src.first(("IAll", "I_all_raw"))
+    extra = (f" ({raw[0]} holds raw images, not features: this loader reads image features such as XAll)") if raw is not None else ""
+    raise DataError(
+        f"{dataset}: cannot tell the layout of {src.describe()}{extra}: found no split arrays "
+        f"(e.g. {', '.join(_templates('image', 'train')[:4])}), no five-view cells and no "
+        f"complete set of all pairs (image: {', '.join(SINGLE_KEYS['image'][:4])} …; text: "
+        f"{', '.join(SINGLE_KEYS['text'][:4])} …; label: {', '.join(SINGLE_KEYS['label'][:4])} …). "
+        f"It has {src.listing()}. "
+        + (
+            "Some keys are in several of the files read together: name the files to read with features_file=."
+            if src.ambiguous
+            else "Name the arrays with keys=."
+        )
+    )
+
+
+def _marked_split(src: Arrays, keys: dict[str, str], n: int, dataset: str) -> tuple[np.ndarray, str] | None:
+    """``(train/test per row, where from)`` from the first split array found, or ``None``."""
+    for mark in SPLIT_MARKS:
+        explicit = keys.get(mark)
+        hit = src.require(explicit, mark) if explicit else src.first(SPLIT_MARKS[mark], numeric=False)
+        if hit is None:
+            continue
+        if mark in ("train_index", "test_index"):
+            return _index_split(src, keys, mark, hit[0], n, dataset)
+        k, arr = hit
+        a = np.asarray(arr).reshape(-1)
+        if a.shape[0] != n:
+            raise DataError(f"{dataset}: {src.describe()}: {k} has {a.shape[0]} entries for {n} rows.")
+        if a.dtype.kind in "USO":
+            return _named_split(a, k, src, dataset), src.where(k)
+        if not np.isin(a, (0, 1)).all():
+            raise DataError(
+                f"{dataset}: {src.describe()}: {k} must be 0/1 "
+                f"({'1 = test' if mark != 'is_train' else '1 = train'}) or the strings "
+                "'train'/'test'."
+            )
+        is_test = (a == 1) if mark != "is_train" else (a == 0)
+        return np.where(is_test, "test", "train").astype(object), src.where(k)
+    return None
+
+
+def _index_split(src: Arrays, keys: dict[str, str], mark: str, k: str, n: int, dataset: str) -> tuple[np.ndarray, str]:
+    """The split of a pair of train/test row-index arrays (``mark`` found as ``k``)."""
+    other = "test_index" if mark == "train_index" else "train_index"
+    o = src.require(keys[other], other) if keys.get(other) else src.first(SPLIT_MARKS[other])
+    tr_key, te_key = (k, o[0] if o else None) if mark == "train_index" else (o[0] if o else None, k)
+    if tr_key is None or te_key is None:
+        raise DataError(f"{dataset}: {src.describe()} has {k} but no {other.replace('_', ' ')} array ({', '.join(SPLIT_MARKS[other])}).")
+    tr = _index_rows(src.arrays[tr_key], n, tr_key, src)
+    te = _index_rows(src.arrays[te_key], n, te_key, src)
+    both = np.intersect1d(tr, te)
+    if both.size:
+        raise DataError(f"{dataset}: {src.describe()}: rows {both[:5].tolist()} are in both {tr_key} and {te_key}.")
+    split = np.full(n, "", dtype=object)
+    split[tr] = "train"
+    split[te] = "test"
+    return split, f"{src.where(tr_key)} / {src.where(te_key)}"
+
+
+_SPLIT_WORDS = {
+    "train": "train",
+    "tr": "train",
+    "training": "train",
+    "test": "test",
+    "te": "test",
+    "query": "test",
+    "": "",
+    "none": "",
+    "unused": "",
+}
+
+
+def _named_split(a: np.ndarray, k: str, src: Arrays, dataset: str) -> np.ndarray:
+    """A split array of strings (``train``/``tr``/``training``, ``test``/``te``/``query``;
+    ``""``/``none``/``unused``: neither)."""
+    vals = [(x.decode() if isinstance(x, bytes) else str(x)).strip().lower() for x in a.tolist()]
+    vals = [_SPLIT_WORDS.get(v, v) for v in vals]
+    bad = sorted({v for v in vals if v not in ("train", "test", "")})
+    if bad:
+        raise DataError(f"{dataset}: {src.describe()}: {k} holds {format_list(bad)}; expected 'train' or 'test'.")
+    return np.array(vals, dtype=object)
 
 
 def _take(labels: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:

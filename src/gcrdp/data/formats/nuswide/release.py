@@ -154,16 +154,52 @@ class Release:
 
 
 def read_release(root: Path, subset: Subset, source: str) -> Release:
-    mode, top, wanted = subset.mode, subset.top, subset.wanted
+    """The release's image list, its train/test lists, the labels of the concepts read and the
+    subset's concepts and rows."""
     all_path = find_file(root, IMAGE_LISTS["all"], "the image list (ImageList/Imagelist.txt)", source)
     entries = _image_list(all_path)
-    n = len(entries)
     index: dict[str, int] = {}
     for r, e in enumerate(entries):
         if e in index:
             raise DataError(f"NUS-WIDE: {all_path} lists {e!r} twice (lines {index[e] + 1} and {r + 1}).")
         index[e] = r
-    split_of = [""] * n
+    split_of, lists = _split_lists(root, source, all_path, index)
+    names, names_from = _concept_names(root)
+    if subset.wanted is not None:
+        unknown = [c for c in subset.wanted if c not in names]
+        if unknown:
+            raise ConfigError(f"NUS-WIDE: unknown concept(s) {format_list(unknown)}; {names_from} lists {format_list(names, limit=81)}.")
+    read = subset.wanted if subset.wanted is not None else names
+    lab, bad_vals, labels_from = _labels(root, source, read, all_path, lists, len(entries))
+    uncertain_all = np.zeros(lab.shape, dtype=bool)
+    for r, j in bad_vals:
+        uncertain_all[r, j] = True
+    counts = (lab == 1).sum(axis=0)
+    chosen, how = select_concepts(read, counts, subset.wanted, subset.top, f"{len(entries)} images of {all_path.name}")
+    if subset.wanted is not None:
+        how = "given (concepts=)"
+    pos = lab[:, chosen] == 1
+    keep, _ = filter_rows(pos, uncertain_all[:, chosen].sum(axis=1), subset.mode)
+    return Release(
+        all_path,
+        entries,
+        split_of,
+        lists,
+        names_from,
+        labels_from,
+        {read[j]: int(counts[j]) for j in chosen},
+        [read[j] for j in chosen],
+        how,
+        pos,
+        keep,
+        bad_vals,
+        chosen,
+    )
+
+
+def _split_lists(root: Path, source: str, all_path: Path, index: dict[str, int]) -> tuple[list[str], dict[str, tuple[Path, list[int]]]]:
+    """Each image's split (``""``: in neither list) and ``{split: (list file, rows)}``."""
+    split_of = [""] * len(index)
     lists: dict[str, tuple[Path, list[int]]] = {}
     for split in ("train", "test"):
         lp = find_file(root, IMAGE_LISTS[split], f"the {split} image list (ImageList/{split.title()}Imagelist.txt)", source)
@@ -182,25 +218,25 @@ def read_release(root: Path, subset: Subset, source: str) -> Release:
         if unknown:
             raise DataError(f"NUS-WIDE: {lp} lists {len(unknown)} image(s) that {all_path.name} does not: {format_list(unknown)}.")
         lists[split] = (lp, rows)
+    return split_of, lists
 
-    names, names_from = _concept_names(root)
-    if wanted is not None:
-        unknown = [c for c in wanted if c not in names]
-        if unknown:
-            raise ConfigError(f"NUS-WIDE: unknown concept(s) {format_list(unknown)}; {names_from} lists {format_list(names, limit=81)}.")
-    read = wanted if wanted is not None else names
+
+def _labels(
+    root: Path, source: str, read: list[str], all_path: Path, lists: dict[str, tuple[Path, list[int]]], n: int
+) -> tuple[np.ndarray, dict[tuple[int, int], str], str]:
+    """``(n, concepts) labels, {(row, concept): unreadable value}, where from`` — from the
+    ``AllLabels`` files, else the ``TrainTestLabels`` ones."""
     lab = np.zeros((n, len(read)), dtype=np.int8)
     bad_vals: dict[tuple[int, int], str] = {}
     if (root / ALL_LABELS).is_dir():
-        labels_from = ALL_LABELS
         for j, c in enumerate(read):
             p = root / ALL_LABELS / f"Labels_{c}.txt"
             col, bad = _label_file(p, n, all_path)
             lab[:, j] = col
             for r, v in bad:
                 bad_vals[(r, j)] = f"{p.name} line {r + 1}: {v!r} is not 0 or 1"
-    elif (root / TRAIN_TEST_LABELS).is_dir():
-        labels_from = TRAIN_TEST_LABELS
+        return lab, bad_vals, ALL_LABELS
+    if (root / TRAIN_TEST_LABELS).is_dir():
         for j, c in enumerate(read):
             for split in ("train", "test"):
                 lp, rows = lists[split]
@@ -209,33 +245,8 @@ def read_release(root: Path, subset: Subset, source: str) -> Release:
                 lab[rows, j] = col
                 for i, v in bad:
                     bad_vals[(rows[i], j)] = f"{p.name} line {i + 1}: {v!r} is not 0 or 1"
-    else:
-        raise DataError(f"NUS-WIDE source {source!r} needs the labels: neither {root / ALL_LABELS} nor {root / TRAIN_TEST_LABELS} exists.")
-    uncertain_all = np.zeros(lab.shape, dtype=bool)
-    for r, j in bad_vals:
-        uncertain_all[r, j] = True
-    counts = (lab == 1).sum(axis=0)
-    chosen, how = select_concepts(read, counts, wanted, top, f"{len(entries)} images of {all_path.name}")
-    if wanted is not None:
-        how = "given (concepts=)"
-    pos = lab[:, chosen] == 1
-    uncertain = uncertain_all[:, chosen].sum(axis=1)
-    keep, _ = filter_rows(pos, uncertain, mode)
-    return Release(
-        all_path,
-        entries,
-        split_of,
-        lists,
-        names_from,
-        labels_from,
-        {read[j]: int(counts[j]) for j in chosen},
-        [read[j] for j in chosen],
-        how,
-        pos,
-        keep,
-        bad_vals,
-        chosen,
-    )
+        return lab, bad_vals, TRAIN_TEST_LABELS
+    raise DataError(f"NUS-WIDE source {source!r} needs the labels: neither {root / ALL_LABELS} nor {root / TRAIN_TEST_LABELS} exists.")
 
 
 @dataclass
