@@ -105,7 +105,8 @@ def test_api_info_says_what_is_indexed_and_the_favicon_is_an_image(app_and_items
     assert info["counts"] == _counts(items)
     assert info["model"]["method"] == "gap-infonce" and info["model"]["checkpoint"] == r.info["checkpoint"]
     assert info["model"]["name"] == "ckpt"  # the run's folder (its checkpoint is ckpt/final)
-    assert info["model"]["encoders"] and " + " in info["model"]["encoders"]
+    settings = r.model.encoder_settings  # the training run's encoders
+    assert info["model"]["encoders"] == f"{settings.image_encoder} + {settings.text_encoder}" == "efficientnet-lite0 + minilm-l6"
     captions = {t for t, _ in _captions(items).values()}
     # 6 distinct examples (the collection has 20 distinct short captions), taken from over the
     # whole collection: they name at least 3 of its 5 colours, not only the first rows' one

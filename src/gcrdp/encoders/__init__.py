@@ -2,6 +2,9 @@
 
 - :class:`Encoder` — the protocol; :data:`IMAGE_ENCODERS` / :data:`TEXT_ENCODERS` — registries
   (``"efficientnet-lite0"``, ``"minilm-l6"``).
+- :class:`EncoderSettings` (a run's encoder names, options, backend and storage dtype) and
+  :func:`build_image_encoder` / :func:`build_text_encoder` / :func:`class_name_features` — the
+  one encoder factory (:mod:`gcrdp.encoders.factory`), used by experiments and search alike.
 - :func:`extract_features` — a dataset's features for an encoder pair, cached in a
   :class:`FeatureCache` keyed by the dataset content and the encoders' fingerprints.
 
@@ -22,6 +25,15 @@ from .base import (
 from .cache import CACHE_FORMAT_VERSION, FeatureCache, cache_key, extract_features
 from .clip import CLIPImageEncoder, CLIPTextEncoder
 from .efficientnet import EfficientNetLite0Encoder
+from .factory import (
+    EncoderSettings,
+    EncoderSpec,
+    build_encoder,
+    build_image_encoder,
+    build_text_encoder,
+    class_name_features,
+    class_name_texts,
+)
 from .images import ImagePreprocessor, check_image_files, load_image
 from .minilm import MiniLMEncoder
 from .onnx_backend import onnxruntime_available
@@ -33,6 +45,13 @@ __all__ = [
     "get_image_encoder",
     "get_text_encoder",
     "available_cpus",
+    "EncoderSettings",
+    "EncoderSpec",
+    "build_encoder",
+    "build_image_encoder",
+    "build_text_encoder",
+    "class_name_features",
+    "class_name_texts",
     "EfficientNetLite0Encoder",
     "MiniLMEncoder",
     "ImagePreprocessor",

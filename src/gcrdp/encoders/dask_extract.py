@@ -28,19 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.features import FeatureSet, ModalityFeatures
 from ..data.types import Dataset
 from ..errors import ConfigError, DataError, GcrdpError, MissingDependencyError, format_list
-from .base import check_batch_size, check_encoder, get_image_encoder, get_text_encoder
+from .base import check_batch_size
 from .cache import (
     FeatureCache,
     _as_storage,
@@ -52,6 +51,7 @@ from .cache import (
     space_inputs,
     text_item_key,
 )
+from .factory import EncoderSpec
 from .images import check_image_files
 
 #: task retries after an error raised inside a task (a lost worker is rescheduled by Dask anyway)
@@ -64,32 +64,6 @@ class SchedulerLostError(GcrdpError, RuntimeError):
     """The Dask scheduler went away while shards were being extracted (killed, its machine
     lost, the network cut). The chunks published before are complete and stay in the cache:
     the same call run again extracts only the rest."""
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What a worker needs to build an encoder: ``name`` is a registered encoder name
-    (``"efficientnet-lite0"``) or an importable factory ``"package.module:callable"``;
-    ``options`` are its keyword arguments (picklable values)."""
-
-    modality: str
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> Any:
-        if ":" in self.name:
-            module, _, attr = self.name.partition(":")
-            factory = getattr(importlib.import_module(module), attr)
-            encoder = factory(**self.options)
-        elif self.modality == "image":
-            encoder = get_image_encoder(self.name, **self.options)
-        else:
-            encoder = get_text_encoder(self.name, **self.options)
-        check_encoder(encoder, self.modality, f"{self.modality} encoder {self.name!r}")
-        return encoder
-
-    def cache_id(self) -> str:
-        return repr((self.modality, self.name, sorted(self.options.items())))
 
 
 def _spec(value: EncoderSpec | str, modality: str) -> EncoderSpec:

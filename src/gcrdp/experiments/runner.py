@@ -91,18 +91,16 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True, cl
             feats.meta["key_inputs"] = {"pre_extracted": feats.meta["key"]}
         dataset.features = feats
         return feats
-    from ..encoders import extract_features, get_image_encoder, get_text_encoder
+    from ..encoders import EncoderSettings, build_image_encoder, build_text_encoder, extract_features
 
-    image_kw = dict(config.image_encoder_options)
-    if config.encoder_backend:
-        image_kw["backend"] = config.encoder_backend
+    settings = EncoderSettings.of(config)
     if cluster is not None:
-        from ..encoders.dask_extract import EncoderSpec, extract_features_dask
+        from ..encoders.dask_extract import extract_features_dask
 
         feats = extract_features_dask(
             dataset,
-            EncoderSpec("image", config.image_encoder, image_kw),
-            EncoderSpec("text", config.text_encoder, dict(config.text_encoder_options)),
+            settings.spec("image"),
+            settings.spec("text"),
             cache_dir=cache,
             client=cluster if isinstance(cluster, str) else None,
             workers=cluster if isinstance(cluster, int) else None,
@@ -111,45 +109,27 @@ def load_features(dataset: Dataset, config: RunConfig, progress: bool = True, cl
             progress=progress,
             storage=config.feature_storage,
         )
-        return place_features(feats, config.feature_storage, cache)
-    image_enc = build_encoder(get_image_encoder, config.image_encoder, image_kw, "image")
-    text_enc = build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
-    feats = extract_features(
-        dataset,
-        image_enc,
-        text_enc,
-        cache_dir=cache,
-        dtype=config.feature_dtype,
-        batch_size=config.extract_batch_size,
-        progress=progress,
-        storage=config.feature_storage,
-    )
+    else:
+        feats = extract_features(
+            dataset,
+            build_image_encoder(settings),
+            build_text_encoder(settings),
+            cache_dir=cache,
+            dtype=config.feature_dtype,
+            batch_size=config.extract_batch_size,
+            progress=progress,
+            storage=config.feature_storage,
+        )
     return place_features(feats, config.feature_storage, cache)
-
-
-def build_encoder(factory: Callable[..., Any], name: str, options: dict[str, Any], modality: str) -> Any:
-    """``factory(name, **options)`` (``get_image_encoder``/``get_text_encoder``), with an option
-    the encoder does not take reported as a :class:`ConfigError` naming the ``modality``."""
-    try:
-        return factory(name, **options)
-    except TypeError as exc:  # an option the encoder does not take
-        raise ConfigError(f"The {modality} encoder {name!r} does not accept the options {sorted(options)}: {exc}") from None
-
-
-def class_name_texts(class_names) -> list[str]:
-    """The text a class name is embedded from: separators as spaces (``food-fruit`` → ``food fruit``)."""
-    return [str(c).replace("-", " ").replace("_", " ").strip() or str(c) for c in class_names]
 
 
 def class_name_features(class_names, config: RunConfig) -> np.ndarray:
     """(n_classes, d) float32 pooled embeddings of the class names by the run's text encoder
-    (also for pre-extracted datasets: the names only condition a method, they need not share
-    the features' space)."""
-    from ..encoders import get_text_encoder
+    (:func:`gcrdp.encoders.class_name_features` with the run's encoder settings)."""
+    from ..encoders import EncoderSettings
+    from ..encoders import class_name_features as embed_class_names
 
-    enc = build_encoder(get_text_encoder, config.text_encoder, dict(config.text_encoder_options), "text")
-    feats = enc.encode(class_name_texts(class_names), batch_size=64, progress=False)
-    return np.ascontiguousarray(feats.pooled, dtype=np.float32)
+    return embed_class_names(class_names, EncoderSettings.of(config))
 
 
 def method_base_name(entry: str) -> str:

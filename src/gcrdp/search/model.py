@@ -34,12 +34,16 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # imported where used: opening an index or a --like query need no encoder
+    from ..encoders.factory import EncoderSettings
 
 #: images per encoder batch when :meth:`SearchModel.embed` builds an index (texts: twice as many)
 EMBED_BATCH = 64
@@ -53,8 +57,6 @@ QUERY_PATHS = ("auto", "torch")
 HEADS_FORMAT = 1
 #: Largest absolute difference of an embedding value allowed between a query head and torch.
 HEAD_TOLERANCE = 1e-4
-#: What a model's encoders are built from (``RunConfig``'s fields of that name).
-_ENCODER_SETTINGS = ("image_encoder", "text_encoder", "image_encoder_options", "text_encoder_options", "encoder_backend", "feature_dtype")
 _STATE_FILE = "state.json"
 
 
@@ -67,6 +69,13 @@ def _folder_digest(path: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def _encoder_settings(source: Any) -> EncoderSettings:
+    """:meth:`EncoderSettings.of <gcrdp.encoders.factory.EncoderSettings.of>` ``source``."""
+    from ..encoders.factory import EncoderSettings
+
+    return EncoderSettings.of(source)
 
 
 def query_path_mode() -> str:
@@ -136,6 +145,8 @@ class QueryHeads:
     @classmethod
     def find(cls, checkpoint_sha256: str) -> QueryHeads | None:
         """The record of a checkpoint with these bytes made by this code, or None."""
+        from ..encoders.factory import EncoderSettings
+
         path = cls.record_path(checkpoint_sha256)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -147,7 +158,7 @@ class QueryHeads:
             and isinstance(data.get("fingerprint"), dict)
             and data["fingerprint"].get("checkpoint_sha256") == checkpoint_sha256
             and isinstance(data.get("settings"), dict)
-            and all(k in data["settings"] for k in _ENCODER_SETTINGS)
+            and all(k in data["settings"] for k in EncoderSettings.FIELDS)
             and isinstance(data.get("heads"), dict)
         )
         return cls(path, data) if ok else None
@@ -188,7 +199,7 @@ class QueryHeads:
             "format": HEADS_FORMAT,
             "checkpoint": str(model.checkpoint),
             "fingerprint": fp,
-            "settings": model._settings(),
+            "settings": model._settings().to_dict(),
             "heads": heads,
             "torch": torch.__version__,
         }
@@ -301,26 +312,28 @@ class SearchModel:
     ``fingerprint`` names everything that decides an embedding: the checkpoint's bytes, the
     method and its options, both encoders' fingerprints and the feature storage dtype.
 
-    ``method`` and ``config`` are loaded (with torch) when first used: a model read through its
-    query heads needs neither to embed queries.
+    ``method`` and ``config`` (the training run's config) are loaded (with torch) when first
+    used: a model read through its query heads needs neither to embed queries. Its encoders are
+    built from ``settings`` (:class:`~gcrdp.encoders.factory.EncoderSettings`; default: those
+    of ``config``) by the one encoder factory of :mod:`gcrdp.encoders.factory`.
     """
 
     def __init__(
         self,
         method: Any = None,
-        config: Any = None,  # RunConfig of the training run
+        config: Any = None,  # the training run's config: a RunConfig, or its dict
         fingerprint: dict[str, Any] | None = None,
         checkpoint: Path | None = None,
         *,
         device: str = "cpu",
-        settings: dict[str, Any] | None = None,
+        settings: EncoderSettings | Mapping[str, Any] | None = None,
         heads: QueryHeads | None = None,
     ) -> None:
         self._method, self._config = method, config
         self.fingerprint: dict[str, Any] = fingerprint if fingerprint is not None else {}
         self.checkpoint = checkpoint
         self.device = device
-        self._encoder_settings = settings
+        self._encoder_settings = _encoder_settings(settings) if settings is not None else None
         self._heads = heads
         self._encoders: dict[str, Any] = {}
         self._query: dict[str, Any] = {}
@@ -345,21 +358,25 @@ class SearchModel:
 
     @property
     def config(self) -> Any:
-        """The training run's ``RunConfig`` (read from the checkpoint on first use)."""
+        """The training run's config (as given, or the dict stored in the checkpoint, read on first use)."""
         if self._config is None:
-            from ..experiments import RunConfig
             from ..training.checkpoint import read_checkpoint
 
             if self.checkpoint is None:
                 raise ConfigError("This search model has no checkpoint to read its run config from.")
-            self._config = RunConfig.from_dict(dict(read_checkpoint(self.checkpoint, kind="final").state["run"]["config"]))
+            self._config = dict(read_checkpoint(self.checkpoint, kind="final").state["run"]["config"])
         return self._config
 
-    def _settings(self) -> dict[str, Any]:
-        """The run config's encoder settings (:data:`_ENCODER_SETTINGS`)."""
+    @property
+    def encoder_settings(self) -> EncoderSettings:
+        """What the model's encoders are built from (:class:`~gcrdp.encoders.factory.EncoderSettings`):
+        the training run's, or those given (a model read through its query heads: their record's)."""
+        return self._settings()
+
+    def _settings(self) -> EncoderSettings:
+        """The encoder settings (those of the run config unless given)."""
         if self._encoder_settings is None:
-            c = self.config
-            self._encoder_settings = {k: getattr(c, k) for k in _ENCODER_SETTINGS}
+            self._encoder_settings = _encoder_settings(self.config)
         return self._encoder_settings
 
     # ---------------------------------------------------------------- construction
@@ -386,7 +403,7 @@ class SearchModel:
         heads = QueryHeads.find(_folder_digest(where))
         if heads is None:
             return None
-        model = cls(checkpoint=where, fingerprint={}, device=device, settings=dict(heads.data["settings"]), heads=heads)
+        model = cls(checkpoint=where, fingerprint={}, device=device, settings=heads.data["settings"], heads=heads)
         fp = dict(heads.data["fingerprint"])
         if not fp.get("pre_extracted"):  # the encoders are outside the checkpoint: their fingerprints are taken now
             fp["image_encoder"] = model.encoder("image").fingerprint()
@@ -396,7 +413,6 @@ class SearchModel:
 
     @classmethod
     def _load_with_torch(cls, checkpoint: Path, device: str) -> SearchModel:
-        from ..experiments import RunConfig
         from ..methods.persistence import load_method
         from ..training.checkpoint import checkpoint_exists, read_checkpoint
 
@@ -411,7 +427,8 @@ class SearchModel:
             raise DataError(
                 f"Checkpoint {ckpt.path} holds no run info (it was not written by 'gcrdp train'), so the encoders that feed it are unknown."
             )
-        config = RunConfig.from_dict(dict(run["config"]))
+        config = dict(run["config"])
+        settings = _encoder_settings(config)
         pre_extracted = bool((run.get("features") or {}).get("key_inputs", {}).get("pre_extracted"))
         method = load_method(ckpt, device)
         metric = getattr(method, "score_metric", "cosine")
@@ -419,7 +436,7 @@ class SearchModel:
             raise ConfigError(
                 f"{ckpt.state['method']} scores with {metric!r}, which a vector index cannot search; train it with score='global'."
             )
-        model = cls(method=method, config=config, checkpoint=ckpt.path, fingerprint={}, device=device)
+        model = cls(method=method, config=config, checkpoint=ckpt.path, fingerprint={}, device=device, settings=settings)
         model.fingerprint = {
             "checkpoint_sha256": _folder_digest(ckpt.path),
             "method": ckpt.state["method"],
@@ -427,7 +444,7 @@ class SearchModel:
             "metric": metric,
             "image_encoder": None if pre_extracted else model.encoder("image").fingerprint(),
             "text_encoder": None if pre_extracted else model.encoder("text").fingerprint(),
-            "feature_dtype": config.feature_dtype,
+            "feature_dtype": settings.feature_dtype,
             "pre_extracted": pre_extracted,
         }
         return model
@@ -487,18 +504,17 @@ class SearchModel:
         """A model without training: the cosine of an *aligned* encoder pair's pooled features
         (CLIP from a local folder: ``image_encoder_options={"model_dir": DIR}``, the same for
         text) — the ``zero-shot`` method. Refused for encoders that do not share one space."""
-        from ..experiments import RunConfig
+        from ..encoders.factory import EncoderSettings
         from ..methods.zeroshot import ZeroShotMethod, detect_alignment
 
-        config = RunConfig(
+        settings = EncoderSettings(
             image_encoder=image_encoder,
             text_encoder=text_encoder,
             image_encoder_options=dict(image_encoder_options or {}),
             text_encoder_options=dict(text_encoder_options or {}),
             feature_dtype=feature_dtype,
-            methods=["zero-shot"],
         )
-        model = cls(method=ZeroShotMethod(), config=config, checkpoint=None, fingerprint={})
+        model = cls(method=ZeroShotMethod(), checkpoint=None, fingerprint={}, settings=settings)
         fi, ft = model.encoder("image").fingerprint(), model.encoder("text").fingerprint()
         aligned, why = detect_alignment({"key_inputs": {"image_encoder": fi, "text_encoder": ft}})
         if not aligned and not assume_aligned:
@@ -517,7 +533,7 @@ class SearchModel:
 
     def encoders_config(self) -> dict[str, Any]:
         """What :meth:`from_encoders` needs to re-create this model (stored in an index)."""
-        s = self._settings()
+        s = self._settings().to_dict()
         return {k: s[k] for k in ("image_encoder", "text_encoder", "image_encoder_options", "text_encoder_options", "feature_dtype")}
 
     @property
@@ -525,16 +541,7 @@ class SearchModel:
         return str(self.fingerprint.get("metric", "cosine"))
 
     def _new_encoder(self, modality: str) -> Any:
-        from ..encoders import get_image_encoder, get_text_encoder
-
-        s = self._settings()
-        name, kw = s[f"{modality}_encoder"], dict(s[f"{modality}_encoder_options"])
-        if modality == "image" and s["encoder_backend"]:
-            kw["backend"] = s["encoder_backend"]
-        try:
-            return (get_image_encoder if modality == "image" else get_text_encoder)(name, **kw)
-        except TypeError as exc:  # an option the encoder does not take
-            raise ConfigError(f"The {modality} encoder {name!r} does not accept the options {sorted(kw)}: {exc}") from None
+        return self._settings().build(modality)
 
     def encoder(self, modality: str) -> Any:
         """The run's image or text encoder (built once)."""
@@ -605,18 +612,15 @@ class SearchModel:
         cache — the rows they would have computed. Returns the items written now."""
         if self.pre_extracted:
             return 0  # embed() says why it cannot embed items
-        from ..encoders.dask_extract import EncoderSpec, extract_items_dask
+        from ..encoders.dask_extract import extract_items_dask
 
         s = self._settings()
-        options = dict(s[f"{modality}_encoder_options"])
-        if modality == "image" and s["encoder_backend"]:
-            options["backend"] = s["encoder_backend"]
         return extract_items_dask(
-            EncoderSpec(modality, s[f"{modality}_encoder"], options),
+            s.spec(modality),
             parts,
             cache_dir=cache_dir,
             client=client,
-            dtype=s["feature_dtype"],
+            dtype=s.feature_dtype,
             batch_size=EMBED_BATCH if modality == "image" else 2 * EMBED_BATCH,
             progress=progress,
         )
@@ -646,7 +650,7 @@ class SearchModel:
             query[0] if query is not None else self.encoder(modality),
             list(items),
             cache_dir=cache_dir,
-            dtype=self._settings()["feature_dtype"],
+            dtype=self._settings().feature_dtype,
             batch_size=batch_size if modality == "image" else 2 * batch_size,
             progress=progress,
         )

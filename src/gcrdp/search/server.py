@@ -383,7 +383,7 @@ def create_app(
         made = cache.get("info")
         if made is None or made[0]() is not r:  # made for this index (a reloaded one gets its own)
             fp = r.info["model"]
-            config = getattr(r.model, "config", None)
+            settings = getattr(r.model, "encoder_settings", None)
             checkpoint = r.info.get("checkpoint")
             info = {
                 "index": str(r.index_dir) if expose_paths else r.index_dir.name,
@@ -393,8 +393,8 @@ def create_app(
                     "checkpoint": checkpoint if expose_paths else None,
                     "name": _run_name(checkpoint),
                     "encoders": None
-                    if fp.get("pre_extracted") or config is None
-                    else f"{getattr(config, 'image_encoder', '?')} + {getattr(config, 'text_encoder', '?')}",
+                    if fp.get("pre_extracted") or settings is None
+                    else f"{settings.image_encoder} + {settings.text_encoder}",
                     "pre_extracted": bool(fp.get("pre_extracted")),
                 },
                 "index_type": r.info.get("index_type"),
