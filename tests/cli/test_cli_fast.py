@@ -87,7 +87,7 @@ def test_help_and_argument_errors_answer_before_torch_is_imported(argv, needle, 
         (["run", "--methods", "gcrpd"], "Unknown method 'gcrpd' (did you mean 'gcrdp'?)"),
         (["run", "--methods", "gcrdp@typo"], "neither a preset nor given options"),
         (["run", "--methods", "flex-clip", "--option", "flex-clip.generator.lrr=1"], "(did you mean 'generator.lr'?)"),
-        (["run", "--methods", "flex-clip", "--option", "generator.lr=1"], "e.g. --option METHOD.generator.lr=VALUE"),
+        (["run", "--methods", "flex-clip", "gcrdp", "--option", "generator.lr=1"], "Method 'gcrdp' has no option(s) 'generator.lr'"),
         (["run", "--seeds", "1", "1"], "must not repeat"),  # a RunConfig check
     ],
 )
@@ -131,6 +131,9 @@ def test_a_dotted_option_key_goes_to_its_method_and_group():
     }
     with pytest.raises(ConfigError, match="method 'gap-infonse' is not among --methods"):
         _method_options(["gap-infonse.lr=1"], methods)
+    with pytest.raises(ConfigError, match="method 'gcrdp@k5' is not among --methods"):
+        _method_options(["gcrdp@k5.lr=1"], methods)
+    assert _method_options(["generator.lr=1"], ["flex-clip"]) == {"flex-clip": {"generator.lr": 1}}  # every method's
 
 
 def test_check_entry_refuses_an_unknown_option_or_a_bad_value_before_any_data_is_loaded():

@@ -75,17 +75,15 @@ def _parse_assignments(items: Sequence[str] | None, what: str) -> dict[str, Any]
 
 def _option_target(key: str, methods: list[str]) -> tuple[str | None, str]:
     """``(method entry, option key)`` of an ``--option`` key: ``gap-infonce.lr`` → one method's
-    ``lr``; ``flex-clip.generator.lr`` → ``generator.lr`` of ``flex-clip`` (an option group; the
-    method nests the dotted key); ``lr`` → ``(None, "lr")``, every method's."""
+    ``lr``; ``flex-clip.generator.lr`` → ``generator.lr`` of ``flex-clip`` (a key of an option
+    group; the method nests the dotted key); ``lr`` or ``generator.lr`` → ``(None, key)``, every
+    method's. A prefix that looks like a method entry not among ``methods`` is an error."""
     for m in sorted(methods, key=len, reverse=True):  # the longest entry first: gcrdp@k0.5.lam
         if key.startswith(f"{m}."):
             return m, key[len(m) + 1 :]
-    if "." in key:
-        method = key.rpartition(".")[0]
-        raise ConfigError(
-            f"--option {key}=...: method {method!r} is not among --methods {methods} "
-            f"(an option of one method is METHOD.KEY=VALUE; of its option group, e.g. --option METHOD.{key}=VALUE)."
-        )
+    method = key.rpartition(".")[0]
+    if method and ("@" in method or difflib.get_close_matches(method, methods, n=1, cutoff=0.6)):
+        raise ConfigError(f"--option {key}=...: method {method!r} is not among --methods {methods}.")
     return None, key
 
 
