@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .checks import class_split_problems, duplicate_images, image_size_problems, near_duplicate_labels, small_classes
-from .types import Dataset, split_label
+from .types import Dataset, Sample, split_label
 
 SHOTS_CHECKED = 5
 
@@ -54,7 +54,36 @@ def summarize_dataset(
     for s in samples:
         for lab in s.labels:
             per_class[lab][s.split] += 1
-    n_labels = [len(s.labels) for s in samples]
+    out = _overview(dataset, per_class)
+    warnings: list[str] = []
+    images = [s.image for s in samples if s.image is not None]
+    if images and check_files:
+        missing = [str(p) for p in images if not p.is_file()]
+        out["images"]["missing"] = len(missing)
+        if missing:
+            warnings.append(f"{len(missing)} image files do not exist (first: {missing[0]})")
+    _check_classes(dataset, per_class, shots, protocol, out, warnings)
+    texts = [s.text for s in samples if s.text is not None]
+    if texts:
+        dup = sum(c - 1 for c in Counter(texts).values() if c > 1)
+        out["texts"]["duplicates"] = dup
+        if dup:
+            warnings.append(f"{dup} texts repeat an earlier one exactly")
+    if images and check_files:
+        _check_images(samples, out["images"], warnings)
+    if dataset.features is not None:
+        for name, mf in (("image", dataset.features.image), ("text", dataset.features.text)):
+            rows = np.ascontiguousarray(mf.pooled).view(np.dtype((np.void, mf.pooled.dtype.itemsize * mf.pooled.shape[1])))
+            dup = len(rows) - len(np.unique(rows))
+            if dup:
+                warnings.append(f"{dup} {name} feature rows repeat an earlier one exactly")
+    out["warnings"] = warnings
+    return out
+
+
+def _overview(dataset: Dataset, per_class: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The counts, classes, class split, meta, texts, images and features of the summary."""
+    samples = dataset.samples
     split = dataset.class_split
     out: dict[str, Any] = {
         "dataset": dataset.name,
@@ -62,7 +91,7 @@ def summarize_dataset(
         "splits": dict(Counter(s.split for s in samples)),
         "n_classes": len(dataset.classes),
         "multilabel": dataset.is_multilabel,
-        "labels_per_sample": _stats(n_labels),
+        "labels_per_sample": _stats([len(s.labels) for s in samples]),
         "classes": per_class,
         "class_split": None
         if split is None
@@ -89,13 +118,14 @@ def summarize_dataset(
         out["features"] = {"image": _modality(dataset.features.image), "text": _modality(dataset.features.text)}
     else:
         out["features"] = None
+    return out
 
-    warnings: list[str] = []
-    if images and check_files:
-        missing = [str(p) for p in images if not p.is_file()]
-        out["images"]["missing"] = len(missing)
-        if missing:
-            warnings.append(f"{len(missing)} image files do not exist (first: {missing[0]})")
+
+def _check_classes(
+    dataset: Dataset, per_class: dict[str, dict[str, int]], shots: int, protocol: str, out: dict[str, Any], warnings: list[str]
+) -> None:
+    """Classes too small for ``shots``, labels written two ways, a class split that cannot serve
+    ``protocol``, seen classes without train pairs, no train pairs at all."""
     small = small_classes(dataset, shots, protocol)
     out["small_classes"] = [sc.to_dict() for sc in small]
     out["shots_checked"] = shots
@@ -117,41 +147,32 @@ def summarize_dataset(
         warnings.append(
             f"the class split cannot serve the {protocol} protocol: {'; '.join(split_problems)} ('gcrdp run' stops on this; {hint})"
         )
+    split = dataset.class_split
     if split is not None:
         no_train_seen = [c for c in split.seen if per_class.get(c, {}).get("train", 0) == 0]
         if no_train_seen:
             warnings.append(f"{len(no_train_seen)} seen classes have no train pair: {', '.join(no_train_seen[:5])}")
-    if not any(s.split == "train" for s in samples):
+    if not any(s.split == "train" for s in dataset.samples):
         warnings.append("no train pairs: this dataset can be evaluated but not trained on")
-    if texts:
-        dup = sum(c - 1 for c in Counter(texts).values() if c > 1)
-        out["texts"]["duplicates"] = dup
-        if dup:
-            warnings.append(f"{dup} texts repeat an earlier one exactly")
-    if images and check_files:
-        paths = [s.image for s in samples]
-        groups = duplicate_images(paths)
-        n_dup = sum(len(g) - 1 for g in groups)
-        out["images"]["duplicates"] = n_dup
-        out["images"]["duplicate_groups"] = [[samples[i].id for i in g] for g in groups]
-        if n_dup:
-            shown = "; ".join(" = ".join(repr(samples[i].id) for i in g) for g in groups[:MAX_DUPLICATE_GROUPS])
-            more = f"; and {len(groups) - MAX_DUPLICATE_GROUPS} more groups (all in --json)" if len(groups) > MAX_DUPLICATE_GROUPS else ""
-            warnings.append(f"{n_dup} images have the same bytes as an earlier one, in {len(groups)} group(s) of samples: {shown}{more}")
-        sizes = image_size_problems(paths)
-        out["images"]["size_problems"] = [{"sample": samples[i].id, "path": str(paths[i]), "reason": r} for i, r in sizes]
-        for kind in ("tiny", "huge"):
-            hit = [(i, r) for i, r in sizes if r.startswith(kind)]
-            if hit:
-                warnings.append(f"{len(hit)} images are {kind} (first: {samples[hit[0][0]].id!r}, {hit[0][1]})")
-    if dataset.features is not None:
-        for name, mf in (("image", dataset.features.image), ("text", dataset.features.text)):
-            rows = np.ascontiguousarray(mf.pooled).view(np.dtype((np.void, mf.pooled.dtype.itemsize * mf.pooled.shape[1])))
-            dup = len(rows) - len(np.unique(rows))
-            if dup:
-                warnings.append(f"{dup} {name} feature rows repeat an earlier one exactly")
-    out["warnings"] = warnings
-    return out
+
+
+def _check_images(samples: list[Sample], out: dict[str, Any], warnings: list[str]) -> None:
+    """Byte-identical images and tiny or huge ones (``out``: the summary's ``images`` entry)."""
+    paths = [s.image for s in samples]
+    groups = duplicate_images(paths)
+    n_dup = sum(len(g) - 1 for g in groups)
+    out["duplicates"] = n_dup
+    out["duplicate_groups"] = [[samples[i].id for i in g] for g in groups]
+    if n_dup:
+        shown = "; ".join(" = ".join(repr(samples[i].id) for i in g) for g in groups[:MAX_DUPLICATE_GROUPS])
+        more = f"; and {len(groups) - MAX_DUPLICATE_GROUPS} more groups (all in --json)" if len(groups) > MAX_DUPLICATE_GROUPS else ""
+        warnings.append(f"{n_dup} images have the same bytes as an earlier one, in {len(groups)} group(s) of samples: {shown}{more}")
+    sizes = image_size_problems(paths)
+    out["size_problems"] = [{"sample": samples[i].id, "path": str(paths[i]), "reason": r} for i, r in sizes]
+    for kind in ("tiny", "huge"):
+        hit = [(i, r) for i, r in sizes if r.startswith(kind)]
+        if hit:
+            warnings.append(f"{len(hit)} images are {kind} (first: {samples[hit[0][0]].id!r}, {hit[0][1]})")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

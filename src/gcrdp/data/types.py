@@ -138,46 +138,9 @@ class Dataset:
     def validate(self) -> None:
         if not self.samples:
             raise DataError(f"Dataset {self.name!r} has no samples.")
-        index = {c: i for i, c in enumerate(self.classes)}
-        if len(index) != len(self.classes):
+        if len(set(self.classes)) != len(self.classes):
             raise DataError(f"Dataset {self.name!r}: duplicate class names in the class list.")
-        seen_ids: set[str] = set()
-        dup, empty, bad_split, no_label, unknown = [], [], [], [], []
-        for s in self.samples:
-            if s.id in seen_ids:
-                dup.append(s.id)
-            seen_ids.add(s.id)
-            if s.text is None:
-                if self.features is None:
-                    empty.append(s.id)
-            elif not s.text.strip():
-                empty.append(s.id)
-            if s.split not in SPLITS:
-                bad_split.append(s.id)
-            if not s.labels:
-                no_label.append(s.id)
-            for lab in s.labels:
-                if lab not in index:
-                    unknown.append(s.id)
-                    break
-        from ..errors import format_list
-
-        problems = []
-        if dup:
-            problems.append(f"duplicate sample ids: {format_list(dup)}")
-        if empty:
-            problems.append(f"empty texts in samples {format_list(empty)}")
-        if bad_split:
-            problems.append(f"split not 'train' or 'test' in samples {format_list(bad_split)}")
-        if no_label:
-            problems.append(f"no label in samples {format_list(no_label)}")
-        if unknown:
-            problems.append(f"labels not in the class list in samples {format_list(unknown)}")
-        if not problems:
-            used = {lab for s in self.samples for lab in s.labels}
-            unused = [c for c in self.classes if c not in used]
-            if unused:
-                problems.append(f"classes with no sample: {format_list(unused)} (drop them from the class list, or add their samples)")
+        problems = self._sample_problems()
         if problems:
             raise DataError(f"Dataset {self.name!r} is invalid: " + "; ".join(problems) + ".")
         if self.features is not None:
@@ -189,6 +152,42 @@ class Dataset:
                 )
         if self.class_split is not None:
             self.class_split.check_against(self.classes)
+
+    def _sample_problems(self) -> list[str]:
+        """What is wrong with the samples (duplicate ids, empty texts, bad splits, no or unknown
+        labels), else the classes without a sample."""
+        from ..errors import format_list
+
+        index = set(self.classes)
+        seen_ids: set[str] = set()
+        dup, empty, bad_split, no_label, unknown = [], [], [], [], []
+        for s in self.samples:
+            if s.id in seen_ids:
+                dup.append(s.id)
+            seen_ids.add(s.id)
+            if (s.text is None and self.features is None) or (s.text is not None and not s.text.strip()):
+                empty.append(s.id)
+            if s.split not in SPLITS:
+                bad_split.append(s.id)
+            if not s.labels:
+                no_label.append(s.id)
+            if any(lab not in index for lab in s.labels):
+                unknown.append(s.id)
+        found = [
+            (dup, "duplicate sample ids: {}"),
+            (empty, "empty texts in samples {}"),
+            (bad_split, "split not 'train' or 'test' in samples {}"),
+            (no_label, "no label in samples {}"),
+            (unknown, "labels not in the class list in samples {}"),
+        ]
+        problems = [what.format(format_list(ids)) for ids, what in found if ids]
+        if problems:
+            return problems
+        used = {lab for s in self.samples for lab in s.labels}
+        unused = [c for c in self.classes if c not in used]
+        if unused:
+            return [f"classes with no sample: {format_list(unused)} (drop them from the class list, or add their samples)"]
+        return []
 
     # ------------------------------------------------------------- accessors
     @property
