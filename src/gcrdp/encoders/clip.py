@@ -71,7 +71,8 @@ from .base import (
     torch_threads,
 )
 from .images import check_image_files, describe_items, load_image, to_rgb
-from .minilm import _quiet_transformers, token_length_order
+from .minilm import _quiet_transformers
+from .text import encode_in_length_order, local_tokens, token_length_order
 
 if TYPE_CHECKING:
     import torch
@@ -493,40 +494,21 @@ class CLIPTextEncoder:
         check_batch_size(batch_size)
         texts = self._check_texts(list(items))
         self.load()
-        tok = self._tokenizer
-        enc = tok(texts, truncation=True, max_length=self.max_tokens, padding=False, return_special_tokens_mask=True)
-        ids, special = enc["input_ids"], enc["special_tokens_mask"]
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        keep = [np.ones(len(x), bool) if self.include_special_tokens else ~np.asarray(s, bool) for x, s in zip(ids, special)]
-        n_local = np.array([int(k.sum()) for k in keep], dtype=np.int64)
-        if len(texts) and n_local.min() == 0:
-            bad = np.flatnonzero(n_local == 0).tolist()
-            raise DataError(
-                f"{len(bad)} texts have no token besides <|startoftext|>/<|endoftext|> "
-                f"(positions {format_list(bad)}); use include_special_tokens=True or drop them."
-            )
-        n = len(texts)
-        L = int(n_local.max()) if n else 0
-        local = np.zeros((n, L, self.dim), np.float32)
-        mask = np.zeros((n, L), bool)
-        pooled = np.zeros((n, self.projection_dim), np.float32)
-        order = np.argsort(-lengths, kind="stable")
+        enc = self._tokenizer(texts, truncation=True, max_length=self.max_tokens, padding=False, return_special_tokens_mask=True)
+        ids = enc["input_ids"]
+        keep = local_tokens(ids, enc["special_tokens_mask"], self.include_special_tokens, "<|startoftext|>/<|endoftext|>")
         import torch
 
         with (
             torch_threads(self.num_threads),
             torch.inference_mode(),
-            progress_bar(n, progress=progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
+            progress_bar(len(texts), progress=progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
         ):
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                batch = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt")
-                out = self._text(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                pooled[idx] = _normalise(self._projection(out.pooler_output))
-                h = out.last_hidden_state.numpy()  # (B, T, d_t)
-                for row, i in enumerate(idx):
-                    states = h[row, : lengths[i]][keep[i]]
-                    local[i, : len(states)] = states
-                    mask[i, : len(states)] = True
-                bar.update(len(idx))
-        return ModalityFeatures(local, mask, pooled)
+            dims = (self.dim, self.projection_dim)
+            return encode_in_length_order(ids, keep, self._run_batch, dims=dims, batch_size=batch_size, bar=bar)
+
+    def _run_batch(self, batch_ids: list[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """One batch: the text tower's last hidden states (B, T, d_t) and the L2-normalised projections."""
+        batch = self._tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
+        out = self._text(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.last_hidden_state.numpy(), _normalise(self._projection(out.pooler_output))

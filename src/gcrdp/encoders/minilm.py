@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..data.features import ModalityFeatures
-from ..errors import ConfigError, DataError, format_list, optional_import
+from ..errors import ConfigError, DataError, optional_import
 from ..utils.io import atomic_write_bytes
 from .base import (
     ENCODERS_EXTRA,
@@ -52,43 +52,14 @@ from .base import (
     torch_threads,
 )
 from .onnx_backend import ONNX_OPSET, export_onnx_graph, onnx_session
+from .text import encode_in_length_order, local_tokens, token_length_order
+
+#: how the special tokens are named in errors
+_SPECIAL_NAMES = "[CLS]/[SEP]"
 
 log = logging.getLogger(__name__)
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-#: texts tokenized at once by ``encode_order`` (only their lengths are kept)
-_ORDER_PIECE = 10_000
-
-
-def token_length_order(tokenizer: Any, texts: list[str], max_tokens: int) -> np.ndarray:
-    """The order a length-sorting text encoder batches ``texts`` in: by token length (truncated
-    at ``max_tokens``), longest first, stable. Lengths are taken a piece at a time, so no token
-    list is held for every text at once."""
-    lengths = np.empty(len(texts), np.int64)
-    for start in range(0, len(texts), _ORDER_PIECE):
-        ids = tokenizer(texts[start : start + _ORDER_PIECE], truncation=True, max_length=max_tokens, padding=False)
-        lengths[start : start + len(ids["input_ids"])] = [len(x) for x in ids["input_ids"]]
-    return np.argsort(-lengths, kind="stable")
-
-
-def _token_layout(
-    ids: Sequence[Sequence[int]], special: Sequence[Sequence[int]], include_special_tokens: bool, dim: int
-) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """The token lengths of tokenized texts, which tokens are local features (``keep``), and the
-    zeroed outputs ``local (n, L, dim)``, ``mask (n, L)``, ``pooled (n, dim)``; :class:`DataError`
-    for a text left with no local feature."""
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    keep = [np.ones(len(x), bool) if include_special_tokens else ~np.asarray(s, bool) for x, s in zip(ids, special)]
-    n_local = np.array([int(k.sum()) for k in keep], dtype=np.int64)
-    if len(ids) and n_local.min() == 0:
-        bad = np.flatnonzero(n_local == 0).tolist()
-        raise DataError(
-            f"{len(bad)} texts have no token besides [CLS]/[SEP] (positions "
-            f"{format_list(bad)}); use include_special_tokens=True or drop them."
-        )
-    n, L = len(ids), int(n_local.max()) if len(ids) else 0
-    return lengths, keep, np.zeros((n, L, dim), np.float32), np.zeros((n, L), bool), np.zeros((n, dim), np.float32)
-
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -237,34 +208,28 @@ class MiniLMEncoder:
         check_batch_size(batch_size)
         texts = self._check_texts(list(items))
         self.load()
-        tok = self._tokenizer
-        enc = tok(texts, truncation=True, max_length=self.max_tokens, padding=False, return_special_tokens_mask=True)
-        ids, special = enc["input_ids"], enc["special_tokens_mask"]
-        lengths, keep, local, mask, pooled = _token_layout(ids, special, self.include_special_tokens, self.dim)
-        n = len(texts)
-        order = np.argsort(-lengths, kind="stable")
+        enc = self._tokenizer(texts, truncation=True, max_length=self.max_tokens, padding=False, return_special_tokens_mask=True)
+        ids = enc["input_ids"]
+        keep = local_tokens(ids, enc["special_tokens_mask"], self.include_special_tokens, _SPECIAL_NAMES)
         with (
             torch_threads(self.num_threads),
             torch.inference_mode(),
-            progress_bar(n, progress=progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
+            progress_bar(len(texts), progress=progress, unit="text", desc=f"Encoding texts ({self.name})") as bar,
         ):
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                batch = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt")
-                am = batch["attention_mask"]
-                hidden = self._model(
-                    input_ids=batch["input_ids"], attention_mask=am, token_type_ids=torch.zeros_like(batch["input_ids"])
-                ).last_hidden_state  # (B, T, d)
-                m = am.unsqueeze(-1).to(hidden.dtype)
-                mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                pooled[idx] = torch.nn.functional.normalize(mean, p=2, dim=1).numpy()
-                h = hidden.numpy()
-                for row, i in enumerate(idx):
-                    states = h[row, : lengths[i]][keep[i]]
-                    local[i, : len(states)] = states
-                    mask[i, : len(states)] = True
-                bar.update(len(idx))
-        return ModalityFeatures(local, mask, pooled)
+            return encode_in_length_order(ids, keep, self._run_batch, dims=(self.dim, self.dim), batch_size=batch_size, bar=bar)
+
+    def _run_batch(self, batch_ids: list[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """One batch: the last hidden states (B, T, d) and the L2-normalised masked means."""
+        import torch
+
+        batch = self._tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
+        am = batch["attention_mask"]
+        hidden = self._model(
+            input_ids=batch["input_ids"], attention_mask=am, token_type_ids=torch.zeros_like(batch["input_ids"])
+        ).last_hidden_state  # (B, T, d)
+        m = am.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return hidden.numpy(), torch.nn.functional.normalize(mean, p=2, dim=1).numpy()
 
     # ------------------------------------------------------------------ the ONNX twin (queries)
     def onnx_path(self, artifact_dir: str | Path | None = None) -> Path:
@@ -422,28 +387,22 @@ class MiniLMOnnxEncoder:
         check_batch_size(batch_size)
         texts = check_texts(list(items))
         ids, special = self.token_ids(texts)
-        lengths, keep, local, mask, pooled = _token_layout(ids, special, self.encoder.include_special_tokens, self.dim)
-        n = len(texts)
-        order = np.argsort(-lengths, kind="stable")
-        with progress_bar(n, progress=progress, unit="text", desc=f"Encoding texts ({self.name}, onnx)") as bar:
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                width = int(lengths[idx].max())
-                input_ids = np.zeros((len(idx), width), np.int64)
-                attention = np.zeros((len(idx), width), np.int64)
-                for row, i in enumerate(idx):
-                    input_ids[row, : lengths[i]] = ids[i]
-                    attention[row, : lengths[i]] = 1
-                hidden = self._session.run(None, {"input_ids": input_ids, "attention_mask": attention})[0]  # (B, T, d)
-                m = attention[..., None].astype(hidden.dtype)
-                mean = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-                pooled[idx] = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
-                for row, i in enumerate(idx):
-                    states = hidden[row, : lengths[i]][keep[i]]
-                    local[i, : len(states)] = states
-                    mask[i, : len(states)] = True
-                bar.update(len(idx))
-        return ModalityFeatures(local, mask, pooled)
+        keep = local_tokens(ids, special, self.encoder.include_special_tokens, _SPECIAL_NAMES)
+        with progress_bar(len(texts), progress=progress, unit="text", desc=f"Encoding texts ({self.name}, onnx)") as bar:
+            return encode_in_length_order(ids, keep, self._run_batch, dims=(self.dim, self.dim), batch_size=batch_size, bar=bar)
+
+    def _run_batch(self, batch_ids: list[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """One batch through ONNX Runtime: the last hidden states (B, T, d) and the L2-normalised masked means."""
+        width = max(len(x) for x in batch_ids)
+        input_ids = np.zeros((len(batch_ids), width), np.int64)
+        attention = np.zeros((len(batch_ids), width), np.int64)
+        for row, x in enumerate(batch_ids):
+            input_ids[row, : len(x)] = x
+            attention[row, : len(x)] = 1
+        hidden = self._session.run(None, {"input_ids": input_ids, "attention_mask": attention})[0]  # (B, T, d)
+        m = attention[..., None].astype(hidden.dtype)
+        mean = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return hidden, mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
     def max_difference(self, texts: Sequence[str]) -> float:
         """The largest absolute difference between these features and the torch encoder's on
