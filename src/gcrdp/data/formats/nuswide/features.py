@@ -16,7 +16,7 @@ from ...problems import Problems
 from ...types import Sample
 from ..build import RawDataset
 from ..featurearrays import NoFeatureFiles, collect_arrays, find_feature_files, read_parts
-from ..featurerows import decode_rows, describe_form, feature_set, pairing_hint, read_class_names
+from ..featurerows import Rows, decode_rows, describe_form, feature_set, pairing_hint, read_class_names
 from .common import CONCEPT_FILES, KNOWN_FILES, TC_FILE_TAG, TC_FILES, Subset, filter_rows, select_concepts
 from .release import read_lines
 
@@ -111,6 +111,28 @@ def _resolve_subset(subset: Subset, tags: list[str], files: list[Path], notes: l
     return subset
 
 
+def _single_label_note(subset: Subset, n_kept: int, n: int, n_multi: int, tags: list[str]) -> str:
+    """The warning of a single-label subset of files whose pairs carry several labels."""
+    benchmark = f"NUS-WIDE-TC-{tags[0]}" if len(tags) == 1 else None
+    return (
+        f"NUS-WIDE: subset={subset.key!r} keeps the {n_kept} of {n} pairs that carry exactly one of the chosen "
+        f"concepts (single-label); {n_multi} pairs of these files carry several labels. The published {benchmark or 'multi-label'} "
+        f"benchmark (DCMH, DJSRH, UCCH) uses every pair, multi-label: leave subset unset"
+        + (f" or pass subset='tc{tags[0]}'." if benchmark else " or pass subset='multi'.")
+    )
+
+
+def _subset_samples(rows: Rows, keep: np.ndarray, pos: np.ndarray, chosen_names: list[str], problems: Problems) -> list[Sample]:
+    """The pairs of the subset, labelled with its concepts (their problems too)."""
+    samples = []
+    for i in np.flatnonzero(keep).tolist():
+        for why in rows.reasons[i]:
+            problems.add(rows.where[i], why, rows.ids[i])
+        labels = tuple(chosen_names[k] for k in np.flatnonzero(pos[i]))
+        samples.append(Sample(id=rows.ids[i], text=None, labels=labels or (chosen_names[0],), split=rows.splits[i]))
+    return samples
+
+
 def read_features(root: Path, opts: FeatureFiles, subset: Subset) -> RawDataset:
     """Source ``features``: feature files of public code, read with
     :mod:`gcrdp.data.formats.featurearrays`; the subset's concepts and pairs."""
@@ -151,22 +173,12 @@ def read_features(root: Path, opts: FeatureFiles, subset: Subset) -> RawDataset:
     keep, _ = filter_rows(pos, rows.bad_label.astype(int), subset.mode)
     n_multi = int((matrix.sum(axis=1) > 1).sum())
     if subset.mode == "single" and n_multi:
-        msg = (
-            f"NUS-WIDE: subset={subset.key!r} keeps the {int(keep.sum())} of {n} pairs that carry exactly one of the chosen "
-            f"concepts (single-label); {n_multi} pairs of these files carry several labels. The published {benchmark or 'multi-label'} "
-            f"benchmark (DCMH, DJSRH, UCCH) uses every pair, multi-label: leave subset unset"
-            + (f" or pass subset='tc{tags[0]}'." if benchmark else " or pass subset='multi'.")
-        )
+        msg = _single_label_note(subset, int(keep.sum()), n, n_multi, tags)
         warnings.warn(msg, UserWarning, stacklevel=3)
         notes.append(msg)
     chosen_names = [names_all[j] for j in chosen]
     problems = Problems(describe)
-    samples = []
-    for i in np.flatnonzero(keep).tolist():
-        for why in rows.reasons[i]:
-            problems.add(rows.where[i], why, rows.ids[i])
-        labels = tuple(chosen_names[k] for k in np.flatnonzero(pos[i]))
-        samples.append(Sample(id=rows.ids[i], text=None, labels=labels or (chosen_names[0],), split=rows.splits[i]))
+    samples = _subset_samples(rows, keep, pos, chosen_names, problems)
     if not samples:
         raise DataError(f"{describe}: no pair is in the subset ({how}: {format_list(chosen_names)}).")
     used = {x for s in samples for x in s.labels}
