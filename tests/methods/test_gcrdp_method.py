@@ -102,3 +102,15 @@ def test_gcrdp_checkpoint_round_trip_embeds_like_the_fitted_model(tmp_path):
     loaded = GCRDPMethod.load(tmp_path / "final")
     assert np.array_equal(loaded.embed_images(feats.image), ref.embed_images(feats.image))
     assert np.array_equal(loaded.embed_texts(feats.text), ref.embed_texts(feats.text))
+
+
+def test_the_warm_start_is_scored_like_its_pooled_embedding():
+    """While warm-starting, the embedding is the base's pooled one: validation scores it by
+    cosine, even for score="sets" (set-max over the K views afterwards)."""
+    m = build_method("gcrdp", {**SMALL, "score": "sets", "warm_start": True})
+    assert m.score_metric == "set-max:3"
+    m.init_model(image_dim=12, text_dim=8, n_classes=12)
+    m.model_.pool_only = True
+    assert m.score_metric == "cosine"
+    m.model_.pool_only = False
+    assert m.score_metric == "set-max:3"

@@ -244,7 +244,6 @@ class GCRDPMethod(TrainableHeadsMethod):
                 loss=self._base_loss,
                 train=warm_cfg,
                 stage="warm",
-                metric="cosine",  # the base's pooled embedding
             )
         finally:
             model.pool_only = False
@@ -371,7 +370,10 @@ class GCRDPMethod(TrainableHeadsMethod):
 
     @property
     def score_metric(self) -> str:
-        return f"set-max:{self.cfg.n_views}" if self.cfg.score == "sets" else "cosine"
+        """``set-max:K`` for ``score="sets"``, else cosine — and cosine while warm-starting, when
+        the embedding is the base's pooled one (:meth:`_encode_batch`)."""
+        warming = self.model_ is not None and cast(GCRDPModel, self.model_).pool_only
+        return f"set-max:{self.cfg.n_views}" if self.cfg.score == "sets" and not warming else "cosine"
 
     def _embed_dim(self) -> int:
         return self.cfg.latent_dim * (self.cfg.n_views if self.cfg.score in ("views", "sets") else 1)

@@ -120,11 +120,10 @@ class TrainableHeadsMethod:
         loss: StepLoss | None = None,
         train: TrainConfig | None = None,
         stage: str | None = None,
-        metric: str | None = None,
     ) -> FitReport:
         """:func:`~gcrdp.training.fit_loop` with this method's loss (or ``loss``), embedding,
         training settings (or ``train``), device and ``method_info`` (with ``stage`` when given),
-        on the global batch, validated with :attr:`score_metric` (or ``metric``)."""
+        on the global batch, validated with :attr:`score_metric` (that of the embeddings now)."""
         info = method_info(self) if stage is None else {**method_info(self), "stage": stage}
         return fit_loop(
             model,
@@ -138,7 +137,7 @@ class TrainableHeadsMethod:
             resume=resume,
             method_info=info,
             global_batch=True,
-            metric=metric or self.score_metric,
+            metric=self.score_metric,
         )
 
     def refit_options(self, report: FitReport) -> dict[str, Any]:
