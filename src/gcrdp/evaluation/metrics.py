@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -339,46 +340,24 @@ def retrieval_metrics(
         Scores are float32 dot products of the (normalised) embeddings, ranked descending with
         ties broken by gallery index. Queries without relevant items count with AP 0.
     """
-    return _retrieval_metrics(
-        query_emb,
-        gallery_emb,
-        query_labels,
-        gallery_labels,
-        ks,
-        metric=metric,
-        chunk_size=chunk_size,
-        k_denominator=k_denominator,
-        per_query=per_query,
-        n_threads=n_threads,
-    )
+    scoring = _Scoring(metric=metric, chunk_size=chunk_size, k_denominator=k_denominator, n_threads=n_threads)
+    return _with_per_query(_retrieval_stats(query_emb, gallery_emb, query_labels, gallery_labels, ks, scoring), per_query)
 
 
-def _retrieval_metrics(
-    query_emb: Any,
-    gallery_emb: Any,
-    query_labels: Any,
-    gallery_labels: Any,
-    ks: Iterable[int] | int = (),
-    *,
-    metric: str = "cosine",
-    chunk_size: int | None = None,
-    k_denominator: KDenominator = "hits",
-    per_query: bool = False,
-    n_threads: int | None = None,
-    names: tuple[str, str] = ("query_emb", "gallery_emb"),
-) -> dict[str, Any]:
-    out, stats = _retrieval_stats(
-        query_emb,
-        gallery_emb,
-        query_labels,
-        gallery_labels,
-        ks,
-        metric=metric,
-        chunk_size=chunk_size,
-        k_denominator=k_denominator,
-        n_threads=n_threads,
-        names=names,
-    )
+@dataclass(frozen=True)
+class _Scoring:
+    """How :func:`retrieval_metrics` scores and ranks (its keyword options of those names,
+    except ``per_query``; checked by :func:`_retrieval_stats`)."""
+
+    metric: str = "cosine"
+    chunk_size: int | None = None
+    k_denominator: KDenominator = "hits"
+    n_threads: int | None = None
+
+
+def _with_per_query(result: tuple[dict[str, Any], dict[str, np.ndarray]], per_query: bool) -> dict[str, Any]:
+    """The result dict of :func:`_retrieval_stats`, holding its per-query arrays as ``"per_query"`` when asked."""
+    out, stats = result
     if per_query:
         out["per_query"] = stats
     return out
@@ -390,11 +369,8 @@ def _retrieval_stats(
     query_labels: Any,
     gallery_labels: Any,
     ks: Iterable[int] | int = (),
+    scoring: _Scoring = _Scoring(),
     *,
-    metric: str = "cosine",
-    chunk_size: int | None = None,
-    k_denominator: KDenominator = "hits",
-    n_threads: int | None = None,
     names: tuple[str, str] = ("query_emb", "gallery_emb"),
     pair_index: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -402,6 +378,7 @@ def _retrieval_stats(
     arrays; with ``pair_index`` ((nq,) gallery row of each query's own pair, or -1) the arrays
     also hold ``"pair_rank"`` (see :func:`instance_recall`), from the same scores."""
     qn, gn = names
+    metric, k_denominator = scoring.metric, scoring.k_denominator
     n_views = _set_max_views(metric)
     if metric not in SCORE_METRICS and n_views is None:
         raise ConfigError(f"metric must be one of {format_list(SCORE_METRICS)} or 'set-max:K', got {metric!r}.")
@@ -420,8 +397,8 @@ def _retrieval_stats(
         raise DataError(f"{gn} has {g.shape[0]} rows but gallery_labels has {gl.shape[0]}: there must be one label entry per gallery item.")
     ng = g.shape[0]
     checked_ks = _check_ks(ks, ng)
-    chunk = _check_chunk_size(chunk_size, ng)
-    threads = _check_n_threads(n_threads, q.shape[0] * ng)
+    chunk = _check_chunk_size(scoring.chunk_size, ng)
+    threads = _check_n_threads(scoring.n_threads, q.shape[0] * ng)
     score = _scorer(q, g, metric, n_views, names)
     gallery = GalleryRelevance(gl)
 
@@ -575,7 +552,7 @@ def _instance_summary(ranks: np.ndarray, ks: tuple[int, ...], ng: int) -> dict[s
     return out
 
 
-_RETRIEVAL_OPTIONS = frozenset({"metric", "chunk_size", "k_denominator", "per_query", "n_threads"})
+_RETRIEVAL_OPTIONS = frozenset({f.name for f in fields(_Scoring)} | {"per_query"})
 
 
 def cross_modal_metrics(
@@ -604,23 +581,15 @@ def cross_modal_metrics(
         raise ConfigError(
             f"cross_modal_metrics got unknown options {format_list(sorted(unknown))}; known: {format_list(sorted(_RETRIEVAL_OPTIONS))}."
         )
-    i2t = _retrieval_metrics(
-        query_image,
-        gallery_text,
-        query_labels,
-        gallery_labels,
-        ks,
-        names=("query_image", "gallery_text"),
-        **kwargs,
+    per_query = kwargs.pop("per_query", False)
+    scoring = _Scoring(**kwargs)
+    i2t = _with_per_query(
+        _retrieval_stats(query_image, gallery_text, query_labels, gallery_labels, ks, scoring, names=("query_image", "gallery_text")),
+        per_query,
     )
-    t2i = _retrieval_metrics(
-        query_text,
-        gallery_image,
-        query_labels,
-        gallery_labels,
-        ks,
-        names=("query_text", "gallery_image"),
-        **kwargs,
+    t2i = _with_per_query(
+        _retrieval_stats(query_text, gallery_image, query_labels, gallery_labels, ks, scoring, names=("query_text", "gallery_image")),
+        per_query,
     )
     return {"i2t": i2t, "t2i": t2i, "mean_map": (i2t["map"] + t2i["map"]) / 2.0}
 
@@ -648,9 +617,8 @@ def _self_paired_metrics(
         ("i2t", image, text, ("query_image", "gallery_text")),
         ("t2i", text, image, ("query_text", "gallery_image")),
     ):
-        res[direction], stats = _retrieval_stats(
-            queries, gallery, labels, labels, ks, metric=metric, chunk_size=chunk_size, n_threads=n_threads, names=names, pair_index=pair
-        )
+        scoring = _Scoring(metric=metric, chunk_size=chunk_size, n_threads=n_threads)
+        res[direction], stats = _retrieval_stats(queries, gallery, labels, labels, ks, scoring, names=names, pair_index=pair)
         ranks[direction], n_rel = stats["pair_rank"], stats["n_relevant"]
     res["mean_map"] = (res["i2t"]["map"] + res["t2i"]["map"]) / 2.0
     ng = res["i2t"]["n_gallery"]
