@@ -69,6 +69,7 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -530,18 +531,26 @@ def _processing_order(encoder: Any, items: list[Any]) -> np.ndarray | None:
     return order
 
 
+@dataclass(frozen=True)
+class _Encoding:
+    """How one modality's missing items are encoded into the cache: its encoder, the storage
+    dtype, the encoder's batch size and whether a progress bar shows."""
+
+    modality: str
+    encoder: Any
+    dtype: str
+    batch_size: int
+    progress: bool
+
+
 def _extract_missing(
     cache: FeatureCache,
     inputs: dict[str, Any],
-    modality: str,
-    encoder: Any,
+    how: _Encoding,
     items: list[Any],
     keys: list[str],
     rows: list[int],
     index: dict[str, tuple[Path, int]],
-    dtype: str,
-    batch_size: int,
-    progress: bool,
 ) -> int:
     """Encode the samples ``rows`` (every sample whose item is missing, in dataset order,
     duplicates too) in shards of :func:`shard_items`, each published as a chunk as soon as it is
@@ -552,6 +561,7 @@ def _extract_missing(
     the one a single call gives. One progress bar counts every sample over all shards."""
     from ..utils.progress import progress_bar
 
+    modality, encoder, dtype, batch_size = how.modality, how.encoder, how.dtype, how.batch_size
     if hasattr(encoder, "use_artifact_dir"):
         encoder.use_artifact_dir(cache.models_dir)
     step = shard_items(batch_size)
@@ -562,7 +572,7 @@ def _extract_missing(
     written: set[str] = set()
     unit, what = ("img", "images") if modality == "image" else ("text", "texts")
     # a bar on a terminal, a line every 30 s in a log (not dozens of carriage returns)
-    with progress_bar(len(rows), enabled=progress, unit=unit, desc=f"Encoding {what} ({getattr(encoder, 'name', '?')})") as bar:
+    with progress_bar(len(rows), enabled=how.progress, unit=unit, desc=f"Encoding {what} ({getattr(encoder, 'name', '?')})") as bar:
         for start in range(0, len(rows), step):
             part = rows[start : start + step]
             with shared_progress(bar) as shared:
@@ -589,21 +599,12 @@ def _extract_missing(
     return len(written)
 
 
-def _gather_for(
-    cache: FeatureCache,
-    modality: str,
-    encoder: Any,
-    items: list[Any],
-    keys: list[str],
-    dtype: str,
-    batch_size: int,
-    progress: bool,
-    legacy: Any,
-) -> tuple[_Gather, int]:
+def _gather_for(cache: FeatureCache, how: _Encoding, items: list[Any], keys: list[str], legacy: Any) -> tuple[_Gather, int]:
     """One modality's rows for ``items`` (with their item ``keys``) located in the cache's
-    chunks, extracting the missing items first (in shards); returns (where they are, items
-    extracted now). A damaged chunk is discarded and its items extracted again."""
-    inputs = space_inputs(modality, encoder.fingerprint(), dtype)
+    chunks, extracting the missing items first (in shards, as ``how`` says); returns (where they
+    are, items extracted now). A damaged chunk is discarded and its items extracted again."""
+    modality, dtype = how.modality, how.dtype
+    inputs = space_inputs(modality, how.encoder.fingerprint(), dtype)
     space = cache.space_dir(inputs)
     encoded = 0
     for _attempt in range(len(cache.chunks(space)) + _ATTEMPTS):  # each failed pass removes a damaged chunk
@@ -622,7 +623,7 @@ def _gather_for(
                 chunk = cache.write_chunk(inputs, list(first), ModalityFeatures(src.local[take], src.mask[take], src.pooled[take]))
                 index.update({k: (chunk, r) for r, k in enumerate(first)})
             else:
-                encoded += _extract_missing(cache, inputs, modality, encoder, items, keys, rows, index, dtype, batch_size, progress)
+                encoded += _extract_missing(cache, inputs, how, items, keys, rows, index)
         try:
             return _Gather(cache, [index[k] for k in keys], dtype), encoded
         except DamagedChunk as exc:
@@ -771,8 +772,8 @@ def extract_features(
 
     image_keys = [image_item_key(p) for p in images]  # type: ignore[arg-type]
     text_keys = [text_item_key(t) for t in texts]  # type: ignore[arg-type]
-    image, n_img = _gather_for(cache, "image", image_encoder, images, image_keys, dtype, batch_size, progress, legacy)
-    text, n_txt = _gather_for(cache, "text", text_encoder, texts, text_keys, dtype, 2 * batch_size, progress, legacy)
+    image, n_img = _gather_for(cache, _Encoding("image", image_encoder, dtype, batch_size, progress), images, image_keys, legacy)
+    text, n_txt = _gather_for(cache, _Encoding("text", text_encoder, dtype, 2 * batch_size, progress), texts, text_keys, legacy)
     del image_keys, text_keys
     meta.update(
         {"cache_hit": n_img == 0 and n_txt == 0, "cache_path": str(cache.items_dir), "items_extracted": {"image": n_img, "text": n_txt}}
@@ -819,5 +820,6 @@ def encode_items(
             raise DataError(f"The {modality} encoder returned {len(got)} rows for {len(items)} items.")
         return _trimmed(_as_storage(got, dtype, modality)), len(items)
     keys = [image_item_key(p) if modality == "image" else text_item_key(p) for p in items]
-    gathered, encoded = _gather_for(FeatureCache(cache_dir), modality, encoder, list(items), keys, dtype, batch_size, progress, None)
+    how = _Encoding(modality, encoder, dtype, batch_size, progress)
+    gathered, encoded = _gather_for(FeatureCache(cache_dir), how, list(items), keys, None)
     return gathered.in_memory(), encoded
