@@ -43,7 +43,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -654,6 +654,253 @@ class _Load:
     trained: str | Path | None = None
 
 
+@dataclass(frozen=True)
+class _Build:
+    """One build or add, as :meth:`Retriever.build` was asked it (see there for each field),
+    after its checks; an add then takes ``backend``, ``uri``, ``on_disk`` and ``index_type``
+    from the index it extends."""
+
+    index_dir: Path
+    items: list[Item]
+    checkpoint: Any = None
+    clip: Any = None
+    features: Any = None
+    index_type: str = EXACT
+    add: bool = False
+    cache_dir: Any = None
+    device: str = "cpu"
+    progress: bool = True
+    backend: str = "faiss"
+    uri: str | None = None
+    on_disk: bool = False
+    nprobe: int | None = None
+    batch_size: int | None = None
+    train_size: int | None = None
+    seed: int = 0
+    load: _Load = _Load()
+
+
+@dataclass
+class _State:
+    """What a new version starts from (for an add, the index it extends: ``old``) and what it
+    gathers while it is filled: the backends and metadata rows (extended in place), the content
+    hashes already indexed, each modality's index type, the training record, the interrupted
+    Milvus load being resumed (``record``), a shared training's templates, the shard, and the
+    Milvus collections of this load and the rows a resumed load found inserted."""
+
+    model: Any
+    backends: dict[str, Any]
+    rows: list[tuple]
+    seen: set
+    index_types: dict[str, str]
+    training: dict[str, Any]
+    record: dict[str, Any] | None = None
+    old: Retriever | None = None
+    templates: dict[str, Any] = field(default_factory=dict)
+    shard_info: dict[str, Any] | None = None
+    collections: dict[str, str] = field(default_factory=dict)
+    resumed: dict[str, int] = field(default_factory=dict)
+
+
+def _interrupted_load(req: _Build) -> dict[str, Any] | None:
+    """The record of an interrupted load into Milvus that this build resumes (``--resume``), or
+    None; an interrupted load not resumed is dropped (the build starts over)."""
+    record = read_record(req.index_dir)
+    if record is not None and not req.load.resume:
+        dropped = discard_leftover(req.index_dir)
+        if dropped:
+            log.info("Dropped the Milvus collection(s) %s of an interrupted build of %s.", ", ".join(dropped), req.index_dir)
+        return None
+    if record is None and req.load.resume:
+        log.info("--resume: no interrupted load into Milvus at %s; building as usual.", req.index_dir)
+    return record
+
+
+def _check_load(req: _Build) -> None:
+    """:class:`ConfigError` for load options that the build's backend does not take."""
+    load = req.load
+    if req.on_disk and req.backend != "faiss":
+        raise ConfigError("An on-disk index is a FAISS index (backend faiss); Milvus keeps its own storage.")
+    if req.backend != "milvus":
+        for flag, value in (("--resume", load.resume or None), ("--shards", load.shards), ("--partition", load.partition)):
+            if value is not None:
+                raise ConfigError(
+                    f"{flag} applies to the Milvus backend (--backend milvus); a FAISS index is written whole into a new version."
+                )
+    elif load.shards is not None and req.add:
+        raise ConfigError("--shards is set when a Milvus collection is created; an --add inserts into the index's collections.")
+    if (load.shard is not None or load.trained is not None) and req.backend != "faiss":
+        raise ConfigError("--shard and --trained build FAISS indexes to merge; a Milvus collection is one index already.")
+
+
+def _chunk_hashes(modality: str, chunk: list[Item], features: Any) -> tuple[list[np.ndarray] | None, list[str]]:
+    """The content hashes of a batch of items, and their feature rows (local, mask, pooled) when
+    the items are rows of pre-extracted ``features`` (one modality's), else None."""
+    if features is None:
+        return None, [_content_hash(it) for it in chunk]
+    arrays = [take_rows(x, np.asarray([it.row for it in chunk])) for x in (features.local, features.mask, features.pooled)]
+    return arrays, _feature_hashes(modality, arrays)
+
+
+def _embed_chunk(
+    model: Any, modality: str, items: list[Item], arrays: list[np.ndarray] | None, keep: list[int], cache_dir: Any
+) -> np.ndarray:
+    """The embeddings of ``items`` (rows ``keep`` of their batch): from the batch's feature rows
+    ``arrays`` when given, else from the images or texts (through the feature cache ``cache_dir``)."""
+    if arrays is not None:
+        from ..data.features import ModalityFeatures
+
+        sel = np.asarray(keep)
+        return model.embed_features(modality, ModalityFeatures(*(x[sel] for x in arrays)))
+    return model.embed(modality, [it.path if modality == "image" else it.text for it in items], cache_dir=cache_dir, progress=False)
+
+
+def _metadata_row(modality: str, row: int, item: Item, content_hash: str) -> tuple:
+    """An item's row of ``items.sqlite``."""
+    return (modality, row, item.id, item.path, item.text, item.label, content_hash, _labels_column(item.labels, item.label))
+
+
+def _record_milvus_load(
+    folder: Path, req: _Build, state: _State, spools: dict[str, EmbeddingSpool], n_old: dict[str, int], n_rows: int
+) -> _Build:
+    """Record the load into Milvus before its first insert (so that an interrupted one can be
+    resumed; a resumed one is checked against its record) and name the collections it makes;
+    returns the build with its URI as stored."""
+    if req.uri is None:
+        _new_backend(req.backend, 1, EXACT, req.uri)  # the error that says what uri= takes
+    uri = _milvus_uri(str(req.uri))
+    expected = {
+        "uri": uri,
+        "model": state.model.fingerprint,
+        "base": state.old.version if state.old is not None else None,
+        "rows": rows_digest(state.rows[n_rows:]),
+        "index_types": {m: state.index_types[m] for m in spools if m in state.index_types},
+        "dim": int(next(iter(spools.values())).shape[1]),
+        "start": n_old,
+    }
+    if state.record is not None:
+        check_resumable(state.record, expected, folder.parent)
+    made_names = dict((state.record or {}).get("made") or {})
+    for m, spool in spools.items():
+        if m not in state.backends and len(spool):
+            state.collections[m] = made_names.get(m) or f"gcrdp_{secrets.token_hex(6)}"
+    reused = {m: b.collection for m, b in state.backends.items()}
+    write_record(folder.parent, {**expected, "made": state.collections, "reused": reused})
+    return replace(req, uri=uri)
+
+
+def _open_engine(engine: Any, modality: str, dim: int, req: _Build, state: _State) -> Any:
+    """The backend that ``modality``'s new vectors go into: the index's own (an add; its load
+    options set anew), or a new one (a Milvus collection, a copy of a shared training, or empty)."""
+    load, kind = req.load, state.index_types[modality]
+    if engine is None and req.backend == "milvus":
+        return MilvusBackend(
+            dim,
+            kind,
+            uri=str(req.uri),
+            collection=state.collections[modality],
+            shards=load.shards,
+            partition=load.partition,
+            batch_rows=load.batch_rows,
+        )
+    if engine is None and modality in state.templates:
+        return FaissBackend.from_trained(_faiss_clone(state.templates[modality][0]), kind, nprobe=req.nprobe)
+    if engine is None:
+        return _new_backend(req.backend, dim, kind, req.uri, req.nprobe)
+    if isinstance(engine, MilvusBackend):
+        engine.partition, engine.batch_rows = load.partition, load.batch_rows
+    elif req.nprobe is not None and isinstance(engine, FaissBackend):
+        engine.set_nprobe(req.nprobe)
+    return engine
+
+
+def _fill_backend(modality: str, spool: EmbeddingSpool, start: int, folder: Path, work: Path, req: _Build, state: _State) -> None:
+    """Add ``modality``'s vectors from row ``start`` of its spool to its backend (training it
+    first when it is new and trainable), into ``state``."""
+    engine = state.backends.get(modality)
+    if req.on_disk:
+        engine, trained = FaissBackend.build_on_disk(
+            spool,
+            folder,
+            modality,
+            state.index_types[modality],
+            start=start,
+            previous=engine,
+            work_dir=work,
+            seed=req.seed,
+            max_train=req.train_size or MAX_TRAIN,
+            nprobe=req.nprobe,
+            batch_rows=req.load.batch_rows,
+            template=state.templates[modality][0] if modality in state.templates and engine is None else None,
+        )
+    else:
+        engine = _open_engine(engine, modality, int(spool.shape[1]), req, state)
+        if isinstance(engine, MilvusBackend):
+            trained = engine.add_from(spool, start, resume=state.record is not None)
+            if engine.resumed_rows:
+                state.resumed[modality] = engine.resumed_rows
+        else:
+            trained = engine.add_from(spool, start, seed=req.seed, max_train=req.train_size or MAX_TRAIN, batch_rows=req.load.batch_rows)
+    state.backends[modality] = engine
+    if trained:
+        state.training["vectors"][modality] = trained
+
+
+def _version_info(
+    req: _Build, state: _State, spools: dict[str, EmbeddingSpool], added: dict[str, int], skipped: int, t0: float
+) -> dict[str, Any]:
+    """The index.json of a filled version (``t0``: when its embedding started)."""
+    from .. import __version__
+
+    backends, model = state.backends, state.model
+    recall, recall_queries = {}, 0
+    for modality, engine in backends.items():
+        if state.index_types[modality] != EXACT:
+            recall[modality], recall_queries = recall_against_exact(engine.search, spools[modality], k=10)
+    instance = _instance_quality(dict(spools), state.rows)
+    probes = {m: b.nprobe for m, b in backends.items() if getattr(b, "nprobe", None) is not None}
+    info = {
+        "format": INDEX_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
+        "encoders": model.encoders_config() if model.checkpoint is None else None,
+        "model": model.fingerprint,
+        "backend": req.backend,
+        "uri": getattr(next(iter(backends.values())), "uri", None) if req.backend == "milvus" else None,
+        "index_type": req.index_type,
+        "index_types": {m: state.index_types[m] for m in backends},
+        "on_disk": req.on_disk,
+        "nprobe": probes or None,
+        "training": state.training if state.training["vectors"] else None,
+        "metric": "inner product" + (" of unit vectors (cosine)" if model.metric == "cosine" else ""),
+        "dim": next(iter(backends.values())).dim,
+        "counts": {m: b.ntotal for m, b in backends.items()},
+        "added_now": added,
+        "skipped_duplicates": skipped,
+        "recall_at_10_vs_exact": recall or None,
+        "recall_queries": recall_queries or None,
+        "instance_recall": instance,
+        "embed_seconds": round(time.perf_counter() - t0, 3),
+    }
+    if req.backend == "milvus":
+        info["milvus"] = {
+            "collections": {m: b.collection for m, b in backends.items()},
+            "shards": req.load.shards,
+            "num_shards": {m: b.num_shards for m, b in backends.items()},
+            "partition": req.load.partition,
+            "batch_rows": req.load.batch_rows or min(b.insert_rows for b in backends.values()),
+            "resumed_rows": state.resumed or None,
+        }
+    if state.shard_info is not None:
+        info["shard"] = state.shard_info
+    if req.load.trained is not None:
+        info["trained_from"] = str(Path(req.load.trained).expanduser().resolve())
+    if state.shard_info is not None or req.load.trained is not None:
+        info["template_sha256"] = {m: template_digest(b.trained_template()) for m, b in backends.items() if isinstance(b, FaissBackend)}
+    info["gcrdp_version"] = __version__
+    return info
+
+
 def _check_shard(shard: Any) -> tuple[int, int]:
     """``(i, n)`` with ``0 <= i < n``; :class:`ConfigError` naming ``--shard`` otherwise."""
     ok = isinstance(shard, (tuple, list)) and len(shard) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
@@ -871,215 +1118,126 @@ class Retriever:
             raise ConfigError("--trained applies to a new index; an --add keeps the training of the index it extends.")
         with _build_lock(index_dir):
             return cls._build_locked(
-                index_dir,
-                checkpoint=checkpoint,
-                items=items,
-                clip=clip,
-                features=features,
-                index_type=index_type,
-                add=add,
-                cache_dir=cache_dir,
-                device=device,
-                progress=progress,
-                backend=backend,
-                uri=uri,
-                on_disk=on_disk,
-                nprobe=nprobe,
-                batch_size=batch_size,
-                train_size=train_size,
-                seed=seed,
-                load=_Load(batch_rows, resume, shards, partition, shard, trained),
+                _Build(
+                    index_dir,
+                    items,
+                    checkpoint=checkpoint,
+                    clip=clip,
+                    features=features,
+                    index_type=index_type,
+                    add=add,
+                    cache_dir=cache_dir,
+                    device=device,
+                    progress=progress,
+                    backend=backend,
+                    uri=uri,
+                    on_disk=on_disk,
+                    nprobe=nprobe,
+                    batch_size=batch_size,
+                    train_size=train_size,
+                    seed=seed,
+                    load=_Load(batch_rows, resume, shards, partition, shard, trained),
+                )
             )
 
     @classmethod
-    def _build_locked(
-        cls,
-        index_dir: Path,
-        *,
-        checkpoint: Any,
-        items: list[Item],
-        clip: Any,
-        features: Any,
-        index_type: str,
-        add: bool,
-        cache_dir: Any,
-        device: str,
-        progress: bool,
-        backend: str,
-        uri: str | None,
-        on_disk: bool,
-        nprobe: int | None,
-        batch_size: int | None,
-        train_size: int | None,
-        seed: int,
-        load: _Load,
-    ) -> Retriever:
-        from .model import SearchModel
-
-        bad = sorted({it.modality for it in items} - set(MODALITIES))
+    def _build_locked(cls, req: _Build) -> Retriever:
+        bad = sorted({it.modality for it in req.items} - set(MODALITIES))
         if bad:
             raise ConfigError(f"Item modality must be 'image' or 'text', got {bad}.")
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-        training: dict[str, Any] = {"seed": seed, "vectors": {}}
-        record = read_record(index_dir)
-        if record is not None and not load.resume:  # an interrupted load into Milvus, not resumed: start over
-            dropped = discard_leftover(index_dir)
-            if dropped:
-                log.info("Dropped the Milvus collection(s) %s of an interrupted build of %s.", ", ".join(dropped), index_dir)
-            record = None
-        elif record is None and load.resume:
-            log.info("--resume: no interrupted load into Milvus at %s; building as usual.", index_dir)
-        if add:
-            old = cls.load(index_dir, device=device)
-            backend, uri = old.info.get("backend", "faiss"), old.info.get("uri")
-            on_disk = bool(old.info.get("on_disk"))
-            training = dict(old.info.get("training") or training)
-            training["vectors"] = dict(training.get("vectors") or {})
-            for b in old.backends.values():
-                if hasattr(b, "trim") and record is None:  # a resumed add checks those rows instead
-                    b.trim()
-            if checkpoint is not None:
-                given = SearchModel.from_checkpoint(checkpoint, device)
-                if given.fingerprint != old.model.fingerprint:
-                    raise ConfigError(
-                        f"--add: checkpoint {checkpoint} is not the model index {index_dir} was "
-                        "built with (its fingerprint differs); build a new index instead."
-                    )
-            model, index_type = old.model, old.info["index_type"]
-            index_types = {m: t for m, t in _index_types(old.info).items() if m in old.backends}
-            backends = old.backends
-            rows = list(old._meta.values())
-            seen = set(old._hashes)
-        else:
-            if (checkpoint is None) == (clip is None):
-                raise ConfigError(
-                    "Building an index needs one model: checkpoint= (gcrdp train's folder) or clip= (a local CLIP folder, used as it is)."
-                )
-            if clip is not None:
-                d = str(Path(clip).expanduser().resolve())
-                model = SearchModel.from_encoders(image_encoder_options={"model_dir": d}, text_encoder_options={"model_dir": d})
-            else:
-                model = SearchModel.from_checkpoint(checkpoint, device)
-            backends, rows, seen, index_types = {}, [], set(), {}
-        if on_disk and backend != "faiss":
-            raise ConfigError("An on-disk index is a FAISS index (backend faiss); Milvus keeps its own storage.")
-        if backend != "milvus":
-            for flag, value in (("--resume", load.resume or None), ("--shards", load.shards), ("--partition", load.partition)):
-                if value is not None:
-                    raise ConfigError(
-                        f"{flag} applies to the Milvus backend (--backend milvus); a FAISS index is written whole into a new version."
-                    )
-        elif load.shards is not None and add:
-            raise ConfigError("--shards is set when a Milvus collection is created; an --add inserts into the index's collections.")
-        if (load.shard is not None or load.trained is not None) and backend != "faiss":
-            raise ConfigError("--shard and --trained build FAISS indexes to merge; a Milvus collection is one index already.")
-        shard_info = None
-        if load.shard is not None:
-            items, shard_info = _shard_items(items, *load.shard)
-        templates: dict[str, Any] = {}
-        if load.trained is not None:
-            templates, index_type, training = _trained_templates(Path(load.trained).expanduser(), model, index_type, seed)
-        base = old.version if add else None
-        made: list[Any] = []  # Milvus collections made by this build (dropped if it fails)
+        if req.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {req.backend!r}.")
+        req, state = cls._start(req, _interrupted_load(req))
+        _check_load(req)
+        if req.load.shard is not None:
+            items, state.shard_info = _shard_items(req.items, *req.load.shard)
+            req = replace(req, items=items)
+        if req.load.trained is not None:
+            state.templates, index_type, state.training = _trained_templates(
+                Path(req.load.trained).expanduser(), state.model, req.index_type, req.seed
+            )
+            req = replace(req, index_type=index_type)
         try:
-            with _new_version(index_dir) as version:
+            with _new_version(req.index_dir) as version:
                 work = version.tmp / ".work"
                 work.mkdir()
                 spools: dict[str, EmbeddingSpool] = {}
                 try:
-                    info = cls._fill_version(
-                        version.tmp,
-                        work,
-                        spools,
-                        model=model,
-                        items=items,
-                        features=features,
-                        backends=backends,
-                        rows=rows,
-                        seen=seen,
-                        index_type=index_type,
-                        index_types=index_types,
-                        training=training,
-                        made=made,
-                        add=add,
-                        cache_dir=cache_dir,
-                        progress=progress,
-                        backend=backend,
-                        uri=uri,
-                        on_disk=on_disk,
-                        nprobe=nprobe,
-                        batch_size=batch_size,
-                        train_size=train_size,
-                        seed=seed,
-                        load=load,
-                        record=record,
-                        base=base,
-                        templates=templates,
-                        shard_info=shard_info,
-                    )
+                    info = cls._fill_version(version.tmp, work, spools, req, state)
                 finally:
                     for spool in spools.values():
                         spool.remove()
                     shutil.rmtree(work, ignore_errors=True)
         except _NothingNew as nothing:  # every item is already in the index: it stays as it is
-            log.info("--add: nothing new (%d items already in the index); index %s is unchanged.", nothing.skipped, index_dir)
-            same = cls(index_dir, dict(old.info, added_now={}, skipped_duplicates=nothing.skipped, unchanged=True), model, backends, rows)
+            old = state.old
+            assert old is not None  # only an add finds nothing new
+            log.info("--add: nothing new (%d items already in the index); index %s is unchanged.", nothing.skipped, req.index_dir)
+            info = dict(old.info, added_now={}, skipped_duplicates=nothing.skipped, unchanged=True)
+            same = cls(req.index_dir, info, state.model, state.backends, state.rows)
             same.version = old.version
             return same
         except BaseException as exc:
-            for b in made:  # a Milvus collection made for this build only
-                with contextlib.suppress(Exception):
-                    b.drop()
-            if backend == "milvus" and not isinstance(exc, ConfigError) and read_record(index_dir) is not None:
+            if req.backend == "milvus" and not isinstance(exc, ConfigError) and read_record(req.index_dir) is not None:
                 log.warning(
                     "The load into Milvus stopped; run the same gcrdp index again with --resume to continue from the rows already "
                     "inserted (without --resume, they are dropped and the build starts over)."
                 )
             raise
-        clear_record(index_dir)
-        if on_disk:  # open the lists where they now live
-            backends = _load_backends(version.final, info)
-        out = cls(index_dir, info, model, backends, rows)
+        clear_record(req.index_dir)
+        backends = _load_backends(version.final, info) if req.on_disk else state.backends  # on disk: open the lists where they now live
+        out = cls(req.index_dir, info, state.model, backends, state.rows)
         out.version = version.final.name
         return out
 
     @classmethod
-    def _fill_version(
-        cls,
-        folder: Path,
-        work: Path,
-        spools: dict[str, EmbeddingSpool],
-        *,
-        model: Any,
-        items: list[Item],
-        features: Any,
-        backends: dict[str, Any],
-        rows: list[tuple],
-        seen: set,
-        index_type: str,
-        index_types: dict[str, str],
-        training: dict[str, Any],
-        made: list[Any],
-        add: bool,
-        cache_dir: Any,
-        progress: bool,
-        backend: str,
-        uri: str | None,
-        on_disk: bool,
-        nprobe: int | None,
-        batch_size: int | None,
-        train_size: int | None,
-        seed: int,
-        load: _Load,
-        record: dict[str, Any] | None,
-        base: str | None,
-        templates: dict[str, Any],
-        shard_info: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        """Embed, index, measure and write one version into ``folder`` (``backends`` and
-        ``rows`` are extended in place); returns its index.json."""
+    def _start(cls, req: _Build, record: dict[str, Any] | None) -> tuple[_Build, _State]:
+        """What the new version starts from: a new index's model, or the index an add extends
+        (whose backend, URI, on-disk choice and index type the build then keeps)."""
+        from .model import SearchModel
+
+        training: dict[str, Any] = {"seed": req.seed, "vectors": {}}
+        if not req.add:
+            if (req.checkpoint is None) == (req.clip is None):
+                raise ConfigError(
+                    "Building an index needs one model: checkpoint= (gcrdp train's folder) or clip= (a local CLIP folder, used as it is)."
+                )
+            if req.clip is not None:
+                d = str(Path(req.clip).expanduser().resolve())
+                model = SearchModel.from_encoders(image_encoder_options={"model_dir": d}, text_encoder_options={"model_dir": d})
+            else:
+                model = SearchModel.from_checkpoint(req.checkpoint, req.device)
+            return req, _State(model, {}, [], set(), {}, training, record=record)
+        old = cls.load(req.index_dir, device=req.device)
+        training = dict(old.info.get("training") or training)
+        training["vectors"] = dict(training.get("vectors") or {})
+        for b in old.backends.values():
+            if hasattr(b, "trim") and record is None:  # a resumed add checks those rows instead
+                b.trim()
+        if req.checkpoint is not None:
+            given = SearchModel.from_checkpoint(req.checkpoint, req.device)
+            if given.fingerprint != old.model.fingerprint:
+                raise ConfigError(
+                    f"--add: checkpoint {req.checkpoint} is not the model index {req.index_dir} was "
+                    "built with (its fingerprint differs); build a new index instead."
+                )
+        req = replace(
+            req,
+            backend=old.info.get("backend", "faiss"),
+            uri=old.info.get("uri"),
+            on_disk=bool(old.info.get("on_disk")),
+            index_type=old.info["index_type"],
+        )
+        index_types = {m: t for m, t in _index_types(old.info).items() if m in old.backends}
+        return req, _State(
+            old.model, old.backends, list(old._meta.values()), set(old._hashes), index_types, training, record=record, old=old
+        )
+
+    @classmethod
+    def _fill_version(cls, folder: Path, work: Path, spools: dict[str, EmbeddingSpool], req: _Build, state: _State) -> dict[str, Any]:
+        """Embed, index, measure and write one version into ``folder`` (``state.backends`` and
+        ``state.rows`` are extended in place); returns its index.json."""
         t0 = time.perf_counter()
+        backends = state.backends
         n_old = {m: b.ntotal for m, b in backends.items()}
         # the vectors as computed (an approximate index may store them compressed), spooled on
         # disk for the training sample and the recall figures; after an add, the old ones first,
@@ -1090,11 +1248,9 @@ class Retriever:
                 spools[m].append(b.vectors(a, c))
         added: dict[str, int] = {}
         skipped = 0
-        n_rows = len(rows)
+        n_rows = len(state.rows)
         for modality in MODALITIES:
-            got, dup = cls._embed_modality(
-                modality, spools, work, model, items, features, rows, seen, n_old.get(modality, 0), add, cache_dir, progress, batch_size
-            )
+            got, dup = cls._embed_modality(modality, spools, work, req, state, n_old.get(modality, 0))
             skipped += dup
             if got:
                 added[modality] = got
@@ -1104,180 +1260,52 @@ class Retriever:
             raise _NothingNew(skipped)
         for modality, spool in spools.items():
             if modality not in backends and len(spool) > n_old.get(modality, 0):
-                index_types[modality] = (
-                    templates[modality][1] if modality in templates else resolve_index_type(index_type, len(spool), int(spool.shape[1]))
+                state.index_types[modality] = (
+                    state.templates[modality][1]
+                    if modality in state.templates
+                    else resolve_index_type(req.index_type, len(spool), int(spool.shape[1]))
                 )
-        collections: dict[str, str] = {}
-        if backend == "milvus":  # recorded before the first insert: an interrupted load can be resumed
-            if uri is None:
-                _new_backend(backend, 1, EXACT, uri)  # the error that says what uri= takes
-            uri = _milvus_uri(str(uri))
-            expected = {
-                "uri": uri,
-                "model": model.fingerprint,
-                "base": base,
-                "rows": rows_digest(rows[n_rows:]),
-                "index_types": {m: index_types[m] for m in spools if m in index_types},
-                "dim": int(next(iter(spools.values())).shape[1]),
-                "start": n_old,
-            }
-            if record is not None:
-                check_resumable(record, expected, folder.parent)
-            made_names = dict((record or {}).get("made") or {})
-            for m, spool in spools.items():
-                if m not in backends and len(spool):
-                    collections[m] = made_names.get(m) or f"gcrdp_{secrets.token_hex(6)}"
-            reused = {m: b.collection for m, b in backends.items()}
-            write_record(folder.parent, {**expected, "made": collections, "reused": reused})
-        resumed: dict[str, int] = {}
+        if req.backend == "milvus":  # recorded before the first insert: an interrupted load can be resumed
+            req = _record_milvus_load(folder, req, state, spools, n_old, n_rows)
         for modality, spool in spools.items():
-            start = n_old.get(modality, 0)
-            if len(spool) == start:
-                continue
-            engine = backends.get(modality)
-            kind = index_types[modality]
-            if on_disk:
-                engine, trained = FaissBackend.build_on_disk(
-                    spool,
-                    folder,
-                    modality,
-                    kind,
-                    start=start,
-                    previous=engine,
-                    work_dir=work,
-                    seed=seed,
-                    max_train=train_size or MAX_TRAIN,
-                    nprobe=nprobe,
-                    batch_rows=load.batch_rows,
-                    template=templates[modality][0] if modality in templates and engine is None else None,
-                )
-            else:
-                if engine is None and backend == "milvus":
-                    engine = MilvusBackend(
-                        int(spool.shape[1]),
-                        kind,
-                        uri=str(uri),
-                        collection=collections[modality],
-                        shards=load.shards,
-                        partition=load.partition,
-                        batch_rows=load.batch_rows,
-                    )
-                elif engine is None and modality in templates:
-                    engine = FaissBackend.from_trained(_faiss_clone(templates[modality][0]), kind, nprobe=nprobe)
-                elif engine is None:
-                    engine = _new_backend(backend, int(spool.shape[1]), kind, uri, nprobe)
-                elif isinstance(engine, MilvusBackend):
-                    engine.partition, engine.batch_rows = load.partition, load.batch_rows
-                elif nprobe is not None and isinstance(engine, FaissBackend):
-                    engine.set_nprobe(nprobe)
-                if isinstance(engine, MilvusBackend):
-                    trained = engine.add_from(spool, start, resume=record is not None)
-                    if engine.resumed_rows:
-                        resumed[modality] = engine.resumed_rows
-                else:
-                    trained = engine.add_from(spool, start, seed=seed, max_train=train_size or MAX_TRAIN, batch_rows=load.batch_rows)
-            backends[modality] = engine
-            if trained:
-                training["vectors"][modality] = trained
-        recall, recall_queries = {}, 0
-        for modality, engine in backends.items():
-            if index_types[modality] != EXACT:
-                recall[modality], recall_queries = recall_against_exact(engine.search, spools[modality], k=10)
-        instance = _instance_quality(dict(spools), rows)
-        probes = {m: b.nprobe for m, b in backends.items() if getattr(b, "nprobe", None) is not None}
-        info = {
-            "format": INDEX_FORMAT,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
-            "encoders": model.encoders_config() if model.checkpoint is None else None,
-            "model": model.fingerprint,
-            "backend": backend,
-            "uri": getattr(next(iter(backends.values())), "uri", None) if backend == "milvus" else None,
-            "index_type": index_type,
-            "index_types": {m: index_types[m] for m in backends},
-            "on_disk": on_disk,
-            "nprobe": probes or None,
-            "training": training if training["vectors"] else None,
-            "metric": "inner product" + (" of unit vectors (cosine)" if model.metric == "cosine" else ""),
-            "dim": next(iter(backends.values())).dim,
-            "counts": {m: b.ntotal for m, b in backends.items()},
-            "added_now": added,
-            "skipped_duplicates": skipped,
-            "recall_at_10_vs_exact": recall or None,
-            "recall_queries": recall_queries or None,
-            "instance_recall": instance,
-            "embed_seconds": round(time.perf_counter() - t0, 3),
-        }
-        if backend == "milvus":
-            info["milvus"] = {
-                "collections": {m: b.collection for m, b in backends.items()},
-                "shards": load.shards,
-                "num_shards": {m: b.num_shards for m, b in backends.items()},
-                "partition": load.partition,
-                "batch_rows": load.batch_rows or min(b.insert_rows for b in backends.values()),
-                "resumed_rows": resumed or None,
-            }
-        if shard_info is not None:
-            info["shard"] = shard_info
-        if load.trained is not None:
-            info["trained_from"] = str(Path(load.trained).expanduser().resolve())
-        if shard_info is not None or load.trained is not None:
-            info["template_sha256"] = {m: template_digest(b.trained_template()) for m, b in backends.items() if isinstance(b, FaissBackend)}
-        from .. import __version__
-
-        info["gcrdp_version"] = __version__
+            if len(spool) != n_old.get(modality, 0):
+                _fill_backend(modality, spool, n_old.get(modality, 0), folder, work, req, state)
+        info = _version_info(req, state, spools, added, skipped, t0)
         for m, b in backends.items():
             _save_backend(b, folder, m)
-        _write_metadata(folder / "items.sqlite", rows)
+        _write_metadata(folder / "items.sqlite", state.rows)
         (folder / "index.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         return info
 
     @staticmethod
     def _embed_modality(
-        modality: str,
-        spools: dict[str, EmbeddingSpool],
-        work: Path,
-        model: Any,
-        items: list[Item],
-        features: Any,
-        rows: list[tuple],
-        seen: set,
-        start: int,
-        add: bool,
-        cache_dir: Any,
-        progress: bool,
-        batch_size: int | None,
+        modality: str, spools: dict[str, EmbeddingSpool], work: Path, req: _Build, state: _State, start: int
     ) -> tuple[int, int]:
         """Embed one modality's new items batch by batch into its spool, appending their
         metadata rows; returns (items added, duplicates skipped)."""
-        from ..data.features import ModalityFeatures
-
-        todo = [it for it in items if it.modality == modality]
+        todo = [it for it in req.items if it.modality == modality]
         if not todo:
             return 0, 0
-        mf = getattr(features, modality) if features is not None else None
+        model, rows, seen = state.model, state.rows, state.seen
+        mf = getattr(req.features, modality) if req.features is not None else None
         if mf is not None and any(it.row is None for it in todo):
             raise ConfigError("With features=, every item needs its row (items_from_features).")
-        step = batch_size or (_feature_batch_rows(mf) if mf is not None else BATCH_ITEMS[modality])
-        if mf is None and cache_dir is not None:
-            _extract_on_cluster(model, modality, todo, seen, step, cache_dir, progress)
+        step = req.batch_size or (_feature_batch_rows(mf) if mf is not None else BATCH_ITEMS[modality])
+        if mf is None and req.cache_dir is not None:
+            _extract_on_cluster(model, modality, todo, seen, step, req.cache_dir, req.progress)
         ids = {r[2] for r in rows if r[0] == modality}
         new_hashes: set[tuple[str, str]] = set()  # within one build, repeated content is kept
         count = skipped = bad = 0
         bad_ids: list[str] = []
         bar = None
-        if progress:
+        if req.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), desc=f"embedding {modality}s", unit=modality, file=sys.stderr, dynamic_ncols=True)
         try:
             for a, b in batches(len(todo), step):
                 chunk = todo[a:b]
-                if mf is not None:
-                    arrays = [take_rows(x, np.asarray([it.row for it in chunk])) for x in (mf.local, mf.mask, mf.pooled)]
-                    hashes = _feature_hashes(modality, arrays)
-                else:
-                    hashes = [_content_hash(it) for it in chunk]
+                arrays, hashes = _chunk_hashes(modality, chunk, mf)
                 keep = []
                 for i, (it, h) in enumerate(zip(chunk, hashes)):
                     if (modality, h) in seen:  # already in the index (an add): not embedded again
@@ -1286,23 +1314,14 @@ class Retriever:
                     if it.id in ids:
                         raise DataError(
                             f"Two {modality}s have the id {it.id!r}"
-                            + (" (one is already in the index)" if add else "")
+                            + (" (one is already in the index)" if req.add else "")
                             + "; ids must be unique per modality."
                         )
                     ids.add(it.id)
                     new_hashes.add((modality, h))
                     keep.append(i)
                 if keep:
-                    if mf is not None:
-                        sel = np.asarray(keep)
-                        vectors = model.embed_features(modality, ModalityFeatures(*(x[sel] for x in arrays)))
-                    else:
-                        vectors = model.embed(
-                            modality,
-                            [chunk[i].path if modality == "image" else chunk[i].text for i in keep],
-                            cache_dir=cache_dir,
-                            progress=False,
-                        )
+                    vectors = _embed_chunk(model, modality, [chunk[i] for i in keep], arrays, keep, req.cache_dir)
                     finite = np.isfinite(vectors).all(axis=1)
                     if not finite.all():
                         bad_ids += [chunk[keep[j]].id for j in np.flatnonzero(~finite)[: max(0, 3 - len(bad_ids))]]
@@ -1310,20 +1329,7 @@ class Retriever:
                     if modality not in spools:
                         spools[modality] = EmbeddingSpool(work / f"{modality}.f32")
                     spools[modality].append(vectors)
-                    first = start + count
-                    rows += [
-                        (
-                            modality,
-                            first + j,
-                            chunk[i].id,
-                            chunk[i].path,
-                            chunk[i].text,
-                            chunk[i].label,
-                            hashes[i],
-                            _labels_column(chunk[i].labels, chunk[i].label),
-                        )
-                        for j, i in enumerate(keep)
-                    ]
+                    rows += [_metadata_row(modality, start + count + j, chunk[i], hashes[i]) for j, i in enumerate(keep)]
                     count += len(keep)
                 if bar is not None:
                     bar.update(len(chunk))
