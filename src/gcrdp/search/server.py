@@ -147,6 +147,11 @@ def _host_name(header: str) -> str:
     return h.rstrip(".")
 
 
+def _has_body(scope: Any) -> bool:
+    """Whether an HTTP request's method sends a body (``POST``, ``PUT``, ``PATCH``)."""
+    return scope.get("method") in ("POST", "PUT", "PATCH")
+
+
 def _error_response(status: int, detail: str) -> tuple[dict[str, Any], dict[str, Any]]:
     import json
 
@@ -175,27 +180,35 @@ class _Guard:
         await send(start)
         await send(body)
 
+    def _refusal(self, scope: Any) -> tuple[int, str] | None:
+        """(status, reason) of a request refused before the app sees it, or None."""
+        headers = dict(scope.get("headers") or [])
+        if self.hosts is not None and _host_name(headers.get(b"host", b"").decode("latin-1")) not in self.hosts:
+            return 400, "this server does not answer for that Host header (gcrdp serve --allowed-host NAME adds one)"
+        if scope["type"] != "http":
+            return None
+        if len(scope.get("query_string") or b"") > MAX_QUERY_BYTES:
+            return 414, f"the query string is longer than {MAX_QUERY_BYTES} bytes"
+        length = headers.get(b"content-length")
+        if _has_body(scope) and length is not None and (not length.isdigit() or int(length) > self.limit):
+            return 413, "the request body is larger than the upload limit"
+        return None
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        if self.hosts is not None and _host_name(headers.get(b"host", b"").decode("latin-1")) not in self.hosts:
-            await self._answer(send, 400, "this server does not answer for that Host header (gcrdp serve --allowed-host NAME adds one)")
-            return
-        if scope["type"] != "http":
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await self._answer(send, *refusal)
+        elif scope["type"] == "http" and _has_body(scope):
+            await self._counted(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        if len(scope.get("query_string") or b"") > MAX_QUERY_BYTES:
-            await self._answer(send, 414, f"the query string is longer than {MAX_QUERY_BYTES} bytes")
-            return
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._answer(send, 413, "the request body is larger than the upload limit")
-            return
+
+    async def _counted(self, scope: Any, receive: Any, send: Any) -> None:
+        """Run the app on a request with a body, counting its chunks: past ``limit`` bytes the
+        client gets 413 (unless the app answered already) and the app's answer is dropped."""
         seen, started, refused = 0, False, False
 
         async def counted() -> Any:
@@ -382,26 +395,7 @@ def create_app(
         r = live.get()
         made = cache.get("info")
         if made is None or made[0]() is not r:  # made for this index (a reloaded one gets its own)
-            fp = r.info["model"]
-            settings = getattr(r.model, "encoder_settings", None)
-            checkpoint = r.info.get("checkpoint")
-            info = {
-                "index": str(r.index_dir) if expose_paths else r.index_dir.name,
-                "counts": {m: b.ntotal for m, b in r.backends.items()},
-                "model": {
-                    "method": fp.get("method"),
-                    "checkpoint": checkpoint if expose_paths else None,
-                    "name": _run_name(checkpoint),
-                    "encoders": None
-                    if fp.get("pre_extracted") or settings is None
-                    else f"{settings.image_encoder} + {settings.text_encoder}",
-                    "pre_extracted": bool(fp.get("pre_extracted")),
-                },
-                "index_type": r.info.get("index_type"),
-                # text queries need images to find and an encoder to embed them
-                "examples": r.examples() if "image" in r.backends and not fp.get("pre_extracted") else [],
-            }
-            cache["info"] = made = (weakref.ref(r), info)
+            cache["info"] = made = (weakref.ref(r), _index_info(r, expose_paths))
         return made[1]
 
     @app.get("/api/search", responses=_responses(409, 422))
@@ -428,23 +422,7 @@ def create_app(
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"the image is larger than the limit of {max_upload_bytes} bytes")
         with image_slot():
-            try:
-                with _open_image(io.BytesIO(data)) as im:
-                    query = _reduced_rgb(im, UPLOAD_DECODE_PX)  # decoded at reduced size, then re-encoded
-            except ImageRefused as exc:
-                raise HTTPException(exc.status, exc.detail) from None
-            except Exception:  # noqa: BLE001 - any decoding failure is the client's
-                raise HTTPException(400, "the upload is not a readable image") from None
-            fd, tmp = tempfile.mkstemp(suffix=".png")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    query.save(f, format="PNG")
-                hits = r.search(image=tmp, k=k)
-            except GcrdpError as exc:
-                log.warning("gcrdp serve: an uploaded image could not be embedded (%s)", type(exc).__name__)
-                raise HTTPException(400, "the upload could not be embedded as an image") from None
-            finally:
-                os.unlink(tmp)
+            hits = _search_by_image(r, _upload_query(data), k)
         return {"query": {"image": file.filename, "k": k}, "results": hits_json(hits)}
 
     @app.get("/api/item", responses=_responses(404, 422))
@@ -475,15 +453,7 @@ def create_app(
         made = thumbnails.get(key)
         if made is None:
             with image_slot():
-                try:
-                    made = _thumbnail_bytes(path)
-                except ImageRefused as exc:
-                    status = 413 if exc.status == 413 else 410
-                    raise HTTPException(
-                        status, f"no thumbnail of {id!r}: {exc.detail}" if status == 413 else f"the image file of {id!r} is not readable"
-                    ) from None
-                except Exception:  # noqa: BLE001 - a missing, changed or undecodable file: not the server's fault
-                    raise HTTPException(410, f"the image file of {id!r} is no longer readable") from None
+                made = _thumbnail_of(id, path)
             thumbnails.put(key, made)
         return Response(made, media_type="image/jpeg", headers=headers)
 
@@ -499,6 +469,71 @@ def create_app(
 
     app.add_middleware(_Guard, limit=max_upload_bytes + FORM_OVERHEAD, hosts=None if allowed_hosts is None else tuple(allowed_hosts))
     return app
+
+
+def _index_info(r: Any, expose_paths: bool) -> dict[str, Any]:
+    """What ``/api/info`` says of the retriever ``r``: counts, the model, example queries."""
+    fp = r.info["model"]
+    settings = getattr(r.model, "encoder_settings", None)
+    checkpoint = r.info.get("checkpoint")
+    return {
+        "index": str(r.index_dir) if expose_paths else r.index_dir.name,
+        "counts": {m: b.ntotal for m, b in r.backends.items()},
+        "model": {
+            "method": fp.get("method"),
+            "checkpoint": checkpoint if expose_paths else None,
+            "name": _run_name(checkpoint),
+            "encoders": None if fp.get("pre_extracted") or settings is None else f"{settings.image_encoder} + {settings.text_encoder}",
+            "pre_extracted": bool(fp.get("pre_extracted")),
+        },
+        "index_type": r.info.get("index_type"),
+        # text queries need images to find and an encoder to embed them
+        "examples": r.examples() if "image" in r.backends and not fp.get("pre_extracted") else [],
+    }
+
+
+def _upload_query(data: bytes) -> Any:
+    """The uploaded image ``data`` decoded at reduced size (RGB), or the HTTP error that refuses it."""
+    from fastapi import HTTPException
+
+    try:
+        with _open_image(io.BytesIO(data)) as im:
+            return _reduced_rgb(im, UPLOAD_DECODE_PX)  # decoded at reduced size, then re-encoded
+    except ImageRefused as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+    except Exception:  # noqa: BLE001 - any decoding failure is the client's
+        raise HTTPException(400, "the upload is not a readable image") from None
+
+
+def _search_by_image(r: Any, query: Any, k: int) -> list[Any]:
+    """The hits of the decoded image ``query``, embedded from a temporary PNG file."""
+    from fastapi import HTTPException
+
+    fd, tmp = tempfile.mkstemp(suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            query.save(f, format="PNG")
+        return r.search(image=tmp, k=k)
+    except GcrdpError as exc:
+        log.warning("gcrdp serve: an uploaded image could not be embedded (%s)", type(exc).__name__)
+        raise HTTPException(400, "the upload could not be embedded as an image") from None
+    finally:
+        os.unlink(tmp)
+
+
+def _thumbnail_of(id: str, path: str) -> bytes:
+    """The JPEG thumbnail of the indexed image ``id`` (file ``path``), or the HTTP error that says why there is none."""
+    from fastapi import HTTPException
+
+    try:
+        return _thumbnail_bytes(path)
+    except ImageRefused as exc:
+        status = 413 if exc.status == 413 else 410
+        raise HTTPException(
+            status, f"no thumbnail of {id!r}: {exc.detail}" if status == 413 else f"the image file of {id!r} is not readable"
+        ) from None
+    except Exception:  # noqa: BLE001 - a missing, changed or undecodable file: not the server's fault
+        raise HTTPException(410, f"the image file of {id!r} is no longer readable") from None
 
 
 def _run_name(checkpoint: str | None) -> str | None:
