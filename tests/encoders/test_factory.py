@@ -132,3 +132,22 @@ def test_the_default_feature_cache_key_is_unchanged():
         pytest.skip(str(exc))
     inputs = cache_key_inputs(load_dataset("twemoji").content_digest(), image, text, settings.feature_dtype)
     assert cache_key(inputs) == TWEMOJI_DEFAULT_KEY
+
+
+def test_search_builds_encoders_through_the_factory_without_experiments():
+    # the search model carries encoder settings, not a run config: it imports nothing from
+    # gcrdp.experiments (anywhere in its body) and no registry lookup of its own
+    import ast
+
+    from tests.conftest import REPO_ROOT
+
+    source = (REPO_ROOT / "src" / "gcrdp" / "search" / "model.py").read_text(encoding="utf-8")
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    assert not any("experiments" in m for m in imported), sorted(imported)
+    assert "encoders.factory" in imported
+    assert "get_image_encoder" not in source and "get_text_encoder" not in source
