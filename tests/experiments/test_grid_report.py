@@ -222,8 +222,8 @@ def test_select_methods(tmp_path):
 
 def test_the_reproduce_grid_is_valid_and_names_registered_methods():
     from gcrdp.data import list_datasets
-    from gcrdp.experiments.runner import method_base_name
     from gcrdp.methods import METHODS
+    from gcrdp.methods.presets import method_base_name
     from tests.conftest import REPO_ROOT as root
 
     grid = Grid.from_file(root / "configs" / "reproduce.json")

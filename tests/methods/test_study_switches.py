@@ -408,11 +408,13 @@ def test_documented_variants_are_presets_and_an_unknown_tag_is_refused():
     that is neither a preset nor given options stops before any work, listing the presets."""
     from gcrdp.errors import ConfigError
     from gcrdp.experiments.config import RunConfig
-    from gcrdp.experiments.runner import build_entry, run_experiment
+    from gcrdp.experiments.runner import run_experiment
+    from gcrdp.methods.presets import build_entry
 
-    cfg = RunConfig(methods=["gap-infonce@cp", "clip4cmr@contrastive"])
-    assert build_entry("gap-infonce@cp", cfg).cfg.class_positives is True
-    assert build_entry("clip4cmr@contrastive", cfg).cfg.loss == "contrastive"
+    assert build_entry("gap-infonce@cp").cfg.class_positives is True
+    assert build_entry("clip4cmr@contrastive").cfg.loss == "contrastive"
+    assert build_entry("gcrdp@study", {"lam": 0.3}, max_epochs=2).config_dict()["lam"] == 0.3  # preset < options < overrides
+    assert build_entry("gcrdp@study", {"max_epochs": 9}, max_epochs=2).config_dict()["max_epochs"] == 2
     with pytest.raises(ConfigError, match=r"'gap-infonce@typo' is neither a preset nor given options.*gap-infonce@cp.*--option"):
         run_experiment(RunConfig(methods=["gap-infonce@typo"]), progress=False)
     # a labelled variant with its options given is fine (checked before any data is loaded)

@@ -99,16 +99,15 @@ def option_keys(method: str) -> list[str]:
     ``config_dict()``, which the checkpoint contract (:mod:`gcrdp.methods.base`) makes exactly
     the options ``build_method`` takes; a group of options (FLEX-CLIP's ``generator``) as its
     dotted keys (``generator.lr``)."""
-    from .base import build_method, flatten_options
+    from .base import build_method
 
-    return sorted(k for k in flatten_options(build_method(method, {}).config_dict()) if k != "method")
+    return _accepted(build_method(method, {}))
 
 
-def _renamed_keys(method: str) -> set[str]:
-    """The old option names ``method`` still takes (with a warning; e.g. FLEX-CLIP's ``gen_lr``)."""
-    from .base import build_method, method_tags
+def _accepted(method: Any) -> list[str]:
+    from .base import flatten_options
 
-    return set(method_tags(build_method(method, {})).renamed_options)
+    return sorted(k for k in flatten_options(method.config_dict()) if k != "method")
 
 
 def unknown_option_message(entry: str, unknown: list[str], accepted: list[str]) -> str:
@@ -137,14 +136,15 @@ def check_method_name(entry: str) -> None:
         raise ConfigError(f"Unknown method {name!r}{hint}. Known methods: {', '.join(names)}.")
 
 
-def check_entry(entry: str, options: dict[str, Any] | None) -> None:
+def check_entry(entry: str, options: dict[str, Any] | None) -> Any:
     """:class:`~gcrdp.errors.ConfigError`, before any slow work, for an entry of an unknown
     method, for a labelled entry (``NAME@TAG``) that is neither a preset nor given options (it
     would silently run the plain method under another name), for an option the entry's method
     does not take (named with the nearest one and every accepted key), and for an option value
-    the method refuses. What the command line checks before a run too."""
+    the method refuses. What the command line checks before a run too. Returns the entry's
+    unfitted method (:func:`build_entry`), whose tags say what it needs and can do."""
     from ..errors import ConfigError
-    from .base import flatten_options
+    from .base import build_method, flatten_options, method_tags
 
     check_method_name(entry)
     if "@" in entry and entry not in PRESETS and options is None:
@@ -154,9 +154,9 @@ def check_entry(entry: str, options: dict[str, Any] | None) -> None:
             f"give it options: --option {entry}.KEY=VALUE (or method_options in a config)."
         )
     if options:
-        base = method_base_name(entry).lower()
-        accepted = option_keys(base)
-        unknown = sorted(set(flatten_options(options)) - set(accepted) - _renamed_keys(base))
+        plain = build_method(method_base_name(entry).lower(), {})
+        accepted = _accepted(plain)
+        unknown = sorted(set(flatten_options(options)) - set(accepted) - set(method_tags(plain).renamed_options))
         if unknown:
             raise ConfigError(unknown_option_message(entry, unknown, accepted))
-        build_entry(entry, options)  # the values: the method's own checks
+    return build_entry(entry, options)  # the values: the method's own checks
