@@ -22,6 +22,7 @@ from a request reaches the file system; nothing is unpickled.
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoint annotations at run
 # time, and the endpoints' types are imported inside create_app (FastAPI is optional)
+import functools
 import io
 import logging
 import os
@@ -342,39 +343,10 @@ def create_app(
 
     live = _Live(retriever, reload)
     app.state.live = live
-    cache: dict[Any, Any] = {}  # the info (per loaded index) and the icon, made on first request
+    cache: dict[Any, Any] = {}  # the info (per loaded index), made on first request
     thumbnails = _LRU(THUMBNAIL_CACHE_BYTES)
     app.state.thumbnails = thumbnails
-    gate = threading.BoundedSemaphore(max(1, int(image_workers)))
-    tmp_root = tempfile.gettempdir()
-
-    def public(r: Any, message: str) -> str:
-        """``message`` without the server's paths (the index's, a temporary file's) when they are hidden."""
-        message = message.replace(tmp_root, "<tmp>")
-        return message if expose_paths else message.replace(str(r.index_dir), r.index_dir.name)
-
-    @contextmanager
-    def image_slot() -> Iterator[None]:
-        if not gate.acquire(timeout=IMAGE_WAIT_S):
-            raise HTTPException(503, "the server is busy with other image work; retry shortly", headers={"Retry-After": "1"})
-        try:
-            yield
-        finally:
-            gate.release()
-
-    def hits_json(hits: list[Any]) -> list[dict[str, Any]]:
-        out = []
-        for h in hits:
-            d = h.to_dict() | {"thumbnail": f"/api/thumbnail?id={_q(h.id)}" if h.modality == "image" else None}
-            if not expose_paths:
-                d["path"] = None
-            out.append(d)
-        return out
-
-    def check_k(k: int) -> int:
-        if not 1 <= k <= max_k:
-            raise HTTPException(422, f"k must be between 1 and {max_k}")
-        return k
+    gate = _ImageGate(image_workers)
 
     @app.get("/health", responses=_responses())
     async def health() -> dict[str, Any]:
@@ -392,11 +364,7 @@ def create_app(
     @app.get("/api/info", responses=_responses())
     def about() -> dict[str, Any]:
         """What the page shows before a search: counts, the model, example queries."""
-        r = live.get()
-        made = cache.get("info")
-        if made is None or made[0]() is not r:  # made for this index (a reloaded one gets its own)
-            cache["info"] = made = (weakref.ref(r), _index_info(r, expose_paths))
-        return made[1]
+        return _info_of(cache, live.get(), expose_paths)
 
     @app.get("/api/search", responses=_responses(409, 422))
     def search_text(text: str = Query(..., min_length=1, max_length=2000), k: int = Query(10, ge=1, le=max_k)) -> dict[str, Any]:
@@ -404,26 +372,22 @@ def create_app(
         if "image" not in r.backends:
             raise HTTPException(409, "this index holds no images to search by text")
         try:
-            hits = r.search(text=text, k=check_k(k))
+            hits = r.search(text=text, k=_check_k(k, max_k))
         except GcrdpError as exc:
-            raise HTTPException(400, public(r, str(exc))) from None
-        return {"query": {"text": text, "k": k}, "results": hits_json(hits)}
+            raise HTTPException(400, _public(r, str(exc), expose_paths)) from None
+        return {"query": {"text": text, "k": k}, "results": _hits_json(hits, expose_paths)}
 
     @app.post("/api/search/image", responses=_responses(409, 413, 415, 422, 503))
     def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=max_k)) -> dict[str, Any]:
         # a plain def: FastAPI runs it in a worker thread, so the model never blocks the event loop
         r = live.get()
-        check_k(k)
+        _check_k(k, max_k)
         if "text" not in r.backends:
             raise HTTPException(409, "this index holds no texts to search by image")
-        if not (file.content_type or "").startswith("image/"):
-            raise HTTPException(415, f"upload an image (got content type {file.content_type or 'none'!r})")
-        data = file.file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"the image is larger than the limit of {max_upload_bytes} bytes")
-        with image_slot():
+        data = _read_upload(file, max_upload_bytes)
+        with gate.slot():
             hits = _search_by_image(r, _upload_query(data), k)
-        return {"query": {"image": file.filename, "k": k}, "results": hits_json(hits)}
+        return {"query": {"image": file.filename, "k": k}, "results": _hits_json(hits, expose_paths)}
 
     @app.get("/api/item", responses=_responses(404, 422))
     def item(id: str, modality: str = "image") -> dict[str, Any]:
@@ -440,22 +404,13 @@ def create_app(
         responses=_responses(404, 410, 413, 422, 503, ok={"description": "a JPEG thumbnail", "content": {"image/jpeg": {}}}),
     )
     def thumbnail(id: str) -> Response:
-        meta = live.get().item("image", id)
-        if meta is None or not meta[3]:
-            raise HTTPException(404, f"no image with id {id!r} in this index")
-        path = meta[3]  # the path stored at index time, never one from the request
-        headers = {"Cache-Control": "max-age=3600"}
-        try:
-            st = os.stat(path)
-        except OSError:
-            raise HTTPException(410, f"the image file of {id!r} is no longer readable") from None
-        key = (path, st.st_mtime_ns, st.st_size)
+        key = _thumbnail_key(live.get(), id)
         made = thumbnails.get(key)
         if made is None:
-            with image_slot():
-                made = _thumbnail_of(id, path)
+            with gate.slot():
+                made = _thumbnail_of(id, key[0])
             thumbnails.put(key, made)
-        return Response(made, media_type="image/jpeg", headers=headers)
+        return Response(made, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -463,12 +418,90 @@ def create_app(
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
-        if "favicon" not in cache:
-            cache["favicon"] = _favicon()
-        return Response(cache["favicon"], media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+        return Response(_favicon(), media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
 
     app.add_middleware(_Guard, limit=max_upload_bytes + FORM_OVERHEAD, hosts=None if allowed_hosts is None else tuple(allowed_hosts))
     return app
+
+
+class _ImageGate:
+    """At most ``workers`` image decodes (uploads, thumbnails) at once; a request that finds no
+    free slot within :data:`IMAGE_WAIT_S` gets 503 with Retry-After."""
+
+    def __init__(self, workers: int) -> None:
+        self._free = threading.BoundedSemaphore(max(1, int(workers)))
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        from fastapi import HTTPException
+
+        if not self._free.acquire(timeout=IMAGE_WAIT_S):
+            raise HTTPException(503, "the server is busy with other image work; retry shortly", headers={"Retry-After": "1"})
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+def _public(r: Any, message: str, expose_paths: bool) -> str:
+    """``message`` without the server's paths (the index's, a temporary file's) when they are hidden."""
+    message = message.replace(tempfile.gettempdir(), "<tmp>")
+    return message if expose_paths else message.replace(str(r.index_dir), r.index_dir.name)
+
+
+def _hits_json(hits: list[Any], expose_paths: bool) -> list[dict[str, Any]]:
+    """The results of a search as the API gives them: each hit, its thumbnail's URL (images) and its path unless hidden."""
+    out = []
+    for h in hits:
+        d = h.to_dict() | {"thumbnail": f"/api/thumbnail?id={_q(h.id)}" if h.modality == "image" else None}
+        if not expose_paths:
+            d["path"] = None
+        out.append(d)
+    return out
+
+
+def _check_k(k: int, max_k: int) -> int:
+    from fastapi import HTTPException
+
+    if not 1 <= k <= max_k:
+        raise HTTPException(422, f"k must be between 1 and {max_k}")
+    return k
+
+
+def _read_upload(file: Any, max_upload_bytes: int) -> bytes:
+    """The bytes of an uploaded image (an ``UploadFile``): 415 unless it declares an image type, 413 over the limit."""
+    from fastapi import HTTPException
+
+    if not (file.content_type or "").startswith("image/"):
+        raise HTTPException(415, f"upload an image (got content type {file.content_type or 'none'!r})")
+    data = file.file.read(max_upload_bytes + 1)
+    if len(data) > max_upload_bytes:
+        raise HTTPException(413, f"the image is larger than the limit of {max_upload_bytes} bytes")
+    return data
+
+
+def _thumbnail_key(r: Any, id: str) -> tuple[str, int, int]:
+    """(path, mtime, size) of the indexed image ``id``'s file — the path stored at index time, never
+    one from the request — the key of its cached thumbnail; 404 for an unknown id, 410 for a file gone."""
+    from fastapi import HTTPException
+
+    meta = r.item("image", id)
+    if meta is None or not meta[3]:
+        raise HTTPException(404, f"no image with id {id!r} in this index")
+    path = meta[3]
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise HTTPException(410, f"the image file of {id!r} is no longer readable") from None
+    return (path, st.st_mtime_ns, st.st_size)
+
+
+def _info_of(cache: dict[Any, Any], r: Any, expose_paths: bool) -> dict[str, Any]:
+    """:func:`_index_info` of ``r``, made once per loaded index (a reloaded one gets its own) and kept in ``cache``."""
+    made = cache.get("info")
+    if made is None or made[0]() is not r:
+        cache["info"] = made = (weakref.ref(r), _index_info(r, expose_paths))
+    return made[1]
 
 
 def _index_info(r: Any, expose_paths: bool) -> dict[str, Any]:
@@ -546,8 +579,9 @@ def _run_name(checkpoint: str | None) -> str | None:
     return parts[-1] if parts else None
 
 
+@functools.lru_cache(maxsize=1)
 def _favicon() -> bytes:
-    """The page's icon, drawn here: a white magnifier on a dark rounded square (ICO, 16 and 32 px)."""
+    """The page's icon, drawn here (once): a white magnifier on a dark rounded square (ICO, 16 and 32 px)."""
     from PIL import Image, ImageDraw
 
     size = 64  # drawn large, scaled down by the ICO writer
