@@ -134,6 +134,8 @@ def test_a_dotted_option_key_goes_to_its_method_and_group():
     with pytest.raises(ConfigError, match="method 'gcrdp@k5' is not among --methods"):
         _method_options(["gcrdp@k5.lr=1"], methods)
     assert _method_options(["generator.lr=1"], ["flex-clip"]) == {"flex-clip": {"generator.lr": 1}}  # every method's
+    with pytest.raises(ConfigError, match="method 'generator' is not among --methods"):
+        _method_options(["generator.lr=1"], ["gcrdp"])  # no method run has that group
 
 
 def test_check_entry_refuses_an_unknown_option_or_a_bad_value_before_any_data_is_loaded():

@@ -76,15 +76,25 @@ def _parse_assignments(items: Sequence[str] | None, what: str) -> dict[str, Any]
 def _option_target(key: str, methods: list[str]) -> tuple[str | None, str]:
     """``(method entry, option key)`` of an ``--option`` key: ``gap-infonce.lr`` → one method's
     ``lr``; ``flex-clip.generator.lr`` → ``generator.lr`` of ``flex-clip`` (a key of an option
-    group; the method nests the dotted key); ``lr`` or ``generator.lr`` → ``(None, key)``, every
-    method's. A prefix that looks like a method entry not among ``methods`` is an error."""
+    group; the method nests the dotted key); ``lr``, or ``generator.lr`` when it is an option of
+    one of ``methods`` → ``(None, key)``, every method's. Another dotted key names a method that
+    is not run: an error."""
     for m in sorted(methods, key=len, reverse=True):  # the longest entry first: gcrdp@k0.5.lam
         if key.startswith(f"{m}."):
             return m, key[len(m) + 1 :]
-    method = key.rpartition(".")[0]
-    if method and ("@" in method or difflib.get_close_matches(method, methods, n=1, cutoff=0.6)):
-        raise ConfigError(f"--option {key}=...: method {method!r} is not among --methods {methods}.")
+    if "." in key and not _is_group_option(key, methods):
+        raise ConfigError(f"--option {key}=...: method {key.rpartition('.')[0]!r} is not among --methods {methods}.")
     return None, key
+
+
+def _is_group_option(key: str, methods: list[str]) -> bool:
+    """Whether dotted ``key`` (``generator.lr``) is an option of one of ``methods`` (read from
+    the method configs: imports the methods, only for such a key)."""
+    from ..methods import METHODS
+    from ..methods.presets import method_base_name, option_keys
+
+    names = {method_base_name(m).lower() for m in methods} & set(METHODS.names())
+    return any(key in option_keys(name) for name in names)
 
 
 def _method_options(items: Sequence[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
