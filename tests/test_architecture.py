@@ -101,6 +101,9 @@ def test_one_way_rules():
     graph = _package_graph()
     assert "methods" not in graph.get("training", set()), "training must not import methods (fit records live in training)"
     assert "search" not in graph.get("experiments", set()), "experiments must not import search"
+    assert "experiments" not in graph.get("search", set()), (
+        "search must not import experiments (encoders come from gcrdp.encoders.factory; a saved run's export is experiments.saved)"
+    )
     for low in ("data", "utils", "losses", "model", "evaluation"):
         assert "cli" not in graph.get(low, set()) and "experiments" not in graph.get(low, set()), low
 

@@ -41,7 +41,7 @@ def _embedding_map(args: argparse.Namespace) -> Path:
 def cmd_export(args: argparse.Namespace) -> int:
     """Embed every sample of a trained model's dataset and write the embeddings in the
     clip-retrieval layout (img_emb/, text_emb/, metadata/), for FAISS/autofaiss and vector DBs."""
-    from ..search.export import export_run
+    from ..experiments.saved import export_run
 
     out, r = export_run(
         args.checkpoint, args.output, part_size=args.part_size, cache_dir=args.cache_dir, device=args.device, progress=not args.quiet

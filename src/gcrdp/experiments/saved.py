@@ -125,6 +125,24 @@ def evaluate_checkpoint(
     }
 
 
+def export_run(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    part_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, RestoredRun]:
+    """Embed every sample of a saved run's dataset and write them in the clip-retrieval layout
+    (:func:`gcrdp.data.formats.clip_retrieval.export_embeddings`); returns (the folder, the
+    restored run). ``gcrdp export`` is this."""
+    from ..data.formats.clip_retrieval import export_embeddings
+
+    r = restore_run(checkpoint, cache_dir=cache_dir, device=device, progress=progress)
+    return export_embeddings(r.method, r.dataset, r.features, output, part_size=part_size), r
+
+
 def embedding_map(checkpoint: str | Path, output_png: str | Path) -> Path:
     """A t-SNE map of a saved run's test embeddings (:func:`gcrdp.experiments.report.plot_embedding_map`)."""
     from .report import plot_embedding_map

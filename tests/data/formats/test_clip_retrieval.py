@@ -12,9 +12,8 @@ from PIL import Image
 
 import gcrdp.data.formats.clip_retrieval  # noqa: F401  (registers "clip-retrieval")
 from gcrdp.data import load_dataset
-from gcrdp.data.formats.clip_retrieval import export_clip_retrieval, part_name
+from gcrdp.data.formats.clip_retrieval import export_clip_retrieval, export_embeddings, part_name
 from gcrdp.errors import ConfigError, DataError
-from gcrdp.search.export import export_embeddings
 
 
 def _write_part(root: Path, name: str, img: np.ndarray, txt: np.ndarray, meta: dict) -> None:

@@ -1,6 +1,6 @@
 """Embeddings in the layout of the ``clip-retrieval`` tool: dataset ``clip-retrieval``
 (import) and :func:`export_clip_retrieval` (export; a fitted method's embeddings of a dataset:
-:func:`gcrdp.search.export.export_embeddings`).
+:func:`export_embeddings`).
 
 ``clip-retrieval inference`` (github.com/rom1504/clip-retrieval) writes an output folder of
 aligned parts, which ``clip-retrieval index`` / autofaiss / embedding-reader read back::
@@ -61,7 +61,7 @@ Export
 :func:`export_clip_retrieval` writes embeddings and metadata columns in this layout (part
 names padded like clip-retrieval's, so that name order is row order for every reader), into
 a hidden temporary sibling folder that is renamed into place at the end: ``out_dir`` is
-either absent or complete. :func:`gcrdp.search.export.export_embeddings` embeds a dataset with a fitted method
+either absent or complete. :func:`export_embeddings` embeds a dataset with a fitted method
 and exports it with the columns ``id, caption, image_path, label, split``, which the import
 reads back to the same ids, labels, split and embeddings.
 """
@@ -554,6 +554,47 @@ def export_clip_retrieval(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def export_embeddings(method: Any, dataset: Dataset, features: FeatureSet | None, out_dir: str | Path, **kw: Any) -> Path:
+    """Embed every sample of ``dataset`` with a fitted ``method`` (anything with
+    ``embed_images``/``embed_texts``) and export the embeddings with
+    :func:`export_clip_retrieval` (``kw``: e.g. ``part_size``).
+
+    ``features`` are the dataset's features, rows in sample order (default
+    ``dataset.features``). The metadata columns are ``id``, ``caption`` (the text or ``""``),
+    ``image_path`` (the image file or ``""``), ``label`` (the labels joined with ``"|"``) and
+    ``split``; ``load_dataset("clip-retrieval", root=out_dir)`` gives back the same ids,
+    labels, split and embeddings.
+    """
+    feats = features if features is not None else dataset.features
+    if feats is None:
+        raise ConfigError(
+            f"Dataset {dataset.name!r} has no pre-extracted features; pass the "
+            "features the method was fitted on (e.g. from the run's extraction)."
+        )
+    if tuple(feats.sample_ids) != tuple(s.id for s in dataset.samples):
+        raise DataError(
+            f"The features' sample ids differ from dataset {dataset.name!r}'s samples "
+            f"({len(feats)} rows for {len(dataset)} samples); pass the features of "
+            "this dataset, in sample order."
+        )
+    joined = [s for s in dataset.samples if any("|" in lab for lab in s.labels)]
+    if joined:
+        raise DataError(
+            f"Labels containing '|' cannot be exported (the label column joins "
+            f"labels with '|'): samples {format_list([s.id for s in joined])}."
+        )
+    img = np.asarray(method.embed_images(feats.image), dtype=np.float32)
+    txt = np.asarray(method.embed_texts(feats.text), dtype=np.float32)
+    metadata = {
+        "id": [s.id for s in dataset.samples],
+        "caption": [s.text or "" for s in dataset.samples],
+        "image_path": [str(s.image) if s.image is not None else "" for s in dataset.samples],
+        "label": ["|".join(s.labels) for s in dataset.samples],
+        "split": [s.split for s in dataset.samples],
+    }
+    return export_clip_retrieval(out_dir, img, txt, metadata, **kw)
 
 
 load = load_clip_retrieval
