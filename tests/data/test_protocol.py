@@ -423,3 +423,41 @@ def test_zero_shot_matched_validation_is_mirror_s_validation_without_its_shots()
                 assert matched.digest() != mirror.digest()
     with pytest.raises(ConfigError, match="zero-shot-matched"):
         make_split(ds, val_mode="matched")
+
+
+def test_verify_names_every_broken_invariant():
+    ds = make_dataset()
+    sp = make_split(ds, shots=2, seed=0, val_min_classes=2, val_min_pairs=0)
+    assert sp.val_fewshot.size and sp.fewshot.size
+    u = np.union1d
+    seen_test = next(i for i, s in enumerate(ds.samples) if s.split == "test" and s.labels[0] in ds.class_split.seen)
+    unseen_train = [i for i, s in enumerate(ds.samples) if s.split == "train" and s.labels[0] in ds.class_split.unseen]
+    unseen_pair = np.setdiff1d(unseen_train, sp.fewshot)[0]
+    cases = [
+        ({"val": u(sp.val, [-1])}, "val has indices outside [0, 120)"),
+        ({"test_query": u(sp.test_query, [120]), "train": u(sp.train, [-1])}, "train has indices outside [0, 120)"),
+        ({"train": u(sp.train, sp.test_query[:1])}, "train/val hold test-split pairs; unseen-class pairs in train beyond the shots"),
+        ({"test_gallery": u(sp.test_gallery, sp.train[:1])}, "the test gallery holds train-split pairs"),
+        ({"val": u(sp.val, sp.train[:1])}, "train and val overlap"),
+        ({"test_gallery": sp.test_gallery[1:]}, "some test queries are not in the gallery"),
+        ({"train": np.setdiff1d(sp.train, sp.fewshot[:1])}, "some shots are not in train"),
+        ({"val_fewshot": u(sp.val_fewshot, sp.fewshot[:1])}, "validation shots overlap the unseen-class shots"),
+        ({"train": u(sp.train, sp.val[:1])}, "train and val overlap; validation-class pairs in train beyond their shots"),
+        ({"val": u(sp.val, [unseen_pair])}, "unseen-class pairs in val"),
+        (
+            {"test_query": u(sp.test_query, [seen_test]), "test_gallery": u(sp.test_gallery, [seen_test])},
+            "seen-class pairs among the test queries",
+        ),
+        (
+            {"train": u(sp.train, sp.test_query[:1]), "test_gallery": sp.test_gallery[1:], "val": u(sp.val, [unseen_pair])},
+            "train/val hold test-split pairs; some test queries are not in the gallery; "
+            "unseen-class pairs in train beyond the shots; unseen-class pairs in val",
+        ),
+    ]
+    for changes, problems in cases:
+        broken = dataclasses.replace(sp, **{k: np.asarray(v, dtype=np.int64) for k, v in changes.items()})
+        message = f"Protocol split (fewshot, shots=2, seed=0) is inconsistent with the dataset: {problems}."
+        with pytest.raises(DataError) as info:
+            broken.verify(ds)
+        assert str(info.value) == message
+    sp.verify(ds)

@@ -72,6 +72,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -213,26 +214,30 @@ class ProtocolSplit:
         train/val in the train split and disjoint, test in the test split, query ⊆ gallery,
         shots ⊆ train, and (fewshot/generalized) no unseen-side pair in train except the shots
         and none in val."""
-        split = np.array([s.split for s in dataset.samples])
-        problems = []
         n = len(dataset)
         for name in ("train", "val", "test_query", "test_gallery", "fewshot"):
             arr = getattr(self, name)
             if arr.size and (arr.min() < 0 or arr.max() >= n):
-                problems.append(f"{name} has indices outside [0, {n})")
-                return self._fail(problems)
-        if np.any(split[self.train] != "train") or np.any(split[self.val] != "train"):
-            problems.append("train/val hold test-split pairs")
-        if np.any(split[self.test_gallery] != "test"):
-            problems.append("the test gallery holds train-split pairs")
-        if np.intersect1d(self.train, self.val).size:
-            problems.append("train and val overlap")
-        if np.setdiff1d(self.test_query, self.test_gallery).size:
-            problems.append("some test queries are not in the gallery")
-        if np.setdiff1d(self.fewshot, self.train).size or np.setdiff1d(self.val_fewshot, self.train).size:
-            problems.append("some shots are not in train")
-        if np.intersect1d(self.val_fewshot, self.fewshot).size:
-            problems.append("validation shots overlap the unseen-class shots")
+                return self._fail([f"{name} has indices outside [0, {n})"])
+        self._fail(self._index_problems(dataset) + self._class_problems(dataset))
+
+    def _index_problems(self, dataset: Dataset) -> list[str]:
+        """The broken invariants of the index arrays: splits, overlaps, inclusions."""
+        split = np.array([s.split for s in dataset.samples])
+        checks = [
+            (np.any(split[self.train] != "train") or np.any(split[self.val] != "train"), "train/val hold test-split pairs"),
+            (np.any(split[self.test_gallery] != "test"), "the test gallery holds train-split pairs"),
+            (np.intersect1d(self.train, self.val).size, "train and val overlap"),
+            (np.setdiff1d(self.test_query, self.test_gallery).size, "some test queries are not in the gallery"),
+            (np.setdiff1d(self.fewshot, self.train).size or np.setdiff1d(self.val_fewshot, self.train).size, "some shots are not in train"),
+            (np.intersect1d(self.val_fewshot, self.fewshot).size, "validation shots overlap the unseen-class shots"),
+        ]
+        return [problem for failed, problem in checks if failed]
+
+    def _class_problems(self, dataset: Dataset) -> list[str]:
+        """The broken invariants of the classes: validation classes beyond their shots in train,
+        unseen-side pairs in train beyond the shots, in val, or seen ones among the queries."""
+        problems = []
         if self.val_by == "class" and self.val_classes:
             held = set(self.val_classes)
             val_side = np.array([any(lab in held for lab in s.labels) for s in dataset.samples])
@@ -241,13 +246,13 @@ class ProtocolSplit:
         if self.protocol != "standard":
             unseen = set(self.unseen_classes)
             side = np.array([any(lab in unseen for lab in s.labels) for s in dataset.samples])
-            if np.any(side[np.setdiff1d(self.train, self.fewshot)]):
-                problems.append("unseen-class pairs in train beyond the shots")
-            if np.any(side[self.val]):
-                problems.append("unseen-class pairs in val")
-            if np.any(~side[self.test_query]):
-                problems.append("seen-class pairs among the test queries")
-        self._fail(problems)
+            checks = [
+                (np.any(side[np.setdiff1d(self.train, self.fewshot)]), "unseen-class pairs in train beyond the shots"),
+                (np.any(side[self.val]), "unseen-class pairs in val"),
+                (np.any(~side[self.test_query]), "seen-class pairs among the test queries"),
+            ]
+            problems += [problem for failed, problem in checks if failed]
+        return problems
 
     def _fail(self, problems: list[str]) -> None:
         if problems:
@@ -261,6 +266,82 @@ def _check_int(name: str, value: object, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
+
+
+def _check_protocol(protocol: str) -> str:
+    key = str(protocol).lower().replace("-", "").replace("_", "")
+    if key not in PROTOCOLS:
+        raise ConfigError(
+            f"Unknown protocol {protocol!r}. Known protocols: {', '.join(PROTOCOLS)} "
+            "(fewshot: train on seen classes + N shots per unseen class, test on unseen; "
+            "generalized: same, gallery also holds the seen classes' test pairs; standard: "
+            "all classes seen)."
+        )
+    return key
+
+
+def _check_fraction(val_fraction: float) -> float:
+    try:
+        value = float(val_fraction)
+    except (TypeError, ValueError):
+        raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.") from None
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {value!r}.")
+    return value
+
+
+def _check_val_by(val_by: str) -> str:
+    if val_by not in VAL_BY:
+        raise ConfigError(f"Unknown val_by {val_by!r}. Known: {', '.join(VAL_BY)}.")
+    return val_by
+
+
+def _check_val_mode(val_mode: str) -> str:
+    if val_mode not in VAL_MODES:
+        raise ConfigError(
+            f"Unknown val_mode {val_mode!r}. Known: {', '.join(VAL_MODES)} (mirror: the "
+            "validation classes get the run's shots in training, like the unseen "
+            "classes; zero-shot: they get none; zero-shot-matched: mirror's validation classes and pairs, "
+            "their shots left out of training)."
+        )
+    return val_mode
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """The settings of :func:`make_split` (its keywords, same defaults); :meth:`checked` gives
+    them validated, ``protocol`` normalised to one of :data:`PROTOCOLS`."""
+
+    protocol: str = "fewshot"
+    shots: int = 0
+    seed: int = 0
+    val_fraction: float = 0.2
+    val_by: str = "class"
+    val_mode: str = "mirror"
+    val_min_classes: int = 10
+    val_min_pairs: int = 200
+
+    def checked(self) -> SplitOptions:
+        """The same options, checked in field order; :class:`ConfigError` on the first bad one."""
+        return SplitOptions(
+            protocol=_check_protocol(self.protocol),
+            shots=_check_int("shots", self.shots),
+            seed=_check_int("seed", self.seed),
+            val_fraction=_check_fraction(self.val_fraction),
+            val_by=_check_val_by(self.val_by),
+            val_mode=_check_val_mode(self.val_mode),
+            val_min_classes=_check_int("val_min_classes", self.val_min_classes),
+            val_min_pairs=_check_int("val_min_pairs", self.val_min_pairs),
+        )
+
+
+class _Validation(NamedTuple):
+    """The seen side's train-split pairs, divided: what trains, what validates."""
+
+    train_seen: np.ndarray  # seen-side pairs that train (not counting the validation shots)
+    val: np.ndarray  # validation pairs
+    val_fewshot: np.ndarray  # the validation classes' shots (mirror), they train too
+    classes: tuple[str, ...]  # the validation classes
 
 
 def _stratified_holdout(
@@ -295,7 +376,20 @@ def _classes_of(dataset: Dataset, indices: np.ndarray) -> tuple[str, ...]:
     return tuple(c for c in dataset.classes if c in present)
 
 
-def make_split(
+def _primary_labels(dataset: Dataset) -> list[str]:
+    """Each sample's first label (the class of the stratified hold-outs)."""
+    return [s.labels[0] for s in dataset.samples]
+
+
+def _draw(seed: int, name: str, pool: list[int], shots: int) -> list[int]:
+    """The ``shots`` pairs of class ``name``: the head of its seeded permutation of ``pool``
+    (sorted), so the draws are nested over ``shots`` (module docstring, *Randomness*)."""
+    if not shots:
+        return []
+    return _rng(seed, _TAG_SHOTS, name).permutation(np.asarray(pool, dtype=np.int64))[:shots].tolist()
+
+
+def make_split(  # noqa: PLR0913 - the public keywords: ProtocolSplit.split_options() and the run config give them back
     dataset: Dataset,
     protocol: str = "fewshot",
     shots: int = 0,
@@ -334,73 +428,107 @@ def make_split(
         DataError: an unseen class has fewer train pairs than ``shots``, no unseen classes, or
             no test pairs.
     """
-    key = str(protocol).lower().replace("-", "").replace("_", "")
-    if key not in PROTOCOLS:
-        raise ConfigError(
-            f"Unknown protocol {protocol!r}. Known protocols: {', '.join(PROTOCOLS)} "
-            "(fewshot: train on seen classes + N shots per unseen class, test on unseen; "
-            "generalized: same, gallery also holds the seen classes' test pairs; standard: "
-            "all classes seen)."
-        )
-    shots = _check_int("shots", shots)
-    seed = _check_int("seed", seed)
-    try:
-        val_fraction = float(val_fraction)
-    except (TypeError, ValueError):
-        raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.") from None
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
-    if val_by not in VAL_BY:
-        raise ConfigError(f"Unknown val_by {val_by!r}. Known: {', '.join(VAL_BY)}.")
-    if val_mode not in VAL_MODES:
-        raise ConfigError(
-            f"Unknown val_mode {val_mode!r}. Known: {', '.join(VAL_MODES)} (mirror: the "
-            "validation classes get the run's shots in training, like the unseen "
-            "classes; zero-shot: they get none; zero-shot-matched: mirror's validation classes and pairs, "
-            "their shots left out of training)."
-        )
-    val_min_classes = _check_int("val_min_classes", val_min_classes)
-    val_min_pairs = _check_int("val_min_pairs", val_min_pairs)
+    options = SplitOptions(protocol, shots, seed, val_fraction, val_by, val_mode, val_min_classes, val_min_pairs).checked()
+    train_split, test_split = _train_test(dataset)
+    if options.protocol == "standard":
+        return _standard_split(dataset, options, train_split, test_split)
+    return _class_split_protocol(dataset, options, class_split, train_split, test_split)
 
-    samples = dataset.samples
-    splits = np.array([s.split for s in samples])
+
+def _train_test(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the train-split and of the test-split samples; an error without test pairs."""
+    splits = np.array([s.split for s in dataset.samples])
     train_split = np.flatnonzero(splits == "train").astype(np.int64)
     test_split = np.flatnonzero(splits == "test").astype(np.int64)
-    primary = [s.labels[0] for s in samples]
     if test_split.size == 0:
         raise DataError(
             f"Dataset {dataset.name!r} has no test-split pairs, so there is nothing to evaluate on. Mark some samples split='test'."
         )
+    return train_split, test_split
 
-    if key == "standard":
-        if shots != 0:
-            raise ConfigError(
-                f"shots={shots} has no meaning in the standard protocol (every class is seen "
-                "and trained on in full); use shots=0, or protocol='fewshot'."
-            )
-        train, val = _stratified_holdout(train_split, primary, dataset.classes, val_fraction, seed)
-        test = _index(test_split)
-        return ProtocolSplit(
-            protocol="standard",
-            shots=0,
-            seed=seed,
-            train=train,
-            val=val,
-            test_query=test,
-            test_gallery=test,
-            fewshot=_index([]),
-            train_classes=_classes_of(dataset, train),
-            val_classes=_classes_of(dataset, val),
-            test_classes=tuple(dataset.classes),
-            seen_classes=tuple(dataset.classes),
-            unseen_classes=(),
-            dataset=dataset.name,
-            class_split_version=None,
-            val_fraction=val_fraction,
-            val_by="pair",
-            val_mode=val_mode,
+
+def _standard_split(dataset: Dataset, options: SplitOptions, train_split: np.ndarray, test_split: np.ndarray) -> ProtocolSplit:
+    """The standard protocol: every class seen, a stratified validation, the whole test split."""
+    if options.shots != 0:
+        raise ConfigError(
+            f"shots={options.shots} has no meaning in the standard protocol (every class is seen "
+            "and trained on in full); use shots=0, or protocol='fewshot'."
         )
+    train, val = _stratified_holdout(train_split, _primary_labels(dataset), dataset.classes, options.val_fraction, options.seed)
+    test = _index(test_split)
+    return ProtocolSplit(
+        protocol="standard",
+        shots=0,
+        seed=options.seed,
+        train=train,
+        val=val,
+        test_query=test,
+        test_gallery=test,
+        fewshot=_index([]),
+        train_classes=_classes_of(dataset, train),
+        val_classes=_classes_of(dataset, val),
+        test_classes=tuple(dataset.classes),
+        seen_classes=tuple(dataset.classes),
+        unseen_classes=(),
+        dataset=dataset.name,
+        class_split_version=None,
+        val_fraction=options.val_fraction,
+        val_by="pair",
+        val_mode=options.val_mode,
+    )
 
+
+def _class_split_protocol(
+    dataset: Dataset, options: SplitOptions, class_split: ClassSplit | None, train_split: np.ndarray, test_split: np.ndarray
+) -> ProtocolSplit:
+    """The fewshot and generalized protocols: seen classes train and validate, the unseen ones
+    give their shots and are tested on."""
+    cs = _resolve_class_split(dataset, class_split, options.protocol)
+    unseen_set = set(cs.unseen)
+    seen = [c for c in dataset.classes if c not in unseen_set]
+    unseen = [c for c in dataset.classes if c in unseen_set]
+    if not unseen:
+        raise DataError(
+            f"Class split {cs.dataset!r} {split_label(cs.version)} has no unseen classes, so the {options.protocol} "
+            "protocol has nothing to test on. Use a split with unseen classes or "
+            "protocol='standard'."
+        )
+    unseen_side = np.array([any(lab in unseen_set for lab in s.labels) for s in dataset.samples])
+    fewshot = _unseen_shots(dataset, cs, unseen, train_split, options)
+    _check_class_validation(cs, len(seen), len(unseen), options)
+    # Seen classes that the unseen shots carry (multi-label data) train, so they cannot validate.
+    trained = {lab for i in fewshot for lab in dataset.samples[int(i)].labels if lab not in unseen_set}
+    validation = _seen_validation(dataset, seen, train_split[~unseen_side[train_split]], trained, options)
+    train = _index(np.concatenate([validation.train_seen, fewshot, validation.val_fewshot]))
+    test_query = _unseen_test_pairs(dataset, unseen, test_split[unseen_side[test_split]])
+    class_mode = options.val_by == "class"
+    return ProtocolSplit(
+        protocol=options.protocol,
+        shots=options.shots,
+        seed=options.seed,
+        train=train,
+        val=validation.val,
+        test_query=test_query,
+        test_gallery=test_query if options.protocol == "fewshot" else _index(test_split),
+        fewshot=fewshot,
+        train_classes=_classes_of(dataset, train),
+        val_classes=validation.classes,
+        test_classes=tuple(unseen),
+        seen_classes=tuple(seen),
+        unseen_classes=tuple(unseen),
+        dataset=dataset.name,
+        class_split_version=cs.version,
+        val_fraction=options.val_fraction,
+        val_by=options.val_by,
+        val_fewshot=validation.val_fewshot,
+        val_mode=options.val_mode if class_mode else "zero-shot",
+        val_min_classes=options.val_min_classes,
+        val_min_pairs=options.val_min_pairs,
+    )
+
+
+def _resolve_class_split(dataset: Dataset, class_split: ClassSplit | None, key: str) -> ClassSplit:
+    """``class_split`` (checked against the dataset's classes) or the dataset's own."""
     cs = class_split if class_split is not None else dataset.class_split
     if cs is None:
         raise ConfigError(
@@ -411,171 +539,154 @@ def make_split(
         )
     if class_split is not None:
         cs.check_against(dataset.classes)
-    unseen_set = set(cs.unseen)
-    seen = [c for c in dataset.classes if c not in unseen_set]
-    unseen = [c for c in dataset.classes if c in unseen_set]
-    if not unseen:
-        raise DataError(
-            f"Class split {cs.dataset!r} {split_label(cs.version)} has no unseen classes, so the {key} "
-            "protocol has nothing to test on. Use a split with unseen classes or "
-            "protocol='standard'."
-        )
-    unseen_side = np.array([any(lab in unseen_set for lab in s.labels) for s in samples])
+    return cs
 
-    # --- shots: nested draws, one independent stream per unseen class
+
+def _unseen_shots(dataset: Dataset, cs: ClassSplit, unseen: list[str], train_split: np.ndarray, options: SplitOptions) -> np.ndarray:
+    """The ``shots`` train-split pairs drawn for each unseen class (nested draws, one
+    independent stream per class); an error when a class has fewer."""
     by_class: dict[str, list[int]] = {c: [] for c in unseen}
     for i in train_split:
-        for lab in samples[int(i)].labels:
+        for lab in dataset.samples[int(i)].labels:
             if lab in by_class:
                 by_class[lab].append(int(i))
+    _check_enough_shots(dataset, cs, by_class, options.shots)
+    return _index([i for c in unseen for i in _draw(options.seed, c, sorted(by_class[c]), options.shots)])
+
+
+def _check_enough_shots(dataset: Dataset, cs: ClassSplit, by_class: dict[str, list[int]], shots: int) -> None:
     short = {c: len(v) for c, v in by_class.items() if len(v) < shots}
-    if short:
-        listed = ", ".join(f"{c!r} has {n}" for c, n in sorted(short.items(), key=lambda t: t[1])[:10])
-        more = f" (and {len(short) - 10} more classes)" if len(short) > 10 else ""
-        max_shots = min(len(v) for v in by_class.values())
-        raise DataError(
-            f"shots={shots} needs at least {shots} train-split pairs in every unseen class, but "
-            f"{len(short)} unseen class(es) have fewer: {listed}{more}. With this class split "
-            f"(dataset {dataset.name!r}, {split_label(cs.version)}) at most shots={max_shots} is possible; "
-            "lower shots or use a class split whose unseen classes have more train pairs."
-        )
-    drawn: list[int] = []
-    if shots:
-        for c in unseen:
-            perm = _rng(seed, _TAG_SHOTS, c).permutation(np.asarray(sorted(by_class[c]), dtype=np.int64))
-            drawn.extend(perm[:shots].tolist())
-    fewshot = _index(drawn)
-
-    # --- validation on the seen side
-    seen_train = train_split[~unseen_side[train_split]]
-    mode = val_by
-    if mode == "class" and val_fraction > 0:
-        # the seen side only (the runner's check_class_split also refuses a one-class fewshot test)
-        lacking = split_shortfalls(len(seen), len(unseen), protocol="generalized")
-        if lacking:  # never validate on the training classes
-            raise DataError(
-                f"Class split {cs.dataset!r} {split_label(cs.version)} cannot serve the {key} protocol: {'; '.join(lacking)}. "
-                "Use a class split with at least 3 seen classes (for a generated one, another split_seed), "
-                "val_fraction=0 to train without a validation, or protocol='standard'."
-            )
-    val_fewshot = _index([])
-    # Seen classes that the unseen shots carry (multi-label data) train, so they cannot validate.
-    trained = {lab for i in drawn for lab in samples[int(i)].labels if lab not in unseen_set}
-    if mode == "class" and val_mode in ("mirror", "zero-shot-matched"):
-        train_seen, val, val_fewshot, val_classes = _mirror_validation(
-            samples, seen, seen_train, shots, seed, val_fraction, val_min_classes, val_min_pairs, trained
-        )
-        if val_mode == "zero-shot-matched":  # the same validation, none of its classes trains
-            val_fewshot = _index([])
-    elif mode == "class":
-        n_val = 0
-        if val_fraction > 0:
-            n_val = max(1, int(round(val_fraction * len(seen))))
-            if len(seen) >= 3:
-                n_val = max(n_val, 2)
-            n_val = min(n_val, len(seen) - 1)
-        order = _rng(seed, _TAG_VAL_CLASSES).permutation(len(seen))
-        val_set = set([seen[int(j)] for j in order if seen[int(j)] not in trained][:n_val])
-        in_val = np.array([any(lab in val_set for lab in samples[int(i)].labels) for i in seen_train], dtype=bool)
-        val = _index(seen_train[in_val]) if seen_train.size else _index([])
-        train_seen = _index(seen_train[~in_val]) if seen_train.size else _index([])
-        val_classes = tuple(c for c in seen if c in val_set)
-    else:
-        train_seen, val = _stratified_holdout(seen_train, primary, seen, val_fraction, seed)
-        val_classes = _classes_of(dataset, val)
-    if mode == "class" and val_fraction > 0 and len(val_classes) < 2:
-        raise DataError(
-            f"Only {len(val_classes)} validation class(es): of the {len(seen)} seen classes of {dataset.name!r}, too few have "
-            f"more than {shots} train-split pair(s) left to validate on after their {shots} shot(s), and on fewer than 2 "
-            "classes every retrieval is right (mAP 100 whatever the model). Lower the shots, or val_fraction=0 to train "
-            "without a validation."
-        )
-    train = _index(np.concatenate([train_seen, fewshot, val_fewshot]))
-
-    test_query = _index(test_split[unseen_side[test_split]])
-    if test_query.size == 0:
-        raise DataError(
-            f"No test-split pairs of the unseen classes in dataset {dataset.name!r} (unseen: "
-            f"{', '.join(map(repr, unseen[:5]))}{' ...' if len(unseen) > 5 else ''}), so there "
-            "is nothing to evaluate on. Check the class split and the samples' splits."
-        )
-    gallery = test_query if key == "fewshot" else _index(test_split)
-    return ProtocolSplit(
-        protocol=key,
-        shots=shots,
-        seed=seed,
-        train=train,
-        val=val,
-        test_query=test_query,
-        test_gallery=gallery,
-        fewshot=fewshot,
-        train_classes=_classes_of(dataset, train),
-        val_classes=val_classes,
-        test_classes=tuple(unseen),
-        seen_classes=tuple(seen),
-        unseen_classes=tuple(unseen),
-        dataset=dataset.name,
-        class_split_version=cs.version,
-        val_fraction=val_fraction,
-        val_by=mode,
-        val_fewshot=val_fewshot,
-        val_mode=val_mode if mode == "class" else "zero-shot",
-        val_min_classes=val_min_classes,
-        val_min_pairs=val_min_pairs,
+    if not short:
+        return
+    listed = ", ".join(f"{c!r} has {n}" for c, n in sorted(short.items(), key=lambda t: t[1])[:10])
+    more = f" (and {len(short) - 10} more classes)" if len(short) > 10 else ""
+    max_shots = min(len(v) for v in by_class.values())
+    raise DataError(
+        f"shots={shots} needs at least {shots} train-split pairs in every unseen class, but "
+        f"{len(short)} unseen class(es) have fewer: {listed}{more}. With this class split "
+        f"(dataset {dataset.name!r}, {split_label(cs.version)}) at most shots={max_shots} is possible; "
+        "lower shots or use a class split whose unseen classes have more train pairs."
     )
 
 
-def _mirror_validation(
-    samples,
-    seen: list[str],
-    seen_train: np.ndarray,
-    shots: int,
-    seed: int,
-    val_fraction: float,
-    min_classes: int,
-    min_pairs: int,
-    trained: set[str] | frozenset[str] = frozenset(),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Validation classes that mirror the test (module docstring, ``val_mode="mirror"``); the
-    classes in ``trained`` (carried by the unseen shots) are never chosen.
+def _check_class_validation(cs: ClassSplit, n_seen: int, n_unseen: int, options: SplitOptions) -> None:
+    """A class-disjoint validation needs 3 seen classes or more (never validate on the training
+    classes); the seen side only — the runner's check_class_split also refuses a one-class test."""
+    if options.val_by != "class" or options.val_fraction <= 0:
+        return
+    lacking = split_shortfalls(n_seen, n_unseen, protocol="generalized")
+    if lacking:
+        raise DataError(
+            f"Class split {cs.dataset!r} {split_label(cs.version)} cannot serve the {options.protocol} protocol: {'; '.join(lacking)}. "
+            "Use a class split with at least 3 seen classes (for a generated one, another split_seed), "
+            "val_fraction=0 to train without a validation, or protocol='standard'."
+        )
 
-    -> (seen training pairs, validation pairs, validation-class shots, validation classes)."""
+
+def _seen_validation(dataset: Dataset, seen: list[str], seen_train: np.ndarray, trained: set[str], options: SplitOptions) -> _Validation:
+    """The seen-side train-split pairs ``seen_train`` divided by ``options.val_by`` and
+    ``val_mode`` (module docstring); the classes in ``trained`` never validate."""
+    if options.val_by == "pair":
+        train_seen, val = _stratified_holdout(seen_train, _primary_labels(dataset), seen, options.val_fraction, options.seed)
+        return _Validation(train_seen, val, _index([]), _classes_of(dataset, val))
+    if options.val_mode == "zero-shot":
+        validation = _zero_shot_validation(dataset.samples, seen, seen_train, trained, options)
+    else:
+        validation = _mirror_validation(dataset.samples, seen, seen_train, trained, options)
+        if options.val_mode == "zero-shot-matched":  # the same validation, none of its classes trains
+            validation = validation._replace(val_fewshot=_index([]))
+    if options.val_fraction > 0 and len(validation.classes) < 2:
+        raise DataError(
+            f"Only {len(validation.classes)} validation class(es): of the {len(seen)} seen classes of {dataset.name!r}, too few have "
+            f"more than {options.shots} train-split pair(s) left to validate on after their {options.shots} shot(s), and on fewer "
+            "than 2 classes every retrieval is right (mAP 100 whatever the model). Lower the shots, or val_fraction=0 to train "
+            "without a validation."
+        )
+    return validation
+
+
+def _zero_shot_validation(samples, seen: list[str], seen_train: np.ndarray, trained: set[str], options: SplitOptions) -> _Validation:
+    """``val_mode="zero-shot"``: every seen-side pair of the seeded validation classes validates
+    and none of them trains."""
+    n_val = 0
+    if options.val_fraction > 0:
+        n_val = max(1, int(round(options.val_fraction * len(seen))))
+        if len(seen) >= 3:
+            n_val = max(n_val, 2)
+        n_val = min(n_val, len(seen) - 1)
+    order = _rng(options.seed, _TAG_VAL_CLASSES).permutation(len(seen))
+    val_set = set([seen[int(j)] for j in order if seen[int(j)] not in trained][:n_val])
+    if not seen_train.size:
+        return _Validation(_index([]), _index([]), _index([]), tuple(c for c in seen if c in val_set))
+    in_val = np.array([any(lab in val_set for lab in samples[int(i)].labels) for i in seen_train], dtype=bool)
+    return _Validation(_index(seen_train[~in_val]), _index(seen_train[in_val]), _index([]), tuple(c for c in seen if c in val_set))
+
+
+def _mirror_validation(
+    samples, seen: list[str], seen_train: np.ndarray, trained: set[str] | frozenset[str], options: SplitOptions
+) -> _Validation:
+    """Validation classes that mirror the test (module docstring, ``val_mode="mirror"``); the
+    classes in ``trained`` (carried by the unseen shots) are never chosen."""
     labels_of = {int(i): samples[int(i)].labels for i in seen_train}
     members: dict[str, list[int]] = {c: [] for c in seen}
     for i, labs in labels_of.items():
         for lab in labs:
             if lab in members:
                 members[lab].append(i)
-    target = 0
-    if val_fraction > 0:
-        target = max(int(round(val_fraction * len(seen))), min_classes, 2 if len(seen) >= 3 else 1)
-    cap = max(min(2, len(seen) - 1), len(seen) // 2)  # two validation classes at least, one class left to train
-    order = _rng(seed, _TAG_VAL_CLASSES).permutation(len(seen))
-    chosen: list[str] = []
-    val_side: set[int] = set()
-    drawn: set[int] = set()
-    for j in order:
-        if target == 0 or len(chosen) >= cap:
-            break
-        pairs_now = len(val_side - drawn)
-        if len(chosen) >= target and pairs_now >= min_pairs:
-            break
-        c = seen[int(j)]
-        pool = sorted(members[c])
-        if len(pool) <= shots or c in trained:  # nothing left to validate on, or it trains anyway
-            continue
-        chosen.append(c)
-        val_side.update(pool)
-        if shots:  # nested draws, one stream per class, as for the unseen classes
-            perm = _rng(seed, _TAG_SHOTS, c).permutation(np.asarray(pool, dtype=np.int64))
-            drawn.update(perm[:shots].tolist())
+    chosen, drawn = _mirror_classes(seen, members, trained, options)
     held = set(chosen)
     # Any pair carrying a validation class is on the validation side (multi-label data).
     side = {i for i, labs in labels_of.items() if any(lab in held for lab in labs)}
-    val_shots = _index(sorted(drawn & side))
-    val = _index(sorted(side - drawn))
-    train_seen = _index(sorted(set(labels_of) - side))
-    return train_seen, val, val_shots, tuple(c for c in seen if c in held)
+    return _Validation(
+        train_seen=_index(sorted(set(labels_of) - side)),
+        val=_index(sorted(side - drawn)),
+        val_fewshot=_index(sorted(drawn & side)),
+        classes=tuple(c for c in seen if c in held),
+    )
+
+
+def _mirror_target(n_seen: int, options: SplitOptions) -> tuple[int, int]:
+    """(the fewest validation classes to aim for, the most allowed) of the mirrored validation."""
+    target = 0
+    if options.val_fraction > 0:
+        target = max(int(round(options.val_fraction * n_seen)), options.val_min_classes, 2 if n_seen >= 3 else 1)
+    cap = max(min(2, n_seen - 1), n_seen // 2)  # two validation classes at least, one class left to train
+    return target, cap
+
+
+def _mirror_classes(
+    seen: list[str], members: dict[str, list[int]], trained: set[str] | frozenset[str], options: SplitOptions
+) -> tuple[list[str], set[int]]:
+    """The mirrored validation classes, taken in the seed's order until there are enough classes
+    and pairs (or the cap), and their shots: (classes, the pairs drawn as their shots)."""
+    target, cap = _mirror_target(len(seen), options)
+    chosen: list[str] = []
+    val_side: set[int] = set()
+    drawn: set[int] = set()
+    for j in _rng(options.seed, _TAG_VAL_CLASSES).permutation(len(seen)):
+        if target == 0 or len(chosen) >= cap:
+            break
+        if len(chosen) >= target and len(val_side - drawn) >= options.val_min_pairs:
+            break
+        c = seen[int(j)]
+        pool = sorted(members[c])
+        if len(pool) <= options.shots or c in trained:  # nothing left to validate on, or it trains anyway
+            continue
+        chosen.append(c)
+        val_side.update(pool)
+        drawn.update(_draw(options.seed, c, pool, options.shots))  # as for the unseen classes
+    return chosen, drawn
+
+
+def _unseen_test_pairs(dataset: Dataset, unseen: list[str], test_query: np.ndarray) -> np.ndarray:
+    """The test queries (the unseen side's test-split pairs); an error when there are none."""
+    if test_query.size == 0:
+        raise DataError(
+            f"No test-split pairs of the unseen classes in dataset {dataset.name!r} (unseen: "
+            f"{', '.join(map(repr, unseen[:5]))}{' ...' if len(unseen) > 5 else ''}), so there "
+            "is nothing to evaluate on. Check the class split and the samples' splits."
+        )
+    return _index(test_query)
 
 
 def split_from_summary(dataset: Dataset, info: dict) -> ProtocolSplit:
