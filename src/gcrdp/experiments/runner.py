@@ -19,8 +19,9 @@ from ..data.features import FeatureSet
 from ..data.store import AUTO_DISK_BYTES
 from ..data.types import Dataset, split_label
 from ..errors import ConfigError, DataError
-from ..methods import METHODS, FitData, build_method
-from ..methods.presets import check_entry, preset_options
+from ..methods import FitData
+from ..methods.base import MethodTags, method_tags
+from ..methods.presets import build_entry, check_entry
 from ..training.distributed import barrier, broadcast_object, is_distributed, is_main, main_first
 from ..training.seeding import resolve_device
 from ..utils.io import atomic_write_json
@@ -132,21 +133,6 @@ def class_name_features(class_names, config: RunConfig) -> np.ndarray:
     return embed_class_names(class_names, EncoderSettings.of(config))
 
 
-def method_base_name(entry: str) -> str:
-    """``"gcrdp@k5"`` → ``"gcrdp"``: an entry may label a variant of a registered method (its
-    options are ``method_options["gcrdp@k5"]``, over those of a preset of that name such as
-    ``gcrdp@spec``, see :mod:`gcrdp.methods.presets`), so one run can compare settings of one
-    method."""
-    return entry.split("@", 1)[0]
-
-
-def build_entry(entry: str, config: RunConfig, device: str = "cpu", **overrides: Any) -> Any:
-    """The unfitted method of method entry ``entry`` (e.g. ``gcrdp@spec``): its registered
-    method with the preset's options, the run's options for the entry, then ``overrides``."""
-    options = {**preset_options(entry, config.method_options.get(entry)), **overrides}
-    return build_method(method_base_name(entry), options, device)
-
-
 def evaluate_split(
     method: Any, features: FeatureSet, labels: np.ndarray, split: Any, ks: list[int] | tuple[int, ...] = ()
 ) -> dict[str, Any]:
@@ -161,7 +147,7 @@ def evaluate_split(
         gi, gt = qi, qt
     else:
         gi, gt = method.embed_images(features.image.subset(g)), method.embed_texts(features.text.subset(g))
-    metric = getattr(method, "score_metric", "cosine")
+    metric = method_tags(method).score_metric
     out = cross_modal_metrics(qi, qt, labels[q], gi, gt, labels[g], ks=ks, metric=metric)
     # instance level: each query's own pair (the same sample on the gallery side)
     where = {int(j): r for r, j in enumerate(g)}
@@ -273,47 +259,80 @@ class _FitContext:
 def _fit_one(
     ctx: _FitContext, name: str, shots: int, seed: int, split: Any, folder: Path | None = None, resume: bool = True
 ) -> dict[str, Any]:
-    """Fit method entry ``name`` on ``split`` and evaluate it: one record of ``results.json``."""
-    from ..evaluation import chance_map
-    from ..methods.persistence import save_method
+    """Fit method entry ``name`` on ``split`` (and refit it when the run says so) and evaluate it:
+    one record of ``results.json``; with ``folder``, the fit is checkpointed there and saved as
+    ``folder/final``. The method is built once for the fit (once more for a refit)."""
+    method = build_entry(name, ctx.config.method_options.get(name), ctx.device)
+    fit_data, report_idx = _fit_data(ctx, split, seed, method_tags(method))
+    if folder is None:
+        report = method.fit(fit_data, seed=seed)
+    else:
+        report = method.fit(fit_data, seed=seed, checkpoint_dir=Path(folder) / "last", resume=resume)
+    if report_idx is not None:  # the chosen model on validation pairs the choice did not see
+        _score_report_pairs(ctx, method, report, split, report_idx)
+    refit = None
+    if ctx.config.refit and len(split.val):
+        method, refit = _refit(ctx, name, method, report, split, seed, fit_data.class_name_features)
+    if not is_main():  # on several ranks, rank 0 evaluates the model (the same on every rank) and tells
+        return cast(dict[str, Any], broadcast_object(None))
+    rec = _record(ctx, (name, shots, seed), split, method, report, refit)
+    if folder is not None:
+        _save_final(ctx, (name, shots, seed), method, rec, Path(folder))
+        rec["checkpoint"] = str(folder)
+    return cast(dict[str, Any], broadcast_object(rec))
 
+
+def _fit_data(ctx: _FitContext, split: Any, seed: int, tags: MethodTags) -> tuple[FitData, np.ndarray | None]:
+    """The fit's data (:func:`fit_data_for`; the class-name features for a method whose tags
+    ask for them) and the validation pairs held out to report on (``val_report_fraction``), or None."""
     config, features, labels = ctx.config, ctx.features, ctx.labels
     fit_data = fit_data_for(split, features, labels, ctx.classes)
     report_idx = None
     if config.val_report_fraction > 0 and len(split.val):
         select_idx, report_idx = report_holdout(split.val, labels, config.val_report_fraction, seed)
         fit_data.val, fit_data.val_labels = features.subset(select_idx), labels[select_idx]
-    q, g = split.test_query, split.test_gallery
-    method = build_entry(name, config, ctx.device)
-    if getattr(method, "needs_class_name_features", False):
+    if tags.needs_class_name_features:
         fit_data.class_name_features = ctx.name_feats
-    if folder is None:
-        report = method.fit(fit_data, seed=seed)
-    else:
-        report = method.fit(fit_data, seed=seed, checkpoint_dir=Path(folder) / "last", resume=resume)
-    if report_idx is not None:  # the chosen model on validation pairs the choice did not see
-        from ..training.loop import validation_map
+    return fit_data, report_idx
 
-        def embed(f: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
-            return method.embed_images(f.image), method.embed_texts(f.text)
 
-        held = features.subset(report_idx)
-        metric = getattr(method, "score_metric", "cosine")
-        report.extra["report_val_map"] = validation_map(embed, held, labels[report_idx], metric) if len(report_idx) >= 2 else None
-        report.extra["n_val_select"], report.extra["n_val_report"] = len(split.val) - len(report_idx), len(report_idx)
-    refit = None
-    if config.refit and len(split.val):
-        refit_opts = method.refit_options(report)
-        method = build_entry(name, config, ctx.device, **refit_opts)
-        refit_data = refit_data_for(split, features, labels, ctx.classes, fit_data.class_name_features)
-        refit_report = method.fit(refit_data, seed=seed)
-        refit = {**refit_report.to_dict(), "options": refit_opts, "n_train": len(refit_data.train)}
-    if not is_main():  # on several ranks, rank 0 evaluates the model (the same on every rank) and tells
-        return cast(dict[str, Any], broadcast_object(None))
+def _score_report_pairs(ctx: _FitContext, method: Any, report: Any, split: Any, report_idx: np.ndarray) -> None:
+    """``report_val_map``: the fitted model's validation mAP on the held-out report pairs."""
+    from ..training.loop import validation_map
+
+    def embed(f: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+        return method.embed_images(f.image), method.embed_texts(f.text)
+
+    held = ctx.features.subset(report_idx)
+    metric = method_tags(method).score_metric
+    report.extra["report_val_map"] = validation_map(embed, held, ctx.labels[report_idx], metric) if len(report_idx) >= 2 else None
+    report.extra["n_val_select"], report.extra["n_val_report"] = len(split.val) - len(report_idx), len(report_idx)
+
+
+def _refit(
+    ctx: _FitContext, name: str, method: Any, report: Any, split: Any, seed: int, class_name_features: np.ndarray | None
+) -> tuple[Any, dict[str, Any]]:
+    """The method refitted on every train and validation pair with the options the fit chose
+    (``RunConfig.refit``), and its ``refit`` entry of the record."""
+    refit_opts = method.refit_options(report)
+    method = build_entry(name, ctx.config.method_options.get(name), ctx.device, **refit_opts)
+    refit_data = refit_data_for(split, ctx.features, ctx.labels, ctx.classes, class_name_features)
+    refit_report = method.fit(refit_data, seed=seed)
+    return method, {**refit_report.to_dict(), "options": refit_opts, "n_train": len(refit_data.train)}
+
+
+def _record(
+    ctx: _FitContext, task: tuple[str, int, int], split: Any, method: Any, report: Any, refit: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The record of one fit: the method's config, the split, the fit (and refit) report, the
+    test metrics beside the chance level."""
+    from ..evaluation import chance_map
+
+    name, shots, seed = task
     t0 = time.perf_counter()
-    test = evaluate_split(method, features, labels, split, ks=config.ks)
-    chance = chance_map(labels[q], labels[g])
-    rec = {
+    test = evaluate_split(method, ctx.features, ctx.labels, split, ks=ctx.config.ks)
+    chance = chance_map(ctx.labels[split.test_query], ctx.labels[split.test_gallery])
+    return {
         "method": name,
         "shots": shots,
         "seed": seed,
@@ -325,29 +344,34 @@ def _fit_one(
         "chance": {"i2t": chance, "t2i": chance},
         "test": test,
     }
-    if folder is not None:
-        single = {
-            **config.to_dict(),
-            "shots": [shots],
-            "seeds": [seed],
-            "methods": [name],
-            "method_options": {name: config.method_options.get(name, {})},
-        }
-        save_method(
-            method,
-            Path(folder) / "final",
-            fit=rec["fit"],
-            run={
-                "config": single,
-                "method_entry": name,
-                "split": rec["split"],
-                "class_names": list(ctx.classes),
-                "features": {k: features.meta.get(k) for k in ("key", "key_inputs", "dtype")},
-                "test": test,
-            },
-        )
-        rec["checkpoint"] = str(folder)
-    return cast(dict[str, Any], broadcast_object(rec))
+
+
+def _save_final(ctx: _FitContext, task: tuple[str, int, int], method: Any, rec: dict[str, Any], folder: Path) -> None:
+    """``folder/final``: the fitted method with the run info ``gcrdp evaluate --checkpoint`` needs."""
+    from ..methods.persistence import save_method
+
+    name, shots, seed = task
+    config = ctx.config
+    single = {
+        **config.to_dict(),
+        "shots": [shots],
+        "seeds": [seed],
+        "methods": [name],
+        "method_options": {name: config.method_options.get(name, {})},
+    }
+    save_method(
+        method,
+        folder / "final",
+        fit=rec["fit"],
+        run={
+            "config": single,
+            "method_entry": name,
+            "split": rec["split"],
+            "class_names": list(ctx.classes),
+            "features": {k: ctx.features.meta.get(k) for k in ("key", "key_inputs", "dtype")},
+            "test": rec["test"],
+        },
+    )
 
 
 _WORKER: dict[str, Any] = {}
@@ -591,7 +615,7 @@ def run_experiment(
     resume: bool = True,
     jobs: int = 1,
     cluster: str | int | None = None,
-) -> dict[str, Any]:  # noqa: C901 - the run's steps in order
+) -> dict[str, Any]:
     """Run every (shots, seed, method) of ``config`` and return the results dict; when
     ``output_dir`` is given, write ``output_dir/results.json`` atomically at the end.
 
@@ -628,42 +652,111 @@ def run_experiment(
     round-off may differ between thread counts); they are returned in the sequential order,
     and ``on_record`` is called as each finishes.
     """
-    from ..data.checks import check_class_sizes, check_class_split
-    from ..data.registry import load_dataset
-    from ..methods.persistence import check_checkpointable
+    _check_jobs(jobs)
+    progress = progress and is_main()
+    tags = _check_entries(config, checkpointed=checkpoints is not None)
+    t_start = time.perf_counter()
+    folder = _output_folder(output_dir)
+    plan = _plan(config, dataset, tags)
+    if progress:
+        print(describe_splits(plan.dataset, plan.splits), file=sys.stderr, flush=True)
+    t_data = time.perf_counter()
+    features = _run_features(plan.dataset, config, features, progress, cluster)
+    t_feat = time.perf_counter()
+    shared = _fit_context(config, plan, features)
+    tasks = _tasks(config, plan.shot_values)
+    store = _FitStore(folder if checkpoints is None else None, config, plan.dataset, features, tasks)
+    records, tasks = store.reuse(tasks, resume)
+    display = _display(len(records), len(tasks), progress, folder)
+    finish = _finisher(store, display, records, on_record)
+    _collect(shared, tasks, plan.splits, jobs, checkpoints, resume, display, finish)
+    order = {t: i for i, t in enumerate(_tasks(config, plan.shot_values))}
+    records.sort(key=lambda r: order[(r["method"], r["shots"], r["seed"])])
+    timing = {"data_seconds": round(t_data - t_start, 3), "features_seconds": round(t_feat - t_data, 3)}
+    results = _results(config, plan, features, _threads_per_fit(jobs, len(tasks)), jobs, timing, records)
+    results["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    if folder is not None and is_main():
+        _write_results(results, folder, plan.dataset, config)
+    barrier()  # every rank returns once the results are written
+    return results
 
+
+# ----------------------------------------------------------------------------- run_experiment's steps
+def _check_jobs(jobs: Any) -> None:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}.")
     if jobs > 1 and is_distributed():
         raise ConfigError(
             "--jobs runs fits side by side in one process's workers; on several ranks each fit uses all of them. Drop --jobs."
         )
-    progress = progress and is_main()
+
+
+def _check_entries(config: RunConfig, checkpointed: bool) -> dict[str, MethodTags]:
+    """Every method entry of ``config`` checked before any slow work — a registered method, its
+    options and their values, and what the run asks of it (a refit, checkpoints) against what it
+    declares (:class:`~gcrdp.methods.base.MethodTags`) — and those declarations, by entry. Each
+    entry's method is built once here."""
+    from ..methods.persistence import check_checkpointable
+
+    out: dict[str, MethodTags] = {}
     for m in config.methods:
-        METHODS.get(method_base_name(m))  # fail fast on unknown names, before any slow work
-        check_entry(m, config.method_options.get(m))
-        if config.refit and not hasattr(build_entry(m, config), "refit_options"):
+        method = check_entry(m, config.method_options.get(m))
+        tags = out[m] = method_tags(method)
+        if config.refit and not tags.refit:
             raise ConfigError(
-                f"refit: method {m!r} does not say how to refit without validation (no refit_options); run it without --refit."
+                f"refit: method {m!r} does not say how to refit without validation (tags: refit=False); run it without --refit."
             )
-        if checkpoints is not None:
-            check_checkpointable(build_entry(m, config))
-    t_start = time.perf_counter()
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        if output_dir.exists() and not output_dir.is_dir():
-            raise ConfigError(f"--output-dir {output_dir} exists and is not a folder.")
+        if checkpointed and not tags.checkpointable:
+            raise ConfigError(
+                f"Method {m!r} cannot be checkpointed: it does not declare checkpointable=True (tags(); the checkpoint "
+                "contract in gcrdp.methods.base)."
+            )
+        if checkpointed:
+            check_checkpointable(method)
+    return out
+
+
+def _output_folder(output_dir: str | Path | None) -> Path | None:
+    if output_dir is None:
+        return None
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--output-dir {folder} exists and is not a folder.")
+    return folder
+
+
+@dataclass
+class _Plan:
+    """A run's data and protocol splits, made before any slow work."""
+
+    dataset: Dataset
+    shot_values: list[int]
+    splits: dict[tuple[int, int], Any]
+    small: list[Any]
+    device: str
+    tags: dict[str, MethodTags]
+
+
+def _plan(config: RunConfig, dataset: Dataset | None, tags: dict[str, MethodTags]) -> _Plan:
+    """The dataset (loaded unless given), its checks, and every split before any slow work
+    (extraction, training): e.g. too few pairs for the shots stops the run first."""
+    from ..data.checks import check_class_sizes, check_class_split
+    from ..data.registry import load_dataset
+
     device = resolve_device(config.device)
     if dataset is None:
         dataset = load_dataset(config.dataset, **config.dataset_options)
-    shot_values = [0] if config.protocol == "standard" else config.shots
+    shot_values = [0] if config.protocol == "standard" else list(config.shots)
     small = check_class_sizes(dataset, shot_values, config.protocol, allow=config.allow_small_classes)
     check_class_split(dataset, config.protocol, validate=config.val_fraction > 0)
-    # Every split before any slow work (extraction, training): e.g. too few pairs for the shots.
     splits = plan_splits(dataset, config, shot_values, config.seeds)
-    if progress:
-        print(describe_splits(dataset, splits), file=sys.stderr, flush=True)
-    t_data = time.perf_counter()
+    return _Plan(dataset, shot_values, splits, list(small), device, tags)
+
+
+def _run_features(
+    dataset: Dataset, config: RunConfig, features: FeatureSet | None, progress: bool, cluster: str | int | None
+) -> FeatureSet:
+    """The run's features (given, or :func:`load_features`), checked against the dataset."""
     if features is None:
         with main_first():  # on several ranks: rank 0 extracts into the cache, the others then read it
             features = load_features(dataset, config, progress=progress, cluster=cluster if is_main() else None)
@@ -671,50 +764,81 @@ def run_experiment(
         raise DataError(f"Features hold {len(features)} samples but the dataset has {len(dataset)}.")
     features.image.check_finite("image features")
     features.text.check_finite("text features")
-    t_feat = time.perf_counter()
-    labels = dataset.label_matrix()
+    return features
 
-    tasks = [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
+
+def _fit_context(config: RunConfig, plan: _Plan, features: FeatureSet) -> _FitContext:
+    """What every fit shares; the class names are embedded once when a method's tags ask for them."""
+    labels = plan.dataset.label_matrix()
     name_feats = None
-    if any(getattr(build_entry(m, config), "needs_class_name_features", False) for m in config.methods):
-        name_feats = class_name_features(dataset.classes, config)  # computed once, for the methods that ask
-    shared = _FitContext(
-        config=config, features=features, labels=labels, classes=tuple(dataset.classes), device=device, name_feats=name_feats
+    if any(t.needs_class_name_features for t in plan.tags.values()):
+        name_feats = class_name_features(plan.dataset.classes, config)
+    return _FitContext(
+        config=config, features=features, labels=labels, classes=tuple(plan.dataset.classes), device=plan.device, name_feats=name_feats
     )
+
+
+def _tasks(config: RunConfig, shot_values: list[int]) -> list[tuple[str, int, int]]:
+    """Every (method entry, shots, seed) of the run, in the order of its records."""
+    return [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
+
+
+class _FitStore:
+    """The finished fits of a resumable run folder (``folder/fits``; ``None``: none kept, e.g.
+    with checkpoints): their keys, the records already there, each new one written as it ends."""
+
+    def __init__(
+        self, folder: Path | None, config: RunConfig, dataset: Dataset, features: FeatureSet, tasks: list[tuple[str, int, int]]
+    ) -> None:
+        self.folder = folder
+        self.keys: dict[tuple[str, int, int], str] = {}
+        if folder is not None:
+            data_key = cast(Dataset, _DatasetKey(dataset))  # the content digest computed once for all fits
+            self.keys = {(m, n, s): fit_key(config, m, n, s, features.meta.get("key"), data_key) for m, n, s in tasks}
+
+    def reuse(self, tasks: list[tuple[str, int, int]], resume: bool) -> tuple[list[dict[str, Any]], list[tuple[str, int, int]]]:
+        """(the stored records of ``tasks`` when ``resume``, the tasks left to fit); without
+        ``resume`` the stored fits are removed first. On several ranks, rank 0's reading."""
+        records: list[dict[str, Any]] = []
+        tasks = list(tasks)
+        if self.folder is not None and is_main():
+            if not resume and (self.folder / "fits").is_dir():
+                import shutil
+
+                shutil.rmtree(self.folder / "fits")  # afresh: no stale fits left to refuse later
+            for t in list(tasks) if resume else []:
+                rec = _load_done_fit(_fit_file(self.folder, *t), self.keys[t])
+                if rec is not None:
+                    records.append(rec)
+                    tasks.remove(t)
+        records, tasks = broadcast_object((records, tasks))
+        if records:
+            log.info("resuming: %d of %d fits already done in %s", len(records), len(records) + len(tasks), self.folder)
+        return records, tasks
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if self.folder is not None and is_main():
+            key = (rec["method"], rec["shots"], rec["seed"])
+            atomic_write_json(_fit_file(self.folder, *key), {"fit_key": self.keys[key], "record": rec})
+
+
+def _display(n_resumed: int, n_tasks: int, progress: bool, folder: Path | None) -> Any:
+    """The progress bar over the fits (:class:`~gcrdp.experiments.progress.FitProgress`)."""
     from .progress import FitProgress
 
-    records: list[dict[str, Any]] = []
-    keep_fits = output_dir is not None and checkpoints is None
-    fit_keys: dict[tuple[str, int, int], str] = {}
-    if keep_fits:
-        data_key = _DatasetKey(dataset)
-        fit_keys = {t: fit_key(config, *t, features.meta.get("key"), data_key) for t in tasks}  # type: ignore[arg-type]
-    if keep_fits and not resume and (output_dir / "fits").is_dir() and is_main():  # type: ignore[operator]
-        import shutil
-
-        shutil.rmtree(output_dir / "fits")  # type: ignore[operator]  # afresh: no stale fits left to refuse later
-    if keep_fits and resume and is_main():
-        for t in list(tasks):
-            rec = _load_done_fit(_fit_file(output_dir, *t), fit_keys[t])  # type: ignore[arg-type]
-            if rec is not None:
-                records.append(rec)
-                tasks.remove(t)
-    records, tasks = broadcast_object((records, tasks))  # on several ranks: rank 0's reading of the folder
-    n_resumed = len(records)
-    if n_resumed:
-        log.info("resuming: %d of %d fits already done in %s", n_resumed, n_resumed + len(tasks), output_dir)
-    display = FitProgress(n_resumed + len(tasks), initial=n_resumed, enabled=progress)
+    display = FitProgress(n_resumed + n_tasks, initial=n_resumed, enabled=progress)
     if progress and n_resumed:
-        display.note(
-            f"resuming: {n_resumed} of {n_resumed + len(tasks)} fits were already done in {output_dir}; running the other {len(tasks)}"
-        )
+        display.note(f"resuming: {n_resumed} of {n_resumed + n_tasks} fits were already done in {folder}; running the other {n_tasks}")
+    return display
+
+
+def _finisher(
+    store: _FitStore, display: Any, records: list[dict[str, Any]], on_record: Callable[[dict[str, Any]], None] | None
+) -> Callable[[dict[str, Any]], None]:
+    """What happens to each finished fit's record: kept in the run folder, shown, collected, logged, passed on."""
 
     def finish(rec: dict[str, Any]) -> None:
-        if keep_fits and is_main():
-            atomic_write_json(
-                _fit_file(output_dir, rec["method"], rec["shots"], rec["seed"]),  # type: ignore[arg-type]
-                {"fit_key": fit_keys[(rec["method"], rec["shots"], rec["seed"])], "record": rec},
-            )
+        store.write(rec)
         display.finished(rec, task_label(rec["method"], rec["shots"], rec["seed"]))
         records.append(rec)
         log.info(
@@ -731,90 +855,119 @@ def run_experiment(
         if on_record is not None:
             on_record(rec)
 
+    return finish
+
+
+def _collect(
+    shared: _FitContext,
+    tasks: list[tuple[str, int, int]],
+    splits: dict[tuple[int, int], Any],
+    jobs: int,
+    checkpoints: Callable[[str, int, int], Path] | None,
+    resume: bool,
+    display: Any,
+    finish: Callable[[dict[str, Any]], None],
+) -> None:
+    """Fit every task — in ``jobs`` worker processes, or one after the other here (with their
+    checkpoint folders) — and ``finish`` each record."""
     from ..training.loop import EpochObserver, observe_epochs
 
-    all_tasks = [(name, shots, seed) for shots in shot_values for seed in config.seeds for name in config.methods]
     try:
         if jobs > 1 and len(tasks) > 1 and checkpoints is None:
             _run_in_workers(shared, tasks, splits, jobs, finish, display)
-        else:
-            for name, shots, seed in tasks:
-                folder = checkpoints(name, shots, seed) if checkpoints is not None else None
-                label = task_label(name, shots, seed)
-                with observe_epochs(cast(EpochObserver, lambda info, label=label: display.epoch(label, info))):
-                    rec = _fit_one(shared, name, shots, seed, splits[(shots, seed)], folder, resume)
-                finish(rec)
+            return
+        for name, shots, seed in tasks:
+            folder = checkpoints(name, shots, seed) if checkpoints is not None else None
+            label = task_label(name, shots, seed)
+            with observe_epochs(cast(EpochObserver, lambda info, label=label: display.epoch(label, info))):
+                rec = _fit_one(shared, name, shots, seed, splits[(shots, seed)], folder, resume)
+            finish(rec)
     finally:
         display.close()
-    order = {t: i for i, t in enumerate(all_tasks)}
-    records.sort(key=lambda r: order[(r["method"], r["shots"], r["seed"])])
-    results: dict[str, Any] = {
+
+
+def _results(
+    config: RunConfig, plan: _Plan, features: FeatureSet, threads: int, jobs: int, timing: dict[str, float], records: list
+) -> dict[str, Any]:
+    """The results document (``results.json``): config, what was resolved, provenance, timing, records, summary."""
+    dataset = plan.dataset
+    return {
         "format": RESULTS_FORMAT,
         "config": config.to_dict(),
         "resolved": {
             "dataset_name": dataset.name,
-            "device": device,
+            "device": plan.device,
             "jobs": jobs,
-            "torch_threads": _threads_per_fit(jobs, len(tasks)),
+            "torch_threads": threads,
             "n_samples": len(dataset),
             "n_classes": len(dataset.classes),
             "dataset_meta": dataset.meta,
             "features": features.meta,
-            "small_classes_allowed": [sc.to_dict() for sc in small],
+            "small_classes_allowed": [sc.to_dict() for sc in plan.small],
             "feature_dims": {
                 "image": [features.image.local.shape[1], features.image.dim],
                 "text": [features.text.local.shape[1], features.text.dim],
             },
         },
         "provenance": provenance(),
-        "timing": {
-            "data_seconds": round(t_data - t_start, 3),
-            "features_seconds": round(t_feat - t_data, 3),
-            "total_seconds": round(time.perf_counter() - t_start, 3),
-        },
+        "timing": dict(timing),
         "records": records,
         "summary": summarize(records),
     }
-    if output_dir is not None and is_main():
-        if dataset.class_split is not None and config.protocol != "standard":
-            from ..data.splits import class_split_document
 
-            doc = class_split_document(
-                dataset.class_split,
-                note=(
-                    f"The class split this run used ({dataset.meta.get('class_split_source', 'dataset')}). "
-                    "Pass it as --class-split (dataset option class_split) to pin it in a rerun."
-                ),
-            )
-            atomic_write_json(output_dir / "class_split.json", doc)
-            results["resolved"]["class_split_file"] = str(output_dir / "class_split.json")
-        if dataset.meta.get("split_generated"):
-            test_ids = [s.id for s in dataset.samples if s.split == "test"]
-            atomic_write_json(
-                output_dir / "test_split.json",
-                {
-                    "dataset": dataset.name,
-                    "source": dataset.meta.get("source"),
-                    "rule": dataset.meta.get("split") or dataset.meta.get("split_source"),
-                    "note": "The data had no train/test split; this one was generated (seeded, stable per class). "
-                    "The other samples are train.",
-                    "n_train": len(dataset) - len(test_ids),
-                    "n_test": len(test_ids),
-                    "test": test_ids,
-                },
-            )
-            results["resolved"]["test_split_file"] = str(output_dir / "test_split.json")
-        if dataset.meta.get("skipped"):
-            atomic_write_json(
-                output_dir / "skipped.json",
-                {
-                    "dataset": dataset.name,
-                    "source": dataset.meta.get("source"),
-                    "n_problems": len(dataset.meta["skipped"]),
-                    "skipped": dataset.meta["skipped"],
-                },
-            )
-            results["resolved"]["skipped_report"] = str(output_dir / "skipped.json")
-        atomic_write_json(output_dir / "results.json", results)
-    barrier()  # every rank returns once the results are written
-    return results
+
+def _write_results(results: dict[str, Any], folder: Path, dataset: Dataset, config: RunConfig) -> None:
+    """``results.json`` and beside it the class split used, a generated test split and the
+    skipped samples' report (each named in ``results["resolved"]``)."""
+    resolved = results["resolved"]
+    if dataset.class_split is not None and config.protocol != "standard":
+        resolved["class_split_file"] = _write_class_split(folder, dataset)
+    if dataset.meta.get("split_generated"):
+        resolved["test_split_file"] = _write_test_split(folder, dataset)
+    if dataset.meta.get("skipped"):
+        resolved["skipped_report"] = _write_skipped(folder, dataset)
+    atomic_write_json(folder / "results.json", results)
+
+
+def _write_class_split(folder: Path, dataset: Dataset) -> str:
+    from ..data.splits import class_split_document
+
+    doc = class_split_document(
+        cast(Any, dataset.class_split),
+        note=(
+            f"The class split this run used ({dataset.meta.get('class_split_source', 'dataset')}). "
+            "Pass it as --class-split (dataset option class_split) to pin it in a rerun."
+        ),
+    )
+    atomic_write_json(folder / "class_split.json", doc)
+    return str(folder / "class_split.json")
+
+
+def _write_test_split(folder: Path, dataset: Dataset) -> str:
+    test_ids = [s.id for s in dataset.samples if s.split == "test"]
+    atomic_write_json(
+        folder / "test_split.json",
+        {
+            "dataset": dataset.name,
+            "source": dataset.meta.get("source"),
+            "rule": dataset.meta.get("split") or dataset.meta.get("split_source"),
+            "note": "The data had no train/test split; this one was generated (seeded, stable per class). The other samples are train.",
+            "n_train": len(dataset) - len(test_ids),
+            "n_test": len(test_ids),
+            "test": test_ids,
+        },
+    )
+    return str(folder / "test_split.json")
+
+
+def _write_skipped(folder: Path, dataset: Dataset) -> str:
+    atomic_write_json(
+        folder / "skipped.json",
+        {
+            "dataset": dataset.name,
+            "source": dataset.meta.get("source"),
+            "n_problems": len(dataset.meta["skipped"]),
+            "skipped": dataset.meta["skipped"],
+        },
+    )
+    return str(folder / "skipped.json")
