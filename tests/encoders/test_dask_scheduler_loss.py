@@ -75,6 +75,7 @@ def _published(root: Path) -> list[Path]:
     return [c for space in cache.items_dir.glob("*") if space.is_dir() for c in cache.chunks(space)]
 
 
+@pytest.mark.slow  # a local Dask cluster: about 13 s on 2 loaded cores
 def test_a_scheduler_killed_mid_extraction_is_a_clear_error_and_a_rerun_completes(monkeypatch, tmp_path):
     monkeypatch.setattr(cache_mod, "SHARD_ITEMS", 4)  # batch 2 (texts 4): 4 items a shard, 20 shards
     ds = _dataset(tmp_path, N)

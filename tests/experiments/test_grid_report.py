@@ -57,6 +57,7 @@ def test_grid_cells_paths_and_validation(tmp_path):
         Grid.from_dict({"datasets": {"a": {"datset": "x"}}, "methods": ["gcrdp"]})
 
 
+@pytest.mark.slow  # a grid run, resumed: about 23 s on 2 loaded cores
 def test_grid_runs_resumes_and_refuses_a_changed_config(tmp_path):
     path = grid_config(tmp_path)
     grid = Grid.from_file(path)

@@ -92,6 +92,7 @@ def test_disk_and_memory_runs_give_identical_records(feature_folder, tmp_path, m
     assert _strip(disk["summary"]) == _strip(mem["summary"])
 
 
+@pytest.mark.slow  # worker processes: about 37 s on 2 loaded cores
 def test_disk_features_in_worker_processes_give_the_sequential_records(feature_folder, tmp_path):
     cfg = _config(feature_folder, tmp_path / "c", "disk", ["gap-infonce"])
     seq = run_experiment(RunConfig(**{**cfg.to_dict(), "seeds": [0, 1]}), progress=False)

@@ -229,6 +229,7 @@ def test_every_switch_trains_and_logs_its_parts():
             build_method("gcrdp", bad)
 
 
+@pytest.mark.slow  # three warm-started fits, one resumed: about 38 s on 2 loaded cores
 def test_warm_start_trains_the_base_first_and_resumes_exactly(tmp_path):
     feats, y, data = _data()
     opts = {**SMALL, "max_epochs": 3, "patience": 10, "warm_start": True}

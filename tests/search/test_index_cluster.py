@@ -157,6 +157,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # killed and resumed: about 12 s on 2 loaded cores
 def test_a_milvus_load_killed_mid_insert_resumes_from_the_rows_already_in(model, tmp_path, capsys, monkeypatch):
     """SIGKILLed after 7 of its inserts of 20 rows (image rows 0-139 in, none of the texts), the
     build resumes: only the rows missing are sent, and the index searches as a build never killed."""

@@ -49,6 +49,7 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")  # pragma: no cover
 
 
+@pytest.mark.slow  # a server under 16 clients: about 32 s on 2 loaded cores
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak RSS from /proc")
 def test_sixteen_clients_with_large_images(trained, tmp_path):  # noqa: F811
     from gcrdp.search import Retriever, items_from_manifest

@@ -164,6 +164,7 @@ def _chrome():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
+@pytest.mark.slow  # a headless Chromium
 def test_the_page_in_a_real_browser(live_server, app_and_items, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
