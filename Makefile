@@ -18,7 +18,7 @@ help:
 	@echo "make demo   # set up .venv and run few-shot retrieval on Twemoji: gap-infonce and gcrdp (0/1/3/5 shots, 3 seeds)"
 	@echo "make demo FRESH=1 # the same, refitting every fit instead of reusing those already in runs/demo"
 	@echo "make test   # set up .venv and run the test suite"
-	@echo "make test-fast # the same without the tests marked slow (long end-to-end and kill-and-resume runs)"
+	@echo "make test-fast # the same on 2 workers without the tests marked slow (long end-to-end, kill-and-resume, torchrun, Dask, browser)"
 	@echo "make lint   # ruff and mypy"
 	@echo "make readme # copy the last demo's table into README.md (docs/demo/results.json)"
 	@echo "make bench  # run the benchmarks in benchmarks/"
@@ -42,9 +42,12 @@ readme: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# the suite without the tests marked slow (pyproject.toml's `slow` marker); `make test` runs them too
+# the suite without the tests marked slow (pyproject.toml's `slow` marker; `make test` runs them too)
+# on FAST_WORKERS pytest-xdist workers (pinned in requirements.lock; FAST_WORKERS=0: one process),
+# each test file on one worker (--dist loadfile: a module's fixtures are built once)
+FAST_WORKERS ?= 2
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(FAST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ruff (the rules in pyproject.toml) and mypy (typed modules; the ratchet list in pyproject.toml)
 lint: $(STAMP)

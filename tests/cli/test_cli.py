@@ -320,6 +320,7 @@ def _train_args(tmp_path: Path, manifest: Path, seed: int = 0) -> list:
     ]
 
 
+@pytest.mark.slow  # train, evaluate, kill and resume: about 60 s on 2 loaded cores (test_run_and_extract_on_a_manifest stays fast)
 @needs_encoders
 def test_train_resume_and_evaluate_checkpoint_reproduce_the_test_metrics(tmp_path, capsys, monkeypatch):
     from gcrdp.training import loop

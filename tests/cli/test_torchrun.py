@@ -53,6 +53,7 @@ def _same_records(a: dict, b: dict, tol: float = 1e-4) -> None:
             assert ra["test"][d]["map"] == pytest.approx(rb["test"][d]["map"], abs=tol), (ra["method"], d)
 
 
+@pytest.mark.slow  # torchrun, 2 ranks: about 60 s on 2 loaded cores
 def test_train_on_two_ranks_fits_as_one_process_and_writes_once(tmp_path: Path) -> None:
     feats = write_features(tmp_path / "f.npz")
     env = _env(tmp_path)
@@ -71,6 +72,7 @@ def test_train_on_two_ranks_fits_as_one_process_and_writes_once(tmp_path: Path) 
     _same_records(_results(tmp_path / "two"), _results(tmp_path / "one"))
 
 
+@pytest.mark.slow  # torchrun, 2 ranks: about 40 s on 2 loaded cores
 def test_run_on_two_ranks_gives_the_records_of_one_process(tmp_path: Path) -> None:
     feats = write_features(tmp_path / "f.npz")
     env = _env(tmp_path)
@@ -100,6 +102,7 @@ def test_run_on_two_ranks_gives_the_records_of_one_process(tmp_path: Path) -> No
     assert len(list((tmp_path / "two" / "fits").rglob("*.json"))) == 6  # every fit written once, by rank 0
 
 
+@pytest.mark.slow  # torchrun, 2 ranks: about 16 s on 2 loaded cores
 def test_jobs_on_several_ranks_is_a_clear_error(tmp_path: Path) -> None:
     feats = write_features(tmp_path / "f.npz")
     run = _gcrdp(

@@ -230,6 +230,7 @@ extract_features(ds, Slow(), BatchTextEncoder(), cache_dir=sys.argv[2], batch_si
 """
 
 
+@pytest.mark.slow  # kills extractions: about 10 s on 2 loaded cores
 def test_an_extraction_killed_anywhere_leaves_whole_chunks_and_finishes_as_a_clean_one(tmp_path):
     from tests.encoders.test_extract_scale import _assert_same, _dataset, _run
 

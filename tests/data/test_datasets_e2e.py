@@ -131,6 +131,7 @@ def test_run_on_a_folder_of_images_and_texts_with_the_default_encoders(tmp_path,
     assert res["resolved"]["feature_dims"]["image"] == [49, 1280]
 
 
+@pytest.mark.slow  # a run on the real features: about 23 s on 2 loaded cores
 def test_inspect_and_run_on_the_real_wikipedia_features(shared_data, tmp_path, capsys):
     root = shared_data / "wikipedia"
     code, out, err = run_cli(capsys, "inspect", "--dataset", "wikipedia", "--root", root)
@@ -169,6 +170,7 @@ def test_real_wikipedia_standard_protocol_beats_chance_clearly(shared_data, tmp_
     assert rec["test"]["i2t"]["map"] > 0.22 and rec["test"]["t2i"]["map"] > 0.18
 
 
+@pytest.mark.slow  # extraction with the real encoders and a run: about 15 s on 2 loaded cores
 @needs_encoders
 def test_run_on_raw_wikipedia_images_and_articles_with_the_default_encoders(tmp_path, capsys):
     from tests.data.formats.test_wikipedia import make_wikipedia

@@ -23,9 +23,12 @@ from gcrdp.training import distributed as gd
 from gcrdp.training.loop import fit_loop, observe_epochs
 from tests.helpers import one_hot, synthetic_features
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available in this build"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available in this build"
+    ),
+    pytest.mark.slow,  # every trainable method fitted on 2 ranks (the module's `runs`): about 45 s on 2 loaded cores
+]
 
 WORLD = 2
 SMALL = {"max_epochs": 5, "batch_size": 15, "hidden_dim": 16, "latent_dim": 8, "dropout": 0.0}

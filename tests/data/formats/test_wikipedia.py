@@ -426,6 +426,7 @@ def test_real_wikipedia_mat_labels_match_list(shared_data):
         np.testing.assert_array_equal(raw[k], arr[k])
 
 
+@pytest.mark.slow  # run_experiment on the real features, 2 methods: about 20 s on 2 loaded cores
 @pytest.mark.shared_data
 def test_real_wikipedia_fewshot_run(shared_data):
     from gcrdp.experiments import RunConfig, run_experiment
