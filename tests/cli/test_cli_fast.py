@@ -1,7 +1,7 @@
 """The command line answers at once (issue 20, items 4 and 8): ``--help``, a mistyped flag of a
-command without method options and the dataset name import none of the heavy libraries; method
-names and options are checked by the library's own check (issue 24: read from the method
-configs, no copy) before any data is loaded; an unknown flag is reported by its command with the
+command without method options, the dataset name, and method names and option keys (from the
+table generated from the method configs, gcrdp.cli.method_options) import none of the heavy
+libraries; the library's own check (values too) runs before any data is loaded; an unknown flag is reported by its command with the
 nearest flag or the ``--option`` form; every command has a description; loaders' docstrings
 print as plain text."""
 
@@ -19,6 +19,7 @@ from gcrdp.cli.common import DEFAULT_METHODS, _method_options, check_methods, pl
 from gcrdp.cli.main import build_parser
 from gcrdp.errors import ConfigError
 from tests.cli.test_cli import assert_user_error, run_cli
+from tests.conftest import REPO_ROOT
 
 HEAVY = ("torch", "sentence_transformers", "transformers", "faiss", "fastapi")
 
@@ -51,6 +52,15 @@ def test_importing_the_cli_imports_no_heavy_library():
         (["run", "--shots", "-1"], "Shots must be >= 0"),
         (["run", "--jobs", "0"], "--jobs must be >= 1"),
         (["run", "--val-fraction", "1.5"], "must be in [0, 1)"),
+        # method names and option keys: from the generated table (gcrdp.cli.method_options)
+        (["run", "--epochs", "5"], "--option max_epochs=5"),
+        (["run", "--methods", "gap-infonce", "--option", "gap-infonce.epochs=3"], "'max_epochs'"),
+        (["run", "--option", "epochs=3"], "'max_epochs'"),
+        (["train", "--checkpoint-dir", "unused", "--option", "lrr=1"], "'lr'"),
+        (["run", "--methods", "gcrpd"], "Unknown method 'gcrpd' (did you mean 'gcrdp'?)"),
+        (["run", "--methods", "gcrdp@typo"], "neither a preset nor given options"),
+        (["run", "--methods", "flex-clip", "--option", "flex-clip.generator.lrr=1"], "(did you mean 'generator.lr'?)"),
+        (["run", "--methods", "flex-clip", "gcrdp", "--option", "generator.lr=1"], "Method 'gcrdp' has no option(s) 'generator.lr'"),
     ],
 )
 def test_help_and_argument_errors_answer_before_torch_is_imported(argv, needle, tmp_path):
@@ -80,25 +90,42 @@ def test_help_and_argument_errors_answer_before_torch_is_imported(argv, needle, 
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["run", "--epochs", "5"], "--option max_epochs=5"),
-        (["run", "--methods", "gap-infonce", "--option", "gap-infonce.epochs=3"], "'max_epochs'"),
-        (["run", "--option", "epochs=3"], "'max_epochs'"),
-        (["train", "--checkpoint-dir", "unused", "--option", "lrr=1"], "'lr'"),
         (["run", "--methods", "gcrpd"], "Unknown method 'gcrpd' (did you mean 'gcrdp'?)"),
-        (["run", "--methods", "gcrdp@typo"], "neither a preset nor given options"),
-        (["run", "--methods", "flex-clip", "--option", "flex-clip.generator.lrr=1"], "(did you mean 'generator.lr'?)"),
-        (["run", "--methods", "flex-clip", "gcrdp", "--option", "generator.lr=1"], "Method 'gcrdp' has no option(s) 'generator.lr'"),
+        (["run", "--methods", "flex-clip", "--option", "flex-clip.generator.lr=-1"], "generator.lr must be > 0"),  # a value
         (["run", "--seeds", "1", "1"], "must not repeat"),  # a RunConfig check
     ],
 )
 def test_method_and_option_errors_answer_before_any_data_is_loaded(argv, needle, tmp_path, capsys):
-    """Read from the method configs (which imports torch, a second or two), but before the
-    dataset or its features are loaded: nothing is written."""
+    """The library's checks (values read from the method configs, which imports torch; a whole
+    RunConfig), before the dataset or its features are loaded: nothing is written."""
     if argv[0] == "run":
         argv = [*argv, "--output-dir", str(tmp_path / "o")]
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and needle in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_generated_option_table_is_what_the_method_configs_give():
+    """gcrdp.cli.method_options is generated (scripts/gen_method_options.py), never edited: after a
+    change to a method's options this fails until it is regenerated."""
+    import importlib.util
+
+    from gcrdp.cli.method_options import METHOD_OPTIONS, PRESETS, RENAMED_OPTIONS
+    from gcrdp.methods import METHODS, build_method
+    from gcrdp.methods.base import method_tags
+    from gcrdp.methods.presets import PRESETS as library_presets
+    from gcrdp.methods.presets import option_keys
+
+    assert sorted(METHOD_OPTIONS) == METHODS.names()
+    for name in METHODS.names():
+        assert list(METHOD_OPTIONS[name]) == option_keys(name), f"{name}: run python scripts/gen_method_options.py"
+        assert set(RENAMED_OPTIONS.get(name, ())) == set(method_tags(build_method(name, {})).renamed_options), name
+    assert set(PRESETS) == set(library_presets)
+    spec = importlib.util.spec_from_file_location("gen_method_options", REPO_ROOT / "scripts" / "gen_method_options.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.TARGET.read_text(encoding="utf-8") == gen.render(), "run python scripts/gen_method_options.py"
 
 
 def test_the_command_line_reads_the_options_from_the_method_configs():

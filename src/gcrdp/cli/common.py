@@ -28,14 +28,34 @@ def did_you_mean(word: str, choices: Sequence[str], cutoff: float = 0.6) -> str:
 
 def check_methods(methods: Sequence[str], method_options: dict[str, dict[str, Any]]) -> None:
     """:class:`ConfigError` for an unknown method, a ``NAME@TAG`` that is neither a preset nor
-    given options, or an option a method does not take or a value it refuses — the library's own
-    check (:func:`gcrdp.methods.presets.check_entry`, which reads the options from the method
-    configs), made before any data is loaded. It imports the methods (and torch): only here,
-    so ``--help`` and argument errors stay fast."""
+    given options, or an option a method does not take — first from the generated table
+    (:mod:`gcrdp.cli.method_options`, before the methods and torch are imported: an answer in a
+    tenth of a second), then by the library's own check (:func:`gcrdp.methods.presets.check_entry`,
+    which also checks the values), before any data is loaded."""
+    for entry in methods:
+        quick_check_entry(entry, method_options.get(entry))
     from ..methods.presets import check_entry
 
     for entry in methods:
         check_entry(entry, method_options.get(entry))
+
+
+def quick_check_entry(entry: str, options: dict[str, Any] | None) -> None:
+    """:func:`gcrdp.methods.presets.check_entry`'s checks of names and option keys (the same
+    messages), from the generated table, without importing the methods."""
+    from ..utils.options import flatten_options, unknown_method_message, unknown_option_message, unlabelled_entry_message
+    from .method_options import METHOD_OPTIONS, PRESETS, RENAMED_OPTIONS
+
+    name = entry.split("@", 1)[0]
+    if name.lower() not in METHOD_OPTIONS:
+        raise ConfigError(unknown_method_message(name, METHOD_OPTIONS))
+    if "@" in entry and entry not in PRESETS and options is None:
+        raise ConfigError(unlabelled_entry_message(entry, PRESETS))
+    if options:
+        accepted = list(METHOD_OPTIONS[name.lower()])
+        unknown = sorted(set(flatten_options(options)) - set(accepted) - set(RENAMED_OPTIONS.get(name.lower(), ())))
+        if unknown:
+            raise ConfigError(unknown_option_message(entry, unknown, accepted))
 
 
 def check_run_fields(raw: dict[str, Any]) -> None:
@@ -88,13 +108,11 @@ def _option_target(key: str, methods: list[str]) -> tuple[str | None, str]:
 
 
 def _is_group_option(key: str, methods: list[str]) -> bool:
-    """Whether dotted ``key`` (``generator.lr``) is an option of one of ``methods`` (read from
-    the method configs: imports the methods, only for such a key)."""
-    from ..methods import METHODS
-    from ..methods.presets import method_base_name, option_keys
+    """Whether dotted ``key`` (``generator.lr``) is an option of one of ``methods`` (from the
+    generated table: no method is imported)."""
+    from .method_options import METHOD_OPTIONS
 
-    names = {method_base_name(m).lower() for m in methods} & set(METHODS.names())
-    return any(key in option_keys(name) for name in names)
+    return any(key in METHOD_OPTIONS.get(m.split("@", 1)[0].lower(), ()) for m in methods)
 
 
 def _method_options(items: Sequence[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:

@@ -70,12 +70,10 @@ def _likeness(a: str, b: str) -> float:
 
 
 def _all_method_options() -> frozenset[str]:
-    """Every option key of every registered method, read from the method configs (imports the
-    methods, so torch: only for this error, when the command takes ``--option``)."""
-    from ..methods import METHODS
-    from ..methods.presets import option_keys
+    """Every option key of every registered method (the generated table: no method is imported)."""
+    from .method_options import METHOD_OPTIONS
 
-    return frozenset(k for name in METHODS.names() for k in option_keys(name))
+    return frozenset(k for keys in METHOD_OPTIONS.values() for k in keys)
 
 
 def unrecognized_message(parser: argparse.ArgumentParser, extras: list[str]) -> str:

@@ -53,6 +53,7 @@ import numpy as np
 from ..data.features import ModalityFeatures
 from ..registry import Registry
 from ..training.fit import FitData, FitReport
+from ..utils.options import flatten_options
 
 __all__ = [
     "METHODS",
@@ -105,17 +106,6 @@ def method_tags(method: Any) -> MethodTags:
     method that declares none."""
     tags = getattr(method, "tags", None)
     return tags() if callable(tags) else DEFAULT_TAGS
-
-
-def flatten_options(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"generator": {"lr": 1e-3}}`` → ``{"generator.lr": 1e-3}``: nested options as dotted keys."""
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if isinstance(value, Mapping):
-            out.update(flatten_options(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def normalize_options(method: str, options: Mapping[str, Any], renamed: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -4,10 +4,9 @@ them). An entry that is not a preset, e.g. ``gcrdp@k5``, takes only the options 
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from ..utils.suggest import nearest_option
+from ..utils.options import unknown_method_message, unknown_option_message, unlabelled_entry_message
 
 #: GCRDP as SPEC reads it (the first implementation's defaults): multi-positive InfoNCE over
 #: the K views with the own pair's views in both modalities as positives, retrieval on the
@@ -110,18 +109,6 @@ def _accepted(method: Any) -> list[str]:
     return sorted(k for k in flatten_options(method.config_dict()) if k != "method")
 
 
-def unknown_option_message(entry: str, unknown: list[str], accepted: list[str]) -> str:
-    """The error for options ``unknown`` given to method entry ``entry``: the nearest accepted
-    key of each (``epochs`` → ``max_epochs``) and every accepted key."""
-    near = {u: n for u in unknown if (n := nearest_option(u, accepted))}
-    hint = ", ".join(f"{n!r}" + (f" for {u!r}" if len(unknown) > 1 else "") for u, n in near.items())
-    return (
-        f"Method {entry!r} has no option(s) {', '.join(map(repr, unknown))}"
-        + (f" (did you mean {hint}?)" if hint else "")
-        + f". Its options: {', '.join(accepted)}."
-    )
-
-
 def check_method_name(entry: str) -> None:
     """:class:`~gcrdp.errors.ConfigError` for an entry whose method is not registered, with the
     nearest registered name and every one."""
@@ -130,10 +117,7 @@ def check_method_name(entry: str) -> None:
 
     name = method_base_name(entry)
     if name.lower() not in METHODS:
-        names = METHODS.names()
-        near = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"Unknown method {name!r}{hint}. Known methods: {', '.join(names)}.")
+        raise ConfigError(unknown_method_message(name, METHODS.names()))
 
 
 def check_entry(entry: str, options: dict[str, Any] | None) -> Any:
@@ -148,11 +132,7 @@ def check_entry(entry: str, options: dict[str, Any] | None) -> Any:
 
     check_method_name(entry)
     if "@" in entry and entry not in PRESETS and options is None:
-        raise ConfigError(
-            f"Method entry {entry!r} is neither a preset nor given options, so it would run plain "
-            f"{method_base_name(entry)!r} under another name. Presets: {', '.join(sorted(PRESETS))}. To label a variant, "
-            f"give it options: --option {entry}.KEY=VALUE (or method_options in a config)."
-        )
+        raise ConfigError(unlabelled_entry_message(entry, PRESETS))
     if options:
         plain = build_method(method_base_name(entry).lower(), {})
         accepted = _accepted(plain)
