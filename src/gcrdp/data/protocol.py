@@ -389,7 +389,7 @@ def _draw(seed: int, name: str, pool: list[int], shots: int) -> list[int]:
     return _rng(seed, _TAG_SHOTS, name).permutation(np.asarray(pool, dtype=np.int64))[:shots].tolist()
 
 
-def make_split(  # noqa: PLR0913 - the public keywords: ProtocolSplit.split_options() and the run config give them back
+def make_split(
     dataset: Dataset,
     protocol: str = "fewshot",
     shots: int = 0,

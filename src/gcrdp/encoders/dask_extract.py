@@ -405,7 +405,7 @@ def extract_items_dask(
     return written[spec.modality]
 
 
-def extract_features_dask(
+def extract_features_dask(  # noqa: PLR0913 - keyword options of extract_features, which it mirrors
     dataset: Dataset,
     image_encoder: EncoderSpec | str,
     text_encoder: EncoderSpec | str,

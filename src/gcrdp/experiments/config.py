@@ -99,6 +99,10 @@ class RunConfig:
             raise ConfigError(f"Shots and seeds must not repeat, got shots={self.shots} seeds={self.seeds}.")
         if not self.methods:
             raise ConfigError("At least one method is needed (e.g. --methods gap-infonce).")
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """The checks of the settings after the grid's (shots, seeds, methods), in this order."""
         if any(k < 1 for k in self.ks):
             raise ConfigError(f"Cut-offs k must be >= 1, got {self.ks}.")
         if self.feature_dtype not in ("float16", "float32"):

@@ -102,51 +102,17 @@ class Grid:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base: Path | None = None, source: Path | None = None) -> Grid:
-        if not isinstance(raw, dict):
-            raise ConfigError("A grid config must be a JSON object.")
-        extra = sorted(set(raw) - GRID_KEYS)
-        if extra:
-            raise ConfigError(f"Unknown grid config key(s) {extra}. Known keys: {', '.join(sorted(GRID_KEYS))}.")
-        for key in ("datasets", "methods"):
-            if not raw.get(key):
-                raise ConfigError(f"A grid config needs a non-empty {key!r}.")
-        datasets = raw["datasets"]
-        if not isinstance(datasets, dict) or not all(isinstance(v, dict) for v in datasets.values()):
-            raise ConfigError('\'datasets\' must map a label to an object of run settings (e.g. {"twemoji": {"dataset": "twemoji"}}).')
-        methods = list(raw["methods"])
-        if len(set(methods)) != len(methods):
-            raise ConfigError(f"'methods' lists a method twice: {methods}.")
-        for label in datasets:
-            if "/" in label or label.startswith("."):
-                raise ConfigError(f"Dataset label {label!r} must not contain '/' or start with '.'.")
+        datasets, methods = _checked_shape(raw)
         base = base or Path(".")
         resolved = {}
         optional = set()
         for label, entry in datasets.items():
-            entry = json.loads(json.dumps(entry))
-            flag = entry.pop("optional", False)
-            if not isinstance(flag, bool):
-                raise ConfigError(f"Dataset {label!r}: 'optional' must be true or false, got {flag!r}.")
-            if flag:
+            resolved[label], is_optional = _resolved_dataset(label, entry, base)
+            if is_optional:
                 optional.add(label)
-            opts = entry.get("dataset_options") or {}
-            for k in _PATH_OPTIONS:
-                if isinstance(opts.get(k), str) and not Path(opts[k]).expanduser().is_absolute():
-                    candidate = base / opts[k]
-                    opts[k] = str(candidate.resolve()) if candidate.exists() else opts[k]
-            if opts:
-                entry["dataset_options"] = opts
-            resolved[label] = entry
         name = str(raw.get("name") or (source.stem if source else "grid"))
         out = Path(raw.get("output_dir") or Path("runs") / name)
-        prereg = raw.get("preregistration")
-        if prereg is not None:
-            if not isinstance(prereg, str) or not prereg:
-                raise ConfigError(f"'preregistration' must be the path of the decision file, got {prereg!r}.")
-            prereg_path = Path(prereg).expanduser()
-            prereg_path = prereg_path if prereg_path.is_absolute() else base / prereg_path
-            if not prereg_path.is_file():
-                raise ConfigError(f"The grid's pre-registration file {prereg_path} does not exist.")
+        prereg_path = _preregistration(raw.get("preregistration"), base)
         grid = cls(
             name=name,
             output_dir=out,
@@ -157,7 +123,7 @@ class Grid:
             skip=list(raw.get("skip") or []),
             source=source,
             optional=optional,
-            preregistration=prereg_path if prereg is not None else None,
+            preregistration=prereg_path,
         )
         unknown = sorted(set(grid.method_options) - set(methods))
         if unknown:
@@ -416,3 +382,55 @@ def collect_results(paths: list[str | Path]) -> list[dict[str, Any]]:
     if not out:
         raise DataError(f"No results files (results.json or grid runs) under {', '.join(map(str, paths))}.")
     return out
+
+
+def _checked_shape(raw: Any) -> tuple[dict[str, Any], list[str]]:
+    """A grid config's keys, ``datasets`` and ``methods`` checked: (datasets, methods)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("A grid config must be a JSON object.")
+    extra = sorted(set(raw) - GRID_KEYS)
+    if extra:
+        raise ConfigError(f"Unknown grid config key(s) {extra}. Known keys: {', '.join(sorted(GRID_KEYS))}.")
+    for key in ("datasets", "methods"):
+        if not raw.get(key):
+            raise ConfigError(f"A grid config needs a non-empty {key!r}.")
+    datasets = raw["datasets"]
+    if not isinstance(datasets, dict) or not all(isinstance(v, dict) for v in datasets.values()):
+        raise ConfigError('\'datasets\' must map a label to an object of run settings (e.g. {"twemoji": {"dataset": "twemoji"}}).')
+    methods = list(raw["methods"])
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"'methods' lists a method twice: {methods}.")
+    for label in datasets:
+        if "/" in label or label.startswith("."):
+            raise ConfigError(f"Dataset label {label!r} must not contain '/' or start with '.'.")
+    return datasets, methods
+
+
+def _resolved_dataset(label: str, entry: dict[str, Any], base: Path) -> tuple[dict[str, Any], bool]:
+    """A dataset entry with its relative paths resolved against the config's folder (when they
+    exist there), and whether it is optional."""
+    entry = json.loads(json.dumps(entry))
+    flag = entry.pop("optional", False)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"Dataset {label!r}: 'optional' must be true or false, got {flag!r}.")
+    opts = entry.get("dataset_options") or {}
+    for k in _PATH_OPTIONS:
+        if isinstance(opts.get(k), str) and not Path(opts[k]).expanduser().is_absolute():
+            candidate = base / opts[k]
+            opts[k] = str(candidate.resolve()) if candidate.exists() else opts[k]
+    if opts:
+        entry["dataset_options"] = opts
+    return entry, flag
+
+
+def _preregistration(prereg: Any, base: Path) -> Path | None:
+    """The decision file a grid names (relative to the config's folder), checked to exist."""
+    if prereg is None:
+        return None
+    if not isinstance(prereg, str) or not prereg:
+        raise ConfigError(f"'preregistration' must be the path of the decision file, got {prereg!r}.")
+    path = Path(prereg).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise ConfigError(f"The grid's pre-registration file {path} does not exist.")
+    return path

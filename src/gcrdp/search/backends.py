@@ -256,7 +256,7 @@ class FaissBackend:
         return size
 
     @classmethod
-    def build_on_disk(
+    def build_on_disk(  # noqa: PLR0913 - keyword options of an on-disk IVF build (faiss' own)
         cls,
         source: Any,
         folder: Path,

@@ -1040,7 +1040,7 @@ class Retriever:
 
     # ---------------------------------------------------------------- build
     @classmethod
-    def build(
+    def build(  # noqa: PLR0913 - keyword-only: the options of `gcrdp index`, one by one
         cls,
         index_dir: str | Path,
         *,

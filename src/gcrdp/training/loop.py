@@ -205,7 +205,7 @@ def validation_map(embed: Embedder, features: FeatureSet, labels: np.ndarray, me
     return float(res["mean_map"])
 
 
-def fit_loop(
+def fit_loop(  # noqa: C901, PLR0913 - the training loop's steps in order, its keyword options documented
     model: nn.Module,
     step_loss: StepLoss,
     embed: Embedder,

@@ -133,7 +133,7 @@ from .raw import read_raw
 
 # =============================================================================== reader
 @register_reader("nus-wide")
-def read_nuswide(
+def read_nuswide(  # noqa: PLR0913 - keyword-only: the nuswide dataset's user options (gcrdp datasets nuswide)
     root: str | Path,
     *,
     source: str = "auto",
