@@ -1,7 +1,8 @@
 """The method contract, checked for every registered method (issue 13): a clear error before
 fit; fit; finite embeddings of one shared dimension; a save/load round trip that embeds
 identically; pooled-only input (a set of one feature per sample); declared capabilities that
-hold (issue 24); and for every resumable one, a killed fit that resumes bit-identical."""
+hold (issue 24); and for every resumable one, a killed fit that resumes bit-identical — each
+also with issue 25's options for faster fits set (``pca_dim``, ``precision="bf16"``)."""
 
 from __future__ import annotations
 
@@ -61,10 +62,25 @@ def _data(name: str, pooled_only: bool = False):
     return feats, fit
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_every_method_follows_the_contract(name, tmp_path):
+#: issue 25's options for faster fits, set: they follow the contract too (off, every case above)
+FAST_FIT_CASES = [
+    ("gap-infonce", {"pca_dim": 5}),
+    ("gcrdp", {"pca_dim": 5}),
+    ("gcrdp", {"precision": "bf16"}),
+    ("gcrdp", {"pca_dim": 4, "precision": "bf16", "warm_start": True, "warm_epochs": 1}),
+]
+CONTRACT_CASES = [(n, {}) for n in METHODS.names()] + FAST_FIT_CASES
+
+
+def _case_id(case) -> str:
+    name, extra = case
+    return name + "".join(f"-{k}={v}" for k, v in extra.items())
+
+
+@pytest.mark.parametrize(("name", "extra"), CONTRACT_CASES, ids=[_case_id(c) for c in CONTRACT_CASES])
+def test_every_method_follows_the_contract(name, extra, tmp_path):
     feats, data = _data(name)
-    method = build_method(name, _options(name))
+    method = build_method(name, {**_options(name), **extra})
     with pytest.raises(NotFittedError, match="call fit"):
         method.embed_images(feats.image)
     t0 = time.perf_counter()
@@ -163,15 +179,17 @@ def _killed_inside_epoch_2():
 
 
 RESUMABLE = [n for n in METHODS.names() if method_tags(build_method(n)).resumable]
+RESUME_CASES = [(n, {}) for n in RESUMABLE] + FAST_FIT_CASES[:3]
 
 
-@pytest.mark.parametrize("name", RESUMABLE)
-def test_a_killed_and_resumed_fit_ends_like_the_uninterrupted_one(name, tmp_path):
-    """Every resumable method (its tags): a fit killed inside epoch 2 and resumed from its
-    checkpoint ends bit-identical to an uninterrupted one of the same seed — history, chosen
-    epoch and embeddings (the torch RNG of dropout, the optimizer and the counters resume too)."""
+@pytest.mark.parametrize(("name", "extra"), RESUME_CASES, ids=[_case_id(c) for c in RESUME_CASES])
+def test_a_killed_and_resumed_fit_ends_like_the_uninterrupted_one(name, extra, tmp_path):
+    """Every resumable method (its tags), and issue 25's options set: a fit killed inside epoch
+    2 and resumed from its checkpoint ends bit-identical to an uninterrupted one of the same seed
+    — history, chosen epoch and embeddings (the torch RNG of dropout, the optimizer and the
+    counters resume too; with ``pca_dim`` the basis is fitted again, the same)."""
     feats, data = _data(name)
-    opts = {**_options(name), "max_epochs": 4, "patience": 10}
+    opts = {**_options(name), **extra, "max_epochs": 4, "patience": 10}
     ref = build_method(name, opts)
     ref_report = ref.fit(data, seed=2)
     killed = build_method(name, opts)

@@ -72,6 +72,7 @@ class ContrastiveHeadsMethod(TrainableHeadsMethod):
 
     name = "gap-infonce"
     config_type = HeadsConfig
+    local_image_input = True  # takes pca_dim (TokenReduceConfig)
 
     def _loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         model = cast(DualHeads, model)
@@ -86,9 +87,11 @@ class ContrastiveHeadsMethod(TrainableHeadsMethod):
         return loss, {"infonce": float(loss.detach())}
 
     def init_model(self, *, image_dim: int, text_dim: int) -> DualHeads:
-        """Build the untrained heads (initialised from the torch global RNG) on the device."""
+        """Build the untrained heads (initialised from the torch global RNG) on the device; with
+        ``pca_dim`` the image head acts on k dimensions behind ``image_pca`` (raw ``image_dim``)."""
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim)}
-        self.model_ = DualHeads(int(image_dim), int(text_dim), self.cfg).to(self.device)
+        heads = DualHeads(self._image_head_dim(int(image_dim)), int(text_dim), self.cfg)
+        self.model_ = self._with_image_pca(heads, int(image_dim)).to(self.device)
         return self.model_
 
     def _encode_batch(self, model, which, local, mask):

@@ -222,6 +222,7 @@ class GCRDPMethod(TrainableHeadsMethod):
 
     name = "gcrdp"
     config_type = GCRDPConfig
+    local_image_input = True  # takes pca_dim (TokenReduceConfig); the pooled features (RDP's teacher) stay raw
 
     # ------------------------------------------------------------------ fit
     def _train(self, model: nn.Module, data: FitData, *, seed: int, checkpoint_dir: str | Path | None, resume: bool) -> FitReport:
@@ -350,9 +351,11 @@ class GCRDPMethod(TrainableHeadsMethod):
         return total, parts
 
     def init_model(self, *, image_dim: int, text_dim: int, n_classes: int) -> GCRDPModel:
-        """Build the untrained model (initialised from the torch global RNG) on the device."""
+        """Build the untrained model (initialised from the torch global RNG) on the device; with
+        ``pca_dim`` the image head acts on k dimensions behind ``image_pca`` (raw ``image_dim``)."""
         self.input_dims_ = {"image_dim": int(image_dim), "text_dim": int(text_dim), "n_classes": int(n_classes)}
-        self.model_ = GCRDPModel(int(image_dim), int(text_dim), int(n_classes), self.cfg).to(self.device)
+        model = GCRDPModel(self._image_head_dim(int(image_dim)), int(text_dim), int(n_classes), self.cfg)
+        self.model_ = self._with_image_pca(model, int(image_dim)).to(self.device)
         return self.model_
 
     def _model_dims(self, data: FitData) -> dict[str, int]:

@@ -7,6 +7,19 @@ from typing import Any
 
 from ..errors import ConfigError
 
+#: the numeric precisions of a fit's forward passes (``TrainConfig.precision``)
+PRECISIONS = ("float32", "bf16")
+
+#: options added after training checkpoints were first written, with their defaults: a training
+#: checkpoint's identity (:func:`identity_options`) leaves them out at their default, so a fit
+#: checkpointed before they existed — the same fit — still resumes
+LATER_OPTION_DEFAULTS: dict[str, Any] = {"pca_dim": None, "precision": "float32"}
+
+
+def identity_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without the :data:`LATER_OPTION_DEFAULTS` that are at their default."""
+    return {k: v for k, v in options.items() if not (k in LATER_OPTION_DEFAULTS and v == LATER_OPTION_DEFAULTS[k])}
+
 
 @dataclass
 class TrainConfig:
@@ -22,6 +35,15 @@ class TrainConfig:
         oversample: how many times each few-shot unseen-class pair appears per epoch.
         grad_clip: max gradient norm (None: no clipping).
         eval_batch_size: batch size when embedding for validation/evaluation.
+        precision: ``float32`` (default: nothing changes) or ``bf16``: the training forward pass
+            and loss run under ``torch.autocast(device type, bfloat16)`` (the backward pass and
+            the optimizer step stay float32, as do the parameters), and so do the method's
+            embedding passes — validation and the final embeddings — so the model chosen on
+            validation is scored as it was trained; embeddings are returned as float32. The
+            GMM's EM runs in float32 inside (``model/gmm.py``). A device on which bf16 autocast
+            fails is a :class:`~gcrdp.errors.ConfigError` at the start of the fit; a CPU without
+            native bf16 (``torch.cpu._is_avx512_bf16_supported()``) runs it emulated, with a
+            warning (same kind of numerics, likely slower) — never a silent float32 fallback.
     """
 
     lr: float = 1e-3
@@ -33,6 +55,7 @@ class TrainConfig:
     oversample: int = 4
     grad_clip: float | None = 5.0
     eval_batch_size: int = 512
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         checks = [
@@ -44,6 +67,7 @@ class TrainConfig:
             ("oversample", self.oversample >= 1, ">= 1"),
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
+            ("precision", self.precision in PRECISIONS, f"one of {PRECISIONS}"),
         ]
         for name, ok, want in checks:
             if not ok:

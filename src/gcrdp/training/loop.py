@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from .checkpoint import (
     save_training_checkpoint,
     training_identity,
 )
-from .config import TrainConfig
+from .config import TrainConfig, identity_options
 from .distributed import (
     all_reduce_gradients,
     broadcast_object,
@@ -195,6 +196,37 @@ class BatchReader:
                 yield batch
 
 
+def autocast_for(precision: str, device: str) -> contextlib.AbstractContextManager[Any]:
+    """The context of a forward pass at ``precision`` (``TrainConfig.precision``): ``float32``
+    changes nothing (a null context); ``bf16`` is ``torch.autocast`` to bfloat16 on ``device``'s
+    type."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def check_precision(precision: str, device: str) -> None:
+    """A :class:`~gcrdp.errors.ConfigError` when ``device`` cannot run ``precision``: bf16
+    autocast is tried on a small matrix product. A CPU without native bf16 instructions runs it
+    emulated: a ``RuntimeWarning`` says so (it is likely slower than float32), and it goes on."""
+    if precision == "float32":
+        return
+    try:
+        with autocast_for(precision, device):
+            y = torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+        ok = y.dtype == torch.bfloat16
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"precision={precision!r} is not supported on device {device!r}: {exc}") from None
+    if not ok:
+        raise ConfigError(f"precision={precision!r}: autocast on device {device!r} did not compute in bfloat16")
+    if torch.device(device).type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        warnings.warn(
+            "precision='bf16' on a CPU without native bfloat16 instructions: it runs emulated, likely slower than float32",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def validation_map(embed: Embedder, features: FeatureSet, labels: np.ndarray, metric: str = "cosine") -> float:
     """Mean of I2T and T2I mAP@all on the validation pairs (queries = gallery), scored with
     ``metric`` (see :func:`gcrdp.evaluation.retrieval_metrics`)."""
@@ -244,6 +276,11 @@ def fit_loop(  # noqa: C901, PLR0913 - the training loop's steps in order, its k
             (:func:`~gcrdp.methods.persistence.method_info`), stored in the checkpoint and
             checked on resume.
 
+    Precision: ``config.precision="bf16"`` runs ``step_loss`` (the forward pass and the loss)
+    under :func:`autocast_for`; the backward pass, the clipping and the optimizer step act on the
+    float32 parameters. ``embed`` is the caller's: it chooses its own precision
+    (:class:`~gcrdp.methods.trainable.TrainableHeadsMethod` embeds at ``precision`` too).
+
     On several ranks (a ``torch.distributed`` process group, e.g. under ``torchrun``):
         every rank draws the same global batches (``config.batch_size`` is the global batch) and
         takes its contiguous share of each (:func:`~gcrdp.training.distributed.split_batch`);
@@ -266,6 +303,7 @@ def fit_loop(  # noqa: C901, PLR0913 - the training loop's steps in order, its k
             f"{(method_info or {}).get('method', 'This method')} does not train on several ranks (its loss does not "
             "gather the global batch); run it in one process."
         )
+    check_precision(config.precision, device)
     me, world = rank(), world_size()
     t0 = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -286,7 +324,8 @@ def fit_loop(  # noqa: C901, PLR0913 - the training loop's steps in order, its k
     identity: dict[str, Any] = {}
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
-        identity = training_identity(data, config.to_dict(), seed, method_info)
+        # options added later are left out at their default: older checkpoints of the same fit resume
+        identity = training_identity(data, identity_options(config.to_dict()), seed, method_info)
         if resume and checkpoint_exists(checkpoint_dir):
             progress, best_state = load_training_checkpoint(checkpoint_dir, model=model, optimizer=opt, identity=identity, device=device)
             report.extra["resumed_from_epoch"] = progress.epoch
@@ -323,7 +362,8 @@ def fit_loop(  # noqa: C901, PLR0913 - the training loop's steps in order, its k
             torch.manual_seed(rank_torch_seed(seed, epoch, me))
         local = [split_batch(b, me, world) for b in batches] if distributed else batches
         for batch in reader.batches(local):
-            loss, parts = step_loss(model, batch)  # distributed: the global batch's loss, the same on every rank
+            with autocast_for(config.precision, device):  # float32: a null context
+                loss, parts = step_loss(model, batch)  # distributed: the global batch's loss, the same on every rank
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch}: {parts}")
             opt.zero_grad(set_to_none=True)
