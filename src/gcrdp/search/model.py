@@ -413,6 +413,7 @@ class SearchModel:
 
     @classmethod
     def _load_with_torch(cls, checkpoint: Path, device: str) -> SearchModel:
+        from ..methods.base import method_tags
         from ..methods.persistence import load_method
         from ..training.checkpoint import checkpoint_exists, read_checkpoint
 
@@ -431,7 +432,7 @@ class SearchModel:
         settings = _encoder_settings(config)
         pre_extracted = bool((run.get("features") or {}).get("key_inputs", {}).get("pre_extracted"))
         method = load_method(ckpt, device)
-        metric = getattr(method, "score_metric", "cosine")
+        metric = method_tags(method).score_metric  # declared, not probed (issue 24)
         if metric not in ("cosine", "dot"):
             raise ConfigError(
                 f"{ckpt.state['method']} scores with {metric!r}, which a vector index cannot search; train it with score='global'."
