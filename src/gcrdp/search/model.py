@@ -253,7 +253,9 @@ def _export_head(method: Any, modality: str) -> tuple[bytes, int, float]:
     from ..encoders.onnx_backend import export_onnx_graph, onnx_session
 
     model = method.model_
-    dim = int((model.image_head if modality == "image" else model.text_head).in_dim)
+    input_pca = getattr(method, "_input_pca", None)
+    pca = input_pca(model, modality) if input_pca is not None else None  # pca_dim: raw tokens → k dims first
+    dim = int(pca.in_dim if pca is not None else (model.image_head if modality == "image" else model.text_head).in_dim)
 
     class _Head(torch.nn.Module):
         def __init__(self) -> None:
@@ -262,6 +264,8 @@ def _export_head(method: Any, modality: str) -> tuple[bytes, int, float]:
 
         def forward(self, local: torch.Tensor) -> torch.Tensor:
             mask = torch.ones(local.shape[:2], dtype=torch.bool, device=local.device)
+            if pca is not None:
+                local = pca(local)
             return method._encode_batch(self.model, modality, local, mask).float()
 
     example = torch.zeros(2, 5, dim)
