@@ -109,7 +109,7 @@ def test_a_missing_decision_file_is_a_config_error(tmp_path: Path) -> None:
         Grid.from_file(repo / "grid.json")
 
 
-@pytest.mark.parametrize("name", ["gcrdp-confirm.json", "fast-fits-select.json"])
+@pytest.mark.parametrize("name", ["gcrdp-confirm.json", "fast-fits-select.json", "fast-fits-select-2.json"])
 def test_the_study_grids_are_valid_and_judged_by_a_decision_file(name: str) -> None:
     root = Path(__file__).resolve().parents[2]
     grid = Grid.from_file(root / "configs" / name)
