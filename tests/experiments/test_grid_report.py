@@ -245,3 +245,19 @@ def test_skip_rules_match_list_values(tmp_path):
     assert not any(c.method in ("gcrdp", "gcrdp@k1") and c.shots == 0 for c in cells)
     assert any(c.method == "gcrdp" and c.shots == 1 for c in cells)
     assert any(c.method == "gap-infonce" and c.shots == 0 for c in cells)
+
+
+def test_sensitivity_pairs_records_written_before_and_after_an_option_was_added():
+    """A plain entry's record from before ``precision``/``pca_dim`` existed and a variant's from
+    after differ in its one plotted option only: the added options at their default are absent."""
+    old = {"method": "gap-infonce", "latent_dim": 256, "temperature": 0.2, "lr": 0.001}
+    new = {**old, "temperature": 0.1, "precision": "float32", "pca_dim": None}
+
+    def rec(method: str, cfg: dict) -> dict:
+        return {"dataset": "d", "method": method, "method_config": cfg, "shots": 1, "test": {"mean_map": 0.3}}
+
+    series = sensitivity_series([rec("gap-infonce", old), rec("gap-infonce@t01", new)])
+    assert set(series[("d", "gap-infonce", "temperature")]) == {0.2, 0.1}
+    # a variant that really changes an added option differs in two: not a one-option series
+    both = {**new, "precision": "bf16"}
+    assert ("d", "gap-infonce", "temperature") not in sensitivity_series([rec("gap-infonce", old), rec("gap-infonce@x", both)])

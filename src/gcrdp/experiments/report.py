@@ -253,6 +253,8 @@ def sensitivity_series(records: list[dict[str, Any]]) -> dict[tuple[str, str, st
     variants of a method that differ from its plain entry (the entry named like the method,
     e.g. ``gcrdp``) in one option of :data:`PARAMS_PLOTTED` only; the plain entry adds its own
     value of that option."""
+    from ..training.config import identity_options
+
     base_cfg: dict[tuple[str, str], dict] = {}
     for r in records:
         if "@" not in r["method"]:
@@ -263,7 +265,8 @@ def sensitivity_series(records: list[dict[str, Any]]) -> dict[tuple[str, str, st
         ref = base_cfg.get((r["dataset"], base))
         if "@" not in r["method"] or ref is None:
             continue
-        diff = [k for k in set(ref) | set(r["method_config"]) if ref.get(k) != r["method_config"].get(k)]
+        a, b = identity_options(ref), identity_options(r["method_config"])  # options added later, at their default: absent
+        diff = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
         if len(diff) == 1 and diff[0] in PARAMS_PLOTTED:
             p = diff[0]
             out.setdefault((r["dataset"], base, p), {}).setdefault(r["method_config"][p], {}).setdefault(r["shots"], []).append(
