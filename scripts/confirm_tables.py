@@ -157,6 +157,18 @@ def agreement(points: dict[int, list[tuple[float, float]]], seeds: list[int]) ->
     return spearman(pts[:, 0], pts[:, 1]), share, len(signed), len(pts) - len(signed)
 
 
+def write_csv(cells: dict, path: Path) -> None:
+    """One row per run: dataset, protocol, method, shots, seed, test / held-out / best validation mAP (points)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "protocol", "method", "shots", "seed", "test_map", "report_val_map", "best_val_map"])
+        for (dataset, protocol, method, shots), seeds in sorted(cells.items()):
+            for seed, r in sorted(seeds.items()):
+                w.writerow([dataset, protocol, method, shots, seed, *(f"{r[k]:.4f}" for k in ("test", "report", "best"))])
+
+
 def fmt(res: dict[str, Any] | None) -> str:
     if res is None:
         return "–"
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", type=Path, default=ROOT / "configs" / "gcrdp-confirm.json")
     ap.add_argument("--partial", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--csv", type=Path, help="also write every run's figures (test, held-out and best validation mAP, points)")
     ap.add_argument("--boot", type=int, default=BOOT, help="bootstrap resamples (the decision: 10,000)")
     args = ap.parse_args(argv)
     try:
@@ -179,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"confirm_tables: {exc}", file=sys.stderr)
         return 1
+    if args.csv:
+        write_csv(cells, args.csv)
     datasets = sorted({k[0] for k in cells})
     shots_all = sorted({k[3] for k in cells}, reverse=True)
     doc: dict[str, Any] = {"claims": {}, "protocols": {}}

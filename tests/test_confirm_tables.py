@@ -115,3 +115,16 @@ def test_missing_runs_need_partial(tmp_path: Path, capsys: pytest.CaptureFixture
     args = [str(out), "--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "50"]
     assert _script().main(args) == 1 and "1 of 180 runs are missing" in capsys.readouterr().err
     assert _script().main([*args, "--partial"]) == 0
+
+
+def test_every_run_goes_to_the_csv(tmp_path: Path) -> None:
+    import csv
+
+    repo, out, grid, _ = _setup(tmp_path)
+    path = tmp_path / "runs.csv"
+    assert _script().main([str(out), "--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "50", "--csv", str(path)]) == 0
+    rows = list(csv.DictReader(open(path, encoding="utf-8")))
+    assert len(rows) == 180 and {r["protocol"] for r in rows} == {"mirror", "zero-shot", "matched"}
+    one = next(r for r in rows if (r["protocol"], r["method"], r["seed"]) == ("mirror", "gcrdp", "5"))
+    doc = json.loads((out / "runs" / "twemoji-mirror" / "gcrdp" / "shots5-seed5.json").read_text())
+    assert float(one["test_map"]) == pytest.approx(100 * doc["records"][0]["test"]["mean_map"], abs=1e-4)
