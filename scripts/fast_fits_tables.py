@@ -68,6 +68,19 @@ def load(root: Path, decision: Path, grid_file: Path, partial: bool) -> dict[tup
     return out
 
 
+def write_csv(cells: dict, path: Path) -> None:
+    """One row per run: dataset, method, shots, seed, test / held-out / best validation mAP, epochs, fit seconds."""
+    import csv
+
+    keys = ("test", "report", "best", "epochs", "seconds")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "method", "shots", "seed", "test_map", "report_val_map", "best_val_map", "epochs", "fit_seconds"])
+        for (dataset, method, shots), seeds in sorted(cells.items()):
+            for seed, r in sorted(seeds.items()):
+                w.writerow([dataset, method, shots, seed, *(f"{r[k]:.4f}" for k in keys)])
+
+
 def paired(cells: dict, a: str, b: str, dataset: str, shots: int, what: str) -> np.ndarray:
     ra, rb = cells.get((dataset, a, shots), {}), cells.get((dataset, b, shots), {})
     return np.array([ra[s][what] - rb[s][what] for s in sorted(set(ra) & set(rb))], dtype=float)
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", type=Path, default=ROOT / "configs" / "fast-fits-select.json")
     ap.add_argument("--partial", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--csv", type=Path, help="also write every run's figures (mAP in points, epochs, fit seconds)")
     ap.add_argument("--boot", type=int, default=10_000)
     args = ap.parse_args(argv)
     try:
@@ -87,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"fast_fits_tables: {exc}", file=sys.stderr)
         return 1
+    if args.csv:
+        write_csv(cells, args.csv)
     datasets = sorted({k[0] for k in cells})
     shots_all = sorted({k[2] for k in cells}, reverse=True)
     methods = sorted({k[1] for k in cells})

@@ -101,3 +101,14 @@ def test_missing_runs_need_partial(tmp_path: Path, capsys: pytest.CaptureFixture
     args = [str(out), "--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "50"]
     assert _script().main(args) == 1 and "1 of 100 runs are missing" in capsys.readouterr().err
     assert _script().main([*args, "--partial"]) == 0
+
+
+def test_every_run_goes_to_the_csv(tmp_path: Path) -> None:
+    import csv
+
+    repo, out, grid = _setup(tmp_path)
+    path = tmp_path / "runs.csv"
+    assert _script().main([str(out), "--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "50", "--csv", str(path)]) == 0
+    rows = list(csv.DictReader(open(path, encoding="utf-8")))
+    assert len(rows) == 100 and {r["method"] for r in rows} == set(GAPS)
+    assert all(float(r["epochs"]) == 10 and float(r["fit_seconds"]) == 1.5 for r in rows)
