@@ -47,24 +47,27 @@ def one_hot(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
     return np.eye(n_classes, dtype=bool)[labels]
 
 
-def heads_fitdata(seed: int = 0):
-    """(features, one-hot labels, FitData): 12 synthetic classes, 8 to train, 4 to validate."""
+def fit_data_by_class(feats, labels: np.ndarray, n_train_classes: int, **extra):
+    """FitData of ``feats``: the first ``n_train_classes`` classes train, the others validate
+    (one-hot labels; ``extra``: more FitData fields, e.g. class names)."""
     from gcrdp.methods import FitData
 
-    feats, labels = synthetic_features(n_per_class=12, n_classes=12, seed=seed)
     y = one_hot(labels)
-    train, val = np.flatnonzero(labels < 8), np.flatnonzero(labels >= 8)
-    return (
-        feats,
-        y,
-        FitData(
-            train=feats.subset(train),
-            train_labels=y[train],
-            oversample=np.zeros(len(train), bool),
-            val=feats.subset(val),
-            val_labels=y[val],
-        ),
+    train, val = np.flatnonzero(labels < n_train_classes), np.flatnonzero(labels >= n_train_classes)
+    return FitData(
+        train=feats.subset(train),
+        train_labels=y[train],
+        oversample=np.zeros(len(train), bool),
+        val=feats.subset(val),
+        val_labels=y[val],
+        **extra,
     )
+
+
+def heads_fitdata(seed: int = 0):
+    """(features, one-hot labels, FitData): 12 synthetic classes, 8 to train, 4 to validate."""
+    feats, labels = synthetic_features(n_per_class=12, n_classes=12, seed=seed)
+    return feats, one_hot(labels), fit_data_by_class(feats, labels, 8)
 
 
 def toy_run_dataset(n_per_class: int = 16, seed: int = 1):

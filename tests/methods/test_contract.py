@@ -14,10 +14,10 @@ import pytest
 
 from gcrdp.data.features import FeatureSet, ModalityFeatures
 from gcrdp.errors import ConfigError, NotFittedError
-from gcrdp.methods import METHODS, FitData, build_method
+from gcrdp.methods import METHODS, build_method
 from gcrdp.methods.base import CheckpointableMethod, MethodTags, method_tags
 from gcrdp.methods.persistence import check_checkpointable, load_method, save_method
-from tests.helpers import one_hot, synthetic_features
+from tests.helpers import fit_data_by_class, synthetic_features
 
 SMALL = {"max_epochs": 2, "hidden_dim": 16, "latent_dim": 8, "batch_size": 32}
 
@@ -48,14 +48,10 @@ def _data(name: str, pooled_only: bool = False):
         feats = _aligned(feats)
     if pooled_only:
         feats = _pooled_only(feats)
-    y = one_hot(labels)
-    train, val = np.flatnonzero(labels < 6), np.flatnonzero(labels >= 6)
-    fit = FitData(
-        train=feats.subset(train),
-        train_labels=y[train],
-        oversample=np.zeros(len(train), bool),
-        val=feats.subset(val),
-        val_labels=y[val],
+    fit = fit_data_by_class(
+        feats,
+        labels,
+        6,
         class_names=tuple(f"c{i}" for i in range(8)),
         class_name_features=np.random.default_rng(0).normal(size=(8, feats.text.pooled_dim)).astype(np.float32),
     )

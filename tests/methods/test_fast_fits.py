@@ -17,7 +17,7 @@ from gcrdp.methods.persistence import load_method, save_method
 from gcrdp.methods.trainable import PCA_MAX_TOKENS
 from gcrdp.model.reduce import PCABasis, fit_pca, reduce_local, sample_tokens
 from gcrdp.training.config import identity_options
-from tests.helpers import one_hot, synthetic_features
+from tests.helpers import fit_data_by_class, synthetic_features
 
 SMALL = {"max_epochs": 3, "hidden_dim": 16, "latent_dim": 8, "batch_size": 32}
 IMAGE_DIM = 12  # synthetic_features' default
@@ -34,16 +34,7 @@ def _data(padded_images: bool = False) -> tuple[FeatureSet, FitData]:
         mask[rows, -2:] = False
         local[~mask] = 0.0
         feats = FeatureSet(ModalityFeatures(local, mask, img.pooled), feats.text, feats.sample_ids, dict(feats.meta))
-    y = one_hot(labels)
-    train, val = np.flatnonzero(labels < 6), np.flatnonzero(labels >= 6)
-    fit = FitData(
-        train=feats.subset(train),
-        train_labels=y[train],
-        oversample=np.zeros(len(train), bool),
-        val=feats.subset(val),
-        val_labels=y[val],
-    )
-    return feats, fit
+    return feats, fit_data_by_class(feats, labels, 6)
 
 
 def _fit(name: str, feats: FeatureSet, data: FitData, **options):
