@@ -7,13 +7,17 @@ decision file ``docs/study/fast-fits-decision.md``.
 Reads every run of the grid and refuses (exit 1, naming them) runs that the decision file as
 committed did not judge (:func:`gcrdp.experiments.prereg.check_preregistered`). Then, for every
 candidate (each method of the grid other than ``gcrdp`` and ``gap-infonce``), per dataset and
-shots, the paired difference candidate − ``gcrdp`` over seeds of the held-out validation figure
+shots, the paired difference candidate − its reference over seeds of the held-out validation figure
 (``report_val_map``, rule 1's figure), of test mAP and of ``best_val_map``: mean, SE, the 95 % t
 interval (n − 1 degrees of freedom) and a bootstrap interval beside it. **Non-inferior** (rule 1)
 when the lower bound of the held-out validation's t interval is above −1.0 at 5 shots on every
 dataset present; the fits' median epochs and seconds are shown beside (the grid's clock, under
 whatever load it ran: speed is judged by ``benchmarks/bench_fit_speed.py``, not here).
 Differences within 1e-6 of 0 are left out of sign counts and counted.
+
+A candidate's reference is the method it is a variant of (the name before ``@``): ``gcrdp``
+for the first decision's ``gcrdp@…`` candidates, ``gap-infonce`` for the second decision's
+(``docs/study/fast-fits-decision-base.md``, ``--decision`` that file) ``gap-infonce@…``.
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ def write_csv(cells: dict, path: Path) -> None:
                 w.writerow([dataset, method, shots, seed, *(f"{r[k]:.4f}" for k in keys)])
 
 
+def reference_of(candidate: str) -> str:
+    """The method a candidate is a variant of: ``gcrdp@pca128`` -> ``gcrdp``,
+    ``gap-infonce@pca128`` -> ``gap-infonce``."""
+    return candidate.split("@", 1)[0]
+
+
 def paired(cells: dict, a: str, b: str, dataset: str, shots: int, what: str) -> np.ndarray:
     ra, rb = cells.get((dataset, a, shots), {}), cells.get((dataset, b, shots), {})
     return np.array([ra[s][what] - rb[s][what] for s in sorted(set(ra) & set(rb))], dtype=float)
@@ -107,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     shots_all = sorted({k[2] for k in cells}, reverse=True)
     methods = sorted({k[1] for k in cells})
     candidates = [m for m in methods if m not in (REFERENCE, BASE)]
+    refs = {cand: reference_of(cand) for cand in candidates}
     doc: dict[str, Any] = {"candidates": {}, "fits": {}}
     print("## Fits (median over seeds; the grid's clock)\n\n| dataset | shots | method | seeds | epochs | fit seconds | test mAP |")
     print("|---|---|---|---|---|---|---|")
@@ -119,23 +130,24 @@ def main(argv: list[str] | None = None) -> int:
                 med = {w: statistics.median(r[w] for r in runs.values()) for w in ("epochs", "seconds", "test")}
                 doc["fits"][f"{dataset}/{shots}/{m}"] = {"seeds": len(runs), **med}
                 print(f"| {dataset} | {shots} | {m} | {len(runs)} | {med['epochs']:g} | {med['seconds']:.1f} | {med['test']:.2f} |")
-    print(f"\n## Candidate − {REFERENCE}: paired differences over seeds (points; ± is SE)\n")
-    print("| candidate | dataset | shots | held-out validation | test | best_val_map | zero differences left out |")
+    print("\n## Candidate − its reference: paired differences over seeds (points; ± is SE)\n")
+    print("| candidate − reference | dataset | shots | held-out validation | test | best_val_map | zero differences left out |")
     print("|---|---|---|---|---|---|---|")
     for cand in candidates:
         verdicts = []
         for dataset in datasets:
             for shots in shots_all:
-                d = {w: paired(cells, cand, REFERENCE, dataset, shots, w) for w in ("report", "test", "best")}
+                d = {w: paired(cells, cand, refs[cand], dataset, shots, w) for w in ("report", "test", "best")}
                 res = {w: interval(d[w], args.boot) for w in d}
                 zeros = int(np.sum(np.abs(d["report"]) <= ZERO_TOL))
                 doc["candidates"][f"{cand}/{dataset}/{shots}"] = {**res, "zeros": zeros}
-                print(f"| {cand} | {dataset} | {shots} | {' | '.join(fmt(res[w]) for w in ('report', 'test', 'best'))} | {zeros} |")
+                figures = " | ".join(fmt(res[w]) for w in ("report", "test", "best"))
+                print(f"| {cand} − {refs[cand]} | {dataset} | {shots} | {figures} | {zeros} |")
                 if shots == PRIMARY_SHOTS:
                     r = res["report"]
                     verdicts.append(r is not None and r["t95"][0] > MARGIN)
         passed = bool(verdicts) and all(verdicts)
-        doc["candidates"][cand] = {"non_inferior": passed}
+        doc["candidates"][cand] = {"non_inferior": passed, "reference": refs[cand]}
         rule = f"rule 1 (lower bound > {MARGIN:+.1f} at {PRIMARY_SHOTS} shots, every dataset)"
         print(f"| **{cand}** | {rule} | | **{'passes' if passed else 'fails'}** | | | |")
     if args.json:

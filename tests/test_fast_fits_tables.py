@@ -21,7 +21,16 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not 
 
 SEEDS = list(range(15, 20))
 #: method -> (mean held-out validation difference to gcrdp in points, its spread over seeds)
-GAPS = {"gcrdp": (0.0, 0.0), "gap-infonce": (0.5, 0.3), "gcrdp@good": (0.2, 0.3), "gcrdp@bad": (-2.0, 0.3), "gcrdp@noisy": (0.0, 3.0)}
+GAPS = {
+    "gcrdp": (0.0, 0.0),
+    "gap-infonce": (0.5, 0.3),
+    "gcrdp@good": (0.2, 0.3),
+    "gcrdp@bad": (-2.0, 0.3),
+    "gcrdp@noisy": (0.0, 3.0),
+    # a variant of the base is judged against the base (second decision): 1 point below gcrdp
+    # is 1.5 below gap-infonce
+    "gap-infonce@bad": (-1.0, 0.3),
+}
 
 
 def _script():
@@ -45,7 +54,12 @@ def _setup(tmp_path: Path) -> tuple[Path, Path, Path]:
         "defaults": {"shots": [5, 1], "seeds": SEEDS},
         "datasets": {f"{d}-mirror": {"dataset": "features", "dataset_options": {"path": "f.npz"}} for d in ("twemoji", "wikipedia")},
         "methods": list(GAPS),
-        "method_options": {"gcrdp@good": {"e_step_temperature": 32.0}, "gcrdp@bad": {"patience": 1}, "gcrdp@noisy": {"patience": 2}},
+        "method_options": {
+            "gcrdp@good": {"e_step_temperature": 32.0},
+            "gcrdp@bad": {"patience": 1},
+            "gcrdp@noisy": {"patience": 2},
+            "gap-infonce@bad": {"pca_dim": 8},
+        },
     }
     (repo / "grid.json").write_text(json.dumps(grid))
     _git(repo, "add", ".")
@@ -93,13 +107,17 @@ def test_rule_1_non_inferiority(tmp_path: Path) -> None:
     good = doc["gcrdp@good/twemoji/5"]["report"]
     assert good["df"] == 4 and good["t95"][0] > -1.0
     assert "gap-infonce" not in {k.split("/")[0] for k in doc}  # the base is not a candidate
+    assert doc["gcrdp@good"]["reference"] == "gcrdp"
+    # against gcrdp it would pass (-1.0 + noise); against its own base it is 1.5 points behind
+    assert doc["gap-infonce@bad"] == {"non_inferior": False, "reference": "gap-infonce"}
+    assert doc["gap-infonce@bad/twemoji/5"]["report"]["mean"] < -1.2
 
 
 def test_missing_runs_need_partial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo, out, grid = _setup(tmp_path)
     (out / "runs" / "twemoji-mirror" / "gcrdp" / "shots5-seed17.json").unlink()
     args = [str(out), "--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "50"]
-    assert _script().main(args) == 1 and "1 of 100 runs are missing" in capsys.readouterr().err
+    assert _script().main(args) == 1 and "1 of 120 runs are missing" in capsys.readouterr().err
     assert _script().main([*args, "--partial"]) == 0
 
 
@@ -110,5 +128,5 @@ def test_every_run_goes_to_the_csv(tmp_path: Path) -> None:
     path = tmp_path / "runs.csv"
     assert _script().main([str(out), "--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "50", "--csv", str(path)]) == 0
     rows = list(csv.DictReader(open(path, encoding="utf-8")))
-    assert len(rows) == 100 and {r["method"] for r in rows} == set(GAPS)
+    assert len(rows) == 120 and {r["method"] for r in rows} == set(GAPS)
     assert all(float(r["epochs"]) == 10 and float(r["fit_seconds"]) == 1.5 for r in rows)
