@@ -17,6 +17,11 @@ check_preregistered`). Then, as the decision says:
   differences and the share of agreeing signs (points within 1e-6 of 0 left out and counted);
   the protocols compared by a bootstrap over seeds of ρ differences.
 
+``--kept docs/study/confirm-runs.csv`` takes the runs the folder lacks from a CSV that ``--csv``
+wrote (their pre-registration was checked when it was written): the tables can be recomputed
+from the repository alone (an empty folder) or from a folder that holds part of the grid; for
+the runs in both it prints the largest difference of test mAP per method.
+
 ``--partial`` prints what the runs done so far give (the grid runs for hours), saying how many
 of each cell's seeds are in; without it, a missing run is an error.
 """
@@ -55,9 +60,46 @@ CLAIMS: dict[str, tuple[str, str, dict[str, set[str]] | None]] = {
 PROTOCOLS = {"mirror": "mirror", "zero-shot": "zero-shot", "matched": "zero-shot-matched"}
 
 
-def load(root: Path, decision: Path, partial: bool, grid_file: Path) -> dict[tuple[str, str, str, int], dict[int, dict[str, float]]]:
-    """(dataset, protocol, method, shots) -> seed -> {"test", "report", "best"} in points."""
-    runs = collect_results([root])
+def read_kept(path: Path) -> dict[tuple[str, str, str, int], dict[int, dict[str, float]]]:
+    """The runs of a CSV that ``--csv`` wrote (its runs' pre-registration checked when it was
+    written): the same mapping as :func:`load`, figures in points."""
+    import csv
+
+    out: dict[tuple[str, str, str, int], dict[int, dict[str, float]]] = defaultdict(dict)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                key = (row["dataset"], row["protocol"], row["method"], int(row["shots"]))
+                out[key][int(row["seed"])] = {
+                    w: float(row[c]) for w, c in (("test", "test_map"), ("report", "report_val_map"), ("best", "best_val_map"))
+                }
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: not a CSV written by --csv ({exc})") from exc
+    return out
+
+
+def merge_kept(cells: dict, kept: dict) -> tuple[int, dict[str, float]]:
+    """Adds to ``cells`` the kept runs it lacks; returns how many, and for the runs in both the
+    largest |difference| of test mAP per method (the folder's figures are kept)."""
+    added, diffs = 0, {}
+    for key, seeds in kept.items():
+        for seed, r in seeds.items():
+            if seed in cells.get(key, {}):
+                d = abs(cells[key][seed]["test"] - r["test"])
+                diffs[key[2]] = max(diffs.get(key[2], 0.0), d)
+            else:
+                cells.setdefault(key, {})[seed] = r
+                added += 1
+    return added, diffs
+
+
+def load(
+    root: Path, decision: Path, partial: bool, grid_file: Path, kept: list[Path] | None = None
+) -> dict[tuple[str, str, str, int], dict[int, dict[str, float]]]:
+    """(dataset, protocol, method, shots) -> seed -> {"test", "report", "best"} in points.
+    ``kept``: CSVs of earlier runs (``--kept``) that fill in the runs the folder lacks."""
+    # a folder without any run is read only when kept runs are given (the tables from the CSV alone)
+    runs = [] if kept and not any((root / "runs").glob("*/*/*.json")) else collect_results([root])
     check_preregistered(runs, decision)
     out: dict[tuple[str, str, str, int], dict[int, dict[str, float]]] = defaultdict(dict)
     for run in runs:
@@ -70,8 +112,17 @@ def load(root: Path, decision: Path, partial: bool, grid_file: Path) -> dict[tup
             "report": 100 * fit["report_val_map"] if fit.get("report_val_map") is not None else float("nan"),
             "best": 100 * fit["best_val_map"] if fit.get("best_val_map") is not None else float("nan"),
         }
+    for path in kept or []:
+        added, diffs = merge_kept(out, read_kept(path))
+        both = ", ".join(f"{m} {d:.4f}" for m, d in sorted(diffs.items())) or "none"
+        print(f"{path}: {added} kept runs the folder lacks taken from it; runs in both, largest |test difference| (points): {both}\n")
     grid = Grid.from_file(grid_file)
-    missing = [c for c in grid.cells() if grid.available(c.dataset) and not (root / c.relpath()).is_file()]
+
+    def present(c: Any) -> bool:
+        dataset, protocol = split_label(c.dataset)
+        return c.seed in out.get((dataset, protocol, c.method, c.shots), {})
+
+    missing = [c for c in grid.cells() if grid.available(c.dataset) and not present(c)]
     if missing and not partial:
         raise DataError(f"{len(missing)} of {len(grid.cells())} runs are missing (e.g. {missing[0]}); pass --partial to see what is in.")
     return out
@@ -186,9 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--csv", type=Path, help="also write every run's figures (test, held-out and best validation mAP, points)")
     ap.add_argument("--boot", type=int, default=BOOT, help="bootstrap resamples (the decision: 10,000)")
+    ap.add_argument(
+        "--kept",
+        type=Path,
+        action="append",
+        help="a CSV that --csv wrote (e.g. docs/study/confirm-runs.csv): its runs fill in those the folder lacks (repeatable)",
+    )
     args = ap.parse_args(argv)
     try:
-        cells = load(args.root, args.decision, args.partial, args.grid)
+        cells = load(args.root, args.decision, args.partial, args.grid, args.kept)
     except DataError as exc:
         print(f"confirm_tables: {exc}", file=sys.stderr)
         return 1

@@ -128,3 +128,42 @@ def test_every_run_goes_to_the_csv(tmp_path: Path) -> None:
     one = next(r for r in rows if (r["protocol"], r["method"], r["seed"]) == ("mirror", "gcrdp", "5"))
     doc = json.loads((out / "runs" / "twemoji-mirror" / "gcrdp" / "shots5-seed5.json").read_text())
     assert float(one["test_map"]) == pytest.approx(100 * doc["records"][0]["test"]["mean_map"], abs=1e-4)
+
+
+def test_kept_runs_fill_in_a_folder_that_lacks_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--kept: the tables from a CSV of earlier runs (the repository's confirm-runs.csv) are the
+    tables of the runs themselves, whether the folder holds part of the grid or none of it."""
+    import shutil as sh
+
+    repo, out, grid, _ = _setup(tmp_path)
+    mod = _script()
+    base = ["--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "200"]
+    kept, full, part, none = (tmp_path / n for n in ("kept.csv", "full.json", "part.json", "none.json"))
+    assert mod.main([str(out), *base, "--csv", str(kept), "--json", str(full)]) == 0
+    sh.rmtree(out / "runs" / "twemoji-mirror")  # a lost folder: its runs only in the CSV
+    assert mod.main([str(out), *base]) == 1  # 60 missing without it
+    capsys.readouterr()
+    assert mod.main([str(out), *base, "--kept", str(kept), "--json", str(part)]) == 0
+    said = capsys.readouterr().out
+    assert "60 kept runs the folder lacks taken from it" in said
+    assert "gap-infonce 0.0000" in said  # the 120 runs in both agree (to the CSV's 4 decimals)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert mod.main([str(empty), *base, "--kept", str(kept), "--json", str(none)]) == 0
+
+    a, b, c = (json.loads(p.read_text()) for p in (full, part, none))
+    for claim in ("C1/twemoji/5", "C4/twemoji/5"):
+        for doc in (b, c):
+            assert doc["claims"][claim]["test"]["mean"] == pytest.approx(a["claims"][claim]["test"]["mean"], abs=1e-4)
+            assert doc["claims"][claim]["status"] == a["claims"][claim]["status"]
+    assert b["protocols"]["twemoji/5/mirror"]["rho"] == pytest.approx(a["protocols"]["twemoji/5/mirror"]["rho"])
+    for key, value in a["protocols"].items():  # the CSV keeps 4 decimals of a point: the ranks are the same
+        assert b["protocols"][key] == pytest.approx(value) and c["protocols"][key] == pytest.approx(value)
+
+
+def test_kept_must_be_a_csv_of_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo, out, grid, _ = _setup(tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    args = [str(out), "--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "50", "--kept", str(bad)]
+    assert _script().main(args) == 1 and "not a CSV written by --csv" in capsys.readouterr().err
