@@ -144,9 +144,9 @@ def test_the_pca_of_a_warm_started_gcrdp_reduces_once_for_both_stages():
     assert np.isfinite(img).all() and not method._tokens_reduced
 
 
-@pytest.mark.parametrize("bad", [0, -3, True, 2.5, "8"])
+@pytest.mark.parametrize("bad", [0, -3, True, 2.5, "8", "Auto"])
 def test_a_bad_pca_dim_is_a_clear_error(bad):
-    with pytest.raises(ConfigError, match="pca_dim must be null or an integer >= 1"):
+    with pytest.raises(ConfigError, match='pca_dim must be null, "auto" or an integer >= 1'):
         build_method("gcrdp", {"pca_dim": bad})
 
 
@@ -156,6 +156,42 @@ def test_a_pca_dim_above_the_image_dimension_is_an_error_naming_it():
     with pytest.raises(ConfigError, match=f"pca_dim={IMAGE_DIM + 1} is larger than the image features' dimension {IMAGE_DIM}"):
         method.fit(data, seed=0)
     assert method.model_ is None  # before any model is built
+
+
+def test_pca_dim_auto_keeps_small_features_raw_and_reduces_large_ones():
+    """``"auto"``: the raw features up to AUTO_PCA_DIM dimensions (the same fit as without the
+    option, so it never fails on small features), AUTO_PCA_DIM dimensions above; the choice is
+    the model's, so a saved fit loads with it."""
+    from gcrdp.methods.trainable import AUTO_PCA_DIM
+
+    feats, data = _data()
+    _, raw_report, raw_img, _ = _fit("gap-infonce", feats, data)
+    small, report, img, _ = _fit("gap-infonce", feats, data, pca_dim="auto")
+    assert not hasattr(small.model_, "image_pca") and "pca" not in report.extra
+    assert np.array_equal(img, raw_img) and report.history == raw_report.history
+    assert small.config_dict()["pca_dim"] == "auto"
+
+    big_dim = AUTO_PCA_DIM + 32
+    big, labels = synthetic_features(n_per_class=8, n_classes=6, image_dim=big_dim, seed=2)
+    big_data = fit_data_by_class(big, labels, 4)
+    method, report, img, _ = _fit("gap-infonce", big, big_data, pca_dim="auto")
+    assert method.model_.image_pca.in_dim == big_dim and method.model_.image_head.in_dim == AUTO_PCA_DIM
+    assert report.extra["pca"]["dim"] == AUTO_PCA_DIM
+    explicit, _, img2, _ = _fit("gap-infonce", big, big_data, pca_dim=AUTO_PCA_DIM)
+    np.testing.assert_array_equal(img, img2)  # "auto" above the threshold is that k
+    assert method.reduce.dim_for(AUTO_PCA_DIM) is None and method.reduce.dim_for(AUTO_PCA_DIM + 1) == AUTO_PCA_DIM
+
+
+def test_a_saved_auto_pca_fit_loads_and_embeds_the_same(tmp_path):
+    from gcrdp.methods.trainable import AUTO_PCA_DIM
+
+    big, labels = synthetic_features(n_per_class=8, n_classes=6, image_dim=AUTO_PCA_DIM + 8, seed=2)
+    method, report, img, txt = _fit("gcrdp", big, fit_data_by_class(big, labels, 4), pca_dim="auto")
+    save_method(method, tmp_path / "m", fit=report.to_dict())
+    loaded = load_method(tmp_path / "m")
+    assert loaded.config_dict()["pca_dim"] == "auto" and loaded.model_.image_head.in_dim == AUTO_PCA_DIM
+    np.testing.assert_array_equal(loaded.embed_images(big.image), img)
+    np.testing.assert_array_equal(loaded.embed_texts(big.text), txt)
 
 
 @pytest.mark.parametrize("name", ["dscmr", "clip4cmr", "flex-clip"])

@@ -38,6 +38,9 @@ M = TypeVar("M", bound=nn.Module)
 #: the most training image tokens the ``pca_dim`` basis is fitted on (a seeded sample of them;
 #: 50,000 tokens of 1,280 dimensions: about 6 s of covariance and eigendecomposition on one core)
 PCA_MAX_TOKENS = 50_000
+#: ``pca_dim="auto"``: k for image features of more than this many dimensions (the raw features
+#: otherwise): 128, the size measured on the 1,280-d EfficientNet-Lite0 grid (issue 25)
+AUTO_PCA_DIM = 128
 
 
 @dataclass
@@ -53,15 +56,31 @@ class TokenReduceConfig:
             image head is trained on them. The model holds the basis (``model.image_pca``, a
             :class:`~gcrdp.model.reduce.TokenPCA`, saved with its weights) and embeds raw
             features through it. Texts and the pooled features (RDP's frozen teacher) are
-            unchanged. Between 1 and the image features' dimension.
+            unchanged. Between 1 and the image features' dimension. ``"auto"``:
+            :data:`AUTO_PCA_DIM` for image features of more dimensions than that, the raw
+            features otherwise (so it never fails on small features).
     """
 
-    pca_dim: int | None = None
+    pca_dim: int | str | None = None
 
     def __post_init__(self) -> None:
         k = self.pca_dim
+        if k == "auto":
+            return
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"pca_dim must be null or an integer >= 1 (at most the image features' dimension), got {k!r}")
+            raise ConfigError(f'pca_dim must be null, "auto" or an integer >= 1 (at most the image features\' dimension), got {k!r}')
+
+    def dim_for(self, image_dim: int) -> int | None:
+        """The reduced dimension for image features of ``image_dim`` dimensions, ``None`` for
+        the raw features; a :class:`ConfigError` when a given k is larger than ``image_dim``."""
+        k = self.pca_dim
+        if k is None:
+            return None
+        if k == "auto":
+            return AUTO_PCA_DIM if image_dim > AUTO_PCA_DIM else None
+        if cast(int, k) > image_dim:
+            raise ConfigError(f"pca_dim={k} is larger than the image features' dimension {image_dim}")
+        return cast(int, k)
 
 
 def label_dims(dims: dict[str, int], data: FitData) -> dict[str, int]:
@@ -114,20 +133,17 @@ class TrainableHeadsMethod:
     init_model: Callable[..., nn.Module]
 
     def _image_head_dim(self, image_dim: int) -> int:
-        """The image head's input width: ``pca_dim`` when set (a :class:`ConfigError` when it is
-        larger than ``image_dim``), else ``image_dim``. For ``init_model``."""
-        k = self.reduce.pca_dim
-        if k is None:
-            return image_dim
-        if k > image_dim:
-            raise ConfigError(f"pca_dim={k} is larger than the image features' dimension {image_dim}")
-        return k
+        """The image head's input width: the reduced dimension when ``pca_dim`` applies (a
+        :class:`ConfigError` when a given k is larger than ``image_dim``; see
+        :meth:`TokenReduceConfig.dim_for`), else ``image_dim``. For ``init_model``."""
+        k = self.reduce.dim_for(image_dim)
+        return image_dim if k is None else k
 
     def _with_image_pca(self, model: M, image_dim: int) -> M:
         """``model`` with ``model.image_pca`` (a :class:`TokenPCA` from ``image_dim`` to
         ``pca_dim``; its basis is set by :meth:`fit` or loaded with the weights) when ``pca_dim``
-        is set; unchanged otherwise. For ``init_model``."""
-        if self.reduce.pca_dim is not None:
+        applies; unchanged otherwise. For ``init_model``."""
+        if self.reduce.dim_for(image_dim) is not None:
             model.image_pca = TokenPCA(image_dim, self._image_head_dim(image_dim))
         return model
 
@@ -166,7 +182,7 @@ class TrainableHeadsMethod:
         with torch.random.fork_rng(devices=[]):
             train_data, stages = self._prepare(data, seed)
             basis = None
-            if self.reduce.pca_dim is not None:
+            if self.reduce.dim_for(data.train.image.dim) is not None:
                 train_data, basis, stages["pca"] = self._reduce_image_tokens(train_data, seed)
             torch.manual_seed(seed)
             model = self.init_model(**self._model_dims(data))  # validation embeds through it
@@ -186,8 +202,8 @@ class TrainableHeadsMethod:
         """``data`` with its training and validation image local features reduced by the PCA
         basis of the training image tokens (``pca_dim``), the basis, and the report entry."""
         t0 = time.perf_counter()
-        k, image = cast(int, self.reduce.pca_dim), data.train.image
-        self._image_head_dim(image.dim)  # a clear error naming the dimension
+        image = data.train.image
+        k = cast(int, self.reduce.dim_for(image.dim))  # a clear error naming the dimension
         tokens = sample_tokens(image.local, image.mask, max_tokens=PCA_MAX_TOKENS, seed=seed)
         basis = fit_pca(tokens, k)
 
