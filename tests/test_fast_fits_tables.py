@@ -130,3 +130,19 @@ def test_every_run_goes_to_the_csv(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(path, encoding="utf-8")))
     assert len(rows) == 120 and {r["method"] for r in rows} == set(GAPS)
     assert all(float(r["epochs"]) == 10 and float(r["fit_seconds"]) == 1.5 for r in rows)
+
+
+def test_the_confirmation_rule_also_needs_the_test_lower_bound(tmp_path: Path) -> None:
+    """--confirm (rule 3): a candidate whose held-out validation passes but whose test mAP is
+    behind by more than the margin is not confirmed."""
+    repo, out, grid = _setup(tmp_path)
+    for path in (out / "runs").glob("*/gcrdp@good/*.json"):
+        doc = json.loads(path.read_text())
+        doc["records"][0]["test"]["mean_map"] -= 0.03  # 3 points behind on test only
+        path.write_text(json.dumps(doc))
+    base = [str(out), "--decision", str(repo / "decision.md"), "--grid", str(grid), "--boot", "50"]
+    js = tmp_path / "t.json"
+    assert _script().main([*base, "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["candidates"]["gcrdp@good"]["non_inferior"] is True
+    assert _script().main([*base, "--confirm", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["candidates"]["gcrdp@good"]["non_inferior"] is False
