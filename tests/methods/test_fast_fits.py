@@ -254,3 +254,26 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_runs_emulated(monkeypatch):
     with pytest.warns(RuntimeWarning, match="without native bfloat16 instructions"):
         report = method.fit(data, seed=0)
     assert report.epochs == 1
+
+
+def test_a_checkpoint_from_before_pca_dim_loads_as_the_raw_fit_it_was_whatever_the_default(tmp_path, monkeypatch):
+    """A checkpoint whose config has no ``pca_dim``/``precision`` (written before they existed)
+    rebuilds the model it holds — raw features — even when the method's default is another one
+    (here ``"auto"``, which would add a PCA to 160-d features and not fit the saved weights)."""
+    import json
+
+    from gcrdp.methods.trainable import TokenReduceConfig
+
+    big, labels = synthetic_features(n_per_class=8, n_classes=6, image_dim=160, seed=2)
+    method, report, img, _ = _fit("gcrdp", big, fit_data_by_class(big, labels, 4))
+    path = save_method(method, tmp_path / "m", fit=report.to_dict())
+    state_file = next(p for p in path.iterdir() if p.suffix == ".json" and "method_config" in p.read_text())
+    state = json.loads(state_file.read_text())
+    for key in ("pca_dim", "precision"):
+        del state["method_config"][key]
+    state_file.write_text(json.dumps(state))
+    monkeypatch.setattr(TokenReduceConfig.__init__, "__defaults__", ("auto",))
+    assert build_method("gcrdp").config_dict()["pca_dim"] == "auto"  # the changed default
+    loaded = load_method(path)
+    assert loaded.config_dict()["pca_dim"] is None and not hasattr(loaded.model_, "image_pca")
+    np.testing.assert_array_equal(loaded.embed_images(big.image), img)

@@ -18,6 +18,7 @@ from ..training.checkpoint import (
     state_tensors,
     write_checkpoint,
 )
+from ..training.config import LATER_OPTION_DEFAULTS
 from .base import RetrievalMethod, build_method
 
 
@@ -49,6 +50,19 @@ def check_checkpointable(method: Any) -> None:
 def method_options(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config_dict()`` minus its ``method`` key: the options that rebuild the method."""
     return {k: v for k, v in config.items() if k != "method"}
+
+
+def stored_options(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that rebuild the method a checkpoint's ``config`` describes: an option added
+    after it was written (:data:`~gcrdp.training.config.LATER_OPTION_DEFAULTS`) and absent from it
+    takes the value every fit had before the option existed — not today's default, which may
+    differ (``gcrdp``'s ``pca_dim``) and would rebuild another model."""
+    options = method_options(config)
+    missing = {k: v for k, v in LATER_OPTION_DEFAULTS.items() if k not in options}
+    if missing:
+        accepted = build_method(name).config_dict()
+        options.update({k: v for k, v in missing.items() if k in accepted})
+    return options
 
 
 def save_method(method: Any, path: str | Path, *, run: Mapping[str, Any] | None = None, fit: Mapping[str, Any] | None = None) -> Path:
@@ -88,7 +102,7 @@ def load_method(source: str | Path | Checkpoint, device: str = "cpu", expect: ty
     if not isinstance(config, dict) or not isinstance(ckpt.state["input_dims"], dict):
         raise DataError(f"Checkpoint {ckpt.path / STATE_FILE}: method_config and input_dims must be objects.")
     try:
-        method = build_method(str(name), method_options(config), device)
+        method = build_method(str(name), stored_options(str(name), config), device)
     except ConfigError as exc:
         raise ConfigError(f"Checkpoint {ckpt.path} holds method {name!r} which this gcrdp cannot rebuild: {exc}") from None
     if expect is not None and not isinstance(method, expect):
