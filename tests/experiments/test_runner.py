@@ -122,3 +122,15 @@ def test_a_run_asks_of_a_method_only_what_its_tags_promise(tmp_path, monkeypatch
     assert len(calls) == 1 and len(_Named.got) == 2 and all(g.shape == (10, 3) for g in _Named.got)
     run_experiment(plain, progress=False)
     assert len(calls) == 1  # no method asked: the names are not embedded
+
+
+def test_workers_take_the_fits_with_most_shots_first():
+    """--jobs: the longer fits (more shots, more training pairs) start first, in their given
+    order otherwise, so that no long fit runs alone at the end; every task is taken once."""
+    from gcrdp.experiments.runner import submission_order
+
+    tasks = [(m, s, seed) for s in (0, 1, 3, 5) for seed in (0, 1) for m in ("gap-infonce", "gcrdp")]
+    order = submission_order(tasks)
+    assert sorted(order) == sorted(tasks)
+    assert [t[1] for t in order] == sorted((t[1] for t in tasks), reverse=True)
+    assert order[:4] == [("gap-infonce", 5, 0), ("gcrdp", 5, 0), ("gap-infonce", 5, 1), ("gcrdp", 5, 1)]
