@@ -76,24 +76,19 @@ def test_the_options_at_their_defaults_fit_exactly_as_without_them(name, monkeyp
     seen = _record_head_outputs(monkeypatch)
     plain, plain_report, img, txt = _fit(name, feats, data)
     assert seen and set(seen) == {(torch.float32, False)}
-    default_pca = {"gap-infonce": None, "gcrdp": "auto"}[name]  # "auto": raw features of 12 dimensions
-    given, given_report, img2, txt2 = _fit(name, feats, data, pca_dim=default_pca, precision="float32")
+    given, given_report, img2, txt2 = _fit(name, feats, data, pca_dim=None, precision="float32")
     assert not hasattr(plain.model_, "image_pca") and "pca" not in plain_report.extra
     assert plain_report.history == given_report.history and plain_report.best_epoch == given_report.best_epoch
     assert np.array_equal(img, img2) and np.array_equal(txt, txt2)
     assert plain.config_dict() == given.config_dict()
-    assert plain.config_dict()["pca_dim"] == default_pca and plain.config_dict()["precision"] == "float32"
-    *_, img3, txt3 = _fit(name, feats, data, pca_dim=None)
-    assert np.array_equal(img, img3) and np.array_equal(txt, txt3)
+    assert plain.config_dict()["pca_dim"] is None and plain.config_dict()["precision"] == "float32"
 
 
 def test_a_training_checkpoint_identity_leaves_the_new_options_out_at_their_defaults():
     """So a fit checkpointed before the options existed resumes (the same fit); set, they count."""
-    cfg = build_method("gap-infonce").config_dict()
+    cfg = build_method("gcrdp").config_dict()
     assert "pca_dim" not in identity_options(cfg) and "precision" not in identity_options(cfg)
     assert {k: v for k, v in cfg.items() if k not in ("pca_dim", "precision")} == identity_options(cfg)
-    # gcrdp's default "auto" is not the value before the option existed: it counts
-    assert identity_options(build_method("gcrdp").config_dict())["pca_dim"] == "auto"
     set_cfg = build_method("gcrdp", {"pca_dim": 8, "precision": "bf16"}).config_dict()
     assert identity_options(set_cfg)["pca_dim"] == 8 and identity_options(set_cfg)["precision"] == "bf16"
 
@@ -261,21 +256,24 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_runs_emulated(monkeypatch):
     assert report.epochs == 1
 
 
-def test_a_checkpoint_from_before_pca_dim_loads_as_the_raw_fit_it_was_whatever_the_default(tmp_path):
+def test_a_checkpoint_from_before_pca_dim_loads_as_the_raw_fit_it_was_whatever_the_default(tmp_path, monkeypatch):
     """A checkpoint whose config has no ``pca_dim``/``precision`` (written before they existed)
     rebuilds the model it holds — raw features — even when the method's default is another one
     (here ``"auto"``, which would add a PCA to 160-d features and not fit the saved weights)."""
     import json
 
+    from gcrdp.methods.trainable import TokenReduceConfig
+
     big, labels = synthetic_features(n_per_class=8, n_classes=6, image_dim=160, seed=2)
-    method, report, img, _ = _fit("gcrdp", big, fit_data_by_class(big, labels, 4), pca_dim=None)
+    method, report, img, _ = _fit("gcrdp", big, fit_data_by_class(big, labels, 4))
     path = save_method(method, tmp_path / "m", fit=report.to_dict())
     state_file = next(p for p in path.iterdir() if p.suffix == ".json" and "method_config" in p.read_text())
     state = json.loads(state_file.read_text())
     for key in ("pca_dim", "precision"):
         del state["method_config"][key]
     state_file.write_text(json.dumps(state))
-    assert build_method("gcrdp").config_dict()["pca_dim"] == "auto"  # the default since issue 25
+    monkeypatch.setattr(TokenReduceConfig.__init__, "__defaults__", ("auto",))
+    assert build_method("gcrdp").config_dict()["pca_dim"] == "auto"  # the changed default
     loaded = load_method(path)
     assert loaded.config_dict()["pca_dim"] is None and not hasattr(loaded.model_, "image_pca")
     np.testing.assert_array_equal(loaded.embed_images(big.image), img)

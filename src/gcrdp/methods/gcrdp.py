@@ -38,7 +38,7 @@ from ..model.gmm import GMMConfig, GMMLayer, gmm_views, mixture_entropy
 from ..training.distributed import global_rows
 from ..training.loop import Batch
 from .base import METHODS, FitData, FitReport
-from .trainable import TokenReduceConfig, TrainableHeadsMethod, label_dims
+from .trainable import TrainableHeadsMethod, label_dims
 
 SCORES = ("global", "views", "sets")
 
@@ -78,11 +78,10 @@ class GCRDPConfig:
             features by GAP and repeats that view K times) — e.g. for texts of a few tokens.
         e_step_temperature, init_var, init_var_mode: the GMM's E-step temperature and initial
             variances (see :class:`~gcrdp.model.gmm.GMMConfig`). ``e_step_temperature``
-            defaults to 32 (soft assignments), not SPEC's 1: with it and ``pca_dim="auto"`` a
-            fit is as accurate on validation and test (issue 25's decision,
-            ``docs/study/fast-fits-decision-soft.md``, confirmed on fresh seeds), stops after
-            about 9 epochs instead of about 30 and is repeatable across CPUs;
-            ``gcrdp@spec`` keeps SPEC's reading.
+            defaults to 32 (soft assignments), not SPEC's 1: a fit is then as accurate on
+            validation and test (issue 25's decision, ``docs/study/fast-fits-decision-soft.md``,
+            confirmed on fresh seeds), stops after about 9 epochs instead of about 30 and is
+            repeatable across CPUs; ``gcrdp@spec`` keeps SPEC's reading.
         rdp_teacher: ``none`` (SPEC: RDP between the two learned spaces, confident pairs by θ)
             or a mode of :func:`~gcrdp.losses.rdp_teacher_loss` (``own``, ``cross``,
             ``cross-modal``, ``all``): preserve the frozen pretrained spaces' relative
@@ -223,23 +222,12 @@ class GCRDPModel(nn.Module):
         return self._encode(self.text_head, getattr(self, "text_gmm", None), local, mask)
 
 
-@dataclass
-class GCRDPTokenReduceConfig(TokenReduceConfig):
-    """``gcrdp``'s :class:`~gcrdp.methods.trainable.TokenReduceConfig`: ``pca_dim`` defaults to
-    ``"auto"`` (128 dimensions for image features of more than 128, e.g. the 1,280-d
-    EfficientNet-Lite0 grid; the raw features otherwise) — issue 25's decision; ``gcrdp@spec``
-    and ``--option gcrdp.pca_dim=null`` train on the raw features."""
-
-    pca_dim: int | str | None = "auto"
-
-
 class GCRDPMethod(TrainableHeadsMethod):
     """GCRDP behind the common method interface (see module docstring); checkpointable."""
 
     name = "gcrdp"
     config_type = GCRDPConfig
     local_image_input = True  # takes pca_dim (TokenReduceConfig); the pooled features (RDP's teacher) stay raw
-    reduce_type = GCRDPTokenReduceConfig
 
     # ------------------------------------------------------------------ fit
     def _train(self, model: nn.Module, data: FitData, *, seed: int, checkpoint_dir: str | Path | None, resume: bool) -> FitReport:

@@ -9,7 +9,7 @@ from typing import Any
 from ..utils.options import unknown_method_message, unknown_option_message, unlabelled_entry_message
 
 #: GCRDP as SPEC reads it (the first implementation's defaults; ``gcrdp``'s defaults since issue
-#: 25 differ in ``e_step_temperature`` 32 and ``pca_dim`` "auto"): multi-positive InfoNCE over
+#: 25 differ in ``e_step_temperature``, 32): multi-positive InfoNCE over
 #: the K views with the own pair's views in both modalities as positives, retrieval on the
 #: π-weighted mean of the views, RDP between the two learned spaces on pairs above θ, and the
 #: base method's training settings.

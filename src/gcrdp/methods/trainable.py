@@ -101,16 +101,13 @@ class TrainableHeadsMethod:
     #: :class:`TokenReduceConfig` options (``pca_dim``); its ``init_model`` builds the image head
     #: on :meth:`_image_head_dim` and adds :meth:`_with_image_pca`
     local_image_input: ClassVar[bool] = False
-    #: the :class:`TokenReduceConfig` type of a ``local_image_input`` method (its ``pca_dim``
-    #: default: ``None`` here, ``"auto"`` for ``gcrdp``)
-    reduce_type: ClassVar[type[TokenReduceConfig]] = TokenReduceConfig
 
     def __init__(
         self, cfg: Any | None = None, train: TrainConfig | None = None, device: str = "cpu", reduce: TokenReduceConfig | None = None
     ) -> None:
         self.cfg = cfg if cfg is not None else self.config_type()
         self.train = train or TrainConfig()
-        self.reduce = reduce or self.reduce_type()
+        self.reduce = reduce or TokenReduceConfig()
         if self.reduce.pca_dim is not None and not self.local_image_input:
             raise ConfigError(f"{self.name}: pca_dim applies only to methods whose image head acts on local features")
         self.device = resolve_device(device)
@@ -122,7 +119,7 @@ class TrainableHeadsMethod:
     def from_options(cls, options: dict[str, Any], device: str = "cpu"):
         """The method of a flat options dict; nested options may be given as dotted keys
         (``generator.lr``), renamed ones under their old name (:func:`normalize_options`)."""
-        types = (cls.config_type, TrainConfig, cls.reduce_type) if cls.local_image_input else (cls.config_type, TrainConfig)
+        types = (cls.config_type, TrainConfig, TokenReduceConfig) if cls.local_image_input else (cls.config_type, TrainConfig)
         cfg, train, *reduce = split_options(normalize_options(cls.name, options, cls.renamed_options), *types)
         return cls(cfg, train, device, *reduce)
 
