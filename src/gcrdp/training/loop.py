@@ -135,6 +135,23 @@ def make_batch(tensors: Batch, idx: np.ndarray, device: str) -> Batch:
     }
 
 
+def gather_into(tensors: Batch, idx: np.ndarray, buffers: Batch) -> Batch:
+    """:func:`make_batch` on the CPU for tensors already float32/bool, written into ``buffers``
+    (per key, grown to the largest batch so far and reused): views of them, the same values as
+    :func:`make_batch`'s fresh tensors. The previous batch's views are overwritten."""
+    index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+    n = len(index)
+    out = {}
+    for k, v in tensors.items():
+        buf = buffers.get(k)
+        if buf is None or buf.shape[0] < n or buf.dtype != v.dtype:
+            buf = buffers[k] = torch.empty((n, *v.shape[1:]), dtype=v.dtype)
+        view = buf[:n]
+        torch.index_select(v, 0, index, out=view)
+        out[k] = view if v.dtype in (torch.bool, torch.float32) else view.float()
+    return out
+
+
 class BatchReader:
     """The training pairs' batches: rows ``idx`` of every feature array (and the labels) as
     float32/bool tensors on ``device``.
@@ -178,8 +195,17 @@ class BatchReader:
     def batches(self, batches: list[np.ndarray]) -> Iterator[Batch]:
         """The batches of ``batches`` (lists of row indices) in order."""
         if self.tensors is not None:
+            if self.device != "cpu":
+                for idx in batches:
+                    yield make_batch(self.tensors, idx, self.device)
+                return
+            # on the CPU, every batch is gathered into the same buffers: a fresh tensor of a
+            # batch's local features (tens of MB) costs page faults on every step, about 5x
+            # the copy itself. A batch is used up (its step taken, its graph freed) before the
+            # next is asked for, so no one reads a buffer after it is overwritten.
+            buffers: Batch = {}
             for idx in batches:
-                yield make_batch(self.tensors, idx, self.device)
+                yield gather_into(self.tensors, idx, buffers)
             return
         if not self.lazy:
             for idx in batches:
