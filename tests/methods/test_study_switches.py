@@ -387,18 +387,21 @@ def test_gmm_on_one_modality(side):
 
 
 def test_presets_pin_what_was_measured():
-    """gcrdp@spec is the SPEC reading, which the study's rule kept as the default; gcrdp@study
-    is the stage-2 candidate of configs/gcrdp-study-2.json, option for option."""
+    """gcrdp@spec is the SPEC reading, which the study's rule kept as the default until issue
+    25's decision changed one option (the E-step's temperature, 1 -> 32);
+    gcrdp@study is the stage-2 candidate of configs/gcrdp-study-2.json, option for option."""
     import json
     from dataclasses import asdict
 
     from gcrdp.methods.gcrdp import GCRDPConfig
     from gcrdp.methods.presets import GCRDP_SPEC, GCRDP_STUDY
+    from gcrdp.methods.trainable import TokenReduceConfig
     from gcrdp.training.config import TrainConfig
     from tests.conftest import REPO_ROOT
 
-    defaults = {**asdict(GCRDPConfig()), **asdict(TrainConfig())}
-    assert {k: defaults[k] for k in GCRDP_SPEC} == GCRDP_SPEC
+    defaults = {**asdict(GCRDPConfig()), **asdict(TrainConfig()), **asdict(TokenReduceConfig())}
+    assert {k: v for k, v in GCRDP_SPEC.items() if defaults[k] != v} == {"e_step_temperature": 1.0}
+    assert defaults["e_step_temperature"] == 32.0 and defaults["pca_dim"] is None
     grid = json.loads((REPO_ROOT / "configs" / "gcrdp-study-2.json").read_text(encoding="utf-8"))
     cand = grid["method_options"]["gcrdp@cand"]
     assert {k: v for k, v in GCRDP_STUDY.items() if GCRDP_SPEC.get(k) != v} == cand

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..utils.options import unknown_method_message, unknown_option_message, unlabelled_entry_message
 
-#: GCRDP as SPEC reads it (the first implementation's defaults): multi-positive InfoNCE over
+#: GCRDP as SPEC reads it (the first implementation's defaults; ``gcrdp``'s defaults since issue
+#: 25 differ in ``e_step_temperature``, 32): multi-positive InfoNCE over
 #: the K views with the own pair's views in both modalities as positives, retrieval on the
 #: π-weighted mean of the views, RDP between the two learned spaces on pairs above θ, and the
 #: base method's training settings.
@@ -44,6 +45,7 @@ GCRDP_SPEC: dict[str, Any] = {
     "lr": 1e-3,
     "max_epochs": 60,
     "patience": 5,
+    "pca_dim": None,
 }
 
 #: The issue-10 study's candidate (docs/gcrdp-study.md): the three switches adopted on the
