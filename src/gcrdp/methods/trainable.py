@@ -36,7 +36,7 @@ from .persistence import load_method, method_info, save_method
 M = TypeVar("M", bound=nn.Module)
 
 #: the most training image tokens the ``pca_dim`` basis is fitted on (a seeded sample of them;
-#: 50,000 tokens of 1,280 dimensions: about 6 s of covariance and eigendecomposition on one core)
+#: 50,000 tokens of 1,280 dimensions: about 1.4 s of covariance and eigendecomposition on one core)
 PCA_MAX_TOKENS = 50_000
 #: ``pca_dim="auto"``: k for image features of more than this many dimensions (the raw features
 #: otherwise): 128, the size measured on the 1,280-d EfficientNet-Lite0 grid (issue 25)
